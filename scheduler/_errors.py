@@ -1,0 +1,81 @@
+"""The one exception tree of dockyard.
+
+Every error a user can see derives from ``DockyardError`` and says what went wrong, where
+(file:line:column, vertex, URL) and, when there is something to do, what to do::
+
+    DockyardError
+     ├── UsageError           a bad command-line flag or option value
+     └── DockerfileError      the frontend rejected a Dockerfile (file, line, column)
+
+Later layers add their branches here (SolveError, ExecError, CacheError, RegistryError,
+WorkerLost): one module, one tree.  Third-party errors (OS, Ray, boto) are translated at
+the boundary where they occur and never leak to the user as tracebacks.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DockerfileError", "DockyardError", "UsageError"]
+
+
+class DockyardError(Exception):
+    """Base of every error dockyard reports to a user.
+
+    ``hint`` is the "what to do" part of the message, shown on its own line.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\nhint: {self.hint}"
+        return self.message
+
+
+class UsageError(DockyardError):
+    """A command-line flag, option or argument that cannot be used as given."""
+
+
+class DockerfileError(DockyardError):
+    """The Dockerfile frontend rejected its input.
+
+    ``line`` and ``column`` are 1-based.  ``source_line`` is the text of that line; when
+    given, ``str()`` shows it with a caret under ``column``::
+
+        Dockerfile:3:1: unknown instruction: RUNN
+          3 | RUNN echo hi
+            | ^
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        filename: str = "Dockerfile",
+        line: int = 1,
+        column: int = 1,
+        source_line: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.filename = filename
+        self.line = max(line, 1)
+        self.column = max(column, 1)
+        self.source_line = source_line
+
+    @property
+    def location(self) -> str:
+        return f"{self.filename}:{self.line}:{self.column}"
+
+    def __str__(self) -> str:
+        text = f"{self.location}: {self.message}"
+        if self.source_line is not None:
+            number = str(self.line)
+            pad = " " * len(number)
+            shown = self.source_line.rstrip("\r\n").expandtabs(1)
+            text += f"\n  {number} | {shown}\n  {pad} | {' ' * (self.column - 1)}^"
+        if self.hint:
+            text += f"\nhint: {self.hint}"
+        return text

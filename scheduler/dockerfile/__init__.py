@@ -1,0 +1,4 @@
+"""The Dockerfile frontend: parser -> instructions -> build graph, each stage importing only
+the one before it."""
+
+__all__: list[str] = []
