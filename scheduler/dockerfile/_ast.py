@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .._errors import DockerfileError
 
-__all__ = ["Directives", "Heredoc", "Node", "ParseResult"]
+__all__ = ["CheckWarning", "Directives", "Heredoc", "Node", "ParseResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +116,22 @@ class ParseResult:
     directives: Directives
     nodes: tuple[Node, ...]
     source_lines: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckWarning:
+    """One build-check (lint) finding, as BuildKit reports them.
+
+    ``rule`` is BuildKit's rule name (``"JSONArgsRecommended"``); ``description`` the rule's
+    one-line description; ``message`` this finding; ``url`` the rule's documentation page
+    (``https://docs.docker.com/go/dockerfile/rule/<kebab-name>/``).  Any stage of the
+    frontend may produce these; ``_lint`` gathers them and applies ``# check=``.
+    """
+
+    rule: str
+    message: str
+    filename: str
+    line: int
+    column: int = 1
+    description: str = ""
+    url: str = ""
