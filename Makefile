@@ -1,0 +1,110 @@
+# dockyard's developer and CI entry points.
+#
+#   make setup   Debian packages, arm64 busybox, binfmt for arm64, and .venv (idempotent)
+#   make demo    setup, then print the build graph of examples/ for amd64 and arm64
+#   make test    setup, ruff, then pytest over tests/
+#   make lint    ruff, then mypy --strict over the four packages
+#   make clean   remove .venv and tool caches (not the Debian packages, not $(CACHE_DIR))
+#
+# Written for a fresh Debian 12 machine, as root, with only the Debian and PyPI registries
+# reachable.  Every step checks first and does nothing when its work is already done.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.dockyard-installed
+PACKAGES := scheduler workers cache_backends cluster
+
+# Extracted arm64 busybox (see busybox-arm64 below): tests find it at
+# $(CACHE_DIR)/busybox-arm64/bin/busybox.
+CACHE_DIR ?= /var/cache/dockyard
+
+# What the project needs on the host, now and in the next issues:
+#   docker.io          Docker 20.10 (/usr/bin/docker, /usr/sbin/dockerd): the BuildKit oracle
+#   containerd, runc   dockerd's runtime; runc is also dockyard's own executor
+#   qemu-user-static, binfmt-support   run arm64 binaries on amd64
+#   docker-registry    a loopback OCI registry for push/pull tests
+#   busybox-static     the amd64 busybox for base images built by the tests
+#   skopeo, umoci      copy and inspect OCI images in tests
+#   git                ADD of git sources
+#   iptables           needed by dockerd's package even with --iptables=false
+DEB_PACKAGES := docker.io containerd runc qemu-user-static binfmt-support docker-registry \
+	busybox-static skopeo umoci git iptables ca-certificates
+
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: setup demo test lint clean debs busybox-arm64 binfmt venv
+
+setup: debs busybox-arm64 binfmt venv
+
+demo: setup
+	$(VENV)/bin/dockyard debug graph --platform linux/amd64,linux/arm64 examples/
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest tests/ -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict $(addprefix -p ,$(PACKAGES))
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# --- Debian packages: install only the missing ones; apt-get update only then. ---------
+debs:
+	@missing=()
+	for pkg in $(DEB_PACKAGES); do
+	  dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'install ok installed' \
+	    || missing+=("$$pkg")
+	done
+	if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then missing+=(python3-venv); fi
+	if [ $${#missing[@]} -eq 0 ]; then exit 0; fi
+	echo "installing Debian packages: $${missing[*]}"
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null
+
+# --- arm64 busybox -----------------------------------------------------------------------
+# busybox-static is not Multi-Arch: same, so busybox-static:arm64 conflicts with the amd64
+# package.  We download the arm64 .deb and unpack it into $(CACHE_DIR) instead.
+busybox-arm64: debs
+	@bb=$(CACHE_DIR)/busybox-arm64/bin/busybox
+	if [ -x "$$bb" ]; then exit 0; fi
+	if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+	  dpkg --add-architecture arm64
+	fi
+	if ! apt-cache show busybox-static:arm64 >/dev/null 2>&1; then apt-get update -qq; fi
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; chown _apt "$$tmp" 2>/dev/null || true
+	(cd "$$tmp" && apt-get download -qq busybox-static:arm64)
+	mkdir -p $(CACHE_DIR)/busybox-arm64
+	dpkg-deb -x "$$tmp"/busybox-static_*_arm64.deb $(CACHE_DIR)/busybox-arm64
+	echo "arm64 busybox unpacked at $$bb"
+
+# --- binfmt_misc: let the kernel run aarch64 binaries through qemu ---------------------
+# A kernel that refuses is a warning, not a failure: only arm64 execution tests need it.
+binfmt: debs busybox-arm64
+	@warn() { echo "WARNING: $$*; arm64 binaries will not run on this host" >&2; exit 0; }
+	dir=/proc/sys/fs/binfmt_misc
+	if [ ! -e $$dir/status ]; then
+	  mount -t binfmt_misc binfmt_misc $$dir || warn "cannot mount binfmt_misc"
+	fi
+	if [ ! -e $$dir/qemu-aarch64 ]; then
+	  update-binfmts --enable qemu-aarch64 || warn "cannot register qemu-aarch64"
+	fi
+	out=$$($(CACHE_DIR)/busybox-arm64/bin/busybox uname -m 2>&1) \
+	  || warn "the arm64 busybox does not run: $$out"
+	[ "$$out" = aarch64 ] || warn "the arm64 busybox says '$$out', not aarch64"
+
+# --- .venv: the project editable with its test extra, redone when pyproject.toml changes.
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+	  | { grep -v 'is ignored' || true; }
+	touch $@
