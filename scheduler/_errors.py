@@ -5,7 +5,10 @@ Every error a user can see derives from ``DockyardError`` and says what went wro
 
     DockyardError
      ├── UsageError           a bad command-line flag or option value
-     └── DockerfileError      the frontend rejected a Dockerfile (file, line, column)
+     ├── DockerfileError      the frontend rejected a Dockerfile (file, line, column)
+     ├── ImageReferenceError  an image reference that cannot be parsed (its text)
+     └── GraphError           a build graph that is malformed, inconsistent, or encoded
+                              with an unknown version
 
 Later layers add their branches here (SolveError, ExecError, CacheError, RegistryError,
 WorkerLost): one module, one tree.  Third-party errors (OS, Ray, boto) are translated at
@@ -14,7 +17,7 @@ the boundary where they occur and never leak to the user as tracebacks.
 
 from __future__ import annotations
 
-__all__ = ["DockerfileError", "DockyardError", "UsageError"]
+__all__ = ["DockerfileError", "DockyardError", "GraphError", "ImageReferenceError", "UsageError"]
 
 
 class DockyardError(Exception):
@@ -79,3 +82,14 @@ class DockerfileError(DockyardError):
         if self.hint:
             text += f"\nhint: {self.hint}"
         return text
+
+
+class GraphError(DockyardError):
+    """A build graph that cannot be used: an input missing from the graph, a decoded
+    graph that is malformed or has an unknown ``version``, a digest that does not match."""
+
+
+class ImageReferenceError(DockyardError):
+    """An image reference (``alpine:3.19``, ``host:5000/a/b@sha256:...``) that does not
+    parse; the message quotes the reference.  The frontend re-raises it as a
+    ``DockerfileError`` at the FROM line."""
