@@ -513,10 +513,12 @@ def _jsonable(value: Any) -> Any:
 def _vertex_json(vertex: Vertex) -> dict[str, Any]:
     fields = _plain(vertex.op)
     fields.pop("kind", None)
-    head = {"digest": vertex.digest, "op": vertex.op.kind, "inputs": list(vertex.inputs),
-            "platform": None if vertex.platform is None else str(vertex.platform),
-            "name": vertex.name}
-    return head | _jsonable(fields)
+    head: dict[str, Any] = {
+        "digest": vertex.digest, "op": vertex.op.kind, "inputs": list(vertex.inputs),
+        "platform": None if vertex.platform is None else str(vertex.platform),
+        "name": vertex.name,
+    }
+    return head | {name: _jsonable(value) for name, value in fields.items()}
 
 
 def _result_json(result: ImageResult) -> dict[str, Any]:
