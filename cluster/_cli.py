@@ -1,0 +1,182 @@
+"""The ``dockyard`` command line: a thin argparse layer over the public API.
+
+Each subcommand is one ``_add_<name>(subparsers)`` function that declares its arguments
+and sets ``run`` to the function doing the work; adding a command is adding one such
+function to ``_COMMANDS``.  ``main`` maps errors to exit codes in one place: a
+``DockyardError`` (usage errors included) prints ``error: <message>`` to stderr and
+exits 1, Ctrl-C exits 130; bad input never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from scheduler._errors import DockyardError, UsageError
+from scheduler._platform import Platform, default_platform, parse_platforms
+
+__all__ = ["main"]
+
+_Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are ``UsageError``s, not ``SystemExit(2)``."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, hint=f"see '{self.prog} --help'")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("dockyard")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+# --- dockyard debug graph --------------------------------------------------------------
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> tuple[bytes, str,
+                                                                                   Path | None]:
+    """The Dockerfile's bytes, its display name, and its path (None for stdin)."""
+    if option == "-":
+        return stdin.read(), "Dockerfile", None
+    path = Path(option) if option is not None else context / "Dockerfile"
+    return _read_bytes(path, "Dockerfile"), os.path.normpath(path), path
+
+
+def _build_args(items: Sequence[str], environ: os._Environ[str] | dict[str, str]
+                ) -> dict[str, str]:
+    """``K=V`` pairs; a bare ``K`` takes its value from the environment (and is dropped
+    when the environment has none), as docker does."""
+    args: dict[str, str] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid --build-arg {item!r}: the name is empty")
+        if equals:
+            args[key] = value
+        elif key in environ:
+            args[key] = environ[key]
+    return args
+
+
+def _platforms(values: Sequence[str]) -> list[Platform]:
+    if not values:
+        return [default_platform()]
+    found: list[Platform] = []
+    for value in values:
+        found += [p for p in parse_platforms(value) if p not in found]
+    return found
+
+
+def _context_dir(text: str) -> Path:
+    context = Path(text)
+    if not context.is_dir():
+        raise UsageError(f"build context {text!r} is not a directory")
+    return context
+
+
+def _print_warnings(warnings: Sequence[Any]) -> None:
+    for warning in warnings:
+        print(f"WARN: {warning.rule} - {warning.message} ({warning.filename}:{warning.line})",
+              file=sys.stderr)
+
+
+def _run_debug_graph(args: argparse.Namespace) -> int:
+    context = _context_dir(args.context)
+    platforms = _platforms(args.platform)
+    build_args = _build_args(args.build_arg, os.environ)
+    data, filename, dockerfile_path = _read_dockerfile(args.file, context, sys.stdin.buffer)
+
+    from scheduler.dockerfile._frontend import build_graph
+
+    from cluster._context import load_ignore_patterns
+
+    try:
+        patterns = load_ignore_patterns(context, dockerfile_path)
+    except OSError as exc:
+        raise UsageError(f"cannot read the ignore file in {args.context!r}: {exc}") from None
+    result = build_graph(data, filename=filename, target=args.target, platforms=platforms,
+                         build_args=build_args, ignore_patterns=list(patterns))
+    _print_warnings(result.warnings)
+    sys.stdout.write(result.graph.to_json_lines())
+    sys.stdout.flush()
+    return 0
+
+
+def _add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every command that reads a Dockerfile takes (``debug graph``,
+    ``build``)."""
+    parser.add_argument("-f", "--file", metavar="FILE",
+                        help="the Dockerfile (default: CONTEXT/Dockerfile; '-' reads stdin)")
+    parser.add_argument("--platform", action="append", default=[], metavar="P[,P]",
+                        help="target platform(s), e.g. linux/amd64,linux/arm64")
+    parser.add_argument("--target", metavar="STAGE", help="the stage to build")
+    parser.add_argument("--build-arg", action="append", default=[], metavar="K[=V]",
+                        help="set a build-time variable (K alone: from the environment)")
+    parser.add_argument("context", metavar="CONTEXT", help="the build context directory")
+
+
+def _add_debug(subparsers: _Subparsers) -> None:
+    debug = subparsers.add_parser("debug", help="inspect what dockyard would do")
+    debug_commands = debug.add_subparsers(dest="debug_command", metavar="COMMAND",
+                                          required=True)
+    graph = debug_commands.add_parser(
+        "graph", help="print the build graph of a Dockerfile as JSON lines")
+    _add_frontend_arguments(graph)
+    graph.set_defaults(run=_run_debug_graph)
+
+
+# --- the parser and main ---------------------------------------------------------------
+
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dockyard",
+                     description="Build container images on a Ray cluster.")
+    parser.add_argument("--version", action="version", version=f"dockyard {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                       parser_class=_Parser)
+    for add_command in _COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def _report(error: DockyardError) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        status: int = args.run(args)
+        return status
+    except DockyardError as error:
+        return _report(error)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``dockyard debug graph | head``): not an error of ours;
+        # point stdout at /dev/null so the interpreter's final flush stays quiet.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
+        return 141
+    except SystemExit as exit_:  # --help and --version
+        return exit_.code if isinstance(exit_.code, int) else 0
