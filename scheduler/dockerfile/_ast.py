@@ -38,7 +38,9 @@ class Node:
     """One instruction.
 
     ``instruction``: lower-case name (``"run"``); ``keyword``: as written (``"Run"``).
-    ``flags``: the leading ``--name[=value]`` words, verbatim (quotes kept), in order.
+    ``flags``: the leading ``--name[=value]`` words, in order, as BuildKit extracts them:
+    quotes removed and ``\\`` escapes applied (``--chown="a b"`` -> ``--chown=a b``), the
+    escape directive not applied; a lone ``--`` ends the flags.
     ``args``: the arguments, split as BuildKit's parser splits them for this instruction:
 
     - RUN, CMD, ENTRYPOINT, SHELL: JSON form -> the list (``json=True``); shell form ->
