@@ -1,0 +1,225 @@
+"""The BuildKit oracle: a private Docker 20.10 daemon whose BuildKit judges our frontend.
+
+Debian's ``docker.io`` (20.10) ships BuildKit with the older built-in Dockerfile frontend
+(no heredocs, fewer ``${...}`` modifiers).  We start our own ``dockerd`` on a socket, data
+root and exec root inside one temporary directory, never touching a system daemon, and
+stop exactly that process tree by PID.  There is no network: a Dockerfile can only use
+``FROM scratch`` or images built earlier on the same daemon.
+
+Note the paths: the engine is ``/usr/sbin/dockerd`` and the client ``/usr/bin/docker``
+(``/usr/local/bin/docker`` on the developer machines is a newer, unrelated client).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DOCKERD = Path("/usr/sbin/dockerd")
+DOCKER = Path("/usr/bin/docker")
+
+START_TIMEOUT = 60.0  # seconds for the daemon to answer `docker version`
+STOP_TIMEOUT = 20.0  # seconds for a SIGTERM before SIGKILL
+BUILD_TIMEOUT = 120.0  # seconds for one `docker build`
+
+ContextFiles = Mapping[str, str | bytes]
+
+
+class OracleUnavailable(RuntimeError):
+    """The private dockerd could not be started; the message carries its log's tail."""
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """What BuildKit made of one Dockerfile.
+
+    ``ok``: the build succeeded.  ``error_text``: BuildKit's error lines when it did not
+    (empty otherwise).  ``image_config``: the ``Config`` of ``docker image inspect`` (Env,
+    Labels, Cmd, WorkingDir, ...), empty when the build failed.  ``image``: the whole
+    inspect record (Architecture, Os, RootFS, ...).
+    """
+
+    ok: bool
+    error_text: str = ""
+    image_config: dict[str, Any] = field(default_factory=dict)
+    image: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The image's environment as a dict (``Env`` is a list of ``KEY=value``)."""
+        pairs = (item.partition("=") for item in self.image_config.get("Env") or [])
+        return {key: value for key, _, value in pairs}
+
+
+class PrivateDockerd:
+    """One dockerd (and the containerd it manages) living in ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = root / "docker.sock"
+        self._log_path = root / "dockerd.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._builds = 0  # how many build contexts were written under root/builds
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start dockerd and return once it answers on its socket (the ready handshake)."""
+        with open(self._log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                self._dockerd_argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_ready(timeout)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop our dockerd and its containerd (by PID only), then remove ``root``."""
+        process, self._process = self._process, None
+        if process is not None:
+            children = _child_pids(process.pid)
+            _terminate(process, timeout)
+            for pid in children:
+                _kill_if_ours(pid, self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _dockerd_argv(self) -> list[str]:
+        root = self.root
+        return [
+            str(DOCKERD),
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            f"--host=unix://{self.socket}",
+            f"--data-root={root / 'data'}",
+            f"--exec-root={root / 'exec'}",
+            f"--pidfile={root / 'dockerd.pid'}",
+        ]
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise OracleUnavailable(f"dockerd exited early:\n{self.log_tail()}")
+            if self.docker("version", timeout=10).returncode == 0:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise OracleUnavailable(f"dockerd not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self._log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # --- client -------------------------------------------------------------------------
+    def docker(
+        self, *args: str, timeout: float = BUILD_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the Debian docker client against this daemon."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.root),
+            "DOCKER_CONFIG": str(self.root / "client-config"),
+            "DOCKER_BUILDKIT": "1",
+        }
+        argv = [str(DOCKER), "-H", f"unix://{self.socket}", *args]
+        try:
+            return subprocess.run(
+                argv, env=env, capture_output=True, text=True, timeout=timeout,
+                stdin=subprocess.DEVNULL, check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(argv, 124, "", f"timed out: {exc}")
+
+    def build(
+        self,
+        dockerfile_text: str,
+        context_files: ContextFiles | None = None,
+        build_args: Mapping[str, str] | None = None,
+        target: str | None = None,
+        platform: str | None = None,
+    ) -> OracleResult:
+        """Build ``dockerfile_text`` with BuildKit and report what came of it."""
+        context = self._new_context(dockerfile_text, context_files or {})
+        iidfile = context.parent / "iid"
+        argv = ["build", "--network=host", "--progress=plain", f"--iidfile={iidfile}"]
+        argv += [f"--build-arg={key}={value}" for key, value in (build_args or {}).items()]
+        argv += [f"--target={target}"] if target else []
+        argv += [f"--platform={platform}"] if platform else []
+        done = self.docker(*argv, str(context))
+        if done.returncode != 0:
+            return OracleResult(ok=False, error_text=_error_lines(done.stderr))
+        return self._inspect(iidfile.read_text().strip())
+
+    def _new_context(self, dockerfile_text: str, files: ContextFiles) -> Path:
+        self._builds += 1
+        context = self.root / "builds" / str(self._builds) / "context"
+        context.mkdir(parents=True)
+        for name, content in {"Dockerfile": dockerfile_text, **files}.items():
+            path = context / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = content.encode() if isinstance(content, str) else content
+            path.write_bytes(data)
+        return context
+
+    def _inspect(self, image_id: str) -> OracleResult:
+        done = self.docker("image", "inspect", image_id, timeout=30)
+        if done.returncode != 0:
+            raise OracleUnavailable(f"docker image inspect failed: {done.stderr.strip()}")
+        image = json.loads(done.stdout)[0]
+        return OracleResult(ok=True, image_config=image.get("Config") or {}, image=image)
+
+
+def make_oracle_root() -> Path:
+    """A short temporary directory (unix socket paths are limited to 108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="dockyard-oracle-"))
+
+
+def _error_lines(stderr: str) -> str:
+    """BuildKit's error, without the ``#n ...`` progress lines before it."""
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("#")]
+    return "\n".join(lines)
+
+
+def _child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (dockerd's containerd runs in its own session)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _kill_if_ours(pid: int, root: Path) -> None:
+    """SIGKILL a leftover child by PID, if it is still there and still runs under ``root``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if str(root).encode() in cmdline:
+        os.kill(pid, signal.SIGKILL)
