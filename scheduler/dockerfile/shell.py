@@ -1,0 +1,566 @@
+"""Shell-word expansion of Dockerfile arguments, as BuildKit's frontend does it.
+
+``process_word`` turns one argument into one string: ``$name`` and ``${name...}`` are
+replaced from ``env``, quotes and escapes are removed.  ``process_words`` does the same and
+then splits the result into words on unquoted whitespace (text coming from an expansion
+outside double quotes is split too; quoted and escaped text is not; empty words vanish).
+
+Supported forms (semantics of ``frontend/dockerfile/shell/lex.go``)::
+
+    $v  ${v}                      value, "" when unset
+    ${v:-w}  ${v-w}               w when v is unset (or empty, with the colon)
+    ${v:+w}  ${v+w}               w when v is set (and not empty, with the colon)
+    ${v:?m}  ${v?m}               error "v: m" when v is unset (or empty, with the colon)
+    ${v#p}  ${v##p}  ${v%p}  ${v%%p}   remove the shortest/longest matching prefix/suffix
+    ${v/p/r}  ${v//p/r}           replace the first/every match of p by r
+
+Patterns know ``*`` and ``?`` and the escapes ``\\*``, ``\\?``, ``\\\\``; brackets are
+literal (BuildKit has no bracket expressions).  ``$1``, ``$@``, ``$$``... are looked up
+as names like any other.  A ``$`` not followed by a name is kept.  Inside single quotes
+nothing is special; inside double quotes only ``$`` and the escape character are, and the
+escape character escapes only ``"``, ``$`` and itself.
+
+Every error is a ``DockerfileError`` at the default position (``Dockerfile:1:1``), because a
+word has no position of its own.  The caller knows the instruction: catch the error and
+raise ``node.error(exc.message, filename, at=word)`` in its place.
+
+Nothing here mutates ``env``.  Every word of one instruction must be expanded against the
+environment as it was *before* that instruction (``ENV a=1 b=$a`` reads the old ``a``):
+that is the caller's job -- pass the old mapping, build the new one afterwards.
+
+Deviations from BuildKit, where its behaviour is an accident of Go:
+
+- ``${name`` cut short after the name says ``syntax error: missing '}'`` (Go prints an
+  "unsupported modifier" with a replacement character);
+- a pattern ending in a lone ``\\`` says ``invalid escape '\\' at end of pattern``;
+- expansions nested more than 64 deep are refused instead of recursing without bound.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .._errors import DockerfileError
+
+__all__ = ["Expansion", "Lexer", "process_word", "process_words"]
+
+_EOF = ""
+_ESCAPE_TOKENS = ("\\", "`")
+# Names the POSIX shell reserves; BuildKit reads each as a one-character name.
+_SPECIAL_PARAMS = frozenset("@*#?-$!0")
+# Go's unicode.IsSpace: the Latin-1 spaces plus the White_Space property.
+_SPACES = frozenset(
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_MAX_DEPTH = 64
+_MISSING_BRACE = "syntax error: missing '}'"
+_MISSING_SLASH = "syntax error: missing '/' in ${}"
+
+
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    """The outcome of expanding one word.
+
+    ``result`` is the word as one string, ``words`` the same split as ``process_words``
+    splits it.  ``matched`` are the variable names that were looked up and found in the
+    environment, ``unmatched`` those looked up and not found (the UndefinedVar check and
+    the "ARG is used" tracking read them); the two never share a name.
+    """
+
+    result: str
+    words: tuple[str, ...]
+    matched: frozenset[str]
+    unmatched: frozenset[str]
+
+
+class Lexer:
+    """Expands words with one escape character and one set of options.
+
+    ``raw_quotes`` keeps quote characters in the output, ``raw_escapes`` keeps escape
+    characters, ``skip_process_quotes`` treats quotes as ordinary characters, and
+    ``skip_unset_env`` leaves a reference to an unset variable as written (``$v``,
+    ``${v}``, ``${v:-w}``...).  A ``Lexer`` holds no per-word state: it is safe to share.
+    """
+
+    def __init__(
+        self,
+        escape: str = "\\",
+        *,
+        raw_quotes: bool = False,
+        raw_escapes: bool = False,
+        skip_process_quotes: bool = False,
+        skip_unset_env: bool = False,
+    ) -> None:
+        if escape not in _ESCAPE_TOKENS:
+            raise DockerfileError(f"invalid escape token '{escape}' does not match ` or \\")
+        self.escape = escape
+        self.raw_quotes = raw_quotes
+        self.raw_escapes = raw_escapes
+        self.skip_process_quotes = skip_process_quotes
+        self.skip_unset_env = skip_unset_env
+
+    def __repr__(self) -> str:
+        return f"Lexer(escape={self.escape!r})"
+
+    def expand(self, word: str, env: Mapping[str, str]) -> Expansion:
+        """Expand ``word`` against ``env``; the result, its words and the names seen."""
+        state = _Expander(self, word, env)
+        try:
+            result, words = state.run()
+        except DockerfileError as exc:
+            raise DockerfileError(f"failed to process {_go_quote(word)}: {exc.message}") from None
+        except RecursionError:
+            message = "expansion nested too deeply"
+            raise DockerfileError(f"failed to process {_go_quote(word)}: {message}") from None
+        return Expansion(result, tuple(words), frozenset(state.matched),
+                         frozenset(state.unmatched))
+
+    def process_word(self, word: str, env: Mapping[str, str]) -> str:
+        """``word`` expanded to one string."""
+        return self.expand(word, env).result
+
+    def process_words(self, word: str, env: Mapping[str, str]) -> list[str]:
+        """``word`` expanded, then split on unquoted whitespace; empty words dropped."""
+        return list(self.expand(word, env).words)
+
+
+def process_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
+    """Expand ``word`` to one string; quotes and escapes removed.  See the module doc."""
+    return Lexer(escape).process_word(word, env)
+
+
+def process_words(word: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:
+    """Expand ``word`` and split it into words as BuildKit's ``ProcessWords`` does."""
+    return Lexer(escape).process_words(word, env)
+
+
+class _Cursor:
+    """Reads a word one character at a time; ``_EOF`` ("") past the end.
+
+    Like Go's text/scanner, a byte-order mark at the very start is skipped.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text.removeprefix("\ufeff")
+        self._pos = 0  # index of the next character; never beyond len(_text)
+
+    def peek(self) -> str:
+        return self._text[self._pos] if self._pos < len(self._text) else _EOF
+
+    def next(self) -> str:
+        ch = self.peek()
+        if ch:
+            self._pos += 1
+        return ch
+
+
+class _Words:
+    """Accumulates the words of ``process_words``."""
+
+    def __init__(self) -> None:
+        self._word = ""  # the word being built
+        self._done: list[str] = []  # finished words, never empty strings
+
+    def add_char(self, ch: str) -> None:
+        """An unquoted character: whitespace ends the current word."""
+        if ch not in _SPACES:
+            self._word += ch
+        elif self._word:
+            self._done.append(self._word)
+            self._word = ""
+
+    def add_text(self, text: str) -> None:
+        """Unquoted text (an expansion): split like characters typed."""
+        for ch in text:
+            self.add_char(ch)
+
+    def add_raw(self, text: str) -> None:
+        """Quoted or escaped text: never split."""
+        self._word += text
+
+    def result(self) -> list[str]:
+        return [*self._done, self._word] if self._word else list(self._done)
+
+
+class _Expander:
+    """The state of expanding one word: where we are and which names were looked up."""
+
+    def __init__(self, lexer: Lexer, word: str, env: Mapping[str, str]) -> None:
+        self._lexer = lexer
+        self._escape = lexer.escape
+        self._cursor = _Cursor(word)
+        self._env = env
+        self._raw_escapes = lexer.raw_escapes  # changes inside ${v#p}, ${v%p}, ${v/p/r}
+        self._depth = 0  # how many ${...} enclose the current position
+        self.matched: set[str] = set()
+        self.unmatched: set[str] = set()
+
+    def run(self) -> tuple[str, list[str]]:
+        return self._scan(_EOF)
+
+    # -- the word, quotes and escapes ------------------------------------------------
+
+    def _until(self, stop: str, raw_escapes: bool) -> tuple[str, list[str]]:
+        """Scan up to and including ``stop`` with escapes kept or not."""
+        saved, self._raw_escapes = self._raw_escapes, raw_escapes
+        try:
+            return self._scan(stop)
+        finally:
+            self._raw_escapes = saved
+
+    def _scan(self, stop: str) -> tuple[str, list[str]]:
+        result: list[str] = []
+        words = _Words()
+        while (ch := self._cursor.peek()) != _EOF:
+            if stop and ch == stop:
+                self._cursor.next()
+                return "".join(result), words.result()
+            result.append(self._piece(ch, words))
+        if stop:
+            raise DockerfileError(f"unexpected end of statement while looking for matching {stop}")
+        return "".join(result), words.result()
+
+    def _piece(self, ch: str, words: _Words) -> str:
+        """Consume what starts at ``ch``; record it in ``words`` and return its text."""
+        if ch == "$":
+            text = self._dollar()
+            words.add_text(text)
+        elif ch in "'\"" and not self._lexer.skip_process_quotes:
+            text = self._single_quoted() if ch == "'" else self._double_quoted()
+            words.add_raw(text)
+        else:
+            text = self._plain(words)
+        return text
+
+    def _plain(self, words: _Words) -> str:
+        ch = self._cursor.next()
+        if ch != self._escape:
+            words.add_char(ch)
+            return ch
+        kept = ch if self._raw_escapes else ""
+        words.add_raw(kept)
+        escaped = self._cursor.next()  # an escape at the very end is dropped
+        words.add_raw(escaped)
+        return kept + escaped
+
+    def _single_quoted(self) -> str:
+        quote = self._cursor.next()
+        text = [quote] if self._lexer.raw_quotes else []
+        while (ch := self._cursor.next()) != "'":
+            if ch == _EOF:
+                raise DockerfileError(
+                    "unexpected end of statement while looking for matching single-quote")
+            text.append(ch)
+        if self._lexer.raw_quotes:
+            text.append(ch)
+        return "".join(text)
+
+    def _double_quoted(self) -> str:
+        quote = self._cursor.next()
+        text = [quote] if self._lexer.raw_quotes else []
+        while (ch := self._cursor.peek()) != '"':
+            if ch == _EOF:
+                raise DockerfileError(
+                    "unexpected end of statement while looking for matching double-quote")
+            text.append(self._dollar() if ch == "$" else self._double_quoted_char())
+        self._cursor.next()
+        if self._lexer.raw_quotes:
+            text.append(ch)
+        return "".join(text)
+
+    def _double_quoted_char(self) -> str:
+        """Inside double quotes the escape character escapes only ", $ and itself."""
+        ch = self._cursor.next()
+        if ch != self._escape:
+            return ch
+        kept = ch if self._raw_escapes else ""
+        following = self._cursor.peek()
+        if following == _EOF:
+            return kept
+        if following in ('"', "$", self._escape):
+            return kept + self._cursor.next()
+        return kept + ch
+
+    # -- $ expansions ------------------------------------------------------------------
+
+    def _dollar(self) -> str:
+        self._cursor.next()
+        if self._cursor.peek() != "{":
+            return self._bare()
+        self._cursor.next()
+        self._depth += 1
+        try:
+            return self._braced()
+        finally:
+            self._depth -= 1
+
+    def _bare(self) -> str:
+        name = self._name()
+        if not name:
+            return "$"
+        value = self._lookup(name)
+        if value is None:
+            return "$" + name if self._lexer.skip_unset_env else ""
+        return value
+
+    def _braced(self) -> str:
+        if self._depth > _MAX_DEPTH:
+            raise DockerfileError(f"expansions nested more than {_MAX_DEPTH} deep")
+        first = self._cursor.peek()
+        if first == _EOF:
+            raise DockerfileError(_MISSING_BRACE)
+        if first in "{}:":
+            raise DockerfileError("syntax error: bad substitution")
+        name = self._name()
+        op = self._cursor.next()
+        if op == "}":
+            return self._braced_value(name)
+        if op == "/":
+            return self._replace(name)
+        if op == ":":
+            return self._modifier(name, op + self._cursor.next())
+        if op == _EOF:
+            raise DockerfileError(_MISSING_BRACE)
+        if op in "+-?#%":
+            return self._modifier(name, op)
+        raise DockerfileError(f"unsupported modifier ({op}) in substitution")
+
+    def _braced_value(self, name: str) -> str:
+        value = self._lookup(name)
+        if value is None:
+            return f"${{{name}}}" if self._lexer.skip_unset_env else ""
+        return value
+
+    def _modifier(self, name: str, op: str) -> str:
+        """``${name<op>word}``: op is one of - + ? # % , optionally after a colon."""
+        kind = op[-1:]
+        word = self._nested("}", kind in ("#", "%"), _MISSING_BRACE)
+        value = self._lookup(name)
+        if value is None and self._lexer.skip_unset_env:
+            return f"${{{name}{op}{word}}}"
+        absent = value is None or (op.startswith(":") and value == "")
+        if kind == "-":
+            return word if absent or value is None else value
+        if kind == "+":
+            return "" if absent else word
+        if kind == "?":
+            return _required(name, value, word, colon=op.startswith(":"))
+        if kind in ("#", "%"):
+            return _trim(kind, word, value or "")
+        raise DockerfileError(f"unsupported modifier ({op}) in substitution")
+
+    def _replace(self, name: str) -> str:
+        """``${name/pattern/replacement}`` and ``${name//pattern/replacement}``."""
+        every = self._cursor.peek() == "/"
+        if every:
+            self._cursor.next()
+        pattern = self._nested("/", True, _MISSING_SLASH)
+        replacement = self._nested("}", True, _MISSING_BRACE)
+        value = self._lookup(name)
+        if value is None and self._lexer.skip_unset_env:
+            # BuildKit writes a single slash back, even for ${name//p/r}.
+            return f"${{{name}/{pattern}/{replacement}}}"
+        regex = _compile_pattern(pattern, greedy=True, anchored=False)
+        if every:
+            return _replace_all(regex, value or "", replacement)
+        return _replace_first(regex, value or "", replacement)
+
+    def _nested(self, stop: str, raw_escapes: bool, missing: str) -> str:
+        """The word inside ${...} up to ``stop``; cut short by the end -> ``missing``."""
+        try:
+            return self._until(stop, raw_escapes)[0]
+        except DockerfileError:
+            if self._cursor.peek() == _EOF:
+                raise DockerfileError(missing) from None
+            raise
+
+    def _name(self) -> str:
+        """A name: digits only, one special character, or letters, digits and _."""
+        first = self._cursor.peek()
+        if first.isdecimal():
+            return self._take(str.isdecimal)
+        if first in _SPECIAL_PARAMS:
+            return self._cursor.next()
+        return self._take(_is_name_char)
+
+    def _take(self, accept: Callable[[str], bool]) -> str:
+        taken = []
+        while (ch := self._cursor.peek()) != _EOF and accept(ch):
+            taken.append(self._cursor.next())
+        return "".join(taken)
+
+    def _lookup(self, name: str) -> str | None:
+        if name in self._env:
+            self.matched.add(name)
+            return self._env[name]
+        self.unmatched.add(name)
+        return None
+
+
+def _is_name_char(ch: str) -> bool:
+    return ch.isalpha() or ch.isdecimal() or ch == "_"
+
+
+def _required(name: str, value: str | None, message: str, *, colon: bool) -> str:
+    """``${name?message}`` / ``${name:?message}``."""
+    if value is None:
+        raise DockerfileError(f"{name}: {message or 'is not allowed to be unset'}")
+    if colon and value == "":
+        raise DockerfileError(f"{name}: {message or 'is not allowed to be empty'}")
+    return value
+
+
+# -- patterns ------------------------------------------------------------------------------
+
+
+def _trim(kind: str, word: str, value: str) -> str:
+    """``#``/``##`` remove a prefix, ``%``/``%%`` a suffix; doubled means longest."""
+    greedy = word.startswith(kind)
+    pattern = word[1:] if greedy else word
+    if kind == "#":
+        return _trim_prefix(pattern, value, greedy)
+    # The shortest rightmost match is the shortest leftmost match of the reversed text.
+    return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
+
+
+def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
+    match = _compile_pattern(pattern, greedy=greedy, anchored=True).match(value)
+    return value[match.end():] if match else value
+
+
+def _reverse_pattern(pattern: str) -> str:
+    """Reverse a pattern, keeping each ``\\x`` escape pair in its order."""
+    tokens: list[str] = []
+    index = 0
+    while index < len(pattern):
+        size = 2 if pattern[index] == "\\" and index + 1 < len(pattern) else 1
+        tokens.append(pattern[index:index + size])
+        index += size
+    return "".join(reversed(tokens))
+
+
+def _compile_pattern(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
+    """A shell pattern (``*``, ``?``, ``\\`` escapes) as a regular expression."""
+    try:
+        body = _pattern_regex(pattern, ".*" if greedy else ".*?")
+        return re.compile(("^" if anchored else "") + body)
+    except (DockerfileError, re.error) as exc:
+        reason = exc.message if isinstance(exc, DockerfileError) else str(exc)
+        raise DockerfileError(f"invalid pattern ({pattern}) in substitution: {reason}") from None
+
+
+def _pattern_regex(pattern: str, star: str) -> str:
+    cursor = _Cursor(pattern)
+    out: list[str] = []
+    while (ch := cursor.next()) != _EOF:
+        if ch == "*":
+            out.append(star)
+        elif ch == "?":
+            out.append(".")
+        elif ch == "\\":
+            out.append(_pattern_escape(cursor))
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
+def _pattern_escape(cursor: _Cursor) -> str:
+    """After a backslash: ``\\}`` and ``\\/`` lose it, ``\\*``, ``\\?``, ``\\\\`` are literal."""
+    following = cursor.peek()
+    if following in ("}", "/"):
+        return ""
+    cursor.next()
+    if following == _EOF:
+        raise DockerfileError("invalid escape '\\' at end of pattern")
+    if following not in ("*", "?", "\\"):
+        raise DockerfileError(f"invalid escape '\\{following}'")
+    return re.escape(following)
+
+
+def _replace_first(regex: re.Pattern[str], value: str, replacement: str) -> str:
+    match = regex.search(value)
+    if match is None:
+        return value
+    return value[:match.start()] + replacement + value[match.end():]
+
+
+def _replace_all(regex: re.Pattern[str], value: str, template: str) -> str:
+    """Go's ``Regexp.ReplaceAllString``: an empty match right after a match is skipped,
+    and ``$0``/``$$`` in the replacement are expanded (BuildKit passes it through)."""
+    out: list[str] = []
+    last_end = 0
+    search_at = 0
+    while search_at <= len(value):
+        match = regex.search(value, search_at)
+        if match is None:
+            break
+        start, end = match.span()
+        out.append(value[last_end:start])
+        if end > last_end or start == 0:
+            out.append(_go_expand(template, match.group()))
+        last_end = end
+        search_at = search_at + 1 if search_at + 1 > end else end
+    out.append(value[last_end:])
+    return "".join(out)
+
+
+def _go_expand(template: str, matched: str) -> str:
+    """Go's ``Regexp.Expand`` for a regex without groups: ``$$`` is ``$``, ``$0`` and
+    ``${0}`` the match, any other ``$name`` nothing, a ``$`` without a name itself."""
+    out: list[str] = []
+    index = 0
+    while (dollar := template.find("$", index)) >= 0:
+        out.append(template[index:dollar])
+        index = dollar + 1
+        if template.startswith("$", index):
+            out.append("$")
+            index += 1
+            continue
+        found = _template_name(template, index)
+        if found is None:
+            out.append("$")
+            continue
+        name, index = found
+        out.append(matched if name == "0" else "")
+    out.append(template[index:])
+    return "".join(out)
+
+
+def _template_name(template: str, start: int) -> tuple[str, int] | None:
+    """The name of ``$name`` or ``${name}`` at ``start`` and the index after it."""
+    braced = template.startswith("{", start)
+    end = begin = start + braced
+    while end < len(template) and _is_name_char(template[end]):
+        end += 1
+    if end == begin:
+        return None
+    if not braced:
+        return template[begin:end], end
+    if not template.startswith("}", end):
+        return None
+    return template[begin:end], end + 1
+
+
+def _go_quote(text: str) -> str:
+    """``text`` quoted as Go's ``%q`` quotes it (the error messages say ``"${x"``)."""
+    return '"' + "".join(_go_quote_char(ch) for ch in text) + '"'
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", "\\": "\\\\", '"': '\\"'}
+
+
+def _go_quote_char(ch: str) -> str:
+    if ch in _GO_ESCAPES:
+        return _GO_ESCAPES[ch]
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    if code < 0x20 or code == 0x7F:
+        return f"\\x{code:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return "\\ufffd"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
