@@ -106,7 +106,8 @@ ERRORS: list[tuple[str, str, str]] = [
      'failed to process "he${XXX:YYY}": unsupported modifier (:Y) in substitution'),
     ("he${PWD:=000}xx", "\\",
      'failed to process "he${PWD:=000}xx": unsupported modifier (:=) in substitution'),
-    ("${FOO=aaa}", "\\", 'failed to process "${FOO=aaa}": unsupported modifier (=) in substitution'),
+    ("${FOO=aaa}", "\\",
+     'failed to process "${FOO=aaa}": unsupported modifier (=) in substitution'),
     ("${FOO=}", "\\", 'failed to process "${FOO=}": unsupported modifier (=) in substitution'),
     ("${a:}b}", "\\", 'failed to process "${a:}b}": unsupported modifier (:}) in substitution'),
     ("${!a}", "\\", 'failed to process "${!a}": unsupported modifier (a) in substitution'),
@@ -209,7 +210,7 @@ OPTIONS: list[tuple[dict[str, bool], str, str, list[str]]] = [
 
 @pytest.mark.parametrize(("options", "word", "result", "words"), OPTIONS)
 def test_options(options: dict[str, bool], word: str, result: str, words: list[str]) -> None:
-    expansion = Lexer(**options).expand(word, OPTIONS_ENV)
+    expansion = Lexer("\\", **options).expand(word, OPTIONS_ENV)
     assert (expansion.result, list(expansion.words)) == (result, words)
 
 
