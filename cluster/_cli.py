@@ -106,10 +106,8 @@ def _run_debug_graph(args: argparse.Namespace) -> int:
 
     from cluster._context import load_ignore_patterns
 
-    try:
-        patterns = load_ignore_patterns(context, dockerfile_path)
-    except OSError as exc:
-        raise UsageError(f"cannot read the ignore file in {args.context!r}: {exc}") from None
+    # A Dockerfile from stdin has no <name>.dockerignore of its own: the context's applies.
+    patterns, _ = load_ignore_patterns(context, dockerfile_path or context / "Dockerfile")
     result = build_graph(data, filename=filename, target=args.target, platforms=platforms,
                          build_args=build_args, ignore_patterns=list(patterns))
     _print_warnings(result.warnings)
