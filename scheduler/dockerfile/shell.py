@@ -20,6 +20,13 @@ as names like any other.  A ``$`` not followed by a name is kept.  Inside single
 nothing is special; inside double quotes only ``$`` and the escape character are, and the
 escape character escapes only ``"``, ``$`` and itself.
 
+Which lexer BuildKit uses where: most instructions (ENV, LABEL, ARG defaults, WORKDIR, USER,
+COPY/ADD sources and flags, FROM...) take ``Lexer(directives.escape)`` with quote removal;
+EXPOSE and the like split with ``process_words``; an expanded heredoc body (``<<EOF`` with
+an unquoted delimiter) takes ``Lexer("\\", skip_process_quotes=True)`` -- always the
+backslash, quotes kept as text, escapes still removed.  ``Expansion.unmatched`` feeds the
+UndefinedVar check, ``Expansion.matched`` the "this ARG was used" tracking.
+
 Every error is a ``DockerfileError`` at the default position (``Dockerfile:1:1``), because a
 word has no position of its own.  The caller knows the instruction: catch the error and
 raise ``node.error(exc.message, filename, at=word)`` in its place.

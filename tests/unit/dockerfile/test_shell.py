@@ -198,6 +198,11 @@ OPTIONS: list[tuple[dict[str, bool], str, str, list[str]]] = [
     ({"skip_process_quotes": True}, "'$PWD' \"$PWD\"", "'/home' \"/home\"",
      ["'/home'", '"/home"']),
     ({"skip_process_quotes": True}, "'a b'", "'a b'", ["'a", "b'"]),
+    # an expanded heredoc body: quotes are text, escapes still go (moby/buildkit#3756)
+    ({"skip_process_quotes": True}, "echo '$PWD' \"${PWD}\"\n", "echo '/home' \"/home\"\n",
+     ["echo", "'/home'", '"/home"']),
+    ({"skip_process_quotes": True}, r"a\\b \$PWD 'x\y'", r"a\b $PWD 'xy'",
+     ["a\\b", "$PWD", "'xy'"]),
     ({"skip_unset_env": True}, "$nope ${nope} ${nope:-x} ${nope+y} $PWD",
      "$nope ${nope} ${nope:-x} ${nope+y} /home",
      ["$nope", "${nope}", "${nope:-x}", "${nope+y}", "/home"]),
