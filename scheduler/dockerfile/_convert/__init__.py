@@ -1,0 +1,1 @@
+"""Typed commands -> BuildGraph: one module per instruction family (see ``_dispatch``)."""

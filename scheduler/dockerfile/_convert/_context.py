@@ -1,0 +1,118 @@
+"""What every instruction's converter can read: the options of the build, the stage
+table, the vertex sink, the warnings, and the build context source."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..._graph import SourceOp
+from ..._errors import DockyardError
+from ..._platform import Platform, parse_platform
+from .._ast import CheckWarning, Node
+from ._expand import NON_ENV_ARGS, Expansion, expand, expand_display
+from ._model import ImageResolver
+from ._proxy import PROXY_ARGS
+from ._state import StageState
+from ._vertices import VertexSink
+
+_RULE_DOCS = {
+    "UndefinedVar": "Variables should be defined before their use",
+    "UndefinedArgInFrom": "FROM command must use declared ARGs",
+    "WorkdirRelativePath": "Relative workdir without an absolute workdir declared within the "
+                           "build can have unexpected results if the base image changes",
+}
+
+
+def rule_url(rule: str) -> str:
+    kebab = "".join("-" + c.lower() if c.isupper() else c for c in rule).lstrip("-")
+    return f"https://docs.docker.com/go/dockerfile/rule/{kebab}/"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    """The inputs of one build that do not change per platform."""
+
+    filename: str
+    escape: str
+    build_platform: Platform
+    multi_platform: bool
+    build_args: Mapping[str, str]
+    ignore_patterns: tuple[str, ...]
+    resolver: ImageResolver | None
+    target: str | None
+
+
+@dataclass(slots=True)
+class Conversion:
+    """The conversion of the Dockerfile for one target platform.
+
+    ``context_paths``: the context paths the commands read (BuildKit's ctxPaths), gathered
+    while converting.  ``follow_paths``: the final list baked into the context source (a
+    first pass gathers them; see ``_convert``), None = the whole context.
+    """
+
+    options: BuildOptions
+    target_platform: Platform
+    global_args: dict[str, str]
+    sink: VertexSink = field(default_factory=VertexSink)
+    warnings: list[CheckWarning] = field(default_factory=list)
+    context_paths: set[str] = field(default_factory=set)
+    follow_paths: tuple[str, ...] | None = None
+    consumed_args: set[str] = field(default_factory=set)
+    _context_digest: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return self.options.filename
+
+    def warn(self, rule: str, message: str, node: Node) -> None:
+        self.warnings.append(CheckWarning(
+            rule=rule, message=message, filename=self.filename, line=node.start_line,
+            column=node.column, description=_RULE_DOCS.get(rule, ""), url=rule_url(rule)))
+
+    def expand(self, word: str, env: Mapping[str, str], node: Node) -> Expansion:
+        return expand(word, env, escape=self.options.escape, node=node,
+                      filename=self.filename)
+
+    def expand_in_stage(self, word: str, state: StageState, node: Node) -> str:
+        """Expand in a stage's scope, reporting UndefinedVar for unknown names."""
+        expansion = self.expand(word, state.env(), node)
+        for name in sorted(expansion.unmatched - set(state.args) - NON_ENV_ARGS):
+            self.warn("UndefinedVar", f"Usage of undefined variable '${name}'", node)
+        return expansion.result
+
+    def proxy_env(self, state: StageState) -> tuple[str, ...]:
+        """Proxy build args the stage did not declare: passed to RUN, out of the digest."""
+        return tuple(f"{k}={v}" for k, v in sorted(self.options.build_args.items())
+                     if k in PROXY_ARGS and k not in state.args)
+
+    def target_of(self, state: StageState) -> Platform | None:
+        """The TARGETPLATFORM a stage declared, for ``[linux/amd64->arm64 ...]`` names."""
+        value = state.args.get("TARGETPLATFORM")
+        try:
+            return parse_platform(value) if value else None
+        except DockyardError:
+            return None
+
+    def display(self, text: str, env: Mapping[str, str]) -> str:
+        return expand_display(text, env, escape=self.options.escape)
+
+    def context_source(self) -> str:
+        """The digest of the ``local://context`` source vertex."""
+        if self._context_digest is None:
+            self._context_digest = self.sink.add(
+                SourceOp(identifier="local://context", attrs=self._context_attrs()), (),
+                "[internal] load build context", None)
+        return self._context_digest
+
+    def _context_attrs(self) -> tuple[tuple[str, str], ...]:
+        attrs: list[tuple[str, str]] = []
+        if self.options.ignore_patterns:
+            attrs.append(("exclude", json.dumps(list(self.options.ignore_patterns))))
+        if self.follow_paths:
+            attrs.append(("followpaths", json.dumps(list(self.follow_paths))))
+        return tuple(sorted(attrs))
+
+

@@ -1,0 +1,83 @@
+"""FROM: start a stage's state from scratch, an image, or an earlier stage."""
+
+from __future__ import annotations
+
+from ..._errors import DockyardError
+from ..._graph import SourceOp
+from ..._reference import parse_reference
+from collections.abc import Sequence
+
+from .._instructions import AddCommand, Command, CopyCommand, RunCommand, WorkdirCommand
+from ._context import Conversion
+from ._model import DEFAULT_PATH, BaseImage
+from ._names import prefix_command
+from ._stages import StageNode
+from ._state import ConfigDraft, StageState
+
+_COUNTED = (AddCommand, CopyCommand, RunCommand, WorkdirCommand)
+
+
+def start_stage(conv: Conversion, stage_node: StageNode, done: dict[int, StageState]
+                ) -> tuple[StageState, tuple[str, ...]]:
+    """The state a stage starts from, and the ONBUILD triggers of its base image."""
+    if stage_node.base is not None:
+        return _from_stage(stage_node, done[stage_node.base.index]), ()
+    platform = stage_node.platform or conv.target_platform
+    state = StageState(stage_name=stage_node.stage_name, platform=platform)
+    if stage_node.stage is not None:
+        state.cmd_total = count_commands(stage_node.commands) + (not stage_node.is_scratch)
+    if stage_node.is_scratch:
+        _ensure_path(state)
+        return state, ()
+    image = _from_image(conv, stage_node, state)
+    _ensure_path(state)
+    return state, image.on_build if image else ()
+
+
+def count_commands(commands: Sequence[Command]) -> int:
+    """How many commands get a ``[n/total]`` number: ADD, COPY, RUN and WORKDIR."""
+    return sum(isinstance(c, _COUNTED) for c in commands)
+
+
+def _from_stage(stage_node: StageNode, base: StageState) -> StageState:
+    config = base.config.copy()
+    config.on_build = []
+    return StageState(stage_name=stage_node.stage_name, platform=base.platform,
+                      root=base.root, config=config, args=dict(base.args),
+                      cmd_total=count_commands(stage_node.commands), workdir_set=base.workdir_set)
+
+
+def _from_image(conv: Conversion, stage_node: StageNode, state: StageState
+                ) -> BaseImage | None:
+    try:
+        ref = str(parse_reference(stage_node.base_name))
+    except DockyardError as err:
+        raise stage_node.node.error(
+            f'failed to parse stage name "{stage_node.base_name}": {err.message}',
+            conv.filename,
+            at=stage_node.base_name) from err
+    image = conv.options.resolver(ref, state.platform) if conv.options.resolver else None
+    if image is not None:
+        if image.digest and "@" not in ref:
+            ref = f"{ref}@{image.digest}"
+        state.config = _config_of(image)
+    name = prefix_command(state, "FROM " + ref, multi_platform=conv.options.multi_platform,
+                          platform=state.platform)
+    state.root = conv.sink.add(SourceOp(identifier="docker-image://" + ref), (), name,
+                               state.platform)
+    return image
+
+
+def _config_of(image: BaseImage) -> ConfigDraft:
+    env = dict(item.partition("=")[::2] for item in image.env)
+    return ConfigDraft(
+        env=env, cmd=image.cmd, entrypoint=image.entrypoint, user=image.user,
+        working_dir=image.working_dir, labels=dict(image.labels),
+        exposed_ports=dict.fromkeys(image.exposed_ports),
+        volumes=dict.fromkeys(image.volumes), stop_signal=image.stop_signal,
+        shell=image.shell)
+
+
+def _ensure_path(state: StageState) -> None:
+    if "PATH" not in state.config.env and state.platform.os != "windows":
+        state.config.env["PATH"] = DEFAULT_PATH

@@ -1,0 +1,154 @@
+"""RUN: the argv (SHELL, heredocs), the mounts, and the ExecOp."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from ..._graph import ExecMount, ExecOp, FileOp, Mkfile
+from .._ast import Heredoc
+from .._instructions import Mount, RunCommand
+from ._context import Conversion
+from ._names import prefix_command, uppercase_command
+from ._state import StageState
+
+DEFAULT_SHELL = ("/bin/sh", "-c")
+_SINGLE_HEREDOC = re.compile(r"\d*<<-?\s*([\"']?)([^\s\"'<]+)\1")
+_PIPES = "/dev/pipes/"
+
+
+def with_shell(state: StageState, args: tuple[str, ...]) -> tuple[str, ...]:
+    shell = state.config.shell or DEFAULT_SHELL
+    return (*shell, " ".join(args))
+
+
+class _Inputs:
+    """The ExecOp's inputs: the root first (when not scratch), then each mount's."""
+
+    def __init__(self, root: str | None) -> None:
+        self.digests: list[str] = [root] if root else []
+
+    def index(self, digest: str | None) -> int | None:
+        if digest is None:
+            return None
+        if digest not in self.digests:
+            self.digests.append(digest)
+        return self.digests.index(digest)
+
+
+def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
+                 sources: dict[str, str | None]) -> None:
+    """``sources`` maps each ``from=`` of the mounts to that state's root."""
+    inputs = _Inputs(state.root)
+    root_mount = ExecMount(dest="/", input=0 if state.root else None, output=True)
+    args, label, extra = _argv(conv, state, command, inputs)
+    mounts = [root_mount, *extra]
+    mounts += [_mount(conv, state, command, m, inputs, sources) for m in command.mounts]
+    env = state.env()
+    op = ExecOp(args=args, env=tuple(sorted(f"{k}={v}" for k, v in env.items())),
+                cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
+                network=command.network, security=command.security,
+                proxy_env=conv.proxy_env(state))
+    name = prefix_command(state, uppercase_command(conv.display(label, env)),
+                          multi_platform=conv.options.multi_platform,
+                          platform=state.platform, target=conv.target_of(state))
+    state.root = conv.sink.add(op, inputs.digests, name, state.platform)
+    state.config.commit("RUN " + _history_args(state, args) + " # buildkit", layer=True)
+
+
+def _argv(conv: Conversion, state: StageState, command: RunCommand, inputs: _Inputs
+          ) -> tuple[tuple[str, ...], str, list[ExecMount]]:
+    args, label, extra = command.cmd_line, command.node.original, []
+    if command.files:
+        args, label, extra = _heredoc_argv(conv, state, command, inputs)
+    if command.prepend_shell:
+        args = with_shell(state, args)
+    return args, label, extra
+
+
+def _heredoc_argv(conv: Conversion, state: StageState, command: RunCommand,
+                  inputs: _Inputs) -> tuple[tuple[str, ...], str, list[ExecMount]]:
+    line, first = " ".join(command.cmd_line), command.files[0]
+    if not _SINGLE_HEREDOC.fullmatch(line.strip()):
+        text = line + "".join(f"\n{doc.content}{doc.name}" for doc in command.files)
+        return (text,), command.node.original, []
+    label = f"{command.node.original} ({_summary(first.content)})"
+    if first.content.startswith("#!") and state.platform.os != "windows":
+        return (_PIPES + first.name,), label, [_script_mount(conv, state, first, inputs)]
+    return (first.content,), label, []
+
+
+def _script_mount(conv: Conversion, state: StageState, doc: Heredoc, inputs: _Inputs
+                  ) -> ExecMount:
+    op = FileOp(actions=(Mkfile(path="/" + doc.name, data=doc.content, mode=0o755),),
+                base=None)
+    digest = conv.sink.add(op, (), "[internal] preparing inline document", state.platform)
+    return ExecMount(dest=_PIPES, input=inputs.index(digest), selector="/", readonly=True)
+
+
+def _summary(content: str) -> str:
+    lines = content.strip().replace("\r\n", "\n").split("\n")
+    return lines[0] + ("..." if len(lines) > 1 else "")
+
+
+def _history_args(state: StageState, args: tuple[str, ...]) -> str:
+    """BuildKit's runCommandString: ``|2 A=1 B=2 /bin/sh -c make`` with the stage's ARGs."""
+    env = state.env()
+    pairs = [f"{key}={env.get(key, value or '')}" for key, value in state.args.items()]
+    prefix = [f"|{len(pairs)}", *pairs] if pairs else []
+    return " ".join([*prefix, *args])
+
+
+def _mount(conv: Conversion, state: StageState, command: RunCommand, mount: Mount,
+           inputs: _Inputs, sources: dict[str, str | None]) -> ExecMount:
+    dest = _target(conv, state, command, mount)
+    if mount.type == "secret":
+        return ExecMount(dest=dest, type="secret", secret_id=mount.id or "",
+                         env_name=mount.env or "", required=mount.required,
+                         mode=0o400 if mount.mode is None else mount.mode,
+                         uid=mount.uid or 0, gid=mount.gid or 0)
+    if mount.type == "ssh":
+        return ExecMount(dest=dest, type="ssh", ssh_id=mount.id or "default",
+                         required=mount.required,
+                         mode=0o600 if mount.mode is None else mount.mode,
+                         uid=mount.uid or 0, gid=mount.gid or 0)
+    if mount.type == "tmpfs":
+        return ExecMount(dest=dest, type="tmpfs", size=mount.size)
+    return _state_mount(conv, state, mount, dest, inputs, sources)
+
+
+def _state_mount(conv: Conversion, state: StageState, mount: Mount, dest: str,
+                 inputs: _Inputs, sources: dict[str, str | None]) -> ExecMount:
+    if mount.from_:
+        source = sources.get(mount.from_)
+    elif mount.type == "cache":
+        source = None
+    else:
+        source = conv.context_source()
+        conv.context_paths.add(posixpath.normpath("/" + (mount.source or "")))
+    selector = posixpath.normpath("/" + (mount.source or ""))
+    index, selector = inputs.index(source), ("" if selector == "/" else selector)
+    if mount.type == "cache":
+        return ExecMount(dest=dest, input=index, selector=selector,
+                         readonly=mount.read_only, type="cache",
+                         cache_id=mount.id or dest, sharing=mount.sharing,
+                         mode=mount.mode, uid=mount.uid, gid=mount.gid)
+    return ExecMount(dest=dest, input=index, selector=selector, readonly=mount.read_only)
+
+
+def _target(conv: Conversion, state: StageState, command: RunCommand, mount: Mount) -> str:
+    target = mount.target or _default_target(command, mount)
+    dest = posixpath.normpath(posixpath.join(state.cwd, target))
+    if dest == "/":
+        raise command.node.error(f'invalid mount target "{target}"', conv.filename,
+                                 at="--mount")
+    return dest
+
+
+def _default_target(command: RunCommand, mount: Mount) -> str:
+    if mount.type == "secret":
+        return "/run/secrets/" + (mount.id or "")
+    if mount.type == "ssh":
+        index = [m for m in command.mounts if m.type == "ssh"].index(mount)
+        return f"/run/buildkit/ssh_agent.{index}"
+    return ""

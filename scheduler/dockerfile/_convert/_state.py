@@ -1,0 +1,95 @@
+"""The mutable state of one stage while its commands are converted.
+
+A ``StageState`` is created per stage and platform and thrown away after conversion; the
+graph only ever sees the frozen ops built from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..._platform import Platform
+
+
+
+@dataclass(slots=True)
+class HealthDraft:
+    test: tuple[str, ...]
+    interval: int = 0
+    timeout: int = 0
+    start_period: int = 0
+    start_interval: int = 0
+    retries: int = 0
+
+
+@dataclass(slots=True)
+class History:
+    created_by: str
+    empty_layer: bool
+    comment: str = "buildkit.dockerfile.v0"
+
+
+@dataclass(slots=True)
+class ConfigDraft:
+    """The image config being built.  ``env`` keeps insertion order (ENV replaces in place,
+    as BuildKit's addEnv does)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    cmd: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    user: str = ""
+    working_dir: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    exposed_ports: dict[str, None] = field(default_factory=dict)
+    volumes: dict[str, None] = field(default_factory=dict)
+    stop_signal: str = ""
+    healthcheck: HealthDraft | None = None
+    on_build: list[str] = field(default_factory=list)
+    shell: tuple[str, ...] = ()
+    author: str = ""
+    history: list[History] = field(default_factory=list)
+
+    def copy(self) -> ConfigDraft:
+        return ConfigDraft(
+            env=dict(self.env), cmd=self.cmd, entrypoint=self.entrypoint, user=self.user,
+            working_dir=self.working_dir, labels=dict(self.labels),
+            exposed_ports=dict(self.exposed_ports), volumes=dict(self.volumes),
+            stop_signal=self.stop_signal, healthcheck=self.healthcheck,
+            on_build=list(self.on_build), shell=self.shell, author=self.author,
+            history=list(self.history))
+
+    def commit(self, created_by: str, *, layer: bool) -> None:
+        self.history.append(History(created_by, empty_layer=not layer))
+
+
+@dataclass(slots=True)
+class StageState:
+    """One stage being converted.
+
+    ``root``: digest of the current filesystem state (None = empty, ``FROM scratch``).
+    ``args``: the ARGs declared in this stage (and its base stage), in order, with their
+    value (None = declared without a value).  ``config``: the image config so far.
+    ``cmd_index``/``cmd_total``: the ``[2/4]`` counters of vertex names.
+    """
+
+
+    stage_name: str
+    platform: Platform
+    root: str | None = None
+    config: ConfigDraft = field(default_factory=ConfigDraft)
+    args: dict[str, str | None] = field(default_factory=dict)
+    cmd_index: int = 0
+    cmd_total: int = 0
+    workdir_set: bool = False
+    cmd_set: bool = False
+    on_build_prefix: bool = False
+
+    def env(self) -> dict[str, str]:
+        """The variables a command sees: declared ARG values, overridden by ENV."""
+        merged = {k: v for k, v in self.args.items() if v is not None}
+        merged.update(self.config.env)
+        return merged
+
+    @property
+    def cwd(self) -> str:
+        return self.config.working_dir or "/"

@@ -1,0 +1,21 @@
+"""Adds vertices to the graph being built (dedup by digest happens in ``BuildGraph``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..._graph import BuildGraph, Op, Vertex
+from ..._platform import Platform
+
+
+class VertexSink:
+    """The graph of one build, shared by the conversions of every platform, so a vertex
+    two platforms need (the context, a BUILDPLATFORM stage) is held once."""
+
+    def __init__(self, graph: BuildGraph | None = None) -> None:
+        self.graph = graph if graph is not None else BuildGraph()
+
+    def add(self, op: Op, inputs: Sequence[str], name: str,
+            platform: Platform | None) -> str:
+        return self.graph.add(Vertex(op=op, inputs=tuple(inputs), name=name,
+                                     platform=platform))
