@@ -3,6 +3,7 @@ JSON lines."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import replace
@@ -10,6 +11,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scheduler._errors import GraphError
 from scheduler._graph import (
@@ -250,3 +253,18 @@ def test_constructor_takes_vertices_and_results() -> None:
     graph = small_graph()
     assert BuildGraph(graph.vertices, graph.results) == graph
     assert BuildGraph(list(graph.vertices.values()), graph.results) == graph
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_raise_graph_error(data: bytes) -> None:
+    with contextlib.suppress(GraphError):
+        BuildGraph.from_msgpack(data)
+
+
+@settings(max_examples=200)
+@given(st.integers(min_value=0, max_value=10_000), st.integers(min_value=0, max_value=255))
+def test_corrupted_graph_decodes_or_raises_graph_error(offset: int, byte: int) -> None:
+    data = bytearray(small_graph().to_msgpack())
+    data[offset % len(data)] = byte
+    with contextlib.suppress(GraphError):
+        BuildGraph.from_msgpack(bytes(data))

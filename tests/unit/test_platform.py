@@ -4,6 +4,8 @@ BuildKit apply to --platform and FROM --platform)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scheduler._errors import UsageError
 from scheduler._platform import Platform, default_platform, parse_platform, parse_platforms
@@ -101,3 +103,12 @@ def test_empty_entry_in_platform_list(specifiers: str) -> None:
 
 def test_default_platform_is_normalised() -> None:
     assert parse_platform(str(HOST)) == HOST
+
+
+@given(st.text(max_size=40))
+def test_any_text_parses_or_raises_usage_error(text: str) -> None:
+    try:
+        parsed = parse_platforms(text)
+    except UsageError:
+        return
+    assert all(parse_platform(str(p)) == p for p in parsed)

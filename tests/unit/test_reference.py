@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scheduler._errors import ImageReferenceError
 from scheduler._reference import Reference, parse_reference
@@ -102,6 +104,8 @@ BAD = [
      f"invalid reference format 'x@sha256:{'A' * 64}': invalid checksum digest format"),
     ("a/" + "b" * 250, f"invalid reference format 'a/{'b' * 250}': repository name must not "
                        "be more than 255 characters"),
+    ("alpine:t\u00e0g", f"invalid reference format 'alpine:t\u00e0g': {_FORMAT}"),
+    ("\u00e0lpine", f"invalid reference format '\u00e0lpine': {_FORMAT}"),
     ("alpine latest", f"invalid reference format 'alpine latest': {_FORMAT}"),
 ]
 
@@ -116,3 +120,12 @@ def test_bad_reference(text: str, message: str) -> None:
 def test_name_length_counts_the_domain() -> None:
     # docker.io/ (10) + a/ (2) + 243 = 255: the longest accepted Hub name
     assert parse_reference("a/" + "b" * 243).path == "a/" + "b" * 243
+
+
+@given(st.text(max_size=80))
+def test_any_text_parses_or_raises_image_reference_error(text: str) -> None:
+    try:
+        ref = parse_reference(text)
+    except ImageReferenceError:
+        return
+    assert parse_reference(str(ref)) == ref
