@@ -13,7 +13,6 @@ from ._proxy import PROXY_ARGS
 from ._state import StageState
 
 
-
 def predefined_args(build: Platform, target: Platform, target_stage: str,
                     overrides: Mapping[str, str]) -> dict[str, str]:
     """BUILDPLATFORM/OS/ARCH/VARIANT, TARGETPLATFORM/OS/ARCH/VARIANT and TARGETSTAGE; a

@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..._graph import SourceOp
 from ..._errors import DockyardError
+from ..._graph import SourceOp
 from ..._platform import Platform, parse_platform
 from .._ast import CheckWarning, Node
 from ._expand import NON_ENV_ARGS, Expansion, expand, expand_display

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..._graph import Copy, FileAction, FileOp, MergeOp, Mkfile, SourceOp
@@ -16,8 +15,8 @@ from ._names import prefix_command, uppercase_command
 from ._sources import GitSource, http_filename, is_http, parse_git
 from ._state import StageState
 
-_SYMBOLIC = re.compile(r"[ugoa]*(?:[-+=](?:[rwxXst]*|[ugo]))+(?:,[ugoa]*(?:[-+=](?:[rwxXst]*|[ugo]))+)*")
-_WILDCARD = re.compile(r"[*?\[]")
+_CLAUSE = r"[ugoa]*(?:[-+=](?:[rwxXst]*|[ugo]))+"
+_SYMBOLIC = re.compile(rf"{_CLAUSE}(?:,{_CLAUSE})*")
 
 
 @dataclass(slots=True)
@@ -116,11 +115,6 @@ def _require_add(conv: Conversion, command: CopyCommand | AddCommand, message: s
         raise command.node.error(message, conv.filename)
 
 
-def _common(command: CopyCommand | AddCommand) -> dict[str, object]:
-    return {"chown": command.chown or "", "chmod": command.chmod or "",
-            "exclude": tuple(command.exclude)}
-
-
 def _add_git(conv: Conversion, command: CopyCommand | AddCommand, plan: _Plan,
              git: GitSource, dest: str, name: str) -> None:
     assert isinstance(command, AddCommand)
@@ -209,6 +203,3 @@ def _finish(conv: Conversion, state: StageState, command: CopyCommand | AddComma
     merge_name = name.replace("] ", "] LINK ", 1) if name.startswith("[") else "LINK " + name
     state.root = conv.sink.add(MergeOp(), (state.root, copied), merge_name, state.platform)
 
-
-def has_wildcards(paths: Sequence[str]) -> bool:
-    return any(_WILDCARD.search(p) for p in paths)

@@ -10,7 +10,6 @@ from ..._errors import DockyardError
 from .. import shell
 from .._ast import Node
 
-
 NON_ENV_ARGS = frozenset({"BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"})
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..._errors import DockyardError
 from ..._graph import SourceOp
 from ..._reference import parse_reference
-from collections.abc import Sequence
-
 from .._instructions import AddCommand, Command, CopyCommand, RunCommand, WorkdirCommand
 from ._context import Conversion
 from ._model import DEFAULT_PATH, BaseImage

@@ -58,7 +58,8 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
 
 def _argv(conv: Conversion, state: StageState, command: RunCommand, inputs: _Inputs
           ) -> tuple[tuple[str, ...], str, list[ExecMount]]:
-    args, label, extra = command.cmd_line, command.node.original, []
+    args, label = command.cmd_line, command.node.original
+    extra: list[ExecMount] = []
     if command.files:
         args, label, extra = _heredoc_argv(conv, state, command, inputs)
     if command.prepend_shell:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from ..._platform import Platform
 
 
-
 @dataclass(slots=True)
 class HealthDraft:
     test: tuple[str, ...]
