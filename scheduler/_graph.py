@@ -209,7 +209,14 @@ def _plain_fields(value: Any, *, for_digest: bool) -> dict[str, Any]:
 
 
 def _pack(value: Any) -> bytes:
-    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    try:
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+    except UnicodeEncodeError as exc:  # a lone surrogate (e.g. from os.environ)
+        raise GraphError(f"cannot encode text in a build graph: {exc.reason} "
+                         f"({exc.object[exc.start:exc.end]!r})") from None
+    except OverflowError:
+        raise GraphError("cannot encode an integer outside the 64-bit range in a build "
+                         "graph") from None
     return packed
 
 

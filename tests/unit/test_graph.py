@@ -226,9 +226,24 @@ def test_add_refuses_missing_input() -> None:
         BuildGraph().add(Vertex(MergeOp(), inputs=("sha256:" + "1" * 64,)))
 
 
-def test_encoding_refuses_floats() -> None:
-    with pytest.raises(GraphError, match="cannot encode a float"):
-        Vertex(replace(ExecOp(("true",)), cwd=1.5))  # type: ignore[arg-type]
+# an op that cannot be encoded -> the exact message
+UNENCODABLE = [
+    (replace(ExecOp(("true",)), cwd=1.5),  # type: ignore[arg-type]
+     "cannot encode a float in a build graph"),
+    (ExecOp(("true",), env=("A=\udcff",)),
+     "cannot encode text in a build graph: surrogates not allowed ('\\udcff')"),
+    (Mkdir("/a", mode=2**64), "cannot encode an integer outside the 64-bit range in a "
+                              "build graph"),
+]
+
+
+@pytest.mark.parametrize(("op", "message"), UNENCODABLE)
+def test_unencodable_ops(op: Any, message: str) -> None:
+    if isinstance(op, Mkdir):
+        op = FileOp((op,))
+    with pytest.raises(GraphError) as caught:
+        Vertex(op)
+    assert caught.value.message == message
 
 
 def test_json_lines() -> None:
