@@ -222,6 +222,8 @@ WALK_CASES: list[tuple[list[str], str, bool, bool]] = [
     (["a", "!a/b", "a/b/c"], "a/b/c/d", True, True),
     (["**", "!**/keep"], "deep/er/keep/inside", False, False),
     (["*.txt", "!a"], "a/b.txt", False, False),
+    (["**", "!**/keep.md", "docs/deep"], "docs/deep/keep.md", True, False),
+    (["**", "!**/keep.md", "docs/deep/**"], "docs/deep/keep.md", True, True),
 ]
 
 
