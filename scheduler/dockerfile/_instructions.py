@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TypeVar
 
+from .._errors import DockerfileError
 from ._ast import Heredoc, Node, ParseResult
 
 __all__ = [
@@ -55,6 +56,19 @@ def _located(node: Node, filename: str) -> Iterator[None]:
         yield
     except _Invalid as exc:
         raise node.error(exc.message, filename, at=exc.at) from None
+
+
+_T = TypeVar("_T")
+
+
+def _at_node(node: Node, filename: str, expander: Callable[[str], _T]) -> Callable[[str], _T]:
+    """``expander`` whose errors (positionless, from ``shell``) point at the word in ``node``."""
+    def expand(word: str) -> _T:
+        try:
+            return expander(word)
+        except DockerfileError as exc:
+            raise node.error(exc.message, filename, at=word, hint=exc.hint) from None
+    return expand
 
 
 # --------------------------------------------------------------------------- shapes
@@ -146,6 +160,7 @@ class EnvCommand(Command):
     env: tuple[KeyValue, ...]
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> EnvCommand:
+        expander = _at_node(self.node, filename, expander)
         return dataclasses.replace(self, env=_expand_pairs(self.env, expander))
 
 
@@ -154,6 +169,7 @@ class LabelCommand(Command):
     labels: tuple[KeyValue, ...]
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> LabelCommand:
+        expander = _at_node(self.node, filename, expander)
         return dataclasses.replace(self, labels=_expand_pairs(self.labels, expander))
 
 
@@ -170,6 +186,7 @@ class ArgCommand(Command):
     args: tuple[ArgSpec, ...]
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> ArgCommand:
+        expander = _at_node(self.node, filename, expander)
         args = tuple(ArgSpec(a.key, None if a.default is None else expander(a.default))
                      for a in self.args)
         return dataclasses.replace(self, args=args)
@@ -180,6 +197,7 @@ class WorkdirCommand(Command):
     path: str
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> WorkdirCommand:
+        expander = _at_node(self.node, filename, expander)
         return dataclasses.replace(self, path=expander(self.path))
 
 
@@ -188,6 +206,7 @@ class UserCommand(Command):
     user: str
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> UserCommand:
+        expander = _at_node(self.node, filename, expander)
         return dataclasses.replace(self, user=expander(self.user))
 
 
@@ -200,10 +219,13 @@ class ExposeCommand(Command):
     ports: tuple[str, ...]
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> ExposeCommand:
+        expander = _at_node(self.node, filename, expander)
         return dataclasses.replace(self, ports=tuple(expander(p) for p in self.ports))
 
-    def expand_words(self, expander: WordsExpander) -> ExposeCommand:
-        ports = tuple(word for port in self.ports for word in expander(port))
+    def expand_words(self, expander: WordsExpander, filename: str = "Dockerfile"
+                     ) -> ExposeCommand:
+        ports = tuple(word for port in self.ports
+                      for word in _at_node(self.node, filename, expander)(port))
         return dataclasses.replace(self, ports=ports)
 
 
@@ -212,6 +234,7 @@ class VolumeCommand(Command):
     volumes: tuple[str, ...]
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> VolumeCommand:
+        expander = _at_node(self.node, filename, expander)
         return dataclasses.replace(self, volumes=tuple(expander(v) for v in self.volumes))
 
 
@@ -220,6 +243,7 @@ class StopSignalCommand(Command):
     signal: str
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> StopSignalCommand:
+        expander = _at_node(self.node, filename, expander)
         return dataclasses.replace(self, signal=expander(self.signal))
 
 
@@ -252,6 +276,7 @@ class RunCommand(ShellDependentCommand):
     devices: tuple[str, ...] = ()
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> RunCommand:
+        expander = _at_node(self.node, filename, expander)
         with _located(self.node, filename):
             mounts = _parse_mounts(self.mount_specs, expander)
         return dataclasses.replace(self, mounts=mounts)
@@ -294,13 +319,15 @@ class CopyCommand(Command):
     exclude: tuple[str, ...] = ()
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> CopyCommand:
+        expander = _at_node(self.node, filename, expander)
         with _located(self.node, filename):
             chmod = _expand_chmod(self.chmod, expander)
         return dataclasses.replace(
             self, sources=tuple(expander(s) for s in self.sources), dest=expander(self.dest),
             chown=_expand_opt(self.chown, expander), chmod=chmod)
 
-    def expand_from(self, expander: Expander) -> CopyCommand:
+    def expand_from(self, expander: Expander, filename: str = "Dockerfile") -> CopyCommand:
+        expander = _at_node(self.node, filename, expander)
         return dataclasses.replace(self, from_=_expand_opt(self.from_, expander))
 
 
@@ -322,6 +349,7 @@ class AddCommand(Command):
     unpack: bool | None = None
 
     def expand(self, expander: Expander, filename: str = "Dockerfile") -> AddCommand:
+        expander = _at_node(self.node, filename, expander)
         with _located(self.node, filename):
             chmod = _expand_chmod(self.chmod, expander)
         return dataclasses.replace(
@@ -363,7 +391,8 @@ class Stage:
     platform: str | None = None
     commands: tuple[Command, ...] = ()
 
-    def expand_base(self, expander: Expander) -> Stage:
+    def expand_base(self, expander: Expander, filename: str = "Dockerfile") -> Stage:
+        expander = _at_node(self.node, filename, expander)
         return dataclasses.replace(self, base_name=expander(self.base_name),
                                    platform=_expand_opt(self.platform, expander))
 
@@ -522,24 +551,6 @@ def _suggest(message: str, value: str, options: Sequence[str]) -> str:
 _BOOL, _STRING, _STRINGS = "bool", "string", "strings"
 
 
-def _unquote_flag(word: str) -> str:
-    """A flag word as BuildKit's parser reads it: quotes removed, ``\\`` escapes a char."""
-    out: list[str] = []
-    quote = ""
-    index = 0
-    while index < len(word):
-        char = word[index]
-        if char in "'\"" and (not quote or char == quote):
-            quote = "" if quote else char
-        elif char == "\\":
-            index += 1
-            out.append(word[index:index + 1])
-        else:
-            out.append(char)
-        index += 1
-    return "".join(out)
-
-
 class _Flags:
     """The flags one instruction accepts, parsed as BuildKit's BFlags parses them."""
 
@@ -553,7 +564,7 @@ class _Flags:
             self._take(raw)
 
     def _take(self, raw: str) -> None:
-        word = _unquote_flag(raw)
+        word = raw  # the parser has removed quotes and escapes, as BuildKit's does
         if not word.startswith("--"):
             raise _Invalid(f"arg should start with -- : {word}", raw)
         name, has_value, value = word[2:].partition("=")
