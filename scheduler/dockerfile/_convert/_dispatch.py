@@ -31,11 +31,10 @@ from . import _config
 from ._args import dispatch_arg
 from ._context import Conversion
 from ._copy import dispatch_copy
-from ._from import count_commands, start_stage
+from ._from import start_stage
 from ._run import dispatch_run
 from ._stages import StageNode, StageTable
 from ._state import StageState
-from ._triggers import parse_triggers
 from ._workdir import dispatch_workdir
 
 Handler = Callable[[Conversion, StageState, Any], None]
@@ -60,9 +59,7 @@ _CONFIG: dict[type[Command], Handler] = {
 
 def convert_stage(conv: Conversion, table: StageTable, stage_node: StageNode,
                   done: dict[int, StageState]) -> StageState:
-    state, image_triggers = start_stage(conv, stage_node, done)
-    triggers = parse_triggers(image_triggers, stage_node.node, conv.filename)
-    state.cmd_total += count_commands(triggers)
+    state, triggers = start_stage(conv, stage_node, done)
     commands = [*triggers, *stage_node.commands]
     for position, command in enumerate(commands):
         state.on_build_prefix = position < len(triggers) + stage_node.triggers

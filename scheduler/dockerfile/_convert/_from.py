@@ -13,25 +13,27 @@ from ._model import DEFAULT_PATH, BaseImage
 from ._names import prefix_command
 from ._stages import StageNode
 from ._state import ConfigDraft, StageState
+from ._triggers import parse_triggers
 
 _COUNTED = (AddCommand, CopyCommand, RunCommand, WorkdirCommand)
 
 
 def start_stage(conv: Conversion, stage_node: StageNode, done: dict[int, StageState]
-                ) -> tuple[StageState, tuple[str, ...]]:
-    """The state a stage starts from, and the ONBUILD triggers of its base image."""
+                ) -> tuple[StageState, list[Command]]:
+    """The state a stage starts from, and the ONBUILD triggers of its base image (counted
+    in the stage's ``[n/total]`` before the FROM is named, as BuildKit does)."""
     if stage_node.base is not None:
-        return _from_stage(stage_node, done[stage_node.base.index]), ()
+        return _from_stage(stage_node, done[stage_node.base.index]), []
     platform = stage_node.platform or conv.target_platform
     state = StageState(stage_name=stage_node.stage_name, platform=platform)
     if stage_node.stage is not None:
         state.cmd_total = count_commands(stage_node.commands) + (not stage_node.is_scratch)
     if stage_node.is_scratch:
         _ensure_path(state)
-        return state, ()
-    image = _from_image(conv, stage_node, state)
+        return state, []
+    triggers = _from_image(conv, stage_node, state)
     _ensure_path(state)
-    return state, image.on_build if image else ()
+    return state, triggers
 
 
 def count_commands(commands: Sequence[Command]) -> int:
@@ -48,7 +50,7 @@ def _from_stage(stage_node: StageNode, base: StageState) -> StageState:
 
 
 def _from_image(conv: Conversion, stage_node: StageNode, state: StageState
-                ) -> BaseImage | None:
+                ) -> list[Command]:
     try:
         ref = str(parse_reference(stage_node.base_name))
     except DockyardError as err:
@@ -57,15 +59,18 @@ def _from_image(conv: Conversion, stage_node: StageNode, state: StageState
             conv.filename,
             at=stage_node.base_name) from err
     image = conv.options.resolver(ref, state.platform) if conv.options.resolver else None
+    triggers: list[Command] = []
     if image is not None:
         if image.digest and "@" not in ref:
             ref = f"{ref}@{image.digest}"
         state.config = _config_of(image)
+        triggers = parse_triggers(image.on_build, stage_node.node, conv.filename)
+        state.cmd_total += count_commands(triggers)
     name = prefix_command(state, "FROM " + ref, multi_platform=conv.options.multi_platform,
                           platform=state.platform)
     state.root = conv.sink.add(SourceOp(identifier="docker-image://" + ref), (), name,
                                state.platform)
-    return image
+    return triggers
 
 
 def _config_of(image: BaseImage) -> ConfigDraft:

@@ -126,8 +126,8 @@ def _state_mount(conv: Conversion, state: StageState, mount: Mount, dest: str,
         source = None
     else:
         source = conv.context_source()
-        conv.context_paths.add(posixpath.normpath("/" + (mount.source or "")))
-    selector = posixpath.normpath("/" + (mount.source or ""))
+        conv.context_paths.add(_absolute(mount.source or ""))
+    selector = _absolute(mount.source or "")
     index, selector = inputs.index(source), ("" if selector == "/" else selector)
     if mount.type == "cache":
         return ExecMount(dest=dest, input=index, selector=selector,
@@ -137,9 +137,13 @@ def _state_mount(conv: Conversion, state: StageState, mount: Mount, dest: str,
     return ExecMount(dest=dest, input=index, selector=selector, readonly=mount.read_only)
 
 
+def _absolute(path: str) -> str:
+    return "/" + posixpath.normpath("/" + path).lstrip("/")
+
+
 def _target(conv: Conversion, state: StageState, command: RunCommand, mount: Mount) -> str:
     target = mount.target or _default_target(command, mount)
-    dest = posixpath.normpath(posixpath.join(state.cwd, target))
+    dest = _absolute(posixpath.join(state.cwd, target))
     if dest == "/":
         raise command.node.error(f'invalid mount target "{target}"', conv.filename,
                                  at="--mount")

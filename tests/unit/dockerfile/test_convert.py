@@ -1,0 +1,324 @@
+"""Converter tables: Dockerfile (+ options) -> facts about the graph, and exact errors.
+
+Each case names only the facts it is about; ``_facts`` computes every fact from the graph
+so a table row reads as "this Dockerfile gives these vertices / this config / ...".
+Semantics from BuildKit's dockerfile2llb (convert.go, convert_copy.go, convert_runmount.go).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from scheduler._errors import DockerfileError
+from scheduler._graph import BuildGraph, Copy, ExecOp, FileOp, SourceOp
+from scheduler._platform import Platform
+from scheduler.dockerfile._convert._model import BaseImage
+from scheduler.dockerfile._frontend import build_graph
+
+AMD64 = Platform("linux", "amd64")
+ARM64 = Platform("linux", "arm64")
+PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _resolver(ref: str, platform: Platform) -> BaseImage | None:
+    if ref.startswith("docker.io/library/withconfig"):
+        return BaseImage(digest="sha256:" + "a" * 64, env=("PATH=/bin", "LANG=C"),
+                         user="nobody", working_dir="/home", cmd=("sh",),
+                         on_build=("RUN echo trigger",))
+    return None
+
+
+def _non_default(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value != f.default:
+            out[f.name] = value
+    return out
+
+
+def _facts(graph: BuildGraph, warnings: Any) -> dict[str, Any]:
+    vertices = list(graph.vertices.values())
+    execs = [v.op for v in vertices if isinstance(v.op, ExecOp)]
+    copies = [a for v in vertices if isinstance(v.op, FileOp) for a in v.op.actions
+              if isinstance(a, Copy)]
+    result = graph.results[-1]
+    facts: dict[str, Any] = {
+        "names": [v.name for v in vertices],
+        "kinds": [v.op.kind for v in vertices],
+        "sources": [v.op.identifier for v in vertices if isinstance(v.op, SourceOp)],
+        "source_attrs": [v.op.attrs for v in vertices if isinstance(v.op, SourceOp)],
+        "history": [h.created_by for h in result.config.history],
+        "layers": [not h.empty_layer for h in result.config.history],
+        "warnings": [(w.rule, w.message, w.line) for w in warnings],
+        "platforms": [str(r.platform) for r in graph.results],
+        "target": result.target,
+        "root_is_none": result.root is None,
+        "copy": _non_default(copies[-1]) if copies else None,
+        "file_ops": [_file_op(v.op) for v in vertices if isinstance(v.op, FileOp)],
+    }
+    for field in dataclasses.fields(result.config):
+        if field.name != "history":
+            facts["config." + field.name] = getattr(result.config, field.name)
+    if execs:
+        last = execs[-1]
+        for name in ("args", "env", "cwd", "user", "network", "security", "proxy_env"):
+            facts["run." + name] = getattr(last, name)
+        facts["run.mounts"] = [_non_default(m) for m in last.mounts]
+    return facts
+
+
+def _file_op(op: FileOp) -> list[tuple[str, dict[str, Any]]]:
+    return [(a.kind, _non_default(a)) for a in op.actions]
+
+
+ROOT = {"dest": "/", "input": 0, "output": True}
+
+# (id, Dockerfile, build_graph options, expected facts)
+CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+    ("from-image-run", "FROM alpine:3.19\nRUN make\n", {}, {
+        "names": ["[1/2] FROM docker.io/library/alpine:3.19", "[2/2] RUN make"],
+        "kinds": ["source", "exec"],
+        "sources": ["docker-image://docker.io/library/alpine:3.19"],
+        "run.args": ("/bin/sh", "-c", "make"), "run.env": (PATH,), "run.cwd": "/",
+        "run.mounts": [ROOT],
+        "history": ["RUN /bin/sh -c make # buildkit"], "layers": [True],
+        "config.env": (PATH,), "target": "stage-0"}),
+    ("json-form-run", 'FROM alpine\nRUN ["echo", "hi"]\n', {}, {
+        "run.args": ("echo", "hi"),
+        "names": ["[1/2] FROM docker.io/library/alpine:latest", '[2/2] RUN ["echo", "hi"]'],
+        "history": ["RUN echo hi # buildkit"]}),
+    ("shell-instruction", 'FROM alpine\nSHELL ["/bin/bash", "-eo", "pipefail", "-c"]\n'
+     "RUN make\nCMD run\n", {}, {
+         "run.args": ("/bin/bash", "-eo", "pipefail", "-c", "make"),
+         "config.cmd": ("/bin/bash", "-eo", "pipefail", "-c", "run"),
+         "config.shell": ("/bin/bash", "-eo", "pipefail", "-c"),
+         "history": ["SHELL [/bin/bash -eo pipefail -c]",
+                     "RUN /bin/bash -eo pipefail -c make # buildkit",
+                     'CMD ["/bin/bash" "-eo" "pipefail" "-c" "run"]']}),
+    ("scratch-copy", "FROM scratch\nCOPY a.txt /\n", {}, {
+        "kinds": ["source", "file"], "sources": ["local://context"],
+        "names": ["[internal] load build context", "[1/1] COPY a.txt /"],
+        "copy": {"src": 0, "src_path": "/a.txt", "dest_path": "/"},
+        "source_attrs": [(("followpaths", '["a.txt"]'),)],
+        "history": ["COPY a.txt / # buildkit"], "config.env": (PATH,)}),
+    ("scratch-only", "FROM scratch\nLABEL a=b\n", {}, {
+        "kinds": [], "root_is_none": True, "config.labels": (("a", "b"),),
+        "history": ["LABEL a=b"], "layers": [False]}),
+    ("env-sees-old-values", "FROM alpine\nENV a=1\nENV a=2 b=$a\nRUN x\n", {}, {
+        "config.env": (PATH, "a=2", "b=1"), "run.env": (PATH, "a=2", "b=1"),
+        "history": ["ENV a=1", "ENV a=2 b=1", "RUN /bin/sh -c x # buildkit"]}),
+    ("arg-in-run-env-not-config", "FROM alpine\nARG V=1\nRUN echo $V\n", {}, {
+        "run.env": (PATH, "V=1"), "config.env": (PATH,),
+        "history": ["ARG V=1", "RUN |1 V=1 /bin/sh -c echo $V # buildkit"],
+        "names": ["[1/2] FROM docker.io/library/alpine:latest", "[2/2] RUN echo 1"]}),
+    ("build-arg-overrides-default", "FROM alpine\nARG V=1\nRUN x\n",
+     {"build_args": {"V": "2"}}, {"run.env": (PATH, "V=2")}),
+    ("env-wins-over-arg", "FROM alpine\nARG V=1\nENV V=env\nRUN x\n", {}, {
+        "run.env": (PATH, "V=env"), "config.env": (PATH, "V=env")}),
+    ("meta-arg-in-from", "ARG TAG=3.18\nFROM alpine:${TAG}\nARG TAG\nRUN echo\n", {}, {
+        "sources": ["docker-image://docker.io/library/alpine:3.18"],
+        "run.env": (PATH, "TAG=3.18")}),
+    ("meta-arg-build-arg", "ARG TAG=3.18\nFROM alpine:$TAG\n", {"build_args": {"TAG": "edge"}},
+     {"sources": ["docker-image://docker.io/library/alpine:edge"], "warnings": []}),
+    ("meta-arg-not-in-stage-undeclared", "ARG V=1\nFROM alpine\nRUN x\n", {}, {
+        "run.env": (PATH,)}),
+    ("predefined-args-need-arg", "FROM alpine\nARG TARGETARCH\nRUN x\n",
+     {"platforms": [ARM64]}, {"run.env": (PATH, "TARGETARCH=arm64"),
+                              "platforms": ["linux/arm64"]}),
+    ("predefined-in-from", "FROM --platform=$BUILDPLATFORM alpine\nRUN x\n",
+     {"platforms": [ARM64], "build_platform": AMD64}, {
+         "names": ["[1/2] FROM docker.io/library/alpine:latest", "[2/2] RUN x"],
+         "warnings": []}),
+    ("proxy-args-undeclared", "FROM alpine\nRUN x\n",
+     {"build_args": {"HTTP_PROXY": "http://p:3128", "no_proxy": "x"}}, {
+         "run.env": (PATH,), "run.proxy_env": ("HTTP_PROXY=http://p:3128", "no_proxy=x"),
+         "warnings": []}),
+    ("proxy-arg-declared", "FROM alpine\nARG HTTP_PROXY\nRUN x\n",
+     {"build_args": {"HTTP_PROXY": "http://p"}}, {
+         "run.env": ("HTTP_PROXY=http://p", PATH), "run.proxy_env": ()}),
+    ("unconsumed-build-arg", "FROM alpine\n", {"build_args": {"NOPE": "1"}}, {
+        "warnings": [("UnconsumedBuildArgs",
+                      "One or more build-args [NOPE] were not consumed", 1)]}),
+    ("workdir-relative", "FROM alpine\nWORKDIR app\nWORKDIR sub\nRUN x\n", {}, {
+        "run.cwd": "/app/sub", "config.working_dir": "/app/sub",
+        "warnings": [("WorkdirRelativePath",
+                      'Relative workdir "app" can have unexpected results if the base image '
+                      "changes", 2)],
+        "file_ops": [[("mkdir", {"path": "/app", "make_parents": True})],
+                     [("mkdir", {"path": "/app/sub", "make_parents": True})]],
+        "history": ["WORKDIR /app", "WORKDIR /app/sub", "RUN /bin/sh -c x # buildkit"]}),
+    ("undefined-var", "FROM alpine\nENV A=$NOPE\n", {}, {
+        "warnings": [("UndefinedVar", "Usage of undefined variable '$NOPE'", 2)]}),
+    ("undefined-arg-in-from", "FROM alpine$SUFFIX\n", {}, {
+        "warnings": [("UndefinedArgInFrom", "FROM argument 'SUFFIX' is not declared", 1)],
+        "sources": ["docker-image://docker.io/library/alpine:latest"]}),
+    ("copy-dest-relative-to-workdir", "FROM alpine\nWORKDIR /app\nCOPY src/ ./dst/\n", {}, {
+        "copy": {"src": 1, "src_path": "/src", "dest_path": "/app/dst/"},
+        "source_attrs": [(), (("followpaths", '["src"]'),)]}),
+    ("copy-flags", "FROM alpine\nCOPY --chown=1:2 --chmod=755 a b /d/\n", {}, {
+        "copy": {"src": 1, "src_path": "/b", "dest_path": "/d/", "chown": "1:2",
+                 "chmod": "755"},
+        "history": ["COPY --chown=1:2 --chmod=755 a b /d/ # buildkit"]}),
+    ("copy-exclude-ignore", "FROM alpine\nCOPY --exclude=*.md . /d\n",
+     {"ignore_patterns": ["secret"]}, {
+         "copy": {"src": 1, "src_path": "/", "dest_path": "/d", "exclude": ("*.md",)},
+         "source_attrs": [(), (("exclude", '["secret"]'),)]}),
+    ("copy-parents", "FROM alpine\nCOPY --parents a/./b/*.go /d/\n", {}, {
+        "copy": {"src": 1, "src_path": "/a", "dest_path": "/d/", "include": ("b/*.go",),
+                 "parents": True}}),
+    ("copy-link", "FROM alpine\nCOPY --link a /a\n", {}, {
+        "kinds": ["source", "source", "file", "merge"],
+        "names": ["[1/2] FROM docker.io/library/alpine:latest",
+                  "[internal] load build context", "[2/2] COPY --link a /a",
+                  "[2/2] LINK COPY --link a /a"],
+        "file_ops": [[("copy", {"src": 0, "src_path": "/a", "dest_path": "/a"})]]}),
+    ("copy-from-stage-and-prune", "FROM alpine AS unused\nRUN no\n"
+     "FROM golang AS Build\nRUN go build\nFROM scratch\nCOPY --from=build /bin/app /app\n", {}, {
+         "names": ["[build 1/2] FROM docker.io/library/golang:latest",
+                   "[build 2/2] RUN go build", "[stage-2 1/1] COPY --from=build /bin/app /app"],
+         "copy": {"src": 0, "src_path": "/bin/app", "dest_path": "/app"}}),
+    ("copy-from-index", "FROM alpine\nRUN a\nFROM alpine\nCOPY --from=0 /x /x\n", {}, {
+        "kinds": ["source", "exec", "file"]}),
+    ("copy-from-image", "FROM scratch\nCOPY --from=nginx /etc/nginx /n\n", {}, {
+        "names": ["FROM docker.io/library/nginx:latest",
+                  "[stage-0 1/1] COPY --from=nginx /etc/nginx /n"]}),
+    ("target-picks-stage", "FROM alpine AS a\nRUN a\nFROM alpine AS b\nRUN b\n",
+     {"target": "A"}, {"names": ["[a 1/2] FROM docker.io/library/alpine:latest",
+                                 "[a 2/2] RUN a"], "target": "a"}),
+    ("stage-as-base", "FROM alpine AS base\nENV X=1\nFROM base\nRUN y\n", {}, {
+        "names": ["[base 1/1] FROM docker.io/library/alpine:latest", "[stage-1 1/1] RUN y"],
+        "run.env": (PATH, "X=1")}),
+    ("add-url", "FROM alpine\nADD --checksum=sha256:abc https://e.com/f.tgz /d/\n", {}, {
+        "sources": ["docker-image://docker.io/library/alpine:latest", "https://e.com/f.tgz"],
+        "source_attrs": [(), (("checksum", "sha256:abc"), ("filename", "f.tgz"))],
+        "copy": {"src": 1, "src_path": "f.tgz", "dest_path": "/d/", "follow_symlinks": False,
+                 "copy_dir_contents": False, "allow_wildcard": False,
+                 "allow_empty_wildcard": False}}),
+    ("add-git", "FROM alpine\nADD https://github.com/o/r.git#v1:sub /src\n", {}, {
+        "sources": ["docker-image://docker.io/library/alpine:latest",
+                    "git://github.com/o/r.git#v1"],
+        "source_attrs": [(), (("fullurl", "https://github.com/o/r.git"), ("subdir", "sub"))]}),
+    ("add-local-unpacks", "FROM alpine\nADD a.tar /\n", {}, {
+        "copy": {"src": 1, "src_path": "/a.tar", "dest_path": "/", "attempt_unpack": True}}),
+    ("run-mounts", "FROM alpine\nRUN --mount=type=cache,target=/root/.cache "
+     "--mount=type=secret,id=tok --mount=type=tmpfs,target=/t,size=1m "
+     "--mount=type=bind,source=src,target=s --network=none make\n", {}, {
+         "run.network": "none",
+         "run.mounts": [ROOT, {"dest": "/root/.cache", "type": "cache",
+                               "cache_id": "/root/.cache", "sharing": "shared"},
+                        {"dest": "/run/secrets/tok", "type": "secret", "secret_id": "tok",
+                         "mode": 0o400, "uid": 0, "gid": 0},
+                        {"dest": "/t", "type": "tmpfs", "size": 1048576},
+                        {"dest": "/s", "input": 1, "selector": "/src", "readonly": True}]}),
+    ("run-mount-from-stage", "FROM alpine AS b\nRUN b\nFROM alpine\n"
+     "RUN --mount=from=b,target=/m,source=/out x\n", {}, {
+         "run.mounts": [ROOT, {"dest": "/m", "input": 1, "selector": "/out",
+                               "readonly": True}],
+         "kinds": ["source", "exec", "exec"]}),
+    ("config-instructions", "FROM alpine\nUSER app\nEXPOSE 80 53/udp 8000-8001\n"
+     "VOLUME /data\nSTOPSIGNAL SIGKILL\nLABEL x=y\nMAINTAINER me\nONBUILD RUN x\n"
+     "ENTRYPOINT [\"e\"]\nHEALTHCHECK --interval=30s CMD curl -f http://x/\n", {}, {
+         "config.user": "app",
+         "config.exposed_ports": ("53/udp", "80/tcp", "8000/tcp", "8001/tcp"),
+         "config.volumes": ("/data",), "config.stop_signal": "SIGKILL",
+         "config.on_build": ("RUN x",), "config.entrypoint": ("e",), "config.cmd": None,
+         "history": ["USER app", "EXPOSE [53/udp 80/tcp 8000/tcp 8001/tcp]",
+                     "VOLUME [/data]", "STOPSIGNAL SIGKILL", "LABEL x=y",
+                     "MAINTAINER me", 'ENTRYPOINT ["e"]',
+                     "HEALTHCHECK {Test:[CMD-SHELL curl -f http://x/] Interval:30s "
+                     "Timeout:0s StartPeriod:0s StartInterval:0s Retries:0}"]}),
+    ("entrypoint-keeps-own-cmd", "FROM alpine\nCMD [\"c\"]\nENTRYPOINT [\"e\"]\n", {}, {
+        "config.cmd": ("c",), "config.entrypoint": ("e",)}),
+    ("onbuild-from-stage", "FROM alpine AS base\nONBUILD RUN trig\nFROM base\nRUN own\n", {}, {
+        "names": ["[base 1/1] FROM docker.io/library/alpine:latest",
+                  "[stage-1 1/2] ONBUILD RUN trig", "[stage-1 2/2] RUN own"],
+        "config.on_build": ()}),
+    ("resolver-config", "FROM withconfig\nRUN x\n", {"image_resolver": _resolver}, {
+        "sources": ["docker-image://docker.io/library/withconfig:latest@sha256:" + "a" * 64],
+        "run.env": ("LANG=C", "PATH=/bin"), "run.user": "nobody", "run.cwd": "/home",
+        "names": ["[1/3] FROM docker.io/library/withconfig:latest@sha256:" + "a" * 64,
+                  "[2/3] ONBUILD RUN echo trigger", "[3/3] RUN x"],
+        "config.cmd": ("sh",), "config.on_build": ()}),
+    ("heredoc-run", "FROM alpine\nRUN <<EOF\necho hi\nEOF\n", {}, {
+        "run.args": ("/bin/sh", "-c", "echo hi\n"),
+        "names": ["[1/2] FROM docker.io/library/alpine:latest", "[2/2] RUN <<EOF (echo hi)"]}),
+    ("heredoc-copy", "FROM alpine\nCOPY <<EOF /f\nhello\nEOF\n", {}, {
+        "file_ops": [[("mkfile", {"path": "/EOF", "data": "hello\n"})],
+                     [("copy", {"src": 1, "src_path": "/EOF", "dest_path": "/f",
+                                "follow_symlinks": False, "copy_dir_contents": False,
+                                "allow_wildcard": False, "allow_empty_wildcard": False})]]}),
+    ("multi-platform", "FROM --platform=$BUILDPLATFORM golang AS b\nRUN go build\n"
+     "FROM alpine\nCOPY --from=b /app /app\n",
+     {"platforms": [AMD64, ARM64], "build_platform": AMD64}, {
+         "platforms": ["linux/amd64", "linux/arm64"],
+         "names": ["[linux/amd64 b 1/2] FROM docker.io/library/golang:latest",
+                   "[linux/amd64 b 2/2] RUN go build",
+                   "[linux/amd64 stage-1 1/2] FROM docker.io/library/alpine:latest",
+                   "[linux/amd64 stage-1 2/2] COPY --from=b /app /app",
+                   "[linux/arm64 stage-1 1/2] FROM docker.io/library/alpine:latest",
+                   "[linux/arm64 stage-1 2/2] COPY --from=b /app /app"]}),
+]
+
+
+@pytest.mark.parametrize(("dockerfile", "options", "expected"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_convert(dockerfile: str, options: dict[str, Any], expected: dict[str, Any]) -> None:
+    options = {"platforms": [AMD64], "build_platform": AMD64, **options}
+    result = build_graph(dockerfile.encode(), **options)
+    facts = _facts(result.graph, result.warnings)
+    assert {k: facts[k] for k in expected} == expected
+
+
+# (id, Dockerfile, options, location, message)
+ERRORS: list[tuple[str, str, dict[str, Any], str, str]] = [
+    ("empty", "", {}, "Dockerfile:1:1", "the Dockerfile cannot be empty"),
+    ("no-stage", "ARG A\n", {}, "Dockerfile:1:1", "dockerfile contains no stages to build"),
+    ("target-missing", "FROM alpine AS a\n", {"target": "b"}, "Dockerfile:1:1",
+     'target stage "b" could not be found'),
+    ("blank-base", "FROM $NOPE\n", {}, "Dockerfile:1:6", "base name ($NOPE) should not be blank"),
+    ("bad-reference", "FROM Alpine\n", {}, "Dockerfile:1:6",
+     'failed to parse stage name "Alpine": invalid reference format \'Alpine\': repository '
+     "name (library/Alpine) must be lowercase"),
+    ("copy-from-later", "FROM alpine AS first\nCOPY --from=later /a /a\n"
+     "FROM alpine AS later\nFROM first\n", {}, "Dockerfile:2:13",
+     'cannot copy from stage "later", it needs to be defined before current stage "first"'),
+    ("copy-from-variable", "ARG S=x\nFROM alpine\nCOPY --from=$S /a /a\n", {},
+     "Dockerfile:3:6", "variable expansion is not supported for --from, define a new stage "
+     "with FROM using ARG from global scope as a workaround"),
+    ("copy-url", "FROM alpine\nCOPY https://e.com/f /f\n", {}, "Dockerfile:2:1",
+     "source can't be a URL for COPY"),
+    ("bad-chmod", "FROM alpine\nCOPY --chmod=999 a /b\n", {}, "Dockerfile:2:6",
+     "invalid chmod parameter: '999'. it should be octal string and between 0 and 07777"),
+    ("bad-signal", "FROM alpine\nSTOPSIGNAL SIGNOPE\n", {}, "Dockerfile:2:12",
+     "Invalid signal: SIGNOPE"),
+    ("bad-platform", "FROM --platform=linux/a/b/c/d alpine\n", {}, "Dockerfile:1:17",
+     "failed to parse platform linux/a/b/c/d"),
+    ("expansion-error", "FROM alpine\nENV A=${B:?required}\n", {}, "Dockerfile:2:7",
+     'failed to process "${B:?required}": B: required'),
+]
+
+
+@pytest.mark.parametrize(("dockerfile", "options", "location", "message"),
+                         [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_errors(dockerfile: str, options: dict[str, Any], location: str, message: str) -> None:
+    with pytest.raises(DockerfileError) as caught:
+        build_graph(dockerfile.encode(), platforms=[AMD64], build_platform=AMD64, **options)
+    assert (caught.value.location, caught.value.message[:len(message)]) == (location, message)
+
+
+def test_same_input_same_digests() -> None:
+    text = b"FROM alpine\nARG V\nCOPY . /src\nRUN --mount=type=cache,target=/c make\n"
+    first = build_graph(text, platforms=[ARM64], build_args={"V": "1"})
+    second = build_graph(text, platforms=[ARM64], build_args={"V": "1"})
+    assert first.graph.to_msgpack() == second.graph.to_msgpack()
+
+
+def test_context_vertex_shared_across_platforms() -> None:
+    result = build_graph(b"FROM alpine\nCOPY . /\n", platforms=[AMD64, ARM64])
+    contexts = [v for v in result.graph.vertices.values()
+                if isinstance(v.op, SourceOp) and v.op.identifier == "local://context"]
+    assert len(contexts) == 1 and len(result.graph.results) == 2
