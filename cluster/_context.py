@@ -9,10 +9,13 @@ BuildKit's rules, kept here:
   exists (``build/app.Dockerfile`` -> ``build/app.Dockerfile.dockerignore``), and then it
   replaces the context's ``.dockerignore``; otherwise ``<context>/.dockerignore``;
 - the walk lists entries depth first, each directory's entries in byte order of their
-  names (the order fsutil sends them), never follows a symlink, and matches each path
-  reusing its directory's results (fsutil's ``MatchesUsingParentResults``);
+  names (the order fsutil sends them), never follows a symlink, and matches each path as
+  ``PatternMatcher.matches`` does (what Docker 20.10's BuildKit does; current fsutil
+  differs in one corner, see ``PatternMatcher.match_in_walk``);
 - an excluded directory is skipped whole unless an exception could re-include something
-  under it; it is listed only when something under it is, just before that entry.
+  under it (current fsutil's rule: any exception with a glob character, or a literal one
+  under the directory; Docker 20.10 ignored glob exceptions there, a bug since fixed);
+  it is listed only when something under it is, just before that entry.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ def walk_context(context_dir: Path, patterns: Sequence[str] | PatternMatcher
     ``DockyardError`` when an included directory cannot be read.
     """
     walker = _Walker(_context_root(context_dir), _matcher(patterns))
-    return walker.walk(context_dir, "", ())
+    return walker.walk(context_dir, "", None)
 
 
 @dataclass(slots=True)
@@ -128,7 +131,8 @@ class _Walker:
     # first; listed (and emptied) as soon as an entry under them is included.
     pending: list[ContextEntry] = field(default_factory=list)
 
-    def walk(self, directory: Path, prefix: str, info: MatchInfo) -> Iterator[ContextEntry]:
+    def walk(self, directory: Path, prefix: str, info: MatchInfo | None
+             ) -> Iterator[ContextEntry]:
         for entry in self._scan(directory, prefix):
             path = prefix + entry.name
             excluded, child_info = self.matcher.match_in_walk(path, info)

@@ -29,7 +29,7 @@ __all__ = ["IgnoreLine", "MatchInfo", "PatternMatcher", "parse_ignore_file",
            "parse_ignore_lines"]
 
 MatchInfo = tuple[bool, ...]
-"""Per pattern, whether it matched a directory; passed down to the directory's entries."""
+"""Per pattern, whether it matches a directory or one of its parents (for a walk)."""
 
 # Go's unicode.IsSpace: what strings.TrimSpace removes (Python's str.strip removes more).
 _GO_SPACE = (" \t\n\v\f\r\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
@@ -385,23 +385,29 @@ class PatternMatcher:
                 matched = not pattern.exception
         return matched
 
-    def match_in_walk(self, path: str, parent: MatchInfo = ()) -> tuple[bool, MatchInfo]:
-        """``matches`` for a walk, reusing the results of the parent directory ``parent``
-        (moby's ``MatchesUsingParentResults``, what BuildKit's context transfer uses).
+    def match_in_walk(self, path: str, parent: MatchInfo | None = None
+                      ) -> tuple[bool, MatchInfo]:
+        """``matches`` for a walk: ``parent`` is what this returned for the directory of
+        ``path`` (None: work it out from the path).  Returns whether ``path`` is excluded
+        and the info to pass on to its own entries.
 
-        Returns whether ``path`` is excluded and the info to pass to its own entries.
-        With ``parent == ()`` the parent directories are checked as ``matches`` does.
+        The info says, per pattern, whether it matches the path or one of its parents,
+        so each entry costs one test per pattern whatever its depth.  (BuildKit's fsutil
+        reuses parent results too, but records a pattern as unmatched wherever it skipped
+        it, so ``["a/*", "!a"]`` excludes ``a/b`` in its walk; Docker 20.10 includes it,
+        as ``matches`` does, and so do we.)
         """
-        parents = [] if parent else _parent_paths(path)
-        matched, info = False, []
-        for index, pattern in enumerate(self._patterns):
-            hit = bool(parent) and parent[index]
-            if not hit and pattern.exception == matched:
-                hit = pattern.match_or_parent(path, parents)
-            info.append(hit)
-            if hit:
+        if parent is None:
+            ancestors = _parent_paths(path)
+            parent = tuple(p.match_or_parent(ancestors[-1], ancestors[:-1]) if ancestors
+                           else False for p in self._patterns)
+        info = tuple(above or p.match(path) for above, p in zip(parent, self._patterns,
+                                                                 strict=True))
+        matched = False
+        for pattern, hit in zip(self._patterns, info, strict=True):
+            if hit and pattern.exception == matched:
                 matched = not pattern.exception
-        return matched, tuple(info)
+        return matched, info
 
     def may_skip_dir(self, path: str) -> bool:
         """True when no exception can re-include anything under the directory ``path``,
