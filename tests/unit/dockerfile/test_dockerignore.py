@@ -8,6 +8,8 @@ reference's ".dockerignore file" section, and tonistiigi/fsutil's walker (dir sk
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scheduler._errors import DockerfileError
 from scheduler.dockerfile._dockerignore import (
@@ -331,3 +333,17 @@ def test_ignore_lines_keep_their_position() -> None:
     with pytest.raises(DockerfileError) as caught:
         PatternMatcher([line])
     assert (caught.value.line, caught.value.column) == (7, 4)
+
+
+# --- whatever the input: a matcher or a DockerfileError, and matching never raises --------
+
+@given(text=st.text(alphabet=st.sampled_from(list("ab/*?[]^!-\\. \n#\t")), max_size=40),
+       path=st.text(alphabet=st.sampled_from(list("ab/*.[]-")), max_size=12))
+def test_any_ignore_file(text: str, path: str) -> None:
+    try:
+        matcher = PatternMatcher.from_text(text)
+    except DockerfileError:
+        return
+    assert matcher.matches(path) is matcher.match_in_walk(path)[0]
+    matcher.matches_exact(path)
+    matcher.may_skip_dir(path)
