@@ -25,10 +25,11 @@ _SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2
          "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 _WHITESPACE = re.compile(r"[\t\v\f\r ]+")
 _DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
-_HEREDOC = re.compile(r"([0-9]*)<<(-?)([^<]*)\Z", re.DOTALL)
+_HEREDOC = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)\Z", re.DOTALL)
 _KNOWN_DIRECTIVES = ("syntax", "escape", "check")
 _HEREDOC_INSTRUCTIONS = frozenset({"run", "copy", "add"})
 _MAX_ONBUILD_DEPTH = 2  # ONBUILD ONBUILD ... is forbidden later; stop recursing early
+_MAX_NESTING = 64  # ${a:-${b:-...}} levels; Python's stack, unlike Go's, is bounded
 _NOT_STRINGS = "when using JSON array syntax, arrays must be comprised of strings only"
 
 
@@ -426,6 +427,7 @@ class _ShellWords:
         self.pos = 0
         self.raw_quotes = raw_quotes
         self.raw_escapes = raw_escapes
+        self.depth = 0  # nesting of ${...} being scanned; bounded by _MAX_NESTING
 
     def split(self) -> list[str]:
         return self._until("", self.raw_escapes)[1]
@@ -439,13 +441,22 @@ class _ShellWords:
         return ch
 
     def _until(self, stop: str, raw_escapes: bool) -> tuple[str, list[str]]:
+        self.depth += 1
+        if self.depth > _MAX_NESTING:
+            raise _SourceError(f"variable expansions nested deeper than {_MAX_NESTING} levels")
+        try:
+            return self._scan(stop, raw_escapes)
+        finally:
+            self.depth -= 1
+
+    def _scan(self, stop: str, raw_escapes: bool) -> tuple[str, list[str]]:
         result: list[str] = []
         sink = _WordSink()
         while (ch := self._peek()):
             if ch == stop:
                 self.pos += 1
                 return "".join(result), sink.finish()
-            if ch in "$'\"":
+            if ch in "$'\"<":
                 piece = self._special(ch, raw_escapes)
                 result.append(piece)
                 (sink.text if ch == "$" else sink.raw)(piece)
@@ -470,7 +481,20 @@ class _ShellWords:
             return self._dollar()
         if ch == "'":
             return self._single()
+        if ch == "<":
+            return self._redirect()
         return self._double(raw_escapes)
+
+    def _redirect(self) -> str:
+        """``<<`` keeps the blanks after it, so ``<< EOF`` is one word (as in BuildKit)."""
+        self.pos += 1
+        if self._peek() != "<":
+            return "<"
+        start = self.pos - 1
+        self.pos += 1
+        while self._peek() and self._peek() in " \t\r\n":
+            self.pos += 1
+        return self.text[start:self.pos]
 
     def _single(self) -> str:
         self.pos += 1

@@ -121,6 +121,8 @@ ERRORS: list[tuple[str, str, int, int]] = [
     ("FROM a\nRUN <<EOF\nhello\n", "unterminated heredoc", 2, 5),
     ("FROM a\nCOPY <<A <<B /\na\nA\nb\n", "unterminated heredoc", 2, 10),
     ("FROM a\nRUN <<-EOF\n  EOF\n", "unterminated heredoc", 2, 5),
+    ("FROM a\nRUN <<EOF " + "${a:-" * 70 + "\nEOF\n",
+     "variable expansions nested deeper than 64 levels", 2, 1),
 ]
 
 
