@@ -443,7 +443,7 @@ def _go_bool(text: str) -> bool | None:
 def _go_uint(text: str, base: int, bits: int = 32) -> int | None:
     """strconv.ParseUint(text, base, bits); None when invalid or out of range."""
     digits = "01234567" if base == 8 else "0123456789"
-    if not text or any(ch not in digits for ch in text):
+    if not text or len(text) > 40 or any(ch not in digits for ch in text):
         return None
     value = int(text, base)
     return value if value < 1 << bits else None
@@ -453,7 +453,7 @@ def _go_int32(text: str, flag: str) -> int:
     """strconv.ParseInt(text, 10, 32) with Go's error texts."""
     if not re.fullmatch(r"[+-]?[0-9]+", text):
         raise _Invalid(f"strconv.ParseInt: parsing {_go_quote(text)}: invalid syntax", flag)
-    value = int(text)
+    value = int(text) if len(text) < 40 else 1 << 40
     if not -(1 << 31) <= value < 1 << 31:
         raise _Invalid(f"strconv.ParseInt: parsing {_go_quote(text)}: value out of range", flag)
     return value
@@ -480,8 +480,9 @@ def _go_duration(text: str, at: str) -> int:
         number = _NUMBER.match(rest)
         assert number is not None  # the pattern matches the empty string
         whole, frac = number.group(1), number.group(2) or ""
-        if not whole and not frac:
-            raise invalid
+        if (not whole and not frac) or len(whole) > 30:
+            raise invalid  # Go: no digits, or an overflowing integer part
+        frac = frac[:30]  # Go ignores digits beyond its precision
         rest = rest[number.end():]
         unit = _UNIT.match(rest)
         assert unit is not None
@@ -507,7 +508,8 @@ def _ram_in_bytes(text: str) -> int | None:
     if match is None or match.group(1).count(".") > 1:
         return None
     power = " kmgtp".index(match.group(2).lower()) if match.group(2) else 0
-    return int(float(match.group(1)) * 1024**power)
+    size = float(match.group(1)[:30]) * 1024**power
+    return int(size) if size < 2**63 else None
 
 
 _SYMBOLIC_MODE = re.compile(r"[ugoa]*(?:[-+=](?:[rwxXst]*|[ugo]))+")
