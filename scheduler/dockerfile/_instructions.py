@@ -1141,17 +1141,20 @@ def parse_command(node: Node, filename: str) -> Command:
 def parse_dockerfile(result: ParseResult) -> Dockerfile:
     """Meta ARGs (before the first FROM) and the stages, each with its commands."""
     meta: list[ArgCommand] = []
-    stages: list[Stage] = []
+    heads: list[FromCommand] = []
+    bodies: list[list[Command]] = []
     for node in result.nodes:
         command = parse_command(node, result.filename)
         if isinstance(command, FromCommand):
-            stages.append(Stage(node, len(stages), command.base_name, command.stage_name,
-                                command.original_name, command.platform))
-        elif not stages and isinstance(command, ArgCommand):
+            heads.append(command)
+            bodies.append([])
+        elif bodies:
+            bodies[-1].append(command)
+        elif isinstance(command, ArgCommand):
             meta.append(command)
-        elif not stages:
-            raise node.error("no build stage in current context", result.filename)
         else:
-            stages[-1] = dataclasses.replace(stages[-1],
-                                             commands=stages[-1].commands + (command,))
-    return Dockerfile(result.filename, tuple(meta), tuple(stages))
+            raise node.error("no build stage in current context", result.filename)
+    stages = tuple(Stage(head.node, index, head.base_name, head.stage_name, head.original_name,
+                         head.platform, tuple(body))
+                   for index, (head, body) in enumerate(zip(heads, bodies, strict=True)))
+    return Dockerfile(result.filename, tuple(meta), stages)
