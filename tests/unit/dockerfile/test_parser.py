@@ -2,7 +2,8 @@
 
 - ``parser_cases/<case>/Dockerfile`` with ``result`` (the dump below) or ``error`` (the
   exact ``str()`` of the DockerfileError, caret included), walked by one test, like
-  BuildKit's parser/testfiles;
+  BuildKit's parser/testfiles; the cases taken from those testfiles also keep BuildKit's own
+  expected dump in ``buildkit-result``;
 - ``ERRORS``: exact messages with their line and column, inline;
 - a property: any text or bytes gives a ParseResult or a DockerfileError, nothing else.
 """
@@ -82,6 +83,21 @@ def test_parser_case(case: Path) -> None:
     expected = [name for name in ("result", "error") if (case / name).exists()]
     assert expected == [kind], f"{case.name}: got {kind}:\n{text}"
     assert (case / kind).read_text(encoding="utf-8") == text
+
+
+def _sexp(node: Node) -> str:
+    """BuildKit's ``Node.Dump()`` format (for nodes without sub-nodes or pairs)."""
+    flags = f" [{' '.join(_j(f) for f in node.flags)}]" if node.flags else ""
+    return f"({node.instruction}{flags}{''.join(' ' + _j(a) for a in node.args)})"
+
+
+@pytest.mark.parametrize("case", [p for p in _case_dirs() if (p / "buildkit-result").exists()],
+                         ids=lambda p: p.name)
+def test_same_tree_as_buildkit(case: Path) -> None:
+    """Cases copied from BuildKit's parser/testfiles also match its own expected dump."""
+    result = parse((case / "Dockerfile").read_bytes())
+    dumped = "".join(_sexp(node) + "\n" for node in result.nodes)
+    assert dumped == (case / "buildkit-result").read_text(encoding="utf-8")
 
 
 def test_enough_cases() -> None:
