@@ -4,7 +4,10 @@ Debian's ``docker.io`` (20.10) ships BuildKit with the older built-in Dockerfile
 (no heredocs, fewer ``${...}`` modifiers).  We start our own ``dockerd`` on a socket, data
 root and exec root inside one temporary directory, never touching a system daemon, and
 stop exactly that process tree by PID.  There is no network: a Dockerfile can only use
-``FROM scratch`` or images built earlier on the same daemon.
+``FROM scratch`` or images built earlier on the same daemon.  To make sure a stray
+reference (``FROM alpine``, ``COPY --from=nope``, ``ADD https://...``) fails at once instead
+of reaching for a registry, dockerd and the client run with every proxy variable set to a
+closed loopback port (:data:`DEAD_PROXY`): nothing is even resolved by DNS.
 
 Note the paths: the engine is ``/usr/sbin/dockerd`` and the client ``/usr/bin/docker``
 (``/usr/local/bin/docker`` on the developer machines is a newer, unrelated client).
@@ -30,6 +33,7 @@ DOCKER = Path("/usr/bin/docker")
 START_TIMEOUT = 60.0  # seconds for the daemon to answer `docker version`
 STOP_TIMEOUT = 20.0  # seconds for a SIGTERM before SIGKILL
 BUILD_TIMEOUT = 120.0  # seconds for one `docker build`
+DEAD_PROXY = "http://127.0.0.1:9"  # the discard port; nothing listens there
 
 ContextFiles = Mapping[str, str | bytes]
 
@@ -76,6 +80,7 @@ class PrivateDockerd:
         with open(self._log_path, "wb") as log:
             self._process = subprocess.Popen(
                 self._dockerd_argv(),
+                env=_offline_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -131,7 +136,7 @@ class PrivateDockerd:
     ) -> subprocess.CompletedProcess[str]:
         """Run the Debian docker client against this daemon."""
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **_offline_env(),
             "HOME": str(self.root),
             "DOCKER_CONFIG": str(self.root / "client-config"),
             "DOCKER_BUILDKIT": "1",
@@ -187,6 +192,15 @@ class PrivateDockerd:
 def make_oracle_root() -> Path:
     """A short temporary directory (unix socket paths are limited to 108 bytes)."""
     return Path(tempfile.mkdtemp(prefix="dockyard-oracle-"))
+
+
+def _offline_env() -> dict[str, str]:
+    """PATH, and every proxy variable pointing at :data:`DEAD_PROXY` (see the module doc)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        env[name] = env[name.lower()] = DEAD_PROXY
+    env["NO_PROXY"] = env["no_proxy"] = ""
+    return env
 
 
 def _error_lines(stderr: str) -> str:
