@@ -29,6 +29,7 @@ from typing import Any
 
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER = Path("/usr/bin/docker")
+BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: one static binary
 
 START_TIMEOUT = 60.0  # seconds for the daemon to answer `docker version`
 STOP_TIMEOUT = 20.0  # seconds for a SIGTERM before SIGKILL
@@ -170,6 +171,20 @@ class PrivateDockerd:
             return OracleResult(ok=False, error_text=_error_lines(done.stderr))
         return self._inspect(iidfile.read_text().strip())
 
+    def tag_busybox(self, tag: str) -> None:
+        """Build a busybox image from the host's static busybox and tag it ``tag``, so that
+        ``FROM <tag>`` works with no registry."""
+        dockerfile = (
+            "FROM scratch\nCOPY --chmod=755 busybox /bin/busybox\n"
+            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\nENV PATH=/bin\n'
+        )
+        result = self.build(dockerfile, {"busybox": BUSYBOX.read_bytes()})
+        if not result.ok:
+            raise OracleUnavailable(f"cannot build a busybox image: {result.error_text}")
+        done = self.docker("tag", result.image["Id"], tag, timeout=30)
+        if done.returncode != 0:
+            raise OracleUnavailable(f"docker tag failed: {done.stderr.strip()}")
+
     def _new_context(self, dockerfile_text: str, files: ContextFiles) -> Path:
         self._builds += 1
         context = self.root / "builds" / str(self._builds) / "context"
@@ -187,6 +202,12 @@ class PrivateDockerd:
             raise OracleUnavailable(f"docker image inspect failed: {done.stderr.strip()}")
         image = json.loads(done.stdout)[0]
         return OracleResult(ok=True, image_config=image.get("Config") or {}, image=image)
+
+
+def context_from_dir(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (``.dockerignore`` included: BuildKit applies it)."""
+    files = (path for path in sorted(directory.rglob("*")) if path.is_file())
+    return {str(path.relative_to(directory)): path.read_bytes() for path in files}
 
 
 def make_oracle_root() -> Path:
