@@ -29,6 +29,7 @@ def start_stage(conv: Conversion, stage_node: StageNode, done: dict[int, StageSt
     if stage_node.stage is not None:
         state.cmd_total = count_commands(stage_node.commands) + (not stage_node.is_scratch)
     if stage_node.is_scratch:
+        state.config.working_dir = "/"  # BuildKit's empty image config has WorkingDir "/"
         _ensure_path(state)
         return state, []
     triggers = _from_image(conv, stage_node, state)
