@@ -49,9 +49,11 @@ def dispatch_arg(conv: Conversion, state: StageState, command: ArgCommand) -> No
     for spec in command.args:
         conv.consumed_args.add(spec.key)
         value = _arg_value(conv, state, command, spec.key, spec.default)
+        parts.append(spec.key if value is None else f"{spec.key}={value}")
+        if value is None:  # no value: the one inherited from the base stage stays
+            value = state.args.get(spec.key)
         state.args.pop(spec.key, None)
         state.args[spec.key] = value
-        parts.append(spec.key if value is None else f"{spec.key}={value}")
     state.config.commit("ARG " + " ".join(parts), layer=False)
 
 
