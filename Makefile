@@ -67,8 +67,10 @@ debs:
 	if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then missing+=(python3-venv); fi
 	if [ $${#missing[@]} -eq 0 ]; then exit 0; fi
 	echo "installing Debian packages: $${missing[*]}"
+	log=$$(mktemp); trap 'rm -f "$$log"' EXIT
 	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null
+	apt-get install -y -qq --no-install-recommends "$${missing[@]}" >"$$log" 2>&1 \
+	  || { cat "$$log"; exit 1; }
 
 # --- arm64 busybox -----------------------------------------------------------------------
 # busybox-static is not Multi-Arch: same, so busybox-static:arm64 conflicts with the amd64
