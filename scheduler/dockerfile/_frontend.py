@@ -1,5 +1,6 @@
 """The Dockerfile frontend's entry point: bytes in, a BuildGraph and build-check warnings
-out.  Only ``DockerfileError`` leaves here, whatever the input."""
+out.  Only ``DockerfileError`` leaves here, whatever the input (and ``UsageError`` for a
+bad BUILDKIT_DOCKERFILE_CHECK build arg)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ._convert._build import convert
 from ._convert._context import BuildOptions
 from ._convert._model import BaseImage, ImageResolver
 from ._instructions import parse_dockerfile
+from ._lint import run_checks
 from ._parser import parse
 
 __all__ = ["BaseImage", "FrontendResult", "ImageResolver", "build_graph"]
@@ -21,16 +23,24 @@ __all__ = ["BaseImage", "FrontendResult", "ImageResolver", "build_graph"]
 
 @dataclass(frozen=True, slots=True)
 class FrontendResult:
+    """``warnings``: the build-check findings, sorted, after ``# check=``; ``notices``:
+    plain build warnings that are no lint rule (the unconsumed --build-arg notice of the
+    classic builder; BuildKit itself reports none), never skipped, never an error."""
+
     graph: BuildGraph
     warnings: tuple[CheckWarning, ...]
+    notices: tuple[str, ...] = ()
 
 
 def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str | None = None,
                 platforms: Sequence[Platform] = (), build_args: Mapping[str, str] | None = None,
                 ignore_patterns: Sequence[str] = (), build_platform: Platform | None = None,
-                image_resolver: ImageResolver | None = None) -> FrontendResult:
+                image_resolver: ImageResolver | None = None, lint_all_stages: bool = False
+                ) -> FrontendResult:
     """Convert ``dockerfile`` for each of ``platforms`` (default: this machine's) into one
-    graph holding one ImageResult per platform."""
+    graph holding one ImageResult per platform.  The build checks look at the stages the
+    target needs, or at every stage with ``lint_all_stages`` and no target (as BuildKit's
+    lint request); ``# check=error=true`` turns findings into a ``DockerfileError``."""
     if not dockerfile.strip():
         raise DockerfileError("the Dockerfile cannot be empty", filename=filename)
     parsed = parse(dockerfile, filename)
@@ -43,5 +53,9 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
         build_platform=build_platform or default_platform(), multi_platform=len(wanted) > 1,
         build_args=dict(build_args or {}), ignore_patterns=tuple(ignore_patterns),
         resolver=image_resolver, target=target)
-    graph, warnings = convert(typed, options, wanted)
-    return FrontendResult(graph, warnings)
+    graph, warnings, notices = convert(typed, options, wanted)
+    report = run_checks(parsed, typed, target=target, all_stages=lint_all_stages,
+                        extra=warnings, build_args=build_args)
+    if report.failure is not None:
+        raise report.failure
+    return FrontendResult(graph, report.warnings, notices)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..._platform import Platform
-from .._ast import CheckWarning
 from .._instructions import ArgCommand
+from .._lint import CHECK_BUILD_ARG
 from ._context import Conversion
 from ._proxy import PROXY_ARGS
 from ._state import StageState
@@ -66,13 +66,12 @@ def _arg_value(conv: Conversion, state: StageState, command: ArgCommand, key: st
     return conv.global_args.get(key)
 
 
-def unconsumed_warning(conv: Conversion) -> CheckWarning | None:
-    """BuildKit's "build-args were not consumed" notice for --build-args no ARG declared."""
+def unconsumed_notice(conv: Conversion) -> str | None:
+    """The classic builder's notice for --build-args no ARG declared.  BuildKit reports
+    nothing (moby/buildkit#2128) and has no lint rule for it, so this is a plain build
+    notice, not a CheckWarning: ``# check=`` does not apply to it."""
     unused = sorted(set(conv.options.build_args) - conv.consumed_args - PROXY_ARGS
-                    - set(conv.global_args))
+                    - set(conv.global_args) - {CHECK_BUILD_ARG})
     if not unused:
         return None
-    return CheckWarning(
-        rule="UnconsumedBuildArgs", filename=conv.filename, line=1,
-        message=f"One or more build-args [{' '.join(unused)}] were not consumed",
-        description="Build arguments should be declared by an ARG to be used")
+    return f"One or more build-args [{' '.join(unused)}] were not consumed"

@@ -10,7 +10,7 @@ from ..._graph import BuildGraph, ImageResult
 from ..._platform import Platform
 from .._ast import CheckWarning
 from .._instructions import Dockerfile
-from ._args import apply_meta_args, predefined_args, unconsumed_warning
+from ._args import apply_meta_args, predefined_args, unconsumed_notice
 from ._context import BuildOptions, Conversion
 from ._dispatch import convert_stage
 from ._image_config import freeze
@@ -20,16 +20,19 @@ from ._vertices import VertexSink
 
 
 def convert(dockerfile: Dockerfile, options: BuildOptions, platforms: Sequence[Platform]
-            ) -> tuple[BuildGraph, tuple[CheckWarning, ...]]:
+            ) -> tuple[BuildGraph, tuple[CheckWarning, ...], tuple[str, ...]]:
     scout = [_convert_one(dockerfile, options, p, VertexSink(), None) for p in platforms]
     follow = follow_paths(set().union(*(conv.context_paths for conv, _ in scout)))
     sink = VertexSink()
     warnings: list[CheckWarning] = []
+    notices: list[str] = []
     for platform in platforms:
         conv, result = _convert_one(dockerfile, options, platform, sink, follow)
         sink.graph.add_result(result)
-        warnings += [w for w in _warnings_of(conv) if w not in warnings]
-    return sink.graph, tuple(warnings)
+        warnings += [w for w in conv.warnings if w not in warnings]
+        notice = unconsumed_notice(conv)
+        notices += [notice] if notice and notice not in notices else []
+    return sink.graph, tuple(warnings), tuple(notices)
 
 
 def follow_paths(paths: set[str]) -> tuple[str, ...] | None:
@@ -37,11 +40,6 @@ def follow_paths(paths: set[str]) -> tuple[str, ...] | None:
     if not paths or "/" in paths:
         return None
     return tuple(sorted(posixpath.relpath(p, "/") for p in paths))
-
-
-def _warnings_of(conv: Conversion) -> list[CheckWarning]:
-    extra = unconsumed_warning(conv)
-    return [*conv.warnings, *([extra] if extra else [])]
 
 
 def _convert_one(dockerfile: Dockerfile, options: BuildOptions, platform: Platform,
