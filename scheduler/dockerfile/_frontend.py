@@ -25,22 +25,26 @@ __all__ = ["BaseImage", "FrontendResult", "ImageResolver", "build_graph"]
 class FrontendResult:
     """``warnings``: the build-check findings, sorted, after ``# check=``; ``notices``:
     plain build warnings that are no lint rule (the unconsumed --build-arg notice of the
-    classic builder; BuildKit itself reports none), never skipped, never an error."""
+    classic builder; BuildKit itself reports none), never skipped, never an error;
+    ``check_failure``: with ``check_only``, the error ``# check=error=true`` makes of the
+    warnings (without ``check_only`` it is raised)."""
 
     graph: BuildGraph
     warnings: tuple[CheckWarning, ...]
     notices: tuple[str, ...] = ()
+    check_failure: DockerfileError | None = None
 
 
 def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str | None = None,
                 platforms: Sequence[Platform] = (), build_args: Mapping[str, str] | None = None,
                 ignore_patterns: Sequence[str] = (), build_platform: Platform | None = None,
-                image_resolver: ImageResolver | None = None, lint_all_stages: bool = False
+                image_resolver: ImageResolver | None = None, check_only: bool = False
                 ) -> FrontendResult:
     """Convert ``dockerfile`` for each of ``platforms`` (default: this machine's) into one
     graph holding one ImageResult per platform.  The build checks look at the stages the
-    target needs, or at every stage with ``lint_all_stages`` and no target (as BuildKit's
-    lint request); ``# check=error=true`` turns findings into a ``DockerfileError``."""
+    target needs; ``# check=error=true`` turns findings into a ``DockerfileError``.
+    ``check_only`` lints as BuildKit's lint request (``build --check``) does: every stage
+    when no target is given, and the error=true failure returned, not raised."""
     if not dockerfile.strip():
         raise DockerfileError("the Dockerfile cannot be empty", filename=filename)
     parsed = parse(dockerfile, filename)
@@ -54,8 +58,8 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
         build_args=dict(build_args or {}), ignore_patterns=tuple(ignore_patterns),
         resolver=image_resolver, target=target)
     graph, warnings, notices = convert(typed, options, wanted)
-    report = run_checks(parsed, typed, target=target, all_stages=lint_all_stages,
+    report = run_checks(parsed, typed, target=target, all_stages=check_only,
                         extra=warnings, build_args=build_args)
-    if report.failure is not None:
+    if report.failure is not None and not check_only:
         raise report.failure
-    return FrontendResult(graph, report.warnings, notices)
+    return FrontendResult(graph, report.warnings, notices, report.failure)

@@ -29,7 +29,7 @@ Finding = tuple[int, str, str]
 
 
 def _lint(dockerfile: str, **options: Any) -> list[Finding]:
-    options = {"platforms": [AMD64], "build_platform": AMD64, "lint_all_stages": True,
+    options = {"platforms": [AMD64], "build_platform": AMD64, "check_only": True,
                **options}
     result = build_graph(dockerfile.encode(), **options)
     return [(w.line, w.rule, w.message) for w in result.warnings]
@@ -39,7 +39,7 @@ def _lint(dockerfile: str, **options: Any) -> list[Finding]:
 def test_folder_cases(case: str) -> None:
     folder = CASES_DIR / case
     result = build_graph((folder / "Dockerfile").read_bytes(), platforms=[AMD64],
-                         build_platform=AMD64, lint_all_stages=True)
+                         build_platform=AMD64, check_only=True)
     got = "".join(f"{w.line}:{w.column} {w.rule}: {w.message}\n" for w in result.warnings)
     assert got == (folder / "warnings").read_text()
 
@@ -149,12 +149,12 @@ CASES: list[tuple[str, str, dict[str, Any], list[Finding]]] = [
     ("unreachable-stage-skipped-with-target", "FROM alpine AS other\nCMD x\n"
      "FROM alpine AS main\nCMD [\"y\"]\n", {"target": "main"}, []),
     ("build-skips-unreachable", "FROM alpine AS other\nCMD x\nFROM alpine\nCMD [\"y\"]\n",
-     {"lint_all_stages": False}, []),
+     {"check_only": False}, []),
     ("build-follows-copy-from", "FROM alpine AS other\nCMD x\nFROM alpine\n"
-     "COPY --from=other /a /a\n", {"lint_all_stages": False},
+     "COPY --from=other /a /a\n", {"check_only": False},
      [(2, "JSONArgsRecommended", JSON_CMD)]),
     ("build-follows-mount-from", "FROM alpine AS other\nENV A b\nFROM alpine\n"
-     "RUN --mount=from=other,target=/o ls\n", {"lint_all_stages": False},
+     "RUN --mount=from=other,target=/o ls\n", {"check_only": False},
      [(2, "LegacyKeyValueFormat", LEGACY_ENV)]),
     ("parse-step-rules-see-every-stage", "FROM alpine as other\nFROM alpine AS main\n",
      {"target": "main"},
@@ -240,8 +240,12 @@ def test_errors(dockerfile: str, build_args: dict[str, str], kind: type[Dockyard
         assert _lint(dockerfile, build_args=build_args) == []
         return
     with pytest.raises(kind) as caught:
-        _lint(dockerfile, build_args=build_args)
+        _lint(dockerfile, build_args=build_args, check_only=False)
     assert type(caught.value) is kind and str(caught.value) == text
+    if kind is DockerfileError and "lint violation" in text:  # --check: returned, not raised
+        result = build_graph(dockerfile.encode(), platforms=[AMD64], build_args=build_args,
+                             check_only=True)
+        assert result.warnings and str(result.check_failure) == text
 
 
 def test_unconsumed_build_arg_is_a_notice_not_a_rule() -> None:
