@@ -139,9 +139,86 @@ def _add_debug(subparsers: _Subparsers) -> None:
     graph.set_defaults(run=_run_debug_graph)
 
 
+# --- dockyard build [--check] ----------------------------------------------------------
+
+
+def _excerpt(lines: Sequence[str], start: int, end: int) -> list[str]:
+    """BuildKit's source excerpt (solver/errdefs Source.Print): the lines of the range
+    marked ``>>>``, with context, between two rules."""
+    end = min(max(end, start), len(lines))
+    first, last, pad = start, end, (4 if start == end else 2)
+    count = 0
+    while count < pad:
+        if first > 1:
+            first, count = first - 1, count + 1
+        if last != len(lines):
+            last, count = last + 1, count + 1
+        count += 1
+    rows = [f" {i:3d} | {'>>>' if start <= i <= end else '   '} {lines[i - 1]}"
+            for i in range(first, last + 1)]
+    return ["--------------------", *rows, "--------------------"]
+
+
+def _print_check(warnings: Sequence[Any], data: bytes, spans: dict[int, int]) -> None:
+    """The findings as buildx prints a ``--check`` result (to stdout)."""
+    lines = data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
+    count = len(warnings)
+    print("Check complete, " + ("no warnings found." if not count else
+          "1 warning has been found!" if count == 1 else f"{count} warnings have been found!"))
+    for warning in warnings:
+        print(f"\nWARNING: {warning.rule}" + (f" - {warning.url}" if warning.url else ""))
+        print(warning.message)
+        if 1 <= warning.line <= len(lines):
+            print(f"{warning.filename}:{warning.line}")
+            end = spans.get(warning.line, warning.line)
+            print("\n".join(_excerpt(lines, warning.line, end)))
+
+
+def _spans(data: bytes, filename: str) -> dict[int, int]:
+    """First line -> last line of each instruction (BuildKit's warning ranges)."""
+    from scheduler.dockerfile._parser import parse
+
+    return {node.start_line: node.end_line for node in parse(data, filename).nodes}
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    if not args.check:
+        raise DockyardError("dockyard build cannot build images yet: execution arrives with "
+                            "the solver and the workers",
+                            hint="'dockyard build --check' lints the Dockerfile; 'dockyard "
+                                 "debug graph' prints the build graph")
+    context = _context_dir(args.context)
+    platforms = _platforms(args.platform)
+    build_args = _build_args(args.build_arg, os.environ)
+    data, filename, dockerfile_path = _read_dockerfile(args.file, context, sys.stdin.buffer)
+
+    from cluster._context import load_ignore_patterns
+    from scheduler.dockerfile._frontend import build_graph
+
+    patterns, _ = load_ignore_patterns(context, dockerfile_path or context / "Dockerfile")
+    result = build_graph(data, filename=filename, target=args.target, platforms=platforms,
+                         build_args=build_args, ignore_patterns=list(patterns),
+                         check_only=True)
+    for notice in result.notices:
+        print(f"WARN: {notice}", file=sys.stderr)
+    _print_check(result.warnings, data, _spans(data, filename))
+    sys.stdout.flush()
+    if result.check_failure is not None:
+        raise result.check_failure
+    return 0
+
+
+def _add_build(subparsers: _Subparsers) -> None:
+    build = subparsers.add_parser("build", help="build an image from a Dockerfile")
+    _add_frontend_arguments(build)
+    build.add_argument("--check", action="store_true",
+                       help="only run the build checks (lint rules) and print their findings")
+    build.set_defaults(run=_run_build)
+
+
 # --- the parser and main ---------------------------------------------------------------
 
-_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug,)
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build)
 
 
 def build_parser() -> argparse.ArgumentParser:
