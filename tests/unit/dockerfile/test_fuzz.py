@@ -54,8 +54,9 @@ BUILD_ARGS = st.dictionaries(
 
 def _examples(default: int) -> int:
     """``default`` examples, unless the ``long`` profile is loaded (its own count wins)."""
-    if settings.get_current_profile_name() == "long":
-        return settings.default.max_examples
+    current = settings.default
+    if settings.get_current_profile_name() == "long" and current is not None:
+        return current.max_examples
     return default
 
 
