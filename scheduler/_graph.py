@@ -272,7 +272,8 @@ class HistoryEntry:
 class ImageConfig:
     """What the exported image's config holds.  ``labels`` are sorted ``(key, value)``
     pairs; ``exposed_ports`` like ``"80/tcp"``; ``cmd``/``entrypoint`` None when unset
-    (inherit), ``()`` when explicitly empty."""
+    (inherit), ``()`` when explicitly empty.  ``author`` is the image's ``author`` field
+    (set by MAINTAINER; "" when unset)."""
 
     env: tuple[str, ...] = (DEFAULT_PATH,)
     cmd: tuple[str, ...] | None = None
@@ -286,6 +287,7 @@ class ImageConfig:
     healthcheck: Healthcheck | None = None
     on_build: tuple[str, ...] = ()
     shell: tuple[str, ...] = ()
+    author: str = ""
     history: tuple[HistoryEntry, ...] = ()
 
 

@@ -84,7 +84,7 @@ PINNED = [
     ("last", lambda: list(small_graph().vertices.values())[-1],
      "sha256:39a22bb669838225dcd771eefb662c911029377d983e55b0938c113e34424269"),
     ("whole graph", lambda: _Hashed(small_graph().to_msgpack()),
-     "sha256:c681f27bed1dd3ff1e6348df87b4524b0e3a5211a1a37485bd1d9e197bdf2e0d"),
+     "sha256:7e1f9af0af052d16abbcfd1c561820fba8b143aacbc2f33ace2bdd72619f23b9"),
 ]
 
 
@@ -211,6 +211,8 @@ MALFORMED = [
      f"result for linux/amd64: root sha256:{'0' * 64} is not in the graph"),
     ("bad platform", _set(("results", 0, "platform"), "linux/amd64"),
      "malformed build graph at results[0].platform: expected a map, got str"),
+    ("author not text", _set(("results", 0, "config", "author"), 7),
+     "malformed build graph at results[0].config.author: expected str, got int"),
 ]
 
 
@@ -219,6 +221,21 @@ def test_malformed(label: str, data: bytes, message: str) -> None:
     with pytest.raises(GraphError) as caught:
         BuildGraph.from_msgpack(data)
     assert caught.value.message.startswith(message)
+
+
+# a config field changed in the bytes -> the decoded config's value (fields with a default
+# may be absent: a graph written before the field existed still reads)
+CONFIG_FIELDS = [
+    ("author absent", _set(("results", 0, "config", "author"), _DELETE), "author", ""),
+    ("author set", _set(("results", 0, "config", "author"), "Jane <j@x>"), "author",
+     "Jane <j@x>"),
+]
+
+
+@pytest.mark.parametrize(("label", "data", "name", "value"), CONFIG_FIELDS,
+                         ids=[c[0] for c in CONFIG_FIELDS])
+def test_config_fields_decode(label: str, data: bytes, name: str, value: Any) -> None:
+    assert getattr(BuildGraph.from_msgpack(data).results[0].config, name) == value
 
 
 def test_add_refuses_missing_input() -> None:
@@ -261,6 +278,7 @@ def test_json_lines() -> None:
     assert lines[3]["base"] is None
     assert lines[-1]["result"] == "final" and lines[-1]["root"] == digests[-1]
     assert lines[-1]["config"]["healthcheck"]["test"] == ["CMD-SHELL", "true"]
+    assert lines[-1]["config"]["author"] == ""
     assert graph.to_json_lines().endswith("}\n")
 
 

@@ -81,7 +81,7 @@ def _config_of(image: BaseImage) -> ConfigDraft:
         working_dir=image.working_dir, labels=dict(image.labels),
         exposed_ports=dict.fromkeys(image.exposed_ports),
         volumes=dict.fromkeys(image.volumes), stop_signal=image.stop_signal,
-        shell=image.shell)
+        shell=image.shell, author=image.author)
 
 
 def _ensure_path(state: StageState) -> None:

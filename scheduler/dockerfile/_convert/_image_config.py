@@ -18,6 +18,6 @@ def freeze(draft: ConfigDraft) -> ImageConfig:
             test=health.test, interval=health.interval, timeout=health.timeout,
             start_period=health.start_period, start_interval=health.start_interval,
             retries=health.retries),
-        on_build=tuple(draft.on_build), shell=draft.shell,
+        on_build=tuple(draft.on_build), shell=draft.shell, author=draft.author,
         history=tuple(HistoryEntry(h.created_by, h.empty_layer, h.comment)
                       for h in draft.history))

@@ -32,6 +32,7 @@ class BaseImage:
     stop_signal: str = ""
     shell: tuple[str, ...] = ()
     on_build: tuple[str, ...] = ()
+    author: str = ""
 
 
 class ImageResolver(Protocol):
