@@ -102,9 +102,8 @@ def _run_debug_graph(args: argparse.Namespace) -> int:
     build_args = _build_args(args.build_arg, os.environ)
     data, filename, dockerfile_path = _read_dockerfile(args.file, context, sys.stdin.buffer)
 
-    from scheduler.dockerfile._frontend import build_graph
-
     from cluster._context import load_ignore_patterns
+    from scheduler.dockerfile._frontend import build_graph
 
     # A Dockerfile from stdin has no <name>.dockerignore of its own: the context's applies.
     patterns, _ = load_ignore_patterns(context, dockerfile_path or context / "Dockerfile")

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from scheduler._errors import DockerfileError
-from scheduler._graph import BuildGraph, Copy, ExecOp, FileOp, SourceOp
+from scheduler._graph import Copy, ExecOp, FileOp, SourceOp
 from scheduler._platform import Platform
 from scheduler.dockerfile._convert._model import BaseImage
-from scheduler.dockerfile._frontend import build_graph
+from scheduler.dockerfile._frontend import FrontendResult, build_graph
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64")
@@ -40,29 +40,31 @@ def _non_default(obj: Any) -> dict[str, Any]:
     return out
 
 
-def _facts(graph: BuildGraph, warnings: Any) -> dict[str, Any]:
+def _facts(result: FrontendResult) -> dict[str, Any]:
+    graph, warnings = result.graph, result.warnings
     vertices = list(graph.vertices.values())
     execs = [v.op for v in vertices if isinstance(v.op, ExecOp)]
     copies = [a for v in vertices if isinstance(v.op, FileOp) for a in v.op.actions
               if isinstance(a, Copy)]
-    result = graph.results[-1]
+    image = graph.results[-1]
     facts: dict[str, Any] = {
+        "notices": list(result.notices),
         "names": [v.name for v in vertices],
         "kinds": [v.op.kind for v in vertices],
         "sources": [v.op.identifier for v in vertices if isinstance(v.op, SourceOp)],
         "source_attrs": [v.op.attrs for v in vertices if isinstance(v.op, SourceOp)],
-        "history": [h.created_by for h in result.config.history],
-        "layers": [not h.empty_layer for h in result.config.history],
+        "history": [h.created_by for h in image.config.history],
+        "layers": [not h.empty_layer for h in image.config.history],
         "warnings": [(w.rule, w.message, w.line) for w in warnings],
         "platforms": [str(r.platform) for r in graph.results],
-        "target": result.target,
-        "root_is_none": result.root is None,
+        "target": image.target,
+        "root_is_none": image.root is None,
         "copy": _non_default(copies[-1]) if copies else None,
         "file_ops": [_file_op(v.op) for v in vertices if isinstance(v.op, FileOp)],
     }
-    for field in dataclasses.fields(result.config):
+    for field in dataclasses.fields(image.config):
         if field.name != "history":
-            facts["config." + field.name] = getattr(result.config, field.name)
+            facts["config." + field.name] = getattr(image.config, field.name)
     if execs:
         last = execs[-1]
         for name in ("args", "env", "cwd", "user", "network", "security", "proxy_env"):
@@ -141,8 +143,7 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
      {"build_args": {"HTTP_PROXY": "http://p"}}, {
          "run.env": ("HTTP_PROXY=http://p", PATH), "run.proxy_env": ()}),
     ("unconsumed-build-arg", "FROM alpine\n", {"build_args": {"NOPE": "1"}}, {
-        "warnings": [("UnconsumedBuildArgs",
-                      "One or more build-args [NOPE] were not consumed", 1)]}),
+        "warnings": [], "notices": ["One or more build-args [NOPE] were not consumed"]}),
     ("workdir-relative", "FROM alpine\nWORKDIR app\nWORKDIR sub\nRUN x\n", {}, {
         "run.cwd": "/app/sub", "config.working_dir": "/app/sub",
         "warnings": [("WorkdirRelativePath",
@@ -269,7 +270,7 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
 def test_convert(dockerfile: str, options: dict[str, Any], expected: dict[str, Any]) -> None:
     options = {"platforms": [AMD64], "build_platform": AMD64, **options}
     result = build_graph(dockerfile.encode(), **options)
-    facts = _facts(result.graph, result.warnings)
+    facts = _facts(result)
     assert {k: facts[k] for k in expected} == expected
 
 
