@@ -9,6 +9,7 @@ from ..._platform import Platform
 from .._instructions import ArgCommand
 from .._lint import CHECK_BUILD_ARG
 from ._context import Conversion
+from ._expand import NON_ENV_ARGS
 from ._proxy import PROXY_ARGS
 from ._state import StageState
 
@@ -52,6 +53,8 @@ def dispatch_arg(conv: Conversion, state: StageState, command: ArgCommand) -> No
         parts.append(spec.key if value is None else f"{spec.key}={value}")
         if value is None:  # no value: the one inherited from the base stage stays
             value = state.args.get(spec.key)
+        elif spec.key not in NON_ENV_ARGS:
+            state.vars[spec.key] = value
         state.args.pop(spec.key, None)
         state.args[spec.key] = value
     state.config.commit("ARG " + " ".join(parts), layer=False)

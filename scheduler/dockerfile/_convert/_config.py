@@ -35,7 +35,7 @@ _PORT = re.compile(r"(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?", re.IGNORECASE)
 
 def dispatch_env(conv: Conversion, state: StageState, command: EnvCommand) -> None:
     for pair in command.env:
-        state.config.env[pair.key] = pair.value
+        state.set_env(pair.key, pair.value)
     text = " ".join(f"{p.key}={p.value}" for p in command.env)
     state.config.commit("ENV " + text, layer=False)
 

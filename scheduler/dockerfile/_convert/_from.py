@@ -47,6 +47,7 @@ def _from_stage(stage_node: StageNode, base: StageState) -> StageState:
     config.on_build = []
     return StageState(stage_name=stage_node.stage_name, platform=base.platform,
                       root=base.root, config=config, args=dict(base.args),
+                      vars=dict(base.vars),
                       cmd_total=count_commands(stage_node.commands), workdir_set=base.workdir_set)
 
 
@@ -85,5 +86,7 @@ def _config_of(image: BaseImage) -> ConfigDraft:
 
 
 def _ensure_path(state: StageState) -> None:
+    """The default PATH when the base has none; what commands see starts as the config env."""
     if "PATH" not in state.config.env and state.platform.os != "windows":
         state.config.env["PATH"] = DEFAULT_PATH
+    state.vars = dict(state.config.env)

@@ -68,6 +68,9 @@ class StageState:
     ``root``: digest of the current filesystem state (None = empty, ``FROM scratch``).
     ``args``: the ARGs declared in this stage (and its base stage), in order, with their
     value (None = declared without a value).  ``config``: the image config so far.
+    ``vars``: the variables commands see and RUN gets (BuildKit's LLB state env): the base's,
+    then every ENV and every ARG that has a value, the last writer winning; ``config.env``
+    holds the ENV part only, as the image keeps it.
     ``cmd_index``/``cmd_total``: the ``[2/4]`` counters of vertex names.
     """
 
@@ -77,6 +80,7 @@ class StageState:
     root: str | None = None
     config: ConfigDraft = field(default_factory=ConfigDraft)
     args: dict[str, str | None] = field(default_factory=dict)
+    vars: dict[str, str] = field(default_factory=dict)
     cmd_index: int = 0
     cmd_total: int = 0
     workdir_set: bool = False
@@ -84,10 +88,13 @@ class StageState:
     on_build_prefix: bool = False
 
     def env(self) -> dict[str, str]:
-        """The variables a command sees: declared ARG values, overridden by ENV."""
-        merged = {k: v for k, v in self.args.items() if v is not None}
-        merged.update(self.config.env)
-        return merged
+        """The variables a command sees (a copy of ``vars``)."""
+        return dict(self.vars)
+
+    def set_env(self, key: str, value: str) -> None:
+        """ENV: into the image config and into what later commands see."""
+        self.config.env[key] = value
+        self.vars[key] = value
 
     @property
     def cwd(self) -> str:

@@ -117,6 +117,10 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         "run.env": (PATH, "V=1"), "config.env": (PATH,),
         "history": ["ARG V=1", "RUN |1 V=1 /bin/sh -c echo $V # buildkit"],
         "names": ["[1/2] FROM docker.io/library/alpine:latest", "[2/2] RUN echo 1"]}),
+    ("arg-after-env-wins", "FROM alpine\nENV A=env\nARG A=arg\nENV C=$A\nRUN x\n", {}, {
+        "config.env": (PATH, "A=env", "C=arg"), "run.env": ("A=arg", "C=arg", PATH)}),
+    ("env-after-arg-wins", "FROM alpine\nARG A=arg\nENV A=env\nRUN x\n", {}, {
+        "config.env": (PATH, "A=env"), "run.env": ("A=env", PATH)}),
     ("build-arg-overrides-default", "FROM alpine\nARG V=1\nRUN x\n",
      {"build_args": {"V": "2"}}, {"run.env": (PATH, "V=2")}),
     ("env-wins-over-arg", "FROM alpine\nARG V=1\nENV V=env\nRUN x\n", {}, {
