@@ -15,5 +15,6 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
-# A long hunt for the fuzz tests: `pytest tests/unit/dockerfile/test_fuzz.py --hypothesis-profile=long`
+# A long hunt for the fuzz tests:
+#   pytest tests/unit/dockerfile/test_fuzz.py --hypothesis-profile=long
 settings.register_profile("long", max_examples=5000, deadline=None, print_blob=True)
