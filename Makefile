@@ -2,7 +2,7 @@
 #
 #   make setup   Debian packages, arm64 busybox, binfmt for arm64, and .venv (idempotent)
 #   make demo    setup, then print the build graph of examples/ for amd64 and arm64
-#   make test    setup, ruff, then pytest over tests/
+#   make test    setup, ruff, mypy --strict, then pytest over tests/
 #                (ruff without its cache: a stale cache can hide what a fresh CI clone sees)
 #   make lint    ruff, then mypy --strict over the four packages
 #   make clean   remove .venv and tool caches (not the Debian packages, not $(CACHE_DIR))
@@ -47,6 +47,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/mypy --strict $(addprefix -p ,$(PACKAGES))
 	$(VENV)/bin/python -m pytest tests/ -q
 
 lint: venv

@@ -1,0 +1,49 @@
+"""Each package's public surface is exactly its ``__all__``, pinned here: a name leaves or
+joins the API only by changing this table."""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import pytest
+
+SURFACES: dict[str, set[str]] = {
+    "scheduler": {
+        "GRAPH_VERSION", "BuildGraph", "Copy", "DockerfileError", "DockyardError", "ExecMount",
+        "ExecOp", "FileAction", "FileOp", "GraphError", "Healthcheck", "HistoryEntry",
+        "ImageConfig", "ImageReferenceError", "ImageResult", "MergeOp", "Mkdir", "Mkfile",
+        "Op", "Platform", "Reference", "Rm", "SourceOp", "Symlink", "UsageError", "Vertex",
+        "default_platform", "parse_platform", "parse_platforms", "parse_reference",
+    },
+    "scheduler.dockerfile": {
+        "RULES", "BaseImage", "CheckWarning", "Directives", "Dockerfile", "Expansion",
+        "FrontendResult", "Heredoc", "ImageResolver", "Lexer", "Node", "ParseResult",
+        "PatternMatcher", "Rule", "Stage", "build_graph", "parse", "parse_dockerfile",
+        "parse_ignore_file", "process_word", "process_words",
+    },
+    "scheduler.dockerfile.shell": {"Expansion", "Lexer", "process_word", "process_words"},
+    "cluster": {"ContextEntry", "ignore_file_for", "load_ignore_patterns", "main",
+                "walk_context"},
+    "workers": set(),
+    "cache_backends": set(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SURFACES))
+def test_all_is_the_pinned_surface(name: str) -> None:
+    module = importlib.import_module(name)
+    assert set(module.__all__) == SURFACES[name]
+    for attr in module.__all__:
+        assert hasattr(module, attr), f"{name}.__all__ names missing {attr}"
+
+
+@pytest.mark.parametrize("name", sorted(SURFACES))
+def test_nothing_public_outside_all(name: str) -> None:
+    """Every public name the package itself defines (or re-exports from its private
+    modules) is listed in ``__all__``; imported helpers like ``dataclass`` don't count."""
+    module = importlib.import_module(name)
+    public = {a for a, obj in vars(module).items() if not a.startswith("_")
+              and not isinstance(obj, types.ModuleType)
+              and getattr(obj, "__module__", name).startswith(name)}
+    assert public <= set(module.__all__)
