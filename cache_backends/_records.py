@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from scheduler import DockyardError
+from scheduler import CacheError
 
 __all__ = ["RECORD_VERSION", "CacheRecord", "LayerDescriptor", "RecordError", "StateResult"]
 
@@ -23,7 +23,7 @@ GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 
-class RecordError(DockyardError):
+class RecordError(CacheError):
     """A stored record or result that cannot be decoded (wrong version, wrong shape)."""
 
 

@@ -7,17 +7,38 @@ Every error a user can see derives from ``DockyardError`` and says what went wro
      ├── UsageError           a bad command-line flag or option value
      ├── DockerfileError      the frontend rejected a Dockerfile (file, line, column)
      ├── ImageReferenceError  an image reference that cannot be parsed (its text)
-     └── GraphError           a build graph that is malformed, inconsistent, or encoded
-                              with an unknown version
+     ├── GraphError           a build graph that is malformed, inconsistent, or encoded
+     │                        with an unknown version
+     ├── SolveError           a vertex could not be built (its name and position)
+     │    ├── ExecError       a RUN exited non-zero (exit code, last lines of output)
+     │    └── WorkerLost      the worker running a vertex died or vanished
+     ├── LayerError           a layer or tar that is corrupt or escapes its root (the path)
+     ├── CacheError           a cache backend failed (the backend and key or digest)
+     ├── RegistryError        a registry refused or failed (the URL, what to do)
+     ├── ExportError          an output could not be written (the destination)
+     └── ServiceError         the local dockyard service could not start or be reached
 
-Later layers add their branches here (SolveError, ExecError, CacheError, RegistryError,
-WorkerLost): one module, one tree.  Third-party errors (OS, Ray, boto) are translated at
+One module, one tree.  Third-party errors (OS, Ray, boto) are translated at
 the boundary where they occur and never leak to the user as tracebacks.
 """
 
 from __future__ import annotations
 
-__all__ = ["DockerfileError", "DockyardError", "GraphError", "ImageReferenceError", "UsageError"]
+__all__ = [
+    "CacheError",
+    "DockerfileError",
+    "DockyardError",
+    "ExecError",
+    "ExportError",
+    "GraphError",
+    "ImageReferenceError",
+    "LayerError",
+    "RegistryError",
+    "ServiceError",
+    "SolveError",
+    "UsageError",
+    "WorkerLost",
+]
 
 
 class DockyardError(Exception):
@@ -93,3 +114,54 @@ class ImageReferenceError(DockyardError):
     """An image reference (``alpine:3.19``, ``host:5000/a/b@sha256:...``) that does not
     parse; the message quotes the reference.  The frontend re-raises it as a
     ``DockerfileError`` at the FROM line."""
+
+
+class SolveError(DockyardError):
+    """A vertex could not be built.  ``vertex`` is its human name (``[build 2/4] RUN make``);
+    ``location`` the Dockerfile position (``Dockerfile:7:1``) when known."""
+
+    def __init__(self, message: str, *, vertex: str = "", location: str = "",
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.vertex = vertex
+        self.location = location
+
+    def __str__(self) -> str:
+        where = " ".join(part for part in (self.location, self.vertex) if part)
+        text = f"{where}: {self.message}" if where else self.message
+        return f"{text}\nhint: {self.hint}" if self.hint else text
+
+
+class ExecError(SolveError):
+    """A process in a RUN exited non-zero: ``exit_code`` and the last lines of its output."""
+
+    def __init__(self, message: str, *, exit_code: int, output_tail: str = "",
+                 vertex: str = "", location: str = "", hint: str | None = None) -> None:
+        super().__init__(message, vertex=vertex, location=location, hint=hint)
+        self.exit_code = exit_code
+        self.output_tail = output_tail
+
+
+class WorkerLost(SolveError):
+    """The worker that ran a vertex died or became unreachable."""
+
+
+class LayerError(DockyardError):
+    """A layer blob or tar that is corrupt, does not match its digest, or has an entry that
+    would escape its root; the message names the entry."""
+
+
+class CacheError(DockyardError):
+    """A cache backend failed; the message names the backend and the key or digest."""
+
+
+class RegistryError(DockyardError):
+    """A registry refused or failed a request; the message names the URL."""
+
+
+class ExportError(DockyardError):
+    """An output (``--output``) could not be written; the message names the destination."""
+
+
+class ServiceError(DockyardError):
+    """The local dockyard service could not be started or reached."""

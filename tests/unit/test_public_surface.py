@@ -15,6 +15,8 @@ SURFACES: dict[str, set[str]] = {
         "ImageConfig", "ImageReferenceError", "ImageResult", "MergeOp", "Mkdir", "Mkfile",
         "Op", "Platform", "Reference", "Rm", "SourceOp", "Symlink", "UsageError", "Vertex",
         "default_platform", "parse_platform", "parse_platforms", "parse_reference",
+        "CacheError", "ExecError", "ExportError", "LayerError", "RegistryError",
+        "ServiceError", "SolveError", "WorkerLost",
     },
     "scheduler.dockerfile": {
         "RULES", "BaseImage", "CheckWarning", "Directives", "Dockerfile", "Expansion",
