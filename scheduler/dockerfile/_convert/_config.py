@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from ..._graph import Healthcheck
 from .._instructions import (
     CmdCommand,
     EntrypointCommand,
@@ -22,7 +23,7 @@ from .._instructions import (
 from ._context import Conversion
 from ._names import go_duration, go_list, go_quote_list
 from ._run import with_shell
-from ._state import HealthDraft, StageState
+from ._state import StageState
 
 _SIGNALS = frozenset({
     "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
@@ -107,7 +108,7 @@ def _valid_signal(text: str) -> bool:
 def dispatch_healthcheck(conv: Conversion, state: StageState, command: HealthcheckCommand
                          ) -> None:
     h = command.health
-    state.config.healthcheck = HealthDraft(h.test, h.interval, h.timeout, h.start_period,
+    state.config.healthcheck = Healthcheck(h.test, h.interval, h.timeout, h.start_period,
                                            h.start_interval, h.retries)
     text = (f"{{Test:{go_list(h.test)} Interval:{go_duration(h.interval)} "
             f"Timeout:{go_duration(h.timeout)} StartPeriod:{go_duration(h.start_period)} "

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from ..._graph import Healthcheck, HistoryEntry, ImageConfig
+from ..._graph import ImageConfig
 from ._state import ConfigDraft
 
 
 def freeze(draft: ConfigDraft) -> ImageConfig:
-    health = draft.healthcheck
     return ImageConfig(
         env=tuple(f"{key}={value}" for key, value in draft.env.items()),
         cmd=draft.cmd, entrypoint=draft.entrypoint, user=draft.user,
         working_dir=draft.working_dir, labels=tuple(sorted(draft.labels.items())),
         exposed_ports=tuple(sorted(draft.exposed_ports)),
         volumes=tuple(sorted(draft.volumes)), stop_signal=draft.stop_signal,
-        healthcheck=None if health is None else Healthcheck(
-            test=health.test, interval=health.interval, timeout=health.timeout,
-            start_period=health.start_period, start_interval=health.start_interval,
-            retries=health.retries),
+        healthcheck=draft.healthcheck,
         on_build=tuple(draft.on_build), shell=draft.shell, author=draft.author,
-        history=tuple(HistoryEntry(h.created_by, h.empty_layer, h.comment)
-                      for h in draft.history))
+        history=tuple(draft.history))

@@ -8,30 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..._graph import Healthcheck, HistoryEntry
 from ..._platform import Platform
 
-
-@dataclass(slots=True)
-class HealthDraft:
-    test: tuple[str, ...]
-    interval: int = 0
-    timeout: int = 0
-    start_period: int = 0
-    start_interval: int = 0
-    retries: int = 0
-
-
-@dataclass(slots=True)
-class History:
-    created_by: str
-    empty_layer: bool
-    comment: str = "buildkit.dockerfile.v0"
+HISTORY_COMMENT = "buildkit.dockerfile.v0"
 
 
 @dataclass(slots=True)
 class ConfigDraft:
     """The image config being built.  ``env`` keeps insertion order (ENV replaces in place,
-    as BuildKit's addEnv does)."""
+    as BuildKit's addEnv does).  The collections are mutable; the healthcheck and the
+    history entries are already the graph's frozen types (``freeze`` makes the rest)."""
 
     env: dict[str, str] = field(default_factory=dict)
     cmd: tuple[str, ...] | None = None
@@ -42,11 +29,11 @@ class ConfigDraft:
     exposed_ports: dict[str, None] = field(default_factory=dict)
     volumes: dict[str, None] = field(default_factory=dict)
     stop_signal: str = ""
-    healthcheck: HealthDraft | None = None
+    healthcheck: Healthcheck | None = None
     on_build: list[str] = field(default_factory=list)
     shell: tuple[str, ...] = ()
     author: str = ""
-    history: list[History] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
 
     def copy(self) -> ConfigDraft:
         return ConfigDraft(
@@ -58,7 +45,8 @@ class ConfigDraft:
             history=list(self.history))
 
     def commit(self, created_by: str, *, layer: bool) -> None:
-        self.history.append(History(created_by, empty_layer=not layer))
+        self.history.append(HistoryEntry(created_by, empty_layer=not layer,
+                                          comment=HISTORY_COMMENT))
 
 
 @dataclass(slots=True)
