@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..._errors import DockyardError
-from ..._graph import SourceOp
+from ..._graph import DEFAULT_PATH, SourceOp
 from ..._reference import parse_reference
 from .._instructions import AddCommand, Command, CopyCommand, RunCommand, WorkdirCommand
 from ._context import Conversion
-from ._model import DEFAULT_PATH, BaseImage
+from ._image_config import thaw
 from ._names import prefix_command
 from ._stages import StageNode
-from ._state import ConfigDraft, StageState
+from ._state import StageState
 from ._triggers import parse_triggers
 
 _COUNTED = (AddCommand, CopyCommand, RunCommand, WorkdirCommand)
@@ -65,8 +65,9 @@ def _from_image(conv: Conversion, stage_node: StageNode, state: StageState
     if image is not None:
         if image.digest and "@" not in ref:
             ref = f"{ref}@{image.digest}"
-        state.config = _config_of(image)
-        triggers = parse_triggers(image.on_build, stage_node.node, conv.filename)
+        state.config = thaw(image.config)
+        state.config.on_build = []  # the triggers run in this stage; none are inherited
+        triggers = parse_triggers(image.config.on_build, stage_node.node, conv.filename)
         state.cmd_total += count_commands(triggers)
     name = prefix_command(state, "FROM " + ref, multi_platform=conv.options.multi_platform,
                           platform=state.platform)
@@ -75,18 +76,8 @@ def _from_image(conv: Conversion, stage_node: StageNode, state: StageState
     return triggers
 
 
-def _config_of(image: BaseImage) -> ConfigDraft:
-    env = dict(item.partition("=")[::2] for item in image.env)
-    return ConfigDraft(
-        env=env, cmd=image.cmd, entrypoint=image.entrypoint, user=image.user,
-        working_dir=image.working_dir, labels=dict(image.labels),
-        exposed_ports=dict.fromkeys(image.exposed_ports),
-        volumes=dict.fromkeys(image.volumes), stop_signal=image.stop_signal,
-        shell=image.shell, author=image.author)
-
-
 def _ensure_path(state: StageState) -> None:
     """The default PATH when the base has none; what commands see starts as the config env."""
     if "PATH" not in state.config.env and state.platform.os != "windows":
-        state.config.env["PATH"] = DEFAULT_PATH
+        state.config.env["PATH"] = DEFAULT_PATH.removeprefix("PATH=")
     state.vars = dict(state.config.env)

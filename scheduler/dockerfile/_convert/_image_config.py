@@ -1,4 +1,5 @@
-"""The finished stage's config draft as the graph's frozen ImageConfig."""
+"""The image config between the graph's frozen ``ImageConfig`` and the converter's
+mutable draft: ``freeze`` a finished stage's draft, ``thaw`` a base image's config."""
 
 from __future__ import annotations
 
@@ -16,3 +17,15 @@ def freeze(draft: ConfigDraft) -> ImageConfig:
         healthcheck=draft.healthcheck,
         on_build=tuple(draft.on_build), shell=draft.shell, author=draft.author,
         history=tuple(draft.history))
+
+
+def thaw(config: ImageConfig) -> ConfigDraft:
+    """A draft starting from ``config`` (a base image's)."""
+    return ConfigDraft(
+        env=dict(item.partition("=")[::2] for item in config.env),
+        cmd=config.cmd, entrypoint=config.entrypoint, user=config.user,
+        working_dir=config.working_dir, labels=dict(config.labels),
+        exposed_ports=dict.fromkeys(config.exposed_ports),
+        volumes=dict.fromkeys(config.volumes), stop_signal=config.stop_signal,
+        healthcheck=config.healthcheck, on_build=list(config.on_build), shell=config.shell,
+        author=config.author, history=list(config.history))

@@ -10,29 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..._graph import ImageConfig
 from ..._platform import Platform
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True, slots=True)
 class BaseImage:
-    """A base image's config as a registry reports it.  ``digest`` (``sha256:...``), when
-    known, pins the reference; ``env`` holds ``KEY=value`` strings."""
+    """A base image as a registry reports it: its config, and its ``digest``
+    (``sha256:...``) when known, which pins the reference.  ``config.env`` is the image's
+    own (empty by default: the stage adds the default PATH when the base has none); the
+    stage starts from the whole config, healthcheck and history included, as BuildKit's
+    does."""
 
     digest: str | None = None
-    env: tuple[str, ...] = ()
-    cmd: tuple[str, ...] | None = None
-    entrypoint: tuple[str, ...] | None = None
-    user: str = ""
-    working_dir: str = ""
-    labels: tuple[tuple[str, str], ...] = ()
-    exposed_ports: tuple[str, ...] = ()
-    volumes: tuple[str, ...] = ()
-    stop_signal: str = ""
-    shell: tuple[str, ...] = ()
-    on_build: tuple[str, ...] = ()
-    author: str = ""
+    config: ImageConfig = ImageConfig(env=())
 
 
 class ImageResolver(Protocol):

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from scheduler._errors import DockerfileError
-from scheduler._graph import Copy, ExecOp, FileOp, SourceOp
+from scheduler._graph import (
+    Copy,
+    ExecOp,
+    FileOp,
+    Healthcheck,
+    HistoryEntry,
+    ImageConfig,
+    SourceOp,
+)
 from scheduler._platform import Platform
 from scheduler.dockerfile._convert._model import BaseImage
 from scheduler.dockerfile._frontend import FrontendResult, build_graph
@@ -25,9 +33,13 @@ PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def _resolver(ref: str, platform: Platform) -> BaseImage | None:
     if ref.startswith("docker.io/library/withconfig"):
-        return BaseImage(digest="sha256:" + "a" * 64, env=("PATH=/bin", "LANG=C"),
-                         user="nobody", working_dir="/home", cmd=("sh",),
-                         on_build=("RUN echo trigger",))
+        return BaseImage(digest="sha256:" + "a" * 64, config=ImageConfig(
+            env=("PATH=/bin", "LANG=C"), user="nobody", working_dir="/home", cmd=("sh",),
+            on_build=("RUN echo trigger",)))
+    if ref.startswith("docker.io/library/withhealth"):  # kept whole, as BuildKit keeps it
+        return BaseImage(config=ImageConfig(
+            healthcheck=Healthcheck(("CMD-SHELL", "true"), retries=3),
+            history=(HistoryEntry("/bin/sh -c #(nop) ADD file:1 in /"),)))
     return None
 
 
@@ -248,6 +260,9 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         "names": ["[1/3] FROM docker.io/library/withconfig:latest@sha256:" + "a" * 64,
                   "[2/3] ONBUILD RUN echo trigger", "[3/3] RUN x"],
         "config.cmd": ("sh",), "config.on_build": ()}),
+    ("resolver-health-history", "FROM withhealth\nLABEL a=b\n", {"image_resolver": _resolver},
+     {"config.healthcheck": Healthcheck(("CMD-SHELL", "true"), retries=3),
+      "history": ["/bin/sh -c #(nop) ADD file:1 in /", "LABEL a=b"]}),
     ("heredoc-run", "FROM alpine\nRUN <<EOF\necho hi\nEOF\n", {}, {
         "run.args": ("/bin/sh", "-c", "echo hi\n"),
         "names": ["[1/2] FROM docker.io/library/alpine:latest", "[2/2] RUN <<EOF (echo hi)"]}),

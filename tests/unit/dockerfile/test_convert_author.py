@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from scheduler._graph import BuildGraph
+from scheduler._graph import BuildGraph, ImageConfig
 from scheduler._platform import Platform
 from scheduler.dockerfile._convert._model import BaseImage
 from scheduler.dockerfile._frontend import build_graph
@@ -19,7 +19,8 @@ AMD64 = Platform("linux", "amd64")
 
 def _resolver(ref: str, platform: Platform) -> BaseImage | None:
     if ref.startswith("docker.io/library/authored"):
-        return BaseImage(digest="sha256:" + "b" * 64, author="Base <base@example.com>")
+        return BaseImage(digest="sha256:" + "b" * 64,
+                         config=ImageConfig(env=(), author="Base <base@example.com>"))
     return None
 
 
