@@ -41,7 +41,7 @@ from scheduler.dockerfile._frontend import build_graph
 CASES = Path(__file__).parent / "config_cases"
 HOST_FILES = {"busybox": Path("/bin/busybox")}
 FIELDS = ("env", "cmd", "entrypoint", "user", "working_dir", "labels", "exposed_ports",
-          "volumes", "stop_signal", "healthcheck", "on_build", "shell", "history")
+          "volumes", "stop_signal", "healthcheck", "on_build", "shell", "author", "history")
 Config = dict[str, Any]
 
 
@@ -68,7 +68,8 @@ def dockerfile(name: str) -> bytes:
 
 
 def normalize_buildkit(raw: Mapping[str, Any]) -> Config:
-    """The fields we compare, from the image config JSON BuildKit wrote."""
+    """The fields we compare, from the image config JSON BuildKit wrote (``author`` sits
+    beside ``config``, not in it)."""
     config = raw.get("config") or {}
     health = config.get("Healthcheck")
     return {
@@ -84,6 +85,7 @@ def normalize_buildkit(raw: Mapping[str, Any]) -> Config:
         "healthcheck": None if health is None else _health(health),
         "on_build": config.get("OnBuild") or [],
         "shell": config.get("Shell") or [],
+        "author": raw.get("author", ""),
         "history": [[h.get("created_by", ""), bool(h.get("empty_layer", False))]
                     for h in raw.get("history") or []],
     }
@@ -137,6 +139,7 @@ def normalize_ours(config: ImageConfig) -> Config:
             "StartInterval": health.start_interval, "Retries": health.retries},
         "on_build": list(config.on_build),
         "shell": list(config.shell),
+        "author": config.author,
         "history": [[h.created_by, h.empty_layer] for h in config.history],
     }
 
