@@ -15,10 +15,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from scheduler._errors import DockyardError, UsageError
 from scheduler._platform import Platform, default_platform, parse_platforms
+
+if TYPE_CHECKING:
+    from scheduler.dockerfile._frontend import FrontendResult
 
 __all__ = ["main"]
 
@@ -96,7 +99,11 @@ def _print_warnings(warnings: Sequence[Any]) -> None:
               file=sys.stderr)
 
 
-def _run_debug_graph(args: argparse.Namespace) -> int:
+def _run_frontend(args: argparse.Namespace, *, check_only: bool = False
+                  ) -> tuple[FrontendResult, bytes, str]:
+    """Load what ``_add_frontend_arguments`` names (context, Dockerfile, its ignore file,
+    platforms, build args) and run the frontend; the result, the Dockerfile's bytes and
+    its display name."""
     context = _context_dir(args.context)
     platforms = _platforms(args.platform)
     build_args = _build_args(args.build_arg, os.environ)
@@ -108,7 +115,13 @@ def _run_debug_graph(args: argparse.Namespace) -> int:
     # A Dockerfile from stdin has no <name>.dockerignore of its own: the context's applies.
     patterns, _ = load_ignore_patterns(context, dockerfile_path or context / "Dockerfile")
     result = build_graph(data, filename=filename, target=args.target, platforms=platforms,
-                         build_args=build_args, ignore_patterns=list(patterns))
+                         build_args=build_args, ignore_patterns=list(patterns),
+                         check_only=check_only)
+    return result, data, filename
+
+
+def _run_debug_graph(args: argparse.Namespace) -> int:
+    result, _, _ = _run_frontend(args)
     _print_warnings(result.warnings)
     sys.stdout.write(result.graph.to_json_lines())
     sys.stdout.flush()
@@ -186,18 +199,7 @@ def _run_build(args: argparse.Namespace) -> int:
                             "the solver and the workers",
                             hint="'dockyard build --check' lints the Dockerfile; 'dockyard "
                                  "debug graph' prints the build graph")
-    context = _context_dir(args.context)
-    platforms = _platforms(args.platform)
-    build_args = _build_args(args.build_arg, os.environ)
-    data, filename, dockerfile_path = _read_dockerfile(args.file, context, sys.stdin.buffer)
-
-    from cluster._context import load_ignore_patterns
-    from scheduler.dockerfile._frontend import build_graph
-
-    patterns, _ = load_ignore_patterns(context, dockerfile_path or context / "Dockerfile")
-    result = build_graph(data, filename=filename, target=args.target, platforms=platforms,
-                         build_args=build_args, ignore_patterns=list(patterns),
-                         check_only=True)
+    result, data, filename = _run_frontend(args, check_only=True)
     for notice in result.notices:
         print(f"WARN: {notice}", file=sys.stderr)
     _print_check(result.warnings, data, _spans(data, filename))
