@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from fractions import Fraction
 
+from ._suggest import closest
+
 __all__ = [
     "BOOL", "STRING", "STRINGS", "Flags", "Invalid", "go_bool", "go_duration", "go_int32",
     "go_quote", "go_uint", "ram_in_bytes", "suggest",
@@ -120,25 +122,9 @@ def ram_in_bytes(text: str) -> int | None:
     return int(size) if size < 2**63 else None
 
 
-
-def _levenshtein(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
-
-
 def suggest(message: str, value: str, options: Sequence[str]) -> str:
     """BuildKit's suggest.WrapError (case-sensitive): the closest option under distance 3."""
-    best, best_distance = "", 3
-    for option in options:
-        if option == value:
-            return message
-        distance = _levenshtein(value, option)
-        if distance < best_distance:
-            best, best_distance = option, distance
+    best = closest(value, options)
     return f"{message} (did you mean {best}?)" if best else message
 
 

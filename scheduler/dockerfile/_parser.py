@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from .._errors import DockerfileError
 from ._ast import Directives, Heredoc, Node, ParseResult
+from ._suggest import closest
 
 __all__ = ["INSTRUCTIONS", "parse"]
 
@@ -350,27 +351,11 @@ INSTRUCTIONS: tuple[str, ...] = tuple(sorted(_SPLITTERS))
 
 # ------------------------------------------------------------------ unknown instructions
 
-def _distance(a: str, b: str) -> int:
-    """Levenshtein distance (insert, delete, substitute: 1 each)."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
 def _suggestion(keyword: str) -> str:
     """BuildKit's " (did you mean run?)" for a near miss (distance < 3), else ""."""
     if len(keyword) > 32:
         return ""
-    best, best_distance = "", 3
-    for name in INSTRUCTIONS:
-        distance = _distance(keyword.lower(), name)
-        if distance < best_distance:
-            best, best_distance = name, distance
+    best = closest(keyword.lower(), INSTRUCTIONS)
     if not best:
         return ""
     if keyword == keyword.upper() and keyword != keyword.lower():
