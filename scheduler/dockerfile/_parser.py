@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from .._errors import DockerfileError
 from ._ast import Directives, Heredoc, Node, ParseResult
+from ._goquote import go_quote
 from ._suggest import closest
 
 __all__ = ["INSTRUCTIONS", "parse"]
@@ -48,23 +49,6 @@ def _lstrip(text: str) -> str:
 
 def _is_comment(line: str) -> bool:
     return _lstrip(line).startswith("#")
-
-
-def _go_quote(text: str) -> str:
-    """Go's ``%q`` of a string (for messages BuildKit formats that way)."""
-    special = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f",
-               "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-    out = []
-    for ch in text:
-        if ch in special:
-            out.append(special[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x80 else
-                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return '"' + "".join(out) + '"'
 
 
 # --------------------------------------------------------------------------- source text
@@ -266,7 +250,7 @@ def _name_values(rest: str, escape: str, keyword: str) -> _Args:
     pairs: list[str] = []
     for word in words:
         if "=" not in word:
-            raise _SourceError(f"Syntax error - can't find = in {_go_quote(word)}. "
+            raise _SourceError(f"Syntax error - can't find = in {go_quote(word)}. "
                                "Must be of the form: name=value", at=word)
         key, value = word.split("=", 1)
         if not key:
@@ -582,7 +566,7 @@ def _heredoc_from_word(word: str) -> Heredoc | None:
             return None
         quoted = _shell_words(rest, raw_quotes=True, raw_escapes=False)
     except _LexError as exc:
-        raise _SourceError(f"failed to process {_go_quote(rest)}: {exc}", at=word) from None
+        raise _SourceError(f"failed to process {go_quote(rest)}: {exc}", at=word) from None
     expand = _quote_count(plain[0]) == _quote_count(quoted[0])
     return Heredoc(name=plain[0], content="", expand=expand, chomp=chomp,
                    file_descriptor=int(fd) if fd else None)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import posixpath
 
 from ..._graph import FileOp, Mkdir
+from .._goquote import go_quote
 from .._instructions import WorkdirCommand
 from ._context import Conversion
-from ._names import go_quote, prefix_command, uppercase_command
+from ._names import prefix_command, uppercase_command
 from ._state import StageState
 
 
