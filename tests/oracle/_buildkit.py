@@ -20,9 +20,10 @@ import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,11 +159,28 @@ class PrivateDockerd:
         build_args: Mapping[str, str] | None = None,
         target: str | None = None,
         platform: str | None = None,
+        dockerfile_path: str = "Dockerfile",
     ) -> OracleResult:
-        """Build ``dockerfile_text`` with BuildKit and report what came of it."""
-        context = self._new_context(dockerfile_text, context_files or {})
+        """Build ``dockerfile_text`` with BuildKit and report what came of it.
+
+        The Dockerfile is written at ``dockerfile_path`` in the context (given with ``-f``);
+        a ``context_files`` name ending in ``/`` is an (empty) directory."""
+        context = self._new_context({dockerfile_path: dockerfile_text, **(context_files or {})})
+        return self.build_dir(context, dockerfile_path, build_args, target, platform)
+
+    def build_dir(
+        self,
+        context: Path,
+        dockerfile_path: str = "Dockerfile",
+        build_args: Mapping[str, str] | None = None,
+        target: str | None = None,
+        platform: str | None = None,
+    ) -> OracleResult:
+        """Build the context directory ``context`` (see :meth:`new_context_dir`) with the
+        Dockerfile at ``dockerfile_path`` in it."""
         iidfile = context.parent / "iid"
-        argv = ["build", "--network=host", "--progress=plain", f"--iidfile={iidfile}"]
+        argv = ["build", "--network=host", "--progress=plain", f"--iidfile={iidfile}",
+                f"--file={context / dockerfile_path}"]
         argv += [f"--build-arg={key}={value}" for key, value in (build_args or {}).items()]
         argv += [f"--target={target}"] if target else []
         argv += [f"--platform={platform}"] if platform else []
@@ -185,13 +203,41 @@ class PrivateDockerd:
         if done.returncode != 0:
             raise OracleUnavailable(f"docker tag failed: {done.stderr.strip()}")
 
-    def _new_context(self, dockerfile_text: str, files: ContextFiles) -> Path:
+    def image_tree(self, image_id: str) -> list[str]:
+        """The image's filesystem as :func:`tree_listing` lines: ``docker save``, then its
+        layers applied in order (whiteouts included).  An image without layers (which
+        ``docker save`` refuses) has an empty tree."""
+        if not self.image_has_layers(image_id):
+            return []
+        archive = self.root / "save.tar"
+        done = self.docker("save", f"--output={archive}", image_id, timeout=60)
+        if done.returncode != 0:
+            raise OracleUnavailable(f"docker save failed: {done.stderr.strip()}")
+        try:
+            return tree_listing(_merged_layers(archive))
+        finally:
+            archive.unlink()
+
+    def image_has_layers(self, image_id: str) -> bool:
+        done = self.docker("image", "inspect", "--format={{len .RootFS.Layers}}", image_id,
+                           timeout=30)
+        return done.stdout.strip() not in ("", "0")
+
+    def new_context_dir(self) -> Path:
+        """A fresh, empty directory for one build's context."""
         self._builds += 1
         context = self.root / "builds" / str(self._builds) / "context"
         context.mkdir(parents=True)
-        for name, content in {"Dockerfile": dockerfile_text, **files}.items():
+        return context
+
+    def _new_context(self, files: ContextFiles) -> Path:
+        context = self.new_context_dir()
+        for name, content in files.items():
             path = context / name
             path.parent.mkdir(parents=True, exist_ok=True)
+            if name.endswith("/"):
+                path.mkdir(exist_ok=True)
+                continue
             data = content.encode() if isinstance(content, str) else content
             path.write_bytes(data)
         return context
@@ -208,6 +254,82 @@ def context_from_dir(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` (``.dockerignore`` included: BuildKit applies it)."""
     files = (path for path in sorted(directory.rglob("*")) if path.is_file())
     return {str(path.relative_to(directory)): path.read_bytes() for path in files}
+
+
+def write_tree(root: Path, spec: Iterable[str]) -> None:
+    """Create the entries a tree spec describes under ``root``, one per string:
+
+    ``path`` a regular file (mode 0644, its content the path and a newline); ``path/`` a
+    directory (0755); ``path 0755`` a file or directory with that mode; ``path -> target``
+    a symlink.  Parent directories are made as needed (0755).
+    """
+    for line in spec:
+        name, _, rest = line.partition(" ")
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rest.startswith("-> "):
+            path.symlink_to(rest.removeprefix("-> "))
+            continue
+        if name.endswith("/"):
+            path.mkdir(exist_ok=True)
+        else:
+            path.write_text(name + "\n")
+        path.chmod(int(rest, 8) if rest else 0o755 if name.endswith("/") else 0o644)
+
+
+def tree_listing(members: Iterable[tarfile.TarInfo]) -> list[str]:
+    """One sorted line per entry: ``<type> <mode> <uid>:<gid> <path>[ -> <target>]``, type
+    ``d``, ``f`` or ``l``, mode in octal (permission bits), path without a leading ``./``
+    or ``/`` (the root itself left out)."""
+    lines = []
+    for member in members:
+        path = member.name.removeprefix("./").strip("/")
+        if not path:
+            continue
+        kind = "d" if member.isdir() else "l" if member.issym() else "f"
+        link = f" -> {member.linkname}" if member.issym() else ""
+        lines.append(f"{kind} {member.mode & 0o7777:04o} {member.uid}:{member.gid} {path}{link}")
+    return sorted(lines, key=lambda line: line.split(" ", 3)[3])
+
+
+def _merged_layers(archive: Path) -> list[tarfile.TarInfo]:
+    """The entries of a ``docker save`` archive's image, its layers applied in order."""
+    with tarfile.open(archive) as outer:
+        manifest = json.load(_member(outer, "manifest.json"))
+        entries: dict[str, tarfile.TarInfo] = {}
+        for layer in manifest[0]["Layers"]:
+            with tarfile.open(fileobj=_member(outer, layer)) as inner:
+                _apply_layer(entries, inner.getmembers())
+    return list(entries.values())
+
+
+def _member(archive: tarfile.TarFile, name: str) -> Any:
+    extracted = archive.extractfile(name)
+    if extracted is None:
+        raise OracleUnavailable(f"docker save archive has no file {name}")
+    return extracted
+
+
+def _apply_layer(entries: dict[str, tarfile.TarInfo], layer: list[tarfile.TarInfo]) -> None:
+    """Apply one OCI layer: ``.wh.<name>`` deletes ``<name>`` and what is under it,
+    ``.wh..wh..opq`` empties its directory (of what lower layers had)."""
+    for member in layer:
+        path = member.name.removeprefix("./").strip("/")
+        parent, _, base = path.rpartition("/")
+        if base == ".wh..wh..opq":
+            _delete_under(entries, parent)
+        elif base.startswith(".wh."):
+            gone = f"{parent}/{base[4:]}".lstrip("/")
+            entries.pop(gone, None)
+            _delete_under(entries, gone)
+        else:
+            entries[path] = member
+
+
+def _delete_under(entries: dict[str, tarfile.TarInfo], directory: str) -> None:
+    prefix = directory + "/" if directory else ""
+    for path in [p for p in entries if p.startswith(prefix) and p != directory]:
+        del entries[path]
 
 
 def make_oracle_root() -> Path:
