@@ -40,12 +40,15 @@ Deviations from BuildKit, where its behaviour is an accident of Go:
 - ``${name`` cut short after the name says ``syntax error: missing '}'`` (Go prints an
   "unsupported modifier" with a replacement character);
 - a pattern ending in a lone ``\\`` says ``invalid escape '\\' at end of pattern``;
-- expansions nested more than 64 deep are refused instead of recursing without bound.
+- expansions nested more than 64 deep are refused instead of recursing without bound;
+- patterns are matched without backtracking (``_Glob``: the same matches Go's ``regexp``
+  and Python's ``re`` find, in ``len(value) * len(pattern)`` steps at most), and one word
+  may spend at most ``_MATCH_STEP_LIMIT`` steps on them: past that it fails with
+  ``pattern matching needs more than N steps`` rather than stall the frontend.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -63,6 +66,10 @@ _SPACES = frozenset(
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 _MAX_DEPTH = 64
+# Pattern-matching steps (one thread advanced over one character) allowed in one word.
+# A search costs at most len(value) * (len(pattern) + 1) steps, so no real Dockerfile
+# comes near; the limit only stops ${v//p/r} on huge values from stalling the frontend.
+_MATCH_STEP_LIMIT = 5_000_000
 _MISSING_BRACE = "syntax error: missing '}'"
 _MISSING_SLASH = "syntax error: missing '/' in ${}"
 
@@ -202,6 +209,7 @@ class _Expander:
         self._env = env
         self._raw_escapes = lexer.raw_escapes  # changes inside ${v#p}, ${v%p}, ${v/p/r}
         self._depth = 0  # how many ${...} enclose the current position
+        self._budget = _Budget(_MATCH_STEP_LIMIT)  # shared by every pattern in the word
         self.matched: set[str] = set()
         self.unmatched: set[str] = set()
 
@@ -356,7 +364,7 @@ class _Expander:
         if kind == "?":
             return _required(name, value, word, colon=op.startswith(":"))
         if kind in ("#", "%"):
-            return _trim(kind, word, value or "")
+            return _trim(kind, word, value or "", self._budget)
         raise DockerfileError(f"unsupported modifier ({op}) in substitution")
 
     def _replace(self, name: str) -> str:
@@ -370,10 +378,10 @@ class _Expander:
         if value is None and self._lexer.skip_unset_env:
             # BuildKit writes a single slash back, even for ${name//p/r}.
             return f"${{{name}/{pattern}/{replacement}}}"
-        regex = _compile_pattern(pattern, greedy=True, anchored=False)
+        glob = _compile_pattern(pattern, greedy=True, budget=self._budget)
         if every:
-            return _replace_all(regex, value or "", replacement)
-        return _replace_first(regex, value or "", replacement)
+            return _replace_all(glob, value or "", replacement)
+        return _replace_first(glob, value or "", replacement)
 
     def _nested(self, stop: str, raw_escapes: bool, missing: str) -> str:
         """The word inside ${...} up to ``stop``; cut short by the end -> ``missing``."""
@@ -423,19 +431,20 @@ def _required(name: str, value: str | None, message: str, *, colon: bool) -> str
 # -- patterns ------------------------------------------------------------------------------
 
 
-def _trim(kind: str, word: str, value: str) -> str:
+def _trim(kind: str, word: str, value: str, budget: _Budget) -> str:
     """``#``/``##`` remove a prefix, ``%``/``%%`` a suffix; doubled means longest."""
     greedy = word.startswith(kind)
     pattern = word[1:] if greedy else word
     if kind == "#":
-        return _trim_prefix(pattern, value, greedy)
+        return _trim_prefix(pattern, value, greedy, budget)
     # The shortest rightmost match is the shortest leftmost match of the reversed text.
-    return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
+    return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy, budget)[::-1]
 
 
-def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
-    match = _compile_pattern(pattern, greedy=greedy, anchored=True).match(value)
-    return value[match.end():] if match else value
+def _trim_prefix(pattern: str, value: str, greedy: bool, budget: _Budget) -> str:
+    span = _compile_pattern(pattern, greedy=greedy, budget=budget).search(value, 0,
+                                                                          anchored=True)
+    return value[span[1]:] if span else value
 
 
 def _reverse_pattern(pattern: str) -> str:
@@ -449,65 +458,157 @@ def _reverse_pattern(pattern: str) -> str:
     return "".join(reversed(tokens))
 
 
-def _compile_pattern(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
-    """A shell pattern (``*``, ``?``, ``\\`` escapes) as a regular expression."""
+class _Budget:
+    """Pattern-matching steps spent so far in one word, and how many are allowed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0  # steps spent; never above limit without raising
+
+    def spend(self, steps: int) -> None:
+        self.used += steps
+        if self.used > self.limit:
+            raise DockerfileError(f"pattern matching needs more than {self.limit} steps")
+
+
+# A pattern token: (kind, character); the character matters for _LITERAL only.
+_LITERAL, _ANY, _STAR = 0, 1, 2
+_Token = tuple[int, str]
+
+
+def _compile_pattern(pattern: str, *, greedy: bool, budget: _Budget) -> _Glob:
+    """A shell pattern (``*``, ``?``, ``\\`` escapes) ready to match."""
     try:
-        body = _pattern_regex(pattern, ".*" if greedy else ".*?")
-        return re.compile(("^" if anchored else "") + body)
-    except (DockerfileError, re.error) as exc:
-        reason = exc.message if isinstance(exc, DockerfileError) else str(exc)
-        raise DockerfileError(f"invalid pattern ({pattern}) in substitution: {reason}") from None
+        tokens = _pattern_tokens(pattern)
+    except DockerfileError as exc:
+        raise DockerfileError(
+            f"invalid pattern ({pattern}) in substitution: {exc.message}") from None
+    return _Glob(tokens, greedy=greedy, budget=budget)
 
 
-def _pattern_regex(pattern: str, star: str) -> str:
+def _pattern_tokens(pattern: str) -> tuple[_Token, ...]:
     cursor = _Cursor(pattern)
-    out: list[str] = []
+    out: list[_Token] = []
     while (ch := cursor.next()) != _EOF:
         if ch == "*":
-            out.append(star)
+            out.append((_STAR, ""))
         elif ch == "?":
-            out.append(".")
-        elif ch == "\\":
-            out.append(_pattern_escape(cursor))
-        else:
-            out.append(re.escape(ch))
-    return "".join(out)
+            out.append((_ANY, ""))
+        elif ch != "\\":
+            out.append((_LITERAL, ch))
+        elif (escaped := _pattern_escape(cursor)) is not None:
+            out.append((_LITERAL, escaped))
+    return tuple(out)
 
 
-def _pattern_escape(cursor: _Cursor) -> str:
-    """After a backslash: ``\\}`` and ``\\/`` lose it, ``\\*``, ``\\?``, ``\\\\`` are literal."""
+def _pattern_escape(cursor: _Cursor) -> str | None:
+    """After a backslash: ``\\}`` and ``\\/`` lose it (None), ``\\*``, ``\\?``,
+    ``\\\\`` are the literal character."""
     following = cursor.peek()
     if following in ("}", "/"):
-        return ""
+        return None
     cursor.next()
     if following == _EOF:
         raise DockerfileError("invalid escape '\\' at end of pattern")
     if following not in ("*", "?", "\\"):
         raise DockerfileError(f"invalid escape '\\{following}'")
-    return re.escape(following)
+    return following
 
 
-def _replace_first(regex: re.Pattern[str], value: str, replacement: str) -> str:
-    match = regex.search(value)
-    if match is None:
+class _Glob:
+    """A parsed pattern, matched as BuildKit's regex (``*`` -> ``.*`` or ``.*?``, ``?`` ->
+    ``.``) matches: leftmost-first, neither wildcard crossing a newline.
+
+    Instead of backtracking, the search runs every way through the pattern at once, one
+    character at a time (a Pike VM): a thread is a pattern position and the index where its
+    match began, kept in priority order, at most one per position.  A search therefore
+    costs at most ``len(value) * (len(pattern) + 1)`` steps, charged to ``budget``, and
+    finds exactly the match a backtracking engine (Python's ``re``, Go's ``regexp``) finds.
+    """
+
+    def __init__(self, tokens: tuple[_Token, ...], *, greedy: bool, budget: _Budget) -> None:
+        self._tokens = tokens
+        self._greedy = greedy
+        self._budget = budget
+        plain = all(kind == _LITERAL for kind, _ in tokens)
+        self._literal = "".join(ch for _, ch in tokens) if plain else None
+
+    def search(self, value: str, start: int, *, anchored: bool) -> tuple[int, int] | None:
+        """The span of the first match at or after ``start`` (only at it if ``anchored``)."""
+        if self._literal is not None:
+            return self._search_literal(self._literal, value, start, anchored)
+        found: tuple[int, int] | None = None
+        threads: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        for pos in range(start, len(value) + 1):
+            if found is None and (pos == start or not anchored):
+                self._add(0, pos, threads, seen)
+            if not threads:
+                break
+            self._budget.spend(len(threads))
+            threads, seen, found = self._step(value, pos, threads, found)
+        return found
+
+    @staticmethod
+    def _search_literal(text: str, value: str, start: int,
+                        anchored: bool) -> tuple[int, int] | None:
+        if anchored:
+            return (start, start + len(text)) if value.startswith(text, start) else None
+        index = value.find(text, start)
+        return None if index < 0 else (index, index + len(text))
+
+    def _step(self, value: str, pos: int, threads: list[tuple[int, int]],
+              found: tuple[int, int] | None
+              ) -> tuple[list[tuple[int, int]], set[int], tuple[int, int] | None]:
+        """Advance every thread over ``value[pos]``; a match drops the threads after it."""
+        following: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        char = value[pos] if pos < len(value) else None
+        for state, begin in threads:
+            if state == len(self._tokens):
+                return following, seen, (begin, pos)
+            kind, literal = self._tokens[state]
+            if char is None or not (char == literal if kind == _LITERAL else char != "\n"):
+                continue
+            self._add(state if kind == _STAR else state + 1, begin, following, seen)
+        return following, seen, found
+
+    def _add(self, state: int, begin: int, threads: list[tuple[int, int]],
+             seen: set[int]) -> None:
+        """Add ``state`` and the states a run of stars lets it skip to, in priority order:
+        staying in a star first when greedy, leaving it first when lazy."""
+        end = state
+        while end < len(self._tokens) and self._tokens[end][0] == _STAR and end not in seen:
+            end += 1
+        stars = range(state, end)
+        order = [*stars, end] if self._greedy else [end, *reversed(stars)]
+        for each in order:
+            if each not in seen:
+                seen.add(each)
+                threads.append((each, begin))
+
+
+def _replace_first(glob: _Glob, value: str, replacement: str) -> str:
+    span = glob.search(value, 0, anchored=False)
+    if span is None:
         return value
-    return value[:match.start()] + replacement + value[match.end():]
+    return value[:span[0]] + replacement + value[span[1]:]
 
 
-def _replace_all(regex: re.Pattern[str], value: str, template: str) -> str:
+def _replace_all(glob: _Glob, value: str, template: str) -> str:
     """Go's ``Regexp.ReplaceAllString``: an empty match right after a match is skipped,
     and ``$0``/``$$`` in the replacement are expanded (BuildKit passes it through)."""
     out: list[str] = []
     last_end = 0
     search_at = 0
     while search_at <= len(value):
-        match = regex.search(value, search_at)
-        if match is None:
+        span = glob.search(value, search_at, anchored=False)
+        if span is None:
             break
-        start, end = match.span()
+        start, end = span
         out.append(value[last_end:start])
         if end > last_end or start == 0:
-            out.append(_go_expand(template, match.group()))
+            out.append(_go_expand(template, value[start:end]))
         last_end = end
         search_at = search_at + 1 if search_at + 1 > end else end
     out.append(value[last_end:])

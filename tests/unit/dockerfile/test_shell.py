@@ -9,6 +9,7 @@ names and lexer options are tables here.  Expectations come from BuildKit's own 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler._errors import DockerfileError
+from scheduler.dockerfile import shell
 from scheduler.dockerfile.shell import Expansion, Lexer, process_word, process_words
 
 DATA = Path(__file__).parent / "data"
@@ -264,3 +266,66 @@ def test_fuzz_only_dockerfile_errors(word: str, env: dict[str, str], escape: str
     assert isinstance(expansion.result, str)
     assert all(expansion.words)
     assert not expansion.matched & expansion.unmatched
+
+
+# -- pattern matching: same matches as the regex BuildKit builds, without backtracking ------
+
+def _oracle_regex(pattern: str, greedy: bool) -> re.Pattern[str]:
+    """BuildKit's convertShellPatternToRegex, for patterns of ``*``, ``?``, ``\\*``, and
+    plain characters: run by Python's backtracking ``re`` (same leftmost-first rules)."""
+    body = re.sub(r"\\\*|\*|\?|[^*?]", lambda m: {
+        "\\*": r"\*", "*": ".*" if greedy else ".*?", "?": "."}.get(m[0], re.escape(m[0])),
+        pattern)
+    return re.compile(body)
+
+
+_glob_patterns = st.lists(st.sampled_from(["*", "?", "\\*", "a", "b", "\n"]),
+                          max_size=8).map("".join)
+_glob_values = st.text(alphabet="ab*\n", max_size=12)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(pattern=_glob_patterns, value=_glob_values, greedy=st.booleans(),
+       anchored=st.booleans(), start=st.integers(0, 3))
+def test_glob_matches_like_backtracking_regex(pattern: str, value: str, greedy: bool,
+                                              anchored: bool, start: int) -> None:
+    start = min(start, len(value))
+    glob = shell._compile_pattern(pattern, greedy=greedy, budget=shell._Budget(10**9))
+    regex = _oracle_regex(pattern, greedy)
+    match = (regex.match if anchored else regex.search)(value, start)
+    assert glob.search(value, start, anchored=anchored) == (match.span() if match else None)
+
+
+# (operator, pattern, value of v): each took seconds to hours with backtracking regexes
+HOSTILE: list[tuple[str, str, str]] = [
+    ("#", "*a" * 20 + "*b", "a" * 10_000),
+    ("##", "*a" * 20 + "*b", "a" * 10_000),
+    ("%", "a*" * 20 + "b*", "a" * 10_000),
+    ("%%", "a*" * 20 + "b*", "a" * 10_000),
+    ("/", "*a" * 20 + "*b", "a" * 10_000),
+    ("/", "?*" * 20 + "b", "a" * 10_000),
+    ("//", "a*" * 20 + "b", ("a" * 50 + "\n") * 200),
+]
+
+
+@pytest.mark.parametrize(("operator", "pattern", "value"), HOSTILE)
+def test_pattern_work_is_bounded(operator: str, pattern: str, value: str) -> None:
+    budget = shell._Budget(10**9)
+    if operator.startswith("/"):
+        glob = shell._compile_pattern(pattern, greedy=True, budget=budget)
+        assert glob.search(value, 0, anchored=False) is None
+    else:
+        assert shell._trim(operator[0], operator[1:] + pattern, value, budget) == value
+    # One search: at most a step per character per pattern position.
+    assert 0 < budget.used <= (len(value) + 1) * (len(pattern) + 1)
+    suffix = "/x}" if operator.startswith("/") else "}"
+    assert process_word("${v" + operator + pattern + suffix, {"v": value}) == value
+
+
+def test_pattern_work_limit_names_the_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shell, "_MATCH_STEP_LIMIT", 1000)
+    assert process_word("${v//a*b/x}", {"v": "a" * 100}) == "a" * 100
+    with pytest.raises(DockerfileError) as caught:
+        process_word("${v//a*b/x}", {"v": "a" * 1000})
+    assert caught.value.message == (
+        'failed to process "${v//a*b/x}": pattern matching needs more than 1000 steps')
