@@ -1,0 +1,409 @@
+"""The solver: turns the vertices a build needs into cache records, doing as little as it can.
+
+One ``solve`` runs in three steps:
+
+1. **keys** -- the vertices the targets need, and their cache keys (scheduler/_cachekey.py),
+   from the sources' pinned identities and the content checksums of the context paths
+   each vertex reads, asked of the backend all at once;
+2. **resolve** -- from the targets down: a vertex whose key has a record is done (its
+   inputs are never looked at); otherwise its inputs are resolved in parallel, then it
+   executes and its record is written.  A fully cached target costs one lookup;
+3. **report** -- the targets' records (``created``: when the result was first built).
+
+Work is shared by cache key through *flights*: every vertex being resolved, by any
+``solve`` on this ``Solver``, is one flight that all interested solves wait on, so a vertex
+two builds need runs once.  A flight ends when its work ends or when its last waiter
+leaves (cancelled): then its task is cancelled and awaited, so a cancelled build leaves
+nothing running.  Records are written only after an execute succeeds.
+
+The solver does no I/O of its own: everything goes through ``SolveBackend`` (the worker
+side) and ``RecordCache`` (a cache backend), and news through an ``EventSink``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn, Protocol, TypeVar
+
+from cache_backends._records import CacheRecord, RecordError, StateResult
+
+from ._cachekey import ContentRead, Selector, cache_key, content_reads, source_key
+from ._errors import DockyardError, GraphError, SolveError
+from ._graph import BuildGraph, SourceOp, Vertex
+from ._progress import (
+    Event,
+    EventSink,
+    VertexCached,
+    VertexCompleted,
+    VertexFailed,
+    VertexStarted,
+)
+
+__all__ = ["RecordCache", "SolveBackend", "Solver", "SolverStatistics"]
+
+T = TypeVar("T")
+
+
+class SolveBackend(Protocol):
+    """The worker side of a solve: everything that reads or writes a filesystem."""
+
+    async def source_identity(self, vertex: Vertex) -> str:
+        """The pinned identity of a source vertex: an image's manifest digest, the
+        context's content checksum, an http checksum or etag, a git commit."""
+        ...
+
+    async def content_checksum(self, vertex: Vertex, input_index: int, source: Vertex,
+                               selector: Selector) -> str:
+        """The content checksum of what ``vertex`` reads at ``selector`` from its input
+        ``input_index``, the source vertex ``source`` (the build context): what a copy with
+        this selector would read, never mtimes or host paths."""
+        ...
+
+    async def execute(self, vertex: Vertex, inputs: Sequence[StateResult],
+                      events: EventSink) -> StateResult:
+        """Run ``vertex`` on its inputs' results (in ``vertex.inputs`` order); ``events``
+        takes its ``VertexLog`` and ``StatusUpdate`` news.  Raise a ``SolveError`` (an
+        ``ExecError`` for a non-zero exit) or another ``DockyardError``."""
+        ...
+
+
+class RecordCache(Protocol):
+    """Cache records by key.  ``put`` publishes atomically: a reader never sees half."""
+
+    async def get(self, key: str) -> CacheRecord | None: ...
+
+    async def put(self, record: CacheRecord) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SolverStatistics:
+    """``executed``: executes that succeeded; ``cached``: vertices answered by a record;
+    ``in_flight``: vertices being resolved now, by any build."""
+
+    executed: int
+    cached: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Build:
+    """One ``solve`` call: its graph, keys and choices (compared by identity)."""
+
+    graph: BuildGraph
+    keys: Mapping[str, str]
+    backend: SolveBackend
+    events: EventSink
+    positions: Mapping[str, str]
+    no_cache: bool
+
+    def vertex(self, digest: str) -> Vertex:
+        return self.graph.vertices[digest]
+
+
+@dataclass(frozen=True, slots=True)
+class _Watcher:
+    """A build that wants to hear about a flight, and its own vertex for that flight."""
+
+    build: _Build
+    vertex: Vertex
+
+    def input(self, index: int) -> _Watcher:
+        return _Watcher(self.build, self.build.vertex(self.vertex.inputs[index]))
+
+    def emit(self, event: Event) -> None:
+        self.build.events.emit(_readdressed(event, self.vertex))
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One vertex being resolved, shared by every solve that needs its key."""
+
+    # The work; set right after creation, done when the flight is over.
+    task: asyncio.Task[CacheRecord] = field(init=False)
+    # Solves waiting on ``task`` now; when it drops to 0 before ``task`` is done, the
+    # task is cancelled.
+    waiters: int = 0
+    # Who hears this flight's events; only grows.  Every watcher of a flight also
+    # watches the flights of its inputs (``inputs``), so a build that joins late sees
+    # the whole subgraph, not just the vertex it joined.
+    watchers: list[_Watcher] = field(default_factory=list)
+    # The flights of the vertex's inputs, once it needs them (empty before).
+    inputs: list[_Flight] = field(default_factory=list)
+    # Unix time the execute started, None before (late watchers get a VertexStarted).
+    started: float | None = None
+
+    def emit(self, event: Event) -> None:
+        for watcher in self.watchers:
+            watcher.emit(event)
+
+    def watch(self, watcher: _Watcher) -> None:
+        if watcher in self.watchers:
+            return
+        self.watchers.append(watcher)
+        if self.started is not None:
+            watcher.emit(VertexStarted(watcher.vertex.digest, "", self.started))
+        for index, child in enumerate(self.inputs):
+            child.watch(watcher.input(index))
+
+
+def _readdressed(event: Event, vertex: Vertex) -> Event:
+    if isinstance(event, VertexStarted | VertexCached | VertexCompleted | VertexFailed):
+        return dataclasses.replace(event, vertex=vertex.digest, name=_name(vertex))
+    return dataclasses.replace(event, vertex=vertex.digest)
+
+
+class _NoEvents:
+    def emit(self, event: Event) -> None:
+        pass
+
+
+class Solver:
+    """Solves build graphs against one backend and one record cache.
+
+    ``solve`` may run concurrently several times on one instance: vertices with equal
+    cache keys run once for all of them."""
+
+    def __init__(self, backend: SolveBackend, cache: RecordCache, *,
+                 events: EventSink | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._backend = backend
+        self._cache = cache
+        self._events: EventSink = events or _NoEvents()
+        self._clock = clock
+        # (cache key, no_cache) -> the flight resolving it; a flight leaves when done.
+        self._flights: dict[tuple[str, bool], _Flight] = {}
+        # Counters for statistics(): only ever grow.
+        self._executed = 0
+        self._cached = 0
+
+    def statistics(self) -> SolverStatistics:
+        return SolverStatistics(executed=self._executed, cached=self._cached,
+                                in_flight=len(self._flights))
+
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        return (f"<Solver executed={stats.executed} cached={stats.cached} "
+                f"in_flight={stats.in_flight}>")
+
+    async def solve(self, graph: BuildGraph, targets: Iterable[str] | None = None, *,
+                    no_cache: bool = False, positions: Mapping[str, str] | None = None,
+                    events: EventSink | None = None,
+                    backend: SolveBackend | None = None) -> dict[str, CacheRecord]:
+        """Resolve ``targets`` (vertex digests; default: the roots of ``graph.results``)
+        and return their records by digest.
+
+        ``no_cache`` skips lookups (records are still written).  ``positions`` maps a
+        vertex digest to its Dockerfile position (``Dockerfile:7:1``) for errors;
+        ``events`` and ``backend`` override the solver's for this build (a build's own
+        progress stream and session)."""
+        wanted = _targets(graph, targets)
+        needed = _needed(graph, wanted)
+        build = _Build(graph=graph, keys={}, backend=backend or self._backend,
+                       events=events or self._events, positions=positions or {},
+                       no_cache=no_cache)
+        keys = await _compute_keys(build, needed)
+        build = dataclasses.replace(build, keys=keys)
+        records = await _all(self._resolve(build, digest) for digest in wanted)
+        return dict(zip(wanted, records, strict=True))
+
+    # -- resolving --
+
+    async def _resolve(self, build: _Build, digest: str) -> CacheRecord:
+        vertex = build.vertex(digest)
+        flight = self._flight(build, vertex)
+        flight.watch(_Watcher(build, vertex))
+        return await self._wait(flight)
+
+    def _flight(self, build: _Build, vertex: Vertex) -> _Flight:
+        """The flight resolving ``vertex``'s key, started now if there is none."""
+        slot = (build.keys[vertex.digest], build.no_cache)
+        flight = self._flights.get(slot)
+        if flight is None:
+            flight = _Flight()
+            flight.task = asyncio.create_task(self._fly(flight, build, vertex, slot[0]))
+            self._flights[slot] = flight
+            flight.task.add_done_callback(lambda _: self._flights.pop(slot, None))
+        return flight
+
+    async def _wait(self, flight: _Flight) -> CacheRecord:
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            await self._leave(flight)
+            raise
+        finally:
+            flight.waiters -= 1
+
+    async def _leave(self, flight: _Flight) -> None:
+        """A waiter was cancelled: if it was the last, cancel the work and wait for it."""
+        if flight.waiters > 1 or flight.task.done():
+            return
+        flight.task.cancel()
+        await asyncio.wait([flight.task])
+        if not flight.task.cancelled():
+            flight.task.exception()  # retrieved: the build is being cancelled anyway
+
+    async def _fly(self, flight: _Flight, build: _Build, vertex: Vertex,
+                   key: str) -> CacheRecord:
+        if not build.no_cache:
+            record = await self._lookup(key)
+            if record is not None:
+                self._cached += 1
+                flight.emit(VertexCached(vertex.digest, _name(vertex)))
+                return record
+        inputs = await self._resolve_inputs(flight, build, vertex)
+        result = await self._execute(flight, build, vertex, [r.result for r in inputs])
+        record = CacheRecord(key=key, result=result, created=int(self._clock()),
+                             meta={"name": vertex.name})
+        await self._cache.put(record)
+        self._executed += 1
+        return record
+
+    async def _resolve_inputs(self, flight: _Flight, build: _Build,
+                              vertex: Vertex) -> list[CacheRecord]:
+        flight.inputs = [self._flight(build, build.vertex(d)) for d in vertex.inputs]
+        for watcher in list(flight.watchers):
+            for index, child in enumerate(flight.inputs):
+                child.watch(watcher.input(index))
+        return await _all(self._wait(child) for child in flight.inputs)
+
+    async def _lookup(self, key: str) -> CacheRecord | None:
+        try:
+            record = await self._cache.get(key)
+        except RecordError:  # unreadable or from another version: a miss, rebuilt
+            return None
+        return record if record is not None and record.key == key else None
+
+    async def _execute(self, flight: _Flight, build: _Build, vertex: Vertex,
+                       inputs: Sequence[StateResult]) -> StateResult:
+        name = _name(vertex)
+        flight.started = self._clock()
+        flight.emit(VertexStarted(vertex.digest, name, flight.started))
+        begun = time.monotonic()
+        try:
+            result = await build.backend.execute(vertex, inputs, flight)
+        except asyncio.CancelledError:
+            flight.emit(VertexFailed(vertex.digest, name, "cancelled", cancelled=True))
+            raise
+        except Exception as exc:  # the backend's boundary: every error gets its vertex
+            error = _located(exc, vertex, build.positions)
+            flight.emit(VertexFailed(vertex.digest, name, str(error)))
+            _raise(error, exc)
+        flight.emit(VertexCompleted(vertex.digest, name, time.monotonic() - begun))
+        return result
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+async def _compute_keys(build: _Build, needed: Sequence[Vertex]) -> dict[str, str]:
+    """Ask for every identity and checksum at once, then key vertices inputs-first."""
+    identities: dict[str, Awaitable[str]] = {}
+    checksums: dict[tuple[str, ContentRead], Awaitable[str]] = {}
+    for vertex in needed:
+        if isinstance(vertex.op, SourceOp):
+            identities[vertex.digest] = _asked(build, vertex, build.backend.source_identity(
+                vertex))
+            continue
+        sources = [build.vertex(d) for d in vertex.inputs]
+        for read in content_reads(vertex, sources):
+            checksums[(vertex.digest, read)] = _asked(
+                build, vertex, build.backend.content_checksum(
+                    vertex, read.index, sources[read.index], read.selector))
+    answers = await _all([*identities.values(), *checksums.values()])
+    known = dict(zip(identities, answers, strict=False))
+    sums = dict(zip(checksums, answers[len(identities):], strict=True))
+    return _keys_in_order(needed, known, sums)
+
+
+def _keys_in_order(needed: Sequence[Vertex], identities: Mapping[str, str],
+                   checksums: Mapping[tuple[str, ContentRead], str]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for vertex in needed:
+        if vertex.digest in identities:
+            keys[vertex.digest] = source_key(vertex, identities[vertex.digest])
+            continue
+        own = {read: s for (digest, read), s in checksums.items() if digest == vertex.digest}
+        keys[vertex.digest] = cache_key(vertex, [keys[d] for d in vertex.inputs], own)
+    return keys
+
+
+async def _asked(build: _Build, vertex: Vertex, answer: Awaitable[str]) -> str:
+    try:
+        return await answer
+    except Exception as exc:  # the backend's boundary
+        _raise(_located(exc, vertex, build.positions), exc)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _targets(graph: BuildGraph, targets: Iterable[str] | None) -> list[str]:
+    if targets is None:
+        targets = [r.root for r in graph.results if r.root is not None]
+    wanted = list(dict.fromkeys(targets))
+    for digest in wanted:
+        if digest not in graph.vertices:
+            raise GraphError(f"cannot solve {digest}: it is not a vertex of the graph")
+    return wanted
+
+
+def _needed(graph: BuildGraph, targets: Sequence[str]) -> list[Vertex]:
+    """The targets and everything they depend on, inputs before users."""
+    seen: set[str] = set()
+    stack = list(targets)
+    while stack:
+        digest = stack.pop()
+        if digest not in seen:
+            seen.add(digest)
+            stack.extend(graph.vertices[digest].inputs)
+    return [v for d, v in graph.vertices.items() if d in seen]
+
+
+async def _all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Await all in parallel; on the first failure cancel the rest and raise it alone."""
+    failure: BaseException | None = None
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(a)) for a in awaitables]
+    except BaseExceptionGroup as errors:
+        failure = errors.exceptions[0]
+        while isinstance(failure, BaseExceptionGroup):
+            failure = failure.exceptions[0]
+    if failure is not None:
+        raise failure
+    return [task.result() for task in tasks]
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def _raise(error: SolveError, cause: Exception) -> NoReturn:
+    if error is cause:
+        raise error
+    raise error from cause
+
+
+def _name(vertex: Vertex) -> str:
+    return vertex.name or f"{vertex.op.kind} {vertex.digest[7:19]}"
+
+
+def _located(exc: Exception, vertex: Vertex, positions: Mapping[str, str]) -> SolveError:
+    """``exc`` as a SolveError naming ``vertex`` and its Dockerfile position."""
+    location = positions.get(vertex.digest, "")
+    if isinstance(exc, SolveError):
+        exc.vertex = exc.vertex or _name(vertex)
+        exc.location = exc.location or location
+        return exc
+    if isinstance(exc, DockyardError):
+        return SolveError(exc.message, vertex=_name(vertex), location=location,
+                          hint=exc.hint)
+    return SolveError(f"internal error: {type(exc).__name__}: {exc}", vertex=_name(vertex),
+                      location=location,
+                      hint="this is a bug in dockyard's worker; please report it")

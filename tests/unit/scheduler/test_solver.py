@@ -1,0 +1,459 @@
+"""The solver against a fake backend that counts executions (a cache hit means zero) and a
+memory record cache.  Vertices are "arithmetic": a vertex's result is one fake layer
+whose digest is the hash of its command and its inputs' layers."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+from unittest.mock import ANY
+
+import pytest
+
+from cache_backends._records import CacheRecord, LayerDescriptor, RecordError, StateResult
+from scheduler._cachekey import Selector
+from scheduler._errors import (
+    DockyardError,
+    ExecError,
+    GraphError,
+    RegistryError,
+    SolveError,
+)
+from scheduler._graph import (
+    BuildGraph,
+    Copy,
+    ExecMount,
+    ExecOp,
+    FileOp,
+    MergeOp,
+    SourceOp,
+    Vertex,
+)
+from scheduler._platform import Platform
+from scheduler._progress import (
+    Event,
+    EventSink,
+    VertexCached,
+    VertexCompleted,
+    VertexFailed,
+    VertexLog,
+    VertexStarted,
+)
+from scheduler._solver import Solver
+
+T = TypeVar("T")
+AMD64 = Platform("linux", "amd64")
+ROOT = ExecMount("/", input=0, output=True)
+
+
+# --- fakes -----------------------------------------------------------------------------
+
+
+def _sha(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+class FakeBackend:
+    """Commands are ``("cmd", delay-seconds)``; a command starting with ``fail`` exits 1,
+    ``boom`` raises a RuntimeError.  Counts executions by vertex name, tracks how many
+    run at once, and which were cancelled."""
+
+    def __init__(self, files: dict[str, str] | None = None, secret: str = "") -> None:
+        self.files = dict(files or {"a": "A", "b": "B"})
+        self.secret = secret  # a secret value the fake "mounts"; must never leak
+        self.executions: Counter[str] = Counter()
+        self.cancelled: list[str] = []
+        self.running = 0
+        self.max_running = 0
+        self.identity_error: DockyardError | None = None
+
+    async def source_identity(self, vertex: Vertex) -> str:
+        assert isinstance(vertex.op, SourceOp)
+        if self.identity_error is not None:
+            raise self.identity_error
+        if vertex.op.identifier.startswith("local://"):
+            return _sha(repr(sorted(self.files.items())))
+        return _sha(vertex.op.identifier)
+
+    async def content_checksum(self, vertex: Vertex, input_index: int, source: Vertex,
+                               selector: Selector) -> str:
+        assert vertex.inputs[input_index] == source.digest
+        hits = sorted((p, c) for p, c in self.files.items()
+                      if fnmatch.fnmatch("/" + p, selector.path))
+        return _sha(repr(hits))
+
+    async def execute(self, vertex: Vertex, inputs: Sequence[StateResult],
+                      events: EventSink) -> StateResult:
+        self.executions[vertex.name] += 1
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            return await self._run(vertex, inputs, events)
+        except asyncio.CancelledError:
+            self.cancelled.append(vertex.name)
+            raise
+        finally:
+            self.running -= 1
+
+    async def _run(self, vertex: Vertex, inputs: Sequence[StateResult],
+                   events: EventSink) -> StateResult:
+        command, delay = _command(vertex)
+        if isinstance(vertex.op, ExecOp) and any(m.secret_id for m in vertex.op.mounts):
+            command += f" with a {len(self.secret)}-character secret"  # mounted, not shown
+        await asyncio.sleep(delay)
+        events.emit(VertexLog(vertex.digest, 1, f"ran {command}\n".encode()))
+        if command.startswith("fail"):
+            raise ExecError(f"process \"{command}\" did not complete successfully: exit code 1",
+                            exit_code=1, output_tail="ran " + command)
+        if command.startswith("boom"):
+            raise RuntimeError("the fake worker broke")
+        below = [layer.digest for result in inputs for layer in result.layers]
+        layer = _sha(repr([command, below]))
+        return StateResult((LayerDescriptor(layer, 1, layer),))
+
+
+def _command(vertex: Vertex) -> tuple[str, float]:
+    op = vertex.op
+    if isinstance(op, ExecOp):
+        return op.args[0], float(op.args[1]) if len(op.args) > 1 else 0.0
+    if isinstance(op, SourceOp):
+        return op.identifier, 0.0
+    return vertex.name, 0.0
+
+
+class MemoryCache:
+    def __init__(self) -> None:
+        self.records: dict[str, bytes] = {}
+        self.gets = 0
+
+    async def get(self, key: str) -> CacheRecord | None:
+        self.gets += 1
+        data = self.records.get(key)
+        return None if data is None else CacheRecord.from_bytes(data)
+
+    async def put(self, record: CacheRecord) -> None:
+        self.records[record.key] = record.to_bytes()
+
+
+class Events:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[Event]) -> list[str]:
+        return [getattr(e, "name", e.vertex) for e in self.events if isinstance(e, kind)]
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- graphs ----------------------------------------------------------------------------
+
+IMAGE = Vertex(SourceOp("docker-image://docker.io/library/busybox:1"), platform=AMD64,
+               name="[1/4] FROM busybox")
+CONTEXT = Vertex(SourceOp("local://context"), name="[internal] load build context")
+
+
+def run(name: str, command: str, *inputs: Vertex, delay: float = 0.0) -> Vertex:
+    args = (command, str(delay)) if delay else (command,)
+    return Vertex(ExecOp(args, mounts=(ROOT,)), tuple(v.digest for v in inputs), name=name,
+                  platform=AMD64)
+
+
+def copy(name: str, base: Vertex, path: str) -> Vertex:
+    return Vertex(FileOp((Copy(1, path, "/dst/"),)), (base.digest, CONTEXT.digest), name=name,
+                  platform=AMD64)
+
+
+def graph_of(*vertices: Vertex) -> BuildGraph:
+    graph = BuildGraph()
+    for vertex in vertices:
+        for digest in vertex.inputs:
+            assert digest in graph.vertices, f"{vertex.name}: add its inputs first"
+        graph.add(vertex)
+    return graph
+
+
+def solver(backend: FakeBackend, cache: MemoryCache | None = None,
+           events: Events | None = None, clock: Clock | None = None) -> Solver:
+    return Solver(backend, cache or MemoryCache(), events=events, clock=clock or Clock())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def go(coro: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with asyncio.timeout(10):
+            return await coro()
+    return asyncio.run(main())
+
+
+# Two independent slow RUNs on one image, merged: the shape of most parallel tests.
+LEFT = run("[2/4] RUN left", "left", IMAGE, delay=0.2)
+RIGHT = run("[3/4] RUN right", "right", IMAGE, delay=0.2)
+JOIN = Vertex(MergeOp(), (LEFT.digest, RIGHT.digest), name="[4/4] merge", platform=AMD64)
+FORK = graph_of(IMAGE, LEFT, RIGHT, JOIN)
+
+# A context with two COPYs each reading one file, then a RUN after each.
+COPY_A = copy("[2/5] COPY a", IMAGE, "/a")
+RUN_A = run("[3/5] RUN after a", "after-a", COPY_A)
+COPY_B = copy("[4/5] COPY b", RUN_A, "/b")
+RUN_B = run("[5/5] RUN after b", "after-b", COPY_B)
+CHAIN = graph_of(IMAGE, CONTEXT, COPY_A, RUN_A, COPY_B, RUN_B)
+
+
+# --- tests -----------------------------------------------------------------------------
+
+
+def test_independent_vertices_run_in_parallel() -> None:
+    backend = FakeBackend()
+    records = go(lambda: solver(backend).solve(FORK, [JOIN.digest]))
+    assert backend.max_running == 2
+    assert set(records) == {JOIN.digest}
+    assert sum(backend.executions.values()) == 4
+
+
+def test_cache_hit_means_zero_executions_and_one_lookup() -> None:
+    backend, cache = FakeBackend(), MemoryCache()
+    first = go(lambda: solver(backend, cache).solve(FORK, [JOIN.digest]))
+    backend.executions.clear()
+    cache.gets = 0
+    events = Events()
+    second = go(lambda: solver(backend, cache, events, Clock(1_800_000_000.0)).solve(
+        FORK, [JOIN.digest]))
+    assert sum(backend.executions.values()) == 0
+    assert cache.gets == 1  # the target only: its inputs are never looked at
+    assert second == first  # same result, same created time: a cached rebuild reproduces
+    assert events.of(VertexCached) == ["[4/4] merge"]
+
+
+def test_record_created_is_when_it_was_built() -> None:
+    records = go(lambda: solver(FakeBackend(), clock=Clock(1_234.9)).solve(FORK, [JOIN.digest]))
+    assert records[JOIN.digest].created == 1234
+    assert records[JOIN.digest].meta == {"name": "[4/4] merge"}
+
+
+def test_partial_cache_reruns_only_downstream_of_a_change() -> None:
+    backend, cache = FakeBackend({"a": "A", "b": "B"}), MemoryCache()
+    go(lambda: solver(backend, cache).solve(CHAIN, [RUN_B.digest]))
+    assert set(backend.executions.values()) == {1} and len(backend.executions) == 6
+    backend.executions.clear()
+    backend.files["b"] = "B changed"
+    go(lambda: solver(backend, cache).solve(CHAIN, [RUN_B.digest]))
+    assert sorted(backend.executions) == ["[4/5] COPY b", "[5/5] RUN after b",
+                                          "[internal] load build context"]
+
+
+def test_unrelated_context_change_reruns_nothing_downstream() -> None:
+    backend, cache = FakeBackend({"a": "A", "b": "B"}), MemoryCache()
+    go(lambda: solver(backend, cache).solve(CHAIN, [RUN_B.digest]))
+    backend.executions.clear()
+    backend.files["unread.txt"] = "new"
+    go(lambda: solver(backend, cache).solve(CHAIN, [RUN_B.digest]))
+    assert sum(backend.executions.values()) == 0
+
+
+def test_no_cache_executes_everything_and_still_writes_records() -> None:
+    backend, cache = FakeBackend(), MemoryCache()
+    go(lambda: solver(backend, cache).solve(FORK, [JOIN.digest]))
+    cache.records.clear()
+    cache.gets = 0
+    go(lambda: solver(backend, cache).solve(FORK, [JOIN.digest], no_cache=True))
+    assert set(backend.executions.values()) == {2}
+    assert cache.gets == 0
+    assert len(cache.records) == 4
+
+
+def test_default_targets_are_the_graph_results() -> None:
+    from scheduler._graph import ImageResult
+    graph = graph_of(IMAGE, LEFT)
+    graph.add_result(ImageResult(AMD64, LEFT.digest))
+    records = go(lambda: solver(FakeBackend()).solve(graph))
+    assert list(records) == [LEFT.digest]
+
+
+def test_an_unknown_target_is_a_graph_error() -> None:
+    with pytest.raises(GraphError, match="cannot solve sha256:nope: it is not a vertex"):
+        go(lambda: solver(FakeBackend()).solve(FORK, ["sha256:nope"]))
+
+
+def test_two_concurrent_solves_share_each_vertex() -> None:
+    backend, cache = FakeBackend(), MemoryCache()
+    one, two = Events(), Events()
+    shared = solver(backend, cache)
+
+    async def both() -> tuple[dict[str, CacheRecord], dict[str, CacheRecord]]:
+        return await asyncio.gather(shared.solve(FORK, [JOIN.digest], events=one),
+                                    shared.solve(FORK, [JOIN.digest], events=two))
+    first, second = go(both)
+    assert first == second
+    assert set(backend.executions.values()) == {1}
+    assert one.of(VertexCompleted) == two.of(VertexCompleted)
+    assert len(one.of(VertexCompleted)) == 4
+    assert shared.statistics().executed == 4
+    assert shared.statistics().in_flight == 0
+
+
+def test_a_shared_vertex_survives_one_build_being_cancelled() -> None:
+    backend, cache = FakeBackend(), MemoryCache()
+    shared = solver(backend, cache)
+
+    async def cancel_one() -> dict[str, CacheRecord]:
+        doomed = asyncio.create_task(shared.solve(FORK, [LEFT.digest]))
+        kept = asyncio.create_task(shared.solve(FORK, [LEFT.digest]))
+        await until(lambda: backend.running == 1)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        return await kept
+    records = go(cancel_one)
+    assert backend.executions[LEFT.name] == 1 and backend.cancelled == []
+    assert LEFT.digest in records
+
+
+ERRORS: list[tuple[str, str, str]] = [
+    ("a RUN exiting non-zero",
+     "fail",
+     "Dockerfile:3:1 [2/2] RUN it: process \"fail\" did not complete successfully: "
+     "exit code 1"),
+    ("a worker bug",
+     "boom",
+     "Dockerfile:3:1 [2/2] RUN it: internal error: RuntimeError: the fake worker broke\n"
+     "hint: this is a bug in dockyard's worker; please report it"),
+]
+
+
+@pytest.mark.parametrize(("case", "command", "message"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_a_failure_names_the_vertex_and_its_position(case: str, command: str,
+                                                     message: str) -> None:
+    vertex = run("[2/2] RUN it", command, IMAGE)
+    graph = graph_of(IMAGE, vertex)
+    with pytest.raises(SolveError) as caught:
+        go(lambda: solver(FakeBackend()).solve(graph, [vertex.digest],
+                                               positions={vertex.digest: "Dockerfile:3:1"}))
+    assert str(caught.value) == message
+    assert caught.value.vertex == "[2/2] RUN it"
+
+
+def test_an_exec_error_keeps_its_exit_code_and_output() -> None:
+    vertex = run("[2/2] RUN it", "fail", IMAGE)
+    with pytest.raises(ExecError) as caught:
+        go(lambda: solver(FakeBackend()).solve(graph_of(IMAGE, vertex), [vertex.digest]))
+    assert (caught.value.exit_code, caught.value.output_tail) == (1, "ran fail")
+    assert caught.value.location == ""
+
+
+def test_a_source_that_cannot_be_resolved_names_its_vertex() -> None:
+    backend = FakeBackend()
+    backend.identity_error = RegistryError("GET https://127.0.0.1:1/v2/: connection refused",
+                                           hint="is the registry running?")
+    with pytest.raises(SolveError) as caught:
+        go(lambda: solver(backend).solve(FORK, [JOIN.digest],
+                                         positions={IMAGE.digest: "Dockerfile:1:1"}))
+    assert str(caught.value) == ("Dockerfile:1:1 [1/4] FROM busybox: GET https://127.0.0.1:1"
+                                 "/v2/: connection refused\nhint: is the registry running?")
+    assert isinstance(caught.value.__cause__, RegistryError)
+    assert sum(backend.executions.values()) == 0
+
+
+def test_first_failure_cancels_the_rest_and_writes_no_records_for_them() -> None:
+    backend, cache, events = FakeBackend(), MemoryCache(), Events()
+    slow = run("[3/4] RUN slow", "slow", IMAGE, delay=5)
+    bad = run("[2/4] RUN bad", "fail", IMAGE, delay=0.05)
+    after = Vertex(MergeOp(), (slow.digest, bad.digest), name="[4/4] merge", platform=AMD64)
+    the_solver = solver(backend, cache, events)
+
+    async def fail() -> None:
+        with pytest.raises(ExecError, match=r"\[2/4\] RUN bad"):
+            await the_solver.solve(graph_of(IMAGE, slow, bad, after), [after.digest])
+        # Checked inside the loop: asyncio.run would cancel any leftover task at exit.
+        assert backend.cancelled == ["[3/4] RUN slow"] and backend.running == 0
+        assert the_solver.statistics().in_flight == 0
+    go(fail)
+    assert "[4/4] merge" not in backend.executions
+    assert len(cache.records) == 1  # the image only
+    assert events.of(VertexFailed) == ["[2/4] RUN bad", "[3/4] RUN slow"]
+    failed = [e for e in events.events if isinstance(e, VertexFailed)]
+    assert [e.cancelled for e in failed] == [False, True]
+
+
+def test_cancelling_a_solve_cancels_running_executes_and_leaves_no_records() -> None:
+    backend, cache = FakeBackend(), MemoryCache()
+    slow_left = run("[2/4] RUN left", "left", IMAGE, delay=5)
+    slow_right = run("[3/4] RUN right", "right", IMAGE, delay=5)
+    join = Vertex(MergeOp(), (slow_left.digest, slow_right.digest), platform=AMD64)
+    the_solver = solver(backend, cache)
+
+    async def cancel() -> None:
+        task = asyncio.create_task(the_solver.solve(
+            graph_of(IMAGE, slow_left, slow_right, join), [join.digest]))
+        await until(lambda: backend.running == 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Checked inside the loop: asyncio.run would cancel any leftover task at exit.
+        assert sorted(backend.cancelled) == ["[2/4] RUN left", "[3/4] RUN right"]
+        assert backend.running == 0
+        assert the_solver.statistics().in_flight == 0
+    go(cancel)
+    assert list(cache.records) != [] and all(
+        CacheRecord.from_bytes(r).meta["name"] == IMAGE.name for r in cache.records.values())
+    assert the_solver.statistics().in_flight == 0
+
+
+def test_events_of_one_build() -> None:
+    events = Events()
+    go(lambda: solver(FakeBackend(), events=events).solve(FORK, [JOIN.digest]))
+    assert events.of(VertexStarted)[0] == "[1/4] FROM busybox"
+    assert sorted(events.of(VertexCompleted)) == sorted(
+        ["[1/4] FROM busybox", "[2/4] RUN left", "[3/4] RUN right", "[4/4] merge"])
+    logs = [e for e in events.events if isinstance(e, VertexLog)]
+    assert {e.vertex for e in logs} == {IMAGE.digest, LEFT.digest, RIGHT.digest, JOIN.digest}
+
+
+def test_secret_values_reach_no_key_record_or_event() -> None:
+    secret_mount = ExecMount("/run/secrets/token", type="secret", secret_id="token")
+    vertex = Vertex(ExecOp(("use-secret",), mounts=(ROOT, secret_mount)), (IMAGE.digest,),
+                    name="[2/2] RUN --mount=type=secret,id=token use-secret", platform=AMD64)
+    graph = graph_of(IMAGE, vertex)
+
+    def build_with(value: str) -> tuple[list[str], list[str]]:
+        cache, events = MemoryCache(), Events()
+        the_solver = solver(FakeBackend(secret=value), cache, events)
+        go(lambda: the_solver.solve(graph, [vertex.digest]))
+        leaks = [value for blob in cache.records.values() if value.encode() in blob]
+        leaks += [value for event in events.events if value in repr(event)]
+        return sorted(cache.records), leaks
+    assert build_with("hunter2") == build_with("correct horse") == (ANY, [])
+    assert build_with("hunter2")[0] == build_with("correct horse")[0]
+
+
+def test_an_unreadable_record_is_a_miss() -> None:
+    backend = FakeBackend()
+
+    class Broken(MemoryCache):
+        async def get(self, key: str) -> CacheRecord | None:
+            raise RecordError("cache record of an unknown version")
+    go(lambda: solver(backend, Broken()).solve(FORK, [JOIN.digest]))
+    assert sum(backend.executions.values()) == 4
+
+
+def test_statistics_and_repr() -> None:
+    the_solver = solver(FakeBackend())
+    go(lambda: the_solver.solve(FORK, [JOIN.digest]))
+    go(lambda: the_solver.solve(FORK, [JOIN.digest]))
+    assert repr(the_solver) == "<Solver executed=4 cached=1 in_flight=0>"
