@@ -1,0 +1,330 @@
+"""Progress rendering: the client turns progress events (scheduler/_progress.py) into what
+the user sees, as ``--progress`` asks.
+
+- ``plain``: BuildKit's plain printer, line for line: each vertex numbered ``#N`` in order
+  of first news, a header ``#N <name>`` when the output switches to it (a blank line
+  between blocks, ``#N ...`` when a vertex is left unfinished), output lines as
+  ``#N <seconds since start> <line>`` (3 decimals under 10 s, 2 under 100 s, else 1),
+  sub-progress as ``#N <id> <current> / <total> done``, and ``#N CACHED``,
+  ``#N DONE 1.2s``, ``#N ERROR: <error>`` or ``#N CANCELED`` at the end.
+- ``tty``: a rich live view (one line per vertex, the last output lines of running ones).
+- ``rawjson``: one JSON object per event and line (the event's wire map; bytes as base64,
+  like Go's JSON of ``[]byte``).
+- ``quiet``: nothing.  ``auto``: ``tty`` when the stream is a terminal, else ``plain``.
+
+Renderers only read events; events never carry secret values (see scheduler/_progress.py),
+so nothing here can print one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+from scheduler._errors import UsageError
+from scheduler._progress import (
+    Event,
+    StatusUpdate,
+    VertexCached,
+    VertexCompleted,
+    VertexFailed,
+    VertexLog,
+    VertexStarted,
+    event_to_wire,
+)
+
+__all__ = [
+    "MODES", "PlainRenderer", "QuietRenderer", "RawJsonRenderer", "Renderer", "TtyRenderer",
+    "make_renderer",
+]
+
+MODES = ("auto", "plain", "tty", "rawjson", "quiet")
+
+Clock = Callable[[], float]
+
+
+class Renderer(Protocol):
+    """Shows events as they come (``emit``) and finishes the display (``close``)."""
+
+    def emit(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_renderer(mode: str, stream: TextIO, *, clock: Clock = time.time) -> Renderer:
+    """The renderer for ``--progress=mode`` writing to ``stream`` (the user's stderr)."""
+    if mode == "auto":
+        mode = "tty" if _is_terminal(stream) else "plain"
+    if mode == "plain":
+        return PlainRenderer(stream, clock=clock)
+    if mode == "rawjson":
+        return RawJsonRenderer(stream)
+    if mode == "quiet":
+        return QuietRenderer()
+    if mode == "tty":
+        return TtyRenderer(stream, clock=clock)
+    raise UsageError(f"invalid progress mode {mode!r}",
+                     hint=f"use one of: {', '.join(MODES)}")
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or fake stream
+        return False
+
+
+class QuietRenderer:
+    """``--progress=quiet``: shows nothing."""
+
+    def emit(self, event: Event) -> None:
+        del event
+
+    def close(self) -> None:
+        pass
+
+
+class RawJsonRenderer:
+    """``--progress=rawjson``: each event as one JSON line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def emit(self, event: Event) -> None:
+        wire = {key: _jsonable(value) for key, value in event_to_wire(event).items()}
+        self._stream.write(json.dumps(wire, sort_keys=True) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value
+
+
+# --- plain -----------------------------------------------------------------------------
+
+
+def format_bytes(count: int) -> str:
+    """A byte count as BuildKit prints it (decimal units, 2 decimals from 1 kB)."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(value) < 1000 or unit == "PB":
+            return f"{count}B" if unit == "B" else f"{value:.2f}{unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_offset(seconds: float) -> str:
+    """Seconds since a vertex started, as BuildKit prefixes output lines."""
+    seconds = max(seconds, 0.0)
+    precision = 3 if seconds < 10 else 2 if seconds < 100 else 1
+    return f"{seconds:.{precision}f}"
+
+
+@dataclass
+class _Vertex:
+    """What the plain printer knows of one vertex."""
+
+    index: int
+    name: str = ""
+    started: float | None = None  # unix time of VertexStarted, None before it
+    partial: bytes = b""  # output after the last newline, not printed yet
+    status: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> last shown
+
+
+_MIN_PROGRESS = 0.05  # a status line is shown again after 5 % more progress...
+_MIN_INTERVAL = 5.0  # ...or 5 s later, as BuildKit's printer does
+
+
+class PlainRenderer:
+    """``--progress=plain``: BuildKit's plain text, written as events arrive."""
+
+    def __init__(self, stream: TextIO, *, clock: Clock = time.time) -> None:
+        self._stream = stream
+        self._clock = clock
+        self._vertices: dict[str, _Vertex] = {}  # digest -> state, in order of first news
+        self._current: str | None = None  # the vertex whose block is open, None between
+        self._blocks = 0  # blocks printed so far (a blank line goes before all but the first)
+
+    def emit(self, event: Event) -> None:
+        vertex = self._vertex(event.vertex, getattr(event, "name", ""))
+        if isinstance(event, VertexStarted):
+            vertex.started = event.started
+        self._switch(event.vertex, vertex)
+        if isinstance(event, VertexLog):
+            self._log(vertex, event.data)
+        elif isinstance(event, StatusUpdate):
+            self._status(vertex, event)
+        elif isinstance(event, VertexCached | VertexCompleted | VertexFailed):
+            self._finish(vertex, event)
+        self._stream.flush()
+
+    def close(self) -> None:
+        for vertex in self._vertices.values():
+            self._flush_partial(vertex)
+        self._stream.flush()
+
+    def _vertex(self, digest: str, name: str) -> _Vertex:
+        vertex = self._vertices.get(digest)
+        if vertex is None:
+            vertex = self._vertices[digest] = _Vertex(len(self._vertices) + 1)
+        if name and not vertex.name:
+            vertex.name = name
+        return vertex
+
+    def _write(self, vertex: _Vertex, text: str) -> None:
+        self._stream.write(f"#{vertex.index} {text}\n")
+
+    def _switch(self, digest: str, vertex: _Vertex) -> None:
+        """Open ``vertex``'s block unless it is the open one."""
+        if digest == self._current:
+            return
+        if self._current is not None:
+            left = self._vertices[self._current]
+            self._flush_partial(left)
+            self._stream.write(f"#{left.index} ...\n")
+        if self._blocks:
+            self._stream.write("\n")
+        self._blocks += 1
+        self._write(vertex, vertex.name or digest)
+        self._current = digest
+
+    def _log(self, vertex: _Vertex, data: bytes) -> None:
+        *lines, rest = (vertex.partial + data).split(b"\n")
+        vertex.partial = rest
+        for line in lines:
+            self._log_line(vertex, line)
+
+    def _log_line(self, vertex: _Vertex, line: bytes) -> None:
+        offset = self._clock() - vertex.started if vertex.started is not None else 0.0
+        self._write(vertex, f"{format_offset(offset)} {line.decode('utf-8', 'replace')}")
+
+    def _flush_partial(self, vertex: _Vertex) -> None:
+        if vertex.partial:
+            line, vertex.partial = vertex.partial, b""
+            self._log_line(vertex, line)
+
+    def _status(self, vertex: _Vertex, update: StatusUpdate) -> None:
+        now = self._clock()
+        last = vertex.status.get(update.id)
+        if last is not None and not update.done:
+            progress = (update.current - last[0]) / update.total if update.total else 0.0
+            if progress < _MIN_PROGRESS and now - last[1] < _MIN_INTERVAL:
+                return
+        vertex.status[update.id] = (update.current, now)
+        amount = ""
+        if update.total:
+            amount = f" {format_bytes(update.current)} / {format_bytes(update.total)}"
+        elif update.current:
+            amount = f" {format_bytes(update.current)}"
+        self._write(vertex, f"{update.id}{amount}{' done' if update.done else ''}")
+
+    def _finish(self, vertex: _Vertex, event: VertexCached | VertexCompleted | VertexFailed
+                ) -> None:
+        self._flush_partial(vertex)
+        if isinstance(event, VertexCached):
+            self._write(vertex, "CACHED")
+        elif isinstance(event, VertexCompleted):
+            self._write(vertex, f"DONE {event.duration:.1f}s")
+        elif event.cancelled:
+            self._write(vertex, "CANCELED")
+        else:
+            self._write(vertex, f"ERROR: {event.error}")
+        self._current = None
+
+
+# --- tty -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One vertex in the live view."""
+
+    name: str
+    started: float | None = None  # unix time it started executing
+    ended: float | None = None  # unix time of its last news (cached/done/failed)
+    state: str = ""  # "", "CACHED", "DONE", "ERROR" or "CANCELED"
+    error: str = ""
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
+
+
+_TAIL_LINES = 6  # output lines shown under a running vertex
+
+
+class TtyRenderer:
+    """``--progress=tty``: a rich live view redrawn a few times a second, left on screen
+    (final state, errors included) by ``close``."""
+
+    def __init__(self, stream: TextIO, *, clock: Clock = time.time,
+                 width: int | None = None) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._clock = clock
+        self._began = clock()  # when the view opened: the "Building N.Ns" counter
+        self._rows: dict[str, _Row] = {}  # digest -> row, in order of first news
+        console = Console(file=stream, force_terminal=True, highlight=False, width=width)
+        self._live = Live(get_renderable=self._view, console=console, refresh_per_second=8,
+                          transient=False, redirect_stdout=False, redirect_stderr=False)
+        self._live.start()
+
+    def emit(self, event: Event) -> None:
+        row = self._rows.get(event.vertex)
+        if row is None:
+            row = self._rows[event.vertex] = _Row(getattr(event, "name", "") or event.vertex)
+        if isinstance(event, VertexStarted):
+            row.started = event.started
+        elif isinstance(event, VertexLog):
+            lines = event.data.decode("utf-8", "replace").splitlines()
+            row.tail.extend(line for line in lines if line)
+        elif isinstance(event, VertexCached):
+            row.state, row.ended = "CACHED", self._clock()
+        elif isinstance(event, VertexCompleted):
+            row.state, row.ended = "DONE", self._clock()
+            row.started = row.ended - event.duration
+        elif isinstance(event, VertexFailed):
+            row.state, row.ended = ("CANCELED" if event.cancelled else "ERROR"), self._clock()
+            row.error = event.error
+
+    def close(self) -> None:
+        self._live.stop()
+
+    def _view(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        now = self._clock()
+        done = sum(1 for row in self._rows.values() if row.state)
+        grid = Table.grid(expand=True)
+        grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        grid.add_column(justify="right", width=8)
+        for row in self._rows.values():
+            self._add_row(grid, row, now)
+        title = Text(f"[+] Building {now - self._began:.1f}s ({done}/{len(self._rows)})",
+                     style="bold blue" if done < len(self._rows) else "bold")
+        return Group(title, grid)
+
+    def _add_row(self, grid: Any, row: _Row, now: float) -> None:
+        from rich.text import Text
+
+        styles = {"": "blue", "CACHED": "blue", "DONE": "blue", "ERROR": "red",
+                  "CANCELED": "yellow"}
+        label = f" => {row.state + ' ' if row.state not in ('', 'DONE') else ''}{row.name}"
+        took = "" if row.started is None else f"{(row.ended or now) - row.started:.1f}s"
+        grid.add_row(Text(label, style=styles[row.state]), Text(took))
+        if row.state == "" or row.state == "ERROR":
+            for line in row.tail:
+                grid.add_row(Text(f" => => # {line}", style="dim"), Text(""))
+        if row.error:
+            grid.add_row(Text(f" => ERROR: {row.error}", style="red", no_wrap=False,
+                              overflow="fold"), Text(""))
