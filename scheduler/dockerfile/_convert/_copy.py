@@ -8,9 +8,10 @@ import re
 from dataclasses import dataclass, field
 
 from ..._graph import Copy, FileAction, FileOp, MergeOp, Mkfile, SourceOp
-from .._ast import Heredoc, Node
+from .._ast import Node
 from .._instructions import AddCommand, CopyCommand
 from ._context import Conversion
+from ._expand import expand_heredoc
 from ._names import prefix_command, uppercase_command
 from ._sources import GitSource, http_filename, is_http, parse_git
 from ._state import StageState
@@ -50,7 +51,9 @@ def dispatch_copy(conv: Conversion, state: StageState, command: CopyCommand | Ad
         _add_source(conv, state, command, plan, src, dest, name, source_root, from_stage)
     for doc in command.source_contents:
         plan.history.append("<<" + doc.name)
-        _add_heredoc(conv, state, command, plan, doc, dest)
+        data = expand_heredoc(doc.content, env, node=node, filename=conv.filename) \
+            if doc.expand else doc.content
+        _add_heredoc(conv, state, command, plan, doc.name, data, dest)
     _finish(conv, state, command, plan, name, link)
     flags = _history_flags(command)
     verb = "ADD" if is_add else "COPY"
@@ -183,11 +186,11 @@ def _split_parents(src: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _add_heredoc(conv: Conversion, state: StageState, command: CopyCommand | AddCommand,
-                 plan: _Plan, doc: Heredoc, dest: str) -> None:
-    op = FileOp(actions=(Mkfile(path="/" + doc.name, data=doc.content),), base=None)
+                 plan: _Plan, doc_name: str, data: str, dest: str) -> None:
+    op = FileOp(actions=(Mkfile(path="/" + doc_name, data=data),), base=None)
     digest = conv.sink.add(op, (), "[internal] preparing inline document", state.platform)
     plan.actions.append(Copy(
-        src=plan.input(digest), src_path="/" + doc.name, dest_path=dest,
+        src=plan.input(digest), src_path="/" + doc_name, dest_path=dest,
         chown=command.chown or "", chmod=command.chmod or "", follow_symlinks=False,
         copy_dir_contents=False, allow_wildcard=False, allow_empty_wildcard=False))
 

@@ -32,6 +32,15 @@ def expand(word: str, env: Mapping[str, str], *, escape: str, node: Node,
     return Expansion(result.result, result.words, result.matched, result.unmatched)
 
 
+def expand_heredoc(body: str, env: Mapping[str, str], *, node: Node, filename: str) -> str:
+    """A COPY/ADD heredoc body with an unquoted delimiter: variables expanded with a
+    backslash lexer that keeps quotes as text (BuildKit's ExpandRaw)."""
+    try:
+        return shell.Lexer("\\", skip_process_quotes=True).expand(body, env).result
+    except DockyardError as err:
+        raise node.error(err.message, filename) from err
+
+
 def expand_display(text: str, env: Mapping[str, str], *, escape: str) -> str:
     """A command line with the variables in scope substituted, quotes kept and unknown
     variables left as written (BuildKit's vertex names); the text itself on any error."""

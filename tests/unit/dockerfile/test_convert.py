@@ -271,6 +271,16 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
                      [("copy", {"src": 1, "src_path": "/EOF", "dest_path": "/f",
                                 "follow_symlinks": False, "copy_dir_contents": False,
                                 "allow_wildcard": False, "allow_empty_wildcard": False})]]}),
+    ("heredoc-copy-expands", "FROM alpine\nARG x=1\nENV y=2\nCOPY <<EOF /f\n$x \"${y}\" '$x' \\$x\nEOF\n",
+     {}, {"file_ops": [[("mkfile", {"path": "/EOF", "data": "1 \"2\" '1' $x\n"})],
+                       [("copy", {"src": 1, "src_path": "/EOF", "dest_path": "/f",
+                                  "follow_symlinks": False, "copy_dir_contents": False,
+                                  "allow_wildcard": False, "allow_empty_wildcard": False})]]}),
+    ("heredoc-copy-quoted-delimiter", "FROM alpine\nARG x=1\nCOPY <<'EOF' /f\n$x\nEOF\n", {}, {
+        "file_ops": [[("mkfile", {"path": "/EOF", "data": "$x\n"})],
+                     [("copy", {"src": 1, "src_path": "/EOF", "dest_path": "/f",
+                                "follow_symlinks": False, "copy_dir_contents": False,
+                                "allow_wildcard": False, "allow_empty_wildcard": False})]]}),
     ("multi-platform", "FROM --platform=$BUILDPLATFORM golang AS b\nRUN go build\n"
      "FROM alpine\nCOPY --from=b /app /app\n",
      {"platforms": [AMD64, ARM64], "build_platform": AMD64}, {
