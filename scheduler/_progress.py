@@ -134,10 +134,12 @@ def _build(cls: type[Any], fields: dict[str, Any]) -> Any:
     if unknown:
         raise ProgressError(f"progress event {_NAMES[cls]!r} has unknown field "
                             f"{sorted(map(str, unknown))[0]!r}")
-    try:
-        event = cls(**fields)
-    except TypeError as exc:  # a required field is missing
-        raise ProgressError(f"malformed progress event {_NAMES[cls]!r}: {exc}") from None
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING}
+    missing = sorted(required - set(fields))
+    if missing:
+        raise ProgressError(f"progress event {_NAMES[cls]!r} lacks field {missing[0]!r}")
+    event = cls(**fields)
     _check_types(event)
     return event
 

@@ -9,10 +9,13 @@ import fnmatch
 import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 from unittest.mock import ANY
 
+import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cache_backends._records import CacheRecord, LayerDescriptor, RecordError, StateResult
 from scheduler._cachekey import Selector
@@ -35,13 +38,18 @@ from scheduler._graph import (
 )
 from scheduler._platform import Platform
 from scheduler._progress import (
+    PROGRESS_VERSION,
     Event,
     EventSink,
+    ProgressError,
+    StatusUpdate,
     VertexCached,
     VertexCompleted,
     VertexFailed,
     VertexLog,
     VertexStarted,
+    event_from_wire,
+    event_to_wire,
 )
 from scheduler._solver import Solver
 
@@ -457,3 +465,85 @@ def test_statistics_and_repr() -> None:
     go(lambda: the_solver.solve(FORK, [JOIN.digest]))
     go(lambda: the_solver.solve(FORK, [JOIN.digest]))
     assert repr(the_solver) == "<Solver executed=4 cached=1 in_flight=0>"
+
+
+# --- progress events on the wire ---------------------------------------------------------
+
+EVENTS: list[Event] = [
+    VertexStarted("sha256:1", "[1/2] FROM busybox", 1_700_000_000.5),
+    VertexCached("sha256:1", "[1/2] FROM busybox"),
+    VertexCompleted("sha256:1", "[1/2] FROM busybox", 1.25),
+    VertexFailed("sha256:2", "[2/2] RUN false", "exit code 1"),
+    VertexFailed("sha256:2", "[2/2] RUN sleep", "cancelled", cancelled=True),
+    VertexLog("sha256:2", 2, b"\xff not utf-8\n"),
+    StatusUpdate("sha256:3", "transferring context", 512, 1024),
+    StatusUpdate("sha256:3", "sha256:abc", done=True),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=[type(e).__name__ for e in EVENTS])
+def test_events_round_trip_through_msgpack(event: Event) -> None:
+    wire = msgpack.unpackb(msgpack.packb(event_to_wire(event), use_bin_type=True), raw=False)
+    assert wire["version"] == PROGRESS_VERSION
+    assert event_from_wire(wire) == event
+
+
+_LOG = {"version": 1, "type": "log", "vertex": "sha256:2", "stream": 1, "data": b"x"}
+
+# (case, wire form, exact error)
+BAD_WIRE: list[tuple[str, object, str]] = [
+    ("another version", _LOG | {"version": 2},
+     "progress event of an unknown version (this dockyard reads version 1)\n"
+     "hint: use the same dockyard version on the client and the cluster"),
+    ("not a map", [1, "log"],
+     "progress event of an unknown version (this dockyard reads version 1)\n"
+     "hint: use the same dockyard version on the client and the cluster"),
+    ("unknown type", _LOG | {"type": "exploded"}, "unknown progress event type 'exploded'"),
+    ("unknown field", _LOG | {"secret": "x"},
+     "progress event 'log' has unknown field 'secret'"),
+    ("missing field", {k: v for k, v in _LOG.items() if k != "data"},
+     "progress event 'log' lacks field 'data'"),
+    ("text for bytes", _LOG | {"data": "x"},
+     "malformed progress event 'log': data must be bytes, got str"),
+    ("bool for int", _LOG | {"stream": True},
+     "malformed progress event 'log': stream must be int, got bool"),
+]
+
+
+@pytest.mark.parametrize(("case", "wire", "message"), BAD_WIRE, ids=[b[0] for b in BAD_WIRE])
+def test_bad_wire_events_are_refused(case: str, wire: Any, message: str) -> None:
+    with pytest.raises(ProgressError) as caught:
+        event_from_wire(wire)
+    assert str(caught.value) == message
+
+
+# --- any graph: each vertex runs at most once, and a rebuild runs nothing ----------------
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> tuple[BuildGraph, list[str]]:
+    graph = BuildGraph([IMAGE, CONTEXT])
+    made = [IMAGE]
+    for index in range(draw(st.integers(1, 12))):
+        picks = draw(st.lists(st.sampled_from(made), min_size=1, max_size=3))
+        if draw(st.booleans()):
+            vertex = copy(f"copy {index}", picks[0], draw(st.sampled_from(["/a", "/b", "/*"])))
+        else:
+            vertex = run(f"run {index}", f"cmd-{index}", *picks)
+        graph.add(vertex)
+        made.append(vertex)
+    targets = draw(st.lists(st.sampled_from(made), min_size=1, max_size=3))
+    return graph, [t.digest for t in targets]
+
+
+@settings(max_examples=40, deadline=None)
+@given(dags())
+def test_any_graph_runs_each_vertex_once_and_a_rebuild_runs_nothing(
+        case: tuple[BuildGraph, list[str]]) -> None:
+    graph, targets = case
+    backend, cache = FakeBackend(), MemoryCache()
+    first = go(lambda: solver(backend, cache).solve(graph, targets))
+    assert set(backend.executions.values()) <= {1}
+    backend.executions.clear()
+    again = go(lambda: solver(backend, cache).solve(graph, targets))
+    assert sum(backend.executions.values()) == 0 and again == first
