@@ -1,0 +1,384 @@
+"""Exporters: where a built image goes (buildx's ``--output type=...``).
+
+- ``export_oci``    an OCI image layout as a tar (``oci-layout``, ``index.json`` naming the
+                    image with ``org.opencontainers.image.ref.name``, ``blobs/sha256/...``).
+- ``export_docker`` the same layout plus Docker's ``manifest.json``, which ``docker load``
+                    reads (one platform only, as BuildKit's docker exporter).
+- ``export_tar``    the flattened root filesystem as one tar; with several platforms one
+                    top-level directory per platform (``linux_amd64/``...).
+- ``export_local``  the flattened root filesystem into a directory; with several platforms
+                    one sub-directory per platform.
+- ``push_image``    blobs, manifests and the index to a registry through a ``Pusher``.
+
+Tar outputs go to a path (written to a temporary name beside it and renamed into place,
+so a failed export leaves no half file) or to a binary stream (``dest=-``: stdout).
+Layer blobs come from a ``BlobSource`` (the local cache, or ``MemoryBlobs`` in tests),
+are streamed (never a whole layer in memory) and checked against their digests on the way.
+The archives are deterministic: fixed entry order, owner 0, mtime ``epoch`` or 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final, Protocol, cast
+
+from cache_backends._records import LayerDescriptor
+from scheduler._errors import CacheError, ExportError, ImageReferenceError
+from scheduler._platform import Platform
+from scheduler._reference import parse_reference
+from workers._image import (
+    OCI_INDEX,
+    Descriptor,
+    ImageArtifacts,
+    IndexArtifacts,
+    canonical_json,
+)
+from workers._layer_stream import HashingReader
+from workers._layers import apply_layer_flat
+from workers._tar_write import TarEntryWriter, write_upper
+
+__all__ = [
+    "BlobSource",
+    "MemoryBlobs",
+    "Pusher",
+    "export_docker",
+    "export_local",
+    "export_oci",
+    "export_tar",
+    "platform_dir",
+    "push_image",
+]
+
+Exported = ImageArtifacts | IndexArtifacts
+Destination = Path | BinaryIO
+
+OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
+REF_NAME: Final = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME: Final = "io.containerd.image.name"
+_CHUNK: Final = 1 << 20
+
+
+class BlobSource(Protocol):
+    """Where layer blobs come from: ``open_blob`` returns a readable stream the caller
+    closes; a missing blob raises a ``DockyardError`` (``CacheError``) naming it."""
+
+    def open_blob(self, digest: str) -> BinaryIO: ...
+
+
+class MemoryBlobs:
+    """A ``BlobSource`` over a dict of digest -> bytes (tests, small tools)."""
+
+    def __init__(self, blobs: Mapping[str, bytes]) -> None:
+        self._blobs = dict(blobs)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        try:
+            return io.BytesIO(self._blobs[digest])
+        except KeyError:
+            raise CacheError(f"blob {digest} is not in the memory blob source") from None
+
+    def __repr__(self) -> str:
+        return f"<MemoryBlobs blobs={len(self._blobs)}>"
+
+
+def platform_dir(platform: Platform) -> str:
+    """The directory name of a platform in multi-platform outputs: ``linux_arm_v7``."""
+    return str(platform).replace("/", "_")
+
+
+# --- destinations ------------------------------------------------------------------------
+
+
+def _describe(dest: Destination) -> str:
+    return str(dest) if isinstance(dest, Path) else "the output stream"
+
+
+@contextlib.contextmanager
+def _open_dest(dest: Destination) -> Iterator[BinaryIO]:
+    """``dest`` itself for a stream; for a path, a temporary file renamed over it on
+    success and removed on failure."""
+    if not isinstance(dest, Path):
+        yield dest
+        dest.flush()
+        return
+    temp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    try:
+        with open(temp, "wb") as stream:
+            yield stream
+        os.replace(temp, dest)
+    except OSError as err:
+        raise ExportError(f"cannot write {dest}: {err.strerror or err}",
+                          hint="check that the directory exists and is writable") from err
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+
+# --- a deterministic tar of files and blobs ----------------------------------------------
+
+
+class _Abandonable:
+    """A write-only stream that drops writes once ``abandoned`` (a failed archive must not
+    get an end-of-archive marker that would make it look whole)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.abandoned = False
+
+    def write(self, data: bytes) -> int:
+        if not self.abandoned:
+            self.stream.write(data)
+        return len(data)
+
+
+class _ArchiveWriter:
+    """Entries with fixed metadata (root, mode 0644/0755, mtime ``epoch`` or 0)."""
+
+    def __init__(self, stream: BinaryIO, epoch: int | None) -> None:
+        self._out = _Abandonable(stream)
+        # closed by __exit__; after a failure the archive is abandoned (no end marker)
+        self._tar = tarfile.open(  # noqa: SIM115
+            fileobj=cast(BinaryIO, self._out), mode="w|", format=tarfile.PAX_FORMAT)
+        self._mtime = epoch or 0
+        self._written: set[str] = set()
+
+    def __enter__(self) -> _ArchiveWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self._out.abandoned = True
+        self._tar.close()
+
+    def directory(self, name: str) -> None:
+        self._tar.addfile(self._info(name, tarfile.DIRTYPE, 0o755, 0))
+
+    def data(self, name: str, data: bytes) -> None:
+        self._tar.addfile(self._info(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+
+    def blob(self, digest: str, data: bytes) -> None:
+        if digest not in self._written:
+            self._written.add(digest)
+            self.data(_blob_path(digest), data)
+
+    def layer(self, layer: LayerDescriptor, source: BlobSource) -> None:
+        """A layer blob streamed from ``source``, checked against its digest and size."""
+        if layer.digest in self._written:
+            return
+        self._written.add(layer.digest)
+        info = self._info(_blob_path(layer.digest), tarfile.REGTYPE, 0o644, layer.size)
+        with source.open_blob(layer.digest) as blob:
+            reader = HashingReader(blob)
+            try:
+                self._tar.addfile(info, reader)
+            except OSError as err:
+                raise ExportError(f"layer {layer.digest} is shorter than its {layer.size} "
+                                  f"bytes: {err}", hint="the cached blob is damaged; "
+                                  "rebuild with --no-cache") from err
+            _check_blob(layer, reader, blob)
+
+    def _info(self, name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.size, info.mtime = kind, mode, size, self._mtime
+        info.uname = info.gname = ""
+        return info
+
+
+def _check_blob(layer: LayerDescriptor, reader: HashingReader, blob: BinaryIO) -> None:
+    if reader.digest != layer.digest or blob.read(1):
+        raise ExportError(f"layer blob {layer.digest} does not match its digest or size "
+                          f"(read {reader.digest})",
+                          hint="the cached blob is damaged; rebuild with --no-cache")
+
+
+def _blob_path(digest: str) -> str:
+    algorithm, _, hexa = digest.partition(":")
+    return f"blobs/{algorithm}/{hexa}"
+
+
+def _write_layout(archive: _ArchiveWriter, subject: Exported, source: BlobSource) -> None:
+    """``blobs/`` with every blob of ``subject`` (layers, configs, manifests, index) and
+    ``oci-layout``; the caller adds ``index.json``."""
+    archive.directory("blobs/")
+    archive.directory("blobs/sha256/")
+    images = subject.images if isinstance(subject, IndexArtifacts) else (subject,)
+    for image in images:
+        for layer in image.layers:
+            archive.layer(layer, source)
+        archive.blob(image.config_digest, image.config)
+        archive.blob(image.manifest_digest, image.manifest)
+    if isinstance(subject, IndexArtifacts):
+        archive.blob(subject.digest, subject.index)
+    archive.data("oci-layout", OCI_LAYOUT)
+
+
+# --- oci and docker ----------------------------------------------------------------------
+
+
+def _top_descriptor(subject: Exported) -> Descriptor:
+    if isinstance(subject, IndexArtifacts):
+        return subject.descriptor
+    return Descriptor(subject.descriptor.media_type, subject.manifest_digest,
+                      len(subject.manifest))
+
+
+def _ref_name(name: str) -> tuple[str, str]:
+    """(full normalised name, the tag part OCI calls the reference name)."""
+    try:
+        ref = parse_reference(name)
+    except ImageReferenceError as err:
+        raise ExportError(f"cannot name the exported image: {err.message}",
+                          hint="pass a name like registry.example.com/app:1.0") from err
+    tag = ref.tag + (f"@{ref.digest}" if ref.digest else "")
+    return str(ref), tag
+
+
+def layout_index(subject: Exported, names: Sequence[str]) -> bytes:
+    """``index.json``: the image (or index) once per name, annotated with its names."""
+    top = _top_descriptor(subject)
+    entries = [top.to_json()] if not names else [
+        top.with_annotations({CONTAINERD_NAME: full, REF_NAME: tag}).to_json()
+        for full, tag in map(_ref_name, names)]
+    return canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+
+
+def export_oci(subject: Exported, source: BlobSource, dest: Destination, *,
+               names: Sequence[str] = (), epoch: int | None = None) -> None:
+    """An OCI image layout tar of ``subject`` (one image or a multi-platform index)."""
+    index = layout_index(subject, names)
+    with _open_dest(dest) as stream, _ArchiveWriter(stream, epoch) as archive:
+        _write_layout(archive, subject, source)
+        archive.data("index.json", index)
+
+
+def docker_manifest(image: ImageArtifacts, names: Sequence[str]) -> bytes:
+    """Docker's ``manifest.json``: the config, the tags (short form) and the layer files."""
+    tags = [parse_reference(_ref_name(name)[0]).familiar() for name in names]
+    return canonical_json([{
+        "Config": _blob_path(image.config_digest),
+        "RepoTags": tags,
+        "Layers": [_blob_path(layer.digest) for layer in image.layers],
+    }])
+
+
+def export_docker(subject: Exported, source: BlobSource, dest: Destination, *,
+                  names: Sequence[str] = (), epoch: int | None = None) -> None:
+    """A tar ``docker load`` accepts: the OCI layout plus ``manifest.json``."""
+    if isinstance(subject, IndexArtifacts):
+        raise ExportError("the docker exporter writes one platform; got "
+                          + ", ".join(str(image.platform) for image in subject.images),
+                          hint="build one --platform, or use type=oci for several")
+    index = layout_index(subject, names)
+    manifest = docker_manifest(subject, names)
+    with _open_dest(dest) as stream, _ArchiveWriter(stream, epoch) as archive:
+        _write_layout(archive, subject, source)
+        archive.data("index.json", index)
+        archive.data("manifest.json", manifest)
+
+
+# --- flattened filesystems ---------------------------------------------------------------
+
+
+def _images(subject: Exported | Sequence[ImageArtifacts]) -> tuple[ImageArtifacts, ...]:
+    if isinstance(subject, IndexArtifacts):
+        return subject.images
+    if isinstance(subject, ImageArtifacts):
+        return (subject,)
+    return tuple(subject)
+
+
+def flatten(image: ImageArtifacts, source: BlobSource, dest: Path) -> None:
+    """Apply ``image``'s layers, base first, onto the directory ``dest``."""
+    for layer in image.layers:
+        with source.open_blob(layer.digest) as blob:
+            diff_id = apply_layer_flat(blob, dest, media_type=layer.media_type,
+                                       expected_digest=layer.digest)
+        if diff_id != layer.diff_id:
+            raise ExportError(f"layer {layer.digest} unpacks to {diff_id}, not its diff_id "
+                              f"{layer.diff_id}",
+                              hint="the cached blob is damaged; rebuild with --no-cache")
+
+
+def _flatten_all(images: Sequence[ImageArtifacts], source: BlobSource, dest: Path) -> None:
+    if len(images) == 1:
+        flatten(images[0], source, dest)
+        return
+    for image in images:
+        flatten(image, source, dest / platform_dir(image.platform))
+
+
+def export_local(subject: Exported | Sequence[ImageArtifacts], source: BlobSource,
+                 dest: Path) -> None:
+    """The root filesystem(s) into the directory ``dest`` (created when missing)."""
+    images = _images(subject)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"cannot create the output directory {dest}: {err.strerror}") from err
+    _flatten_all(images, source, dest)
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamSink:
+    stream: BinaryIO
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data)
+
+
+def export_tar(subject: Exported | Sequence[ImageArtifacts], source: BlobSource,
+               dest: Destination, *, epoch: int | None = None,
+               scratch: Path | None = None) -> None:
+    """The root filesystem(s) as one tar; files are flattened under ``scratch`` (a temporary
+    directory, best on the same filesystem as the cache) and removed afterwards."""
+    images = _images(subject)
+    work = Path(tempfile.mkdtemp(prefix="dockyard-export-", dir=scratch))
+    try:
+        _flatten_all(images, source, work)
+        with _open_dest(dest) as stream:
+            write_upper(work, TarEntryWriter(_StreamSink(stream), epoch))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- registry push -----------------------------------------------------------------------
+
+
+class Pusher(Protocol):
+    """The registry client's push half (workers/_registry.py's RegistryClient)."""
+
+    def push_blob(self, repository: str, digest: str, size: int, stream: BinaryIO) -> None: ...
+
+    def push_manifest(self, repository: str, reference: str, media_type: str,
+                      data: bytes) -> str: ...
+
+
+def _push_image(image: ImageArtifacts, source: BlobSource, pusher: Pusher,
+                repository: str) -> None:
+    for layer in image.layers:
+        with source.open_blob(layer.digest) as blob:
+            pusher.push_blob(repository, layer.digest, layer.size, blob)
+    pusher.push_blob(repository, image.config_digest, len(image.config),
+                     io.BytesIO(image.config))
+    pusher.push_manifest(repository, image.manifest_digest, image.descriptor.media_type,
+                         image.manifest)
+
+
+def push_image(subject: Exported, source: BlobSource, pusher: Pusher, name: str) -> str:
+    """Push ``subject`` as ``name`` (blobs, then manifests, then the index under the tag);
+    returns the pushed top-level digest."""
+    ref = parse_reference(_ref_name(name)[0])
+    images = _images(subject)
+    for image in images:
+        _push_image(image, source, pusher, ref.name)
+    top = _top_descriptor(subject)
+    data = subject.index if isinstance(subject, IndexArtifacts) else subject.manifest
+    return pusher.push_manifest(ref.name, ref.tag or top.digest, top.media_type, data)
