@@ -1,0 +1,840 @@
+"""A client for the OCI distribution API: resolve, pull and push images.
+
+``RegistryClient`` holds one aiohttp session (connections are reused) and speaks to any
+number of registries::
+
+    async with RegistryClient(RegistryConfig()) as client:
+        image = await client.resolve(parse_reference("busybox"), parse_platform("linux/arm64"))
+        await client.fetch_blob(ref, image.layers[0], Path("layer.tar.gz"))
+
+- Manifests: OCI and Docker schema-2 manifests and indexes (manifest lists); an index is
+  resolved to the requested platform as containerd matches them (``arm64`` takes
+  ``arm64/v8``, ``amd64/v3`` falls back to v2 and v1, ``arm/v7`` to v6 and v5).  Schema-1
+  manifests are refused.
+- Blobs and manifests are verified against their sha256 digest; a blob is written next to
+  its destination and renamed into place only once verified.
+- Push: a blob already present is skipped (HEAD), mounted from another repository of the
+  same registry when its source is known, else uploaded in one PUT (small) or in PATCH
+  chunks (large); then manifests and indexes.
+- Auth: anonymous first; on a 401 the ``WWW-Authenticate`` challenge is answered with a
+  Bearer token (cached per scope) or basic credentials from the docker config (``_auth``).
+- Transport: plain HTTP for localhost, 127.0.0.0/8, ::1 and the configured insecure
+  registries (as Docker does), HTTPS otherwise; connection errors, 429 and 5xx are retried
+  with exponential backoff and jitter, a bounded number of times.
+
+Every failure is a ``RegistryError`` naming the URL and what to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal, TypeVar
+from urllib.parse import quote, urlencode, urljoin
+
+import aiohttp
+import yarl
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from cache_backends._records import LayerDescriptor
+from scheduler._errors import RegistryError
+from scheduler._platform import Platform
+from scheduler._platform import _normalize_arch as _normalize_arch  # containerd's rules
+from scheduler._reference import Reference
+
+from ._auth import Challenge, Credentials, DockerConfig, TokenCache, load_docker_config
+from ._auth import parse_challenges as _parse_challenges
+
+__all__ = [
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "Descriptor",
+    "FetchedManifest",
+    "PushOutcome",
+    "RegistryClient",
+    "RegistryConfig",
+    "ResolvedImage",
+    "build_index",
+    "parse_manifest",
+    "platform_candidates",
+    "registry_url",
+    "select_manifest",
+    "uses_plain_http",
+]
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+_SCHEMA1 = frozenset({"application/vnd.docker.distribution.manifest.v1+json",
+                      "application/vnd.docker.distribution.manifest.v1+prettyjws"})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+_ACCEPT = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+#: Manifests larger than this are refused (containerd's limit).
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_HUB_DOMAIN = "docker.io"
+_HUB_API_HOST = "registry-1.docker.io"
+_STREAM_CHUNK = 1024 * 1024
+
+PushOutcome = Literal["exists", "mounted", "uploaded"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """How the client talks to registries.
+
+    ``insecure_registries``: domains (``host:port`` or ``host``) spoken to over plain HTTP,
+    like dockerd's ``insecure-registries``.  ``docker_config``: the credentials; None reads
+    ``$DOCKER_CONFIG/config.json`` on first need.  ``attempts`` bounds the tries of one
+    operation; the wait between tries grows from ``backoff_initial`` to ``backoff_max``
+    seconds, with jitter.  Blobs larger than ``chunk_size`` are uploaded in chunks of it."""
+
+    insecure_registries: frozenset[str] = frozenset()
+    docker_config: DockerConfig | None = None
+    attempts: int = 5
+    backoff_initial: float = 0.2
+    backoff_max: float = 5.0
+    chunk_size: int = 8 * 1024 * 1024
+    connect_timeout: float = 15.0
+    read_timeout: float = 300.0
+    max_connections: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """A content descriptor of a manifest or index: what it points at."""
+
+    media_type: str
+    digest: str
+    size: int
+    platform: Platform | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedManifest:
+    """A manifest or index as fetched: its digest, media type, raw bytes and parsed JSON."""
+
+    digest: str
+    media_type: str
+    data: bytes
+    parsed: Mapping[str, Any]
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedImage:
+    """One platform's image: its manifest's digest, the manifest, the config bytes (verified)
+    and the layers (``diff_id`` from the config's ``rootfs.diff_ids``).  ``index_digest``
+    is the digest of the index it was chosen from, "" when the reference named a manifest."""
+
+    digest: str
+    manifest: Mapping[str, Any]
+    config: bytes
+    layers: tuple[LayerDescriptor, ...]
+    media_type: str = OCI_MANIFEST
+    manifest_bytes: bytes = b""
+    index_digest: str = ""
+
+
+# --- Pure parts: addresses, manifests, platforms ------------------------------------------
+
+def _host_of(domain: str) -> str:
+    if domain.startswith("["):
+        return domain[1:].split("]", 1)[0]
+    return domain.rsplit(":", 1)[0] if domain.count(":") == 1 else domain
+
+
+def uses_plain_http(domain: str, insecure: Iterable[str] = ()) -> bool:
+    """Whether Docker would speak plain HTTP to ``domain``: localhost, 127.0.0.0/8, ::1, or
+    listed (with or without its port) among the insecure registries."""
+    host = _host_of(domain)
+    listed = set(insecure)
+    if domain in listed or host in listed or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def registry_url(domain: str, insecure: Iterable[str] = ()) -> str:
+    """The base URL of a registry's API (``https://registry-1.docker.io`` for the Hub)."""
+    scheme = "http" if uses_plain_http(domain, insecure) else "https"
+    host = _HUB_API_HOST if domain == _HUB_DOMAIN else domain
+    return f"{scheme}://{host}"
+
+
+def _invalid(where: str, reason: str) -> RegistryError:
+    return RegistryError(f"registry returned an invalid manifest at {where}: {reason}",
+                         hint="the registry or the image is broken; check the image with "
+                              "'skopeo inspect' or push it again")
+
+
+def _media_type(parsed: Mapping[str, Any], content_type: str, where: str) -> str:
+    declared = parsed.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    header = content_type.split(";", 1)[0].strip()
+    if header in INDEX_TYPES | MANIFEST_TYPES | _SCHEMA1:
+        return header
+    if isinstance(parsed.get("manifests"), list):
+        return OCI_INDEX
+    if isinstance(parsed.get("layers"), list):
+        return OCI_MANIFEST
+    raise _invalid(where, "it has no mediaType and is neither a manifest nor an index")
+
+
+def _check_shape(media_type: str, parsed: Mapping[str, Any], where: str) -> None:
+    if media_type in INDEX_TYPES:
+        if not isinstance(parsed.get("manifests"), list):
+            raise _invalid(where, "an index without a 'manifests' list")
+    elif media_type in MANIFEST_TYPES:
+        if not isinstance(parsed.get("config"), dict) or not isinstance(parsed.get("layers"),
+                                                                        list):
+            raise _invalid(where, "a manifest without 'config' and 'layers'")
+    else:
+        raise _invalid(where, f"unsupported media type {media_type!r}")
+
+
+def parse_manifest(data: bytes, content_type: str, where: str) -> tuple[str, dict[str, Any]]:
+    """``(media type, JSON)`` of a manifest or index; schema-1 and malformed documents are
+    a ``RegistryError`` (``where`` names the URL)."""
+    try:
+        parsed = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _invalid(where, f"not JSON ({err})") from err
+    if not isinstance(parsed, dict):
+        raise _invalid(where, "not a JSON object")
+    if parsed.get("schemaVersion") == 1 or content_type.split(";")[0].strip() in _SCHEMA1:
+        raise RegistryError(f"{where} is a Docker schema 1 manifest, which is not supported",
+                            hint="push the image again with a current docker or buildx")
+    media_type = _media_type(parsed, content_type, where)
+    if media_type in _SCHEMA1:
+        raise RegistryError(f"{where} is a Docker schema 1 manifest, which is not supported",
+                            hint="push the image again with a current docker or buildx")
+    _check_shape(media_type, parsed, where)
+    return media_type, parsed
+
+
+def _descriptor(raw: Any, where: str) -> Descriptor:
+    if not isinstance(raw, dict):
+        raise _invalid(where, "a descriptor that is not an object")
+    digest, size, media = raw.get("digest"), raw.get("size"), raw.get("mediaType", "")
+    if not isinstance(digest, str) or ":" not in digest or not isinstance(size, int) \
+            or size < 0 or not isinstance(media, str):
+        raise _invalid(where, f"a descriptor without a valid digest and size: {raw!r:.200}")
+    plat = raw.get("platform")
+    platform = None
+    if isinstance(plat, dict) and isinstance(plat.get("os"), str) \
+            and isinstance(plat.get("architecture"), str):
+        platform = Platform(plat["os"], plat["architecture"], str(plat.get("variant", "")))
+    return Descriptor(media, digest, size, platform)
+
+
+_ARM_ORDER = ("v8", "v7", "v6", "v5")
+_AMD64_ORDER = ("v4", "v3", "v2", "")
+
+
+def _normalized(platform: Platform) -> Platform:
+    arch, variant = _normalize_arch(platform.architecture, platform.variant)
+    return Platform(platform.os.lower(), arch, variant)
+
+
+def platform_candidates(wanted: Platform) -> list[Platform]:
+    """The platforms an image may have to run on ``wanted``, best first (containerd's
+    matching): the same arch with the same or an older variant, then for arm64 the 32-bit
+    arm variants and for amd64 386."""
+    target = _normalized(wanted)
+    os_name, arch, variant = target.os, target.architecture, target.variant
+    if arch == "arm" and variant in _ARM_ORDER:
+        return [Platform(os_name, "arm", v) for v in _ARM_ORDER[_ARM_ORDER.index(variant):]]
+    if arch == "amd64" and variant in _AMD64_ORDER:
+        older = _AMD64_ORDER[_AMD64_ORDER.index(variant):]
+        return [Platform(os_name, "amd64", v) for v in older] + [Platform(os_name, "386")]
+    if arch == "arm64" and variant == "":
+        return [target] + [Platform(os_name, "arm", v) for v in _ARM_ORDER]
+    return [target]
+
+
+def select_manifest(index: Mapping[str, Any], wanted: Platform, where: str) -> Descriptor:
+    """The entry of an image index that best matches ``wanted`` (``RegistryError`` naming
+    the platforms on offer when none does)."""
+    entries = [_descriptor(raw, where) for raw in index.get("manifests", [])]
+    usable = [d for d in entries if d.platform is not None and d.media_type not in INDEX_TYPES]
+    for candidate in platform_candidates(wanted):
+        for entry in usable:
+            assert entry.platform is not None
+            if _normalized(entry.platform) == candidate:
+                return entry
+    offered = ", ".join(sorted({str(d.platform) for d in usable})) or "none"
+    raise RegistryError(f"{where} has no image for platform {wanted} (it has: {offered})",
+                        hint="choose one of the listed platforms with --platform")
+
+
+def _diff_ids(config: bytes, where: str) -> list[str]:
+    try:
+        parsed = json.loads(config)
+        diff_ids = parsed["rootfs"]["diff_ids"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise RegistryError(f"registry returned an invalid image config at {where}: "
+                            "no rootfs.diff_ids", hint="push the image again") from err
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise RegistryError(f"registry returned an invalid image config at {where}: "
+                            "rootfs.diff_ids is not a list of digests",
+                            hint="push the image again")
+    return diff_ids
+
+
+def _layers(manifest: Mapping[str, Any], config: bytes, where: str) -> tuple[LayerDescriptor,
+                                                                              ...]:
+    blobs = [_descriptor(raw, where) for raw in manifest["layers"]]
+    diff_ids = _diff_ids(config, where)
+    if len(blobs) != len(diff_ids):
+        raise _invalid(where, f"{len(blobs)} layers but the config lists {len(diff_ids)} "
+                              "diff_ids")
+    return tuple(LayerDescriptor(digest=b.digest, size=b.size, diff_id=d, media_type=b.media_type)
+                 for b, d in zip(blobs, diff_ids, strict=True))
+
+
+def build_index(manifests: Sequence[Descriptor],
+                annotations: Mapping[str, str] | None = None) -> bytes:
+    """An OCI image index over ``manifests`` (each with its platform), as compact JSON."""
+    entries: list[dict[str, Any]] = []
+    for item in manifests:
+        entry: dict[str, Any] = {"mediaType": item.media_type, "digest": item.digest,
+                                 "size": item.size}
+        if item.platform is not None:
+            plat = {"architecture": item.platform.architecture, "os": item.platform.os}
+            if item.platform.variant:
+                plat["variant"] = item.platform.variant
+            entry["platform"] = plat
+        entries.append(entry)
+    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    if annotations:
+        index["annotations"] = dict(annotations)
+    return json.dumps(index, separators=(",", ":")).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _check_algorithm(digest: str, where: str) -> None:
+    if not digest.startswith("sha256:") or len(digest) != 71:
+        raise RegistryError(f"{where}: unsupported or malformed digest {digest!r}",
+                            hint="only sha256 digests are supported")
+
+
+# --- Errors -----------------------------------------------------------------------------
+
+class _Transient(Exception):
+    """A failure worth another try (connection error, 429, 5xx); never leaves this module."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(reason)
+        self.url = url
+        self.reason = reason
+
+
+def _registry_message(body: bytes) -> str:
+    try:
+        errors = json.loads(body).get("errors") or []
+        first = errors[0]
+        return f" ({first.get('code', '')}: {first.get('message', '')})"
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return ""
+
+
+def _status_error(status: int, url: str, body: bytes, what: str, domain: str,
+                  missing: str = "") -> RegistryError:
+    """The error for a final HTTP status; ``missing`` is the message of a 404 when the
+    caller has a better one than "not found"."""
+    detail = _registry_message(body)
+    if status == 401:
+        return RegistryError(f"{what}: {url} answered 401 unauthorized{detail}",
+                             hint=f"log in with 'docker login {domain}' (credentials are read "
+                                  "from $DOCKER_CONFIG or ~/.docker/config.json)")
+    if status == 403:
+        return RegistryError(f"{what}: {url} answered 403 denied{detail}",
+                             hint="check that your account may access this repository")
+    if status == 404:
+        return RegistryError(f"{missing or what + ': not found'} ({url} answered 404){detail}",
+                             hint="check the image name and tag, and that it was pushed "
+                                  "to this registry")
+    return RegistryError(f"{what}: {url} answered {status}{detail}",
+                         hint="check the registry's logs; retry later")
+
+
+# --- The client -------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    url: str
+    domain: str
+    scopes: tuple[str, ...]
+    headers: dict[str, str] = field(default_factory=dict)
+    data: bytes | None = None
+
+
+def _pull_scope(ref: Reference) -> tuple[str, ...]:
+    return (f"repository:{ref.path}:pull",)
+
+
+def _push_scope(ref: Reference, mount_from: Reference | None = None) -> tuple[str, ...]:
+    scopes = [f"repository:{ref.path}:pull,push"]
+    if mount_from is not None and mount_from.path != ref.path:
+        scopes.append(f"repository:{mount_from.path}:pull")
+    return tuple(scopes)
+
+
+def _basic(credentials: Credentials) -> str:
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def _with_digest(location: str, digest: str) -> str:
+    return f"{location}{'&' if '?' in location else '?'}digest={quote(digest, safe='')}"
+
+
+class RegistryClient:
+    """An async client of OCI registries; use it as an async context manager (or call
+    ``aclose``).  ``statistics()`` counts requests, retries, uploads and mounts."""
+
+    def __init__(self, config: RegistryConfig | None = None) -> None:
+        self._config = config or RegistryConfig()
+        self._session: aiohttp.ClientSession | None = None  # opened on first request
+        self._docker_config = self._config.docker_config  # None until first needed
+        self._tokens = TokenCache()
+        self._challenges: dict[str, Challenge] = {}  # domain -> the auth scheme it asked for
+        self._credentials: dict[str, Credentials | None] = {}  # domain -> looked-up creds
+        self._stats = {"requests": 0, "retries": 0, "uploads": 0, "mounts": 0, "skipped": 0}
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def statistics(self) -> dict[str, int]:
+        return {**self._stats, "token_hits": self._tokens.statistics()["hits"]}
+
+    def __repr__(self) -> str:
+        counts = " ".join(f"{k}={v}" for k, v in self.statistics().items())
+        return f"<RegistryClient {counts}>"
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _url(self, ref: Reference, kind: str, tail: str) -> str:
+        base = registry_url(ref.domain, self._config.insecure_registries)
+        return f"{base}/v2/{ref.path}/{kind}/{tail}"
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(sock_connect=self._config.connect_timeout,
+                                            sock_read=self._config.read_timeout)
+            connector = aiohttp.TCPConnector(limit=self._config.max_connections)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return self._session
+
+    async def _retrying(self, what: str, url: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run ``action`` until it succeeds, fails for good, or runs out of attempts."""
+        def count(_: RetryCallState) -> None:
+            self._stats["retries"] += 1
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(self._config.attempts, 1)),
+            wait=wait_exponential(multiplier=self._config.backoff_initial,
+                                  max=self._config.backoff_max)
+            + wait_random(0, self._config.backoff_initial),
+            retry=retry_if_exception_type(_Transient), before_sleep=count, reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await action()
+        except _Transient as err:
+            raise RegistryError(
+                f"{what}: {err.url} failed after {self._config.attempts} attempts: {err.reason}",
+                hint="check that the registry is running and reachable at that address "
+                     "(a plain-HTTP registry must be localhost or listed as insecure)") from err
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _creds(self, domain: str) -> Credentials | None:
+        if domain not in self._credentials:
+            if self._docker_config is None:
+                self._docker_config = load_docker_config()
+            self._credentials[domain] = await self._docker_config.credentials(domain)
+        return self._credentials[domain]
+
+    async def _authorization(self, req: _Request, fresh: bool) -> str | None:
+        challenge = self._challenges.get(req.domain)
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            creds = await self._creds(req.domain)
+            return _basic(creds) if creds is not None else None
+        return "Bearer " + await self._token(req, challenge, fresh)
+
+    async def _token(self, req: _Request, challenge: Challenge, fresh: bool) -> str:
+        realm = challenge.params.get("realm", "")
+        service = challenge.params.get("service", "")
+        scopes = tuple(sorted(set(req.scopes)))
+        cached = None if fresh else self._tokens.get(realm, service, scopes)
+        if cached is not None:
+            return cached
+        answer = await self._fetch_token(req, realm, service, scopes)
+        return self._tokens.put(realm, service, scopes, answer)
+
+    async def _fetch_token(self, req: _Request, realm: str, service: str,
+                           scopes: tuple[str, ...]) -> Any:
+        if not realm.startswith(("http://", "https://")):
+            raise RegistryError(f"{req.url}: the registry's auth challenge has no usable realm "
+                                f"({realm!r})", hint="check the registry's auth settings")
+        query = [("service", service)] if service else []
+        query += [("scope", scope) for scope in scopes]
+        url = f"{realm}{'&' if '?' in realm else '?'}{urlencode(query)}"
+        creds = await self._creds(req.domain)
+        headers = {"Authorization": _basic(creds)} if creds is not None else {}
+        async with self._raw(_Request("GET", url, req.domain, (), headers)) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise _status_error(resp.status, url, body, "getting a registry token",
+                                    req.domain)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RegistryError(f"token service {url} answered with invalid JSON",
+                                hint="check the registry's auth service") from err
+
+    @asynccontextmanager
+    async def _raw(self, req: _Request) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One HTTP exchange, no auth handling; transport failures, 429 and 5xx become
+        ``_Transient``."""
+        self._stats["requests"] += 1
+        session = self._open_session()
+        try:
+            async with session.request(req.method, yarl.URL(req.url, encoded=True),
+                                       headers=req.headers, data=req.data) as resp:
+                if resp.status == 429 or resp.status >= 500:
+                    raise _Transient(req.url, f"HTTP {resp.status}")
+                yield resp
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                TimeoutError) as err:
+            raise _Transient(req.url, f"{type(err).__name__}: {err}") from err
+
+    @asynccontextmanager
+    async def _send(self, req: _Request) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One exchange with auth: anonymous or with what the registry asked before; on a
+        401 the challenge is answered once and the request sent again."""
+        for fresh in (False, True):
+            auth = await self._authorization(req, fresh)
+            headers = {**req.headers, **({"Authorization": auth} if auth else {})}
+            async with self._raw(_Request(req.method, req.url, req.domain, req.scopes, headers,
+                                          req.data)) as resp:
+                if resp.status != 401 or fresh or not self._learn(req.domain, resp):
+                    yield resp
+                    return
+
+    def _learn(self, domain: str, resp: aiohttp.ClientResponse) -> bool:
+        """Record the scheme a 401 asks for; False when it asks for nothing we can answer."""
+        challenges = {c.scheme: c for c in
+                      _parse_challenges(resp.headers.get("WWW-Authenticate", ""))}
+        chosen = challenges.get("bearer") or challenges.get("basic")
+        if chosen is None:
+            return False
+        self._challenges[domain] = chosen
+        return True
+
+    async def _exchange(self, req: _Request, what: str, ok: Iterable[int],
+                        missing: str = "") -> tuple[int, Mapping[str, str], bytes]:
+        """A request whose answer is read (up to ``MAX_MANIFEST_BYTES`` + 1 bytes); a status
+        outside ``ok`` is an error."""
+        async with self._send(req) as resp:
+            body = await _read_limited(resp, MAX_MANIFEST_BYTES + 1)
+            if resp.status not in set(ok):
+                raise _status_error(resp.status, req.url, body, what, req.domain, missing)
+            return resp.status, dict(resp.headers), body
+
+    # -- pull --------------------------------------------------------------------------
+
+    async def fetch_manifest(self, ref: Reference, target: str = "") -> FetchedManifest:
+        """The manifest or index ``target`` (a digest or tag; default: the reference's digest,
+        else its tag), verified against the digest when one is named."""
+        name = target or ref.digest or ref.tag
+        url = self._url(ref, "manifests", name)
+        req = _Request("GET", url, ref.domain, _pull_scope(ref), {"Accept": _ACCEPT})
+        _, headers, body = await self._retrying(
+            f"fetching the manifest of {ref}", url,
+            lambda: self._exchange(req, f"pulling {ref}", (200,), f"image not found: {ref}"))
+        return self._checked_manifest(url, name, headers, body)
+
+    def _checked_manifest(self, url: str, name: str, headers: Mapping[str, str],
+                          body: bytes) -> FetchedManifest:
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise _invalid(url, f"larger than {MAX_MANIFEST_BYTES} bytes")
+        digest = _sha256(body)
+        if ":" in name and name != digest:
+            raise RegistryError(f"manifest at {url} does not match its digest: got {digest}",
+                                hint="the registry or a proxy altered the manifest; "
+                                     "try again or use another mirror")
+        media_type, parsed = parse_manifest(body, headers.get("Content-Type", ""), url)
+        return FetchedManifest(digest, media_type, body, parsed)
+
+    async def resolve(self, ref: Reference, platform: Platform) -> ResolvedImage:
+        """The image ``ref`` names for ``platform``: manifest, verified config and layers."""
+        top = await self.fetch_manifest(ref)
+        manifest, index_digest = top, ""
+        if top.is_index:
+            chosen = select_manifest(top.parsed, platform, self._url(ref, "manifests",
+                                                                     ref.digest or ref.tag))
+            manifest, index_digest = await self.fetch_manifest(ref, chosen.digest), top.digest
+            if manifest.is_index:
+                raise _invalid(self._url(ref, "manifests", chosen.digest),
+                               "an index whose platform entry is another index")
+        where = self._url(ref, "manifests", manifest.digest)
+        config_desc = _descriptor(manifest.parsed["config"], where)
+        config = await self.fetch_blob_bytes(ref, config_desc.digest, config_desc.size)
+        return ResolvedImage(manifest.digest, manifest.parsed, config,
+                             _layers(manifest.parsed, config, where), manifest.media_type,
+                             manifest.data, index_digest)
+
+    async def fetch_blob(self, ref: Reference, descriptor: LayerDescriptor | Descriptor,
+                         out: Path) -> None:
+        """Stream a blob to ``out``: written to ``out.partial`` while its sha256 and size are
+        checked, renamed to ``out`` once they match (``RegistryError`` otherwise, and
+        nothing is left at either path)."""
+        partial = out.with_name(out.name + ".partial")
+        url = self._url(ref, "blobs", descriptor.digest)
+
+        async def attempt() -> None:
+            with _open_partial(partial, url) as sink:
+                await self._download(ref, descriptor.digest, descriptor.size, sink)
+        try:
+            await self._retrying(f"fetching blob {descriptor.digest}", url, attempt)
+            os.replace(partial, out)
+        except OSError as err:
+            raise RegistryError(f"cannot write blob {descriptor.digest} to {out}: "
+                                f"{err.strerror}", hint="check the destination") from err
+        finally:
+            partial.unlink(missing_ok=True)
+
+    async def fetch_blob_bytes(self, ref: Reference, digest: str, size: int) -> bytes:
+        """A small blob (a config) in memory, verified like ``fetch_blob``."""
+        url = self._url(ref, "blobs", digest)
+        chunks: list[bytes] = []
+
+        async def attempt() -> bytes:
+            chunks.clear()
+            await self._download(ref, digest, size, chunks.append)
+            return b"".join(chunks)
+        return await self._retrying(f"fetching blob {digest}", url, attempt)
+
+    async def _download(self, ref: Reference, digest: str, size: int,
+                        sink: Callable[[bytes], object]) -> None:
+        url = self._url(ref, "blobs", digest)
+        _check_algorithm(digest, url)
+        hasher, received = hashlib.sha256(), 0
+        async with self._send(_Request("GET", url, ref.domain, _pull_scope(ref))) as resp:
+            if resp.status != 200:
+                body = await _read_limited(resp, 64 * 1024)
+                raise _status_error(resp.status, url, body, f"fetching blob {digest}",
+                                    ref.domain, f"blob {digest} not found in {ref.name}")
+            async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+                received += len(chunk)
+                if received > size:
+                    break
+                hasher.update(chunk)
+                sink(chunk)
+        _verify(url, digest, size, received, "sha256:" + hasher.hexdigest())
+
+    # -- push --------------------------------------------------------------------------
+
+    async def blob_exists(self, ref: Reference, digest: str) -> bool:
+        url = self._url(ref, "blobs", digest)
+        req = _Request("HEAD", url, ref.domain, _push_scope(ref))
+
+        async def attempt() -> bool:
+            status, _, _ = await self._exchange(req, f"checking blob {digest}", (200, 404))
+            return status == 200
+        return await self._retrying(f"checking blob {digest}", url, attempt)
+
+    async def push_blob(self, ref: Reference, digest: str, size: int, source: Path | bytes,
+                        *, mount_from: Reference | None = None) -> PushOutcome:
+        """Make blob ``digest`` present in ``ref``'s repository: ``"exists"`` when it was,
+        ``"mounted"`` when the registry linked it from ``mount_from`` (same registry, other
+        repository), ``"uploaded"`` after sending its bytes."""
+        _check_algorithm(digest, self._url(ref, "blobs", digest))
+        if await self.blob_exists(ref, digest):
+            self._stats["skipped"] += 1
+            return "exists"
+        url = self._url(ref, "blobs", "uploads/")
+        outcome = await self._retrying(f"uploading blob {digest} to {ref.name}", url,
+                                       lambda: self._upload(ref, digest, size, source,
+                                                            mount_from))
+        self._stats["mounts" if outcome == "mounted" else "uploads"] += 1
+        return outcome
+
+    async def _upload(self, ref: Reference, digest: str, size: int, source: Path | bytes,
+                      mount_from: Reference | None) -> PushOutcome:
+        url = self._url(ref, "blobs", "uploads/")
+        mountable = mount_from is not None and mount_from.domain == ref.domain \
+            and mount_from.path != ref.path
+        if mountable:
+            assert mount_from is not None
+            url += "?" + urlencode({"mount": digest, "from": mount_from.path})
+        req = _Request("POST", url, ref.domain, _push_scope(ref, mount_from),
+                       {"Content-Length": "0"}, b"")
+        status, headers, _ = await self._exchange(req, f"starting the upload of {digest}",
+                                                  (201, 202))
+        if status == 201 and mountable:
+            return "mounted"
+        location = self._location(url, headers)
+        if size <= self._config.chunk_size:
+            await self._put_whole(ref, location, digest, _read_all(source, size, digest))
+        else:
+            await self._put_chunks(ref, location, digest, size, source)
+        return "uploaded"
+
+    @staticmethod
+    def _location(url: str, headers: Mapping[str, str]) -> str:
+        location = headers.get("Location")
+        if not location:
+            raise RegistryError(f"{url} started an upload without a Location header",
+                                hint="the registry is not OCI-compliant")
+        return urljoin(url, location)
+
+    async def _put_whole(self, ref: Reference, location: str, digest: str,
+                         data: bytes) -> None:
+        headers = {"Content-Type": "application/octet-stream"}
+        req = _Request("PUT", _with_digest(location, digest), ref.domain, _push_scope(ref),
+                       headers, data)
+        await self._exchange(req, f"uploading blob {digest}", (201,))
+
+    async def _put_chunks(self, ref: Reference, location: str, digest: str, size: int,
+                          source: Path | bytes) -> None:
+        offset = 0
+        for chunk in _chunks(source, self._config.chunk_size, digest):
+            headers = {"Content-Type": "application/octet-stream",
+                       "Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
+            req = _Request("PATCH", location, ref.domain, _push_scope(ref), headers, chunk)
+            _, answer, _ = await self._exchange(req, f"uploading blob {digest}", (202,))
+            location, offset = self._location(location, answer), offset + len(chunk)
+        if offset != size:
+            raise RegistryError(f"blob {digest}: the source holds {offset} bytes, not {size}",
+                                hint="the source changed while it was pushed; push again")
+        await self._put_whole(ref, location, digest, b"")
+
+    async def push_manifest(self, ref: Reference, data: bytes, media_type: str,
+                            target: str = "") -> str:
+        """PUT a manifest or index under ``target`` (a tag; default: the reference's tag, or
+        its digest) and return its digest."""
+        digest = _sha256(data)
+        name = target or ref.tag or digest
+        url = self._url(ref, "manifests", name)
+        req = _Request("PUT", url, ref.domain, _push_scope(ref), {"Content-Type": media_type},
+                       data)
+        _, headers, _ = await self._retrying(
+            f"pushing manifest {digest} to {ref.name}", url,
+            lambda: self._exchange(req, f"pushing manifest {digest}", (200, 201)))
+        answered = headers.get("Docker-Content-Digest", digest)
+        if answered != digest:
+            raise RegistryError(f"{url} stored the manifest as {answered}, not {digest}",
+                                hint="the registry rewrote the manifest; check its settings")
+        return digest
+
+    async def push_index(self, ref: Reference, manifests: Sequence[Descriptor],
+                         target: str = "") -> str:
+        """Push an OCI index over already pushed ``manifests`` and return its digest."""
+        return await self.push_manifest(ref, build_index(manifests), OCI_INDEX, target)
+
+
+# --- Streams ----------------------------------------------------------------------------
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of ``resp``, at most ``limit`` bytes of it."""
+    chunks, total = [], 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+def _verify(url: str, digest: str, size: int, received: int, actual: str) -> None:
+    if received != size:
+        raise RegistryError(f"blob at {url} is {'larger' if received > size else 'shorter'} "
+                            f"than its descriptor's {size} bytes",
+                            hint="the registry holds a corrupt blob; push the image again")
+    if actual != digest:
+        raise RegistryError(f"blob at {url} does not match its digest: got {actual}",
+                            hint="the registry holds a corrupt blob; push the image again")
+
+
+class _open_partial:  # noqa: N801 -- used like open()
+    """A file opened for writing a blob's bytes; truncated again on each attempt."""
+
+    def __init__(self, path: Path, url: str) -> None:
+        self._path, self._url = path, url
+        self._file: IO[bytes] | None = None
+
+    def __enter__(self) -> Callable[[bytes], object]:
+        try:
+            self._file = open(self._path, "wb")  # noqa: SIM115 -- closed in __exit__
+        except OSError as err:
+            raise RegistryError(f"cannot write {self._path} (blob of {self._url}): "
+                                f"{err.strerror}", hint="check the destination") from err
+        return self._file.write
+
+    def __exit__(self, *_: object) -> None:
+        assert self._file is not None
+        self._file.close()
+
+
+def _read_all(source: Path | bytes, size: int, digest: str) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    try:
+        return source.read_bytes()
+    except OSError as err:
+        raise RegistryError(f"cannot read blob {digest} from {source}: {err.strerror}",
+                            hint="check that the file exists") from err
+
+
+def _chunks(source: Path | bytes, chunk_size: int, digest: str) -> Iterable[bytes]:
+    if isinstance(source, bytes):
+        yield from (source[i:i + chunk_size] for i in range(0, len(source), chunk_size))
+        return
+    try:
+        with open(source, "rb") as stream:
+            while chunk := stream.read(chunk_size):
+                yield chunk
+    except OSError as err:
+        raise RegistryError(f"cannot read blob {digest} from {source}: {err.strerror}",
+                            hint="check that the file exists") from err
+
