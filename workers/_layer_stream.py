@@ -3,9 +3,10 @@ on the way in.
 
 Out: ``LayerSink`` takes the uncompressed tar in chunks and, in one pass, hashes it (the
 ``diff_id``), compresses it, hashes and counts the compressed bytes (``digest``, ``size``) and
-writes them to the caller's stream.  Compression and the output hash run on a second thread
-(zlib, zstd and hashlib release the GIL), so reading files and compressing overlap the way
-``tar | gzip`` overlaps two processes.
+writes them to the caller's stream.  gzip is compressed in fixed 1 MiB blocks on a small
+thread pool (zlib releases the GIL), pigz-style: each block primed with the previous 32 KiB
+and sync-flushed, so the output is one valid gzip member and the same bytes whatever the
+number of threads; zstd uses its own worker threads.
 
 In: ``open_layer_reader`` detects the compression by magic bytes and returns a reader of
 the uncompressed tar whose two hashes (compressed and uncompressed) are known once it has
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import queue
-import threading
+import os
+import struct
 import zlib
-from collections.abc import Callable
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, BinaryIO, Final, Protocol, cast
 
 import zstandard
@@ -47,91 +49,155 @@ GZIP_LEVEL: Final = 6
 #: zstd level 3: klauspost's SpeedDefault, BuildKit's default for zstd.
 ZSTD_LEVEL: Final = 3
 _MEDIA_TYPE: Final = {"gzip": GZIP_LAYER, "zstd": ZSTD_LAYER, "none": TAR_LAYER}
-_QUEUE_DEPTH: Final = 8
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 READ_SIZE: Final = 1 << 20
+#: gzip blocks: fixed offsets in the uncompressed stream, so the output never depends on how
+#: the data was chunked or on how many threads compressed it.
+_GZIP_BLOCK: Final = 1 << 20
+_GZIP_WINDOW: Final = 1 << 15
+#: gzip header: deflate, no flags, mtime 0, no extra flags, OS 3 (unix) -- as zlib writes it.
+_GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
+_WORKERS: Final = max(1, min(4, os.cpu_count() or 1))
 
 
-def _compressor(compression: str) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:
-    """(compress, flush) for a compression name; LayerError for an unknown one."""
-    if compression == "gzip":
-        gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9)
-        return gz.compress, gz.flush
-    if compression == "zstd":
-        zs = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
-        return zs.compress, zs.flush
-    if compression == "none":
-        return bytes, bytes
-    raise LayerError(f"unknown layer compression {compression!r}",
-                     hint="use one of: gzip, zstd, none")
+class _Emit(Protocol):
+    def __call__(self, data: bytes, /) -> None: ...
+
+
+class _Encoder(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def finish(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _compress_block(block: bytes, window: bytes) -> bytes:
+    """One raw-deflate block, primed with the previous block's tail, ended on a byte
+    boundary (sync flush) so blocks concatenate into one deflate stream (as pigz does)."""
+    if window:
+        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, 9,
+                                   zlib.Z_DEFAULT_STRATEGY, window)
+    else:
+        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+    return deflate.compress(block) + deflate.flush(zlib.Z_SYNC_FLUSH)
+
+
+class _ParallelGzip:
+    """gzip, level 6, its 1 MiB blocks compressed on a thread pool and emitted in order."""
+
+    def __init__(self, emit: _Emit) -> None:
+        self._emit = emit
+        self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="layer-gzip")
+        self._pending = bytearray()      # uncompressed bytes not yet a whole block
+        self._window = b""               # the last 32 KiB of the previous block
+        self._inflight: deque[Future[bytes]] = deque()   # in stream order
+        self._crc = 0                    # crc32 of all uncompressed bytes so far
+        self._length = 0                 # their count
+        emit(_GZIP_HEADER)
+
+    def write(self, data: bytes) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+        self._length += len(data)
+        self._pending += data
+        while len(self._pending) >= _GZIP_BLOCK:
+            block = bytes(self._pending[:_GZIP_BLOCK])
+            del self._pending[:_GZIP_BLOCK]
+            self._submit(block)
+
+    def finish(self) -> None:
+        if self._pending:
+            self._submit(bytes(self._pending))
+        while self._inflight:
+            self._emit(self._inflight.popleft().result())
+        self._emit(b"\x03\x00")      # an empty final block ends the deflate stream
+        self._emit(struct.pack("<II", self._crc, self._length & 0xFFFFFFFF))
+
+    def close(self) -> None:
+        for future in self._inflight:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+    def _submit(self, block: bytes) -> None:
+        self._inflight.append(self._pool.submit(_compress_block, block, self._window))
+        self._window = block[-_GZIP_WINDOW:]
+        while len(self._inflight) > 2 * _WORKERS:
+            self._emit(self._inflight.popleft().result())
+
+
+class _Zstd:
+    """zstd level 3 in zstd's multi-threaded mode (its output does not depend on the number
+    of workers once there is at least one)."""
+
+    def __init__(self, emit: _Emit) -> None:
+        self._emit = emit
+        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=_WORKERS).compressobj()
+
+    def write(self, data: bytes) -> None:
+        self._emit(self._zstd.compress(data))
+
+    def finish(self) -> None:
+        self._emit(self._zstd.flush())
+
+    def close(self) -> None:
+        pass
+
+
+class _Plain:
+    def __init__(self, emit: _Emit) -> None:
+        self.write = emit
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_ENCODERS: Final[dict[str, type[_ParallelGzip] | type[_Zstd] | type[_Plain]]] = {
+    "gzip": _ParallelGzip, "zstd": _Zstd, "none": _Plain}
 
 
 class LayerSink:
-    """Uncompressed tar bytes in; compressed bytes out to ``out``, both hashed.
+    """Uncompressed tar bytes in; compressed bytes out to ``out``; both streams hashed.
 
-    ``write`` hands chunks to a compressing thread through a bounded queue (so memory stays
-    at a few chunks); ``finish`` drains it and returns the descriptor.  A failure on the
-    thread (a full disk, a closed stream) is raised by the next ``write`` or by ``finish``.
+    ``finish`` returns the descriptor, ``close`` (always, after) releases the threads.  An
+    error writing ``out`` becomes a LayerError.
     """
 
     def __init__(self, out: BinaryIO, compression: str) -> None:
-        self._compress, self._flush = _compressor(compression)
+        if compression not in _ENCODERS:
+            raise LayerError(f"unknown layer compression {compression!r}",
+                             hint="use one of: gzip, zstd, none")
         self._media_type = _MEDIA_TYPE[compression]
         self._out = out
         self._diff = hashlib.sha256()        # the uncompressed stream: the diff_id
         self._digest = hashlib.sha256()      # the bytes written to out: the digest
         self._size = 0                       # len of the bytes written to out
-        self._error: BaseException | None = None   # set once by the thread, then it idles
-        self._queue: queue.Queue[bytes | None] = queue.Queue(_QUEUE_DEPTH)
-        self._thread = threading.Thread(target=self._run, name="layer-compress", daemon=True)
-        self._thread.start()
+        self._encoder: _Encoder = _ENCODERS[compression](self._emit)
 
     def write(self, data: bytes) -> None:
-        if self._error is not None:
-            self._raise()
         self._diff.update(data)
-        self._queue.put(data)
+        self._encoder.write(data)
 
     def finish(self) -> LayerDescriptor:
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            self._raise()
+        self._encoder.finish()
         return LayerDescriptor(digest="sha256:" + self._digest.hexdigest(), size=self._size,
                                diff_id="sha256:" + self._diff.hexdigest(),
                                media_type=self._media_type)
 
-    def abort(self) -> None:
-        """Stop the thread without producing a descriptor (the caller failed)."""
-        self._error = self._error or LayerError("layer export aborted")
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            while (chunk := self._queue.get()) is not None:
-                if self._error is None:
-                    self._emit(self._compress(chunk))
-            if self._error is None:
-                self._emit(self._flush())
-        except BaseException as err:  # handed to the producer, re-raised there
-            self._error = err
-            while self._queue.get() is not None:
-                pass
+    def close(self) -> None:
+        self._encoder.close()
 
     def _emit(self, data: bytes) -> None:
-        if data:
-            self._digest.update(data)
-            self._size += len(data)
+        if not data:
+            return
+        self._digest.update(data)
+        self._size += len(data)
+        try:
             self._out.write(data)
-
-    def _raise(self) -> None:
-        err = self._error
-        if isinstance(err, LayerError):
-            raise err
-        raise LayerError(f"cannot write the layer blob: {err}",
-                         hint="check the output stream and free disk space") from err
+        except (OSError, ValueError) as err:
+            raise LayerError(f"cannot write the layer blob: {err}",
+                             hint="check the output stream and free disk space") from err
 
 
 class Readable(Protocol):

@@ -47,10 +47,9 @@ def write_layer(upper: Path, out: BinaryIO, *, compression: str = "gzip",
     sink = LayerSink(out, compression)
     try:
         write_upper(upper, TarEntryWriter(sink, epoch))
-    except BaseException:
-        sink.abort()
-        raise
-    return sink.finish()
+        return sink.finish()
+    finally:
+        sink.close()
 
 
 def unpack_layer(blob: BinaryIO, dest: Path, *, media_type: str,

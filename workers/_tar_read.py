@@ -45,12 +45,12 @@ class _Data(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-def clean_name(name: str) -> str:
+def clean_name(name: str, what: str = "layer entry") -> str:
     """``name`` relative to the root: leading ``/``, ``.`` and empty parts dropped; LayerError
     for a ``..`` part.  The root itself is ``""``."""
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise LayerError(f"layer entry {name!r} has a '..' component: it would escape the root",
+        raise LayerError(f"{what} {name!r} has a '..' component: it would escape the root",
                          hint="the layer is corrupt or hostile; rebuild or re-pull it")
     return "/".join(parts)
 
@@ -96,18 +96,18 @@ class Extractor:
     def _abs(self, rel: str) -> str:
         return os.path.join(self._root, rel)
 
-    def _ensure_dir(self, rel: str, entry: str, *, create: bool = True) -> None:
+    def _ensure_dir(self, rel: str, entry: str, *, create: bool = True) -> bool:
         """Every component of ``rel`` is a real directory (missing ones made 0755 when
-        ``create``); a symlink or a file on the way is refused."""
+        ``create``, else False); a symlink or a file on the way is refused."""
         if rel in self._real_dirs:
-            return
-        parent = rel.rpartition("/")[0]
-        self._ensure_dir(parent, entry, create=create)
+            return True
+        if not self._ensure_dir(rel.rpartition("/")[0], entry, create=create):
+            return False
         try:
             st = os.lstat(self._abs(rel))
         except FileNotFoundError:
             if not create:
-                raise LayerError(f"layer entry {entry!r}: {rel!r} does not exist") from None
+                return False
             _io(os.mkdir, self._abs(rel), 0o755)
         else:
             if stat.S_ISLNK(st.st_mode):
@@ -117,6 +117,7 @@ class Extractor:
             if not stat.S_ISDIR(st.st_mode):
                 raise LayerError(f"layer entry {entry!r}: {rel!r} is not a directory")
         self._real_dirs.add(rel)
+        return True
 
     def _make_room(self, rel: str, is_dir: bool) -> bool:
         """Remove what is at ``rel`` unless both it and the new entry are directories;
@@ -137,8 +138,8 @@ class Extractor:
             _io(shutil.rmtree, path)
         else:
             _io(os.unlink, path)
-        self._real_dirs = {d for d in self._real_dirs if d != rel and not d.startswith(rel + "/")}
-        self._written.discard(rel)
+        self._real_dirs = {d for d in self._real_dirs if not _within(d, rel)}
+        self._written = {w for w in self._written if not _within(w, rel)}
 
     # -- whiteouts --------------------------------------------------------------------
 
@@ -176,14 +177,14 @@ class Extractor:
     # -- creating ---------------------------------------------------------------------
 
     def _hardlink(self, rel: str, member: tarfile.TarInfo) -> None:
-        target = clean_name(member.linkname)
+        target = clean_name(member.linkname, f"layer entry {member.name!r} links to")
         target_parent = target.rpartition("/")[0]
         if self._overlay and target not in self._written:
             raise LayerError(f"layer entry {member.name!r} is a hardlink to {member.linkname!r}, "
                              "which is not an earlier entry of this layer",
                              hint="the layer is corrupt or hostile; rebuild or re-pull it")
-        self._ensure_dir(target_parent, member.name, create=False)
-        target_st = _lstat_or_none(self._abs(target))
+        found = self._ensure_dir(target_parent, member.name, create=False)
+        target_st = _lstat_or_none(self._abs(target)) if found else None
         if target_st is None or stat.S_ISDIR(target_st.st_mode):
             raise LayerError(f"layer entry {member.name!r} is a hardlink to {member.linkname!r}, "
                              "which is missing or a directory")
@@ -250,6 +251,10 @@ def _write_file(path: str, data: _Data | None) -> None:
     with open(fd, "wb", buffering=0, closefd=True) as out:
         while data is not None and (chunk := data.read(_COPY_SIZE)):
             _io(out.write, chunk)
+
+
+def _within(name: str, top: str) -> bool:
+    return name == top or name.startswith(top + "/")
 
 
 def _lstat_or_none(path: str) -> os.stat_result | None:
