@@ -33,7 +33,7 @@ from typing import BinaryIO, Final, Protocol, cast
 from cache_backends._records import LayerDescriptor
 from scheduler._errors import CacheError, ExportError, ImageReferenceError
 from scheduler._platform import Platform
-from scheduler._reference import parse_reference
+from scheduler._reference import Reference, parse_reference
 from workers._image import (
     OCI_INDEX,
     Descriptor,
@@ -46,6 +46,7 @@ from workers._layers import apply_layer_flat
 from workers._tar_write import TarEntryWriter, write_upper
 
 __all__ = [
+    "BlobPaths",
     "BlobSource",
     "MemoryBlobs",
     "Pusher",
@@ -353,32 +354,70 @@ def export_tar(subject: Exported | Sequence[ImageArtifacts], source: BlobSource,
 
 
 class Pusher(Protocol):
-    """The registry client's push half (workers/_registry.py's RegistryClient)."""
+    """The push half of workers/_registry.py's ``RegistryClient`` (structural, so tests and
+    other clients fit): blobs from a file or small bytes, manifests from bytes."""
 
-    def push_blob(self, repository: str, digest: str, size: int, stream: BinaryIO) -> None: ...
+    async def push_blob(self, ref: Reference, digest: str, size: int, source: Path | bytes,
+                        *, mount_from: Reference | None = None) -> object: ...
 
-    def push_manifest(self, repository: str, reference: str, media_type: str,
-                      data: bytes) -> str: ...
+    async def push_manifest(self, ref: Reference, data: bytes, media_type: str,
+                            target: str = "") -> str: ...
 
 
-def _push_image(image: ImageArtifacts, source: BlobSource, pusher: Pusher,
-                repository: str) -> None:
+class BlobPaths(Protocol):
+    """A ``BlobSource`` that can also name a blob's file (the local cache): pushed as is."""
+
+    def blob_path(self, digest: str) -> Path | None: ...
+
+
+def _spool(source: BlobSource, layer: LayerDescriptor, scratch: Path) -> Path:
+    """The layer copied to a file under ``scratch``, streamed and checked on the way."""
+    path = scratch / layer.digest.replace(":", "-")
+    with source.open_blob(layer.digest) as blob, open(path, "wb") as out:
+        reader = HashingReader(blob)
+        while chunk := reader.read(_CHUNK):
+            out.write(chunk)
+        _check_blob(layer, reader, blob)
+    if reader.size != layer.size:
+        raise ExportError(f"layer blob {layer.digest} has {reader.size} bytes, not "
+                          f"{layer.size}", hint="the cached blob is damaged; rebuild with "
+                          "--no-cache")
+    return path
+
+
+def _blob_file(source: BlobSource, layer: LayerDescriptor, scratch: Path) -> Path:
+    named = source.blob_path(layer.digest) if hasattr(source, "blob_path") else None
+    return named if isinstance(named, Path) else _spool(source, layer, scratch)
+
+
+async def _push_layers(image: ImageArtifacts, source: BlobSource, pusher: Pusher,
+                       ref: Reference, scratch: Path, mount_from: Reference | None) -> None:
     for layer in image.layers:
-        with source.open_blob(layer.digest) as blob:
-            pusher.push_blob(repository, layer.digest, layer.size, blob)
-    pusher.push_blob(repository, image.config_digest, len(image.config),
-                     io.BytesIO(image.config))
-    pusher.push_manifest(repository, image.manifest_digest, image.descriptor.media_type,
-                         image.manifest)
+        path = _blob_file(source, layer, scratch)
+        try:
+            await pusher.push_blob(ref, layer.digest, layer.size, path, mount_from=mount_from)
+        finally:
+            if path.parent == scratch:
+                path.unlink(missing_ok=True)
 
 
-def push_image(subject: Exported, source: BlobSource, pusher: Pusher, name: str) -> str:
-    """Push ``subject`` as ``name`` (blobs, then manifests, then the index under the tag);
-    returns the pushed top-level digest."""
+async def push_image(subject: Exported, source: BlobSource, pusher: Pusher, name: str, *,
+                     scratch: Path | None = None, mount_from: Reference | None = None) -> str:
+    """Push ``subject`` as ``name``: every layer and config, each manifest by digest, then
+    the top manifest (or the index) under the tag.  Returns the top digest.  Layers the
+    source cannot name as files are spooled through ``scratch`` one at a time."""
     ref = parse_reference(_ref_name(name)[0])
-    images = _images(subject)
-    for image in images:
-        _push_image(image, source, pusher, ref.name)
-    top = _top_descriptor(subject)
-    data = subject.index if isinstance(subject, IndexArtifacts) else subject.manifest
-    return pusher.push_manifest(ref.name, ref.tag or top.digest, top.media_type, data)
+    work = Path(tempfile.mkdtemp(prefix="dockyard-push-", dir=scratch))
+    try:
+        for image in _images(subject):
+            await _push_layers(image, source, pusher, ref, work, mount_from)
+            await pusher.push_blob(ref, image.config_digest, len(image.config), image.config)
+            await pusher.push_manifest(ref, image.manifest, image.descriptor.media_type,
+                                       image.manifest_digest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if isinstance(subject, IndexArtifacts):
+        return await pusher.push_manifest(ref, subject.index, subject.descriptor.media_type,
+                                          ref.tag)
+    return await pusher.push_manifest(ref, subject.manifest, subject.descriptor.media_type,
+                                      ref.tag)

@@ -7,6 +7,7 @@ and a second layer written with tarfile (a file, a hardlink, a whiteout, an opaq
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -18,7 +19,7 @@ import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -27,14 +28,17 @@ from scheduler._errors import CacheError, DockyardError, ExportError, LayerError
 from scheduler._graph import HistoryEntry, ImageConfig
 from scheduler._platform import Platform
 from workers._exporters import (
+    BlobSource,
     MemoryBlobs,
     export_docker,
     export_local,
     export_oci,
     export_tar,
+    push_image,
 )
 from workers._image import ImageArtifacts, IndexArtifacts, build_image, build_index
 from workers._layers import write_layer
+from workers._registry import RegistryClient, RegistryConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "oracle"))
 from _buildkit import DOCKER, DOCKERD, PrivateDockerd, make_oracle_root  # noqa: E402
@@ -370,3 +374,46 @@ def test_docker_tar_loaded_by_dockerd(dockerd: PrivateDockerd, amd64: Built,
     ran = dockerd.docker("run", "--rm", "--network=none", NAME)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == "hello from dockyard\n"
+
+
+# --- registry push (Debian's docker-registry, tests/integration/conftest.py) ---------------
+
+def _push(subject: ImageArtifacts | IndexArtifacts, blobs: BlobSource, name: str) -> str:
+    async def go() -> str:
+        async with RegistryClient(RegistryConfig()) as client:
+            return await push_image(subject, blobs, client, name)
+    return asyncio.run(go())
+
+
+class DirBlobs:
+    """Blobs as files (like the local cache): pushed from their paths, not spooled."""
+
+    def __init__(self, root: Path, blobs: dict[str, bytes]) -> None:
+        self.root = root
+        for digest, data in blobs.items():
+            (root / digest.replace(":", "-")).write_bytes(data)
+
+    def blob_path(self, digest: str) -> Path | None:
+        return self.root / digest.replace(":", "-")
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        return open(self.root / digest.replace(":", "-"), "rb")
+
+
+def test_push_image_and_index(registry: Any, both: tuple[Built, Built], tmp_path: Path) -> None:
+    skopeo = need("skopeo")
+    image = both[0].image()
+    single = f"{registry.domain}/team/app:one"
+    files = DirBlobs(tmp_path, both[0].blobs)
+    assert _push(image, files, single) == image.manifest_digest
+    seen = json.loads(run(skopeo, "inspect", "--tls-verify=false", f"docker://{single}"))
+    assert seen["Digest"] == image.manifest_digest
+    assert seen["Layers"] == [layer.digest for layer in both[0].layers]
+    index, blobs = index_of(both)
+    multi = f"{registry.domain}/team/app:multi"
+    assert _push(index, blobs, multi) == index.digest
+    raw = run(skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{multi}")
+    assert raw.encode() == index.index
+    config = json.loads(run(skopeo, "--override-arch", "arm64", "inspect", "--config",
+                            "--tls-verify=false", f"docker://{multi}"))
+    assert config["architecture"] == "arm64"
