@@ -209,14 +209,17 @@ def _granted(user: str | None, scopes: list[str]) -> list[dict[str, Any]]:
     return access
 
 
-def _user_of(header: str | None) -> str | None | bool:
-    """The user a Basic header proves; None when absent, False when wrong."""
+_WRONG = "<wrong credentials>"
+
+
+def _user_of(header: str | None) -> str | None:
+    """The user a Basic header proves; None when absent, ``_WRONG`` when wrong."""
     if not header:
         return None
     if not header.startswith("Basic "):
-        return False
+        return _WRONG
     name, _, password = base64.b64decode(header[6:]).decode().partition(":")
-    return name if TOKEN_USERS.get(name, ("",))[0] == password and password else False
+    return name if TOKEN_USERS.get(name, ("",))[0] == password and password else _WRONG
 
 
 def _token_handler(issuer: TokenIssuer) -> type[BaseHTTPRequestHandler]:
@@ -226,11 +229,11 @@ def _token_handler(issuer: TokenIssuer) -> type[BaseHTTPRequestHandler]:
             user = _user_of(self.headers.get("Authorization"))
             issuer.requests.append({"user": user, "scope": query.get("scope", []),
                                     "service": query.get("service", [""])[0]})
-            if user is False:
+            if user == _WRONG:
                 self.send_response(401)
                 self.end_headers()
                 return
-            token = issuer.sign(str(user or ""), _granted(user or None, query.get("scope", [])))
+            token = issuer.sign(user or "", _granted(user, query.get("scope", [])))
             body = json.dumps({"token": token, "expires_in": 600}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
