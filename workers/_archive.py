@@ -60,10 +60,12 @@ def open_archive(path: Path) -> Iterator[tarfile.TarFile | None]:
         return
     with open(path, "rb") as raw:
         try:
-            archive = tarfile.open(fileobj=_decompressed(raw), mode="r|")  # noqa: SIM115 (closed with raw)
+            archive = tarfile.open(fileobj=_decompressed(raw), mode="r|")  # noqa: SIM115
         except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zstandard.ZstdError):
             archive = None
-        yield archive
+        # Go's tar reader: an archive without a first entry (EOF) is no archive.
+        first = getattr(archive, "firstmember", None)
+        yield archive if first is not None else None
 
 
 def unpack_archive(src_root: Path, src: str, dst_root: Path, dest: str,
@@ -139,8 +141,9 @@ class _Extractor:
             self._write(archive, member, path)
         elif member.issym():
             self._symlink(member, path)
-        elif member.islnk():
+        elif member.islnk():  # shares its target's inode, metadata included
             os.link(self._link_source(member), path)
+            return
         elif member.ischr() or member.isblk() or member.isfifo():
             os.mknod(path, member.mode | _TYPES[member.type],
                      os.makedev(member.devmajor, member.devminor))
@@ -167,8 +170,7 @@ class _Extractor:
 
     def _symlink(self, member: tarfile.TarInfo, path: Path) -> None:
         entry_dir = posixpath.dirname(self._inside(member.name))
-        joined = posixpath.normpath(posixpath.join("/" + entry_dir, member.linkname.lstrip("/")))
-        if not member.linkname.startswith("/") and joined.startswith("/.."):
+        if not member.linkname.startswith("/") and _climbs_out(entry_dir, member.linkname):
             raise self._refuse(member.name, f"links to {member.linkname!r}, outside")
         os.symlink(member.linkname, path)
 
@@ -187,6 +189,19 @@ class _Extractor:
         if not member.isdir():
             mtime = int(member.mtime)
             os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def _climbs_out(directory: str, link: str) -> bool:
+    """True when ``link``, relative to ``directory``, leads above the top (lexically)."""
+    depth = 0
+    for part in (directory + "/" + link).split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
 
 
 _TYPES = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
