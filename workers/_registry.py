@@ -556,16 +556,17 @@ class RegistryClient:
             headers = {**req.headers, **({"Authorization": auth} if auth else {})}
             async with self._raw(_Request(req.method, req.url, req.domain, req.scopes, headers,
                                           req.data)) as resp:
-                if resp.status != 401 or fresh or not self._learn(req.domain, resp):
+                if resp.status != 401 or fresh or not await self._learn(req.domain, resp):
                     yield resp
                     return
 
-    def _learn(self, domain: str, resp: aiohttp.ClientResponse) -> bool:
-        """Record the scheme a 401 asks for; False when it asks for nothing we can answer."""
+    async def _learn(self, domain: str, resp: aiohttp.ClientResponse) -> bool:
+        """Record the scheme a 401 asks for; False when we cannot answer it (no known
+        scheme, or basic auth without credentials)."""
         challenges = {c.scheme: c for c in
                       _parse_challenges(resp.headers.get("WWW-Authenticate", ""))}
         chosen = challenges.get("bearer") or challenges.get("basic")
-        if chosen is None:
+        if chosen is None or (chosen.scheme == "basic" and await self._creds(domain) is None):
             return False
         self._challenges[domain] = chosen
         return True
@@ -589,7 +590,7 @@ class RegistryClient:
         url = self._url(ref, "manifests", name)
         req = _Request("GET", url, ref.domain, _pull_scope(ref), {"Accept": _ACCEPT})
         _, headers, body = await self._retrying(
-            f"fetching the manifest of {ref}", url,
+            f"pulling {ref}", url,
             lambda: self._exchange(req, f"pulling {ref}", (200,), f"image not found: {ref}"))
         return self._checked_manifest(url, name, headers, body)
 
