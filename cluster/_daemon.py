@@ -1,0 +1,282 @@
+"""The embedded local service: ``python -m cluster._daemon --root R [--idle-timeout S]``.
+
+Started detached by a client (cluster/_service.py), it
+
+1. takes ``<root>/run/daemon.lock`` for its whole life (a second daemon for the root exits
+   at once with status 3);
+2. starts a private Ray head (cluster/_ray.py) and the coordinator and worker actors, and
+   pings them through;
+3. only then binds ``<root>/run/dockyard.sock`` (the ready handshake: a client that gets an
+   answer talks to a complete service) and writes ``dockyard.pid``;
+4. serves websocket calls (cluster/_wire.py frames) until ``stop`` is called, SIGTERM or
+   SIGINT arrives, or no call has run for the idle timeout;
+5. closes the socket, shuts Ray down and kills whatever it started that is still alive.
+
+Calls: ``ping``, ``statistics``, ``solve`` (streams events), ``stop``.  A call is
+cancelled by a ``cancel`` frame or when its websocket closes (the client died or the user
+pressed Ctrl-C); cancelling ``solve`` cancels the coordinator's task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from scheduler._errors import DockyardError, ServiceError
+
+from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
+from ._service import RunPaths, try_flock
+from ._wire import (
+    Cancel,
+    EventFrame,
+    Failure,
+    Frame,
+    Request,
+    Response,
+    WireError,
+    decode_frame,
+    encode_frame,
+    error_from_failure,
+    failure_from_error,
+)
+
+__all__ = ["Daemon", "main"]
+
+Send = Callable[[Frame], Awaitable[None]]
+_EXIT_ALREADY_RUNNING = 3
+
+
+def _log(text: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} dockyard[{os.getpid()}] {text}", flush=True)
+
+
+class Daemon:
+    """The calls of one service, and when it should stop."""
+
+    def __init__(self, coordinator: ActorRef, idle_timeout: float) -> None:
+        self.coordinator = coordinator
+        self.idle_timeout = idle_timeout
+        self.stopping = asyncio.Event()  # set once: the service is going away
+        self._calls = 0  # calls in progress, all connections (>= 0)
+        self._idle_since = time.monotonic()  # when _calls last became 0
+        self.served = 0  # calls started since the daemon began
+        self._sockets: set[web.WebSocketResponse] = set()  # open client connections
+
+    async def run_until_stopped(self) -> None:
+        """Return on ``stop``, a signal, or after ``idle_timeout`` without calls."""
+        tick = min(1.0, self.idle_timeout / 4)
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick):
+                    await self.stopping.wait()
+            idle = time.monotonic() - self._idle_since
+            if self._calls == 0 and idle >= self.idle_timeout:
+                _log(f"idle for {idle:.0f}s: stopping")
+                self.stopping.set()
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        """One client connection: its calls run concurrently; all are cancelled when it
+        closes."""
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        try:
+            await self._session(ws)
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
+    async def close_connections(self) -> None:
+        """Close every client connection (their calls are cancelled)."""
+        for ws in list(self._sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"dockyard service stopping")
+
+    async def _session(self, ws: web.WebSocketResponse) -> None:
+        lock = asyncio.Lock()
+
+        async def send(frame: Frame) -> None:
+            async with lock:
+                if not ws.closed:
+                    await ws.send_bytes(encode_frame(frame))
+
+        calls: dict[int, asyncio.Task[None]] = {}
+        async with asyncio.TaskGroup() as group:
+            try:
+                await self._read(ws, send, calls, group)
+            finally:
+                for task in calls.values():
+                    task.cancel()
+
+    async def _read(self, ws: web.WebSocketResponse, send: Send,
+                    calls: dict[int, asyncio.Task[None]], group: asyncio.TaskGroup) -> None:
+        async for message in ws:
+            if message.type != WSMsgType.BINARY:
+                break
+            try:
+                frame = decode_frame(message.data)
+            except WireError as error:
+                await send(failure_from_error(0, error))
+                continue
+            if isinstance(frame, Request):
+                task = group.create_task(self._call(frame, send))
+                calls[frame.id] = task
+                task.add_done_callback(functools.partial(_forget, calls, frame.id))
+            elif isinstance(frame, Cancel) and frame.id in calls:
+                calls[frame.id].cancel()
+
+    async def _call(self, request: Request, send: Send) -> None:
+        self._calls += 1
+        self.served += 1
+        try:
+            result = await self._dispatch(request, send)
+            await send(Response(request.id, result))
+        except DockyardError as error:
+            await send(failure_from_error(request.id, error))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                cancelled = ServiceError(f"call {request.method!r} was cancelled")
+                await asyncio.shield(send(failure_from_error(request.id, cancelled)))
+            raise
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._idle_since = time.monotonic()
+
+    async def _dispatch(self, request: Request, send: Send) -> Any:
+        if request.method == "ping":
+            return {"daemon": os.getpid(), "coordinator": await self.coordinator.call("ping")}
+        if request.method == "statistics":
+            stats = await self.coordinator.call("statistics")
+            return {"daemon": {"calls": self._calls - 1, "served": self.served}} | stats
+        if request.method == "solve":
+            return await self._solve(request, send)
+        if request.method == "stop":
+            self.stopping.set()
+            return {"stopping": True}
+        raise ServiceError(f"the dockyard service has no call {request.method!r}",
+                           hint="use the same dockyard version on the client and the service")
+
+    async def _solve(self, request: Request, send: Send) -> Any:
+        stream = self.coordinator.stream("solve", request.params)
+        try:
+            async for item in stream:
+                if "event" in item:
+                    await send(EventFrame(request.id, item["event"]))
+                elif "failure" in item:
+                    raise error_from_failure(Failure(request.id, **item["failure"]))
+                else:
+                    return item.get("result")
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+        raise ServiceError("the coordinator ended a solve without a result")
+
+
+def _forget(calls: dict[int, asyncio.Task[None]], call_id: int, _: object) -> None:
+    calls.pop(call_id, None)
+
+
+# --- process lifecycle -----------------------------------------------------------------
+
+
+def _descendants(pid: int) -> set[tuple[int, str]]:
+    """``pid``'s live descendants as (pid, start time) pairs (the pair survives pid reuse)."""
+    parents: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
+    found: set[tuple[int, str]] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child[0])
+    return found
+
+
+def _kill_leftovers(started: set[tuple[int, str]]) -> None:
+    """SIGKILL the processes of ``started`` that are still the same processes."""
+    for pid, start in started:
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if fields[19] == start and fields[0] != "Z":
+                _log(f"killing leftover process {pid}")
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float) -> None:
+    coordinator = runtime.create_actors(paths.root)
+    async with asyncio.timeout(120):
+        info = await coordinator.call("ping")
+    _log(f"actors up: coordinator {info['pid']}, worker {info['worker']['pid']}")
+    daemon = Daemon(coordinator, idle_timeout)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.stopping.set)
+    app = web.Application()
+    app.router.add_get("/ws", daemon.handle)
+    runner = web.AppRunner(app, shutdown_timeout=5.0, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.UnixSite(runner, str(paths.socket)).start()
+        paths.pid.write_text(f"{os.getpid()}\n")
+        _log(f"ready on {paths.socket}")
+        await daemon.run_until_stopped()
+    finally:
+        paths.socket.unlink(missing_ok=True)
+        paths.pid.unlink(missing_ok=True)
+        await daemon.close_connections()
+        await runner.cleanup()
+        _log("socket closed")
+
+
+def _run(paths: RunPaths, idle_timeout: float) -> int:
+    os.environ.update(ray_environment(paths.root, os.environ))
+    Path(os.environ["HOME"]).mkdir(parents=True, exist_ok=True)
+    runtime = RayRuntime(RaySettings.for_machine(paths.root))
+    began = time.monotonic()
+    try:
+        runtime.start()
+        _log(f"Ray up in {time.monotonic() - began:.1f}s")
+        asyncio.run(_serve(paths, runtime, idle_timeout))
+    except DockyardError as error:
+        _log(f"error: {error}")
+        return 1
+    finally:
+        started = _descendants(os.getpid())
+        runtime.shutdown()
+        _log("Ray shut down")
+        _kill_leftovers(started)
+        _log("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster._daemon")
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--idle-timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    paths = RunPaths(args.root.absolute())
+    paths.run.mkdir(parents=True, exist_ok=True)
+    with try_flock(paths.daemon_lock) as mine:
+        if not mine:
+            _log(f"another dockyard service holds {paths.daemon_lock}: exiting")
+            return _EXIT_ALREADY_RUNNING
+        return _run(paths, args.idle_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Every Ray API call dockyard makes, behind three small classes (STYLE.md habit 9):
+
+- ``RayRuntime``: start the private head of one ``DOCKYARD_ROOT`` and its two actors, shut
+  it down;
+- ``ActorRef``: call a method of an actor (``call``) or iterate one that streams
+  (``stream``), with Ray's errors translated to the project's tree;
+- ``ActorStream``: the items of a streaming call, cancellable.
+
+The coordinator, the worker actor and the daemon hold these, never a raw Ray handle, so
+their logic can run against fakes.  ``ray`` is imported lazily: a client that only talks to
+the service never pays for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scheduler._errors import ServiceError, WorkerLost
+
+__all__ = [
+    "ARCHES", "ActorRef", "ActorStream", "RayRuntime", "RaySettings", "ray_environment",
+    "ray_temp_dir",
+]
+
+ARCHES = ("amd64", "arm64")  # this node runs arm64 through QEMU binfmt
+_MAX_TEMP_DIR = 40  # Ray's session sockets must fit in a unix socket path (107 bytes)
+
+
+def ray_temp_dir(root: Path) -> Path:
+    """Where the root's Ray keeps its session: ``<root>/run/ray``, or, when that path is
+    too long for Ray's unix sockets, a short directory in /tmp named after the root."""
+    preferred = root / "run" / "ray"
+    if len(str(preferred)) <= _MAX_TEMP_DIR:
+        return preferred
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"dockyard-ray-{os.getuid()}-{tag}"
+
+
+def ray_environment(root: Path, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a root's daemon (and so of its Ray processes): HOME and
+    RAY_TMPDIR per root, so two roots never share Ray state or tokens; token auth set
+    explicitly; the user's docker config still found (DOCKER_CONFIG)."""
+    env = dict(base)
+    home = base.get("HOME", str(Path.home()))
+    env.setdefault("DOCKER_CONFIG", str(Path(home) / ".docker"))
+    env.setdefault("DOCKYARD_USER_HOME", home)
+    env["HOME"] = str(root / "run" / "home")
+    env["RAY_TMPDIR"] = str(ray_temp_dir(root))
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["DOCKYARD_ROOT"] = str(root)
+    return env
+
+
+@dataclass(frozen=True, slots=True)
+class RaySettings:
+    """How the private head of one root is started."""
+
+    root: Path
+    num_cpus: int  # the machine's CPUs
+    arch_slots: int  # units of each "arch:<arch>" resource the node offers
+    object_store_bytes: int = 150 * 1024 * 1024  # Ray's minimum is 78,643,200
+
+    @classmethod
+    def for_machine(cls, root: Path) -> RaySettings:
+        cpus = os.cpu_count() or 1
+        return cls(root=root, num_cpus=cpus, arch_slots=cpus)
+
+
+class RayRuntime:
+    """The Ray head a daemon started, and the actors it created on it."""
+
+    def __init__(self, settings: RaySettings) -> None:
+        self.settings = settings
+        self._started = False  # True between start() and shutdown()
+
+    def start(self) -> None:
+        """Start the head (blocking, ~4-5 s); a failure is a ``ServiceError``."""
+        import ray
+
+        temp = ray_temp_dir(self.settings.root)
+        temp.mkdir(parents=True, exist_ok=True)
+        resources = {f"arch:{arch}": float(self.settings.arch_slots) for arch in ARCHES}
+        try:
+            ray.init(num_cpus=self.settings.num_cpus, resources=resources,
+                     include_dashboard=False, object_store_memory=self.settings.object_store_bytes,
+                     _temp_dir=str(temp), namespace="dockyard", log_to_driver=True,
+                     configure_logging=False)
+        except Exception as exc:  # Ray raises many types; all mean "could not start"
+            raise ServiceError(f"cannot start Ray under {temp}: {exc}",
+                               hint=f"see the daemon log in {self.settings.root}/run") from None
+        self._started = True
+
+    def create_actors(self, root: Path) -> ActorRef:
+        """Create the worker actor (holding every arch slot) and the coordinator (given
+        the worker); the coordinator's ``ActorRef``."""
+        import ray
+
+        from cluster._coordinator import Coordinator
+        from workers._actor import WorkerActor
+
+        slots = {f"arch:{arch}": float(self.settings.arch_slots) for arch in ARCHES}
+        worker_cls: Any = ray.remote(WorkerActor)
+        worker = worker_cls.options(name="dockyard-worker", num_cpus=0, resources=slots,
+                                    max_concurrency=1000).remote(str(root), list(ARCHES))
+        coordinator_cls: Any = ray.remote(Coordinator)
+        coordinator = coordinator_cls.options(name="dockyard-coordinator", num_cpus=0,
+                                              max_concurrency=1000).remote(worker)
+        return ActorRef(coordinator, "coordinator")
+
+    def shutdown(self) -> None:
+        """Stop the head and every process it started (Ray's own bookkeeping; never
+        ``ray stop``, which would kill other roots' clusters too)."""
+        if not self._started:
+            return
+        import ray
+
+        ray.shutdown()
+        self._started = False
+
+
+class ActorStream:
+    """The items of one streaming actor call, in order; ``cancel`` stops the call (the
+    actor's coroutine sees ``CancelledError``)."""
+
+    def __init__(self, generator: Any, what: str) -> None:
+        self._generator = generator  # a ray ObjectRefGenerator
+        self._what = what  # "coordinator.solve", for error messages
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[Any]:
+        async for ref in self._generator:
+            yield await _translated(ref, self._what)
+
+    def cancel(self) -> None:
+        import ray
+
+        try:
+            ray.cancel(self._generator)
+        except Exception:  # the call already ended: nothing left to cancel
+            return
+
+
+class ActorRef:
+    """One actor, as dockyard calls it.  Picklable: an actor may hand it to another."""
+
+    def __init__(self, handle: Any, name: str) -> None:
+        self.handle = handle  # the Ray actor handle
+        self.name = name  # "worker", "coordinator": for error messages
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` on the actor, awaited."""
+        return await _translated(getattr(self.handle, method).remote(*args),
+                                 f"{self.name}.{method}")
+
+    def stream(self, method: str, *args: Any) -> ActorStream:
+        """``method(*args)``, an async generator on the actor, as a stream of its items."""
+        generator = getattr(self.handle, method).options(num_returns="streaming")
+        return ActorStream(generator.remote(*args), f"{self.name}.{method}")
+
+
+async def _translated(ref: Any, what: str) -> Any:
+    """Await ``ref``; Ray's failures become ``WorkerLost``/``ServiceError``."""
+    import ray.exceptions as rex
+
+    try:
+        return await ref
+    except (rex.ActorDiedError, rex.ActorUnavailableError) as exc:
+        raise WorkerLost(f"the actor of {what} died or vanished: {type(exc).__name__}",
+                         hint="the service restarts on the next build ('dockyard stop' "
+                              "ends it now)") from None
+    except rex.TaskCancelledError:
+        raise ServiceError(f"{what} was cancelled") from None
+    except rex.RayTaskError as exc:
+        raise ServiceError(f"{what} failed: {exc.cause!r}",
+                           hint="this is a bug in dockyard; see the daemon log") from None
+    except rex.RayError as exc:
+        raise ServiceError(f"{what} failed in Ray: {exc}") from None

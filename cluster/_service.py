@@ -1,0 +1,330 @@
+"""The client side of the embedded local service: find the root's daemon, or start it, and
+talk to it.
+
+``connect(settings)`` connects to ``<root>/run/dockyard.sock``.  When nobody answers, it
+takes ``<root>/run/start.lock`` (so concurrent clients start one daemon between them),
+looks again, and if still nobody answers starts ``python -m cluster._daemon --root R``
+detached (its own session, output to ``<root>/run/daemon.log``) and waits until the socket
+answers: the daemon binds it only once Ray and both actors are up (the ready handshake).
+
+A running daemon holds ``<root>/run/daemon.lock`` (flock) for its whole life, so a client
+tells "starting or hung" (lock held) from "crashed" (lock free; the kernel released it):
+a crashed daemon's socket and pid file are removed and a new daemon is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from scheduler._errors import DockyardError, ServiceError
+from scheduler._progress import EventSink, event_from_wire
+
+from ._ray import ray_environment
+from ._wire import (
+    Cancel,
+    EventFrame,
+    Failure,
+    Frame,
+    Request,
+    Response,
+    decode_frame,
+    encode_frame,
+    error_from_failure,
+)
+
+__all__ = [
+    "RunPaths", "ServiceClient", "ServiceSettings", "connect", "default_root", "stop_service",
+]
+
+_PROJECT = Path(__file__).resolve().parent.parent  # the directory holding cluster/
+_POLL = 0.05  # seconds between looks at a starting daemon or a held lock
+
+
+def default_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """``DOCKYARD_ROOT``, else ``$XDG_DATA_HOME/dockyard`` (``~/.local/share/dockyard``)."""
+    if environ.get("DOCKYARD_ROOT"):
+        return Path(environ["DOCKYARD_ROOT"]).absolute()
+    data = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "dockyard"
+
+
+@dataclass(frozen=True, slots=True)
+class RunPaths:
+    """The files of a root's service, all under ``<root>/run``."""
+
+    root: Path
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def socket(self) -> Path:
+        return self.run / "dockyard.sock"
+
+    @property
+    def pid(self) -> Path:
+        return self.run / "dockyard.pid"
+
+    @property
+    def start_lock(self) -> Path:
+        return self.run / "start.lock"
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.run / "daemon.lock"
+
+    @property
+    def log(self) -> Path:
+        return self.run / "daemon.log"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """How a client finds or starts the service of one root."""
+
+    root: Path
+    idle_timeout: float = 600.0  # the daemon exits after this long without a call
+    start_timeout: float = 120.0  # how long a client waits for a new daemon to be ready
+    python: str = sys.executable  # the interpreter that runs the daemon
+
+
+# --- locks -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def try_flock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` if it is free (yields True), else yield False."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.asynccontextmanager
+async def _flock(path: Path, timeout: float) -> AsyncIterator[None]:
+    """Hold an exclusive flock on ``path``, waiting (cancellably) up to ``timeout``."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(_POLL)
+        yield
+    except TimeoutError:
+        raise ServiceError(f"another dockyard client has held {path} for {timeout:.0f}s",
+                           hint="if no other dockyard is starting, remove the file") from None
+    finally:
+        os.close(fd)
+
+
+def daemon_running(paths: RunPaths) -> bool:
+    """Whether a daemon process holds the root's daemon lock (alive, ready or not)."""
+    if not paths.daemon_lock.exists():
+        return False
+    with try_flock(paths.daemon_lock) as free:
+        return not free
+
+
+# --- the client ------------------------------------------------------------------------
+
+
+class ServiceClient:
+    """One connection to a root's daemon; calls run one at a time."""
+
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse,
+                 paths: RunPaths) -> None:
+        self.paths = paths
+        self._session = session  # owns the unix-socket connector
+        self._ws = ws  # the websocket; closed by close()
+        self._next_id = 1  # id of the next call
+        self._lock = asyncio.Lock()  # held by the running call
+
+    async def call(self, method: str, params: dict[str, Any] | None = None,
+                   events: EventSink | None = None) -> Any:
+        """Run ``method`` on the service; progress events go to ``events``.  Cancelling
+        the caller cancels the call on the service (coordinator and worker included)."""
+        async with self._lock:
+            call_id, self._next_id = self._next_id, self._next_id + 1
+            await self._send(Request(call_id, method, params or {}))
+            try:
+                return await self._receive(call_id, events)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._cancel(call_id))
+                raise
+
+    async def close(self) -> None:
+        await self._ws.close()
+        await self._session.close()
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _send(self, frame: Frame) -> None:
+        try:
+            await self._ws.send_bytes(encode_frame(frame))
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise self._lost(exc) from None
+
+    async def _cancel(self, call_id: int) -> None:
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+            await self._ws.send_bytes(encode_frame(Cancel(call_id)))
+
+    async def _receive(self, call_id: int, events: EventSink | None) -> Any:
+        while True:
+            message = await self._ws.receive()
+            if message.type != aiohttp.WSMsgType.BINARY:
+                raise self._lost(message.extra or message.type.name)
+            frame = decode_frame(message.data)
+            if getattr(frame, "id", None) != call_id:
+                continue  # the tail of an earlier, cancelled call
+            if isinstance(frame, EventFrame):
+                if events is not None:
+                    events.emit(event_from_wire(frame.event))
+            elif isinstance(frame, Response):
+                return frame.result
+            elif isinstance(frame, Failure):
+                raise error_from_failure(frame)
+
+    def _lost(self, why: object) -> ServiceError:
+        return ServiceError(f"lost the connection to the dockyard service at "
+                            f"{self.paths.socket}: {why}",
+                            hint=f"see {self.paths.log}; the next build restarts the service")
+
+
+async def _open(paths: RunPaths) -> ServiceClient | None:
+    """A client connected to the socket, or None when nobody answers there."""
+    if not paths.socket.exists():
+        return None
+    session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(paths.socket)))
+    try:
+        ws = await session.ws_connect("http://dockyard/ws", max_msg_size=0, autoping=True)
+    except (aiohttp.ClientError, OSError):
+        await session.close()
+        return None
+    return ServiceClient(session, ws, paths)
+
+
+async def connect(settings: ServiceSettings, *, start: bool = True) -> ServiceClient:
+    """A client of the root's service, starting the service when ``start`` and nobody
+    answers."""
+    paths = RunPaths(settings.root)
+    client = await _open(paths)
+    if client is not None:
+        return client
+    if not start:
+        raise ServiceError(f"no dockyard service is running for {settings.root}")
+    _make_run_dir(paths)
+    async with _flock(paths.start_lock, settings.start_timeout):
+        client = await _open(paths)
+        if client is None:
+            client = await _start(settings, paths)
+    return client
+
+
+def _make_run_dir(paths: RunPaths) -> None:
+    try:
+        paths.run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServiceError(f"cannot create {paths.run}: {exc.strerror or exc}",
+                           hint="set DOCKYARD_ROOT to a writable directory") from None
+
+
+async def _start(settings: ServiceSettings, paths: RunPaths) -> ServiceClient:
+    """Start a daemon unless one is starting; wait until it answers."""
+    process = None
+    if not daemon_running(paths):
+        for stale in (paths.socket, paths.pid):
+            stale.unlink(missing_ok=True)
+        process = _spawn(settings, paths)
+    try:
+        async with asyncio.timeout(settings.start_timeout):
+            return await _wait_ready(paths, process)
+    except TimeoutError:
+        raise ServiceError(f"the dockyard service for {settings.root} did not become ready "
+                           f"in {settings.start_timeout:.0f}s",
+                           hint=f"see {paths.log}") from None
+
+
+def _spawn(settings: ServiceSettings, paths: RunPaths) -> subprocess.Popen[bytes]:
+    env = ray_environment(settings.root, os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT), env.get("PYTHONPATH"))
+                                        if p)
+    argv = [settings.python, "-m", "cluster._daemon", "--root", str(settings.root),
+            "--idle-timeout", str(settings.idle_timeout)]
+    try:
+        with open(paths.log, "ab") as log:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, env=env, cwd=paths.run,
+                                       start_new_session=True)
+    except OSError as exc:
+        raise ServiceError(f"cannot start the dockyard service ({settings.python}): "
+                           f"{exc.strerror or exc}") from None
+    # Reap the daemon when it exits, while this process lives (no zombie).
+    threading.Thread(target=process.wait, name="dockyard-daemon-reaper", daemon=True).start()
+    return process
+
+
+async def _wait_ready(paths: RunPaths, process: subprocess.Popen[bytes] | None
+                      ) -> ServiceClient:
+    while True:
+        client = await _open(paths)
+        if client is not None:
+            return client
+        if process is not None and process.returncode is not None:
+            raise ServiceError(f"the dockyard service exited while starting (status "
+                               f"{process.returncode}):\n{_log_tail(paths)}",
+                               hint=f"the whole log is {paths.log}")
+        await asyncio.sleep(_POLL)
+
+
+def _log_tail(paths: RunPaths, lines: int = 15) -> str:
+    try:
+        text = paths.log.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+async def stop_service(settings: ServiceSettings, *, timeout: float = 60.0) -> bool:
+    """Ask the root's daemon to stop and wait until it has exited; False when none ran."""
+    paths = RunPaths(settings.root)
+    client = await _open(paths)
+    if client is None:
+        return False
+    async with client:
+        with contextlib.suppress(DockyardError):
+            await client.call("stop")
+    try:
+        async with asyncio.timeout(timeout):
+            while daemon_running(paths):
+                await asyncio.sleep(_POLL)
+    except TimeoutError:
+        raise ServiceError(f"the dockyard service for {settings.root} did not stop in "
+                           f"{timeout:.0f}s", hint=f"see {paths.log}") from None
+    return True
+
