@@ -122,6 +122,9 @@ class _Watcher:
 class _Flight:
     """One vertex being resolved, shared by every solve that needs its key."""
 
+    # Where the solver files it: (cache key, no_cache).  A newer flight may take the slot
+    # once this one is being cancelled.
+    slot: tuple[str, bool]
     # The work; set right after creation, done when the flight is over.
     task: asyncio.Task[CacheRecord] = field(init=False)
     # Solves waiting on ``task`` now; when it drops to 0 before ``task`` is done, the
@@ -174,7 +177,8 @@ class Solver:
         self._cache = cache
         self._events: EventSink = events or _NoEvents()
         self._clock = clock
-        # (cache key, no_cache) -> the flight resolving it; a flight leaves when done.
+        # (cache key, no_cache) -> the flight resolving it; a flight leaves when done or
+        # when it starts being cancelled, so a new waiter never joins a dying flight.
         self._flights: dict[tuple[str, bool], _Flight] = {}
         # Counters for statistics(): only ever grow.
         self._executed = 0
@@ -223,11 +227,15 @@ class Solver:
         slot = (build.keys[vertex.digest], build.no_cache)
         flight = self._flights.get(slot)
         if flight is None:
-            flight = _Flight()
+            flight = _Flight(slot)
             flight.task = asyncio.create_task(self._fly(flight, build, vertex, slot[0]))
             self._flights[slot] = flight
-            flight.task.add_done_callback(lambda _: self._flights.pop(slot, None))
+            flight.task.add_done_callback(lambda _: self._forget(flight))
         return flight
+
+    def _forget(self, flight: _Flight) -> None:
+        if self._flights.get(flight.slot) is flight:
+            del self._flights[flight.slot]
 
     async def _wait(self, flight: _Flight) -> CacheRecord:
         flight.waiters += 1
@@ -243,6 +251,7 @@ class Solver:
         """A waiter was cancelled: if it was the last, cancel the work and wait for it."""
         if flight.waiters > 1 or flight.task.done():
             return
+        self._forget(flight)
         flight.task.cancel()
         await asyncio.wait([flight.task])
         if not flight.task.cancelled():
@@ -251,7 +260,7 @@ class Solver:
     async def _fly(self, flight: _Flight, build: _Build, vertex: Vertex,
                    key: str) -> CacheRecord:
         if not build.no_cache:
-            record = await self._lookup(key)
+            record = await _at_vertex(build, vertex, self._lookup(key))
             if record is not None:
                 self._cached += 1
                 flight.emit(VertexCached(vertex.digest, _name(vertex)))
@@ -260,7 +269,7 @@ class Solver:
         result = await self._execute(flight, build, vertex, [r.result for r in inputs])
         record = CacheRecord(key=key, result=result, created=int(self._clock()),
                              meta={"name": vertex.name})
-        await self._cache.put(record)
+        await _at_vertex(build, vertex, self._cache.put(record))
         self._executed += 1
         return record
 
@@ -307,12 +316,12 @@ async def _compute_keys(build: _Build, needed: Sequence[Vertex]) -> dict[str, st
     checksums: dict[tuple[str, ContentRead], Awaitable[str]] = {}
     for vertex in needed:
         if isinstance(vertex.op, SourceOp):
-            identities[vertex.digest] = _asked(build, vertex, build.backend.source_identity(
-                vertex))
+            identities[vertex.digest] = _at_vertex(
+                build, vertex, build.backend.source_identity(vertex))
             continue
         sources = [build.vertex(d) for d in vertex.inputs]
         for read in content_reads(vertex, sources):
-            checksums[(vertex.digest, read)] = _asked(
+            checksums[(vertex.digest, read)] = _at_vertex(
                 build, vertex, build.backend.content_checksum(
                     vertex, read.index, sources[read.index], read.selector))
     answers = await _all([*identities.values(), *checksums.values()])
@@ -333,10 +342,11 @@ def _keys_in_order(needed: Sequence[Vertex], identities: Mapping[str, str],
     return keys
 
 
-async def _asked(build: _Build, vertex: Vertex, answer: Awaitable[str]) -> str:
+async def _at_vertex(build: _Build, vertex: Vertex, answer: Awaitable[T]) -> T:
+    """``answer``, with any error it raises turned into a SolveError naming ``vertex``."""
     try:
         return await answer
-    except Exception as exc:  # the backend's boundary
+    except Exception as exc:  # the backend's or the cache's boundary
         _raise(_located(exc, vertex, build.positions), exc)
 
 
@@ -406,4 +416,4 @@ def _located(exc: Exception, vertex: Vertex, positions: Mapping[str, str]) -> So
                           hint=exc.hint)
     return SolveError(f"internal error: {type(exc).__name__}: {exc}", vertex=_name(vertex),
                       location=location,
-                      hint="this is a bug in dockyard's worker; please report it")
+                      hint="this is a bug in dockyard; please report it")

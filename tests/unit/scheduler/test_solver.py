@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from cache_backends._records import CacheRecord, LayerDescriptor, RecordError, StateResult
 from scheduler._cachekey import Selector
 from scheduler._errors import (
+    CacheError,
     DockyardError,
     ExecError,
     GraphError,
@@ -78,6 +79,7 @@ class FakeBackend:
         self.running = 0
         self.max_running = 0
         self.identity_error: DockyardError | None = None
+        self.cleanup = 0.0  # seconds a cancelled execute takes to clean up (runc kill)
 
     async def source_identity(self, vertex: Vertex) -> str:
         assert isinstance(vertex.op, SourceOp)
@@ -103,6 +105,7 @@ class FakeBackend:
             return await self._run(vertex, inputs, events)
         except asyncio.CancelledError:
             self.cancelled.append(vertex.name)
+            await asyncio.sleep(self.cleanup)
             raise
         finally:
             self.running -= 1
@@ -333,6 +336,36 @@ def test_a_shared_vertex_survives_one_build_being_cancelled() -> None:
     assert LEFT.digest in records
 
 
+def test_a_build_arriving_while_a_shared_vertex_is_cancelled_gets_its_own_run() -> None:
+    backend, cache = FakeBackend(), MemoryCache()
+    backend.cleanup = 0.1
+    shared = solver(backend, cache)
+
+    async def cancel_then_arrive() -> dict[str, CacheRecord]:
+        doomed = asyncio.create_task(shared.solve(FORK, [LEFT.digest]))
+        await until(lambda: backend.running == 1)
+        doomed.cancel()
+        late = asyncio.create_task(shared.solve(FORK, [LEFT.digest]))
+        await until(lambda: len(backend.cancelled) == 1)  # the first run is dying
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        return await late
+    records = go(cancel_then_arrive)
+    assert LEFT.digest in records
+    assert backend.executions[LEFT.name] == 2 and backend.cancelled == [LEFT.name]
+
+
+def test_a_cache_that_fails_names_the_vertex() -> None:
+    class Full(MemoryCache):
+        async def put(self, record: CacheRecord) -> None:
+            raise CacheError(f"local cache: cannot write record {record.key[:15]}: disk full")
+    with pytest.raises(SolveError) as caught:
+        go(lambda: solver(FakeBackend(), Full()).solve(FORK, [LEFT.digest]))
+    assert str(caught.value).startswith("[1/4] FROM busybox: local cache: cannot write record "
+                                        "sha256:")
+    assert str(caught.value).endswith(": disk full")
+
+
 ERRORS: list[tuple[str, str, str]] = [
     ("a RUN exiting non-zero",
      "fail",
@@ -341,7 +374,7 @@ ERRORS: list[tuple[str, str, str]] = [
     ("a worker bug",
      "boom",
      "Dockerfile:3:1 [2/2] RUN it: internal error: RuntimeError: the fake worker broke\n"
-     "hint: this is a bug in dockyard's worker; please report it"),
+     "hint: this is a bug in dockyard; please report it"),
 ]
 
 
