@@ -1,0 +1,179 @@
+"""ADD's remote sources, fetched into a directory that a copy then reads.
+
+- ``fetch_http``: one http(s) file, as BuildKit's http source stores it: named by the
+  ``filename`` attribute, else the response's Content-Disposition, else the URL path's
+  last element (``index`` when empty); mode 0600, owner root, mtime from Last-Modified;
+  ``checksum`` (``sha256:<hex>``) verified before the file appears.
+- ``fetch_git``: one ref of a git repository (``git fetch --depth 1``; default HEAD),
+  optionally only ``subdir``, with or without its ``.git`` directory.
+
+Failures are ``SolveError``s naming the URL (credentials removed) and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from email.message import Message
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import aiohttp
+
+from scheduler._errors import SolveError
+
+__all__ = ["fetch_git", "fetch_http", "redact_url"]
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the password of its user-info part."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:xxxxx@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _expected_digest(url: str, checksum: str) -> str | None:
+    if not checksum:
+        return None
+    algorithm, _, value = checksum.partition(":")
+    if algorithm != "sha256" or not _HEX.fullmatch(value):
+        raise SolveError(f"ADD {redact_url(url)}: unsupported checksum {checksum!r}",
+                         hint="use --checksum=sha256:<64 lowercase hex digits>")
+    return value
+
+
+def _disposition_name(header: str | None) -> str:
+    if not header:
+        return ""
+    message = Message()
+    message["content-disposition"] = header
+    return message.get_filename() or ""
+
+
+def _file_name(url: str, given: str, disposition: str | None) -> str:
+    name = given or _disposition_name(disposition)
+    if not name:
+        name = unquote(urlsplit(url).path).rstrip("/").rpartition("/")[2]
+    name = name.replace("\\", "/").rpartition("/")[2]
+    return name if name not in ("", ".", "..") else "index"
+
+
+def _mtime(header: str | None) -> float | None:
+    if not header:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+async def fetch_http(url: str, dest_dir: Path, *, filename: str = "", checksum: str = "",
+                     session: aiohttp.ClientSession | None = None,
+                     timeout: float = 600.0) -> Path:
+    """Download ``url`` into ``dest_dir`` (which must exist); return the file's path."""
+    expected = _expected_digest(url, checksum)
+    shown = redact_url(url)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if session is None:
+                session = await stack.enter_async_context(aiohttp.ClientSession())
+            response = await stack.enter_async_context(
+                session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)))
+            if response.status >= 400:
+                raise SolveError(f"ADD {shown}: invalid response status {response.status}",
+                                 hint="check the URL is reachable from the build machine")
+            name = _file_name(url, filename, response.headers.get("Content-Disposition"))
+            mtime = _mtime(response.headers.get("Last-Modified"))
+            temp, digest = await _download(response, dest_dir)
+    except (aiohttp.ClientError, TimeoutError, OSError) as err:
+        raise SolveError(f"ADD {shown}: download failed: {err or type(err).__name__}",
+                         hint="check the URL and the network, then retry") from None
+    return _publish(temp, dest_dir / name, digest, expected, shown, mtime)
+
+
+async def _download(response: aiohttp.ClientResponse, dest_dir: Path) -> tuple[Path, str]:
+    handle, name = tempfile.mkstemp(dir=dest_dir, prefix=".download-")
+    hasher = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as writer:
+            async for chunk in response.content.iter_chunked(1 << 20):
+                hasher.update(chunk)
+                writer.write(chunk)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name), hasher.hexdigest()
+
+
+def _publish(temp: Path, final: Path, digest: str, expected: str | None, shown: str,
+             mtime: float | None) -> Path:
+    if expected is not None and digest != expected:
+        temp.unlink(missing_ok=True)
+        raise SolveError(f"ADD {shown}: digest mismatch sha256:{digest}: sha256:{expected}",
+                         hint="the file changed or --checksum is wrong")
+    os.chmod(temp, 0o600)
+    if mtime is not None:
+        os.utime(temp, (mtime, mtime))
+    os.rename(temp, final)
+    return final
+
+
+# --- git --------------------------------------------------------------------------------
+
+def _git(args: list[str], cwd: Path, shown: str, timeout: float) -> None:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true",
+           "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
+    try:
+        done = subprocess.run(["git", "-c", "advice.detachedHead=false", *args], cwd=cwd,
+                              env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SolveError(f"ADD {shown}: git failed: {err}",
+                         hint="is git installed and the repository reachable?") from None
+    if done.returncode != 0:
+        tail = " ".join(done.stderr.replace(shown, "<url>").split()[-30:])
+        raise SolveError(f"ADD {shown}: git {args[0]} failed: {tail}",
+                         hint="check the repository URL and the ref")
+
+
+def fetch_git(remote: str, dest: Path, *, ref: str = "", subdir: str = "",
+              keep_git_dir: bool = False, timeout: float = 600.0) -> Path:
+    """Check out ``ref`` of ``remote`` (shallow) into the new directory ``dest``; return it.
+    ``subdir`` keeps only that directory's content (then ``.git`` is never kept)."""
+    shown = redact_url(remote)
+    work = Path(tempfile.mkdtemp(prefix=".git-", dir=dest.parent))
+    try:
+        _git(["init", "-q", str(work)], dest.parent, shown, timeout)
+        _git(["fetch", "-q", "--depth", "1", "--no-tags", remote, ref or "HEAD"], work,
+             shown, timeout)
+        _git(["checkout", "-q", "FETCH_HEAD"], work, shown, timeout)
+        _place_checkout(work, dest, subdir, keep_git_dir, shown)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def _place_checkout(work: Path, dest: Path, subdir: str, keep_git_dir: bool,
+                    shown: str) -> None:
+    if not keep_git_dir or subdir:
+        shutil.rmtree(work / ".git")
+    parts = [p for p in subdir.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise SolveError(f"ADD {shown}: subdir {subdir!r} climbs out of the repository")
+    source = work.joinpath(*parts)
+    if source.is_symlink() or not source.is_dir():
+        raise SolveError(f"ADD {shown}: subdir {subdir!r} is not a directory in the "
+                         "repository", hint="check the #ref:subdir part of the URL")
+    os.rename(source, dest)
+
