@@ -42,7 +42,9 @@ async def _fetch(path: str, dest: Path, **kwargs: str) -> Path:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        return await fetch_http(f"http://127.0.0.1:{port}{path}", dest, **kwargs)
+        return await fetch_http(f"http://127.0.0.1:{port}{path}", dest,
+                                filename=kwargs.get("filename", ""),
+                                checksum=kwargs.get("checksum", ""))
     finally:
         await runner.cleanup()
 
