@@ -429,7 +429,8 @@ class RegistryClient:
         self._tokens = TokenCache()
         self._challenges: dict[str, Challenge] = {}  # domain -> the auth scheme it asked for
         self._credentials: dict[str, Credentials | None] = {}  # domain -> looked-up creds
-        self._stats = {"requests": 0, "retries": 0, "uploads": 0, "mounts": 0, "skipped": 0}
+        self._stats = {"requests": 0, "retries": 0, "uploads": 0, "mounts": 0, "skipped": 0,
+                       "chunks": 0}
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -744,6 +745,7 @@ class RegistryClient:
                        "Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
             req = _Request("PATCH", location, ref.domain, _push_scope(ref), headers, chunk)
             _, answer, _ = await self._exchange(req, f"uploading blob {digest}", (202,))
+            self._stats["chunks"] += 1
             location, offset = self._location(location, answer), offset + len(chunk)
         if offset != size:
             raise RegistryError(f"blob {digest}: the source holds {offset} bytes, not {size}",
