@@ -36,7 +36,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from scheduler._errors import DockyardError, ServiceError
 
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
-from ._service import RunPaths, try_flock
+from ._service import RunPaths, kill_processes, process_tree, try_flock
 from ._wire import (
     Cancel,
     EventFrame,
@@ -190,38 +190,14 @@ def _forget(calls: dict[int, asyncio.Task[None]], call_id: int, _: object) -> No
 # --- process lifecycle -----------------------------------------------------------------
 
 
-def _descendants(pid: int) -> set[tuple[int, str]]:
-    """``pid``'s live descendants as (pid, start time) pairs (the pair survives pid reuse)."""
-    parents: dict[int, list[tuple[int, str]]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                parents.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
-    found: set[tuple[int, str]] = set()
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child[0])
-    return found
-
-
-def _kill_leftovers(started: set[tuple[int, str]]) -> None:
-    """SIGKILL the processes of ``started`` that are still the same processes."""
-    for pid, start in started:
-        with contextlib.suppress(OSError, IndexError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            if fields[19] == start and fields[0] != "Z":
-                _log(f"killing leftover process {pid}")
-                os.kill(pid, signal.SIGKILL)
-
-
 async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float) -> None:
     coordinator = runtime.create_actors(paths.root)
     async with asyncio.timeout(120):
         info = await coordinator.call("ping")
     _log(f"actors up: coordinator {info['pid']}, worker {info['worker']['pid']}")
+    # What a client kills if this daemon dies without cleaning up (see _service._start).
+    paths.procs.write_text("".join(f"{pid} {start}\n" for pid, start in
+                                   sorted(process_tree(os.getpid()))))
     daemon = Daemon(coordinator, idle_timeout)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -256,10 +232,10 @@ def _run(paths: RunPaths, idle_timeout: float) -> int:
         _log(f"error: {error}")
         return 1
     finally:
-        started = _descendants(os.getpid())
+        started = process_tree(os.getpid())
         runtime.shutdown()
-        _log("Ray shut down")
-        _kill_leftovers(started)
+        _log(f"Ray shut down; {kill_processes(started)} leftover processes killed")
+        paths.procs.unlink(missing_ok=True)
         _log("stopped")
     return 0
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -45,7 +46,8 @@ from ._wire import (
 )
 
 __all__ = [
-    "RunPaths", "ServiceClient", "ServiceSettings", "connect", "default_root", "stop_service",
+    "Proc", "RunPaths", "ServiceClient", "ServiceSettings", "alive", "connect", "daemon_running",
+    "default_root", "kill_processes", "process_tree", "stop_service", "try_flock",
 ]
 
 _PROJECT = Path(__file__).resolve().parent.parent  # the directory holding cluster/
@@ -89,6 +91,12 @@ class RunPaths:
     @property
     def log(self) -> Path:
         return self.run / "daemon.log"
+
+    @property
+    def procs(self) -> Path:
+        """The processes the daemon started ("pid starttime" lines), for a client to kill
+        when the daemon died without cleaning up."""
+        return self.run / "daemon.procs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +153,63 @@ def daemon_running(paths: RunPaths) -> bool:
         return False
     with try_flock(paths.daemon_lock) as free:
         return not free
+
+
+# --- processes the daemon started -----------------------------------------------------
+
+Proc = tuple[int, str]  # (pid, start time in clock ticks): names one process across pid reuse
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_tree(pid: int) -> set[Proc]:
+    """``pid``'s live descendants."""
+    parents: dict[int, list[Proc]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = _stat(int(entry.name))
+                parents.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
+    found: set[Proc] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child[0])
+    return found
+
+
+def alive(process: Proc) -> bool:
+    """Whether ``process`` still runs (the same process, not a zombie)."""
+    try:
+        fields = _stat(process[0])
+    except (OSError, IndexError):
+        return False
+    return fields[19] == process[1] and fields[0] not in ("Z", "X")
+
+
+def kill_processes(processes: set[Proc]) -> int:
+    """SIGKILL those of ``processes`` that still run; how many were."""
+    killed = 0
+    for process in processes:
+        if alive(process):
+            with contextlib.suppress(OSError):
+                os.kill(process[0], signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def _read_procs(path: Path) -> set[Proc]:
+    found: set[Proc] = set()
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            pid, _, start = line.partition(" ")
+            if pid.isdigit() and start:
+                found.add((int(pid), start))
+    return found
 
 
 # --- the client ------------------------------------------------------------------------
@@ -257,8 +322,9 @@ def _make_run_dir(paths: RunPaths) -> None:
 async def _start(settings: ServiceSettings, paths: RunPaths) -> ServiceClient:
     """Start a daemon unless one is starting; wait until it answers."""
     process = None
-    if not daemon_running(paths):
-        for stale in (paths.socket, paths.pid):
+    if not daemon_running(paths):  # none, or one that crashed: clean up after it
+        kill_processes(_read_procs(paths.procs))
+        for stale in (paths.socket, paths.pid, paths.procs):
             stale.unlink(missing_ok=True)
         process = _spawn(settings, paths)
     try:
