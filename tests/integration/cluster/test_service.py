@@ -136,8 +136,10 @@ def service() -> Iterator[Service]:
         print(f"\ncold start: {time.monotonic() - began:.2f}s", file=sys.stderr)
         yield started
     finally:
-        started.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            started.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # --- calls ---------------------------------------------------------------------------
