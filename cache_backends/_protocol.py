@@ -1,0 +1,346 @@
+"""What every cache backend is: blobs by digest and cache records by key, behind one small
+async protocol, and the rules all backends share.
+
+- ``CacheBackend``: ``has``/``has_many``, ``open_blob`` (a streaming ``BlobReader``),
+  ``put_blob``, ``get_record``/``put_record``, ``prune``, ``usage``, ``statistics``.
+- Blobs are verified while they are read: a reader that reaches the end of a blob whose
+  bytes do not hash to its digest raises ``BlobCorrupt`` and the backend drops the blob,
+  so a damaged cache is a cache miss, never a wrong build.  A blob is published whole or
+  not at all.
+- A record is accepted only when every layer blob it names is present (``put_record``),
+  and a record that cannot be decoded is dropped and reads as a miss (``get_record``).
+- ``plan_prune`` is the prune policy, without I/O: least recently used first, a record
+  together with the blobs only it references, then blobs no record references.
+
+Digests and keys are ``sha256:`` and 64 lowercase hex digits (what scheduler/_cachekey.py
+and the OCI layouts use); anything else is refused with a ``CacheError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import re
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Final, Protocol, cast
+
+from cache_backends._records import CacheRecord
+from scheduler._errors import CacheError
+
+__all__ = [
+    "CHUNK",
+    "BackendStatistics",
+    "BlobCorrupt",
+    "BlobInput",
+    "BlobMissing",
+    "BlobReader",
+    "CacheBackend",
+    "Counters",
+    "PruneEntry",
+    "PrunePlan",
+    "PruneReport",
+    "StreamReader",
+    "Usage",
+    "digest_hex",
+    "plan_prune",
+    "verified_stream",
+]
+
+#: The unit of streamed I/O: big enough that a thread hop per chunk costs nothing.
+CHUNK: Final = 1 << 20
+_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
+
+#: What ``put_blob`` accepts: small bytes, a file, a readable stream, or async chunks.
+BlobInput = bytes | Path | BinaryIO | AsyncIterable[bytes]
+
+
+class BlobMissing(CacheError):
+    """The backend does not hold the blob (a cache miss)."""
+
+
+class BlobCorrupt(CacheError):
+    """A stored blob did not match its digest; it has been removed (a cache miss)."""
+
+
+def digest_hex(digest: str, what: str = "blob digest") -> str:
+    """The hex part of a ``sha256:<hex>`` digest or key; anything else is a ``CacheError``."""
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise CacheError(f"invalid {what} {digest!r}: expected sha256: and 64 lowercase "
+                         "hex digits")
+    return digest[len("sha256:"):]
+
+
+# --- data the protocol returns -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Bytes and counts held by a backend, by kind."""
+
+    blob_bytes: int = 0
+    blob_count: int = 0
+    record_bytes: int = 0
+    record_count: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.blob_bytes + self.record_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What one ``prune`` removed and the bytes that freed."""
+
+    records_removed: int = 0
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatistics:
+    """Counts since the backend object was made (this process only)."""
+
+    blob_hits: int
+    blob_misses: int
+    blobs_written: int
+    blobs_corrupt: int
+    record_hits: int
+    record_misses: int
+    records_written: int
+    records_dropped: int
+
+
+@dataclass(slots=True)
+class Counters:
+    """The mutable counts behind ``statistics()``; each field only ever grows."""
+
+    blob_hits: int = 0
+    blob_misses: int = 0
+    blobs_written: int = 0
+    blobs_corrupt: int = 0
+    record_hits: int = 0
+    record_misses: int = 0
+    records_written: int = 0
+    records_dropped: int = 0
+
+    def snapshot(self) -> BackendStatistics:
+        return BackendStatistics(
+            blob_hits=self.blob_hits, blob_misses=self.blob_misses,
+            blobs_written=self.blobs_written, blobs_corrupt=self.blobs_corrupt,
+            record_hits=self.record_hits, record_misses=self.record_misses,
+            records_written=self.records_written, records_dropped=self.records_dropped)
+
+
+# --- the protocol ----------------------------------------------------------------------------
+
+
+class BlobReader(Protocol):
+    """A blob being read: ``read`` returns ``b""`` at its end, and raises ``BlobCorrupt``
+    there if the bytes did not match ``digest``.  Use it as ``async with`` and/or
+    ``async for chunk in reader``."""
+
+    digest: str
+
+    async def read(self, size: int = CHUNK) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> BlobReader: ...
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
+class CacheBackend(Protocol):
+    """Blobs by digest and cache records by key.  Every method may raise ``CacheError``
+    (naming the backend and the digest or key); none lets an ``OSError`` through."""
+
+    name: str
+
+    async def has(self, digest: str) -> bool: ...
+
+    async def has_many(self, digests: Iterable[str]) -> set[str]:
+        """The subset of ``digests`` the backend holds."""
+        ...
+
+    async def open_blob(self, digest: str) -> BlobReader:
+        """A verifying reader of the blob (``BlobMissing`` if absent); marks it used."""
+        ...
+
+    async def put_blob(self, digest: str, source: BlobInput, *, move: bool = False) -> int:
+        """Store ``source`` under ``digest`` (checked: a mismatch is a ``CacheError`` and
+        nothing is stored); returns its size.  Published atomically; an existing blob is
+        kept and ``source`` not read.  ``move``: ``source`` is a file the backend may take
+        (rename) instead of copying; it is gone afterwards either way."""
+        ...
+
+    async def get_record(self, key: str) -> CacheRecord | None:
+        """The record stored under ``key``, or None; a record that does not decode (or
+        has an unknown version) is removed and reads as None.  Marks it used."""
+        ...
+
+    async def put_record(self, record: CacheRecord) -> None:
+        """Store ``record`` under its key, atomically; a ``CacheError`` if a layer blob it
+        names is missing (blobs first, then the record that names them)."""
+        ...
+
+    async def prune(self, *, keep_bytes: int | None = None,
+                    older_than: float | None = None) -> PruneReport:
+        """Remove least recently used entries: only those unused for ``older_than``
+        seconds, and only until ``usage().total_bytes <= keep_bytes``; with neither, all.
+        Records go first, then the blobs no record names."""
+        ...
+
+    async def usage(self) -> Usage: ...
+
+    def statistics(self) -> BackendStatistics: ...
+
+
+# --- verification while reading --------------------------------------------------------------
+
+
+class _VerifyingRaw(io.RawIOBase):
+    """Hashes what it reads from ``source``; at the end, a mismatch calls ``on_corrupt``
+    (the backend drops the blob) and raises ``BlobCorrupt``."""
+
+    def __init__(self, source: BinaryIO, digest: str, where: str,
+                 on_corrupt: Callable[[], None]) -> None:
+        super().__init__()
+        self._source = source
+        self._digest = digest
+        self._where = where
+        self._on_corrupt = on_corrupt
+        self._hash = hashlib.sha256()
+        # True once the end was reached and the digest compared (it is compared once)
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        data = self._source.read(len(view))
+        if data:
+            view[:len(data)] = data
+            self._hash.update(data)
+            return len(data)
+        if not self._checked:
+            self._check()
+        return 0
+
+    def _check(self) -> None:
+        self._checked = True
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self._digest:
+            self._on_corrupt()
+            raise BlobCorrupt(f"blob {self._digest} in {self._where} is corrupt (its bytes "
+                              f"hash to {actual}); it was removed",
+                              hint="the build treats it as a cache miss; rebuild to store "
+                              "it again")
+
+    def close(self) -> None:
+        try:
+            self._source.close()
+        finally:
+            super().close()
+
+
+def verified_stream(source: BinaryIO, digest: str, where: str,
+                    on_corrupt: Callable[[], None]) -> BinaryIO:
+    """``source`` read through a digest check (see ``BlobReader``), buffered in chunks."""
+    raw = _VerifyingRaw(source, digest, where, on_corrupt)
+    return cast(BinaryIO, io.BufferedReader(raw, CHUNK))
+
+
+class StreamReader:
+    """A ``BlobReader`` over a blocking verified stream; ``offload`` runs each read in a
+    thread (files), else inline (memory)."""
+
+    def __init__(self, digest: str, stream: BinaryIO, *, offload: bool) -> None:
+        self.digest = digest
+        self._stream = stream
+        self._offload = offload
+
+    async def read(self, size: int = CHUNK) -> bytes:
+        if self._offload:
+            return await asyncio.to_thread(self._stream.read, size)
+        return self._stream.read(size)
+
+    async def aclose(self) -> None:
+        self._stream.close()
+
+    async def __aenter__(self) -> StreamReader:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read(CHUNK):
+            yield chunk
+
+    def __repr__(self) -> str:
+        return f"<StreamReader {self.digest} closed={self._stream.closed}>"
+
+
+# --- the prune policy --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PruneEntry:
+    """A record (``blobs``: the layer digests it names) or a blob, as prune sees it."""
+
+    name: str
+    size: int
+    last_use: float
+    blobs: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class PrunePlan:
+    """What to remove, records before blobs, and the bytes that frees."""
+
+    records: tuple[str, ...]
+    blobs: tuple[str, ...]
+    bytes_freed: int
+
+
+def plan_prune(records: Sequence[PruneEntry], blobs: Sequence[PruneEntry], *, now: float,
+               keep_bytes: int | None, older_than: float | None) -> PrunePlan:
+    """Walk records and unreferenced blobs least recently used first; skip those used
+    within ``older_than`` seconds of ``now``; stop once the total is ``<= keep_bytes``.
+    A removed record takes the blobs that no remaining record names."""
+    sizes = {blob.name: blob.size for blob in blobs}
+    refs = Counter(digest for record in records for digest in record.blobs if digest in sizes)
+    units = [(record, True) for record in records]
+    units += [(blob, False) for blob in blobs if not refs[blob.name]]
+    units.sort(key=lambda unit: (unit[0].last_use, not unit[1], unit[0].name))
+    remaining = sum(sizes.values()) + sum(record.size for record in records)
+    gone_records: list[str] = []
+    gone_blobs: list[str] = []
+    for entry, is_record in units:
+        if keep_bytes is not None and remaining <= keep_bytes:
+            break
+        if older_than is not None and entry.last_use > now - older_than:
+            continue
+        remaining -= entry.size
+        if not is_record:
+            gone_blobs.append(entry.name)
+            continue
+        gone_records.append(entry.name)
+        for digest in sorted(entry.blobs & sizes.keys()):
+            refs[digest] -= 1
+            if not refs[digest]:
+                gone_blobs.append(digest)
+                remaining -= sizes[digest]
+    total = sum(sizes.values()) + sum(record.size for record in records)
+    return PrunePlan(records=tuple(gone_records), blobs=tuple(gone_blobs),
+                     bytes_freed=total - remaining)

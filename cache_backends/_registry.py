@@ -1,0 +1,18 @@
+"""Every cache backend by name: the one place a new backend (S3, next) is registered, and
+the list the conformance suite (tests/integration/cache_backends/) runs over."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from cache_backends._local import LocalBackend
+from cache_backends._memory import MemoryBackend
+
+__all__ = ["BACKENDS"]
+
+#: name -> backend class.  Constructors differ (a root, a bucket...): the caller that picks
+#: a backend by name (the CLI's configuration) supplies its options.
+BACKENDS: Final[dict[str, type[MemoryBackend] | type[LocalBackend]]] = {
+    "memory": MemoryBackend,
+    "local": LocalBackend,
+}
