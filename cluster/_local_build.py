@@ -1,0 +1,220 @@
+"""A whole build in this process, without Ray: Dockerfile -> graph -> solver on a
+``WorkerRuntime`` -> images -> outputs.  The coordinator and worker actors wrap exactly
+these calls; tests and tools use them directly.
+
+- The frontend gets an image resolver backed by the registry (run from the frontend's
+  thread on the build's event loop), so ``ENV`` and friends of a base image are seen.
+- The solver's records give each image its ``created`` time: a fully cached rebuild runs
+  nothing and reproduces the same digests.  ``SOURCE_DATE_EPOCH`` clamps every timestamp.
+- Outputs: ``oci``, ``docker``, ``tar`` (files or a binary stream) and ``local``
+  (a directory), as buildx's ``--output type=...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache_backends._records import CacheRecord
+from scheduler._errors import ExportError, UsageError
+from scheduler._graph import Healthcheck, HistoryEntry, ImageConfig, ImageResult
+from scheduler._platform import Platform
+from scheduler._progress import EventSink
+from scheduler._solver import Solver, SolverStatistics
+from scheduler.dockerfile._convert._model import BaseImage
+from scheduler.dockerfile._frontend import build_graph
+from workers._exporters import export_docker, export_local, export_oci, export_tar
+from workers._image import (
+    ImageArtifacts,
+    IndexArtifacts,
+    build_image,
+    build_index,
+    build_metadata,
+)
+from workers._registry import RegistryConfig
+from workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
+
+from ._context import load_ignore_patterns
+
+__all__ = ["LocalBuildOptions", "LocalBuildResult", "Output", "build_local"]
+
+Exported = ImageArtifacts | IndexArtifacts
+_OUTPUT_TYPES = ("oci", "docker", "tar", "local")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One ``--output``: ``type`` oci, docker, tar or local; ``dest`` a path."""
+
+    type: str
+    dest: Path
+
+
+@dataclass(frozen=True)
+class LocalBuildOptions:
+    """What ``dockyard build`` was asked (buildx's flags); ``root`` is ``DOCKYARD_ROOT``."""
+
+    root: Path
+    filename: str = "Dockerfile"
+    platforms: tuple[Platform, ...] = ()
+    target: str | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    ignore_patterns: Sequence[str] | None = None
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    ssh: Mapping[str, Path] = field(default_factory=dict)
+    outputs: tuple[Output, ...] = ()
+    names: tuple[str, ...] = ()
+    no_cache: bool = False
+    epoch: int | None = None
+    registry: RegistryConfig | None = None
+    events: EventSink | None = None
+
+
+@dataclass(frozen=True)
+class LocalBuildResult:
+    """The built image (or index), the solver's records by vertex, its statistics and
+    buildx's ``--metadata-file`` keys."""
+
+    exported: Exported
+    records: Mapping[str, CacheRecord]
+    statistics: SolverStatistics
+    metadata: Mapping[str, Any]
+
+
+async def build_local(dockerfile: bytes, context_dir: Path, options: LocalBuildOptions, *,
+                      runtime: WorkerRuntime | None = None) -> LocalBuildResult:
+    """Build ``dockerfile`` with ``context_dir`` as its context; see the module docstring.
+    ``runtime`` is reused when given (and then not closed)."""
+    _check_outputs(options.outputs)
+    owned = runtime is None
+    engine = runtime or WorkerRuntime(options.root, registry=options.registry)
+    session = BuildSession(contexts={"context": context_dir}, secrets=options.secrets,
+                           ssh=options.ssh, epoch=options.epoch)
+    backend = engine.backend(session)
+    try:
+        return await _build(engine, backend, dockerfile, context_dir, options)
+    finally:
+        await backend.aclose()
+        if owned:
+            await engine.aclose()
+
+
+async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: bytes,
+                 context_dir: Path, options: LocalBuildOptions) -> LocalBuildResult:
+    patterns = options.ignore_patterns
+    if patterns is None:
+        patterns, _ = load_ignore_patterns(context_dir, context_dir / options.filename)
+    resolver = _Resolver(backend, asyncio.get_running_loop())
+    frontend = await asyncio.to_thread(
+        build_graph, dockerfile, filename=options.filename, target=options.target,
+        platforms=options.platforms, build_args=options.build_args,
+        ignore_patterns=patterns, image_resolver=resolver)
+    solver = Solver(backend, engine.records(), events=options.events)
+    records = await solver.solve(frontend.graph, no_cache=options.no_cache)
+    images = [_image(result, records, options.epoch) for result in frontend.graph.results]
+    exported: Exported = images[0] if len(images) == 1 else build_index(images)
+    for output in options.outputs:
+        await asyncio.to_thread(_export, engine, exported, output, options)
+    return LocalBuildResult(exported, records, solver.statistics(), build_metadata(exported))
+
+
+def _image(result: ImageResult, records: Mapping[str, CacheRecord],
+           epoch: int | None) -> ImageArtifacts:
+    if result.root is None:
+        return build_image(None, result.config, (), result.platform, created=epoch or 0,
+                           epoch=epoch)
+    record = records[result.root]
+    return build_image(record.result.image_config, result.config, record.result.layers,
+                       result.platform, created=record.created, epoch=epoch)
+
+
+def _check_outputs(outputs: Sequence[Output]) -> None:
+    for output in outputs:
+        if output.type not in _OUTPUT_TYPES:
+            raise UsageError(f"unknown output type {output.type!r}",
+                             hint=f"use one of {', '.join(_OUTPUT_TYPES)}")
+
+
+def _export(engine: WorkerRuntime, exported: Exported, output: Output,
+            options: LocalBuildOptions) -> None:
+    source = engine.blob_source()
+    if output.type == "oci":
+        export_oci(exported, source, output.dest, names=options.names, epoch=options.epoch)
+    elif output.type == "docker":
+        export_docker(exported, source, output.dest, names=options.names,
+                      epoch=options.epoch)
+    elif output.type == "tar":
+        export_tar(exported, source, output.dest, epoch=options.epoch, scratch=engine.tmp)
+    elif output.type == "local":
+        export_local(exported, source, output.dest)
+    else:  # checked before the build
+        raise ExportError(f"unknown output type {output.type!r}")
+
+
+# --- the frontend's view of base images --------------------------------------------------
+
+
+class _Resolver:
+    """The frontend's ``ImageResolver``, called from its thread: resolves on the build's
+    loop (so the build's resolution is shared with the solver's)."""
+
+    def __init__(self, backend: RuntimeBackend, loop: asyncio.AbstractEventLoop) -> None:
+        self._backend = backend
+        self._loop = loop
+
+    def __call__(self, ref: str, platform: Platform) -> BaseImage | None:
+        future = asyncio.run_coroutine_threadsafe(
+            self._backend.resolve_image(ref, platform), self._loop)
+        image = future.result()
+        return BaseImage(digest=image.index_digest or image.digest,
+                         config=image_config_of(image.config))
+
+
+def image_config_of(data: bytes) -> ImageConfig:
+    """An image config JSON as the frontend's ``ImageConfig`` (what a stage inherits)."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = {}
+    raw = document.get("config") if isinstance(document, dict) else None
+    config: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    return ImageConfig(
+        env=tuple(config.get("Env") or ()),
+        cmd=_strings_or_none(config.get("Cmd")),
+        entrypoint=_strings_or_none(config.get("Entrypoint")),
+        user=str(config.get("User") or ""), working_dir=str(config.get("WorkingDir") or ""),
+        labels=tuple(sorted((config.get("Labels") or {}).items())),
+        exposed_ports=tuple(sorted(config.get("ExposedPorts") or {})),
+        volumes=tuple(sorted(config.get("Volumes") or {})),
+        stop_signal=str(config.get("StopSignal") or ""),
+        healthcheck=_healthcheck(config.get("Healthcheck")),
+        on_build=tuple(config.get("OnBuild") or ()), shell=tuple(config.get("Shell") or ()),
+        author=str(document.get("author") or "") if isinstance(document, dict) else "",
+        history=_history(document.get("history") if isinstance(document, dict) else None))
+
+
+def _strings_or_none(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(str(item) for item in value)
+
+
+def _healthcheck(value: Any) -> Healthcheck | None:
+    if not isinstance(value, dict) or not value.get("Test"):
+        return None
+    return Healthcheck(test=tuple(value["Test"]), interval=int(value.get("Interval") or 0),
+                       timeout=int(value.get("Timeout") or 0),
+                       start_period=int(value.get("StartPeriod") or 0),
+                       start_interval=int(value.get("StartInterval") or 0),
+                       retries=int(value.get("Retries") or 0))
+
+
+def _history(value: Any) -> tuple[HistoryEntry, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(HistoryEntry(created_by=str(item.get("created_by") or ""),
+                              empty_layer=bool(item.get("empty_layer")),
+                              comment=str(item.get("comment") or ""))
+                 for item in value if isinstance(item, dict))

@@ -1,0 +1,143 @@
+"""One vertex, executed for real: one function per op kind.
+
+- image source: the layers the cache lacks are fetched from the registry (verified); the
+  result names them with the image's config (unpacked only when an op needs the files);
+- context source: the session's context directory, included files only, owned by 0:0,
+  as one layer;
+- http/git source: fetched into a scratch directory, then one layer like a context;
+- exec: see ``_ops_exec``;
+- file: the base state mounted writable, the copy sources read-only, BuildKit's file
+  actions applied (``_fileops``), the diff as a new layer;
+- merge: the input chains, concatenated.
+
+An op whose diff is empty adds no layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from cache_backends._records import StateResult
+from scheduler._errors import SolveError
+from scheduler._graph import ExecOp, FileOp, MergeOp, SourceOp, Vertex
+from scheduler._progress import EventSink
+from scheduler._reference import parse_reference
+
+from ._context_source import LocalContext
+from ._fetch import fetch_git, fetch_http
+from ._fileops import apply_file_actions
+from ._ops_exec import run_exec
+from ._runtime import IMAGE_SCHEME, LOCAL_SCHEME, RuntimeBackend
+
+__all__ = ["execute_vertex", "remote_source"]
+
+
+async def execute_vertex(backend: RuntimeBackend, vertex: Vertex,
+                         inputs: Sequence[StateResult], events: EventSink) -> StateResult:
+    op = vertex.op
+    if isinstance(op, SourceOp):
+        return await run_source(backend, vertex, op)
+    if isinstance(op, ExecOp):
+        return await run_exec(backend, vertex, op, inputs, events)
+    if isinstance(op, FileOp):
+        return await run_file(backend, op, inputs)
+    if isinstance(op, MergeOp):
+        return run_merge(inputs)
+    raise SolveError(f"unknown op kind {type(op).__name__}")
+
+
+async def run_source(backend: RuntimeBackend, vertex: Vertex, op: SourceOp) -> StateResult:
+    if op.identifier.startswith(IMAGE_SCHEME):
+        return await run_image_source(backend, vertex, op)
+    if op.identifier.startswith(LOCAL_SCHEME):
+        return await tree_layer(backend, backend.context(op))
+    return await tree_layer(backend, await remote_source(backend, op))
+
+
+async def run_image_source(backend: RuntimeBackend, vertex: Vertex,
+                           op: SourceOp) -> StateResult:
+    text = op.identifier[len(IMAGE_SCHEME):]
+    image = await backend.resolve_image(text, vertex.platform)
+    await backend.runtime.fetch_image_blobs(parse_reference(text), image)
+    return StateResult(layers=image.layers, image_config=image.config)
+
+
+async def tree_layer(backend: RuntimeBackend, tree: LocalContext) -> StateResult:
+    """The included files of ``tree`` as one layer, owned by 0:0 (none when empty)."""
+    runtime = backend.runtime
+    staging = Path(tempfile.mkdtemp(prefix="context-", dir=runtime.tmp))
+    try:
+        await asyncio.to_thread(tree.materialise, staging)
+        layer = await runtime.store_upper(staging, backend.session.epoch)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+    return StateResult(layers=() if layer is None else (layer,))
+
+
+async def remote_source(backend: RuntimeBackend, op: SourceOp) -> LocalContext:
+    """An http file or a git checkout, fetched once per build into a scratch directory."""
+    known = backend.fetched.get(op)
+    if known is None:
+        known = asyncio.ensure_future(_fetch(backend, op))
+        backend.fetched[op] = known
+    return await asyncio.shield(known)
+
+
+async def _fetch(backend: RuntimeBackend, op: SourceOp) -> LocalContext:
+    attrs = dict(op.attrs)
+    scratch = Path(tempfile.mkdtemp(prefix="fetch-", dir=backend.runtime.tmp))
+    backend.scratch.append(scratch)
+    if op.identifier.startswith("git://"):
+        remote, _, ref = op.identifier[len("git://"):].partition("#")
+        url = attrs.get("remote", "https://" + remote)
+        await asyncio.to_thread(fetch_git, url, scratch / "tree", ref=ref,
+                                subdir=attrs.get("subdir", ""),
+                                keep_git_dir=attrs.get("keepgitdir") == "true")
+        return LocalContext(scratch / "tree")
+    if op.identifier.startswith(("http://", "https://")):
+        (scratch / "tree").mkdir()
+        await fetch_http(op.identifier, scratch / "tree", filename=attrs.get("filename", ""),
+                         checksum=attrs.get("checksum", ""))
+        return LocalContext(scratch / "tree")
+    raise SolveError(f"unsupported source {op.identifier!r}",
+                     hint="sources are docker-image://, local://, http(s):// and git://")
+
+
+async def run_file(backend: RuntimeBackend, op: FileOp,
+                   inputs: Sequence[StateResult]) -> StateResult:
+    runtime = backend.runtime
+    base = inputs[op.base].layers if op.base is not None else ()
+    config = inputs[op.base].image_config if op.base is not None else None
+    async with AsyncExitStack() as stack:
+        target = await stack.enter_async_context(
+            runtime.snapshots.mount(await runtime.lower_dirs(base), writable=True))
+        sources = await _mount_sources(backend, op, inputs, stack)
+        await asyncio.to_thread(apply_file_actions, op.actions, target.path, sources)
+        assert target.upper is not None  # a writable mount has one
+        layer = await runtime.store_upper(target.upper, backend.session.epoch)
+    return StateResult(layers=base if layer is None else (*base, layer),
+                       image_config=config)
+
+
+async def _mount_sources(backend: RuntimeBackend, op: FileOp, inputs: Sequence[StateResult],
+                         stack: AsyncExitStack) -> list[Path | None]:
+    used = {action.src for action in op.actions if hasattr(action, "src")}
+    sources: list[Path | None] = []
+    for index, result in enumerate(inputs):
+        if index not in used:
+            sources.append(None)
+            continue
+        lowers = await backend.runtime.lower_dirs(result.layers)
+        mounted = await stack.enter_async_context(backend.runtime.snapshots.mount(lowers))
+        sources.append(mounted.path)
+    return sources
+
+
+def run_merge(inputs: Sequence[StateResult]) -> StateResult:
+    layers = tuple(layer for result in inputs for layer in result.layers)
+    return StateResult(layers=layers, image_config=inputs[0].image_config if inputs else None)

@@ -1,0 +1,262 @@
+"""The worker runtime: everything a worker node holds, and the solver's backend for a build.
+
+``WorkerRuntime(root)`` owns, under ``root`` (``DOCKYARD_ROOT``, docs/engine.md): the
+snapshot store (unpacked layers, overlay mounts), the local cache (blobs and records), the
+registry client, the cache-mount directories and the runc state.  Layers are unpacked
+lazily, once, when an exec or file op first needs them.
+
+``runtime.backend(session)`` is the ``SolveBackend`` of one build: the session carries what
+stays on the client (context directories, secrets, ssh sockets) and the per-build answers
+(resolved images, context listings), so a tag resolves once per build and two builds never
+see each other's secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from cache_backends._local import LocalBackend, LocalBlobSource
+from cache_backends._protocol import CacheBackend
+from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from scheduler._cachekey import Selector
+from scheduler._errors import CacheError, SolveError
+from scheduler._graph import SourceOp, Vertex
+from scheduler._platform import Platform
+from scheduler._progress import EventSink
+from scheduler._reference import Reference, parse_reference
+
+from ._context_source import LocalContext
+from ._layers import unpack_layer, write_layer
+from ._registry import RegistryClient, RegistryConfig, ResolvedImage
+from ._snapshots import SnapshotStore
+from ._tar_write import is_empty_diff
+
+__all__ = ["BuildSession", "RecordStore", "RuntimeBackend", "WorkerRuntime"]
+
+IMAGE_SCHEME = "docker-image://"
+LOCAL_SCHEME = "local://"
+
+
+@dataclass(frozen=True)
+class BuildSession:
+    """What a build brings from its client: context directories by name (``context`` for
+    ``local://context``), secrets by id (values: never written to a layer, a record, a
+    log or an event), ssh agent sockets by id, and ``epoch`` (SOURCE_DATE_EPOCH)."""
+
+    contexts: Mapping[str, Path] = field(default_factory=dict)
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    ssh: Mapping[str, Path] = field(default_factory=dict)
+    epoch: int | None = None
+
+
+class RecordStore:
+    """The solver's ``RecordCache`` over a cache backend's records."""
+
+    def __init__(self, cache: CacheBackend) -> None:
+        self._cache = cache
+
+    async def get(self, key: str) -> CacheRecord | None:
+        return await self._cache.get_record(key)
+
+    async def put(self, record: CacheRecord) -> None:
+        await self._cache.put_record(record)
+
+
+class WorkerRuntime:
+    """The engine of one machine (see the module docstring); ``aclose`` when done."""
+
+    def __init__(self, root: Path, *, cache: LocalBackend | None = None,
+                 registry: RegistryConfig | None = None, compression: str = "gzip") -> None:
+        self.root = root
+        self.snapshots = SnapshotStore(root)
+        self.cache = cache or LocalBackend(root)
+        self.registry = RegistryClient(registry)
+        self.compression = compression
+        self.cachemounts = root / "cachemounts"
+        self.runc_state = root / "run" / "runc"
+        self.tmp = root / "tmp"
+        for path in (self.cachemounts, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+        # diff_id -> the lock of the one task unpacking that layer (others wait for it).
+        self._unpacking: dict[str, asyncio.Lock] = {}
+        # cache-mount directory -> its lock (sharing=locked, and private's busy test).
+        self.mount_locks: dict[str, asyncio.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"<WorkerRuntime {self.root} {self.snapshots!r}>"
+
+    async def aclose(self) -> None:
+        await self.registry.aclose()
+
+    def backend(self, session: BuildSession) -> RuntimeBackend:
+        return RuntimeBackend(self, session)
+
+    def records(self) -> RecordStore:
+        return RecordStore(self.cache)
+
+    def blob_source(self) -> LocalBlobSource:
+        return self.cache.blob_source()
+
+    # -- layers --
+
+    async def lower_dirs(self, layers: Sequence[LayerDescriptor]) -> list[Path]:
+        """The unpacked directories of ``layers`` (base first), unpacking what is missing."""
+        return [await self._unpacked(layer) for layer in layers]
+
+    async def _unpacked(self, layer: LayerDescriptor) -> Path:
+        lock = self._unpacking.setdefault(layer.diff_id, asyncio.Lock())
+        async with lock:
+            if not self.snapshots.has_layer(layer.diff_id):
+                await asyncio.to_thread(self._unpack, layer)
+        return self.snapshots.layer_dir(layer.diff_id)
+
+    def _unpack(self, layer: LayerDescriptor) -> None:
+        staging = self.snapshots.staging_dir()
+        with self._open_blob(layer.digest) as blob:
+            diff_id = unpack_layer(blob, staging, media_type=layer.media_type,
+                                   expected_digest=layer.digest)
+        if diff_id != layer.diff_id:
+            raise CacheError(f"layer {layer.digest} unpacks to diff_id {diff_id}, not "
+                             f"{layer.diff_id}", hint="prune the cache and build again")
+        self.snapshots.publish(layer.diff_id, staging)
+
+    def _open_blob(self, digest: str) -> BinaryIO:
+        path = self.cache.blob_source().blob_path(digest)
+        if path is None:
+            raise CacheError(f"local cache: layer blob {digest} is missing",
+                             hint="build again with --no-cache")
+        return open(path, "rb")  # noqa: SIM115 -- closed by the caller's with
+
+    async def store_upper(self, upper: Path, epoch: int | None) -> LayerDescriptor | None:
+        """The diff in ``upper`` as a layer blob in the cache; None when it is empty."""
+        if await asyncio.to_thread(is_empty_diff, upper):
+            return None
+        return await self.store_tree(upper, epoch)
+
+    async def store_tree(self, tree: Path, epoch: int | None) -> LayerDescriptor:
+        fd, name = tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=self.tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                layer = await asyncio.to_thread(write_layer, tree, out,
+                                                compression=self.compression, epoch=epoch)
+            await self.cache.put_blob(layer.digest, Path(name), move=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        return layer
+
+    async def fetch_image_blobs(self, ref: Reference, image: ResolvedImage) -> None:
+        """Copy the layers of ``image`` the cache lacks from the registry."""
+        present = await self.cache.has_many(layer.digest for layer in image.layers)
+        for layer in image.layers:
+            if layer.digest in present:
+                continue
+            target = Path(tempfile.mkdtemp(prefix="pull-", dir=self.tmp)) / "blob"
+            try:
+                await self.registry.fetch_blob(ref, layer, target)
+                await self.cache.put_blob(layer.digest, target, move=True)
+            finally:
+                with contextlib.suppress(OSError):
+                    target.unlink(missing_ok=True)
+                    target.parent.rmdir()
+
+
+class RuntimeBackend:
+    """The ``SolveBackend`` of one build on a ``WorkerRuntime``."""
+
+    def __init__(self, runtime: WorkerRuntime, session: BuildSession) -> None:
+        self.runtime = runtime
+        self.session = session
+        # (reference text, platform) -> the image resolved for this build (a tag moves
+        # between builds, never within one).
+        self._images: dict[tuple[str, Platform | None], asyncio.Task[ResolvedImage]] = {}
+        # (context name, exclude patterns) -> its listing and hashes, for this build.
+        self._contexts: dict[tuple[str, str], LocalContext] = {}
+        # Remote sources (http, git) fetched for this build, and the scratch directories
+        # holding them (removed by ``aclose``).
+        self.fetched: dict[SourceOp, asyncio.Future[LocalContext]] = {}
+        self.scratch: list[Path] = []
+
+    async def aclose(self) -> None:
+        """Remove what this build fetched."""
+        for path in self.scratch:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+        self.scratch.clear()
+
+    # -- identities and checksums --
+
+    async def source_identity(self, vertex: Vertex) -> str:
+        op = _source(vertex)
+        if op.identifier.startswith(IMAGE_SCHEME):
+            image = await self.resolve_image(op.identifier[len(IMAGE_SCHEME):],
+                                             vertex.platform)
+            return image.digest
+        if op.identifier.startswith(LOCAL_SCHEME):
+            return await asyncio.to_thread(self.context(op).checksum)
+        from ._ops import remote_source  # noqa: PLC0415 -- _ops imports this module
+        return await asyncio.to_thread((await remote_source(self, op)).checksum)
+
+    async def content_checksum(self, vertex: Vertex, input_index: int, source: Vertex,
+                               selector: Selector) -> str:
+        context = self.context(_source(source))
+        return await asyncio.to_thread(context.selector_checksum, selector)
+
+    async def execute(self, vertex: Vertex, inputs: Sequence[StateResult],
+                      events: EventSink) -> StateResult:
+        from ._ops import execute_vertex  # noqa: PLC0415 -- _ops imports this module
+        return await execute_vertex(self, vertex, inputs, events)
+
+    # -- per-build answers --
+
+    async def resolve_image(self, text: str, platform: Platform | None) -> ResolvedImage:
+        """The image ``text`` names for ``platform`` (the machine's when None)."""
+        key = (text, platform)
+        task = self._images.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._resolve(text, platform))
+            self._images[key] = task
+        return await asyncio.shield(task)
+
+    async def _resolve(self, text: str, platform: Platform | None) -> ResolvedImage:
+        from scheduler._platform import default_platform  # noqa: PLC0415
+        return await self.runtime.registry.resolve(parse_reference(text),
+                                                   platform or default_platform())
+
+    def context(self, op: SourceOp) -> LocalContext:
+        """The ``local://<name>`` context of the session, with the op's exclude patterns."""
+        name = op.identifier[len(LOCAL_SCHEME):]
+        exclude = dict(op.attrs).get("exclude", "[]")
+        known = self._contexts.get((name, exclude))
+        if known is None:
+            root = self.session.contexts.get(name)
+            if root is None:
+                raise SolveError(f"the build session has no context named {name!r}",
+                                 hint="pass it with --build-context or as the context dir")
+            known = LocalContext(root, _patterns(exclude))
+            self._contexts[(name, exclude)] = known
+        return known
+
+
+def _source(vertex: Vertex) -> SourceOp:
+    if not isinstance(vertex.op, SourceOp):
+        raise SolveError(f"{vertex.name or vertex.digest} is not a source")
+    return vertex.op
+
+
+def _patterns(text: str) -> list[str]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SolveError(f"malformed exclude patterns in a context source: {text!r}")
+    return value
