@@ -31,7 +31,7 @@ from typing import TypeVar
 
 from scheduler._errors import LayerError
 
-__all__ = ["Mounted", "SnapshotStatistics", "SnapshotStore", "finish_shielded",
+__all__ = ["Mounted", "SnapshotStatistics", "SnapshotStore", "finish_shielded", "unmount",
            "wait_shielded"]
 
 T = TypeVar("T")
@@ -168,7 +168,7 @@ class SnapshotStore:
         for work in list(self._work.iterdir()):
             if work.name in self._active:
                 continue
-            _unmount(work / "merged", missing_ok=True)
+            unmount(work / "merged", missing_ok=True)
             shutil.rmtree(work, ignore_errors=True)
             count += 1
         return count
@@ -269,14 +269,14 @@ def _run_mount(args: list[str], cwd: Path) -> None:
 
 def _tear_down(handle: _Handle) -> None:
     if handle.mounted:
-        _unmount(handle.target, missing_ok=True)
+        unmount(handle.target, missing_ok=True)
     shutil.rmtree(handle.work, ignore_errors=True)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _unmount(target: Path, *, missing_ok: bool) -> None:
+def unmount(target: Path, *, missing_ok: bool) -> None:
     """Unmount ``target``: retry while busy, then detach lazily; not mounted is fine."""
     path = os.fsencode(target)
     for attempt in range(20):
