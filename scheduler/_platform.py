@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ._errors import UsageError
 
-__all__ = ["Platform", "default_platform", "parse_platform", "parse_platforms"]
+__all__ = ["Platform", "default_platform", "normalize_arch", "parse_platform", "parse_platforms"]
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -60,7 +60,7 @@ def _normalize_os(name: str) -> str:
     return "darwin" if name == "macos" else name
 
 
-def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
+def normalize_arch(arch: str, variant: str) -> tuple[str, str]:
     arch, variant = arch.lower(), variant.lower()
     if arch == "i386":
         return "386", ""
@@ -104,7 +104,7 @@ def _parse_one_word(word: str, specifier: str) -> Platform:
     if os_name in _KNOWN_OS:
         host = default_platform()
         return Platform(os_name, host.architecture, host.variant)
-    arch, variant = _normalize_arch(word, "")
+    arch, variant = normalize_arch(word, "")
     if arch in _KNOWN_ARCH:
         return Platform(_host_os(), arch, variant)
     raise UsageError(f"invalid platform {specifier!r}: unknown operating system or architecture",
@@ -125,7 +125,7 @@ def parse_platform(specifier: str) -> Platform:
     if len(parts) > 3:
         raise UsageError(f"invalid platform {specifier!r}: too many components",
                          hint="use os/arch[/variant], e.g. linux/arm/v7")
-    arch, variant = _normalize_arch(parts[1], parts[2] if len(parts) == 3 else "")
+    arch, variant = normalize_arch(parts[1], parts[2] if len(parts) == 3 else "")
     return Platform(_normalize_os(parts[0]), arch, variant)
 
 

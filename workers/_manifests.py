@@ -1,0 +1,286 @@
+"""Manifests, indexes and descriptors of the OCI distribution and image specs, without I/O.
+
+Media types, parsing and validating manifests, choosing an index entry for a platform as
+containerd matches them, building an index, and the registry address rules (plain HTTP for
+loopback and configured insecure registries).  ``_registry`` does the talking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cache_backends._records import LayerDescriptor
+from scheduler._errors import RegistryError
+from scheduler._platform import Platform, normalize_arch
+
+__all__ = [
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "INDEX_TYPES",
+    "MANIFEST_TYPES",
+    "MAX_MANIFEST_BYTES",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "Descriptor",
+    "FetchedManifest",
+    "ResolvedImage",
+    "ACCEPT_MANIFESTS",
+    "build_index",
+    "check_algorithm",
+    "invalid_manifest",
+    "layers_of",
+    "parse_descriptor",
+    "sha256_digest",
+    "parse_manifest",
+    "platform_candidates",
+    "registry_url",
+    "select_manifest",
+    "uses_plain_http",
+]
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+_SCHEMA1 = frozenset({"application/vnd.docker.distribution.manifest.v1+json",
+                      "application/vnd.docker.distribution.manifest.v1+prettyjws"})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+ACCEPT_MANIFESTS = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+#: Manifests larger than this are refused (containerd's limit).
+_HUB_DOMAIN = "docker.io"
+_HUB_API_HOST = "registry-1.docker.io"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """A content descriptor of a manifest or index: what it points at."""
+
+    media_type: str
+    digest: str
+    size: int
+    platform: Platform | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedManifest:
+    """A manifest or index as fetched: its digest, media type, raw bytes and parsed JSON."""
+
+    digest: str
+    media_type: str
+    data: bytes
+    parsed: Mapping[str, Any]
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedImage:
+    """One platform's image: its manifest's digest, the manifest, the config bytes (verified)
+    and the layers (``diff_id`` from the config's ``rootfs.diff_ids``).  ``index_digest``
+    is the digest of the index it was chosen from, "" when the reference named a manifest."""
+
+    digest: str
+    manifest: Mapping[str, Any]
+    config: bytes
+    layers: tuple[LayerDescriptor, ...]
+    media_type: str = OCI_MANIFEST
+    manifest_bytes: bytes = b""
+    index_digest: str = ""
+
+
+# --- Pure parts: addresses, manifests, platforms ------------------------------------------
+
+def _host_of(domain: str) -> str:
+    if domain.startswith("["):
+        return domain[1:].split("]", 1)[0]
+    return domain.rsplit(":", 1)[0] if domain.count(":") == 1 else domain
+
+
+def uses_plain_http(domain: str, insecure: Iterable[str] = ()) -> bool:
+    """Whether Docker would speak plain HTTP to ``domain``: localhost, 127.0.0.0/8, ::1, or
+    listed (with or without its port) among the insecure registries."""
+    host = _host_of(domain)
+    listed = set(insecure)
+    if domain in listed or host in listed or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def registry_url(domain: str, insecure: Iterable[str] = ()) -> str:
+    """The base URL of a registry's API (``https://registry-1.docker.io`` for the Hub)."""
+    scheme = "http" if uses_plain_http(domain, insecure) else "https"
+    host = _HUB_API_HOST if domain == _HUB_DOMAIN else domain
+    return f"{scheme}://{host}"
+
+
+def invalid_manifest(where: str, reason: str) -> RegistryError:
+    return RegistryError(f"registry returned an invalid manifest at {where}: {reason}",
+                         hint="the registry or the image is broken; check the image with "
+                              "'skopeo inspect' or push it again")
+
+
+def _media_type(parsed: Mapping[str, Any], content_type: str, where: str) -> str:
+    declared = parsed.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    header = content_type.split(";", 1)[0].strip()
+    if header in INDEX_TYPES | MANIFEST_TYPES | _SCHEMA1:
+        return header
+    if isinstance(parsed.get("manifests"), list):
+        return OCI_INDEX
+    if isinstance(parsed.get("layers"), list):
+        return OCI_MANIFEST
+    raise invalid_manifest(where, "it has no mediaType and is neither a manifest nor an index")
+
+
+def _check_shape(media_type: str, parsed: Mapping[str, Any], where: str) -> None:
+    if media_type in INDEX_TYPES:
+        if not isinstance(parsed.get("manifests"), list):
+            raise invalid_manifest(where, "an index without a 'manifests' list")
+    elif media_type in MANIFEST_TYPES:
+        if not isinstance(parsed.get("config"), dict) or not isinstance(parsed.get("layers"),
+                                                                        list):
+            raise invalid_manifest(where, "a manifest without 'config' and 'layers'")
+    else:
+        raise invalid_manifest(where, f"unsupported media type {media_type!r}")
+
+
+def parse_manifest(data: bytes, content_type: str, where: str) -> tuple[str, dict[str, Any]]:
+    """``(media type, JSON)`` of a manifest or index; schema-1 and malformed documents are
+    a ``RegistryError`` (``where`` names the URL)."""
+    try:
+        parsed = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise invalid_manifest(where, f"not JSON ({err})") from err
+    if not isinstance(parsed, dict):
+        raise invalid_manifest(where, "not a JSON object")
+    if parsed.get("schemaVersion") == 1 or content_type.split(";")[0].strip() in _SCHEMA1:
+        raise RegistryError(f"{where} is a Docker schema 1 manifest, which is not supported",
+                            hint="push the image again with a current docker or buildx")
+    media_type = _media_type(parsed, content_type, where)
+    if media_type in _SCHEMA1:
+        raise RegistryError(f"{where} is a Docker schema 1 manifest, which is not supported",
+                            hint="push the image again with a current docker or buildx")
+    _check_shape(media_type, parsed, where)
+    return media_type, parsed
+
+
+def parse_descriptor(raw: Any, where: str) -> Descriptor:
+    if not isinstance(raw, dict):
+        raise invalid_manifest(where, "a descriptor that is not an object")
+    digest, size, media = raw.get("digest"), raw.get("size"), raw.get("mediaType", "")
+    if not isinstance(digest, str) or ":" not in digest or not isinstance(size, int) \
+            or size < 0 or not isinstance(media, str):
+        raise invalid_manifest(where, f"a descriptor without a valid digest and size: {raw!r:.200}")
+    plat = raw.get("platform")
+    platform = None
+    if isinstance(plat, dict) and isinstance(plat.get("os"), str) \
+            and isinstance(plat.get("architecture"), str):
+        platform = Platform(plat["os"], plat["architecture"], str(plat.get("variant", "")))
+    return Descriptor(media, digest, size, platform)
+
+
+_ARM_ORDER = ("v8", "v7", "v6", "v5")
+_AMD64_ORDER = ("v4", "v3", "v2", "")
+
+
+def _normalized(platform: Platform) -> Platform:
+    arch, variant = normalize_arch(platform.architecture, platform.variant)
+    return Platform(platform.os.lower(), arch, variant)
+
+
+def platform_candidates(wanted: Platform) -> list[Platform]:
+    """The platforms an image may have to run on ``wanted``, best first (containerd's
+    matching): the same arch with the same or an older variant, then for arm64 the 32-bit
+    arm variants and for amd64 386."""
+    target = _normalized(wanted)
+    os_name, arch, variant = target.os, target.architecture, target.variant
+    if arch == "arm" and variant in _ARM_ORDER:
+        return [Platform(os_name, "arm", v) for v in _ARM_ORDER[_ARM_ORDER.index(variant):]]
+    if arch == "amd64" and variant in _AMD64_ORDER:
+        older = _AMD64_ORDER[_AMD64_ORDER.index(variant):]
+        return [Platform(os_name, "amd64", v) for v in older] + [Platform(os_name, "386")]
+    if arch == "arm64" and variant == "":
+        return [target] + [Platform(os_name, "arm", v) for v in _ARM_ORDER]
+    return [target]
+
+
+def select_manifest(index: Mapping[str, Any], wanted: Platform, where: str) -> Descriptor:
+    """The entry of an image index that best matches ``wanted`` (``RegistryError`` naming
+    the platforms on offer when none does)."""
+    entries = [parse_descriptor(raw, where) for raw in index.get("manifests", [])]
+    usable = [d for d in entries if d.platform is not None and d.media_type not in INDEX_TYPES]
+    for candidate in platform_candidates(wanted):
+        for entry in usable:
+            assert entry.platform is not None
+            if _normalized(entry.platform) == candidate:
+                return entry
+    offered = ", ".join(sorted({str(d.platform) for d in usable})) or "none"
+    raise RegistryError(f"{where} has no image for platform {wanted} (it has: {offered})",
+                        hint="choose one of the listed platforms with --platform")
+
+
+def diff_ids_of(config: bytes, where: str) -> list[str]:
+    try:
+        parsed = json.loads(config)
+        diff_ids = parsed["rootfs"]["diff_ids"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise RegistryError(f"registry returned an invalid image config at {where}: "
+                            "no rootfs.diff_ids", hint="push the image again") from err
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise RegistryError(f"registry returned an invalid image config at {where}: "
+                            "rootfs.diff_ids is not a list of digests",
+                            hint="push the image again")
+    return diff_ids
+
+
+def layers_of(manifest: Mapping[str, Any], config: bytes, where: str) -> tuple[LayerDescriptor,
+                                                                              ...]:
+    blobs = [parse_descriptor(raw, where) for raw in manifest["layers"]]
+    diff_ids = diff_ids_of(config, where)
+    if len(blobs) != len(diff_ids):
+        raise invalid_manifest(where, f"{len(blobs)} layers but the config lists {len(diff_ids)} "
+                              "diff_ids")
+    return tuple(LayerDescriptor(digest=b.digest, size=b.size, diff_id=d, media_type=b.media_type)
+                 for b, d in zip(blobs, diff_ids, strict=True))
+
+
+def build_index(manifests: Sequence[Descriptor],
+                annotations: Mapping[str, str] | None = None) -> bytes:
+    """An OCI image index over ``manifests`` (each with its platform), as compact JSON."""
+    entries: list[dict[str, Any]] = []
+    for item in manifests:
+        entry: dict[str, Any] = {"mediaType": item.media_type, "digest": item.digest,
+                                 "size": item.size}
+        if item.platform is not None:
+            plat = {"architecture": item.platform.architecture, "os": item.platform.os}
+            if item.platform.variant:
+                plat["variant"] = item.platform.variant
+            entry["platform"] = plat
+        entries.append(entry)
+    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    if annotations:
+        index["annotations"] = dict(annotations)
+    return json.dumps(index, separators=(",", ":")).encode()
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def check_algorithm(digest: str, where: str) -> None:
+    if not digest.startswith("sha256:") or len(digest) != 71:
+        raise RegistryError(f"{where}: unsupported or malformed digest {digest!r}",
+                            hint="only sha256 digests are supported")
