@@ -4,17 +4,18 @@ a real registry holding the multi-arch busybox image, real exporters."""
 from __future__ import annotations
 
 import asyncio
-import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_helpers import Recorder, layer_bytes, oci_config, run_image
 
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from scheduler._errors import ExecError
 from scheduler._platform import parse_platform
-from workers._runtime import WorkerRuntime
+from workers._image import ImageArtifacts, IndexArtifacts
 
+SECRET = b"s3cr3t-value"
 DOCKERFILE = """\
 FROM {base} AS build
 ARG TARGETARCH
@@ -27,16 +28,19 @@ RUN --mount=type=secret,id=token cat /run/secrets/token | wc -c > /src/token-siz
 FROM {base}
 ENV GREETING=hi
 COPY --from=build /src /app
+RUN echo 'app:x:1000:1000:app:/home/app:/bin/sh' >> /etc/passwd
 USER app
 WORKDIR /app
-CMD ["sh", "-c", "echo $GREETING; cat /app/out.txt /app/token-size"]
+RUN id -u > /tmp/uid
+CMD ["sh", "-c", "echo $GREETING $(id -u); cat /app/out.txt /app/token-size"]
 """
 
 
-def _options(root: Path, out: Path, arch: str, **extra: Any) -> LocalBuildOptions:
+def _options(root: Path, out: Path, arches: str = "amd64", **extra: Any
+             ) -> LocalBuildOptions:
     out.mkdir(parents=True, exist_ok=True)
-    return LocalBuildOptions(root=root, platforms=(parse_platform(f"linux/{arch}"),),
-                             secrets={"token": b"s3cr3t-value"},
+    platforms = tuple(parse_platform(f"linux/{arch}") for arch in arches.split(","))
+    return LocalBuildOptions(root=root, platforms=platforms, secrets={"token": SECRET},
                              outputs=(Output("oci", out / "image.tar"),
                                       Output("local", out / "rootfs")), **extra)
 
@@ -54,21 +58,107 @@ def _build(dockerfile: str, context: Path, options: LocalBuildOptions) -> LocalB
     return asyncio.run(build_local(dockerfile.encode(), context, options))
 
 
+def _digest(result: LocalBuildResult) -> str:
+    exported = result.exported
+    if isinstance(exported, ImageArtifacts):
+        return exported.manifest_digest
+    return exported.digest
+
+
 @pytest.mark.parametrize("arch,machine", [("amd64", "x86_64"), ("arm64", "aarch64")])
-def test_multistage_build_and_rebuild(tmp_path: Path, busybox_image: Any, arch: str,
-                                      machine: str) -> None:
+def test_multistage_build_runs_and_rebuilds_from_cache(tmp_path: Path, busybox_image: Any,
+                                                       arch: str, machine: str) -> None:
     root, context = tmp_path / "root", _context(tmp_path)
     dockerfile = DOCKERFILE.format(base=busybox_image.reference)
     first = _build(dockerfile, context, _options(root, tmp_path / "out1", arch))
     rootfs = tmp_path / "out1" / "rootfs"
     assert (rootfs / "app" / "out.txt").read_text() == f"hello world\n{machine}\n"
-    assert (rootfs / "app" / "token-size").read_text().strip() == "12"
-    assert not (rootfs / "run" / "secrets").exists()
-    assert (root / "cachemounts").iterdir()
-    with tarfile.open(tmp_path / "out1" / "image.tar") as tar:
-        names = tar.getnames()
-    assert "index.json" in names and "oci-layout" in names
-    second = _build(dockerfile, context, _options(root, tmp_path / "out2", arch))
-    assert second.statistics.executed == 0
-    assert second.exported.digest if hasattr(second.exported, "digest") else True
-    assert first.metadata == second.metadata
+    assert not (rootfs / "run").exists() and not (rootfs / "proc").exists()
+    assert not (rootfs / "cache").exists()
+    assert (rootfs / "tmp" / "uid").read_text() == "1000\n"
+    assert all(SECRET not in blob for blob in layer_bytes(tmp_path / "out1" / "image.tar"))
+    assert [p.name for p in (root / "cachemounts").iterdir()] == ["%2Fcache"]
+    config = oci_config(tmp_path / "out1" / "image.tar")
+    assert config["architecture"] == arch and config["config"]["User"] == "app"
+    code, output = run_image(rootfs, config, tmp_path / "bundle")
+    assert (code, output) == (0, f"hi 1000\nhello world\n{machine}\n12\n")
+
+    again = Recorder()
+    second = _build(dockerfile, context, _options(root, tmp_path / "out2", arch,
+                                                  events=again))
+    assert second.statistics.executed == 0 and again.started() == []
+    assert _digest(second) == _digest(first)
+    assert (tmp_path / "out2" / "image.tar").read_bytes() == \
+        (tmp_path / "out1" / "image.tar").read_bytes()
+
+
+def test_multi_platform_build_gives_an_index_and_per_platform_dirs(
+        tmp_path: Path, busybox_image: Any) -> None:
+    dockerfile = f"FROM {busybox_image.reference}\nRUN uname -m > /arch\n"
+    result = _build(dockerfile, _context(tmp_path),
+                    _options(tmp_path / "root", tmp_path / "out", "amd64,arm64"))
+    assert isinstance(result.exported, IndexArtifacts)
+    local = tmp_path / "out" / "rootfs"
+    assert (local / "linux_amd64" / "arch").read_text() == "x86_64\n"
+    assert (local / "linux_arm64" / "arch").read_text() == "aarch64\n"
+
+
+def test_a_one_line_change_reruns_only_what_reads_it(tmp_path: Path,
+                                                     busybox_image: Any) -> None:
+    context, root = _context(tmp_path), tmp_path / "root"
+    (context / "b.txt").write_text("one\n")
+    dockerfile = (f"FROM {busybox_image.reference}\nCOPY hello.txt /a/\nRUN cat /a/hello.txt "
+                  "> /a/copy\nCOPY b.txt /b/\nRUN cat /b/b.txt > /b/copy\n")
+    _build(dockerfile, context, _options(root, tmp_path / "out1"))
+    (context / "b.txt").write_text("two\n")
+    events = Recorder()
+    _build(dockerfile, context, _options(root, tmp_path / "out2", events=events))
+    assert sorted(events.started()) == ["[4/5] COPY b.txt /b/",
+                                        "[5/5] RUN cat /b/b.txt > /b/copy",
+                                        "[internal] load build context"]
+    assert (tmp_path / "out2" / "rootfs" / "b" / "copy").read_text() == "two\n"
+
+
+def test_a_failing_run_reports_exit_code_and_output_tail(tmp_path: Path,
+                                                         busybox_image: Any) -> None:
+    lines = "; ".join(f"echo line{i}" for i in range(15))
+    dockerfile = f"FROM {busybox_image.reference}\nRUN {lines}; echo oops >&2; exit 3\n"
+    with pytest.raises(ExecError) as caught:
+        _build(dockerfile, _context(tmp_path), _options(tmp_path / "root", tmp_path / "o"))
+    error = caught.value
+    assert error.exit_code == 3
+    assert error.output_tail.splitlines() == [*(f"line{i}" for i in range(6, 15)), "oops"]
+    assert error.vertex == f"[2/2] RUN {lines}; echo oops >&2; exit 3"
+    assert "did not complete successfully: exit code: 3" in str(error)
+    assert not _mounts_under(tmp_path)
+
+
+def test_cancelling_a_build_leaves_no_mount_and_no_container(tmp_path: Path,
+                                                             busybox_image: Any) -> None:
+    root = tmp_path / "root"
+    dockerfile = (f"FROM {busybox_image.reference}\n"
+                  "RUN --mount=type=cache,target=/c --mount=type=tmpfs,target=/t sleep 60\n")
+    events = Recorder()
+
+    async def cancel_while_running() -> None:
+        task = asyncio.create_task(build_local(
+            dockerfile.encode(), _context(tmp_path), _options(root, tmp_path / "o",
+                                                              events=events)))
+        while not any("sleep" in name for name in events.started()):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert _mounts_under(tmp_path)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(cancel_while_running(), 60))
+    assert not _mounts_under(tmp_path)
+    state = root / "run" / "runc"
+    assert not state.exists() or list(state.iterdir()) == []
+    assert list((root / "snapshots" / "work").iterdir()) == []
+
+
+def _mounts_under(path: Path) -> list[str]:
+    with open("/proc/mounts") as mounts:
+        return [line for line in mounts if f" {path}" in line]

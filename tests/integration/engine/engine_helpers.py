@@ -1,0 +1,76 @@
+"""Helpers of the end-to-end engine tests: an event recorder, and running an exported
+image's command under runc."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler._progress import Event, VertexLog, VertexStarted
+from workers._ops_runc import run_container
+from workers._spec import ProcessSpec, build_spec
+from workers._users import resolve_user
+
+
+@dataclass
+class Recorder:
+    """An ``EventSink`` keeping every event."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def started(self) -> list[str]:
+        return [e.name for e in self.events if isinstance(e, VertexStarted)]
+
+    def logs(self) -> bytes:
+        return b"".join(e.data for e in self.events if isinstance(e, VertexLog))
+
+
+def oci_config(image_tar: Path) -> dict[str, Any]:
+    """The image config of the single-platform OCI layout tar ``image_tar``."""
+    with tarfile.open(image_tar) as tar:
+        def load(name: str) -> Any:
+            member = tar.extractfile(name)
+            assert member is not None
+            return json.loads(member.read())
+        index = load("index.json")
+        manifest = load("blobs/sha256/" + index["manifests"][0]["digest"][7:])
+        config: dict[str, Any] = load("blobs/sha256/" + manifest["config"]["digest"][7:])
+        return config
+
+
+def layer_bytes(image_tar: Path) -> list[bytes]:
+    """Every blob of an OCI layout tar, as stored."""
+    with tarfile.open(image_tar) as tar:
+        blobs = []
+        for member in tar.getmembers():
+            if member.name.startswith("blobs/sha256/") and member.isfile():
+                stream = tar.extractfile(member)
+                assert stream is not None
+                blobs.append(stream.read())
+        return blobs
+
+
+def run_image(rootfs: Path, config: dict[str, Any], bundle: Path) -> tuple[int, str]:
+    """Run the image's Cmd (with its Env, User, WorkingDir) over ``rootfs`` under runc."""
+    settings = config["config"]
+    process = ProcessSpec(args=tuple(settings.get("Entrypoint") or ())
+                          + tuple(settings.get("Cmd") or ()),
+                          env=tuple(settings.get("Env") or ()),
+                          cwd=settings.get("WorkingDir") or "/",
+                          user=settings.get("User") or "")
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    (bundle / "hosts").write_text("127.0.0.1 localhost\n")
+    spec = build_spec(process, resolve_user(rootfs, process.user), rootfs, [],
+                      resolv_conf=bundle / "resolv.conf", hosts=bundle / "hosts")
+    out: list[bytes] = []
+    code = asyncio.run(run_container(bundle, spec, state_root=bundle / "state",
+                                     output=lambda _, data: out.append(data)))
+    return code, b"".join(out).decode()
