@@ -124,6 +124,8 @@ class _Layout:
         for path in (self.blobs, self.records, self.tmp):
             with _os_errors("create the directory", path):
                 path.mkdir(parents=True, exist_ok=True)
+        with _os_errors("create", self.lock):
+            self.lock.touch(exist_ok=True)
 
     def blob(self, digest: str) -> Path:
         return self.blobs / digest_hex(digest)
@@ -278,8 +280,13 @@ class _DiskStore:
             with _os_errors("read", source), open(source, "rb") as stream:
                 self._copy(stream, writer)
             return
-        while chunk := source.read(CHUNK):
-            writer.write(chunk)
+        try:
+            while chunk := source.read(CHUNK):
+                writer.write(chunk)
+        except OSError as err:
+            raise CacheError(f"cannot read the source of a blob for {self.where}: "
+                             f"{err.strerror or err}", hint="the producer of the blob "
+                             "failed; nothing was stored") from err
 
     def _adopt(self, digest: str, source: Path) -> int:
         """Take the file ``source`` as the blob: checked, fsynced, renamed into place (or
