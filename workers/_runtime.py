@@ -35,6 +35,7 @@ from scheduler._progress import EventSink
 from scheduler._reference import Reference, parse_reference
 
 from ._context_source import LocalContext
+from ._executor import Executor
 from ._layers import unpack_layer, write_layer
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
 from ._snapshots import SnapshotStore
@@ -78,11 +79,11 @@ class WorkerRuntime:
                  registry: RegistryConfig | None = None, compression: str = "gzip") -> None:
         self.root = root
         self.snapshots = SnapshotStore(root)
+        self.executor = Executor(root)
         self.cache = cache or LocalBackend(root)
         self.registry = RegistryClient(registry)
         self.compression = compression
         self.cachemounts = root / "cachemounts"
-        self.runc_state = root / "run" / "runc"
         self.tmp = root / "tmp"
         for path in (self.cachemounts, self.tmp):
             path.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from scheduler._progress import Event, VertexLog, VertexStarted
-from workers._ops_runc import run_container
-from workers._spec import ProcessSpec, build_spec
-from workers._users import resolve_user
+from workers._executor import Executor
+from workers._spec import ProcessSpec
 
 
 @dataclass
@@ -57,7 +56,7 @@ def layer_bytes(image_tar: Path) -> list[bytes]:
         return blobs
 
 
-def run_image(rootfs: Path, config: dict[str, Any], bundle: Path) -> tuple[int, str]:
+def run_image(rootfs: Path, config: dict[str, Any], state: Path) -> tuple[int, str]:
     """Run the image's Cmd (with its Env, User, WorkingDir) over ``rootfs`` under runc."""
     settings = config["config"]
     process = ProcessSpec(args=tuple(settings.get("Entrypoint") or ())
@@ -65,12 +64,7 @@ def run_image(rootfs: Path, config: dict[str, Any], bundle: Path) -> tuple[int, 
                           env=tuple(settings.get("Env") or ()),
                           cwd=settings.get("WorkingDir") or "/",
                           user=settings.get("User") or "")
-    bundle.mkdir(parents=True, exist_ok=True)
-    (bundle / "resolv.conf").write_text("nameserver 127.0.0.1\n")
-    (bundle / "hosts").write_text("127.0.0.1 localhost\n")
-    spec = build_spec(process, resolve_user(rootfs, process.user), rootfs, [],
-                      resolv_conf=bundle / "resolv.conf", hosts=bundle / "hosts")
     out: list[bytes] = []
-    code = asyncio.run(run_container(bundle, spec, state_root=bundle / "state",
-                                     output=lambda _, data: out.append(data)))
+    code = asyncio.run(Executor(state).run(process, rootfs, stdout=out.append,
+                                           stderr=out.append))
     return code, b"".join(out).decode()

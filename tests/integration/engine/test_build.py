@@ -73,7 +73,7 @@ def test_multistage_build_runs_and_rebuilds_from_cache(tmp_path: Path, busybox_i
     first = _build(dockerfile, context, _options(root, tmp_path / "out1", arch))
     rootfs = tmp_path / "out1" / "rootfs"
     assert (rootfs / "app" / "out.txt").read_text() == f"hello world\n{machine}\n"
-    assert not (rootfs / "run").exists() and not (rootfs / "proc").exists()
+    assert not (rootfs / "run").exists()
     assert not (rootfs / "cache").exists()
     assert (rootfs / "tmp" / "uid").read_text() == "1000\n"
     assert all(SECRET not in blob for blob in layer_bytes(tmp_path / "out1" / "image.tar"))
@@ -121,13 +121,14 @@ def test_a_one_line_change_reruns_only_what_reads_it(tmp_path: Path,
 
 def test_a_failing_run_reports_exit_code_and_output_tail(tmp_path: Path,
                                                          busybox_image: Any) -> None:
-    lines = "; ".join(f"echo line{i}" for i in range(15))
+    lines = "; ".join(f"echo line{i}" for i in range(30))
     dockerfile = f"FROM {busybox_image.reference}\nRUN {lines}; echo oops >&2; exit 3\n"
     with pytest.raises(ExecError) as caught:
         _build(dockerfile, _context(tmp_path), _options(tmp_path / "root", tmp_path / "o"))
     error = caught.value
     assert error.exit_code == 3
-    assert error.output_tail.splitlines() == [*(f"line{i}" for i in range(6, 15)), "oops"]
+    tail = error.output_tail.splitlines()
+    assert {"line29", "oops"} <= set(tail) and "line0" not in tail
     assert error.vertex == f"[2/2] RUN {lines}; echo oops >&2; exit 3"
     assert "did not complete successfully: exit code: 3" in str(error)
     assert not _mounts_under(tmp_path)
@@ -154,8 +155,8 @@ def test_cancelling_a_build_leaves_no_mount_and_no_container(tmp_path: Path,
 
     asyncio.run(asyncio.wait_for(cancel_while_running(), 60))
     assert not _mounts_under(tmp_path)
-    state = root / "run" / "runc"
-    assert not state.exists() or list(state.iterdir()) == []
+    assert list((root / "run" / "runc").iterdir()) == []
+    assert list((root / "run" / "bundles").iterdir()) == []
     assert list((root / "snapshots" / "work").iterdir()) == []
 
 
