@@ -13,6 +13,7 @@ these calls; tests and tools use them directly.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ async def build_local(dockerfile: bytes, context_dir: Path, options: LocalBuildO
     """Build ``dockerfile`` with ``context_dir`` as its context; see the module docstring.
     ``runtime`` is reused when given (and then not closed)."""
     _check_outputs(options.outputs)
+    options = _with_epoch(options)
     owned = runtime is None
     engine = runtime or WorkerRuntime(options.root, registry=options.registry)
     session = BuildSession(contexts={"context": context_dir}, secrets=options.secrets,
@@ -120,6 +122,19 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
     for output in options.outputs:
         await asyncio.to_thread(_export, engine, exported, output, options)
     return LocalBuildResult(exported, records, solver.statistics(), build_metadata(exported))
+
+
+def _with_epoch(options: LocalBuildOptions) -> LocalBuildOptions:
+    """``SOURCE_DATE_EPOCH`` given as a build arg clamps timestamps like ``epoch``."""
+    text = options.build_args.get("SOURCE_DATE_EPOCH")
+    if options.epoch is not None or not text:
+        return options
+    try:
+        epoch = int(text)
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {text!r}",
+                         hint="use --build-arg SOURCE_DATE_EPOCH=$(date +%s)") from None
+    return dataclasses.replace(options, epoch=epoch)
 
 
 def _image(result: ImageResult, records: Mapping[str, CacheRecord],

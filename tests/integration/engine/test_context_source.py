@@ -1,0 +1,113 @@
+"""The build context as a source (workers/_context_source.py) on real directories: content
+checksums per selector (content and mode, never mtimes), what they match, what fails."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from scheduler._cachekey import Selector
+from scheduler._errors import SolveError
+from workers._context_source import LocalContext
+
+FILES = {"a.txt": "alpha\n", "b.txt": "beta\n", "src/main.c": "int main;\n",
+         "src/util/x.h": "#x\n", "secret.key": "k\n"}
+EXCLUDE = ["*.key"]
+
+
+def _context(tmp_path: Path) -> Path:
+    root = tmp_path / "ctx"
+    for name, text in FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "link").symlink_to("src")
+    return root
+
+
+def _touch(root: Path) -> None:
+    os.utime(root / "a.txt", (1, 1))
+
+
+def _edit_b(root: Path) -> None:
+    (root / "b.txt").write_text("gamma\n")
+
+
+def _chmod_a(root: Path) -> None:
+    (root / "a.txt").chmod(0o755)
+
+
+def _edit_deep(root: Path) -> None:
+    (root / "src" / "util" / "x.h").write_text("#y\n")
+
+
+def _edit_excluded(root: Path) -> None:
+    (root / "secret.key").write_text("other\n")
+
+
+# (selector, change, does the checksum change)
+CASES: list[tuple[Selector, Callable[[Path], None], bool]] = [
+    (Selector("/a.txt"), _touch, False),
+    (Selector("/a.txt"), _edit_b, False),
+    (Selector("/a.txt"), _chmod_a, True),
+    (Selector("/b.txt"), _edit_b, True),
+    (Selector("/*.txt", wildcard=True), _edit_b, True),
+    (Selector("/src"), _edit_deep, True),
+    (Selector("/src"), _edit_b, False),
+    (Selector("/link"), _edit_deep, True),
+    (Selector("/link", follow_symlinks=False), _edit_deep, False),
+    (Selector("/src", exclude=("util",)), _edit_deep, False),
+    (Selector("/"), _edit_excluded, False),
+    (Selector("/"), _edit_b, True),
+]
+
+
+@pytest.mark.parametrize("selector,change,changes", CASES)
+def test_selector_checksums_follow_content_only(tmp_path: Path, selector: Selector,
+                                                change: Callable[[Path], None],
+                                                changes: bool) -> None:
+    root = _context(tmp_path)
+    before = LocalContext(root, EXCLUDE).selector_checksum(selector)
+    change(root)
+    after = LocalContext(root, EXCLUDE).selector_checksum(selector)
+    assert (before != after) is changes
+
+
+@pytest.mark.parametrize("path,wildcard,message", [
+    ("/nomatch*", True, '"/nomatch*": not found'),
+    ("/missing.txt", False, '"/missing.txt": not found'),
+    ("/secret.key", False, '"/secret.key": not found'),
+])
+def test_selectors_that_match_nothing_fail_at_key_time(tmp_path: Path, path: str,
+                                                       wildcard: bool, message: str) -> None:
+    context = LocalContext(_context(tmp_path), EXCLUDE)
+    with pytest.raises(SolveError) as caught:
+        context.selector_checksum(Selector(path, wildcard=wildcard))
+    assert caught.value.message == message
+
+
+def test_the_identity_ignores_mtimes_and_excluded_files(tmp_path: Path) -> None:
+    root = _context(tmp_path)
+    first = LocalContext(root, EXCLUDE).checksum()
+    _touch(root)
+    _edit_excluded(root)
+    assert LocalContext(root, EXCLUDE).checksum() == first
+    _edit_b(root)
+    assert LocalContext(root, EXCLUDE).checksum() != first
+
+
+def test_materialised_files_belong_to_root_and_keep_modes(tmp_path: Path) -> None:
+    root = _context(tmp_path)
+    os.chown(root / "a.txt", 1234, 5678)
+    (root / "a.txt").chmod(0o751)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    LocalContext(root, EXCLUDE).materialise(dest)
+    info = os.lstat(dest / "a.txt")
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, 0, 0o751)
+    assert os.readlink(dest / "link") == "src"
+    assert not (dest / "secret.key").exists()
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [
+        "a.txt", "b.txt", "link", "src", "src/main.c", "src/util", "src/util/x.h"]
