@@ -31,7 +31,15 @@ from pathlib import Path, PurePosixPath
 from scheduler._errors import ExecError
 
 from ._snapshots import finish_shielded, unmount
-from ._spec import BindMount, ProcessSpec, SpecMount, TmpfsMount, build_spec, hosts_file
+from ._spec import (
+    BindMount,
+    ProcessSpec,
+    SpecMount,
+    TmpfsMount,
+    build_spec,
+    caps_from_mask,
+    hosts_file,
+)
 from ._spec import resolv_conf as make_resolv_conf
 from ._users import path_in_root, resolve_user
 
@@ -167,7 +175,7 @@ class Executor:
         resolv.write_text(make_resolv_conf(_read_host_resolv(), process.network))
         hosts.write_text(hosts_file(process.effective_hostname))
         spec = build_spec(process, user, run.rootfs, spec_mounts,
-                          resolv_conf=resolv, hosts=hosts)
+                          resolv_conf=resolv, hosts=hosts, host_caps=_host_caps())
         (run.bundle / "config.json").write_text(json.dumps(spec, indent=1))
 
     def _materialize(self, run: _Run, mounts: Sequence[ExecMountSpec]) -> list[SpecMount]:
@@ -389,6 +397,17 @@ def _remove_files(run: _Run) -> None:
         unmount(run.bundle / "secrets", missing_ok=True)
         run.secrets_mounted = False
     shutil.rmtree(run.bundle, ignore_errors=True)
+
+
+def _host_caps() -> frozenset[str] | None:
+    """This process' capability bounding set (None when it cannot be read)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                return caps_from_mask(int(line.split()[1], 16))
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _read_host_resolv() -> str:

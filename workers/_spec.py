@@ -30,7 +30,7 @@ from ._users import ResolvedUser
 
 __all__ = [
     "DEFAULT_HOSTNAME", "DEFAULT_PATH", "BindMount", "ProcessSpec", "Rlimit", "SpecMount",
-    "TmpfsMount", "build_spec", "environment", "hosts_file", "resolv_conf",
+    "TmpfsMount", "build_spec", "caps_from_mask", "environment", "hosts_file", "resolv_conf",
 ]
 
 DEFAULT_HOSTNAME = "buildkitsandbox"
@@ -45,6 +45,18 @@ SANDBOX_CAPS = (
 )
 #: Every capability runc 1.1 knows (``--security=insecure``).
 ALL_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+#: Capability names by bit number (linux/capability.h).
+_CAPS_BY_BIT = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
     "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
     "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
@@ -128,14 +140,19 @@ SpecMount = BindMount | TmpfsMount
 
 
 def build_spec(process: ProcessSpec, user: ResolvedUser, rootfs: Path,
-               mounts: Sequence[SpecMount], *, resolv_conf: Path, hosts: Path
-               ) -> dict[str, Any]:
-    """The runtime spec for ``process`` as ``user`` over ``rootfs`` with extra ``mounts``."""
+               mounts: Sequence[SpecMount], *, resolv_conf: Path, hosts: Path,
+               host_caps: frozenset[str] | None = None) -> dict[str, Any]:
+    """The runtime spec for ``process`` as ``user`` over ``rootfs`` with extra ``mounts``.
+
+    ``host_caps`` (the executor's bounding set) limits the capabilities granted: runc
+    refuses to grant one its caller lacks (e.g. in a container without CAP_SYS_RESOURCE)."""
     _check(process)
     insecure = process.security == "insecure"
+    caps = [cap for cap in (ALL_CAPS if insecure else SANDBOX_CAPS)
+            if host_caps is None or cap in host_caps]
     return {
         "ociVersion": OCI_VERSION,
-        "process": _process(process, user, insecure),
+        "process": _process(process, user, caps),
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": process.effective_hostname,
         "mounts": _system_mounts(insecure) + _file_mounts(resolv_conf, hosts)
@@ -155,8 +172,7 @@ def _check(process: ProcessSpec) -> None:
                         hint=f"use one of {', '.join(_SECURITY)}")
 
 
-def _process(process: ProcessSpec, user: ResolvedUser, insecure: bool) -> dict[str, Any]:
-    caps = list(ALL_CAPS if insecure else SANDBOX_CAPS)
+def _process(process: ProcessSpec, user: ResolvedUser, caps: list[str]) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "terminal": False,
         "user": {"uid": user.uid, "gid": user.gid,
@@ -171,6 +187,11 @@ def _process(process: ProcessSpec, user: ResolvedUser, insecure: bool) -> dict[s
         spec["rlimits"] = [{"type": f"RLIMIT_{r.kind.upper()}", "soft": r.soft,
                             "hard": r.hard} for r in process.ulimits]
     return spec
+
+
+def caps_from_mask(mask: int) -> frozenset[str]:
+    """Capability names of a bit mask as /proc/<pid>/status shows (CapBnd, hex)."""
+    return frozenset(name for bit, name in enumerate(_CAPS_BY_BIT) if mask >> bit & 1)
 
 
 def environment(env: Sequence[str], user: ResolvedUser) -> list[str]:

@@ -2,7 +2,8 @@
 /etc/group, the way BuildKit (executor/oci/user.go) and runc (libcontainer/user) do it.
 
 - ``""`` is root (0:0).  All-numeric ``uid`` or ``uid:gid`` needs no file: gid 0 when only a
-  uid is given, and no additional groups (BuildKit's fast path).
+  uid is given, and no additional groups (BuildKit's fast path).  Its home is still looked
+  up by uid, as runc does when it sets ``HOME``.
 - Otherwise the user part matches a passwd entry by name or by uid; the first match wins.  An
   unknown name is an error; an unknown number is used as is (gid 0, home ``/``).
 - An explicit group matches a group entry by name or gid (unknown number: used as is; unknown
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from scheduler._errors import ExecError
@@ -154,11 +155,12 @@ def _find(entries: Iterator[_Entry], wanted: str) -> _Entry | None:
 
 def resolve_user(root: Path, spec: str) -> ResolvedUser:
     """Resolve ``spec`` (``user``, ``user:group``, names or ids) against the rootfs ``root``."""
+    passwd_path = path_in_root(root, "/etc/passwd")
     fast = _fast_path(spec)
     if fast is not None:
-        return fast
+        entry = _find(_read_entries(passwd_path, passwd=True), str(fast.uid))
+        return fast if entry is None else replace(fast, home=entry.home or "/")
     user_arg, has_group, group_arg = spec.partition(":")
-    passwd_path = path_in_root(root, "/etc/passwd")
     group_path = path_in_root(root, "/etc/group")
     user = _resolve_passwd(passwd_path, user_arg)
     if has_group and group_arg:

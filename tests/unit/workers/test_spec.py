@@ -20,6 +20,7 @@ from workers._spec import (
     SpecMount,
     TmpfsMount,
     build_spec,
+    caps_from_mask,
     hosts_file,
     resolv_conf,
 )
@@ -190,3 +191,26 @@ def test_resolv_conf(host: str, network: str, expected: str) -> None:
 def test_hosts_file() -> None:
     assert hosts_file("buildkitsandbox") == (
         "127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+
+
+CAP_MASKS = [
+    (0, frozenset()),
+    (0b101, frozenset({"CAP_CHOWN", "CAP_DAC_READ_SEARCH"})),
+    (0x000001fffeffffff, frozenset(ALL_CAPS) - {"CAP_SYS_RESOURCE"}),
+]
+
+
+@pytest.mark.parametrize(("mask", "names"), CAP_MASKS)
+def test_caps_from_mask(mask: int, names: frozenset[str]) -> None:
+    assert caps_from_mask(mask) == names
+
+
+def test_host_caps_limit_what_is_granted() -> None:
+    host = frozenset(ALL_CAPS) - {"CAP_SYS_RESOURCE", "CAP_KILL"}
+    result = build_spec(ProcessSpec(SH, security="insecure"), ROOT, ROOTFS, (),
+                        resolv_conf=Path("/r"), hosts=Path("/h"), host_caps=host)
+    assert result["process"]["capabilities"]["permitted"] == [
+        cap for cap in ALL_CAPS if cap in host]
+    sandbox = build_spec(ProcessSpec(SH), ROOT, ROOTFS, (), resolv_conf=Path("/r"),
+                         hosts=Path("/h"), host_caps=host)
+    assert "CAP_KILL" not in sandbox["process"]["capabilities"]["bounding"]

@@ -25,10 +25,10 @@ dev:x:2000:
 """
 
 CASES: list[tuple[str, ResolvedUser]] = [
-    ("", ResolvedUser(0, 0, (), "/")),
-    ("0", ResolvedUser(0, 0, (), "/")),
-    ("1000", ResolvedUser(1000, 0, (), "/")),            # fast path: gid 0, no lookup
-    ("1000:1000", ResolvedUser(1000, 1000, (), "/")),
+    ("", ResolvedUser(0, 0, (), "/root")),
+    ("0", ResolvedUser(0, 0, (), "/root")),
+    ("1000", ResolvedUser(1000, 0, (), "/home/app")),    # fast path: gid 0, home by uid
+    ("1000:1000", ResolvedUser(1000, 1000, (), "/home/app")),
     ("5555:6666", ResolvedUser(5555, 6666, (), "/")),
     ("root", ResolvedUser(0, 0, (), "/root")),
     ("app", ResolvedUser(1000, 1000, (50, 10), "/home/app")),
@@ -38,7 +38,7 @@ CASES: list[tuple[str, ResolvedUser]] = [
     ("app:50", ResolvedUser(1000, 50, (), "/home/app")),
     ("app:9999", ResolvedUser(1000, 9999, (), "/home/app")),
     ("nohome", ResolvedUser(1200, 1200, (50,), "/")),
-    ("42", ResolvedUser(42, 0, (), "/")),                # numeric: never looked up
+    ("42", ResolvedUser(42, 0, (), "/home/n")),          # home: runc's first match of "42"
     ("42:dev", ResolvedUser(4242, 2000, (), "/home/n")),  # by name, as runc matches
     ("8888:dev", ResolvedUser(8888, 2000, (), "/")),
     (":dev", ResolvedUser(0, 2000, (), "/")),
@@ -75,6 +75,7 @@ def test_errors(rootfs: Path, spec: str, message: str) -> None:
 
 def test_missing_files_numeric_ok_names_fail(tmp_path: Path) -> None:
     assert resolve_user(tmp_path, "7:8") == ResolvedUser(7, 8)
+    assert resolve_user(tmp_path, "") == ResolvedUser(0, 0, (), "/")
     with pytest.raises(UserError, match="unable to find user app"):
         resolve_user(tmp_path, "app")
 
