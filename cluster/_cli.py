@@ -195,10 +195,9 @@ def _spans(data: bytes, filename: str) -> dict[int, int]:
 
 def _run_build(args: argparse.Namespace) -> int:
     if not args.check:
-        raise DockyardError("dockyard build cannot build images yet: execution arrives with "
-                            "the solver and the workers",
-                            hint="'dockyard build --check' lints the Dockerfile; 'dockyard "
-                                 "debug graph' prints the build graph")
+        from cluster._build_cmd import run_build
+
+        return run_build(args)
     result, data, filename = _run_frontend(args, check_only=True)
     for notice in result.notices:
         print(f"WARN: {notice}", file=sys.stderr)
@@ -214,12 +213,45 @@ def _add_build(subparsers: _Subparsers) -> None:
     _add_frontend_arguments(build)
     build.add_argument("--check", action="store_true",
                        help="only run the build checks (lint rules) and print their findings")
+    _add_build_flags(build)
     build.set_defaults(run=_run_build)
+
+
+def _add_build_flags(build: argparse.ArgumentParser) -> None:
+    """buildx's flags (checked by cluster/_build_options.py, not here)."""
+    add = build.add_argument
+    add("-t", "--tag", action="append", default=[], metavar="NAME",
+        help="name (and tag) of the image, repeatable")
+    add("--secret", action="append", default=[], metavar="id=ID,src=FILE|env=VAR",
+        help="a secret for RUN --mount=type=secret")
+    add("--ssh", action="append", default=[], metavar="default|ID=SOCKET",
+        help="an ssh agent socket for RUN --mount=type=ssh")
+    add("-o", "--output", action="append", default=[], metavar="type=TYPE,dest=PATH",
+        help="where the result goes (local, tar, oci, docker, image); repeatable")
+    add("--push", action="store_true", help="push the image (--output=type=image,push=true)")
+    add("--no-cache", action="store_true", help="do not use the cache")
+    add("--progress", default="auto", metavar="MODE",
+        help="auto, plain, tty, rawjson or quiet (progress goes to stderr)")
+    add("--metadata-file", metavar="FILE", help="write the build's metadata (JSON) to FILE")
+
+
+# --- dockyard stop -----------------------------------------------------------------------
+
+
+def _run_stop(args: argparse.Namespace) -> int:
+    from cluster._build_cmd import run_stop
+
+    return run_stop(args)
+
+
+def _add_stop(subparsers: _Subparsers) -> None:
+    stop = subparsers.add_parser("stop", help="stop the local dockyard service")
+    stop.set_defaults(run=_run_stop)
 
 
 # --- the parser and main ---------------------------------------------------------------
 
-_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build)
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build, _add_stop)
 
 
 def build_parser() -> argparse.ArgumentParser:

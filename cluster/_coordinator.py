@@ -7,10 +7,14 @@ streams.
     {"result": <msgpack-able value>}          the last item of a build that succeeded
     {"failure": <wire Failure fields>}        the last item of a build that failed
 
-so errors cross Ray as data (keyword-only error attributes do not survive pickling).  For
-now a solve echoes through the worker actor (``request["lines"]``, ``request["delay"]``):
-the path client -> daemon -> coordinator -> worker -> events back, cancellation included,
-is real; the lead wires the solver (scheduler/_solver.py) in place of ``_echo``.
+so errors cross Ray as data (keyword-only error attributes do not survive pickling).
+
+A build request (``{"dockerfile", "options", "session"}``, see cluster/_build_cmd.py) is
+run by the worker actor's ``build`` (frontend, solver, runc, exporters on the node's
+``WorkerRuntime``); its items pass through unchanged.  The session part (secret values)
+goes to that one worker call and nowhere else: not logged, not kept.  A request without
+``options`` is the echo the service's own tests use (``request["lines"]``,
+``request["delay"]``).
 
 Cancellation: cancelling a ``solve`` (Ray cancels the actor's asyncio task) cancels the
 worker stream it is reading, then re-raises.
@@ -57,7 +61,7 @@ class Coordinator:
 
     async def solve(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         number, self._next = self._next, self._next + 1
-        self._active[number] = "echo"
+        self._active[number] = "build" if "options" in request else "echo"
         try:
             async for item in self._guarded(request):
                 yield item
@@ -71,12 +75,22 @@ class Coordinator:
     async def _guarded(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """``_echo``'s items; a ``DockyardError`` becomes the final ``failure`` item."""
         try:
-            async for item in self._echo(request):
+            items = self._build(request) if "options" in request else self._echo(request)
+            async for item in items:
                 yield item
         except DockyardError as error:
             failure = failure_from_error(0, error)
             yield {"failure": {"error": failure.error, "message": failure.message,
                                "hint": failure.hint, "details": failure.details}}
+
+    async def _build(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        stream = self._worker.stream("build", request)
+        try:
+            async for item in stream:
+                yield item
+        except (asyncio.CancelledError, GeneratorExit):
+            stream.cancel()
+            raise
 
     async def _echo(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         began = time.time()

@@ -1,0 +1,375 @@
+"""``dockyard build``'s flags, with buildx's names and meanings, parsed into plain data.
+
+``parse_*`` turn one flag value into a frozen spec (``UsageError`` naming the flag and the
+value otherwise, with buildx's wording where it has one); ``BuildOptions`` gathers them and
+travels to the service as a versioned msgpack-able map (``to_wire``/``from_wire``).
+
+Secrets: a ``SecretSpec`` names where a secret comes from (a file, an environment
+variable), never its value.  ``read_session`` reads the values on the client at request time
+into the request's *session* part, which the service hands to the one build that asked and
+never logs, records or puts in an event (DESIGN.md).  ``BuildOptions`` holds no value.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler._errors import ImageReferenceError, UsageError
+from scheduler._platform import default_platform, parse_platforms
+from scheduler._reference import parse_reference
+
+__all__ = [
+    "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "OutputSpec", "SecretSpec", "SshSpec",
+    "parse_epoch", "parse_output", "parse_secret", "parse_ssh", "parse_tag", "read_session",
+]
+
+OPTIONS_VERSION = 1
+PROGRESS_MODES = ("auto", "plain", "tty", "rawjson", "quiet")
+FILE_OUTPUTS = ("tar", "oci", "docker")  # exporters writing one file (or stdout with dest=-)
+OUTPUT_TYPES = ("local", *FILE_OUTPUTS, "image", "registry")
+MAX_SECRET_BYTES = 500 * 1024  # BuildKit's secret size limit
+
+
+@dataclass(frozen=True, slots=True)
+class SecretSpec:
+    """``--secret``: the secret ``id`` read from the file ``src`` or the variable ``env``."""
+
+    id: str
+    src: str | None = None
+    env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SshSpec:
+    """``--ssh``: the agent socket served as ``id`` (``default`` for ``RUN --mount=type=ssh``)."""
+
+    id: str
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """``--output``: ``type`` (local, tar, oci, docker, image), ``dest`` (a path; ``-`` is
+    stdout), ``names`` and ``push`` (image)."""
+
+    type: str
+    dest: str | None = None
+    names: tuple[str, ...] = ()
+    push: bool = False
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.dest == "-"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    """Everything ``dockyard build`` was asked, except the Dockerfile's bytes and secret
+    values: paths absolute, values checked."""
+
+    context: str
+    filename: str = "Dockerfile"
+    platforms: tuple[str, ...] = ()
+    target: str | None = None
+    build_args: tuple[tuple[str, str], ...] = ()
+    secrets: tuple[SecretSpec, ...] = ()
+    ssh: tuple[SshSpec, ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()
+    tags: tuple[str, ...] = ()
+    no_cache: bool = False
+    progress: str = "auto"
+    metadata_file: str | None = None
+    epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "version": OPTIONS_VERSION, "context": self.context, "filename": self.filename,
+            "platforms": list(self.platforms), "target": self.target,
+            "build_args": [list(pair) for pair in self.build_args],
+            "secrets": [[s.id, s.src, s.env] for s in self.secrets],
+            "ssh": [[s.id, list(s.paths)] for s in self.ssh],
+            "outputs": [[o.type, o.dest, list(o.names), o.push] for o in self.outputs],
+            "tags": list(self.tags), "no_cache": self.no_cache, "progress": self.progress,
+            "metadata_file": self.metadata_file, "epoch": self.epoch,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> BuildOptions:
+        if wire.get("version") != OPTIONS_VERSION:
+            raise UsageError(f"build options of version {wire.get('version')!r} (this "
+                             f"dockyard reads version {OPTIONS_VERSION})",
+                             hint="use the same dockyard version on the client and the service")
+        return cls(
+            context=wire["context"], filename=wire["filename"],
+            platforms=tuple(wire["platforms"]), target=wire["target"],
+            build_args=tuple((k, v) for k, v in wire["build_args"]),
+            secrets=tuple(SecretSpec(i, s, e) for i, s, e in wire["secrets"]),
+            ssh=tuple(SshSpec(i, tuple(p)) for i, p in wire["ssh"]),
+            outputs=tuple(OutputSpec(t, d, tuple(n), p) for t, d, n, p in wire["outputs"]),
+            tags=tuple(wire["tags"]), no_cache=wire["no_cache"], progress=wire["progress"],
+            metadata_file=wire["metadata_file"], epoch=wire["epoch"])
+
+
+# --- one flag value each ----------------------------------------------------------------
+
+
+def _csv_fields(flag: str, value: str) -> list[str]:
+    """``value`` split as one CSV record, as buildx reads ``--secret``/``--output``."""
+    try:
+        rows = list(csv.reader([value], strict=True))
+    except csv.Error as exc:
+        raise UsageError(f"invalid {flag} {value!r}: failed to parse csv: {exc}") from None
+    return rows[0] if rows else []
+
+
+def _pairs(flag: str, value: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in _csv_fields(flag, value):
+        key, equals, text = item.partition("=")
+        if not equals:
+            raise UsageError(f"invalid {flag} {value!r}: invalid field '{item}' must be a "
+                             f"key=value pair")
+        pairs.append((key.strip().lower(), text))
+    return pairs
+
+
+def parse_secret(value: str, environ: Mapping[str, str] = os.environ) -> SecretSpec:
+    """``id=ID,src=FILE``, ``id=ID,env=VAR``, ``type=file|env``; a bare ``src``/``env``
+    names the secret after the file (its base name) or the variable; an ``id`` alone is
+    read from the variable of that name if set, else from the file of that name."""
+    kind, ident, src, env = "", "", "", ""
+    for key, text in _pairs("--secret", value):
+        if key == "type":
+            if text not in ("file", "env"):
+                raise UsageError(f"invalid --secret {value!r}: unsupported secret type {text!r}")
+            kind = text
+        elif key == "id":
+            ident = text
+        elif key in ("src", "source"):
+            src = text
+        elif key == "env":
+            env = text
+        else:
+            raise UsageError(f"invalid --secret {value!r}: unexpected key '{key}' in "
+                             f"'{key}={text}'")
+    if kind == "env" and not env:
+        env, src = src, ""
+    return _secret_defaults(value, kind, ident, src, env, environ)
+
+
+def _secret_defaults(value: str, kind: str, ident: str, src: str, env: str,
+                     environ: Mapping[str, str]) -> SecretSpec:
+    if not ident:
+        ident = env or os.path.basename(src.rstrip("/"))
+    if not ident:
+        raise UsageError(f"invalid --secret {value!r}: secret missing ID",
+                         hint="use --secret id=ID,src=FILE or --secret id=ID,env=VAR")
+    if not src and not env:
+        if kind == "env" or (kind != "file" and ident in environ):
+            env = ident
+        else:
+            src = ident
+    return SecretSpec(ident, src or None, env or None)
+
+
+def parse_ssh(value: str, environ: Mapping[str, str] = os.environ) -> SshSpec:
+    """``default`` (``$SSH_AUTH_SOCK``), ``ID=SOCKET[,SOCKET...]`` or ``default=SOCKET``."""
+    ident, equals, rest = value.partition("=")
+    if not ident:
+        raise UsageError(f"invalid --ssh {value!r}: the id is empty",
+                         hint="use --ssh default or --ssh ID=SOCKET")
+    paths = tuple(p for p in rest.split(",") if p) if equals else ()
+    if not paths:
+        if ident != "default" and equals:
+            raise UsageError(f"invalid --ssh {value!r}: no socket or key given for {ident!r}")
+        sock = environ.get("SSH_AUTH_SOCK", "")
+        if not sock:
+            raise UsageError(f"invalid --ssh {value!r}: invalid empty ssh agent socket: "
+                             f"make sure SSH_AUTH_SOCK is set")
+        paths = (sock,)
+    return SshSpec(ident, tuple(os.path.abspath(p) for p in paths))
+
+
+def parse_output(value: str) -> OutputSpec:
+    """buildx's ``--output``: ``-o DIR`` is ``type=local,dest=DIR`` and ``-o -`` is
+    ``type=tar,dest=-``; else ``type=...`` with ``dest``, ``name``, ``push``."""
+    if "=" not in value and "," not in value:
+        if not value:
+            raise UsageError("invalid --output '': the value is empty")
+        return OutputSpec("tar", "-") if value == "-" else OutputSpec("local",
+                                                                     os.path.abspath(value))
+    attrs = dict(_pairs("--output", value))
+    kind = attrs.pop("type", "")
+    if not kind:
+        raise UsageError(f"invalid --output {value!r}: type is required for output")
+    if kind not in OUTPUT_TYPES:
+        raise UsageError(f"invalid --output {value!r}: unsupported output type {kind!r}",
+                         hint=f"use one of {', '.join(OUTPUT_TYPES)}")
+    if kind in ("image", "registry"):
+        return _image_output(value, kind, attrs)
+    return _file_output(value, kind, attrs)
+
+
+def _file_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
+    dest = attrs.pop("dest", "")
+    _no_more(value, attrs)
+    if not dest:
+        what = "directory" if kind == "local" else "file"
+        raise UsageError(f"invalid --output {value!r}: dest {what} is required for the "
+                         f"{kind} exporter")
+    if kind == "local" and dest == "-":
+        raise UsageError(f"invalid --output {value!r}: the local exporter writes a "
+                         f"directory, not stdout", hint="use type=tar,dest=- for a stream")
+    return OutputSpec(kind, dest if dest == "-" else os.path.abspath(dest))
+
+
+def _image_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
+    names = tuple(n.strip() for n in attrs.pop("name", "").split(",") if n.strip())
+    push_text = attrs.pop("push", "true" if kind == "registry" else "false").lower()
+    _no_more(value, attrs)
+    if push_text not in ("true", "false", "1", "0"):
+        raise UsageError(f"invalid --output {value!r}: push must be true or false, not "
+                         f"{push_text!r}")
+    for name in names:
+        parse_tag(name, flag="--output")
+    return OutputSpec("image", None, names, push_text in ("true", "1"))
+
+
+def _no_more(value: str, attrs: Mapping[str, str]) -> None:
+    if attrs:
+        key = sorted(attrs)[0]
+        raise UsageError(f"invalid --output {value!r}: unsupported attribute {key!r}")
+
+
+def parse_tag(value: str, *, flag: str = "--tag") -> str:
+    """A ``-t`` name, checked as an image reference."""
+    try:
+        parse_reference(value)
+    except ImageReferenceError as exc:
+        raise UsageError(f"invalid {flag}: {exc.message}") from None
+    return value
+
+
+def parse_epoch(build_args: Mapping[str, str], environ: Mapping[str, str]) -> int | None:
+    """``SOURCE_DATE_EPOCH``: the build arg, else the environment; unset or empty is None."""
+    text = build_args.get("SOURCE_DATE_EPOCH") or environ.get("SOURCE_DATE_EPOCH") or ""
+    if not text:
+        return None
+    if not text.isdigit():
+        raise UsageError(f"invalid SOURCE_DATE_EPOCH {text!r}: not a unix time in seconds")
+    return int(text)
+
+
+def parse_progress(value: str) -> str:
+    if value not in PROGRESS_MODES:
+        raise UsageError(f"invalid --progress {value!r}: unknown progress mode",
+                         hint=f"use one of {', '.join(PROGRESS_MODES)}")
+    return value
+
+
+def parse_platform_list(values: Sequence[str]) -> tuple[str, ...]:
+    """``--platform`` values (each ``P[,P...]``) as normalised texts, in order, once each."""
+    found: list[str] = []
+    for value in values or [str(default_platform())]:
+        found += [text for text in map(str, parse_platforms(value)) if text not in found]
+    return tuple(found)
+
+
+def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bool
+                    ) -> tuple[OutputSpec, ...]:
+    """The outputs with ``--push`` and the ``-t`` names applied, as buildx does: ``--push``
+    adds (or turns on) an image output; an image output without names takes the tags."""
+    specs = list(outputs)
+    if push and not any(o.type == "image" for o in specs):
+        specs.append(OutputSpec("image", None, (), True))
+    resolved = []
+    for spec in specs:
+        if spec.type == "image":
+            names = spec.names or tuple(tags)
+            if not names:
+                raise UsageError("tag is needed when pushing to registry" if spec.push or push
+                                 else "an image output needs a name",
+                                 hint="add -t NAME or name=NAME")
+            spec = OutputSpec("image", None, names, spec.push or push)
+        resolved.append(spec)
+    if sum(1 for o in resolved if o.to_stdout) > 1:
+        raise UsageError("only one --output can write to stdout (dest=-)")
+    return tuple(resolved)
+
+
+# --- the session: secret values, read at request time ------------------------------------
+
+
+def read_session(options: BuildOptions, environ: Mapping[str, str] = os.environ
+                 ) -> dict[str, Any]:
+    """The request's session part: secret values by id, ssh sockets by id."""
+    secrets = {spec.id: _secret_value(spec, environ) for spec in options.secrets}
+    return {"secrets": secrets, "ssh": {spec.id: spec.paths[0] for spec in options.ssh}}
+
+
+def _secret_value(spec: SecretSpec, environ: Mapping[str, str]) -> bytes:
+    if spec.env is not None:
+        if spec.env not in environ:
+            raise UsageError(f"secret {spec.id!r}: environment variable {spec.env!r} is not "
+                             f"set", hint="export it, or use --secret id=ID,src=FILE")
+        return environ[spec.env].encode()
+    path = Path(spec.src or spec.id)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"secret {spec.id!r}: cannot read {str(path)!r}: "
+                         f"{exc.strerror or exc}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise UsageError(f"secret {spec.id!r} too big. max size 500KB ({str(path)!r})")
+    return data
+
+
+# --- all flags together ------------------------------------------------------------------
+
+
+def parse_build_args(items: Sequence[str], environ: Mapping[str, str]
+                     ) -> tuple[tuple[str, str], ...]:
+    """``K=V`` pairs (the last wins); a bare ``K`` takes its value from the environment and
+    is dropped when the environment has none, as buildx does."""
+    args: dict[str, str] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid --build-arg {item!r}: the name is empty")
+        if equals:
+            args[key] = value
+        elif key in environ:
+            args[key] = environ[key]
+    return tuple(args.items())
+
+
+def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildOptions:
+    """The ``BuildOptions`` of a parsed ``dockyard build`` command line (argparse's
+    namespace: context, file, platform, target, build_arg, secret, ssh, output, tag, push,
+    no_cache, progress, metadata_file)."""
+    build_args = parse_build_args(args.build_arg, environ)
+    tags = tuple(parse_tag(tag) for tag in args.tag)
+    outputs = resolve_outputs([parse_output(o) for o in args.output], tags, args.push)
+    return BuildOptions(
+        context=os.path.abspath(args.context), filename=_filename(args.file, args.context),
+        platforms=parse_platform_list(args.platform), target=args.target,
+        build_args=build_args, secrets=tuple(parse_secret(s, environ) for s in args.secret),
+        ssh=tuple(parse_ssh(s, environ) for s in args.ssh), outputs=outputs, tags=tags,
+        no_cache=args.no_cache, progress=parse_progress(args.progress),
+        metadata_file=os.path.abspath(args.metadata_file) if args.metadata_file else None,
+        epoch=parse_epoch(dict(build_args), environ))
+
+
+def _filename(option: str | None, context: str) -> str:
+    """The Dockerfile's display name: relative to the context when inside it."""
+    if option is None or option == "-":
+        return "Dockerfile"
+    path = os.path.abspath(option)
+    inside = os.path.relpath(path, os.path.abspath(context))
+    return path if inside.startswith("..") else inside

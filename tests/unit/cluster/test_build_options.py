@@ -1,0 +1,264 @@
+"""``dockyard build``'s flags: each flag value -> its spec, every bad value -> its exact
+``UsageError``, the wire form round trip, and the session (secret values) read at request
+time and kept out of the options."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster._build_options import (
+    BuildOptions,
+    OutputSpec,
+    SecretSpec,
+    SshSpec,
+    gather_options,
+    parse_build_args,
+    parse_epoch,
+    parse_output,
+    parse_platform_list,
+    parse_progress,
+    parse_secret,
+    parse_ssh,
+    parse_tag,
+    read_session,
+    resolve_outputs,
+)
+from cluster._cli import build_parser
+from scheduler._errors import UsageError
+
+ENV = {"TOKEN": "from-env", "SSH_AUTH_SOCK": "/run/agent.sock", "HOME": "/root"}
+
+SECRETS = [
+    ("id=a,src=/s/a.txt", SecretSpec("a", "/s/a.txt", None)),
+    ("id=a,source=/s/a.txt", SecretSpec("a", "/s/a.txt", None)),
+    ("src=/s/key.pem", SecretSpec("key.pem", "/s/key.pem", None)),
+    ("id=t,env=TOKEN", SecretSpec("t", None, "TOKEN")),
+    ("env=TOKEN", SecretSpec("TOKEN", None, "TOKEN")),
+    ("type=env,id=t,src=TOKEN", SecretSpec("t", None, "TOKEN")),
+    ("type=env,id=TOKEN", SecretSpec("TOKEN", None, "TOKEN")),
+    ("type=file,id=TOKEN", SecretSpec("TOKEN", "TOKEN", None)),
+    ("id=TOKEN", SecretSpec("TOKEN", None, "TOKEN")),
+    ("id=afile", SecretSpec("afile", "afile", None)),
+    ("ID=a,SRC=f", SecretSpec("a", "f", None)),
+    ('"id=a,b",src=f', SecretSpec("a,b", "f", None)),
+]
+
+OUTPUTS = [
+    ("out", OutputSpec("local", "/cwd/out")),
+    ("-", OutputSpec("tar", "-")),
+    ("type=local,dest=d", OutputSpec("local", "/cwd/d")),
+    ("type=tar,dest=-", OutputSpec("tar", "-")),
+    ("type=oci,dest=/x/i.tar", OutputSpec("oci", "/x/i.tar")),
+    ("type=docker,dest=i.tar", OutputSpec("docker", "/cwd/i.tar")),
+    ("type=image,name=reg:5000/a:1,push=true", OutputSpec("image", None, ("reg:5000/a:1",), True)),
+    ('type=image,"name=a,b"', OutputSpec("image", None, ("a", "b"), False)),
+    ("type=registry,name=a", OutputSpec("image", None, ("a",), True)),
+    ("type=image", OutputSpec("image", None, (), False)),
+]
+
+SSH = [
+    ("default", SshSpec("default", ("/run/agent.sock",))),
+    ("default=/a.sock", SshSpec("default", ("/a.sock",))),
+    ("git=/a.sock,/b.sock", SshSpec("git", ("/a.sock", "/b.sock"))),
+    ("git", SshSpec("git", ("/run/agent.sock",))),
+]
+
+# (parser, value, exact message)
+ERRORS: list[tuple[Any, str, str]] = [
+    (parse_secret, "id=a,bogus=1", "invalid --secret 'id=a,bogus=1': unexpected key 'bogus' "
+                                   "in 'bogus=1'"),
+    (parse_secret, "id=a,nokey", "invalid --secret 'id=a,nokey': invalid field 'nokey' must "
+                                 "be a key=value pair"),
+    (parse_secret, "type=ssh,id=a", "invalid --secret 'type=ssh,id=a': unsupported secret "
+                                    "type 'ssh'"),
+    (parse_secret, "type=file", "invalid --secret 'type=file': secret missing ID\n"
+                                "hint: use --secret id=ID,src=FILE or --secret id=ID,env=VAR"),
+    (parse_secret, '"id=a', "invalid --secret '\"id=a': failed to parse csv: unexpected end "
+                            "of data"),
+    (parse_ssh, "=x", "invalid --ssh '=x': the id is empty\n"
+                      "hint: use --ssh default or --ssh ID=SOCKET"),
+    (parse_ssh, "git=", "invalid --ssh 'git=': no socket or key given for 'git'"),
+    (parse_output, "", "invalid --output '': the value is empty"),
+    (parse_output, "dest=x", "invalid --output 'dest=x': type is required for output"),
+    (parse_output, "type=cacheonly", "invalid --output 'type=cacheonly': unsupported output "
+                                     "type 'cacheonly'\nhint: use one of local, tar, oci, "
+                                     "docker, image, registry"),
+    (parse_output, "type=local", "invalid --output 'type=local': dest directory is required "
+                                 "for the local exporter"),
+    (parse_output, "type=oci", "invalid --output 'type=oci': dest file is required for the "
+                               "oci exporter"),
+    (parse_output, "type=local,dest=-", "invalid --output 'type=local,dest=-': the local "
+                                        "exporter writes a directory, not stdout\nhint: use "
+                                        "type=tar,dest=- for a stream"),
+    (parse_output, "type=tar,dest=x,compression=zstd",
+     "invalid --output 'type=tar,dest=x,compression=zstd': unsupported attribute "
+     "'compression'"),
+    (parse_output, "type=image,name=a,push=maybe",
+     "invalid --output 'type=image,name=a,push=maybe': push must be true or false, not "
+     "'maybe'"),
+    (parse_output, "type=image,name=A:b", "invalid --output: invalid reference format "
+                                          "'A:b': repository name (library/A) must be "
+                                          "lowercase"),
+    (parse_tag, "Bad/Name", "invalid --tag: invalid reference format 'Bad/Name': "
+                          "repository name (Name) must be lowercase"),
+    (parse_tag, "", "invalid --tag: invalid reference format '': repository "
+                  "name must have at least one component"),
+    (parse_progress, "fancy", "invalid --progress 'fancy': unknown progress mode\n"
+                              "hint: use one of auto, plain, tty, rawjson, quiet"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), SECRETS)
+def test_secret(value: str, expected: SecretSpec) -> None:
+    assert parse_secret(value, ENV) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), OUTPUTS)
+def test_output(value: str, expected: OutputSpec, monkeypatch: pytest.MonkeyPatch,
+                tmp_path: Path) -> None:
+    monkeypatch.setattr("os.getcwd", lambda: "/cwd")
+    assert parse_output(value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), SSH)
+def test_ssh(value: str, expected: SshSpec) -> None:
+    assert parse_ssh(value, ENV) == expected
+
+
+def test_ssh_default_without_agent() -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_ssh("default", {})
+    assert str(caught.value) == ("invalid --ssh 'default': invalid empty ssh agent socket: "
+                                 "make sure SSH_AUTH_SOCK is set")
+
+
+@pytest.mark.parametrize(("parse", "value", "message"), ERRORS)
+def test_bad_values(parse: Any, value: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse(value)
+    assert str(caught.value) == message
+
+
+# (outputs, tags, --push) -> outputs, or the exact error
+RESOLVE: list[tuple[list[OutputSpec], list[str], bool, Any]] = [
+    ([], ["a:1"], True, (OutputSpec("image", None, ("a:1",), True),)),
+    ([OutputSpec("image")], ["a", "b"], False, (OutputSpec("image", None, ("a", "b")),)),
+    ([OutputSpec("image", None, ("n",))], ["a"], True, (OutputSpec("image", None, ("n",), True),)),
+    ([OutputSpec("tar", "/t")], [], False, (OutputSpec("tar", "/t"),)),
+    ([], [], True, "tag is needed when pushing to registry\nhint: add -t NAME or name=NAME"),
+    ([OutputSpec("image")], [], False, "an image output needs a name\n"
+                                       "hint: add -t NAME or name=NAME"),
+    ([OutputSpec("tar", "-"), OutputSpec("oci", "-")], [], False,
+     "only one --output can write to stdout (dest=-)"),
+]
+
+
+@pytest.mark.parametrize(("outputs", "tags", "push", "expected"), RESOLVE)
+def test_resolve_outputs(outputs: list[OutputSpec], tags: list[str], push: bool,
+                         expected: Any) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(UsageError) as caught:
+            resolve_outputs(outputs, tags, push)
+        assert str(caught.value) == expected
+    else:
+        assert resolve_outputs(outputs, tags, push) == expected
+
+
+EPOCHS: list[tuple[dict[str, str], dict[str, str], Any]] = [
+    ({}, {}, None),
+    ({}, {"SOURCE_DATE_EPOCH": "100"}, 100),
+    ({"SOURCE_DATE_EPOCH": "5"}, {"SOURCE_DATE_EPOCH": "100"}, 5),
+    ({"SOURCE_DATE_EPOCH": ""}, {}, None),
+    ({"SOURCE_DATE_EPOCH": "-1"}, {}, "invalid SOURCE_DATE_EPOCH '-1': not a unix time in "
+                                      "seconds"),
+    ({}, {"SOURCE_DATE_EPOCH": "soon"}, "invalid SOURCE_DATE_EPOCH 'soon': not a unix time "
+                                        "in seconds"),
+]
+
+
+@pytest.mark.parametrize(("args", "environ", "expected"), EPOCHS)
+def test_epoch(args: dict[str, str], environ: dict[str, str], expected: Any) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(UsageError) as caught:
+            parse_epoch(args, environ)
+        assert str(caught.value) == expected
+    else:
+        assert parse_epoch(args, environ) == expected
+
+
+def test_build_args_and_platforms() -> None:
+    assert parse_build_args(["A=1", "TOKEN", "MISSING", "A=2", "B=x=y"], ENV) == (
+        ("A", "2"), ("TOKEN", "from-env"), ("B", "x=y"))
+    assert parse_platform_list(["linux/amd64,linux/arm64", "linux/amd64"]) == (
+        "linux/amd64", "linux/arm64")
+    with pytest.raises(UsageError):
+        parse_build_args(["=v"], ENV)
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(["build", *argv])
+
+
+def test_gather_options_and_wire_round_trip(tmp_path: Path) -> None:
+    argv = ["-f", str(tmp_path / "sub" / "Dockerfile.x"), "-t", "a:1", "-t", "b",
+            "--platform", "linux/arm64", "--target", "t", "--build-arg",
+            "SOURCE_DATE_EPOCH=7", "--secret", "id=t,env=TOKEN", "--ssh", "default",
+            "-o", "type=oci,dest=/o.tar", "--push", "--no-cache", "--progress", "plain",
+            "--metadata-file", "/m.json", str(tmp_path)]
+    options = gather_options(_args(argv), ENV)
+    assert options == BuildOptions(
+        context=str(tmp_path), filename="sub/Dockerfile.x", platforms=("linux/arm64",),
+        target="t", build_args=(("SOURCE_DATE_EPOCH", "7"),),
+        secrets=(SecretSpec("t", None, "TOKEN"),),
+        ssh=(SshSpec("default", ("/run/agent.sock",)),),
+        outputs=(OutputSpec("oci", "/o.tar"), OutputSpec("image", None, ("a:1", "b"), True)),
+        tags=("a:1", "b"), no_cache=True, progress="plain", metadata_file="/m.json", epoch=7)
+    assert BuildOptions.from_wire(options.to_wire()) == options
+
+
+def test_wire_version_is_checked() -> None:
+    wire = BuildOptions(context="/c").to_wire() | {"version": 99}
+    with pytest.raises(UsageError) as caught:
+        BuildOptions.from_wire(wire)
+    assert str(caught.value) == ("build options of version 99 (this dockyard reads version "
+                                 "1)\nhint: use the same dockyard version on the client and "
+                                 "the service")
+
+
+def test_secret_values_only_in_the_session(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_bytes(b"file-secret-value")
+    argv = ["--secret", f"id=f,src={tmp_path / 's.txt'}", "--secret", "id=t,env=TOKEN",
+            str(tmp_path)]
+    environ = ENV | {"TOKEN": "env-secret-value"}
+    options = gather_options(_args(argv), environ)
+    wire = repr(options.to_wire()) + repr(options)
+    assert "secret-value" not in wire
+    assert read_session(options, environ) == {
+        "secrets": {"f": b"file-secret-value", "t": b"env-secret-value"}, "ssh": {}}
+
+
+SESSION_ERRORS = [
+    (SecretSpec("t", None, "UNSET"), "secret 't': environment variable 'UNSET' is not set\n"
+                                     "hint: export it, or use --secret id=ID,src=FILE"),
+    (SecretSpec("f", "/nonexistent/f", None), "secret 'f': cannot read '/nonexistent/f': "
+                                              "No such file or directory"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), SESSION_ERRORS)
+def test_session_errors(spec: SecretSpec, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        read_session(BuildOptions(context="/c", secrets=(spec,)), ENV)
+    assert str(caught.value) == message
+
+
+def test_secret_too_big(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(b"x" * (500 * 1024 + 1))
+    spec = SecretSpec("big", str(tmp_path / "big"), None)
+    with pytest.raises(UsageError) as caught:
+        read_session(BuildOptions(context="/c", secrets=(spec,)), ENV)
+    assert str(caught.value) == f"secret 'big' too big. max size 500KB ('{tmp_path}/big')"
