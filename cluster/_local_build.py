@@ -28,7 +28,13 @@ from scheduler._progress import EventSink
 from scheduler._solver import Solver, SolverStatistics
 from scheduler.dockerfile._convert._model import BaseImage
 from scheduler.dockerfile._frontend import build_graph
-from workers._exporters import export_docker, export_local, export_oci, export_tar
+from workers._exporters import (
+    export_docker,
+    export_local,
+    export_oci,
+    export_tar,
+    push_image,
+)
 from workers._image import (
     ImageArtifacts,
     IndexArtifacts,
@@ -44,15 +50,18 @@ from ._context import load_ignore_patterns
 __all__ = ["LocalBuildOptions", "LocalBuildResult", "Output", "build_local"]
 
 Exported = ImageArtifacts | IndexArtifacts
-_OUTPUT_TYPES = ("oci", "docker", "tar", "local")
+_OUTPUT_TYPES = ("oci", "docker", "tar", "local", "image")
 
 
 @dataclass(frozen=True)
 class Output:
-    """One ``--output``: ``type`` oci, docker, tar or local; ``dest`` a path."""
+    """One ``--output``: ``type`` oci, docker, tar or local with ``dest`` a path; or
+    ``image`` with ``name`` (a reference), pushed to its registry when ``push``."""
 
     type: str
-    dest: Path
+    dest: Path | None = None
+    name: str = ""
+    push: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,10 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
     images = [_image(result, records, options.epoch) for result in frontend.graph.results]
     exported: Exported = images[0] if len(images) == 1 else build_index(images)
     for output in options.outputs:
-        await asyncio.to_thread(_export, engine, exported, output, options)
+        if output.type == "image":
+            await _push(engine, exported, output)
+        else:
+            await asyncio.to_thread(_export, engine, exported, output, options)
     return LocalBuildResult(exported, records, solver.statistics(), build_metadata(exported))
 
 
@@ -152,11 +164,26 @@ def _check_outputs(outputs: Sequence[Output]) -> None:
         if output.type not in _OUTPUT_TYPES:
             raise UsageError(f"unknown output type {output.type!r}",
                              hint=f"use one of {', '.join(_OUTPUT_TYPES)}")
+        if output.type == "image" and not output.name:
+            raise UsageError("an image output needs a name",
+                             hint="use --output type=image,name=REF,push=true")
+        if output.type != "image" and output.dest is None:
+            raise UsageError(f"a {output.type} output needs a destination",
+                             hint=f"use --output type={output.type},dest=PATH")
+
+
+async def _push(engine: WorkerRuntime, exported: Exported, output: Output) -> None:
+    """An image output: pushed when asked (there is no local image store to load into)."""
+    if output.push:
+        await push_image(exported, engine.blob_source(), engine.registry, output.name,
+                         scratch=engine.tmp)
 
 
 def _export(engine: WorkerRuntime, exported: Exported, output: Output,
             options: LocalBuildOptions) -> None:
     source = engine.blob_source()
+    if output.dest is None:  # checked before the build
+        raise ExportError(f"a {output.type} output needs a destination")
     if output.type == "oci":
         export_oci(exported, source, output.dest, names=options.names, epoch=options.epoch)
     elif output.type == "docker":

@@ -40,9 +40,9 @@ def _options(root: Path, out: Path, arches: str = "amd64", **extra: Any
              ) -> LocalBuildOptions:
     out.mkdir(parents=True, exist_ok=True)
     platforms = tuple(parse_platform(f"linux/{arch}") for arch in arches.split(","))
+    outputs = (Output("oci", out / "image.tar"), Output("local", out / "rootfs"))
     return LocalBuildOptions(root=root, platforms=platforms, secrets={"token": SECRET},
-                             outputs=(Output("oci", out / "image.tar"),
-                                      Output("local", out / "rootfs")), **extra)
+                             **({"outputs": outputs} | extra))
 
 
 def _context(tmp_path: Path) -> Path:
@@ -190,3 +190,19 @@ def test_source_date_epoch_makes_two_machines_agree(tmp_path: Path,
         assert config["created"] == "1970-01-01T00:16:40Z"
         digests.append(_digest(result))
     assert digests[0] == digests[1]
+
+
+def test_a_pushed_image_is_a_base_whose_env_reaches_run(tmp_path: Path,
+                                                        busybox_image: Any) -> None:
+    name = f"{busybox_image.domain}/engine/base:env"
+    base = (f"FROM {busybox_image.reference}\nENV FOO=from-base\nWORKDIR /w\n"
+            "CMD [\"cat\", \"/w/foo\"]\n")
+    _build(base, _context(tmp_path / "a"),
+           _options(tmp_path / "root", tmp_path / "o1",
+                    outputs=(Output("image", name=name, push=True),)))
+    child = f"FROM {name}\nRUN echo $FOO > foo\n"
+    _build(child, _context(tmp_path / "b"), _options(tmp_path / "root2", tmp_path / "o2"))
+    assert (tmp_path / "o2" / "rootfs" / "w" / "foo").read_text() == "from-base\n"
+    config = oci_config(tmp_path / "o2" / "image.tar")["config"]
+    assert "FOO=from-base" in config["Env"] and config["Cmd"] == ["cat", "/w/foo"]
+    assert config["WorkingDir"] == "/w"
