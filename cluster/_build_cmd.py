@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from scheduler._errors import UsageError
+from scheduler._errors import ExecError, UsageError
 
 from ._build_options import BuildOptions, gather_options, read_session
 from ._render import Renderer, make_renderer
@@ -79,10 +79,22 @@ def run_build(args: argparse.Namespace) -> int:
     renderer = make_renderer(options.progress, sys.stderr)
     try:
         result = asyncio.run(_solve(_settings(os.environ), request, renderer))
-    finally:
+    except ExecError as error:
         renderer.close()
+        _print_tail(error)
+        raise
+    renderer.close()
     _finish(options, result)
     return 0
+
+
+def _print_tail(error: ExecError, lines: int = 10) -> None:
+    """The failed RUN's last output lines, framed as BuildKit prints them before the error."""
+    tail = error.output_tail.rstrip("\n").split("\n")[-lines:] if error.output_tail else []
+    if not tail:
+        return
+    body = "\n".join(f"{line}" for line in tail)
+    print(f"------\n > {error.vertex}:\n{body}\n------", file=sys.stderr)
 
 
 async def _solve(settings: ServiceSettings, request: dict[str, Any], renderer: Renderer

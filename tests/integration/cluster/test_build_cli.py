@@ -1,0 +1,214 @@
+"""``dockyard build`` end to end, as a user runs it: a subprocess of the CLI with its own
+DOCKYARD_ROOT, the embedded service (started by the first build, reused by the others,
+ended by ``dockyard stop``), real runc and overlayfs, the registry fixture's busybox.
+
+The service is started once for the module; the last test stops it and checks that none of
+its processes survive (the fixture stops it too when a test failed before)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster._service import Proc, RunPaths, alive, process_tree
+
+PROJECT = Path(__file__).resolve().parents[3]
+SECRET = "s3cr3t-value-8c1f0e"  # must appear nowhere but the one RUN that mounts it
+
+
+@dataclass
+class Dockyard:
+    """A root, and how to run the CLI against it."""
+
+    root: Path
+    busybox: str
+    work: Path
+
+    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 180
+            ) -> subprocess.CompletedProcess[bytes]:
+        environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
+                   **(env or {})}
+        return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=self.work,
+                              env=environ, capture_output=True, timeout=timeout, check=False)
+
+    def build(self, *argv: str, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[bytes]:
+        return self.run("build", "--progress=plain", *argv, env=env)
+
+    def processes(self) -> set[Proc]:
+        pid_file = RunPaths(self.root).pid
+        if not pid_file.exists():
+            return set()
+        pid = int(pid_file.read_text())
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return {(pid, start)} | process_tree(pid)
+
+
+def _stop(dockyard: Dockyard) -> None:
+    dockyard.run("stop", timeout=90)
+
+
+@pytest.fixture(scope="module")
+def dockyard(busybox_image: Any) -> Iterator[Dockyard]:
+    root = Path(tempfile.mkdtemp(prefix="dyb-", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="dyb-work-"))
+    found = Dockyard(root, busybox_image.reference, work)
+    try:
+        yield found
+    finally:
+        _stop(found)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _context(dockyard: Dockyard, name: str, dockerfile: str) -> Path:
+    context = dockyard.work / name
+    context.mkdir()
+    (context / "Dockerfile").write_text(dockerfile.replace("BUSYBOX", dockyard.busybox))
+    (context / "file.txt").write_text("from the context\n")
+    return context
+
+
+SMALL = """\
+FROM BUSYBOX
+COPY file.txt /file.txt
+RUN echo built-by-run > /hello && cat /file.txt
+"""
+
+
+def _ok(done: subprocess.CompletedProcess[bytes]) -> str:
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stderr.decode()
+
+
+def _blocks(progress: str) -> dict[str, list[str]]:
+    """``#N`` -> its lines (without the ``#N ``), from --progress=plain output."""
+    found: dict[str, list[str]] = {}
+    for line in progress.splitlines():
+        if line.startswith("#"):
+            number, _, rest = line.partition(" ")
+            found.setdefault(number, []).append(rest)
+    return found
+
+
+def test_build_to_oci_and_local_then_fully_cached(dockyard: Dockyard) -> None:
+    context = _context(dockyard, "small", SMALL)
+    out = dockyard.work / "out"
+    argv = ["-o", f"type=oci,dest={out}/image.tar", "-o", f"type=local,dest={out}/rootfs",
+            "--metadata-file", f"{out}/meta.json", "-t", "example/small:1", str(context)]
+    out.mkdir()
+    progress = _ok(dockyard.build(*argv))
+    blocks = _blocks(progress)
+    run_block = next(lines for lines in blocks.values() if lines[0].startswith("[2/3] RUN")
+                     or "RUN echo built-by-run" in lines[0])
+    assert any(line.endswith("from the context") for line in run_block)
+    assert run_block[-1].startswith("DONE ")
+    assert (out / "rootfs" / "hello").read_text() == "built-by-run\n"
+    assert (out / "rootfs" / "file.txt").read_text() == "from the context\n"
+    with tarfile.open(out / "image.tar") as oci:
+        assert {"oci-layout", "index.json"} <= set(oci.getnames())
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["containerimage.digest"].startswith("sha256:")
+    assert meta["containerimage.config.digest"].startswith("sha256:")
+    assert meta["containerimage.descriptor"]["digest"] == meta["containerimage.digest"]
+
+    began = time.monotonic()
+    again = _ok(dockyard.build(*argv))
+    took = time.monotonic() - began
+    finals = [lines[-1] for lines in _blocks(again).values()]
+    assert not [f for f in finals if f.startswith("DONE")], again
+    assert "CACHED" in finals
+    assert json.loads((out / "meta.json").read_text()) == meta  # same image digest
+    assert took < 10, f"a fully cached rebuild took {took:.1f}s"
+
+
+def test_failing_run_names_instruction_exit_code_and_output(dockyard: Dockyard) -> None:
+    context = _context(dockyard, "failing", "FROM BUSYBOX\nRUN echo last-words && exit 3\n")
+    done = dockyard.build("-o", f"type=tar,dest={dockyard.work}/never.tar", str(context))
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    error = stderr[stderr.index("error: "):]
+    assert "RUN echo last-words && exit 3" in error
+    assert "exit code: 3" in error
+    assert "------\n > " in stderr and "\nlast-words\n------" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_docker_archive_to_stdout(dockyard: Dockyard) -> None:
+    context = _context(dockyard, "stdout", SMALL)
+    done = dockyard.run("build", "--progress=quiet", "-t", "example/stdout:1",
+                        "-o", "type=docker,dest=-", str(context))
+    assert done.returncode == 0, done.stderr.decode()
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert manifest[0]["RepoTags"] == ["example/stdout:1"]
+    assert not list((dockyard.root / "tmp").glob("stdout-*"))
+
+
+SECRET_DOCKERFILE = """\
+FROM BUSYBOX
+RUN --mount=type=secret,id=token sha256sum /run/secrets/token | cut -c1-64 > /seen
+"""
+
+
+def _contains(path: Path, needle: bytes) -> list[Path]:
+    hits = []
+    for item in [path] if path.is_file() else path.rglob("*"):
+        if item.is_file() and not item.is_symlink():
+            try:
+                if needle in item.read_bytes():
+                    hits.append(item)
+            except OSError:
+                continue
+    return hits
+
+
+def test_secret_reaches_only_its_run(dockyard: Dockyard) -> None:
+    context = _context(dockyard, "secret", SECRET_DOCKERFILE)
+    out = dockyard.work / "secret-out"
+    done = dockyard.run("build", "--progress=rawjson", "--no-cache", "--secret",
+                        "id=token,env=TOKEN", "-o", f"type=local,dest={out}", "-o",
+                        f"type=oci,dest={out}.tar", str(context), env={"TOKEN": SECRET})
+    assert done.returncode == 0, done.stderr.decode()
+    digest = hashlib.sha256(SECRET.encode()).hexdigest()
+    assert (out / "seen").read_text() == digest + "\n"  # the RUN saw the value
+    assert SECRET.encode() not in done.stderr + done.stdout  # no event carries it
+    for place in (dockyard.root / "run" / "daemon.log", dockyard.root / "cache",
+                  dockyard.root / "snapshots", out, Path(f"{out}.tar")):
+        assert _contains(place, SECRET.encode()) == [], place
+    assert not (out / "run" / "secrets" / "token").exists()
+
+
+def test_bad_flag_is_a_usage_error_before_any_service(dockyard: Dockyard) -> None:
+    done = dockyard.run("build", "--secret", "id=x,bogus=1", str(dockyard.work))
+    assert (done.returncode, done.stderr.decode()) == (
+        1, "error: invalid --secret 'id=x,bogus=1': unexpected key 'bogus' in 'bogus=1'\n")
+
+
+def test_stop_leaves_no_processes(dockyard: Dockyard) -> None:
+    _ok(dockyard.build("-o", f"type=tar,dest={dockyard.work}/s.tar",
+                       str(_context(dockyard, "stop", SMALL))))
+    started = dockyard.processes()
+    assert started
+    done = dockyard.run("stop", timeout=90)
+    assert done.returncode == 0, done.stderr.decode()
+    assert "stopped the dockyard service" in done.stderr.decode()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in started if alive(p)] == []
+    assert not RunPaths(dockyard.root).socket.exists()
