@@ -151,7 +151,8 @@ class Executor:
         self._running.add(run.id)
         self._runs_total += 1
         try:
-            await finish_shielded(asyncio.to_thread(self._prepare, run, process, mounts))
+            await finish_shielded(asyncio.to_thread(self._prepare_or_fail, run, process,
+                                                    mounts))
             code = await self._execute(run, stdout, stderr, stdin)
             return _Result(code, "".join(run.tail))
         except asyncio.CancelledError:
@@ -162,6 +163,17 @@ class Executor:
             self._running.discard(run.id)
 
     # --- preparing the bundle (blocking; in a thread) -----------------------------------
+
+    def _prepare_or_fail(self, run: _Run, process: ProcessSpec,
+                         mounts: Sequence[ExecMountSpec]) -> None:
+        try:
+            self._prepare(run, process, mounts)
+        except OSError as err:
+            where = _in_image(run.rootfs, str(err.filename or run.bundle))
+            raise ExecError(f"cannot prepare the container for {_shown(process.args)}: "
+                            f"{err.strerror or err} ({where})", exit_code=-1,
+                            hint="check the working directory and the mount destinations "
+                                 "are directories in the image") from err
 
     def _prepare(self, run: _Run, process: ProcessSpec,
                  mounts: Sequence[ExecMountSpec]) -> None:
@@ -257,6 +269,14 @@ class _Result:
     tail: str
 
 
+def _in_image(rootfs: Path, path: str) -> str:
+    """``path`` as the image names it when it lies in ``rootfs``, else as is."""
+    inside = Path(path)
+    if inside.is_relative_to(rootfs):
+        return "/" + str(inside.relative_to(rootfs)).removeprefix(".")
+    return path
+
+
 def _shown(args: Sequence[str]) -> str:
     """The command as BuildKit quotes it in its error: the argv joined by spaces."""
     return '"' + " ".join(args) + '"'
@@ -274,9 +294,13 @@ async def _spawn(argv: list[str], with_stdin: bool) -> asyncio.subprocess.Proces
 
 
 async def _quiet(argv: list[str]) -> None:
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL,
-                                                stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.DEVNULL)
+    """Run a runc housekeeping command; its failure (nothing to kill) is expected."""
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL,
+                                                    stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.DEVNULL)
+    except OSError:
+        return
     await proc.wait()
 
 

@@ -13,7 +13,7 @@ containerd's default Unix spec:
   insecure: every capability, nothing masked, /sys and cgroupfs writable, all devices.
 - like BuildKit, new privileges stay allowed (setuid binaries work in a RUN) and rlimits are
   inherited unless given; cgroups are left to runc's defaults.  BuildKit's default seccomp
-  profile is not applied (see the report in docs/engine.md).
+  profile (Docker's) is not applied yet.
 """
 
 from __future__ import annotations
