@@ -231,7 +231,7 @@ class _DiskStore:
         self.counters.blob_hits += 1
         self.touch(path)
         return verified_stream(file, digest, self.where,
-                               lambda: self._drop(path, seen))
+                               lambda: self._drop(path, seen), size=seen.st_size)
 
     def _drop(self, path: Path, seen: os.stat_result) -> None:
         self.counters.blobs_corrupt += 1
@@ -404,13 +404,14 @@ class _DiskStore:
             path.unlink(missing_ok=True)
 
     def _remove_stale_temps(self) -> None:
+        """Drop what crashed writers left (live writers' files are renamed away any time)."""
         limit = time.time() - STALE_TEMP
-        with _os_errors("list", self.layout.tmp):
-            stale = [entry.path for entry in os.scandir(self.layout.tmp)
-                     if entry.name.startswith(TEMP_PREFIX) and entry.is_file()
-                     and entry.stat().st_mtime < limit]
-        for path in stale:
-            self._remove(Path(path))
+        with _os_errors("list", self.layout.tmp), os.scandir(self.layout.tmp) as entries:
+            ours = [entry for entry in entries if entry.name.startswith(TEMP_PREFIX)]
+        for entry in ours:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file() and entry.stat().st_mtime < limit:
+                    self._remove(Path(entry.path))
 
     def usage(self) -> Usage:
         blobs = [stat.st_size for _, stat in _scan(self.layout.blobs)]

@@ -79,7 +79,7 @@ class MemoryBackend:
         self._counters.blob_hits += 1
         self._used[digest] = self._clock()
         return verified_stream(io.BytesIO(data), digest, _WHERE,
-                               lambda: self._drop_blob(digest, data))
+                               lambda: self._drop_blob(digest, data), size=len(data))
 
     def _drop_blob(self, digest: str, data: bytes) -> None:
         self._counters.blobs_corrupt += 1

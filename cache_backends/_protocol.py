@@ -208,16 +208,21 @@ class CacheBackend(Protocol):
 
 class _VerifyingRaw(io.RawIOBase):
     """Hashes what it reads from ``source``; at the end, a mismatch calls ``on_corrupt``
-    (the backend drops the blob) and raises ``BlobCorrupt``."""
+    (the backend drops the blob) and raises ``BlobCorrupt``.  The end is the empty read, or,
+    when the stored ``size`` is known, the read that delivers its last byte (a consumer that
+    stops at the size it expects still gets the check)."""
 
     def __init__(self, source: BinaryIO, digest: str, where: str,
-                 on_corrupt: Callable[[], None]) -> None:
+                 on_corrupt: Callable[[], None], size: int | None) -> None:
         super().__init__()
         self._source = source
         self._digest = digest
         self._where = where
         self._on_corrupt = on_corrupt
+        self._size = size
         self._hash = hashlib.sha256()
+        # bytes delivered so far
+        self._seen = 0
         # True once the end was reached and the digest compared (it is compared once)
         self._checked = False
 
@@ -230,6 +235,9 @@ class _VerifyingRaw(io.RawIOBase):
         if data:
             view[:len(data)] = data
             self._hash.update(data)
+            self._seen += len(data)
+            if self._seen == self._size and not self._checked:
+                self._check()
             return len(data)
         if not self._checked:
             self._check()
@@ -253,9 +261,10 @@ class _VerifyingRaw(io.RawIOBase):
 
 
 def verified_stream(source: BinaryIO, digest: str, where: str,
-                    on_corrupt: Callable[[], None]) -> BinaryIO:
-    """``source`` read through a digest check (see ``BlobReader``), buffered in chunks."""
-    raw = _VerifyingRaw(source, digest, where, on_corrupt)
+                    on_corrupt: Callable[[], None], *, size: int | None = None) -> BinaryIO:
+    """``source`` (of ``size`` bytes, when known) read through a digest check (see
+    ``BlobReader``), buffered in chunks."""
+    raw = _VerifyingRaw(source, digest, where, on_corrupt, size)
     return cast(BinaryIO, io.BufferedReader(raw, CHUNK))
 
 

@@ -10,6 +10,7 @@ import io
 import multiprocessing
 import os
 import random
+import tarfile
 import threading
 import time
 import traceback
@@ -23,6 +24,11 @@ from cache_backends._local import STALE_TEMP, TEMP_PREFIX, LocalBackend
 from cache_backends._protocol import CHUNK, BlobCorrupt, BlobMissing
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from scheduler._errors import CacheError
+from scheduler._graph import ImageConfig
+from scheduler._platform import Platform
+from workers._exporters import export_local, export_oci
+from workers._image import ImageArtifacts, build_image
+from workers._layers import write_layer
 
 
 def blob(size: int, seed: int = 0) -> tuple[str, bytes]:
@@ -309,3 +315,47 @@ def _assert_consistent(root: Path) -> None:
             await read_all(backend, f"sha256:{name}")
 
     asyncio.run(check())
+
+
+# --- the exporters read the cache through the blocking adapter ----------------------------------
+
+
+def _cached_image(tmp_path: Path) -> tuple[LocalBackend, ImageArtifacts]:
+    """A one-layer image whose layer was written into ``<root>/tmp`` and moved into the
+    cache, as a worker does."""
+    backend = LocalBackend(tmp_path / "root")
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/motd").write_text("cached\n")
+    spool = tmp_path / "root/tmp/layer"
+    with open(spool, "wb") as out:
+        layer = write_layer(upper, out)
+    asyncio.run(backend.put_blob(layer.digest, spool, move=True))
+    image = build_image(None, ImageConfig(), (layer,), Platform("linux", "amd64"),
+                        created=0, epoch=None)
+    return backend, image
+
+
+def test_exporters_read_layers_from_the_cache(tmp_path: Path) -> None:
+    backend, image = _cached_image(tmp_path)
+    source = backend.blob_source()
+    export_local(image, source, tmp_path / "out")
+    assert (tmp_path / "out/etc/motd").read_text() == "cached\n"
+    export_oci(image, source, tmp_path / "image.tar")
+    layer = image.layers[0]
+    with tarfile.open(tmp_path / "image.tar") as tar:
+        member = tar.extractfile(f"blobs/sha256/{layer.digest.removeprefix('sha256:')}")
+        assert member is not None
+        assert hashlib.sha256(member.read()).hexdigest() == layer.digest.removeprefix("sha256:")
+
+
+def test_an_export_over_a_corrupt_cached_layer_fails_and_drops_it(tmp_path: Path) -> None:
+    backend, image = _cached_image(tmp_path)
+    layer = image.layers[0]
+    path = backend.blob_source().blob_path(layer.digest)
+    assert path is not None
+    path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(BlobCorrupt):
+        export_oci(image, backend.blob_source(), tmp_path / "image.tar")
+    assert not (tmp_path / "image.tar").exists()
+    assert not asyncio.run(backend.has(layer.digest))

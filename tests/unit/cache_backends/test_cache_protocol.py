@@ -112,21 +112,24 @@ def _readinto(stream: io.BufferedIOBase) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.parametrize("size", [None, len(DATA)])
 @pytest.mark.parametrize("read", [r for _, r in READS], ids=[n for n, _ in READS])
-def test_a_good_stream_reads_through(read: object) -> None:
+def test_a_good_stream_reads_through(read: object, size: int | None) -> None:
     dropped: list[bool] = []
-    with verified_stream(io.BytesIO(DATA), DIGEST, "here", lambda: dropped.append(True)) as s:
+    with verified_stream(io.BytesIO(DATA), DIGEST, "here", lambda: dropped.append(True),
+                         size=size) as s:
         assert read(s) == DATA  # type: ignore[operator]
         assert s.read() == b""
     assert dropped == []
 
 
+@pytest.mark.parametrize("size", [None, len(DATA)])
 @pytest.mark.parametrize("read", [r for _, r in READS], ids=[n for n, _ in READS])
-def test_a_bad_stream_fails_at_its_end_once(read: object) -> None:
+def test_a_bad_stream_fails_at_its_end_once(read: object, size: int | None) -> None:
     dropped: list[bool] = []
     bad = DATA[:-1] + b"!"
     stream = verified_stream(io.BytesIO(bad), DIGEST, "the shelf",
-                             lambda: dropped.append(True))
+                             lambda: dropped.append(True), size=size)
     with pytest.raises(BlobCorrupt) as caught:
         read(stream)  # type: ignore[operator]
     actual = hashlib.sha256(bad).hexdigest()
@@ -136,6 +139,18 @@ def test_a_bad_stream_fails_at_its_end_once(read: object) -> None:
     assert dropped == [True]
     assert stream.read() == b""  # checked once; the caller already has the error
     stream.close()
+
+
+def test_a_known_size_is_checked_at_its_last_byte() -> None:
+    """A consumer that reads exactly the size it expects (tarfile) still gets the check."""
+    bad = DATA[:-1] + b"!"
+    source = io.BytesIO(bad)
+    stream = verified_stream(source, DIGEST, "x", lambda: None, size=len(bad))
+    remaining = len(bad)
+    with pytest.raises(BlobCorrupt):
+        while remaining:
+            remaining -= len(stream.read(min(1000, remaining)))
+    assert source.tell() == len(bad)
 
 
 def test_the_async_reader_iterates_and_closes() -> None:
