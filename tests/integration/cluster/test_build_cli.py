@@ -12,11 +12,13 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +199,59 @@ def test_bad_flag_is_a_usage_error_before_any_service(dockyard: Dockyard) -> Non
     done = dockyard.run("build", "--secret", "id=x,bogus=1", str(dockyard.work))
     assert (done.returncode, done.stderr.decode()) == (
         1, "error: invalid --secret 'id=x,bogus=1': unexpected key 'bogus' in 'bogus=1'\n")
+
+
+def test_push_to_the_registry(dockyard: Dockyard, busybox_image: Any) -> None:
+    context = _context(dockyard, "push", SMALL)
+    name = f"{busybox_image.domain}/example/pushed:1"
+    meta = dockyard.work / "push-meta.json"
+    _ok(dockyard.build("-t", name, "--push", "--metadata-file", str(meta), str(context)))
+    digest = json.loads(meta.read_text())["containerimage.digest"]
+    accept = "application/vnd.oci.image.manifest.v1+json"
+    request = urllib.request.Request(
+        f"http://{busybox_image.domain}/v2/example/pushed/manifests/1",
+        headers={"Accept": accept}, method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.headers["Docker-Content-Digest"] == digest
+
+
+def _mounts_under(root: Path) -> list[str]:
+    return [line for line in Path("/proc/mounts").read_text().splitlines()
+            if str(root) in line]
+
+
+def test_ctrl_c_cancels_the_build(dockyard: Dockyard) -> None:
+    context = _context(dockyard, "cancel", "FROM BUSYBOX\nRUN echo sleeping && sleep 60\n")
+    environ = {**os.environ, "DOCKYARD_ROOT": str(dockyard.root), "PYTHONPATH": str(PROJECT)}
+    process = subprocess.Popen([sys.executable, "-m", "cluster", "build", "--progress=plain",
+                                "--no-cache", str(context)], cwd=dockyard.work, env=environ,
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            if raw.rstrip().endswith(b" sleeping"):
+                break
+        began = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+        assert time.monotonic() - began < 20
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    deadline = time.monotonic() + 15
+    while _mounts_under(dockyard.root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _mounts_under(dockyard.root) == []
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _cmdline(p).startswith(b"sleep\x0060")]
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_stop_leaves_no_processes(dockyard: Dockyard) -> None:
