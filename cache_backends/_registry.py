@@ -7,12 +7,13 @@ from typing import Final
 
 from cache_backends._local import LocalBackend
 from cache_backends._memory import MemoryBackend
+from cache_backends._protocol import CacheBackend
 
 __all__ = ["BACKENDS"]
 
 #: name -> backend class.  Constructors differ (a root, a bucket...): the caller that picks
 #: a backend by name (the CLI's configuration) supplies its options.
-BACKENDS: Final[dict[str, type[MemoryBackend] | type[LocalBackend]]] = {
+BACKENDS: Final[dict[str, type[CacheBackend]]] = {
     "memory": MemoryBackend,
     "local": LocalBackend,
 }
