@@ -131,11 +131,9 @@ class WorkerRuntime:
         self.snapshots.publish(layer.diff_id, staging)
 
     def _open_blob(self, digest: str) -> BinaryIO:
-        path = self.cache.blob_source().blob_path(digest)
-        if path is None:
-            raise CacheError(f"local cache: layer blob {digest} is missing",
-                             hint="build again with --no-cache")
-        return open(path, "rb")  # noqa: SIM115 -- closed by the caller's with
+        """The blob, read through the cache's verifying reader: a corrupt blob is removed
+        from the cache as it is detected (a miss for the next build, never a wrong one)."""
+        return self.cache.blob_source().open_blob(digest)
 
     async def store_upper(self, upper: Path, epoch: int | None) -> LayerDescriptor | None:
         """The diff in ``upper`` as a layer blob in the cache; None when it is empty."""
