@@ -254,6 +254,18 @@ def _cmdline(proc: Path) -> bytes:
         return b""
 
 
+def test_two_platforms_one_index(dockyard: Dockyard) -> None:
+    context = _context(dockyard, "multi", "FROM BUSYBOX\nRUN uname -m > /arch\n")
+    out = dockyard.work / "multi-out"
+    meta = dockyard.work / "multi-meta.json"
+    _ok(dockyard.build("--platform", "linux/amd64,linux/arm64", "-o",
+                       f"type=local,dest={out}", "--metadata-file", str(meta), str(context)))
+    assert (out / "linux_amd64" / "arch").read_text() == "x86_64\n"
+    assert (out / "linux_arm64" / "arch").read_text() == "aarch64\n"
+    descriptor = json.loads(meta.read_text())["containerimage.descriptor"]
+    assert descriptor["mediaType"] == "application/vnd.oci.image.index.v1+json"
+
+
 def test_stop_leaves_no_processes(dockyard: Dockyard) -> None:
     _ok(dockyard.build("-o", f"type=tar,dest={dockyard.work}/s.tar",
                        str(_context(dockyard, "stop", SMALL))))
