@@ -225,12 +225,17 @@ def _pack(value: Any) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Vertex:
-    """One op with the digests of its inputs.  ``name`` is a human label (not digested)."""
+    """One op with the digests of its inputs.
+
+    ``name`` is a human label and ``location`` the Dockerfile position of the instruction
+    that made the vertex (``Dockerfile:7:1``: file, line, column; "" for internal vertices
+    such as the build context).  Both are metadata: not digested, not compared."""
 
     op: Op
     inputs: tuple[str, ...] = ()
     name: str = field(default="", compare=False)
     platform: Platform | None = None
+    location: str = field(default="", compare=False)
     digest: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -409,7 +414,8 @@ class BuildGraph:
         return tuple(self._results)
 
     def add(self, vertex: Vertex) -> str:
-        """Add ``vertex`` (its inputs must be in the graph); return its digest."""
+        """Add ``vertex`` (its inputs must be in the graph); return its digest.  A vertex
+        already there stays as it is: the first one added keeps its name and location."""
         for index, digest in enumerate(vertex.inputs):
             if digest not in self._vertices:
                 raise GraphError(f"vertex {vertex.name or vertex.op.kind!r}: input {index} "
@@ -458,7 +464,7 @@ class BuildGraph:
 
     def to_json_lines(self) -> str:
         """One JSON object per vertex (``digest``, ``op``, ``inputs``, ``platform``,
-        ``name``, then the op's fields), then one per result (``result``: the target,
+        ``name``, ``location``, then the op's fields), then one per result (``result``: the target,
         ``platform``, ``root``, ``config``).  Every line ends in a newline."""
         lines = [_vertex_json(v) for v in self._vertices.values()]
         lines += [_result_json(r) for r in self._results]
@@ -468,16 +474,23 @@ class BuildGraph:
 def _vertex_plain(vertex: Vertex) -> dict[str, Any]:
     return {"digest": vertex.digest, "op": _plain(vertex.op), "inputs": list(vertex.inputs),
             "name": vertex.name,
-            "platform": None if vertex.platform is None else _plain(vertex.platform)}
+            "platform": None if vertex.platform is None else _plain(vertex.platform),
+            "location": vertex.location}
+
+
+_VERTEX_KEYS = frozenset({"digest", "op", "inputs", "name", "platform"})
 
 
 def _vertex_from_plain(raw: Any, where: str) -> Vertex:
-    if not isinstance(raw, dict) or set(raw) != {"digest", "op", "inputs", "name", "platform"}:
-        raise _fail(where, "expected a map with digest, op, inputs, name, platform")
+    # "location" may be absent: a graph written before it existed still reads.
+    if not isinstance(raw, dict) or set(raw) - {"location"} != _VERTEX_KEYS:
+        raise _fail(where, "expected a map with digest, op, inputs, name, platform and "
+                           "optionally location")
     vertex = Vertex(op=_decode(Op, raw["op"], f"{where}.op"),
                     inputs=_decode(tuple[str, ...], raw["inputs"], f"{where}.inputs"),
                     name=_decode(str, raw["name"], f"{where}.name"),
-                    platform=_decode(Platform | None, raw["platform"], f"{where}.platform"))
+                    platform=_decode(Platform | None, raw["platform"], f"{where}.platform"),
+                    location=_decode(str, raw.get("location", ""), f"{where}.location"))
     if vertex.digest != raw["digest"]:
         raise _fail(where, f"digest {raw['digest']!r} does not match its content "
                            f"({vertex.digest})")
@@ -525,7 +538,7 @@ def _vertex_json(vertex: Vertex) -> dict[str, Any]:
     head: dict[str, Any] = {
         "digest": vertex.digest, "op": vertex.op.kind, "inputs": list(vertex.inputs),
         "platform": None if vertex.platform is None else str(vertex.platform),
-        "name": vertex.name,
+        "name": vertex.name, "location": vertex.location,
     }
     return head | {name: _jsonable(value) for name, value in fields.items()}
 

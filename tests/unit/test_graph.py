@@ -43,7 +43,8 @@ CONTEXT = SourceOp("local://context", (("exclude", '["*.md"]'),))
 
 def small_graph() -> BuildGraph:
     graph = BuildGraph()
-    base = graph.add(Vertex(ALPINE, platform=AMD64, name="[1/3] FROM alpine:3.19"))
+    base = graph.add(Vertex(ALPINE, platform=AMD64, name="[1/3] FROM alpine:3.19",
+                             location="Dockerfile:1:1"))
     context = graph.add(Vertex(CONTEXT, name="load context"))
     run = graph.add(Vertex(
         ExecOp(("/bin/sh", "-c", "make"), env=("PATH=/bin",), cwd="/src",
@@ -52,12 +53,13 @@ def small_graph() -> BuildGraph:
                        ExecMount("/run/secrets/tok", None, type="secret", secret_id="tok",
                                  mode=0o400, uid=0, gid=0)),
                proxy_env=("HTTP_PROXY=http://proxy:3128",)),
-        inputs=(base,), platform=AMD64, name="[2/3] RUN make"))
+        inputs=(base,), platform=AMD64, name="[2/3] RUN make", location="Dockerfile:2:1"))
     files = graph.add(Vertex(
         FileOp((Copy(1, "/app", "/dst", chown="1000:1000", chmod="u+x", exclude=("*.tmp",)),
                 Mkfile("/etc/motd", "hello\n"), Mkdir("/d", make_parents=True), Rm("/tmp/x"),
                 Symlink("/d", "/e")), base=None),
-        inputs=(run, context), platform=AMD64, name="[3/3] COPY --link . /dst"))
+        inputs=(run, context), platform=AMD64, name="[3/3] COPY --link . /dst",
+        location="Dockerfile:3:3"))
     merged = graph.add(Vertex(MergeOp(), inputs=(run, files), platform=AMD64))
     graph.add_result(ImageResult(AMD64, merged, ImageConfig(
         cmd=("sh",), labels=(("a", "b"),), exposed_ports=("80/tcp",),
@@ -84,7 +86,7 @@ PINNED = [
     ("last", lambda: list(small_graph().vertices.values())[-1],
      "sha256:39a22bb669838225dcd771eefb662c911029377d983e55b0938c113e34424269"),
     ("whole graph", lambda: _Hashed(small_graph().to_msgpack()),
-     "sha256:7e1f9af0af052d16abbcfd1c561820fba8b143aacbc2f33ace2bdd72619f23b9"),
+     "sha256:cae39e2fec5f9fe53af6d7bfb7b630b414f5f353b508680885e02796a731ce3d"),
 ]
 
 
@@ -96,6 +98,8 @@ def test_pinned_digests(label: str, make: Any, digest: str) -> None:
 # Two vertices whose digests must be equal (left out of the digest) or differ.
 SAME = [
     ("name", Vertex(ALPINE, name="a"), Vertex(ALPINE, name="b")),
+    ("location", Vertex(ALPINE, location="Dockerfile:1:1"),
+     Vertex(ALPINE, location="other.Dockerfile:9:2")),
     ("proxy_env", Vertex(ExecOp(("true",), proxy_env=("HTTP_PROXY=a",))),
      Vertex(ExecOp(("true",), proxy_env=("HTTP_PROXY=b",)))),
 ]
@@ -137,6 +141,13 @@ def test_add_dedups_and_keeps_order() -> None:
     assert graph.vertices[first].name == "first"
 
 
+def test_add_keeps_the_first_location() -> None:
+    graph = BuildGraph()
+    first = graph.add(Vertex(ALPINE, location="Dockerfile:1:1"))
+    assert graph.add(Vertex(ALPINE, location="Dockerfile:5:1")) == first
+    assert graph.vertices[first].location == "Dockerfile:1:1"
+
+
 def test_round_trip() -> None:
     graph = small_graph()
     data = graph.to_msgpack()
@@ -148,6 +159,11 @@ def test_round_trip() -> None:
     exec_vertex = list(again.vertices.values())[2]
     assert isinstance(exec_vertex.op, ExecOp)
     assert exec_vertex.op.proxy_env == ("HTTP_PROXY=http://proxy:3128",)
+    # metadata is not compared by ==, so check it field by field
+    assert [(v.name, v.location) for v in again.vertices.values()] == [
+        (v.name, v.location) for v in graph.vertices.values()]
+    assert [v.location for v in again.vertices.values()] == [
+        "Dockerfile:1:1", "", "Dockerfile:2:1", "Dockerfile:3:3", ""]
 
 
 def _document() -> dict[str, Any]:
@@ -204,7 +220,12 @@ MALFORMED = [
      "malformed build graph at vertices[2]: digest"),
     ("vertex keys", _set(("vertices", 0, "extra"), 1),
      "malformed build graph at vertices[0]: expected a map with digest, op, inputs, name, "
-     "platform"),
+     "platform and optionally location"),
+    ("vertex without name", _set(("vertices", 0, "name"), _DELETE),
+     "malformed build graph at vertices[0]: expected a map with digest, op, inputs, name, "
+     "platform and optionally location"),
+    ("location not text", _set(("vertices", 0, "location"), 7),
+     "malformed build graph at vertices[0].location: expected str, got int"),
     ("input order", _set(("vertices", 0), _document()["vertices"][2]),
      "vertex '[2/3] RUN make': input 0 ("),
     ("dangling root", _set(("results", 0, "root"), "sha256:" + "0" * 64),
@@ -236,6 +257,13 @@ CONFIG_FIELDS = [
                          ids=[c[0] for c in CONFIG_FIELDS])
 def test_config_fields_decode(label: str, data: bytes, name: str, value: Any) -> None:
     assert getattr(BuildGraph.from_msgpack(data).results[0].config, name) == value
+
+
+def test_vertex_without_location_decodes() -> None:
+    """A graph written before vertices carried a location still reads (as "")."""
+    graph = BuildGraph.from_msgpack(_set(("vertices", 0, "location"), _DELETE))
+    assert list(graph.vertices.values())[0].location == ""
+    assert graph == small_graph()
 
 
 def test_add_refuses_missing_input() -> None:
@@ -270,8 +298,10 @@ def test_json_lines() -> None:
     assert [line.get("digest") for line in lines[:-1]] == digests
     assert lines[0] == {"digest": digests[0], "op": "source", "inputs": [],
                         "platform": "linux/amd64", "name": "[1/3] FROM alpine:3.19",
-                        "attrs": [], "identifier": ALPINE.identifier}
-    assert lines[1]["platform"] is None
+                        "location": "Dockerfile:1:1", "attrs": [],
+                        "identifier": ALPINE.identifier}
+    assert lines[1]["platform"] is None and lines[1]["location"] == ""
+    assert lines[3]["location"] == "Dockerfile:3:3"
     assert lines[2]["op"] == "exec" and lines[2]["proxy_env"] == ["HTTP_PROXY=http://proxy:3128"]
     assert [a["kind"] for a in lines[3]["actions"]] == ["copy", "mkfile", "mkdir", "rm",
                                                         "symlink"]
