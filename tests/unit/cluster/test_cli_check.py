@@ -96,12 +96,16 @@ def test_build_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert err == stderr if stderr.startswith("error") or not stderr else stderr in err
 
 
-def test_build_without_check_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                     ) -> None:
+def test_build_with_a_bad_flag_starts_no_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Flags are checked before anything starts: a bad one is a usage error, and the local
+    service (whose state would live under DOCKYARD_ROOT) is never started."""
+    root = tmp_path / "root"
+    monkeypatch.setenv("DOCKYARD_ROOT", str(root))
     (tmp_path / "Dockerfile").write_text("FROM alpine\n")
-    code = main(["build", str(tmp_path)])
+    code = main(["build", "--progress=bogus", str(tmp_path)])
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")
-    assert err == ("error: dockyard build cannot build images yet: execution arrives with the "
-                   "solver and the workers\nhint: 'dockyard build --check' lints the "
-                   "Dockerfile; 'dockyard debug graph' prints the build graph\n")
+    assert err == ("error: invalid --progress 'bogus': unknown progress mode\n"
+                   "hint: use one of auto, plain, tty, rawjson, quiet\n")
+    assert not root.exists()
