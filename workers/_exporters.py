@@ -34,15 +34,10 @@ from cache_backends._records import LayerDescriptor
 from scheduler._errors import CacheError, ExportError, ImageReferenceError
 from scheduler._platform import Platform
 from scheduler._reference import Reference, parse_reference
-from workers._image import (
-    OCI_INDEX,
-    Descriptor,
-    ImageArtifacts,
-    IndexArtifacts,
-    canonical_json,
-)
+from workers._image import ImageArtifacts, IndexArtifacts, canonical_json
 from workers._layer_stream import HashingReader
 from workers._layers import apply_layer_flat
+from workers._manifests import Descriptor, index_json
 from workers._tar_write import TarEntryWriter, write_upper
 
 __all__ = [
@@ -245,10 +240,10 @@ def _ref_name(name: str) -> tuple[str, str]:
 def layout_index(subject: Exported, names: Sequence[str]) -> bytes:
     """``index.json``: the image (or index) once per name, annotated with its names."""
     top = _top_descriptor(subject)
-    entries = [top.to_json()] if not names else [
-        top.with_annotations({CONTAINERD_NAME: full, REF_NAME: tag}).to_json()
+    entries = [top] if not names else [
+        top.with_annotations({CONTAINERD_NAME: full, REF_NAME: tag})
         for full, tag in map(_ref_name, names)]
-    return canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+    return canonical_json(index_json(entries))
 
 
 def export_oci(subject: Exported, source: BlobSource, dest: Destination, *,

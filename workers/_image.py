@@ -34,7 +34,6 @@ give the same bytes and digests.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -46,6 +45,18 @@ from cache_backends._records import GZIP_LAYER, LayerDescriptor
 from scheduler._errors import ExportError
 from scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
 from scheduler._platform import Platform
+
+from ._manifests import (
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    index_json,
+    sha256_digest,
+)
 
 __all__ = [
     "DOCKER_CONFIG",
@@ -65,13 +76,6 @@ __all__ = [
     "sha256_digest",
 ]
 
-OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
-OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
-DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
-
 #: Layer media types in Docker's naming (zstd has no Docker name and keeps the OCI one).
 _DOCKER_LAYER: Final = {
     GZIP_LAYER: "application/vnd.docker.image.rootfs.diff.tar.gzip",
@@ -82,30 +86,6 @@ _OCI_LAYER: Final = {docker: oci for oci, docker in _DOCKER_LAYER.items()}
 #: History text of a layer that no history entry describes (BuildKit: "created by buildkit").
 MISSING_HISTORY: Final = "created by dockyard"
 MISSING_COMMENT: Final = "dockyard.exporter.image.v0"
-
-
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    """An OCI content descriptor; ``platform`` only on an index's entries."""
-
-    media_type: str
-    digest: str
-    size: int
-    platform: Platform | None = None
-    annotations: tuple[tuple[str, str], ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
-                                "size": self.size}
-        if self.platform is not None:
-            data["platform"] = platform_json(self.platform)
-        if self.annotations:
-            data["annotations"] = dict(self.annotations)
-        return data
-
-    def with_annotations(self, annotations: Mapping[str, str]) -> Descriptor:
-        return Descriptor(self.media_type, self.digest, self.size, self.platform,
-                          tuple(sorted(annotations.items())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,17 +121,6 @@ def canonical_json(value: Any) -> bytes:
     """Sorted keys, no insignificant whitespace, UTF-8: one byte form per value."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False).encode()
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def platform_json(platform: Platform) -> dict[str, str]:
-    data = {"architecture": platform.architecture, "os": platform.os}
-    if platform.variant:
-        data["variant"] = platform.variant
-    return data
 
 
 # --- timestamps --------------------------------------------------------------------------
@@ -393,15 +362,11 @@ def build_index(manifests: Sequence[ImageArtifacts]) -> IndexArtifacts:
         raise ExportError("an image index lists each platform once; got "
                           + ", ".join(str(item) for item in platforms))
     oci = manifests[0].descriptor.media_type == OCI_MANIFEST
-    index = canonical_json({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX if oci else DOCKER_MANIFEST_LIST,
-        "manifests": [image.descriptor.to_json() for image in manifests],
-    })
+    media_type = OCI_INDEX if oci else DOCKER_MANIFEST_LIST
+    index = canonical_json(index_json([image.descriptor for image in manifests], media_type))
     digest = sha256_digest(index)
     return IndexArtifacts(index=index, digest=digest,
-                          descriptor=Descriptor(OCI_INDEX if oci else DOCKER_MANIFEST_LIST,
-                                                digest, len(index)),
+                          descriptor=Descriptor(media_type, digest, len(index)),
                           images=tuple(manifests))
 
 

@@ -12,18 +12,20 @@ import ipaddress
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from cache_backends._records import LayerDescriptor
 from scheduler._errors import RegistryError
 from scheduler._platform import Platform, normalize_arch
 
 __all__ = [
+    "DOCKER_CONFIG",
     "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST",
     "INDEX_TYPES",
     "MANIFEST_TYPES",
     "MAX_MANIFEST_BYTES",
+    "OCI_CONFIG",
     "OCI_INDEX",
     "OCI_MANIFEST",
     "Descriptor",
@@ -32,21 +34,25 @@ __all__ = [
     "ACCEPT_MANIFESTS",
     "build_index",
     "check_algorithm",
+    "index_json",
     "invalid_manifest",
     "layers_of",
     "parse_descriptor",
     "sha256_digest",
     "parse_manifest",
+    "platform_json",
     "platform_candidates",
     "registry_url",
     "select_manifest",
     "uses_plain_http",
 ]
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
+DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
 _SCHEMA1 = frozenset({"application/vnd.docker.distribution.manifest.v1+json",
                       "application/vnd.docker.distribution.manifest.v1+prettyjws"})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
@@ -60,12 +66,39 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Descriptor:
-    """A content descriptor of a manifest or index: what it points at."""
+    """An OCI content descriptor: what a manifest, index or config points at.  ``platform``
+    only on an index's entries; ``annotations`` sorted by key."""
 
     media_type: str
     digest: str
     size: int
     platform: Platform | None = None
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
+                                "size": self.size}
+        if self.platform is not None:
+            data["platform"] = platform_json(self.platform)
+        if self.annotations:
+            data["annotations"] = dict(self.annotations)
+        return data
+
+    def with_annotations(self, annotations: Mapping[str, str]) -> Descriptor:
+        return Descriptor(self.media_type, self.digest, self.size, self.platform,
+                          tuple(sorted(annotations.items())))
+
+
+def platform_json(platform: Platform) -> dict[str, str]:
+    """A descriptor's or config's platform fields (``variant`` only when set)."""
+    data = {"architecture": platform.architecture, "os": platform.os}
+    if platform.variant:
+        data["variant"] = platform.variant
+    return data
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,27 +290,23 @@ def layers_of(manifest: Mapping[str, Any], config: bytes, where: str) -> tuple[L
                  for b, d in zip(blobs, diff_ids, strict=True))
 
 
-def build_index(manifests: Sequence[Descriptor],
-                annotations: Mapping[str, str] | None = None) -> bytes:
-    """An OCI image index over ``manifests`` (each with its platform), as compact JSON."""
-    entries: list[dict[str, Any]] = []
-    for item in manifests:
-        entry: dict[str, Any] = {"mediaType": item.media_type, "digest": item.digest,
-                                 "size": item.size}
-        if item.platform is not None:
-            plat = {"architecture": item.platform.architecture, "os": item.platform.os}
-            if item.platform.variant:
-                plat["variant"] = item.platform.variant
-            entry["platform"] = plat
-        entries.append(entry)
-    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+def index_json(manifests: Sequence[Descriptor], media_type: str = OCI_INDEX,
+               annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The JSON object of an image index (or Docker manifest list) over ``manifests``; the
+    callers choose the byte form."""
+    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": media_type,
+                             "manifests": [item.to_json() for item in manifests]}
     if annotations:
         index["annotations"] = dict(annotations)
-    return json.dumps(index, separators=(",", ":")).encode()
+    return index
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+def build_index(manifests: Sequence[Descriptor],
+                annotations: Mapping[str, str] | None = None) -> bytes:
+    """An OCI image index over ``manifests`` (each with its platform), as compact JSON in
+    insertion order (the form ``RegistryClient.push_index`` has always pushed)."""
+    return json.dumps(index_json(manifests, OCI_INDEX, annotations),
+                      separators=(",", ":")).encode()
 
 
 def check_algorithm(digest: str, where: str) -> None:
