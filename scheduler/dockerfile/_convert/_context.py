@@ -72,6 +72,10 @@ class Conversion:
             rule=rule, message=message, filename=self.filename, line=node.start_line,
             column=node.column, description=_RULE_DOCS.get(rule, ""), url=rule_url(rule)))
 
+    def location(self, node: Node) -> str:
+        """``node``'s position for its vertices: ``<file>:<line>:<column>`` of its keyword."""
+        return f"{self.filename}:{node.start_line}:{node.column}"
+
     def expand(self, word: str, env: Mapping[str, str], node: Node) -> Expansion:
         return expand(word, env, escape=self.options.escape, node=node,
                       filename=self.filename)
@@ -104,7 +108,7 @@ class Conversion:
         if self._context_digest is None:
             self._context_digest = self.sink.add(
                 SourceOp(identifier="local://context", attrs=self._context_attrs()), (),
-                "[internal] load build context", None)
+                "[internal] load build context", None, location="")
         return self._context_digest
 
     def _context_attrs(self) -> tuple[tuple[str, str], ...]:

@@ -129,7 +129,7 @@ def _add_git(conv: Conversion, command: CopyCommand | AddCommand, plan: _Plan,
     if command.checksum:
         attrs.append(("checksum", command.checksum))
     digest = conv.sink.add(SourceOp(identifier=git.identifier, attrs=tuple(sorted(attrs))),
-                           (), name, None)
+                           (), name, None, location=conv.location(command.node))
     plan.actions.append(Copy(
         src=plan.input(digest), src_path="/", dest_path=dest, chown=command.chown or "",
         chmod=command.chmod or "", follow_symlinks=False, copy_dir_contents=False,
@@ -144,7 +144,7 @@ def _add_http(conv: Conversion, command: CopyCommand | AddCommand, plan: _Plan, 
     if command.checksum:
         attrs.append(("checksum", command.checksum))
     digest = conv.sink.add(SourceOp(identifier=url, attrs=tuple(sorted(attrs))), (), name,
-                           None)
+                           None, location=conv.location(command.node))
     plan.actions.append(Copy(
         src=plan.input(digest), src_path=filename, dest_path=dest,
         chown=command.chown or "", chmod=command.chmod or "", follow_symlinks=False,
@@ -188,7 +188,8 @@ def _split_parents(src: str) -> tuple[str, tuple[str, ...]]:
 def _add_heredoc(conv: Conversion, state: StageState, command: CopyCommand | AddCommand,
                  plan: _Plan, doc_name: str, data: str, dest: str) -> None:
     op = FileOp(actions=(Mkfile(path="/" + doc_name, data=data),), base=None)
-    digest = conv.sink.add(op, (), "[internal] preparing inline document", state.platform)
+    digest = conv.sink.add(op, (), "[internal] preparing inline document", state.platform,
+                           location="")
     plan.actions.append(Copy(
         src=plan.input(digest), src_path="/" + doc_name, dest_path=dest,
         chown=command.chown or "", chmod=command.chmod or "", follow_symlinks=False,
@@ -199,10 +200,12 @@ def _finish(conv: Conversion, state: StageState, command: CopyCommand | AddComma
             plan: _Plan, name: str, link: bool) -> None:
     base = 0 if state.root and not link else None
     op = FileOp(actions=tuple(plan.actions), base=base)
-    copied = conv.sink.add(op, plan.inputs, name, state.platform)
+    location = conv.location(command.node)
+    copied = conv.sink.add(op, plan.inputs, name, state.platform, location=location)
     if not link or state.root is None:
         state.root = copied
         return
     merge_name = name.replace("] ", "] LINK ", 1) if name.startswith("[") else "LINK " + name
-    state.root = conv.sink.add(MergeOp(), (state.root, copied), merge_name, state.platform)
+    state.root = conv.sink.add(MergeOp(), (state.root, copied), merge_name, state.platform,
+                               location=location)
 

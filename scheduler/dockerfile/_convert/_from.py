@@ -72,7 +72,7 @@ def _from_image(conv: Conversion, stage_node: StageNode, state: StageState
     name = prefix_command(state, "FROM " + ref, multi_platform=conv.options.multi_platform,
                           platform=state.platform)
     state.root = conv.sink.add(SourceOp(identifier="docker-image://" + ref), (), name,
-                               state.platform)
+                               state.platform, location=conv.location(stage_node.node))
     return triggers
 
 

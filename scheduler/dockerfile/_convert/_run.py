@@ -52,7 +52,8 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     name = prefix_command(state, uppercase_command(conv.display(label, env)),
                           multi_platform=conv.options.multi_platform,
                           platform=state.platform, target=conv.target_of(state))
-    state.root = conv.sink.add(op, inputs.digests, name, state.platform)
+    state.root = conv.sink.add(op, inputs.digests, name, state.platform,
+                               location=conv.location(command.node))
     state.config.commit("RUN " + _history_args(state, args) + " # buildkit", layer=True)
 
 
@@ -83,7 +84,8 @@ def _script_mount(conv: Conversion, state: StageState, doc: Heredoc, inputs: _In
                   ) -> ExecMount:
     op = FileOp(actions=(Mkfile(path="/" + doc.name, data=doc.content, mode=0o755),),
                 base=None)
-    digest = conv.sink.add(op, (), "[internal] preparing inline document", state.platform)
+    digest = conv.sink.add(op, (), "[internal] preparing inline document", state.platform,
+                           location="")
     return ExecMount(dest=_PIPES, input=inputs.index(digest), selector="/", readonly=True)
 
 

@@ -15,7 +15,10 @@ class VertexSink:
     def __init__(self, graph: BuildGraph | None = None) -> None:
         self.graph = graph if graph is not None else BuildGraph()
 
-    def add(self, op: Op, inputs: Sequence[str], name: str,
-            platform: Platform | None) -> str:
+    def add(self, op: Op, inputs: Sequence[str], name: str, platform: Platform | None,
+            *, location: str) -> str:
+        """Add a vertex; ``location`` is the Dockerfile position of the instruction that
+        makes it (``Dockerfile:7:1``), "" for an internal vertex.  When the vertex is
+        already there (another platform or stage made it), the first location stays."""
         return self.graph.add(Vertex(op=op, inputs=tuple(inputs), name=name,
-                                     platform=platform))
+                                     platform=platform, location=location))

@@ -31,5 +31,6 @@ def dispatch_workdir(conv: Conversion, state: StageState, command: WorkdirComman
     op = FileOp(actions=(Mkdir(path=workdir, make_parents=True,
                                chown=state.config.user),),
                 base=0 if state.root else None)
-    state.root = conv.sink.add(op, [state.root] if state.root else [], name, state.platform)
+    state.root = conv.sink.add(op, [state.root] if state.root else [], name, state.platform,
+                               location=conv.location(command.node))
     state.config.commit("WORKDIR " + workdir, layer=True)

@@ -62,6 +62,7 @@ def _facts(result: FrontendResult) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "notices": list(result.notices),
         "names": [v.name for v in vertices],
+        "locations": [v.location for v in vertices],
         "kinds": [v.op.kind for v in vertices],
         "sources": [v.op.identifier for v in vertices if isinstance(v.op, SourceOp)],
         "source_attrs": [v.op.attrs for v in vertices if isinstance(v.op, SourceOp)],
@@ -292,6 +293,39 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
                    "[linux/amd64 stage-1 2/2] COPY --from=b /app /app",
                    "[linux/arm64 stage-1 1/2] FROM docker.io/library/alpine:latest",
                    "[linux/arm64 stage-1 2/2] COPY --from=b /app /app"]}),
+    # Locations: <file>:<line>:<column> of the instruction (the FROM for an image, the
+    # first line of a continued one), "" for the context and inline documents; a vertex
+    # made twice (two stages, two platforms) keeps the first.
+    ("locations", "FROM alpine\n  WORKDIR /app\nCOPY --link a.txt .\nCOPY <<EOF /f\nhi\n"
+     "EOF\nRUN <<EOF\n#!/bin/sh\necho\nEOF\nRUN echo \\\n  two\nADD https://e.com/f.tgz /d/\n"
+     "ADD https://github.com/o/r.git#v1 /src\n", {"filename": "build/Dockerfile.dev"}, {
+         "kinds": ["source", "file", "source", "file", "merge", "file", "file", "file", "exec",
+                   "exec", "source", "file", "source", "file"],
+         "locations": ["build/Dockerfile.dev:1:1", "build/Dockerfile.dev:2:3", "",
+                       "build/Dockerfile.dev:3:1", "build/Dockerfile.dev:3:1", "",
+                       "build/Dockerfile.dev:4:1", "", "build/Dockerfile.dev:7:1",
+                       "build/Dockerfile.dev:11:1", "build/Dockerfile.dev:13:1",
+                       "build/Dockerfile.dev:13:1", "build/Dockerfile.dev:14:1",
+                       "build/Dockerfile.dev:14:1"]}),
+    ("locations-first-kept", "FROM alpine AS a\nRUN make\nFROM alpine AS b\nRUN make\n"
+     "COPY --from=a /x /y\n", {}, {
+         "names": ["[a 1/2] FROM docker.io/library/alpine:latest", "[a 2/2] RUN make",
+                   "[b 3/3] COPY --from=a /x /y"],
+         "locations": ["Dockerfile:1:1", "Dockerfile:2:1", "Dockerfile:5:1"]}),
+    ("locations-platforms", "FROM --platform=$BUILDPLATFORM alpine AS tools\nRUN make\n"
+     "FROM alpine\nCOPY --from=tools /x /y\n",
+     {"platforms": [AMD64, ARM64], "build_platform": AMD64}, {
+         "locations": ["Dockerfile:1:1", "Dockerfile:2:1", "Dockerfile:4:1", "Dockerfile:3:1",
+                       "Dockerfile:4:1"]}),
+    ("locations-image-trigger", "FROM withconfig\nRUN make\n", {"image_resolver": _resolver}, {
+        "names": ["[1/3] FROM docker.io/library/withconfig:latest@sha256:" + "a" * 64,
+                  "[2/3] ONBUILD RUN echo trigger", "[3/3] RUN make"],
+        "locations": ["Dockerfile:1:1", "Dockerfile:1:1", "Dockerfile:2:1"]}),
+    ("locations-stage-trigger", "FROM alpine AS base\nONBUILD RUN echo hi\n\nFROM base\n"
+     "RUN make\n", {}, {
+         "names": ["[base 1/1] FROM docker.io/library/alpine:latest",
+                   "[stage-1 1/2] ONBUILD RUN echo hi", "[stage-1 2/2] RUN make"],
+         "locations": ["Dockerfile:1:1", "Dockerfile:4:1", "Dockerfile:5:1"]}),
 ]
 
 
