@@ -201,7 +201,8 @@ class Solver:
         and return their records by digest.
 
         ``no_cache`` skips lookups (records are still written).  ``positions`` maps a
-        vertex digest to its Dockerfile position (``Dockerfile:7:1``) for errors;
+        vertex digest to its Dockerfile position (``Dockerfile:7:1``) for errors; a vertex
+        it does not name (all of them, by default) is placed at its own ``location``;
         ``events`` and ``backend`` override the solver's for this build (a build's own
         progress stream and session)."""
         wanted = _targets(graph, targets)
@@ -406,7 +407,7 @@ def _name(vertex: Vertex) -> str:
 
 def _located(exc: Exception, vertex: Vertex, positions: Mapping[str, str]) -> SolveError:
     """``exc`` as a SolveError naming ``vertex`` and its Dockerfile position."""
-    location = positions.get(vertex.digest, "")
+    location = positions.get(vertex.digest) or vertex.location
     if isinstance(exc, SolveError):
         exc.vertex = exc.vertex or _name(vertex)
         exc.location = exc.location or location

@@ -9,6 +9,7 @@ import fnmatch
 import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import msgpack
@@ -52,6 +53,7 @@ from scheduler._progress import (
     event_to_wire,
 )
 from scheduler._solver import Solver
+from scheduler.dockerfile._frontend import build_graph
 
 T = TypeVar("T")
 AMD64 = Platform("linux", "amd64")
@@ -377,16 +379,54 @@ ERRORS: list[tuple[str, str, str]] = [
 ]
 
 
+# Where the position comes from: the caller's ``positions``, or (by default) the vertex's
+# own ``location``; a caller's position wins over the vertex's.
+PLACEMENTS = [
+    ("positions", "", True),
+    ("vertex location", "Dockerfile:3:1", False),
+    ("positions win", "Dockerfile:9:9", True),
+]
+
+
 @pytest.mark.parametrize(("case", "command", "message"), ERRORS, ids=[e[0] for e in ERRORS])
-def test_a_failure_names_the_vertex_and_its_position(case: str, command: str,
-                                                     message: str) -> None:
-    vertex = run("[2/2] RUN it", command, IMAGE)
+@pytest.mark.parametrize(("placement", "location", "given"), PLACEMENTS,
+                         ids=[p[0] for p in PLACEMENTS])
+def test_a_failure_names_the_vertex_and_its_position(
+        case: str, command: str, message: str, placement: str, location: str,
+        given: bool) -> None:
+    vertex = replace(run("[2/2] RUN it", command, IMAGE), location=location)
     graph = graph_of(IMAGE, vertex)
+    positions = {vertex.digest: "Dockerfile:3:1"} if given else None
     with pytest.raises(SolveError) as caught:
-        go(lambda: solver(FakeBackend()).solve(graph, [vertex.digest],
-                                               positions={vertex.digest: "Dockerfile:3:1"}))
+        go(lambda: solver(FakeBackend()).solve(graph, [vertex.digest], positions=positions))
     assert str(caught.value) == message
     assert caught.value.vertex == "[2/2] RUN it"
+    assert caught.value.location == "Dockerfile:3:1"
+
+
+def test_a_failing_run_from_a_dockerfile_names_its_line() -> None:
+    """The converter's locations reach the error and the failure event with no
+    ``positions`` from the caller."""
+    dockerfile = b'FROM busybox:1\nRUN ["true"]\n\n  RUN ["fail"]\n'
+    graph = build_graph(dockerfile, platforms=[AMD64], filename="ci/Dockerfile").graph
+    events = Events()
+    with pytest.raises(ExecError) as caught:
+        go(lambda: solver(FakeBackend(), events=events).solve(graph))
+    assert str(caught.value) == ('ci/Dockerfile:4:3 [3/3] RUN ["fail"]: process "fail" did '
+                                 "not complete successfully: exit code 1")
+    assert caught.value.location == "ci/Dockerfile:4:3"
+    failed = [e for e in events.events if isinstance(e, VertexFailed)]
+    assert [e.error for e in failed] == [str(caught.value)]
+
+
+def test_an_unresolvable_image_names_its_from_line() -> None:
+    backend = FakeBackend()
+    backend.identity_error = RegistryError("GET https://127.0.0.1:1/v2/: connection refused")
+    graph = build_graph(b"ARG V=1\nFROM busybox:$V\nRUN [\"true\"]\n", platforms=[AMD64]).graph
+    with pytest.raises(SolveError) as caught:
+        go(lambda: solver(backend).solve(graph))
+    assert str(caught.value) == ("Dockerfile:2:1 [1/2] FROM docker.io/library/busybox:1: GET "
+                                 "https://127.0.0.1:1/v2/: connection refused")
 
 
 def test_an_exec_error_keeps_its_exit_code_and_output() -> None:
