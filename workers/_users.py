@@ -16,17 +16,17 @@ root were ``/``, so a hostile image can never make us read or write outside it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from scheduler._errors import ExecError
+from scheduler._errors import ExecError, SolveError
+
+from ._copy import resolve_in_root
 
 __all__ = ["ResolvedUser", "UserError", "path_in_root", "resolve_user"]
 
 _MAX_ID = 2**31 - 1
-_MAX_SYMLINKS = 255
 
 
 class UserError(ExecError):
@@ -58,38 +58,14 @@ class _Entry:
 
 
 def path_in_root(root: Path, path: str) -> Path:
-    """``path`` (absolute or relative to ``/``) inside ``root``, symlinks resolved within it.
+    """``path`` (absolute or relative to ``/``) inside ``root``, symlinks resolved within it
+    (``_copy.resolve_in_root``).
 
     Missing components are kept as they are; a symlink loop raises ``UserError``."""
-    parts = list(PurePosixPath("/", path).parts[1:])
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        target = _readlink(root.joinpath(*resolved, part))
-        if target is None:
-            resolved.append(part)
-            continue
-        hops += 1
-        if hops > _MAX_SYMLINKS:
-            raise UserError(f"too many levels of symbolic links in {path!r} under {root}")
-        if target.startswith("/"):
-            resolved = []
-        parts[:0] = target.split("/")
-    return root.joinpath(*resolved)
-
-
-def _readlink(path: Path) -> str | None:
     try:
-        return os.readlink(path)
-    except OSError:
-        return None
+        return resolve_in_root(root, path)
+    except SolveError as err:  # resolve_in_root's only error: a symlink loop
+        raise UserError(f"too many levels of symbolic links in {path!r} under {root}") from err
 
 
 def _numeric(text: str) -> int | None:
