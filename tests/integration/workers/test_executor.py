@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import stat
 import subprocess
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from workers_helpers import aio
 
 from scheduler._errors import ExecError
 from workers._executor import ExecMountSpec, Executor, SecretFile, SshSocket
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.skipif(
     reason="runc and overlayfs need root (under CI=true this is a failure)")
 
 Inspect = Callable[[Path, Path], None]
-
-
-def aio(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test in a fresh event loop (the suite has no asyncio plugin)."""
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-    return run
 
 
 @dataclass

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import stat
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 import pytest
+from workers_helpers import aio
 
 from scheduler._errors import LayerError
 from workers._snapshots import SnapshotStore
@@ -18,14 +16,6 @@ from workers._snapshots import SnapshotStore
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
     reason="overlayfs mounts need root (under CI=true this is a failure)")
-
-
-def aio(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test in a fresh event loop (the suite has no asyncio plugin)."""
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-    return run
 
 
 def mounts_under(path: Path) -> list[str]:
