@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workers_helpers import aio
+from workers_helpers import aio, mounts_under
 
 from scheduler._errors import ExecError
 from workers._executor import ExecMountSpec, Executor, SecretFile, SshSocket
@@ -67,11 +67,6 @@ class Sandbox:
         assert list(self.executor.bundles.iterdir()) == []
         assert runc_list(self.executor) == []
         assert self.executor.statistics().running == 0
-
-
-def mounts_under(path: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as info:
-        return [p for p in (line.split()[4] for line in info) if p.startswith(str(path))]
 
 
 def runc_list(executor: Executor) -> list[str]:

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from workers_helpers import aio
+from workers_helpers import aio, mounts_under
 
 from scheduler._errors import LayerError
 from workers._snapshots import SnapshotStore
@@ -16,12 +16,6 @@ from workers._snapshots import SnapshotStore
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
     reason="overlayfs mounts need root (under CI=true this is a failure)")
-
-
-def mounts_under(path: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as info:
-        points = [line.split()[4] for line in info]
-    return [p for p in points if p.startswith(str(path))]
 
 
 def make_layer(root: Path, name: str, files: dict[str, str]) -> Path:
