@@ -43,7 +43,7 @@ export DEBIAN_FRONTEND := noninteractive
 setup: debs busybox-arm64 binfmt venv
 
 demo: setup
-	$(VENV)/bin/dockyard debug graph --platform linux/amd64,linux/arm64 examples/
+	$(VENV)/bin/python examples/demo.py
 
 test: setup
 	$(VENV)/bin/ruff check --no-cache .
