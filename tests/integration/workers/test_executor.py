@@ -6,6 +6,7 @@ import asyncio
 import os
 import stat
 import subprocess
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,8 +276,10 @@ async def test_cancel_kills_and_cleans_everything(sandbox: Sandbox) -> None:
     mounts = (SecretFile("/run/secrets/s", b"x"),)
     async with sandbox.store.mount([sandbox.base], writable=True) as state:
         started: list[bytes] = []
+        marker = f"dockyard-cancel-{uuid.uuid4().hex}"  # ours alone among the machine's processes
         task = asyncio.create_task(sandbox.executor.run(
-            sh("echo started; sleep 60"), state.path, mounts, stdout=started.append))
+            sh(f"echo started; sleep 60; : {marker}"), state.path, mounts,
+            stdout=started.append))
         async with asyncio.timeout(10):
             while not started:
                 await asyncio.sleep(0.02)
@@ -291,8 +294,8 @@ async def test_cancel_kills_and_cleans_everything(sandbox: Sandbox) -> None:
         assert runc_list(sandbox.executor) == []
         assert len(mounts_under(sandbox.root)) == 1      # only the test's own overlay
         assert not (state.upper / "run").exists() if state.upper else False
-        assert "sleep 60" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
-                                                text=True).stdout
+        assert marker not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                            text=True).stdout
     sandbox.assert_clean()
     assert sandbox.executor.statistics().cancelled == 1
 
