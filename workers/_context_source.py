@@ -11,7 +11,8 @@ patterns are applied, its content checksums, and its files materialised as one l
   with everything under them.  A selector matching nothing fails here, at key time, as
   BuildKit's ``"/nomatch*": not found``.
 - ``materialise(dest)`` copies the included entries into ``dest`` owned by 0:0 (as
-  BuildKit's client sends them), keeping modes and mtimes.
+  BuildKit's client sends them), keeping modes (setuid, setgid and sticky bits included)
+  and mtimes.
 """
 
 from __future__ import annotations
@@ -196,17 +197,21 @@ def _glob_match(pattern: str, path: str) -> bool:
 
 
 def _place(source: Path, target: Path, entry: ContextEntry) -> None:
+    """One entry at ``target``: owner 0:0 first, then the mode (a chown clears setuid and
+    setgid), then the times.  A directory's mode and times are set by ``_finish_dir``
+    once its contents are in."""
     if entry.is_dir:
         target.mkdir(exist_ok=True)
+        os.lchown(target, 0, 0)
     elif entry.is_symlink:
         os.symlink(entry.linkname or "", target)
+        os.lchown(target, 0, 0)
     elif stat.S_ISREG(entry.mode):
         shutil.copyfile(source, target, follow_symlinks=False)
+        os.lchown(target, 0, 0)
         os.chmod(target, stat.S_IMODE(entry.mode))
         _same_times(source, target)
-    else:
-        return  # sockets, fifos and devices are not sent, as BuildKit's client does
-    os.lchown(target, 0, 0)
+    # sockets, fifos and devices are not sent, as BuildKit's client does
 
 
 def _finish_dir(source: Path, target: Path) -> None:

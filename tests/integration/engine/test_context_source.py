@@ -111,3 +111,40 @@ def test_materialised_files_belong_to_root_and_keep_modes(tmp_path: Path) -> Non
     assert not (dest / "secret.key").exists()
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [
         "a.txt", "b.txt", "link", "src", "src/main.c", "src/util", "src/util/x.h"]
+
+
+def _file(path: Path) -> None:
+    path.write_text("x")
+
+
+def _dir(path: Path) -> None:
+    path.mkdir()
+
+
+# (entry, how to make it, mode bits the materialised copy keeps); owners are 1234:5678 in
+# the context, so the copy's chown to 0:0 happens on every entry.
+MATERIALISED_MODES: list[tuple[str, Callable[[Path], None], int]] = [
+    ("setuid", _file, 0o4755),
+    ("setgid", _file, 0o2750),
+    ("both", _file, 0o6711),
+    ("private", _file, 0o600),
+    ("sticky-dir", _dir, 0o1777),
+    ("setgid-dir", _dir, 0o2775),
+]
+
+
+@pytest.mark.parametrize("name,make,mode", MATERIALISED_MODES)
+def test_materialised_modes_survive_the_chown_to_root(tmp_path: Path, name: str,
+                                                      make: Callable[[Path], None],
+                                                      mode: int) -> None:
+    root = tmp_path / "ctx"
+    root.mkdir()
+    make(root / name)
+    os.chown(root / name, 1234, 5678)
+    os.chmod(root / name, mode)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    LocalContext(root).materialise(dest)
+    info = os.lstat(dest / name)
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, 0, mode)
+
