@@ -1,3 +1,35 @@
-"""Content-addressed cache backends: blobs by digest and cache records by key."""
+"""Content-addressed cache backends: blobs by digest and cache records by key.
 
-__all__: list[str] = []
+One small async protocol (``CacheBackend``), one module per backend, registered by name in
+``BACKENDS``; the memory backend ships as the fake for tests.
+"""
+
+from ._local import LocalBackend, LocalBlobSource
+from ._memory import MemoryBackend
+from ._protocol import (
+    BackendStatistics,
+    BlobCorrupt,
+    BlobMissing,
+    CacheBackend,
+    PruneReport,
+    Usage,
+)
+from ._records import CacheRecord, LayerDescriptor, RecordError, StateResult
+from ._registry import BACKENDS
+
+__all__ = [
+    "BACKENDS",
+    "BackendStatistics",
+    "BlobCorrupt",
+    "BlobMissing",
+    "CacheBackend",
+    "CacheRecord",
+    "LayerDescriptor",
+    "LocalBackend",
+    "LocalBlobSource",
+    "MemoryBackend",
+    "PruneReport",
+    "RecordError",
+    "StateResult",
+    "Usage",
+]

@@ -27,8 +27,19 @@ SURFACES: dict[str, set[str]] = {
     "scheduler.dockerfile.shell": {"Expansion", "Lexer", "process_word", "process_words"},
     "cluster": {"ContextEntry", "ignore_file_for", "load_ignore_patterns", "main",
                 "walk_context"},
-    "workers": set(),
-    "cache_backends": set(),
+    "workers": {
+        "WorkerRuntime", "BuildSession", "RuntimeBackend", "LocalContext", "SnapshotStore",
+        "Mounted", "Executor", "SecretFile", "SshSocket", "write_layer", "unpack_layer",
+        "apply_layer_flat", "is_empty_diff", "apply_file_actions", "UserDb", "RegistryClient",
+        "RegistryConfig", "ResolvedImage", "Descriptor", "build_image", "build_index",
+        "build_metadata", "ImageArtifacts", "IndexArtifacts", "export_oci", "export_docker",
+        "export_tar", "export_local", "push_image", "BlobSource", "WorkerActor",
+    },
+    "cache_backends": {
+        "BACKENDS", "BackendStatistics", "BlobCorrupt", "BlobMissing", "CacheBackend",
+        "CacheRecord", "LayerDescriptor", "LocalBackend", "LocalBlobSource", "MemoryBackend",
+        "PruneReport", "RecordError", "StateResult", "Usage",
+    },
 }
 
 
