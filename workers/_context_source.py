@@ -12,7 +12,7 @@ patterns are applied, its content checksums, and its files materialised as one l
   BuildKit's ``"/nomatch*": not found``.
 - ``materialise(dest)`` copies the included entries into ``dest`` owned by 0:0 (as
   BuildKit's client sends them), keeping modes (setuid, setgid and sticky bits included)
-  and mtimes.
+  and mtimes (a symlink's own).
 """
 
 from __future__ import annotations
@@ -206,6 +206,7 @@ def _place(source: Path, target: Path, entry: ContextEntry) -> None:
     elif entry.is_symlink:
         os.symlink(entry.linkname or "", target)
         os.lchown(target, 0, 0)
+        _same_times(source, target)  # the link's own times (utime without following)
     elif stat.S_ISREG(entry.mode):
         shutil.copyfile(source, target, follow_symlinks=False)
         os.lchown(target, 0, 0)

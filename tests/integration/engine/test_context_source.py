@@ -148,3 +148,15 @@ def test_materialised_modes_survive_the_chown_to_root(tmp_path: Path, name: str,
     info = os.lstat(dest / name)
     assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, 0, mode)
 
+
+def test_materialised_symlinks_keep_their_own_mtime(tmp_path: Path) -> None:
+    root = _context(tmp_path)
+    (root / "dangling").symlink_to("nowhere")
+    for name, when in (("link", 1_000_000_000), ("dangling", 1_100_000_000)):
+        os.utime(root / name, (when, when), follow_symlinks=False)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    LocalContext(root, EXCLUDE).materialise(dest)
+    times = {name: os.lstat(dest / name).st_mtime_ns for name in ("link", "dangling")}
+    assert times == {"link": 1_000_000_000 * 10**9, "dangling": 1_100_000_000 * 10**9}
+    assert os.readlink(dest / "dangling") == "nowhere"
