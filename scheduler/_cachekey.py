@@ -4,6 +4,7 @@ A vertex's key is ``"sha256:" + sha256(canonical msgpack of the material)``::
 
     [KEY_VERSION, op kind, op fields, platform, inputs]       (any op but a source)
     [KEY_VERSION, "source", op fields, platform, identity]   (a source)
+    [KEY_VERSION, "source", "docker-image", attrs, platform, identity]   (an image)
 
 - *op fields* are the graph's canonical encoding of the op (scheduler/_graph.py) without
   the fields it leaves out of a vertex digest (``proxy_env``).  The vertex ``name`` and its
@@ -14,7 +15,9 @@ A vertex's key is ``"sha256:" + sha256(canonical msgpack of the material)``::
   paths it reads instead of the context's key.  A one-line change in a file only one COPY
   reads thus invalidates that COPY and what follows, not every COPY of the context.
 - *identity* is the pinned identity the worker reports for a source: an image's manifest
-  digest, the context's content checksum, an http checksum or etag, a git commit.
+  digest, the context's content checksum, an http checksum or etag, a git commit.  An image
+  is keyed by its manifest digest alone, not by the reference it was reached through (as
+  BuildKit's puller does): the same image from a mirror or another port is a cache hit.
 
 Keys never hold mtimes, absolute host paths, session ids or secret values: the op names a
 secret by id only, and everything else comes from content.  ``KEY_VERSION`` changes when
@@ -32,7 +35,10 @@ from ._graph import Copy, ExecOp, FileOp, SourceOp, Vertex, _pack, _plain
 
 __all__ = ["KEY_VERSION", "ContentRead", "Selector", "cache_key", "content_reads", "source_key"]
 
-KEY_VERSION = 1
+KEY_VERSION = 2
+
+#: Image sources: keyed by the manifest digest the worker resolved, never by the reference.
+IMAGE_SCHEME = "docker-image://"
 
 #: Identifier schemes whose inputs are keyed by the content their users read.
 CONTENT_SCHEMES = ("local://",)
@@ -112,6 +118,10 @@ def _absolute(path: str) -> str:
 
 def source_key(vertex: Vertex, identity: str) -> str:
     """The key of a source vertex whose worker-reported pinned identity is ``identity``."""
+    op = vertex.op
+    if isinstance(op, SourceOp) and op.identifier.startswith(IMAGE_SCHEME):
+        return _digest([KEY_VERSION, "source", IMAGE_SCHEME, _plain(op)["attrs"],
+                        _platform(vertex), identity])
     return _digest([KEY_VERSION, "source", _op_fields(vertex), _platform(vertex), identity])
 
 

@@ -39,13 +39,13 @@ READ_A = ContentRead(1, Selector("/a", wildcard=True))
 # (case, computed key, pinned key): an accidental change to the key material fails here.
 PINNED: list[tuple[str, str, str]] = [
     ("image source", IMG_KEY,
-     "sha256:58fdc45a4ee3dd2eb8236116470aaae641075b89942a50c7ffb6154b1cd3764e"),
+     "sha256:6e88b4169e015533180fe02b57f22ff4e2d6923d9e08a726927f4c8ad4842950"),
     ("context source", CTX_KEY,
-     "sha256:79216040787f662fe8370faf5167cc92ecc11393536f46ec646327db612339d7"),
+     "sha256:1928ea5f3dd2c2c8106b7458c71d5c9941a49ae1df95116e5b9481b57c0d90f0"),
     ("run", cache_key(RUN, [IMG_KEY]),
-     "sha256:58ae86e0fc5e0eeba65daaa124b8f95bdb3a9318948015d808cc558d5cb8b530"),
+     "sha256:a90ab506c9139f990dc096e2919cb901edc7fb0d0c3f232ea0186b0e50ef010b"),
     ("copy from context", cache_key(COPY_A, [IMG_KEY, CTX_KEY], {READ_A: "sha256:aa"}),
-     "sha256:b632df1801449f6adb0ef7e6f043487c2b6a34621fd8967a56f5beb1e025fedd"),
+     "sha256:0f3a4ca7ff17f41b91f864f8a046bff53905f39f11f042cc399a70f312348cab"),
 ]
 
 
@@ -91,6 +91,18 @@ DEPENDS: list[tuple[str, str, str, bool]] = [
 @pytest.mark.parametrize(("case", "a", "b", "equal"), DEPENDS, ids=[d[0] for d in DEPENDS])
 def test_key_depends_on(case: str, a: str, b: str, equal: bool) -> None:
     assert (a == b) is equal
+
+
+def test_an_image_is_keyed_by_its_manifest_digest_not_its_reference() -> None:
+    """The same image reached through another registry name or port is the same source (as
+    BuildKit's puller keys it); another manifest digest or platform is not."""
+    elsewhere = Vertex(SourceOp("docker-image://127.0.0.1:5001/library/alpine:3.19"),
+                       platform=AMD64)
+    digest = "sha256:" + "1" * 64
+    assert source_key(elsewhere, digest) == source_key(IMAGE, digest)
+    assert source_key(elsewhere, "sha256:" + "3" * 64) != source_key(IMAGE, digest)
+    arm = Vertex(SourceOp("docker-image://docker.io/library/alpine:3.19"), platform=ARM64)
+    assert source_key(arm, digest) != source_key(IMAGE, digest)
 
 
 def test_key_is_the_documented_material() -> None:
