@@ -93,10 +93,23 @@ class Conversion:
                      if k in PROXY_ARGS and k not in state.args)
 
     def target_of(self, state: StageState) -> Platform | None:
-        """The TARGETPLATFORM a stage declared, for ``[linux/amd64->arm64 ...]`` names."""
-        value = state.args.get("TARGETPLATFORM")
+        """The target platform the stage's variables name, for ``[linux/amd64->arm64 ...]``
+        names (BuildKit's platformFromEnv): TARGETPLATFORM, refined by TARGETOS, TARGETARCH
+        and TARGETVARIANT, each only when the stage declared it; parts left unnamed come
+        from the stage's own platform.  None when the stage declared none of them."""
+        names = ("TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT")
+        values = {k: state.vars[k] for k in names if state.vars.get(k)}
+        if not values:
+            return None
+        base = state.platform
         try:
-            return parse_platform(value) if value else None
+            if "TARGETPLATFORM" in values:
+                base = parse_platform(values["TARGETPLATFORM"])
+            os_ = values.get("TARGETOS", base.os)
+            arch = values.get("TARGETARCH", base.architecture)
+            variant = values.get("TARGETVARIANT", base.variant if "TARGETARCH" not in values
+                                 else "")
+            return parse_platform("/".join(p for p in (os_, arch, variant) if p))
         except DockyardError:
             return None
 

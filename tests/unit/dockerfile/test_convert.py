@@ -283,6 +283,11 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
                      [("copy", {"src": 1, "src_path": "/EOF", "dest_path": "/f",
                                 "follow_symlinks": False, "copy_dir_contents": False,
                                 "allow_wildcard": False, "allow_empty_wildcard": False})]]}),
+    ("cross-build-names", "FROM --platform=$BUILDPLATFORM golang AS b\nARG TARGETARCH\n"
+     "RUN go build\n", {"platforms": [AMD64, ARM64], "build_platform": AMD64}, {
+         "names": ["[linux/amd64 1/2] FROM docker.io/library/golang:latest",
+                   "[linux/amd64 2/2] RUN go build",
+                   "[linux/amd64->arm64 2/2] RUN go build"]}),
     ("multi-platform", "FROM --platform=$BUILDPLATFORM golang AS b\nRUN go build\n"
      "FROM alpine\nCOPY --from=b /app /app\n",
      {"platforms": [AMD64, ARM64], "build_platform": AMD64}, {
