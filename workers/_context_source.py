@@ -8,8 +8,10 @@ patterns are applied, its content checksums, and its files materialised as one l
   host paths, so the same files give the same identity on any machine.
 - ``selector_checksum(selector)`` is what one copy reads: the entries a ``Selector`` names
   (a path, or a wildcard matched component by component, as Go's ``filepath.Match``),
-  with everything under them.  A selector matching nothing fails here, at key time, as
-  BuildKit's ``"/nomatch*": not found``.
+  with everything under them.  A wildcard matching nothing reads nothing (one fixed
+  checksum), as BuildKit's content hash: whether that is allowed is the copy's
+  ``allow_empty_wildcard``, checked when the op runs.  A plain path matching nothing
+  fails here, at key time, as BuildKit's ``"/missing.txt": not found``.
 - ``materialise(dest)`` copies the included entries into ``dest`` owned by 0:0 (as
   BuildKit's client sends them), keeping modes (setuid, setgid and sticky bits included)
   and mtimes (a symlink's own).
@@ -35,6 +37,8 @@ __all__ = ["LocalContext"]
 
 _GLOB = frozenset("*?[")
 _MAX_HOPS = 40
+#: What a wildcard matching nothing reads (BuildKit: the digest of no bytes).
+_NOTHING = "sha256:" + hashlib.sha256(b"").hexdigest()
 
 
 class LocalContext:
@@ -72,6 +76,8 @@ class LocalContext:
     def selector_checksum(self, selector: Selector) -> str:
         """The checksum of what a copy with ``selector`` reads."""
         roots = self.match(selector)
+        if not roots and _is_pattern(selector):
+            return _NOTHING  # the copy may allow it (allow_empty_wildcard); its op decides
         if not roots:
             raise SolveError(f'"{selector.path}": not found',
                              hint="check the path exists in the build context and is not "
@@ -88,7 +94,7 @@ class LocalContext:
         wanted = posixpath.normpath("/" + selector.path).lstrip("/")
         if wanted in ("", "."):
             return [""]
-        if selector.wildcard and _GLOB & set(wanted):
+        if _is_pattern(selector):
             found = [p for p in self.entries if _glob_match(wanted, p)]
         else:
             found = [wanted] if wanted in self.entries else []
@@ -184,6 +190,11 @@ class _Filters:
 def _has_included_below(relative: str, include: PatternMatcher) -> bool:
     """A directory stays when one of the include patterns may match under it."""
     return any(p.startswith(relative + "/") or _GLOB & set(p) for p in include.patterns)
+
+
+def _is_pattern(selector: Selector) -> bool:
+    """A wildcard selector whose path holds a glob character (``*``, ``?``, ``[``)."""
+    return selector.wildcard and bool(_GLOB & set(selector.path))
 
 
 def _glob_match(pattern: str, path: str) -> bool:

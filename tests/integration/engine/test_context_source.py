@@ -76,8 +76,9 @@ def test_selector_checksums_follow_content_only(tmp_path: Path, selector: Select
 
 
 @pytest.mark.parametrize("path,wildcard,message", [
-    ("/nomatch*", True, '"/nomatch*": not found'),
     ("/missing.txt", False, '"/missing.txt": not found'),
+    ("/missing.txt", True, '"/missing.txt": not found'),
+    ("/src/missing", True, '"/src/missing": not found'),
     ("/secret.key", False, '"/secret.key": not found'),
 ])
 def test_selectors_that_match_nothing_fail_at_key_time(tmp_path: Path, path: str,
@@ -86,6 +87,17 @@ def test_selectors_that_match_nothing_fail_at_key_time(tmp_path: Path, path: str
     with pytest.raises(SolveError) as caught:
         context.selector_checksum(Selector(path, wildcard=wildcard))
     assert caught.value.message == message
+
+
+@pytest.mark.parametrize("path", ["/nomatch*", "/src/*.h", "/src/util/[yz].h", "/*.key",
+                                  "/none/*"])
+def test_wildcards_matching_nothing_read_nothing(tmp_path: Path, path: str) -> None:
+    """As BuildKit's content hash: no error at key time, the digest of no bytes; the
+    copy's allow_empty_wildcard decides when the op runs."""
+    context = LocalContext(_context(tmp_path), EXCLUDE)
+    assert context.match(Selector(path, wildcard=True)) == []
+    assert context.selector_checksum(Selector(path, wildcard=True)) == (
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
 
 
 def test_the_identity_ignores_mtimes_and_excluded_files(tmp_path: Path) -> None:
