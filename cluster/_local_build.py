@@ -1,6 +1,8 @@
 """A whole build in this process, without Ray: Dockerfile -> graph -> solver on a
-``WorkerRuntime`` -> images -> outputs.  The coordinator and worker actors wrap exactly
-these calls; tests and tools use them directly.
+``WorkerRuntime`` -> images -> outputs, composed from the steps the service splits
+between its actors: the coordinator runs ``run_frontend`` and the solver; the worker actor
+``prepared``/``build_session``/``ignore_patterns`` (it has the files) and, after the solve,
+``write_results``.  Tests and tools use ``build_local`` directly.
 
 - The frontend gets an image resolver backed by the registry (run from the frontend's
   thread on the build's event loop), so ``ENV`` and friends of a base image are seen.
@@ -15,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cache_backends._records import CacheRecord
 from scheduler._errors import ExportError, UsageError
-from scheduler._graph import Healthcheck, HistoryEntry, ImageConfig, ImageResult
+from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, ImageResult
 from scheduler._platform import Platform
 from scheduler._progress import EventSink
 from scheduler._solver import Solver, SolverStatistics
@@ -47,9 +49,15 @@ from workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
 
 from ._context import load_ignore_patterns
 
-__all__ = ["LocalBuildOptions", "LocalBuildResult", "Output", "build_local"]
+__all__ = [
+    "FrontendRequest", "LocalBuildOptions", "LocalBuildResult", "Output", "ResolveImage",
+    "backend_resolver", "base_image", "build_local", "build_session", "ignore_patterns",
+    "prepared", "run_frontend", "write_results",
+]
 
 Exported = ImageArtifacts | IndexArtifacts
+#: How the frontend's base-image questions are answered: (reference, platform) -> image.
+ResolveImage = Callable[[str, Platform], Coroutine[Any, Any, BaseImage]]
 _OUTPUT_TYPES = ("oci", "docker", "tar", "local", "image")
 
 
@@ -83,6 +91,20 @@ class LocalBuildOptions:
     registry: RegistryConfig | None = None
     events: EventSink | None = None
 
+    def frontend(self) -> FrontendRequest:
+        return FrontendRequest(filename=self.filename, platforms=self.platforms,
+                               target=self.target, build_args=self.build_args)
+
+
+@dataclass(frozen=True)
+class FrontendRequest:
+    """What the frontend needs of a build request (the coordinator runs it)."""
+
+    filename: str = "Dockerfile"
+    platforms: tuple[Platform, ...] = ()
+    target: str | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+
 
 @dataclass(frozen=True)
 class LocalBuildResult:
@@ -99,13 +121,10 @@ async def build_local(dockerfile: bytes, context_dir: Path, options: LocalBuildO
                       runtime: WorkerRuntime | None = None) -> LocalBuildResult:
     """Build ``dockerfile`` with ``context_dir`` as its context; see the module docstring.
     ``runtime`` is reused when given (and then not closed)."""
-    _check_outputs(options.outputs)
-    options = _with_epoch(options)
+    options = prepared(options)
     owned = runtime is None
     engine = runtime or WorkerRuntime(options.root, registry=options.registry)
-    session = BuildSession(contexts={"context": context_dir}, secrets=options.secrets,
-                           ssh=options.ssh, epoch=options.epoch)
-    backend = engine.backend(session)
+    backend = engine.backend(build_session(context_dir, options))
     try:
         return await _build(engine, backend, dockerfile, context_dir, options)
     finally:
@@ -116,24 +135,75 @@ async def build_local(dockerfile: bytes, context_dir: Path, options: LocalBuildO
 
 async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: bytes,
                  context_dir: Path, options: LocalBuildOptions) -> LocalBuildResult:
-    patterns = options.ignore_patterns
-    if patterns is None:
-        patterns, _ = load_ignore_patterns(context_dir, context_dir / options.filename)
-    resolver = _Resolver(backend, asyncio.get_running_loop())
-    frontend = await asyncio.to_thread(
-        build_graph, dockerfile, filename=options.filename, target=options.target,
-        platforms=options.platforms, build_args=options.build_args,
-        ignore_patterns=patterns, image_resolver=resolver)
+    patterns = ignore_patterns(context_dir, options)
+    graph = await run_frontend(dockerfile, options.frontend(), patterns,
+                               backend_resolver(backend))
     solver = Solver(backend, engine.records(), events=options.events)
-    records = await solver.solve(frontend.graph, no_cache=options.no_cache)
-    images = [_image(result, records, options.epoch) for result in frontend.graph.results]
+    records = await solver.solve(graph, no_cache=options.no_cache)
+    exported = await write_results(engine, graph.results, records, options)
+    return LocalBuildResult(exported, records, solver.statistics(), build_metadata(exported))
+
+
+# --- the steps (the coordinator and the worker actor each run their own share) ---------
+
+
+def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
+    """``options`` checked (outputs) and with ``SOURCE_DATE_EPOCH`` applied."""
+    _check_outputs(options.outputs)
+    return _with_epoch(options)
+
+
+def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession:
+    """The worker's session of one build: its context, secrets, ssh sockets and epoch."""
+    return BuildSession(contexts={"context": context_dir}, secrets=options.secrets,
+                        ssh=options.ssh, epoch=options.epoch)
+
+
+def ignore_patterns(context_dir: Path, options: LocalBuildOptions) -> list[str]:
+    """The context's ``.dockerignore`` patterns (read on the worker: it has the files)."""
+    if options.ignore_patterns is not None:
+        return list(options.ignore_patterns)
+    patterns, _ = load_ignore_patterns(context_dir, context_dir / options.filename)
+    return list(patterns)
+
+
+async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Sequence[str],
+                       resolve: ResolveImage) -> BuildGraph:
+    """The Dockerfile as a graph (in a thread: the frontend is synchronous; its base-image
+    questions go to ``resolve`` on this loop)."""
+    resolver = _Resolver(resolve, asyncio.get_running_loop())
+    frontend = await asyncio.to_thread(
+        build_graph, dockerfile, filename=request.filename, target=request.target,
+        platforms=request.platforms, build_args=request.build_args,
+        ignore_patterns=patterns, image_resolver=resolver)
+    return frontend.graph
+
+
+def backend_resolver(backend: RuntimeBackend) -> ResolveImage:
+    """A ``ResolveImage`` over this process's runtime backend (shared with its solve)."""
+    async def resolve(ref: str, platform: Platform) -> BaseImage:
+        image = await backend.resolve_image(ref, platform)
+        return base_image(image.index_digest or image.digest, image.config)
+    return resolve
+
+
+def base_image(digest: str, config: bytes) -> BaseImage:
+    """What the frontend needs of a resolved base image."""
+    return BaseImage(digest=digest, config=image_config_of(config))
+
+
+async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
+                        records: Mapping[str, CacheRecord],
+                        options: LocalBuildOptions) -> Exported:
+    """The images of ``results`` (their roots' ``records``) written to every output."""
+    images = [_image(result, records, options.epoch) for result in results]
     exported: Exported = images[0] if len(images) == 1 else build_index(images)
     for output in options.outputs:
         if output.type == "image":
             await _push(engine, exported, output)
         else:
             await asyncio.to_thread(_export, engine, exported, output, options)
-    return LocalBuildResult(exported, records, solver.statistics(), build_metadata(exported))
+    return exported
 
 
 def _with_epoch(options: LocalBuildOptions) -> LocalBuildOptions:
@@ -204,16 +274,14 @@ class _Resolver:
     """The frontend's ``ImageResolver``, called from its thread: resolves on the build's
     loop (so the build's resolution is shared with the solver's)."""
 
-    def __init__(self, backend: RuntimeBackend, loop: asyncio.AbstractEventLoop) -> None:
-        self._backend = backend
+    def __init__(self, resolve: ResolveImage, loop: asyncio.AbstractEventLoop) -> None:
+        self._resolve = resolve
         self._loop = loop
 
     def __call__(self, ref: str, platform: Platform) -> BaseImage | None:
-        future = asyncio.run_coroutine_threadsafe(
-            self._backend.resolve_image(ref, platform), self._loop)
-        image = future.result()
-        return BaseImage(digest=image.index_digest or image.digest,
-                         config=image_config_of(image.config))
+        coroutine = self._resolve(ref, platform)
+        image: BaseImage = asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return image
 
 
 def image_config_of(data: bytes) -> ImageConfig:
