@@ -13,6 +13,12 @@ Which wins (the rule, field by field):
   ``""``, ``healthcheck`` not None, ``shell`` not ``()``.  Unset fields inherit the base's.
   With an image resolver the frontend already started from the base's fields, so both paths
   give the same image.
+- ``cmd`` and ``entrypoint`` are one pair: when the frontend's ``entrypoint`` is set, its
+  ``cmd`` is final and None means no ``Cmd`` at all (the base's is not inherited).  An
+  entrypoint is set only by the stage's ENTRYPOINT, which resets a CMD the stage did not
+  set itself (BuildKit's dispatchEntrypoint), or by a resolved base, in which case the
+  frontend's pair already is the base's; either way the frontend decided.  A ``cmd``
+  alone keeps the base's ``Entrypoint`` (CMD never resets it).
 - ``env`` is merged by key: the base's variables in their order, then the frontend's,
   replacing in place.  The frontend's exact default ``PATH`` (``DEFAULT_PATH``, what it
   assumes when it did not see the base) yields to a ``PATH`` the base sets.
@@ -203,9 +209,7 @@ def _runtime_config(base: Mapping[str, Any], config: ImageConfig) -> dict[str, A
     out: dict[str, Any] = {key: value for key, value in base.items() if value not in (None, "")}
     out.pop("OnBuild", None)
     out["Env"] = _merge_env(base.get("Env") or [], config.env)
-    for key, argv in (("Cmd", config.cmd), ("Entrypoint", config.entrypoint)):
-        if argv is not None:  # () is an explicit empty command
-            out[key] = list(argv)
+    _merge_command(out, config)
     _set_if(out, "User", config.user)
     _set_if(out, "WorkingDir", config.working_dir)
     _set_if(out, "StopSignal", config.stop_signal)
@@ -217,6 +221,16 @@ def _runtime_config(base: Mapping[str, Any], config: ImageConfig) -> dict[str, A
     _merge_map(out, "ExposedPorts", dict.fromkeys(config.exposed_ports, {}))
     _merge_map(out, "Volumes", dict.fromkeys(config.volumes, {}))
     return out
+
+
+def _merge_command(out: dict[str, Any], config: ImageConfig) -> None:
+    """``Cmd`` and ``Entrypoint`` (see the module docstring: a set entrypoint makes the
+    frontend's cmd final, None meaning no ``Cmd``)."""
+    if config.entrypoint is not None:
+        out.pop("Cmd", None)
+        out["Entrypoint"] = list(config.entrypoint)
+    if config.cmd is not None:  # () is an explicit empty command
+        out["Cmd"] = list(config.cmd)
 
 
 def _merge_map(out: dict[str, Any], key: str, mine: Mapping[str, Any]) -> None:

@@ -49,6 +49,12 @@ BASE = json.dumps({
                  "empty_layer": True}],
 }).encode()
 
+ENTRYPOINT_BASE = json.dumps({
+    "architecture": "amd64", "os": "linux",
+    "config": {"Env": ["PATH=/base/bin"], "Entrypoint": ["/init"], "Cmd": ["--help"]},
+    "rootfs": {"type": "layers", "diff_ids": [layer(0).diff_id]},
+}).encode()
+
 BASE_HISTORY = (HistoryEntry("ADD rootfs"), HistoryEntry("CMD sh", empty_layer=True))
 
 
@@ -78,6 +84,21 @@ MERGE_CASES: list[tuple[str, bytes | None, ImageConfig, dict[str, Any]]] = [
     ("an explicit PATH replaces the base's", BASE, ImageConfig(env=("PATH=/opt",)),
      {"Env": ["PATH=/opt", "LANG=C"], "Cmd": ["sh"], "WorkingDir": "/srv",
       "Labels": {"a": "base", "b": "base"}, "ExposedPorts": {"22/tcp": {}}, "User": "app"}),
+    ("an entrypoint without cmd drops the base's Cmd (ENTRYPOINT resets it)", BASE,
+     ImageConfig(entrypoint=("/bin/true",)),
+     {"Env": ["PATH=/base/bin", "LANG=C"], "Entrypoint": ["/bin/true"], "WorkingDir": "/srv",
+      "Labels": {"a": "base", "b": "base"}, "ExposedPorts": {"22/tcp": {}}, "User": "app"}),
+    ("an empty entrypoint drops the base's Cmd too", BASE,
+     ImageConfig(entrypoint=()),
+     {"Env": ["PATH=/base/bin", "LANG=C"], "Entrypoint": [], "WorkingDir": "/srv",
+      "Labels": {"a": "base", "b": "base"}, "ExposedPorts": {"22/tcp": {}}, "User": "app"}),
+    ("a cmd alone keeps the base's Entrypoint", ENTRYPOINT_BASE, ImageConfig(cmd=("-v",)),
+     {"Env": ["PATH=/base/bin"], "Entrypoint": ["/init"], "Cmd": ["-v"]}),
+    ("the base's pair, resolved, is kept", ENTRYPOINT_BASE,
+     ImageConfig(env=("PATH=/base/bin",), entrypoint=("/init",), cmd=("--help",)),
+     {"Env": ["PATH=/base/bin"], "Entrypoint": ["/init"], "Cmd": ["--help"]}),
+    ("nothing set inherits the base's pair", ENTRYPOINT_BASE, ImageConfig(env=()),
+     {"Env": ["PATH=/base/bin"], "Entrypoint": ["/init"], "Cmd": ["--help"]}),
     ("healthcheck with zero durations left out", None,
      ImageConfig(env=(), healthcheck=Healthcheck(("CMD-SHELL", "true"), interval=5, retries=3)),
      {"Env": [], "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 5, "Retries": 3}}),
