@@ -32,9 +32,10 @@ CACHE_DIR ?= /var/cache/dockyard
 #   busybox-static     the amd64 busybox for base images built by the tests
 #   skopeo, umoci      copy and inspect OCI images in tests
 #   git                ADD of git sources
+#   openssh-client     ssh-agent, ssh-add, ssh-keygen: --ssh ID=KEYFILE
 #   iptables           needed by dockerd's package even with --iptables=false
 DEB_PACKAGES := docker.io containerd runc qemu-user-static binfmt-support docker-registry \
-	busybox-static skopeo umoci git iptables ca-certificates
+	busybox-static skopeo umoci git iptables ca-certificates openssh-client
 
 export DEBIAN_FRONTEND := noninteractive
 

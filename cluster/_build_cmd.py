@@ -7,6 +7,11 @@ sends one ``solve`` call::
     {"version": 1, "dockerfile": <bytes>, "options": <BuildOptions wire map>,
      "session": {"secrets": {id: <bytes>}, "ssh": {id: <socket path>}}}
 
+``--ssh ID=KEYFILE`` starts an ephemeral ssh-agent holding the keys for the time of the
+call (cluster/_ssh_agent.py) and serves its socket; it is killed when the call ends, also
+on failure or Ctrl-C.  The registries to speak plain HTTP to (``registry.insecure=true``
+outputs, ``DOCKYARD_INSECURE_REGISTRIES``) travel in the options' ``insecure_registries``.
+
 renders the events as ``--progress`` asks (on stderr), and at the end writes the
 ``--metadata-file`` and streams a ``dest=-`` output to stdout.  Ctrl-C cancels the call on
 the service (its containers and mounts are cleaned up there) and exits 130.
@@ -29,6 +34,7 @@ from scheduler._errors import ExecError, UsageError
 from ._build_options import BuildOptions, gather_options, read_session
 from ._render import Renderer, make_renderer
 from ._service import ServiceSettings, connect, default_root, stop_service
+from ._ssh_agent import SshAgents
 
 __all__ = ["REQUEST_VERSION", "build_request", "run_build", "run_stop"]
 
@@ -56,9 +62,10 @@ def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> byt
                          f"{exc.strerror or exc}") from None
 
 
-def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[bytes]
-                  ) -> tuple[BuildOptions, dict[str, Any]]:
-    """The checked options and the ``solve`` request (session included)."""
+def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[bytes],
+                  ssh: Mapping[str, str] | None = None) -> tuple[BuildOptions, dict[str, Any]]:
+    """The checked options and the ``solve`` request (session included; ``ssh``: the
+    sockets to serve by id, when agents were started for key files)."""
     if not Path(args.context).is_dir():
         raise UsageError(f"build context {args.context!r} is not a directory")
     options = gather_options(args, environ)
@@ -67,12 +74,20 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: I
         raise UsageError(f"invalid --metadata-file {args.metadata_file!r}: its directory "
                          f"does not exist")
     request = {"version": REQUEST_VERSION, "dockerfile": dockerfile,
-               "options": options.to_wire(), "session": read_session(options, environ)}
+               "options": options.to_wire(),
+               "session": read_session(options, environ, ssh)}
     return options, request
 
 
 def run_build(args: argparse.Namespace) -> int:
-    options, request = build_request(args, os.environ, sys.stdin.buffer)
+    """``dockyard build``: the ssh agents it starts live exactly as long as the call."""
+    options = gather_options(args, os.environ)
+    with SshAgents(options.ssh) as sockets:
+        return _run_build(args, sockets)
+
+
+def _run_build(args: argparse.Namespace, sockets: Mapping[str, str]) -> int:
+    options, request = build_request(args, os.environ, sys.stdin.buffer, sockets)
     if any(o.to_stdout for o in options.outputs) and sys.stdout.isatty():
         raise UsageError("dest file is required for the output to stdout: refusing to write "
                          "to console", hint="redirect stdout, or set dest=FILE")

@@ -25,7 +25,8 @@ from scheduler._reference import parse_reference
 
 __all__ = [
     "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "OutputSpec", "SecretSpec", "SshSpec",
-    "parse_epoch", "parse_output", "parse_secret", "parse_ssh", "parse_tag", "read_session",
+    "insecure_registries", "parse_epoch", "parse_insecure_registries", "parse_output",
+    "parse_secret", "parse_ssh", "parse_tag", "read_session",
 ]
 
 OPTIONS_VERSION = 1
@@ -55,12 +56,14 @@ class SshSpec:
 @dataclass(frozen=True, slots=True)
 class OutputSpec:
     """``--output``: ``type`` (local, tar, oci, docker, image), ``dest`` (a path; ``-`` is
-    stdout), ``names`` and ``push`` (image)."""
+    stdout), ``names``, ``push`` and ``insecure`` (image: ``registry.insecure=true``, its
+    registries spoken to over plain HTTP)."""
 
     type: str
     dest: str | None = None
     names: tuple[str, ...] = ()
     push: bool = False
+    insecure: bool = False
 
     @property
     def to_stdout(self) -> bool:
@@ -85,6 +88,7 @@ class BuildOptions:
     progress: str = "auto"
     metadata_file: str | None = None
     epoch: int | None = None
+    insecure_registries: tuple[str, ...] = ()  # host[:port] spoken to over plain HTTP
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -94,9 +98,11 @@ class BuildOptions:
             "build_args": [list(pair) for pair in self.build_args],
             "secrets": [[s.id, s.src, s.env] for s in self.secrets],
             "ssh": [[s.id, list(s.paths)] for s in self.ssh],
-            "outputs": [[o.type, o.dest, list(o.names), o.push] for o in self.outputs],
+            "outputs": [[o.type, o.dest, list(o.names), o.push, o.insecure]
+                        for o in self.outputs],
             "tags": list(self.tags), "no_cache": self.no_cache, "progress": self.progress,
             "metadata_file": self.metadata_file, "epoch": self.epoch,
+            "insecure_registries": list(self.insecure_registries),
         }
 
     @classmethod
@@ -111,9 +117,16 @@ class BuildOptions:
             build_args=tuple((k, v) for k, v in wire["build_args"]),
             secrets=tuple(SecretSpec(i, s, e) for i, s, e in wire["secrets"]),
             ssh=tuple(SshSpec(i, tuple(p)) for i, p in wire["ssh"]),
-            outputs=tuple(OutputSpec(t, d, tuple(n), p) for t, d, n, p in wire["outputs"]),
+            outputs=tuple(_output_from_wire(o) for o in wire["outputs"]),
             tags=tuple(wire["tags"]), no_cache=wire["no_cache"], progress=wire["progress"],
-            metadata_file=wire["metadata_file"], epoch=wire["epoch"])
+            metadata_file=wire["metadata_file"], epoch=wire["epoch"],
+            insecure_registries=tuple(wire.get("insecure_registries", ())))
+
+
+def _output_from_wire(item: Sequence[Any]) -> OutputSpec:
+    """One output of the wire map (``insecure`` absent in maps of earlier clients)."""
+    kind, dest, names, push = item[:4]
+    return OutputSpec(kind, dest, tuple(names), push, bool(item[4]) if len(item) > 4 else False)
 
 
 # --- one flag value each ----------------------------------------------------------------
@@ -179,7 +192,9 @@ def _secret_defaults(value: str, kind: str, ident: str, src: str, env: str,
 
 
 def parse_ssh(value: str, environ: Mapping[str, str] = os.environ) -> SshSpec:
-    """``default`` (``$SSH_AUTH_SOCK``), ``ID=SOCKET[,SOCKET...]`` or ``default=SOCKET``."""
+    """``default`` (``$SSH_AUTH_SOCK``), ``ID=PATH[,PATH...]`` or ``default=PATH``: each
+    PATH an agent socket or a private key file (cluster/_ssh_agent.py tells them apart
+    and loads key files into an ephemeral agent)."""
     ident, equals, rest = value.partition("=")
     if not ident:
         raise UsageError(f"invalid --ssh {value!r}: the id is empty",
@@ -231,14 +246,19 @@ def _file_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
 
 def _image_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
     names = tuple(n.strip() for n in attrs.pop("name", "").split(",") if n.strip())
-    push_text = attrs.pop("push", "true" if kind == "registry" else "false").lower()
+    push = _boolean(value, "push", attrs.pop("push", "true" if kind == "registry" else "false"))
+    insecure = _boolean(value, "registry.insecure", attrs.pop("registry.insecure", "false"))
     _no_more(value, attrs)
-    if push_text not in ("true", "false", "1", "0"):
-        raise UsageError(f"invalid --output {value!r}: push must be true or false, not "
-                         f"{push_text!r}")
     for name in names:
         parse_tag(name, flag="--output")
-    return OutputSpec("image", None, names, push_text in ("true", "1"))
+    return OutputSpec("image", None, names, push, insecure)
+
+
+def _boolean(value: str, key: str, text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise UsageError(f"invalid --output {value!r}: {key} must be true or false, not "
+                         f"{text.lower()!r}")
+    return text.lower() in ("true", "1")
 
 
 def _no_more(value: str, attrs: Mapping[str, str]) -> None:
@@ -264,6 +284,37 @@ def parse_epoch(build_args: Mapping[str, str], environ: Mapping[str, str]) -> in
     if not text.isdigit():
         raise UsageError(f"invalid SOURCE_DATE_EPOCH {text!r}: not a unix time in seconds")
     return int(text)
+
+
+def parse_insecure_registries(text: str) -> tuple[str, ...]:
+    """``DOCKYARD_INSECURE_REGISTRIES``: ``host[:port]`` entries separated by commas, in
+    order, once each (empty entries ignored)."""
+    found: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, colon, port = item.rpartition(":") if ":" in item else (item, "", "")
+        if (not host or any(c in item for c in "/@ ") or
+                (colon and not (port.isdigit() and 0 < int(port) < 65536))):
+            raise UsageError(f"invalid DOCKYARD_INSECURE_REGISTRIES entry {item!r}: not a "
+                             f"host or host:port",
+                             hint="list registries like registry.local:5000,10.0.0.7")
+        if item not in found:
+            found.append(item)
+    return tuple(found)
+
+
+def insecure_registries(outputs: Sequence[OutputSpec], environ: Mapping[str, str]
+                        ) -> tuple[str, ...]:
+    """The registries of this build spoken to over plain HTTP: those listed in
+    ``DOCKYARD_INSECURE_REGISTRIES`` (pulls and pushes), then the registries of the image
+    outputs marked ``registry.insecure=true``."""
+    found = list(parse_insecure_registries(environ.get("DOCKYARD_INSECURE_REGISTRIES", "")))
+    for output in outputs:
+        if output.type == "image" and output.insecure:
+            domains = (parse_reference(name).domain for name in output.names)
+            found += [domain for domain in domains if domain not in found]
+    return tuple(found)
 
 
 def parse_progress(value: str) -> str:
@@ -296,7 +347,7 @@ def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bo
                 raise UsageError("tag is needed when pushing to registry" if spec.push or push
                                  else "an image output needs a name",
                                  hint="add -t NAME or name=NAME")
-            spec = OutputSpec("image", None, names, spec.push or push)
+            spec = OutputSpec("image", None, names, spec.push or push, spec.insecure)
         resolved.append(spec)
     if sum(1 for o in resolved if o.to_stdout) > 1:
         raise UsageError("only one --output can write to stdout (dest=-)")
@@ -306,11 +357,14 @@ def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bo
 # --- the session: secret values, read at request time ------------------------------------
 
 
-def read_session(options: BuildOptions, environ: Mapping[str, str] = os.environ
-                 ) -> dict[str, Any]:
-    """The request's session part: secret values by id, ssh sockets by id."""
+def read_session(options: BuildOptions, environ: Mapping[str, str] = os.environ,
+                 ssh: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The request's session part: secret values by id, ssh sockets by id (``ssh``: the
+    sockets to serve, from cluster/_ssh_agent.py's ``SshAgents``; else each id's first
+    path)."""
     secrets = {spec.id: _secret_value(spec, environ) for spec in options.secrets}
-    return {"secrets": secrets, "ssh": {spec.id: spec.paths[0] for spec in options.ssh}}
+    sockets = dict(ssh) if ssh is not None else {s.id: s.paths[0] for s in options.ssh}
+    return {"secrets": secrets, "ssh": sockets}
 
 
 def _secret_value(spec: SecretSpec, environ: Mapping[str, str]) -> bytes:
@@ -363,7 +417,8 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
         ssh=tuple(parse_ssh(s, environ) for s in args.ssh), outputs=outputs, tags=tags,
         no_cache=args.no_cache, progress=parse_progress(args.progress),
         metadata_file=os.path.abspath(args.metadata_file) if args.metadata_file else None,
-        epoch=parse_epoch(dict(build_args), environ))
+        epoch=parse_epoch(dict(build_args), environ),
+        insecure_registries=insecure_registries(outputs, environ))
 
 
 def _filename(option: str | None, context: str) -> str:

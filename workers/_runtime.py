@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -51,12 +52,15 @@ LOCAL_SCHEME = "local://"
 class BuildSession:
     """What a build brings from its client: context directories by name (``context`` for
     ``local://context``), secrets by id (values: never written to a layer, a record, a
-    log or an event), ssh agent sockets by id, and ``epoch`` (SOURCE_DATE_EPOCH)."""
+    log or an event), ssh agent sockets by id, ``epoch`` (SOURCE_DATE_EPOCH) and
+    ``insecure_registries`` (``host[:port]`` this build speaks plain HTTP to, on top of
+    the runtime's own; other builds are not affected)."""
 
     contexts: Mapping[str, Path] = field(default_factory=dict)
     secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     ssh: Mapping[str, Path] = field(default_factory=dict)
     epoch: int | None = None
+    insecure_registries: frozenset[str] = frozenset()
 
 
 class RecordStore:
@@ -81,7 +85,10 @@ class WorkerRuntime:
         self.snapshots = SnapshotStore(root)
         self.executor = Executor(root)
         self.cache = cache or LocalBackend(root)
-        self.registry = RegistryClient(registry)
+        self.registry_config = registry or RegistryConfig()
+        self.registry = RegistryClient(self.registry_config)
+        # extra insecure registries -> the client of the builds that asked for them
+        self._registries: dict[frozenset[str], RegistryClient] = {}
         self.compression = compression
         self.cachemounts = root / "cachemounts"
         self.tmp = root / "tmp"
@@ -97,6 +104,23 @@ class WorkerRuntime:
 
     async def aclose(self) -> None:
         await self.registry.aclose()
+        clients, self._registries = list(self._registries.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def registry_for(self, insecure: Iterable[str] = ()) -> RegistryClient:
+        """The registry client of a build that speaks plain HTTP to ``insecure`` too: the
+        shared one when that adds nothing, else one kept for that set of registries."""
+        extra = frozenset(insecure) - self.registry_config.insecure_registries
+        if not extra:
+            return self.registry
+        client = self._registries.get(extra)
+        if client is None:
+            config = dataclasses.replace(
+                self.registry_config,
+                insecure_registries=self.registry_config.insecure_registries | extra)
+            client = self._registries[extra] = RegistryClient(config)
+        return client
 
     def backend(self, session: BuildSession) -> RuntimeBackend:
         return RuntimeBackend(self, session)
@@ -153,15 +177,18 @@ class WorkerRuntime:
                 os.unlink(name)
         return layer
 
-    async def fetch_image_blobs(self, ref: Reference, image: ResolvedImage) -> None:
-        """Copy the layers of ``image`` the cache lacks from the registry."""
+    async def fetch_image_blobs(self, ref: Reference, image: ResolvedImage,
+                                registry: RegistryClient | None = None) -> None:
+        """Copy the layers of ``image`` the cache lacks from the registry (through
+        ``registry``, the build's client, when given)."""
+        client = registry or self.registry
         present = await self.cache.has_many(layer.digest for layer in image.layers)
         for layer in image.layers:
             if layer.digest in present:
                 continue
             target = Path(tempfile.mkdtemp(prefix="pull-", dir=self.tmp)) / "blob"
             try:
-                await self.registry.fetch_blob(ref, layer, target)
+                await client.fetch_blob(ref, layer, target)
                 await self.cache.put_blob(layer.digest, target, move=True)
             finally:
                 with contextlib.suppress(OSError):
@@ -175,6 +202,7 @@ class RuntimeBackend:
     def __init__(self, runtime: WorkerRuntime, session: BuildSession) -> None:
         self.runtime = runtime
         self.session = session
+        self.registry = runtime.registry_for(session.insecure_registries)
         # (reference text, platform) -> the image resolved for this build (a tag moves
         # between builds, never within one).
         self._images: dict[tuple[str, Platform | None], asyncio.Task[ResolvedImage]] = {}
@@ -201,8 +229,8 @@ class RuntimeBackend:
             return image.digest
         if op.identifier.startswith(LOCAL_SCHEME):
             return await asyncio.to_thread(self.context(op).checksum)
-        from ._ops import remote_source  # noqa: PLC0415 -- _ops imports this module
-        return await asyncio.to_thread((await remote_source(self, op)).checksum)
+        from ._ops import remote_identity  # noqa: PLC0415 -- _ops imports this module
+        return await remote_identity(self, op)
 
     async def content_checksum(self, vertex: Vertex, input_index: int, source: Vertex,
                                selector: Selector) -> str:
@@ -227,8 +255,12 @@ class RuntimeBackend:
 
     async def _resolve(self, text: str, platform: Platform | None) -> ResolvedImage:
         from scheduler._platform import default_platform  # noqa: PLC0415
-        return await self.runtime.registry.resolve(parse_reference(text),
-                                                   platform or default_platform())
+        return await self.registry.resolve(parse_reference(text),
+                                           platform or default_platform())
+
+    async def fetch_image_blobs(self, ref: Reference, image: ResolvedImage) -> None:
+        """The runtime's ``fetch_image_blobs`` through this build's registry client."""
+        await self.runtime.fetch_image_blobs(ref, image, self.registry)
 
     def context(self, op: SourceOp) -> LocalContext:
         """The ``local://<name>`` context of the session, with the op's exclude patterns."""

@@ -16,8 +16,10 @@ from cluster._build_options import (
     SecretSpec,
     SshSpec,
     gather_options,
+    insecure_registries,
     parse_build_args,
     parse_epoch,
+    parse_insecure_registries,
     parse_output,
     parse_platform_list,
     parse_progress,
@@ -58,6 +60,10 @@ OUTPUTS = [
     ('type=image,"name=a,b"', OutputSpec("image", None, ("a", "b"), False)),
     ("type=registry,name=a", OutputSpec("image", None, ("a",), True)),
     ("type=image", OutputSpec("image", None, (), False)),
+    ("type=image,name=r:5000/a,push=true,registry.insecure=true",
+     OutputSpec("image", None, ("r:5000/a",), True, True)),
+    ("type=registry,name=a,Registry.Insecure=1", OutputSpec("image", None, ("a",), True, True)),
+    ("type=image,name=a,registry.insecure=false", OutputSpec("image", None, ("a",))),
 ]
 
 SSH = [
@@ -100,6 +106,12 @@ ERRORS: list[tuple[Any, str, str]] = [
     (parse_output, "type=image,name=a,push=maybe",
      "invalid --output 'type=image,name=a,push=maybe': push must be true or false, not "
      "'maybe'"),
+    (parse_output, "type=image,name=a,registry.insecure=yes",
+     "invalid --output 'type=image,name=a,registry.insecure=yes': registry.insecure must be "
+     "true or false, not 'yes'"),
+    (parse_output, "type=tar,dest=x,registry.insecure=true",
+     "invalid --output 'type=tar,dest=x,registry.insecure=true': unsupported attribute "
+     "'registry.insecure'"),
     (parse_output, "type=image,name=A:b", "invalid --output: invalid reference format "
                                           "'A:b': repository name (library/A) must be "
                                           "lowercase"),
@@ -262,3 +274,67 @@ def test_secret_too_big(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as caught:
         read_session(BuildOptions(context="/c", secrets=(spec,)), ENV)
     assert str(caught.value) == f"secret 'big' too big. max size 500KB ('{tmp_path}/big')"
+
+
+# (DOCKYARD_INSECURE_REGISTRIES, image outputs) -> the build's insecure registries, or the
+# exact error
+INSECURE: list[tuple[str, list[OutputSpec], Any]] = [
+    ("", [], ()),
+    (" reg.local:5000 , 10.0.0.7,,reg.local:5000", [], ("reg.local:5000", "10.0.0.7")),
+    ("[fd00::1]:5000", [], ("[fd00::1]:5000",)),
+    ("a:1", [OutputSpec("image", None, ("b.example:5000/x:1", "a:1/y", "plain"), True, True),
+             OutputSpec("image", None, ("c.example/z",), True)],
+     ("a:1", "b.example:5000", "docker.io")),
+    ("", [OutputSpec("tar", "/t", (), False, True)], ()),
+    ("http://reg:5000", [], "invalid DOCKYARD_INSECURE_REGISTRIES entry 'http://reg:5000': "
+                            "not a host or host:port\nhint: list registries like "
+                            "registry.local:5000,10.0.0.7"),
+    ("reg:http", [], "invalid DOCKYARD_INSECURE_REGISTRIES entry 'reg:http': not a host or "
+                     "host:port\nhint: list registries like registry.local:5000,10.0.0.7"),
+    ("reg:70000", [], "invalid DOCKYARD_INSECURE_REGISTRIES entry 'reg:70000': not a host or "
+                      "host:port\nhint: list registries like registry.local:5000,10.0.0.7"),
+    (":5000", [], "invalid DOCKYARD_INSECURE_REGISTRIES entry ':5000': not a host or "
+                  "host:port\nhint: list registries like registry.local:5000,10.0.0.7"),
+]
+
+
+@pytest.mark.parametrize(("listed", "outputs", "expected"), INSECURE)
+def test_insecure_registries(listed: str, outputs: list[OutputSpec], expected: Any) -> None:
+    environ = {"DOCKYARD_INSECURE_REGISTRIES": listed}
+    if isinstance(expected, str):
+        with pytest.raises(UsageError) as caught:
+            insecure_registries(outputs, environ)
+        assert str(caught.value) == expected
+    else:
+        assert insecure_registries(outputs, environ) == expected
+        listed_only = parse_insecure_registries(listed)
+        assert expected[:len(listed_only)] == listed_only
+
+
+def test_insecure_registries_travel_in_the_options(tmp_path: Path) -> None:
+    argv = ["-t", "reg.example:5000/app:1",
+            "-o", "type=image,push=true,registry.insecure=true", str(tmp_path)]
+    environ = ENV | {"DOCKYARD_INSECURE_REGISTRIES": "pull.example"}
+    options = gather_options(_args(argv), environ)
+    assert options.outputs == (
+        OutputSpec("image", None, ("reg.example:5000/app:1",), True, True),)
+    assert options.insecure_registries == ("pull.example", "reg.example:5000")
+    wire = options.to_wire()
+    assert wire["insecure_registries"] == ["pull.example", "reg.example:5000"]
+    assert BuildOptions.from_wire(wire) == options
+
+
+def test_wire_of_an_earlier_client_reads_as_secure() -> None:
+    wire = BuildOptions(context="/c", outputs=(OutputSpec("image", None, ("a",), True),)
+                        ).to_wire()
+    del wire["insecure_registries"]
+    wire["outputs"] = [item[:4] for item in wire["outputs"]]
+    assert BuildOptions.from_wire(wire) == BuildOptions(
+        context="/c", outputs=(OutputSpec("image", None, ("a",), True),))
+
+
+def test_session_serves_the_given_ssh_sockets() -> None:
+    options = BuildOptions(context="/c", ssh=(SshSpec("git", ("/k/id_ed25519",)),))
+    assert read_session(options, ENV)["ssh"] == {"git": "/k/id_ed25519"}
+    assert read_session(options, ENV, {"git": "/tmp/agent.sock"})["ssh"] == {
+        "git": "/tmp/agent.sock"}

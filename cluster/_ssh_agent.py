@@ -1,0 +1,210 @@
+"""``--ssh ID=PATH[,PATH...]``: the agent sockets a build is served, on the client.
+
+A path is either an agent socket (forwarded as it is; one per id) or a private key file,
+as buildx accepts.  The key files of one id are loaded into one ephemeral agent
+(Debian's openssh-client: ``ssh-agent -D -a SOCKET``, then ``ssh-add``) whose socket is
+served instead; ``SshAgents`` kills every agent it started and removes its socket
+directory when the build ends, however it ends (success, failure, Ctrl-C).
+
+A passphrase-protected key is refused before any agent starts (``UsageError``): the
+client never prompts, as buildx does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from scheduler._errors import UsageError
+
+from ._build_options import SshSpec
+
+__all__ = ["AGENT_START_TIMEOUT", "EphemeralAgent", "SshAgents", "classify_paths"]
+
+AGENT_START_TIMEOUT = 10.0  # seconds for ssh-agent's socket to appear
+_TOOL_HINT = "install Debian's openssh-client (ssh-agent, ssh-add, ssh-keygen)"
+
+
+def classify_paths(spec: SshSpec) -> tuple[str | None, tuple[str, ...]]:
+    """``(socket, ())`` when ``spec`` names one agent socket, ``(None, keys)`` when it
+    names key files; ``UsageError`` for a missing path, two sockets or a mixture."""
+    sockets: list[str] = []
+    keys: list[str] = []
+    for path in spec.paths:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise UsageError(f"invalid --ssh {spec.id}: cannot read {path!r}: "
+                             f"{exc.strerror or exc}",
+                             hint="give an agent socket or a private key file") from None
+        (sockets if stat.S_ISSOCK(mode) else keys).append(path)
+    if len(sockets) > 1:
+        raise UsageError(f"invalid --ssh {spec.id}: only one agent socket is allowed per id "
+                         f"({', '.join(sockets)})")
+    if sockets and keys:
+        raise UsageError(f"invalid --ssh {spec.id}: both an agent socket and key files "
+                         f"given", hint="give either one socket or key files")
+    return (sockets[0], ()) if sockets else (None, tuple(keys))
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise UsageError(f"--ssh with key files needs {name!r}, which is not installed",
+                         hint=_TOOL_HINT)
+    return found
+
+
+def _quiet_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
+    """An environment in which the ssh tools never ask for a passphrase."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "SSH_ASKPASS")}
+    return env | {"SSH_ASKPASS_REQUIRE": "never", **extra}
+
+
+def _run(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` with no terminal (its own session, stdin from /dev/null): never prompts."""
+    return subprocess.run(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, start_new_session=True,
+                          timeout=30, check=False)
+
+
+def check_key(ident: str, path: str, copy: Path) -> None:
+    """``UsageError`` unless ``path`` (read from its private ``copy``) is a private key
+    usable without a passphrase."""
+    done = _run([_tool("ssh-keygen"), "-y", "-P", "", "-f", str(copy)], _quiet_env())
+    if done.returncode == 0:
+        return
+    lines = done.stderr.strip().splitlines()
+    reason = lines[-1].split(": ", 1)[-1] if lines else "unreadable"
+    if "passphrase" in reason:
+        raise UsageError(f"invalid --ssh {ident}: the key {path!r} is protected by a "
+                         f"passphrase, which dockyard cannot ask for",
+                         hint="load it into your ssh-agent (ssh-add) and pass --ssh "
+                              f"{ident}=$SSH_AUTH_SOCK")
+    raise UsageError(f"invalid --ssh {ident}: {path!r} is neither an agent socket nor a "
+                     f"private key ({reason})",
+                     hint="give an agent socket or an OpenSSH/PEM private key file")
+
+
+class EphemeralAgent:
+    """One ``ssh-agent`` holding ``keys``, listening on a socket in a private directory;
+    ``close`` kills it and removes the directory (idempotent)."""
+
+    def __init__(self, ident: str, keys: Sequence[str]) -> None:
+        self.ident = ident
+        self.directory = Path(tempfile.mkdtemp(prefix="dockyard-ssh-"))
+        self.socket = self.directory / "agent.sock"
+        self._process: subprocess.Popen[bytes] | None = None
+        try:
+            self._start(keys)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _start(self, keys: Sequence[str]) -> None:
+        copies = [self._private_copy(index, key) for index, key in enumerate(keys)]
+        for key, copy in zip(keys, copies, strict=True):
+            check_key(self.ident, key, copy)
+        agent, add = _tool("ssh-agent"), _tool("ssh-add")
+        self._process = subprocess.Popen(
+            [agent, "-D", "-a", str(self.socket)], env=_quiet_env(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True)
+        self._wait_for_socket()
+        done = _run([add, "-q", *map(str, copies)],
+                    _quiet_env({"SSH_AUTH_SOCK": str(self.socket)}))
+        for copy in copies:
+            copy.unlink()
+        if done.returncode != 0:
+            raise UsageError(f"invalid --ssh {self.ident}: ssh-add could not load "
+                             f"{', '.join(keys)}: {done.stderr.strip() or 'failed'}")
+
+    def _private_copy(self, index: int, key: str) -> Path:
+        """``key`` copied to a 0600 file of the private directory (ssh-add refuses keys
+        others may read; buildx does not ask that of the user)."""
+        copy = self.directory / f"key-{index}"
+        try:
+            data = Path(key).read_bytes()
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except OSError as exc:
+            raise UsageError(f"invalid --ssh {self.ident}: cannot read {key!r}: "
+                             f"{exc.strerror or exc}") from None
+        return copy
+
+    def _wait_for_socket(self) -> None:
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while not self.socket.is_socket():
+            process = self._process
+            if process is not None and process.poll() is not None:
+                error = process.stderr.read().decode(errors="replace") if process.stderr \
+                    else ""
+                raise UsageError(f"--ssh {self.ident}: ssh-agent exited with "
+                                 f"{process.returncode}: {error.strip()}", hint=_TOOL_HINT)
+            if time.monotonic() > deadline:
+                raise UsageError(f"--ssh {self.ident}: ssh-agent did not listen on "
+                                 f"{str(self.socket)!r} within {AGENT_START_TIMEOUT:g}s")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"<EphemeralAgent {self.ident} pid={self.pid} {self.socket}>"
+
+
+class SshAgents:
+    """The ``--ssh`` sockets of one build, by id: a context manager whose value maps each
+    id to the socket to serve (the given one, or an ephemeral agent's)."""
+
+    def __init__(self, specs: Sequence[SshSpec]) -> None:
+        self._specs = tuple(specs)
+        self.agents: list[EphemeralAgent] = []
+
+    def __enter__(self) -> dict[str, str]:
+        sockets: dict[str, str] = {}
+        try:
+            for spec in self._specs:
+                socket, keys = classify_paths(spec)
+                if socket is None:
+                    self.agents.append(EphemeralAgent(spec.id, keys))
+                    socket = str(self.agents[-1].socket)
+                sockets[spec.id] = socket
+        except BaseException:
+            self.close()
+            raise
+        return sockets
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        agents, self.agents = self.agents, []
+        for agent in agents:
+            agent.close()
