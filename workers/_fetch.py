@@ -4,8 +4,12 @@
   ``filename`` attribute, else the response's Content-Disposition, else the URL path's
   last element (``index`` when empty); mode 0600, owner root, mtime from Last-Modified;
   ``checksum`` (``sha256:<hex>``) verified before the file appears.
+- ``resolve_git``: the commit a ref of a repository names now (``git ls-remote``; a full
+  commit id is its own answer) -- the git source's identity, as BuildKit keys it, so a
+  rebuild hits the cache while the ref stays put and misses when it moves;
 - ``fetch_git``: one ref of a git repository (``git fetch --depth 1``; default HEAD),
-  optionally only ``subdir``, with or without its ``.git`` directory.
+  optionally checked against the commit ``resolve_git`` gave, optionally only
+  ``subdir``, with or without its ``.git`` directory.
 
 Failures are ``SolveError``s naming the URL (credentials removed) and what to do.
 """
@@ -28,9 +32,10 @@ import aiohttp
 
 from scheduler._errors import SolveError
 
-__all__ = ["fetch_git", "fetch_http", "redact_url"]
+__all__ = ["fetch_git", "fetch_http", "redact_url", "resolve_git"]
 
 _HEX = re.compile(r"[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def redact_url(url: str) -> str:
@@ -131,7 +136,7 @@ def _publish(temp: Path, final: Path, digest: str, expected: str | None, shown: 
 
 # --- git --------------------------------------------------------------------------------
 
-def _git(args: list[str], cwd: Path, shown: str, timeout: float) -> None:
+def _git(args: list[str], cwd: Path, shown: str, timeout: float) -> str:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true",
            "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
     try:
@@ -145,11 +150,38 @@ def _git(args: list[str], cwd: Path, shown: str, timeout: float) -> None:
         tail = " ".join(done.stderr.replace(shown, "<url>").split()[-30:])
         raise SolveError(f"ADD {shown}: git {args[0]} failed: {tail}",
                          hint="check the repository URL and the ref")
+    return done.stdout
+
+
+def _ref_candidates(ref: str) -> list[str]:
+    """The names ``ref`` may stand for, in git's order (tags before branches); an
+    annotated tag's peeled line (``^{}``) before the tag object itself."""
+    if not ref:
+        return ["HEAD"]
+    if ref.startswith("refs/"):
+        return [f"{ref}^{{}}", ref]
+    return [f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref]
+
+
+def resolve_git(remote: str, ref: str = "", *, timeout: float = 120.0) -> str:
+    """The commit id ``ref`` (default HEAD) of ``remote`` names now."""
+    if _COMMIT.fullmatch(ref):
+        return ref
+    shown = redact_url(remote)
+    listing = _git(["ls-remote", remote], Path("/"), shown, timeout)
+    names = {name: oid for oid, _, name in
+             (line.partition("\t") for line in listing.splitlines())}
+    for name in _ref_candidates(ref):
+        if name in names:
+            return names[name]
+    raise SolveError(f"ADD {shown}: ref {ref or 'HEAD'!r} not found in the repository",
+                     hint="check the #ref part of the URL (a branch, a tag or a commit id)")
 
 
 def fetch_git(remote: str, dest: Path, *, ref: str = "", subdir: str = "",
-              keep_git_dir: bool = False, timeout: float = 600.0) -> Path:
+              keep_git_dir: bool = False, commit: str = "", timeout: float = 600.0) -> Path:
     """Check out ``ref`` of ``remote`` (shallow) into the new directory ``dest``; return it.
+    ``commit``, when given, is what the ref must name (it moved otherwise: an error).
     ``subdir`` keeps only that directory's content (then ``.git`` is never kept)."""
     shown = redact_url(remote)
     work = Path(tempfile.mkdtemp(prefix=".git-", dir=dest.parent))
@@ -157,11 +189,21 @@ def fetch_git(remote: str, dest: Path, *, ref: str = "", subdir: str = "",
         _git(["init", "-q", str(work)], dest.parent, shown, timeout)
         _git(["fetch", "-q", "--depth", "1", "--no-tags", remote, ref or "HEAD"], work,
              shown, timeout)
+        _check_commit(work, commit, ref, shown, timeout)
         _git(["checkout", "-q", "FETCH_HEAD"], work, shown, timeout)
         _place_checkout(work, dest, subdir, keep_git_dir, shown)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return dest
+
+
+def _check_commit(work: Path, commit: str, ref: str, shown: str, timeout: float) -> None:
+    if not commit:
+        return
+    fetched = _git(["rev-parse", "FETCH_HEAD^{commit}"], work, shown, timeout).strip()
+    if fetched != commit:
+        raise SolveError(f"ADD {shown}: ref {ref or 'HEAD'!r} moved during the build "
+                         f"(from {commit[:12]} to {fetched[:12]})", hint="build again")
 
 
 def _place_checkout(work: Path, dest: Path, subdir: str, keep_git_dir: bool,

@@ -4,7 +4,9 @@
   result names them with the image's config (unpacked only when an op needs the files);
 - context source: the session's context directory, included files only, owned by 0:0,
   as one layer;
-- http/git source: fetched into a scratch directory, then one layer like a context;
+- http/git source: fetched into a scratch directory, then one layer like a context; a
+  git source's identity is the commit its ref names (``remote_identity``), resolved once
+  per build, and the fetch checks it still names that commit;
 - exec: see ``_ops_exec``;
 - file: the base state mounted writable, the copy sources read-only, BuildKit's file
   actions applied (``_fileops``), the diff as a new layer;
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -29,12 +32,14 @@ from scheduler._progress import EventSink
 from scheduler._reference import parse_reference
 
 from ._context_source import LocalContext
-from ._fetch import fetch_git, fetch_http
+from ._fetch import fetch_git, fetch_http, resolve_git
 from ._fileops import apply_file_actions
 from ._ops_exec import run_exec
 from ._runtime import IMAGE_SCHEME, LOCAL_SCHEME, RuntimeBackend
 
-__all__ = ["execute_vertex", "remote_source"]
+__all__ = ["execute_vertex", "remote_identity", "remote_source"]
+
+GIT_SCHEME = "git://"
 
 
 async def execute_vertex(backend: RuntimeBackend, vertex: Vertex,
@@ -88,14 +93,51 @@ async def remote_source(backend: RuntimeBackend, op: SourceOp) -> LocalContext:
     return await asyncio.shield(known)
 
 
+async def remote_identity(backend: RuntimeBackend, op: SourceOp) -> str:
+    """What a remote source's cache key rests on: ``git:<commit>`` for git (nothing is
+    fetched for it), the fetched content's checksum for http."""
+    if op.identifier.startswith(GIT_SCHEME):
+        return "git:" + await _git_commit(backend, op)
+    return await asyncio.to_thread((await remote_source(backend, op)).checksum)
+
+
+def _git_remote(op: SourceOp) -> tuple[str, str]:
+    """(the URL to fetch, the ref) of a git source: the converter's ``fullurl``, else
+    https:// and the identifier's host/path."""
+    remote, _, ref = op.identifier[len(GIT_SCHEME):].partition("#")
+    return dict(op.attrs).get("fullurl", "https://" + remote), ref
+
+
+async def _git_commit(backend: RuntimeBackend, op: SourceOp) -> str:
+    key = (op.identifier, dict(op.attrs).get("fullurl", ""))
+    known = _resolved(backend).get(key)
+    if known is None:
+        url, ref = _git_remote(op)
+        known = asyncio.ensure_future(asyncio.to_thread(resolve_git, url, ref))
+        _resolved(backend)[key] = known
+    return await asyncio.shield(known)
+
+
+# backend -> (identifier, url) -> the commit resolved for that build (a ref moves between
+# builds, never within one).
+_RESOLVED: weakref.WeakKeyDictionary[RuntimeBackend, dict[tuple[str, str],
+                                                          asyncio.Future[str]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _resolved(backend: RuntimeBackend) -> dict[tuple[str, str], asyncio.Future[str]]:
+    return _RESOLVED.setdefault(backend, {})
+
+
 async def _fetch(backend: RuntimeBackend, op: SourceOp) -> LocalContext:
     attrs = dict(op.attrs)
+    if op.identifier.startswith(GIT_SCHEME):
+        commit = await _git_commit(backend, op)
     scratch = Path(tempfile.mkdtemp(prefix="fetch-", dir=backend.runtime.tmp))
     backend.scratch.append(scratch)
-    if op.identifier.startswith("git://"):
-        remote, _, ref = op.identifier[len("git://"):].partition("#")
-        url = attrs.get("remote", "https://" + remote)
-        await asyncio.to_thread(fetch_git, url, scratch / "tree", ref=ref,
+    if op.identifier.startswith(GIT_SCHEME):
+        url, ref = _git_remote(op)
+        await asyncio.to_thread(fetch_git, url, scratch / "tree", ref=ref, commit=commit,
                                 subdir=attrs.get("subdir", ""),
                                 keep_git_dir=attrs.get("keepgitdir") == "true")
         return LocalContext(scratch / "tree")

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from scheduler._errors import SolveError
-from workers._fetch import fetch_git, fetch_http, redact_url
+from workers._fetch import fetch_git, fetch_http, redact_url, resolve_git
 
 BODY = b"remote content\n"
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -171,3 +171,41 @@ def test_git_errors(tmp_path: Path, repo: str, kwargs: dict[str, str], fragment:
         fetch_git(repo, tmp_path / "out", **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".git-")] == []
+
+
+# --- resolve_git: the commit a ref names ---------------------------------------------
+
+RESOLVE = [  # (ref, the work tree's revision it must name)
+    ("", "main"),
+    ("main", "main"),
+    ("refs/heads/main", "main"),
+    ("v1", "v1"),
+]
+
+
+@pytest.mark.parametrize(("ref", "revision"), RESOLVE, ids=[r or "HEAD" for r, _ in RESOLVE])
+def test_resolve_git(tmp_path: Path, repo: str, ref: str, revision: str) -> None:
+    assert resolve_git(repo, ref) == _git(tmp_path / "work", "rev-parse", revision)
+
+
+def test_resolve_git_peels_an_annotated_tag_and_passes_a_commit_id(tmp_path: Path,
+                                                                   repo: str) -> None:
+    work = tmp_path / "work"
+    _git(work, "tag", "-a", "v2", "-m", "annotated")
+    _git(work, "push", "-q", f"{tmp_path}/repo.git", "v2")
+    head = _git(work, "rev-parse", "HEAD")
+    assert resolve_git(repo, "v2") == head
+    assert resolve_git("file:///nowhere", head) == head
+
+
+def test_fetch_git_refuses_a_ref_that_moved(tmp_path: Path, repo: str) -> None:
+    old = _git(tmp_path / "work", "rev-parse", "v1")
+    with pytest.raises(SolveError, match=r"ref 'main' moved during the build \(from "
+                                         f"{old[:12]} to "):
+        fetch_git(repo, tmp_path / "out", ref="main", commit=old)
+    assert not (tmp_path / "out").exists()
+
+
+def test_resolve_git_names_a_missing_ref(repo: str) -> None:
+    with pytest.raises(SolveError, match=f"ADD {repo}: ref 'nope' not found"):
+        resolve_git(repo, "nope")
