@@ -43,20 +43,9 @@ SANDBOX_CAPS = (
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 )
-#: Every capability runc 1.1 knows (``--security=insecure``).
+#: Every capability runc 1.1 knows (``--security=insecure``), in bit order
+#: (linux/capability.h), so a name's index is its bit number.
 ALL_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)
-#: Capability names by bit number (linux/capability.h).
-_CAPS_BY_BIT = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
     "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
     "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
@@ -191,7 +180,7 @@ def _process(process: ProcessSpec, user: ResolvedUser, caps: list[str]) -> dict[
 
 def caps_from_mask(mask: int) -> frozenset[str]:
     """Capability names of a bit mask as /proc/<pid>/status shows (CapBnd, hex)."""
-    return frozenset(name for bit, name in enumerate(_CAPS_BY_BIT) if mask >> bit & 1)
+    return frozenset(name for bit, name in enumerate(ALL_CAPS) if mask >> bit & 1)
 
 
 def environment(env: Sequence[str], user: ResolvedUser) -> list[str]:

@@ -196,6 +196,8 @@ def test_hosts_file() -> None:
 CAP_MASKS = [
     (0, frozenset()),
     (0b101, frozenset({"CAP_CHOWN", "CAP_DAC_READ_SEARCH"})),
+    (1 << 21 | 1 << 24 | 1 << 40,  # bit numbers of linux/capability.h
+     frozenset({"CAP_SYS_ADMIN", "CAP_SYS_RESOURCE", "CAP_CHECKPOINT_RESTORE"})),
     (0x000001fffeffffff, frozenset(ALL_CAPS) - {"CAP_SYS_RESOURCE"}),
 ]
 
