@@ -1,0 +1,159 @@
+"""``python -m benchmarks``: run the cases, print the header and the Markdown table.
+
+Exit status 0 when every case ran (whether or not its target was met: the table says), 1 with
+``error: ...`` on stderr when the suite could not run, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from benchmarks._cases import CaseResult, edit_case, noop_case, parallel_case, startup_case
+from benchmarks._env import BenchEnvironment, bench_environment
+from benchmarks._export import MIB, export_case
+from benchmarks._paths import REPO
+from benchmarks._stats import Row, Series, markdown_table, ratio
+from scheduler._errors import DockyardError
+
+__all__ = ["main"]
+
+CASES = ("noop", "edit", "parallel", "export")
+CLI_PATH = "CLI `dockyard build`, warm local service"
+EXPORT_PATH = "in-process `workers._layers.write_layer`"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
+                                     description="dockyard against BuildKit (see README.md)")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per build")
+    parser.add_argument("--warmups", type=int, default=1, help="untimed builds first")
+    parser.add_argument("--export-mb", type=int, default=500, help="size of the export")
+    parser.add_argument("--export-reps", type=int, default=3, help="timed exports")
+    parser.add_argument("--only", action="append", choices=CASES, default=[],
+                        help="run only this case (repeatable)")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    return parser
+
+
+def _log(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+def _versus(name: str, target: float | None, ours: CaseResult, theirs: CaseResult,
+            path: str = CLI_PATH) -> Row:
+    return Row(name, ours.series.describe(), theirs.series.describe(),
+               ratio(ours.series.median, theirs.series.median), target, True, path)
+
+
+def _parallel_rows(ours: CaseResult, theirs: CaseResult) -> list[Row]:
+    rows = []
+    for result in (ours, theirs):
+        assert result.reference is not None
+        rows.append(Row(f"3 x 2 s stages / 1 stage ({result.tool})", result.series.describe(),
+                        result.reference.describe(),
+                        ratio(result.series.median, result.reference.median), 1.2, True,
+                        CLI_PATH if result.tool == "dockyard" else "(BuildKit itself)"))
+    rows.append(_versus("3 x 2 s stages, dockyard / BuildKit", None,
+                        ours, theirs))
+    return rows
+
+
+#: case -> (its function, its row's title, its target ratio or None); "startup" runs with noop
+_STEPS: dict[str, tuple[Callable[..., CaseResult], str, float | None]] = {
+    "noop": (noop_case, "no-op rebuild", 1.0),
+    "startup": (startup_case, "client start-up alone (`--version`, info)", None),
+    "edit": (edit_case, "rebuild after a one-line source change", 1.2),
+}
+
+
+def _build_rows(env: BenchEnvironment, cases: Sequence[str], args: argparse.Namespace
+                ) -> list[Row]:
+    rows: list[Row] = []
+    chosen = [c for c in _STEPS if c in cases or (c == "startup" and "noop" in cases)]
+    for case in chosen:
+        run, title, target = _STEPS[case]
+        _log(f"{case}: BuildKit, then dockyard")
+        theirs = run(env.buildkit, env.work, env.base, args.warmups, args.reps)
+        ours = run(env.dockyard, env.work, env.base, args.warmups, args.reps)
+        path = "CLI `dockyard --version`" if case == "startup" else CLI_PATH
+        rows.append(_versus(title, target, ours, theirs, path))
+    if "parallel" in cases:
+        _log("parallel: BuildKit, then dockyard")
+        theirs = parallel_case(env.buildkit, env.work, env.base, args.warmups, args.reps)
+        ours = parallel_case(env.dockyard, env.work, env.base, args.warmups, args.reps)
+        rows += _parallel_rows(ours, theirs)
+    return rows
+
+
+def _speed(size: int, series: Series) -> str:
+    return f"{size / MIB / series.median:.0f} MiB/s; {series.describe()}"
+
+
+def _export_row(work: Path, args: argparse.Namespace) -> Row:
+    _log(f"export: {args.export_mb} MiB, dockyard's layer writer and tar | gzip -6")
+    size, ours, theirs = export_case(work, args.export_mb, 1, args.export_reps)
+    return Row(f"export a {args.export_mb} MiB layer, speed vs `tar | gzip`",
+               _speed(size, ours), _speed(size, theirs), ratio(theirs.median, ours.median),
+               0.8, False, EXPORT_PATH)
+
+
+def _machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cpus ({cpu}), Linux {platform.release()}"
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown"
+
+
+def _report(rows: Sequence[Row], args: argparse.Namespace, took: float) -> str:
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = (f"Measured {date} on {_machine()}, dockyard {_commit()}; BuildKit: Debian "
+            f"docker.io 20.10 (private dockerd); {args.warmups} warm-up, {args.reps} "
+            f"timed builds ({args.export_reps} exports) per figure; the run took "
+            f"{took / 60:.1f} min.")
+    return f"{head}\n\n{markdown_table(rows)}\n"
+
+
+def run(args: argparse.Namespace) -> str:
+    cases = args.only or list(CASES)
+    began = time.monotonic()
+    rows: list[Row] = []
+    with bench_environment() as env:
+        rows += _build_rows(env, cases, args)
+        if "export" in cases:
+            rows.append(_export_row(env.work, args))
+    return _report(rows, args, time.monotonic() - began)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        report = run(args)
+    except DockyardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(report)
+    if args.markdown is not None:
+        args.markdown.write_text(report)
+    return 0
