@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .._errors import DockerfileError
+from ._goquote import go_quote
 
 __all__ = ["Expansion", "Lexer", "process_word", "process_words"]
 
@@ -125,10 +126,10 @@ class Lexer:
         try:
             result, words = state.run()
         except DockerfileError as exc:
-            raise DockerfileError(f"failed to process {_go_quote(word)}: {exc.message}") from None
+            raise DockerfileError(f"failed to process {go_quote(word)}: {exc.message}") from None
         except RecursionError:
             message = "expansion nested too deeply"
-            raise DockerfileError(f"failed to process {_go_quote(word)}: {message}") from None
+            raise DockerfileError(f"failed to process {go_quote(word)}: {message}") from None
         return Expansion(result, tuple(words), frozenset(state.matched),
                          frozenset(state.unmatched))
 
@@ -650,25 +651,3 @@ def _template_name(template: str, start: int) -> tuple[str, int] | None:
     if not template.startswith("}", end):
         return None
     return template[begin:end], end + 1
-
-
-def _go_quote(text: str) -> str:
-    """``text`` quoted as Go's ``%q`` quotes it (the error messages say ``"${x"``)."""
-    return '"' + "".join(_go_quote_char(ch) for ch in text) + '"'
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-               "\t": "\\t", "\v": "\\v", "\\": "\\\\", '"': '\\"'}
-
-
-def _go_quote_char(ch: str) -> str:
-    if ch in _GO_ESCAPES:
-        return _GO_ESCAPES[ch]
-    if ch.isprintable():
-        return ch
-    code = ord(ch)
-    if code < 0x20 or code == 0x7F:
-        return f"\\x{code:02x}"
-    if 0xD800 <= code <= 0xDFFF:
-        return "\\ufffd"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

@@ -77,6 +77,8 @@ ERRORS: list[tuple[str, str, str]] = [
     (r'"hello\"', "\\", rf"""failed to process "\"hello\\\"": {Q} double-quote"""),
     ('"a`', "`", rf"""failed to process "\"a`": {Q} double-quote"""),
     (r"안'녕하세요", "\\", rf"""failed to process "안'녕하세요": {Q} single-quote"""),
+    # Go's %q escapes in the quoted word (scheduler/dockerfile/_goquote.py)
+    ("a\tb\x01'", "\\", rf"""failed to process "a\tb\x01'": {Q} single-quote"""),
     # bad substitutions (envVarTest)
     ("${}", "\\", 'failed to process "${}": syntax error: bad substitution'),
     ("he${}xx", "\\", 'failed to process "he${}xx": syntax error: bad substitution'),
