@@ -6,9 +6,13 @@ Mounts, as BuildKit makes them:
 
 - bind: an input state (its overlay, read-only unless ``readonly`` is off, in which case
   writes go to a throw-away upper dir) at ``selector``;
-- cache: ``<root>/cachemounts/<id>``, kept across builds, never in a layer; ``locked``
-  lets one RUN at a time use it, ``private`` gives a RUN that finds it busy a fresh
-  directory of its own, ``shared`` lets everyone in;
+- cache: ``<root>/cachemounts/<id>``, kept across builds, never in a layer.  Seeded
+  ``from`` a state, it is ``<id>@<state>`` (one cache per id and state, as BuildKit keys
+  it), created as a copy of that state the first time, and ``source`` picks the
+  directory mounted.  Sharing holds an flock on the directory, so worker processes on
+  one root agree: ``locked`` lets one RUN at a time use it, ``private`` gives a RUN that
+  finds it busy a fresh (seeded) directory of its own, removed after the RUN, ``shared``
+  (the default) lets every shared user in;
 - tmpfs; secret (a file on the executor's private tmpfs, outside every layer, or an
   environment variable); ssh (the session's agent socket).
 
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -28,7 +34,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from cache_backends._records import StateResult
+from cache_backends._records import LayerDescriptor, StateResult
 from scheduler._errors import SolveError
 from scheduler._graph import ExecMount, ExecOp, Vertex
 from scheduler._progress import EventSink, VertexLog
@@ -85,7 +91,7 @@ async def _prepare(backend: RuntimeBackend, mount: ExecMount, inputs: Sequence[S
     if mount.type == "bind":
         out.mounts.append(await _bind(backend, mount, inputs, stack))
     elif mount.type == "cache":
-        path = await stack.enter_async_context(_cache_dir(backend, mount))
+        path = await stack.enter_async_context(_cache_dir(backend, mount, inputs))
         out.mounts.append(BindMount(path, mount.dest, readonly=mount.readonly))
     elif mount.type == "tmpfs":
         out.mounts.append(TmpfsMount(mount.dest, mount.size))
@@ -111,27 +117,141 @@ async def _bind(backend: RuntimeBackend, mount: ExecMount, inputs: Sequence[Stat
 
 
 @asynccontextmanager
-async def _cache_dir(backend: RuntimeBackend, mount: ExecMount) -> AsyncIterator[Path]:
-    runtime = backend.runtime
-    name = quote(mount.cache_id or mount.dest, safe="").replace(".", "%2E")
-    path = runtime.cachemounts / name
-    lock = runtime.mount_locks.setdefault(name, asyncio.Lock())
-    if mount.sharing == "private" and lock.locked():
-        private = Path(tempfile.mkdtemp(prefix="private-", dir=runtime.tmp))
-        _init_cache_dir(private, mount)
-        try:
-            yield private
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
-        return
+async def _cache_dir(backend: RuntimeBackend, mount: ExecMount,
+                     inputs: Sequence[StateResult]) -> AsyncIterator[Path]:
+    seed = inputs[mount.input].layers if mount.input is not None else ()
+    path = backend.runtime.cachemounts / _cache_name(mount, seed)
     if not path.is_dir():
-        path.mkdir(parents=True)
-        _init_cache_dir(path, mount)
-    if mount.sharing == "shared":
-        yield path
+        await _create_cache_dir(backend, path, mount, seed)
+    held = await _lock_cache_dir(path, mount.sharing or "shared")
+    if held is not None:
+        try:
+            yield _selected(path, mount, seed)
+        finally:
+            os.close(held)
         return
-    async with lock:
-        yield path
+    private = Path(tempfile.mkdtemp(prefix="private-", dir=backend.runtime.tmp))
+    try:
+        await _fill_cache_dir(backend, private, mount, seed)
+        yield _selected(private, mount, seed)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, private, True)
+
+
+def _cache_name(mount: ExecMount, seed: Sequence[LayerDescriptor]) -> str:
+    """The directory of a cache id; one seeded ``from`` a state is its own cache per
+    state, as BuildKit keys it (``id:ref``).  ``quote`` never leaves a ``.`` or ``@``,
+    so ``name@state`` never meets a plain id's name."""
+    name = quote(mount.cache_id or mount.dest, safe="").replace(".", "%2E")
+    if not seed:
+        return name
+    state = [layer.diff_id for layer in seed]
+    if _owned_subdir(mount, seed):  # BuildKit's state is then from + mkdir /cache
+        state.append(f"/cache {mount.mode} {mount.uid} {mount.gid}")
+    chain = hashlib.sha256("\n".join(state).encode())
+    return f"{name}@{chain.hexdigest()[:32]}"
+
+
+async def _create_cache_dir(backend: RuntimeBackend, path: Path, mount: ExecMount,
+                            seed: Sequence[LayerDescriptor]) -> None:
+    """Make ``path``, seeded, atomically: filled in scratch space and renamed into place
+    under an exclusive lock on the cache-mount folder (one creator on this root)."""
+    creating = await _lock_dir(path.parent, fcntl.LOCK_EX)
+    assert creating is not None  # a waiting lock returns only once held
+    try:
+        if path.is_dir():
+            return
+        staging = Path(tempfile.mkdtemp(prefix="cachemount-", dir=backend.runtime.tmp))
+        try:
+            await _fill_cache_dir(backend, staging, mount, seed)
+            os.rename(staging, path)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+    finally:
+        os.close(creating)
+
+
+async def _fill_cache_dir(backend: RuntimeBackend, target: Path, mount: ExecMount,
+                          seed: Sequence[LayerDescriptor]) -> None:
+    """A new cache directory's content: empty (owner and mode from the mount), or a copy
+    of the ``from`` state (and, with no ``source`` but an owner or mode, its ``/cache``
+    made with them, as BuildKit's converter does)."""
+    if not seed:
+        _init_cache_dir(target, mount)
+        return
+    runtime = backend.runtime
+    async with runtime.snapshots.mount(await runtime.lower_dirs(seed)) as state:
+        await _copy_tree(state.path, target)
+    if _owned_subdir(mount, seed):
+        (target / "cache").mkdir(exist_ok=True)
+        _init_cache_dir(target / "cache", mount)
+
+
+def _owned_subdir(mount: ExecMount, seed: Sequence[LayerDescriptor]) -> bool:
+    return bool(seed) and not mount.selector and (
+        mount.mode is not None or mount.uid is not None or mount.gid is not None)
+
+
+async def _copy_tree(source: Path, target: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "cp", "-a", "--", f"{source}/.", str(target),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, error = await process.communicate()
+    if process.returncode != 0:
+        raise SolveError(f"seeding the cache mount {target.name} failed: "
+                         f"{error.decode(errors='replace').strip()}",
+                         hint="check free space under DOCKYARD_ROOT")
+
+
+def _selected(path: Path, mount: ExecMount, seed: Sequence[LayerDescriptor]) -> Path:
+    """The directory mounted: the cache's ``source`` (made when missing)."""
+    selector = "/cache" if _owned_subdir(mount, seed) else mount.selector
+    if not selector:
+        return path
+    chosen = path_in_root(path, selector)
+    if not chosen.is_dir():
+        try:
+            chosen.mkdir(parents=True)
+        except OSError as err:
+            raise SolveError(f'cache mount source "{selector}" for {mount.dest}: '
+                             f"{err.strerror}", hint="source must name a directory") from None
+    return chosen
+
+
+async def _lock_cache_dir(path: Path, sharing: str) -> int | None:
+    """Hold ``path`` for one RUN (an flock on the directory, so every worker process on
+    this root agrees): ``shared`` with other shared users, ``locked`` alone (waiting),
+    ``private`` alone or not at all (None: busy, use a fresh directory)."""
+    if sharing == "private":
+        return await _lock_dir(path, fcntl.LOCK_EX, wait=False)
+    if sharing == "locked":
+        return await _lock_dir(path, fcntl.LOCK_EX)
+    if sharing == "shared":
+        return await _lock_dir(path, fcntl.LOCK_SH)
+    raise SolveError(f"invalid cache sharing {sharing!r} for {path.name}",
+                     hint="use sharing=shared, private or locked")
+
+
+async def _lock_dir(path: Path, kind: int, *, wait: bool = True) -> int | None:
+    """An open descriptor of ``path`` holding an flock of ``kind``; polled, so a cancelled
+    build stops waiting at once."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, kind | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if not wait:
+                    os.close(fd)
+                    return None
+            await asyncio.sleep(_LOCK_POLL)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_LOCK_POLL = 0.05
 
 
 def _init_cache_dir(path: Path, mount: ExecMount) -> None:
