@@ -1,5 +1,8 @@
 """The coordinator actor: one async actor per cluster that owns builds and their event
-streams.
+streams, and decides (DESIGN.md): it runs the frontend (Dockerfile -> BuildGraph) and the
+solver, and sends each vertex to a worker actor of the vertex's architecture.  It does no
+registry or file I/O of its own: base images are resolved, identities and checksums
+computed, vertices executed, records kept and images exported by workers.
 
 ``solve(request)`` is an async generator of plain maps, one of::
 
@@ -9,15 +12,23 @@ streams.
 
 so errors cross Ray as data (keyword-only error attributes do not survive pickling).
 
-A build request (``{"dockerfile", "options", "session"}``, see cluster/_build_cmd.py) is
-run by the worker actor's ``build`` (frontend, solver, runc, exporters on the node's
-``WorkerRuntime``); its items pass through unchanged.  The session part (secret values)
-goes to that one worker call and nowhere else: not logged, not kept.  A request without
-``options`` is the echo the service's own tests use (``request["lines"]``,
-``request["delay"]``).
+A build request (``{"dockerfile", "options", "session"}``, see cluster/_build_cmd.py):
+
+1. ``open_session`` on every worker: the session part (secret values, ssh sockets) goes
+   there and nowhere else (not logged, not kept here); the worker answers the context's
+   ``.dockerignore`` patterns;
+2. the frontend, in a thread, its base images resolved by the worker of their platform;
+3. the shared ``Solver`` (one for every build this coordinator runs: vertices with equal
+   cache keys run once for all of them) over a ``DispatchBackend`` (cluster/_dispatch.py);
+   workers' events stream back through it to this build's stream;
+4. ``export`` on the first worker (it has the blobs), then ``close_session`` everywhere.
+
+A request without ``options`` is the echo the service's own tests use
+(``request["lines"]``, ``request["delay"]``).
 
 Cancellation: cancelling a ``solve`` (Ray cancels the actor's asyncio task) cancels the
-worker stream it is reading, then re-raises.
+build's task -- the solver cancels its flights, each cancelling its worker call -- and
+waits for ``close_session``, which cancels and awaits what still runs on the workers.
 """
 
 from __future__ import annotations
@@ -25,26 +36,85 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from scheduler._errors import DockyardError
-from scheduler._progress import VertexCompleted, VertexStarted, event_to_wire
+from cache_backends._records import StateResult
+from scheduler._errors import DockyardError, SolveError
+from scheduler._graph import Vertex
+from scheduler._platform import Platform, parse_platform
+from scheduler._progress import (
+    Event,
+    VertexCached,
+    VertexCompleted,
+    VertexStarted,
+    event_to_wire,
+)
+from scheduler._solver import Solver
+from scheduler.dockerfile._convert._model import BaseImage
 
-from ._ray import ActorRef
-from ._wire import failure_from_error
+from ._build_options import BuildOptions
+from ._dispatch import (
+    DispatchBackend,
+    Placement,
+    WorkerHandle,
+    WorkerRecords,
+    failure_map,
+    roots_of,
+    unwrap,
+)
+from ._local_build import FrontendRequest, base_image, run_frontend
+from ._ray import ARCHES, ActorRef
 
 __all__ = ["Coordinator"]
 
 ECHO_VERTEX = "sha256:" + "0" * 64  # the echo's stand-in vertex digest
 ECHO_NAME = "[internal] echo"
+_DONE = object()  # ends a build's queue
+
+
+class _BuildSink:
+    """One build's ``EventSink``: queues each event's wire map (never blocks) and counts
+    the build's cached and executed vertices."""
+
+    def __init__(self, queue: asyncio.Queue[object]) -> None:
+        self._queue = queue
+        self.cached = 0  # VertexCached events of this build
+        self.executed = 0  # VertexCompleted events of this build
+
+    def emit(self, event: Event) -> None:
+        self.cached += isinstance(event, VertexCached)
+        self.executed += isinstance(event, VertexCompleted)
+        self._queue.put_nowait({"event": event_to_wire(event)})
+
+
+class _NoBackend:
+    """The shared solver's default backend: every build passes its own."""
+
+    async def source_identity(self, vertex: Vertex) -> str:
+        raise SolveError("a build reached the solver without its backend")
+
+    async def content_checksum(self, vertex: Vertex, input_index: int, source: Vertex,
+                               selector: Any) -> str:
+        raise SolveError("a build reached the solver without its backend")
+
+    async def execute(self, vertex: Vertex, inputs: Sequence[StateResult],
+                      events: Any) -> StateResult:
+        raise SolveError("a build reached the solver without its backend")
 
 
 class Coordinator:
-    """Builds and their event streams.  Constructed by Ray with the worker's handle."""
+    """Builds and their event streams.  Constructed by Ray with the worker's handle (an
+    ``ActorRef``, a raw Ray handle, or a fake with ``call``/``stream``) and the
+    architectures it serves."""
 
-    def __init__(self, worker: Any) -> None:
-        self._worker = worker if isinstance(worker, ActorRef) else ActorRef(worker, "worker")
+    def __init__(self, worker: Any, arches: Sequence[str] = ARCHES) -> None:
+        handle: WorkerHandle = worker if hasattr(worker, "stream") else ActorRef(worker,
+                                                                                  "worker")
+        self._worker = handle  # the first worker: echo, records, exports
+        self._placement = Placement({arch: handle for arch in arches})
+        self._solver = Solver(_NoBackend(), WorkerRecords(handle))  # shared by all builds
         self._active: dict[int, str] = {}  # solve number -> what it does; running solves
         self._next = 0  # number of the next solve
         self._completed = 0  # solves that ended with a result or a failure
@@ -56,8 +126,11 @@ class Coordinator:
 
     async def statistics(self) -> dict[str, Any]:
         worker = await self._worker.call("statistics")
+        solver = self._solver.statistics()
         return {"active": len(self._active), "completed": self._completed,
-                "cancelled": self._cancelled, "worker": worker}
+                "cancelled": self._cancelled, "worker": worker,
+                "solver": {"executed": solver.executed, "cached": solver.cached,
+                           "in_flight": solver.in_flight}}
 
     async def solve(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         number, self._next = self._next, self._next + 1
@@ -73,24 +146,83 @@ class Coordinator:
             del self._active[number]
 
     async def _guarded(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """``_echo``'s items; a ``DockyardError`` becomes the final ``failure`` item."""
+        """The request's items; a ``DockyardError`` becomes the final ``failure`` item."""
         try:
             items = self._build(request) if "options" in request else self._echo(request)
             async for item in items:
                 yield item
         except DockyardError as error:
-            failure = failure_from_error(0, error)
-            yield {"failure": {"error": failure.error, "message": failure.message,
-                               "hint": failure.hint, "details": failure.details}}
+            yield {"failure": failure_map(error)}
+
+    # -- builds --
 
     async def _build(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        stream = self._worker.stream("build", request)
+        """The build's events as they come, then its result (or its error, raised)."""
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        sink = _BuildSink(queue)
+        task = asyncio.ensure_future(self._queued_build(request, sink, queue))
         try:
-            async for item in stream:
-                yield item
+            while (item := await queue.get()) is not _DONE:
+                yield item  # type: ignore[misc]
         except (asyncio.CancelledError, GeneratorExit):
-            stream.cancel()
+            task.cancel()
+            await asyncio.wait([task])  # its sessions closed: nothing left running
             raise
+
+    async def _queued_build(self, request: dict[str, Any], sink: _BuildSink,
+                            queue: asyncio.Queue[object]) -> None:
+        try:
+            result = await self._run_build(request, sink)
+            result["statistics"] = {"executed": sink.executed, "cached": sink.cached}
+            queue.put_nowait({"result": result})
+        except DockyardError as error:
+            queue.put_nowait({"failure": failure_map(error)})
+        finally:
+            queue.put_nowait(_DONE)
+
+    async def _run_build(self, request: dict[str, Any], sink: _BuildSink) -> dict[str, Any]:
+        build_id = uuid.uuid4().hex
+        workers = self._placement.workers()
+        try:
+            opened = await self._open(build_id, request, workers)
+            options = BuildOptions.from_wire(request["options"])
+            graph = await run_frontend(request["dockerfile"], _frontend_request(options),
+                                       opened["ignore_patterns"], self._resolver(build_id))
+            self._placement.check(graph)
+            records = await self._solver.solve(graph, no_cache=options.no_cache, events=sink,
+                                               backend=DispatchBackend(build_id,
+                                                                       self._placement))
+            result: dict[str, Any] = unwrap(await self._worker.call(
+                "export", build_id, graph.to_msgpack(), roots_of(graph, records)))
+            return result
+        finally:
+            await _shielded(self._close(build_id, workers))
+
+    async def _open(self, build_id: str, request: dict[str, Any],
+                    workers: Sequence[WorkerHandle]) -> dict[str, Any]:
+        """Open the build's session on every worker; the first worker's answer."""
+        part = {"options": request["options"], "session": request.get("session", {})}
+        answers = [unwrap(await worker.call("open_session", build_id, part))
+                   for worker in workers]
+        first: dict[str, Any] = answers[0]
+        return first
+
+    async def _close(self, build_id: str, workers: Sequence[WorkerHandle]) -> None:
+        for worker in workers:
+            try:
+                await worker.call("close_session", build_id)
+            except DockyardError:  # a worker that died has nothing left to close
+                continue
+
+    def _resolver(self, build_id: str) -> Any:
+        """The frontend's base-image questions, answered by the platform's worker."""
+        async def resolve(ref: str, platform: Platform) -> BaseImage:
+            worker = self._placement.worker_for(platform)
+            image = unwrap(await worker.call("resolve_image", build_id, ref, str(platform)))
+            return base_image(str(image["digest"]), bytes(image["config"]))
+        return resolve
+
+    # -- the echo --
 
     async def _echo(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         began = time.time()
@@ -108,4 +240,20 @@ class Coordinator:
 
     def __repr__(self) -> str:
         return (f"<Coordinator active={len(self._active)} completed={self._completed} "
-                f"cancelled={self._cancelled}>")
+                f"cancelled={self._cancelled} {self._placement!r}>")
+
+
+def _frontend_request(options: BuildOptions) -> FrontendRequest:
+    return FrontendRequest(filename=options.filename,
+                           platforms=tuple(parse_platform(p) for p in options.platforms),
+                           target=options.target, build_args=dict(options.build_args))
+
+
+async def _shielded(cleanup: Any) -> None:
+    """Run ``cleanup`` to its end even when the caller is being cancelled (then re-raise)."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise

@@ -98,7 +98,7 @@ class RayRuntime:
 
     def create_actors(self, root: Path) -> ActorRef:
         """Create the worker actor (holding every arch slot) and the coordinator (given
-        the worker); the coordinator's ``ActorRef``."""
+        the worker and the arches it serves); the coordinator's ``ActorRef``."""
         import ray
 
         from cluster._coordinator import Coordinator
@@ -110,7 +110,8 @@ class RayRuntime:
                                     max_concurrency=1000).remote(str(root), list(ARCHES))
         coordinator_cls: Any = ray.remote(Coordinator)
         coordinator = coordinator_cls.options(name="dockyard-coordinator", num_cpus=0,
-                                              max_concurrency=1000).remote(worker)
+                                              max_concurrency=1000).remote(
+            ActorRef(worker, "worker"), list(ARCHES))
         return ActorRef(coordinator, "coordinator")
 
     def shutdown(self) -> None:

@@ -1,16 +1,27 @@
 """The worker actor: one per node (here: one for the embedded service, holding both arch
-resources), a thin shell between the coordinator and the engine on this machine.
+resources), a thin shell between the coordinator and the engine on this machine.  It
+executes; it never parses a Dockerfile (the coordinator runs the frontend and the solver).
 
-Every method takes and returns plain data (msgpack-able maps).  Streaming methods are async
-generators of maps: ``{"event": <progress event wire map>}`` as news come, then one
-``{"result": ...}`` or ``{"failure": ...}`` (errors cross Ray as data).
+Every method takes and returns plain data (msgpack-able maps).  A plain call answers
+``{"result": value}`` or ``{"failure": <Failure fields>}``; a streaming call is an async
+generator of ``{"event": <progress event wire map>}`` then one such answer (errors cross
+Ray as data).
 
-- ``build(request)``: one whole build on this node's ``WorkerRuntime`` through
-  ``cluster._local_build.build_local`` (frontend, solver, runc, exporters), plus registry
-  pushes.  The request's ``session`` part (secret values, ssh sockets) is given to that
-  build only: never logged, never kept after it.
-- ``echo(vertex, request)``: streams ``request["lines"]`` as output of ``vertex`` (the
-  service's own tests use it to exercise the path and its cancellation).
+A build is a *session* (``open_session``/``close_session``, by the coordinator's build
+id): its context directory, its secrets and ssh sockets (in memory only, for that build
+only: never logged, never kept after ``close_session``), its output options, and the
+per-build answers of the engine (resolved tags, context listings).  Within a session:
+
+- ``resolve_image``: a base image for the frontend's resolver (digest and config);
+- ``source_identity``, ``content_checksum``: what the solver's cache keys need;
+- ``execute(vertex wire, input results wire)``: one vertex, streaming its events;
+- ``export(graph, records)``: the images written to the build's outputs, pushes included.
+
+``get_record``/``put_record`` serve the solver's record cache (the worker's disk), and
+``echo(vertex, request)`` streams ``request["lines"]`` (the service's own tests).
+
+``close_session`` cancels and awaits whatever of the build still runs here (a cancelled
+build leaves nothing mounted or running), then removes what the build fetched.
 """
 
 from __future__ import annotations
@@ -20,16 +31,17 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import DockyardError
-from scheduler._progress import Event, VertexLog, event_to_wire
+from scheduler._errors import DockyardError, SolveError
+from scheduler._progress import Event, EventSink, VertexLog, event_to_wire
 
 __all__ = ["WorkerActor"]
 
-_DONE = object()  # ends a build's queue
+_DONE = object()  # ends a call's queue
 
 
 class _QueueSink:
@@ -42,26 +54,170 @@ class _QueueSink:
         self._queue.put_nowait({"event": event_to_wire(event)})
 
 
+@dataclass(eq=False)
+class _Session:
+    """One build on this worker."""
+
+    backend: Any  # the build's RuntimeBackend (holds its secrets; dropped on close)
+    options: Any  # the LocalBuildOptions the outputs are written with
+    request: Any  # the BuildOptions the client sent (pushes, tags)
+    stdout_file: str | None  # where a ``dest=-`` output goes, for the client to stream
+    # The build's calls running here now; close_session cancels and awaits them.
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
 class WorkerActor:
     """The worker side of one node."""
 
     def __init__(self, root: str, arches: list[str]) -> None:
         self.root = root  # the DOCKYARD_ROOT whose store this worker uses
         self.arches = tuple(arches)  # the architectures this node runs
-        self._running = 0  # calls in progress (>= 0)
-        self._completed = 0  # calls that returned or finished streaming
-        self._cancelled = 0  # calls stopped by a cancellation
-        self._runtime: Any = None  # the WorkerRuntime, made by the first build
+        self._running = 0  # streaming calls in progress (>= 0)
+        self._completed = 0  # streaming calls that finished
+        self._cancelled = 0  # streaming calls stopped by a cancellation
+        self._runtime: Any = None  # the WorkerRuntime, made by the first session
+        self._sessions: dict[str, _Session] = {}  # build id -> its open session
 
     async def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "root": self.root, "arches": list(self.arches),
                 "time": time.time()}
 
-    async def build(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """One build (see the module docstring): events, then its result or failure."""
+    # -- sessions --
+
+    async def open_session(self, build_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Open build ``build_id`` (``request``: ``options`` and ``session`` of a build
+        request); answers the context's ignore patterns and the build's epoch."""
+        return await _answered(lambda: self._open(build_id, request))
+
+    async def _open(self, build_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        from cluster._build_options import BuildOptions  # noqa: PLC0415 -- only builds need it
+        from cluster._local_build import build_session, ignore_patterns, prepared  # noqa: PLC0415
+
+        options = BuildOptions.from_wire(request["options"])
+        stdout_file = self._stdout_file(options)
+        local = prepared(_local_options(Path(self.root), options, request["session"],
+                                        stdout_file))
+        context = Path(options.context)
+        patterns = await asyncio.to_thread(ignore_patterns, context, local)
+        backend = self._engine().backend(build_session(context, local))
+        self._sessions[build_id] = _Session(backend, local, options, stdout_file)
+        return {"ignore_patterns": patterns, "epoch": local.epoch}
+
+    async def close_session(self, build_id: str) -> dict[str, Any]:
+        """End build ``build_id``: its running calls cancelled and awaited, its fetched
+        sources removed, its secrets forgotten.  Closing an unknown build does nothing."""
+        session = self._sessions.pop(build_id, None)
+        if session is not None:
+            for task in list(session.tasks):
+                task.cancel()
+            if session.tasks:
+                await asyncio.wait(list(session.tasks))
+            await session.backend.aclose()
+        return {"result": None}
+
+    def _session(self, build_id: str) -> _Session:
+        session = self._sessions.get(build_id)
+        if session is None:
+            raise SolveError(f"the worker has no open session for build {build_id}",
+                             hint="the build was closed or the worker restarted; "
+                                  "build again")
+        return session
+
+    # -- what the solver and the frontend ask --
+
+    async def resolve_image(self, build_id: str, ref: str, platform: str) -> dict[str, Any]:
+        """The base image ``ref`` for ``platform``: ``{"digest", "config"}``."""
+        return await _answered(lambda: self._resolve_image(build_id, ref, platform))
+
+    async def _resolve_image(self, build_id: str, ref: str, platform: str) -> dict[str, Any]:
+        from scheduler._platform import parse_platform  # noqa: PLC0415
+
+        backend = self._session(build_id).backend
+        image = await backend.resolve_image(ref, parse_platform(platform))
+        return {"digest": image.index_digest or image.digest, "config": image.config}
+
+    async def source_identity(self, build_id: str, vertex: dict[str, Any]) -> dict[str, Any]:
+        from cluster._dispatch import vertex_from_wire  # noqa: PLC0415
+
+        return await _answered(lambda: self._session(build_id).backend.source_identity(
+            vertex_from_wire(vertex)))
+
+    async def content_checksum(self, build_id: str, source: dict[str, Any],
+                               selector: dict[str, Any]) -> dict[str, Any]:
+        """The checksum of what ``selector`` reads of the context source ``source``."""
+        from cluster._dispatch import selector_from_wire, vertex_from_wire  # noqa: PLC0415
+
+        async def checksum() -> str:
+            read = vertex_from_wire(source)
+            backend = self._session(build_id).backend
+            return str(await backend.content_checksum(read, 0, read,
+                                                      selector_from_wire(selector)))
+        return await _answered(checksum)
+
+    async def execute(self, build_id: str, vertex: dict[str, Any],
+                      inputs: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """Run one vertex of build ``build_id`` on its inputs' results: its events, then
+        its result (a ``StateResult`` wire map) or failure."""
+        async def run(sink: EventSink) -> dict[str, Any]:
+            from cache_backends._records import StateResult  # noqa: PLC0415
+            from cluster._dispatch import vertex_from_wire  # noqa: PLC0415
+
+            results = [StateResult.from_wire(item) for item in inputs]
+            backend = self._session(build_id).backend
+            result = await backend.execute(vertex_from_wire(vertex), results, sink)
+            return dict(result.to_wire())
+        async for item in self._streamed(build_id, run):
+            yield item
+
+    # -- after the solve --
+
+    async def export(self, build_id: str, graph: bytes,
+                     records: dict[str, bytes]) -> dict[str, Any]:
+        """The images of ``graph``'s results (``records``: their roots' records, stored
+        form) written to the build's outputs and pushed; the build's result map."""
+        return await _answered(lambda: self._export(build_id, graph, records))
+
+    async def _export(self, build_id: str, graph: bytes,
+                      records: dict[str, bytes]) -> dict[str, Any]:
+        from cache_backends._records import CacheRecord  # noqa: PLC0415
+        from cluster._local_build import write_results  # noqa: PLC0415
+        from scheduler._graph import BuildGraph  # noqa: PLC0415
+        from workers._image import build_metadata  # noqa: PLC0415
+
+        session = self._session(build_id)
+        roots = {digest: CacheRecord.from_bytes(data) for digest, data in records.items()}
+        exported = await write_results(self._engine(), BuildGraph.from_msgpack(graph).results,
+                                       roots, session.options)
+        pushed = await self._push(session.request, exported)
+        metadata = dict(build_metadata(exported))
+        if session.request.tags:
+            metadata["image.name"] = ",".join(session.request.tags)
+        return {"metadata": metadata, "stdout_file": session.stdout_file, "pushed": pushed}
+
+    async def get_record(self, key: str) -> dict[str, Any]:
+        async def get() -> bytes | None:
+            record = await self._engine().records().get(key)
+            return None if record is None else bytes(record.to_bytes())
+        return await _answered(get)
+
+    async def put_record(self, data: bytes) -> dict[str, Any]:
+        from cache_backends._records import CacheRecord  # noqa: PLC0415
+
+        return await _answered(lambda: self._engine().records().put(
+            CacheRecord.from_bytes(data)))
+
+    # -- plumbing --
+
+    async def _streamed(self, build_id: str, work: Callable[[EventSink], Awaitable[Any]]
+                        ) -> AsyncIterator[dict[str, Any]]:
+        """``work``'s events, then its answer; the work runs as a task of the session."""
         queue: asyncio.Queue[object] = asyncio.Queue()
         self._running += 1
-        task = asyncio.ensure_future(self._build(request, _QueueSink(queue), queue))
+        task = asyncio.ensure_future(_queued(work, _QueueSink(queue), queue))
+        session = self._sessions.get(build_id)
+        if session is not None:
+            session.tasks.add(task)
+            task.add_done_callback(session.tasks.discard)
         try:
             while (item := await queue.get()) is not _DONE:
                 yield item  # type: ignore[misc]
@@ -74,34 +230,6 @@ class WorkerActor:
             raise
         finally:
             self._running -= 1
-
-    async def _build(self, request: dict[str, Any], sink: _QueueSink,
-                     queue: asyncio.Queue[object]) -> None:
-        try:
-            queue.put_nowait({"result": await self._run_build(request, sink)})
-        except DockyardError as error:
-            queue.put_nowait({"failure": _failure(error)})
-        finally:
-            queue.put_nowait(_DONE)
-
-    async def _run_build(self, request: dict[str, Any], sink: _QueueSink) -> dict[str, Any]:
-        from cluster._build_options import BuildOptions  # noqa: PLC0415 -- only builds need it
-        from cluster._local_build import build_local  # noqa: PLC0415
-
-        options = BuildOptions.from_wire(request["options"])
-        stdout_file = self._stdout_file(options)
-        local = _local_options(Path(self.root), options, request["session"], sink,
-                               stdout_file)
-        result = await build_local(request["dockerfile"], Path(options.context), local,
-                                   runtime=self._engine())
-        pushed = await self._push(options, result.exported)
-        metadata = dict(result.metadata)
-        if options.tags:
-            metadata["image.name"] = ",".join(options.tags)
-        stats = result.statistics
-        return {"metadata": metadata, "stdout_file": stdout_file, "pushed": pushed,
-                "statistics": {"executed": getattr(stats, "executed", None),
-                               "cached": getattr(stats, "cached", None)}}
 
     def _engine(self) -> Any:
         if self._runtime is None:
@@ -153,14 +281,37 @@ class WorkerActor:
 
     async def statistics(self) -> dict[str, int]:
         return {"running": self._running, "completed": self._completed,
-                "cancelled": self._cancelled}
+                "cancelled": self._cancelled, "sessions": len(self._sessions)}
 
     def __repr__(self) -> str:
-        return (f"<WorkerActor arches={','.join(self.arches)} running={self._running} "
-                f"completed={self._completed} cancelled={self._cancelled}>")
+        return (f"<WorkerActor arches={','.join(self.arches)} sessions={len(self._sessions)} "
+                f"running={self._running} completed={self._completed} "
+                f"cancelled={self._cancelled}>")
 
 
-def _local_options(root: Path, options: Any, session: dict[str, Any], sink: _QueueSink,
+async def _answered(work: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    """``{"result": ...}`` of ``work``, or ``{"failure": ...}`` for a ``DockyardError``."""
+    try:
+        return {"result": await work()}
+    except DockyardError as error:
+        return {"failure": _failure(error)}
+    except Exception as exc:  # the actor's boundary: a bug still answers as data
+        return {"failure": _failure(_internal(exc))}
+
+
+async def _queued(work: Callable[[EventSink], Awaitable[Any]], sink: _QueueSink,
+                  queue: asyncio.Queue[object]) -> None:
+    try:
+        queue.put_nowait({"result": await work(sink)})
+    except DockyardError as error:
+        queue.put_nowait({"failure": _failure(error)})
+    except Exception as exc:  # the actor's boundary: a bug still answers as data
+        queue.put_nowait({"failure": _failure(_internal(exc))})
+    finally:
+        queue.put_nowait(_DONE)
+
+
+def _local_options(root: Path, options: Any, session: dict[str, Any],
                    stdout_file: str | None) -> Any:
     """The engine's ``LocalBuildOptions`` for a request (file outputs only; pushes after)."""
     from cluster._local_build import LocalBuildOptions, Output  # noqa: PLC0415
@@ -174,13 +325,15 @@ def _local_options(root: Path, options: Any, session: dict[str, Any], sink: _Que
         build_args=dict(options.build_args),
         secrets={k: bytes(v) for k, v in session.get("secrets", {}).items()},
         ssh={k: Path(v) for k, v in session.get("ssh", {}).items()},
-        outputs=outputs, names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
-        events=sink)
+        outputs=outputs, names=options.tags, no_cache=options.no_cache, epoch=options.epoch)
+
+
+def _internal(exc: Exception) -> SolveError:
+    return SolveError(f"internal error on the worker: {type(exc).__name__}: {exc}",
+                      hint="this is a bug in dockyard; see the daemon log")
 
 
 def _failure(error: DockyardError) -> dict[str, Any]:
-    from cluster._wire import failure_from_error  # noqa: PLC0415
+    from cluster._dispatch import failure_map  # noqa: PLC0415
 
-    failure = failure_from_error(0, error)
-    return {"error": failure.error, "message": failure.message, "hint": failure.hint,
-            "details": failure.details}
+    return failure_map(error)
