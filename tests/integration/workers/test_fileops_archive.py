@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from workers_helpers import tree_listing
 
 from scheduler._errors import LayerError
 from scheduler._graph import Copy
@@ -26,27 +26,7 @@ def target_root(tmp: Path) -> Path:
     return root
 
 
-def listing(root: Path) -> list[str]:
-    """As test_fileops_tree's listing: one line per entry outside /etc."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            rel = "/" + str(path.relative_to(root))
-            if rel.split("/")[1] != "etc":
-                out.append(_describe(rel, os.lstat(path), path))
-    return sorted(out)
-
-
-def _describe(rel: str, info: os.stat_result, path: Path) -> str:
-    owner = f"{info.st_uid}:{info.st_gid}"
-    mode = oct(stat.S_IMODE(info.st_mode))[2:]
-    if stat.S_ISLNK(info.st_mode):
-        return f"l {rel} -> {os.readlink(path)} {owner}"
-    if stat.S_ISDIR(info.st_mode):
-        return f"d {rel} {mode} {owner}"
-    links = f" links={info.st_nlink}" if info.st_nlink > 1 else ""
-    return f"f {rel} {mode} {owner} {info.st_size}{links}"
+BASE = {"/etc", "/etc/passwd"}  # what target_root makes: left out of listings
 
 
 def _entry(kind: str, name: str, data: str = "", link: str = "", mode: int = 0o644,
@@ -109,13 +89,13 @@ def _add(tmp_path: Path, data: bytes, name: str = "archive.bin", **kwargs: objec
 @pytest.mark.parametrize("compression", sorted(COMPRESS))
 def test_archives_are_extracted(tmp_path: Path, compression: str) -> None:
     target = _add(tmp_path, COMPRESS[compression](_tar(SIMPLE)))
-    assert listing(target) == sorted(SIMPLE_LISTING)
+    assert tree_listing(target, BASE) == sorted(SIMPLE_LISTING)
     assert os.lstat(target / "dst/pkg/a").st_mtime == 1_600_000_000
 
 
 def test_chown_applies_to_every_entry(tmp_path: Path) -> None:
     target = _add(tmp_path, _tar(SIMPLE[:3]), chown="app")
-    assert listing(target) == sorted([
+    assert tree_listing(target, BASE) == sorted([
         "d /dst 755 1000:1000", "d /dst/pkg 750 1000:1000",
         "f /dst/pkg/a 4755 1000:1000 5", "l /dst/pkg/l -> a 1000:1000"])
 
@@ -124,7 +104,7 @@ def test_chown_applies_to_every_entry(tmp_path: Path) -> None:
                                   b"\0" * 1024], ids=["text", "empty", "bad-gzip", "zeros"])
 def test_non_archives_are_copied(tmp_path: Path, data: bytes) -> None:
     target = _add(tmp_path, data, name="f.tar.gz")
-    assert listing(target) == ["d /dst 755 0:0", f"f /dst/f.tar.gz 644 0:0 {len(data)}"]
+    assert tree_listing(target, BASE) == ["d /dst 755 0:0", f"f /dst/f.tar.gz 644 0:0 {len(data)}"]
 
 
 def test_without_attempt_unpack_an_archive_is_a_file(tmp_path: Path) -> None:
@@ -133,7 +113,8 @@ def test_without_attempt_unpack_an_archive_is_a_file(tmp_path: Path) -> None:
     (context / "a.tar").write_bytes(_tar(SIMPLE))
     target = target_root(tmp_path)
     apply_file_actions([Copy(1, "/a.tar", "/dst/")], target, [target, context])
-    assert listing(target) == ["d /dst 755 0:0", f"f /dst/a.tar 644 0:0 {len(_tar(SIMPLE))}"]
+    assert tree_listing(target, BASE) == ["d /dst 755 0:0",
+                                          f"f /dst/a.tar 644 0:0 {len(_tar(SIMPLE))}"]
 
 
 # (id, entries, a target tree made first, exact message)

@@ -16,10 +16,10 @@ Expectations follow BuildKit's file backend and fsutil's copier (see workers/_co
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import pytest
+from workers_helpers import tree_listing
 
 from scheduler._errors import DockyardError
 from scheduler._graph import Copy, FileAction, Mkdir, Mkfile, Rm, Symlink
@@ -48,28 +48,6 @@ def make_tree(root: Path, lines: list[str]) -> Path:
         os.chmod(where, int(rest[0], 8))
         os.chown(where, *map(int, rest[1].split(":")))
     return root
-
-
-def listing(root: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in sorted(dirnames + filenames):
-            path = Path(dirpath) / name
-            rel = "/" + str(path.relative_to(root))
-            if rel not in BASE:
-                out.append(_describe(rel, os.lstat(path), path))
-    return sorted(out)
-
-
-def _describe(rel: str, info: os.stat_result, path: Path) -> str:
-    owner = f"{info.st_uid}:{info.st_gid}"
-    mode = oct(stat.S_IMODE(info.st_mode))[2:]
-    if stat.S_ISLNK(info.st_mode):
-        return f"l {rel} -> {os.readlink(path)} {owner}"
-    if stat.S_ISDIR(info.st_mode):
-        return f"d {rel} {mode} {owner}"
-    links = f" links={info.st_nlink}" if info.st_nlink > 1 else ""
-    return f"f {rel} {mode} {owner} {info.st_size}{links}"
 
 
 def target_root(tmp: Path) -> Path:
@@ -205,7 +183,7 @@ def test_file_actions(tmp_path: Path, context: list[str], before: list[str],
     target = make_tree(target_root(tmp_path), before)
     source = make_tree(tmp_path / "context", context)
     apply_file_actions(actions, target, [target, source])
-    assert listing(target) == sorted(expected)
+    assert tree_listing(target, BASE) == sorted(expected)
 
 
 # (id, context tree, target tree, actions, exact message)
