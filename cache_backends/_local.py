@@ -52,7 +52,8 @@ from cache_backends._protocol import (
     plan_prune,
     verified_stream,
 )
-from cache_backends._records import CacheRecord, RecordError
+from cache_backends._records import CacheRecord
+from cache_backends._rules import blob_mismatch, decode_record, require_blobs, stored_record
 from scheduler._errors import CacheError
 
 __all__ = ["TEMP_PREFIX", "LocalBackend", "LocalBlobSource"]
@@ -182,7 +183,7 @@ class _BlobWriter:
     def commit(self) -> int:
         actual = "sha256:" + self._temp.hash.hexdigest()
         if actual != self._digest:
-            raise _mismatch(self._digest, self._store.where, actual)
+            raise blob_mismatch(self._digest, self._store.where, actual)
         self._temp.publish(self._store.layout.blob(self._digest), self._store.clock())
         self._store.counters.blobs_written += 1
         return self._temp.size
@@ -296,7 +297,7 @@ class _DiskStore:
                 actual, size = _hash_stream(stream)
                 os.fsync(stream.fileno())
             if actual != digest:
-                raise _mismatch(digest, self.where, actual)
+                raise blob_mismatch(digest, self.where, actual)
             return self._rename_in(digest, source, size)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -331,28 +332,18 @@ class _DiskStore:
         except OSError as err:
             raise CacheError(f"local cache: cannot read the record {path}: {err.strerror}",
                              hint=_hint(err)) from err
-        record = _decode(data)
-        if record is None or record.key != key:
-            self.counters.records_dropped += 1
-            self.counters.record_misses += 1
+        record = stored_record(data, key, self.counters)
+        if record is None:
             with _os_errors("remove the undecodable record", path):
                 _unlink_if_same(path, seen)
             return None
-        self.counters.record_hits += 1
         self.touch(path)
         return record
 
     def put_record(self, record: CacheRecord) -> None:
         path = self.layout.record(record.key)
-        named = [layer.digest for layer in record.result.layers]
         with _flock(self.layout.lock, exclusive=False):
-            missing = sorted(digest for digest in set(named)
-                             if not self.touch(self.layout.blob(digest)))
-            if missing:
-                raise CacheError(f"cannot store the cache record {record.key} in "
-                                 f"{self.where}: it names blobs the cache does not hold: "
-                                 f"{', '.join(missing)}",
-                                 hint="store a record's blobs before the record")
+            require_blobs(record, self.where, lambda digest: self.touch(self.layout.blob(digest)))
             temp = _TempFile(self.layout, "record")
             try:
                 temp.write(record.to_bytes())
@@ -388,7 +379,7 @@ class _DiskStore:
             path = self.layout.records / name
             with _os_errors("read the record", path):
                 try:
-                    record = _decode(path.read_bytes())
+                    record = decode_record(path.read_bytes())
                 except FileNotFoundError:
                     continue
             if record is None or record.key != f"sha256:{name}":
@@ -430,18 +421,6 @@ def _scan(directory: Path) -> list[tuple[str, os.stat_result]]:
             with contextlib.suppress(FileNotFoundError):
                 found.append((entry.name, entry.stat(follow_symlinks=False)))
     return found
-
-
-def _mismatch(digest: str, where: str, actual: str) -> CacheError:
-    return CacheError(f"cannot store blob {digest} in {where}: its bytes hash to {actual}",
-                      hint="the producer of the blob is at fault; nothing was stored")
-
-
-def _decode(data: bytes) -> CacheRecord | None:
-    try:
-        return CacheRecord.from_bytes(data)
-    except RecordError:
-        return None
 
 
 def _hash_stream(stream: BinaryIO) -> tuple[str, int]:

@@ -31,7 +31,8 @@ from cache_backends._protocol import (
     plan_prune,
     verified_stream,
 )
-from cache_backends._records import CacheRecord, RecordError
+from cache_backends._records import CacheRecord
+from cache_backends._rules import blob_mismatch, decode_record, require_blobs, stored_record
 from scheduler._errors import CacheError
 
 __all__ = ["MemoryBackend", "MemoryBlobSource"]
@@ -95,9 +96,7 @@ class MemoryBackend:
         data = await _read_all(source, move)
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != digest:
-            raise CacheError(f"cannot store blob {digest} in {_WHERE}: its bytes hash to "
-                             f"{actual}", hint="the producer of the blob is at fault; nothing "
-                             "was stored")
+            raise blob_mismatch(digest, _WHERE, actual)
         self._blobs[digest] = data
         self._used[digest] = self._clock()
         self._counters.blobs_written += 1
@@ -116,27 +115,16 @@ class MemoryBackend:
         if data is None:
             self._counters.record_misses += 1
             return None
-        try:
-            record = CacheRecord.from_bytes(data)
-        except RecordError:
-            record = None
-        if record is None or record.key != key:
+        record = stored_record(data, key, self._counters)
+        if record is None:
             del self._records[key]
-            self._counters.records_dropped += 1
-            self._counters.record_misses += 1
             return None
-        self._counters.record_hits += 1
         self._used[key] = self._clock()
         return record
 
     async def put_record(self, record: CacheRecord) -> None:
         digest_hex(record.key, "cache key")
-        named = [layer.digest for layer in record.result.layers]
-        missing = sorted({digest for digest in named if digest not in self._blobs})
-        if missing:
-            raise CacheError(f"cannot store the cache record {record.key} in {_WHERE}: it "
-                             f"names blobs the cache does not hold: {', '.join(missing)}",
-                             hint="store a record's blobs before the record")
+        named = require_blobs(record, _WHERE, self._blobs.__contains__)
         now = self._clock()
         for digest in named:
             self._used[digest] = now
@@ -198,9 +186,8 @@ class MemoryBlobSource:
 
 def _named(data: bytes) -> frozenset[str]:
     """The layer digests a stored record names (none if it does not decode)."""
-    try:
-        record = CacheRecord.from_bytes(data)
-    except RecordError:
+    record = decode_record(data)
+    if record is None:
         return frozenset()
     return frozenset(layer.digest for layer in record.result.layers)
 
