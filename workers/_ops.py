@@ -12,7 +12,7 @@
   actions applied (``_fileops``), the diff as a new layer;
 - merge: the input chains, concatenated.
 
-An op whose diff is empty adds no layer.
+An op whose diff is empty still adds an (empty) layer, as BuildKit's does.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ async def run_image_source(backend: RuntimeBackend, vertex: Vertex,
                            op: SourceOp) -> StateResult:
     text = op.identifier[len(IMAGE_SCHEME):]
     image = await backend.resolve_image(text, vertex.platform)
-    await backend.runtime.fetch_image_blobs(parse_reference(text), image)
+    await backend.fetch_image_blobs(parse_reference(text), image)
     return StateResult(layers=image.layers, image_config=image.config)
 
 

@@ -40,7 +40,6 @@ from ._executor import Executor
 from ._layers import unpack_layer, write_layer
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
 from ._snapshots import SnapshotStore
-from ._tar_write import is_empty_diff
 
 __all__ = ["BuildSession", "RecordStore", "RuntimeBackend", "WorkerRuntime"]
 
@@ -159,10 +158,10 @@ class WorkerRuntime:
         from the cache as it is detected (a miss for the next build, never a wrong one)."""
         return self.cache.blob_source().open_blob(digest)
 
-    async def store_upper(self, upper: Path, epoch: int | None) -> LayerDescriptor | None:
-        """The diff in ``upper`` as a layer blob in the cache; None when it is empty."""
-        if await asyncio.to_thread(is_empty_diff, upper):
-            return None
+    async def store_upper(self, upper: Path, epoch: int | None) -> LayerDescriptor:
+        """The diff in ``upper`` as a layer blob in the cache.  An empty diff still gives a
+        (empty) layer, as BuildKit's does: the image's history and layer count then match
+        BuildKit's (e.g. ``WORKDIR`` of a directory the base already has)."""
         return await self.store_tree(upper, epoch)
 
     async def store_tree(self, tree: Path, epoch: int | None) -> LayerDescriptor:
