@@ -19,14 +19,13 @@ and results as maps, records as their stored bytes.  A worker answers a plain ca
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from cache_backends._records import CacheRecord, StateResult
-from scheduler._cachekey import Selector
+from scheduler._cachekey import Selector, selector_to_wire
 from scheduler._errors import DockyardError, SolveError
-from scheduler._graph import BuildGraph, Vertex, _vertex_from_plain, _vertex_plain
+from scheduler._graph import BuildGraph, Vertex, vertex_from_wire, vertex_to_wire
 from scheduler._platform import Platform, default_platform
 from scheduler._progress import EventSink, event_from_wire
 
@@ -34,8 +33,7 @@ from ._wire import Failure, error_from_failure, failure_from_error
 
 __all__ = [
     "DispatchBackend", "Placement", "WorkerHandle", "WorkerRecords", "WorkerStream",
-    "answer", "failure_map", "roots_of", "selector_from_wire", "selector_to_wire", "unwrap",
-    "vertex_from_wire", "vertex_to_wire",
+    "answer", "failure_map", "roots_of", "unwrap",
 ]
 
 
@@ -56,30 +54,6 @@ class WorkerHandle(Protocol):
 
 
 # --- wire forms ------------------------------------------------------------------------
-
-
-def vertex_to_wire(vertex: Vertex) -> dict[str, Any]:
-    return _vertex_plain(vertex)
-
-
-def vertex_from_wire(data: Any) -> Vertex:
-    """A vertex from its wire map (its digest checked); a ``GraphError`` when malformed."""
-    return _vertex_from_plain(data, "vertex")
-
-
-def selector_to_wire(selector: Selector) -> dict[str, Any]:
-    return {f.name: getattr(selector, f.name) for f in dataclasses.fields(selector)}
-
-
-def selector_from_wire(data: Mapping[str, Any]) -> Selector:
-    try:
-        return Selector(path=str(data["path"]), wildcard=bool(data["wildcard"]),
-                        follow_symlinks=bool(data["follow_symlinks"]),
-                        include=tuple(map(str, data["include"])),
-                        exclude=tuple(map(str, data["exclude"])))
-    except (KeyError, TypeError) as err:
-        raise SolveError(f"malformed selector on the wire: {err}",
-                         hint="use the same dockyard version on every node") from None
 
 
 def failure_map(error: DockyardError) -> dict[str, Any]:

@@ -26,14 +26,17 @@ the material's shape changes, so old records simply stop matching.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._errors import GraphError
 from ._graph import Copy, ExecOp, FileOp, SourceOp, Vertex, _pack, _plain
 
-__all__ = ["KEY_VERSION", "ContentRead", "Selector", "cache_key", "content_reads", "source_key"]
+__all__ = ["KEY_VERSION", "ContentRead", "Selector", "cache_key", "content_reads",
+           "selector_from_wire", "selector_to_wire", "source_key"]
 
 KEY_VERSION = 2
 
@@ -154,3 +157,20 @@ def _platform(vertex: Vertex) -> Any:
 
 def _digest(material: list[Any]) -> str:
     return "sha256:" + hashlib.sha256(_pack(material)).hexdigest()
+
+
+# --- wire forms (a selector crosses to the worker that checksums it) ---------------------
+
+def selector_to_wire(selector: Selector) -> dict[str, Any]:
+    return {f.name: getattr(selector, f.name) for f in dataclasses.fields(selector)}
+
+
+def selector_from_wire(data: Mapping[str, Any]) -> Selector:
+    try:
+        return Selector(path=str(data["path"]), wildcard=bool(data["wildcard"]),
+                        follow_symlinks=bool(data["follow_symlinks"]),
+                        include=tuple(map(str, data["include"])),
+                        exclude=tuple(map(str, data["exclude"])))
+    except (KeyError, TypeError) as err:
+        raise GraphError(f"malformed selector on the wire: {err}",
+                         hint="use the same dockyard version on every node") from None

@@ -29,6 +29,8 @@ __all__ = [
     "GRAPH_VERSION", "BuildGraph", "Copy", "ExecMount", "ExecOp", "FileAction", "FileOp",
     "Healthcheck", "HistoryEntry", "ImageConfig", "ImageResult", "MergeOp", "Mkdir",
     "Mkfile", "Op", "Rm", "SourceOp", "Symlink", "Vertex",
+    "vertex_from_wire",
+    "vertex_to_wire",
 ]
 
 GRAPH_VERSION = 1
@@ -447,7 +449,7 @@ class BuildGraph:
         digest, checked on decode."""
         return _pack({
             "version": GRAPH_VERSION,
-            "vertices": [_vertex_plain(v) for v in self._vertices.values()],
+            "vertices": [vertex_to_wire(v) for v in self._vertices.values()],
             "results": [_plain(r) for r in self._results],
         })
 
@@ -457,7 +459,7 @@ class BuildGraph:
         document = _unpack(data)
         graph = cls()
         for index, raw in enumerate(_list_field(document, "vertices")):
-            graph.add(_vertex_from_plain(raw, f"vertices[{index}]"))
+            graph.add(vertex_from_wire(raw, f"vertices[{index}]"))
         for index, raw in enumerate(_list_field(document, "results")):
             graph.add_result(_decode(ImageResult, raw, f"results[{index}]"))
         return graph
@@ -471,7 +473,7 @@ class BuildGraph:
         return "".join(json.dumps(line, sort_keys=False) + "\n" for line in lines)
 
 
-def _vertex_plain(vertex: Vertex) -> dict[str, Any]:
+def vertex_to_wire(vertex: Vertex) -> dict[str, Any]:
     return {"digest": vertex.digest, "op": _plain(vertex.op), "inputs": list(vertex.inputs),
             "name": vertex.name,
             "platform": None if vertex.platform is None else _plain(vertex.platform),
@@ -481,7 +483,7 @@ def _vertex_plain(vertex: Vertex) -> dict[str, Any]:
 _VERTEX_KEYS = frozenset({"digest", "op", "inputs", "name", "platform"})
 
 
-def _vertex_from_plain(raw: Any, where: str) -> Vertex:
+def vertex_from_wire(raw: Any, where: str = "vertex") -> Vertex:
     # "location" may be absent: a graph written before it existed still reads.
     if not isinstance(raw, dict) or set(raw) - {"location"} != _VERTEX_KEYS:
         raise _fail(where, "expected a map with digest, op, inputs, name, platform and "

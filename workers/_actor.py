@@ -137,7 +137,7 @@ class WorkerActor:
         return {"digest": image.index_digest or image.digest, "config": image.config}
 
     async def source_identity(self, build_id: str, vertex: dict[str, Any]) -> dict[str, Any]:
-        from cluster._dispatch import vertex_from_wire  # noqa: PLC0415
+        from scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
         return await _answered(lambda: self._session(build_id).backend.source_identity(
             vertex_from_wire(vertex)))
@@ -145,7 +145,8 @@ class WorkerActor:
     async def content_checksum(self, build_id: str, source: dict[str, Any],
                                selector: dict[str, Any]) -> dict[str, Any]:
         """The checksum of what ``selector`` reads of the context source ``source``."""
-        from cluster._dispatch import selector_from_wire, vertex_from_wire  # noqa: PLC0415
+        from scheduler._cachekey import selector_from_wire  # noqa: PLC0415
+        from scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
         async def checksum() -> str:
             read = vertex_from_wire(source)
@@ -160,7 +161,7 @@ class WorkerActor:
         its result (a ``StateResult`` wire map) or failure."""
         async def run(sink: EventSink) -> dict[str, Any]:
             from cache_backends._records import StateResult  # noqa: PLC0415
-            from cluster._dispatch import vertex_from_wire  # noqa: PLC0415
+            from scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
             results = [StateResult.from_wire(item) for item in inputs]
             backend = self._session(build_id).backend

@@ -13,8 +13,9 @@ import pytest
 from cache_backends._records import StateResult
 from cluster._build_options import BuildOptions
 from cluster._coordinator import Coordinator
-from cluster._dispatch import failure_map, vertex_from_wire
+from cluster._dispatch import failure_map
 from scheduler._errors import ExecError
+from scheduler._graph import vertex_from_wire
 from scheduler._progress import VertexLog, event_to_wire
 
 DOCKERFILE = b"FROM scratch\nCOPY a.txt /a\nRUN make\nRUN make install\n"
