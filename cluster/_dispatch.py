@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from cache_backends._records import CacheRecord, StateResult
 from scheduler._cachekey import Selector, selector_to_wire
 from scheduler._errors import DockyardError, SolveError
-from scheduler._graph import BuildGraph, Vertex, vertex_from_wire, vertex_to_wire
+from scheduler._graph import BuildGraph, Vertex, vertex_to_wire
 from scheduler._platform import Platform, default_platform
 from scheduler._progress import EventSink, event_from_wire
 
