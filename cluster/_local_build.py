@@ -89,6 +89,7 @@ class LocalBuildOptions:
     no_cache: bool = False
     epoch: int | None = None
     registry: RegistryConfig | None = None
+    insecure_registries: tuple[str, ...] = ()
     events: EventSink | None = None
 
     def frontend(self) -> FrontendRequest:
@@ -156,7 +157,8 @@ def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
 def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession:
     """The worker's session of one build: its context, secrets, ssh sockets and epoch."""
     return BuildSession(contexts={"context": context_dir}, secrets=options.secrets,
-                        ssh=options.ssh, epoch=options.epoch)
+                        ssh=options.ssh, epoch=options.epoch,
+                        insecure_registries=frozenset(options.insecure_registries))
 
 
 def ignore_patterns(context_dir: Path, options: LocalBuildOptions) -> list[str]:
@@ -200,7 +202,7 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
     exported: Exported = images[0] if len(images) == 1 else build_index(images)
     for output in options.outputs:
         if output.type == "image":
-            await _push(engine, exported, output)
+            await _push(engine, exported, output, options)
         else:
             await asyncio.to_thread(_export, engine, exported, output, options)
     return exported
@@ -242,10 +244,12 @@ def _check_outputs(outputs: Sequence[Output]) -> None:
                              hint=f"use --output type={output.type},dest=PATH")
 
 
-async def _push(engine: WorkerRuntime, exported: Exported, output: Output) -> None:
+async def _push(engine: WorkerRuntime, exported: Exported, output: Output,
+                options: LocalBuildOptions) -> None:
     """An image output: pushed when asked (there is no local image store to load into)."""
     if output.push:
-        await push_image(exported, engine.blob_source(), engine.registry, output.name,
+        registry = engine.registry_for(options.insecure_registries)
+        await push_image(exported, engine.blob_source(), registry, output.name,
                          scratch=engine.tmp)
 
 

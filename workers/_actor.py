@@ -257,7 +257,8 @@ class WorkerActor:
         for output in options.outputs:
             if output.type == "image" and output.push:
                 for name in output.names:
-                    digest = await push_image(exported, engine.blob_source(), engine.registry,
+                    registry = engine.registry_for(options.insecure_registries)
+                    digest = await push_image(exported, engine.blob_source(), registry,
                                               name, scratch=engine.tmp)
                     pushed.append(f"{name}@{digest}")
         return pushed
@@ -326,7 +327,8 @@ def _local_options(root: Path, options: Any, session: dict[str, Any],
         build_args=dict(options.build_args),
         secrets={k: bytes(v) for k, v in session.get("secrets", {}).items()},
         ssh={k: Path(v) for k, v in session.get("ssh", {}).items()},
-        outputs=outputs, names=options.tags, no_cache=options.no_cache, epoch=options.epoch)
+        outputs=outputs, names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
+        insecure_registries=tuple(options.insecure_registries))
 
 
 def _internal(exc: Exception) -> SolveError:
