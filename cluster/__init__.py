@@ -1,7 +1,30 @@
 """How builds enter and leave dockyard: the command line and the client side of a build
-(the build context, read with its ignore file); the endpoint and coordinator follow."""
+(the build context, read with its ignore file); the endpoint and coordinator follow.
 
-from ._cli import main
-from ._context import ContextEntry, ignore_file_for, load_ignore_patterns, walk_context
+The exports load on first use (PEP 562): the console script imports ``cluster._cli``, and
+importing this package must not pull in the context walker and the Dockerfile frontend
+behind it for a command that never reads a context.
+"""
+
+from __future__ import annotations
+
+import importlib
+import typing
+
+if typing.TYPE_CHECKING:
+    from ._cli import main
+    from ._context import ContextEntry, ignore_file_for, load_ignore_patterns, walk_context
 
 __all__ = ["ContextEntry", "ignore_file_for", "load_ignore_patterns", "main", "walk_context"]
+
+_HOMES = {"main": "._cli", "ContextEntry": "._context", "ignore_file_for": "._context",
+          "load_ignore_patterns": "._context", "walk_context": "._context"}
+
+
+def __getattr__(name: str) -> typing.Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value

@@ -10,7 +10,6 @@ exits 1, Ctrl-C exits 130; bad input never shows a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -36,10 +35,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _version() -> str:
+    import importlib.metadata  # ~20 ms: only ``--version`` pays it
+
     try:
         return importlib.metadata.version("dockyard")
     except importlib.metadata.PackageNotFoundError:
         return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: argparse's version action, the version looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> NoReturn:
+        sys.stdout.write(f"{parser.prog} {_version()}\n")
+        parser.exit()
 
 
 # --- dockyard debug graph --------------------------------------------------------------
@@ -257,7 +272,7 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build, 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dockyard",
                      description="Build container images on a Ray cluster.")
-    parser.add_argument("--version", action="version", version=f"dockyard {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                        parser_class=_Parser)
     for add_command in _COMMANDS:

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from scheduler._errors import DockyardError, ServiceError
 from scheduler._progress import EventSink, event_from_wire
 
@@ -40,6 +38,9 @@ from ._wire import (
     Frame,
     Request,
     Response,
+    WebSocket,
+    WireClosed,
+    WireError,
     decode_frame,
     encode_frame,
     error_from_failure,
@@ -218,11 +219,9 @@ def _read_procs(path: Path) -> set[Proc]:
 class ServiceClient:
     """One connection to a root's daemon; calls run one at a time."""
 
-    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse,
-                 paths: RunPaths) -> None:
+    def __init__(self, ws: WebSocket, paths: RunPaths) -> None:
         self.paths = paths
-        self._session = session  # owns the unix-socket connector
-        self._ws = ws  # the websocket; closed by close()
+        self._ws = ws  # the websocket (cluster/_wire.py); closed by close()
         self._next_id = 1  # id of the next call
         self._lock = asyncio.Lock()  # held by the running call
 
@@ -241,7 +240,6 @@ class ServiceClient:
 
     async def close(self) -> None:
         await self._ws.close()
-        await self._session.close()
 
     async def __aenter__(self) -> ServiceClient:
         return self
@@ -251,20 +249,21 @@ class ServiceClient:
 
     async def _send(self, frame: Frame) -> None:
         try:
-            await self._ws.send_bytes(encode_frame(frame))
-        except (ConnectionError, aiohttp.ClientError) as exc:
+            await self._ws.send(encode_frame(frame))
+        except ConnectionError as exc:
             raise self._lost(exc) from None
 
     async def _cancel(self, call_id: int) -> None:
-        with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
-            await self._ws.send_bytes(encode_frame(Cancel(call_id)))
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._ws.send(encode_frame(Cancel(call_id)))
 
     async def _receive(self, call_id: int, events: EventSink | None) -> Any:
         while True:
-            message = await self._ws.receive()
-            if message.type != aiohttp.WSMsgType.BINARY:
-                raise self._lost(message.extra or message.type.name)
-            frame = decode_frame(message.data)
+            try:
+                data = await self._ws.receive()
+            except WireClosed as closed:
+                raise self._lost(closed.message) from None
+            frame = decode_frame(data)
             if getattr(frame, "id", None) != call_id:
                 continue  # the tail of an earlier, cancelled call
             if isinstance(frame, EventFrame):
@@ -281,17 +280,16 @@ class ServiceClient:
                             hint=f"see {self.paths.log}; the next build restarts the service")
 
 
-async def _open(paths: RunPaths) -> ServiceClient | None:
+async def _open(paths: RunPaths, timeout: float = 60.0) -> ServiceClient | None:
     """A client connected to the socket, or None when nobody answers there."""
     if not paths.socket.exists():
         return None
-    session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(paths.socket)))
     try:
-        ws = await session.ws_connect("http://dockyard/ws", max_msg_size=0, autoping=True)
-    except (aiohttp.ClientError, OSError):
-        await session.close()
+        async with asyncio.timeout(timeout):
+            ws = await WebSocket.open(str(paths.socket))
+    except (OSError, WireError, TimeoutError):
         return None
-    return ServiceClient(session, ws, paths)
+    return ServiceClient(ws, paths)
 
 
 async def connect(settings: ServiceSettings, *, start: bool = True) -> ServiceClient:

@@ -15,10 +15,19 @@ A call ends with exactly one ``response`` or ``failure``; ``event`` frames come 
 A frame of another version, or one that is not such a map, raises ``WireError``: the peer
 speaks another dockyard version.  Secrets never travel in frames (the session channel
 serves them on demand; see DESIGN.md).
+
+The client's end of the websocket itself is here too (``WebSocket``: the RFC 6455
+handshake and frames over asyncio streams); the daemon serves it with aiohttp.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -29,7 +38,9 @@ from scheduler._errors import DockyardError, ServiceError
 
 __all__ = [
     "WIRE_VERSION", "Cancel", "EventFrame", "Failure", "Frame", "Request", "Response",
-    "WireError", "decode_frame", "encode_frame", "error_from_failure", "failure_from_error",
+    "WebSocket", "WireClosed", "WireError", "accept_key", "check_handshake", "decode_frame",
+    "encode_frame", "encode_ws_frame", "error_from_failure", "failure_from_error",
+    "handshake_request", "read_ws_frame",
 ]
 
 WIRE_VERSION = 1
@@ -197,3 +208,195 @@ def error_from_failure(failure: Failure) -> DockyardError:
         error = cls(failure.message, hint=failure.hint)
     return error
 
+
+
+# --- the websocket the frames travel in: the client's side (RFC 6455) -------------------
+#
+# The service serves websocket messages over its unix socket (aiohttp's server).  A client
+# needs only a handshake, masked binary frames out and unmasked frames in: a few lines over
+# asyncio streams instead of importing aiohttp (its import is most of a CLI start-up).
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's fixed accept suffix
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_OP_NAMES = {OP_CONTINUATION: "CONTINUATION", OP_TEXT: "TEXT", OP_BINARY: "BINARY",
+             OP_CLOSE: "CLOSE", OP_PING: "PING", OP_PONG: "PONG"}
+CLOSE_NORMAL = 1000
+_MAX_HEAD_BYTES = 64 * 1024  # the handshake answer's status line and headers
+
+
+class WireClosed(ServiceError):
+    """The websocket ended (closed by the peer, or the connection dropped); the message is
+    why, as the peer gave it."""
+
+
+def handshake_request(resource: str, key: str) -> bytes:
+    """The HTTP/1.1 upgrade request a client opens with (``key``: 16 random bytes, base64)."""
+    return (f"GET {resource} HTTP/1.1\r\nHost: dockyard\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n").encode("ascii")
+
+
+def accept_key(key: str) -> str:
+    """The ``Sec-WebSocket-Accept`` a server must answer ``key`` with."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _WS_GUID).digest()).decode()
+
+
+def check_handshake(head: bytes, key: str) -> None:
+    """Accept the server's answer (status line and headers) to ``handshake_request(key)``;
+    a ``WireError`` when it did not switch to a websocket."""
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if len(status) < 2 or status[1] != "101":
+        raise WireError(f"the service did not open a websocket: {lines[0]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("upgrade", "").lower() != "websocket":
+        raise WireError(f"the service upgraded to {headers.get('upgrade')!r}, not websocket")
+    if headers.get("sec-websocket-accept") != accept_key(key):
+        raise WireError("the service answered the websocket handshake with a wrong "
+                        "Sec-WebSocket-Accept")
+
+
+def _xor_mask(payload: bytes, mask: bytes) -> bytes:
+    """``payload`` XOR the 4-byte ``mask`` repeated (masking and unmasking alike)."""
+    size = len(payload)
+    if not size:
+        return payload
+    key = (mask * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        size, "little")
+
+
+def encode_ws_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    """One final, masked frame (a client's frames are always masked)."""
+    size = len(payload)
+    if size < 126:
+        length = bytes([0x80 | size])
+    elif size < 1 << 16:
+        length = bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        length = bytes([0x80 | 127]) + size.to_bytes(8, "big")
+    return bytes([0x80 | opcode]) + length + mask + _xor_mask(payload, mask)
+
+
+ReadExactly = Callable[[int], Awaitable[bytes]]
+
+
+async def read_ws_frame(read: ReadExactly) -> tuple[bool, int, bytes]:
+    """The next frame from ``read``: (final, opcode, payload unmasked).  A frame using an
+    extension (RSV bits), or longer than a frame may be, is a ``WireError``."""
+    first, second = await read(2)
+    if first & 0x70:
+        raise WireError(f"a websocket frame with reserved bits {first & 0x70:#x} set (an "
+                        f"extension this client did not ask for)")
+    size = second & 0x7F
+    if size == 126:
+        size = int.from_bytes(await read(2), "big")
+    elif size == 127:
+        size = int.from_bytes(await read(8), "big")
+    if size > MAX_FRAME_BYTES:
+        raise WireError(f"a frame of {size} bytes (at most {MAX_FRAME_BYTES})")
+    mask = await read(4) if second & 0x80 else b""
+    payload = await read(size) if size else b""
+    return bool(first & 0x80), first & 0x0F, _xor_mask(payload, mask) if mask else payload
+
+
+class WebSocket:
+    """A client websocket over a unix socket: binary messages out (``send``) and in
+    (``receive``); pings answered, fragments joined.  ``open`` connects and shakes hands
+    (``OSError`` when nobody listens, ``WireError`` when the listener is no websocket)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._send_lock = asyncio.Lock()  # frames of concurrent senders never interleave
+        self.closed = False  # a close frame was sent or the connection dropped
+
+    @classmethod
+    async def open(cls, path: str, resource: str = "/ws") -> WebSocket:
+        reader, writer = await asyncio.open_unix_connection(path, limit=_MAX_HEAD_BYTES)
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        try:
+            writer.write(handshake_request(resource, key))
+            await writer.drain()
+            check_handshake(await reader.readuntil(b"\r\n\r\n"), key)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            writer.close()
+            raise WireError(f"the service closed the websocket handshake: {exc}") from None
+        except BaseException:
+            writer.close()
+            raise
+        return cls(reader, writer)
+
+    async def send(self, payload: bytes, opcode: int = OP_BINARY) -> None:
+        """Send one message (``ConnectionError`` when the connection is gone)."""
+        async with self._send_lock:
+            if self._writer.is_closing():
+                raise ConnectionResetError("the websocket is closed")
+            self._writer.write(encode_ws_frame(opcode, payload, os.urandom(4)))
+            await self._writer.drain()
+
+    async def receive(self) -> bytes:
+        """The next binary message; ``WireClosed`` (saying why) when the websocket ends or
+        the peer sends anything else."""
+        kind, parts, size = -1, [], 0
+        while True:
+            final, opcode, payload = await self._next_frame()
+            if opcode >= OP_CLOSE:
+                await self._control(opcode, payload)
+                continue
+            if (opcode == OP_CONTINUATION) != (kind >= 0):
+                raise WireError(f"a websocket {_OP_NAMES.get(opcode, opcode)} frame out of "
+                                f"order")
+            kind = opcode if kind < 0 else kind
+            parts.append(payload)
+            size += len(payload)
+            if size > MAX_FRAME_BYTES:
+                raise WireError(f"a message of over {MAX_FRAME_BYTES} bytes")
+            if final:
+                if kind != OP_BINARY:
+                    raise WireClosed(_OP_NAMES.get(kind, str(kind)))
+                return b"".join(parts)
+
+    async def _next_frame(self) -> tuple[bool, int, bytes]:
+        try:
+            return await read_ws_frame(self._reader.readexactly)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed = True
+            raise WireClosed("CLOSED") from None
+
+    async def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING:
+            with contextlib.suppress(ConnectionError):
+                await self.send(payload, OP_PONG)
+        elif opcode == OP_CLOSE:
+            reason = payload[2:].decode("utf-8", "replace")
+            await self._send_close(payload[:2])
+            self._writer.close()
+            raise WireClosed(reason or "CLOSE")
+
+    async def _send_close(self, code: bytes) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            async with self._send_lock:
+                self._writer.write(encode_ws_frame(OP_CLOSE, code, os.urandom(4)))
+                await self._writer.drain()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """The close handshake: send a close frame, wait (up to ``timeout``) for the
+        peer's, then drop the connection."""
+        if not self.closed:
+            await self._send_close(CLOSE_NORMAL.to_bytes(2, "big"))
+            with contextlib.suppress(TimeoutError, WireError, ConnectionError):
+                async with asyncio.timeout(timeout):
+                    while True:
+                        final, opcode, _ = await read_ws_frame(self._reader.readexactly)
+                        if opcode == OP_CLOSE:
+                            break
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
