@@ -8,6 +8,7 @@ from typing import Final
 from cache_backends._local import LocalBackend
 from cache_backends._memory import MemoryBackend
 from cache_backends._protocol import CacheBackend
+from cache_backends._s3 import S3Backend
 
 __all__ = ["BACKENDS"]
 
@@ -16,4 +17,5 @@ __all__ = ["BACKENDS"]
 BACKENDS: Final[dict[str, type[CacheBackend]]] = {
     "memory": MemoryBackend,
     "local": LocalBackend,
+    "s3": S3Backend,
 }
