@@ -146,6 +146,12 @@ class _Bucket:
         spool = self.temp_file()
         try:
             self.objects.download(key, spool)
+            got = spool.seek(0, os.SEEK_END)
+            if got != head.size:  # not damage: a transfer that went wrong
+                raise CacheError(f"S3 cache: downloading s3://{self.objects.bucket}/{key} "
+                                 f"gave {got} bytes, not {head.size}",
+                                 hint="the object changed meanwhile or the store is "
+                                 "unwell; the build treats it as a miss")
             spool.seek(0)
         except BaseException:
             spool.close()

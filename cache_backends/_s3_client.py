@@ -33,7 +33,7 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 from s3transfer.exceptions import RetriesExceededError  # type: ignore[import-untyped]
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+from tenacity import Retrying, retry_if_exception, stop_before_delay, wait_random_exponential
 
 from scheduler._errors import CacheError
 
@@ -121,9 +121,9 @@ def transient(err: BaseException) -> bool:
 
 
 def missing(err: BaseException) -> bool:
-    """The object is not there (404)."""
+    """The object is not there (a 404 that is not NoSuchBucket)."""
     code, status = _code(err)
-    return code in _MISSING or status == 404
+    return code in _MISSING or (status == 404 and not code)
 
 
 def _used(metadata: dict[str, str] | None) -> float:
@@ -206,7 +206,7 @@ class S3Objects:
         retrying = Retrying(
             retry=retry_if_exception(lambda err: transient(err) or _code(err)[0] in also_retry),
             wait=wait_random_exponential(multiplier=0.1, max=5.0),
-            stop=stop_after_delay(self.settings.retry_for), reraise=True)
+            stop=stop_before_delay(self.settings.retry_for), reraise=True)
         try:
             return retrying(fn)
         except (BotoCoreError, ClientError, RetriesExceededError, OSError) as err:
