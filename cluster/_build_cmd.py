@@ -20,10 +20,7 @@ the service (its containers and mounts are cleaned up there) and exits 130.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +30,7 @@ from scheduler._errors import ExecError, UsageError
 
 from ._build_options import BuildOptions, gather_options, read_session
 from ._render import Renderer, make_renderer
-from ._service import ServiceSettings, connect, default_root, stop_service
+from ._service import ServiceSettings, connect_running, default_root
 from ._ssh_agent import SshAgents
 
 __all__ = ["REQUEST_VERSION", "build_request", "run_build", "run_stop"]
@@ -93,7 +90,7 @@ def _run_build(args: argparse.Namespace, sockets: Mapping[str, str]) -> int:
                          "to console", hint="redirect stdout, or set dest=FILE")
     renderer = make_renderer(options.progress, sys.stderr)
     try:
-        result = asyncio.run(_solve(_settings(os.environ), request, renderer))
+        result = _solve(_settings(os.environ), request, renderer)
     except ExecError as error:
         renderer.close()
         _print_tail(error)
@@ -112,8 +109,22 @@ def _print_tail(error: ExecError, lines: int = 10) -> None:
     print(f"------\n > {error.vertex}:\n{body}\n------", file=sys.stderr)
 
 
-async def _solve(settings: ServiceSettings, request: dict[str, Any], renderer: Renderer
-                 ) -> Any:
+def _solve(settings: ServiceSettings, request: dict[str, Any], renderer: Renderer) -> Any:
+    """The ``solve`` call: without an event loop when the service already runs (the warm
+    path, asyncio never imported), else through ``connect``, which starts it."""
+    client = connect_running(settings)
+    if client is not None:
+        with client:
+            return client.call("solve", request, events=renderer)
+    import asyncio  # noqa: PLC0415 -- only a build that starts the service needs it
+
+    return asyncio.run(_solve_starting(settings, request, renderer))
+
+
+async def _solve_starting(settings: ServiceSettings, request: dict[str, Any],
+                          renderer: Renderer) -> Any:
+    from ._service import connect  # noqa: PLC0415
+
     async with await connect(settings) as client:
         return await client.call("solve", request, events=renderer)
 
@@ -129,6 +140,8 @@ def _finish(options: BuildOptions, result: Any) -> None:
 
 def _stream_to_stdout(path: Path) -> None:
     """Copy the service's ``dest=-`` file to stdout, then remove it."""
+    import shutil  # noqa: PLC0415 -- only a dest=- output needs it
+
     try:
         with open(path, "rb") as source:
             shutil.copyfileobj(source, sys.stdout.buffer, 1024 * 1024)
@@ -141,6 +154,8 @@ def _stream_to_stdout(path: Path) -> None:
 
 
 def _write_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
+    import json  # noqa: PLC0415 -- only --metadata-file needs it
+
     try:
         path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     except OSError as exc:
@@ -150,6 +165,10 @@ def _write_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
 
 def run_stop(args: argparse.Namespace) -> int:
     """``dockyard stop``: end the root's local service (and wait until it has exited)."""
+    import asyncio  # noqa: PLC0415
+
+    from ._service import stop_service  # noqa: PLC0415
+
     del args
     settings = _settings(os.environ)
     stopped = asyncio.run(stop_service(settings))

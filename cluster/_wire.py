@@ -16,31 +16,36 @@ A frame of another version, or one that is not such a map, raises ``WireError``:
 speaks another dockyard version.  Secrets never travel in frames (the session channel
 serves them on demand; see DESIGN.md).
 
-The client's end of the websocket itself is here too (``WebSocket``: the RFC 6455
-handshake and frames over asyncio streams); the daemon serves it with aiohttp.
+The client's end of the websocket itself is here too (the RFC 6455 handshake and frames:
+``WebSocket`` over asyncio streams, ``BlockingWebSocket`` over a plain socket); the daemon
+serves it with aiohttp.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import msgpack
 
 from scheduler import _errors
 from scheduler._errors import DockyardError, ServiceError
 
+if TYPE_CHECKING:
+    import asyncio
+
 __all__ = [
     "WIRE_VERSION", "Cancel", "EventFrame", "Failure", "Frame", "Request", "Response",
-    "WebSocket", "WireClosed", "WireError", "accept_key", "check_handshake", "decode_frame",
-    "encode_frame", "encode_ws_frame", "error_from_failure", "failure_from_error",
-    "handshake_request", "read_ws_frame",
+    "BlockingWebSocket", "WebSocket", "WireClosed", "WireError", "accept_key",
+    "check_handshake", "decode_frame", "encode_frame", "encode_ws_frame", "error_from_failure",
+    "failure_from_error", "handshake_request", "parse_ws_frame", "read_ws_frame",
+    "read_ws_frame_blocking",
 ]
 
 WIRE_VERSION = 1
@@ -213,8 +218,11 @@ def error_from_failure(failure: Failure) -> DockyardError:
 # --- the websocket the frames travel in: the client's side (RFC 6455) -------------------
 #
 # The service serves websocket messages over its unix socket (aiohttp's server).  A client
-# needs only a handshake, masked binary frames out and unmasked frames in: a few lines over
-# asyncio streams instead of importing aiohttp (its import is most of a CLI start-up).
+# needs only a handshake, masked binary frames out and unmasked frames in: a few lines
+# instead of importing aiohttp (its import was most of a CLI start-up).  The parsing is
+# sans-IO (``parse_ws_frame``, ``_Messages``); two drivers use it: ``WebSocket`` over
+# asyncio streams (the service's async client) and ``BlockingWebSocket`` over a plain
+# socket (``dockyard build`` against a running service: no event loop, no asyncio import).
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's fixed accept suffix
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -222,6 +230,7 @@ _OP_NAMES = {OP_CONTINUATION: "CONTINUATION", OP_TEXT: "TEXT", OP_BINARY: "BINAR
              OP_CLOSE: "CLOSE", OP_PING: "PING", OP_PONG: "PONG"}
 CLOSE_NORMAL = 1000
 _MAX_HEAD_BYTES = 64 * 1024  # the handshake answer's status line and headers
+_HEAD_END = b"\r\n\r\n"
 
 
 class WireClosed(ServiceError):
@@ -234,6 +243,10 @@ def handshake_request(resource: str, key: str) -> bytes:
     return (f"GET {resource} HTTP/1.1\r\nHost: dockyard\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             f"Sec-WebSocket-Version: 13\r\n\r\n").encode("ascii")
+
+
+def _new_key() -> str:
+    return base64.b64encode(os.urandom(16)).decode("ascii")
 
 
 def accept_key(key: str) -> str:
@@ -281,47 +294,123 @@ def encode_ws_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
     return bytes([0x80 | opcode]) + length + mask + _xor_mask(payload, mask)
 
 
-ReadExactly = Callable[[int], Awaitable[bytes]]
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    return encode_ws_frame(opcode, payload, os.urandom(4))
 
 
-async def read_ws_frame(read: ReadExactly) -> tuple[bool, int, bytes]:
-    """The next frame from ``read``: (final, opcode, payload unmasked).  A frame using an
-    extension (RSV bits), or longer than a frame may be, is a ``WireError``."""
-    first, second = await read(2)
+WsFrame = tuple[bool, int, bytes]  # (final, opcode, payload unmasked)
+FrameParser = Generator[int, bytes, WsFrame]
+
+
+def parse_ws_frame() -> FrameParser:
+    """Sans-IO frame parser: yields how many bytes it needs next and is sent exactly that
+    many; returns the frame.  A frame using an extension (RSV bits), or longer than a
+    frame may be, is a ``WireError``."""
+    first, second = yield 2
     if first & 0x70:
         raise WireError(f"a websocket frame with reserved bits {first & 0x70:#x} set (an "
                         f"extension this client did not ask for)")
     size = second & 0x7F
     if size == 126:
-        size = int.from_bytes(await read(2), "big")
+        size = int.from_bytes((yield 2), "big")
     elif size == 127:
-        size = int.from_bytes(await read(8), "big")
+        size = int.from_bytes((yield 8), "big")
     if size > MAX_FRAME_BYTES:
         raise WireError(f"a frame of {size} bytes (at most {MAX_FRAME_BYTES})")
-    mask = await read(4) if second & 0x80 else b""
-    payload = await read(size) if size else b""
+    mask = (yield 4) if second & 0x80 else b""
+    payload = (yield size) if size else b""
     return bool(first & 0x80), first & 0x0F, _xor_mask(payload, mask) if mask else payload
 
 
+ReadExactly = Callable[[int], Awaitable[bytes]]
+
+
+async def read_ws_frame(read: ReadExactly) -> WsFrame:
+    """The next frame, ``read`` giving exactly the bytes asked for."""
+    parser = parse_ws_frame()
+    try:
+        need = next(parser)
+        while True:
+            need = parser.send(await read(need))
+    except StopIteration as done:
+        frame: WsFrame = done.value
+        return frame
+
+
+def read_ws_frame_blocking(read: Callable[[int], bytes]) -> WsFrame:
+    """``read_ws_frame`` for a blocking ``read``."""
+    parser = parse_ws_frame()
+    try:
+        need = next(parser)
+        while True:
+            need = parser.send(read(need))
+    except StopIteration as done:
+        frame: WsFrame = done.value
+        return frame
+
+
+class _Messages:
+    """Data frames -> messages: fragments joined, a finished message checked to be binary."""
+
+    def __init__(self) -> None:
+        self._kind = -1  # the opcode of the message being joined; -1: none
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def add(self, final: bool, opcode: int, payload: bytes) -> bytes | None:
+        """The finished message, or None while fragments are outstanding."""
+        if (opcode == OP_CONTINUATION) != (self._kind >= 0):
+            raise WireError(f"a websocket {_OP_NAMES.get(opcode, opcode)} frame out of order")
+        self._kind = opcode if self._kind < 0 else self._kind
+        self._parts.append(payload)
+        self._size += len(payload)
+        if self._size > MAX_FRAME_BYTES:
+            raise WireError(f"a message of over {MAX_FRAME_BYTES} bytes")
+        if not final:
+            return None
+        kind, message = self._kind, b"".join(self._parts)
+        self._kind, self._parts, self._size = -1, [], 0
+        if kind != OP_BINARY:
+            raise WireClosed(_OP_NAMES.get(kind, str(kind)))
+        return message
+
+
+def _control_reply(opcode: int, payload: bytes) -> tuple[bytes | None, str | None]:
+    """A control frame's answer (a frame to send, or None) and, for a close, why (the
+    caller then drops the connection and raises ``WireClosed(why)``)."""
+    if opcode == OP_PING:
+        return _client_frame(OP_PONG, payload), None
+    if opcode == OP_CLOSE:
+        return _client_frame(OP_CLOSE, payload[:2]), payload[2:].decode("utf-8", "replace") \
+            or "CLOSE"
+    return None, None  # a pong, or a control opcode this client does not know
+
+
 class WebSocket:
-    """A client websocket over a unix socket: binary messages out (``send``) and in
-    (``receive``); pings answered, fragments joined.  ``open`` connects and shakes hands
-    (``OSError`` when nobody listens, ``WireError`` when the listener is no websocket)."""
+    """A client websocket over a unix socket and asyncio streams: binary messages out
+    (``send``) and in (``receive``); pings answered, fragments joined.  ``open`` connects
+    and shakes hands (``OSError`` when nobody listens, ``WireError`` when the listener is
+    no websocket)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio  # noqa: PLC0415 -- the blocking client never pays its import
+
         self._reader = reader
         self._writer = writer
         self._send_lock = asyncio.Lock()  # frames of concurrent senders never interleave
+        self._messages = _Messages()
         self.closed = False  # a close frame was sent or the connection dropped
 
     @classmethod
     async def open(cls, path: str, resource: str = "/ws") -> WebSocket:
+        import asyncio  # noqa: PLC0415
+
         reader, writer = await asyncio.open_unix_connection(path, limit=_MAX_HEAD_BYTES)
-        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        key = _new_key()
         try:
             writer.write(handshake_request(resource, key))
             await writer.drain()
-            check_handshake(await reader.readuntil(b"\r\n\r\n"), key)
+            check_handshake(await reader.readuntil(_HEAD_END), key)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             writer.close()
             raise WireError(f"the service closed the websocket handshake: {exc}") from None
@@ -332,71 +421,153 @@ class WebSocket:
 
     async def send(self, payload: bytes, opcode: int = OP_BINARY) -> None:
         """Send one message (``ConnectionError`` when the connection is gone)."""
+        await self._write(_client_frame(opcode, payload))
+
+    async def _write(self, frame: bytes) -> None:
         async with self._send_lock:
             if self._writer.is_closing():
                 raise ConnectionResetError("the websocket is closed")
-            self._writer.write(encode_ws_frame(opcode, payload, os.urandom(4)))
+            self._writer.write(frame)
             await self._writer.drain()
 
     async def receive(self) -> bytes:
         """The next binary message; ``WireClosed`` (saying why) when the websocket ends or
         the peer sends anything else."""
-        kind, parts, size = -1, [], 0
         while True:
             final, opcode, payload = await self._next_frame()
-            if opcode >= OP_CLOSE:
-                await self._control(opcode, payload)
+            if opcode < OP_CLOSE:
+                message = self._messages.add(final, opcode, payload)
+                if message is not None:
+                    return message
                 continue
-            if (opcode == OP_CONTINUATION) != (kind >= 0):
-                raise WireError(f"a websocket {_OP_NAMES.get(opcode, opcode)} frame out of "
-                                f"order")
-            kind = opcode if kind < 0 else kind
-            parts.append(payload)
-            size += len(payload)
-            if size > MAX_FRAME_BYTES:
-                raise WireError(f"a message of over {MAX_FRAME_BYTES} bytes")
-            if final:
-                if kind != OP_BINARY:
-                    raise WireClosed(_OP_NAMES.get(kind, str(kind)))
-                return b"".join(parts)
+            reply, closed = _control_reply(opcode, payload)
+            if reply is not None and not self.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self._write(reply)
+            if closed is not None:
+                self.closed = True
+                self._writer.close()
+                raise WireClosed(closed)
 
-    async def _next_frame(self) -> tuple[bool, int, bytes]:
+    async def _next_frame(self) -> WsFrame:
+        import asyncio  # noqa: PLC0415
+
         try:
             return await read_ws_frame(self._reader.readexactly)
         except (asyncio.IncompleteReadError, ConnectionError):
             self.closed = True
             raise WireClosed("CLOSED") from None
 
-    async def _control(self, opcode: int, payload: bytes) -> None:
-        if opcode == OP_PING:
-            with contextlib.suppress(ConnectionError):
-                await self.send(payload, OP_PONG)
-        elif opcode == OP_CLOSE:
-            reason = payload[2:].decode("utf-8", "replace")
-            await self._send_close(payload[:2])
-            self._writer.close()
-            raise WireClosed(reason or "CLOSE")
-
-    async def _send_close(self, code: bytes) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            async with self._send_lock:
-                self._writer.write(encode_ws_frame(OP_CLOSE, code, os.urandom(4)))
-                await self._writer.drain()
-
     async def close(self, timeout: float = 5.0) -> None:
         """The close handshake: send a close frame, wait (up to ``timeout``) for the
         peer's, then drop the connection."""
+        import asyncio  # noqa: PLC0415
+
         if not self.closed:
-            await self._send_close(CLOSE_NORMAL.to_bytes(2, "big"))
-            with contextlib.suppress(TimeoutError, WireError, ConnectionError):
+            self.closed = True
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._write(_client_frame(OP_CLOSE, CLOSE_NORMAL.to_bytes(2, "big")))
+            with contextlib.suppress(TimeoutError, ServiceError, ConnectionError,
+                                     asyncio.IncompleteReadError):
                 async with asyncio.timeout(timeout):
-                    while True:
-                        final, opcode, _ = await read_ws_frame(self._reader.readexactly)
-                        if opcode == OP_CLOSE:
-                            break
+                    while (await read_ws_frame(self._reader.readexactly))[1] != OP_CLOSE:
+                        pass
         self._writer.close()
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
+
+
+class BlockingWebSocket:
+    """``WebSocket`` over a blocking unix socket, for a client with nothing else to do
+    while it waits."""
+
+    def __init__(self, sock: socket.socket, buffered: bytes = b"") -> None:
+        self._sock = sock
+        self._buffer = bytearray(buffered)  # received, not yet parsed
+        self._messages = _Messages()
+        self.closed = False  # a close frame was sent or the connection dropped
+
+    @classmethod
+    def open(cls, path: str, resource: str = "/ws", timeout: float = 60.0
+             ) -> BlockingWebSocket:
+        """Connect and shake hands (``OSError`` when nobody listens or answers in
+        ``timeout`` seconds, ``WireError`` when the listener is no websocket)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            key = _new_key()
+            sock.sendall(handshake_request(resource, key))
+            head, rest = _read_head(sock)
+            check_handshake(head, key)
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, rest)
+
+    def send(self, payload: bytes, opcode: int = OP_BINARY) -> None:
+        """Send one message (``ConnectionError`` when the connection is gone)."""
+        if self.closed:
+            raise ConnectionResetError("the websocket is closed")
+        self._sock.sendall(_client_frame(opcode, payload))
+
+    def receive(self) -> bytes:
+        """The next binary message; ``WireClosed`` as ``WebSocket.receive``."""
+        while True:
+            final, opcode, payload = self._next_frame()
+            if opcode < OP_CLOSE:
+                message = self._messages.add(final, opcode, payload)
+                if message is not None:
+                    return message
+                continue
+            reply, closed = _control_reply(opcode, payload)
+            if reply is not None and not self.closed:
+                with contextlib.suppress(OSError):
+                    self._sock.sendall(reply)
+            if closed is not None:
+                self.closed = True
+                self._sock.close()
+                raise WireClosed(closed)
+
+    def _next_frame(self) -> WsFrame:
+        try:
+            return read_ws_frame_blocking(self._read_exactly)
+        except OSError:
+            self.closed = True
+            raise WireClosed("CLOSED") from None
+
+    def _read_exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            chunk = self._sock.recv(max(1 << 16, size - len(self._buffer)))
+            if not chunk:
+                raise ConnectionResetError("the connection closed")
+            self._buffer += chunk
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def close(self, timeout: float = 5.0) -> None:
+        """The close handshake, as ``WebSocket.close``."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError, ServiceError):
+                self._sock.sendall(_client_frame(OP_CLOSE, CLOSE_NORMAL.to_bytes(2, "big")))
+                self._sock.settimeout(timeout)
+                while read_ws_frame_blocking(self._read_exactly)[1] != OP_CLOSE:
+                    pass
+        self._sock.close()
+
+
+def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The handshake answer up to its blank line, and what came after it."""
+    data = b""
+    while _HEAD_END not in data:
+        if len(data) > _MAX_HEAD_BYTES:
+            raise WireError(f"the service's handshake answer exceeds {_MAX_HEAD_BYTES} bytes")
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise WireError("the service closed the websocket handshake")
+        data += chunk
+    head, _, rest = data.partition(_HEAD_END)
+    return head + _HEAD_END, rest

@@ -1,7 +1,7 @@
-"""The client websocket (cluster/_wire.py's ``WebSocket``) against the server the daemon
-really runs (aiohttp's ``web.WebSocketResponse``) on a unix socket in a temp dir: big
-messages both ways, the server's pings and close, a route that is no websocket, nobody
-listening."""
+"""The client websockets (cluster/_wire.py's ``WebSocket`` and ``BlockingWebSocket``, the
+latter in a thread) against the server the daemon really runs (aiohttp's
+``web.WebSocketResponse``) on a unix socket in a temp dir: big messages both ways, the
+server's pings and close, a route that is no websocket, nobody listening."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from cluster._wire import WebSocket, WireClosed, WireError
+from cluster._wire import BlockingWebSocket, WebSocket, WireClosed, WireError
 
 Handler = Callable[[web.WebSocketResponse], Awaitable[None]]
 
@@ -118,3 +118,83 @@ def test_nobody_listening() -> None:
                 pytest.raises(FileNotFoundError):
             await WebSocket.open(str(Path(tmp) / "none.sock"))
     run(go())
+
+
+# --- the blocking client, run in a thread while the loop serves -------------------------
+
+
+def _blocking_round_trips(path: str, payload: bytes) -> None:
+    ws = BlockingWebSocket.open(path)
+    try:
+        for _ in range(3):
+            ws.send(payload)
+            assert ws.receive() == payload[::-1]
+    finally:
+        ws.close()
+
+
+@pytest.mark.parametrize("size", [0, 10, 70_000, 5 * 1024 * 1024])
+def test_blocking_messages_both_ways(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+
+    async def go() -> None:
+        async with _server(_echo) as path:
+            await asyncio.to_thread(_blocking_round_trips, path, payload)
+    run(go())
+
+
+def _blocking_until_closed(path: str) -> list[object]:
+    ws = BlockingWebSocket.open(path)
+    seen: list[object] = [ws.receive()]
+    try:
+        ws.receive()
+    except WireClosed as closed:
+        seen.append(str(closed))
+    ws.close()
+    return seen
+
+
+def test_blocking_ping_answered_and_close_reason_reported() -> None:
+    pongs: list[bytes] = []
+
+    async def handler(ws: web.WebSocketResponse) -> None:
+        await ws.ping(b"ping")
+        message = await ws.receive()
+        if message.type == WSMsgType.PONG:
+            pongs.append(message.data)
+        await ws.send_bytes(b"one")
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"dockyard service stopping")
+
+    async def go() -> None:
+        async with _server(handler, autoping=False) as path:
+            seen = await asyncio.to_thread(_blocking_until_closed, path)
+            assert seen == [b"one", "dockyard service stopping"]
+    run(go())
+    assert pongs == [b"ping"]
+
+
+def test_blocking_close_ends_the_server_loop() -> None:
+    ended = asyncio.Event()
+
+    async def handler(ws: web.WebSocketResponse) -> None:
+        async for _ in ws:
+            pass
+        ended.set()
+
+    async def go() -> None:
+        async with _server(handler) as path:
+            await asyncio.to_thread(lambda: BlockingWebSocket.open(path).close())
+            await asyncio.wait_for(ended.wait(), 5)
+    run(go())
+
+
+def test_blocking_route_that_is_no_websocket_and_nobody_listening() -> None:
+    async def go() -> None:
+        async with _server(_echo) as path:
+            with pytest.raises(WireError, match="^the service did not open a websocket: "
+                                                "'HTTP/1.1 404 Not Found'$"):
+                await asyncio.to_thread(BlockingWebSocket.open, path, "/nothing")
+    run(go())
+    with tempfile.TemporaryDirectory(prefix="dy-ws-") as tmp, \
+            pytest.raises(FileNotFoundError):
+        BlockingWebSocket.open(str(Path(tmp) / "none.sock"))

@@ -24,6 +24,7 @@ from cluster._wire import (
     encode_ws_frame,
     handshake_request,
     read_ws_frame,
+    read_ws_frame_blocking,
 )
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3's example
@@ -98,6 +99,21 @@ def test_frames_round_trip(size: int) -> None:
     header = 2 + 4 + (0 if size < 126 else 2 if size < 65536 else 8)
     assert len(frame) == header + size
     assert _read(frame) == (True, OP_BINARY, payload)
+    assert _read_blocking(frame) == (True, OP_BINARY, payload)
+
+
+def _read_blocking(data: bytes) -> tuple[bool, int, bytes]:
+    """``read_ws_frame_blocking`` over ``data``, every read exactly the size asked."""
+    view = memoryview(data)
+
+    def read(size: int) -> bytes:
+        nonlocal view
+        assert len(view) >= size, "asked for more than the frame holds"
+        chunk, view = bytes(view[:size]), view[size:]
+        return chunk
+    frame = read_ws_frame_blocking(read)
+    assert not view, "the parser left bytes of the frame unread"
+    return frame
 
 
 BAD_FRAMES: list[tuple[str, bytes, str]] = [
@@ -113,6 +129,9 @@ BAD_FRAMES: list[tuple[str, bytes, str]] = [
 def test_bad_frames(data: bytes, message: str) -> None:
     with pytest.raises(WireError) as info:
         _read(data)
+    assert str(info.value) == message
+    with pytest.raises(WireError) as info:
+        _read_blocking(data)
     assert str(info.value) == message
 
 
