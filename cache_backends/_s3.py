@@ -88,6 +88,13 @@ class _Bucket:
     def record_key(self, key: str) -> str:
         return f"{self.prefix}records/{digest_hex(key, 'cache key')}"
 
+    def record_key_of(self, key: str) -> str | None:
+        """Where a record decoded with ``key`` belongs; None for a malformed key."""
+        try:
+            return self.record_key(key)
+        except CacheError:
+            return None
+
     def in_parallel(self, fn: Callable[[K], T], items: Iterable[K]) -> list[T]:
         """``fn`` over ``items`` on up to ``concurrency`` threads (one shared client)."""
         todo = list(items)
@@ -315,7 +322,7 @@ class _Pruner:
                 continue
             data, head = got
             record = decode_record(data)
-            if record is None or not item.key.endswith(record.key.removeprefix("sha256:")):
+            if record is None or item.key != self._bucket.record_key_of(record.key):
                 self._bucket.objects.delete_if_same(item.key, head.etag)
                 dropped, dropped_bytes = dropped + 1, dropped_bytes + head.size
                 continue

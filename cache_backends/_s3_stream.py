@@ -55,15 +55,25 @@ class ResumingBody(io.RawIOBase):
         return len(data)
 
     def _read(self, size: int) -> bytes:
+        """The next bytes; a body that ends before ``size`` bytes is a broken transfer
+        (reopened), never a short blob for the digest check to condemn."""
         while True:
             assert self._body is not None, "read after close"
             try:
-                return self._body.read(size)
+                data = self._body.read(size)
             except (BotoCoreError, OSError) as err:
-                if not transient(err) or self._resumes <= 0:
-                    raise self._objects.error("read", self._key, err) from err
-                self._resumes -= 1
-                self._reopen()
+                self._resume(err)
+                continue
+            if data:
+                return data
+            self._resume(None)
+
+    def _resume(self, err: BaseException | None) -> None:
+        if self._resumes <= 0 or (err is not None and not transient(err)):
+            cause = err or EOFError(f"the body ended at byte {self._offset} of {self._size}")
+            raise self._objects.error("read", self._key, cause) from err
+        self._resumes -= 1
+        self._reopen()
 
     def _reopen(self) -> None:
         if self._body is not None:

@@ -238,8 +238,9 @@ def test_a_fresh_use_mark_is_not_rewritten(s3_endpoint: Any, bucket: str,
 
 class FaultyProxy:
     """An HTTP proxy on loopback in front of moto: each request takes the next fault from
-    ``faults`` ("503": a SlowDown reply, "drop": the connection closed unanswered), then
-    requests pass through.  ``seen`` counts requests."""
+    ``faults`` ("503": a SlowDown reply, "drop": the connection closed unanswered, "cut":
+    a GET's body broken off halfway), then requests pass through.  ``seen`` counts
+    requests."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.removeprefix("http://")
@@ -257,7 +258,11 @@ class FaultyProxy:
             def _any(self) -> None:
                 with proxy.lock:
                     proxy.seen += 1
-                    fault = proxy.faults.pop(0) if proxy.faults else ""
+                    fault = proxy.faults[0] if proxy.faults else ""
+                    if fault == "cut" and self.command != "GET":
+                        fault = ""  # cuts wait for a GET's body
+                    elif fault:
+                        proxy.faults.pop(0)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if fault == "drop":
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -268,9 +273,9 @@ class FaultyProxy:
                                 b"<Error><Code>SlowDown</Code><Message>Reduce your request "
                                 b"rate.</Message></Error>")
                     return
-                self._forward(body)
+                self._forward(body, cut=fault == "cut")
 
-            def _forward(self, body: bytes) -> None:
+            def _forward(self, body: bytes, cut: bool = False) -> None:
                 connection = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 try:
                     connection.request(self.command, self.path, body, dict(self.headers))
@@ -283,16 +288,22 @@ class FaultyProxy:
                                if k.lower() not in drop}
                 finally:
                     connection.close()
-                self._reply(response.status, headers, data)
+                self._reply(response.status, headers, data, cut)
 
-            def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
+            def _reply(self, status: int, headers: dict[str, str], data: bytes,
+                       cut: bool = False) -> None:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
                 if "Content-Length" not in headers:
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if cut:  # the promised length, half the bytes, then the connection drops
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                elif self.command != "HEAD":
                     self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
@@ -338,6 +349,19 @@ def test_throttling_and_dropped_connections_are_retried(
         assert proxy.faults == []  # every fault was met
     assert results == [len(data), None, data, rec]
     assert pending_uploads(s3_endpoint, bucket) == []
+
+
+@pytest.mark.parametrize("size", [MB, 7 * MB], ids=["streamed", "ranged"])
+def test_a_body_broken_off_is_resumed_not_condemned(
+        s3_endpoint: Any, bucket: str, proxy: FaultyProxy, tmp_path: Path, size: int) -> None:
+    backend = make(proxy.url, bucket, tmp_path, retry_for=20.0)
+    digest, data = blob(size, 9)
+    run(backend.put_blob(digest, data))
+    proxy.faults = ["cut", "cut"]
+    assert run(read_all(backend, digest)) == data
+    assert proxy.faults == []
+    assert backend.statistics().blobs_corrupt == 0
+    assert keys(s3_endpoint, bucket) == [blob_key(digest)]
 
 
 def test_an_unreachable_store_fails_in_bounded_time(tmp_path: Path) -> None:
