@@ -2,7 +2,12 @@
 patterns are applied, its content checksums, and its files materialised as one layer.
 
 - ``LocalContext(root, exclude)`` lists the included entries once (``cluster._context``'s
-  walk, BuildKit's rules) and hashes file contents lazily, each file at most once.
+  walk, BuildKit's rules) and hashes file contents lazily, each file at most once.  The
+  worker process remembers file digests across builds (``_DigestCache``), keyed by all
+  that stat says of the file (device, inode, size, mtime and ctime in ns): any write
+  changes the ctime, so a changed file misses and is hashed again.  A file changed in the
+  last ``_RACY_NS`` is never remembered (an edit within one timestamp tick of the hash
+  would keep its stat: git's "racily clean" rule).
 - ``checksum()`` is the context's pinned identity: sha256 over every included entry's path,
   type, permission bits, size and content (or symlink target).  Never mtimes, owners or
   host paths, so the same files give the same identity on any machine.
@@ -25,7 +30,10 @@ import os
 import posixpath
 import shutil
 import stat
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cluster._context import ContextEntry, walk_context
@@ -39,6 +47,49 @@ _GLOB = frozenset("*?[")
 _MAX_HOPS = 40
 #: What a wildcard matching nothing reads (BuildKit: the digest of no bytes).
 _NOTHING = "sha256:" + hashlib.sha256(b"").hexdigest()
+#: A file whose mtime or ctime is this recent is hashed every time (timestamps advance in
+#: ticks: an edit within the tick of an earlier hash could leave the stat unchanged).
+_RACY_NS = 2_000_000_000
+
+_StatKey = tuple[str, int, int, int, int, int]  # path, dev, inode, size, mtime_ns, ctime_ns
+
+
+def _stat_key(path: Path, info: os.stat_result) -> _StatKey:
+    return (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+            info.st_ctime_ns)
+
+
+class _DigestCache:
+    """File content digests by ``_StatKey``, least recently used dropped past ``limit``;
+    shared by the builds of one worker process (their hashing threads included)."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._digests: OrderedDict[_StatKey, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _StatKey) -> str | None:
+        with self._lock:
+            digest = self._digests.get(key)
+            if digest is not None:
+                self._digests.move_to_end(key)
+            return digest
+
+    def put(self, key: _StatKey, digest: str, now_ns: int) -> None:
+        """Remember ``digest`` unless the file changed within ``_RACY_NS`` of ``now_ns``."""
+        if now_ns - max(key[4], key[5]) <= _RACY_NS:
+            return
+        with self._lock:
+            self._digests[key] = digest
+            self._digests.move_to_end(key)
+            while len(self._digests) > self.limit:
+                self._digests.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+
+_DIGESTS = _DigestCache()
 
 
 class LocalContext:
@@ -154,18 +205,32 @@ class LocalContext:
 
     def _file_hash(self, path: str) -> str:
         known = self._hashes.get(path)
+        if known is None:
+            known = self._hashes[path] = _hash_file(self.root, path)
+        return known
+
+
+def _hash_file(root: Path, path: str, cache: _DigestCache = _DIGESTS,
+               clock: Callable[[], int] = time.time_ns) -> str:
+    """The sha256 of ``root/path``'s content, from ``cache`` while its stat is unchanged
+    (``clock``: now, in the file timestamps' ns)."""
+    full = root / path
+    try:
+        before = _stat_key(full, os.lstat(full))
+        known = cache.get(before)
         if known is not None:
             return known
         digest = hashlib.sha256()
-        try:
-            with open(self.root / path, "rb") as stream:
-                while chunk := stream.read(1 << 20):
-                    digest.update(chunk)
-        except OSError as err:
-            raise SolveError(f"cannot read {path!r} in the build context {self.root}: "
-                             f"{err.strerror}") from None
-        self._hashes[path] = digest.hexdigest()
-        return self._hashes[path]
+        with open(full, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+            after = _stat_key(full, os.fstat(stream.fileno()))
+    except OSError as err:
+        raise SolveError(f"cannot read {path!r} in the build context {root}: "
+                         f"{err.strerror}") from None
+    if after == before:  # not changed while it was read
+        cache.put(before, digest.hexdigest(), clock())
+    return digest.hexdigest()
 
 
 class _Filters:
