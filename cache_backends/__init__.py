@@ -1,7 +1,8 @@
 """Content-addressed cache backends: blobs by digest and cache records by key.
 
-One small async protocol (``CacheBackend``), one module per backend, registered by name in
-``BACKENDS``; the memory backend ships as the fake for tests.
+One small async protocol (``CacheBackend``), one module per backend (local disk, S3 and any
+S3-compatible store, in-memory), registered by name in ``BACKENDS``; the memory backend ships
+as the fake for tests.
 """
 
 from ._local import LocalBackend, LocalBlobSource
@@ -16,6 +17,7 @@ from ._protocol import (
 )
 from ._records import CacheRecord, LayerDescriptor, RecordError, StateResult
 from ._registry import BACKENDS
+from ._s3 import S3Backend, S3BlobSource
 
 __all__ = [
     "BACKENDS",
@@ -30,6 +32,8 @@ __all__ = [
     "MemoryBackend",
     "PruneReport",
     "RecordError",
+    "S3Backend",
+    "S3BlobSource",
     "StateResult",
     "Usage",
 ]

@@ -38,7 +38,7 @@ SURFACES: dict[str, set[str]] = {
     "cache_backends": {
         "BACKENDS", "BackendStatistics", "BlobCorrupt", "BlobMissing", "CacheBackend",
         "CacheRecord", "LayerDescriptor", "LocalBackend", "LocalBlobSource", "MemoryBackend",
-        "PruneReport", "RecordError", "StateResult", "Usage",
+        "PruneReport", "RecordError", "S3Backend", "S3BlobSource", "StateResult", "Usage",
     },
 }
 
