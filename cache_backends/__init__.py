@@ -3,37 +3,38 @@
 One small async protocol (``CacheBackend``), one module per backend (local disk, S3 and any
 S3-compatible store, in-memory), registered by name in ``BACKENDS``; the memory backend ships
 as the fake for tests.
+
+The names are loaded on first use (PEP 562): code that only needs the record types (the
+solver, the coordinator) does not import boto3.
 """
 
-from ._local import LocalBackend, LocalBlobSource
-from ._memory import MemoryBackend
-from ._protocol import (
-    BackendStatistics,
-    BlobCorrupt,
-    BlobMissing,
-    CacheBackend,
-    PruneReport,
-    Usage,
-)
-from ._records import CacheRecord, LayerDescriptor, RecordError, StateResult
-from ._registry import BACKENDS
-from ._s3 import S3Backend, S3BlobSource
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "BackendStatistics",
-    "BlobCorrupt",
-    "BlobMissing",
-    "CacheBackend",
-    "CacheRecord",
-    "LayerDescriptor",
-    "LocalBackend",
-    "LocalBlobSource",
-    "MemoryBackend",
-    "PruneReport",
-    "RecordError",
-    "S3Backend",
-    "S3BlobSource",
-    "StateResult",
-    "Usage",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "BACKENDS": "_registry",
+    "BackendStatistics": "_protocol", "BlobCorrupt": "_protocol", "BlobMissing": "_protocol",
+    "CacheBackend": "_protocol", "PruneReport": "_protocol", "Usage": "_protocol",
+    "CacheRecord": "_records", "LayerDescriptor": "_records", "RecordError": "_records",
+    "StateResult": "_records",
+    "LocalBackend": "_local", "LocalBlobSource": "_local",
+    "MemoryBackend": "_memory",
+    "S3Backend": "_s3", "S3BlobSource": "_s3",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cache_backends' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
