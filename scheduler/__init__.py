@@ -3,84 +3,43 @@
 The Dockerfile frontend (``scheduler.dockerfile``), the build graph it produces, platforms,
 image references, and the one exception tree of the project.  Nothing in this package
 touches a filesystem or a network.
+
+The names are loaded on first use (PEP 562), so a command that needs only the error types
+does not pay for importing the graph.
 """
 
-from ._errors import (
-    CacheError,
-    DockerfileError,
-    DockyardError,
-    ExecError,
-    ExportError,
-    GraphError,
-    ImageReferenceError,
-    LayerError,
-    RegistryError,
-    ServiceError,
-    SolveError,
-    UsageError,
-    WorkerLost,
-)
-from ._graph import (
-    GRAPH_VERSION,
-    BuildGraph,
-    Copy,
-    ExecMount,
-    ExecOp,
-    FileAction,
-    FileOp,
-    Healthcheck,
-    HistoryEntry,
-    ImageConfig,
-    ImageResult,
-    MergeOp,
-    Mkdir,
-    Mkfile,
-    Op,
-    Rm,
-    SourceOp,
-    Symlink,
-    Vertex,
-)
-from ._platform import Platform, default_platform, parse_platform, parse_platforms
-from ._reference import Reference, parse_reference
+from __future__ import annotations
 
-__all__ = [
-    "GRAPH_VERSION",
-    "BuildGraph",
-    "CacheError",
-    "Copy",
-    "DockerfileError",
-    "DockyardError",
-    "ExecError",
-    "ExecMount",
-    "ExecOp",
-    "ExportError",
-    "FileAction",
-    "FileOp",
-    "GraphError",
-    "Healthcheck",
-    "HistoryEntry",
-    "ImageConfig",
-    "ImageReferenceError",
-    "ImageResult",
-    "LayerError",
-    "MergeOp",
-    "Mkdir",
-    "Mkfile",
-    "Op",
-    "Platform",
-    "Reference",
-    "RegistryError",
-    "Rm",
-    "ServiceError",
-    "SolveError",
-    "SourceOp",
-    "Symlink",
-    "UsageError",
-    "Vertex",
-    "WorkerLost",
-    "default_platform",
-    "parse_platform",
-    "parse_platforms",
-    "parse_reference",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "CacheError": "_errors", "DockerfileError": "_errors", "DockyardError": "_errors",
+    "ExecError": "_errors", "ExportError": "_errors", "GraphError": "_errors",
+    "ImageReferenceError": "_errors", "LayerError": "_errors", "RegistryError": "_errors",
+    "ServiceError": "_errors", "SolveError": "_errors", "UsageError": "_errors",
+    "WorkerLost": "_errors",
+    "GRAPH_VERSION": "_graph", "BuildGraph": "_graph", "Copy": "_graph", "ExecMount": "_graph",
+    "ExecOp": "_graph", "FileAction": "_graph", "FileOp": "_graph", "Healthcheck": "_graph",
+    "HistoryEntry": "_graph", "ImageConfig": "_graph", "ImageResult": "_graph",
+    "MergeOp": "_graph", "Mkdir": "_graph", "Mkfile": "_graph", "Op": "_graph", "Rm": "_graph",
+    "SourceOp": "_graph", "Symlink": "_graph", "Vertex": "_graph",
+    "Platform": "_platform", "default_platform": "_platform", "parse_platform": "_platform",
+    "parse_platforms": "_platform",
+    "Reference": "_reference", "parse_reference": "_reference",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scheduler' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
