@@ -24,8 +24,9 @@ from scheduler._platform import default_platform, parse_platforms
 from scheduler._reference import parse_reference
 
 __all__ = [
-    "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "OutputSpec", "SecretSpec", "SshSpec",
-    "insecure_registries", "parse_epoch", "parse_insecure_registries", "parse_output",
+    "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
+    "SshSpec", "insecure_registries", "parse_cache", "parse_epoch", "parse_insecure_registries",
+    "parse_output",
     "parse_secret", "parse_ssh", "parse_tag", "read_session",
 ]
 
@@ -71,6 +72,27 @@ class OutputSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSpec:
+    """``--cache-to``/``--cache-from``: ``type`` s3 or local, ``attrs`` the backend's
+    settings (s3: bucket, region, prefix, endpoint_url, use_path_style; local: path, an
+    absolute directory), ``mode`` min or max and ``ignore_error`` (exports only)."""
+
+    type: str
+    attrs: tuple[tuple[str, str], ...] = ()
+    mode: str = "min"
+    ignore_error: bool = False
+
+    def to_wire(self) -> list[Any]:
+        return [self.type, [list(pair) for pair in self.attrs], self.mode, self.ignore_error]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> CacheSpec:
+        kind, attrs, mode, ignore = item[:4]
+        return cls(str(kind), tuple((str(k), str(v)) for k, v in attrs), str(mode),
+                   bool(ignore))
+
+
+@dataclass(frozen=True, slots=True)
 class BuildOptions:
     """Everything ``dockyard build`` was asked, except the Dockerfile's bytes and secret
     values: paths absolute, values checked."""
@@ -89,6 +111,8 @@ class BuildOptions:
     metadata_file: str | None = None
     epoch: int | None = None
     insecure_registries: tuple[str, ...] = ()  # host[:port] spoken to over plain HTTP
+    cache_to: tuple[CacheSpec, ...] = ()
+    cache_from: tuple[CacheSpec, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -103,6 +127,8 @@ class BuildOptions:
             "tags": list(self.tags), "no_cache": self.no_cache, "progress": self.progress,
             "metadata_file": self.metadata_file, "epoch": self.epoch,
             "insecure_registries": list(self.insecure_registries),
+            "cache_to": [spec.to_wire() for spec in self.cache_to],
+            "cache_from": [spec.to_wire() for spec in self.cache_from],
         }
 
     @classmethod
@@ -120,7 +146,9 @@ class BuildOptions:
             outputs=tuple(_output_from_wire(o) for o in wire["outputs"]),
             tags=tuple(wire["tags"]), no_cache=wire["no_cache"], progress=wire["progress"],
             metadata_file=wire["metadata_file"], epoch=wire["epoch"],
-            insecure_registries=tuple(wire.get("insecure_registries", ())))
+            insecure_registries=tuple(wire.get("insecure_registries", ())),
+            cache_to=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_to", ())),
+            cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:
@@ -265,6 +293,75 @@ def _no_more(value: str, attrs: Mapping[str, str]) -> None:
     if attrs:
         key = sorted(attrs)[0]
         raise UsageError(f"invalid --output {value!r}: unsupported attribute {key!r}")
+
+
+CACHE_TYPES = ("s3", "local")
+_S3_KEYS = ("bucket", "region", "prefix", "endpoint_url", "use_path_style")
+_CREDENTIAL_KEYS = ("access_key_id", "secret_access_key", "session_token")
+
+
+def parse_cache(flag: str, value: str) -> CacheSpec:
+    """buildx's ``--cache-to`` (``flag``) or ``--cache-from``: ``type=s3,bucket=B,
+    region=R,prefix=P,endpoint_url=URL,use_path_style=true`` or ``type=local,dest=DIR``
+    (``src=DIR`` for ``--cache-from``); ``--cache-to`` takes ``mode=min|max`` and
+    ``ignore-error=true|false`` too.  Credentials come from boto3's chain, never a flag."""
+    if "=" not in value:
+        raise UsageError(f"invalid {flag} {value!r}: registry caches are not supported",
+                         hint=f"use {flag} type=s3,bucket=B,region=R or type=local,...")
+    attrs = dict(_pairs(flag, value))
+    kind = attrs.pop("type", "")
+    if kind not in CACHE_TYPES:
+        what = f"unsupported cache type {kind!r}" if kind else "type is required"
+        raise UsageError(f"invalid {flag} {value!r}: {what}", hint="use type=s3 or type=local")
+    mode, ignore = "min", False
+    if flag == "--cache-to":
+        mode = attrs.pop("mode", "min")
+        if mode not in ("min", "max"):
+            raise UsageError(f"invalid {flag} {value!r}: mode must be min or max, not {mode!r}")
+        ignore = _cache_boolean(flag, value, "ignore-error", attrs.pop("ignore-error", "false"))
+    settings = _s3_settings(flag, value, attrs) if kind == "s3" else _local_settings(
+        flag, value, attrs)
+    return CacheSpec(kind, settings, mode, ignore)
+
+
+def _s3_settings(flag: str, value: str, attrs: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    for key in _CREDENTIAL_KEYS:
+        if key in attrs:
+            raise UsageError(f"invalid {flag} {value!r}: {key} is not taken from the "
+                             f"command line", hint="set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY, a profile or an instance role")
+    settings = {key: attrs.pop(key) for key in _S3_KEYS if key in attrs}
+    _no_more_cache(flag, value, attrs)
+    if not settings.get("bucket"):
+        raise UsageError(f"invalid {flag} {value!r}: bucket is required for the s3 cache")
+    if "use_path_style" in settings:
+        path_style = _cache_boolean(flag, value, "use_path_style", settings["use_path_style"])
+        settings["use_path_style"] = "true" if path_style else "false"
+    return tuple(sorted(settings.items()))
+
+
+def _local_settings(flag: str, value: str, attrs: dict[str, str]
+                    ) -> tuple[tuple[str, str], ...]:
+    key = "dest" if flag == "--cache-to" else "src"
+    path = attrs.pop(key, "")
+    _no_more_cache(flag, value, attrs)
+    if not path:
+        raise UsageError(f"invalid {flag} {value!r}: {key} directory is required for the "
+                         f"local cache")
+    return (("path", os.path.abspath(path)),)
+
+
+def _cache_boolean(flag: str, value: str, key: str, text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise UsageError(f"invalid {flag} {value!r}: {key} must be true or false, not "
+                         f"{text.lower()!r}")
+    return text.lower() in ("true", "1")
+
+
+def _no_more_cache(flag: str, value: str, attrs: Mapping[str, str]) -> None:
+    if attrs:
+        key = sorted(attrs)[0]
+        raise UsageError(f"invalid {flag} {value!r}: unsupported attribute {key!r}")
 
 
 def parse_tag(value: str, *, flag: str = "--tag") -> str:
@@ -418,7 +515,11 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
         no_cache=args.no_cache, progress=parse_progress(args.progress),
         metadata_file=os.path.abspath(args.metadata_file) if args.metadata_file else None,
         epoch=parse_epoch(dict(build_args), environ),
-        insecure_registries=insecure_registries(outputs, environ))
+        insecure_registries=insecure_registries(outputs, environ),
+        cache_to=tuple(parse_cache("--cache-to", v)
+                       for v in getattr(args, "cache_to", None) or ()),
+        cache_from=tuple(parse_cache("--cache-from", v)
+                         for v in getattr(args, "cache_from", None) or ()))
 
 
 def _filename(option: str | None, context: str) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cache_backends._records import CacheRecord
-from scheduler._errors import ExportError, UsageError
+from scheduler._errors import DockyardError, ExportError, UsageError
 from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, ImageResult
 from scheduler._platform import Platform
 from scheduler._progress import EventSink
@@ -45,8 +45,10 @@ from workers._image import (
     build_metadata,
 )
 from workers._registry import RegistryConfig
+from workers._remote_cache import RemoteCache, RemoteRecords, open_backend
 from workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
 
+from ._build_options import CacheSpec
 from ._context import load_ignore_patterns
 
 __all__ = [
@@ -91,6 +93,8 @@ class LocalBuildOptions:
     registry: RegistryConfig | None = None
     insecure_registries: tuple[str, ...] = ()
     events: EventSink | None = None
+    cache_to: tuple[CacheSpec, ...] = ()
+    cache_from: tuple[CacheSpec, ...] = ()
 
     def frontend(self) -> FrontendRequest:
         return FrontendRequest(filename=self.filename, platforms=self.platforms,
@@ -139,10 +143,30 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
     patterns = ignore_patterns(context_dir, options)
     graph = await run_frontend(dockerfile, options.frontend(), patterns,
                                backend_resolver(backend))
-    solver = Solver(backend, engine.records(), events=options.events)
-    records = await solver.solve(graph, no_cache=options.no_cache)
-    exported = await write_results(engine, graph.results, records, options)
+    cache = remote_records(engine, options)
+    solver = Solver(backend, cache, events=options.events)
+    try:
+        records = await solver.solve(graph, no_cache=options.no_cache)
+        cache.export_final(records[r.root] for r in graph.results if r.root is not None)
+        exported = await write_results(engine, graph.results, records, options)
+    except DockyardError:
+        await cache.drain(failed=True)  # what finished is kept
+        raise
+    else:
+        await cache.drain()
+    finally:
+        await cache.aclose()
     return LocalBuildResult(exported, records, solver.statistics(), build_metadata(exported))
+
+
+def remote_records(engine: WorkerRuntime, options: LocalBuildOptions) -> RemoteRecords:
+    """The build's records: the local store, and its ``--cache-from``/``--cache-to``."""
+    def remote(spec: CacheSpec) -> RemoteCache:
+        return RemoteCache(open_backend(spec.type, dict(spec.attrs), engine.tmp), spec.mode,
+                           spec.ignore_error)
+    return RemoteRecords(engine, imports=[remote(spec) for spec in options.cache_from],
+                         exports=[remote(spec) for spec in options.cache_to],
+                         events=options.events)
 
 
 # --- the steps (the coordinator and the worker actor each run their own share) ---------
@@ -200,6 +224,9 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
     """The images of ``results`` (their roots' ``records``) written to every output."""
     images = [_image(result, records, options.epoch) for result in results]
     exported: Exported = images[0] if len(images) == 1 else build_index(images)
+    if options.outputs:
+        await engine.ensure_blobs(layer for result in results if result.root is not None
+                                  for layer in records[result.root].result.layers)
     for output in options.outputs:
         if output.type == "image":
             await _push(engine, exported, output, options)

@@ -97,6 +97,11 @@ class WorkerRuntime:
         self._unpacking: dict[str, asyncio.Lock] = {}
         # cache-mount directory -> its lock (sharing=locked, and private's busy test).
         self.mount_locks: dict[str, asyncio.Lock] = {}
+        # layer digest -> the remote cache (--cache-from) holding it, for the blobs of
+        # imported records: fetched into the local cache when first needed.
+        self.remote_blobs: dict[str, CacheBackend] = {}
+        # digest -> the lock of the one task fetching it from a remote cache
+        self._fetching: dict[str, asyncio.Lock] = {}
 
     def __repr__(self) -> str:
         return f"<WorkerRuntime {self.root} {self.snapshots!r}>"
@@ -136,10 +141,36 @@ class WorkerRuntime:
         """The unpacked directories of ``layers`` (base first), unpacking what is missing."""
         return [await self._unpacked(layer) for layer in layers]
 
+    def add_remote_blobs(self, layers: Iterable[LayerDescriptor],
+                         backend: CacheBackend) -> None:
+        """``backend`` (a remote cache) holds ``layers``: fetch them from it when needed."""
+        for layer in layers:
+            self.remote_blobs.setdefault(layer.digest, backend)
+
+    async def ensure_blobs(self, layers: Iterable[LayerDescriptor]) -> None:
+        """Fetch into the local cache the blobs of ``layers`` it lacks that a remote
+        cache holds (``add_remote_blobs``); others are left alone."""
+        wanted = [layer.digest for layer in layers if layer.digest in self.remote_blobs]
+        if not wanted:
+            return
+        present = await self.cache.has_many(wanted)
+        for digest in wanted:
+            if digest not in present:
+                await self._fetch_remote(digest)
+
+    async def _fetch_remote(self, digest: str) -> None:
+        lock = self._fetching.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if await self.cache.has(digest):
+                return
+            async with await self.remote_blobs[digest].open_blob(digest) as reader:
+                await self.cache.put_blob(digest, reader)
+
     async def _unpacked(self, layer: LayerDescriptor) -> Path:
         lock = self._unpacking.setdefault(layer.diff_id, asyncio.Lock())
         async with lock:
             if not self.snapshots.has_layer(layer.diff_id):
+                await self.ensure_blobs((layer,))
                 await asyncio.to_thread(self._unpack, layer)
         return self.snapshots.layer_dir(layer.diff_id)
 

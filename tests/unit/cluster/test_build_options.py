@@ -5,6 +5,7 @@ time and kept out of the options."""
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,14 @@ import pytest
 
 from cluster._build_options import (
     BuildOptions,
+    CacheSpec,
     OutputSpec,
     SecretSpec,
     SshSpec,
     gather_options,
     insecure_registries,
     parse_build_args,
+    parse_cache,
     parse_epoch,
     parse_insecure_registries,
     parse_output,
@@ -73,8 +76,56 @@ SSH = [
     ("git", SshSpec("git", ("/run/agent.sock",))),
 ]
 
+CACHE_TO = partial(parse_cache, "--cache-to")
+CACHE_FROM = partial(parse_cache, "--cache-from")
+S3 = "type=s3,bucket=b,region=eu-west-1"
+
+# (parser, value) -> spec
+CACHES: list[tuple[Any, str, CacheSpec]] = [
+    (CACHE_TO, S3, CacheSpec("s3", (("bucket", "b"), ("region", "eu-west-1")))),
+    (CACHE_TO, "type=s3,bucket=b,prefix=ci/,endpoint_url=http://127.0.0.1:9000,"
+               "use_path_style=TRUE,mode=max,ignore-error=true",
+     CacheSpec("s3", (("bucket", "b"), ("endpoint_url", "http://127.0.0.1:9000"),
+                      ("prefix", "ci/"), ("use_path_style", "true")), "max", True)),
+    (CACHE_FROM, S3 + ",use_path_style=0",
+     CacheSpec("s3", (("bucket", "b"), ("region", "eu-west-1"),
+                      ("use_path_style", "false")))),
+    (CACHE_TO, "type=local,dest=/c", CacheSpec("local", (("path", "/c"),))),
+    (CACHE_FROM, "type=local,src=/c/../d", CacheSpec("local", (("path", "/d"),))),
+]
+
 # (parser, value, exact message)
 ERRORS: list[tuple[Any, str, str]] = [
+    (CACHE_FROM, "user/app:cache", "invalid --cache-from 'user/app:cache': registry caches "
+                                   "are not supported\nhint: use --cache-from type=s3,"
+                                   "bucket=B,region=R or type=local,..."),
+    (CACHE_TO, "bucket=b", "invalid --cache-to 'bucket=b': type is required\nhint: use "
+                           "type=s3 or type=local"),
+    (CACHE_TO, "type=registry,ref=a", "invalid --cache-to 'type=registry,ref=a': unsupported "
+                                      "cache type 'registry'\nhint: use type=s3 or "
+                                      "type=local"),
+    (CACHE_TO, "type=s3,region=r", "invalid --cache-to 'type=s3,region=r': bucket is "
+                                   "required for the s3 cache"),
+    (CACHE_TO, S3 + ",mode=all", f"invalid --cache-to '{S3},mode=all': mode must be min or "
+                                 "max, not 'all'"),
+    (CACHE_FROM, S3 + ",mode=max", f"invalid --cache-from '{S3},mode=max': unsupported "
+                                   "attribute 'mode'"),
+    (CACHE_TO, S3 + ",ignore-error=maybe", f"invalid --cache-to '{S3},ignore-error=maybe': "
+                                           "ignore-error must be true or false, not 'maybe'"),
+    (CACHE_TO, S3 + ",use_path_style=yes", f"invalid --cache-to '{S3},use_path_style=yes': "
+                                           "use_path_style must be true or false, not 'yes'"),
+    (CACHE_TO, S3 + ",name=x", f"invalid --cache-to '{S3},name=x': unsupported attribute "
+                               "'name'"),
+    (CACHE_TO, S3 + ",secret_access_key=k",
+     f"invalid --cache-to '{S3},secret_access_key=k': secret_access_key is not taken from "
+     "the command line\nhint: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or "
+     "an instance role"),
+    (CACHE_TO, "type=local,src=/c", "invalid --cache-to 'type=local,src=/c': unsupported "
+                                    "attribute 'src'"),
+    (CACHE_FROM, "type=local", "invalid --cache-from 'type=local': src directory is "
+                               "required for the local cache"),
+    (CACHE_TO, "type=local,dest=", "invalid --cache-to 'type=local,dest=': dest directory is "
+                                   "required for the local cache"),
     (parse_secret, "id=a,bogus=1", "invalid --secret 'id=a,bogus=1': unexpected key 'bogus' "
                                    "in 'bogus=1'"),
     (parse_secret, "id=a,nokey", "invalid --secret 'id=a,nokey': invalid field 'nokey' must "
@@ -146,6 +197,22 @@ def test_ssh_default_without_agent() -> None:
         parse_ssh("default", {})
     assert str(caught.value) == ("invalid --ssh 'default': invalid empty ssh agent socket: "
                                  "make sure SSH_AUTH_SOCK is set")
+
+
+@pytest.mark.parametrize(("parse", "value", "expected"), CACHES)
+def test_cache(parse: Any, value: str, expected: CacheSpec) -> None:
+    assert parse(value) == expected
+
+
+def test_cache_flags_travel_in_the_options() -> None:
+    args = _args(["/c"])
+    args.cache_to, args.cache_from = [S3 + ",mode=max"], [S3, "type=local,src=/l"]
+    options = gather_options(args, ENV)
+    assert options.cache_to == (CACHE_TO(S3 + ",mode=max"),)
+    assert options.cache_from == (CACHE_FROM(S3), CacheSpec("local", (("path", "/l"),)))
+    assert BuildOptions.from_wire(options.to_wire()) == options
+    earlier = {k: v for k, v in options.to_wire().items() if not k.startswith("cache_")}
+    assert BuildOptions.from_wire(earlier).cache_from == ()
 
 
 @pytest.mark.parametrize(("parse", "value", "message"), ERRORS)

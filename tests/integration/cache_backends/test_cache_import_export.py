@@ -1,0 +1,203 @@
+"""``--cache-to``/``--cache-from`` end to end, in process (cluster/_local_build.py's
+``build_local``: real runc, overlayfs, registry, and moto's S3 server on loopback): two
+"machines" are two DOCKYARD_ROOTs; the second, empty, gets every vertex from the first's
+export, runs no RUN and produces the same image digest."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster._build_options import parse_cache
+from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from scheduler._errors import CacheError, ExecError
+from scheduler._platform import parse_platform
+from scheduler._progress import Event, StatusUpdate, VertexStarted
+from workers._image import ImageArtifacts
+from workers._remote_cache import CACHE_EVENT_VERTEX
+
+DOCKERFILE = """\
+FROM {base}
+COPY hello.txt /app/
+RUN cat /app/hello.txt > /app/copy && echo one > /app/one
+RUN echo two > /app/two
+"""
+
+
+@dataclass
+class Recorder:
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def started(self) -> list[str]:
+        return [e.name for e in self.events if isinstance(e, VertexStarted)]
+
+    def warnings(self) -> list[str]:
+        return [e.id for e in self.events
+                if isinstance(e, StatusUpdate) and e.vertex == CACHE_EVENT_VERTEX]
+
+
+@dataclass
+class Machine:
+    """One DOCKYARD_ROOT and its outputs."""
+
+    root: Path
+    out: Path
+    events: Recorder = field(default_factory=Recorder)
+
+
+def _s3(endpoint: Any, bucket: str, **extra: str) -> str:
+    fields = {"type": "s3", "bucket": bucket, "region": "us-east-1", "prefix": "ci/",
+              "endpoint_url": endpoint.url, "use_path_style": "true", **extra}
+    return ",".join(f"{key}={value}" for key, value in fields.items())
+
+
+def _build(base: Any, context: Path, machine: Machine, *, cache_to: str = "",
+           cache_from: str = "", dockerfile: str = DOCKERFILE, outputs: bool = True
+           ) -> LocalBuildResult:
+    options = LocalBuildOptions(
+        root=machine.root, platforms=(parse_platform("linux/amd64"),),
+        outputs=(Output("oci", machine.out / "image.tar"),) if outputs else (),
+        events=machine.events,
+        cache_to=(parse_cache("--cache-to", cache_to),) if cache_to else (),
+        cache_from=(parse_cache("--cache-from", cache_from),) if cache_from else ())
+    text = dockerfile.format(base=base.reference)
+    return asyncio.run(build_local(text.encode(), context, options))
+
+
+def _digest(result: LocalBuildResult) -> str:
+    assert isinstance(result.exported, ImageArtifacts)
+    return result.exported.manifest_digest
+
+
+def _keys(endpoint: Any, bucket: str, kind: str) -> list[str]:
+    listed = endpoint.client().list_objects_v2(Bucket=bucket, Prefix=f"ci/{kind}/")
+    return [item["Key"] for item in listed.get("Contents", [])]
+
+
+def _local_blobs(machine: Machine) -> list[Path]:
+    return [p for p in (machine.root / "cache").rglob("*") if p.is_file()
+            and "blobs" in p.parts]
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Path:
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "hello.txt").write_text("hello\n")
+    return context
+
+
+@pytest.fixture
+def machines(tmp_path: Path) -> tuple[Machine, Machine]:
+    made = []
+    for name in ("one", "two"):
+        (tmp_path / name / "out").mkdir(parents=True)
+        made.append(Machine(tmp_path / name / "root", tmp_path / name / "out"))
+    return made[0], made[1]
+
+
+# (mode, records in the bucket after the first build: max every vertex, min the image's)
+MODES = [("max", 5), ("min", 1)]
+
+
+@pytest.mark.parametrize("mode,records", MODES)
+def test_second_machine_runs_no_run_and_builds_the_same_image(
+        s3_endpoint: Any, busybox_image: Any, context: Path,
+        machines: tuple[Machine, Machine], mode: str, records: int) -> None:
+    first, second = machines
+    bucket = s3_endpoint.bucket()
+    built = _build(busybox_image, context, first,
+                   cache_to=_s3(s3_endpoint, bucket, mode=mode))
+    assert built.statistics.executed > 0
+    assert len(_keys(s3_endpoint, bucket, "records")) == records
+    again = _build(busybox_image, context, second, cache_from=_s3(s3_endpoint, bucket))
+    assert again.statistics.executed == 0 and second.events.started() == []
+    assert _digest(again) == _digest(built)
+    assert (second.out / "image.tar").read_bytes() == (first.out / "image.tar").read_bytes()
+    assert second.events.warnings() == []
+
+
+def test_local_cache_dest_and_src_round_trip(busybox_image: Any, context: Path,
+                                             machines: tuple[Machine, Machine],
+                                             tmp_path: Path) -> None:
+    first, second = machines
+    store = tmp_path / "exported-cache"
+    built = _build(busybox_image, context, first, cache_to=f"type=local,dest={store}")
+    again = _build(busybox_image, context, second, cache_from=f"type=local,src={store}")
+    assert again.statistics.executed == 0 and second.events.started() == []
+    assert _digest(again) == _digest(built)
+
+
+def test_blobs_are_fetched_only_when_something_needs_them(
+        s3_endpoint: Any, busybox_image: Any, context: Path,
+        machines: tuple[Machine, Machine]) -> None:
+    first, second = machines
+    bucket = s3_endpoint.bucket()
+    _build(busybox_image, context, first, cache_to=_s3(s3_endpoint, bucket, mode="max"))
+    cache_from = _s3(s3_endpoint, bucket)
+    cached = _build(busybox_image, context, second, cache_from=cache_from, outputs=False)
+    assert cached.statistics.executed == 0 and _local_blobs(second) == []
+    grown = DOCKERFILE + "RUN cat /app/one /app/two > /app/three\n"
+    extended = _build(busybox_image, context, second, cache_from=cache_from,
+                      dockerfile=grown, outputs=False)
+    assert extended.statistics.executed == 1
+    assert second.events.started() == ["[5/5] RUN cat /app/one /app/two > /app/three"]
+    assert _local_blobs(second) != []
+
+
+def test_a_failed_build_keeps_what_it_finished(s3_endpoint: Any, busybox_image: Any,
+                                               context: Path,
+                                               machines: tuple[Machine, Machine]) -> None:
+    first, second = machines
+    bucket = s3_endpoint.bucket()
+    failing = DOCKERFILE + "RUN exit 3\n"
+    with pytest.raises(ExecError):
+        _build(busybox_image, context, first, dockerfile=failing,
+               cache_to=_s3(s3_endpoint, bucket, mode="max"))
+    assert len(_keys(s3_endpoint, bucket, "records")) == 5  # all but the failed RUN
+    again = _build(busybox_image, context, second, cache_from=_s3(s3_endpoint, bucket))
+    assert again.statistics.executed == 0
+
+
+MISSING = "dockyard-no-such-bucket"
+WHERE = f"the S3 cache (s3://{MISSING}/ci/)"
+NO_BUCKET = "(NoSuchBucket) when calling the {} operation (reached max retries: 0): " \
+    "The specified bucket does not exist"
+# (flag, extra attributes, CacheError or the warning: its start and end)
+UNUSABLE = [
+    ("--cache-to", {"mode": "max", "ignore-error": "true"}, None,
+     f"warning: cache export to {WHERE} failed: S3 cache: cannot upload ",
+     NO_BUCKET.format("PutObject")),
+    ("--cache-to", {"mode": "max"}, CacheError,
+     f"cache export to {WHERE} failed: S3 cache: cannot upload ",
+     NO_BUCKET.format("PutObject")),
+    ("--cache-from", {}, None,
+     f"warning: cache import from {WHERE} failed, reading it as misses for this build: ",
+     NO_BUCKET.format("GetObject")),
+]
+
+
+@pytest.mark.parametrize("flag,extra,error,start,end", UNUSABLE)
+def test_an_unusable_cache_is_one_warning_or_a_pinned_error(
+        s3_endpoint: Any, busybox_image: Any, context: Path,
+        machines: tuple[Machine, Machine], flag: str, extra: dict[str, str],
+        error: type[Exception] | None, start: str, end: str) -> None:
+    first, _ = machines
+    value = _s3(s3_endpoint, MISSING, **extra)
+    to, source = (value, "") if flag == "--cache-to" else ("", value)
+    if error is not None:
+        with pytest.raises(error) as caught:
+            _build(busybox_image, context, first, cache_to=to, cache_from=source)
+        text = str(caught.value).splitlines()[0]
+    else:
+        built = _build(busybox_image, context, first, cache_to=to, cache_from=source)
+        assert built.statistics.executed > 0
+        [text] = first.events.warnings()
+    assert text.startswith(start) and text.endswith(end), text

@@ -1,0 +1,210 @@
+"""Remote caches of a build (``--cache-from``/``--cache-to``): the solver's ``RecordCache``
+over the local store, consulting remote backends on a miss and pushing records out.
+
+- **Import**: a key the local store lacks is looked up in each ``--cache-from`` backend in
+  turn (records by key, global).  A hit is a hit: its record is returned as is and its
+  layer blobs are *not* fetched; the runtime learns where they are
+  (``WorkerRuntime.remote_blobs``) and fetches one when something needs it (an exec or
+  file op on top unpacks it, an exporter writes it).  A backend that fails (unreachable,
+  no such bucket) is a miss, warned about once, and not asked again in this build.
+- **Export**: a record is pushed to each ``--cache-to`` backend in the background as soon
+  as the solver has it (``mode=max``: every vertex the solver executes or finds; ``mode=min``:
+  only the final images' records, which ``export_final`` pushes once the solve is done).
+  Its blobs go first (those the backend lacks, from the local store or the backend they
+  were imported from), then the record.  ``drain`` waits for every push: a build that
+  fails still keeps what it finished.  An export failure fails the build at ``drain``,
+  or with ``ignore-error=true`` is one warning event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cache_backends._local import LocalBackend
+from cache_backends._protocol import CacheBackend
+from cache_backends._records import CacheRecord, LayerDescriptor
+from scheduler._errors import CacheError, DockyardError, UsageError
+from scheduler._progress import EventSink, StatusUpdate
+
+if TYPE_CHECKING:
+    from ._runtime import WorkerRuntime
+
+__all__ = ["CACHE_EVENT_VERTEX", "RemoteCache", "RemoteRecords", "open_backend"]
+
+#: The ``vertex`` of the warning events the remote caches emit (no vertex of the graph).
+CACHE_EVENT_VERTEX = "cache"
+S3_SETTINGS = ("bucket", "region", "prefix", "endpoint_url", "use_path_style")
+
+
+@dataclass(frozen=True)
+class RemoteCache:
+    """One ``--cache-to`` or ``--cache-from`` backend: ``mode`` min or max (exports),
+    ``ignore_error`` (exports: failures are a warning, not a failed build)."""
+
+    backend: CacheBackend
+    mode: str = "min"
+    ignore_error: bool = False
+
+    @property
+    def where(self) -> str:
+        return str(getattr(self.backend, "where", None) or self.backend)
+
+
+def open_backend(kind: str, attrs: Mapping[str, str], tmp: Path | None = None
+                 ) -> CacheBackend:
+    """The backend of a parsed cache flag: ``s3`` (bucket, region, prefix, endpoint_url,
+    use_path_style) or ``local`` (``path``, a LocalBackend rooted there)."""
+    if kind == "local":
+        return LocalBackend(Path(attrs["path"]))
+    if kind == "s3":
+        from cache_backends._s3 import S3Backend  # noqa: PLC0415 -- boto3 only when used
+        return S3Backend(attrs["bucket"], attrs.get("prefix", ""),
+                         region=attrs.get("region") or None,
+                         endpoint_url=attrs.get("endpoint_url") or None,
+                         use_path_style=attrs.get("use_path_style") == "true", tmp_dir=tmp)
+    raise UsageError(f"unsupported cache type {kind!r}", hint="use type=s3 or type=local")
+
+
+class RemoteRecords:
+    """The ``RecordCache`` of one build (see the module docstring); ``drain`` at its end."""
+
+    def __init__(self, runtime: WorkerRuntime, *, imports: Sequence[RemoteCache] = (),
+                 exports: Sequence[RemoteCache] = (), events: EventSink | None = None
+                 ) -> None:
+        self._runtime = runtime
+        self._imports = list(imports)
+        self._exports = list(exports)
+        self._events = events
+        # backends that failed in this build (not asked again), by identity
+        self._broken: set[int] = set()
+        # (export index, key) already pushed or being pushed
+        self._pushed: set[tuple[int, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failures: list[tuple[RemoteCache, DockyardError]] = []
+        #: the warnings emitted (once per subject: a backend's import, its export)
+        self.warnings: dict[str, str] = {}
+        #: records found in a --cache-from backend (keys), for statistics and tests
+        self.imported: list[str] = []
+
+    @property
+    def local(self) -> LocalBackend:
+        return self._runtime.cache
+
+    # -- RecordCache --
+
+    async def get(self, key: str) -> CacheRecord | None:
+        record = await self.local.get_record(key)
+        if record is None:
+            record = await self._import(key)
+        if record is not None:
+            self._export_max(record)
+        return record
+
+    async def put(self, record: CacheRecord) -> None:
+        await self._runtime.ensure_blobs(record.result.layers)
+        await self.local.put_record(record)
+        self._export_max(record)
+
+    # -- import --
+
+    async def _import(self, key: str) -> CacheRecord | None:
+        for remote in self._imports:
+            if id(remote) in self._broken:
+                continue
+            try:
+                record = await remote.backend.get_record(key)
+            except DockyardError as err:
+                self._broken.add(id(remote))
+                self._warn(f"import {remote.where}",
+                           f"cache import from {remote.where} failed, reading it as "
+                           f"misses for this build: {err.message}")
+                continue
+            if record is not None:
+                self._runtime.add_remote_blobs(record.result.layers, remote.backend)
+                self.imported.append(key)
+                return record
+        return None
+
+    # -- export --
+
+    def _export_max(self, record: CacheRecord) -> None:
+        for index, remote in enumerate(self._exports):
+            if remote.mode == "max":
+                self._schedule(index, remote, record)
+
+    def export_final(self, records: Iterable[CacheRecord]) -> None:
+        """Push the final images' records to the ``mode=min`` backends (``max`` ones have
+        them already, or are pushing them)."""
+        for record in records:
+            for index, remote in enumerate(self._exports):
+                self._schedule(index, remote, record)
+
+    def _schedule(self, index: int, remote: RemoteCache, record: CacheRecord) -> None:
+        if (index, record.key) in self._pushed:
+            return
+        self._pushed.add((index, record.key))
+        task = asyncio.ensure_future(self._push(remote, record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _push(self, remote: RemoteCache, record: CacheRecord) -> None:
+        try:
+            await self._push_blobs(remote.backend, record.result.layers)
+            await remote.backend.put_record(record)
+        except DockyardError as err:
+            self._failures.append((remote, err))
+
+    async def _push_blobs(self, backend: CacheBackend, layers: Sequence[LayerDescriptor]
+                          ) -> None:
+        present = await backend.has_many(layer.digest for layer in layers)
+        for layer in layers:
+            if layer.digest in present:
+                continue
+            path = self.local.blob_source().blob_path(layer.digest)
+            if path is None:
+                await self._runtime.ensure_blobs((layer,))
+                path = self.local.blob_source().blob_path(layer.digest)
+            if path is None:
+                raise CacheError(f"layer {layer.digest} is in no cache of this machine",
+                                 hint="build again without --cache-from")
+            await backend.put_blob(layer.digest, path)
+
+    async def drain(self, *, failed: bool = False) -> None:
+        """Wait for every push.  Export failures: one warning for the ``ignore-error``
+        backends; for the others a ``CacheError`` (unless the build ``failed`` already,
+        then warnings: the build's own error is the one to report)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        fatal = [(remote, err) for remote, err in self._failures
+                 if not remote.ignore_error and not failed]
+        for remote, err in self._failures:
+            if remote.ignore_error or failed:
+                self._warn(f"export {remote.where}",
+                           f"cache export to {remote.where} failed: {err.message}")
+        if fatal:
+            remote, err = fatal[0]
+            raise CacheError(f"cache export to {remote.where} failed: {err.message}",
+                             hint="check the cache's address and credentials, or add "
+                             "ignore-error=true to --cache-to to build without it")
+
+    async def aclose(self) -> None:
+        """Cancel pushes still running (a cancelled build)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _warn(self, subject: str, text: str) -> None:
+        if subject in self.warnings:
+            return
+        self.warnings[subject] = text
+        if self._events is not None:
+            self._events.emit(StatusUpdate(CACHE_EVENT_VERTEX, f"warning: {text}",
+                                           done=True))
