@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -28,10 +29,12 @@ __all__ = [
     "OCI_CONFIG",
     "OCI_INDEX",
     "OCI_MANIFEST",
+    "DEFAULT_CONTENT_CACHE_BYTES",
     "Descriptor",
     "FetchedManifest",
     "ResolvedImage",
     "ACCEPT_MANIFESTS",
+    "ContentCache",
     "build_index",
     "check_algorithm",
     "index_json",
@@ -62,6 +65,8 @@ ACCEPT_MANIFESTS = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOC
 _HUB_DOMAIN = "docker.io"
 _HUB_API_HOST = "registry-1.docker.io"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: What ``ContentCache`` holds by default: manifests, indexes and configs of many images.
+DEFAULT_CONTENT_CACHE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,78 @@ class ResolvedImage:
     media_type: str = OCI_MANIFEST
     manifest_bytes: bytes = b""
     index_digest: str = ""
+
+
+# --- Content addressed by digest, kept in memory -------------------------------------------
+
+_CacheKey = tuple[str, str, str, str]  # (kind, domain, repository, digest)
+
+
+class ContentCache:
+    """Manifests, indexes and configs by digest, an LRU bounded by their bytes.
+
+    What a digest names never changes, so an entry never goes stale; it is keyed by registry
+    domain and repository too, so that a repository is never served content its registry did
+    not show it holds.  ``put_*`` check the bytes against the digest and keep nothing that
+    does not match, nor anything larger than the whole capacity (0 keeps nothing)."""
+
+    def __init__(self, capacity: int = DEFAULT_CONTENT_CACHE_BYTES) -> None:
+        self._capacity = max(capacity, 0)
+        self._entries: OrderedDict[_CacheKey, FetchedManifest | bytes] = OrderedDict()
+        self._bytes = 0
+        self._stats = {"manifest_hits": 0, "config_hits": 0, "evictions": 0}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def statistics(self) -> dict[str, int]:
+        return {**self._stats, "cached_bytes": self._bytes, "cached_entries": len(self)}
+
+    def manifest(self, domain: str, repository: str, digest: str) -> FetchedManifest | None:
+        found = self._get(("manifest", domain, repository, digest))
+        return found if isinstance(found, FetchedManifest) else None
+
+    def config(self, domain: str, repository: str, digest: str, size: int) -> bytes | None:
+        """The config, when kept and ``size`` (its descriptor's) is its size."""
+        key = ("config", domain, repository, digest)
+        known = self._entries.get(key)
+        if not isinstance(known, bytes) or len(known) != size:
+            return None
+        return known if self._get(key) is not None else None
+
+    def put_manifest(self, domain: str, repository: str, manifest: FetchedManifest) -> bool:
+        """Keep ``manifest``; False when it was not kept (digest mismatch, too large)."""
+        return self._put(("manifest", domain, repository, manifest.digest), manifest.data,
+                         manifest)
+
+    def put_config(self, domain: str, repository: str, digest: str, data: bytes) -> bool:
+        """Keep config ``data`` under ``digest``; False when it was not kept."""
+        return self._put(("config", domain, repository, digest), data, data)
+
+    def _get(self, key: _CacheKey) -> FetchedManifest | bytes | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            self._stats[f"{key[0]}_hits"] += 1
+        return found
+
+    def _put(self, key: _CacheKey, data: bytes, value: FetchedManifest | bytes) -> bool:
+        if len(data) > self._capacity or sha256_digest(data) != key[3]:
+            return False
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= _size_of(old)
+        self._entries[key] = value
+        self._bytes += len(data)
+        while self._bytes > self._capacity:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= _size_of(evicted)
+            self._stats["evictions"] += 1
+        return True
+
+
+def _size_of(value: FetchedManifest | bytes) -> int:
+    return len(value.data if isinstance(value, FetchedManifest) else value)
 
 
 # --- Pure parts: addresses, manifests, platforms ------------------------------------------

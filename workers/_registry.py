@@ -13,6 +13,10 @@ number of registries::
   manifests are refused.
 - Blobs and manifests are verified against their sha256 digest; a blob is written next to
   its destination and renamed into place only once verified.
+- Cache: manifests, indexes and configs named by digest never change, so the client keeps
+  them (verified, in a ``ContentCache`` LRU bounded by ``content_cache_bytes``); a tag is
+  always asked for again.  Resolving a tag a second time costs one request (the tag), a
+  reference pinned by digest none.
 - Push: a blob already present is skipped (HEAD), mounted from another repository of the
   same registry when its source is known, else uploaded in one PUT (small) or in PATCH
   chunks (large); then manifests and indexes.
@@ -58,11 +62,13 @@ from ._auth import Challenge, Credentials, DockerConfig, TokenCache, load_docker
 from ._auth import parse_challenges as _parse_challenges
 from ._manifests import (
     ACCEPT_MANIFESTS,
+    DEFAULT_CONTENT_CACHE_BYTES,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     MAX_MANIFEST_BYTES,
     OCI_INDEX,
     OCI_MANIFEST,
+    ContentCache,
     Descriptor,
     FetchedManifest,
     ResolvedImage,
@@ -112,7 +118,8 @@ class RegistryConfig:
     like dockerd's ``insecure-registries``.  ``docker_config``: the credentials; None reads
     ``$DOCKER_CONFIG/config.json`` on first need.  ``attempts`` bounds the tries of one
     operation; the wait between tries grows from ``backoff_initial`` to ``backoff_max``
-    seconds, with jitter.  Blobs larger than ``chunk_size`` are uploaded in chunks of it."""
+    seconds, with jitter.  Blobs larger than ``chunk_size`` are uploaded in chunks of it.
+    ``content_cache_bytes`` bounds the manifests and configs kept by digest (0: none)."""
 
     insecure_registries: frozenset[str] = frozenset()
     docker_config: DockerConfig | None = None
@@ -123,6 +130,7 @@ class RegistryConfig:
     connect_timeout: float = 15.0
     read_timeout: float = 300.0
     max_connections: int = 16
+    content_cache_bytes: int = DEFAULT_CONTENT_CACHE_BYTES
 
 
 # --- Errors -----------------------------------------------------------------------------
@@ -199,7 +207,8 @@ def _with_digest(location: str, digest: str) -> str:
 
 class RegistryClient:
     """An async client of OCI registries; use it as an async context manager (or call
-    ``aclose``).  ``statistics()`` counts requests, retries, uploads and mounts."""
+    ``aclose``).  ``statistics()`` counts requests, retries, uploads and mounts, and the
+    manifests and configs served from the cache (``manifest_hits``, ``config_hits``)."""
 
     def __init__(self, config: RegistryConfig | None = None) -> None:
         self._config = config or RegistryConfig()
@@ -208,6 +217,7 @@ class RegistryClient:
         self._tokens = TokenCache()
         self._challenges: dict[str, Challenge] = {}  # domain -> the auth scheme it asked for
         self._credentials: dict[str, Credentials | None] = {}  # domain -> looked-up creds
+        self._content = ContentCache(self._config.content_cache_bytes)
         self._stats = {"requests": 0, "retries": 0, "uploads": 0, "mounts": 0, "skipped": 0,
                        "chunks": 0}
 
@@ -223,7 +233,8 @@ class RegistryClient:
             self._session = None
 
     def statistics(self) -> dict[str, int]:
-        return {**self._stats, "token_hits": self._tokens.statistics()["hits"]}
+        return {**self._stats, "token_hits": self._tokens.statistics()["hits"],
+                **self._content.statistics()}
 
     def __repr__(self) -> str:
         counts = " ".join(f"{k}={v}" for k, v in self.statistics().items())
@@ -365,14 +376,20 @@ class RegistryClient:
 
     async def fetch_manifest(self, ref: Reference, target: str = "") -> FetchedManifest:
         """The manifest or index ``target`` (a digest or tag; default: the reference's digest,
-        else its tag), verified against the digest when one is named."""
+        else its tag), verified against the digest when one is named.  A digest already
+        fetched from this repository is answered from the cache; a tag never is."""
         name = target or ref.digest or ref.tag
+        cached = self._content.manifest(ref.domain, ref.path, name) if ":" in name else None
+        if cached is not None:
+            return cached
         url = self._url(ref, "manifests", name)
         req = _Request("GET", url, ref.domain, _pull_scope(ref), {"Accept": ACCEPT_MANIFESTS})
         _, headers, body = await self._retrying(
             f"pulling {ref}", url,
             lambda: self._exchange(req, f"pulling {ref}", (200,), f"image not found: {ref}"))
-        return self._checked_manifest(url, name, headers, body)
+        fetched = self._checked_manifest(url, name, headers, body)
+        self._content.put_manifest(ref.domain, ref.path, fetched)
+        return fetched
 
     def _checked_manifest(self, url: str, name: str, headers: Mapping[str, str],
                           body: bytes) -> FetchedManifest:
@@ -425,7 +442,11 @@ class RegistryClient:
             partial.unlink(missing_ok=True)
 
     async def fetch_blob_bytes(self, ref: Reference, digest: str, size: int) -> bytes:
-        """A small blob (a config) in memory, verified like ``fetch_blob``."""
+        """A small blob (a config) in memory, verified like ``fetch_blob``; kept in the
+        cache, so the same digest from the same repository is fetched once."""
+        cached = self._content.config(ref.domain, ref.path, digest, size)
+        if cached is not None:
+            return cached
         url = self._url(ref, "blobs", digest)
         chunks: list[bytes] = []
 
@@ -433,7 +454,9 @@ class RegistryClient:
             chunks.clear()
             await self._download(ref, digest, size, chunks.append)
             return b"".join(chunks)
-        return await self._retrying(f"fetching blob {digest}", url, attempt)
+        data = await self._retrying(f"fetching blob {digest}", url, attempt)
+        self._content.put_config(ref.domain, ref.path, digest, data)
+        return data
 
     async def _download(self, ref: Reference, digest: str, size: int,
                         sink: Callable[[bytes], object]) -> None:

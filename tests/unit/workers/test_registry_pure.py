@@ -20,6 +20,7 @@ from workers._auth import (
     config_key,
     parse_challenges,
 )
+from workers._manifests import ContentCache, FetchedManifest, sha256_digest
 from workers._registry import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -315,3 +316,91 @@ ERRORS = [
 def test_status_errors(status: int, body: bytes, message: str, hint: str) -> None:
     err = _status_error(status, "U", body, "pulling x", "reg:5000", "image not found: x")
     assert (err.message, err.hint) == (message, hint)
+
+
+# --- the content cache (manifests and configs by digest) -----------------------------------
+
+BLOBS = {name: (name * 4).encode() for name in "abcd"}  # 4 bytes each
+REG, REPO = "reg:5000", "library/busybox"
+
+
+def _manifest(name: str) -> FetchedManifest:
+    return FetchedManifest(sha256_digest(BLOBS[name]), OCI_MANIFEST, BLOBS[name], {})
+
+
+def _cache_step(cache: ContentCache, step: tuple[str, str, str]) -> object:
+    """One operation: ``put``/``get`` of a manifest (``m``) or config (``c``) named by a
+    letter of BLOBS, in repository ``where`` (``REPO``, ``other`` repo or ``far`` domain)."""
+    action, name, where = step
+    domain, repo = {"here": (REG, REPO), "other": (REG, "library/alpine"),
+                    "far": ("ghcr.io", REPO)}[where]
+    digest = sha256_digest(BLOBS[name[1]])
+    if action == "put":
+        if name[0] == "m":
+            return cache.put_manifest(domain, repo, _manifest(name[1]))
+        return cache.put_config(domain, repo, digest, BLOBS[name[1]])
+    if name[0] == "m":
+        found = cache.manifest(domain, repo, digest)
+        return found is not None and found.data == BLOBS[name[1]]
+    return cache.config(domain, repo, digest, 4) == BLOBS[name[1]]
+
+
+# (capacity, steps, the result of each step, statistics at the end)
+CACHE_CASES: list[tuple[int, list[tuple[str, str, str]], list[bool], dict[str, int]]] = [
+    (16, [("put", "ma", "here"), ("get", "ma", "here"), ("get", "ca", "here")],
+     [True, True, False],
+     {"manifest_hits": 1, "config_hits": 0, "evictions": 0, "cached_bytes": 4,
+      "cached_entries": 1}),
+    # least recently used goes first: reading "ma" saves it, "cb" is evicted
+    (8, [("put", "ma", "here"), ("put", "cb", "here"), ("get", "ma", "here"),
+         ("put", "mc", "here"), ("get", "cb", "here"), ("get", "ma", "here"),
+         ("get", "mc", "here")],
+     [True, True, True, True, False, True, True],
+     {"manifest_hits": 3, "config_hits": 0, "evictions": 1, "cached_bytes": 8,
+      "cached_entries": 2}),
+    # keyed by domain and repository: no content crosses to a repository not shown to hold it
+    (16, [("put", "ma", "here"), ("get", "ma", "other"), ("get", "ma", "far"),
+          ("put", "cb", "far"), ("get", "cb", "here"), ("get", "cb", "far")],
+     [True, False, False, True, False, True],
+     {"manifest_hits": 0, "config_hits": 1, "evictions": 0, "cached_bytes": 8,
+      "cached_entries": 2}),
+    # storing again replaces, without counting the bytes twice
+    (16, [("put", "ma", "here"), ("put", "ma", "here"), ("get", "ma", "here")],
+     [True, True, True],
+     {"manifest_hits": 1, "config_hits": 0, "evictions": 0, "cached_bytes": 4,
+      "cached_entries": 1}),
+    # an entry larger than the whole cache is not kept; capacity 0 keeps nothing
+    (3, [("put", "ma", "here"), ("get", "ma", "here")], [False, False],
+     {"manifest_hits": 0, "config_hits": 0, "evictions": 0, "cached_bytes": 0,
+      "cached_entries": 0}),
+    (0, [("put", "cd", "here"), ("get", "cd", "here")], [False, False],
+     {"manifest_hits": 0, "config_hits": 0, "evictions": 0, "cached_bytes": 0,
+      "cached_entries": 0}),
+]
+
+
+@pytest.mark.parametrize(("capacity", "steps", "results", "stats"), CACHE_CASES)
+def test_content_cache(capacity: int, steps: list[tuple[str, str, str]], results: list[bool],
+                       stats: dict[str, int]) -> None:
+    cache = ContentCache(capacity)
+    assert [_cache_step(cache, step) for step in steps] == results
+    assert cache.statistics() == stats
+
+
+def test_content_cache_keeps_only_what_matches_its_digest() -> None:
+    cache = ContentCache()
+    forged = FetchedManifest(sha256_digest(b"other"), OCI_MANIFEST, b"forged", {})
+    assert not cache.put_manifest(REG, REPO, forged)
+    assert not cache.put_config(REG, REPO, sha256_digest(b"other"), b"forged")
+    assert cache.manifest(REG, REPO, forged.digest) is None
+    assert cache.config(REG, REPO, forged.digest, 6) is None
+    assert len(cache) == 0
+
+
+def test_content_cache_config_needs_its_descriptor_size() -> None:
+    cache = ContentCache()
+    digest = sha256_digest(BLOBS["a"])
+    assert cache.put_config(REG, REPO, digest, BLOBS["a"])
+    assert cache.config(REG, REPO, digest, 5) is None  # a descriptor that lies: fetch, fail
+    assert cache.config(REG, REPO, digest, 4) == BLOBS["a"]
+    assert cache.statistics()["config_hits"] == 1
