@@ -10,6 +10,12 @@ One ``solve`` runs in three steps:
    executes and its record is written.  A fully cached target costs one lookup;
 3. **report** -- the targets' records (``created``: when the result was first built).
 
+Progress lists every step of the build, as BuildKit's does: a vertex the build does not
+need because everything that uses it came from the cache (its users hit, or were not
+needed either) is reported ``VertexCached`` too -- it was never looked up nor run --
+once per build, inputs first, just before the hit that made it unneeded.  A vertex stays
+unreported while any user may still need it (not yet looked up, or executing).
+
 Work is shared by cache key through *flights*: every vertex being resolved, by any
 ``solve`` on this ``Solver``, is one flight that all interested solves wait on, so a vertex
 two builds need runs once.  A flight ends when its work ends or when its last waiter
@@ -99,6 +105,7 @@ class _Build:
     events: EventSink
     positions: Mapping[str, str]
     no_cache: bool
+    skips: _Skips
 
     def vertex(self, digest: str) -> Vertex:
         return self.graph.vertices[digest]
@@ -115,7 +122,48 @@ class _Watcher:
         return _Watcher(self.build, self.build.vertex(self.vertex.inputs[index]))
 
     def emit(self, event: Event) -> None:
+        if isinstance(event, VertexCached):
+            for skipped in self.build.skips.hit(self.vertex.digest):
+                self.build.events.emit(VertexCached(skipped.digest, _name(skipped)))
         self.build.events.emit(_readdressed(event, self.vertex))
+
+
+class _Skips:
+    """One build's bookkeeping of the vertices it does not need: those no flight of the
+    build watches whose every user hit the cache or is not needed either."""
+
+    def __init__(self, graph: BuildGraph, needed: Sequence[Vertex],
+                 targets: Iterable[str]) -> None:
+        self._graph = graph
+        self._order = {v.digest: i for i, v in enumerate(needed)}  # inputs first
+        self._users: dict[str, set[str]] = {v.digest: set() for v in needed}
+        for vertex in needed:
+            for digest in vertex.inputs:
+                self._users[digest].add(vertex.digest)
+        self._watched = set(targets)  # vertices a flight of the build resolves
+        self._hits: set[str] = set()  # watched vertices answered by a record
+        self._skipped: set[str] = set()  # vertices reported as not needed
+
+    def watch(self, digest: str) -> None:
+        self._watched.add(digest)
+
+    def hit(self, digest: str) -> list[Vertex]:
+        """``digest`` came from the cache: the vertices that makes unneeded, inputs first."""
+        self._hits.add(digest)
+        settled = self._hits | self._skipped
+        found: list[str] = []
+        stack = list(self._graph.vertices[digest].inputs)
+        while stack:
+            below = stack.pop()
+            if below in self._watched or below in self._skipped:
+                continue
+            if self._users[below] <= settled:
+                self._skipped.add(below)
+                settled.add(below)
+                found.append(below)
+                stack.extend(self._graph.vertices[below].inputs)
+        found.sort(key=self._order.__getitem__)
+        return [self._graph.vertices[d] for d in found]
 
 
 @dataclass(eq=False)
@@ -138,6 +186,8 @@ class _Flight:
     inputs: list[_Flight] = field(default_factory=list)
     # Unix time the execute started, None before (late watchers get a VertexStarted).
     started: float | None = None
+    # The lookup hit (late watchers get a VertexCached).
+    cached: bool = False
 
     def emit(self, event: Event) -> None:
         for watcher in self.watchers:
@@ -147,6 +197,9 @@ class _Flight:
         if watcher in self.watchers:
             return
         self.watchers.append(watcher)
+        watcher.build.skips.watch(watcher.vertex.digest)
+        if self.cached:
+            watcher.emit(VertexCached(watcher.vertex.digest, ""))
         if self.started is not None:
             watcher.emit(VertexStarted(watcher.vertex.digest, "", self.started))
         for index, child in enumerate(self.inputs):
@@ -209,7 +262,7 @@ class Solver:
         needed = _needed(graph, wanted)
         build = _Build(graph=graph, keys={}, backend=backend or self._backend,
                        events=events or self._events, positions=positions or {},
-                       no_cache=no_cache)
+                       no_cache=no_cache, skips=_Skips(graph, needed, wanted))
         keys = await _compute_keys(build, needed)
         build = dataclasses.replace(build, keys=keys)
         records = await _all(self._resolve(build, digest) for digest in wanted)
@@ -264,6 +317,7 @@ class Solver:
             record = await _at_vertex(build, vertex, self._lookup(key))
             if record is not None:
                 self._cached += 1
+                flight.cached = True
                 flight.emit(VertexCached(vertex.digest, _name(vertex)))
                 return record
         inputs = await self._resolve_inputs(flight, build, vertex)

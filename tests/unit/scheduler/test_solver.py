@@ -250,7 +250,9 @@ def test_cache_hit_means_zero_executions_and_one_lookup() -> None:
     assert sum(backend.executions.values()) == 0
     assert cache.gets == 1  # the target only: its inputs are never looked at
     assert second == first  # same result, same created time: a cached rebuild reproduces
-    assert events.of(VertexCached) == ["[4/4] merge"]
+    # every step is listed, inputs first; only the target was looked up
+    assert events.of(VertexCached) == ["[1/4] FROM busybox", "[2/4] RUN left",
+                                       "[3/4] RUN right", "[4/4] merge"]
 
 
 def test_record_created_is_when_it_was_built() -> None:
@@ -621,3 +623,144 @@ def test_any_graph_runs_each_vertex_once_and_a_rebuild_runs_nothing(
     backend.executions.clear()
     again = go(lambda: solver(backend, cache).solve(graph, targets))
     assert sum(backend.executions.values()) == 0 and again == first
+
+
+# --- a cached build lists every step -----------------------------------------------------
+
+# A diamond: two COPYs of the context on one image, merged, then a RUN.
+D_COPY_A = copy("[2/5] COPY a", IMAGE, "/a")
+D_COPY_B = copy("[3/5] COPY b", IMAGE, "/b")
+D_JOIN = Vertex(MergeOp(), (D_COPY_A.digest, D_COPY_B.digest), name="[4/5] merge",
+                platform=AMD64)
+D_RUN = run("[5/5] RUN last", "last", D_JOIN)
+DIAMOND = graph_of(IMAGE, CONTEXT, D_COPY_A, D_COPY_B, D_JOIN, D_RUN)
+
+F, C = "[1/4] FROM busybox", "[internal] load build context"
+# (graph, targets, reported): after a first build, a rebuild reports every needed vertex
+# cached once, with one lookup per target and no execution.  A vertex nothing needs any
+# more comes just before the hit that settled it, inputs first; a target's own hit is not
+# held back for its inputs (LEFT before the FROM below it, while RIGHT is still unknown).
+FULLY_CACHED = [
+    (FORK, [JOIN], [F, "[2/4] RUN left", "[3/4] RUN right", "[4/4] merge"]),
+    (FORK, [LEFT, RIGHT], ["[2/4] RUN left", F, "[3/4] RUN right"]),
+    (FORK, [LEFT, JOIN], ["[2/4] RUN left", F, "[3/4] RUN right", "[4/4] merge"]),
+    (CHAIN, [RUN_B], [F, C, "[2/5] COPY a", "[3/5] RUN after a", "[4/5] COPY b",
+                      "[5/5] RUN after b"]),
+    (CHAIN, [RUN_A], [F, C, "[2/5] COPY a", "[3/5] RUN after a"]),
+    (DIAMOND, [D_RUN], [F, C, "[2/5] COPY a", "[3/5] COPY b", "[4/5] merge",
+                        "[5/5] RUN last"]),
+    (DIAMOND, [D_COPY_A, D_RUN], ["[2/5] COPY a", F, C, "[3/5] COPY b", "[4/5] merge",
+                                  "[5/5] RUN last"]),
+]
+
+
+def _rebuild(graph: BuildGraph, targets: Sequence[Vertex], backend: FakeBackend,
+             cache: MemoryCache) -> Events:
+    backend.executions.clear()
+    cache.gets = 0
+    events = Events()
+    go(lambda: solver(backend, cache, events).solve(graph, [t.digest for t in targets]))
+    return events
+
+
+@pytest.mark.parametrize(("graph", "targets", "reported"), FULLY_CACHED)
+def test_a_fully_cached_build_reports_every_vertex_once(
+        graph: BuildGraph, targets: list[Vertex], reported: list[str]) -> None:
+    backend, cache = FakeBackend(), MemoryCache()
+    go(lambda: solver(backend, cache).solve(graph, [t.digest for t in targets]))
+    events = _rebuild(graph, targets, backend, cache)
+    assert sum(backend.executions.values()) == 0
+    assert cache.gets == len(targets)  # the targets only, as before: no extra lookups
+    assert events.of(VertexCached) == reported
+    assert [type(e) for e in events.events] == [VertexCached] * len(reported)
+
+
+# (graph, first build's targets, rebuild's change, rebuild's targets, cached, executed,
+# lookups):
+# a partially cached rebuild: what ran reports as run, what was looked up and hit, and
+# what the hits made unneeded, as cached -- each exactly once.
+PARTIAL = [
+    (CHAIN, [RUN_B], {"b": "B changed"}, [RUN_B],
+     ["[1/4] FROM busybox", "[2/5] COPY a", "[3/5] RUN after a"],
+     ["[internal] load build context", "[4/5] COPY b", "[5/5] RUN after b"], 4),
+    (FORK, [LEFT], {}, [JOIN],
+     ["[1/4] FROM busybox", "[2/4] RUN left"], ["[3/4] RUN right", "[4/4] merge"], 4),
+    (DIAMOND, [D_COPY_A], {}, [D_RUN],
+     ["[1/4] FROM busybox", "[internal] load build context", "[2/5] COPY a"],
+     ["[3/5] COPY b", "[4/5] merge", "[5/5] RUN last"], 6),
+    (CHAIN, [RUN_A], {}, [RUN_B],
+     ["[1/4] FROM busybox", "[2/5] COPY a", "[3/5] RUN after a",
+      "[internal] load build context"],
+     ["[4/5] COPY b", "[5/5] RUN after b"], 4),
+]
+
+
+@pytest.mark.parametrize(
+    ("graph", "first", "change", "targets", "cached", "executed", "lookups"), PARTIAL)
+def test_a_partially_cached_build_reports_what_ran_as_run(
+        graph: BuildGraph, first: list[Vertex], change: dict[str, str], targets: list[Vertex],
+        cached: list[str], executed: list[str], lookups: int) -> None:
+    backend, cache = FakeBackend(), MemoryCache()
+    go(lambda: solver(backend, cache).solve(graph, [t.digest for t in first]))
+    backend.files.update(change)
+    events = _rebuild(graph, targets, backend, cache)
+    assert sorted(events.of(VertexCached)) == sorted(cached)
+    assert sorted(events.of(VertexCompleted)) == sorted(executed)
+    assert sorted(backend.executions) == sorted(executed)
+    assert sorted(events.of(VertexStarted)) == sorted(executed)
+    assert cache.gets == lookups
+
+
+def test_concurrent_cached_builds_each_report_every_vertex() -> None:
+    backend, cache = FakeBackend(), MemoryCache()
+    go(lambda: solver(backend, cache).solve(DIAMOND, [D_RUN.digest]))
+    shared = solver(backend, cache)
+    one, two = Events(), Events()
+
+    async def both() -> None:
+        await asyncio.gather(shared.solve(DIAMOND, [D_RUN.digest], events=one),
+                             shared.solve(DIAMOND, [D_RUN.digest], events=two))
+    go(both)
+    names = [v.name for v in DIAMOND.vertices.values()]
+    assert one.of(VertexCached) == two.of(VertexCached) == names
+
+
+def test_a_cached_dockerfile_rebuild_prints_every_step_as_buildkit_does() -> None:
+    from io import StringIO
+
+    from cluster._render import PlainRenderer
+    dockerfile = (b'FROM busybox AS build\nWORKDIR /src\nCOPY . .\nRUN ["make"]\n'
+                  b"FROM busybox\nCOPY --from=build /src/out /out\n")
+    graph = build_graph(dockerfile, platforms=[AMD64]).graph
+    backend, cache = FakeBackend(), MemoryCache()
+    go(lambda: solver(backend, cache).solve(graph))
+    out = StringIO()
+    go(lambda: Solver(backend, cache, events=PlainRenderer(out)).solve(graph))
+    assert out.getvalue() == (
+        "#1 [build 1/4] FROM docker.io/library/busybox:latest\n#1 CACHED\n\n"
+        "#2 [build 2/4] WORKDIR /src\n#2 CACHED\n\n"
+        "#3 [internal] load build context\n#3 CACHED\n\n"
+        "#4 [build 3/4] COPY . .\n#4 CACHED\n\n"
+        '#5 [build 4/4] RUN ["make"]\n#5 CACHED\n\n'
+        "#6 [stage-1 2/2] COPY --from=build /src/out /out\n#6 CACHED\n")
+
+
+def test_a_build_joining_late_hears_of_the_hits_below_it() -> None:
+    slow = run("[5/5] RUN slow", "slow", RUN_A, delay=0.2)
+    graph = graph_of(IMAGE, CONTEXT, COPY_A, RUN_A, slow)
+    backend, cache = FakeBackend(), MemoryCache()
+    go(lambda: solver(backend, cache).solve(graph, [RUN_A.digest]))
+    shared = solver(backend, cache)
+    one, two = Events(), Events()
+
+    async def late() -> None:
+        first = asyncio.create_task(shared.solve(graph, [slow.digest], events=one))
+        await until(lambda: backend.running == 1)  # RUN_A hit, the slow RUN runs
+        await shared.solve(graph, [slow.digest], events=two)
+        await first
+    go(late)
+    below = [F, C, "[2/5] COPY a", "[3/5] RUN after a"]
+    assert one.of(VertexCached) == [*below]
+    assert two.of(VertexCached) == [*below]
+    assert one.of(VertexCompleted) == two.of(VertexCompleted) == ["[5/5] RUN slow"]
+    assert backend.executions["[5/5] RUN slow"] == 1
