@@ -264,9 +264,47 @@ def _add_stop(subparsers: _Subparsers) -> None:
     stop.set_defaults(run=_run_stop)
 
 
+# --- dockyard du / dockyard prune (cluster/_gc_cmd.py) ------------------------------------
+
+
+def _run_du(args: argparse.Namespace) -> int:
+    from cluster._gc_cmd import run_du
+
+    return run_du(args)
+
+
+def _add_du(subparsers: _Subparsers) -> None:
+    du = subparsers.add_parser("du", help="show the local store's disk usage by kind")
+    du.add_argument("--verbose", action="store_true", help="list the cache records too")
+    du.set_defaults(run=_run_du)
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    from cluster._gc_cmd import run_prune
+
+    return run_prune(args)
+
+
+def _add_prune(subparsers: _Subparsers) -> None:
+    prune = subparsers.add_parser("prune", help="remove build cache")
+    add = prune.add_argument
+    add("--keep-storage", metavar="SIZE", help="keep the most recent cache up to SIZE "
+        "(e.g. 20GB)")
+    add("--filter", action="append", default=[], metavar="until=DURATION",
+        help="remove only what was unused for DURATION (e.g. until=24h)")
+    add("--all", action="store_true", help="remove cache mounts too (local store)")
+    add("-f", "--force", action="store_true", help="do not ask for confirmation")
+    add("--cache", metavar="type=s3,bucket=B,...", help="prune this S3 cache instead of "
+        "the local store")
+    add("--older-than", metavar="DURATION", help="with --cache: remove only what was "
+        "unused for DURATION")
+    prune.set_defaults(run=_run_prune)
+
+
 # --- the parser and main ---------------------------------------------------------------
 
-_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build, _add_stop)
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build, _add_stop,
+                                                          _add_du, _add_prune)
 
 
 def build_parser() -> argparse.ArgumentParser:

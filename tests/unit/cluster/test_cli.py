@@ -72,7 +72,8 @@ USAGE = [
     ([], 1, "error: the following arguments are required: COMMAND\n"
             "hint: see 'dockyard --help'\n"),
     (["frobnicate"], 1, "error: argument COMMAND: invalid choice: 'frobnicate' (choose from "
-                        "'debug', 'build', 'stop')\nhint: see 'dockyard --help'\n"),
+                        "'debug', 'build', 'stop', 'du', 'prune')\n"
+                        "hint: see 'dockyard --help'\n"),
     (["debug"], 1, "error: the following arguments are required: COMMAND\n"
                    "hint: see 'dockyard debug --help'\n"),
     (["debug", "graph"], 1, "error: the following arguments are required: CONTEXT\n"
