@@ -15,8 +15,9 @@ number of registries::
   its destination and renamed into place only once verified.
 - Cache: manifests, indexes and configs named by digest never change, so the client keeps
   them (verified, in a ``ContentCache`` LRU bounded by ``content_cache_bytes``); a tag is
-  always asked for again.  Resolving a tag a second time costs one request (the tag), a
-  reference pinned by digest none.
+  always asked for again.  Resolving a tag a second time costs one request (a HEAD of the
+  tag, as containerd asks, which Docker Hub does not count as a pull), a reference pinned
+  by digest none.
 - Push: a blob already present is skipped (HEAD), mounted from another repository of the
   same registry when its source is known, else uploaded in one PUT (small) or in PATCH
   chunks (large); then manifests and indexes.
@@ -35,6 +36,7 @@ import base64
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -105,6 +107,7 @@ __all__ = [
 ]
 
 _STREAM_CHUNK = 1024 * 1024
+_KNOWN_TAGS = 4096  # tags resolved before, whose next resolve starts with a HEAD
 
 PushOutcome = Literal["exists", "mounted", "uploaded"]
 T = TypeVar("T")
@@ -218,6 +221,8 @@ class RegistryClient:
         self._challenges: dict[str, Challenge] = {}  # domain -> the auth scheme it asked for
         self._credentials: dict[str, Credentials | None] = {}  # domain -> looked-up creds
         self._content = ContentCache(self._config.content_cache_bytes)
+        # (domain, repository, tag) resolved before: its next resolve HEADs the tag first
+        self._known_tags: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._stats = {"requests": 0, "retries": 0, "uploads": 0, "mounts": 0, "skipped": 0,
                        "chunks": 0}
 
@@ -405,7 +410,7 @@ class RegistryClient:
 
     async def resolve(self, ref: Reference, platform: Platform) -> ResolvedImage:
         """The image ``ref`` names for ``platform``: manifest, verified config and layers."""
-        top = await self.fetch_manifest(ref)
+        top = await self._top_manifest(ref)
         manifest, index_digest = top, ""
         if top.is_index:
             chosen = select_manifest(top.parsed, platform, self._url(ref, "manifests",
@@ -420,6 +425,35 @@ class RegistryClient:
         return ResolvedImage(manifest.digest, manifest.parsed, config,
                              layers_of(manifest.parsed, config, where), manifest.media_type,
                              manifest.data, index_digest)
+
+    async def _top_manifest(self, ref: Reference) -> FetchedManifest:
+        """What ``ref`` names.  A tag resolved before is asked for with a HEAD (its digest is
+        likely cached: one request, no manifest sent), then fetched by that digest when it
+        is not cached; a tag seen for the first time with a GET."""
+        key = (ref.domain, ref.path, ref.tag)
+        digest = await self._tag_digest(ref) if not ref.digest and key in self._known_tags \
+            else ""
+        top = await self.fetch_manifest(ref, digest)
+        if not ref.digest and self._config.content_cache_bytes > 0:
+            self._known_tags[key] = None
+            self._known_tags.move_to_end(key)
+            if len(self._known_tags) > _KNOWN_TAGS:
+                self._known_tags.popitem(last=False)
+        return top
+
+    async def _tag_digest(self, ref: Reference) -> str:
+        """The digest a HEAD of ``ref``'s tag answers; "" when the registry does not say
+        (the caller then GETs the tag)."""
+        url = self._url(ref, "manifests", ref.tag)
+        req = _Request("HEAD", url, ref.domain, _pull_scope(ref), {"Accept": ACCEPT_MANIFESTS})
+        _, headers, _ = await self._retrying(
+            f"pulling {ref}", url,
+            lambda: self._exchange(req, f"pulling {ref}", (200,), f"image not found: {ref}"))
+        digest = headers.get("Docker-Content-Digest", "")
+        hexdigits = digest[len("sha256:"):]
+        well_formed = digest.startswith("sha256:") and len(hexdigits) == 64 \
+            and all(c in "0123456789abcdef" for c in hexdigits)
+        return digest if well_formed else ""
 
     async def fetch_blob(self, ref: Reference, descriptor: LayerDescriptor | Descriptor,
                          out: Path) -> None:

@@ -11,6 +11,7 @@ importable)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import uuid
@@ -48,9 +49,11 @@ class Recorder:
 
 
 @asynccontextmanager
-async def recording_proxy(upstream: str) -> AsyncIterator[Recorder]:
+async def recording_proxy(upstream: str, answered: tuple[str, ...] = _FORWARDED
+                          ) -> AsyncIterator[Recorder]:
     """A plain-HTTP proxy on 127.0.0.1 that forwards every request to ``upstream`` and
-    records it; stopped on exit, even when the body fails."""
+    records it, passing back the ``answered`` headers; stopped on exit, even when the body
+    fails."""
     recorder = Recorder()
     async with aiohttp.ClientSession() as session:
         async def forward(request: web.Request) -> web.Response:
@@ -61,7 +64,7 @@ async def recording_proxy(upstream: str) -> AsyncIterator[Recorder]:
                                        headers=headers, data=await request.read(),
                                        allow_redirects=False) as answer:
                 body = await answer.read()
-                kept = {k: v for k, v in answer.headers.items() if k in _FORWARDED}
+                kept = {k: v for k, v in answer.headers.items() if k in answered}
                 kept.pop("Content-Length", None)
                 return web.Response(status=answer.status, headers=kept, body=body)
         app = web.Application()
@@ -82,9 +85,10 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _run(registry: Any, body: Callable[[Recorder], Awaitable[None]]) -> None:
+def _run(registry: Any, body: Callable[[Recorder], Awaitable[None]],
+         answered: tuple[str, ...] = _FORWARDED) -> None:
     async def main() -> None:
-        async with recording_proxy(registry.url) as recorder:
+        async with recording_proxy(registry.url, answered) as recorder:
             await body(recorder)
     asyncio.run(main())
 
@@ -97,30 +101,42 @@ def _busybox(recorder: Recorder, name: str = "latest") -> Reference:
     return parse_reference(f"{recorder.domain}/library/busybox{name}")
 
 
-# (platform, architecture in the busybox image)
-PLATFORMS = [("linux/amd64", "amd64"), ("linux/arm64", "arm64")]
+TAG = "/v2/library/busybox/manifests/latest"
+WITHOUT_DIGEST = tuple(h for h in _FORWARDED if h != "Docker-Content-Digest")
+
+# (platform, architecture in the busybox image, headers the registry answers, the requests
+# of a warm resolve, the manifests it takes from the cache): a HEAD of the tag (index and
+# manifest cached), then a GET when the HEAD did not name the digest (manifest cached)
+WARM = [
+    ("linux/amd64", "amd64", _FORWARDED, [f"HEAD {TAG}"], 2),
+    ("linux/arm64", "arm64", _FORWARDED, [f"HEAD {TAG}"], 2),
+    ("linux/arm64", "arm64", WITHOUT_DIGEST, [f"HEAD {TAG}", f"GET {TAG}"], 1),
+]
 
 
-@pytest.mark.parametrize(("platform", "arch"), PLATFORMS)
+@pytest.mark.parametrize(("platform", "arch", "answered", "warm_requests", "manifest_hits"),
+                         WARM)
 def test_warm_resolve_asks_only_for_the_tag(registry: Any, busybox_image: Any, platform: str,
-                                            arch: str) -> None:
+                                            arch: str, answered: tuple[str, ...],
+                                            warm_requests: list[str],
+                                            manifest_hits: int) -> None:
     expected = busybox_image.platforms[arch]
-    tag = "/v2/library/busybox/manifests/latest"
 
     async def body(recorder: Recorder) -> None:
         ref = _busybox(recorder, ":latest")
         async with RegistryClient(CACHED) as client:
             cold = await client.resolve(ref, parse_platform(platform))
             assert _paths(recorder) == [
-                f"GET {tag}", f"GET /v2/library/busybox/manifests/{expected.manifest_digest}",
+                f"GET {TAG}", f"GET /v2/library/busybox/manifests/{expected.manifest_digest}",
                 f"GET /v2/library/busybox/blobs/{expected.config_digest}"]
             warm = await client.resolve(ref, parse_platform(platform))
-            assert _paths(recorder) == [f"GET {tag}"]
+            assert _paths(recorder) == warm_requests
             stats = client.statistics()
         assert warm == cold
         assert warm.digest == expected.manifest_digest
-        assert (stats["requests"], stats["manifest_hits"], stats["config_hits"]) == (4, 1, 1)
-    _run(registry, body)
+        assert stats["requests"] == 3 + len(warm_requests)
+        assert (stats["manifest_hits"], stats["config_hits"]) == (manifest_hits, 1)
+    _run(registry, body, answered)
 
 
 def test_a_digest_reference_costs_nothing_once_known(registry: Any,
@@ -174,12 +190,15 @@ def _image(marker: str) -> tuple[bytes, bytes, bytes]:
     return config, layer, manifest
 
 
-async def _push(ref: Reference, marker: str) -> str:
+async def _push(ref: Reference, marker: str, pusher: RegistryClient | None = None) -> str:
+    """Push the image ``_image(marker)`` as ``ref`` (with a client of its own by default)."""
+    if pusher is None:
+        async with RegistryClient(CACHED) as own:
+            return await _push(ref, marker, own)
     config, layer, manifest = _image(marker)
-    async with RegistryClient(CACHED) as pusher:
-        for blob in (config, layer):
-            await pusher.push_blob(ref, _digest(blob), len(blob), blob)
-        return await pusher.push_manifest(ref, manifest, OCI_MANIFEST)
+    for blob in (config, layer):
+        await pusher.push_blob(ref, _digest(blob), len(blob), blob)
+    return await pusher.push_manifest(ref, manifest, OCI_MANIFEST)
 
 
 def test_a_repushed_tag_is_seen(registry: Any) -> None:
@@ -196,7 +215,31 @@ def test_a_repushed_tag_is_seen(registry: Any) -> None:
             second = await client.resolve(ref, amd64)
             assert second.digest == second_digest != first_digest
             assert json.loads(second.config)["config"]["Env"] == ["two"]
-            assert len(_paths(recorder)) == 2  # the tag again, and the new config
+            manifests = f"/v2/{ref.path}/manifests"
+            config_digest = second.manifest["config"]["digest"]
+            assert _paths(recorder) == [f"HEAD {manifests}/v1", f"GET {manifests}/{second_digest}",
+                                        f"GET /v2/{ref.path}/blobs/{config_digest}"]
             await client.resolve(ref, amd64)
-            assert _paths(recorder) == [f"GET /v2/{ref.path}/manifests/v1"]
+            assert _paths(recorder) == [f"HEAD {manifests}/v1"]
     _run(registry, body)
+
+
+def test_warm_resolve_with_token_auth(token_registry: Any, tmp_path: Path) -> None:
+    """The HEAD of the tag is answered 401 like a GET: the cached token answers it, one
+    request in all."""
+    domain = token_registry.registry.domain
+    ref = parse_reference(f"{domain}/team/cached-{uuid.uuid4().hex[:8]}:v1")
+    alice = {"auth": base64.b64encode(b"alice:wonderland").decode()}
+    config = RegistryConfig(docker_config=DockerConfig(tmp_path / "config.json", {domain: alice}),
+                            backoff_initial=0.01)
+
+    async def run() -> tuple[str, str, int]:
+        async with RegistryClient(config) as client:
+            pushed = await _push(ref, "token", client)
+            cold = await client.resolve(ref, Platform("linux", "amd64"))
+            before = client.statistics()["requests"]
+            warm = await client.resolve(ref, Platform("linux", "amd64"))
+            return pushed, warm.digest if warm == cold else "", \
+                client.statistics()["requests"] - before
+    pushed, warm, requests = asyncio.run(run())
+    assert (warm, requests) == (pushed, 1)
