@@ -62,6 +62,7 @@ class _Session:
     options: Any  # the LocalBuildOptions the outputs are written with
     request: Any  # the BuildOptions the client sent (pushes, tags)
     stdout_file: str | None  # where a ``dest=-`` output goes, for the client to stream
+    records: Any = None  # its RemoteRecords (--cache-from/--cache-to), or None
     # The build's calls running here now; close_session cancels and awaits them.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -100,7 +101,11 @@ class WorkerActor:
         context = Path(options.context)
         patterns = await asyncio.to_thread(ignore_patterns, context, local)
         backend = self._engine().backend(build_session(context, local))
-        self._sessions[build_id] = _Session(backend, local, options, stdout_file)
+        records = None
+        if local.cache_to or local.cache_from:
+            from cluster._local_build import remote_records  # noqa: PLC0415
+            records = remote_records(self._engine(), local)
+        self._sessions[build_id] = _Session(backend, local, options, stdout_file, records)
         return {"ignore_patterns": patterns, "epoch": local.epoch}
 
     async def close_session(self, build_id: str) -> dict[str, Any]:
@@ -113,6 +118,10 @@ class WorkerActor:
             if session.tasks:
                 await asyncio.wait(list(session.tasks))
             await session.backend.aclose()
+            if session.records is not None:  # a failed build keeps what it finished
+                with contextlib.suppress(DockyardError):
+                    await session.records.drain(failed=True)
+                await session.records.aclose()
         return {"result": None}
 
     def _session(self, build_id: str) -> _Session:
@@ -189,23 +198,35 @@ class WorkerActor:
         roots = {digest: CacheRecord.from_bytes(data) for digest, data in records.items()}
         exported = await write_results(self._engine(), BuildGraph.from_msgpack(graph).results,
                                        roots, session.options)
+        if session.records is not None:
+            session.records.export_final(roots.values())
+            await session.records.drain()
         pushed = await self._push(session.request, exported)
         metadata = dict(build_metadata(exported))
         if session.request.tags:
             metadata["image.name"] = ",".join(session.request.tags)
         return {"metadata": metadata, "stdout_file": session.stdout_file, "pushed": pushed}
 
-    async def get_record(self, key: str) -> dict[str, Any]:
+    async def get_record(self, key: str, build_id: str | None = None) -> dict[str, Any]:
+        """The record of ``key``: the local store's, or (``build_id`` given) also from the
+        build's ``--cache-from`` (and pushed to its ``--cache-to`` in mode=max)."""
         async def get() -> bytes | None:
-            record = await self._engine().records().get(key)
+            record = await self._records(build_id).get(key)
             return None if record is None else bytes(record.to_bytes())
         return await _answered(get)
 
-    async def put_record(self, data: bytes) -> dict[str, Any]:
+    async def put_record(self, data: bytes, build_id: str | None = None) -> dict[str, Any]:
         from cache_backends._records import CacheRecord  # noqa: PLC0415
 
-        return await _answered(lambda: self._engine().records().put(
+        return await _answered(lambda: self._records(build_id).put(
             CacheRecord.from_bytes(data)))
+
+    def _records(self, build_id: str | None) -> Any:
+        """The build's RecordCache (its remote caches), else the local store's."""
+        session = self._sessions.get(build_id) if build_id is not None else None
+        if session is not None and session.records is not None:
+            return session.records
+        return self._engine().records()
 
     # -- plumbing --
 
@@ -328,7 +349,9 @@ def _local_options(root: Path, options: Any, session: dict[str, Any],
         secrets={k: bytes(v) for k, v in session.get("secrets", {}).items()},
         ssh={k: Path(v) for k, v in session.get("ssh", {}).items()},
         outputs=outputs, names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
-        insecure_registries=tuple(options.insecure_registries))
+        insecure_registries=tuple(options.insecure_registries),
+        cache_to=tuple(getattr(options, "cache_to", ())),
+        cache_from=tuple(getattr(options, "cache_from", ())))
 
 
 def _internal(exc: Exception) -> SolveError:

@@ -1,7 +1,8 @@
 """``--cache-to``/``--cache-from`` end to end, in process (cluster/_local_build.py's
 ``build_local``: real runc, overlayfs, registry, and moto's S3 server on loopback): two
 "machines" are two DOCKYARD_ROOTs; the second, empty, gets every vertex from the first's
-export, runs no RUN and produces the same image digest."""
+export, runs no RUN and produces the same image digest.  The last test takes the service's
+path (coordinator and worker actor, in process, without Ray)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 
 import pytest
 
-from cluster._build_options import parse_cache
+from cluster._build_options import BuildOptions, OutputSpec, parse_cache
+from cluster._coordinator import Coordinator
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._errors import CacheError, ExecError
 from scheduler._platform import parse_platform
 from scheduler._progress import Event, StatusUpdate, VertexStarted
+from workers._actor import WorkerActor
 from workers._image import ImageArtifacts
 from workers._remote_cache import CACHE_EVENT_VERTEX
 
@@ -201,3 +204,72 @@ def test_an_unusable_cache_is_one_warning_or_a_pinned_error(
         assert built.statistics.executed > 0
         [text] = first.events.warnings()
     assert text.startswith(start) and text.endswith(end), text
+
+
+# --- the service's path: coordinator and worker actor, in process -----------------------
+
+
+class InProcessWorker:
+    """A ``WorkerHandle`` over a ``WorkerActor`` in this process.  The record calls carry
+    the open build's id, as the coordinator's ``WorkerRecords`` must once wired (the
+    actor then consults that build's remote caches)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self.build_id: str | None = None
+
+    async def call(self, method: str, *args: Any) -> Any:
+        if method == "open_session":
+            self.build_id = args[0]
+        if method in ("get_record", "put_record"):
+            args = (*args, self.build_id)
+        return await getattr(self.actor, method)(*args)
+
+    def stream(self, method: str, *args: Any) -> Any:
+        return _Stream(getattr(self.actor, method)(*args))
+
+
+@dataclass
+class _Stream:
+    items: Any
+
+    def __aiter__(self) -> Any:
+        return self.items
+
+    def cancel(self) -> None:
+        return None
+
+
+def _service_build(base: Any, context: Path, machine: Machine, **caches: str
+                   ) -> dict[str, Any]:
+    options = BuildOptions(
+        context=str(context), platforms=("linux/amd64",),
+        outputs=(OutputSpec("oci", str(machine.out / "image.tar")),),
+        cache_to=tuple(parse_cache("--cache-to", v) for v in caches.get("to", "").split()),
+        cache_from=tuple(parse_cache("--cache-from", v)
+                         for v in caches.get("source", "").split()))
+    request = {"options": options.to_wire(), "session": {},
+               "dockerfile": DOCKERFILE.format(base=base.reference).encode()}
+
+    async def main() -> dict[str, Any]:
+        coordinator = Coordinator(InProcessWorker(WorkerActor(str(machine.root), ["amd64"])),
+                                  ["amd64"])
+        items = [item async for item in coordinator.solve(request)]
+        assert "result" in items[-1], items[-1]
+        result: dict[str, Any] = items[-1]["result"]
+        return result
+    return asyncio.run(main())
+
+
+def test_through_the_worker_actor(s3_endpoint: Any, busybox_image: Any, context: Path,
+                                  machines: tuple[Machine, Machine]) -> None:
+    first, second = machines
+    bucket = s3_endpoint.bucket()
+    built = _service_build(busybox_image, context, first,
+                           to=_s3(s3_endpoint, bucket, mode="max"))
+    assert built["statistics"]["executed"] > 0
+    assert len(_keys(s3_endpoint, bucket, "records")) == 5
+    again = _service_build(busybox_image, context, second, source=_s3(s3_endpoint, bucket))
+    assert again["statistics"]["executed"] == 0
+    assert again["metadata"] == built["metadata"]
+    assert (second.out / "image.tar").read_bytes() == (first.out / "image.tar").read_bytes()
