@@ -122,7 +122,11 @@ class _Watcher:
         return _Watcher(self.build, self.build.vertex(self.vertex.inputs[index]))
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, VertexCached):
+        if isinstance(event, VertexCompleted):
+            self.build.skips.ended(self.vertex.digest)
+        elif isinstance(event, VertexCached):
+            if not self.build.skips.ended(self.vertex.digest):
+                return  # ended already in this build (a target that is another's input)
             for skipped in self.build.skips.hit(self.vertex.digest):
                 self.build.events.emit(VertexCached(skipped.digest, _name(skipped)))
         self.build.events.emit(_readdressed(event, self.vertex))
@@ -141,25 +145,34 @@ class _Skips:
             for digest in vertex.inputs:
                 self._users[digest].add(vertex.digest)
         self._watched = set(targets)  # vertices a flight of the build resolves
-        self._hits: set[str] = set()  # watched vertices answered by a record
-        self._skipped: set[str] = set()  # vertices reported as not needed
+        # Vertices the build has no more use for: watched ones answered by a record, and
+        # unwatched ones reported as not needed (``_skipped``).
+        self._settled: set[str] = set()
+        self._skipped: set[str] = set()
+        self._ended: set[str] = set()  # vertices reported cached or completed
+
+    def ended(self, digest: str) -> bool:
+        """Whether ``digest`` ends now for the first time in this build (once only)."""
+        first = digest not in self._ended
+        self._ended.add(digest)
+        return first
 
     def watch(self, digest: str) -> None:
         self._watched.add(digest)
 
     def hit(self, digest: str) -> list[Vertex]:
         """``digest`` came from the cache: the vertices that makes unneeded, inputs first."""
-        self._hits.add(digest)
-        settled = self._hits | self._skipped
+        self._settled.add(digest)
         found: list[str] = []
         stack = list(self._graph.vertices[digest].inputs)
         while stack:
             below = stack.pop()
             if below in self._watched or below in self._skipped:
                 continue
-            if self._users[below] <= settled:
+            if self._users[below] <= self._settled:
                 self._skipped.add(below)
-                settled.add(below)
+                self._settled.add(below)
+                self._ended.add(below)
                 found.append(below)
                 stack.extend(self._graph.vertices[below].inputs)
         found.sort(key=self._order.__getitem__)

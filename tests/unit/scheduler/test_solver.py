@@ -649,9 +649,22 @@ FULLY_CACHED = [
     (CHAIN, [RUN_A], [F, C, "[2/5] COPY a", "[3/5] RUN after a"]),
     (DIAMOND, [D_RUN], [F, C, "[2/5] COPY a", "[3/5] COPY b", "[4/5] merge",
                         "[5/5] RUN last"]),
+    # a target below another one hits on its own lookup: not reported again as unneeded
+    (CHAIN, [IMAGE, RUN_A], [F, C, "[2/5] COPY a", "[3/5] RUN after a"]),
     (DIAMOND, [D_COPY_A, D_RUN], ["[2/5] COPY a", F, C, "[3/5] COPY b", "[4/5] merge",
                                   "[5/5] RUN last"]),
 ]
+
+
+def _needed_names(graph: BuildGraph, targets: Sequence[Vertex]) -> list[str]:
+    seen: set[str] = set()
+    stack = [t.digest for t in targets]
+    while stack:
+        digest = stack.pop()
+        if digest not in seen:
+            seen.add(digest)
+            stack.extend(graph.vertices[digest].inputs)
+    return [v.name for d, v in graph.vertices.items() if d in seen]
 
 
 def _rebuild(graph: BuildGraph, targets: Sequence[Vertex], backend: FakeBackend,
@@ -688,6 +701,10 @@ PARTIAL = [
     (DIAMOND, [D_COPY_A], {}, [D_RUN],
      ["[1/4] FROM busybox", "[internal] load build context", "[2/5] COPY a"],
      ["[3/5] COPY b", "[4/5] merge", "[5/5] RUN last"], 6),
+    # a target another target needs is looked up again (its flight ended in between), and
+    # hits again: reported once
+    (CHAIN, [IMAGE], {}, [IMAGE, RUN_A], ["[1/4] FROM busybox"],
+     ["[internal] load build context", "[2/5] COPY a", "[3/5] RUN after a"], 5),
     (CHAIN, [RUN_A], {}, [RUN_B],
      ["[1/4] FROM busybox", "[2/5] COPY a", "[3/5] RUN after a",
       "[internal] load build context"],
@@ -764,3 +781,32 @@ def test_a_build_joining_late_hears_of_the_hits_below_it() -> None:
     assert two.of(VertexCached) == [*below]
     assert one.of(VertexCompleted) == two.of(VertexCompleted) == ["[5/5] RUN slow"]
     assert backend.executions["[5/5] RUN slow"] == 1
+
+
+@st.composite
+def _dags(draw: st.DrawFn) -> tuple[BuildGraph, list[Vertex], list[Vertex]]:
+    """A random graph over IMAGE, the targets of a first build, those of a rebuild."""
+    vertices = [IMAGE]
+    for i in range(draw(st.integers(1, 7))):
+        inputs = draw(st.lists(st.sampled_from(vertices), min_size=1, max_size=3,
+                               unique_by=lambda v: v.digest))
+        vertices.append(run(f"[{i + 2}] RUN v{i}", f"v{i}", *inputs))
+    pick = st.lists(st.sampled_from(vertices), min_size=1, max_size=3,
+                    unique_by=lambda v: v.digest)
+    return graph_of(*vertices), draw(pick), draw(pick)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_dags())
+def test_every_needed_vertex_ends_once_as_cached_or_as_run(
+        case: tuple[BuildGraph, list[Vertex], list[Vertex]]) -> None:
+    graph, first, targets = case
+    backend, cache = FakeBackend(), MemoryCache()
+    go(lambda: solver(backend, cache).solve(graph, [t.digest for t in first]))
+    events = _rebuild(graph, targets, backend, cache)
+    ends = [e.vertex for e in events.events if isinstance(e, VertexCached | VertexCompleted)]
+    needed = {v.digest for v in graph.vertices.values()
+              if v.name in _needed_names(graph, targets)}
+    assert sorted(ends) == sorted(needed)  # each needed vertex once, nothing else
+    ran = [e.name for e in events.events if isinstance(e, VertexCompleted)]
+    assert sorted(ran) == sorted(backend.executions.elements())
