@@ -20,6 +20,13 @@ in the last ``RUNNING_GRACE`` seconds (a build in progress touches what it reads
 writes), leaves unpacked layers alone (a running build may have them mounted) and refuses
 ``--all`` (cache mounts may be in use).  ``prune --cache type=s3,...`` prunes a bucket
 through ``S3Backend.prune``, which has its own grace period for blobs.
+
+The automatic limit: ``DOCKYARD_CACHE_MAX`` (a size, ``20GB``; unset, empty or ``off``:
+no limit, the default -- a cache that vanishes on its own is a surprise, and disk sizes
+differ too much for one fraction to fit) bounds the local cache's blobs and records.
+``enforce_cache_limit`` is what the worker runs after each build: least recently used
+first, down to the limit, never what was used in the last ``RUNNING_GRACE`` seconds (other
+builds may be running); unpacked layers and cache mounts are left to ``dockyard prune``.
 """
 
 from __future__ import annotations
@@ -34,20 +41,26 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
 from cache_backends._protocol import PruneReport
 from cache_backends._rules import decode_record
 from scheduler._errors import CacheError, ServiceError, UsageError
 
+if TYPE_CHECKING:
+    from cache_backends._local import LocalBackend
+
 __all__ = [
+    "CACHE_MAX_ENV",
     "RUNNING_GRACE",
     "DiskUsage",
     "KindUsage",
     "PruneResult",
+    "cache_limit",
+    "enforce_cache_limit",
     "human_size",
     "local_usage",
     "parse_duration",
@@ -230,14 +243,16 @@ def local_usage(root: Path) -> DiskUsage:
 
 
 def format_usage(usage: DiskUsage, *, verbose: bool, now: float) -> str:
-    """``du``'s table: one row per kind, then (verbose) one per record, then the totals."""
+    """``du``'s table: one row per kind, then (verbose) one per record in buildx's columns
+    (ID, RECLAIMABLE, SIZE, LAST ACCESSED; a record's size is that of the layers it names,
+    which records may share), then buildx's ``Reclaimable:`` and ``Total:`` lines."""
     rows = [("KIND", "COUNT", "RECLAIMABLE", "SIZE")]
     rows += [(kind.kind, str(kind.count), str(kind.reclaimable).lower(), human_size(kind.size))
              for kind in usage.kinds]
     lines = _columns(rows)
     if verbose and usage.records:
-        records = [("RECORD", "LAYERS", "SIZE", "LAST ACCESSED")]
-        records += [(info.key, str(info.layers), human_size(info.size),
+        records = [("ID", "LAYERS", "RECLAIMABLE", "SIZE", "LAST ACCESSED")]
+        records += [(info.key, str(info.layers), "true", human_size(info.size),
                      ago(now - info.last_used)) for info in usage.records]
         lines += ["", *_columns(records)]
     lines += ["", f"Reclaimable:\t{human_size(usage.reclaimable)}",
@@ -379,6 +394,35 @@ def format_prune(result: PruneResult) -> str:
             ("unpacked layers", str(result.layers_removed), human_size(result.layer_bytes)),
             ("cache mounts", str(result.mounts_removed), human_size(result.mount_bytes))]
     return "\n".join([*_columns(rows), f"Total:\t{human_size(result.total)}"]) + "\n"
+
+
+# --- the automatic limit ---------------------------------------------------------------
+
+CACHE_MAX_ENV: Final = "DOCKYARD_CACHE_MAX"
+
+
+def cache_limit(environ: Mapping[str, str] = os.environ) -> int | None:
+    """The bytes ``DOCKYARD_CACHE_MAX`` allows the local cache, or None (no limit)."""
+    text = environ.get(CACHE_MAX_ENV, "").strip()
+    if text.lower() in ("", "off"):
+        return None
+    try:
+        return parse_size(text, CACHE_MAX_ENV)
+    except UsageError:
+        raise CacheError(f"invalid {CACHE_MAX_ENV} {text!r}: expected a size such as 20GB, "
+                         "or off", hint=f"fix or unset {CACHE_MAX_ENV} in the service's "
+                         "environment") from None
+
+
+async def enforce_cache_limit(backend: LocalBackend, environ: Mapping[str, str] = os.environ
+                              ) -> PruneReport | None:
+    """After a build: prune ``backend`` down to ``DOCKYARD_CACHE_MAX`` (least recently used
+    first, keeping what was used in the last ``RUNNING_GRACE`` seconds); None when there is
+    no limit or the cache is within it."""
+    limit = cache_limit(environ)
+    if limit is None or (await backend.usage()).total_bytes <= limit:
+        return None
+    return await backend.prune(keep_bytes=limit, older_than=RUNNING_GRACE)
 
 
 # --- the commands --------------------------------------------------------------------------

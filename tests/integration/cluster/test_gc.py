@@ -26,7 +26,7 @@ import pytest
 from cache_backends._local import LocalBackend
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from cluster._cli import main
-from cluster._gc_cmd import human_size, local_usage, prune_local
+from cluster._gc_cmd import enforce_cache_limit, human_size, local_usage, prune_local
 
 HOUR = 3600.0
 
@@ -134,10 +134,10 @@ def test_du_verbose_lists_records_newest_first(root: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["du", "--verbose"]) == 0
     out = capsys.readouterr().out
-    rows = out.split("RECORD")[1].splitlines()[1:4]
+    rows = out.split("\nID ")[1].splitlines()[1:4]
     assert [row.split()[0] for row in rows] == [e.key for e in reversed(ENTRIES)]
     assert [" ".join(row.split()[1:]) for row in rows] == [
-        "1 1kB just now", "1 2kB 5 hours ago", "1 3kB 2 days ago"]
+        "1 true 1kB just now", "1 true 2kB 5 hours ago", "1 true 3kB 2 days ago"]
 
 
 def test_du_of_a_root_never_used(tmp_path: Path) -> None:
@@ -299,3 +299,20 @@ def test_prune_s3_refuses_local_cache_type(tmp_path: Path,
     assert capsys.readouterr().err == (
         f"error: invalid --cache 'type=local,src={tmp_path}': prune takes type=s3 only\n"
         "hint: the local store is pruned without --cache\n")
+
+
+# --- the automatic limit -------------------------------------------------------------------
+
+
+# DOCKYARD_CACHE_MAX -> the records left after a build (the last hour is always kept)
+LIMITS = [("", ALL), ("off", ALL), ("1GB", ALL), ("4000b", ["mid", "new"]),
+          ("3000b", ["new"]), ("0", ["new"])]
+
+
+@pytest.mark.parametrize(("limit", "left"), LIMITS)
+def test_enforce_cache_limit(root: Path, limit: str, left: list[str]) -> None:
+    report = asyncio.run(enforce_cache_limit(LocalBackend(root), {"DOCKYARD_CACHE_MAX": limit}))
+    assert _left(root)["records"] == left
+    assert _left(root)["blobs"] == left
+    assert _left(root)["layers"] == ALL  # left to dockyard prune
+    assert (report is None) is (left == ALL)

@@ -14,6 +14,7 @@ from cluster._gc_cmd import (
     PruneResult,
     RecordInfo,
     ago,
+    cache_limit,
     confirmed,
     format_prune,
     format_remote,
@@ -23,6 +24,7 @@ from cluster._gc_cmd import (
     parse_filters,
     parse_size,
 )
+from scheduler._errors import CacheError
 
 # bytes -> docker's units.HumanSize
 HUMAN = [(0, "0B"), (999, "999B"), (1000, "1kB"), (1234, "1.234kB"), (12_345, "12.35kB"),
@@ -127,8 +129,8 @@ Total:\t\t6.245MB
 """
 
 RECORDS = f"""
-RECORD{" " * 68}LAYERS   SIZE      LAST ACCESSED
-sha256:{"a" * 64}   2        1.234MB   1 hour ago
+ID{" " * 72}LAYERS   RECLAIMABLE   SIZE      LAST ACCESSED
+sha256:{"a" * 64}   2        true          1.234MB   1 hour ago
 """
 
 
@@ -165,3 +167,22 @@ def test_confirmed(everything: bool, answer: str, going_on: bool) -> None:
     assert out.getvalue().startswith("WARNING! This will remove all build cache")
     assert out.getvalue().endswith("Are you sure you want to continue? [y/N] ")
     assert ("cache mounts included" in out.getvalue()) is everything
+
+
+# DOCKYARD_CACHE_MAX -> the limit in bytes (None: no limit)
+LIMITS = [({}, None), ({"DOCKYARD_CACHE_MAX": ""}, None), ({"DOCKYARD_CACHE_MAX": "off"}, None),
+          ({"DOCKYARD_CACHE_MAX": "OFF"}, None), ({"DOCKYARD_CACHE_MAX": "20GB"}, 20 << 30),
+          ({"DOCKYARD_CACHE_MAX": " 512m "}, 512 << 20), ({"DOCKYARD_CACHE_MAX": "0"}, 0)]
+
+
+@pytest.mark.parametrize(("environ", "limit"), LIMITS)
+def test_cache_limit(environ: dict[str, str], limit: int | None) -> None:
+    assert cache_limit(environ) == limit
+
+
+def test_cache_limit_invalid() -> None:
+    with pytest.raises(CacheError) as caught:
+        cache_limit({"DOCKYARD_CACHE_MAX": "half"})
+    assert caught.value.message == "invalid DOCKYARD_CACHE_MAX 'half': expected a size such as " \
+        "20GB, or off"
+    assert caught.value.hint == "fix or unset DOCKYARD_CACHE_MAX in the service's environment"
