@@ -2,11 +2,14 @@
 over the local store, consulting remote backends on a miss and pushing records out.
 
 - **Import**: a key the local store lacks is looked up in each ``--cache-from`` backend in
-  turn (records by key, global).  A hit is a hit: its record is returned as is and its
-  layer blobs are *not* fetched; the runtime learns where they are
-  (``WorkerRuntime.remote_blobs``) and fetches one when something needs it (an exec or
-  file op on top unpacks it, an exporter writes it).  A backend that fails (unreachable,
-  no such bucket) is a miss, warned about once, and not asked again in this build.
+  turn (records by key, global).  A record whose blobs are all there (one batch of
+  existence checks) is a hit: it is returned as is and its layer blobs are *not*
+  fetched; the runtime learns where they are (``WorkerRuntime.remote_blobs``) and
+  fetches one when something needs it (an exec or file op on top unpacks it, an
+  exporter writes it).  A blob found corrupt then fails that build (the backend drops
+  it, so the next build reads the record as a miss and repairs it).  A backend that
+  fails (unreachable, no such bucket) is a miss, warned about once, and not asked again
+  in this build.
 - **Export**: a record is pushed to each ``--cache-to`` backend in the background as soon
   as the solver has it (``mode=max``: every vertex the solver executes or finds; ``mode=min``:
   only the final images' records, which ``export_final`` pushes once the solve is done).
@@ -117,7 +120,7 @@ class RemoteRecords:
             if id(remote) in self._broken:
                 continue
             try:
-                record = await remote.backend.get_record(key)
+                record = await self._complete(remote.backend, key)
             except DockyardError as err:
                 self._broken.add(id(remote))
                 self._warn(f"import {remote.where}",
@@ -129,6 +132,17 @@ class RemoteRecords:
                 self.imported.append(key)
                 return record
         return None
+
+    @staticmethod
+    async def _complete(backend: CacheBackend, key: str) -> CacheRecord | None:
+        """The record of ``key`` in ``backend`` if every blob it names is there too (one
+        batch of existence checks): a record whose blob was pruned or dropped as corrupt
+        is a miss, so the vertex is built again and its export repairs the entry."""
+        record = await backend.get_record(key)
+        if record is None:
+            return None
+        digests = {layer.digest for layer in record.result.layers}
+        return record if await backend.has_many(digests) >= digests else None
 
     # -- export --
 

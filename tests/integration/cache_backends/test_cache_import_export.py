@@ -7,6 +7,7 @@ path (coordinator and worker actor, in process, without Ray)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,52 @@ def test_a_failed_build_keeps_what_it_finished(s3_endpoint: Any, busybox_image: 
     assert len(_keys(s3_endpoint, bucket, "records")) == 5  # all but the failed RUN
     again = _build(busybox_image, context, second, cache_from=_s3(s3_endpoint, bucket))
     assert again.statistics.executed == 0
+
+
+def _top_layer(result: LocalBuildResult) -> str:
+    """The blob of the image's last layer (the last RUN's)."""
+    deepest = max(result.records.values(), key=lambda record: len(record.result.layers))
+    return deepest.result.layers[-1].digest
+
+
+def _damage(endpoint: Any, bucket: str, digest: str, how: str) -> None:
+    key = f"ci/blobs/sha256/{digest.removeprefix('sha256:')}"
+    if how == "missing":
+        endpoint.client().delete_object(Bucket=bucket, Key=key)
+    else:
+        endpoint.client().put_object(Bucket=bucket, Key=key, Body=b"not the layer")
+
+
+def test_a_missing_blob_is_a_miss_that_the_rebuild_repairs(
+        s3_endpoint: Any, busybox_image: Any, context: Path,
+        machines: tuple[Machine, Machine]) -> None:
+    first, second = machines
+    bucket = s3_endpoint.bucket()
+    cache, export = _s3(s3_endpoint, bucket), _s3(s3_endpoint, bucket, mode="max")
+    built = _build(busybox_image, context, first, cache_to=export)
+    _damage(s3_endpoint, bucket, _top_layer(built), "missing")
+    again = _build(busybox_image, context, second, cache_from=cache, cache_to=export)
+    assert second.events.started() == ["[4/4] RUN echo two > /app/two"]
+    third = Machine(second.root.parent / "third", second.out)
+    repaired = _build(busybox_image, context, third, cache_from=cache)
+    assert repaired.statistics.executed == 0 and _digest(repaired) == _digest(again)
+
+
+def test_a_corrupt_blob_fails_one_build_and_the_next_repairs_it(
+        s3_endpoint: Any, busybox_image: Any, context: Path,
+        machines: tuple[Machine, Machine]) -> None:
+    first, second = machines
+    bucket = s3_endpoint.bucket()
+    cache, export = _s3(s3_endpoint, bucket), _s3(s3_endpoint, bucket, mode="max")
+    digest = _top_layer(_build(busybox_image, context, first, cache_to=export))
+    _damage(s3_endpoint, bucket, digest, "corrupt")
+    with pytest.raises(CacheError) as caught:
+        _build(busybox_image, context, second, cache_from=cache, cache_to=export)
+    actual = "sha256:" + hashlib.sha256(b"not the layer").hexdigest()
+    assert caught.value.message == (f"blob {digest} in the S3 cache (s3://{bucket}/ci/) is "
+                                    f"corrupt (its bytes hash to {actual}); it was removed")
+    again = _build(busybox_image, context, second, cache_from=cache, cache_to=export)
+    assert again.statistics.executed == 1
 
 
 MISSING = "dockyard-no-such-bucket"
