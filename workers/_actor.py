@@ -200,6 +200,9 @@ class WorkerActor:
                                        roots, session.options)
         if session.records is not None:
             session.records.export_final(roots.values())
+            if any(o.type == "image" and o.push for o in session.request.outputs):
+                await self._engine().ensure_blobs(  # imported layers, for the push
+                    layer for record in roots.values() for layer in record.result.layers)
             await session.records.drain()
         pushed = await self._push(session.request, exported)
         metadata = dict(build_metadata(exported))

@@ -287,11 +287,12 @@ class _Stream:
         return None
 
 
-def _service_build(base: Any, context: Path, machine: Machine, **caches: str
-                   ) -> dict[str, Any]:
+def _service_build(base: Any, context: Path, machine: Machine, push: str = "",
+                   **caches: str) -> dict[str, Any]:
+    pushes = (OutputSpec("image", None, (push,), True),) if push else ()
     options = BuildOptions(
         context=str(context), platforms=("linux/amd64",),
-        outputs=(OutputSpec("oci", str(machine.out / "image.tar")),),
+        outputs=pushes or (OutputSpec("oci", str(machine.out / "image.tar")),),
         cache_to=tuple(parse_cache("--cache-to", v) for v in caches.get("to", "").split()),
         cache_from=tuple(parse_cache("--cache-from", v)
                          for v in caches.get("source", "").split()))
@@ -316,7 +317,10 @@ def test_through_the_worker_actor(s3_endpoint: Any, busybox_image: Any, context:
                            to=_s3(s3_endpoint, bucket, mode="max"))
     assert built["statistics"]["executed"] > 0
     assert len(_keys(s3_endpoint, bucket, "records")) == 5
-    again = _service_build(busybox_image, context, second, source=_s3(s3_endpoint, bucket))
+    name = f"{busybox_image.domain}/cached/app:1"
+    again = _service_build(busybox_image, context, second, push=name,
+                           source=_s3(s3_endpoint, bucket))
     assert again["statistics"]["executed"] == 0
-    assert again["metadata"] == built["metadata"]
-    assert (second.out / "image.tar").read_bytes() == (first.out / "image.tar").read_bytes()
+    digest = built["metadata"]["containerimage.digest"]
+    assert again["metadata"]["containerimage.digest"] == digest
+    assert again["pushed"] == [f"{name}@{digest}"]  # its layers fetched for the push only
