@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -38,6 +39,8 @@ from typing import Any
 
 from scheduler._errors import DockyardError, SolveError
 from scheduler._progress import Event, EventSink, VertexLog, event_to_wire
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["WorkerActor"]
 
@@ -122,7 +125,17 @@ class WorkerActor:
                 with contextlib.suppress(DockyardError):
                     await session.records.drain(failed=True)
                 await session.records.aclose()
+            await self._enforce_cache_limit()
         return {"result": None}
+
+    async def _enforce_cache_limit(self) -> None:
+        """DOCKYARD_CACHE_MAX, after each build: a failure to prune never fails a build."""
+        from cluster._gc_cmd import enforce_cache_limit  # noqa: PLC0415
+
+        try:
+            await enforce_cache_limit(self._engine().cache)
+        except DockyardError as err:
+            _log.warning("cache limit not enforced: %s", err)
 
     def _session(self, build_id: str) -> _Session:
         session = self._sessions.get(build_id)
