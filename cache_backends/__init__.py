@@ -10,8 +10,7 @@ solver, the coordinator) does not import boto3.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from scheduler._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "BACKENDS": "_registry",
@@ -27,14 +26,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cache_backends' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, globals())

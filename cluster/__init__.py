@@ -8,8 +8,9 @@ behind it for a command that never reads a context.
 
 from __future__ import annotations
 
-import importlib
 import typing
+
+from scheduler._lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
     from ._cli import main
@@ -17,14 +18,7 @@ if typing.TYPE_CHECKING:
 
 __all__ = ["ContextEntry", "ignore_file_for", "load_ignore_patterns", "main", "walk_context"]
 
-_HOMES = {"main": "._cli", "ContextEntry": "._context", "ignore_file_for": "._context",
-          "load_ignore_patterns": "._context", "walk_context": "._context"}
+_EXPORTS = {"main": "_cli", "ContextEntry": "_context", "ignore_file_for": "_context",
+            "load_ignore_patterns": "_context", "walk_context": "_context"}
 
-
-def __getattr__(name: str) -> typing.Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, globals())

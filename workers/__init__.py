@@ -7,8 +7,7 @@ the metadata of an exported image, does not pay for importing the whole runtime.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from scheduler._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "WorkerRuntime": "_runtime", "BuildSession": "_runtime", "RuntimeBackend": "_runtime",
@@ -30,14 +29,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'workers' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, globals())
