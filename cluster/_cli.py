@@ -76,22 +76,6 @@ def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> tup
     return _read_bytes(path, "Dockerfile"), os.path.normpath(path), path
 
 
-def _build_args(items: Sequence[str], environ: os._Environ[str] | dict[str, str]
-                ) -> dict[str, str]:
-    """``K=V`` pairs; a bare ``K`` takes its value from the environment (and is dropped
-    when the environment has none), as docker does."""
-    args: dict[str, str] = {}
-    for item in items:
-        key, equals, value = item.partition("=")
-        if not key:
-            raise UsageError(f"invalid --build-arg {item!r}: the name is empty")
-        if equals:
-            args[key] = value
-        elif key in environ:
-            args[key] = environ[key]
-    return args
-
-
 def _platforms(values: Sequence[str]) -> list[Platform]:
     if not values:
         return [default_platform()]
@@ -121,7 +105,9 @@ def _run_frontend(args: argparse.Namespace, *, check_only: bool = False
     its display name."""
     context = _context_dir(args.context)
     platforms = _platforms(args.platform)
-    build_args = _build_args(args.build_arg, os.environ)
+    from ._build_options import parse_build_args  # noqa: PLC0415 -- only for these commands
+
+    build_args = dict(parse_build_args(args.build_arg, os.environ))
     data, filename, dockerfile_path = _read_dockerfile(args.file, context, sys.stdin.buffer)
 
     from cluster._context import load_ignore_patterns
