@@ -16,6 +16,7 @@ import gzip
 import lzma
 import os
 import posixpath
+import shutil
 import stat
 import tarfile
 from collections.abc import Iterator
@@ -157,7 +158,7 @@ class _Extractor:
         if member.isdir() and path.is_dir() and not path.is_symlink():
             return
         if path.is_dir() and not path.is_symlink():
-            _remove_tree(path)
+            shutil.rmtree(path)
         else:
             path.unlink()
 
@@ -207,11 +208,3 @@ def _climbs_out(directory: str, link: str) -> bool:
 _TYPES = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
           tarfile.FIFOTYPE: stat.S_IFIFO}
 
-
-def _remove_tree(path: Path) -> None:
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            _remove_tree(child)
-        else:
-            child.unlink()
-    path.rmdir()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -274,18 +275,10 @@ def _rm_path(root: Path, path: str, allow_not_found: bool) -> None:
         raise SolveError(f'rm "{absolute(path)}": not found',
                          hint="the path does not exist in this stage")
     if victim.is_dir() and not victim.is_symlink():
-        _remove_tree(victim)
+        shutil.rmtree(victim)
     elif os.path.lexists(victim):
         victim.unlink()
 
-
-def _remove_tree(path: Path) -> None:
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            _remove_tree(child)
-        else:
-            child.unlink()
-    path.rmdir()
 
 
 def _symlink(ctx: _Context, action: Symlink) -> None:
