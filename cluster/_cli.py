@@ -231,6 +231,12 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
         help="where the result goes (local, tar, oci, docker, image); repeatable")
     add("--push", action="store_true", help="push the image (--output=type=image,push=true)")
     add("--no-cache", action="store_true", help="do not use the cache")
+    add("--cache-to", action="append", default=[], metavar="type=s3|local,...",
+        help="export the build cache (type=s3,bucket=B,region=R,prefix=P,endpoint_url=URL,"
+             "use_path_style=true,mode=min|max,ignore-error=true or type=local,dest=DIR); "
+             "credentials come from boto3's usual chain")
+    add("--cache-from", action="append", default=[], metavar="type=s3|local,...",
+        help="import build cache (type=s3,bucket=B,... or type=local,src=DIR); repeatable")
     add("--progress", default="auto", metavar="MODE",
         help="auto, plain, tty, rawjson or quiet (progress goes to stderr)")
     add("--metadata-file", metavar="FILE", help="write the build's metadata (JSON) to FILE")

@@ -102,6 +102,7 @@ class _Build:
     graph: BuildGraph
     keys: Mapping[str, str]
     backend: SolveBackend
+    cache: RecordCache
     events: EventSink
     positions: Mapping[str, str]
     no_cache: bool
@@ -261,21 +262,24 @@ class Solver:
 
     async def solve(self, graph: BuildGraph, targets: Iterable[str] | None = None, *,
                     no_cache: bool = False, positions: Mapping[str, str] | None = None,
-                    events: EventSink | None = None,
-                    backend: SolveBackend | None = None) -> dict[str, CacheRecord]:
+                    events: EventSink | None = None, backend: SolveBackend | None = None,
+                    cache: RecordCache | None = None) -> dict[str, CacheRecord]:
         """Resolve ``targets`` (vertex digests; default: the roots of ``graph.results``)
         and return their records by digest.
 
         ``no_cache`` skips lookups (records are still written).  ``positions`` maps a
         vertex digest to its Dockerfile position (``Dockerfile:7:1``) for errors; a vertex
         it does not name (all of them, by default) is placed at its own ``location``;
-        ``events`` and ``backend`` override the solver's for this build (a build's own
-        progress stream and session)."""
+        ``events``, ``backend`` and ``cache`` override the solver's for this build (a
+        build's own progress stream, session and remote caches).  A vertex with the key
+        another build is resolving joins that flight, which reads and writes the
+        records through the cache of the build that started it."""
         wanted = _targets(graph, targets)
         needed = _needed(graph, wanted)
         build = _Build(graph=graph, keys={}, backend=backend or self._backend,
-                       events=events or self._events, positions=positions or {},
-                       no_cache=no_cache, skips=_Skips(graph, needed, wanted))
+                       cache=cache or self._cache, events=events or self._events,
+                       positions=positions or {}, no_cache=no_cache,
+                       skips=_Skips(graph, needed, wanted))
         keys = await _compute_keys(build, needed)
         build = dataclasses.replace(build, keys=keys)
         records = await _all(self._resolve(build, digest) for digest in wanted)
@@ -327,7 +331,7 @@ class Solver:
     async def _fly(self, flight: _Flight, build: _Build, vertex: Vertex,
                    key: str) -> CacheRecord:
         if not build.no_cache:
-            record = await _at_vertex(build, vertex, self._lookup(key))
+            record = await _at_vertex(build, vertex, self._lookup(build.cache, key))
             if record is not None:
                 self._cached += 1
                 flight.cached = True
@@ -337,7 +341,7 @@ class Solver:
         result = await self._execute(flight, build, vertex, [r.result for r in inputs])
         record = CacheRecord(key=key, result=result, created=int(self._clock()),
                              meta={"name": vertex.name})
-        await _at_vertex(build, vertex, self._cache.put(record))
+        await _at_vertex(build, vertex, build.cache.put(record))
         self._executed += 1
         return record
 
@@ -349,9 +353,10 @@ class Solver:
                 child.watch(watcher.input(index))
         return await _all(self._wait(child) for child in flight.inputs)
 
-    async def _lookup(self, key: str) -> CacheRecord | None:
+    @staticmethod
+    async def _lookup(cache: RecordCache, key: str) -> CacheRecord | None:
         try:
-            record = await self._cache.get(key)
+            record = await cache.get(key)
         except RecordError:  # unreadable or from another version: a miss, rebuilt
             return None
         return record if record is not None and record.key == key else None
