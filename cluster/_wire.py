@@ -178,6 +178,7 @@ _DETAILS: dict[str, tuple[str, ...]] = {
     "SolveError": ("vertex", "location"),
     "WorkerLost": ("vertex", "location"),
     "ExecError": ("exit_code", "output_tail", "vertex", "location"),
+    "BlobLost": ("digests",),
 }
 
 
@@ -186,8 +187,13 @@ def failure_from_error(call_id: int, error: DockyardError) -> Failure:
     name = type(error).__name__
     if getattr(_errors, name, None) is not type(error):
         name = _nearest_tree_class(type(error)).__name__
-    details = {key: getattr(error, key) for key in _DETAILS.get(name, ())}
+    details = {key: _plain(getattr(error, key)) for key in _DETAILS.get(name, ())}
     return Failure(call_id, name, error.message, error.hint, details)
+
+
+def _plain(value: Any) -> Any:
+    """A detail as msgpack gives it back (a tuple travels as a list)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _nearest_tree_class(cls: type[DockyardError]) -> type[DockyardError]:

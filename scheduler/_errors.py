@@ -14,6 +14,7 @@ Every error a user can see derives from ``DockyardError`` and says what went wro
      │    └── WorkerLost      the worker running a vertex died or vanished
      ├── LayerError           a layer or tar that is corrupt or escapes its root (the path)
      ├── CacheError           a cache backend failed (the backend and key or digest)
+     │    └── BlobLost        layers a cached result names are gone or corrupt (digests)
      ├── RegistryError        a registry refused or failed (the URL, what to do)
      ├── ExportError          an output could not be written (the destination)
      └── ServiceError         the local dockyard service could not start or be reached
@@ -25,6 +26,7 @@ the boundary where they occur and never leak to the user as tracebacks.
 from __future__ import annotations
 
 __all__ = [
+    "BlobLost",
     "CacheError",
     "DockerfileError",
     "DockyardError",
@@ -153,6 +155,16 @@ class LayerError(DockyardError):
 
 class CacheError(DockyardError):
     """A cache backend failed; the message names the backend and the key or digest."""
+
+
+class BlobLost(CacheError):
+    """Layer blobs a cached result names turned out missing or corrupt when a build needed
+    them (``digests``): a cache miss, so the solver rebuilds what owns them and retries."""
+
+    def __init__(self, message: str, *, digests: tuple[str, ...] | list[str] = (),
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.digests = tuple(str(digest) for digest in digests)
 
 
 class RegistryError(DockyardError):

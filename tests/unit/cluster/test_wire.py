@@ -22,6 +22,7 @@ from cluster._wire import (
     failure_from_error,
 )
 from scheduler._errors import (
+    BlobLost,
     DockerfileError,
     DockyardError,
     ExecError,
@@ -40,6 +41,7 @@ ROUND_TRIPS: list[Frame] = [
     Response(2, {"pid": 12, "took": 0.5, "blob": b"\x01"}),
     Failure(3, "ExecError", "exit code: 2", "look at the output",
             {"exit_code": 2, "output_tail": "x", "vertex": "v", "location": "D:1:1"}),
+    Failure(4, "BlobLost", "layer gone", None, {"digests": ["sha256:aa", "sha256:bb"]}),
 ]
 
 
@@ -113,6 +115,8 @@ ERRORS: list[tuple[DockyardError, type[DockyardError], str]] = [
      DockerfileError, "Dockerfile:3:1: unknown instruction: RUNN\n  3 | RUNN x\n    | ^"),
     (_PrivateLayerError("entry '../x' escapes the root"), LayerError,
      "entry '../x' escapes the root"),
+    (BlobLost("layer sha256:aa is gone", digests=("sha256:aa", "sha256:bb"), hint="rebuild"),
+     BlobLost, "layer sha256:aa is gone\nhint: rebuild"),
 ]
 
 
@@ -127,6 +131,9 @@ def test_errors_cross_the_wire(error: DockyardError, cls: type[DockyardError],
     if isinstance(error, ExecError):
         assert isinstance(back, ExecError)
         assert (back.exit_code, back.output_tail) == (2, "make: *** no rule")
+    if isinstance(error, BlobLost):
+        assert isinstance(back, BlobLost)
+        assert back.digests == ("sha256:aa", "sha256:bb")
 
 
 def test_unknown_error_class_becomes_service_error() -> None:
