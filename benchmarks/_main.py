@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from benchmarks._cache_rows import CACHE_CASES, cache_rows
 from benchmarks._cases import CaseResult, edit_case, noop_case, parallel_case, startup_case
 from benchmarks._env import BenchEnvironment, bench_environment
 from benchmarks._export import MIB, export_case
@@ -25,7 +26,7 @@ from scheduler._errors import DockyardError
 
 __all__ = ["main"]
 
-CASES = ("noop", "edit", "parallel", "export")
+CASES = ("noop", "edit", "parallel", "export", *CACHE_CASES)
 CLI_PATH = "CLI `dockyard build`, warm local service"
 EXPORT_PATH = "in-process `workers._layers.write_layer`"
 
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmups", type=int, default=1, help="untimed builds first")
     parser.add_argument("--export-mb", type=int, default=500, help="size of the export")
     parser.add_argument("--export-reps", type=int, default=3, help="timed exports")
+    parser.add_argument("--restore-mib", type=int, default=40,
+                        help="MiB per RUN layer of the 5-layer S3 restore image")
     parser.add_argument("--only", action="append", choices=CASES, default=[],
                         help="run only this case (repeatable)")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
@@ -140,6 +143,7 @@ def run(args: argparse.Namespace) -> str:
         rows += _build_rows(env, cases, args)
         if "export" in cases:
             rows.append(_export_row(env.work, args))
+        rows += cache_rows(env, cases, args)
     return _report(rows, args, time.monotonic() - began)
 
 
