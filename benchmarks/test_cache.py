@@ -13,6 +13,7 @@ from benchmarks._cache import (
     cache_flag,
     cached_steps,
     count_vertices,
+    ran_steps,
     restore_dockerfile,
 )
 from benchmarks._cache_rows import export_row, requests_row, restore_rows
@@ -104,3 +105,17 @@ def test_export_row(plain: tuple[float, ...], exported: tuple[float, ...], share
     row = export_row(ExportResult(Series(plain), Series(exported)))
     assert f"({share})" in row.benchmark
     assert row.met_text == met
+
+
+RAN_CASES = [
+    ("#1 [1/3] FROM x\n#1 DONE 0.1s\n#2 [2/3] RUN a\n#2 CACHED\n#3 [3/3] RUN b > /c\n"
+     "#3 0.120 output\n#3 DONE 0.2s\n", ["RUN b > /c"]),
+    ("#2 [stage 2/3] RUN a\n#2 CACHED\n", []),
+    ("#12 [2/3] RUN a\n#12 DONE 0.1s\n#1 [1/3] RUN z\n#1 ERROR\n", ["RUN a"]),
+    ("", []),
+]
+
+
+@pytest.mark.parametrize(("progress", "ran"), RAN_CASES)
+def test_ran_steps(progress: str, ran: list[str]) -> None:
+    assert ran_steps(progress) == ran
