@@ -226,6 +226,9 @@ def requests_case(work: Path, base: str, reps: int) -> RequestsResult:
                 _, progress = node.build(context, cache_flag("from", proxy.url, bucket))
                 counts.append(len(proxy.requests))
                 kinds = proxy.summary()
+            if ran_steps(progress):
+                raise BenchmarkError(f"the no-change rebuild ran {len(ran_steps(progress))} "
+                                     f"RUN steps:\n{progress[-3000:]}")
             _log(f"requests: {counts[-1]} for {vertices} vertices ({kinds}); "
                  f"{cached_steps(progress)} cached, {len(ran_steps(progress))} RUN ran")
     return RequestsResult(tuple(counts), vertices, kinds)
@@ -242,6 +245,7 @@ def export_overhead(work: Path, base: str, warmups: int, reps: int) -> ExportRes
     nonces = itertools.count()
     with moto_server(work / "moto-export.log") as url, machine("e") as node:
         flag = cache_flag("to", url, _bucket(s3_client(url), "export"))
+        node.build(_context(work, "s3-export-warm", f"FROM {base}\n"))  # starts the service
 
         def build(*flags: str) -> float:
             return node.build(context, f"--build-arg=NONCE={next(nonces)}", *flags)[0]
