@@ -10,6 +10,10 @@ between its actors: the coordinator runs ``run_frontend`` and the solver; the wo
   nothing and reproduces the same digests.  ``SOURCE_DATE_EPOCH`` clamps every timestamp.
 - Outputs: ``oci``, ``docker``, ``tar`` (files or a binary stream) and ``local``
   (a directory), as buildx's ``--output type=...``.
+- A layer of a cached result that the outputs need and that turns out lost (``BlobLost``
+  from a ``--cache-from`` backend) is rebuilt: the build solves again with
+  ``rebuild=`` the lost digests (fresh records for the targets that named them) and
+  writes the outputs again, once.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cache_backends._records import CacheRecord
-from scheduler._errors import DockyardError, ExportError, UsageError
+from scheduler._errors import BlobLost, DockyardError, ExportError, UsageError
 from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, ImageResult
 from scheduler._platform import Platform
 from scheduler._progress import EventSink
@@ -147,8 +151,12 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
     solver = Solver(backend, cache, events=options.events)
     try:
         records = await solver.solve(graph, no_cache=options.no_cache)
-        cache.export_final(records[r.root] for r in graph.results if r.root is not None)
-        exported = await write_results(engine, graph.results, records, options)
+        try:
+            exported = await _exported(engine, graph, records, cache, options)
+        except BlobLost as lost:  # a cached layer the outputs need is gone: rebuild it
+            records = await solver.solve(graph, no_cache=options.no_cache,
+                                         rebuild=frozenset(lost.digests))
+            exported = await _exported(engine, graph, records, cache, options)
     except DockyardError:
         await cache.drain(failed=True)  # what finished is kept
         raise
@@ -157,6 +165,14 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
     finally:
         await cache.aclose()
     return LocalBuildResult(exported, records, solver.statistics(), build_metadata(exported))
+
+
+async def _exported(engine: WorkerRuntime, graph: BuildGraph,
+                    records: Mapping[str, CacheRecord], cache: RemoteRecords,
+                    options: LocalBuildOptions) -> Exported:
+    """The final records pushed (``mode=min``) and the images written to the outputs."""
+    cache.export_final(records[r.root] for r in graph.results if r.root is not None)
+    return await write_results(engine, graph.results, records, options)
 
 
 def remote_records(engine: WorkerRuntime, options: LocalBuildOptions) -> RemoteRecords:

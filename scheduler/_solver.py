@@ -22,6 +22,21 @@ two builds need runs once.  A flight ends when its work ends or when its last wa
 leaves (cancelled): then its task is cancelled and awaited, so a cancelled build leaves
 nothing running.  Records are written only after an execute succeeds.
 
+**Lost layers.**  A record from a shared cache is trusted, and its layer blobs are fetched
+only when something needs them; one may then turn out missing or corrupt, and the
+backend's ``execute`` raises ``BlobLost`` naming it.  That is a cache miss, never a failed
+build: the solver rebuilds the *owner* of the lost layer -- walking down from the input
+whose record names it to the vertex whose own layer it is (its record names it, none of
+its inputs' records does) -- re-executes it, and re-executes the vertices between only
+if the rebuilt result differs (a reproducible layer comes back with the same digest, so
+nothing above re-runs).  Then the vertex is retried, at most once per lost digest (a
+second loss of one digest is a ``SolveError``).  A rebuild is a flight of its own (slot:
+the key and the lost digests), never a join of the flight that returned the stale
+record; it keeps the stale record's ``created`` (the result's first build) and its
+``put`` replaces the stale record, locally and in the build's ``--cache-to``.
+``solve(..., rebuild=digests)`` does the same for the targets (an exporter that found a
+layer lost asks for fresh records).
+
 The solver does no I/O of its own: everything goes through ``SolveBackend`` (the worker
 side) and ``RecordCache`` (a cache backend), and news through an ``EventSink``.
 """
@@ -31,18 +46,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol, TypeVar
 
 from cache_backends._records import CacheRecord, RecordError, StateResult
 
 from ._cachekey import ContentRead, Selector, cache_key, content_reads, source_key
-from ._errors import DockyardError, GraphError, SolveError
+from ._errors import BlobLost, DockyardError, GraphError, SolveError
 from ._graph import BuildGraph, SourceOp, Vertex
 from ._progress import (
     Event,
     EventSink,
+    StatusUpdate,
     VertexCached,
     VertexCompleted,
     VertexFailed,
@@ -180,13 +196,18 @@ class _Skips:
         return [self._graph.vertices[d] for d in found]
 
 
+_Slot = tuple[str, bool, frozenset[str]]
+_NONE_LOST: frozenset[str] = frozenset()
+
+
 @dataclass(eq=False)
 class _Flight:
     """One vertex being resolved, shared by every solve that needs its key."""
 
-    # Where the solver files it: (cache key, no_cache).  A newer flight may take the slot
+    # Where the solver files it: (cache key, no_cache, the lost layer digests a rebuild
+    # repairs: empty for a lookup-or-execute flight).  A newer flight may take the slot
     # once this one is being cancelled.
-    slot: tuple[str, bool]
+    slot: _Slot
     # The work; set right after creation, done when the flight is over.
     task: asyncio.Task[CacheRecord] = field(init=False)
     # Solves waiting on ``task`` now; when it drops to 0 before ``task`` is done, the
@@ -244,9 +265,9 @@ class Solver:
         self._cache = cache
         self._events: EventSink = events or _NoEvents()
         self._clock = clock
-        # (cache key, no_cache) -> the flight resolving it; a flight leaves when done or
-        # when it starts being cancelled, so a new waiter never joins a dying flight.
-        self._flights: dict[tuple[str, bool], _Flight] = {}
+        # _Flight.slot -> the flight resolving it; a flight leaves when done or when it
+        # starts being cancelled, so a new waiter never joins a dying flight.
+        self._flights: dict[_Slot, _Flight] = {}
         # Counters for statistics(): only ever grow.
         self._executed = 0
         self._cached = 0
@@ -263,7 +284,8 @@ class Solver:
     async def solve(self, graph: BuildGraph, targets: Iterable[str] | None = None, *,
                     no_cache: bool = False, positions: Mapping[str, str] | None = None,
                     events: EventSink | None = None, backend: SolveBackend | None = None,
-                    cache: RecordCache | None = None) -> dict[str, CacheRecord]:
+                    cache: RecordCache | None = None,
+                    rebuild: frozenset[str] = frozenset()) -> dict[str, CacheRecord]:
         """Resolve ``targets`` (vertex digests; default: the roots of ``graph.results``)
         and return their records by digest.
 
@@ -273,7 +295,11 @@ class Solver:
         ``events``, ``backend`` and ``cache`` override the solver's for this build (a
         build's own progress stream, session and remote caches).  A vertex with the key
         another build is resolving joins that flight, which reads and writes the
-        records through the cache of the build that started it."""
+        records through the cache of the build that started it.
+
+        ``rebuild``: layer digests found lost after an earlier solve (an exporter's
+        ``BlobLost``): a target whose record names one is rebuilt (see the module
+        docstring) and its fresh record returned."""
         wanted = _targets(graph, targets)
         needed = _needed(graph, wanted)
         build = _Build(graph=graph, keys={}, backend=backend or self._backend,
@@ -283,6 +309,10 @@ class Solver:
         keys = await _compute_keys(build, needed)
         build = dataclasses.replace(build, keys=keys)
         records = await _all(self._resolve(build, digest) for digest in wanted)
+        if rebuild:
+            records = [await self._refresh(build, build.vertex(digest), record, rebuild)
+                       if _layers(record) & rebuild else record
+                       for digest, record in zip(wanted, records, strict=True)]
         return dict(zip(wanted, records, strict=True))
 
     # -- resolving --
@@ -295,11 +325,17 @@ class Solver:
 
     def _flight(self, build: _Build, vertex: Vertex) -> _Flight:
         """The flight resolving ``vertex``'s key, started now if there is none."""
-        slot = (build.keys[vertex.digest], build.no_cache)
+        return self._flight_in((build.keys[vertex.digest], build.no_cache, _NONE_LOST),
+                               lambda flight: self._fly(flight, build, vertex))
+
+    def _flight_in(self, slot: _Slot,
+                   work: Callable[[_Flight], Coroutine[None, None, CacheRecord]]
+                   ) -> _Flight:
+        """The flight in ``slot``, started now on ``work`` if there is none."""
         flight = self._flights.get(slot)
         if flight is None:
             flight = _Flight(slot)
-            flight.task = asyncio.create_task(self._fly(flight, build, vertex, slot[0]))
+            flight.task = asyncio.create_task(work(flight))
             self._flights[slot] = flight
             flight.task.add_done_callback(lambda _: self._forget(flight))
         return flight
@@ -328,8 +364,8 @@ class Solver:
         if not flight.task.cancelled():
             flight.task.exception()  # retrieved: the build is being cancelled anyway
 
-    async def _fly(self, flight: _Flight, build: _Build, vertex: Vertex,
-                   key: str) -> CacheRecord:
+    async def _fly(self, flight: _Flight, build: _Build, vertex: Vertex) -> CacheRecord:
+        key = build.keys[vertex.digest]
         if not build.no_cache:
             record = await _at_vertex(build, vertex, self._lookup(build.cache, key))
             if record is not None:
@@ -338,12 +374,80 @@ class Solver:
                 flight.emit(VertexCached(vertex.digest, _name(vertex)))
                 return record
         inputs = await self._resolve_inputs(flight, build, vertex)
-        result = await self._execute(flight, build, vertex, [r.result for r in inputs])
-        record = CacheRecord(key=key, result=result, created=int(self._clock()),
+        return await self._executed_record(flight, build, vertex, inputs, None)
+
+    async def _executed_record(self, flight: _Flight, build: _Build, vertex: Vertex,
+                               inputs: Sequence[CacheRecord],
+                               created: int | None) -> CacheRecord:
+        """Execute ``vertex`` on ``inputs`` (repairing lost layers) and store its record,
+        made now unless ``created`` (a rebuild keeps its result's first build time)."""
+        result = await self._execute_repairing(flight, build, vertex, inputs)
+        made = int(self._clock()) if created is None else created
+        record = CacheRecord(key=build.keys[vertex.digest], result=result, created=made,
                              meta={"name": vertex.name})
         await _at_vertex(build, vertex, build.cache.put(record))
         self._executed += 1
         return record
+
+    # -- lost layers (see the module docstring) --
+
+    async def _execute_repairing(self, flight: _Flight, build: _Build, vertex: Vertex,
+                                 inputs: Sequence[CacheRecord]) -> StateResult:
+        """``_execute``; on a ``BlobLost``, rebuild what owns the layers and retry."""
+        repaired: set[str] = set()  # digests rebuilt for this vertex: a 2nd loss is fatal
+        while True:
+            try:
+                return await self._execute(flight, build, vertex, [r.result for r in inputs])
+            except BlobLost as lost:
+                digests = _lost_digests(lost, repaired, build, vertex)
+                repaired |= digests
+                flight.emit(StatusUpdate(vertex.digest, "cache: rebuilding lost layer "
+                                         f"{', '.join(sorted(digests))}", done=True))
+                inputs = await self._repaired(build, vertex, inputs, digests)
+
+    async def _repaired(self, build: _Build, vertex: Vertex,
+                        inputs: Sequence[CacheRecord], lost: frozenset[str]
+                        ) -> list[CacheRecord]:
+        """``inputs`` with those naming a ``lost`` layer refreshed."""
+        if not any(_layers(record) & lost for record in inputs):
+            raise _located(SolveError(f"layer {', '.join(sorted(lost))} was lost, and no "
+                                      "input of this step has it",
+                                      hint="prune the local cache and build again"),
+                           vertex, build.positions)
+        fresh = list(inputs)
+        for index, record in enumerate(inputs):
+            if _layers(record) & lost:
+                below = build.vertex(vertex.inputs[index])
+                fresh[index] = await self._refresh(build, below, record, lost)
+        return fresh
+
+    async def _refresh(self, build: _Build, vertex: Vertex, record: CacheRecord,
+                       lost: frozenset[str]) -> CacheRecord:
+        """``vertex``'s record with its ``lost`` layers back: its inputs refreshed first,
+        then ``vertex`` re-executed only if one of them is its own layer or a refreshed
+        input changed; otherwise ``record`` is still right."""
+        below = await _all(self._resolve(build, digest) for digest in vertex.inputs)
+        inherited = set().union(*(_layers(r) for r in below))
+        fresh = list(below)
+        changed = False
+        for index, input_record in enumerate(below):
+            if _layers(input_record) & lost:
+                fresh[index] = await self._refresh(
+                    build, build.vertex(vertex.inputs[index]), input_record, lost)
+                changed = changed or fresh[index].result != input_record.result
+        if not changed and not (_layers(record) & lost) - inherited:
+            return record
+        return await self._rebuild(build, vertex, fresh, record.created, lost)
+
+    async def _rebuild(self, build: _Build, vertex: Vertex, inputs: Sequence[CacheRecord],
+                       created: int, lost: frozenset[str]) -> CacheRecord:
+        """Execute ``vertex`` afresh in a flight of its own (never the one that returned
+        the stale record); builds repairing the same loss share it."""
+        slot = (build.keys[vertex.digest], False, lost)
+        flight = self._flight_in(slot, lambda flight: self._executed_record(
+            flight, build, vertex, inputs, created))
+        flight.watch(_Watcher(build, vertex))
+        return await self._wait(flight)
 
     async def _resolve_inputs(self, flight: _Flight, build: _Build,
                               vertex: Vertex) -> list[CacheRecord]:
@@ -364,11 +468,14 @@ class Solver:
     async def _execute(self, flight: _Flight, build: _Build, vertex: Vertex,
                        inputs: Sequence[StateResult]) -> StateResult:
         name = _name(vertex)
-        flight.started = self._clock()
-        flight.emit(VertexStarted(vertex.digest, name, flight.started))
+        if flight.started is None:  # a retry after a lost layer is the same run
+            flight.started = self._clock()
+            flight.emit(VertexStarted(vertex.digest, name, flight.started))
         begun = time.monotonic()
         try:
             result = await build.backend.execute(vertex, inputs, flight)
+        except BlobLost:
+            raise  # a cache miss found late: the caller rebuilds and retries
         except asyncio.CancelledError:
             flight.emit(VertexFailed(vertex.digest, name, "cancelled", cancelled=True))
             raise
@@ -471,6 +578,23 @@ def _raise(error: SolveError, cause: Exception) -> NoReturn:
     if error is cause:
         raise error
     raise error from cause
+
+
+def _layers(record: CacheRecord) -> set[str]:
+    """The layer blob digests ``record``'s result names."""
+    return {layer.digest for layer in record.result.layers}
+
+
+def _lost_digests(lost: BlobLost, repaired: set[str], build: _Build,
+                  vertex: Vertex) -> frozenset[str]:
+    """The digests ``lost`` names, unless one was already rebuilt for ``vertex``."""
+    again = sorted(set(lost.digests) & repaired)
+    if again or not lost.digests:
+        what = f"layer {', '.join(again)} was lost again" if again else "a layer was lost"
+        raise _located(SolveError(f"{what} after rebuilding what made it: {lost.message}",
+                                  hint="check the cache backends (--cache-from) and the "
+                                  "local store's disk"), vertex, build.positions) from lost
+    return frozenset(lost.digests)
 
 
 def _name(vertex: Vertex) -> str:

@@ -2,19 +2,22 @@
 over the local store, consulting remote backends on a miss and pushing records out.
 
 - **Import**: a key the local store lacks is looked up in each ``--cache-from`` backend in
-  turn (records by key, global).  A record whose blobs are all there (one batch of
-  existence checks) is a hit: it is returned as is and its layer blobs are *not*
-  fetched; the runtime learns where they are (``WorkerRuntime.remote_blobs``) and
-  fetches one when something needs it (an exec or file op on top unpacks it, an
-  exporter writes it).  A blob found corrupt then fails that build (the backend drops
-  it, so the next build reads the record as a miss and repairs it).  A backend that
-  fails (unreachable, no such bucket) is a miss, warned about once, and not asked again
-  in this build.
+  turn (records by key, global): one request, the record's GET.  The record is trusted
+  (backends publish a record only after its blobs, and prune deletes records before
+  blobs): it is returned as is and its layer blobs are *not* fetched; the runtime learns
+  where they are (``WorkerRuntime.remote_blobs``) and fetches one when something needs
+  it (an exec or file op on top unpacks it, an exporter writes it).  A blob found
+  missing or corrupt then (the backend drops a corrupt one) raises ``BlobLost``: the
+  solver rebuilds the step that owns the layer and retries (scheduler/_solver.py), and
+  the rebuilt record is pushed like any other, which repairs the remote cache.  A
+  backend that fails (unreachable, no such bucket) is a miss, warned about once, and
+  not asked again in this build.
 - **Export**: a record is pushed to each ``--cache-to`` backend in the background as soon
   as the solver has it (``mode=max``: every vertex the solver executes or finds; ``mode=min``:
   only the final images' records, which ``export_final`` pushes once the solve is done).
   Its blobs go first (those the backend lacks, from the local store or the backend they
-  were imported from), then the record.  ``drain`` waits for every push: a build that
+  were imported from), then the record.  A record whose blob was lost is not pushed (its
+  rebuilt replacement is).  ``drain`` waits for every push: a build that
   fails still keeps what it finished.  An export failure fails the build at ``drain``,
   or with ``ignore-error=true`` is one warning event.
 """
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING
 from cache_backends._local import LocalBackend
 from cache_backends._protocol import CacheBackend
 from cache_backends._records import CacheRecord, LayerDescriptor
-from scheduler._errors import CacheError, DockyardError, UsageError
+from scheduler._errors import BlobLost, CacheError, DockyardError, UsageError
 from scheduler._progress import EventSink, StatusUpdate
 
 if TYPE_CHECKING:
@@ -85,8 +88,12 @@ class RemoteRecords:
         self._events = events
         # backends that failed in this build (not asked again), by identity
         self._broken: set[int] = set()
-        # (export index, key) already pushed or being pushed
-        self._pushed: set[tuple[int, str]] = set()
+        # (export index, key, built here) pushed or being pushed: a key is pushed once as
+        # found and once as built in this build (``put``), which a record rebuilt after a
+        # lost blob is (its found, stale record's push gives up on the lost blob)
+        self._pushed: set[tuple[int, str, bool]] = set()
+        # keys of the records ``put`` in this build (executed here)
+        self._built: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._failures: list[tuple[RemoteCache, DockyardError]] = []
         #: the warnings emitted (once per subject: a backend's import, its export)
@@ -111,6 +118,7 @@ class RemoteRecords:
     async def put(self, record: CacheRecord) -> None:
         await self._runtime.ensure_blobs(record.result.layers)
         await self.local.put_record(record)
+        self._built.add(record.key)
         self._export_max(record)
 
     # -- import --
@@ -120,7 +128,7 @@ class RemoteRecords:
             if id(remote) in self._broken:
                 continue
             try:
-                record = await self._complete(remote.backend, key)
+                record = await remote.backend.get_record(key)
             except DockyardError as err:
                 self._broken.add(id(remote))
                 self._warn(f"import {remote.where}",
@@ -132,17 +140,6 @@ class RemoteRecords:
                 self.imported.append(key)
                 return record
         return None
-
-    @staticmethod
-    async def _complete(backend: CacheBackend, key: str) -> CacheRecord | None:
-        """The record of ``key`` in ``backend`` if every blob it names is there too (one
-        batch of existence checks): a record whose blob was pruned or dropped as corrupt
-        is a miss, so the vertex is built again and its export repairs the entry."""
-        record = await backend.get_record(key)
-        if record is None:
-            return None
-        digests = {layer.digest for layer in record.result.layers}
-        return record if await backend.has_many(digests) >= digests else None
 
     # -- export --
 
@@ -159,9 +156,10 @@ class RemoteRecords:
                 self._schedule(index, remote, record)
 
     def _schedule(self, index: int, remote: RemoteCache, record: CacheRecord) -> None:
-        if (index, record.key) in self._pushed:
+        pushed = (index, record.key, record.key in self._built)
+        if pushed in self._pushed:
             return
-        self._pushed.add((index, record.key))
+        self._pushed.add(pushed)
         task = asyncio.ensure_future(self._push(remote, record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -170,6 +168,8 @@ class RemoteRecords:
         try:
             await self._push_blobs(remote.backend, record.result.layers)
             await remote.backend.put_record(record)
+        except BlobLost:
+            return  # a stale record: the solver rebuilds it, and its put pushes that
         except DockyardError as err:
             self._failures.append((remote, err))
 
@@ -183,6 +183,8 @@ class RemoteRecords:
             if path is None:
                 await self._runtime.ensure_blobs((layer,))
                 path = self.local.blob_source().blob_path(layer.digest)
+            if path is None and layer.digest in self._runtime.lost:
+                raise BlobLost(f"layer {layer.digest} was lost", digests=(layer.digest,))
             if path is None:
                 raise CacheError(f"layer {layer.digest} is in no cache of this machine",
                                  hint="build again without --cache-from")

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cache_backends._local import LocalBackend, LocalBlobSource
-from cache_backends._protocol import CacheBackend
+from cache_backends._protocol import BlobCorrupt, BlobMissing, CacheBackend
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from scheduler._cachekey import Selector
-from scheduler._errors import CacheError, SolveError
+from scheduler._errors import BlobLost, CacheError, SolveError
 from scheduler._graph import SourceOp, Vertex
 from scheduler._platform import Platform
 from scheduler._progress import EventSink
@@ -100,6 +100,9 @@ class WorkerRuntime:
         # layer digest -> the remote cache (--cache-from) holding it, for the blobs of
         # imported records: fetched into the local cache when first needed.
         self.remote_blobs: dict[str, CacheBackend] = {}
+        # digests a remote cache was found to lack or hold corrupt (no longer in
+        # ``remote_blobs``): asking for one the local cache lacks raises BlobLost again.
+        self.lost: set[str] = set()
         # digest -> the lock of the one task fetching it from a remote cache
         self._fetching: dict[str, asyncio.Lock] = {}
 
@@ -146,11 +149,16 @@ class WorkerRuntime:
         """``backend`` (a remote cache) holds ``layers``: fetch them from it when needed."""
         for layer in layers:
             self.remote_blobs.setdefault(layer.digest, backend)
+            self.lost.discard(layer.digest)  # named by a record again: worth one more try
 
     async def ensure_blobs(self, layers: Iterable[LayerDescriptor]) -> None:
         """Fetch into the local cache the blobs of ``layers`` it lacks that a remote
-        cache holds (``add_remote_blobs``); others are left alone."""
-        wanted = [layer.digest for layer in layers if layer.digest in self.remote_blobs]
+        cache holds (``add_remote_blobs``); others are left alone.  A blob the remote
+        cache turns out not to have, or to have corrupt (the backend drops it), raises
+        ``BlobLost`` naming it, and is not asked of that cache again: the solver rebuilds
+        the step that made it (scheduler/_solver.py)."""
+        wanted = [layer.digest for layer in layers
+                  if layer.digest in self.remote_blobs or layer.digest in self.lost]
         if not wanted:
             return
         present = await self.cache.has_many(wanted)
@@ -163,8 +171,17 @@ class WorkerRuntime:
         async with lock:
             if await self.cache.has(digest):
                 return
-            async with await self.remote_blobs[digest].open_blob(digest) as reader:
-                await self.cache.put_blob(digest, reader)
+            remote = self.remote_blobs.get(digest)
+            if remote is None:  # lost by a fetch that held the lock before this one
+                raise _lost(digest, "the remote cache")
+            try:
+                async with await remote.open_blob(digest) as reader:
+                    await self.cache.put_blob(digest, reader)
+            except (BlobMissing, BlobCorrupt) as err:
+                del self.remote_blobs[digest]
+                self.lost.add(digest)
+                raise _lost(digest, str(getattr(remote, "where", None) or remote),
+                            err.message) from err
 
     async def _unpacked(self, layer: LayerDescriptor) -> Path:
         lock = self._unpacking.setdefault(layer.diff_id, asyncio.Lock())
@@ -305,6 +322,15 @@ class RuntimeBackend:
             known = LocalContext(root, _patterns(exclude))
             self._contexts[(name, exclude)] = known
         return known
+
+
+def _lost(digest: str, where: str, why: str = "") -> BlobLost:
+    """The error for a remote cache's blob that a build needed and cannot have."""
+    because = f" ({why})" if why else ""
+    return BlobLost(f"layer {digest} of a cached result is no longer usable in {where}"
+                    f"{because}", digests=(digest,),
+                    hint="the build rebuilds the step that made it; if you see this, "
+                    "the rebuild could not run")
 
 
 def _source(vertex: Vertex) -> SourceOp:
