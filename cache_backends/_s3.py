@@ -348,7 +348,9 @@ class S3Backend:
 
     Credentials come from boto3's standard chain (environment, shared config, instance or
     IRSA roles).  ``endpoint_url`` and ``use_path_style`` reach S3-compatible stores;
-    ``retry_for`` bounds the retries of each call in seconds; blobs above
+    ``retry_for`` bounds the retries of each call in seconds, ``read_timeout`` a stalled
+    request's wait (``_s3_client.READ_TIMEOUT`` unless given; an endpoint that never
+    answered gets a few quick attempts instead, see ``_s3_client``); blobs above
     ``multipart_threshold`` bytes go up in parts of ``part_size`` and come down in ranged
     parallel GETs, ``concurrency`` at a time; ``tmp_dir`` holds the spooled ones (unnamed
     files).  ``clock`` gives the time of each use; ``touch_after`` and ``grace`` are in
@@ -358,7 +360,8 @@ class S3Backend:
 
     def __init__(self, bucket: str, prefix: str = "", region: str | None = None,
                  endpoint_url: str | None = None, use_path_style: bool = False, *,
-                 retry_for: float = 60.0, concurrency: int = 16,
+                 retry_for: float = 60.0, read_timeout: float | None = None,
+                 concurrency: int = 16,
                  multipart_threshold: int = 16 << 20, part_size: int = 8 << 20,
                  tmp_dir: Path | None = None, clock: Callable[[], float] = time.time,
                  touch_after: float = TOUCH_AFTER, grace: float = GRACE) -> None:
@@ -366,6 +369,7 @@ class S3Backend:
             prefix += "/"
         settings = S3Settings(bucket=bucket, region=region, endpoint_url=endpoint_url,
                               use_path_style=use_path_style, retry_for=retry_for,
+                              read_timeout=read_timeout,
                               concurrency=concurrency, part_size=part_size,
                               multipart_threshold=multipart_threshold)
         self._counters = Counters()

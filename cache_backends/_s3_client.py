@@ -8,8 +8,19 @@ place (marks an object used), conditional delete, batched delete, listing.
 Every call runs under one retry policy (tenacity): throttling (SlowDown, 503, 429), other
 5xx, timeouts and dropped connections are retried with exponential backoff and full
 jitter until ``retry_for`` seconds have passed; anything else, or what is still failing
-then, becomes a ``CacheError`` that names the bucket and key and says what to do.  boto3's
-own retries are off, so the budget is this module's alone.
+then, becomes a ``CacheError`` that names the operation, the bucket and key and the
+endpoint, and says what to do.  boto3's own retries are off, so the budget is this
+module's alone.
+
+An endpoint is *reached* once it has answered anything over HTTP (even an error).  Until
+then it is talked to with short timeouts (``FIRST_CONTACT_TIMEOUT``, connect and read),
+and a call that cannot reach it (connection refused, no such host, no route, a connect
+timeout, or no answer in time) gives up after ``FIRST_CONTACT_ATTEMPTS`` quick attempts:
+an unreachable cache costs a build a few seconds, not the whole retry budget.  It is then
+*down* for ``DOWN_FOR`` seconds: every call fails at once with the same error, without
+touching the network.  Once reached, the endpoint gets the full budget for everything
+transient, and a stall is bounded by ``read_timeout`` (``READ_TIMEOUT`` unless set) and
+retried within the budget.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import IO, Any, Final, TypeVar
@@ -28,12 +40,17 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
+    ReadTimeoutError,
 )
 from s3transfer.exceptions import RetriesExceededError  # type: ignore[import-untyped]
-from tenacity import Retrying, retry_if_exception, stop_before_delay, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
+from urllib3.exceptions import ProtocolError as _WireBroken
+from urllib3.exceptions import ReadTimeoutError as _WireTimeout
 
 from scheduler._errors import CacheError
 
@@ -41,6 +58,15 @@ __all__ = ["Head", "Listed", "S3Objects", "S3Settings"]
 
 T = TypeVar("T")
 
+#: Seconds a stalled reply or body is waited for on a reached endpoint (a default: the
+#: ``read_timeout`` of ``S3Settings``), before the request is retried.
+READ_TIMEOUT: float = 60.0
+#: Seconds (connect, and read) to wait for an endpoint that has not answered yet.
+FIRST_CONTACT_TIMEOUT: Final = 2.0
+#: Attempts at a call that cannot reach an endpoint that has not answered yet.
+FIRST_CONTACT_ATTEMPTS: Final = 2
+#: Seconds an endpoint found unreachable is not asked again (its calls fail at once).
+DOWN_FOR: Final = 30.0
 #: The user metadata key holding an object's last use (the backend's clock, in seconds).
 USED: Final = "dockyard-used"
 _THROTTLED: Final = frozenset({"SlowDown", "Throttling", "ThrottlingException",
@@ -71,7 +97,7 @@ class S3Settings:
     use_path_style: bool = False
     retry_for: float = 60.0
     connect_timeout: float = 5.0
-    read_timeout: float = 60.0
+    read_timeout: float | None = None
     concurrency: int = 16
     multipart_threshold: int = 16 << 20
     part_size: int = 8 << 20
@@ -113,11 +139,22 @@ def transient(err: BaseException) -> bool:
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, (ConnectionError, HTTPClientError, IncompleteReadError,
-                             RetriesExceededError)):
+                             RetriesExceededError, _WireBroken, _WireTimeout)):
             return True
         seen = seen.__cause__ or seen.__context__
     code, status = _code(err)
     return code in _THROTTLED or code in _TRANSIENT or status >= 500 or status == 429
+
+
+def unreached(err: BaseException) -> bool:
+    """No answer at all: refused, no such host, no route, a connect or read timeout."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (EndpointConnectionError, ConnectTimeoutError,
+                             ReadTimeoutError, _WireTimeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def missing(err: BaseException) -> bool:
@@ -144,7 +181,7 @@ _SESSION_LOCK: Final = threading.Lock()
 _session: Any = None
 
 
-def _client(endpoint_url: str | None, config: Config) -> Any:
+def _new_client(endpoint_url: str | None, config: Config) -> Any:
     """A new S3 client of the process's session (sessions are not thread-safe)."""
     global _session
     with _SESSION_LOCK:
@@ -181,18 +218,50 @@ class S3Objects:
 
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
-        config = Config(
-            region_name=settings.region,
-            connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-            retries={"mode": "standard", "total_max_attempts": 1},
-            max_pool_connections=settings.concurrency,
-            s3={"addressing_style": "path" if settings.use_path_style else "auto"})
-        # one client: thread-safe, one connection pool shared by every call
-        self._client: Any = _client(settings.endpoint_url, config)
+        self._lock = threading.Lock()
+        # the client of a reached endpoint (made on first answer); until then the first
+        # contact client, with short timeouts
+        self._reached: Any = None
+        self._first: Any = self._make_client(min(settings.connect_timeout,
+                                                 FIRST_CONTACT_TIMEOUT),
+                                             FIRST_CONTACT_TIMEOUT)
+        # (monotonic time, failure) of the last time the endpoint could not be reached
+        self._down: tuple[float, BaseException] | None = None
         self._transfer = TransferConfig(
             multipart_threshold=settings.multipart_threshold,
             multipart_chunksize=settings.part_size, max_concurrency=settings.concurrency,
             use_threads=True)
+
+    def _make_client(self, connect_timeout: float, read_timeout: float) -> Any:
+        settings = self.settings
+        config = Config(
+            region_name=settings.region,
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
+            retries={"mode": "standard", "total_max_attempts": 1},
+            max_pool_connections=settings.concurrency,
+            s3={"addressing_style": "path" if settings.use_path_style else "auto"})
+        return _new_client(settings.endpoint_url, config)
+
+    @property
+    def _client(self) -> Any:
+        """The client to use now (thread-safe, one connection pool shared by every call)."""
+        return self._reached or self._first
+
+    @property
+    def reached(self) -> bool:
+        """The endpoint has answered (see the module docstring)."""
+        return self._reached is not None
+
+    def _reach(self) -> None:
+        if self._reached is not None:
+            return
+        with self._lock:
+            if self._reached is None:
+                read_timeout = self.settings.read_timeout
+                self._reached = self._make_client(
+                    self.settings.connect_timeout,
+                    READ_TIMEOUT if read_timeout is None else read_timeout)
+            self._down = None
 
     @property
     def bucket(self) -> str:
@@ -203,26 +272,64 @@ class S3Objects:
     def call(self, action: str, key: str, fn: Callable[[], T], *,
              also_retry: frozenset[str] = frozenset()) -> T:
         """``fn()`` retried on transient errors; its failure as a ``CacheError``."""
+        self._refuse_while_down(action, key)
         retrying = Retrying(
-            retry=retry_if_exception(lambda err: transient(err) or _code(err)[0] in also_retry),
+            retry=retry_if_exception(lambda err: self._retry(err, also_retry)),
             wait=wait_random_exponential(multiplier=0.1, max=5.0),
-            stop=stop_before_delay(self.settings.retry_for), reraise=True)
+            stop=self._stop, reraise=True)
         try:
-            return retrying(fn)
+            result = retrying(fn)
         except (BotoCoreError, ClientError, RetriesExceededError, OSError) as err:
-            raise self.error(action, key, err) from err
+            raise self._failed(action, key, err) from err
         except Exception as err:  # boto3's S3UploadFailedError and friends
             if isinstance(err, CacheError):
                 raise
-            raise self.error(action, key, err) from err
+            raise self._failed(action, key, err) from err
+        self._reach()
+        return result
+
+    def _retry(self, err: BaseException, also_retry: frozenset[str]) -> bool:
+        code, status = _code(err)
+        if status:
+            self._reach()  # an answer, even a 503, is a reachable endpoint
+        return transient(err) or code in also_retry
+
+    def _stop(self, state: RetryCallState) -> bool:
+        """Out of budget: ``retry_for`` seconds, or for an endpoint never reached that
+        did not answer, ``FIRST_CONTACT_ATTEMPTS`` attempts."""
+        if state.seconds_since_start is not None and \
+                state.seconds_since_start >= self.settings.retry_for:
+            return True
+        outcome = state.outcome
+        failure = outcome.exception() if outcome is not None else None
+        return (not self.reached and failure is not None and unreached(failure)
+                and state.attempt_number >= FIRST_CONTACT_ATTEMPTS)
+
+    def _refuse_while_down(self, action: str, key: str) -> None:
+        down = self._down
+        if down is None or self.reached:
+            return
+        since, failure = down
+        if time.monotonic() - since < DOWN_FOR:
+            raise self.error(action, key, failure)
+
+    def _failed(self, action: str, key: str, err: BaseException) -> CacheError:
+        if not self.reached and unreached(err):
+            self._down = (time.monotonic(), err)
+        return self.error(action, key, err)
 
     def error(self, action: str, key: str, err: BaseException) -> CacheError:
-        where = f"s3://{self.bucket}/{key}"
+        if not self.reached and unreached(err):
+            return CacheError(f"S3 cache: cannot {action} s3://{self.bucket}/{key}: "
+                              f"cannot reach {self._endpoint()}: {err}",
+                              hint="check endpoint_url= (or region=), the network and "
+                              "that the store is up; the build treats the cache as missing")
+        where = f"s3://{self.bucket}/{key} at {self._endpoint()}"
         if transient(err):
             return CacheError(f"S3 cache: cannot {action} {where}: still failing after "
                               f"{self.settings.retry_for:g}s of retries: {err}",
-                              hint=f"check that {self._endpoint()} is reachable and healthy; "
-                              "the build treats the cache as missing")
+                              hint=f"check that {self._endpoint()} is healthy; the build "
+                              "treats the cache as missing")
         code, _ = _code(err)
         hint = _HINTS.get(code, "check the bucket, the endpoint and the credentials")
         if isinstance(err, NoCredentialsError):

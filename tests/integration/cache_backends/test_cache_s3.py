@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.client
 import random
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _fault_proxy import FaultyProxy, running_proxy
 
 from cache_backends._protocol import BlobCorrupt, BlobMissing
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
@@ -236,94 +234,10 @@ def test_a_fresh_use_mark_is_not_rewritten(s3_endpoint: Any, bucket: str,
 # --- faults --------------------------------------------------------------------------------------
 
 
-class FaultyProxy:
-    """An HTTP proxy on loopback in front of moto: each request takes the next fault from
-    ``faults`` ("503": a SlowDown reply, "drop": the connection closed unanswered, "cut":
-    a GET's body broken off halfway), then requests pass through.  ``seen`` counts
-    requests."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.removeprefix("http://")
-        self.faults: list[str] = []
-        self.seen = 0
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _any(self) -> None:
-                with proxy.lock:
-                    proxy.seen += 1
-                    fault = proxy.faults[0] if proxy.faults else ""
-                    if fault == "cut" and self.command != "GET":
-                        fault = ""  # cuts wait for a GET's body
-                    elif fault:
-                        proxy.faults.pop(0)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if fault == "drop":
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    self.close_connection = True
-                    return
-                if fault == "503":
-                    self._reply(503, {"Content-Type": "application/xml"},
-                                b"<Error><Code>SlowDown</Code><Message>Reduce your request "
-                                b"rate.</Message></Error>")
-                    return
-                self._forward(body, cut=fault == "cut")
-
-            def _forward(self, body: bytes, cut: bool = False) -> None:
-                connection = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                try:
-                    connection.request(self.command, self.path, body, dict(self.headers))
-                    response = connection.getresponse()
-                    data = response.read()
-                    drop = {"transfer-encoding", "connection"}
-                    if self.command != "HEAD":
-                        drop.add("content-length")
-                    headers = {k: v for k, v in response.getheaders()
-                               if k.lower() not in drop}
-                finally:
-                    connection.close()
-                self._reply(response.status, headers, data, cut)
-
-            def _reply(self, status: int, headers: dict[str, str], data: bytes,
-                       cut: bool = False) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                if "Content-Length" not in headers:
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if cut:  # the promised length, half the bytes, then the connection drops
-                    self.wfile.write(data[:len(data) // 2])
-                    self.wfile.flush()
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    self.close_connection = True
-                elif self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
 @pytest.fixture
 def proxy(s3_endpoint: Any) -> Iterator[FaultyProxy]:
-    faulty = FaultyProxy(s3_endpoint.url)
-    thread = threading.Thread(target=faulty.server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_proxy(s3_endpoint.url) as faulty:
         yield faulty
-    finally:
-        faulty.server.shutdown()
-        faulty.server.server_close()
-        thread.join(10)
 
 
 FAULTS = [
@@ -344,7 +258,7 @@ def test_throttling_and_dropped_connections_are_retried(
                         lambda: read_all(backend, digest), lambda: backend.get_record(rec.key)]
     results = []
     for step in steps:
-        proxy.faults = list(faults)
+        proxy.schedule(faults)
         results.append(run(step()))
         assert proxy.faults == []  # every fault was met
     assert results == [len(data), None, data, rec]
@@ -354,32 +268,77 @@ def test_throttling_and_dropped_connections_are_retried(
 @pytest.mark.parametrize("size", [MB, 7 * MB], ids=["streamed", "ranged"])
 def test_a_body_broken_off_is_resumed_not_condemned(
         s3_endpoint: Any, bucket: str, proxy: FaultyProxy, tmp_path: Path, size: int) -> None:
-    backend = make(proxy.url, bucket, tmp_path, retry_for=20.0)
+    backend = make(proxy.url, bucket, tmp_path, retry_for=20.0, read_timeout=0.5)
     digest, data = blob(size, 9)
     run(backend.put_blob(digest, data))
-    proxy.faults = ["cut", "cut"]
+    proxy.schedule(["cut", "hang"])
     assert run(read_all(backend, digest)) == data
     assert proxy.faults == []
     assert backend.statistics().blobs_corrupt == 0
     assert keys(s3_endpoint, bucket) == [blob_key(digest)]
 
 
-def test_an_unreachable_store_fails_in_bounded_time(tmp_path: Path) -> None:
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A port that accepts connections and never answers."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed once the block ends: nothing listens
-    backend = S3Backend("nowhere", "p", region="us-east-1", endpoint_url=f"http://127.0.0.1:"
-                        f"{port}", use_path_style=True, retry_for=1.0, tmp_dir=tmp_path)
+        sock.listen(64)
+        yield sock.getsockname()[1]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port  # closed once the block ends: nothing listens
+
+
+# (name, how the endpoint fails, the cause in the message, the most seconds it may take)
+UNREACHABLE = [
+    ("refused", "Could not connect to the endpoint URL: ", 2.0),
+    ("silent", "Read timeout on endpoint URL: ", 8.0),
+]
+
+
+@pytest.mark.parametrize(("kind", "cause", "bound"), UNREACHABLE,
+                         ids=[u[0] for u in UNREACHABLE])
+def test_an_unreachable_store_fails_fast_then_at_once(
+        tmp_path: Path, black_hole: int, kind: str, cause: str, bound: float) -> None:
+    """A few quick attempts (not the 60 s budget), then every call fails at once."""
+    port = black_hole if kind == "silent" else closed_port()
+    url = f"http://127.0.0.1:{port}"
+    backend = S3Backend("nowhere", "p", region="us-east-1", endpoint_url=url,
+                        use_path_style=True, tmp_dir=tmp_path)
     digest = blob(1)[0]
     started = time.monotonic()
     with pytest.raises(CacheError) as caught:
         run(backend.has(digest))
-    assert time.monotonic() - started < 3.0
-    assert caught.value.message.startswith(
-        f"S3 cache: cannot look up s3://nowhere/p/blobs/sha256/{digest[7:]}: still failing "
-        "after 1s of retries: Could not connect to the endpoint URL")
-    assert caught.value.hint == (f"check that http://127.0.0.1:{port} is reachable and "
-                                 "healthy; the build treats the cache as missing")
+    assert time.monotonic() - started < bound
+    key = f"nowhere/p/blobs/sha256/{digest[7:]}"
+    assert caught.value.message == (f"S3 cache: cannot look up s3://{key}: cannot reach "
+                                    f'{url}: {cause}"{url}/{key}"')
+    assert caught.value.hint == ("check endpoint_url= (or region=), the network and that "
+                                 "the store is up; the build treats the cache as missing")
+    started = time.monotonic()
+    with pytest.raises(CacheError) as again:
+        run(backend.get_record(record(1).key))
+    assert time.monotonic() - started < 0.5
+    assert again.value.message.startswith("S3 cache: cannot read s3://nowhere/p/records/")
+    assert f"cannot reach {url}: {cause}" in again.value.message
+
+
+def test_a_stall_on_a_reached_store_is_timed_out_and_retried(
+        s3_endpoint: Any, bucket: str, proxy: FaultyProxy, tmp_path: Path) -> None:
+    backend = make(proxy.url, bucket, tmp_path, retry_for=20.0, read_timeout=0.5)
+    digest, data = blob(1000, 10)
+    run(backend.put_blob(digest, data))  # reached
+    proxy.schedule(["stall", "stall", "hang"])
+    rec = record(7, (digest, data))
+    run(backend.put_record(rec))
+    assert run(backend.get_record(rec.key)) == rec
+    assert run(read_all(backend, digest)) == data
+    assert proxy.faults == [] and proxy.met == ["stall", "stall", "hang"]
 
 
 MISSING_BUCKET = [
@@ -388,7 +347,7 @@ MISSING_BUCKET = [
     ("get_record", lambda b: b.get_record(record(9).key),
      "S3 cache: cannot read s3://no-such-bucket-here/ci/records/"),
     ("usage", lambda b: b.usage(),
-     "S3 cache: cannot list s3://no-such-bucket-here/ci/blobs/sha256/: "),
+     "S3 cache: cannot list s3://no-such-bucket-here/ci/blobs/sha256/ at http://127.0.0.1:"),
 ]
 
 
