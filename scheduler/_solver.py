@@ -588,10 +588,13 @@ def _layers(record: CacheRecord) -> set[str]:
 def _lost_digests(lost: BlobLost, repaired: set[str], build: _Build,
                   vertex: Vertex) -> frozenset[str]:
     """The digests ``lost`` names, unless one was already rebuilt for ``vertex``."""
+    if not lost.digests:  # nothing to rebuild
+        raise _located(SolveError(lost.message, hint=lost.hint), vertex,
+                       build.positions) from lost
     again = sorted(set(lost.digests) & repaired)
-    if again or not lost.digests:
-        what = f"layer {', '.join(again)} was lost again" if again else "a layer was lost"
-        raise _located(SolveError(f"{what} after rebuilding what made it: {lost.message}",
+    if again:
+        raise _located(SolveError(f"layer {', '.join(again)} was lost again after "
+                                  f"rebuilding what made it: {lost.message}",
                                   hint="check the cache backends (--cache-from) and the "
                                   "local store's disk"), vertex, build.positions) from lost
     return frozenset(lost.digests)

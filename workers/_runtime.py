@@ -193,9 +193,13 @@ class WorkerRuntime:
 
     def _unpack(self, layer: LayerDescriptor) -> None:
         staging = self.snapshots.staging_dir()
-        with self._open_blob(layer.digest) as blob:
-            diff_id = unpack_layer(blob, staging, media_type=layer.media_type,
-                                   expected_digest=layer.digest)
+        try:
+            with self._open_blob(layer.digest) as blob:
+                diff_id = unpack_layer(blob, staging, media_type=layer.media_type,
+                                       expected_digest=layer.digest)
+        except (BlobMissing, BlobCorrupt) as err:  # gone from the local cache: rebuilt
+            raise _lost(layer.digest, f"the local cache ({self.cache.root})",
+                        err.message) from err
         if diff_id != layer.diff_id:
             raise CacheError(f"layer {layer.digest} unpacks to diff_id {diff_id}, not "
                              f"{layer.diff_id}", hint="prune the cache and build again")
