@@ -286,7 +286,7 @@ class InProcessWorker:
     async def call(self, method: str, *args: Any) -> Any:
         if method == "open_session":
             self.build_id = args[0]
-        if method in ("get_record", "put_record"):
+        if method in ("get_record", "put_record") and len(args) == 1:  # no build id yet
             args = (*args, self.build_id)
         return await getattr(self.actor, method)(*args)
 
