@@ -306,16 +306,17 @@ class _Stream:
 
 
 def _service_build(base: Any, context: Path, machine: Machine, push: str = "",
+                   dockerfile: str = DOCKERFILE, epoch: int | None = None,
                    **caches: str) -> dict[str, Any]:
     pushes = (OutputSpec("image", None, (push,), True),) if push else ()
     options = BuildOptions(
-        context=str(context), platforms=("linux/amd64",),
+        context=str(context), platforms=("linux/amd64",), epoch=epoch,
         outputs=pushes or (OutputSpec("oci", str(machine.out / "image.tar")),),
         cache_to=tuple(parse_cache("--cache-to", v) for v in caches.get("to", "").split()),
         cache_from=tuple(parse_cache("--cache-from", v)
                          for v in caches.get("source", "").split()))
     request = {"options": options.to_wire(), "session": {},
-               "dockerfile": DOCKERFILE.format(base=base.reference).encode()}
+               "dockerfile": dockerfile.format(base=base.reference).encode()}
 
     async def main() -> dict[str, Any]:
         coordinator = Coordinator(InProcessWorker(WorkerActor(str(machine.root), ["amd64"])),
@@ -342,3 +343,21 @@ def test_through_the_worker_actor(s3_endpoint: Any, busybox_image: Any, context:
     digest = built["metadata"]["containerimage.digest"]
     assert again["metadata"]["containerimage.digest"] == digest
     assert again["pushed"] == [f"{name}@{digest}"]  # its layers fetched for the push only
+
+
+def test_a_lost_blob_under_a_new_step_is_rebuilt_through_the_worker_actor(
+        s3_endpoint: Any, busybox_image: Any, context: Path,
+        machines: tuple[Machine, Machine]) -> None:
+    """The worker's BlobLost crosses to the coordinator's solver, which rebuilds the
+    layer's step there and retries."""
+    first, second = machines
+    bucket = s3_endpoint.bucket()
+    built = _build(busybox_image, context, first, epoch=EPOCH,
+                   cache_to=_s3(s3_endpoint, bucket, mode="max"))
+    lost = _layer(built, 2)
+    _damage(s3_endpoint, bucket, lost, "corrupt")
+    again = _service_build(busybox_image, context, second, dockerfile=GROWN, epoch=EPOCH,
+                           source=_s3(s3_endpoint, bucket),
+                           to=_s3(s3_endpoint, bucket, mode="max"))
+    assert again["statistics"]["executed"] == 2  # the middle RUN and the new one
+    assert _stored_digest(s3_endpoint, bucket, lost) == lost
