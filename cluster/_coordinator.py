@@ -19,8 +19,9 @@ A build request (``{"dockerfile", "options", "session"}``, see cluster/_build_cm
    ``.dockerignore`` patterns;
 2. the frontend, in a thread, its base images resolved by the worker of their platform;
 3. the shared ``Solver`` (one for every build this coordinator runs: vertices with equal
-   cache keys run once for all of them) over a ``DispatchBackend`` (cluster/_dispatch.py);
-   workers' events stream back through it to this build's stream;
+   cache keys run once for all of them) over a ``DispatchBackend`` and the build's own
+   ``WorkerRecords`` (its ``--cache-from``/``--cache-to`` live on the worker, cluster/
+   _dispatch.py); workers' events stream back through it to this build's stream;
 4. ``export`` on the first worker (it has the blobs), then ``close_session`` everywhere.
 
 A request without ``options`` is the echo the service's own tests use
@@ -40,7 +41,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from cache_backends._records import StateResult
+from cache_backends._records import CacheRecord, StateResult
 from scheduler._errors import DockyardError, SolveError
 from scheduler._graph import Vertex
 from scheduler._platform import Platform, parse_platform
@@ -61,6 +62,7 @@ from ._dispatch import (
     WorkerHandle,
     WorkerRecords,
     failure_map,
+    forward_events,
     roots_of,
     unwrap,
 )
@@ -104,6 +106,16 @@ class _NoBackend:
         raise SolveError("a build reached the solver without its backend")
 
 
+class _NoRecords:
+    """The shared solver's default record cache: every build passes its own."""
+
+    async def get(self, key: str) -> CacheRecord | None:
+        raise SolveError("a build reached the solver without its record cache")
+
+    async def put(self, record: CacheRecord) -> None:
+        raise SolveError("a build reached the solver without its record cache")
+
+
 class Coordinator:
     """Builds and their event streams.  Constructed by Ray with the worker's handle (an
     ``ActorRef``, a raw Ray handle, or a fake with ``call``/``stream``) and the
@@ -114,7 +126,7 @@ class Coordinator:
                                                                                   "worker")
         self._worker = handle  # the first worker: echo, records, exports
         self._placement = Placement({arch: handle for arch in arches})
-        self._solver = Solver(_NoBackend(), WorkerRecords(handle))  # shared by all builds
+        self._solver = Solver(_NoBackend(), _NoRecords())  # shared by all builds
         self._active: dict[int, str] = {}  # solve number -> what it does; running solves
         self._next = 0  # number of the next solve
         self._completed = 0  # solves that ended with a result or a failure
@@ -191,9 +203,12 @@ class Coordinator:
             self._placement.check(graph)
             records = await self._solver.solve(graph, no_cache=options.no_cache, events=sink,
                                                backend=DispatchBackend(build_id,
-                                                                       self._placement))
-            result: dict[str, Any] = unwrap(await self._worker.call(
-                "export", build_id, graph.to_msgpack(), roots_of(graph, records)))
+                                                                       self._placement),
+                                               cache=WorkerRecords(self._worker, build_id,
+                                                                   sink))
+            item = await self._worker.call("export", build_id, graph.to_msgpack(),
+                                           roots_of(graph, records))
+            result: dict[str, Any] = unwrap(forward_events(item, sink))
             return result
         finally:
             await _shielded(self._close(build_id, workers))

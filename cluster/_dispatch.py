@@ -8,8 +8,10 @@ whose every call is a call to the worker actor that serves the vertex's platform
   ``content_checksum`` are plain calls, ``execute`` a stream of the worker's events
   (re-emitted to the solver's sink as they come) ending in its ``StateResult``; cancelling
   it cancels the worker's call.
-- ``WorkerRecords``: the solver's ``RecordCache`` kept by a worker (the cache is on its
-  disk; the coordinator does no file I/O).
+- ``WorkerRecords``: one build's ``RecordCache``, kept by a worker (the cache is on its
+  disk, the build's ``--cache-from``/``--cache-to`` are opened there; the coordinator does
+  no file or network I/O).  The events a worker's answer carries (remote-cache warnings)
+  go to the build's sink.
 
 What crosses to the worker is plain data: vertices in the graph's wire form, selectors
 and results as maps, records as their stored bytes.  A worker answers a plain call with
@@ -33,7 +35,7 @@ from ._wire import Failure, error_from_failure, failure_from_error
 
 __all__ = [
     "DispatchBackend", "Placement", "WorkerHandle", "WorkerRecords", "WorkerStream",
-    "answer", "failure_map", "roots_of", "unwrap",
+    "answer", "failure_map", "forward_events", "roots_of", "unwrap",
 ]
 
 
@@ -164,17 +166,29 @@ async def _result_of(stream: WorkerStream, events: EventSink) -> StateResult:
 
 
 class WorkerRecords:
-    """The solver's ``RecordCache``, kept by ``worker``."""
+    """Build ``build_id``'s ``RecordCache``, kept by ``worker``; ``events`` gets what the
+    worker's answers carry."""
 
-    def __init__(self, worker: WorkerHandle) -> None:
+    def __init__(self, worker: WorkerHandle, build_id: str, events: EventSink) -> None:
         self._worker = worker
+        self._build_id = build_id
+        self._events = events
 
     async def get(self, key: str) -> CacheRecord | None:
-        data = unwrap(await self._worker.call("get_record", key))
+        item = await self._worker.call("get_record", key, self._build_id)
+        data = unwrap(forward_events(item, self._events))
         return None if data is None else CacheRecord.from_bytes(data)
 
     async def put(self, record: CacheRecord) -> None:
-        unwrap(await self._worker.call("put_record", record.to_bytes()))
+        item = await self._worker.call("put_record", record.to_bytes(), self._build_id)
+        unwrap(forward_events(item, self._events))
+
+
+def forward_events(item: Mapping[str, Any], events: EventSink) -> Mapping[str, Any]:
+    """``item``, after emitting the events it carries (``"events"``) to ``events``."""
+    for wire in item.get("events", ()):
+        events.emit(event_from_wire(wire))
+    return item
 
 
 def roots_of(graph: BuildGraph, records: Mapping[str, CacheRecord]) -> dict[str, bytes]:

@@ -12,6 +12,10 @@ the user sees, as ``--progress`` asks.
   like Go's JSON of ``[]byte``).
 - ``quiet``: nothing.  ``auto``: ``tty`` when the stream is a terminal, else ``plain``.
 
+Warnings (``scheduler._progress.warning``: news of no vertex, e.g. an unreachable cache)
+are not vertices: plain, tty and quiet print each once, as ``WARNING: <text>`` lines after
+the progress, as buildx prints its warnings; rawjson passes them on like any event.
+
 Renderers only read events; events never carry secret values (see scheduler/_progress.py),
 so nothing here can print one.
 """
@@ -36,6 +40,7 @@ from scheduler._progress import (
     VertexLog,
     VertexStarted,
     event_to_wire,
+    warning_of,
 )
 
 __all__ = [
@@ -65,7 +70,7 @@ def make_renderer(mode: str, stream: TextIO, *, clock: Clock = time.time) -> Ren
     if mode == "rawjson":
         return RawJsonRenderer(stream)
     if mode == "quiet":
-        return QuietRenderer()
+        return QuietRenderer(stream)
     if mode == "tty":
         return TtyRenderer(stream, clock=clock)
     raise UsageError(f"invalid progress mode {mode!r}",
@@ -79,14 +84,40 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+class _Warnings:
+    """The build's warnings, printed once each by ``close``."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, None] = {}  # in order of arrival, once each
+
+    def add(self, event: Event) -> bool:
+        """Keep ``event`` if it is a warning; whether it was."""
+        text = warning_of(event)
+        if text is None:
+            return False
+        self._texts.setdefault(text)
+        return True
+
+    def write(self, stream: TextIO | None, *, blank: bool) -> None:
+        if stream is None or not self._texts:
+            return
+        stream.write(("\n" if blank else "") + "".join(f"WARNING: {text}\n"
+                                                      for text in self._texts))
+        stream.flush()
+
+
 class QuietRenderer:
-    """``--progress=quiet``: shows nothing."""
+    """``--progress=quiet``: shows nothing but the warnings (on ``stream``)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._warnings = _Warnings()
 
     def emit(self, event: Event) -> None:
-        del event
+        self._warnings.add(event)
 
     def close(self) -> None:
-        pass
+        self._warnings.write(self._stream, blank=False)
 
 
 class RawJsonRenderer:
@@ -154,8 +185,11 @@ class PlainRenderer:
         self._vertices: dict[str, _Vertex] = {}  # digest -> state, in order of first news
         self._current: str | None = None  # the vertex whose block is open, None between
         self._blocks = 0  # blocks printed so far (a blank line goes before all but the first)
+        self._warnings = _Warnings()
 
     def emit(self, event: Event) -> None:
+        if self._warnings.add(event):
+            return
         vertex = self._vertex(event.vertex, getattr(event, "name", ""))
         if isinstance(event, VertexStarted):
             vertex.started = event.started
@@ -171,6 +205,7 @@ class PlainRenderer:
     def close(self) -> None:
         for vertex in self._vertices.values():
             self._flush_partial(vertex)
+        self._warnings.write(self._stream, blank=self._blocks > 0)
         self._stream.flush()
 
     def _vertex(self, digest: str, name: str) -> _Vertex:
@@ -272,12 +307,16 @@ class TtyRenderer:
         self._clock = clock
         self._began = clock()  # when the view opened: the "Building N.Ns" counter
         self._rows: dict[str, _Row] = {}  # digest -> row, in order of first news
+        self._stream = stream
+        self._warnings = _Warnings()
         console = Console(file=stream, force_terminal=True, highlight=False, width=width)
         self._live = Live(get_renderable=self._view, console=console, refresh_per_second=8,
                           transient=False, redirect_stdout=False, redirect_stderr=False)
         self._live.start()
 
     def emit(self, event: Event) -> None:
+        if self._warnings.add(event):
+            return
         row = self._rows.get(event.vertex)
         if row is None:
             row = self._rows[event.vertex] = _Row(getattr(event, "name", "") or event.vertex)
@@ -297,6 +336,7 @@ class TtyRenderer:
 
     def close(self) -> None:
         self._live.stop()
+        self._warnings.write(self._stream, blank=False)
 
     def _view(self) -> Any:
         from rich.console import Group

@@ -23,7 +23,7 @@ from ._errors import ServiceError
 __all__ = [
     "PROGRESS_VERSION", "Event", "EventSink", "ProgressError", "StatusUpdate", "VertexCached",
     "VertexCompleted", "VertexFailed", "VertexLog", "VertexStarted", "event_from_wire",
-    "event_to_wire",
+    "event_to_wire", "warning", "warning_of",
 ]
 
 PROGRESS_VERSION = 1
@@ -100,6 +100,22 @@ _TYPES: dict[str, type[Any]] = {
     "failed": VertexFailed, "log": VertexLog, "status": StatusUpdate,
 }
 _NAMES: dict[type[Any], str] = {cls: name for name, cls in _TYPES.items()}
+
+
+WARNING_PREFIX = "warning: "
+
+
+def warning(source: str, text: str) -> StatusUpdate:
+    """A warning about the build that belongs to no vertex (``source``: what it is about,
+    e.g. ``cache``): a done ``StatusUpdate`` whose id is ``warning: <text>``."""
+    return StatusUpdate(source, WARNING_PREFIX + text, done=True)
+
+
+def warning_of(event: Event) -> str | None:
+    """The text of a ``warning`` event, else None."""
+    if isinstance(event, StatusUpdate) and event.id.startswith(WARNING_PREFIX):
+        return event.id[len(WARNING_PREFIX):]
+    return None
 
 
 class EventSink(Protocol):

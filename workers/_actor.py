@@ -17,8 +17,11 @@ per-build answers of the engine (resolved tags, context listings).  Within a ses
 - ``execute(vertex wire, input results wire)``: one vertex, streaming its events;
 - ``export(graph, records)``: the images written to the build's outputs, pushes included.
 
-``get_record``/``put_record`` serve the solver's record cache (the worker's disk), and
-``echo(vertex, request)`` streams ``request["lines"]`` (the service's own tests).
+``get_record``/``put_record`` serve the solver's record cache (the worker's disk; with a
+build id, also the build's ``--cache-from``/``--cache-to``), and ``echo(vertex, request)``
+streams ``request["lines"]`` (the service's own tests).  The remote caches' warnings ride
+on the build's next record or export answer as ``"events"`` (wire maps) for the
+coordinator to put on the build's stream.
 
 ``close_session`` cancels and awaits whatever of the build still runs here (a cancelled
 build leaves nothing mounted or running), then removes what the build fetched.
@@ -33,7 +36,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,21 @@ class _QueueSink:
         self._queue.put_nowait({"event": event_to_wire(event)})
 
 
+class _PendingSink:
+    """An ``EventSink`` that keeps events (wire maps) until an answer carries them: a
+    build's remote-cache warnings ride on its next record or export answer."""
+
+    def __init__(self) -> None:
+        self._events: list[dict[str, Any]] = []
+
+    def emit(self, event: Event) -> None:
+        self._events.append(event_to_wire(event))
+
+    def take(self) -> list[dict[str, Any]]:
+        events, self._events = self._events, []
+        return events
+
+
 @dataclass(eq=False)
 class _Session:
     """One build on this worker."""
@@ -66,6 +84,7 @@ class _Session:
     request: Any  # the BuildOptions the client sent (pushes, tags)
     stdout_file: str | None  # where a ``dest=-`` output goes, for the client to stream
     records: Any = None  # its RemoteRecords (--cache-from/--cache-to), or None
+    pending: _PendingSink = field(default_factory=_PendingSink)  # their warnings, unsent
     # The build's calls running here now; close_session cancels and awaits them.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -104,11 +123,12 @@ class WorkerActor:
         context = Path(options.context)
         patterns = await asyncio.to_thread(ignore_patterns, context, local)
         backend = self._engine().backend(build_session(context, local))
-        records = None
+        session = _Session(backend, local, options, stdout_file)
         if local.cache_to or local.cache_from:
             from cluster._local_build import remote_records  # noqa: PLC0415
-            records = remote_records(self._engine(), local)
-        self._sessions[build_id] = _Session(backend, local, options, stdout_file, records)
+            session.records = remote_records(
+                self._engine(), replace(local, events=session.pending))
+        self._sessions[build_id] = session
         return {"ignore_patterns": patterns, "epoch": local.epoch}
 
     async def close_session(self, build_id: str) -> dict[str, Any]:
@@ -198,7 +218,8 @@ class WorkerActor:
                      records: dict[str, bytes]) -> dict[str, Any]:
         """The images of ``graph``'s results (``records``: their roots' records, stored
         form) written to the build's outputs and pushed; the build's result map."""
-        return await _answered(lambda: self._export(build_id, graph, records))
+        return self._with_pending(build_id, await _answered(
+            lambda: self._export(build_id, graph, records)))
 
     async def _export(self, build_id: str, graph: bytes,
                       records: dict[str, bytes]) -> dict[str, Any]:
@@ -229,13 +250,21 @@ class WorkerActor:
         async def get() -> bytes | None:
             record = await self._records(build_id).get(key)
             return None if record is None else bytes(record.to_bytes())
-        return await _answered(get)
+        return self._with_pending(build_id, await _answered(get))
 
     async def put_record(self, data: bytes, build_id: str | None = None) -> dict[str, Any]:
         from cache_backends._records import CacheRecord  # noqa: PLC0415
 
-        return await _answered(lambda: self._records(build_id).put(
-            CacheRecord.from_bytes(data)))
+        return self._with_pending(build_id, await _answered(
+            lambda: self._records(build_id).put(CacheRecord.from_bytes(data))))
+
+    def _with_pending(self, build_id: str | None, item: dict[str, Any]) -> dict[str, Any]:
+        """``item`` with the build's unsent remote-cache events (``events``) when any."""
+        session = self._sessions.get(build_id) if build_id is not None else None
+        events = session.pending.take() if session is not None else []
+        if events:
+            item["events"] = events
+        return item
 
     def _records(self, build_id: str | None) -> Any:
         """The build's RecordCache (its remote caches), else the local store's."""

@@ -16,7 +16,7 @@ from cluster._coordinator import Coordinator
 from cluster._dispatch import failure_map
 from scheduler._errors import ExecError
 from scheduler._graph import vertex_from_wire
-from scheduler._progress import VertexLog, event_to_wire
+from scheduler._progress import StatusUpdate, VertexLog, event_to_wire
 
 DOCKERFILE = b"FROM scratch\nCOPY a.txt /a\nRUN make\nRUN make install\n"
 SECRET = b"s3cr3t-for-one-build"
@@ -78,10 +78,10 @@ class FakeWorker:
                           selector: dict[str, Any]) -> str:
         return "sha256:" + "a" * 64
 
-    def _get_record(self, key: str) -> bytes | None:
+    def _get_record(self, key: str, build_id: str) -> bytes | None:
         return self.records.get(key)
 
-    def _put_record(self, data: bytes) -> None:
+    def _put_record(self, data: bytes, build_id: str) -> None:
         from cache_backends._records import CacheRecord
 
         self.records[CacheRecord.from_bytes(data).key] = data
@@ -155,6 +155,32 @@ def test_a_second_build_is_answered_by_records() -> None:
     items = asyncio.run(twice())
     assert items[-1]["result"]["statistics"]["executed"] == 0
     assert items[-1]["result"]["statistics"]["cached"] >= 1
+
+
+class WarningWorker(FakeWorker):
+    """Its record and export answers carry a remote-cache warning, as the worker actor's
+    do when a build's --cache-from is unreachable or its --cache-to fails."""
+
+    async def call(self, method: str, *args: Any) -> Any:
+        item = await super().call(method, *args)
+        if method in ("get_record", "export"):
+            warning = StatusUpdate("cache", f"warning: from {method}", done=True)
+            item["events"] = [event_to_wire(warning)]
+        return item
+
+
+def test_record_calls_carry_the_build_id_and_their_events_reach_the_build() -> None:
+    worker = WarningWorker()
+    [items] = run_builds(worker, request())
+    [opened] = [args[0] for method, args in worker.calls if method == "open_session"]
+    record_ids = {args[1] for method, args in worker.calls
+                  if method in ("get_record", "put_record")}
+    assert record_ids == {opened}
+    statuses = [i["event"]["id"] for i in items
+                if "event" in i and i["event"]["type"] == "status"]
+    assert "warning: from get_record" in statuses
+    assert statuses[-1] == "warning: from export"
+    assert "result" in items[-1]
 
 
 def test_concurrent_builds_share_the_solver() -> None:

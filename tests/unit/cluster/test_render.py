@@ -28,6 +28,7 @@ from scheduler._progress import (
     VertexLog,
     VertexStarted,
     event_from_wire,
+    warning,
 )
 
 D1, D2, D3, D4 = (f"sha256:{c * 64}" for c in "1234")
@@ -259,6 +260,38 @@ def test_quiet_prints_nothing() -> None:
         renderer.emit(event)
     renderer.close()
     assert out.getvalue() == ""
+
+
+CACHE_DOWN = "cache import from s3://b/ failed, reading it as misses for this build"
+WARNED: list[Event] = [
+    VertexStarted(D1, "[1/1] RUN x", 0.0),
+    warning("cache", CACHE_DOWN),
+    VertexCompleted(D1, "[1/1] RUN x", 0.5),
+    warning("cache", CACHE_DOWN),  # the same warning twice is printed once
+]
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("plain", f"#1 [1/1] RUN x\n#1 DONE 0.5s\n\nWARNING: {CACHE_DOWN}\n"),
+    ("quiet", f"WARNING: {CACHE_DOWN}\n"),
+])
+def test_warnings_are_printed_once_after_the_progress(mode: str, expected: str) -> None:
+    out = io.StringIO()
+    renderer = make_renderer(mode, out)
+    for event in WARNED:
+        renderer.emit(event)
+    renderer.close()
+    assert out.getvalue() == expected
+
+
+def test_tty_prints_warnings_after_the_view() -> None:
+    out = io.StringIO()
+    renderer = TtyRenderer(out, clock=FakeClock(), width=200)
+    for event in WARNED:
+        renderer.emit(event)
+    renderer.close()
+    assert out.getvalue().endswith(f"WARNING: {CACHE_DOWN}\n")
+    assert out.getvalue().count("WARNING") == 1 and "(1/1)" in out.getvalue()
 
 
 def test_unknown_mode() -> None:
