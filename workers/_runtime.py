@@ -162,9 +162,15 @@ class WorkerRuntime:
         if not wanted:
             return
         present = await self.cache.has_many(wanted)
+        losses: list[BlobLost] = []
         for digest in wanted:
             if digest not in present:
-                await self._fetch_remote(digest)
+                try:
+                    await self._fetch_remote(digest)
+                except BlobLost as lost:  # the others are still worth fetching
+                    losses.append(lost)
+        if losses:
+            raise _all_lost(losses)
 
     async def _fetch_remote(self, digest: str) -> None:
         lock = self._fetching.setdefault(digest, asyncio.Lock())
@@ -335,6 +341,16 @@ def _lost(digest: str, where: str, why: str = "") -> BlobLost:
                     f"{because}", digests=(digest,),
                     hint="the build rebuilds the step that made it; if you see this, "
                     "the rebuild could not run")
+
+
+def _all_lost(losses: Sequence[BlobLost]) -> BlobLost:
+    """One error for the blobs of several ``BlobLost``s (the first if there is one)."""
+    if len(losses) == 1:
+        return losses[0]
+    digests = tuple(digest for lost in losses for digest in lost.digests)
+    return BlobLost(f"{len(digests)} layers of cached results are no longer usable: "
+                    + "; ".join(lost.message for lost in losses),
+                    digests=digests, hint=losses[0].hint)
 
 
 def _source(vertex: Vertex) -> SourceOp:

@@ -195,17 +195,22 @@ def _stored_digest(endpoint: Any, bucket: str, digest: str) -> str:
 EPOCH = 1_700_000_000  # reproducible layers: a rebuilt one has the digest of the lost one
 MIDDLE_RUN = "RUN cat /app/hello.txt > /app/copy && echo one > /app/one"
 GROWN = DOCKERFILE + "RUN cat /app/one /app/two > /app/three\n"
-# (case, the lost layer counted from the image's top, how it is lost, the second machine's
-#  Dockerfile (GROWN: a new step on top unpacks the layers; else the output needs them),
-#  the steps the second machine runs)
+TOP_RUN = "RUN echo two > /app/two"
+NEW_RUN = "[5/5] RUN cat /app/one /app/two > /app/three"
+# (case, the lost layers counted from the image's top, how they are lost, the second
+#  machine's Dockerfile (GROWN: a new step on top unpacks the layers; else the output
+#  needs them), the steps the second machine runs)
 LOST = [
-    ("top-corrupt-at-export", 1, "corrupt", DOCKERFILE, ["[4/4] RUN echo two > /app/two"]),
-    ("top-missing-at-export", 1, "missing", DOCKERFILE, ["[4/4] RUN echo two > /app/two"]),
-    ("middle-corrupt-at-export", 2, "corrupt", DOCKERFILE, [f"[3/4] {MIDDLE_RUN}"]),
-    ("middle-missing-under-a-new-step", 2, "missing", GROWN,
-     [f"[3/5] {MIDDLE_RUN}", "[5/5] RUN cat /app/one /app/two > /app/three"]),
-    ("top-corrupt-under-a-new-step", 1, "corrupt", GROWN,
-     ["[4/5] RUN echo two > /app/two", "[5/5] RUN cat /app/one /app/two > /app/three"]),
+    ("top-corrupt-at-export", (1,), "corrupt", DOCKERFILE, [f"[4/4] {TOP_RUN}"]),
+    ("top-missing-at-export", (1,), "missing", DOCKERFILE, [f"[4/4] {TOP_RUN}"]),
+    ("middle-corrupt-at-export", (2,), "corrupt", DOCKERFILE, [f"[3/4] {MIDDLE_RUN}"]),
+    ("top-and-middle-corrupt-at-export", (1, 2), "corrupt", DOCKERFILE,
+     [f"[3/4] {MIDDLE_RUN}", f"[4/4] {TOP_RUN}"]),
+    ("middle-missing-under-a-new-step", (2,), "missing", GROWN,
+     [f"[3/5] {MIDDLE_RUN}", NEW_RUN]),
+    ("top-corrupt-under-a-new-step", (1,), "corrupt", GROWN, [f"[4/5] {TOP_RUN}", NEW_RUN]),
+    ("top-and-middle-missing-under-a-new-step", (1, 2), "missing", GROWN,
+     [f"[3/5] {MIDDLE_RUN}", f"[4/5] {TOP_RUN}", NEW_RUN]),
 ]
 
 
@@ -213,19 +218,21 @@ LOST = [
                          [case[1:] for case in LOST], ids=[case[0] for case in LOST])
 def test_a_lost_blob_is_a_miss_that_rebuilds_its_step_and_repairs_the_bucket(
         s3_endpoint: Any, busybox_image: Any, context: Path,
-        machines: tuple[Machine, Machine], from_top: int, how: str, dockerfile: str,
-        runs: list[str]) -> None:
+        machines: tuple[Machine, Machine], from_top: tuple[int, ...], how: str,
+        dockerfile: str, runs: list[str]) -> None:
     first, second = machines
     bucket = s3_endpoint.bucket()
     cache, export = _s3(s3_endpoint, bucket), _s3(s3_endpoint, bucket, mode="max")
     built = _build(busybox_image, context, first, cache_to=export, epoch=EPOCH)
-    lost = _layer(built, from_top)
-    _damage(s3_endpoint, bucket, lost, how)
+    lost = [_layer(built, index) for index in from_top]
+    for digest in lost:
+        _damage(s3_endpoint, bucket, digest, how)
     again = _build(busybox_image, context, second, cache_from=cache, cache_to=export,
                    dockerfile=dockerfile, epoch=EPOCH)
     assert sorted(second.events.started()) == sorted(runs)
     assert second.events.warnings() == []
-    assert _stored_digest(s3_endpoint, bucket, lost) == lost  # repaired by the export
+    for digest in lost:  # repaired by the export
+        assert _stored_digest(s3_endpoint, bucket, digest) == digest
     if dockerfile == DOCKERFILE:
         assert _digest(again) == _digest(built)
     third = Machine(second.root.parent / "third", second.out)
