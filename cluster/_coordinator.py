@@ -23,6 +23,9 @@ A build request (``{"dockerfile", "options", "session"}``, see cluster/_build_cm
    ``WorkerRecords`` (its ``--cache-from``/``--cache-to`` live on the worker, cluster/
    _dispatch.py); workers' events stream back through it to this build's stream;
 4. ``export`` on the first worker (it has the blobs), then ``close_session`` everywhere.
+   An export that finds a cached layer lost (``BlobLost``: missing or corrupt in the
+   cache it was imported from) re-solves with ``rebuild=`` those layers and exports once
+   more: a lost blob is a cache miss, never a failed build.
 
 A request without ``options`` is the echo the service's own tests use
 (``request["lines"]``, ``request["delay"]``).
@@ -35,15 +38,16 @@ waits for ``close_session``, which cancels and awaits what still runs on the wor
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from cache_backends._records import CacheRecord, StateResult
-from scheduler._errors import DockyardError, SolveError
-from scheduler._graph import Vertex
+from scheduler._errors import BlobLost, DockyardError, SolveError
+from scheduler._graph import BuildGraph, Vertex
 from scheduler._platform import Platform, parse_platform
 from scheduler._progress import (
     Event,
@@ -201,17 +205,27 @@ class Coordinator:
             graph = await run_frontend(request["dockerfile"], _frontend_request(options),
                                        opened["ignore_patterns"], self._resolver(build_id))
             self._placement.check(graph)
-            records = await self._solver.solve(graph, no_cache=options.no_cache, events=sink,
-                                               backend=DispatchBackend(build_id,
-                                                                       self._placement),
-                                               cache=WorkerRecords(self._worker, build_id,
-                                                                   sink))
-            item = await self._worker.call("export", build_id, graph.to_msgpack(),
-                                           roots_of(graph, records))
-            result: dict[str, Any] = unwrap(forward_events(item, sink))
-            return result
+            solve = functools.partial(
+                self._solver.solve, graph, no_cache=options.no_cache, events=sink,
+                backend=DispatchBackend(build_id, self._placement),
+                cache=WorkerRecords(self._worker, build_id, sink))
+            records = await solve()
+            try:
+                return await self._export(build_id, graph, records, sink)
+            except BlobLost as lost:  # an output needs a cached layer that is gone
+                records = await solve(rebuild=frozenset(lost.digests))
+                return await self._export(build_id, graph, records, sink)
         finally:
             await _shielded(self._close(build_id, workers))
+
+    async def _export(self, build_id: str, graph: BuildGraph,
+                      records: Mapping[str, CacheRecord], sink: _BuildSink
+                      ) -> dict[str, Any]:
+        """The images written by the first worker (it has the blobs): the build's result."""
+        item = await self._worker.call("export", build_id, graph.to_msgpack(),
+                                       roots_of(graph, records))
+        result: dict[str, Any] = unwrap(forward_events(item, sink))
+        return result
 
     async def _open(self, build_id: str, request: dict[str, Any],
                     workers: Sequence[WorkerHandle]) -> dict[str, Any]:
