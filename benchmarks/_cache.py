@@ -166,6 +166,7 @@ class RestoreResult:
     boto3: Series
     blobs: int
     size: int  # bytes of every blob in the bucket
+    local: Series  # the same build again on machine B, every blob local: no S3 at all
 
 
 def _log(text: str) -> None:
@@ -182,23 +183,27 @@ def restore_case(work: Path, base: str, mib: int, warmups: int, reps: int) -> Re
             node.build(context, cache_flag("to", url, bucket))
         keys = blob_keys(client, bucket, "")
         ours: list[float] = []
+        local: list[float] = []
         theirs: list[float] = []
         for rep in range(warmups + reps):
             with machine("b") as node:
                 node.build(warm)
                 took, progress = node.build(context, cache_flag("from", url, bucket), "-o",
                                             f"type=oci,dest={node.root / 'image.tar'}")
+                again, _ = node.build(context, "-o", f"type=oci,dest={node.root / 'again.tar'}")
             if ran_steps(progress):
                 raise BenchmarkError(f"the restore ran {len(ran_steps(progress))} RUN steps:"
                                      f"\n{progress[-3000:]}")
             boto = download_blobs(client, bucket, keys, work / "boto3")
             shutil.rmtree(work / "boto3")
-            _log(f"restore {rep}: dockyard {took:.2f}s, boto3 {boto:.2f}s")
+            _log(f"restore {rep}: dockyard {took:.2f}s (again, all local: {again:.2f}s), "
+                 f"boto3 {boto:.2f}s")
             if rep >= warmups:
                 ours.append(took)
+                local.append(again)
                 theirs.append(boto)
     return RestoreResult(Series(tuple(ours)), Series(tuple(theirs)), len(keys),
-                         sum(size for _, size in keys))
+                         sum(size for _, size in keys), Series(tuple(local)))
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ def restore_rows(result: RestoreResult, mib: int, buildkit: Series | str) -> lis
                 "`download_file` of the same blobs", result.ours.describe(),
                 result.boto3.describe(), ratio(result.ours.median, result.boto3.median),
                 1.3, True, RESTORE_PATH)]
+    rows.append(Row("the same build again on that root, every blob local (client, FROM "
+                    "lookup, OCI tarball: the restore's floor) vs boto3",
+                    result.local.describe(), result.boto3.describe(),
+                    ratio(result.local.median, result.boto3.median), None, True,
+                    RESTORE_PATH.replace("--cache-from type=s3 ", "")))
     if isinstance(buildkit, Series):
         rows.append(Row("same restore, dockyard S3 vs BuildKit inline registry cache "
                         "(`--cache-from IMAGE`, fresh dockerd; not type=local)",

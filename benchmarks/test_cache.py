@@ -79,13 +79,14 @@ def test_restore_dockerfile() -> None:
 
 def test_restore_rows() -> None:
     result = RestoreResult(Series((2.6, 2.4, 2.5)), Series((2.0, 2.2, 1.8)), 6,
-                           201 * 1024 * 1024)
-    ours, beside = restore_rows(result, 40, Series((5.0,)))
+                           201 * 1024 * 1024, Series((1.0,)))
+    ours, floor, beside = restore_rows(result, 40, Series((5.0,)))
+    assert (floor.ratio, floor.met_text) == (pytest.approx(0.5), "-")
     assert (ours.ratio, ours.target_text, ours.met_text) == (pytest.approx(1.25), "<= 1.30",
                                                              "yes")
     assert "201 MiB in 6 blobs" in ours.benchmark
     assert (beside.ratio, beside.met_text) == (pytest.approx(0.5), "-")
-    _, missing = restore_rows(result, 40, "did not run (no dockerd)")
+    _, _, missing = restore_rows(result, 40, "did not run (no dockerd)")
     assert missing.benchmark.endswith("did not run (no dockerd)")
 
 
