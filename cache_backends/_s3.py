@@ -32,8 +32,9 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, BinaryIO, Final, TypeVar, cast
@@ -81,6 +82,9 @@ class _Bucket:
         self.tmp_dir = tmp_dir
         self.counters = counters
         self.where = f"the S3 cache (s3://{objects.bucket}/{prefix})"
+        # digest -> the lock of its upload in flight (one upload of a blob at a time)
+        self._flights: dict[str, threading.Lock] = {}
+        self._flights_lock = threading.Lock()
 
     def blob_key(self, digest: str) -> str:
         return f"{self.prefix}blobs/sha256/{digest_hex(digest)}"
@@ -182,9 +186,26 @@ class _Bucket:
         """Publish the already hashed ``spool`` (``actual``) as the blob ``digest``."""
         if actual != digest:
             raise blob_mismatch(digest, self.where, actual)
-        self.objects.upload(self.blob_key(digest), spool, self.clock())
+        key = self.blob_key(digest)
+        with self._flight(digest) as waited:
+            if waited and self.objects.head(key) is not None:
+                return size  # a sibling stored it meanwhile
+            self.objects.upload(key, spool, self.clock())
         self.counters.blobs_written += 1
         return size
+
+    @contextlib.contextmanager
+    def _flight(self, digest: str) -> Iterator[bool]:
+        """Hold ``digest``'s upload lock; whether another upload held it first."""
+        with self._flights_lock:
+            lock = self._flights.setdefault(digest, threading.Lock())
+        waited = not lock.acquire(blocking=False)
+        if waited:
+            lock.acquire()
+        try:
+            yield waited
+        finally:
+            lock.release()
 
     def put_blob(self, digest: str, source: bytes | Path | BinaryIO, move: bool) -> int:
         try:

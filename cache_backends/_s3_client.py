@@ -219,6 +219,8 @@ class S3Objects:
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
+        # key -> the multipart uploads this client began for it and may have left open
+        self._begun: dict[str, set[str]] = {}
         # the client of a reached endpoint (made on first answer); until then the first
         # contact client, with short timeouts
         self._reached: Any = None
@@ -240,7 +242,16 @@ class S3Objects:
             retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=settings.concurrency,
             s3={"addressing_style": "path" if settings.use_path_style else "auto"})
-        return _new_client(settings.endpoint_url, config)
+        client = _new_client(settings.endpoint_url, config)
+        client.meta.events.register("after-call.s3.CreateMultipartUpload", self._began)
+        return client
+
+    def _began(self, parsed: dict[str, Any], **_: Any) -> None:
+        """Note a multipart upload begun (boto3's event hook), to abort it if it fails."""
+        upload_id, key = parsed.get("UploadId"), parsed.get("Key")
+        if upload_id and key:
+            with self._lock:
+                self._begun.setdefault(str(key), set()).add(str(upload_id))
 
     @property
     def _client(self) -> Any:
@@ -385,13 +396,41 @@ class S3Objects:
 
     def upload(self, key: str, source: IO[bytes], used: float) -> None:
         """``source`` (seekable, from its start) under ``key``: multipart above the
-        threshold; S3 shows the object only once it is whole."""
+        threshold; S3 shows the object only once it is whole.  A failed attempt aborts
+        the multipart upload it began (the transfer manager tries once; a fault can
+        defeat that), so no parts are left behind.  One upload of a key at a time per
+        client (the caller's part): an abort must not hit a sibling's upload."""
         def go() -> None:
             source.seek(0)
-            self._client.upload_fileobj(_KeepOpen(source), self.bucket, key,
-                                        Config=self._transfer,
-                                        ExtraArgs={"Metadata": {USED: repr(used)}})
-        self.call("upload", key, go)
+            try:
+                self._client.upload_fileobj(_KeepOpen(source), self.bucket, key,
+                                            Config=self._transfer,
+                                            ExtraArgs={"Metadata": {USED: repr(used)}})
+            except BaseException:
+                self._abort_begun(key)
+                raise
+            with self._lock:
+                self._begun.pop(key, None)  # completed
+        self.call("upload", key, go, also_retry=frozenset({"NoSuchUpload"}))
+
+    def _abort_begun(self, key: str) -> None:
+        with self._lock:
+            begun = self._begun.pop(key, set())
+        for upload_id in sorted(begun):
+            try:
+                self.call("abort the upload of", key,
+                          functools.partial(self._abort, key, upload_id))
+            except CacheError:
+                with self._lock:  # still open: the next failure tries again
+                    self._begun.setdefault(key, set()).add(upload_id)
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                UploadId=upload_id)
+        except ClientError as err:
+            if _code(err)[0] != "NoSuchUpload" and not missing(err):
+                raise
 
     def download(self, key: str, target: IO[bytes]) -> None:
         """``key`` into the seekable ``target``: ranged parallel GETs above the threshold
