@@ -58,6 +58,8 @@ __all__ = ["Head", "Listed", "S3Objects", "S3Settings"]
 
 T = TypeVar("T")
 
+#: Seconds of the first backoff (doubled each retry, up to 5 s, with full jitter).
+BACKOFF: float = 0.1
 #: Seconds a stalled reply or body is waited for on a reached endpoint (a default: the
 #: ``read_timeout`` of ``S3Settings``), before the request is retried.
 READ_TIMEOUT: float = 60.0
@@ -286,7 +288,7 @@ class S3Objects:
         self._refuse_while_down(action, key)
         retrying = Retrying(
             retry=retry_if_exception(lambda err: self._retry(err, also_retry)),
-            wait=wait_random_exponential(multiplier=0.1, max=5.0),
+            wait=wait_random_exponential(multiplier=BACKOFF, max=5.0),
             stop=self._stop, reraise=True)
         try:
             result = retrying(fn)
@@ -308,8 +310,8 @@ class S3Objects:
     def _stop(self, state: RetryCallState) -> bool:
         """Out of budget: ``retry_for`` seconds, or for an endpoint never reached that
         did not answer, ``FIRST_CONTACT_ATTEMPTS`` attempts."""
-        if state.seconds_since_start is not None and \
-                state.seconds_since_start >= self.settings.retry_for:
+        spent = (state.seconds_since_start or 0.0) + state.upcoming_sleep
+        if spent >= self.settings.retry_for:
             return True
         outcome = state.outcome
         failure = outcome.exception() if outcome is not None else None
