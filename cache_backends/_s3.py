@@ -18,6 +18,8 @@ than ``touch_after`` seconds, so a warm cache costs one request per record looke
   build.  Large blobs come through ranged, parallel GETs into an unnamed temporary file.
 - A record is written only after a batch of parallel HEADs found every blob it names.
   Concurrent writers of one key or digest each PUT whole objects; the last one stays.
+  Within one backend a blob is uploaded once at a time (a second upload of it waits and
+  finds it stored); a failed multipart attempt aborts the upload it began (_s3_client).
 - ``prune`` deletes records first, then the blobs no remaining record names, and never a
   blob modified within ``grace`` seconds: a build that stores a blob or reuses one (which
   marks it used at most ``touch_after`` seconds late) and then writes its record is not

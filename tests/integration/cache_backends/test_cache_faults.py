@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -156,52 +157,54 @@ def proxy(s3_endpoint: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyP
 
 # --- an unreachable cache ------------------------------------------------------------------
 
-# (flag, extra attributes, the build fails, the warning or error: its start)
+# (name, flag, extra attributes, the endpoint: "closed" a closed port, "silent" one that
+# accepts and never answers, the build fails, the warning or error: its start)
 UNREACHABLE = [
-    ("--cache-from", {}, False,
+    ("from closed", "--cache-from", {}, "closed", False,
      "warning: cache import from the S3 cache (s3://{bucket}/ci/) failed, reading it as "
      "misses for this build: S3 cache: cannot read s3://{bucket}/ci/records/"),
-    ("--cache-to", {"mode": "max", "ignore-error": "true"}, False,
+    ("from silent", "--cache-from", {}, "silent", False,
+     "warning: cache import from the S3 cache (s3://{bucket}/ci/) failed, reading it as "
+     "misses for this build: S3 cache: cannot read s3://{bucket}/ci/records/"),
+    ("to closed, ignore-error", "--cache-to", {"mode": "max", "ignore-error": "true"},
+     "closed", False,
      "warning: cache export to the S3 cache (s3://{bucket}/ci/) failed: S3 cache: cannot "
      "look up s3://{bucket}/ci/blobs/sha256/"),
-    ("--cache-to", {"mode": "max"}, True,
+    ("to closed", "--cache-to", {"mode": "max"}, "closed", True,
      "cache export to the S3 cache (s3://{bucket}/ci/) failed: S3 cache: cannot look up "
      "s3://{bucket}/ci/blobs/sha256/"),
 ]
+CAUSES = {"closed": "Could not connect to the endpoint URL", "silent": "Read timeout on "
+          "endpoint URL"}
 
 
-@pytest.mark.parametrize("flag,extra,fails,start", UNREACHABLE)
+@pytest.mark.parametrize("flag,extra,kind,fails,start", [u[1:] for u in UNREACHABLE],
+                         ids=[u[0] for u in UNREACHABLE])
 def test_an_unreachable_cache_costs_seconds_and_one_warning_or_a_pinned_error(
-        s3_endpoint: Any, busybox_image: Any, context: Path, machines: tuple[Machine, Machine],
-        closed_port_url: str, flag: str, extra: dict[str, str], fails: bool,
-        start: str) -> None:
+        s3_endpoint: Any, busybox_image: Any, context: Path,
+        machines: tuple[Machine, Machine], flag: str, extra: dict[str, str], kind: str,
+        fails: bool, start: str) -> None:
     machine, _ = machines  # s3_endpoint: for its credentials, not its address
     bucket = "dockyard-unreachable"
-    value = s3(closed_port_url, bucket, **extra)
-    caches = {"cache_to": value} if flag == "--cache-to" else {"cache_from": value}
-    expected = start.format(bucket=bucket)
-    began = time.monotonic()
-    if fails:
-        with pytest.raises(CacheError) as caught:
-            build(busybox_image, context, machine, SMALL, **caches)
-        text = caught.value.message
-    else:
-        built = build(busybox_image, context, machine, SMALL, **caches)
-        assert built.statistics.executed > 0
-        [text] = machine.events.warnings()
-    assert time.monotonic() - began < FAST
-    assert text.startswith(expected), text
-    assert f"cannot reach {closed_port_url}: Could not connect to the endpoint URL" in text
-
-
-@pytest.fixture
-def closed_port_url() -> str:
-    import socket  # noqa: PLC0415 -- only this fixture
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"  # nothing listens once the socket is closed
+        if kind == "silent":
+            sock.listen(64)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        value = s3(url, bucket, **extra)
+        caches = {"cache_to": value} if flag == "--cache-to" else {"cache_from": value}
+        began = time.monotonic()
+        if fails:
+            with pytest.raises(CacheError) as caught:
+                build(busybox_image, context, machine, SMALL, **caches)
+            text = caught.value.message
+        else:
+            built = build(busybox_image, context, machine, SMALL, **caches)
+            assert built.statistics.executed > 0
+            [text] = machine.events.warnings()
+        assert time.monotonic() - began < FAST
+    assert text.startswith(start.format(bucket=bucket)), text
+    assert f"cannot reach {url}: {CAUSES[kind]}" in text
 
 
 # --- a faulty cache --------------------------------------------------------------------------
