@@ -61,8 +61,10 @@ T = TypeVar("T")
 #: Seconds of the first backoff (doubled each retry, up to 5 s, with full jitter).
 BACKOFF: float = 0.1
 #: Seconds a stalled reply or body is waited for on a reached endpoint (a default: the
-#: ``read_timeout`` of ``S3Settings``), before the request is retried.
-READ_TIMEOUT: float = 60.0
+#: ``read_timeout`` of ``S3Settings``), before the request is retried.  Well under the
+#: retry budget, so a stall leaves room for retries (S3 answers in well under a second,
+#: and keeps a slow CompleteMultipartUpload alive with whitespace).
+READ_TIMEOUT: float = 20.0
 #: Seconds (connect, and read) to wait for an endpoint that has not answered yet.
 FIRST_CONTACT_TIMEOUT: Final = 2.0
 #: Attempts at a call that cannot reach an endpoint that has not answered yet.
