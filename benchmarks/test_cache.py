@@ -100,11 +100,13 @@ def test_requests_row_takes_the_worst_repetition() -> None:
 @pytest.mark.parametrize(("plain", "exported", "share", "met"), [
     ((2.0, 2.0), (2.1, 2.1), "+5%", "yes"),
     ((2.0, 2.0), (2.4, 2.4), "+20%", "**no**"),
+    # load drifts up: the ratio of medians would say +50%, the pairs say +5%
+    ((1.0, 2.0, 4.0), (1.05, 4.2, 4.2), "+5%", "yes"),
 ])
 def test_export_row(plain: tuple[float, ...], exported: tuple[float, ...], share: str,
                     met: str) -> None:
     row = export_row(ExportResult(Series(plain), Series(exported)))
-    assert f"({share})" in row.benchmark
+    assert f"({share}, median of paired ratios)" in row.benchmark
     assert row.met_text == met
 
 
