@@ -155,8 +155,9 @@ class WorkerRuntime:
         """Fetch into the local cache the blobs of ``layers`` it lacks that a remote
         cache holds (``add_remote_blobs``); others are left alone.  A blob the remote
         cache turns out not to have, or to have corrupt (the backend drops it), raises
-        ``BlobLost`` naming it, and is not asked of that cache again: the solver rebuilds
-        the step that made it (scheduler/_solver.py)."""
+        ``BlobLost`` naming every such blob, and is not asked of that cache again until an
+        imported record names it again: the solver rebuilds the step that made it
+        (scheduler/_solver.py)."""
         wanted = [layer.digest for layer in layers
                   if layer.digest in self.remote_blobs or layer.digest in self.lost]
         if not wanted:
@@ -184,7 +185,7 @@ class WorkerRuntime:
                 async with await remote.open_blob(digest) as reader:
                     await self.cache.put_blob(digest, reader)
             except (BlobMissing, BlobCorrupt) as err:
-                del self.remote_blobs[digest]
+                self.remote_blobs.pop(digest, None)
                 self.lost.add(digest)
                 raise _lost(digest, str(getattr(remote, "where", None) or remote),
                             err.message) from err
