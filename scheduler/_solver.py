@@ -20,7 +20,10 @@ Work is shared by cache key through *flights*: every vertex being resolved, by a
 ``solve`` on this ``Solver``, is one flight that all interested solves wait on, so a vertex
 two builds need runs once.  A flight ends when its work ends or when its last waiter
 leaves (cancelled): then its task is cancelled and awaited, so a cancelled build leaves
-nothing running.  Records are written only after an execute succeeds.
+nothing running.  Records are written only after an execute succeeds.  A flight reads and
+writes records through the record cache of the build that started it; every other build
+that joined it then reads the record through its own (a build's cache may push what it
+sees: ``--cache-to mode=max``).
 
 **Lost layers.**  A record from a shared cache is trusted, and its layer blobs are fetched
 only when something needs them; one may then turn out missing or corrupt, and the
@@ -44,6 +47,7 @@ side) and ``RecordCache`` (a cache backend), and news through an ``EventSink``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -372,9 +376,12 @@ class Solver:
                 self._cached += 1
                 flight.cached = True
                 flight.emit(VertexCached(vertex.digest, _name(vertex)))
+                await _share(flight, build, key)
                 return record
         inputs = await self._resolve_inputs(flight, build, vertex)
-        return await self._executed_record(flight, build, vertex, inputs, None)
+        record = await self._executed_record(flight, build, vertex, inputs, None)
+        await _share(flight, build, key)
+        return record
 
     async def _executed_record(self, flight: _Flight, build: _Build, vertex: Vertex,
                                inputs: Sequence[CacheRecord],
@@ -485,6 +492,17 @@ class Solver:
             _raise(error, exc)
         flight.emit(VertexCompleted(vertex.digest, name, time.monotonic() - begun))
         return result
+
+
+async def _share(flight: _Flight, build: _Build, key: str) -> None:
+    """Every other build that joined ``flight`` reads its record through its own record
+    cache, so that cache sees it too (a build's ``--cache-to mode=max`` pushes what it
+    looks up); its answer is not used, and its failure only loses that push."""
+    caches = {id(w.build.cache): w.build.cache for w in flight.watchers}
+    caches.pop(id(build.cache), None)
+    for cache in caches.values():
+        with contextlib.suppress(DockyardError):
+            await cache.get(key)
 
 
 # --- keys ------------------------------------------------------------------------------

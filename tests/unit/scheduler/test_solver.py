@@ -322,6 +322,22 @@ def test_two_concurrent_solves_share_each_vertex() -> None:
     assert shared.statistics().in_flight == 0
 
 
+def test_a_build_joining_another_reads_each_shared_record_through_its_own_cache() -> None:
+    """Builds with their own record caches (each its --cache-to) share flights; the one that
+    joined still sees every record, so its mode=max export gets them all."""
+    backend, one, two = FakeBackend(), MemoryCache(), MemoryCache()
+    shared = solver(backend, MemoryCache())
+
+    async def both() -> None:
+        await asyncio.gather(shared.solve(FORK, [JOIN.digest], cache=one),
+                             shared.solve(FORK, [JOIN.digest], cache=two))
+    go(both)
+    assert set(backend.executions.values()) == {1}
+    started, joined = (one, two) if one.records else (two, one)
+    assert len(started.records) == 4  # the flights' records went through its cache
+    assert joined.records == {} and joined.gets >= 4  # the joiner looked each one up
+
+
 def test_a_shared_vertex_survives_one_build_being_cancelled() -> None:
     backend, cache = FakeBackend(), MemoryCache()
     shared = solver(backend, cache)
