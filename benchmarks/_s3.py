@@ -15,15 +15,8 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,76 +27,22 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-
-from benchmarks._tools import BenchmarkError
+from support import moto as support_moto  # tests/support, on sys.path via benchmarks/__init__
+from support.moto import ENVIRONMENT, REGION
 
 __all__ = ["ENVIRONMENT", "CountingProxy", "classify", "counting_proxy", "download_blobs",
            "moto_server", "s3_client", "blob_keys", "REGION"]
 
-REGION = "us-east-1"
-READY_TIMEOUT = 20.0
-#: Dummy credentials and no config file or instance metadata: boto3 stays on loopback.
-ENVIRONMENT = {
-    "AWS_ACCESS_KEY_ID": "dockyard-bench",
-    "AWS_SECRET_ACCESS_KEY": "dockyard-bench-secret",
-    "AWS_DEFAULT_REGION": REGION,
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                "proxy-connection", "content-length"}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=1).close()
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @contextmanager
 def moto_server(log: Path) -> Iterator[str]:
-    """A moto S3 server on loopback; its URL. Stopped by PID on exit."""
-    binary = Path(sys.executable).with_name("moto_server")
-    if not binary.exists():
-        raise BenchmarkError(f"{binary} is missing", hint="install moto[server] in the venv")
-    url = f"http://127.0.0.1:{_free_port()}"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]],
-                                   stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not _answers(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchmarkError(f"moto_server did not answer on {url}:\n"
-                                     f"{log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.05)
-        yield url
-    finally:
-        _stop(process)
+    """A moto S3 server on loopback (tests/support/moto.py); its URL. Stopped by PID on
+    exit."""
+    with support_moto.moto_server(log) as endpoint:  # a SetupError (a DockyardError) if not
+        yield endpoint.url
 
 
 def s3_client(url: str) -> Any:

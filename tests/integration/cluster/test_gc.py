@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
-import importlib.util
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from support.moto import ENVIRONMENT, UNSET, S3Endpoint, moto_server
 
 from cache_backends._local import LocalBackend
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
@@ -240,31 +238,15 @@ def test_prune_api_keep_bytes(root: Path) -> None:
 # --- S3 ------------------------------------------------------------------------------------
 
 
-def _moto_support() -> ModuleType:
-    """The S3 tests' moto helpers (tests/integration/cache_backends/conftest.py), loaded by
-    path: conftest modules are not importable by name."""
-    path = Path(__file__).parents[1] / "cache_backends" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("dockyard_gc_moto", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    support = _moto_support()
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in support.ENVIRONMENT.items():
+        for name, value in ENVIRONMENT.items():
             patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        for name in UNSET:
             patch.delenv(name, raising=False)
-        endpoint = support.start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
-        try:
+        with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
             yield endpoint
-        finally:
-            support._stop(endpoint.process)
 
 
 def test_prune_s3_records_first_blobs_in_grace_kept(
