@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.progress import plain_blocks
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -89,19 +90,9 @@ def _s3(endpoint: Any, bucket: str, **extra: str) -> str:
     return ",".join(f"{key}={value}" for key, value in fields.items())
 
 
-def _blocks(progress: str) -> dict[str, list[str]]:
-    """``#N`` -> its lines (without the ``#N ``), from --progress=plain output."""
-    found: dict[str, list[str]] = {}
-    for line in progress.splitlines():
-        if line.startswith("#"):
-            number, _, rest = line.partition(" ")
-            found.setdefault(number, []).append(rest)
-    return found
-
-
 def _runs(progress: str) -> dict[str, str]:
     """Each RUN step's block: its name -> its last line (``CACHED``, ``DONE 0.3s``)."""
-    return {lines[0]: lines[-1] for lines in _blocks(progress).values()
+    return {lines[0]: lines[-1] for lines in plain_blocks(progress).values()
             if " RUN " in lines[0]}
 
 

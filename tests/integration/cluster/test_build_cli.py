@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.progress import plain_blocks
 
 from cluster._service import Proc, RunPaths, alive, process_tree
 
@@ -97,16 +98,6 @@ def _ok(done: subprocess.CompletedProcess[bytes]) -> str:
     return done.stderr.decode()
 
 
-def _blocks(progress: str) -> dict[str, list[str]]:
-    """``#N`` -> its lines (without the ``#N ``), from --progress=plain output."""
-    found: dict[str, list[str]] = {}
-    for line in progress.splitlines():
-        if line.startswith("#"):
-            number, _, rest = line.partition(" ")
-            found.setdefault(number, []).append(rest)
-    return found
-
-
 def test_build_to_oci_and_local_then_fully_cached(dockyard: Dockyard) -> None:
     context = _context(dockyard, "small", SMALL)
     out = dockyard.work / "out"
@@ -114,7 +105,7 @@ def test_build_to_oci_and_local_then_fully_cached(dockyard: Dockyard) -> None:
             "--metadata-file", f"{out}/meta.json", "-t", "example/small:1", str(context)]
     out.mkdir()
     progress = _ok(dockyard.build(*argv))
-    blocks = _blocks(progress)
+    blocks = plain_blocks(progress)
     run_block = next(lines for lines in blocks.values() if lines[0].startswith("[2/3] RUN")
                      or "RUN echo built-by-run" in lines[0])
     assert any(line.endswith("from the context") for line in run_block)
@@ -131,7 +122,7 @@ def test_build_to_oci_and_local_then_fully_cached(dockyard: Dockyard) -> None:
     began = time.monotonic()
     again = _ok(dockyard.build(*argv))
     took = time.monotonic() - began
-    finals = [lines[-1] for lines in _blocks(again).values()]
+    finals = [lines[-1] for lines in plain_blocks(again).values()]
     assert not [f for f in finals if f.startswith("DONE")], again
     assert "CACHED" in finals
     assert json.loads((out / "meta.json").read_text()) == meta  # same image digest
