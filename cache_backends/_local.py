@@ -19,6 +19,10 @@ Safe for several processes on one root:
 - a corrupt blob or undecodable record is removed only if it is still the same file
   (inode) that was read: a good copy renamed in meanwhile stays.
 
+A blob fetched from a remote cache is written by that backend straight into a staging file
+here (``stage_blob``: a ``_StagedBlob``), hashed once and published as above only when its
+digest matched (``CacheBackend.fetch_into``).
+
 Blocking work runs in threads (``asyncio.to_thread``) in 1 MiB chunks; blobs are streamed,
 never held whole in memory.  ``LocalBlobSource`` is the blocking view the exporters read.
 """
@@ -43,11 +47,13 @@ from cache_backends._protocol import (
     BackendStatistics,
     BlobInput,
     BlobMissing,
+    BlobSink,
     Counters,
     PruneEntry,
     PruneReport,
     StreamReader,
     Usage,
+    copy_blob,
     digest_hex,
     plan_prune,
     verified_stream,
@@ -143,28 +149,28 @@ class _TempFile:
         with _os_errors("create a temporary file in", layout.tmp):
             fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{kind}-", dir=layout.tmp)
         self.path = Path(name)
-        self._file = os.fdopen(fd, "wb")
+        self.file: BinaryIO = os.fdopen(fd, "wb")
         self.hash = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> None:
         with _os_errors("write", self.path):
-            self._file.write(data)
+            self.file.write(data)
         self.hash.update(data)
         self.size += len(data)
 
     def publish(self, target: Path, when: float) -> None:
         with _os_errors("store", target):
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
             os.chmod(self.path, 0o644)
             os.utime(self.path, (when, when))
             os.replace(self.path, target)
             _fsync_dir(target.parent)
 
     def discard(self) -> None:
-        self._file.close()
+        self.file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -187,6 +193,38 @@ class _BlobWriter:
         self._temp.publish(self._store.layout.blob(self._digest), self._store.clock())
         self._store.counters.blobs_written += 1
         return self._temp.size
+
+    def discard(self) -> None:
+        self._temp.discard()
+
+
+class _StagedBlob:
+    """A blob written by someone else into a temporary file (``file``, positioned writes
+    allowed); ``seal`` hashes it by reading it once, ``publish`` is ``_TempFile.publish``
+    (fsync, rename, directory fsync).  The ``StagedBlob`` of cache_backends/_protocol.py."""
+
+    def __init__(self, store: _DiskStore, digest: str) -> None:
+        self._store = store
+        self._digest = digest
+        self._temp = _TempFile(store.layout, "blob")
+        self.file: BinaryIO = self._temp.file
+        self._size: int | None = None
+
+    def seal(self) -> tuple[str, int]:
+        path = self._temp.path
+        with _os_errors("write", path):
+            self.file.flush()
+        with _os_errors("read back", path), open(path, "rb") as stream:
+            actual, self._size = _hash_stream(stream)
+        return actual, self._size
+
+    def publish(self) -> int:
+        if self._size is None:
+            raise CacheError(f"{self._store.where}: blob {self._digest} published before "
+                             "it was checked", hint="a bug in dockyard: please report it")
+        self._temp.publish(self._store.layout.blob(self._digest), self._store.clock())
+        self._store.counters.blobs_written += 1
+        return self._size
 
     def discard(self) -> None:
         self._temp.discard()
@@ -245,6 +283,10 @@ class _DiskStore:
 
     def begin_blob(self, digest: str) -> _BlobWriter:
         return _BlobWriter(self, digest)
+
+    def stage_blob(self, digest: str) -> _StagedBlob:
+        digest_hex(digest)
+        return _StagedBlob(self, digest)
 
     def put_blob(self, digest: str, source: bytes | Path | BinaryIO, move: bool) -> int:
         """Store ``source`` (not an async iterable); the blob's size."""
@@ -462,6 +504,14 @@ class LocalBackend:
         if isinstance(source, AsyncIterable):
             return await self._put_chunks(digest, source)
         return await asyncio.to_thread(self._store.put_blob, digest, source, move)
+
+    def stage_blob(self, digest: str) -> _StagedBlob:
+        """A staging file for ``digest`` that a remote backend's ``fetch_into`` writes
+        (``BlobSink``; blocking: call it from a thread)."""
+        return self._store.stage_blob(digest)
+
+    async def fetch_into(self, digest: str, sink: BlobSink) -> int:
+        return await copy_blob(self, digest, sink)
 
     async def _put_chunks(self, digest: str, chunks: AsyncIterable[bytes]) -> int:
         existing = await asyncio.to_thread(self._store.existing, digest)

@@ -22,11 +22,13 @@ from cache_backends._protocol import (
     BackendStatistics,
     BlobInput,
     BlobMissing,
+    BlobSink,
     Counters,
     PruneEntry,
     PruneReport,
     StreamReader,
     Usage,
+    copy_blob,
     digest_hex,
     plan_prune,
     verified_stream,
@@ -101,6 +103,9 @@ class MemoryBackend:
         self._used[digest] = self._clock()
         self._counters.blobs_written += 1
         return len(data)
+
+    async def fetch_into(self, digest: str, sink: BlobSink) -> int:
+        return await copy_blob(self, digest, sink)
 
     def inject_blob(self, digest: str, data: bytes) -> None:
         """Store ``data`` under ``digest`` unchecked (tests: a damaged cache)."""

@@ -2,7 +2,11 @@
 async protocol, and the rules all backends share.
 
 - ``CacheBackend``: ``has``/``has_many``, ``open_blob`` (a streaming ``BlobReader``),
-  ``put_blob``, ``get_record``/``put_record``, ``prune``, ``usage``, ``statistics``.
+  ``put_blob``, ``fetch_into`` (a blob copied into a local store, a ``BlobSink``),
+  ``get_record``/``put_record``, ``prune``, ``usage``, ``statistics``.
+- ``fetch_into`` lets a remote backend write a blob straight into the sink's own staging
+  file (``StagedBlob``), which is hashed once and published only after its digest matched:
+  one write and one hash per blob, and nothing unverified is ever visible in the sink.
 - Blobs are verified while they are read: a reader that reaches the end of a blob whose
   bytes do not hash to its digest raises ``BlobCorrupt`` and the backend drops the blob,
   so a damaged cache is a cache miss, never a wrong build.  A blob is published whole or
@@ -39,13 +43,17 @@ __all__ = [
     "BlobInput",
     "BlobMissing",
     "BlobReader",
+    "BlobSink",
     "CacheBackend",
     "Counters",
     "PruneEntry",
     "PrunePlan",
     "PruneReport",
+    "StagedBlob",
     "StreamReader",
     "Usage",
+    "copy_blob",
+    "corrupt_blob",
     "digest_hex",
     "plan_prune",
     "verified_stream",
@@ -158,6 +166,34 @@ class BlobReader(Protocol):
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
 
+class StagedBlob(Protocol):
+    """A blob being received by a local store, not yet visible in it (blocking methods:
+    call them from a thread).  Write its bytes to ``file`` (writable and seekable: writes
+    at any offset); ``seal`` flushes it and hashes it, once, giving (``sha256:`` digest,
+    size); ``publish`` makes it the store's blob durably (fsynced), to be called only once
+    the caller compared that digest; ``discard`` removes it (always call it; after
+    ``publish`` it does nothing)."""
+
+    file: BinaryIO
+
+    def seal(self) -> tuple[str, int]: ...
+
+    def publish(self) -> int: ...
+
+    def discard(self) -> None: ...
+
+
+class BlobSink(Protocol):
+    """A local store that ``CacheBackend.fetch_into`` copies blobs into."""
+
+    async def put_blob(self, digest: str, source: BlobInput, *, move: bool = False) -> int:
+        ...
+
+    def stage_blob(self, digest: str) -> StagedBlob:
+        """A new staging file for ``digest`` (blocking: call it from a thread)."""
+        ...
+
+
 class CacheBackend(Protocol):
     """Blobs by digest and cache records by key.  Every method may raise ``CacheError``
     (naming the backend and the digest or key); none lets an ``OSError`` through."""
@@ -179,6 +215,12 @@ class CacheBackend(Protocol):
         nothing is stored); returns its size.  Published atomically; an existing blob is
         kept and ``source`` not read.  ``move``: ``source`` is a file the backend may take
         (rename) instead of copying; it is gone afterwards either way."""
+        ...
+
+    async def fetch_into(self, digest: str, sink: BlobSink) -> int:
+        """Copy the blob into ``sink`` (the size): ``BlobMissing`` if absent here;
+        ``BlobCorrupt`` (and dropped here, as ``open_blob`` does) if its bytes do not match,
+        and then ``sink`` never shows it.  Marks it used here."""
         ...
 
     async def get_record(self, key: str) -> CacheRecord | None:
@@ -248,16 +290,29 @@ class _VerifyingRaw(io.RawIOBase):
         actual = "sha256:" + self._hash.hexdigest()
         if actual != self._digest:
             self._on_corrupt()
-            raise BlobCorrupt(f"blob {self._digest} in {self._where} is corrupt (its bytes "
-                              f"hash to {actual}); it was removed",
-                              hint="the build treats it as a cache miss; rebuild to store "
-                              "it again")
+            raise corrupt_blob(self._digest, self._where, actual)
 
     def close(self) -> None:
         try:
             self._source.close()
         finally:
             super().close()
+
+
+def corrupt_blob(digest: str, where: str, actual: str) -> BlobCorrupt:
+    """The error for a stored blob ``digest`` in ``where`` whose bytes hash to ``actual``
+    (the backend has removed it)."""
+    return BlobCorrupt(f"blob {digest} in {where} is corrupt (its bytes hash to {actual}); "
+                       "it was removed",
+                       hint="the build treats it as a cache miss; rebuild to store it again")
+
+
+async def copy_blob(backend: CacheBackend, digest: str, sink: BlobSink) -> int:
+    """``fetch_into`` for a backend without a faster way: its verifying reader streamed
+    into ``sink.put_blob`` (a corrupt blob raises ``BlobCorrupt`` before the sink
+    publishes it)."""
+    async with await backend.open_blob(digest) as reader:
+        return await sink.put_blob(digest, reader)
 
 
 def verified_stream(source: BinaryIO, digest: str, where: str,

@@ -15,7 +15,10 @@ than ``touch_after`` seconds, so a warm cache costs one request per record looke
   bucket; S3 shows a PUT or a completed multipart upload whole or not at all.
 - Reads verify the digest while streaming; a mismatch deletes the object only if it is
   still the one read (its ETag) and raises ``BlobCorrupt``: a miss, repaired by the next
-  build.  Large blobs come through ranged, parallel GETs into an unnamed temporary file.
+  build.  Large blobs come through ranged, parallel GETs into an unnamed temporary file;
+  ``fetch_into`` (a restore into the local cache) writes them straight into the local
+  store's staging file instead, which is hashed once there and published only if it
+  matched (a mismatch drops the object here, as above): one write, one hash.
 - A record is written only after a batch of parallel HEADs found every blob it names.
   Concurrent writers of one key or digest each PUT whole objects; the last one stays.
   Within one backend a blob is uploaded once at a time (a second upload of it waits and
@@ -46,11 +49,14 @@ from cache_backends._protocol import (
     BackendStatistics,
     BlobInput,
     BlobMissing,
+    BlobSink,
     Counters,
     PruneEntry,
     PruneReport,
+    StagedBlob,
     StreamReader,
     Usage,
+    corrupt_blob,
     digest_hex,
     plan_prune,
     verified_stream,
@@ -151,6 +157,45 @@ class _Bucket:
         return verified_stream(source, digest, self.where,
                                lambda: self._drop(key, etag), size=head.size)
 
+    def fetch_into(self, digest: str, sink: BlobSink) -> int:
+        """The blob written into a staging file of ``sink``, checked, then published there
+        (see ``CacheBackend.fetch_into``); the staging file never outlives the call."""
+        key = self.blob_key(digest)
+        head = self.objects.head(key)
+        if head is None:
+            self.counters.blob_misses += 1
+            raise BlobMissing(f"blob {digest} is not in {self.where}")
+        staged = sink.stage_blob(digest)
+        try:
+            self._receive(key, head, staged)
+            etag = self.mark(key, head) or head.etag
+            self.counters.blob_hits += 1
+            actual, _ = staged.seal()
+            if actual != digest:
+                self._drop(key, etag)
+                raise corrupt_blob(digest, self.where, actual)
+            return staged.publish()
+        finally:
+            staged.discard()
+
+    def _receive(self, key: str, head: Head, staged: StagedBlob) -> None:
+        """The object's bytes into ``staged.file``: one resuming GET, or for a large one
+        ranged parallel GETs written in place."""
+        if head.size > self.objects.settings.multipart_threshold:
+            self.objects.download(key, staged.file)
+            self._check_size(key, head, staged.file.seek(0, os.SEEK_END))
+            return
+        with ResumingBody(self.objects, key, head.size) as body:
+            while chunk := body.read(CHUNK):
+                staged.file.write(chunk)
+
+    def _check_size(self, key: str, head: Head, got: int) -> None:
+        if got != head.size:  # not damage: a transfer that went wrong
+            raise CacheError(f"S3 cache: downloading s3://{self.objects.bucket}/{key} "
+                             f"gave {got} bytes, not {head.size}",
+                             hint="the object changed meanwhile or the store is "
+                             "unwell; the build treats it as a miss")
+
     def _fetch(self, key: str, head: Head) -> BinaryIO:
         """A stream of the object: a GET that resumes where it broke, or for a large one
         ranged parallel GETs into a temporary file first."""
@@ -159,12 +204,7 @@ class _Bucket:
         spool = self.temp_file()
         try:
             self.objects.download(key, spool)
-            got = spool.seek(0, os.SEEK_END)
-            if got != head.size:  # not damage: a transfer that went wrong
-                raise CacheError(f"S3 cache: downloading s3://{self.objects.bucket}/{key} "
-                                 f"gave {got} bytes, not {head.size}",
-                                 hint="the object changed meanwhile or the store is "
-                                 "unwell; the build treats it as a miss")
+            self._check_size(key, head, spool.seek(0, os.SEEK_END))
             spool.seek(0)
         except BaseException:
             spool.close()
@@ -415,6 +455,10 @@ class S3Backend:
     async def open_blob(self, digest: str) -> StreamReader:
         stream = await asyncio.to_thread(self._bucket.open_blob, digest)
         return StreamReader(digest, stream, offload=True)
+
+    async def fetch_into(self, digest: str, sink: BlobSink) -> int:
+        digest_hex(digest)
+        return await asyncio.to_thread(self._bucket.fetch_into, digest, sink)
 
     async def put_blob(self, digest: str, source: BlobInput, *, move: bool = False) -> int:
         digest_hex(digest)

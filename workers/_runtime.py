@@ -45,6 +45,9 @@ __all__ = ["BuildSession", "RecordStore", "RuntimeBackend", "WorkerRuntime"]
 
 IMAGE_SCHEME = "docker-image://"
 LOCAL_SCHEME = "local://"
+#: How many blobs one runtime fetches from remote caches at once (each may itself be
+#: several ranged GETs): an image pull's layer parallelism.
+REMOTE_FETCHES = 4
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class WorkerRuntime:
         self.lost: set[str] = set()
         # digest -> the lock of the one task fetching it from a remote cache
         self._fetching: dict[str, asyncio.Lock] = {}
+        # taken by each remote fetch (after its digest's lock): how many run at once
+        self._fetch_slots = asyncio.Semaphore(REMOTE_FETCHES)
 
     def __repr__(self) -> str:
         return f"<WorkerRuntime {self.root} {self.snapshots!r}>"
@@ -153,23 +158,27 @@ class WorkerRuntime:
 
     async def ensure_blobs(self, layers: Iterable[LayerDescriptor]) -> None:
         """Fetch into the local cache the blobs of ``layers`` it lacks that a remote
-        cache holds (``add_remote_blobs``); others are left alone.  A blob the remote
-        cache turns out not to have, or to have corrupt (the backend drops it), raises
-        ``BlobLost`` naming every such blob, and is not asked of that cache again until an
-        imported record names it again: the solver rebuilds the step that made it
-        (scheduler/_solver.py)."""
-        wanted = [layer.digest for layer in layers
-                  if layer.digest in self.remote_blobs or layer.digest in self.lost]
+        cache holds (``add_remote_blobs``); others are left alone.  Up to
+        ``REMOTE_FETCHES`` blobs come down at once (per runtime), each written straight
+        into the local cache and checked there (``CacheBackend.fetch_into``).  A blob the
+        remote cache turns out not to have, or to have corrupt (the backend drops it), raises
+        ``BlobLost`` naming every such blob once all the others have arrived, and is not
+        asked of that cache again until an imported record names it again: the solver
+        rebuilds the step that made it (scheduler/_solver.py).  Any other error is raised
+        once every fetch has ended."""
+        wanted = list(dict.fromkeys(layer.digest for layer in layers
+                                    if layer.digest in self.remote_blobs
+                                    or layer.digest in self.lost))
         if not wanted:
             return
         present = await self.cache.has_many(wanted)
-        losses: list[BlobLost] = []
-        for digest in wanted:
-            if digest not in present:
-                try:
-                    await self._fetch_remote(digest)
-                except BlobLost as lost:  # the others are still worth fetching
-                    losses.append(lost)
+        missing = [digest for digest in wanted if digest not in present]
+        outcomes = await asyncio.gather(*(self._fetch_remote(digest) for digest in missing),
+                                        return_exceptions=True)
+        losses = [outcome for outcome in outcomes if isinstance(outcome, BlobLost)]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, BlobLost):
+                raise outcome
         if losses:
             raise _all_lost(losses)
 
@@ -182,8 +191,8 @@ class WorkerRuntime:
             if remote is None:  # lost by a fetch that held the lock before this one
                 raise _lost(digest, "the remote cache")
             try:
-                async with await remote.open_blob(digest) as reader:
-                    await self.cache.put_blob(digest, reader)
+                async with self._fetch_slots:
+                    await remote.fetch_into(digest, self.cache)
             except (BlobMissing, BlobCorrupt) as err:
                 self.remote_blobs.pop(digest, None)
                 self.lost.add(digest)
