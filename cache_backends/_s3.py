@@ -19,7 +19,11 @@ than ``touch_after`` seconds, so a warm cache costs one request per record looke
   ``fetch_into`` (a restore into the local cache) writes them straight into the local
   store's staging file instead, which is hashed once there and published only if it
   matched (a mismatch drops the object here, as above): one write, one hash.
-- A record is written only after a batch of parallel HEADs found every blob it names.
+- A record is written only after every blob it names is known to exist: uploaded or seen
+  by a HEAD through this instance (a backend lives for one build), the others found by a
+  batch of parallel HEADs.  So a build HEADs each blob at most once and uploads it at most
+  once, however many records name it.  A blob any backend of this process drops as
+  corrupt (an import, on the same bucket) is trusted no more, nor one prune deleted.
   Concurrent writers of one key or digest each PUT whole objects; the last one stays.
   Within one backend a blob is uploaded once at a time (a second upload of it waits and
   finds it stored); a failed multipart attempt aborts the upload it began (_s3_client).
@@ -33,14 +37,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import io
+import itertools
 import os
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, BinaryIO, Final, TypeVar, cast
 
@@ -78,6 +85,13 @@ TOUCH_AFTER: Final = 3600.0
 GRACE: Final = 6 * 3600.0
 
 
+#: Ticks ordering what a backend remembered against what any backend dropped.
+_STAMPS = itertools.count(1)
+#: (endpoint, bucket, key) -> the tick a backend of this process last dropped it as corrupt.
+_DROPPED: dict[tuple[str, str, str], int] = {}
+_DROPPED_LOCK = threading.Lock()
+
+
 class _Bucket:
     """The blocking operations of the backend (each called in a worker thread)."""
 
@@ -93,6 +107,10 @@ class _Bucket:
         # digest -> the lock of its upload in flight (one upload of a blob at a time)
         self._flights: dict[str, threading.Lock] = {}
         self._flights_lock = threading.Lock()
+        # blob key -> its HEAD and when it was remembered (a _STAMPS tick), for the blobs
+        # uploaded or seen existing through this instance (the write path trusts them: no
+        # second HEAD) unless dropped since; guarded by _flights_lock
+        self._present: dict[str, tuple[Head, int]] = {}
 
     def blob_key(self, digest: str) -> str:
         return f"{self.prefix}blobs/sha256/{digest_hex(digest)}"
@@ -213,16 +231,77 @@ class _Bucket:
 
     def _drop(self, key: str, etag: str) -> None:
         self.counters.blobs_corrupt += 1
+        self.forget(key, dropped=True)
         self.objects.delete_if_same(key, etag)
 
-    def existing(self, digest: str) -> int | None:
-        """The blob's size (and it is marked used), or None when absent."""
-        key = self.blob_key(digest)
-        head = self.objects.head(key)
+    # --- what this instance knows exists (the write path) ----------------------------------
+
+    def _where_is(self, key: str) -> tuple[str, str, str]:
+        return (self.objects.settings.endpoint_url or "", self.objects.bucket, key)
+
+    def remember(self, key: str, head: Head) -> None:
+        with self._flights_lock:
+            self._present[key] = (head, next(_STAMPS))
+
+    def forget(self, key: str, *, dropped: bool = False) -> None:
+        """Stop trusting ``key``; ``dropped`` (deleted as corrupt): neither does any other
+        backend of this process on the same bucket (a build's --cache-from and --cache-to
+        are two instances, and the export must upload the rebuilt blob again)."""
+        if dropped:
+            with _DROPPED_LOCK:
+                _DROPPED[self._where_is(key)] = next(_STAMPS)
+        with self._flights_lock:
+            self._present.pop(key, None)
+
+    def known(self, key: str) -> Head | None:
+        with self._flights_lock:
+            head, stamp = self._present.get(key, (None, 0))
         if head is None:
             return None
-        self.mark(key, head)
-        return head.size
+        with _DROPPED_LOCK:
+            dropped = _DROPPED.get(self._where_is(key), -1)
+        return head if stamp > dropped else None
+
+    def confirmed(self, digests: Iterable[str]) -> dict[str, Head]:
+        """The blobs among ``digests`` that exist, by digest: those known to this instance,
+        and the others by parallel HEADs (remembered when found)."""
+        wanted = sorted({digest for digest in digests if digest_hex(digest)})
+        known = {digest: head for digest in wanted
+                 if (head := self.known(self.blob_key(digest))) is not None}
+        return known | self.looked_up(digest for digest in wanted if digest not in known)
+
+    def looked_up(self, digests: Iterable[str]) -> dict[str, Head]:
+        """``heads`` (asks the bucket), remembering what it found for the write path."""
+        found = self.heads(digests)
+        for digest, head in found.items():
+            self.remember(self.blob_key(digest), head)
+        return found
+
+    def still_there(self, key: str, head: Head) -> bool:
+        """Mark a known blob used when its mark is stale (a copy onto itself, remembered);
+        False when that found it gone (then forgotten)."""
+        now = self.clock()
+        if now - head.used < self.touch_after:
+            return True
+        try:
+            etag = self.objects.touch(key, now)
+        except CacheError:
+            return True  # a failed mark only weakens the LRU order
+        if etag is None:
+            self.forget(key)
+            return False
+        self.remember(key, dataclasses.replace(head, used=now, etag=etag))
+        return True
+
+    def existing(self, digest: str) -> int | None:
+        """The blob's size (and it is marked used), or None when absent; a blob known to
+        this instance costs no request (unless its mark is stale)."""
+        key = self.blob_key(digest)
+        head = self.known(key) or self.objects.head(key)
+        if head is None:
+            return None
+        self.remember(key, head)
+        return head.size if self.still_there(key, head) else None
 
     def upload(self, digest: str, spool: IO[bytes], actual: str, size: int) -> int:
         """Publish the already hashed ``spool`` (``actual``) as the blob ``digest``."""
@@ -230,9 +309,12 @@ class _Bucket:
             raise blob_mismatch(digest, self.where, actual)
         key = self.blob_key(digest)
         with self._flight(digest) as waited:
-            if waited and self.objects.head(key) is not None:
+            if waited and self.existing(digest) is not None:
                 return size  # a sibling stored it meanwhile
-            self.objects.upload(key, spool, self.clock())
+            used = self.clock()
+            self.objects.upload(key, spool, used)
+        self.remember(key, Head(size=size, etag="", used=used,
+                                modified=datetime.now(UTC)))
         self.counters.blobs_written += 1
         return size
 
@@ -305,11 +387,15 @@ class _Bucket:
 
     def put_record(self, record: CacheRecord) -> None:
         name = self.record_key(record.key)
-        named = {layer.digest for layer in record.result.layers}
-        heads = self.heads(named)
-        require_blobs(record, self.where, heads.__contains__)
-        self.in_parallel(lambda digest: self.mark(self.blob_key(digest), heads[digest]),
-                         heads)
+        heads = self.confirmed(layer.digest for layer in record.result.layers)
+        now = self.clock()
+        stale = [digest for digest, head in heads.items()
+                 if now - head.used >= self.touch_after]
+        there = self.in_parallel(
+            lambda digest: self.still_there(self.blob_key(digest), heads[digest]), stale)
+        gone = {digest for digest, alive in zip(stale, there, strict=True) if not alive}
+        require_blobs(record, self.where, lambda digest: digest in heads
+                      and digest not in gone)
         self.objects.put(name, record.to_bytes(), self.clock())
         self.counters.records_written += 1
 
@@ -368,6 +454,8 @@ class _Pruner:
         objects = self._bucket.objects
         objects.delete_many([self._bucket.record_key(key) for key in plan.records])
         objects.delete_many([self._bucket.blob_key(digest) for digest in doomed])
+        for digest in doomed:  # no longer trusted by this instance's write path
+            self._bucket.forget(self._bucket.blob_key(digest))
         freed = plan.bytes_freed - sum(sizes[digest] for digest in spared)
         return PruneReport(records_removed=len(plan.records) + dropped,
                            blobs_removed=len(doomed), bytes_freed=freed + dropped_bytes)
@@ -450,7 +538,7 @@ class S3Backend:
 
     async def has_many(self, digests: Iterable[str]) -> set[str]:
         wanted = list(digests)
-        return set(await asyncio.to_thread(self._bucket.heads, wanted))
+        return set(await asyncio.to_thread(self._bucket.looked_up, wanted))
 
     async def open_blob(self, digest: str) -> StreamReader:
         stream = await asyncio.to_thread(self._bucket.open_blob, digest)

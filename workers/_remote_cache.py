@@ -6,7 +6,10 @@ over the local store, consulting remote backends on a miss and pushing records o
   (backends publish a record only after its blobs, and prune deletes records before
   blobs): it is returned as is and its layer blobs are *not* fetched; the runtime learns
   where they are (``WorkerRuntime.remote_blobs``) and fetches one when something needs
-  it (an exec or file op on top unpacks it, an exporter writes it).  A blob found
+  it (an exec or file op on top unpacks it, an exporter writes it).  An imported record
+  is kept in the local store at ``drain`` if by then every blob it names is local (a
+  later build without ``--cache-from`` hits it, as BuildKit keeps what it imported);
+  one whose blobs were never fetched stays remote-only.  A blob found
   missing or corrupt then (the backend drops a corrupt one) raises ``BlobLost``: the
   solver rebuilds the step that owns the layer and retries (scheduler/_solver.py), and
   the rebuilt record is pushed like any other, which repairs the remote cache.  A
@@ -16,9 +19,12 @@ over the local store, consulting remote backends on a miss and pushing records o
   as the solver has it (``mode=max``: every vertex the solver executes or finds; ``mode=min``:
   only the final images' records, which ``export_final`` pushes once the solve is done).
   Its blobs go first (those the backend lacks, from the local store or the backend they
-  were imported from), then the record.  A record whose blob was lost is not pushed (its
-  rebuilt replacement is).  ``drain`` waits for every push: a build that
-  fails still keeps what it finished.  An export failure fails the build at ``drain``,
+  were imported from), then the record.  Each blob is sent to a backend by one task per
+  build, shared by every record naming it (a chain's records share their lower layers):
+  one existence check and at most one upload per blob, however many records name it; a
+  failed one is forgotten, so a later record tries again.  A record whose blob was lost
+  is not pushed (its rebuilt replacement is).  ``drain`` waits for every push: a build
+  that fails still keeps what it finished.  An export failure fails the build at ``drain``,
   or with ``ignore-error=true`` is one warning event.
 """
 
@@ -29,7 +35,7 @@ import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cache_backends._local import LocalBackend
 from cache_backends._protocol import CacheBackend
@@ -95,7 +101,12 @@ class RemoteRecords:
         # keys of the records ``put`` in this build (executed here)
         self._built: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._failures: list[tuple[RemoteCache, DockyardError]] = []
+        # (export index, digest) -> the task sending that blob there (see _sender)
+        self._sending: dict[tuple[int, str], asyncio.Task[bool]] = {}
+        # records found in a --cache-from backend, by key (kept locally at drain)
+        self._found: dict[str, CacheRecord] = {}
+        # (export, error, the record's key if it was found rather than built here)
+        self._failures: list[tuple[RemoteCache, DockyardError, str | None]] = []
         #: the warnings emitted (once per subject: a backend's import, its export)
         self.warnings: dict[str, str] = {}
         #: records found in a --cache-from backend (keys), for statistics and tests
@@ -138,6 +149,7 @@ class RemoteRecords:
             if record is not None:
                 self._runtime.add_remote_blobs(record.result.layers, remote.backend)
                 self.imported.append(key)
+                self._found[key] = record
                 return record
         return None
 
@@ -160,35 +172,74 @@ class RemoteRecords:
         if pushed in self._pushed:
             return
         self._pushed.add(pushed)
-        task = asyncio.ensure_future(self._push(remote, record))
+        self._track(asyncio.ensure_future(self._push(index, remote, record, pushed[2])))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _push(self, remote: RemoteCache, record: CacheRecord) -> None:
+    async def _push(self, index: int, remote: RemoteCache, record: CacheRecord,
+                    built: bool) -> None:
         try:
-            await self._push_blobs(remote.backend, record.result.layers)
+            await self._push_blobs(index, remote.backend, record.result.layers)
             await remote.backend.put_record(record)
         except BlobLost:
             return  # a stale record: the solver rebuilds it, and its put pushes that
         except DockyardError as err:
-            self._failures.append((remote, err))
+            if not built and any(layer.digest in self._runtime.lost
+                                 for layer in record.result.layers):
+                return  # found stale meanwhile (its blob lost after the check): likewise
+            self._failures.append((remote, err, None if built else record.key))
 
-    async def _push_blobs(self, backend: CacheBackend, layers: Sequence[LayerDescriptor]
-                          ) -> None:
-        present = await backend.has_many(layer.digest for layer in layers)
-        for layer in layers:
-            if layer.digest in present:
-                continue
+    async def _push_blobs(self, index: int, backend: CacheBackend,
+                          layers: Sequence[LayerDescriptor]) -> None:
+        """Every blob of ``layers`` at ``backend``: each through its one shared task."""
+        sends = [self._sender(index, backend, layer) for layer in layers]
+        for send in sends:  # all of them started; the first failure is the record's
+            await asyncio.wait((send,))
+        for send in sends:
+            send.result()
+
+    def _sender(self, index: int, backend: CacheBackend, layer: LayerDescriptor
+                ) -> asyncio.Task[bool]:
+        """The task sending ``layer``'s blob to export ``index``; a failed one is
+        forgotten when it ends (the next record naming the blob tries again), and so is
+        one that only found the blob at the backend without a local copy (that copy may
+        turn out corrupt and be dropped meanwhile: the next record asks again)."""
+        slot = (index, layer.digest)
+        task = self._sending.get(slot)
+        if task is not None and _trusted_remote(task):
+            task = None
+        if task is None:
+            task = asyncio.ensure_future(self._send_blob(backend, layer))
+            self._sending[slot] = task
+            self._track(task)
+            task.add_done_callback(lambda done: self._forget_failed(slot, done))
+        return task
+
+    def _forget_failed(self, slot: tuple[int, str], task: asyncio.Task[bool]) -> None:
+        if (task.cancelled() or task.exception() is not None) \
+                and self._sending.get(slot) is task:
+            del self._sending[slot]
+
+    async def _send_blob(self, backend: CacheBackend, layer: LayerDescriptor) -> bool:
+        """One blob to ``backend`` unless it has it (its ``put_blob`` checks, once): from
+        the local store, else fetched first from the backend it was imported from --
+        which a backend that already holds it (the same bucket) does not need.  Whether
+        it went through ``put_blob`` (False: the backend had it, and it is not local)."""
+        path = self.local.blob_source().blob_path(layer.digest)
+        if path is None:
+            if await backend.has(layer.digest):
+                return False
+            await self._runtime.ensure_blobs((layer,))
             path = self.local.blob_source().blob_path(layer.digest)
-            if path is None:
-                await self._runtime.ensure_blobs((layer,))
-                path = self.local.blob_source().blob_path(layer.digest)
-            if path is None and layer.digest in self._runtime.lost:
-                raise BlobLost(f"layer {layer.digest} was lost", digests=(layer.digest,))
-            if path is None:
-                raise CacheError(f"layer {layer.digest} is in no cache of this machine",
-                                 hint="build again without --cache-from")
-            await backend.put_blob(layer.digest, path)
+        if path is None and layer.digest in self._runtime.lost:
+            raise BlobLost(f"layer {layer.digest} was lost", digests=(layer.digest,))
+        if path is None:
+            raise CacheError(f"layer {layer.digest} is in no cache of this machine",
+                             hint="build again without --cache-from")
+        await backend.put_blob(layer.digest, path)
+        return True
 
     async def drain(self, *, failed: bool = False) -> None:
         """Wait for every push.  Export failures: one warning for the ``ignore-error``
@@ -196,9 +247,14 @@ class RemoteRecords:
         then warnings: the build's own error is the one to report)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        fatal = [(remote, err) for remote, err in self._failures
+        await self._keep_imported()
+        # a found record's push that failed is moot once the record was rebuilt here
+        # (its blob was lost: the rebuilt record's own push stands for it)
+        self._failures = [failure for failure in self._failures
+                          if failure[2] is None or failure[2] not in self._built]
+        fatal = [(remote, err) for remote, err, _ in self._failures
                  if not remote.ignore_error and not failed]
-        for remote, err in self._failures:
+        for remote, err, _ in self._failures:
             if remote.ignore_error or failed:
                 self._warn(f"export {remote.where}",
                            f"cache export to {remote.where} failed: {err.message}")
@@ -207,6 +263,22 @@ class RemoteRecords:
             raise CacheError(f"cache export to {remote.where} failed: {err.message}",
                              hint="check the cache's address and credentials, or add "
                              "ignore-error=true to --cache-to to build without it")
+
+    async def _keep_imported(self) -> None:
+        """Store locally each imported record whose blobs are all local now (fetched by
+        the build); never one naming a blob the local store lacks.  Records rebuilt here
+        are stored already (``put``)."""
+        found, self._found = self._found, {}
+        for key, record in found.items():
+            if key in self._built:
+                continue
+            digests = [layer.digest for layer in record.result.layers]
+            try:
+                if len(await self.local.has_many(digests)) == len(set(digests)):
+                    await self.local.put_record(record)
+            except CacheError as err:  # lost meanwhile (a prune): stays remote-only
+                self._warn("keep imported", f"an imported cache record ({key}) was not "
+                           f"kept in the local cache: {err.message}")
 
     async def aclose(self) -> None:
         """Cancel pushes still running (a cancelled build)."""
@@ -224,3 +296,9 @@ class RemoteRecords:
         if self._events is not None:
             self._events.emit(StatusUpdate(CACHE_EVENT_VERTEX, f"warning: {text}",
                                            done=True))
+
+
+def _trusted_remote(task: asyncio.Task[bool]) -> bool:
+    """Whether a finished send only found its blob at the backend (no local copy)."""
+    return task.done() and not task.cancelled() and task.exception() is None \
+        and not task.result()

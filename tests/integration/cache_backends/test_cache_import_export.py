@@ -368,3 +368,46 @@ def test_a_lost_blob_under_a_new_step_is_rebuilt_through_the_worker_actor(
                            to=_s3(s3_endpoint, bucket, mode="max"))
     assert again["statistics"]["executed"] == 2  # the middle RUN and the new one
     assert _stored_digest(s3_endpoint, bucket, lost) == lost
+
+
+def _broken_local_records(machine: Machine) -> list[str]:
+    """The local records that name a blob the local store lacks (the store's invariant)."""
+    from cache_backends._records import CacheRecord  # noqa: PLC0415
+    cache = machine.root / "cache"
+    broken = []
+    for path in (cache / "records").iterdir():
+        record = CacheRecord.from_bytes(path.read_bytes())
+        for layer in record.result.layers:
+            if not (cache / "blobs" / "sha256" / layer.digest.removeprefix("sha256:")).is_file():
+                broken.append(f"{record.key} names {layer.digest}")
+    return broken
+
+
+# (case, whether the --cache-from restore writes an OCI output (fetching every blob the
+#  image names), the RUN steps a later build of the same thing on that root runs without
+#  --cache-from: none when the imported records were kept, both when nothing was fetched)
+KEPT = [
+    ("oci-output-restore-is-kept", True, []),
+    ("no-output-restore-stays-remote", False,
+     ["[3/4] " + MIDDLE_RUN, "[4/4] " + TOP_RUN]),
+]
+
+
+@pytest.mark.parametrize(("outputs", "runs"), [case[1:] for case in KEPT],
+                         ids=[case[0] for case in KEPT])
+def test_imported_records_are_kept_locally_once_their_blobs_are(
+        s3_endpoint: Any, busybox_image: Any, context: Path,
+        machines: tuple[Machine, Machine], outputs: bool, runs: list[str]) -> None:
+    first, second = machines
+    bucket = s3_endpoint.bucket()
+    built = _build(busybox_image, context, first, epoch=EPOCH,
+                   cache_to=_s3(s3_endpoint, bucket, mode="max"))
+    restored = _build(busybox_image, context, second, epoch=EPOCH, outputs=outputs,
+                      cache_from=_s3(s3_endpoint, bucket))
+    assert restored.statistics.executed == 0
+    assert _broken_local_records(second) == []
+    later = Machine(second.root, second.out)  # the same root, its own events
+    again = _build(busybox_image, context, later, epoch=EPOCH)
+    assert sorted(step for step in later.events.started() if "] RUN " in step) == runs
+    assert _digest(again) == _digest(built)
+    assert _broken_local_records(second) == []
