@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -411,3 +412,27 @@ def test_imported_records_are_kept_locally_once_their_blobs_are(
     assert sorted(step for step in later.events.started() if "] RUN " in step) == runs
     assert _digest(again) == _digest(built)
     assert _broken_local_records(second) == []
+
+
+@dataclass
+class _Via:
+    url: str
+
+
+def test_a_mode_max_export_heads_and_uploads_each_blob_once(
+        s3_endpoint: Any, busybox_image: Any, context: Path,
+        machines: tuple[Machine, Machine]) -> None:
+    """A chain's records share their lower layers; each blob costs one HEAD and one PUT
+    (cold bucket), each record one PUT -- not a HEAD per layer per record."""
+    from benchmarks._s3 import counting_proxy  # noqa: PLC0415 -- the benchmark's counter
+    first, _ = machines
+    bucket = s3_endpoint.bucket()
+    with counting_proxy(s3_endpoint.url) as proxy:
+        _build(busybox_image, context, first,
+               cache_to=_s3(_Via(proxy.url), bucket, mode="max"))
+        requests = proxy.summary()
+        repeated = [seen for seen, times in Counter(proxy.requests).items() if times > 1]
+    blobs = len(_keys(s3_endpoint, bucket, "blobs"))
+    assert blobs >= 4  # busybox, the COPY, two RUNs
+    assert requests == {"HEAD blob": blobs, "PUT blob": blobs, "PUT record": 5}
+    assert repeated == []
