@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -166,21 +166,38 @@ class WorkerRuntime:
         asked of that cache again until an imported record names it again: the solver
         rebuilds the step that made it (scheduler/_solver.py).  Any other error is raised
         once every fetch has ended."""
-        wanted = list(dict.fromkeys(layer.digest for layer in layers
-                                    if layer.digest in self.remote_blobs
-                                    or layer.digest in self.lost))
+        wanted = self._wanted(layers)
         if not wanted:
             return
         present = await self.cache.has_many(wanted)
-        missing = [digest for digest in wanted if digest not in present]
-        outcomes = await asyncio.gather(*(self._fetch_remote(digest) for digest in missing),
-                                        return_exceptions=True)
-        losses = [outcome for outcome in outcomes if isinstance(outcome, BlobLost)]
+        await self.settle(self._start(digest for digest in wanted if digest not in present))
+
+    def start_fetches(self, layers: Iterable[LayerDescriptor]) -> dict[str, asyncio.Task[None]]:
+        """``ensure_blobs`` in the background: one task per blob to fetch, by digest (each
+        ends once its blob is in the local cache, or with its ``BlobLost``), so a consumer
+        can use the first blobs while later ones still arrive; ``settle`` them after."""
+        return self._start(self._wanted(layers))
+
+    def _start(self, digests: Iterable[str]) -> dict[str, asyncio.Task[None]]:
+        return {digest: asyncio.ensure_future(self._fetch_remote(digest))
+                for digest in digests}
+
+    async def settle(self, fetches: Mapping[str, Awaitable[None]]) -> None:
+        """Wait for every fetch of ``start_fetches``; then raise one ``BlobLost`` naming
+        every lost blob, or the first other error."""
+        outcomes = await asyncio.gather(*fetches.values(), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, BlobLost):
                 raise outcome
+        losses = [outcome for outcome in outcomes if isinstance(outcome, BlobLost)]
         if losses:
             raise _all_lost(losses)
+
+    def _wanted(self, layers: Iterable[LayerDescriptor]) -> list[str]:
+        """The digests of ``layers`` (once each) that a remote cache holds or lost."""
+        return list(dict.fromkeys(layer.digest for layer in layers
+                                  if layer.digest in self.remote_blobs
+                                  or layer.digest in self.lost))
 
     async def _fetch_remote(self, digest: str) -> None:
         lock = self._fetching.setdefault(digest, asyncio.Lock())

@@ -185,3 +185,31 @@ def test_ensure_blobs_runs_a_bounded_number_of_fetches_at_once(
     for digest, data in blobs:
         assert stored(runtime.cache, digest) == data
     run(runtime.aclose())
+
+
+def test_fetches_started_in_the_background_settle_into_one_blob_lost(
+        s3_endpoint: Any, tmp_path: Path) -> None:
+    """``start_fetches``: a task per blob to fetch (each usable on its own as soon as it
+    ends), and ``settle`` raises one BlobLost for the absent ones after all ended."""
+    remote = _remote(s3_endpoint, tmp_path)
+    blobs = [blob(6 * MB, 300), blob(1000, 301)]
+    for digest, data in blobs:
+        run(remote.put_blob(digest, data))
+    absent = blob(500, 302)
+    runtime = WorkerRuntime(tmp_path / "root")
+    layers = _layers([*blobs, absent])
+    runtime.add_remote_blobs(layers, remote)
+
+    async def go() -> None:
+        fetches = runtime.start_fetches(layers)
+        assert list(fetches) == [digest for digest, _ in [*blobs, absent]]
+        await fetches[blobs[0][0]]
+        assert stored(runtime.cache, blobs[0][0]) == blobs[0][1]
+        with pytest.raises(BlobLost) as caught:
+            await runtime.settle(fetches)
+        assert caught.value.digests == (absent[0],)
+
+    run(go())
+    assert stored(runtime.cache, blobs[1][0]) == blobs[1][1]
+    assert staging_files(runtime.cache) == []
+    run(runtime.aclose())
