@@ -41,7 +41,7 @@ from cache_backends._local import LocalBackend
 from cache_backends._protocol import CacheBackend
 from cache_backends._records import CacheRecord, LayerDescriptor
 from scheduler._errors import BlobLost, CacheError, DockyardError, UsageError
-from scheduler._progress import EventSink, StatusUpdate
+from scheduler._progress import EventSink, warning
 
 if TYPE_CHECKING:
     from ._runtime import WorkerRuntime
@@ -294,8 +294,7 @@ class RemoteRecords:
             return
         self.warnings[subject] = text
         if self._events is not None:
-            self._events.emit(StatusUpdate(CACHE_EVENT_VERTEX, f"warning: {text}",
-                                           done=True))
+            self._events.emit(warning(CACHE_EVENT_VERTEX, text))
 
 
 def _trusted_remote(task: asyncio.Task[bool]) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from _fault_proxy import FaultyProxy, running_proxy
+from support.progress import Recorder
 
 from cache_backends import _s3_client
 from cache_backends._records import CacheRecord
@@ -34,9 +35,7 @@ from cluster._build_options import parse_cache
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._errors import CacheError
 from scheduler._platform import parse_platform
-from scheduler._progress import Event, StatusUpdate, VertexStarted
 from workers._image import ImageArtifacts
-from workers._remote_cache import CACHE_EVENT_VERTEX
 
 # the big layer (18 MB of noise from the context, above the 16 MiB multipart threshold)
 # goes up in parts and comes down in ranged GETs
@@ -56,21 +55,6 @@ RUN echo two > /app/two
 RECORDS = 5
 #: Seconds a build against an unreachable cache may take: far below the 60 s retry budget.
 FAST = 30.0
-
-
-@dataclass
-class Recorder:
-    events: list[Event] = field(default_factory=list)
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-    def started(self) -> list[str]:
-        return [e.name for e in self.events if isinstance(e, VertexStarted)]
-
-    def warnings(self) -> list[str]:
-        return [e.id for e in self.events
-                if isinstance(e, StatusUpdate) and e.vertex == CACHE_EVENT_VERTEX]
 
 
 @dataclass
@@ -161,14 +145,14 @@ def proxy(s3_endpoint: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyP
 # accepts and never answers, the build fails, the warning or error: its start)
 UNREACHABLE = [
     ("from closed", "--cache-from", {}, "closed", False,
-     "warning: cache import from the S3 cache (s3://{bucket}/ci/) failed, reading it as "
+     "cache import from the S3 cache (s3://{bucket}/ci/) failed, reading it as "
      "misses for this build: S3 cache: cannot read s3://{bucket}/ci/records/"),
     ("from silent", "--cache-from", {}, "silent", False,
-     "warning: cache import from the S3 cache (s3://{bucket}/ci/) failed, reading it as "
+     "cache import from the S3 cache (s3://{bucket}/ci/) failed, reading it as "
      "misses for this build: S3 cache: cannot read s3://{bucket}/ci/records/"),
     ("to closed, ignore-error", "--cache-to", {"mode": "max", "ignore-error": "true"},
      "closed", False,
-     "warning: cache export to the S3 cache (s3://{bucket}/ci/) failed: S3 cache: cannot "
+     "cache export to the S3 cache (s3://{bucket}/ci/) failed: S3 cache: cannot "
      "look up s3://{bucket}/ci/blobs/sha256/"),
     ("to closed", "--cache-to", {"mode": "max"}, "closed", True,
      "cache export to the S3 cache (s3://{bucket}/ci/) failed: S3 cache: cannot look up "

@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.progress import Recorder
 
 from cluster._build_options import BuildOptions, OutputSpec, parse_cache
 from cluster._coordinator import Coordinator
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._errors import CacheError, ExecError
 from scheduler._platform import parse_platform
-from scheduler._progress import Event, StatusUpdate, VertexStarted
 from workers._actor import WorkerActor
 from workers._image import ImageArtifacts
-from workers._remote_cache import CACHE_EVENT_VERTEX
 
 DOCKERFILE = """\
 FROM {base}
@@ -31,21 +30,6 @@ COPY hello.txt /app/
 RUN cat /app/hello.txt > /app/copy && echo one > /app/one
 RUN echo two > /app/two
 """
-
-
-@dataclass
-class Recorder:
-    events: list[Event] = field(default_factory=list)
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-    def started(self) -> list[str]:
-        return [e.name for e in self.events if isinstance(e, VertexStarted)]
-
-    def warnings(self) -> list[str]:
-        return [e.id for e in self.events
-                if isinstance(e, StatusUpdate) and e.vertex == CACHE_EVENT_VERTEX]
 
 
 @dataclass
@@ -249,13 +233,13 @@ NO_BUCKET = "(NoSuchBucket) when calling the {} operation (reached max retries: 
 # (flag, extra attributes, CacheError or the warning: its start and end)
 UNUSABLE = [
     ("--cache-to", {"mode": "max", "ignore-error": "true"}, None,
-     f"warning: cache export to {WHERE} failed: S3 cache: cannot upload ",
+     f"cache export to {WHERE} failed: S3 cache: cannot upload ",
      NO_BUCKET.format("PutObject")),
     ("--cache-to", {"mode": "max"}, CacheError,
      f"cache export to {WHERE} failed: S3 cache: cannot upload ",
      NO_BUCKET.format("PutObject")),
     ("--cache-from", {}, None,
-     f"warning: cache import from {WHERE} failed, reading it as misses for this build: ",
+     f"cache import from {WHERE} failed, reading it as misses for this build: ",
      NO_BUCKET.format("GetObject")),
 ]
 

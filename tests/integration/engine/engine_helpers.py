@@ -6,29 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler._progress import Event, VertexLog, VertexStarted
 from workers._executor import Executor
 from workers._spec import ProcessSpec
-
-
-@dataclass
-class Recorder:
-    """An ``EventSink`` keeping every event."""
-
-    events: list[Event] = field(default_factory=list)
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-    def started(self) -> list[str]:
-        return [e.name for e in self.events if isinstance(e, VertexStarted)]
-
-    def logs(self) -> bytes:
-        return b"".join(e.data for e in self.events if isinstance(e, VertexLog))
 
 
 def oci_config(image_tar: Path) -> dict[str, Any]:

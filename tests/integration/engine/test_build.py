@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_helpers import Recorder, layer_bytes, oci_config, run_image
+from engine_helpers import layer_bytes, oci_config, run_image
+from support.progress import Recorder
 
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._errors import ExecError, SolveError
