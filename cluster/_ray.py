@@ -23,11 +23,19 @@ from typing import Any
 from scheduler._errors import ServiceError, WorkerLost
 
 __all__ = [
-    "ARCHES", "ActorRef", "ActorStream", "RayRuntime", "RaySettings", "ray_environment",
-    "ray_temp_dir",
+    "ARCHES", "COORDINATOR_NAME", "NAMESPACE", "WORKER_PREFIX", "ActorRef", "ActorStream",
+    "RayRuntime", "RaySettings", "ray_environment", "ray_temp_dir", "worker_name",
 ]
 
 ARCHES = ("amd64", "arm64")  # this node runs arm64 through QEMU binfmt
+NAMESPACE = "dockyard"  # the Ray namespace of every named dockyard actor
+COORDINATOR_NAME = "dockyard-coordinator"  # the one coordinator of a cluster (detached)
+WORKER_PREFIX = "dockyard-worker-"  # + the node's id: one worker actor per node
+
+
+def worker_name(node_id: str) -> str:
+    """The name of the worker actor of the Ray node ``node_id`` (hex)."""
+    return WORKER_PREFIX + node_id[:12]
 _MAX_TEMP_DIR = 40  # Ray's session sockets must fit in a unix socket path (107 bytes)
 
 
@@ -95,6 +103,37 @@ class RayRuntime:
             raise ServiceError(f"cannot start Ray under {temp}: {exc}",
                                hint=f"see the daemon log in {self.settings.root}/run") from None
         self._started = True
+
+    def attach(self, address: str) -> None:
+        """Connect to a running Ray cluster at ``address`` (``auto`` or ``HOST:PORT``) as a
+        driver; a failure is a ``ServiceError``."""
+        import ray
+
+        try:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
+                     configure_logging=False)
+        except Exception as exc:  # Ray raises many types; all mean "could not connect"
+            raise ServiceError(f"cannot connect to the Ray cluster at {address}: {exc}",
+                               hint="check the address printed by 'dockyard node start "
+                                    "--head', and RAY_AUTH_MODE/RAY_AUTH_TOKEN") from None
+        self._started = True
+
+    def create_worker(self, root: Path, arches: list[str], native: list[str], slots: int,
+                      node_id: str) -> ActorRef:
+        """The worker actor of node ``node_id``: detached, pinned to that node, named
+        ``worker_name(node_id)`` (an existing one is reused)."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from workers._actor import WorkerActor
+
+        worker_cls: Any = ray.remote(WorkerActor)
+        handle = worker_cls.options(
+            name=worker_name(node_id), namespace=NAMESPACE, lifetime="detached",
+            get_if_exists=True, num_cpus=0, max_concurrency=1000, max_restarts=-1,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote(str(root), arches, native, slots)
+        return ActorRef(handle, "worker")
 
     def create_actors(self, root: Path) -> ActorRef:
         """Create the worker actor (holding every arch slot) and the coordinator (given

@@ -92,9 +92,13 @@ class _Session:
 class WorkerActor:
     """The worker side of one node."""
 
-    def __init__(self, root: str, arches: list[str]) -> None:
+    def __init__(self, root: str, arches: list[str], native: list[str] | None = None,
+                 slots: int | None = None) -> None:
         self.root = root  # the DOCKYARD_ROOT whose store this worker uses
-        self.arches = tuple(arches)  # the architectures this node runs
+        self.arches = tuple(arches)  # the architectures this node runs (native first)
+        # The architectures this node runs without emulation (a subset of ``arches``).
+        self.native = tuple(native) if native is not None else self.arches[:1]
+        self.slots = slots or os.cpu_count() or 1  # vertices it executes at once (>= 1)
         self._running = 0  # streaming calls in progress (>= 0)
         self._completed = 0  # streaming calls that finished
         self._cancelled = 0  # streaming calls stopped by a cancellation
@@ -104,6 +108,13 @@ class WorkerActor:
     async def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "root": self.root, "arches": list(self.arches),
                 "time": time.time()}
+
+    async def info(self) -> dict[str, Any]:
+        """What the coordinator's registry and ``dockyard node ls`` show of this worker."""
+        return {"pid": os.getpid(), "root": self.root, "arches": list(self.arches),
+                "native": list(self.native), "slots": self.slots, "running": self._running,
+                "node_ip": _node_ip(), "store_bytes": await asyncio.to_thread(
+                    _store_bytes, Path(self.root))}
 
     # -- sessions --
 
@@ -397,6 +408,26 @@ def _local_options(root: Path, options: Any, session: dict[str, Any],
         insecure_registries=tuple(options.insecure_registries),
         cache_to=tuple(getattr(options, "cache_to", ())),
         cache_from=tuple(getattr(options, "cache_from", ())))
+
+
+def _node_ip() -> str:
+    """The address of the Ray node this actor runs on ("" outside Ray)."""
+    try:
+        import ray  # noqa: PLC0415
+
+        return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+    except Exception:  # not in a Ray worker process
+        return ""
+
+
+def _store_bytes(root: Path) -> int:
+    """Bytes of the local cache store under ``root`` (blobs and records)."""
+    total = 0
+    for directory, _, files in os.walk(root / "cache"):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
 
 
 def _internal(exc: Exception) -> SolveError:
