@@ -164,7 +164,7 @@ class WorkerActor:
 
     async def _enforce_cache_limit(self) -> None:
         """DOCKYARD_CACHE_MAX, after each build: a failure to prune never fails a build."""
-        from cluster._gc_cmd import enforce_cache_limit  # noqa: PLC0415
+        from workers._cache_limit import enforce_cache_limit  # noqa: PLC0415
 
         try:
             await enforce_cache_limit(self._engine().cache)
@@ -303,11 +303,13 @@ class WorkerActor:
         (workers/_peers.py); a single None when this worker does not hold it (or it turns
         out corrupt: dropped here, as any verified read does)."""
         from cache_backends._protocol import BlobCorrupt, BlobMissing  # noqa: PLC0415
+        from scheduler._errors import BlobLost  # noqa: PLC0415
         from workers._peers import CHUNK_BYTES  # noqa: PLC0415
 
         try:
+            await self._engine().ensure_digest(digest)
             stream = self._engine().blob_source().open_blob(digest)
-        except (BlobMissing, BlobCorrupt):
+        except (BlobMissing, BlobCorrupt, BlobLost):
             yield None
             return
         try:
