@@ -1,7 +1,7 @@
 """The build context as a source: what the client's directory holds once the ignore
 patterns are applied, its content checksums, and its files materialised as one layer.
 
-- ``LocalContext(root, exclude)`` lists the included entries once (``cluster._context``'s
+- ``LocalContext(root, exclude)`` lists the included entries once (``_context_walk``'s
   walk, BuildKit's rules) and hashes file contents lazily, each file at most once.  The
   worker process remembers file digests across builds (``_DigestCache``), keyed by all
   that stat says of the file (device, inode, size, mtime and ctime in ns): any write
@@ -36,10 +36,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from cluster._context import ContextEntry, walk_context
 from scheduler._cachekey import Selector
 from scheduler._errors import DockyardError, SolveError
 from scheduler.dockerfile._dockerignore import PatternMatcher
+
+from ._context_walk import ContextEntry, walk_context
 
 __all__ = ["LocalContext"]
 
