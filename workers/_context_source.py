@@ -49,7 +49,7 @@ from ._context_manifest import ContextManifest, ManifestEntry
 from ._context_store import ContextStore
 from ._context_walk import ContextEntry, walk_context, walk_entries
 
-__all__ = ["LocalContext", "ManifestContext"]
+__all__ = ["ContextTree", "LocalContext", "ManifestContext"]
 
 _GLOB = frozenset("*?[")
 _MAX_HOPS = 40
@@ -285,6 +285,10 @@ class ManifestContext(_TreeContext):
             return
         if not entry.is_dir:
             _set_mtime(target, self.listed[path].mtime_ns)
+
+
+#: A context as a source reads it: a directory here, or a client's manifest.
+ContextTree = LocalContext | ManifestContext
 
 
 def _exclusions(patterns: Sequence[str]) -> bool:
