@@ -8,7 +8,8 @@ and gives byte for byte the checksums ``LocalContext`` gives on the client's dir
 
 - ``LocalContext(root, exclude)`` lists the included entries once (``_context_walk``'s
   walk, BuildKit's rules) and hashes file contents lazily, each file at most once.  The
-  worker process remembers file digests across builds (``_DigestCache``), keyed by all
+  worker process remembers file digests across builds (``_DigestCache`` in
+  ``_context_digest``), keyed by all
   that stat says of the file (device, inode, size, mtime and ctime in ns): any write
   changes the ctime, so a changed file misses and is hashed again.  A file changed in the
   last ``_RACY_NS`` is never remembered (an edit within one timestamp tick of the hash
