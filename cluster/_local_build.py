@@ -127,13 +127,16 @@ class LocalBuildResult:
 
 
 async def build_local(dockerfile: bytes, context_dir: Path, options: LocalBuildOptions, *,
-                      runtime: WorkerRuntime | None = None) -> LocalBuildResult:
+                      runtime: WorkerRuntime | None = None,
+                      session: BuildSession | None = None) -> LocalBuildResult:
     """Build ``dockerfile`` with ``context_dir`` as its context; see the module docstring.
-    ``runtime`` is reused when given (and then not closed)."""
+    ``runtime`` is reused when given (and then not closed); ``session`` replaces the
+    worker's session ``build_session`` makes (e.g. the context as a manifest, its files
+    read through a ``ContextReader``)."""
     options = prepared(options)
     owned = runtime is None
     engine = runtime or WorkerRuntime(options.root, registry=options.registry)
-    backend = engine.backend(build_session(context_dir, options))
+    backend = engine.backend(session or build_session(context_dir, options))
     try:
         return await _build(engine, backend, dockerfile, context_dir, options)
     finally:

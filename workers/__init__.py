@@ -11,7 +11,10 @@ from scheduler._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "WorkerRuntime": "_runtime", "BuildSession": "_runtime", "RuntimeBackend": "_runtime",
-    "LocalContext": "_context_source",
+    "LocalContext": "_context_source", "ManifestContext": "_context_source",
+    "ContextManifest": "_context_manifest", "build_manifest": "_context_manifest",
+    "ContextStore": "_context_store", "ContextReader": "_context_fetch",
+    "ask_reader": "_context_fetch",
     "SnapshotStore": "_snapshots", "Mounted": "_snapshots",
     "Executor": "_executor", "SecretFile": "_executor", "SshSocket": "_executor",
     "write_layer": "_layers", "unpack_layer": "_layers", "apply_layer_flat": "_layers",

@@ -1,9 +1,15 @@
 """The build context as a source: what the client's directory holds once the ignore
 patterns are applied, its content checksums, and its files materialised as one layer.
 
-- ``LocalContext(root, exclude)`` lists the included entries once (``cluster._context``'s
+Two kinds, one behaviour (the checksums and matching are shared, ``_TreeContext``):
+``LocalContext`` reads a directory on this machine; ``ManifestContext`` knows a client's
+context by its manifest (workers/_context_manifest.py) and the worker's ``ContextStore``,
+and gives byte for byte the checksums ``LocalContext`` gives on the client's directory.
+
+- ``LocalContext(root, exclude)`` lists the included entries once (``_context_walk``'s
   walk, BuildKit's rules) and hashes file contents lazily, each file at most once.  The
-  worker process remembers file digests across builds (``_DigestCache``), keyed by all
+  worker process remembers file digests across builds (``_DigestCache`` in
+  ``_context_digest``), keyed by all
   that stat says of the file (device, inode, size, mtime and ctime in ns): any write
   changes the ctime, so a changed file misses and is hashed again.  A file changed in the
   last ``_RACY_NS`` is never remembered (an edit within one timestamp tick of the hash
@@ -24,98 +30,53 @@ patterns are applied, its content checksums, and its files materialised as one l
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import os
 import posixpath
 import shutil
 import stat
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cluster._context import ContextEntry, walk_context
 from scheduler._cachekey import Selector
 from scheduler._errors import DockyardError, SolveError
 from scheduler.dockerfile._dockerignore import PatternMatcher
 
-__all__ = ["LocalContext"]
+from ._context_digest import _hash_file
+from ._context_fetch import ContextReader, fetch_contents
+from ._context_manifest import ContextManifest, ManifestEntry
+from ._context_store import ContextStore
+from ._context_walk import ContextEntry, walk_context, walk_entries
+
+__all__ = ["ContextTree", "LocalContext", "ManifestContext"]
 
 _GLOB = frozenset("*?[")
 _MAX_HOPS = 40
 #: What a wildcard matching nothing reads (BuildKit: the digest of no bytes).
 _NOTHING = "sha256:" + hashlib.sha256(b"").hexdigest()
-#: A file whose mtime or ctime is this recent is hashed every time (timestamps advance in
-#: ticks: an edit within the tick of an earlier hash could leave the stat unchanged).
-_RACY_NS = 2_000_000_000
+class _TreeContext:
+    """The checksums and path matching of a context, over its ``entries``: shared by
+    ``LocalContext`` (a directory here) and ``ManifestContext`` (a client's manifest),
+    which differ only in how they list entries, hash a file and materialise."""
 
-_StatKey = tuple[str, int, int, int, int, int]  # path, dev, inode, size, mtime_ns, ctime_ns
-
-
-def _stat_key(path: Path, info: os.stat_result) -> _StatKey:
-    return (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
-            info.st_ctime_ns)
-
-
-class _DigestCache:
-    """File content digests by ``_StatKey``, least recently used dropped past ``limit``;
-    shared by the builds of one worker process (their hashing threads included)."""
-
-    def __init__(self, limit: int = 200_000) -> None:
-        self.limit = limit
-        self._digests: OrderedDict[_StatKey, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: _StatKey) -> str | None:
-        with self._lock:
-            digest = self._digests.get(key)
-            if digest is not None:
-                self._digests.move_to_end(key)
-            return digest
-
-    def put(self, key: _StatKey, digest: str, now_ns: int) -> None:
-        """Remember ``digest`` unless the file changed within ``_RACY_NS`` of ``now_ns``."""
-        if now_ns - max(key[4], key[5]) <= _RACY_NS:
-            return
-        with self._lock:
-            self._digests[key] = digest
-            self._digests.move_to_end(key)
-            while len(self._digests) > self.limit:
-                self._digests.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._digests)
-
-
-_DIGESTS = _DigestCache()
-
-
-class LocalContext:
-    """The included entries of one context directory, by slash-separated relative path."""
-
-    def __init__(self, root: Path, exclude: Sequence[str] = ()) -> None:
-        self.root = root
-        self.exclude = tuple(exclude)
+    def __init__(self) -> None:
         # Relative path -> entry, in walk order; filled on first use, never changes after.
         self._entries: dict[str, ContextEntry] | None = None
-        # Relative path -> sha256 of the file's content; grows as files are hashed.
-        self._hashes: dict[str, str] = {}
-
-    def __repr__(self) -> str:
-        count = "?" if self._entries is None else len(self._entries)
-        return f"<LocalContext {self.root} entries={count} hashed={len(self._hashes)}>"
 
     @property
     def entries(self) -> dict[str, ContextEntry]:
         if self._entries is None:
-            try:
-                self._entries = {e.path: e for e in walk_context(self.root, self.exclude)}
-            except OSError as err:
-                raise SolveError(f"cannot read the build context {self.root}: "
-                                 f"{err.strerror}") from None
+            self._entries = {entry.path: entry for entry in self._list_entries()}
         return self._entries
+
+    def _list_entries(self) -> Iterable[ContextEntry]:
+        raise NotImplementedError
+
+    def _file_hash(self, path: str) -> str:
+        """The sha256 hex of the regular file ``path``'s content."""
+        raise NotImplementedError
 
     def checksum(self) -> str:
         """The identity of the whole context (every included entry)."""
@@ -152,18 +113,6 @@ class LocalContext:
         if selector.follow_symlinks:
             found = [self._follow(p) for p in found]
         return sorted(p for p in dict.fromkeys(found) if p == "" or p in self.entries)
-
-    def materialise(self, dest: Path) -> None:
-        """Copy the included entries into the existing directory ``dest``, owned by 0:0."""
-        try:
-            for path, entry in self.entries.items():
-                _place(self.root / path, dest / path, entry)
-            for path, entry in reversed(self.entries.items()):
-                if entry.is_dir:
-                    _finish_dir(self.root / path, dest / path)
-        except OSError as err:
-            raise SolveError(f"cannot copy {err.filename} from the build context: "
-                             f"{err.strerror}") from None
 
     # -- helpers --
 
@@ -203,6 +152,40 @@ class LocalContext:
         fields = (shown, str(kind), oct(stat.S_IMODE(entry.mode)), str(entry.size), body)
         return "\0".join(fields).encode("utf-8", "surrogateescape") + b"\n"
 
+
+class LocalContext(_TreeContext):
+    """The included entries of one context directory, by slash-separated relative path."""
+
+    def __init__(self, root: Path, exclude: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.root = root
+        self.exclude = tuple(exclude)
+        # Relative path -> sha256 of the file's content; grows as files are hashed.
+        self._hashes: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        count = "?" if self._entries is None else len(self._entries)
+        return f"<LocalContext {self.root} entries={count} hashed={len(self._hashes)}>"
+
+    def _list_entries(self) -> Iterable[ContextEntry]:
+        try:
+            return list(walk_context(self.root, self.exclude))
+        except OSError as err:
+            raise SolveError(f"cannot read the build context {self.root}: "
+                             f"{err.strerror}") from None
+
+    def materialise(self, dest: Path) -> None:
+        """Copy the included entries into the existing directory ``dest``, owned by 0:0."""
+        try:
+            for path, entry in self.entries.items():
+                _place(self.root / path, dest / path, entry)
+            for path, entry in reversed(self.entries.items()):
+                if entry.is_dir:
+                    _finish_dir(self.root / path, dest / path)
+        except OSError as err:
+            raise SolveError(f"cannot copy {err.filename} from the build context: "
+                             f"{err.strerror}") from None
+
     def _file_hash(self, path: str) -> str:
         known = self._hashes.get(path)
         if known is None:
@@ -210,27 +193,115 @@ class LocalContext:
         return known
 
 
-def _hash_file(root: Path, path: str, cache: _DigestCache = _DIGESTS,
-               clock: Callable[[], int] = time.time_ns) -> str:
-    """The sha256 of ``root/path``'s content, from ``cache`` while its stat is unchanged
-    (``clock``: now, in the file timestamps' ns)."""
-    full = root / path
+class ManifestContext(_TreeContext):
+    """A client's context known by its manifest: entries and digests from the manifest,
+    contents from the worker's ``ContextStore`` (``ensure_local`` fetches what it lacks).
+
+    ``exclude`` are the op's patterns.  When they equal the manifest's, its entries are
+    used as listed.  When they are the manifest's followed by more patterns without a
+    ``!`` exception, they can only exclude more, so the walk's rules applied to the
+    listed entries (``walk_entries``) give exactly the directory's walk.  Anything else
+    could include what the client left out: refused with a ``SolveError``.
+    """
+
+    def __init__(self, name: str, manifest: ContextManifest, store: ContextStore,
+                 exclude: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.name = name
+        self.manifest = manifest
+        self.store = store
+        self.exclude = tuple(exclude)
+        # Relative path -> the manifest's entry (its mtime and digest); never changes.
+        self.listed: dict[str, ManifestEntry] = {e.path: e for e in manifest.entries}
+        # Held by ``ensure_local`` (one fetch at a time for this context).
+        self._fetching = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        count = "?" if self._entries is None else len(self._entries)
+        return f"<ManifestContext {self.name!r} entries={count} listed={len(self.listed)}>"
+
+    def _list_entries(self) -> Iterable[ContextEntry]:
+        listed = (entry.entry for entry in self.manifest.entries)
+        sent = self.manifest.patterns
+        if self.exclude == sent:
+            return listed
+        added = self.exclude[len(sent):]
+        if self.exclude[:len(sent)] == sent and not _exclusions(added):
+            return list(walk_entries(listed, self.exclude))
+        raise SolveError(
+            f"the build context {self.name!r} was sent without what the ignore patterns "
+            f"{list(sent)!r} exclude, and a source asks for it with {list(self.exclude)!r}",
+            hint="the client must send the context walked with the same ignore patterns")
+
+    def _file_hash(self, path: str) -> str:
+        return self.listed[path].sha256 or ""
+
+    def files(self) -> list[ManifestEntry]:
+        """One included regular file per distinct content, in walk order."""
+        chosen: dict[str, ManifestEntry] = {}
+        for path, entry in self.entries.items():
+            if entry.is_file:
+                listed = self.listed[path]
+                chosen.setdefault(listed.sha256 or "", listed)
+        return list(chosen.values())
+
+    async def ensure_local(self, reader: ContextReader) -> int:
+        """Fetch through ``reader`` the contents of included files the store lacks; the
+        bytes read."""
+        async with self._fetching:
+            files = self.files()
+            missing = await asyncio.to_thread(self.store.missing,
+                                              (entry.sha256 or "" for entry in files))
+            wanted = [entry for entry in files if entry.sha256 in missing]
+            if not wanted:
+                return 0
+            return await fetch_contents(self.store, self.name, wanted, reader)
+
+    def materialise(self, dest: Path) -> None:
+        """The included entries in the existing directory ``dest``, owned by 0:0, with
+        the manifest's modes and mtimes (as ``LocalContext.materialise``); every file's
+        content must be in the store (``ensure_local``)."""
+        try:
+            for path, entry in self.entries.items():
+                self._place(path, dest / path, entry)
+            for path, entry in reversed(self.entries.items()):
+                if entry.is_dir:
+                    os.chmod(dest / path, stat.S_IMODE(entry.mode))
+                    _set_mtime(dest / path, self.listed[path].mtime_ns)
+        except OSError as err:
+            raise SolveError(f"cannot write {err.filename} of the build context "
+                             f"{self.name!r}: {err.strerror}") from None
+
+    def _place(self, path: str, target: Path, entry: ContextEntry) -> None:
+        if entry.is_file:
+            source = self.store.path(self.listed[path].sha256 or "")
+            if not source.is_file():
+                raise SolveError(f"the content of {path!r} (build context {self.name!r}) "
+                                 "is not on this worker", hint="fetch it first "
+                                 "(ensure_local); this is a bug in dockyard")
+            _place(source, target, entry, times=False)
+        elif entry.is_dir or entry.is_symlink:
+            _place(target, target, entry, times=False)
+        else:
+            return
+        if not entry.is_dir:
+            _set_mtime(target, self.listed[path].mtime_ns)
+
+
+#: A context as a source reads it: a directory here, or a client's manifest.
+ContextTree = LocalContext | ManifestContext
+
+
+def _exclusions(patterns: Sequence[str]) -> bool:
     try:
-        before = _stat_key(full, os.lstat(full))
-        known = cache.get(before)
-        if known is not None:
-            return known
-        digest = hashlib.sha256()
-        with open(full, "rb") as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-            after = _stat_key(full, os.fstat(stream.fileno()))
-    except OSError as err:
-        raise SolveError(f"cannot read {path!r} in the build context {root}: "
-                         f"{err.strerror}") from None
-    if after == before:  # not changed while it was read
-        cache.put(before, digest.hexdigest(), clock())
-    return digest.hexdigest()
+        return PatternMatcher(patterns).exclusions()
+    except DockyardError as err:
+        raise SolveError(f"malformed exclude pattern in a context source: "
+                         f"{err.message}") from None
+
+
+def _set_mtime(target: Path, mtime_ns: int) -> None:
+    os.utime(target, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
 
 class _Filters:
@@ -272,22 +343,24 @@ def _glob_match(pattern: str, path: str) -> bool:
                                                                      strict=True))
 
 
-def _place(source: Path, target: Path, entry: ContextEntry) -> None:
+def _place(source: Path, target: Path, entry: ContextEntry, times: bool = True) -> None:
     """One entry at ``target``: owner 0:0 first, then the mode (a chown clears setuid and
-    setgid), then the times.  A directory's mode and times are set by ``_finish_dir``
-    once its contents are in."""
+    setgid), then the times (``source``'s, unless not ``times``).  A directory's mode and
+    times are set by ``_finish_dir`` once its contents are in."""
     if entry.is_dir:
         target.mkdir(exist_ok=True)
         os.lchown(target, 0, 0)
     elif entry.is_symlink:
         os.symlink(entry.linkname or "", target)
         os.lchown(target, 0, 0)
-        _same_times(source, target)  # the link's own times (utime without following)
+        if times:
+            _same_times(source, target)  # the link's own times (utime without following)
     elif stat.S_ISREG(entry.mode):
         shutil.copyfile(source, target, follow_symlinks=False)
         os.lchown(target, 0, 0)
         os.chmod(target, stat.S_IMODE(entry.mode))
-        _same_times(source, target)
+        if times:
+            _same_times(source, target)
     # sockets, fifos and devices are not sent, as BuildKit's client does
 
 

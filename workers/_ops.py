@@ -2,8 +2,9 @@
 
 - image source: the layers the cache lacks are fetched from the registry (verified); the
   result names them with the image's config (unpacked only when an op needs the files);
-- context source: the session's context directory, included files only, owned by 0:0,
-  as one layer;
+- context source: the session's context directory (or its manifest, with the contents
+  the worker lacks read from the client first), included files only, owned by 0:0, as
+  one layer;
 - http/git source: fetched into a scratch directory, then one layer like a context; a
   git source's identity is the commit its ref names (``remote_identity``), resolved once
   per build, and the fetch checks it still names that commit;
@@ -31,7 +32,7 @@ from scheduler._graph import ExecOp, FileOp, MergeOp, SourceOp, Vertex
 from scheduler._progress import EventSink
 from scheduler._reference import parse_reference
 
-from ._context_source import LocalContext
+from ._context_source import ContextTree, LocalContext
 from ._fetch import fetch_git, fetch_http, resolve_git
 from ._fileops import apply_file_actions
 from ._ops_exec import run_exec
@@ -60,7 +61,7 @@ async def run_source(backend: RuntimeBackend, vertex: Vertex, op: SourceOp) -> S
     if op.identifier.startswith(IMAGE_SCHEME):
         return await run_image_source(backend, vertex, op)
     if op.identifier.startswith(LOCAL_SCHEME):
-        return await tree_layer(backend, backend.context(op))
+        return await tree_layer(backend, await backend.context_files(op))
     return await tree_layer(backend, await remote_source(backend, op))
 
 
@@ -72,7 +73,7 @@ async def run_image_source(backend: RuntimeBackend, vertex: Vertex,
     return StateResult(layers=image.layers, image_config=image.config)
 
 
-async def tree_layer(backend: RuntimeBackend, tree: LocalContext) -> StateResult:
+async def tree_layer(backend: RuntimeBackend, tree: ContextTree) -> StateResult:
     """The included files of ``tree`` as one layer, owned by 0:0 (none when empty)."""
     runtime = backend.runtime
     staging = Path(tempfile.mkdtemp(prefix="context-", dir=runtime.tmp))

@@ -35,7 +35,10 @@ from scheduler._platform import Platform
 from scheduler._progress import EventSink
 from scheduler._reference import Reference, parse_reference
 
-from ._context_source import LocalContext
+from ._context_fetch import ContextReader
+from ._context_manifest import ContextManifest
+from ._context_source import ContextTree, LocalContext, ManifestContext
+from ._context_store import ContextStore
 from ._executor import Executor
 from ._layers import unpack_layer, write_layer
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
@@ -56,9 +59,15 @@ class BuildSession:
     ``local://context``), secrets by id (values: never written to a layer, a record, a
     log or an event), ssh agent sockets by id, ``epoch`` (SOURCE_DATE_EPOCH) and
     ``insecure_registries`` (``host[:port]`` this build speaks plain HTTP to, on top of
-    the runtime's own; other builds are not affected)."""
+    the runtime's own; other builds are not affected).
+
+    A context the worker cannot open comes as a manifest instead (``manifests``, by name;
+    it wins over a directory of the same name), its file contents read on demand through
+    ``context_reader`` (the build's session channel) into the worker's ``ContextStore``."""
 
     contexts: Mapping[str, Path] = field(default_factory=dict)
+    manifests: Mapping[str, ContextManifest] = field(default_factory=dict)
+    context_reader: ContextReader | None = field(default=None, compare=False)
     secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     ssh: Mapping[str, Path] = field(default_factory=dict)
     epoch: int | None = None
@@ -297,7 +306,9 @@ class RuntimeBackend:
         # between builds, never within one).
         self._images: dict[tuple[str, Platform | None], asyncio.Task[ResolvedImage]] = {}
         # (context name, exclude patterns) -> its listing and hashes, for this build.
-        self._contexts: dict[tuple[str, str], LocalContext] = {}
+        self._contexts: dict[tuple[str, str], ContextTree] = {}
+        # the worker's store of context contents (made when a manifest context needs it)
+        self._context_store: ContextStore | None = None
         # Remote sources (http, git) fetched for this build, and the scratch directories
         # holding them (removed by ``aclose``).
         self.fetched: dict[SourceOp, asyncio.Future[LocalContext]] = {}
@@ -352,19 +363,40 @@ class RuntimeBackend:
         """The runtime's ``fetch_image_blobs`` through this build's registry client."""
         await self.runtime.fetch_image_blobs(ref, image, self.registry)
 
-    def context(self, op: SourceOp) -> LocalContext:
-        """The ``local://<name>`` context of the session, with the op's exclude patterns."""
+    def context(self, op: SourceOp) -> ContextTree:
+        """The ``local://<name>`` context of the session, with the op's exclude patterns:
+        from its manifest when the session has one, else from its directory."""
         name = op.identifier[len(LOCAL_SCHEME):]
         exclude = dict(op.attrs).get("exclude", "[]")
         known = self._contexts.get((name, exclude))
         if known is None:
-            root = self.session.contexts.get(name)
-            if root is None:
-                raise SolveError(f"the build session has no context named {name!r}",
-                                 hint="pass it with --build-context or as the context dir")
-            known = LocalContext(root, _patterns(exclude))
+            known = self._new_context(name, _patterns(exclude))
             self._contexts[(name, exclude)] = known
         return known
+
+    def _new_context(self, name: str, exclude: Sequence[str]) -> ContextTree:
+        manifest = self.session.manifests.get(name)
+        if manifest is not None:
+            if self._context_store is None:
+                self._context_store = ContextStore(self.runtime.root)
+            return ManifestContext(name, manifest, self._context_store, exclude)
+        root = self.session.contexts.get(name)
+        if root is None:
+            raise SolveError(f"the build session has no context named {name!r}",
+                             hint="pass it with --build-context or as the context dir")
+        return LocalContext(root, exclude)
+
+    async def context_files(self, op: SourceOp) -> ContextTree:
+        """``context(op)`` with every file's content on this worker, ready to
+        materialise: a manifest context's missing contents are read from the client."""
+        context = self.context(op)
+        if isinstance(context, ManifestContext):
+            if self.session.context_reader is None:
+                raise SolveError(f"the build context {context.name!r} came as a manifest "
+                                 "but the build has no session to read its files from",
+                                 hint="this is a bug in dockyard: please report it")
+            await context.ensure_local(self.session.context_reader)
+        return context
 
 
 def _lost(digest: str, where: str, why: str = "") -> BlobLost:

@@ -34,6 +34,8 @@ SURFACES: dict[str, set[str]] = {
         "RegistryConfig", "ResolvedImage", "Descriptor", "build_image", "build_index",
         "build_metadata", "ImageArtifacts", "IndexArtifacts", "export_oci", "export_docker",
         "export_tar", "export_local", "push_image", "BlobSource", "WorkerActor",
+        "ManifestContext", "ContextManifest", "build_manifest", "ContextStore",
+        "ContextReader", "ask_reader",
     },
     "cache_backends": {
         "BACKENDS", "BackendStatistics", "BlobCorrupt", "BlobMissing", "CacheBackend",

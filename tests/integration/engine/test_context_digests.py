@@ -1,4 +1,4 @@
-"""The worker's file digest cache (workers/_context_source.py) on real files: a digest is
+"""The worker's file digest cache (workers/_context_digest.py) on real files: a digest is
 reused only while everything stat says of the file is unchanged, and never for a file
 changed within the racy window (timestamps advance in ticks)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workers._context_source import _RACY_NS, _DigestCache, _hash_file
+from workers._context_digest import _RACY_NS, _DigestCache, _hash_file
 
 LATER = 10 * _RACY_NS  # a clock this far ahead: every file is old enough to be cached
 

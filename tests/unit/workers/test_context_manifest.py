@@ -1,0 +1,318 @@
+"""A context known by its manifest (workers/_context_source.py ``ManifestContext``) gives
+byte for byte the checksums, matches, errors and materialised tree of the directory's
+``LocalContext``; the manifest survives its wire form, and refuses malformed ones.
+
+Each tree is a table row: a spec (``"d/"`` a directory, ``"f"`` a file whose content is
+its own path, ``"f=text"`` a file with that content, ``"l -> target"`` a symlink,
+``"x:0o4755"`` a mode for an entry made before), the ignore patterns, and what to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from cluster._context_server import ContextServer
+from scheduler._cachekey import Selector
+from scheduler._errors import SolveError
+from workers._context_fetch import ReadItem, ask_reader
+from workers._context_manifest import ContextManifest, build_manifest
+from workers._context_source import LocalContext, ManifestContext
+from workers._context_store import ContextStore
+
+
+def make_tree(root: Path, spec: Sequence[str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for item in spec:
+        if " -> " in item:
+            name, target = item.split(" -> ")
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).symlink_to(target)
+        elif ":0o" in item:
+            name, mode = item.split(":")
+            os.chmod(root / name, int(mode, 8))
+        elif item.endswith("/"):
+            (root / item).mkdir(parents=True, exist_ok=True)
+        else:
+            name, _, text = item.partition("=")
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text if "=" in item else name)
+    return root
+
+
+class ServerReader:
+    """An in-process ``ContextReader``: the client's ``ContextServer`` over msgpack, as the
+    session channel carries it; counts the bytes and asks."""
+
+    def __init__(self, server: ContextServer) -> None:
+        self.server = server
+        self.bytes = 0
+        self.asks: list[list[ReadItem]] = []
+
+    async def read(self, name: str, items: Sequence[ReadItem]) -> list[bytes]:
+        self.asks.append(list(items))
+        params = msgpack.unpackb(msgpack.packb({"name": name, "items": list(items)}))
+        chunks = self.server.read(params)
+        self.bytes += sum(len(chunk) for chunk in chunks)
+        answer: list[bytes] = msgpack.unpackb(msgpack.packb(chunks))
+        return answer
+
+
+def over_the_wire(manifest: ContextManifest) -> ContextManifest:
+    return ContextManifest.from_wire(msgpack.unpackb(msgpack.packb(manifest.to_wire())))
+
+
+def both(root: Path, store: ContextStore, patterns: Sequence[str],
+         exclude: Sequence[str] | None = None) -> tuple[LocalContext, ManifestContext]:
+    """The directory's context and the context of its manifest (walked with
+    ``patterns``; the op's ``exclude`` defaults to the same)."""
+    exclude = patterns if exclude is None else exclude
+    manifest = over_the_wire(build_manifest(root, patterns))
+    return LocalContext(root, exclude), ManifestContext("context", manifest, store, exclude)
+
+
+def outcome(call: Any, *args: Any) -> Any:
+    try:
+        return call(*args)
+    except SolveError as err:
+        return ("error", str(err))
+
+
+# --- checksums: (name, tree, ignore patterns) ---------------------------------------------
+
+BASIC = ["a.txt", "b.txt=", "src/", "src/main.c", "src/util/x.h", "src/util/y.h=y\n",
+         "docs/readme.md", "secret.key"]
+TREES: list[tuple[str, list[str], list[str]]] = [
+    ("files and nested dirs", BASIC, []),
+    ("ignored files and dirs", BASIC, ["secret.key", "docs"]),
+    ("an exception under an excluded dir", BASIC, ["src", "!src/util/y.h"]),
+    ("glob exception", BASIC, ["**", "!**/*.h"]),
+    ("empty files", ["e1=", "d/e2=", "d/e3="], []),
+    ("same content twice", ["one=same", "two=same", "d/three=same"], []),
+    ("symlinks", BASIC + ["link -> src", "up -> ..", "abs -> /etc/passwd",
+                          "dangling -> nowhere", "src/rel -> ../a.txt", "loop -> loop"], []),
+    ("modes", BASIC + ["a.txt:0o4755", "b.txt:0o2750", "src/main.c:0o600",
+                       "src/:0o1777", "src/util/:0o2775", "docs/readme.md:0o6711"], []),
+    ("unicode names", ["é.txt", "日本/語.txt", "naïve dir/ü", "emoji-😀"], []),
+    ("an empty context", [], []),
+    ("everything ignored", BASIC, ["**"]),
+]
+
+SELECTORS: list[Selector] = [
+    Selector("/"),
+    Selector("/a.txt"),
+    Selector("/src"),
+    Selector("/src/util/"),
+    Selector("/src/*.c", wildcard=True),
+    Selector("/src/*/*.h", wildcard=True),
+    Selector("/*.txt", wildcard=True),
+    Selector("/nothing-*", wildcard=True),
+    Selector("/missing.txt"),
+    Selector("/src", include=("*.h",)),
+    Selector("/src", exclude=("util",)),
+    Selector("/", include=("**/*.h",), exclude=("src/util/x.h",)),
+    Selector("/link"),
+    Selector("/link", follow_symlinks=False),
+    Selector("/link/main.c"),
+    Selector("/dangling"),
+    Selector("/up"),
+    Selector("/loop"),
+    Selector("/src/rel"),
+    Selector("/src/rel", follow_symlinks=False),
+    Selector("/日本/語.txt"),
+    Selector("/same*", wildcard=True),
+    Selector("/d"),
+]
+
+
+@pytest.mark.parametrize(("tree", "patterns"), [row[1:] for row in TREES],
+                         ids=[row[0] for row in TREES])
+def test_checksums_are_the_directory_checksums(tmp_path: Path, tree: list[str],
+                                               patterns: list[str]) -> None:
+    root = make_tree(tmp_path / "ctx", tree)
+    local, remote = both(root, ContextStore(tmp_path / "worker"), patterns)
+    assert list(remote.entries.values()) == list(local.entries.values())
+    assert remote.checksum() == local.checksum()
+    for selector in SELECTORS:
+        assert outcome(remote.selector_checksum, selector) == \
+            outcome(local.selector_checksum, selector), selector
+        assert outcome(remote.match, selector) == outcome(local.match, selector), selector
+
+
+def test_a_missing_path_is_the_same_error(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "ctx", BASIC)
+    local, remote = both(root, ContextStore(tmp_path / "worker"), [])
+    with pytest.raises(SolveError) as caught:
+        remote.selector_checksum(Selector("/missing.txt"))
+    assert caught.value.message == '"/missing.txt": not found'
+    assert outcome(local.selector_checksum, Selector("/missing.txt")) == \
+        ("error", str(caught.value))
+
+
+def test_a_changed_file_changes_the_checksum_as_locally(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "ctx", BASIC)
+    store = ContextStore(tmp_path / "worker")
+    before = both(root, store, [])[1].checksum()
+    (root / "src" / "main.c").write_text("changed")
+    local, remote = both(root, store, [])
+    assert remote.checksum() == local.checksum() != before
+
+
+# --- the op's exclude patterns against the manifest's: (sent, asked, same as local?) -------
+
+REFILTER: list[tuple[list[str], list[str], bool]] = [
+    ([], ["docs"], True),
+    (["secret.key"], ["secret.key", "src/util", "**/*.md"], True),
+    (["src", "!src/util/y.h"], ["src", "!src/util/y.h", "*.txt"], True),
+    (["**", "!**/*.h"], ["**", "!**/*.h", "src/util/x.h"], True),
+    (["docs"], [], False),  # would include what was not sent
+    (["docs"], ["docs", "!docs/readme.md"], False),  # an exception added
+    (["docs", "a.txt"], ["a.txt", "docs"], False),  # not the same list first
+]
+
+
+@pytest.mark.parametrize(("sent", "asked", "same"), REFILTER)
+def test_other_exclude_patterns_refilter_or_refuse(tmp_path: Path, sent: list[str],
+                                                   asked: list[str], same: bool) -> None:
+    root = make_tree(tmp_path / "ctx", BASIC + ["link -> src"])
+    local, remote = both(root, ContextStore(tmp_path / "worker"), sent, asked)
+    if same:
+        assert list(remote.entries.values()) == list(local.entries.values())
+        assert remote.checksum() == local.checksum()
+        return
+    with pytest.raises(SolveError, match="was sent without what the ignore patterns"):
+        remote.checksum()
+
+
+# --- fetching and materialising -----------------------------------------------------------
+
+
+def _tree_of(dest: Path) -> dict[str, tuple[Any, ...]]:
+    found: dict[str, tuple[Any, ...]] = {}
+    for path in sorted(dest.rglob("*")):
+        info = os.lstat(path)
+        body: Any = None
+        if stat.S_ISREG(info.st_mode):
+            body = path.read_bytes()
+        elif stat.S_ISLNK(info.st_mode):
+            body = os.readlink(path)
+        found[path.relative_to(dest).as_posix()] = (
+            info.st_mode, info.st_uid, info.st_gid, info.st_mtime_ns, body)
+    return found
+
+
+def test_materialise_gives_the_directory_s_tree(tmp_path: Path) -> None:
+    spec = BASIC + ["link -> src", "dangling -> nowhere", "a.txt:0o4755", "src/:0o1777",
+                    "src/util/:0o2775", "é.txt", "empty="]
+    root = make_tree(tmp_path / "ctx", spec)
+    for index, path in enumerate(sorted(root.rglob("*"), reverse=True)):
+        os.lchown(path, 1234, 5678)
+        os.utime(path, ns=(1, 1_000_000_000 * (1_600_000_000 + index)),
+                 follow_symlinks=False)
+    local, remote = both(root, ContextStore(tmp_path / "worker"), ["secret.key"])
+    reader = ServerReader(ContextServer(root, remote.manifest))
+    asyncio.run(remote.ensure_local(reader))
+    for context, name in ((local, "local"), (remote, "remote")):
+        (tmp_path / name).mkdir()
+        context.materialise(tmp_path / name)
+    assert _tree_of(tmp_path / "remote") == _tree_of(tmp_path / "local")
+    assert "secret.key" not in _tree_of(tmp_path / "remote")
+
+
+def test_materialise_without_the_contents_is_an_error(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "ctx", ["a.txt"])
+    _, remote = both(root, ContextStore(tmp_path / "worker"), [])
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SolveError, match="'a.txt' .* is not on this worker"):
+        remote.materialise(tmp_path / "out")
+
+
+def test_a_rebuild_after_a_one_file_change_reads_only_that_file(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "ctx", BASIC + ["big=" + "x" * 100_000, "same=a.txt"])
+    store = ContextStore(tmp_path / "worker")
+    _, first = both(root, store, [])
+    reader = ServerReader(ContextServer(root, first.manifest))
+    assert asyncio.run(first.ensure_local(reader)) == reader.bytes
+    assert reader.bytes == sum(e.size for e in first.manifest.entries) - len("a.txt")
+    assert asyncio.run(first.ensure_local(reader)) == 0  # all there now
+    (root / "src" / "main.c").write_text("a new main")
+    _, second = both(root, store, [])
+    again = ServerReader(ContextServer(root, second.manifest))
+    asyncio.run(second.ensure_local(again))
+    assert again.asks == [[("src/main.c", 0, len("a new main"))]]
+    assert again.bytes == len("a new main")
+
+
+def test_large_files_come_in_ranges_and_asks_are_bounded(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    monkeypatch.setattr("workers._context_fetch.READ_BYTES", 100)
+    monkeypatch.setattr("workers._context_fetch.RANGE_BYTES", 40)
+    monkeypatch.setattr("cluster._context_server.READ_BYTES", 100)
+    root = make_tree(tmp_path / "ctx", ["a=" + "a" * 30, "b=" + "b" * 95, "c=" + "c" * 10,
+                                        "d=", "e=" + "e" * 50])
+    store = ContextStore(tmp_path / "worker")
+    _, remote = both(root, store, [])
+    reader = ServerReader(ContextServer(root, remote.manifest))
+    asyncio.run(remote.ensure_local(reader))
+    assert reader.asks == [
+        [("a", 0, 30), ("b", 0, 40)],
+        [("b", 40, 40), ("b", 80, 15), ("c", 0, 10)],
+        [("e", 0, 40), ("e", 40, 10)],  # "d" is empty: read by no ask
+    ]
+    assert all(sum(length for _, _, length in ask) <= 100 for ask in reader.asks)
+    assert store.missing(remote.manifest.digests()) == set()
+
+
+class _Changing(ServerReader):
+    """The file changed on the client after the manifest was made."""
+
+    async def read(self, name: str, items: Sequence[ReadItem]) -> list[bytes]:
+        return [b"X" * length for _, _, length in items]
+
+
+class _Short(ServerReader):
+    async def read(self, name: str, items: Sequence[ReadItem]) -> list[bytes]:
+        return [b"" for _ in items]
+
+
+@pytest.mark.parametrize("reader", [_Changing, _Short])
+def test_a_file_changed_on_the_client_is_named_and_not_kept(tmp_path: Path,
+                                                            reader: type[ServerReader]
+                                                            ) -> None:
+    root = make_tree(tmp_path / "ctx", ["d/changing.txt=original"])
+    store = ContextStore(tmp_path / "worker")
+    _, remote = both(root, store, [])
+    with pytest.raises(SolveError) as caught:
+        asyncio.run(remote.ensure_local(reader(ContextServer(root, remote.manifest))))
+    assert "'d/changing.txt' changed on the client during the build" in caught.value.message
+    assert caught.value.hint == "build again once the files stop changing"
+    assert store.missing(remote.manifest.digests()) == remote.manifest.digests()
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_ask_reader_asks_context_read(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "ctx", ["a.txt=hello"])
+    server = ContextServer(root, build_manifest(root, []))
+    asked: list[tuple[str, Any]] = []
+
+    async def ask(what: str, params: dict[str, Any]) -> Any:
+        asked.append((what, params))
+        return server.read(msgpack.unpackb(msgpack.packb(params)))
+
+    chunks = asyncio.run(ask_reader(ask).read("context", [("a.txt", 1, 3)]))
+    assert chunks == [b"ell"]
+    assert asked == [("context.read", {"name": "context", "items": [["a.txt", 1, 3]]})]
+
+    async def wrong(what: str, params: dict[str, Any]) -> Any:
+        return {"not": "a list"}
+
+    with pytest.raises(SolveError, match="with a dict, not a list of bytes"):
+        asyncio.run(ask_reader(wrong).read("context", [("a.txt", 0, 1)]))
