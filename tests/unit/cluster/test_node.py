@@ -351,3 +351,27 @@ def test_cli_stop_without_a_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("DOCKYARD_ROOT", str(tmp_path))
     assert main(["node", "stop"]) == 0
     assert capsys.readouterr().out == f"no dockyard node runs under {tmp_path}\n"
+
+
+def test_a_node_is_refused_under_a_root_whose_embedded_service_runs(tmp_path: Path) -> None:
+    from cluster._service import RunPaths, try_flock
+
+    paths = RunPaths(tmp_path)
+    paths.run.mkdir()
+    with try_flock(paths.daemon_lock) as held:
+        assert held
+        with pytest.raises(ServiceError) as caught:
+            start_node(NodeSettings.from_args(**_GOOD), tmp_path, {})
+    assert caught.value.message == f"the embedded dockyard service runs under {tmp_path}"
+
+
+def test_a_stale_record_is_removed_before_a_start(tmp_path: Path) -> None:
+    from cluster._node import _refuse_running
+
+    paths = NodePaths(tmp_path)
+    paths.run.mkdir()
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    paths.record.write_text(_record_with([(int(dead), "1")], session=int(dead)).to_json())
+    _refuse_running(paths)
+    assert not paths.record.exists()
