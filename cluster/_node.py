@@ -521,6 +521,10 @@ def start_node(settings: NodeSettings, root: Path,
         if not mine:
             raise ServiceError(f"another 'dockyard node start' runs under {root}")
         _refuse_running(paths)
+        if settings.address:
+            from ._node_ls import check_reachable
+
+            check_reachable(settings.address)
         for arch in settings.emulate:
             _check_emulation(arch, environ)
         _place_token(settings, paths, environ)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,10 +22,24 @@ from scheduler._errors import DockyardError, ServiceError
 
 from ._ray import NAMESPACE, WORKER_PREFIX, ActorRef, RayRuntime, RaySettings
 
-__all__ = ["connected", "format_table", "human_size", "list_workers", "node_alive",
-           "own_node", "ping_worker", "worker_rows"]
+__all__ = ["check_reachable", "connected", "format_table", "human_size", "list_workers",
+           "node_alive", "own_node", "ping_worker", "worker_rows"]
 
 _COLUMNS = ("NODE", "ADDRESS", "ARCH", "SLOTS", "RUNNING", "STORE", "STATUS")
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse an ``address`` (HOST:PORT) where nothing accepts a connection: Ray would
+    retry for minutes before giving up."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ServiceError(f"no Ray cluster answers at {address}: "
+                           f"{getattr(exc, 'strerror', None) or exc}",
+                           hint="check the address printed by 'dockyard node start --head' "
+                                "and that the head runs") from None
 
 
 @contextlib.contextmanager
@@ -32,6 +47,7 @@ def connected(address: str, node_ip: str | None,
               env: Mapping[str, str]) -> Iterator[RayRuntime]:
     """This process as a driver of the cluster at ``address`` (through the raylet at
     ``node_ip`` when given), with ``env`` (a root's Ray environment) for the while."""
+    check_reachable(address)
     os.environ.update(env)
     Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
     runtime = RayRuntime(RaySettings.for_machine(Path(env["DOCKYARD_ROOT"])))

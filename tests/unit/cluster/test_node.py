@@ -375,3 +375,31 @@ def test_a_stale_record_is_removed_before_a_start(tmp_path: Path) -> None:
     paths.record.write_text(_record_with([(int(dead), "1")], session=int(dead)).to_json())
     _refuse_running(paths)
     assert not paths.record.exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path: Path) -> None:
+    import socket
+
+    from cluster._node_ls import check_reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+    address = f"127.0.0.1:{_closed_port()}"
+    settings = NodeSettings.from_args(**(_GOOD | {"head": False, "address": address}))
+    began = time.monotonic()
+    with pytest.raises(ServiceError) as caught:
+        start_node(settings, tmp_path, {"RAY_AUTH_TOKEN": "t"})
+    assert caught.value.message == f"no Ray cluster answers at {address}: Connection refused"
+    assert time.monotonic() - began < 5
+    assert not NodePaths(tmp_path).token.exists()
