@@ -29,6 +29,7 @@ import ipaddress
 import json
 import os
 import platform
+import re
 import secrets
 import signal
 import socket
@@ -59,6 +60,7 @@ _MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "
 _PROBE_DEFAULT = "/var/cache/dockyard/busybox-{arch}/bin/busybox"
 _START_TIMEOUT = 120.0  # seconds for ``ray start``
 _STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+_EXCEPTION = re.compile(r"^[\w.]+(Error|Exception): ")  # the last line of a traceback
 
 
 # --- settings ---------------------------------------------------------------------------
@@ -450,20 +452,26 @@ def _check_emulation(arch: str, environ: Mapping[str, str]) -> None:
                          hint=hint)
 
 
-def _log_tail(path: Path, lines: int = 12) -> str:
+def _start_failure(path: Path, lines: int = 12) -> str:
+    """Why ``ray start`` failed, from its log ``path``: the exception it ended with, else
+    the last ``lines`` lines of this run."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").rsplit("\n--- ", 1)[-1]
     except OSError:
         return "(no log)"
+    run = text.splitlines()[1:]
+    errors = [line for line in run if _EXCEPTION.match(line)]
+    return errors[-1] if errors else "\n".join(run[-lines:])
 
 
-def _ray_start(settings: NodeSettings, paths: NodePaths, env: Mapping[str, str]) -> int:
+def _ray_start(settings: NodeSettings, paths: NodePaths, env: Mapping[str, str],
+               health: Mapping[str, int]) -> int:
     """Run ``ray start`` in a new session; the session id (its pid)."""
     temp = ray_temp_dir(paths.root)
     temp.mkdir(parents=True, exist_ok=True)
     host = settings.node_ip or "127.0.0.1"
     argv = ray_start_argv(settings, temp, (_free_port(host), _free_port(host)),
-                          health_config(env), ray=_ray_script())
+                          health, ray=_ray_script())
     with open(paths.log, "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         log.flush()
@@ -476,8 +484,9 @@ def _ray_start(settings: NodeSettings, paths: NodePaths, env: Mapping[str, str])
         process.kill()
         status = process.wait()
     if status != 0:
-        _terminate(node_processes(process.pid, paths.root), grace=2.0)
-        raise ServiceError(f"'ray start' failed (status {status}):\n{_log_tail(paths.log)}",
+        _stop_processes(node_processes(process.pid, paths.root), grace=2.0)
+        raise ServiceError(f"'ray start' failed (status {status}): "
+                           f"{_start_failure(paths.log)}",
                            hint=f"the whole log is {paths.log}")
     return process.pid
 
@@ -512,6 +521,7 @@ def start_node(settings: NodeSettings, root: Path,
                environ: Mapping[str, str] = os.environ) -> StartedNode:
     """Start a Ray node under ``root`` and its worker actor (see the module doc)."""
     paths = NodePaths(root)
+    health = health_config(environ)
     try:
         paths.run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -529,11 +539,11 @@ def start_node(settings: NodeSettings, root: Path,
             _check_emulation(arch, environ)
         _place_token(settings, paths, environ)
         env = _node_environment(root, environ)
-        session = _ray_start(settings, paths, env)
+        session = _ray_start(settings, paths, env, health)
         try:
             return _finish_start(settings, paths, env, session)
-        except BaseException:
-            _terminate(node_processes(session, root), grace=2.0)
+        except BaseException:  # Ctrl-C included: leave nothing running
+            _stop_processes(node_processes(session, root), grace=2.0)
             raise
 
 

@@ -403,3 +403,19 @@ def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path: Path) -> 
     assert caught.value.message == f"no Ray cluster answers at {address}: Connection refused"
     assert time.monotonic() - began < 5
     assert not NodePaths(tmp_path).token.exists()
+
+
+FAILURE_LOGS = [
+    ("\n--- t1 ray start\nold: x\nValueError: old\n--- t2 ray start\nline\n  File \"x\"\n"
+     "ray.exceptions.AuthenticationError: RPC error: token\n",
+     "ray.exceptions.AuthenticationError: RPC error: token"),
+    ("\n--- t1 ray start\nValueError: an earlier run\n\n--- t2 ray start\na\nb\n", "a\nb"),
+]
+
+
+@pytest.mark.parametrize(("log", "why"), FAILURE_LOGS)
+def test_why_ray_start_failed(tmp_path: Path, log: str, why: str) -> None:
+    from cluster._node import _start_failure
+
+    (tmp_path / "node.log").write_text(log)
+    assert _start_failure(tmp_path / "node.log") == why
