@@ -293,10 +293,76 @@ def _add_prune(subparsers: _Subparsers) -> None:
     prune.set_defaults(run=_run_prune)
 
 
+# --- dockyard node start|stop|ls, dockyard ls (cluster/_node_cmd.py) -----------------------
+
+
+def _run_node_start(args: argparse.Namespace) -> int:
+    from cluster._node_cmd import run_node_start
+
+    return run_node_start(args)
+
+
+def _run_node_stop(args: argparse.Namespace) -> int:
+    from cluster._node_cmd import run_node_stop
+
+    return run_node_stop(args)
+
+
+def _run_ls(args: argparse.Namespace) -> int:
+    from cluster._node_cmd import run_ls
+
+    return run_ls(args)
+
+
+def _add_ls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", metavar="HOST:PORT", help="the cluster (default: "
+                        "DOCKYARD_RAY_ADDRESS, else the cluster of this root's node)")
+    parser.add_argument("--format", choices=("table", "json"), default="table",
+                        help="a table (default) or JSON")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="how long a worker may take to answer (default 5)")
+    parser.set_defaults(run=_run_ls)
+
+
+def _add_node_start(nodes: _Subparsers) -> None:
+    start = nodes.add_parser("start", help="start a Ray node and its worker under "
+                             "DOCKYARD_ROOT")
+    add = start.add_argument
+    where = start.add_mutually_exclusive_group(required=True)
+    where.add_argument("--head", action="store_true", help="start a new cluster")
+    where.add_argument("--address", metavar="HOST:PORT", help="join the cluster there")
+    add("--arch", metavar="ARCH", help="the native arch (amd64 or arm64; default: this "
+        "machine's)")
+    add("--emulate", metavar="ARCH[,ARCH]", help="arches run through QEMU binfmt")
+    add("--slots", type=int, metavar="N", help="vertices run at once (default: CPUs)")
+    add("--node-ip", metavar="IP", help="the node's address (default: detected)")
+    add("--port", type=int, metavar="P", help="the head's port (default: a free one)")
+    add("--object-store-memory", type=int, metavar="BYTES",
+        help="the node's Ray object store (default 100 MiB)")
+    add("--token-file", metavar="FILE", help="the cluster's token (a joining node; "
+        "default: RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)")
+    start.set_defaults(run=_run_node_start)
+
+
+def _add_node(subparsers: _Subparsers) -> None:
+    node = subparsers.add_parser("node", help="manage this machine's node of a cluster")
+    nodes = node.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
+    _add_node_start(nodes)
+    stop = nodes.add_parser("stop", help="stop the node started under DOCKYARD_ROOT")
+    stop.set_defaults(run=_run_node_stop)
+    _add_ls_arguments(nodes.add_parser("ls", help="list the cluster's workers"))
+
+
+def _add_ls(subparsers: _Subparsers) -> None:
+    _add_ls_arguments(subparsers.add_parser("ls", help="list the cluster's workers "
+                                            "(as 'node ls')"))
+
+
 # --- the parser and main ---------------------------------------------------------------
 
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build, _add_stop,
-                                                          _add_du, _add_prune)
+                                                          _add_du, _add_prune, _add_node,
+                                                          _add_ls)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -113,14 +113,17 @@ class RayRuntime:
                                hint=f"see the daemon log in {self.settings.root}/run") from None
         self._started = True
 
-    def attach(self, address: str) -> None:
+    def attach(self, address: str, node_ip: str | None = None) -> None:
         """Connect to a running Ray cluster at ``address`` (``auto`` or ``HOST:PORT``) as a
-        driver; a failure is a ``ServiceError``."""
+        driver, through the raylet at ``node_ip`` when given (a node on a loopback address
+        other than 127.0.0.1: Ray would pick the machine's address); a failure is a
+        ``ServiceError``."""
         import ray
 
+        local: dict[str, Any] = {"_node_ip_address": node_ip} if node_ip else {}
         try:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
-                     configure_logging=False)
+                     configure_logging=False, **local)
         except Exception as exc:  # Ray raises many types; all mean "could not connect"
             raise ServiceError(f"cannot connect to the Ray cluster at {address}: {exc}",
                                hint="check the address printed by 'dockyard node start "
