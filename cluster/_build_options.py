@@ -5,18 +5,20 @@ value otherwise, with buildx's wording where it has one); ``BuildOptions`` gathe
 travels to the service as a versioned msgpack-able map (``to_wire``/``from_wire``).
 
 Secrets: a ``SecretSpec`` names where a secret comes from (a file, an environment
-variable), never its value.  ``read_session`` reads the values on the client at request time
-into the request's *session* part, which the service hands to the one build that asked and
-never logs, records or puts in an event (DESIGN.md).  ``BuildOptions`` holds no value.
+variable), never its value.  ``read_session`` checks each at request time and puts only
+the ids in the request's *session* part; a worker asks for a value over the build's
+session channel when a RUN mounts it, and ``SecretReader`` (the client's ``secret.get``
+handler) reads it then.  No value ever crosses Ray, or is logged, recorded or put in an
+event (DESIGN.md).  ``BuildOptions`` holds no value.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from scheduler._errors import ImageReferenceError, UsageError
@@ -27,7 +29,8 @@ __all__ = [
     "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
     "SshSpec", "insecure_registries", "parse_cache", "parse_epoch", "parse_insecure_registries",
     "parse_output",
-    "parse_secret", "parse_ssh", "parse_tag", "read_session",
+    "parse_secret", "parse_ssh", "parse_tag", "read_session", "read_token_file",
+    "SecretReader",
 ]
 
 OPTIONS_VERSION = 1
@@ -451,34 +454,115 @@ def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bo
     return tuple(resolved)
 
 
-# --- the session: secret values, read at request time ------------------------------------
+# --- the session: secret ids in the request, values read when a worker asks -------------
 
 
 def read_session(options: BuildOptions, environ: Mapping[str, str] = os.environ,
                  ssh: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The request's session part: secret values by id, ssh sockets by id (``ssh``: the
-    sockets to serve, from cluster/_ssh_agent.py's ``SshAgents``; else each id's first
-    path)."""
-    secrets = {spec.id: _secret_value(spec, environ) for spec in options.secrets}
+    """The request's session part: the secret ids (each checked now: its variable set or
+    its file a regular file, within the size limit; the values are read only when a
+    worker asks, ``SecretReader``), ssh sockets by id (``ssh``: the sockets to serve, from
+    cluster/_ssh_agent.py's ``SshAgents``; else each id's first path)."""
+    for spec in options.secrets:
+        _check_secret(spec, environ)
     sockets = dict(ssh) if ssh is not None else {s.id: s.paths[0] for s in options.ssh}
-    return {"secrets": secrets, "ssh": sockets}
+    return {"secret_ids": [spec.id for spec in options.secrets], "ssh": sockets}
 
 
-def _secret_value(spec: SecretSpec, environ: Mapping[str, str]) -> bytes:
-    if spec.env is not None:
-        if spec.env not in environ:
-            raise UsageError(f"secret {spec.id!r}: environment variable {spec.env!r} is not "
-                             f"set", hint="export it, or use --secret id=ID,src=FILE")
-        return environ[spec.env].encode()
-    path = Path(spec.src or spec.id)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"secret {spec.id!r}: cannot read {str(path)!r}: "
-                         f"{exc.strerror or exc}") from None
+def _env_secret(spec: SecretSpec, environ: Mapping[str, str]) -> bytes:
+    if str(spec.env) not in environ:
+        raise UsageError(f"secret {spec.id!r}: environment variable {spec.env!r} is not "
+                         f"set", hint="export it, or use --secret id=ID,src=FILE")
+    data = environ[str(spec.env)].encode()
     if len(data) > MAX_SECRET_BYTES:
-        raise UsageError(f"secret {spec.id!r} too big. max size 500KB ({str(path)!r})")
+        raise UsageError(f"secret {spec.id!r} too big. max size 500KB (${spec.env})")
     return data
+
+
+def _check_secret(spec: SecretSpec, environ: Mapping[str, str]) -> None:
+    if spec.env is not None:
+        _env_secret(spec, environ)
+        return
+    path = spec.src or spec.id
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"secret {spec.id!r}: cannot read {path!r}: "
+                         f"{exc.strerror or exc}") from None
+    _check_file(spec, path, info)
+
+
+def _check_file(spec: SecretSpec, path: str, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"secret {spec.id!r}: {path!r} is not a regular file",
+                         hint="a secret is read from a file or an environment variable")
+    if info.st_size > MAX_SECRET_BYTES:
+        raise UsageError(f"secret {spec.id!r} too big. max size 500KB ({path!r})")
+
+
+def _file_secret(spec: SecretSpec) -> bytes:
+    """The file's content: opened without blocking (a fifo is refused, never waited on),
+    checked to be a regular file, read up to the limit plus one byte."""
+    path = spec.src or spec.id
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"secret {spec.id!r}: cannot read {path!r}: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        _check_file(spec, path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as file:
+        try:
+            data = file.read(MAX_SECRET_BYTES + 1)
+        except OSError as exc:
+            raise UsageError(f"secret {spec.id!r}: cannot read {path!r}: "
+                             f"{exc.strerror or exc}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise UsageError(f"secret {spec.id!r} too big. max size 500KB ({path!r})")
+    return data
+
+
+class SecretReader:
+    """The client's ``secret.get`` handler: the value of a secret this build was given,
+    read now (``None`` for an id it was not given)."""
+
+    def __init__(self, specs: Sequence[SecretSpec],
+                 environ: Mapping[str, str] = os.environ) -> None:
+        self._specs = {spec.id: spec for spec in specs}  # id -> where its value is
+        self._environ = environ
+
+    def __repr__(self) -> str:
+        return f"<SecretReader ids={sorted(self._specs)}>"
+
+    def __call__(self, params: dict[str, Any]) -> bytes | None:
+        ident = params.get("id")
+        if not isinstance(ident, str):
+            raise UsageError("a secret.get ask without a secret id")
+        spec = self._specs.get(ident)
+        if spec is None:
+            return None
+        return _env_secret(spec, self._environ) if spec.env is not None else _file_secret(spec)
+
+
+MAX_TOKEN_BYTES = 4096
+
+
+def read_token_file(path: str, flag: str = "--token-file") -> str:
+    """The token in ``path`` (its first line, stripped); a ``UsageError`` if unreadable,
+    empty or over ``MAX_TOKEN_BYTES``."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {flag} {path!r}: {exc.strerror or exc}") from None
+    lines = data.decode("utf-8", "replace").strip().splitlines()
+    if len(data) > MAX_TOKEN_BYTES or not lines or not lines[0].strip():
+        raise UsageError(f"invalid {flag} {path!r}: not one line of at most "
+                         f"{MAX_TOKEN_BYTES} bytes")
+    return lines[0].strip()
 
 
 # --- all flags together ------------------------------------------------------------------

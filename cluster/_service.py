@@ -58,7 +58,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BlockingClient", "Proc", "RunPaths", "ServiceClient", "ServiceSettings", "alive",
-    "connect", "connect_running", "daemon_running", "default_root", "kill_processes",
+    "connect", "connect_endpoint", "connect_endpoint_async", "connect_running",
+    "daemon_running", "default_root", "kill_processes",
     "process_tree", "stop_service", "try_flock",
 ]
 
@@ -384,6 +385,37 @@ def connect_running(settings: ServiceSettings, timeout: float = 60.0) -> Blockin
     except (OSError, WireError):
         return None
     return BlockingClient(ws, paths)
+
+
+def _unreachable(endpoint: Endpoint, exc: OSError) -> ServiceError:
+    return ServiceError(f"cannot reach the dockyard endpoint {endpoint.url}: "
+                        f"{exc.strerror or exc}",
+                        hint="check the URL (and --tls-ca for https); is 'dockyard serve' "
+                             "running there?")
+
+
+def connect_endpoint(endpoint: Endpoint, timeout: float = 60.0) -> BlockingClient:
+    """A blocking client of the service at ``endpoint`` (never starts one)."""
+    try:
+        ws = BlockingWebSocket.connect(endpoint, timeout=timeout)
+    except OSError as exc:
+        raise _unreachable(endpoint, exc) from None
+    return BlockingClient(ws, endpoint)
+
+
+async def connect_endpoint_async(endpoint: Endpoint, timeout: float = 60.0) -> ServiceClient:
+    """``connect_endpoint`` with an async client."""
+    import asyncio  # noqa: PLC0415 -- see the module doc
+
+    try:
+        async with asyncio.timeout(timeout):
+            ws = await WebSocket.connect(endpoint)
+    except TimeoutError:
+        raise ServiceError(f"the dockyard endpoint {endpoint.url} did not answer in "
+                           f"{timeout:.0f}s") from None
+    except OSError as exc:
+        raise _unreachable(endpoint, exc) from None
+    return ServiceClient(ws, endpoint)
 
 
 async def _open(paths: RunPaths, timeout: float = 60.0) -> ServiceClient | None:

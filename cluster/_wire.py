@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_FRAME_BYTES", "WIRE_VERSION", "Ask", "Cancel", "EventFrame", "Failure", "Frame",
-    "Handlers", "Reply", "Request", "Response", "WireRefused", "answer", "reply_failure",
+    "Handler", "Handlers", "Reply", "Request", "Response", "WireRefused", "answer", "reply_failure",
     "BlockingWebSocket", "Endpoint", "WebSocket", "WireClosed", "WireError", "accept_key",
     "client_ssl_context", "parse_endpoint", "refused",
     "check_handshake", "decode_frame", "encode_frame", "encode_ws_frame", "error_from_failure",
