@@ -250,7 +250,11 @@ def _link_inside(dest: Path, name: str, link: str) -> None:
 
 
 def _hardlink_source(dest: Path, member: tarfile.TarInfo) -> Path:
-    parts = _member_parts(dest, member.linkname)
+    try:
+        parts = _member_parts(dest, member.linkname)
+    except ExportError:
+        raise _refuse(dest, member.name, f"hard-links to {member.linkname!r}, outside the "
+                                         f"output") from None
     if not parts:
         raise _refuse(dest, member.name, "hard-links to the output's root")
     source = dest.joinpath(*parts)
@@ -296,6 +300,7 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path,
         os.symlink(member.linkname, target)
     elif source is not None:
         os.link(source, target, follow_symlinks=False)
+        return  # the same inode as its source: its times are the source's
     else:
         return  # devices and fifos: not made by an unprivileged client
     os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)

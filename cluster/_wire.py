@@ -416,14 +416,13 @@ def _content_length(head: bytes) -> int:
 
 
 def refused(endpoint: Endpoint, head: bytes, body: bytes) -> WireRefused | None:
-    """The error for a handshake the endpoint refused as unauthorized, else None."""
+    """The error for a handshake the endpoint refused as unauthorized, else None (one
+    line: the endpoint's own answer says how to pass the token)."""
     if _status(head) not in (401, 403):
         return None
     said = body.decode("utf-8", "replace").strip().splitlines()
     why = said[0] if said else head.split(b"\r\n", 1)[0].decode("latin-1")
-    return WireRefused(f"the endpoint {endpoint.url} refused the token: {why}",
-                       hint="pass the endpoint's token with --token-file FILE or "
-                            "DOCKYARD_TOKEN")
+    return WireRefused(f"the endpoint {endpoint.url} refused the token: {why}")
 
 
 def _new_key() -> str:
