@@ -14,11 +14,14 @@ A value is never logged, put in a layer, a record, an event or a repr.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from scheduler._errors import ServiceError
 
-__all__ = ["ChannelSecrets", "DictSecrets", "SecretAsker", "SecretSource"]
+if TYPE_CHECKING:
+    from ._session_channel import SessionChannel
+
+__all__ = ["ChannelSecrets", "DictSecrets", "SecretAsker", "SecretSource", "session_secrets"]
 
 
 class SecretSource(Protocol):
@@ -67,3 +70,16 @@ class ChannelSecrets:
                                hint="use the same dockyard version on the client and the "
                                     "cluster")
         return value
+
+
+def session_secrets(session: Mapping[str, Any]) -> tuple[SecretSource, SessionChannel | None]:
+    """The secrets of a request's session map (``{"url", "id", "token", "secret_ids",
+    ...}``, cluster/_daemon.py) and the channel they are asked over (None when the map
+    names no channel; the caller ``aclose``s it when the build's session closes)."""
+    ids = [str(ident) for ident in session.get("secret_ids", ())]
+    if not session.get("url"):
+        return DictSecrets(), None
+    from ._session_channel import SessionChannel  # noqa: PLC0415
+
+    channel = SessionChannel(str(session["url"]), str(session["id"]), str(session["token"]))
+    return ChannelSecrets(channel, ids), channel

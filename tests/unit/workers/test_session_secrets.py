@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from scheduler._errors import ServiceError
-from workers._secrets import ChannelSecrets, DictSecrets
+from workers._secrets import ChannelSecrets, DictSecrets, session_secrets
 from workers._session_channel import decode_answer, decode_ask, encode_answer, encode_ask
 
 
@@ -85,3 +85,13 @@ def test_dict_secrets() -> None:
     assert asyncio.run(source.secret("a")) == b"1"
     assert asyncio.run(source.secret("b")) is None
     assert "1" not in repr(source).replace("ids=", "")
+
+
+def test_session_secrets_from_a_request_session_map() -> None:
+    source, channel = session_secrets({"url": "unix:///s.sock", "id": "b1", "token": "t",
+                                       "secret_ids": ["a"], "ssh": {}})
+    assert isinstance(source, ChannelSecrets) and source.ids == {"a"}
+    assert channel is not None and (channel.url, channel.session_id) == ("unix:///s.sock", "b1")
+    assert "'t'" not in repr(channel)
+    none, no_channel = session_secrets({"ssh": {}})
+    assert isinstance(none, DictSecrets) and no_channel is None
