@@ -38,6 +38,7 @@ waits for ``close_session``, which cancels and awaits what still runs on the wor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import time
@@ -45,7 +46,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from cache_backends._records import CacheRecord, StateResult
+from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from scheduler._errors import BlobLost, DockyardError, SolveError
 from scheduler._graph import BuildGraph, Vertex
 from scheduler._platform import Platform, parse_platform
@@ -61,23 +62,30 @@ from scheduler.dockerfile._convert._model import BaseImage
 
 from ._build_options import BuildOptions
 from ._dispatch import (
+    BuildSessions,
+    ClusterRecords,
     DispatchBackend,
-    Placement,
     WorkerHandle,
-    WorkerRecords,
     failure_map,
     forward_events,
     roots_of,
     unwrap,
 )
 from ._local_build import FrontendRequest, base_image, run_frontend
-from ._ray import ARCHES, ActorRef
+from ._ray import ARCHES, ActorRef, discover_workers
+from ._registry import Placement, Registry, WorkerEntry
 
 __all__ = ["Coordinator"]
 
 ECHO_VERTEX = "sha256:" + "0" * 64  # the echo's stand-in vertex digest
 ECHO_NAME = "[internal] echo"
 _DONE = object()  # ends a build's queue
+REFRESH_SECONDS = 1.0  # how often the registry looks for workers that joined or left
+
+
+async def _ray_discover() -> Mapping[str, Any]:
+    """The cluster's worker actors, by name (Ray's named actors; blocking calls)."""
+    return await asyncio.to_thread(discover_workers)
 
 
 class _BuildSink:
@@ -121,32 +129,66 @@ class _NoRecords:
 
 
 class Coordinator:
-    """Builds and their event streams.  Constructed by Ray with the worker's handle (an
-    ``ActorRef``, a raw Ray handle, or a fake with ``call``/``stream``) and the
-    architectures it serves."""
+    """Builds and their event streams, over the workers of a ``Registry``.
 
-    def __init__(self, worker: Any, arches: Sequence[str] = ARCHES) -> None:
-        handle: WorkerHandle = worker if hasattr(worker, "stream") else ActorRef(worker,
-                                                                                  "worker")
-        self._worker = handle  # the first worker: echo, records, exports
-        self._placement = Placement({arch: handle for arch in arches})
+    Constructed by Ray with ``discover=True`` (the workers are the cluster's named worker
+    actors, cluster/_ray.py ``discover_workers``), or with one worker's handle (an
+    ``ActorRef``, a raw Ray handle, or a fake with ``call``/``stream``) serving ``arches``,
+    or with a ``Registry`` of fakes (tests)."""
+
+    def __init__(self, worker: Any = None, arches: Sequence[str] = ARCHES, *,
+                 discover: bool = False, registry: Registry | None = None) -> None:
+        if registry is None:
+            registry = Registry(_ray_discover if discover else None)
+        if worker is not None:
+            handle: WorkerHandle = worker if hasattr(worker, "stream") else ActorRef(
+                worker, "worker")
+            registry.add("worker", handle, {"arches": list(arches), "native": list(arches)})
+        self._registry = registry  # the live workers and where the blobs are
+        self._placement = Placement(registry)
         self._solver = Solver(_NoBackend(), _NoRecords())  # shared by all builds
         self._active: dict[int, str] = {}  # solve number -> what it does; running solves
         self._next = 0  # number of the next solve
         self._completed = 0  # solves that ended with a result or a failure
         self._cancelled = 0  # solves stopped by cancellation
+        self._watch: asyncio.Task[None] | None = None  # the registry's periodic refresh
 
     async def ping(self) -> dict[str, Any]:
-        worker = await self._worker.call("ping")
-        return {"pid": os.getpid(), "worker": worker}
+        await self._refreshed()
+        worker = await self._placement.any_worker().handle.call("ping")
+        return {"pid": os.getpid(), "worker": worker, "workers": len(self._registry.entries)}
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """The live workers as the registry knows them (``dockyard node ls`` through the
+        endpoint)."""
+        await self._refreshed()
+        return [{"name": w.name, "node_ip": w.node_ip, "arches": list(w.arches),
+                 "native": list(w.native), "slots": w.slots, "running": w.running,
+                 "executed": w.executed, "root": w.root} for w in self._registry.live()]
 
     async def statistics(self) -> dict[str, Any]:
-        worker = await self._worker.call("statistics")
+        await self._refreshed()
+        worker = await self._placement.any_worker().handle.call("statistics")
         solver = self._solver.statistics()
         return {"active": len(self._active), "completed": self._completed,
                 "cancelled": self._cancelled, "worker": worker,
+                "workers": {w.name: {"running": w.running, "executed": w.executed}
+                            for w in self._registry.live()},
+                "lost_workers": list(self._registry.lost_names),
                 "solver": {"executed": solver.executed, "cached": solver.cached,
                            "in_flight": solver.in_flight}}
+
+    async def _refreshed(self) -> None:
+        """The registry up to date, and kept so while this actor lives."""
+        if self._watch is None:
+            self._watch = asyncio.ensure_future(self._keep_watching())
+        await self._registry.refresh()
+
+    async def _keep_watching(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            with contextlib.suppress(Exception):  # a failed look is tried again
+                await self._registry.refresh()
 
     async def solve(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         number, self._next = self._next, self._next + 1
@@ -198,56 +240,54 @@ class Coordinator:
 
     async def _run_build(self, request: dict[str, Any], sink: _BuildSink) -> dict[str, Any]:
         build_id = uuid.uuid4().hex
-        workers = self._placement.workers()
+        await self._refreshed()
+        part = {"options": request["options"], "session": request.get("session", {})}
+        sessions = BuildSessions(build_id, part, self._placement)
         try:
-            opened = await self._open(build_id, request, workers)
+            _, opened = await sessions.home_worker()
             options = BuildOptions.from_wire(request["options"])
             graph = await run_frontend(request["dockerfile"], _frontend_request(options),
-                                       opened["ignore_patterns"], self._resolver(build_id))
+                                       opened["ignore_patterns"], self._resolver(sessions))
             self._placement.check(graph)
             solve = functools.partial(
                 self._solver.solve, graph, no_cache=options.no_cache, events=sink,
-                backend=DispatchBackend(build_id, self._placement),
-                cache=WorkerRecords(self._worker, build_id, sink))
+                backend=DispatchBackend(sessions), cache=ClusterRecords(sessions, sink))
             records = await solve()
             try:
-                return await self._export(build_id, graph, records, sink)
+                return await self._export(sessions, graph, records, sink)
             except BlobLost as lost:  # an output needs a cached layer that is gone
                 records = await solve(rebuild=frozenset(lost.digests))
-                return await self._export(build_id, graph, records, sink)
+                return await self._export(sessions, graph, records, sink)
         finally:
-            await _shielded(self._close(build_id, workers))
+            await _shielded(sessions.close())
 
-    async def _export(self, build_id: str, graph: BuildGraph,
+    async def _export(self, sessions: BuildSessions, graph: BuildGraph,
                       records: Mapping[str, CacheRecord], sink: _BuildSink
                       ) -> dict[str, Any]:
-        """The images written by the first worker (it has the blobs): the build's result."""
-        item = await self._worker.call("export", build_id, graph.to_msgpack(),
-                                       roots_of(graph, records))
+        """The images written by the worker holding most of their layers (it fetches the
+        others from their holders): the build's result."""
+        roots = roots_of(graph, records)
+        layers = [layer for root in graph.results if root.root is not None
+                  for layer in records[root.root].result.layers]
+        worker = self._exporter(layers)
+        await sessions.open(worker)
+        peers = self._registry.index.peers_for(worker.name, layers)
+        item = await worker.handle.call("export", sessions.build_id, graph.to_msgpack(),
+                                        roots, peers)
         result: dict[str, Any] = unwrap(forward_events(item, sink))
         return result
 
-    async def _open(self, build_id: str, request: dict[str, Any],
-                    workers: Sequence[WorkerHandle]) -> dict[str, Any]:
-        """Open the build's session on every worker; the first worker's answer."""
-        part = {"options": request["options"], "session": request.get("session", {})}
-        answers = [unwrap(await worker.call("open_session", build_id, part))
-                   for worker in workers]
-        first: dict[str, Any] = answers[0]
-        return first
+    def _exporter(self, layers: Sequence[LayerDescriptor]) -> WorkerEntry:
+        live = self._registry.live()
+        if not live:
+            return self._placement.any_worker()
+        index = self._registry.index
+        return max(live, key=lambda w: (index.held_bytes(w.name, layers), w.free))
 
-    async def _close(self, build_id: str, workers: Sequence[WorkerHandle]) -> None:
-        for worker in workers:
-            try:
-                await worker.call("close_session", build_id)
-            except DockyardError:  # a worker that died has nothing left to close
-                continue
-
-    def _resolver(self, build_id: str) -> Any:
-        """The frontend's base-image questions, answered by the platform's worker."""
+    def _resolver(self, sessions: BuildSessions) -> Any:
+        """The frontend's base-image questions, answered by the build's home worker."""
         async def resolve(ref: str, platform: Platform) -> BaseImage:
-            worker = self._placement.worker_for(platform)
-            image = unwrap(await worker.call("resolve_image", build_id, ref, str(platform)))
+            image = await sessions.on_home("resolve_image", ref, str(platform))
             return base_image(str(image["digest"]), bytes(image["config"]))
         return resolve
 
@@ -256,7 +296,8 @@ class Coordinator:
     async def _echo(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         began = time.time()
         yield {"event": event_to_wire(VertexStarted(ECHO_VERTEX, ECHO_NAME, began))}
-        stream = self._worker.stream("echo", ECHO_VERTEX, request)
+        await self._refreshed()
+        stream = self._placement.any_worker().handle.stream("echo", ECHO_VERTEX, request)
         try:
             async for event in stream:
                 yield {"event": event}

@@ -1,21 +1,28 @@
-"""How the coordinator's solver reaches the workers: placement, and a ``SolveBackend``
-whose every call is a call to the worker actor that serves the vertex's platform.
+"""How the coordinator's solver reaches the workers: one build's sessions on them, a
+``SolveBackend`` whose every call is a call to a worker the placement chose, and the
+build's record cache across the cluster.
 
-- ``Placement``: architecture -> the worker handle serving it.  A platform nobody serves is
-  a ``SolveError`` *before* anything is dispatched (Ray would leave such a task pending
-  forever, NOTES-ray.md).
-- ``DispatchBackend``: one build's ``SolveBackend``.  ``source_identity`` and
-  ``content_checksum`` are plain calls, ``execute`` a stream of the worker's events
-  (re-emitted to the solver's sink as they come) ending in its ``StateResult``; cancelling
-  it cancels the worker's call.
-- ``WorkerRecords``: one build's ``RecordCache``, kept by a worker (the cache is on its
-  disk, the build's ``--cache-from``/``--cache-to`` are opened there; the coordinator does
-  no file or network I/O).  The events a worker's answer carries (remote-cache warnings)
-  go to the build's sink.
+- ``BuildSessions``: a build is opened on a worker (``open_session``) the first time it
+  uses that worker, so a node that joins mid-build takes work; the first worker opened
+  is the build's *home*: it answers the frontend's questions (ignore patterns, base
+  images), the sources' identities and the context checksums, and keeps the build's
+  ``--cache-from`` lookups.  ``close`` closes the build everywhere it was opened.
+- ``DispatchBackend``: one build's ``SolveBackend``.  ``execute`` asks the placement
+  (cluster/_registry.py) for a worker, takes one of its slots, names the peers holding
+  the input layers it lacks, and streams the worker's events to the solver's sink as they
+  come; when the worker dies mid-vertex (``WorkerLost``) the vertex runs again on another
+  worker of the same architecture (at most ``ATTEMPTS`` times, then a ``SolveError``
+  naming the vertex and the lost workers).  Inputs that only the dead worker held are
+  then lost blobs: the solver rebuilds the steps that made them.
+- ``ClusterRecords``: one build's ``RecordCache`` across the cluster: a lookup asks every
+  live worker's local store and the home worker's remote caches at once, and the first
+  hit wins (its layers are then known to be on the worker that answered); a record is
+  written where its blobs are (the worker that executed the vertex).
 
-What crosses to the worker is plain data: vertices in the graph's wire form, selectors
-and results as maps, records as their stored bytes.  A worker answers a plain call with
-``{"result": value}`` or ``{"failure": <Failure fields>}`` (errors cross Ray as data).
+What crosses to a worker is plain data: vertices in the graph's wire form, selectors
+and results as maps, records as their stored bytes, peers as actor names.  A worker
+answers a plain call with ``{"result": value}`` or ``{"failure": <Failure fields>}``
+(errors cross Ray as data).
 """
 
 from __future__ import annotations
@@ -24,18 +31,18 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from cache_backends._records import CacheRecord, StateResult
+from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from scheduler._cachekey import Selector, selector_to_wire
-from scheduler._errors import DockyardError, SolveError
+from scheduler._errors import DockyardError, SolveError, WorkerLost
 from scheduler._graph import BuildGraph, Vertex, vertex_to_wire
-from scheduler._platform import Platform, default_platform
-from scheduler._progress import EventSink, event_from_wire
+from scheduler._progress import EventSink, StatusUpdate, VertexLog, event_from_wire
 
+from ._registry import Placement, WorkerEntry, needed_arch
 from ._wire import Failure, error_from_failure, failure_from_error
 
 __all__ = [
-    "DispatchBackend", "Placement", "WorkerHandle", "WorkerRecords", "WorkerStream",
-    "answer", "failure_map", "forward_events", "roots_of", "unwrap",
+    "ATTEMPTS", "BuildSessions", "ClusterRecords", "DispatchBackend", "WorkerHandle",
+    "WorkerStream", "answer", "failure_map", "forward_events", "roots_of", "unwrap",
 ]
 
 
@@ -76,83 +83,159 @@ def unwrap(item: Mapping[str, Any]) -> Any:
     return item["result"]
 
 
-# --- placement -------------------------------------------------------------------------
+# --- a build's sessions on the workers -------------------------------------------------
 
 
-class Placement:
-    """Which worker runs a vertex: today by architecture only (DESIGN.md: platform, then
-    cache locality, then load)."""
+class BuildSessions:
+    """Build ``build_id`` opened on the workers it uses (``part``: the ``options`` and
+    ``session`` maps of its request, given to each worker's ``open_session``)."""
 
-    def __init__(self, workers: Mapping[str, WorkerHandle]) -> None:
-        # arch ("amd64", "arm64") -> the worker serving it; fixed after construction.
-        self._workers = dict(workers)
+    def __init__(self, build_id: str, part: Mapping[str, Any], placement: Placement) -> None:
+        self.build_id = build_id
+        self.placement = placement
+        self._part = dict(part)
+        # worker name -> its open_session answer, once asked (the task is shared).
+        self._opened: dict[str, asyncio.Task[Any]] = {}
+        self._entries: dict[str, WorkerEntry] = {}  # worker name -> entry, opened there
+        self.home: WorkerEntry | None = None  # the first worker opened; None until then
 
     def __repr__(self) -> str:
-        return f"<Placement arches={','.join(sorted(self._workers))}>"
+        home = self.home.name if self.home else None
+        return f"<BuildSessions {self.build_id[:12]} opened={len(self._opened)} home={home}>"
 
-    def workers(self) -> list[WorkerHandle]:
-        """Every distinct worker, in the order of their first architecture."""
-        unique: dict[int, WorkerHandle] = {}
-        for worker in self._workers.values():
-            unique.setdefault(id(worker), worker)
-        return list(unique.values())
+    async def open(self, entry: WorkerEntry) -> Any:
+        """Open the build on ``entry`` (once): its ``open_session`` answer."""
+        task = self._opened.get(entry.name)
+        if task is None:
+            task = asyncio.ensure_future(entry.handle.call(
+                "open_session", self.build_id, self._part))
+            self._opened[entry.name] = task
+            self._entries[entry.name] = entry
+        try:
+            return unwrap(await asyncio.shield(task))
+        except WorkerLost:
+            self.placement.registry.lost(entry)
+            raise
 
-    def worker_for(self, platform: Platform | None) -> WorkerHandle:
-        """The worker for ``platform`` (the coordinator's own when None)."""
-        arch = (platform or default_platform()).architecture
-        worker = self._workers.get(arch)
-        if worker is None:
-            served = ", ".join(sorted(self._workers)) or "none"
-            raise SolveError(f"no worker serves platform {platform}: this cluster runs "
-                             f"{served}",
-                             hint="build for a platform the cluster serves (--platform), "
-                                  "or add a node of that architecture")
-        return worker
-
-    def check(self, graph: BuildGraph) -> None:
-        """Every vertex of ``graph`` has a worker: a ``SolveError`` naming the first that
-        has none, before anything runs."""
-        for vertex in graph.vertices.values():
+    async def home_worker(self) -> tuple[WorkerEntry, Any]:
+        """The build's home worker and its ``open_session`` answer; a new home when the
+        old one died (at most ``ATTEMPTS`` tries)."""
+        tried: list[str] = []
+        for _ in range(ATTEMPTS):
+            if self.home is None or self.home.name not in self.placement.registry.entries:
+                self.home = self.placement.any_worker(avoid=tried)
             try:
-                self.worker_for(vertex.platform)
-            except SolveError as error:
-                error.vertex = vertex.name or vertex.op.kind
-                error.location = vertex.location
-                raise
+                return self.home, await self.open(self.home)
+            except WorkerLost:
+                tried.append(self.home.name)
+                self.home = None
+                await self.placement.registry.refresh()
+        raise _all_lost("open the build", tried)
+
+    async def on_home(self, method: str, *args: Any) -> Any:
+        """``method(build_id, *args)`` on the home worker (a new home if it died)."""
+        tried: list[str] = []
+        for _ in range(ATTEMPTS):
+            entry, _ = await self.home_worker()
+            try:
+                return unwrap(await entry.handle.call(method, self.build_id, *args))
+            except WorkerLost:
+                tried.append(entry.name)
+                self.placement.registry.lost(entry)
+                self.home = None
+        raise _all_lost(method, tried)
+
+    async def close(self) -> None:
+        """Close the build on every worker it was opened on (a dead one has nothing left)."""
+        for name, task in list(self._opened.items()):
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+            entry = self._entries[name]
+            try:
+                await entry.handle.call("close_session", self.build_id)
+            except DockyardError:
+                continue
+
+
+def _all_lost(what: str, workers: Sequence[str]) -> WorkerLost:
+    return WorkerLost(f"cannot {what}: every worker tried was lost ({', '.join(workers)})",
+                      hint="check the cluster's nodes ('dockyard node ls') and build again")
 
 
 # --- the solver's backend --------------------------------------------------------------
 
+#: How many workers a vertex may be tried on when the one running it dies.
+ATTEMPTS = 3
+
 
 class DispatchBackend:
-    """The ``SolveBackend`` of one build (``build_id``: its session on the workers)."""
+    """The ``SolveBackend`` of one build."""
 
-    def __init__(self, build_id: str, placement: Placement) -> None:
-        self.build_id = build_id
-        self._placement = placement
+    def __init__(self, sessions: BuildSessions) -> None:
+        self.sessions = sessions
+        self._placement = sessions.placement
+
+    @property
+    def build_id(self) -> str:
+        return self.sessions.build_id
 
     async def source_identity(self, vertex: Vertex) -> str:
-        worker = self._placement.worker_for(vertex.platform)
-        item = await worker.call("source_identity", self.build_id, vertex_to_wire(vertex))
-        return str(unwrap(item))
+        return str(await self.sessions.on_home("source_identity", vertex_to_wire(vertex)))
 
     async def content_checksum(self, vertex: Vertex, input_index: int, source: Vertex,
                                selector: Selector) -> str:
-        worker = self._placement.worker_for(source.platform)
-        item = await worker.call("content_checksum", self.build_id, vertex_to_wire(source),
-                                 selector_to_wire(selector))
-        return str(unwrap(item))
+        return str(await self.sessions.on_home("content_checksum", vertex_to_wire(source),
+                                               selector_to_wire(selector)))
 
     async def execute(self, vertex: Vertex, inputs: Sequence[StateResult],
                       events: EventSink) -> StateResult:
-        worker = self._placement.worker_for(vertex.platform)
-        stream = worker.stream("execute", self.build_id, vertex_to_wire(vertex),
-                               [result.to_wire() for result in inputs])
+        layers = [layer for result in inputs for layer in result.layers]
+        lost: list[str] = []
+        for _ in range(ATTEMPTS):
+            entry, emulated = await self._placement.take(vertex, layers, avoid=lost)
+            try:
+                await self.sessions.open(entry)
+                result = await self._run_on(entry, vertex, inputs, layers, events, emulated)
+            except WorkerLost:
+                lost.append(entry.describe())
+                self._placement.registry.lost(entry)
+                events.emit(VertexLog(vertex.digest, 2, f"worker {entry.describe()} was lost "
+                                      f"while running this step: running it again\n".encode()))
+                await self._placement.registry.refresh()
+                continue
+            finally:
+                self._placement.release(entry)
+            self._placement.registry.index.add(entry.name, result.layers)
+            return result
+        raise SolveError(f"the workers running this step were lost {len(lost)} times "
+                         f"({', '.join(lost)})",
+                         hint="check the cluster's nodes ('dockyard node ls') and build again")
+
+    async def _run_on(self, entry: WorkerEntry, vertex: Vertex, inputs: Sequence[StateResult],
+                      layers: Sequence[LayerDescriptor], events: EventSink,
+                      emulated: bool) -> StateResult:
+        """Run ``vertex`` on ``entry`` (whose slot the caller holds)."""
+        peers = self._placement.registry.index.peers_for(entry.name, layers)
+        self._announce(entry, vertex, events, emulated)
+        stream = entry.handle.stream("execute", self.build_id, vertex_to_wire(vertex),
+                                     [result.to_wire() for result in inputs], peers)
         try:
-            return await _result_of(stream, events)
+            result = await _result_of(stream, events)
         except (asyncio.CancelledError, GeneratorExit):
             stream.cancel()
             raise
+        entry.executed += 1
+        return result
+
+    def _announce(self, entry: WorkerEntry, vertex: Vertex, events: EventSink,
+                  emulated: bool) -> None:
+        """Say which node runs the vertex (in a cluster of several workers, or emulated)."""
+        if not emulated and len(self._placement.registry.entries) < 2:
+            return
+        arch = needed_arch(vertex)
+        how = f" (emulating {arch})" if emulated else ""
+        events.emit(StatusUpdate(vertex.digest, f"running on {entry.describe()}{how}"))
 
 
 async def _result_of(stream: WorkerStream, events: EventSink) -> StateResult:
@@ -165,23 +248,59 @@ async def _result_of(stream: WorkerStream, events: EventSink) -> StateResult:
                      hint="this is a bug in dockyard; see the daemon log")
 
 
-class WorkerRecords:
-    """Build ``build_id``'s ``RecordCache``, kept by ``worker``; ``events`` gets what the
-    worker's answers carry."""
+class ClusterRecords:
+    """Build ``sessions.build_id``'s ``RecordCache`` over every live worker; ``events``
+    gets what the workers' answers carry (remote-cache warnings)."""
 
-    def __init__(self, worker: WorkerHandle, build_id: str, events: EventSink) -> None:
-        self._worker = worker
-        self._build_id = build_id
+    def __init__(self, sessions: BuildSessions, events: EventSink) -> None:
+        self._sessions = sessions
+        self._registry = sessions.placement.registry
         self._events = events
 
     async def get(self, key: str) -> CacheRecord | None:
-        item = await self._worker.call("get_record", key, self._build_id)
+        home, _ = await self._sessions.home_worker()
+        others = [w for w in self._registry.live() if w is not home]
+        asks = [self._ask(home, key, self._sessions.build_id)]
+        asks += [self._ask(worker, key, None) for worker in others]
+        answers = await asyncio.gather(*asks, return_exceptions=True)
+        for worker, found in zip([home, *others], answers, strict=True):
+            if isinstance(found, CacheRecord):
+                self._registry.index.add(worker.name, found.result.layers)
+                return found
+        for found in answers:
+            if isinstance(found, BaseException) and not isinstance(found, WorkerLost):
+                raise found
+        return None
+
+    async def _ask(self, worker: WorkerEntry, key: str, build_id: str | None
+                   ) -> CacheRecord | None:
+        try:
+            item = await worker.handle.call("get_record", key, build_id)
+        except WorkerLost:
+            self._registry.lost(worker)
+            raise
         data = unwrap(forward_events(item, self._events))
         return None if data is None else CacheRecord.from_bytes(data)
 
     async def put(self, record: CacheRecord) -> None:
-        item = await self._worker.call("put_record", record.to_bytes(), self._build_id)
+        """Write ``record`` on the worker holding its top layer (else the home worker)."""
+        worker = self._holder(record)
+        if worker is None:
+            worker, _ = await self._sessions.home_worker()
+        else:
+            await self._sessions.open(worker)
+        item = await worker.handle.call("put_record", record.to_bytes(),
+                                        self._sessions.build_id)
         unwrap(forward_events(item, self._events))
+
+    def _holder(self, record: CacheRecord) -> WorkerEntry | None:
+        layers = record.result.layers
+        if not layers:
+            return None
+        for name in sorted(self._registry.index.holders(layers[-1].digest)):
+            if name in self._registry.entries:
+                return self._registry.entries[name]
+        return None
 
 
 def forward_events(item: Mapping[str, Any], events: EventSink) -> Mapping[str, Any]:

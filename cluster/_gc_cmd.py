@@ -24,9 +24,8 @@ through ``S3Backend.prune``, which has its own grace period for blobs.
 The automatic limit: ``DOCKYARD_CACHE_MAX`` (a size, ``20GB``; unset, empty or ``off``:
 no limit, the default -- a cache that vanishes on its own is a surprise, and disk sizes
 differ too much for one fraction to fit) bounds the local cache's blobs and records.
-``enforce_cache_limit`` is what the worker runs after each build: least recently used
-first, down to the limit, never what was used in the last ``RUNNING_GRACE`` seconds (other
-builds may be running); unpacked layers and cache mounts are left to ``dockyard prune``.
+``enforce_cache_limit`` (workers/_cache_limit.py, re-exported here) is what the worker
+runs after each build.
 """
 
 from __future__ import annotations
@@ -41,17 +40,21 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, Final
 
 from cache_backends._protocol import PruneReport
 from cache_backends._rules import decode_record
 from scheduler._errors import CacheError, ServiceError, UsageError
-
-if TYPE_CHECKING:
-    from cache_backends._local import LocalBackend
+from workers._cache_limit import (
+    CACHE_MAX_ENV,
+    RUNNING_GRACE,
+    cache_limit,
+    enforce_cache_limit,
+    parse_size,
+)
 
 __all__ = [
     "CACHE_MAX_ENV",
@@ -70,11 +73,8 @@ __all__ = [
     "run_prune",
 ]
 
-#: With a service running, prune keeps what was used in the last hour.
-RUNNING_GRACE: Final = 3600.0
 _HEX: Final = re.compile(r"[0-9a-f]{64}")
 _DECIMAL: Final = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
-_SIZE: Final = re.compile(r"(\d+(?:\.\d+)?) ?([kmgtp])?i?b?", re.IGNORECASE)
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _SECONDS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
                    "h": 3600.0}
@@ -89,15 +89,6 @@ def human_size(size: float) -> str:
     while size >= 1000 and unit < len(_DECIMAL) - 1:
         size, unit = size / 1000, unit + 1
     return f"{size:.4g}{_DECIMAL[unit]}"
-
-
-def parse_size(text: str, flag: str = "--keep-storage") -> int:
-    """Bytes of ``20GB``/``512m``/``1.5g``/``100`` (binary units, as buildx's flag)."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise UsageError(f"invalid {flag} {text!r}: expected a size such as 512MB or 20GB")
-    power = " kmgtp".index((match.group(2) or " ").lower())
-    return int(float(match.group(1)) * 1024 ** power)
 
 
 def parse_duration(text: str, flag: str = "--filter until") -> float:
@@ -397,33 +388,6 @@ def format_prune(result: PruneResult) -> str:
 
 
 # --- the automatic limit ---------------------------------------------------------------
-
-CACHE_MAX_ENV: Final = "DOCKYARD_CACHE_MAX"
-
-
-def cache_limit(environ: Mapping[str, str] = os.environ) -> int | None:
-    """The bytes ``DOCKYARD_CACHE_MAX`` allows the local cache, or None (no limit)."""
-    text = environ.get(CACHE_MAX_ENV, "").strip()
-    if text.lower() in ("", "off"):
-        return None
-    try:
-        return parse_size(text, CACHE_MAX_ENV)
-    except UsageError:
-        raise CacheError(f"invalid {CACHE_MAX_ENV} {text!r}: expected a size such as 20GB, "
-                         "or off", hint=f"fix or unset {CACHE_MAX_ENV} in the service's "
-                         "environment") from None
-
-
-async def enforce_cache_limit(backend: LocalBackend, environ: Mapping[str, str] = os.environ
-                              ) -> PruneReport | None:
-    """After a build: prune ``backend`` down to ``DOCKYARD_CACHE_MAX`` (least recently used
-    first, keeping what was used in the last ``RUNNING_GRACE`` seconds); None when there is
-    no limit or the cache is within it."""
-    limit = cache_limit(environ)
-    if limit is None or (await backend.usage()).total_bytes <= limit:
-        return None
-    return await backend.prune(keep_bytes=limit, older_than=RUNNING_GRACE)
-
 
 # --- the commands --------------------------------------------------------------------------
 

@@ -24,13 +24,22 @@ from scheduler._errors import ServiceError, WorkerLost
 
 __all__ = [
     "ARCHES", "COORDINATOR_NAME", "NAMESPACE", "WORKER_PREFIX", "ActorRef", "ActorStream",
-    "RayRuntime", "RaySettings", "ray_environment", "ray_temp_dir", "worker_name",
+    "RayRuntime", "RaySettings", "discover_workers", "machine_arch", "ray_environment",
+    "ray_temp_dir", "worker_name",
 ]
 
 ARCHES = ("amd64", "arm64")  # this node runs arm64 through QEMU binfmt
 NAMESPACE = "dockyard"  # the Ray namespace of every named dockyard actor
 COORDINATOR_NAME = "dockyard-coordinator"  # the one coordinator of a cluster (detached)
 WORKER_PREFIX = "dockyard-worker-"  # + the node's id: one worker actor per node
+
+
+def machine_arch() -> str:
+    """This machine's architecture as an OCI platform names it (amd64, arm64, ...)."""
+    import platform
+
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv8l": "arm64"}.get(machine, machine)
 
 
 def worker_name(node_id: str) -> str:
@@ -97,7 +106,7 @@ class RayRuntime:
         try:
             ray.init(num_cpus=self.settings.num_cpus, resources=resources,
                      include_dashboard=False, object_store_memory=self.settings.object_store_bytes,
-                     _temp_dir=str(temp), namespace="dockyard", log_to_driver=True,
+                     _temp_dir=str(temp), namespace=NAMESPACE, log_to_driver=True,
                      configure_logging=False)
         except Exception as exc:  # Ray raises many types; all mean "could not start"
             raise ServiceError(f"cannot start Ray under {temp}: {exc}",
@@ -136,21 +145,21 @@ class RayRuntime:
         return ActorRef(handle, "worker")
 
     def create_actors(self, root: Path) -> ActorRef:
-        """Create the worker actor (holding every arch slot) and the coordinator (given
-        the worker and the arches it serves); the coordinator's ``ActorRef``."""
+        """The embedded service's actors on this head: the node's worker (its native arch
+        and, emulated, every other one dockyard knows) and the coordinator, which finds
+        it (and any worker that joins) by name."""
         import ray
 
         from cluster._coordinator import Coordinator
-        from workers._actor import WorkerActor
 
-        slots = {f"arch:{arch}": float(self.settings.arch_slots) for arch in ARCHES}
-        worker_cls: Any = ray.remote(WorkerActor)
-        worker = worker_cls.options(name="dockyard-worker", num_cpus=0, resources=slots,
-                                    max_concurrency=1000).remote(str(root), list(ARCHES))
+        native = machine_arch()
+        arches = [native, *(a for a in ARCHES if a != native)]
+        node_id = ray.get_runtime_context().get_node_id()
+        self.create_worker(root, arches, [native], self.settings.arch_slots, node_id)
         coordinator_cls: Any = ray.remote(Coordinator)
-        coordinator = coordinator_cls.options(name="dockyard-coordinator", num_cpus=0,
-                                              max_concurrency=1000).remote(
-            ActorRef(worker, "worker"), list(ARCHES))
+        coordinator = coordinator_cls.options(
+            name=COORDINATOR_NAME, namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
+            max_concurrency=1000).remote(discover=True)
         return ActorRef(coordinator, "coordinator")
 
     def shutdown(self) -> None:
@@ -162,6 +171,22 @@ class RayRuntime:
 
         ray.shutdown()
         self._started = False
+
+
+def discover_workers() -> dict[str, ActorRef]:
+    """The worker actors of the connected cluster, by name (blocking: Ray's GCS calls)."""
+    import ray
+
+    found: dict[str, ActorRef] = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name, namespace = actor.get("name", ""), actor.get("namespace", "")
+        if namespace != NAMESPACE or not name.startswith(WORKER_PREFIX):
+            continue
+        try:
+            found[name] = ActorRef(ray.get_actor(name, namespace=NAMESPACE), "worker")
+        except ValueError:  # it died between the listing and the look-up
+            continue
+    return found
 
 
 class ActorStream:

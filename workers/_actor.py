@@ -104,6 +104,8 @@ class WorkerActor:
         self._cancelled = 0  # streaming calls stopped by a cancellation
         self._runtime: Any = None  # the WorkerRuntime, made by the first session
         self._sessions: dict[str, _Session] = {}  # build id -> its open session
+        self.name = _actor_name()  # its Ray actor name ("" outside Ray)
+        self._peers: dict[str, Any] = {}  # peer actor name -> its PeerBlobs, once made
 
     async def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "root": self.root, "arches": list(self.arches),
@@ -111,8 +113,9 @@ class WorkerActor:
 
     async def info(self) -> dict[str, Any]:
         """What the coordinator's registry and ``dockyard node ls`` show of this worker."""
-        return {"pid": os.getpid(), "root": self.root, "arches": list(self.arches),
-                "native": list(self.native), "slots": self.slots, "running": self._running,
+        return {"pid": os.getpid(), "name": self.name, "root": self.root,
+                "arches": list(self.arches), "native": list(self.native),
+                "slots": self.slots, "running": self._running,
                 "node_ip": _node_ip(), "store_bytes": await asyncio.to_thread(
                     _store_bytes, Path(self.root))}
 
@@ -161,7 +164,7 @@ class WorkerActor:
 
     async def _enforce_cache_limit(self) -> None:
         """DOCKYARD_CACHE_MAX, after each build: a failure to prune never fails a build."""
-        from cluster._gc_cmd import enforce_cache_limit  # noqa: PLC0415
+        from workers._cache_limit import enforce_cache_limit  # noqa: PLC0415
 
         try:
             await enforce_cache_limit(self._engine().cache)
@@ -209,14 +212,17 @@ class WorkerActor:
         return await _answered(checksum)
 
     async def execute(self, build_id: str, vertex: dict[str, Any],
-                      inputs: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+                      inputs: list[dict[str, Any]], peers: dict[str, str] | None = None
+                      ) -> AsyncIterator[dict[str, Any]]:
         """Run one vertex of build ``build_id`` on its inputs' results: its events, then
-        its result (a ``StateResult`` wire map) or failure."""
+        its result (a ``StateResult`` wire map) or failure.  ``peers``: layer digest ->
+        the worker (actor name) holding a blob this worker lacks, fetched when needed."""
         async def run(sink: EventSink) -> dict[str, Any]:
             from cache_backends._records import StateResult  # noqa: PLC0415
             from scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
             results = [StateResult.from_wire(item) for item in inputs]
+            self._add_peers(peers, (layer for r in results for layer in r.layers))
             backend = self._session(build_id).backend
             result = await backend.execute(vertex_from_wire(vertex), results, sink)
             return dict(result.to_wire())
@@ -225,15 +231,16 @@ class WorkerActor:
 
     # -- after the solve --
 
-    async def export(self, build_id: str, graph: bytes,
-                     records: dict[str, bytes]) -> dict[str, Any]:
+    async def export(self, build_id: str, graph: bytes, records: dict[str, bytes],
+                     peers: dict[str, str] | None = None) -> dict[str, Any]:
         """The images of ``graph``'s results (``records``: their roots' records, stored
-        form) written to the build's outputs and pushed; the build's result map."""
+        form) written to the build's outputs and pushed; the build's result map.
+        ``peers`` as for ``execute``."""
         return self._with_pending(build_id, await _answered(
-            lambda: self._export(build_id, graph, records)))
+            lambda: self._export(build_id, graph, records, peers)))
 
-    async def _export(self, build_id: str, graph: bytes,
-                      records: dict[str, bytes]) -> dict[str, Any]:
+    async def _export(self, build_id: str, graph: bytes, records: dict[str, bytes],
+                      peers: dict[str, str] | None) -> dict[str, Any]:
         from cache_backends._records import CacheRecord  # noqa: PLC0415
         from cluster._local_build import write_results  # noqa: PLC0415
         from scheduler._graph import BuildGraph  # noqa: PLC0415
@@ -241,6 +248,11 @@ class WorkerActor:
 
         session = self._session(build_id)
         roots = {digest: CacheRecord.from_bytes(data) for digest, data in records.items()}
+        layers = [layer for record in roots.values() for layer in record.result.layers]
+        if peers:
+            self._add_peers(peers, layers)
+            await self._engine().ensure_blobs(layer for layer in layers
+                                              if layer.digest in peers)
         exported = await write_results(self._engine(), BuildGraph.from_msgpack(graph).results,
                                        roots, session.options)
         if session.records is not None:
@@ -283,6 +295,48 @@ class WorkerActor:
         if session is not None and session.records is not None:
             return session.records
         return self._engine().records()
+
+    # -- blobs between workers --
+
+    async def read_blob(self, digest: str) -> AsyncIterator[bytes | None]:
+        """The local cache's blob ``digest`` in chunks, for a peer worker
+        (workers/_peers.py); a single None when this worker does not hold it (or it turns
+        out corrupt: dropped here, as any verified read does)."""
+        from cache_backends._protocol import BlobCorrupt, BlobMissing  # noqa: PLC0415
+        from scheduler._errors import BlobLost  # noqa: PLC0415
+        from workers._peers import CHUNK_BYTES  # noqa: PLC0415
+
+        try:
+            await self._engine().ensure_digest(digest)
+            stream = self._engine().blob_source().open_blob(digest)
+        except (BlobMissing, BlobCorrupt, BlobLost):
+            yield None
+            return
+        try:
+            while chunk := await asyncio.to_thread(stream.read, CHUNK_BYTES):
+                yield chunk
+        except (BlobMissing, BlobCorrupt):
+            yield None
+        finally:
+            stream.close()
+
+    def _add_peers(self, peers: dict[str, str] | None, layers: Any) -> None:
+        """Fetch the blobs of ``layers`` named in ``peers`` from those workers when
+        needed, unless a shared cache already serves them."""
+        if not peers:
+            return
+        from workers._peers import PeerBlobs  # noqa: PLC0415
+
+        engine = self._engine()
+        for layer in layers:
+            name = peers.get(layer.digest)
+            if name is None or name == self.name:
+                continue
+            peer = self._peers.setdefault(name, PeerBlobs(name))
+            known = engine.remote_blobs.get(layer.digest)
+            if known is None or isinstance(known, PeerBlobs):
+                engine.remote_blobs[layer.digest] = peer
+                engine.lost.discard(layer.digest)
 
     # -- plumbing --
 
@@ -408,6 +462,16 @@ def _local_options(root: Path, options: Any, session: dict[str, Any],
         insecure_registries=tuple(options.insecure_registries),
         cache_to=tuple(getattr(options, "cache_to", ())),
         cache_from=tuple(getattr(options, "cache_from", ())))
+
+
+def _actor_name() -> str:
+    """This actor's name in Ray ("" when it has none, or outside Ray)."""
+    try:
+        import ray  # noqa: PLC0415
+
+        return str(ray.get_runtime_context().get_actor_name() or "")
+    except Exception:  # not in a Ray actor process
+        return ""
 
 
 def _node_ip() -> str:

@@ -174,6 +174,12 @@ class WorkerRuntime:
         present = await self.cache.has_many(wanted)
         await self.settle(self._start(digest for digest in wanted if digest not in present))
 
+    async def ensure_digest(self, digest: str) -> None:
+        """``ensure_blobs`` for one blob named by digest (a peer worker asks for a blob
+        this worker imported a record of: it is fetched here first, then served)."""
+        if digest in self.remote_blobs or digest in self.lost:
+            await self.settle(self._start([digest]))
+
     def start_fetches(self, layers: Iterable[LayerDescriptor]) -> dict[str, asyncio.Task[None]]:
         """``ensure_blobs`` in the background: one task per blob to fetch, by digest (each
         ends once its blob is in the local cache, or with its ``BlobLost``), so a consumer

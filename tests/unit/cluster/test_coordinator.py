@@ -78,7 +78,7 @@ class FakeWorker:
                           selector: dict[str, Any]) -> str:
         return "sha256:" + "a" * 64
 
-    def _get_record(self, key: str, build_id: str) -> bytes | None:
+    def _get_record(self, key: str, build_id: str | None) -> bytes | None:
         return self.records.get(key)
 
     def _put_record(self, data: bytes, build_id: str) -> None:
@@ -86,11 +86,13 @@ class FakeWorker:
 
         self.records[CacheRecord.from_bytes(data).key] = data
 
-    def _export(self, build_id: str, graph: bytes, records: dict[str, bytes]) -> dict[str, Any]:
+    def _export(self, build_id: str, graph: bytes, records: dict[str, bytes],
+                peers: dict[str, str] | None = None) -> dict[str, Any]:
         return {"metadata": {"roots": len(records)}, "stdout_file": None, "pushed": []}
 
     async def _execute(self, build_id: str, vertex: dict[str, Any],
-                       inputs: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+                       inputs: list[dict[str, Any]], peers: dict[str, str] | None = None
+                       ) -> AsyncIterator[dict[str, Any]]:
         found = vertex_from_wire(vertex)
         self.executed.append(found.name)
         await asyncio.sleep(self.delay)
@@ -194,7 +196,8 @@ FAILURES = [
     # (request, worker, expected failure fields)
     (request(platforms=("linux/riscv64",)), FakeWorker(),
      {"error": "SolveError",
-      "message": "no worker serves platform linux/riscv64: this cluster runs amd64, arm64"}),
+      "message": "no worker can run platform linux/riscv64: this cluster offers "
+                 "linux/amd64 (1 worker), linux/arm64 (1 worker)"}),
     (request(), FakeWorker(fail="RUN make install"),
      {"error": "ExecError", "message": "process exited with code 2"}),
 ]

@@ -1,0 +1,90 @@
+"""Blobs another worker of the cluster holds, fetched straight from it.
+
+DESIGN.md: layers move between nodes through the shared cache when the cluster has one,
+and directly from the worker that holds them when it does not.  The coordinator knows
+where every blob is; when it sends a vertex to a worker that lacks an input layer, it
+names the worker that holds it (by actor name, plain data).  ``PeerBlobs`` is that worker
+as a blob source with ``CacheBackend.fetch_into``'s contract, so the runtime's remote-blob
+machinery (``WorkerRuntime.add_remote_blobs``/``ensure_blobs``) fetches from a peer as it
+fetches from S3: into a staging file of the local store, hashed once, published only when
+the digest matches.  A peer that died, or no longer holds the blob, is ``BlobMissing``
+(the solver then rebuilds the step that made it); bytes that do not match are
+``BlobCorrupt``.
+
+The peer side is ``WorkerActor.read_blob(digest)``: a stream of chunks of at most
+``CHUNK_BYTES`` (Ray's object store carries them), then nothing.  Ray is imported lazily
+and only here (STYLE.md habit 9: the one wrapper of the outside system on this side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from cache_backends._protocol import BlobCorrupt, BlobMissing, BlobSink
+
+__all__ = ["CHUNK_BYTES", "PeerBlobs", "peer_handle"]
+
+CHUNK_BYTES = 4 * 1024 * 1024  # one object-store object per chunk of a streamed blob
+_NAMESPACE = "dockyard"  # cluster._ray.NAMESPACE (workers do not import cluster)
+
+
+def peer_handle(name: str) -> Any:
+    """The Ray handle of the worker actor named ``name``; ``BlobMissing`` when it is gone."""
+    import ray  # noqa: PLC0415 -- only a worker in a Ray cluster fetches from peers
+
+    try:
+        return ray.get_actor(name, namespace=_NAMESPACE)
+    except ValueError:
+        raise BlobMissing(f"the worker {name} that held the blob is gone",
+                          hint="the step that made it is rebuilt") from None
+
+
+class PeerBlobs:
+    """The blobs of the worker actor ``name`` (``handle``: its Ray handle, looked up by
+    name when not given)."""
+
+    def __init__(self, name: str, handle: Any = None) -> None:
+        self.name = name  # the peer's actor name, for messages
+        self.where = f"worker {name}"
+        self._handle = handle  # its Ray actor handle, once looked up
+
+    def __repr__(self) -> str:
+        return f"<PeerBlobs {self.name}>"
+
+    async def fetch_into(self, digest: str, sink: BlobSink) -> int:
+        """Copy the peer's blob ``digest`` into ``sink``: its size."""
+        staged = await asyncio.to_thread(sink.stage_blob, digest)
+        try:
+            await self._receive(digest, staged.file)
+            actual, _ = await asyncio.to_thread(staged.seal)
+            if actual != digest:
+                raise BlobCorrupt(f"blob {digest} from {self.where} has digest {actual}",
+                                  hint="the step that made it is rebuilt")
+            return await asyncio.to_thread(staged.publish)
+        finally:
+            await asyncio.to_thread(staged.discard)
+
+    async def _receive(self, digest: str, file: Any) -> None:
+        import ray.exceptions as rex  # noqa: PLC0415
+
+        if self._handle is None:
+            self._handle = await asyncio.to_thread(peer_handle, self.name)
+        stream = self._handle.read_blob.options(num_returns="streaming").remote(digest)
+        received = False
+        try:
+            async for ref in stream:
+                chunk = await ref
+                if chunk is None:  # the peer does not hold it (any more)
+                    break
+                received = True
+                await asyncio.to_thread(file.write, chunk)
+            else:
+                return
+        except rex.RayError as exc:
+            raise BlobMissing(f"blob {digest} could not be read from {self.where}: "
+                              f"{type(exc).__name__}",
+                              hint="the step that made it is rebuilt") from None
+        what = "stopped sending" if received else "does not hold"
+        raise BlobMissing(f"{self.where} {what} blob {digest}",
+                          hint="the step that made it is rebuilt")
