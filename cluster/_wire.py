@@ -361,7 +361,10 @@ class Endpoint:
 
     @property
     def host_header(self) -> str:
-        return "dockyard" if self.unix is not None else f"{self.host}:{self.port}"
+        if self.unix is not None:
+            return "dockyard"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 _DEFAULT_PORTS = {"tcp": 8375, "http": 80, "https": 443}

@@ -207,6 +207,10 @@ def test_token_travels_in_the_handshake_and_never_in_a_repr() -> None:
     assert request.endswith(b"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer s3cret\r\n\r\n")
 
 
+def test_an_ipv6_host_header_is_bracketed() -> None:
+    assert parse_endpoint("http://[::1]:81").host_header == "[::1]:81"
+
+
 def test_a_header_with_a_line_break_is_refused() -> None:
     with pytest.raises(WireError):
         handshake_request("/ws", "k", headers={"Authorization": "Bearer a\r\nX: y"})
