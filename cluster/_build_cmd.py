@@ -5,7 +5,14 @@ secret values, connects to the root's local service (starting it when nobody ans
 sends one ``solve`` call::
 
     {"version": 1, "dockerfile": <bytes>, "options": <BuildOptions wire map>,
-     "session": {"secrets": {id: <bytes>}, "ssh": {id: <socket path>}}}
+     "session": {"secret_ids": [id, ...], "ssh": {id: <socket path>}}}
+
+and answers the call's asks (cluster/_wire.py ``Ask``): ``secret.get`` reads a secret's
+value when a worker needs it (values never travel in the request), ``output.write``/
+``output.close`` write what the workers hand back (cluster/_outputs.py).  With
+``--endpoint URL`` (or ``DOCKYARD_ENDPOINT``) the call goes to that endpoint (token from
+``--token-file``/``DOCKYARD_TOKEN``, TLS CA from ``--tls-ca``/``DOCKYARD_TLS_CA``) and no
+local service is ever started.
 
 ``--ssh ID=KEYFILE`` starts an ephemeral ssh-agent holding the keys for the time of the
 call (cluster/_ssh_agent.py) and serves its socket; it is killed when the call ends, also
@@ -22,18 +29,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from scheduler._errors import ExecError, UsageError
 
-from ._build_options import BuildOptions, gather_options, read_session
+from ._build_options import (
+    BuildOptions,
+    OutputSpec,
+    SecretReader,
+    gather_options,
+    read_session,
+    read_token_file,
+)
 from ._render import Renderer, make_renderer
-from ._service import ServiceSettings, connect_running, default_root
+from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
 from ._ssh_agent import SshAgents
+from ._wire import Endpoint, Handler, Handlers, parse_endpoint
 
-__all__ = ["REQUEST_VERSION", "build_request", "run_build", "run_stop"]
+__all__ = ["REQUEST_VERSION", "build_request", "endpoint_of", "run_build", "run_stop"]
 
 REQUEST_VERSION = 1
 
@@ -88,16 +103,57 @@ def _run_build(args: argparse.Namespace, sockets: Mapping[str, str]) -> int:
     if any(o.to_stdout for o in options.outputs) and sys.stdout.isatty():
         raise UsageError("dest file is required for the output to stdout: refusing to write "
                          "to console", hint="redirect stdout, or set dest=FILE")
+    endpoint = endpoint_of(args, os.environ)
+    outputs = _Outputs(options.outputs)
+    handlers = {"secret.get": SecretReader(options.secrets, os.environ)} | outputs.handlers()
     renderer = make_renderer(options.progress, sys.stderr)
     try:
-        result = _solve(_settings(os.environ), request, renderer)
+        result = _solve(_settings(os.environ), request, renderer, handlers, endpoint)
     except ExecError as error:
         renderer.close()
         _print_tail(error)
         raise
+    finally:
+        outputs.abort()
     renderer.close()
     _finish(options, result)
     return 0
+
+
+def endpoint_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Endpoint | None:
+    """The endpoint ``--endpoint``/``DOCKYARD_ENDPOINT`` names (with its token and CA),
+    or None for the root's local service."""
+    url = getattr(args, "endpoint", None) or environ.get("DOCKYARD_ENDPOINT", "")
+    if not url:
+        return None
+    token_file = getattr(args, "token_file", None)
+    token = (read_token_file(token_file) if token_file else
+             environ.get("DOCKYARD_TOKEN", "").strip() or None)
+    ca_file = getattr(args, "tls_ca", None) or environ.get("DOCKYARD_TLS_CA") or None
+    return parse_endpoint(url, token, ca_file)
+
+
+class _Outputs:
+    """The ``output.*`` handlers; cluster/_outputs.py is imported by the first ask only."""
+
+    def __init__(self, outputs: Sequence[OutputSpec]) -> None:
+        self._outputs = outputs
+        self._writers: Any = None  # the OutputWriters, once a worker handed something back
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"output.write": lambda p: self._get().write(p),
+                "output.close": lambda p: self._get().close(p)}
+
+    def _get(self) -> Any:
+        if self._writers is None:
+            from ._outputs import OutputWriters  # noqa: PLC0415 -- see the class doc
+
+            self._writers = OutputWriters(self._outputs, sys.stdout.buffer)
+        return self._writers
+
+    def abort(self) -> None:
+        if self._writers is not None:
+            self._writers.abort()
 
 
 def _print_tail(error: ExecError, lines: int = 10) -> None:
@@ -109,24 +165,26 @@ def _print_tail(error: ExecError, lines: int = 10) -> None:
     print(f"------\n > {error.vertex}:\n{body}\n------", file=sys.stderr)
 
 
-def _solve(settings: ServiceSettings, request: dict[str, Any], renderer: Renderer) -> Any:
-    """The ``solve`` call: without an event loop when the service already runs (the warm
-    path, asyncio never imported), else through ``connect``, which starts it."""
-    client = connect_running(settings)
+def _solve(settings: ServiceSettings, request: dict[str, Any], renderer: Renderer,
+           handlers: Handlers, endpoint: Endpoint | None = None) -> Any:
+    """The ``solve`` call: to ``endpoint`` when given (never starting a local service),
+    else without an event loop when the root's service already runs (the warm path,
+    asyncio never imported), else through ``connect``, which starts it."""
+    client = connect_endpoint(endpoint) if endpoint else connect_running(settings)
     if client is not None:
         with client:
-            return client.call("solve", request, events=renderer)
+            return client.call("solve", request, events=renderer, handlers=handlers)
     import asyncio  # noqa: PLC0415 -- only a build that starts the service needs it
 
-    return asyncio.run(_solve_starting(settings, request, renderer))
+    return asyncio.run(_solve_starting(settings, request, renderer, handlers))
 
 
 async def _solve_starting(settings: ServiceSettings, request: dict[str, Any],
-                          renderer: Renderer) -> Any:
+                          renderer: Renderer, handlers: Handlers) -> Any:
     from ._service import connect  # noqa: PLC0415
 
     async with await connect(settings) as client:
-        return await client.call("solve", request, events=renderer)
+        return await client.call("solve", request, events=renderer, handlers=handlers)
 
 
 def _finish(options: BuildOptions, result: Any) -> None:

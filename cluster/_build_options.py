@@ -5,20 +5,32 @@ value otherwise, with buildx's wording where it has one); ``BuildOptions`` gathe
 travels to the service as a versioned msgpack-able map (``to_wire``/``from_wire``).
 
 Secrets: a ``SecretSpec`` names where a secret comes from (a file, an environment
-variable), never its value.  ``read_session`` reads the values on the client at request time
-into the request's *session* part, which the service hands to the one build that asked and
-never logs, records or puts in an event (DESIGN.md).  ``BuildOptions`` holds no value.
+variable), never its value.  ``read_session`` checks each at request time and puts only
+the ids in the request's *session* part; a worker asks for a value over the build's
+session channel when a RUN mounts it, and ``SecretReader`` (the client's ``secret.get``
+handler) reads it then.  No value ever crosses Ray, or is logged, recorded or put in an
+event (DESIGN.md).  ``BuildOptions`` holds no value.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from scheduler._build_request import (
+    MAX_SECRET_BYTES,
+    OPTIONS_VERSION,
+    OUTPUT_TYPES,
+    PROGRESS_MODES,
+    BuildOptions,
+    CacheSpec,
+    OutputSpec,
+    SecretSpec,
+    SshSpec,
+)
 from scheduler._errors import ImageReferenceError, UsageError
 from scheduler._platform import default_platform, parse_platforms
 from scheduler._reference import parse_reference
@@ -27,135 +39,9 @@ __all__ = [
     "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
     "SshSpec", "insecure_registries", "parse_cache", "parse_epoch", "parse_insecure_registries",
     "parse_output",
-    "parse_secret", "parse_ssh", "parse_tag", "read_session",
+    "parse_secret", "parse_ssh", "parse_tag", "read_session", "read_token_file",
+    "SecretReader",
 ]
-
-OPTIONS_VERSION = 1
-PROGRESS_MODES = ("auto", "plain", "tty", "rawjson", "quiet")
-FILE_OUTPUTS = ("tar", "oci", "docker")  # exporters writing one file (or stdout with dest=-)
-OUTPUT_TYPES = ("local", *FILE_OUTPUTS, "image", "registry")
-MAX_SECRET_BYTES = 500 * 1024  # BuildKit's secret size limit
-
-
-@dataclass(frozen=True, slots=True)
-class SecretSpec:
-    """``--secret``: the secret ``id`` read from the file ``src`` or the variable ``env``."""
-
-    id: str
-    src: str | None = None
-    env: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SshSpec:
-    """``--ssh``: the agent socket served as ``id`` (``default`` for ``RUN --mount=type=ssh``)."""
-
-    id: str
-    paths: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class OutputSpec:
-    """``--output``: ``type`` (local, tar, oci, docker, image), ``dest`` (a path; ``-`` is
-    stdout), ``names``, ``push`` and ``insecure`` (image: ``registry.insecure=true``, its
-    registries spoken to over plain HTTP)."""
-
-    type: str
-    dest: str | None = None
-    names: tuple[str, ...] = ()
-    push: bool = False
-    insecure: bool = False
-
-    @property
-    def to_stdout(self) -> bool:
-        return self.dest == "-"
-
-
-@dataclass(frozen=True, slots=True)
-class CacheSpec:
-    """``--cache-to``/``--cache-from``: ``type`` s3 or local, ``attrs`` the backend's
-    settings (s3: bucket, region, prefix, endpoint_url, use_path_style; local: path, an
-    absolute directory), ``mode`` min or max and ``ignore_error`` (exports only)."""
-
-    type: str
-    attrs: tuple[tuple[str, str], ...] = ()
-    mode: str = "min"
-    ignore_error: bool = False
-
-    def to_wire(self) -> list[Any]:
-        return [self.type, [list(pair) for pair in self.attrs], self.mode, self.ignore_error]
-
-    @classmethod
-    def from_wire(cls, item: Sequence[Any]) -> CacheSpec:
-        kind, attrs, mode, ignore = item[:4]
-        return cls(str(kind), tuple((str(k), str(v)) for k, v in attrs), str(mode),
-                   bool(ignore))
-
-
-@dataclass(frozen=True, slots=True)
-class BuildOptions:
-    """Everything ``dockyard build`` was asked, except the Dockerfile's bytes and secret
-    values: paths absolute, values checked."""
-
-    context: str
-    filename: str = "Dockerfile"
-    platforms: tuple[str, ...] = ()
-    target: str | None = None
-    build_args: tuple[tuple[str, str], ...] = ()
-    secrets: tuple[SecretSpec, ...] = ()
-    ssh: tuple[SshSpec, ...] = ()
-    outputs: tuple[OutputSpec, ...] = ()
-    tags: tuple[str, ...] = ()
-    no_cache: bool = False
-    progress: str = "auto"
-    metadata_file: str | None = None
-    epoch: int | None = None
-    insecure_registries: tuple[str, ...] = ()  # host[:port] spoken to over plain HTTP
-    cache_to: tuple[CacheSpec, ...] = ()
-    cache_from: tuple[CacheSpec, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "version": OPTIONS_VERSION, "context": self.context, "filename": self.filename,
-            "platforms": list(self.platforms), "target": self.target,
-            "build_args": [list(pair) for pair in self.build_args],
-            "secrets": [[s.id, s.src, s.env] for s in self.secrets],
-            "ssh": [[s.id, list(s.paths)] for s in self.ssh],
-            "outputs": [[o.type, o.dest, list(o.names), o.push, o.insecure]
-                        for o in self.outputs],
-            "tags": list(self.tags), "no_cache": self.no_cache, "progress": self.progress,
-            "metadata_file": self.metadata_file, "epoch": self.epoch,
-            "insecure_registries": list(self.insecure_registries),
-            "cache_to": [spec.to_wire() for spec in self.cache_to],
-            "cache_from": [spec.to_wire() for spec in self.cache_from],
-        }
-
-    @classmethod
-    def from_wire(cls, wire: Mapping[str, Any]) -> BuildOptions:
-        if wire.get("version") != OPTIONS_VERSION:
-            raise UsageError(f"build options of version {wire.get('version')!r} (this "
-                             f"dockyard reads version {OPTIONS_VERSION})",
-                             hint="use the same dockyard version on the client and the service")
-        return cls(
-            context=wire["context"], filename=wire["filename"],
-            platforms=tuple(wire["platforms"]), target=wire["target"],
-            build_args=tuple((k, v) for k, v in wire["build_args"]),
-            secrets=tuple(SecretSpec(i, s, e) for i, s, e in wire["secrets"]),
-            ssh=tuple(SshSpec(i, tuple(p)) for i, p in wire["ssh"]),
-            outputs=tuple(_output_from_wire(o) for o in wire["outputs"]),
-            tags=tuple(wire["tags"]), no_cache=wire["no_cache"], progress=wire["progress"],
-            metadata_file=wire["metadata_file"], epoch=wire["epoch"],
-            insecure_registries=tuple(wire.get("insecure_registries", ())),
-            cache_to=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_to", ())),
-            cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())))
-
-
-def _output_from_wire(item: Sequence[Any]) -> OutputSpec:
-    """One output of the wire map (``insecure`` absent in maps of earlier clients)."""
-    kind, dest, names, push = item[:4]
-    return OutputSpec(kind, dest, tuple(names), push, bool(item[4]) if len(item) > 4 else False)
-
 
 # --- one flag value each ----------------------------------------------------------------
 
@@ -451,34 +337,115 @@ def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bo
     return tuple(resolved)
 
 
-# --- the session: secret values, read at request time ------------------------------------
+# --- the session: secret ids in the request, values read when a worker asks -------------
 
 
 def read_session(options: BuildOptions, environ: Mapping[str, str] = os.environ,
                  ssh: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The request's session part: secret values by id, ssh sockets by id (``ssh``: the
-    sockets to serve, from cluster/_ssh_agent.py's ``SshAgents``; else each id's first
-    path)."""
-    secrets = {spec.id: _secret_value(spec, environ) for spec in options.secrets}
+    """The request's session part: the secret ids (each checked now: its variable set or
+    its file a regular file, within the size limit; the values are read only when a
+    worker asks, ``SecretReader``), ssh sockets by id (``ssh``: the sockets to serve, from
+    cluster/_ssh_agent.py's ``SshAgents``; else each id's first path)."""
+    for spec in options.secrets:
+        _check_secret(spec, environ)
     sockets = dict(ssh) if ssh is not None else {s.id: s.paths[0] for s in options.ssh}
-    return {"secrets": secrets, "ssh": sockets}
+    return {"secret_ids": [spec.id for spec in options.secrets], "ssh": sockets}
 
 
-def _secret_value(spec: SecretSpec, environ: Mapping[str, str]) -> bytes:
-    if spec.env is not None:
-        if spec.env not in environ:
-            raise UsageError(f"secret {spec.id!r}: environment variable {spec.env!r} is not "
-                             f"set", hint="export it, or use --secret id=ID,src=FILE")
-        return environ[spec.env].encode()
-    path = Path(spec.src or spec.id)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"secret {spec.id!r}: cannot read {str(path)!r}: "
-                         f"{exc.strerror or exc}") from None
+def _env_secret(spec: SecretSpec, environ: Mapping[str, str]) -> bytes:
+    if str(spec.env) not in environ:
+        raise UsageError(f"secret {spec.id!r}: environment variable {spec.env!r} is not "
+                         f"set", hint="export it, or use --secret id=ID,src=FILE")
+    data = environ[str(spec.env)].encode()
     if len(data) > MAX_SECRET_BYTES:
-        raise UsageError(f"secret {spec.id!r} too big. max size 500KB ({str(path)!r})")
+        raise UsageError(f"secret {spec.id!r} too big. max size 500KB (${spec.env})")
     return data
+
+
+def _check_secret(spec: SecretSpec, environ: Mapping[str, str]) -> None:
+    if spec.env is not None:
+        _env_secret(spec, environ)
+        return
+    path = spec.src or spec.id
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"secret {spec.id!r}: cannot read {path!r}: "
+                         f"{exc.strerror or exc}") from None
+    _check_file(spec, path, info)
+
+
+def _check_file(spec: SecretSpec, path: str, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"secret {spec.id!r}: {path!r} is not a regular file",
+                         hint="a secret is read from a file or an environment variable")
+    if info.st_size > MAX_SECRET_BYTES:
+        raise UsageError(f"secret {spec.id!r} too big. max size 500KB ({path!r})")
+
+
+def _file_secret(spec: SecretSpec) -> bytes:
+    """The file's content: opened without blocking (a fifo is refused, never waited on),
+    checked to be a regular file, read up to the limit plus one byte."""
+    path = spec.src or spec.id
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"secret {spec.id!r}: cannot read {path!r}: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        _check_file(spec, path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as file:
+        try:
+            data = file.read(MAX_SECRET_BYTES + 1)
+        except OSError as exc:
+            raise UsageError(f"secret {spec.id!r}: cannot read {path!r}: "
+                             f"{exc.strerror or exc}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise UsageError(f"secret {spec.id!r} too big. max size 500KB ({path!r})")
+    return data
+
+
+class SecretReader:
+    """The client's ``secret.get`` handler: the value of a secret this build was given,
+    read now (``None`` for an id it was not given)."""
+
+    def __init__(self, specs: Sequence[SecretSpec],
+                 environ: Mapping[str, str] = os.environ) -> None:
+        self._specs = {spec.id: spec for spec in specs}  # id -> where its value is
+        self._environ = environ
+
+    def __repr__(self) -> str:
+        return f"<SecretReader ids={sorted(self._specs)}>"
+
+    def __call__(self, params: dict[str, Any]) -> bytes | None:
+        ident = params.get("id")
+        if not isinstance(ident, str):
+            raise UsageError("a secret.get ask without a secret id")
+        spec = self._specs.get(ident)
+        if spec is None:
+            return None
+        return _env_secret(spec, self._environ) if spec.env is not None else _file_secret(spec)
+
+
+MAX_TOKEN_BYTES = 4096
+
+
+def read_token_file(path: str, flag: str = "--token-file") -> str:
+    """The token in ``path`` (its first line, stripped); a ``UsageError`` if unreadable,
+    empty or over ``MAX_TOKEN_BYTES``."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {flag} {path!r}: {exc.strerror or exc}") from None
+    lines = data.decode("utf-8", "replace").strip().splitlines()
+    if len(data) > MAX_TOKEN_BYTES or not lines or not lines[0].strip():
+        raise UsageError(f"invalid {flag} {path!r}: not one line of at most "
+                         f"{MAX_TOKEN_BYTES} bytes")
+    return lines[0].strip()
 
 
 # --- all flags together ------------------------------------------------------------------

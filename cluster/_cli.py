@@ -240,6 +240,11 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("--progress", default="auto", metavar="MODE",
         help="auto, plain, tty, rawjson or quiet (progress goes to stderr)")
     add("--metadata-file", metavar="FILE", help="write the build's metadata (JSON) to FILE")
+    add("--endpoint", metavar="URL", help="build on the cluster at URL (tcp://HOST:PORT, "
+        "http://, https://, unix://PATH; default: DOCKYARD_ENDPOINT, else the local service)")
+    add("--token-file", metavar="FILE", help="the endpoint's token (default: DOCKYARD_TOKEN)")
+    add("--tls-ca", metavar="FILE", help="the CA an https endpoint is verified against "
+        "(default: DOCKYARD_TLS_CA, else the system store)")
 
 
 # --- dockyard stop -----------------------------------------------------------------------
@@ -254,6 +259,32 @@ def _run_stop(args: argparse.Namespace) -> int:
 def _add_stop(subparsers: _Subparsers) -> None:
     stop = subparsers.add_parser("stop", help="stop the local dockyard service")
     stop.set_defaults(run=_run_stop)
+
+
+# --- dockyard serve (cluster/_endpoint.py) -----------------------------------------------
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from cluster._endpoint import run_serve
+
+    return run_serve(args)
+
+
+def _add_serve(subparsers: _Subparsers) -> None:
+    serve = subparsers.add_parser("serve", help="serve builds to clients over the network")
+    add = serve.add_argument
+    add("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    add("--port", type=int, default=8375, help="the TCP port (default 8375)")
+    add("--ray-address", metavar="auto|HOST:PORT",
+        help="attach to this Ray cluster (default: start an embedded Ray head)")
+    add("--token-file", metavar="FILE", help="clients must present this token")
+    add("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    add("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    add("--insecure", action="store_true",
+        help="allow a non-loopback --host without a token")
+    add("--advertise-url", metavar="URL",
+        help="the URL workers reach this endpoint at (default: the one it serves)")
+    serve.set_defaults(run=_run_serve)
 
 
 # --- dockyard du / dockyard prune (cluster/_gc_cmd.py) ------------------------------------
@@ -361,8 +392,8 @@ def _add_ls(subparsers: _Subparsers) -> None:
 # --- the parser and main ---------------------------------------------------------------
 
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build, _add_stop,
-                                                          _add_du, _add_prune, _add_node,
-                                                          _add_ls)
+                                                          _add_serve, _add_du, _add_prune,
+                                                          _add_node, _add_ls)
 
 
 def build_parser() -> argparse.ArgumentParser:

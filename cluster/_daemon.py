@@ -12,7 +12,8 @@ Started detached by a client (cluster/_service.py), it
    SIGINT arrives, or no call has run for the idle timeout;
 5. closes the socket, shuts Ray down and kills whatever it started that is still alive.
 
-Calls: ``ping``, ``statistics``, ``solve`` (streams events), ``stop``.  A call is
+Calls: ``ping``, ``statistics``, ``solve`` (streams events; its session channel is open
+while it runs, cluster/_relay.py), ``stop``.  A call is
 cancelled by a ``cancel`` frame or when its websocket closes (the client died or the user
 pressed Ctrl-C); cancelling ``solve`` cancels the coordinator's task.
 """
@@ -31,17 +32,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from scheduler._errors import DockyardError, ServiceError
 
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
+from ._relay import Session, SessionRelay
 from ._service import RunPaths, kill_processes, process_tree, try_flock
 from ._wire import (
+    MAX_FRAME_BYTES,
+    WIRE_VERSION,
     Cancel,
     EventFrame,
     Failure,
     Frame,
+    Reply,
     Request,
     Response,
     WireError,
@@ -61,17 +67,40 @@ def _log(text: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} dockyard[{os.getpid()}] {text}", flush=True)
 
 
-class Daemon:
-    """The calls of one service, and when it should stop."""
+class _Connection:
+    """One client connection: its calls, and the sessions of its running solves."""
 
-    def __init__(self, coordinator: ActorRef, idle_timeout: float) -> None:
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self._lock = asyncio.Lock()  # frames of concurrent calls never interleave
+        self.calls: dict[int, asyncio.Task[None]] = {}  # call id -> its running task
+        self.sessions: dict[int, Session] = {}  # call id -> the session of its solve
+
+    async def send(self, frame: Frame) -> None:
+        async with self._lock:
+            if not self.ws.closed:
+                await self.ws.send_bytes(encode_frame(frame))
+
+
+class Daemon:
+    """The calls of one service, and when it should stop.  The embedded daemon serves it
+    on its unix socket, ``dockyard serve`` over TCP (cluster/_endpoint.py): ``/ws`` for
+    clients (``handle``), ``/session`` for workers (``relay.handle``)."""
+
+    def __init__(self, coordinator: ActorRef, idle_timeout: float, session_url: str) -> None:
         self.coordinator = coordinator
         self.idle_timeout = idle_timeout
+        self.relay = SessionRelay(session_url)  # the session channels of running solves
         self.stopping = asyncio.Event()  # set once: the service is going away
         self._calls = 0  # calls in progress, all connections (>= 0)
         self._idle_since = time.monotonic()  # when _calls last became 0
         self.served = 0  # calls started since the daemon began
         self._sockets: set[web.WebSocketResponse] = set()  # open client connections
+
+    def routes(self, app: web.Application) -> None:
+        """Add the service's resources to ``app``."""
+        app.router.add_get("/ws", self.handle)
+        app.router.add_get("/session", self.relay.handle)
 
     async def run_until_stopped(self) -> None:
         """Return on ``stop``, a signal, or after ``idle_timeout`` without calls."""
@@ -88,11 +117,11 @@ class Daemon:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """One client connection: its calls run concurrently; all are cancelled when it
         closes."""
-        ws = web.WebSocketResponse(max_msg_size=0)
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
         self._sockets.add(ws)
         try:
-            await self._session(ws)
+            await self._session(_Connection(ws))
         finally:
             self._sockets.discard(ws)
         return ws
@@ -102,85 +131,119 @@ class Daemon:
         for ws in list(self._sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"dockyard service stopping")
 
-    async def _session(self, ws: web.WebSocketResponse) -> None:
-        lock = asyncio.Lock()
-
-        async def send(frame: Frame) -> None:
-            async with lock:
-                if not ws.closed:
-                    await ws.send_bytes(encode_frame(frame))
-
-        calls: dict[int, asyncio.Task[None]] = {}
+    async def _session(self, connection: _Connection) -> None:
         async with asyncio.TaskGroup() as group:
             try:
-                await self._read(ws, send, calls, group)
+                await self._read(connection, group)
             finally:
-                for task in calls.values():
+                for task in connection.calls.values():
                     task.cancel()
 
-    async def _read(self, ws: web.WebSocketResponse, send: Send,
-                    calls: dict[int, asyncio.Task[None]], group: asyncio.TaskGroup) -> None:
-        async for message in ws:
+    async def _read(self, connection: _Connection, group: asyncio.TaskGroup) -> None:
+        async for message in connection.ws:
             if message.type != WSMsgType.BINARY:
                 break
             try:
                 frame = decode_frame(message.data)
             except WireError as error:
-                await send(failure_from_error(0, error))
+                await connection.send(failure_from_error(_frame_id(message.data), error))
+                if not _looks_like_a_frame(message.data):
+                    await connection.ws.close(code=WSCloseCode.UNSUPPORTED_DATA,
+                                              message=b"not a dockyard frame")
+                    break
                 continue
-            if isinstance(frame, Request):
-                task = group.create_task(self._call(frame, send))
-                calls[frame.id] = task
-                task.add_done_callback(functools.partial(_forget, calls, frame.id))
-            elif isinstance(frame, Cancel) and frame.id in calls:
-                calls[frame.id].cancel()
+            await self._received(connection, frame, group)
 
-    async def _call(self, request: Request, send: Send) -> None:
+    async def _received(self, connection: _Connection, frame: Frame,
+                        group: asyncio.TaskGroup) -> None:
+        if isinstance(frame, Request):
+            task = group.create_task(self._call(frame, connection))
+            connection.calls[frame.id] = task
+            task.add_done_callback(functools.partial(_forget, connection.calls, frame.id))
+        elif isinstance(frame, Cancel) and frame.id in connection.calls:
+            connection.calls[frame.id].cancel()
+        elif isinstance(frame, Reply) and frame.id in connection.sessions:
+            await connection.sessions[frame.id].reply(frame)
+
+    async def _call(self, request: Request, connection: _Connection) -> None:
         self._calls += 1
         self.served += 1
         try:
-            result = await self._dispatch(request, send)
-            await send(Response(request.id, result))
+            result = await self._dispatch(request, connection)
+            await connection.send(Response(request.id, result))
         except DockyardError as error:
-            await send(failure_from_error(request.id, error))
+            await connection.send(failure_from_error(request.id, error))
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 cancelled = ServiceError(f"call {request.method!r} was cancelled")
-                await asyncio.shield(send(failure_from_error(request.id, cancelled)))
+                await asyncio.shield(connection.send(failure_from_error(request.id,
+                                                                        cancelled)))
             raise
         finally:
             self._calls -= 1
             if self._calls == 0:
                 self._idle_since = time.monotonic()
 
-    async def _dispatch(self, request: Request, send: Send) -> Any:
+    async def _dispatch(self, request: Request, connection: _Connection) -> Any:
         if request.method == "ping":
             return {"daemon": os.getpid(), "coordinator": await self.coordinator.call("ping")}
         if request.method == "statistics":
             stats = await self.coordinator.call("statistics")
-            return {"daemon": {"calls": self._calls - 1, "served": self.served}} | stats
+            return {"daemon": {"calls": self._calls - 1, "served": self.served} |
+                    self.relay.statistics()} | stats
         if request.method == "solve":
-            return await self._solve(request, send)
+            return await self._solve(request, connection)
         if request.method == "stop":
             self.stopping.set()
             return {"stopping": True}
         raise ServiceError(f"the dockyard service has no call {request.method!r}",
                            hint="use the same dockyard version on the client and the service")
 
-    async def _solve(self, request: Request, send: Send) -> Any:
-        stream = self.coordinator.stream("solve", request.params)
+    async def _solve(self, request: Request, connection: _Connection) -> Any:
+        """The coordinator's solve, the call's session channel open while it runs."""
+        session = self.relay.open(request.id, connection.send)
+        connection.sessions[request.id] = session
+        params = dict(request.params)
+        params["session"] = dict(params.get("session") or {}) | self.relay.session_map(session)
+        try:
+            return await self._solve_stream(request.id, params, connection.send)
+        finally:
+            connection.sessions.pop(request.id, None)
+            await asyncio.shield(self.relay.close(session))
+
+    async def _solve_stream(self, call_id: int, params: dict[str, Any], send: Send) -> Any:
+        stream = self.coordinator.stream("solve", params)
         try:
             async for item in stream:
                 if "event" in item:
-                    await send(EventFrame(request.id, item["event"]))
+                    await send(EventFrame(call_id, item["event"]))
                 elif "failure" in item:
-                    raise error_from_failure(Failure(request.id, **item["failure"]))
+                    raise error_from_failure(Failure(call_id, **item["failure"]))
                 else:
                     return item.get("result")
         except asyncio.CancelledError:
             stream.cancel()
             raise
         raise ServiceError("the coordinator ended a solve without a result")
+
+
+def _frame_id(data: bytes) -> int:
+    """The call id a malformed frame names, if it names one (else 0)."""
+    with contextlib.suppress(Exception):
+        message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if isinstance(message, dict) and type(message.get("id")) is int:
+            return int(message["id"])
+    return 0
+
+
+def _looks_like_a_frame(data: bytes) -> bool:
+    """Whether ``data`` is a dockyard frame map of this version (a frame with a bad field,
+    answered with a failure) rather than something else (the connection is closed)."""
+    with contextlib.suppress(Exception):
+        message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return isinstance(message, dict) and message.get("v") == WIRE_VERSION and \
+            type(message.get("id")) is int
+    return False
 
 
 def _forget(calls: dict[int, asyncio.Task[None]], call_id: int, _: object) -> None:
@@ -198,12 +261,12 @@ async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float) -> N
     # What a client kills if this daemon dies without cleaning up (see _service._start).
     paths.procs.write_text("".join(f"{pid} {start}\n" for pid, start in
                                    sorted(process_tree(os.getpid()))))
-    daemon = Daemon(coordinator, idle_timeout)
+    daemon = Daemon(coordinator, idle_timeout, f"unix://{paths.socket}")
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, daemon.stopping.set)
     app = web.Application()
-    app.router.add_get("/ws", daemon.handle)
+    daemon.routes(app)
     runner = web.AppRunner(app, shutdown_timeout=5.0, handle_signals=False)
     await runner.setup()
     try:

@@ -33,12 +33,17 @@ from typing import Any, Protocol
 
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from scheduler._cachekey import Selector, selector_to_wire
-from scheduler._errors import DockyardError, SolveError, WorkerLost
+from scheduler._errors import (
+    DockyardError,
+    SolveError,
+    WorkerLost,
+    error_from_wire,
+    error_to_wire,
+)
 from scheduler._graph import BuildGraph, Vertex, vertex_to_wire
 from scheduler._progress import EventSink, StatusUpdate, VertexLog, event_from_wire
 
 from ._registry import Placement, WorkerEntry, needed_arch
-from ._wire import Failure, error_from_failure, failure_from_error
 
 __all__ = [
     "ATTEMPTS", "BuildSessions", "ClusterRecords", "DispatchBackend", "WorkerHandle",
@@ -67,9 +72,7 @@ class WorkerHandle(Protocol):
 
 def failure_map(error: DockyardError) -> dict[str, Any]:
     """``error`` as the ``failure`` map of a worker's answer."""
-    failure = failure_from_error(0, error)
-    return {"error": failure.error, "message": failure.message, "hint": failure.hint,
-            "details": failure.details}
+    return error_to_wire(error)
 
 
 def answer(value: Any) -> dict[str, Any]:
@@ -79,7 +82,7 @@ def answer(value: Any) -> dict[str, Any]:
 def unwrap(item: Mapping[str, Any]) -> Any:
     """The value of a worker's answer; its ``failure`` raised as the error it names."""
     if "failure" in item:
-        raise error_from_failure(Failure(0, **item["failure"]))
+        raise error_from_wire(item["failure"])
     return item["result"]
 
 

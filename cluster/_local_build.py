@@ -51,6 +51,7 @@ from workers._image import (
 from workers._registry import RegistryConfig
 from workers._remote_cache import RemoteCache, RemoteRecords, open_backend
 from workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
+from workers._secrets import DictSecrets
 
 from ._build_options import CacheSpec
 from ._context import load_ignore_patterns
@@ -199,7 +200,8 @@ def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
 
 def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession:
     """The worker's session of one build: its context, secrets, ssh sockets and epoch."""
-    return BuildSession(contexts={"context": context_dir}, secrets=options.secrets,
+    return BuildSession(contexts={"context": context_dir},
+                        secrets=DictSecrets(options.secrets),
                         ssh=options.ssh, epoch=options.epoch,
                         insecure_registries=frozenset(options.insecure_registries))
 

@@ -33,16 +33,21 @@ from scheduler._errors import DockyardError, ServiceError
 from scheduler._progress import EventSink, event_from_wire
 
 from ._wire import (
+    Ask,
     BlockingWebSocket,
     Cancel,
+    Endpoint,
     EventFrame,
     Failure,
     Frame,
+    Handlers,
+    Reply,
     Request,
     Response,
     WebSocket,
     WireClosed,
     WireError,
+    answer,
     decode_frame,
     encode_frame,
     error_from_failure,
@@ -53,7 +58,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BlockingClient", "Proc", "RunPaths", "ServiceClient", "ServiceSettings", "alive",
-    "connect", "connect_running", "daemon_running", "default_root", "kill_processes",
+    "connect", "connect_endpoint", "connect_endpoint_async", "connect_running",
+    "daemon_running", "default_root", "kill_processes",
     "process_tree", "stop_service", "try_flock",
 ]
 
@@ -224,10 +230,13 @@ def _read_procs(path: Path) -> set[Proc]:
 # --- the client ------------------------------------------------------------------------
 
 
-class ServiceClient:
-    """One connection to a root's daemon; calls run one at a time."""
+Where = RunPaths | Endpoint  # a root's local service, or an endpoint: for error messages
 
-    def __init__(self, ws: WebSocket, paths: RunPaths) -> None:
+
+class ServiceClient:
+    """One connection to a root's daemon (or an endpoint); calls run one at a time."""
+
+    def __init__(self, ws: WebSocket, paths: Where) -> None:
         import asyncio  # noqa: PLC0415 -- see the module doc
 
         self.paths = paths
@@ -236,8 +245,9 @@ class ServiceClient:
         self._lock = asyncio.Lock()  # held by the running call
 
     async def call(self, method: str, params: dict[str, Any] | None = None,
-                   events: EventSink | None = None) -> Any:
-        """Run ``method`` on the service; progress events go to ``events``.  Cancelling
+                   events: EventSink | None = None, handlers: Handlers | None = None) -> Any:
+        """Run ``method`` on the service; progress events go to ``events``, the call's
+        asks to ``handlers`` (what -> handler; each answered with a reply).  Cancelling
         the caller cancels the call on the service (coordinator and worker included)."""
         import asyncio  # noqa: PLC0415 -- see the module doc
 
@@ -245,7 +255,7 @@ class ServiceClient:
             call_id, self._next_id = self._next_id, self._next_id + 1
             await self._send(Request(call_id, method, params or {}))
             try:
-                return await self._receive(call_id, events)
+                return await self._receive(call_id, events, handlers or {})
             except asyncio.CancelledError:
                 await asyncio.shield(self._cancel(call_id))
                 raise
@@ -269,14 +279,17 @@ class ServiceClient:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self._ws.send(encode_frame(Cancel(call_id)))
 
-    async def _receive(self, call_id: int, events: EventSink | None) -> Any:
+    async def _receive(self, call_id: int, events: EventSink | None,
+                       handlers: Handlers) -> Any:
         while True:
             try:
                 data = await self._ws.receive()
             except WireClosed as closed:
                 raise _lost(self.paths, closed.message) from None
-            done, result = _handled(data, call_id, events)
-            if done:
+            done, result = _handled(data, call_id, events, handlers)
+            if isinstance(result, Reply):
+                await self._send(result)
+            elif done:
                 return result
 
     def _lost(self, why: object) -> ServiceError:
@@ -288,28 +301,33 @@ class BlockingClient:
     only waits for it (``dockyard build`` against a running service: it never imports
     asyncio).  Ctrl-C during a call cancels it on the service, then propagates."""
 
-    def __init__(self, ws: BlockingWebSocket, paths: RunPaths) -> None:
+    def __init__(self, ws: BlockingWebSocket, paths: Where) -> None:
         self.paths = paths
         self._ws = ws  # closed by close()
         self._next_id = 1  # id of the next call
 
     def call(self, method: str, params: dict[str, Any] | None = None,
-             events: EventSink | None = None) -> Any:
+             events: EventSink | None = None, handlers: Handlers | None = None) -> Any:
         """Run ``method`` on the service, as ``ServiceClient.call``."""
         call_id, self._next_id = self._next_id, self._next_id + 1
-        try:
-            self._ws.send(encode_frame(Request(call_id, method, params or {})))
-        except OSError as exc:
-            raise _lost(self.paths, exc) from None
+        self._send(Request(call_id, method, params or {}))
         try:
             while True:
-                done, result = _handled(self._receive(), call_id, events)
-                if done:
+                done, result = _handled(self._receive(), call_id, events, handlers or {})
+                if isinstance(result, Reply):
+                    self._send(result)
+                elif done:
                     return result
         except KeyboardInterrupt:
             with contextlib.suppress(OSError):
                 self._ws.send(encode_frame(Cancel(call_id)))
             raise
+
+    def _send(self, frame: Frame) -> None:
+        try:
+            self._ws.send(encode_frame(frame))
+        except OSError as exc:
+            raise _lost(self.paths, exc) from None
 
     def _receive(self) -> bytes:
         try:
@@ -327,13 +345,17 @@ class BlockingClient:
         self.close()
 
 
-def _handled(data: bytes, call_id: int, events: EventSink | None) -> tuple[bool, Any]:
+def _handled(data: bytes, call_id: int, events: EventSink | None,
+             handlers: Handlers) -> tuple[bool, Any]:
     """One message while call ``call_id`` runs: (True, its result) when it ends, (False,
-    None) for an event (given to ``events``) or the tail of an earlier, cancelled call;
-    the call's failure raised as the error it names."""
+    None) for an event (given to ``events``) or the tail of an earlier, cancelled call,
+    (False, the ``Reply`` to send) for an ask of the call; the call's failure raised as
+    the error it names."""
     frame = decode_frame(data)
     if getattr(frame, "id", None) != call_id:
         return False, None
+    if isinstance(frame, Ask):
+        return False, answer(frame, handlers)
     if isinstance(frame, EventFrame):
         if events is not None:
             events.emit(event_from_wire(frame.event))
@@ -344,7 +366,10 @@ def _handled(data: bytes, call_id: int, events: EventSink | None) -> tuple[bool,
     return False, None
 
 
-def _lost(paths: RunPaths, why: object) -> ServiceError:
+def _lost(paths: Where, why: object) -> ServiceError:
+    if isinstance(paths, Endpoint):
+        return ServiceError(f"lost the connection to the dockyard endpoint {paths.url}: "
+                            f"{why}", hint="see the endpoint's log ('dockyard serve')")
     return ServiceError(f"lost the connection to the dockyard service at {paths.socket}: "
                         f"{why}", hint=f"see {paths.log}; the next build restarts the service")
 
@@ -360,6 +385,37 @@ def connect_running(settings: ServiceSettings, timeout: float = 60.0) -> Blockin
     except (OSError, WireError):
         return None
     return BlockingClient(ws, paths)
+
+
+def _unreachable(endpoint: Endpoint, exc: OSError) -> ServiceError:
+    return ServiceError(f"cannot reach the dockyard endpoint {endpoint.url}: "
+                        f"{exc.strerror or exc}",
+                        hint="check the URL (and --tls-ca for https); is 'dockyard serve' "
+                             "running there?")
+
+
+def connect_endpoint(endpoint: Endpoint, timeout: float = 60.0) -> BlockingClient:
+    """A blocking client of the service at ``endpoint`` (never starts one)."""
+    try:
+        ws = BlockingWebSocket.connect(endpoint, timeout=timeout)
+    except OSError as exc:
+        raise _unreachable(endpoint, exc) from None
+    return BlockingClient(ws, endpoint)
+
+
+async def connect_endpoint_async(endpoint: Endpoint, timeout: float = 60.0) -> ServiceClient:
+    """``connect_endpoint`` with an async client."""
+    import asyncio  # noqa: PLC0415 -- see the module doc
+
+    try:
+        async with asyncio.timeout(timeout):
+            ws = await WebSocket.connect(endpoint)
+    except TimeoutError:
+        raise ServiceError(f"the dockyard endpoint {endpoint.url} did not answer in "
+                           f"{timeout:.0f}s") from None
+    except OSError as exc:
+        raise _unreachable(endpoint, exc) from None
+    return ServiceClient(ws, endpoint)
 
 
 async def _open(paths: RunPaths, timeout: float = 60.0) -> ServiceClient | None:

@@ -11,6 +11,17 @@ Every frame is ``{"v": WIRE_VERSION, "kind": <kind>, "id": <request id>, ...}``:
                         failure   {error, message, hint, details}
                                                        call ``id`` failed with a DockyardError
 
+The session channel (docs/cluster.md) rides the same websocket::
+
+    service -> client   ask       {ask, what, params}  a question of call ``id``'s build
+    client -> service   reply     {ask, result, error, message, hint}
+                                                       its answer (``error`` None), or a
+                                                       failure (``error``: an error class)
+
+``answer(ask, handlers)`` is the client's side of an ask, without I/O: the handler of
+``ask.what`` called, its ``DockyardError`` (or a missing handler, or an answer too big for
+a frame) turned into a failure reply.
+
 A call ends with exactly one ``response`` or ``failure``; ``event`` frames come before it.
 A frame of another version, or one that is not such a map, raises ``WireError``: the peer
 speaks another dockyard version.  Secrets never travel in frames (the session channel
@@ -28,21 +39,22 @@ import contextlib
 import hashlib
 import os
 import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
 import msgpack
 
-from scheduler import _errors
-from scheduler._errors import DockyardError, ServiceError
+from scheduler._errors import DockyardError, ServiceError, error_from_wire, error_to_wire
 
 if TYPE_CHECKING:
     import asyncio
 
 __all__ = [
-    "WIRE_VERSION", "Cancel", "EventFrame", "Failure", "Frame", "Request", "Response",
-    "BlockingWebSocket", "WebSocket", "WireClosed", "WireError", "accept_key",
+    "MAX_FRAME_BYTES", "WIRE_VERSION", "Ask", "Cancel", "EventFrame", "Failure", "Frame",
+    "Handler", "Handlers", "Reply", "Request", "Response", "WireRefused", "answer", "reply_failure",
+    "BlockingWebSocket", "Endpoint", "WebSocket", "WireClosed", "WireError", "accept_key",
+    "client_ssl_context", "parse_endpoint", "refused",
     "check_handshake", "decode_frame", "encode_frame", "encode_ws_frame", "error_from_failure",
     "failure_from_error", "handshake_request", "parse_ws_frame", "read_ws_frame",
     "read_ws_frame_blocking",
@@ -100,11 +112,37 @@ class Failure:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-Frame = Union[Request, Cancel, EventFrame, Response, Failure]  # noqa: UP007
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A question of call ``id``'s build (a worker's, relayed by the service): ``ask`` is
+    its number within the call, ``what`` names it (``secret.get``...), ``params`` its map."""
+
+    id: int
+    ask: int
+    what: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The client's answer to ask ``ask`` of call ``id``: ``result`` when ``error`` is
+    None, else a failure (``error`` names a class of the error tree)."""
+
+    id: int
+    ask: int
+    result: Any = None
+    error: str | None = None
+    message: str = ""
+    hint: str | None = None
+
+
+Frame = Union[Request, Cancel, EventFrame, Response, Failure, Ask, Reply]  # noqa: UP007
+Handler = Callable[[dict[str, Any]], Any]
+Handlers = Mapping[str, Handler]  # what -> the client's answer to such asks
 
 _KINDS: dict[str, type[Any]] = {
     "request": Request, "cancel": Cancel, "event": EventFrame, "response": Response,
-    "failure": Failure,
+    "failure": Failure, "ask": Ask, "reply": Reply,
 }
 _NAMES: dict[type[Any], str] = {cls: name for name, cls in _KINDS.items()}
 
@@ -116,6 +154,9 @@ _FIELDS: dict[type[Any], dict[str, tuple[type, ...]]] = {
     Response: {"id": (int,), "result": (object,)},
     Failure: {"id": (int,), "error": (str,), "message": (str,), "hint": (str, type(None)),
               "details": (dict,)},
+    Ask: {"id": (int,), "ask": (int,), "what": (str,), "params": (dict,)},
+    Reply: {"id": (int,), "ask": (int,), "result": (object,), "error": (str, type(None)),
+            "message": (str,), "hint": (str, type(None))},
 }
 
 
@@ -173,52 +214,58 @@ def _build(cls: type[Any], fields: dict[str, Any]) -> Frame:
 # --- errors across the wire ------------------------------------------------------------
 
 # The keyword attributes each error class takes besides message and hint.
-_DETAILS: dict[str, tuple[str, ...]] = {
-    "DockerfileError": ("filename", "line", "column", "source_line"),
-    "SolveError": ("vertex", "location"),
-    "WorkerLost": ("vertex", "location"),
-    "ExecError": ("exit_code", "output_tail", "vertex", "location"),
-    "BlobLost": ("digests",),
-}
-
-
 def failure_from_error(call_id: int, error: DockyardError) -> Failure:
     """The ``failure`` frame that carries ``error`` to the client."""
-    name = type(error).__name__
-    if getattr(_errors, name, None) is not type(error):
-        name = _nearest_tree_class(type(error)).__name__
-    details = {key: _plain(getattr(error, key)) for key in _DETAILS.get(name, ())}
-    return Failure(call_id, name, error.message, error.hint, details)
-
-
-def _plain(value: Any) -> Any:
-    """A detail as msgpack gives it back (a tuple travels as a list)."""
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _nearest_tree_class(cls: type[DockyardError]) -> type[DockyardError]:
-    """The closest ancestor of ``cls`` that is part of the public error tree."""
-    for base in cls.__mro__:
-        if getattr(_errors, base.__name__, None) is base and issubclass(base, DockyardError):
-            found: type[DockyardError] = base
-            return found
-    return DockyardError
+    data = error_to_wire(error)
+    return Failure(call_id, data["error"], data["message"], data["hint"], data["details"])
 
 
 def error_from_failure(failure: Failure) -> DockyardError:
     """The ``DockyardError`` a ``failure`` frame describes (a ``ServiceError`` for a class
     this dockyard does not know)."""
-    cls = getattr(_errors, failure.error, None)
-    if not (isinstance(cls, type) and issubclass(cls, DockyardError)):
-        return ServiceError(f"{failure.error}: {failure.message}", hint=failure.hint)
-    allowed = _DETAILS.get(failure.error, ())
-    details = {key: value for key, value in failure.details.items() if key in allowed}
-    try:
-        error: DockyardError = cls(failure.message, hint=failure.hint, **details)
-    except TypeError:
-        error = cls(failure.message, hint=failure.hint)
-    return error
+    return error_from_wire({"error": failure.error, "message": failure.message,
+                            "hint": failure.hint, "details": failure.details})
 
+
+# --- the session channel: the client's answers ------------------------------------------
+
+_REPLY_OVERHEAD = 1024  # a reply frame's bytes besides its result, generously
+
+
+def reply_failure(ask: Ask, error: DockyardError) -> Reply:
+    """The failure reply carrying ``error`` (its nearest public class, message, hint)."""
+    failure = failure_from_error(ask.id, error)
+    return Reply(ask.id, ask.ask, None, failure.error, failure.message, failure.hint)
+
+
+def answer(ask: Ask, handlers: Handlers) -> Reply:
+    """The reply to ``ask``: its handler's result, or a failure reply for a handler's
+    ``DockyardError``, an unknown ``what``, or a result that a frame cannot carry."""
+    handler = handlers.get(ask.what)
+    if handler is None:
+        return reply_failure(ask, ServiceError(
+            f"this client answers no {ask.what!r} ask",
+            hint="use the same dockyard version on the client and the service"))
+    try:
+        reply = Reply(ask.id, ask.ask, handler(ask.params))
+    except DockyardError as error:
+        return reply_failure(ask, error)
+    return _bounded(ask, reply)
+
+
+def _bounded(ask: Ask, reply: Reply) -> Reply:
+    """``reply`` if it encodes into one frame, else a failure reply saying why."""
+    try:
+        size = len(encode_frame(reply))
+    except (TypeError, ValueError, OverflowError) as exc:
+        return reply_failure(ask, ServiceError(
+            f"the answer to {ask.what!r} cannot be sent: {exc}",
+            hint="this is a bug in dockyard's client"))
+    if size > MAX_FRAME_BYTES - _REPLY_OVERHEAD:
+        return reply_failure(ask, ServiceError(
+            f"the answer to {ask.what!r} is {size} bytes (a reply may be at most "
+            f"{MAX_FRAME_BYTES - _REPLY_OVERHEAD})", hint="ask for less at a time"))
+    return reply
 
 
 # --- the websocket the frames travel in: the client's side (RFC 6455) -------------------
@@ -244,11 +291,106 @@ class WireClosed(ServiceError):
     why, as the peer gave it."""
 
 
-def handshake_request(resource: str, key: str) -> bytes:
-    """The HTTP/1.1 upgrade request a client opens with (``key``: 16 random bytes, base64)."""
-    return (f"GET {resource} HTTP/1.1\r\nHost: dockyard\r\nUpgrade: websocket\r\n"
+def handshake_request(resource: str, key: str, host: str = "dockyard",
+                      headers: Mapping[str, str] | None = None) -> bytes:
+    """The HTTP/1.1 upgrade request a client opens with (``key``: 16 random bytes, base64;
+    ``headers``: more header lines, e.g. ``Authorization``)."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    for text in (resource, host, extra[:-2]):
+        if any(c in text for c in "\r\n\0"):
+            raise WireError("a websocket handshake field with a line break in it")
+    return (f"GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n").encode("ascii")
+            f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode("ascii")
+
+
+# --- where the service is: a unix socket, or an endpoint over TCP (TLS or not) -----------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """How a client reaches a service: ``unix`` (a socket path), or ``host``:``port``
+    over TLS when ``tls`` (verified against ``ca_file``, else the system store); ``token``
+    goes in the handshake as ``Authorization: Bearer``; ``url`` is as the user gave it."""
+
+    url: str
+    unix: str | None = None
+    host: str = ""
+    port: int = 0
+    tls: bool = False
+    ca_file: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    @property
+    def host_header(self) -> str:
+        if self.unix is not None:
+            return "dockyard"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+_DEFAULT_PORTS = {"tcp": 8375, "http": 80, "https": 443}
+
+
+def parse_endpoint(url: str, token: str | None = None, ca_file: str | None = None
+                   ) -> Endpoint:
+    """``unix://PATH``, ``tcp://HOST:PORT`` or ``http://HOST[:PORT]`` (plain),
+    ``https://HOST[:PORT]`` (TLS); a ``UsageError`` for anything else."""
+    from scheduler._errors import UsageError  # noqa: PLC0415
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "unix" and rest:
+        return Endpoint(url, unix=rest, token=token)
+    host, _, port = rest.rstrip("/").rpartition(":") if ":" in rest else (rest, "", "")
+    if not sep or scheme not in _DEFAULT_PORTS or "/" in rest.rstrip("/") or not (
+            host or port) or (port and not port.isdigit()):
+        raise UsageError(f"invalid endpoint {url!r}: not unix://PATH, tcp://HOST:PORT, "
+                         f"http://HOST:PORT or https://HOST:PORT")
+    host, port_number = host or rest.rstrip("/"), int(port) if port else _DEFAULT_PORTS[scheme]
+    return Endpoint(url, host=host.strip("[]"), port=port_number, tls=scheme == "https",
+                    ca_file=ca_file, token=token)
+
+
+def client_ssl_context(ca_file: str | None) -> Any:
+    """An ``ssl.SSLContext`` verifying the server against ``ca_file`` (else the system
+    store); ``ssl`` is imported only by a client that speaks TLS."""
+    import ssl  # noqa: PLC0415
+
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServiceError(f"cannot load the TLS CA file {ca_file!r}: {exc}",
+                           hint="pass a PEM file with --tls-ca or DOCKYARD_TLS_CA") from None
+
+
+class WireRefused(ServiceError):
+    """The endpoint refused the connection's token (HTTP 401/403)."""
+
+
+def _status(head: bytes) -> int:
+    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length" and value.strip().isdigit():
+            return min(int(value.strip()), 4096)
+    return 0
+
+
+def refused(endpoint: Endpoint, head: bytes, body: bytes) -> WireRefused | None:
+    """The error for a handshake the endpoint refused as unauthorized, else None (one
+    line: the endpoint's own answer says how to pass the token)."""
+    if _status(head) not in (401, 403):
+        return None
+    said = body.decode("utf-8", "replace").strip().splitlines()
+    why = said[0] if said else head.split(b"\r\n", 1)[0].decode("latin-1")
+    return WireRefused(f"the endpoint {endpoint.url} refused the token: {why}")
 
 
 def _new_key() -> str:
@@ -409,14 +551,31 @@ class WebSocket:
 
     @classmethod
     async def open(cls, path: str, resource: str = "/ws") -> WebSocket:
+        return await cls.connect(Endpoint(f"unix://{path}", unix=path), resource)
+
+    @classmethod
+    async def connect(cls, endpoint: Endpoint, resource: str = "/ws") -> WebSocket:
+        """``open`` for any endpoint (``WireRefused`` when it refuses the token)."""
         import asyncio  # noqa: PLC0415
 
-        reader, writer = await asyncio.open_unix_connection(path, limit=_MAX_HEAD_BYTES)
+        if endpoint.unix is not None:
+            reader, writer = await asyncio.open_unix_connection(endpoint.unix,
+                                                                limit=_MAX_HEAD_BYTES)
+        else:
+            context = client_ssl_context(endpoint.ca_file) if endpoint.tls else None
+            reader, writer = await asyncio.open_connection(
+                endpoint.host, endpoint.port, limit=_MAX_HEAD_BYTES, ssl=context)
         key = _new_key()
         try:
-            writer.write(handshake_request(resource, key))
+            writer.write(handshake_request(resource, key, endpoint.host_header,
+                                           endpoint.headers()))
             await writer.drain()
-            check_handshake(await reader.readuntil(_HEAD_END), key)
+            head = await reader.readuntil(_HEAD_END)
+            length = _content_length(head)
+            error = refused(endpoint, head, await reader.read(length) if length else b"")
+            if error is not None:
+                raise error
+            check_handshake(head, key)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             writer.close()
             raise WireError(f"the service closed the websocket handshake: {exc}") from None
@@ -498,13 +657,23 @@ class BlockingWebSocket:
              ) -> BlockingWebSocket:
         """Connect and shake hands (``OSError`` when nobody listens or answers in
         ``timeout`` seconds, ``WireError`` when the listener is no websocket)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        return cls.connect(Endpoint(f"unix://{path}", unix=path), resource, timeout)
+
+    @classmethod
+    def connect(cls, endpoint: Endpoint, resource: str = "/ws", timeout: float = 60.0
+                ) -> BlockingWebSocket:
+        """``open`` for any endpoint (``WireRefused`` when it refuses the token)."""
+        sock = _blocking_socket(endpoint, timeout)
         try:
-            sock.settimeout(timeout)
-            sock.connect(path)
             key = _new_key()
-            sock.sendall(handshake_request(resource, key))
+            sock.sendall(handshake_request(resource, key, endpoint.host_header,
+                                           endpoint.headers()))
             head, rest = _read_head(sock)
+            if _status(head) in (401, 403):
+                rest = _read_body(sock, rest, _content_length(head))
+            error = refused(endpoint, head, rest[:_content_length(head)])
+            if error is not None:
+                raise error
             check_handshake(head, key)
             sock.settimeout(None)
         except BaseException:
@@ -563,6 +732,39 @@ class BlockingWebSocket:
                 while read_ws_frame_blocking(self._read_exactly)[1] != OP_CLOSE:
                     pass
         self._sock.close()
+
+
+def _blocking_socket(endpoint: Endpoint, timeout: float) -> socket.socket:
+    """A connected socket (TLS-wrapped for an https endpoint)."""
+    if endpoint.unix is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(endpoint.unix)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+    if not endpoint.tls:
+        return sock
+    try:
+        wrapped: socket.socket = client_ssl_context(endpoint.ca_file).wrap_socket(
+            sock, server_hostname=endpoint.host)
+    except BaseException:
+        sock.close()
+        raise
+    return wrapped
+
+
+def _read_body(sock: socket.socket, data: bytes, size: int) -> bytes:
+    """``data`` and what follows it, until ``size`` bytes or the end of the connection."""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:

@@ -25,7 +25,13 @@ the boundary where they occur and never leak to the user as tracebacks.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
+from typing import Any
+
 __all__ = [
+    "error_from_wire",
+    "error_to_wire",
     "BlobLost",
     "CacheError",
     "DockerfileError",
@@ -177,3 +183,59 @@ class ExportError(DockyardError):
 
 class ServiceError(DockyardError):
     """The local dockyard service could not be started or reached."""
+
+
+# --- errors as plain data ----------------------------------------------------------------
+# An error crosses a process boundary (Ray, the wire) as a map, never pickled: keyword-only
+# attributes do not survive pickling, and a peer may run another version.
+
+#: The attributes each class carries across, besides message and hint.
+_DETAILS: dict[str, tuple[str, ...]] = {
+    "DockerfileError": ("filename", "line", "column", "source_line"),
+    "SolveError": ("vertex", "location"),
+    "WorkerLost": ("vertex", "location"),
+    "ExecError": ("exit_code", "output_tail", "vertex", "location"),
+    "BlobLost": ("digests",),
+}
+
+
+def error_to_wire(error: DockyardError) -> dict[str, Any]:
+    """``{"error", "message", "hint", "details"}``: ``error`` as plain data (its nearest
+    class of this tree, so a private subclass travels as its public parent)."""
+    name = _nearest_tree_class(type(error)).__name__
+    details = {key: _plain(getattr(error, key, None)) for key in _DETAILS.get(name, ())}
+    return {"error": name, "message": error.message, "hint": error.hint, "details": details}
+
+
+def error_from_wire(data: Mapping[str, Any]) -> DockyardError:
+    """The error ``error_to_wire`` made (a ``ServiceError`` for a class this dockyard does
+    not know)."""
+    name, message = str(data.get("error")), str(data.get("message", ""))
+    hint = data.get("hint")
+    hint = None if hint is None else str(hint)
+    cls = getattr(sys.modules[__name__], name, None)
+    if not (isinstance(cls, type) and issubclass(cls, DockyardError)):
+        return ServiceError(f"{name}: {message}", hint=hint)
+    allowed = _DETAILS.get(name, ())
+    raw = data.get("details") or {}
+    details = {k: v for k, v in raw.items() if k in allowed} if isinstance(raw, Mapping) else {}
+    try:
+        error: DockyardError = cls(message, hint=hint, **details)
+    except TypeError:
+        error = cls(message, hint=hint)
+    return error
+
+
+def _plain(value: Any) -> Any:
+    """A detail as msgpack gives it back (a tuple travels as a list)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _nearest_tree_class(cls: type[DockyardError]) -> type[DockyardError]:
+    """The closest ancestor of ``cls`` that is part of this tree."""
+    module = sys.modules[__name__]
+    for base in cls.__mro__:
+        if getattr(module, base.__name__, None) is base and issubclass(base, DockyardError):
+            found: type[DockyardError] = base
+            return found
+    return DockyardError

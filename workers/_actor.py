@@ -500,6 +500,6 @@ def _internal(exc: Exception) -> SolveError:
 
 
 def _failure(error: DockyardError) -> dict[str, Any]:
-    from cluster._dispatch import failure_map  # noqa: PLC0415
+    from scheduler._errors import error_to_wire  # noqa: PLC0415
 
-    return failure_map(error)
+    return error_to_wire(error)

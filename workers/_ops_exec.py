@@ -96,7 +96,7 @@ async def _prepare(backend: RuntimeBackend, mount: ExecMount, inputs: Sequence[S
     elif mount.type == "tmpfs":
         out.mounts.append(TmpfsMount(mount.dest, mount.size))
     elif mount.type == "secret":
-        _secret(backend, mount, out)
+        await _secret(backend, mount, out)
     elif mount.type == "ssh":
         _ssh(backend, mount, out)
     else:
@@ -259,8 +259,8 @@ def _init_cache_dir(path: Path, mount: ExecMount) -> None:
     os.chown(path, mount.uid or 0, mount.gid or 0)
 
 
-def _secret(backend: RuntimeBackend, mount: ExecMount, out: _Prepared) -> None:
-    value = backend.session.secrets.get(mount.secret_id)
+async def _secret(backend: RuntimeBackend, mount: ExecMount, out: _Prepared) -> None:
+    value = await backend.session.secrets.secret(mount.secret_id)
     if value is None:
         if mount.required:
             raise SolveError(f"secret {mount.secret_id} not found",

@@ -42,6 +42,7 @@ from ._context_store import ContextStore
 from ._executor import Executor
 from ._layers import unpack_layer, write_layer
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
+from ._secrets import DictSecrets, SecretSource
 from ._snapshots import SnapshotStore
 
 __all__ = ["BuildSession", "RecordStore", "RuntimeBackend", "WorkerRuntime"]
@@ -56,7 +57,8 @@ REMOTE_FETCHES = 4
 @dataclass(frozen=True)
 class BuildSession:
     """What a build brings from its client: context directories by name (``context`` for
-    ``local://context``), secrets by id (values: never written to a layer, a record, a
+    ``local://context``), its secrets (a ``SecretSource``: values by id, in memory or
+    asked of the client when a RUN mounts one; never written to a layer, a record, a
     log or an event), ssh agent sockets by id, ``epoch`` (SOURCE_DATE_EPOCH) and
     ``insecure_registries`` (``host[:port]`` this build speaks plain HTTP to, on top of
     the runtime's own; other builds are not affected).
@@ -68,7 +70,7 @@ class BuildSession:
     contexts: Mapping[str, Path] = field(default_factory=dict)
     manifests: Mapping[str, ContextManifest] = field(default_factory=dict)
     context_reader: ContextReader | None = field(default=None, compare=False)
-    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    secrets: SecretSource = field(default_factory=DictSecrets, repr=False)
     ssh: Mapping[str, Path] = field(default_factory=dict)
     epoch: int | None = None
     insecure_registries: frozenset[str] = frozenset()

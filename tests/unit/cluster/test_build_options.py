@@ -5,6 +5,7 @@ time and kept out of the options."""
 from __future__ import annotations
 
 import argparse
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from cluster._build_options import (
     BuildOptions,
     CacheSpec,
     OutputSpec,
+    SecretReader,
     SecretSpec,
     SshSpec,
     gather_options,
@@ -314,33 +316,82 @@ def test_secret_values_only_in_the_session(tmp_path: Path) -> None:
             str(tmp_path)]
     environ = ENV | {"TOKEN": "env-secret-value"}
     options = gather_options(_args(argv), environ)
-    wire = repr(options.to_wire()) + repr(options)
+    session = read_session(options, environ)
+    wire = repr(options.to_wire()) + repr(options) + repr(session)
     assert "secret-value" not in wire
-    assert read_session(options, environ) == {
-        "secrets": {"f": b"file-secret-value", "t": b"env-secret-value"}, "ssh": {}}
+    assert session == {"secret_ids": ["f", "t"], "ssh": {}}
+    reader = SecretReader(options.secrets, environ)
+    assert "secret-value" not in repr(reader)
+    assert reader({"id": "f"}) == b"file-secret-value"
+    assert reader({"id": "t"}) == b"env-secret-value"
+    assert reader({"id": "unknown"}) is None
+
+
+def test_secret_is_read_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.write_bytes(b"first")
+    spec = SecretSpec("s", str(path), None)
+    read_session(BuildOptions(context="/c", secrets=(spec,)), ENV)
+    path.write_bytes(b"changed")
+    assert SecretReader((spec,), ENV)({"id": "s"}) == b"changed"
+
+
+def _fifo(tmp_path: Path) -> str:
+    os.mkfifo(tmp_path / "fifo")
+    return str(tmp_path / "fifo")
+
+
+def _big(tmp_path: Path) -> str:
+    (tmp_path / "big").write_bytes(b"x" * (500 * 1024 + 1))
+    return str(tmp_path / "big")
 
 
 SESSION_ERRORS = [
-    (SecretSpec("t", None, "UNSET"), "secret 't': environment variable 'UNSET' is not set\n"
-                                     "hint: export it, or use --secret id=ID,src=FILE"),
-    (SecretSpec("f", "/nonexistent/f", None), "secret 'f': cannot read '/nonexistent/f': "
-                                              "No such file or directory"),
+    (lambda _: SecretSpec("t", None, "UNSET"),
+     "secret 't': environment variable 'UNSET' is not set\n"
+     "hint: export it, or use --secret id=ID,src=FILE"),
+    (lambda _: SecretSpec("f", "/nonexistent/f", None),
+     "secret 'f': cannot read '/nonexistent/f': No such file or directory"),
+    (lambda t: SecretSpec("big", _big(t), None),
+     "secret 'big' too big. max size 500KB ('{tmp}/big')"),
+    (lambda t: SecretSpec("fifo", _fifo(t), None),
+     "secret 'fifo': '{tmp}/fifo' is not a regular file\n"
+     "hint: a secret is read from a file or an environment variable"),
+    (lambda t: SecretSpec("dir", str(t), None),
+     "secret 'dir': '{tmp}' is not a regular file\n"
+     "hint: a secret is read from a file or an environment variable"),
+    (lambda _: SecretSpec("e", None, "LARGE"),
+     "secret 'e' too big. max size 500KB ($LARGE)"),
 ]
 
 
-@pytest.mark.parametrize(("spec", "message"), SESSION_ERRORS)
-def test_session_errors(spec: SecretSpec, message: str) -> None:
+@pytest.mark.parametrize(("make", "message"), SESSION_ERRORS)
+def test_session_errors(tmp_path: Path, make: Any, message: str) -> None:
+    """The same errors up front (read_session) and when asked (SecretReader)."""
+    spec = make(tmp_path)
+    environ = ENV | {"LARGE": "x" * (500 * 1024 + 1)}
+    expected = message.format(tmp=tmp_path)
     with pytest.raises(UsageError) as caught:
-        read_session(BuildOptions(context="/c", secrets=(spec,)), ENV)
-    assert str(caught.value) == message
+        read_session(BuildOptions(context="/c", secrets=(spec,)), environ)
+    assert str(caught.value) == expected
+    with pytest.raises(UsageError) as caught:
+        SecretReader((spec,), environ)({"id": spec.id})
+    assert str(caught.value) == expected
 
 
-def test_secret_too_big(tmp_path: Path) -> None:
-    (tmp_path / "big").write_bytes(b"x" * (500 * 1024 + 1))
-    spec = SecretSpec("big", str(tmp_path / "big"), None)
-    with pytest.raises(UsageError) as caught:
-        read_session(BuildOptions(context="/c", secrets=(spec,)), ENV)
-    assert str(caught.value) == f"secret 'big' too big. max size 500KB ('{tmp_path}/big')"
+def test_secret_grown_after_the_check_is_refused_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.write_bytes(b"small")
+    spec = SecretSpec("s", str(path), None)
+    read_session(BuildOptions(context="/c", secrets=(spec,)), ENV)
+    path.write_bytes(b"x" * (600 * 1024))
+    with pytest.raises(UsageError, match="too big"):
+        SecretReader((spec,), ENV)({"id": "s"})
+
+
+def test_secret_get_without_an_id() -> None:
+    with pytest.raises(UsageError, match="a secret.get ask without a secret id"):
+        SecretReader((), ENV)({"id": 3})
 
 
 # (DOCKYARD_INSECURE_REGISTRIES, image outputs) -> the build's insecure registries, or the

@@ -1,0 +1,228 @@
+"""``dockyard serve``: the service's calls over TCP, for clients on other machines.
+
+The same ``Daemon`` as the embedded service (cluster/_daemon.py: ``/ws`` for clients,
+``/session`` for workers' session channels), served by aiohttp's ``AppRunner`` and a
+``TCPSite`` (TLS when given a certificate and key), with:
+
+- a token (``--token-file``): every ``/ws`` handshake must carry ``Authorization: Bearer
+  <token>`` (compared in constant time); a missing or wrong one is an HTTP 401 whose body
+  is one line saying how to pass it.  ``/session`` has its own per-build tokens.
+- no token: the endpoint binds only a loopback host, unless ``--insecure`` (and it says so
+  on stderr).
+- frames bounded by ``MAX_FRAME_BYTES``; a malformed frame gets a failure, and one that is
+  no dockyard frame at all closes that connection only.
+
+Ray: an embedded head (as the daemon starts) unless ``--ray-address`` names a running
+cluster to attach to; ``_coordinator`` gives the coordinator either way.  It prints the URL
+it serves and runs until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import ipaddress
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from scheduler._errors import ServiceError, UsageError
+
+from ._build_options import read_token_file
+from ._daemon import Daemon
+from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
+from ._service import default_root, kill_processes, process_tree
+
+__all__ = ["ServeSettings", "make_app", "run_serve", "serve",
+           "serve_settings", "server_ssl_context"]
+
+DEFAULT_PORT = 8375
+_TOKEN_HINT = "pass the endpoint's token with --token-file FILE or DOCKYARD_TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """What ``dockyard serve`` was asked, checked."""
+
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    ray_address: str | None = None  # None: start an embedded Ray head
+    token: str | None = field(default=None, repr=False)  # None: no token asked for
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    insecure: bool = False  # without a token, bind a non-loopback host anyway
+    advertise_url: str | None = None  # the session URL workers use (else the bound one)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def session_url(self) -> str:
+        return self.advertise_url or self.url
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_settings(args: argparse.Namespace) -> ServeSettings:
+    """The checked settings of a parsed ``dockyard serve`` command line."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together",
+                         hint="pass both, or neither for plain HTTP")
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"invalid --port {args.port}: not a TCP port")
+    token = read_token_file(args.token_file) if args.token_file else None
+    if token is None and not args.insecure and not _loopback(args.host):
+        raise UsageError(f"refusing to serve {args.host} without a token",
+                         hint="pass --token-file FILE, bind 127.0.0.1, or add --insecure")
+    if args.advertise_url and not args.advertise_url.startswith(("http://", "https://")):
+        raise UsageError(f"invalid --advertise-url {args.advertise_url!r}: not http(s)://")
+    return ServeSettings(root=default_root(os.environ), host=args.host, port=args.port,
+                         ray_address=args.ray_address, token=token, tls_cert=args.tls_cert,
+                         tls_key=args.tls_key, insecure=args.insecure,
+                         advertise_url=args.advertise_url)
+
+
+def server_ssl_context(cert: str, key: str) -> Any:
+    """The server's ``ssl.SSLContext`` from PEM files; a ``UsageError`` if unusable."""
+    import ssl  # noqa: PLC0415
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load --tls-cert {cert!r} / --tls-key {key!r}: {exc}") from None
+    return context
+
+
+# --- the app ---------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _auth_middleware(token: str) -> Any:
+    """Refuse a ``/ws`` handshake without ``Authorization: Bearer <token>`` (401)."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != "/session":  # workers present their build's session token
+            given = request.headers.get("Authorization", "")
+            if not given:
+                raise web.HTTPUnauthorized(text=f"this endpoint needs a token: {_TOKEN_HINT}\n")
+            if not hmac.compare_digest(given.encode(), expected):
+                raise web.HTTPUnauthorized(text=f"wrong token: {_TOKEN_HINT}\n")
+        return await handler(request)
+
+    return authorize
+
+
+def make_app(daemon: Daemon, token: str | None) -> web.Application:
+    """The endpoint's aiohttp application over ``daemon``."""
+    app = web.Application(middlewares=[_auth_middleware(token)] if token else [])
+    daemon.routes(app)
+    return app
+
+
+# --- the process -----------------------------------------------------------------------
+
+
+def _say(text: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} dockyard serve[{os.getpid()}] {text}",
+          file=sys.stderr, flush=True)
+
+
+def _coordinator(runtime: RayRuntime, settings: ServeSettings) -> ActorRef:
+    """The coordinator this endpoint submits to.  For now a new one with its worker, as
+    the embedded daemon makes (attached or not); the lead replaces this with the named
+    detached coordinator of the cluster at ``--ray-address``."""
+    return runtime.create_actors(settings.root)
+
+
+async def serve(settings: ServeSettings, coordinator: ActorRef,
+                ready: Callable[[str], None] = print) -> None:
+    """Serve until SIGTERM/SIGINT; ``ready`` is given the URL once the site listens."""
+    daemon = Daemon(coordinator, float("inf"), settings.session_url)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.stopping.set)
+    runner = web.AppRunner(make_app(daemon, settings.token), shutdown_timeout=5.0,
+                           handle_signals=False)
+    await runner.setup()
+    try:
+        context = (server_ssl_context(settings.tls_cert, settings.tls_key)
+                   if settings.tls_cert and settings.tls_key else None)
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context,
+                           reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ServiceError(f"cannot listen on {settings.host}:{settings.port}: "
+                               f"{exc.strerror or exc}") from None
+        ready(settings.url)
+        await daemon.run_until_stopped()
+    finally:
+        await daemon.close_connections()
+        await runner.cleanup()
+
+
+def _ready(url: str) -> None:
+    print(f"dockyard serving on {url}", flush=True)
+
+
+def _start_ray(settings: ServeSettings) -> RayRuntime:
+    os.environ.update(ray_environment(settings.root, os.environ))
+    Path(os.environ["HOME"]).mkdir(parents=True, exist_ok=True)
+    runtime = RayRuntime(RaySettings.for_machine(settings.root))
+    if settings.ray_address:
+        runtime.attach(settings.ray_address)
+    else:
+        runtime.start()
+    return runtime
+
+
+async def _serve_with(runtime: RayRuntime, settings: ServeSettings) -> None:
+    coordinator = _coordinator(runtime, settings)
+    async with asyncio.timeout(120):
+        await coordinator.call("ping")
+    _say("coordinator and worker up")
+    await serve(settings, coordinator, _ready)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``dockyard serve``."""
+    settings = serve_settings(args)
+    if settings.token is None:
+        _say(f"WARNING: no --token-file: anyone who can reach {settings.host} may build "
+             f"(and read what this endpoint's builds read)")
+    settings.root.mkdir(parents=True, exist_ok=True)
+    runtime = _start_ray(settings)
+    try:
+        asyncio.run(_serve_with(runtime, settings))
+    finally:
+        started = process_tree(os.getpid())
+        runtime.shutdown()
+        killed = kill_processes(started) if not settings.ray_address else 0
+        _say(f"stopped ({killed} leftover processes killed)")
+    return 0

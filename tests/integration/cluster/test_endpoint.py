@@ -1,0 +1,181 @@
+"""``dockyard serve`` for real: a subprocess of the CLI with its own DOCKYARD_ROOT and an
+embedded Ray head (slow to start: one server for the module), TLS with a self-signed
+certificate and a token, on a free 127.0.0.1 port; clients reach it with ``--endpoint``.
+
+Covers: ``ping`` through the endpoint with the token and the CA; no token, a wrong token
+and an unverified certificate refused through the CLI with one clear line (no
+traceback); a malformed frame closing only its own connection; a build through
+``--endpoint`` (the context on this machine's disk, which the worker shares here); the
+server stopping on SIGTERM with nothing it started left running.  (The relay's round
+trips are tests/integration/cluster/test_relay.py, in one process.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import pytest
+from support.tls import self_signed
+
+from cluster._ray import ray_temp_dir
+from cluster._service import alive, connect_endpoint, kill_processes, process_tree
+from cluster._wire import BlockingWebSocket, WireClosed, parse_endpoint
+
+PROJECT = Path(__file__).resolve().parents[3]
+TOKEN = "endpoint-token-5d1c"
+
+
+@dataclass
+class Served:
+    url: str
+    root: Path
+    work: Path
+    token_file: Path
+    cert: Path
+    process: subprocess.Popen[bytes]
+
+    def cli(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 180
+            ) -> subprocess.CompletedProcess[bytes]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+        environ |= {"DOCKYARD_ROOT": str(self.work / "client-root"),
+                    "PYTHONPATH": str(PROJECT), **(env or {})}
+        return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=self.work,
+                              env=environ, capture_output=True, timeout=timeout, check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_url(process: subprocess.Popen[bytes], timeout: float = 120) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = process.stdout.readline().decode()
+    while not line.startswith("dockyard serving on "):
+        assert process.poll() is None and time.monotonic() < deadline, \
+            f"dockyard serve did not start: {line!r}"
+        line = process.stdout.readline().decode()
+    return line.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    root = Path(tempfile.mkdtemp(prefix="dye-", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="dye-work-"))
+    cert, key = self_signed(work)
+    token_file = work / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = _free_port()
+    env = {**os.environ, "DOCKYARD_ROOT": str(root), "PYTHONPATH": str(PROJECT)}
+    argv = [sys.executable, "-m", "cluster", "serve", "--host", "127.0.0.1", "--port",
+            str(port), "--token-file", str(token_file), "--tls-cert", str(cert),
+            "--tls-key", str(key)]
+    log = open(work / "serve.log", "wb")  # noqa: SIM115 -- closed at the end
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=log,
+                               cwd=work)
+    try:
+        url = _wait_for_url(process)
+        yield Served(url, root, work, token_file, cert, process)
+    finally:
+        _stop(process)
+        log.close()
+        shutil.rmtree(ray_temp_dir(root), ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    started = process_tree(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leftovers = {p for p in started if alive(p)}
+    kill_processes(leftovers)
+    assert not leftovers, f"processes left running after SIGTERM: {sorted(leftovers)}"
+
+
+def test_ping_with_the_token_over_tls(served: Served) -> None:
+    assert served.url.startswith("https://127.0.0.1:")
+    endpoint = parse_endpoint(served.url, TOKEN, str(served.cert))
+    with connect_endpoint(endpoint) as client:
+        answer = client.call("ping")
+    assert answer["daemon"] == served.process.pid
+    assert answer["coordinator"]["pid"] > 0
+
+
+def _context(served: Served) -> Path:
+    context = served.work / "ctx"
+    context.mkdir(exist_ok=True)
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /a.txt\n")
+    (context / "a.txt").write_text("hello from the client\n")
+    return context
+
+
+REFUSED = [
+    ({}, "this endpoint needs a token: pass the endpoint's token with --token-file FILE or "
+         "DOCKYARD_TOKEN"),
+    ({"DOCKYARD_TOKEN": "wrong"}, "wrong token: pass the endpoint's token with --token-file "
+                                  "FILE or DOCKYARD_TOKEN"),
+]
+
+
+@pytest.mark.parametrize(("env", "why"), REFUSED, ids=["no-token", "wrong-token"])
+def test_the_cli_refused_without_the_token(served: Served, env: dict[str, str],
+                                           why: str) -> None:
+    done = served.cli("build", "--endpoint", served.url, "--tls-ca", str(served.cert),
+                      str(_context(served)), env=env)
+    assert (done.returncode, done.stdout) == (1, b"")
+    assert done.stderr.decode() == (f"error: the endpoint {served.url} refused the token: "
+                                    f"{why}\n")
+    assert not (served.work / "client-root").exists(), "no local service was started"
+
+
+def test_the_cli_refuses_an_unverified_certificate(served: Served) -> None:
+    done = served.cli("build", "--endpoint", served.url, str(_context(served)),
+                      env={"DOCKYARD_TOKEN": TOKEN})
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    assert stderr.startswith(f"error: cannot reach the dockyard endpoint {served.url}: ")
+    assert "CERTIFICATE_VERIFY_FAILED" in stderr and "Traceback" not in stderr
+
+
+def test_a_malformed_frame_closes_only_its_connection(served: Served) -> None:
+    endpoint = parse_endpoint(served.url, TOKEN, str(served.cert))
+    with connect_endpoint(endpoint) as other:
+        bad = BlockingWebSocket.connect(endpoint)
+        bad.send(b"\xc1 definitely not a frame")
+        failure = msgpack.unpackb(bad.receive())
+        assert (failure["kind"], failure["id"]) == ("failure", 0)
+        with pytest.raises(WireClosed, match="not a dockyard frame"):
+            bad.receive()
+        assert other.call("ping")["daemon"] == served.process.pid
+
+
+def test_a_build_through_the_endpoint(served: Served) -> None:
+    out = served.work / "out"
+    done = served.cli("build", "--progress=plain", "--endpoint", served.url,
+                      "--token-file", str(served.token_file), "--tls-ca", str(served.cert),
+                      "-o", f"type=local,dest={out}", str(_context(served)))
+    assert done.returncode == 0, done.stderr.decode()
+    assert (out / "a.txt").read_text() == "hello from the client\n"
+    assert not (served.work / "client-root").exists(), "no local service was started"

@@ -1,0 +1,90 @@
+"""``dockyard serve``'s flags (cluster/_endpoint.py ``serve_settings``): what it refuses,
+and what it serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster._build_cmd import endpoint_of
+from cluster._cli import build_parser
+from cluster._endpoint import ServeSettings, serve_settings
+from cluster._wire import Endpoint
+from scheduler._errors import UsageError
+
+
+def _settings(*argv: str) -> ServeSettings:
+    return serve_settings(build_parser().parse_args(["serve", *argv]))
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> str:
+    (tmp_path / "t").write_text("  tok3n \nignored\n")
+    return str(tmp_path / "t")
+
+
+def test_defaults_serve_loopback_without_a_token() -> None:
+    settings = _settings()
+    assert (settings.url, settings.session_url, settings.token) == (
+        "http://127.0.0.1:8375", "http://127.0.0.1:8375", None)
+
+
+def test_token_tls_and_advertised_url(token_file: str) -> None:
+    settings = _settings("--host", "0.0.0.0", "--port", "9000", "--token-file", token_file,
+                         "--tls-cert", "c.pem", "--tls-key", "k.pem",
+                         "--advertise-url", "https://build.example:9000")
+    assert settings.token == "tok3n" and "tok3n" not in repr(settings)
+    assert settings.url == "https://0.0.0.0:9000"
+    assert settings.session_url == "https://build.example:9000"
+
+
+def test_insecure_allows_any_host_without_a_token() -> None:
+    assert _settings("--host", "0.0.0.0", "--insecure").host == "0.0.0.0"
+
+
+REFUSED = [
+    (["--host", "0.0.0.0"], "refusing to serve 0.0.0.0 without a token\n"
+                            "hint: pass --token-file FILE, bind 127.0.0.1, or add --insecure"),
+    (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together\n"
+                              "hint: pass both, or neither for plain HTTP"),
+    (["--port", "70000"], "invalid --port 70000: not a TCP port"),
+    (["--advertise-url", "ftp://x"], "invalid --advertise-url 'ftp://x': not http(s)://"),
+    (["--token-file", "/nonexistent/t"],
+     "cannot read --token-file '/nonexistent/t': No such file or directory"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), REFUSED)
+def test_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        _settings(*argv)
+    assert str(caught.value) == message
+
+
+def test_an_empty_token_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "t").write_text("\n")
+    with pytest.raises(UsageError, match="not one line of at most 4096 bytes"):
+        _settings("--token-file", str(tmp_path / "t"))
+
+
+# --- the client's side: dockyard build --endpoint ------------------------------------------
+
+
+def _endpoint(argv: list[str], environ: dict[str, str]) -> Endpoint | None:
+    return endpoint_of(build_parser().parse_args(["build", *argv, "."]), environ)
+
+
+def test_no_endpoint_is_the_local_service() -> None:
+    assert _endpoint([], {}) is None
+
+
+def test_endpoint_flags_win_over_the_environment(token_file: str) -> None:
+    environ = {"DOCKYARD_ENDPOINT": "tcp://env:1", "DOCKYARD_TOKEN": "env-token",
+               "DOCKYARD_TLS_CA": "/env-ca.pem"}
+    assert _endpoint([], environ) == Endpoint("tcp://env:1", host="env", port=1,
+                                              ca_file="/env-ca.pem", token="env-token")
+    found = _endpoint(["--endpoint", "https://flag:2", "--token-file", token_file,
+                       "--tls-ca", "/flag-ca.pem"], environ)
+    assert found == Endpoint("https://flag:2", host="flag", port=2, tls=True,
+                             ca_file="/flag-ca.pem", token="tok3n")
