@@ -20,8 +20,11 @@ on failure or Ctrl-C.  The registries to speak plain HTTP to (``registry.insecur
 outputs, ``DOCKYARD_INSECURE_REGISTRIES``) travel in the options' ``insecure_registries``.
 
 renders the events as ``--progress`` asks (on stderr), and at the end writes the
-``--metadata-file`` and streams a ``dest=-`` output to stdout.  Ctrl-C cancels the call on
-the service (its containers and mounts are cleaned up there) and exits 130.
+``--metadata-file``.  The context travels as a manifest (its files after ``.dockerignore``,
+with their digests, ``session.contexts``) and the workers read the contents they lack with
+``context.read`` asks, answered only for the files listed (cluster/_context_server.py).
+Ctrl-C cancels the call on the service (its containers and mounts are cleaned up there)
+and exits 130.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from ._build_options import (
     read_session,
     read_token_file,
 )
+from ._context import load_ignore_patterns
+from ._context_server import ContextServer
 from ._render import Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
 from ._ssh_agent import SshAgents
@@ -75,20 +80,37 @@ def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> byt
 
 
 def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[bytes],
-                  ssh: Mapping[str, str] | None = None) -> tuple[BuildOptions, dict[str, Any]]:
-    """The checked options and the ``solve`` request (session included; ``ssh``: the
-    sockets to serve by id, when agents were started for key files)."""
-    if not Path(args.context).is_dir():
+                  ssh: Mapping[str, str] | None = None
+                  ) -> tuple[BuildOptions, dict[str, Any], ContextServer]:
+    """The checked options, the ``solve`` request (session included; ``ssh``: the
+    sockets to serve by id, when agents were started for key files) and the server of
+    the context's files (the ``context.read`` handler)."""
+    context = Path(args.context)
+    if not context.is_dir():
         raise UsageError(f"build context {args.context!r} is not a directory")
     options = gather_options(args, environ)
-    dockerfile = _read_dockerfile(args.file, Path(args.context), stdin)
+    dockerfile = _read_dockerfile(args.file, context, stdin)
     if options.metadata_file is not None and not Path(options.metadata_file).parent.is_dir():
         raise UsageError(f"invalid --metadata-file {args.metadata_file!r}: its directory "
                          f"does not exist")
+    session = read_session(options, environ, ssh)
+    server = _context(session, context, args.file)
     request = {"version": REQUEST_VERSION, "dockerfile": dockerfile,
-               "options": options.to_wire(),
-               "session": read_session(options, environ, ssh)}
-    return options, request
+               "options": options.to_wire(), "session": session}
+    return options, request, server
+
+
+def _context(session: dict[str, Any], context: Path, file: str | None) -> ContextServer:
+    """Put the context's ignore patterns and manifest (its files, after them, with their
+    digests) in the ``session``; the server of its files."""
+    from workers._context_manifest import build_manifest  # noqa: PLC0415
+
+    dockerfile = context / "Dockerfile" if file in (None, "-") else Path(str(file))
+    patterns, _ = load_ignore_patterns(context, dockerfile)
+    manifest = build_manifest(context, patterns)
+    session["ignore_patterns"] = list(patterns)
+    session["contexts"] = {"context": manifest.to_wire()}
+    return ContextServer(context, manifest)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -99,13 +121,14 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def _run_build(args: argparse.Namespace, sockets: Mapping[str, str]) -> int:
-    options, request = build_request(args, os.environ, sys.stdin.buffer, sockets)
+    options, request, context = build_request(args, os.environ, sys.stdin.buffer, sockets)
     if any(o.to_stdout for o in options.outputs) and sys.stdout.isatty():
         raise UsageError("dest file is required for the output to stdout: refusing to write "
                          "to console", hint="redirect stdout, or set dest=FILE")
     endpoint = endpoint_of(args, os.environ)
     outputs = _Outputs(options.outputs)
-    handlers = {"secret.get": SecretReader(options.secrets, os.environ)} | outputs.handlers()
+    handlers: dict[str, Handler] = {"secret.get": SecretReader(options.secrets, os.environ),
+                                    "context.read": context.read, **outputs.handlers()}
     renderer = make_renderer(options.progress, sys.stderr)
     try:
         result = _solve(_settings(os.environ), request, renderer, handlers, endpoint)
@@ -189,26 +212,8 @@ async def _solve_starting(settings: ServiceSettings, request: dict[str, Any],
 
 def _finish(options: BuildOptions, result: Any) -> None:
     result = result if isinstance(result, dict) else {}
-    stdout_file = result.get("stdout_file")
-    if stdout_file:
-        _stream_to_stdout(Path(stdout_file))
     if options.metadata_file is not None:
         _write_metadata(Path(options.metadata_file), result.get("metadata") or {})
-
-
-def _stream_to_stdout(path: Path) -> None:
-    """Copy the service's ``dest=-`` file to stdout, then remove it."""
-    import shutil  # noqa: PLC0415 -- only a dest=- output needs it
-
-    try:
-        with open(path, "rb") as source:
-            shutil.copyfileobj(source, sys.stdout.buffer, 1024 * 1024)
-        sys.stdout.buffer.flush()
-    except OSError as exc:
-        raise UsageError(f"cannot stream the output {str(path)!r} to stdout: "
-                         f"{exc.strerror or exc}") from None
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def _write_metadata(path: Path, metadata: Mapping[str, Any]) -> None:

@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._errors import BlobLost, DockyardError, SolveError
+from scheduler._errors import BlobLost, DockyardError, SolveError, UsageError
 from scheduler._graph import BuildGraph, Vertex
 from scheduler._platform import Platform, parse_platform
 from scheduler._progress import (
@@ -244,10 +244,10 @@ class Coordinator:
         part = {"options": request["options"], "session": request.get("session", {})}
         sessions = BuildSessions(build_id, part, self._placement)
         try:
-            _, opened = await sessions.home_worker()
             options = BuildOptions.from_wire(request["options"])
             graph = await run_frontend(request["dockerfile"], _frontend_request(options),
-                                       opened["ignore_patterns"], self._resolver(sessions))
+                                       _ignore_patterns(part["session"]),
+                                       self._resolver(sessions))
             self._placement.check(graph)
             solve = functools.partial(
                 self._solver.solve, graph, no_cache=options.no_cache, events=sink,
@@ -311,6 +311,16 @@ class Coordinator:
     def __repr__(self) -> str:
         return (f"<Coordinator active={len(self._active)} completed={self._completed} "
                 f"cancelled={self._cancelled} {self._placement!r}>")
+
+
+def _ignore_patterns(session: Mapping[str, Any]) -> list[str]:
+    """The ``.dockerignore`` patterns the client read (it has the files; the cluster
+    never opens a client path)."""
+    patterns = session.get("ignore_patterns") if isinstance(session, Mapping) else None
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise UsageError("the build request lists no .dockerignore patterns of its context",
+                         hint="use the same dockyard version on the client and the cluster")
+    return patterns
 
 
 def _frontend_request(options: BuildOptions) -> FrontendRequest:

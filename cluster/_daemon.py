@@ -87,10 +87,12 @@ class Daemon:
     on its unix socket, ``dockyard serve`` over TCP (cluster/_endpoint.py): ``/ws`` for
     clients (``handle``), ``/session`` for workers (``relay.handle``)."""
 
-    def __init__(self, coordinator: ActorRef, idle_timeout: float, session_url: str) -> None:
+    def __init__(self, coordinator: ActorRef, idle_timeout: float, session_url: str,
+                 session_ca: str | None = None) -> None:
         self.coordinator = coordinator
         self.idle_timeout = idle_timeout
-        self.relay = SessionRelay(session_url)  # the session channels of running solves
+        # the session channels of running solves
+        self.relay = SessionRelay(session_url, session_ca)
         self.stopping = asyncio.Event()  # set once: the service is going away
         self._calls = 0  # calls in progress, all connections (>= 0)
         self._idle_since = time.monotonic()  # when _calls last became 0

@@ -163,7 +163,8 @@ def _coordinator(runtime: RayRuntime, settings: ServeSettings) -> ActorRef:
 async def serve(settings: ServeSettings, coordinator: ActorRef,
                 ready: Callable[[str], None] = print) -> None:
     """Serve until SIGTERM/SIGINT; ``ready`` is given the URL once the site listens."""
-    daemon = Daemon(coordinator, float("inf"), settings.session_url)
+    daemon = Daemon(coordinator, float("inf"), settings.session_url,
+                    _certificate(settings.tls_cert))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, daemon.stopping.set)
@@ -226,3 +227,13 @@ def run_serve(args: argparse.Namespace) -> int:
         killed = kill_processes(started) if not settings.ray_address else 0
         _say(f"stopped ({killed} leftover processes killed)")
     return 0
+
+
+def _certificate(path: str | None) -> str | None:
+    """The endpoint's certificate (PEM) that workers trust for the session channel."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --tls-cert {path!r}: {exc}") from None

@@ -19,7 +19,6 @@ between its actors: the coordinator runs ``run_frontend`` and the solver; the wo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,83 +26,35 @@ from pathlib import Path
 from typing import Any
 
 from cache_backends._records import CacheRecord
-from scheduler._errors import BlobLost, DockyardError, ExportError, UsageError
-from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, ImageResult
+from scheduler._errors import BlobLost, DockyardError
+from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig
 from scheduler._platform import Platform
-from scheduler._progress import EventSink
 from scheduler._solver import Solver, SolverStatistics
 from scheduler.dockerfile._convert._model import BaseImage
 from scheduler.dockerfile._frontend import build_graph
-from workers._exporters import (
-    export_docker,
-    export_local,
-    export_oci,
-    export_tar,
-    push_image,
+from workers._build import (
+    Exported,
+    LocalBuildOptions,
+    Output,
+    build_session,
+    prepared,
+    remote_records,
+    write_results,
 )
-from workers._image import (
-    ImageArtifacts,
-    IndexArtifacts,
-    build_image,
-    build_index,
-    build_metadata,
-)
-from workers._registry import RegistryConfig
-from workers._remote_cache import RemoteCache, RemoteRecords, open_backend
+from workers._image import build_metadata
+from workers._remote_cache import RemoteRecords
 from workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
-from workers._secrets import DictSecrets
 
-from ._build_options import CacheSpec
 from ._context import load_ignore_patterns
 
 __all__ = [
     "FrontendRequest", "LocalBuildOptions", "LocalBuildResult", "Output", "ResolveImage",
-    "backend_resolver", "base_image", "build_local", "build_session", "ignore_patterns",
-    "prepared", "run_frontend", "write_results",
+    "backend_resolver", "base_image", "build_local", "build_session", "frontend_request",
+    "ignore_patterns", "prepared", "remote_records", "run_frontend", "write_results",
 ]
 
-Exported = ImageArtifacts | IndexArtifacts
 #: How the frontend's base-image questions are answered: (reference, platform) -> image.
 ResolveImage = Callable[[str, Platform], Coroutine[Any, Any, BaseImage]]
-_OUTPUT_TYPES = ("oci", "docker", "tar", "local", "image")
-
-
-@dataclass(frozen=True)
-class Output:
-    """One ``--output``: ``type`` oci, docker, tar or local with ``dest`` a path; or
-    ``image`` with ``name`` (a reference), pushed to its registry when ``push``."""
-
-    type: str
-    dest: Path | None = None
-    name: str = ""
-    push: bool = False
-
-
-@dataclass(frozen=True)
-class LocalBuildOptions:
-    """What ``dockyard build`` was asked (buildx's flags); ``root`` is ``DOCKYARD_ROOT``."""
-
-    root: Path
-    filename: str = "Dockerfile"
-    platforms: tuple[Platform, ...] = ()
-    target: str | None = None
-    build_args: Mapping[str, str] = field(default_factory=dict)
-    ignore_patterns: Sequence[str] | None = None
-    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
-    ssh: Mapping[str, Path] = field(default_factory=dict)
-    outputs: tuple[Output, ...] = ()
-    names: tuple[str, ...] = ()
-    no_cache: bool = False
-    epoch: int | None = None
-    registry: RegistryConfig | None = None
-    insecure_registries: tuple[str, ...] = ()
-    events: EventSink | None = None
-    cache_to: tuple[CacheSpec, ...] = ()
-    cache_from: tuple[CacheSpec, ...] = ()
-
-    def frontend(self) -> FrontendRequest:
-        return FrontendRequest(filename=self.filename, platforms=self.platforms,
-                               target=self.target, build_args=self.build_args)
 
 
 @dataclass(frozen=True)
@@ -114,6 +65,12 @@ class FrontendRequest:
     platforms: tuple[Platform, ...] = ()
     target: str | None = None
     build_args: Mapping[str, str] = field(default_factory=dict)
+
+
+def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
+    """What the frontend needs of ``options``."""
+    return FrontendRequest(filename=options.filename, platforms=options.platforms,
+                           target=options.target, build_args=options.build_args)
 
 
 @dataclass(frozen=True)
@@ -149,7 +106,7 @@ async def build_local(dockerfile: bytes, context_dir: Path, options: LocalBuildO
 async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: bytes,
                  context_dir: Path, options: LocalBuildOptions) -> LocalBuildResult:
     patterns = ignore_patterns(context_dir, options)
-    graph = await run_frontend(dockerfile, options.frontend(), patterns,
+    graph = await run_frontend(dockerfile, frontend_request(options), patterns,
                                backend_resolver(backend))
     cache = remote_records(engine, options)
     solver = Solver(backend, cache, events=options.events)
@@ -179,31 +136,7 @@ async def _exported(engine: WorkerRuntime, graph: BuildGraph,
     return await write_results(engine, graph.results, records, options)
 
 
-def remote_records(engine: WorkerRuntime, options: LocalBuildOptions) -> RemoteRecords:
-    """The build's records: the local store, and its ``--cache-from``/``--cache-to``."""
-    def remote(spec: CacheSpec) -> RemoteCache:
-        return RemoteCache(open_backend(spec.type, dict(spec.attrs), engine.tmp), spec.mode,
-                           spec.ignore_error)
-    return RemoteRecords(engine, imports=[remote(spec) for spec in options.cache_from],
-                         exports=[remote(spec) for spec in options.cache_to],
-                         events=options.events)
-
-
 # --- the steps (the coordinator and the worker actor each run their own share) ---------
-
-
-def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
-    """``options`` checked (outputs) and with ``SOURCE_DATE_EPOCH`` applied."""
-    _check_outputs(options.outputs)
-    return _with_epoch(options)
-
-
-def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession:
-    """The worker's session of one build: its context, secrets, ssh sockets and epoch."""
-    return BuildSession(contexts={"context": context_dir},
-                        secrets=DictSecrets(options.secrets),
-                        ssh=options.ssh, epoch=options.epoch,
-                        insecure_registries=frozenset(options.insecure_registries))
 
 
 def ignore_patterns(context_dir: Path, options: LocalBuildOptions) -> list[str]:
@@ -237,86 +170,6 @@ def backend_resolver(backend: RuntimeBackend) -> ResolveImage:
 def base_image(digest: str, config: bytes) -> BaseImage:
     """What the frontend needs of a resolved base image."""
     return BaseImage(digest=digest, config=image_config_of(config))
-
-
-async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
-                        records: Mapping[str, CacheRecord],
-                        options: LocalBuildOptions) -> Exported:
-    """The images of ``results`` (their roots' ``records``) written to every output."""
-    images = [_image(result, records, options.epoch) for result in results]
-    exported: Exported = images[0] if len(images) == 1 else build_index(images)
-    if options.outputs:
-        await engine.ensure_blobs(layer for result in results if result.root is not None
-                                  for layer in records[result.root].result.layers)
-    for output in options.outputs:
-        if output.type == "image":
-            await _push(engine, exported, output, options)
-        else:
-            await asyncio.to_thread(_export, engine, exported, output, options)
-    return exported
-
-
-def _with_epoch(options: LocalBuildOptions) -> LocalBuildOptions:
-    """``SOURCE_DATE_EPOCH`` given as a build arg clamps timestamps like ``epoch``."""
-    text = options.build_args.get("SOURCE_DATE_EPOCH")
-    if options.epoch is not None or not text:
-        return options
-    try:
-        epoch = int(text)
-    except ValueError:
-        raise UsageError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {text!r}",
-                         hint="use --build-arg SOURCE_DATE_EPOCH=$(date +%s)") from None
-    return dataclasses.replace(options, epoch=epoch)
-
-
-def _image(result: ImageResult, records: Mapping[str, CacheRecord],
-           epoch: int | None) -> ImageArtifacts:
-    if result.root is None:
-        return build_image(None, result.config, (), result.platform, created=epoch or 0,
-                           epoch=epoch)
-    record = records[result.root]
-    return build_image(record.result.image_config, result.config, record.result.layers,
-                       result.platform, created=record.created, epoch=epoch)
-
-
-def _check_outputs(outputs: Sequence[Output]) -> None:
-    for output in outputs:
-        if output.type not in _OUTPUT_TYPES:
-            raise UsageError(f"unknown output type {output.type!r}",
-                             hint=f"use one of {', '.join(_OUTPUT_TYPES)}")
-        if output.type == "image" and not output.name:
-            raise UsageError("an image output needs a name",
-                             hint="use --output type=image,name=REF,push=true")
-        if output.type != "image" and output.dest is None:
-            raise UsageError(f"a {output.type} output needs a destination",
-                             hint=f"use --output type={output.type},dest=PATH")
-
-
-async def _push(engine: WorkerRuntime, exported: Exported, output: Output,
-                options: LocalBuildOptions) -> None:
-    """An image output: pushed when asked (there is no local image store to load into)."""
-    if output.push:
-        registry = engine.registry_for(options.insecure_registries)
-        await push_image(exported, engine.blob_source(), registry, output.name,
-                         scratch=engine.tmp)
-
-
-def _export(engine: WorkerRuntime, exported: Exported, output: Output,
-            options: LocalBuildOptions) -> None:
-    source = engine.blob_source()
-    if output.dest is None:  # checked before the build
-        raise ExportError(f"a {output.type} output needs a destination")
-    if output.type == "oci":
-        export_oci(exported, source, output.dest, names=options.names, epoch=options.epoch)
-    elif output.type == "docker":
-        export_docker(exported, source, output.dest, names=options.names,
-                      epoch=options.epoch)
-    elif output.type == "tar":
-        export_tar(exported, source, output.dest, epoch=options.epoch, scratch=engine.tmp)
-    elif output.type == "local":
-        export_local(exported, source, output.dest)
-    else:  # checked before the build
-        raise ExportError(f"unknown output type {output.type!r}")
 
 
 # --- the frontend's view of base images --------------------------------------------------

@@ -119,8 +119,11 @@ def _failure_answer(number: int, error: DockyardError) -> bytes:
 class SessionRelay:
     """The open sessions of one service, and its ``/session`` resource."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ca_pem: str | None = None) -> None:
         self.url = url  # the session URL workers connect to (unix://PATH or http(s)://)
+        # The endpoint's certificate (PEM, public): what a worker trusts for an https://
+        # session URL, besides its system store (a self-signed endpoint works too).
+        self.ca_pem = ca_pem
         self._sessions: dict[str, Session] = {}  # id -> the session of a running call
 
     def statistics(self) -> dict[str, int]:
@@ -134,7 +137,10 @@ class SessionRelay:
 
     def session_map(self, session: Session) -> dict[str, str]:
         """What the request carries to the workers about ``session``."""
-        return {"url": self.url, "id": session.id, "token": session.token}
+        found = {"url": self.url, "id": session.id, "token": session.token}
+        if self.ca_pem:
+            found["ca_pem"] = self.ca_pem
+        return found
 
     async def close(self, session: Session) -> None:
         self._sessions.pop(session.id, None)

@@ -1,30 +1,24 @@
-"""The worker actor: one per node (here: one for the embedded service, holding both arch
-resources), a thin shell between the coordinator and the engine on this machine.  It
-executes; it never parses a Dockerfile (the coordinator runs the frontend and the solver).
+"""The worker actor: one per node, a thin shell between the coordinator and the engine on
+this machine.  It executes; it never parses a Dockerfile (the coordinator runs the
+frontend and the solver).  Its roles live in plain classes tested without Ray: the builds
+open here (workers/_worker_sessions.py), the export (workers/_worker_export.py), the
+blobs handed to peers (workers/_peers.py); the actor forwards.
 
 Every method takes and returns plain data (msgpack-able maps).  A plain call answers
-``{"result": value}`` or ``{"failure": <Failure fields>}``; a streaming call is an async
+``{"result": value}`` or ``{"failure": <error map>}``; a streaming call is an async
 generator of ``{"event": <progress event wire map>}`` then one such answer (errors cross
-Ray as data).
+Ray as data, scheduler/_errors.py ``error_to_wire``).
 
-A build is a *session* (``open_session``/``close_session``, by the coordinator's build
-id): its context directory, its secrets and ssh sockets (in memory only, for that build
-only: never logged, never kept after ``close_session``), its output options, and the
-per-build answers of the engine (resolved tags, context listings).  Within a session:
-
+- ``open_session``/``close_session``: a build (by the coordinator's build id);
 - ``resolve_image``: a base image for the frontend's resolver (digest and config);
 - ``source_identity``, ``content_checksum``: what the solver's cache keys need;
-- ``execute(vertex wire, input results wire)``: one vertex, streaming its events;
-- ``export(graph, records)``: the images written to the build's outputs, pushes included.
-
-``get_record``/``put_record`` serve the solver's record cache (the worker's disk; with a
-build id, also the build's ``--cache-from``/``--cache-to``), and ``echo(vertex, request)``
-streams ``request["lines"]`` (the service's own tests).  The remote caches' warnings ride
-on the build's next record or export answer as ``"events"`` (wire maps) for the
-coordinator to put on the build's stream.
-
-``close_session`` cancels and awaits whatever of the build still runs here (a cancelled
-build leaves nothing mounted or running), then removes what the build fetched.
+- ``execute(vertex wire, input results wire, peers)``: one vertex, streaming its events;
+- ``export(graph, records, peers)``: the images written, pushed and handed to the client;
+- ``get_record``/``put_record``: the solver's record cache (the worker's disk; with a
+  build id, also the build's ``--cache-from``/``--cache-to``); their warnings ride on
+  the build's next record or export answer as ``"events"``;
+- ``read_blob``: a blob for a peer worker; ``info``/``ping``/``statistics``; ``echo``
+  (the service's own tests).
 """
 
 from __future__ import annotations
@@ -33,15 +27,15 @@ import asyncio
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from scheduler._errors import DockyardError, SolveError
 from scheduler._progress import Event, EventSink, VertexLog, event_to_wire
+
+from ._worker_sessions import SessionTable
 
 _log = logging.getLogger(__name__)
 
@@ -60,35 +54,6 @@ class _QueueSink:
         self._queue.put_nowait({"event": event_to_wire(event)})
 
 
-class _PendingSink:
-    """An ``EventSink`` that keeps events (wire maps) until an answer carries them: a
-    build's remote-cache warnings ride on its next record or export answer."""
-
-    def __init__(self) -> None:
-        self._events: list[dict[str, Any]] = []
-
-    def emit(self, event: Event) -> None:
-        self._events.append(event_to_wire(event))
-
-    def take(self) -> list[dict[str, Any]]:
-        events, self._events = self._events, []
-        return events
-
-
-@dataclass(eq=False)
-class _Session:
-    """One build on this worker."""
-
-    backend: Any  # the build's RuntimeBackend (holds its secrets; dropped on close)
-    options: Any  # the LocalBuildOptions the outputs are written with
-    request: Any  # the BuildOptions the client sent (pushes, tags)
-    stdout_file: str | None  # where a ``dest=-`` output goes, for the client to stream
-    records: Any = None  # its RemoteRecords (--cache-from/--cache-to), or None
-    pending: _PendingSink = field(default_factory=_PendingSink)  # their warnings, unsent
-    # The build's calls running here now; close_session cancels and awaits them.
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-
-
 class WorkerActor:
     """The worker side of one node."""
 
@@ -103,7 +68,7 @@ class WorkerActor:
         self._completed = 0  # streaming calls that finished
         self._cancelled = 0  # streaming calls stopped by a cancellation
         self._runtime: Any = None  # the WorkerRuntime, made by the first session
-        self._sessions: dict[str, _Session] = {}  # build id -> its open session
+        self._sessions = SessionTable(Path(root), self._engine)  # the builds open here
         self.name = _actor_name()  # its Ray actor name ("" outside Ray)
         self._peers: dict[str, Any] = {}  # peer actor name -> its PeerBlobs, once made
 
@@ -123,61 +88,16 @@ class WorkerActor:
 
     async def open_session(self, build_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """Open build ``build_id`` (``request``: ``options`` and ``session`` of a build
-        request); answers the context's ignore patterns and the build's epoch."""
-        return await _answered(lambda: self._open(build_id, request))
-
-    async def _open(self, build_id: str, request: dict[str, Any]) -> dict[str, Any]:
-        from cluster._build_options import BuildOptions  # noqa: PLC0415 -- only builds need it
-        from cluster._local_build import build_session, ignore_patterns, prepared  # noqa: PLC0415
-
-        options = BuildOptions.from_wire(request["options"])
-        stdout_file = self._stdout_file(options)
-        local = prepared(_local_options(Path(self.root), options, request["session"],
-                                        stdout_file))
-        context = Path(options.context)
-        patterns = await asyncio.to_thread(ignore_patterns, context, local)
-        backend = self._engine().backend(build_session(context, local))
-        session = _Session(backend, local, options, stdout_file)
-        if local.cache_to or local.cache_from:
-            from cluster._local_build import remote_records  # noqa: PLC0415
-            session.records = remote_records(
-                self._engine(), replace(local, events=session.pending))
-        self._sessions[build_id] = session
-        return {"ignore_patterns": patterns, "epoch": local.epoch}
+        request); answers the build's epoch."""
+        return await _answered(lambda: self._sessions.open(build_id, request))
 
     async def close_session(self, build_id: str) -> dict[str, Any]:
-        """End build ``build_id``: its running calls cancelled and awaited, its fetched
-        sources removed, its secrets forgotten.  Closing an unknown build does nothing."""
-        session = self._sessions.pop(build_id, None)
-        if session is not None:
-            for task in list(session.tasks):
-                task.cancel()
-            if session.tasks:
-                await asyncio.wait(list(session.tasks))
-            await session.backend.aclose()
-            if session.records is not None:  # a failed build keeps what it finished
-                with contextlib.suppress(DockyardError):
-                    await session.records.drain(failed=True)
-                await session.records.aclose()
-            await self._enforce_cache_limit()
+        """End build ``build_id`` (workers/_worker_sessions.py ``SessionTable.close``)."""
+        await self._sessions.close(build_id)
         return {"result": None}
 
-    async def _enforce_cache_limit(self) -> None:
-        """DOCKYARD_CACHE_MAX, after each build: a failure to prune never fails a build."""
-        from workers._cache_limit import enforce_cache_limit  # noqa: PLC0415
-
-        try:
-            await enforce_cache_limit(self._engine().cache)
-        except DockyardError as err:
-            _log.warning("cache limit not enforced: %s", err)
-
-    def _session(self, build_id: str) -> _Session:
-        session = self._sessions.get(build_id)
-        if session is None:
-            raise SolveError(f"the worker has no open session for build {build_id}",
-                             hint="the build was closed or the worker restarted; "
-                                  "build again")
-        return session
+    def _session(self, build_id: str) -> Any:
+        return self._sessions.get(build_id)
 
     # -- what the solver and the frontend ask --
 
@@ -242,30 +162,16 @@ class WorkerActor:
     async def _export(self, build_id: str, graph: bytes, records: dict[str, bytes],
                       peers: dict[str, str] | None) -> dict[str, Any]:
         from cache_backends._records import CacheRecord  # noqa: PLC0415
-        from cluster._local_build import write_results  # noqa: PLC0415
-        from scheduler._graph import BuildGraph  # noqa: PLC0415
-        from workers._image import build_metadata  # noqa: PLC0415
+        from workers._worker_export import export_build  # noqa: PLC0415
 
         session = self._session(build_id)
-        roots = {digest: CacheRecord.from_bytes(data) for digest, data in records.items()}
-        layers = [layer for record in roots.values() for layer in record.result.layers]
         if peers:
+            layers = [layer for data in records.values()
+                      for layer in CacheRecord.from_bytes(data).result.layers]
             self._add_peers(peers, layers)
             await self._engine().ensure_blobs(layer for layer in layers
                                               if layer.digest in peers)
-        exported = await write_results(self._engine(), BuildGraph.from_msgpack(graph).results,
-                                       roots, session.options)
-        if session.records is not None:
-            session.records.export_final(roots.values())
-            if any(o.type == "image" and o.push for o in session.request.outputs):
-                await self._engine().ensure_blobs(  # imported layers, for the push
-                    layer for record in roots.values() for layer in record.result.layers)
-            await session.records.drain()
-        pushed = await self._push(session.request, exported)
-        metadata = dict(build_metadata(exported))
-        if session.request.tags:
-            metadata["image.name"] = ",".join(session.request.tags)
-        return {"metadata": metadata, "stdout_file": session.stdout_file, "pushed": pushed}
+        return await export_build(self._engine(), session, graph, records)
 
     async def get_record(self, key: str, build_id: str | None = None) -> dict[str, Any]:
         """The record of ``key``: the local store's, or (``build_id`` given) also from the
@@ -283,7 +189,7 @@ class WorkerActor:
 
     def _with_pending(self, build_id: str | None, item: dict[str, Any]) -> dict[str, Any]:
         """``item`` with the build's unsent remote-cache events (``events``) when any."""
-        session = self._sessions.get(build_id) if build_id is not None else None
+        session = self._sessions.find(build_id)
         events = session.pending.take() if session is not None else []
         if events:
             item["events"] = events
@@ -291,7 +197,7 @@ class WorkerActor:
 
     def _records(self, build_id: str | None) -> Any:
         """The build's RecordCache (its remote caches), else the local store's."""
-        session = self._sessions.get(build_id) if build_id is not None else None
+        session = self._sessions.find(build_id)
         if session is not None and session.records is not None:
             return session.records
         return self._engine().records()
@@ -346,7 +252,7 @@ class WorkerActor:
         queue: asyncio.Queue[object] = asyncio.Queue()
         self._running += 1
         task = asyncio.ensure_future(_queued(work, _QueueSink(queue), queue))
-        session = self._sessions.get(build_id)
+        session = self._sessions.find(build_id)
         if session is not None:
             session.tasks.add(task)
             task.add_done_callback(session.tasks.discard)
@@ -369,30 +275,6 @@ class WorkerActor:
 
             self._runtime = WorkerRuntime(Path(self.root))
         return self._runtime
-
-    def _stdout_file(self, options: Any) -> str | None:
-        """Where a ``dest=-`` output is written for the client to stream (same machine)."""
-        if not any(o.to_stdout for o in options.outputs):
-            return None
-        tmp = Path(self.root) / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="stdout-", suffix=".tar", dir=tmp)
-        os.close(fd)
-        return name
-
-    async def _push(self, options: Any, exported: Any) -> list[str]:
-        from workers._exporters import push_image  # noqa: PLC0415
-
-        engine = self._engine()
-        pushed = []
-        for output in options.outputs:
-            if output.type == "image" and output.push:
-                for name in output.names:
-                    registry = engine.registry_for(options.insecure_registries)
-                    digest = await push_image(exported, engine.blob_source(), registry,
-                                              name, scratch=engine.tmp)
-                    pushed.append(f"{name}@{digest}")
-        return pushed
 
     async def echo(self, vertex: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream ``request["lines"]`` back as stdout of ``vertex``, waiting
@@ -442,26 +324,6 @@ async def _queued(work: Callable[[EventSink], Awaitable[Any]], sink: _QueueSink,
         queue.put_nowait({"failure": _failure(_internal(exc))})
     finally:
         queue.put_nowait(_DONE)
-
-
-def _local_options(root: Path, options: Any, session: dict[str, Any],
-                   stdout_file: str | None) -> Any:
-    """The engine's ``LocalBuildOptions`` for a request (file outputs only; pushes after)."""
-    from cluster._local_build import LocalBuildOptions, Output  # noqa: PLC0415
-    from scheduler._platform import parse_platform  # noqa: PLC0415
-
-    outputs = tuple(Output(o.type, Path(str(stdout_file if o.to_stdout else o.dest)))
-                    for o in options.outputs if o.type != "image")
-    return LocalBuildOptions(
-        root=root, filename=options.filename,
-        platforms=tuple(parse_platform(p) for p in options.platforms), target=options.target,
-        build_args=dict(options.build_args),
-        secrets={k: bytes(v) for k, v in session.get("secrets", {}).items()},
-        ssh={k: Path(v) for k, v in session.get("ssh", {}).items()},
-        outputs=outputs, names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
-        insecure_registries=tuple(options.insecure_registries),
-        cache_to=tuple(getattr(options, "cache_to", ())),
-        cache_from=tuple(getattr(options, "cache_from", ())))
 
 
 def _actor_name() -> str:

@@ -81,5 +81,7 @@ def session_secrets(session: Mapping[str, Any]) -> tuple[SecretSource, SessionCh
         return DictSecrets(), None
     from ._session_channel import SessionChannel  # noqa: PLC0415
 
-    channel = SessionChannel(str(session["url"]), str(session["id"]), str(session["token"]))
+    ca_pem = session.get("ca_pem")
+    channel = SessionChannel(str(session["url"]), str(session["id"]), str(session["token"]),
+                             str(ca_pem) if ca_pem else None)
     return ChannelSecrets(channel, ids), channel

@@ -119,9 +119,11 @@ def answer_error(error: str, message: str, hint: str | None) -> DockyardError:
 class SessionChannel:
     """A build's session channel from this worker; see the module docstring."""
 
-    def __init__(self, url: str, session_id: str, token: str) -> None:
+    def __init__(self, url: str, session_id: str, token: str,
+                 ca_pem: str | None = None) -> None:
         self.url = url  # the endpoint's session URL (unix://PATH, http(s)://HOST:PORT)
         self.session_id = session_id
+        self._ca_pem = ca_pem  # the endpoint's certificate (PEM), trusted besides the store
         self._token = token  # never in a repr or a message
         self._lock = asyncio.Lock()  # held while connecting: one connection at a time
         self._http: Any = None  # the aiohttp ClientSession of the connection, or None
@@ -173,7 +175,7 @@ class SessionChannel:
     async def _connect(self) -> None:
         import aiohttp  # noqa: PLC0415 -- only a worker that asks pays its import
 
-        connector, target = _connector(aiohttp, self.url)
+        connector, target = _connector(aiohttp, self.url, self._ca_pem)
         http = aiohttp.ClientSession(connector=connector)
         headers = {SESSION_HEADER: self.session_id, SESSION_TOKEN_HEADER: self._token}
         try:
@@ -247,7 +249,7 @@ class SessionChannel:
             await http.close()
 
 
-def _connector(aiohttp: Any, url: str) -> tuple[Any, str]:
+def _connector(aiohttp: Any, url: str, ca_pem: str | None = None) -> tuple[Any, str]:
     """The aiohttp connector for ``url`` and the websocket URL to open through it."""
     if url.startswith("unix://"):
         return aiohttp.UnixConnector(path=url[len("unix://"):]), "http://dockyard/session"
@@ -255,6 +257,8 @@ def _connector(aiohttp: Any, url: str) -> tuple[Any, str]:
         import ssl  # noqa: PLC0415
 
         context = ssl.create_default_context(cafile=os.environ.get(SESSION_CA_ENV) or None)
+        if ca_pem:
+            context.load_verify_locations(cadata=ca_pem)
         return aiohttp.TCPConnector(ssl=context), url.rstrip("/") + "/session"
     if url.startswith("http://"):
         return aiohttp.TCPConnector(), url.rstrip("/") + "/session"

@@ -170,10 +170,6 @@ def _contains(path: Path, needle: bytes) -> list[Path]:
     return hits
 
 
-@pytest.mark.xfail(strict=True, reason="secret values now come over the session channel "
-                   "(session.secret_ids); the worker actor must make its SecretSource with "
-                   "workers._secrets.session_secrets(request['session']) -- remove this "
-                   "marker with that wiring")
 def test_secret_reaches_only_its_run(dockyard: Dockyard) -> None:
     context = _context(dockyard, "secret", SECRET_DOCKERFILE)
     out = dockyard.work / "secret-out"

@@ -19,7 +19,7 @@ from scheduler._graph import vertex_from_wire
 from scheduler._progress import StatusUpdate, VertexLog, event_to_wire
 
 DOCKERFILE = b"FROM scratch\nCOPY a.txt /a\nRUN make\nRUN make install\n"
-SECRET = b"s3cr3t-for-one-build"
+SECRET_ID = "token-of-one-build"
 
 
 class FakeStream:
@@ -110,7 +110,7 @@ class FakeWorker:
 def request(*, platforms: tuple[str, ...] = (), no_cache: bool = False) -> dict[str, Any]:
     options = BuildOptions(context="/ctx", platforms=platforms, no_cache=no_cache)
     return {"dockerfile": DOCKERFILE, "options": options.to_wire(),
-            "session": {"secrets": {"token": SECRET}}}
+            "session": {"secret_ids": [SECRET_ID], "ignore_patterns": []}}
 
 
 async def items_of(coordinator: Coordinator, req: dict[str, Any]) -> list[dict[str, Any]]:
@@ -137,11 +137,21 @@ def test_a_build_executes_on_the_worker_and_streams_its_events() -> None:
     assert worker.methods()[-2:] == ["export", "close_session"]
 
 
-def test_secrets_go_to_the_session_only() -> None:
+def test_secret_ids_go_to_the_session_only() -> None:
     worker = FakeWorker()
     run_builds(worker, request())
-    carrying = [method for method, args in worker.calls if SECRET in repr(args).encode()]
+    carrying = [method for method, args in worker.calls if SECRET_ID in repr(args)]
     assert carrying == ["open_session"]
+
+
+def test_a_request_without_the_clients_ignore_patterns_is_refused() -> None:
+    worker = FakeWorker()
+    req = request()
+    del req["session"]["ignore_patterns"]
+    [items] = run_builds(worker, req)
+    assert items[-1]["failure"]["message"] == (
+        "the build request lists no .dockerignore patterns of its context")
+    assert worker.executed == []
 
 
 def test_a_second_build_is_answered_by_records() -> None:
@@ -209,10 +219,11 @@ def test_failures_are_data_and_close_the_session(req: dict[str, Any], worker: Fa
     [items] = run_builds(worker, req)
     failure = items[-1]["failure"]
     assert {key: failure[key] for key in expected} == expected
-    assert worker.methods()[-1] == "close_session"
     if failure["error"] == "SolveError":
-        assert worker.executed == []  # refused before dispatch
+        assert worker.executed == []  # refused before dispatch: nothing was even opened
+        assert "open_session" not in worker.methods()
     else:
+        assert worker.methods()[-1] == "close_session"
         assert failure["details"]["exit_code"] == 2
 
 

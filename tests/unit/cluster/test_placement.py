@@ -91,7 +91,8 @@ def registry_of(*workers: LayerWorker) -> Registry:
 
 def build(dockerfile: bytes, *, platforms: tuple[str, ...] = ()) -> dict[str, Any]:
     options = BuildOptions(context="/ctx", platforms=platforms, no_cache=True)
-    return {"dockerfile": dockerfile, "options": options.to_wire(), "session": {}}
+    return {"dockerfile": dockerfile, "options": options.to_wire(),
+            "session": {"ignore_patterns": []}}
 
 
 def run(registry: Registry, *requests: dict[str, Any]) -> list[list[dict[str, Any]]]:

@@ -1,5 +1,5 @@
 """Imports point one way (docs STYLE.md, habit 13): no module of ``workers`` imports
-``cluster``, except the worker actor's known, older ones (to be moved below)."""
+``cluster``; no module of ``scheduler`` imports ``workers`` or ``cluster``."""
 
 from __future__ import annotations
 
@@ -11,25 +11,30 @@ import pytest
 import workers
 
 WORKERS = Path(workers.__file__).parent
-#: modules that still import cluster (debt, not to grow)
-KNOWN = {"_actor.py"}
+SCHEDULER = WORKERS.parent / "scheduler"
 
 
-def _imports_cluster(path: Path) -> list[int]:
+def _imports_cluster(path: Path, packages: tuple[str, ...] = ("cluster",)) -> list[int]:
     lines = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                  else [node.module or ""] if isinstance(node, ast.ImportFrom) and
                  not node.level else [])
-        if any(name == "cluster" or name.startswith("cluster.") for name in names):
+        if any(name == package or name.startswith(package + ".")
+               for name in names for package in packages):
             lines.append(node.lineno)
     return lines
 
 
-@pytest.mark.parametrize("path", sorted(p for p in WORKERS.rglob("*.py")
-                                        if p.name not in KNOWN), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(WORKERS.rglob("*.py")), ids=lambda p: p.name)
 def test_workers_do_not_import_cluster(path: Path) -> None:
     assert _imports_cluster(path) == []
+
+
+@pytest.mark.parametrize("path", sorted(SCHEDULER.rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(SCHEDULER)))
+def test_scheduler_imports_neither_workers_nor_cluster(path: Path) -> None:
+    assert _imports_cluster(path, ("cluster", "workers")) == []
 
 
 def test_the_check_sees_an_import(tmp_path: Path) -> None:

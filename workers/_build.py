@@ -1,0 +1,184 @@
+"""The worker's share of a build, as plain steps: the options it executes and exports
+with, its session, its record cache (local store plus ``--cache-from``/``--cache-to``),
+and writing the results to the outputs.  ``cluster._local_build`` composes these with the
+frontend and the solver into a whole build in one process; the worker actor runs them
+for the coordinator.
+
+- ``prepared``: the outputs checked and ``SOURCE_DATE_EPOCH`` (given as a build arg)
+  applied as the epoch that clamps every timestamp.
+- ``write_results``: ``oci``, ``docker``, ``tar`` (files or a binary stream) and
+  ``local`` (a directory), as buildx's ``--output type=...``; ``image`` outputs pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cache_backends._records import CacheRecord
+from scheduler._build_request import CacheSpec
+from scheduler._errors import ExportError, UsageError
+from scheduler._graph import ImageResult
+from scheduler._platform import Platform
+from scheduler._progress import EventSink
+
+from ._exporters import export_docker, export_local, export_oci, export_tar, push_image
+from ._image import ImageArtifacts, IndexArtifacts, build_image, build_index
+from ._registry import RegistryConfig
+from ._remote_cache import RemoteCache, RemoteRecords, open_backend
+from ._runtime import BuildSession, WorkerRuntime
+from ._secrets import DictSecrets
+
+__all__ = [
+    "LOCAL_AS_TAR", "Exported", "LocalBuildOptions", "Output", "build_session", "prepared",
+    "remote_records", "write_results",
+]
+
+Exported = ImageArtifacts | IndexArtifacts
+#: A ``local`` output written as a tar of its files, for a client to unpack (the worker
+#: does not share the client's disk).
+LOCAL_AS_TAR = "local-tar"
+_OUTPUT_TYPES = ("oci", "docker", "tar", "local", LOCAL_AS_TAR, "image")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One ``--output``: ``type`` oci, docker, tar or local with ``dest`` a path; or
+    ``image`` with ``name`` (a reference), pushed to its registry when ``push``."""
+
+    type: str
+    dest: Path | None = None
+    name: str = ""
+    push: bool = False
+
+
+@dataclass(frozen=True)
+class LocalBuildOptions:
+    """What ``dockyard build`` was asked (buildx's flags); ``root`` is ``DOCKYARD_ROOT``."""
+
+    root: Path
+    filename: str = "Dockerfile"
+    platforms: tuple[Platform, ...] = ()
+    target: str | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    ignore_patterns: Sequence[str] | None = None
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    ssh: Mapping[str, Path] = field(default_factory=dict)
+    outputs: tuple[Output, ...] = ()
+    names: tuple[str, ...] = ()
+    no_cache: bool = False
+    epoch: int | None = None
+    registry: RegistryConfig | None = None
+    insecure_registries: tuple[str, ...] = ()
+    events: EventSink | None = None
+    cache_to: tuple[CacheSpec, ...] = ()
+    cache_from: tuple[CacheSpec, ...] = ()
+
+
+def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
+    """``options`` checked (outputs) and with ``SOURCE_DATE_EPOCH`` applied."""
+    _check_outputs(options.outputs)
+    return _with_epoch(options)
+
+
+def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession:
+    """The worker's session of one build: its context, secrets, ssh sockets and epoch."""
+    return BuildSession(contexts={"context": context_dir},
+                        secrets=DictSecrets(options.secrets),
+                        ssh=options.ssh, epoch=options.epoch,
+                        insecure_registries=frozenset(options.insecure_registries))
+
+
+def remote_records(engine: WorkerRuntime, options: LocalBuildOptions) -> RemoteRecords:
+    """The build's records: the local store, and its ``--cache-from``/``--cache-to``."""
+    def remote(spec: CacheSpec) -> RemoteCache:
+        return RemoteCache(open_backend(spec.type, dict(spec.attrs), engine.tmp), spec.mode,
+                           spec.ignore_error)
+    return RemoteRecords(engine, imports=[remote(spec) for spec in options.cache_from],
+                         exports=[remote(spec) for spec in options.cache_to],
+                         events=options.events)
+
+
+async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
+                        records: Mapping[str, CacheRecord],
+                        options: LocalBuildOptions) -> Exported:
+    """The images of ``results`` (their roots' ``records``) written to every output."""
+    images = [_image(result, records, options.epoch) for result in results]
+    exported: Exported = images[0] if len(images) == 1 else build_index(images)
+    if options.outputs:
+        await engine.ensure_blobs(layer for result in results if result.root is not None
+                                  for layer in records[result.root].result.layers)
+    for output in options.outputs:
+        if output.type == "image":
+            await _push(engine, exported, output, options)
+        else:
+            await asyncio.to_thread(_export, engine, exported, output, options)
+    return exported
+
+
+def _with_epoch(options: LocalBuildOptions) -> LocalBuildOptions:
+    """``SOURCE_DATE_EPOCH`` given as a build arg clamps timestamps like ``epoch``."""
+    text = options.build_args.get("SOURCE_DATE_EPOCH")
+    if options.epoch is not None or not text:
+        return options
+    try:
+        epoch = int(text)
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {text!r}",
+                         hint="use --build-arg SOURCE_DATE_EPOCH=$(date +%s)") from None
+    return dataclasses.replace(options, epoch=epoch)
+
+
+def _image(result: ImageResult, records: Mapping[str, CacheRecord],
+           epoch: int | None) -> ImageArtifacts:
+    if result.root is None:
+        return build_image(None, result.config, (), result.platform, created=epoch or 0,
+                           epoch=epoch)
+    record = records[result.root]
+    return build_image(record.result.image_config, result.config, record.result.layers,
+                       result.platform, created=record.created, epoch=epoch)
+
+
+def _check_outputs(outputs: Sequence[Output]) -> None:
+    for output in outputs:
+        if output.type not in _OUTPUT_TYPES:
+            raise UsageError(f"unknown output type {output.type!r}",
+                             hint=f"use one of {', '.join(_OUTPUT_TYPES)}")
+        if output.type == "image" and not output.name:
+            raise UsageError("an image output needs a name",
+                             hint="use --output type=image,name=REF,push=true")
+        if output.type != "image" and output.dest is None:
+            raise UsageError(f"a {output.type} output needs a destination",
+                             hint=f"use --output type={output.type},dest=PATH")
+
+
+async def _push(engine: WorkerRuntime, exported: Exported, output: Output,
+                options: LocalBuildOptions) -> None:
+    """An image output: pushed when asked (there is no local image store to load into)."""
+    if output.push:
+        registry = engine.registry_for(options.insecure_registries)
+        await push_image(exported, engine.blob_source(), registry, output.name,
+                         scratch=engine.tmp)
+
+
+def _export(engine: WorkerRuntime, exported: Exported, output: Output,
+            options: LocalBuildOptions) -> None:
+    source = engine.blob_source()
+    if output.dest is None:  # checked before the build
+        raise ExportError(f"a {output.type} output needs a destination")
+    if output.type == "oci":
+        export_oci(exported, source, output.dest, names=options.names, epoch=options.epoch)
+    elif output.type == "docker":
+        export_docker(exported, source, output.dest, names=options.names,
+                      epoch=options.epoch)
+    elif output.type == "tar":
+        export_tar(exported, source, output.dest, epoch=options.epoch, scratch=engine.tmp)
+    elif output.type == "local":
+        export_local(exported, source, output.dest)
+    elif output.type == LOCAL_AS_TAR:  # a local output handed to a client: times as they are
+        export_tar(exported, source, output.dest, epoch=None, scratch=engine.tmp)
+    else:  # checked before the build
+        raise ExportError(f"unknown output type {output.type!r}")

@@ -1,0 +1,204 @@
+"""The builds open on one worker: what each brought, and its end.
+
+A build is a *session* (``SessionTable.open``/``close``, by the coordinator's build id).
+It comes as the ``options`` and ``session`` maps of a build request:
+
+- the context as a manifest (``session.contexts.<name>``, workers/_context_manifest.py):
+  its checksums come from the manifest and the contents this worker lacks are read from
+  the client through the build's session channel (``context.read``); the worker never
+  opens a client path;
+- secrets by id only, their values asked of the client when a RUN mounts one
+  (workers/_secrets.py), never kept, logged or put in a call;
+- the session channel itself (``session.url``/``id``/``token``: the endpoint that relays
+  this worker's asks to the client, workers/_session_channel.py);
+- its outputs: each file output (and ``local``, as a tar) is written into a scratch file
+  of this worker, then handed to the client (workers/_output_send.py); image outputs are
+  pushed from here.
+
+``close`` cancels and awaits whatever of the build still runs here (a cancelled build
+leaves nothing mounted or running), drains its remote caches (a failed build keeps what
+it finished), closes its channel and removes its scratch files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler._build_request import BuildOptions, OutputSpec
+from scheduler._errors import DockyardError, SolveError
+from scheduler._platform import parse_platform
+from scheduler._progress import Event, event_to_wire
+
+from ._build import LOCAL_AS_TAR, LocalBuildOptions, Output, prepared, remote_records
+from ._cache_limit import enforce_cache_limit
+from ._context_fetch import ask_reader
+from ._context_manifest import ContextManifest
+from ._remote_cache import RemoteRecords
+from ._runtime import BuildSession, RuntimeBackend, WorkerRuntime
+from ._secrets import session_secrets
+from ._session_channel import SessionChannel
+
+__all__ = ["PendingEvents", "SessionTable", "WorkerSession"]
+
+_log = logging.getLogger(__name__)
+
+
+class PendingEvents:
+    """An ``EventSink`` that keeps events (wire maps) until an answer carries them: a
+    build's remote-cache warnings ride on its next record or export answer."""
+
+    def __init__(self) -> None:
+        self._events: list[dict[str, Any]] = []
+
+    def emit(self, event: Event) -> None:
+        self._events.append(event_to_wire(event))
+
+    def take(self) -> list[dict[str, Any]]:
+        events, self._events = self._events, []
+        return events
+
+
+@dataclass(eq=False)
+class WorkerSession:
+    """One build on this worker."""
+
+    backend: RuntimeBackend  # the build's solve backend (its secret source; dropped on close)
+    options: LocalBuildOptions  # what the outputs are written with (scratch files)
+    request: BuildOptions  # the options the client sent (tags, pushes)
+    scratch: Path  # this build's scratch directory on the worker (removed on close)
+    # Client output index -> the scratch file that output is written to, then sent.
+    outputs: dict[int, Path] = field(default_factory=dict)
+    channel: SessionChannel | None = None  # to the client, through the endpoint
+    records: RemoteRecords | None = None  # its --cache-from/--cache-to, or None
+    pending: PendingEvents = field(default_factory=PendingEvents)  # warnings, unsent
+    # The build's calls running here now; close cancels and awaits them.
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def ask(self, what: str, params: dict[str, Any]) -> Any:
+        """An ask of the build's client (a ``SolveError`` when the build has no channel)."""
+        if self.channel is None:
+            raise SolveError(f"this build has no session channel to ask {what!r}",
+                             hint="submit the build through a dockyard endpoint")
+        return await self.channel.ask(what, params)
+
+
+class SessionTable:
+    """The open builds of one worker, by build id."""
+
+    def __init__(self, root: Path, engine: Any) -> None:
+        self.root = root  # the worker's DOCKYARD_ROOT
+        self._engine = engine  # () -> the WorkerRuntime, made on first use
+        self._sessions: dict[str, WorkerSession] = {}  # build id -> its open session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __repr__(self) -> str:
+        return f"<SessionTable open={len(self._sessions)}>"
+
+    def find(self, build_id: str | None) -> WorkerSession | None:
+        return self._sessions.get(build_id) if build_id is not None else None
+
+    def get(self, build_id: str) -> WorkerSession:
+        session = self._sessions.get(build_id)
+        if session is None:
+            raise SolveError(f"the worker has no open session for build {build_id}",
+                             hint="the build was closed or the worker restarted; "
+                                  "build again")
+        return session
+
+    async def open(self, build_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Open build ``build_id``: its epoch (SOURCE_DATE_EPOCH, as applied)."""
+        if build_id in self._sessions:
+            return {"epoch": self._sessions[build_id].options.epoch}
+        session = self._made(request)
+        self._sessions[build_id] = session
+        return {"epoch": session.options.epoch}
+
+    def _made(self, request: Mapping[str, Any]) -> WorkerSession:
+        options = BuildOptions.from_wire(request["options"])
+        part: Mapping[str, Any] = request.get("session") or {}
+        manifests = _manifests(part)
+        engine: WorkerRuntime = self._engine()
+        scratch = Path(tempfile.mkdtemp(prefix="build-", dir=engine.tmp))
+        outputs = {index: scratch / f"output-{index}" for index, spec
+                   in enumerate(options.outputs) if spec.type != "image"}
+        local = prepared(_local_options(self.root, options, part, outputs))
+        secrets, channel = session_secrets(part)
+        reader = ask_reader(channel.ask) if channel is not None and manifests else None
+        build = BuildSession(manifests=manifests, context_reader=reader, secrets=secrets,
+                             ssh={k: Path(v) for k, v in (part.get("ssh") or {}).items()},
+                             epoch=local.epoch,
+                             insecure_registries=frozenset(local.insecure_registries))
+        session = WorkerSession(engine.backend(build), local, options, scratch, outputs,
+                                channel)
+        if local.cache_to or local.cache_from:
+            session.records = remote_records(
+                engine, dataclasses.replace(local, events=session.pending))
+        return session
+
+    async def close(self, build_id: str) -> None:
+        """End build ``build_id`` (see the module docstring); an unknown one: nothing."""
+        session = self._sessions.pop(build_id, None)
+        if session is None:
+            return
+        for task in list(session.tasks):
+            task.cancel()
+        if session.tasks:
+            await asyncio.wait(list(session.tasks))
+        await session.backend.aclose()
+        if session.records is not None:  # a failed build keeps what it finished
+            with contextlib.suppress(DockyardError):
+                await session.records.drain(failed=True)
+            await session.records.aclose()
+        if session.channel is not None:
+            await session.channel.aclose()
+        await asyncio.to_thread(shutil.rmtree, session.scratch, True)
+        await self._enforce_cache_limit()
+
+    async def _enforce_cache_limit(self) -> None:
+        """DOCKYARD_CACHE_MAX, after each build: a failure to prune never fails a build."""
+        try:
+            await enforce_cache_limit(self._engine().cache)
+        except DockyardError as err:
+            _log.warning("cache limit not enforced: %s", err)
+
+
+def _manifests(part: Mapping[str, Any]) -> dict[str, ContextManifest]:
+    """The build's contexts, as the client listed them (a malformed one: ``SolveError``)."""
+    contexts = part.get("contexts") or {}
+    if not isinstance(contexts, Mapping):
+        raise SolveError("malformed build request: session.contexts is not a map",
+                         hint="use the same dockyard version on the client and the cluster")
+    return {str(name): ContextManifest.from_wire(wire) for name, wire in contexts.items()}
+
+
+def _local_options(root: Path, options: BuildOptions, part: Mapping[str, Any],
+                   outputs: Mapping[int, Path]) -> LocalBuildOptions:
+    """The engine's options for a request: every file output (and ``local``, as a tar)
+    goes to its scratch file in ``outputs``; image outputs are pushed after."""
+    patterns = part.get("ignore_patterns")
+    return LocalBuildOptions(
+        root=root, filename=options.filename,
+        platforms=tuple(parse_platform(p) for p in options.platforms), target=options.target,
+        build_args=dict(options.build_args),
+        ignore_patterns=None if patterns is None else [str(p) for p in patterns],
+        outputs=tuple(_scratch_output(spec, outputs[index])
+                      for index, spec in enumerate(options.outputs) if spec.type != "image"),
+        names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
+        insecure_registries=tuple(options.insecure_registries),
+        cache_to=tuple(options.cache_to), cache_from=tuple(options.cache_from))
+
+
+def _scratch_output(spec: OutputSpec, path: Path) -> Output:
+    """The output written here: a ``local`` directory travels as a tar the client unpacks."""
+    return Output(LOCAL_AS_TAR if spec.type == "local" else spec.type, path)
