@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from ._runtime import WorkerRuntime
 
 __all__ = ["CONTAINER_PREFIX", "JanitorReport", "MountEntry", "RootLock", "claim_root",
-           "clean_stale", "entry_size", "leftover_entries", "lock_root", "open_runtime",
-           "parse_mountinfo", "root_in_use", "stale_mounts"]
+           "clean_stale", "entry_size", "leftover_entries", "lock_root", "log_report",
+           "open_runtime", "parse_mountinfo", "root_in_use", "stale_mounts"]
 
 _log = logging.getLogger(__name__)
 
@@ -197,8 +197,13 @@ def open_runtime(root: Path, **options: Any) -> WorkerRuntime:
         lock.release()
         raise
     runtime.root_lock = lock
-    _log.info("%s", report.line(root))
+    log_report(root, report)
     return runtime
+
+
+def log_report(root: Path, report: JanitorReport) -> None:
+    """One log line: a warning when a dead worker had left something, else info."""
+    _log.log(logging.WARNING if report else logging.INFO, "%s", report.line(root))
 
 
 def _clean(root: Path, runc: str) -> JanitorReport:

@@ -219,3 +219,23 @@ def test_the_lock_is_released_when_its_holder_dies(roots: Callable[[str], Path])
         holder.kill()
         holder.wait()
     assert clean_stale(root, wait=5) == JanitorReport()
+
+
+def test_a_worker_actor_cleans_its_root_when_it_starts(
+        roots: Callable[[str], Path], busybox_rootfs: Callable[[str], Path]) -> None:
+    """What Ray does after a worker died: the same actor class, on the same root, again
+    (here without Ray: the constructor is what a restart runs)."""
+    from workers._actor import WorkerActor
+
+    root = roots("root")
+    orphan = start_orphan(root, busybox_rootfs("amd64"))
+
+    actor = WorkerActor(str(root), ["amd64"])
+    try:
+        assert not alive(orphan.pid)
+        assert_clean(root)
+        with pytest.raises(ServiceError, match="already uses"):
+            WorkerActor(str(root), ["amd64"])
+    finally:
+        actor._root_lock.release()
+    assert clean_stale(root) == JanitorReport()
