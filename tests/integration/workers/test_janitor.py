@@ -239,3 +239,24 @@ def test_a_worker_actor_cleans_its_root_when_it_starts(
     finally:
         actor._root_lock.release()
     assert clean_stale(root) == JanitorReport()
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["left over", "never used"])
+def test_dockyard_stop_removes_what_workers_left(
+        made: bool, roots: Callable[[str], Path],
+        busybox_rootfs: Callable[[str], Path]) -> None:
+    """``dockyard stop`` with no service running (it crashed, or was killed) still leaves
+    nothing running or mounted under the root, and creates nothing in an unused one."""
+    root = roots("root")
+    if made:
+        start_orphan(root, busybox_rootfs("amd64"))
+    env = {**os.environ, "PYTHONPATH": str(_PROJECT), "DOCKYARD_ROOT": str(root)}
+    done = subprocess.run([sys.executable, "-m", "cluster", "stop"], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert f"no dockyard service is running for {root}" in done.stderr
+    if made:
+        assert f"clean-up of {root}: 1 containers killed, 2 mounts removed" in done.stderr
+        assert_clean(root)
+    else:
+        assert f"clean-up of {root}: nothing left by a previous worker" in done.stderr
+        assert not root.exists()
