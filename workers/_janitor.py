@@ -414,19 +414,23 @@ def leftover_entries(root: Path) -> list[Path]:
 
 
 def entry_size(path: Path) -> int:
-    """Bytes of the files at or below ``path`` (hard links once, symlinks not followed)."""
+    """Bytes of the files at or below ``path`` (hard links once, symlinks not followed,
+    other filesystems -- a mounted overlay, a tmpfs -- not entered, as ``du -x``)."""
     seen: set[tuple[int, int]] = set()
     total = 0
     stack = [path]
+    device: int | None = None
     while stack:
         current = stack.pop()
         try:
             info = os.lstat(current)
         except OSError:
             continue
+        device = info.st_dev if device is None else device
         if stat.S_ISDIR(info.st_mode):
-            with contextlib.suppress(OSError):
-                stack += [Path(e.path) for e in os.scandir(current)]
+            if info.st_dev == device:
+                with contextlib.suppress(OSError):
+                    stack += [Path(e.path) for e in os.scandir(current)]
         elif (info.st_dev, info.st_ino) not in seen:
             seen.add((info.st_dev, info.st_ino))
             total += info.st_size

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from workers_helpers import aio, mounts_under
 
+from cluster._gc_cmd import local_usage
 from scheduler._errors import ServiceError
 from workers._janitor import JanitorReport, claim_root, clean_stale, open_runtime
 
@@ -126,6 +127,8 @@ def test_a_killed_worker_leaves_a_running_container_and_mounts(
     mounted = mounts_under(root)
     assert any(m.endswith("/merged") for m in mounted)
     assert any(m.endswith(f"/run/bundles/{orphan.container}/secrets") for m in mounted)
+    [scratch] = [kind for kind in local_usage(root).kinds if kind.kind == "run scratch"]
+    assert scratch.count == 2 and 4096 <= scratch.size < 100_000  # not the mounted rootfs
 
     report = clean_stale(root)
 
@@ -134,6 +137,7 @@ def test_a_killed_worker_leaves_a_running_container_and_mounts(
     assert report.bytes_freed >= 4096       # the upper dir's file at least
     assert not alive(orphan.pid)
     assert_clean(root)
+    assert "run scratch" not in [kind.kind for kind in local_usage(root).kinds]
     assert clean_stale(root) == JanitorReport()
 
 
