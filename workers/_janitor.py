@@ -208,6 +208,9 @@ def log_report(root: Path, report: JanitorReport) -> None:
 
 def _clean(root: Path, runc: str) -> JanitorReport:
     killed, problems = _remove_containers(root, runc)
+    if problems:  # a container may still run: its mounts and bundle stay with it
+        return JanitorReport(killed, problems=(*problems, "every mount and directory "
+                                               "(a container may still use them)"))
     unmounted, mount_problems = _remove_mounts(root)
     dirs, files, size, dir_problems = _remove_scratch(root)
     return JanitorReport(killed, unmounted, dirs, files, size,
@@ -244,10 +247,13 @@ class _Runc:
 
     def containers(self) -> list[_Container]:
         done = self.run("list", "-f", "json")
-        if done.returncode != 0:
-            raise ServiceError(f"runc list of {self.state} failed: {done.stderr.strip()}",
-                               hint="check the state directory is runc's and readable")
-        return _parse_list(done.stdout)
+        try:
+            if done.returncode == 0:
+                return _parse_list(done.stdout)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            pass
+        raise ServiceError(f"runc list of {self.state} failed: {done.stderr.strip()}",
+                           hint="check the state directory is runc's and readable")
 
     def status(self, container_id: str) -> str:
         done = self.run("state", container_id)
@@ -264,12 +270,24 @@ def _parse_list(text: str) -> list[_Container]:
 
 
 def _remove_containers(root: Path, binary: str) -> tuple[int, list[str]]:
+    """Kill and delete dockyard's containers of the root.  Without runc (a machine that
+    never ran a RUN) or with runc failing, the rest of the clean-up still runs and the
+    report names the containers' state directory."""
     runc = _Runc(binary, root / "run" / "runc")
-    if not runc.state.is_dir():
+    if not any(runc.state.glob(f"{CONTAINER_PREFIX}*")):
         return 0, []
+    try:
+        found = runc.containers()
+    except ServiceError as err:
+        return 0, [f"the containers in {runc.state} ({err.message})"]
     count, problems = 0, []
-    for container in runc.containers():
-        if _remove_container(runc, container):
+    for container in found:
+        try:
+            removed = _remove_container(runc, container)
+        except ServiceError as err:
+            problems.append(f"container {container.id} ({err.message})")
+            continue
+        if removed:
             count += 1
         else:
             problems.append(f"container {container.id} (runc could not delete it)")

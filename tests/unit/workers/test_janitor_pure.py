@@ -134,3 +134,33 @@ REPORTS: list[tuple[str, JanitorReport, str]] = [
                          ids=[c[0] for c in REPORTS])
 def test_report_line(report: JanitorReport, line: str) -> None:
     assert report.line(Path("/r")) == line
+
+
+def test_without_runc_nothing_a_container_may_use_is_removed(tmp_path: Path) -> None:
+    """A state dir of a dockyard container, and runc cannot be run: the bundle and the
+    scratch stay (the container may still run), and the report says why."""
+    from workers._janitor import clean_stale
+
+    (tmp_path / "run" / "runc" / "dockyard-0123").mkdir(parents=True)
+    (tmp_path / "run" / "bundles" / "dockyard-0123").mkdir(parents=True)
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "layer-1").mkdir()
+    report = clean_stale(tmp_path, runc=str(tmp_path / "no-runc"))
+    assert (report.containers_killed, report.directories_removed) == (0, 0)
+    assert report.problems == (
+        f"the containers in {tmp_path}/run/runc (cannot run {tmp_path}/no-runc list for "
+        f"{tmp_path}/run/runc: [Errno 2] No such file or directory: "
+        f"'{tmp_path}/no-runc')",
+        "every mount and directory (a container may still use them)")
+    assert (tmp_path / "run" / "bundles" / "dockyard-0123").is_dir()
+    assert (tmp_path / "tmp" / "layer-1").is_dir()
+
+
+def test_without_containers_runc_is_not_needed(tmp_path: Path) -> None:
+    from workers._janitor import clean_stale
+
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "layer-1").mkdir()
+    (tmp_path / "tmp" / "layer-1" / "f").write_bytes(b"abc")
+    report = clean_stale(tmp_path, runc=str(tmp_path / "no-runc"))
+    assert report == JanitorReport(directories_removed=1, bytes_freed=3)
