@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONTAINER_PREFIX", "JanitorReport", "MountEntry", "RootLock", "claim_root",
            "clean_stale", "entry_size", "leftover_entries", "lock_root", "log_report",
-           "open_runtime", "parse_mountinfo", "root_in_use", "stale_mounts"]
+           "open_runtime", "parse_mountinfo", "stale_mounts"]
 
 _log = logging.getLogger(__name__)
 
@@ -148,18 +148,6 @@ def _busy(root: Path, path: Path) -> ServiceError:
                         "a second one would remove its running containers and mounts",
                         hint="give each worker its own DOCKYARD_ROOT, or stop the other "
                              "one first (dockyard stop / dockyard node stop)")
-
-
-def root_in_use(root: Path) -> bool:
-    """Whether a live worker holds the root's lock."""
-    path = _lock_path(root)
-    if not path.exists():
-        return False
-    try:
-        lock_root(root).release()
-    except ServiceError:
-        return True
-    return False
 
 
 # --- the entry points --------------------------------------------------------------------
@@ -471,7 +459,8 @@ def _remove_scratch(root: Path) -> tuple[int, int, int, list[str]]:
         if not _remove(path, is_dir):
             problems.append(f"{path} (could not be removed)")
             continue
-        dirs, files, size = dirs + is_dir, files + (not is_dir), size + bytes_held
+        dirs, files = (dirs + 1, files) if is_dir else (dirs, files + 1)
+        size += bytes_held
     return dirs, files, size, problems
 
 
