@@ -227,14 +227,16 @@ def _write_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    """``dockyard stop``: end the root's local service (and wait until it has exited)."""
+    """``dockyard stop``: end the root's local service (and wait until it has exited),
+    then remove what its workers left under the root: nothing stays running or mounted."""
     import asyncio  # noqa: PLC0415
 
-    from ._service import stop_service  # noqa: PLC0415
+    from ._service import clean_root, stop_service  # noqa: PLC0415
 
     del args
     settings = _settings(os.environ)
     stopped = asyncio.run(stop_service(settings))
     print(f"stopped the dockyard service of {settings.root}" if stopped else
           f"no dockyard service is running for {settings.root}", file=sys.stderr)
+    print(clean_root(settings.root), file=sys.stderr)
     return 0

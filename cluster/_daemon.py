@@ -10,7 +10,9 @@ Started detached by a client (cluster/_service.py), it
    answer talks to a complete service) and writes ``dockyard.pid``;
 4. serves websocket calls (cluster/_wire.py frames) until ``stop`` is called, SIGTERM or
    SIGINT arrives, or no call has run for the idle timeout;
-5. closes the socket, shuts Ray down and kills whatever it started that is still alive.
+5. closes the socket, shuts Ray down, kills whatever it started that is still alive and
+   removes what its worker left under the root (containers, mounts, bundles:
+   ``clean_root``, workers/_janitor.py).
 
 Calls: ``ping``, ``statistics``, ``solve`` (streams events; its session channel is open
 while it runs, cluster/_relay.py), ``stop``.  A call is
@@ -39,7 +41,7 @@ from scheduler._errors import DockyardError, ServiceError
 
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._relay import Session, SessionRelay
-from ._service import RunPaths, kill_processes, process_tree, try_flock
+from ._service import RunPaths, clean_root, kill_processes, process_tree, try_flock
 from ._wire import (
     MAX_FRAME_BYTES,
     WIRE_VERSION,
@@ -300,6 +302,7 @@ def _run(paths: RunPaths, idle_timeout: float) -> int:
         started = process_tree(os.getpid())
         runtime.shutdown()
         _log(f"Ray shut down; {kill_processes(started)} leftover processes killed")
+        _log(clean_root(paths.root))
         paths.procs.unlink(missing_ok=True)
         _log("stopped")
     return 0

@@ -3,8 +3,11 @@
 The local store of a root (``DOCKYARD_ROOT``, docs/engine.md) holds four kinds of data:
 layer blobs and cache records (``<root>/cache``, the ``LocalBackend``), unpacked layers
 (``<root>/snapshots/layers/<diffid-hex>``) and ``RUN --mount=type=cache`` directories
-(``<root>/cachemounts``).  ``du`` sizes each kind (``--verbose``: each record too), in
-``docker buildx du``'s units (decimal, four significant digits: ``1.235MB``).
+(``<root>/cachemounts``); ``run scratch`` (bundles, overlay work and staging dirs, temp
+files of runs: a live worker's, or a dead one's until ``dockyard stop`` or the next worker
+removes it) is a row of its own when there is any.  ``du`` sizes each kind
+(``--verbose``: each record too), in ``docker buildx du``'s units (decimal, four
+significant digits: ``1.235MB``).
 
 ``prune`` follows ``docker buildx prune``: ``--keep-storage SIZE`` (binary units, as
 buildx: ``20GB`` is 20 GiB) keeps the most recently used entries up to SIZE,
@@ -228,9 +231,20 @@ def local_usage(root: Path) -> DiskUsage:
     kinds = (KindUsage("layer blobs", len(blobs), sum(size for _, size in blobs), True),
              KindUsage("cache records", len(records), sum(size for _, size in records), True),
              KindUsage("unpacked layers", len(layers), sum(layers), True),
-             KindUsage("cache mounts", len(mounts), sum(mounts), False))
+             KindUsage("cache mounts", len(mounts), sum(mounts), False),
+             *_scratch_usage(root))
     infos = sorted((info for info, _ in read_records(root)), key=lambda info: -info.last_used)
     return DiskUsage(kinds, tuple(infos))
+
+
+def _scratch_usage(root: Path) -> tuple[KindUsage, ...]:
+    """The runs' scratch (bundles, overlay work dirs, staging dirs, temp files), as a kind
+    of its own when there is any: a live worker's runs, or what a dead one left (which
+    ``dockyard stop`` and the next worker remove; prune does not)."""
+    from workers._janitor import entry_size, leftover_entries
+
+    sizes = [entry_size(path) for path in leftover_entries(root)]
+    return (KindUsage("run scratch", len(sizes), sum(sizes), False),) if sizes else ()
 
 
 def format_usage(usage: DiskUsage, *, verbose: bool, now: float) -> str:

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BlockingClient", "Proc", "RunPaths", "ServiceClient", "ServiceSettings", "alive",
-    "connect", "connect_endpoint", "connect_endpoint_async", "connect_running",
+    "clean_root", "connect", "connect_endpoint", "connect_endpoint_async", "connect_running",
     "daemon_running", "default_root", "kill_processes",
     "process_tree", "stop_service", "try_flock",
 ]
@@ -543,3 +543,18 @@ async def stop_service(settings: ServiceSettings, *, timeout: float = 60.0) -> b
                            f"{timeout:.0f}s", hint=f"see {paths.log}") from None
     return True
 
+
+
+def clean_root(root: Path, *, wait: float = 10.0) -> str:
+    """Remove what the root's workers left (containers, mounts, bundles, scratch), once
+    the service has exited, and say so in one line (never raises: a root a live worker
+    still holds is left alone and the line says why).  ``wait``: for a worker process
+    that is still dying to let go of the root's lock."""
+    from workers._janitor import JanitorReport, clean_stale  # noqa: PLC0415
+
+    if not (root / "run").is_dir():  # nothing ever ran here: create nothing
+        return JanitorReport().line(root)
+    try:
+        return clean_stale(root, wait=wait).line(root)
+    except DockyardError as error:
+        return f"clean-up of {root} not done: {error.message}"

@@ -35,6 +35,7 @@ from typing import Any
 from scheduler._errors import DockyardError, SolveError
 from scheduler._progress import Event, EventSink, VertexLog, event_to_wire
 
+from ._janitor import RootLock, claim_root, log_report
 from ._worker_sessions import SessionTable
 
 _log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ _log = logging.getLogger(__name__)
 __all__ = ["WorkerActor"]
 
 _DONE = object()  # ends a call's queue
+
+
+def _claim(root: Path) -> RootLock:
+    """The root's worker lock, after cleaning the root (one log line says what it found)."""
+    lock, report = claim_root(root)
+    log_report(root, report)
+    return lock
 
 
 class _QueueSink:
@@ -71,6 +79,9 @@ class WorkerActor:
         self._sessions = SessionTable(Path(root), self._engine)  # the builds open here
         self.name = _actor_name()  # its Ray actor name ("" outside Ray)
         self._peers: dict[str, Any] = {}  # peer actor name -> its PeerBlobs, once made
+        # <root>/run/worker.lock for the actor's life, taken once what a dead worker of the
+        # root left (containers, mounts, bundles) is removed: a restarted actor cleans first.
+        self._root_lock = _claim(Path(root))
 
     async def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "root": self.root, "arches": list(self.arches),

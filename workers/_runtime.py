@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cache_backends._local import LocalBackend, LocalBlobSource
 from cache_backends._protocol import BlobCorrupt, BlobMissing, CacheBackend
@@ -44,6 +44,9 @@ from ._layers import unpack_layer, write_layer
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
 from ._secrets import DictSecrets, SecretSource
 from ._snapshots import SnapshotStore
+
+if TYPE_CHECKING:
+    from ._janitor import RootLock
 
 __all__ = ["BuildSession", "RecordStore", "RuntimeBackend", "WorkerRuntime"]
 
@@ -92,6 +95,10 @@ class RecordStore:
 class WorkerRuntime:
     """The engine of one machine (see the module docstring); ``aclose`` when done."""
 
+    #: ``<root>/run/worker.lock`` when made by ``open_runtime`` (workers/_janitor.py):
+    #: held until ``aclose``, so no second runtime cleans the root under this one.
+    root_lock: RootLock | None = None
+
     def __init__(self, root: Path, *, cache: LocalBackend | None = None,
                  registry: RegistryConfig | None = None, compression: str = "gzip") -> None:
         self.root = root
@@ -130,6 +137,8 @@ class WorkerRuntime:
         clients, self._registries = list(self._registries.values()), {}
         for client in clients:
             await client.aclose()
+        if self.root_lock is not None:
+            self.root_lock.release()
 
     def registry_for(self, insecure: Iterable[str] = ()) -> RegistryClient:
         """The registry client of a build that speaks plain HTTP to ``insecure`` too: the
