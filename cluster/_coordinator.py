@@ -154,8 +154,10 @@ class Coordinator:
         self._watch: asyncio.Task[None] | None = None  # the registry's periodic refresh
 
     async def ping(self) -> dict[str, Any]:
+        """This coordinator, and one worker's ping (None while the cluster has none)."""
         await self._refreshed()
-        worker = await self._placement.any_worker().handle.call("ping")
+        worker = (await self._placement.any_worker().handle.call("ping")
+                  if self._registry.entries else None)
         return {"pid": os.getpid(), "worker": worker, "workers": len(self._registry.entries)}
 
     async def workers(self) -> list[dict[str, Any]]:

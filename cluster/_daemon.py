@@ -259,8 +259,9 @@ def _forget(calls: dict[int, asyncio.Task[None]], call_id: int, _: object) -> No
 
 async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float) -> None:
     coordinator = runtime.create_actors(paths.root)
-    async with asyncio.timeout(120):
-        info = await coordinator.call("ping")
+    async with asyncio.timeout(120):  # the coordinator up, and the node's worker found
+        while (info := await coordinator.call("ping"))["worker"] is None:
+            await asyncio.sleep(0.1)
     _log(f"actors up: coordinator {info['pid']}, worker {info['worker']['pid']}")
     # What a client kills if this daemon dies without cleaning up (see _service._start).
     paths.procs.write_text("".join(f"{pid} {start}\n" for pid, start in

@@ -154,9 +154,10 @@ def _say(text: str) -> None:
 
 
 def _coordinator(runtime: RayRuntime, settings: ServeSettings) -> ActorRef:
-    """The coordinator this endpoint submits to.  For now a new one with its worker, as
-    the embedded daemon makes (attached or not); the lead replaces this with the named
-    detached coordinator of the cluster at ``--ray-address``."""
+    """The coordinator this endpoint submits to: the cluster's (attached to a cluster),
+    else that of the one-node cluster this endpoint started, with its node's worker."""
+    if settings.ray_address:
+        return runtime.cluster_coordinator()
     return runtime.create_actors(settings.root)
 
 
@@ -197,7 +198,7 @@ def _start_ray(settings: ServeSettings) -> RayRuntime:
     Path(os.environ["HOME"]).mkdir(parents=True, exist_ok=True)
     runtime = RayRuntime(RaySettings.for_machine(settings.root))
     if settings.ray_address:
-        runtime.attach(settings.ray_address)
+        runtime.attach(*_cluster_address(settings))
     else:
         runtime.start()
     return runtime
@@ -207,7 +208,7 @@ async def _serve_with(runtime: RayRuntime, settings: ServeSettings) -> None:
     coordinator = _coordinator(runtime, settings)
     async with asyncio.timeout(120):
         await coordinator.call("ping")
-    _say("coordinator and worker up")
+    _say("coordinator up")
     await serve(settings, coordinator, _ready)
 
 
@@ -227,6 +228,19 @@ def run_serve(args: argparse.Namespace) -> int:
         killed = kill_processes(started) if not settings.ray_address else 0
         _say(f"stopped ({killed} leftover processes killed)")
     return 0
+
+
+def _cluster_address(settings: ServeSettings) -> tuple[str, str | None]:
+    """The GCS address to attach to, and this machine's node address in that cluster: a
+    node started under this root (``dockyard node start``) gives both; ``--ray-address``
+    wins for the first."""
+    from ._node import NodePaths, read_record  # noqa: PLC0415
+
+    record = read_record(NodePaths(settings.root))
+    address = settings.ray_address or ""
+    if address in ("", "auto") and record is not None:
+        address = record.address
+    return address, record.node_ip if record is not None else None
 
 
 def _certificate(path: str | None) -> str | None:

@@ -147,6 +147,24 @@ class RayRuntime:
         ).remote(str(root), arches, native, slots)
         return ActorRef(handle, "worker")
 
+    def cluster_coordinator(self) -> ActorRef:
+        """The cluster's coordinator (named ``COORDINATOR_NAME``, detached, restarted by
+        Ray if it dies; made here when the cluster has none): it finds the workers of
+        every node by name, so endpoints and nodes may come and go around it."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from cluster._coordinator import Coordinator
+
+        node_id = ray.get_runtime_context().get_node_id()
+        coordinator_cls: Any = ray.remote(Coordinator)
+        coordinator = coordinator_cls.options(
+            name=COORDINATOR_NAME, namespace=NAMESPACE, get_if_exists=True,
+            lifetime="detached", max_restarts=-1, num_cpus=0, max_concurrency=1000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
+        ).remote(discover=True)
+        return ActorRef(coordinator, "coordinator")
+
     def create_actors(self, root: Path) -> ActorRef:
         """The embedded service's actors on this head: the node's worker (its native arch
         and, emulated, every other one dockyard knows) and the coordinator, which finds

@@ -1,0 +1,211 @@
+"""A real dockyard cluster on this machine, through the CLI, for tests and benchmarks.
+
+``LocalCluster`` starts a Ray head with ``dockyard node start --head`` on 127.0.0.2, then
+each further node with ``node start --address`` on 127.0.0.3, .4, ... (every node its own
+loopback address and its own ``DOCKYARD_ROOT``, so nothing passes through a shared disk a
+real cluster would not have; NOTES-ray.md), and ``dockyard serve --ray-address auto``
+under the head's root on a free 127.0.0.1 port with a token.  A client builds with its
+own root through ``--endpoint``.  ``close`` stops the endpoint (SIGTERM), each node
+(``node stop``, never ``ray stop``) and then, by pid, anything of its roots still alive.
+
+Roots are short directories in /tmp: Ray's session sockets must fit a unix socket path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from support.busybox_image import SetupError
+from support.registry import free_port
+
+PROJECT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 180.0
+
+
+@dataclass
+class Node:
+    """One node: its root, address and what it runs."""
+
+    root: Path
+    ip: str
+    arch: str
+    emulate: tuple[str, ...] = ()
+    slots: int = 2
+
+    @property
+    def worker_root(self) -> str:
+        return str(self.root)
+
+
+def environment(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a dockyard process under ``root`` (nothing of Ray's inherited)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "DOCKYARD_"))}
+    env.update(PYTHONPATH=str(PROJECT), DOCKYARD_ROOT=str(root))
+    env.update(extra or {})
+    return env
+
+
+def dockyard(root: Path, *argv: str, check: bool = True, timeout: float = START_TIMEOUT,
+             extra: dict[str, str] | None = None, stdin: bytes | None = None,
+             prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[bytes]:
+    """``dockyard ARGV`` under ``root`` (``prefix``: e.g. ``unshare -m ...`` before it)."""
+    result = subprocess.run([*prefix, sys.executable, "-m", "cluster", *argv],
+                            env=environment(root, extra), capture_output=True,
+                            input=stdin, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dockyard {' '.join(argv)} failed ({result.returncode}):\n"
+                             f"{result.stderr.decode(errors='replace')}")
+    return result
+
+
+def root_processes(root: Path) -> set[int]:
+    """Live processes whose environment names ``root``."""
+    wanted = f"DOCKYARD_ROOT={root}".encode()
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z" and wanted in (entry / "environ").read_bytes().split(b"\0"):
+                    found.add(int(entry.name))
+    return found
+
+
+@dataclass
+class LocalCluster:
+    """A head, worker nodes and an endpoint; see the module docstring."""
+
+    base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dyc-")))
+    nodes: list[Node] = field(default_factory=list)
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    url: str = ""
+    address: str = ""  # the head's GCS address
+    _serve: subprocess.Popen[bytes] | None = None
+    _next_ip: int = 2
+
+    @property
+    def head(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def token_file(self) -> Path:
+        path = self.base / "token"
+        if not path.exists():
+            path.write_text(self.token + "\n")
+            path.chmod(0o600)
+        return path
+
+    def start(self, *nodes: tuple[str, tuple[str, ...], int]) -> LocalCluster:
+        """The head (the first of ``nodes``: (arch, emulated arches, slots)), the other
+        nodes, then the endpoint."""
+        first, *rest = nodes
+        self.add_node(*first, head=True)
+        for node in rest:
+            self.add_node(*node)
+        self.start_endpoint()
+        return self
+
+    def add_node(self, arch: str, emulate: tuple[str, ...] = (), slots: int = 2, *,
+                 head: bool = False) -> Node:
+        ip = f"127.0.0.{self._next_ip}"
+        self._next_ip += 1
+        node = Node(self.base / f"n{len(self.nodes)}", ip, arch, emulate, slots)
+        node.root.mkdir()
+        argv = ["node", "start", "--node-ip", ip, "--arch", arch, "--slots", str(slots)]
+        if emulate:
+            argv += ["--emulate", ",".join(emulate)]
+        if head:
+            argv += ["--head"]
+        else:
+            token = self.head.root / "run" / "home" / ".ray" / "auth_token"
+            argv += ["--address", self.address, "--token-file", str(token)]
+        self.nodes.append(node)
+        done = dockyard(node.root, *argv)
+        if head:
+            self.address = _address_of(done.stdout.decode() + done.stderr.decode(), node)
+        return node
+
+    def start_endpoint(self) -> None:
+        port = free_port()
+        log = open(self.base / "serve.log", "wb")  # noqa: SIM115 -- lives with the process
+        self._serve = subprocess.Popen(
+            [sys.executable, "-m", "cluster", "serve", "--host", "127.0.0.1", "--port",
+             str(port), "--ray-address", "auto", "--token-file", str(self.token_file)],
+            env=environment(self.head.root), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT
+        while b"dockyard serving on" not in (self.base / "serve.log").read_bytes():
+            if self._serve.poll() is not None or time.monotonic() > deadline:
+                raise SetupError(f"dockyard serve did not start:\n{self.serve_log()}")
+            time.sleep(0.2)
+
+    def serve_log(self) -> str:
+        return (self.base / "serve.log").read_text(errors="replace")
+
+    def client(self, name: str = "client") -> Path:
+        """A client's own root (nothing of a node's)."""
+        root = self.base / name
+        root.mkdir(exist_ok=True)
+        return root
+
+    def build(self, client: Path, *argv: str, check: bool = True, timeout: float = 300.0,
+              prefix: tuple[str, ...] = (), extra: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[bytes]:
+        """``dockyard build --endpoint URL ARGV`` from ``client``'s root."""
+        env = {"DOCKYARD_ENDPOINT": self.url, "DOCKYARD_TOKEN": self.token} | (extra or {})
+        return dockyard(client, "build", *argv, check=check, timeout=timeout, extra=env,
+                        prefix=prefix)
+
+    def stop_node(self, node: Node) -> None:
+        dockyard(node.root, "node", "stop", timeout=60)
+
+    def close(self) -> None:
+        """Stop everything this cluster started; remove its roots."""
+        if self._serve is not None and self._serve.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._serve.pid, signal.SIGTERM)
+            try:
+                self._serve.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._serve.pid, signal.SIGKILL)
+                self._serve.wait(5)
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                dockyard(node.root, "node", "stop", check=False, timeout=60)
+        for node in self.nodes:
+            for pid in root_processes(node.root):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for node in self.nodes:
+            dockyard(node.root, "stop", check=False, timeout=60)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _address_of(output: str, node: Node) -> str:
+    """The head's GCS address, from what ``node start --head`` printed (or its node.json)."""
+    from cluster._node import NodePaths, read_record
+
+    record = read_record(NodePaths(node.root))
+    if record is None:
+        raise SetupError(f"node start --head printed no address:\n{output}")
+    return record.address
