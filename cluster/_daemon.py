@@ -37,7 +37,7 @@ from typing import Any
 import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from scheduler._errors import DockyardError, ServiceError
+from scheduler._errors import DockyardError, ServiceError, UsageError
 
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._relay import Session, SessionRelay
@@ -90,8 +90,11 @@ class Daemon:
     clients (``handle``), ``/session`` for workers (``relay.handle``)."""
 
     def __init__(self, coordinator: ActorRef, idle_timeout: float, session_url: str,
-                 session_ca: str | None = None) -> None:
+                 session_ca: str | None = None, *, remote: bool = False) -> None:
         self.coordinator = coordinator
+        # An endpoint for clients on other machines: a request naming a path of the
+        # cluster's machines (a type=local cache directory) is refused.
+        self.remote = remote
         self.idle_timeout = idle_timeout
         # the session channels of running solves
         self.relay = SessionRelay(session_url, session_ca)
@@ -205,6 +208,8 @@ class Daemon:
 
     async def _solve(self, request: Request, connection: _Connection) -> Any:
         """The coordinator's solve, the call's session channel open while it runs."""
+        if self.remote:
+            refuse_server_paths(request.params)
         session = self.relay.open(request.id, connection.send)
         connection.sessions[request.id] = session
         params = dict(request.params)
@@ -229,6 +234,23 @@ class Daemon:
             stream.cancel()
             raise
         raise ServiceError("the coordinator ended a solve without a result")
+
+
+def refuse_server_paths(params: Any) -> None:
+    """A ``UsageError`` for a build request that names a directory on the cluster's
+    machines (a ``type=local`` cache): through an endpoint nothing of the client's disk is
+    there, and the cluster's own disks are not the client's to name."""
+    options = params.get("options") if isinstance(params, dict) else None
+    if not isinstance(options, dict):
+        return
+    for flag in ("cache_to", "cache_from"):
+        for spec in options.get(flag) or ():
+            if isinstance(spec, list | tuple) and spec and spec[0] == "local":
+                name = "--" + flag.replace("_", "-")
+                raise UsageError(f"{name} type=local names a directory on the cluster's "
+                                 f"machines, which a build through an endpoint may not use",
+                                 hint=f"use {name} type=s3,... for a cache the cluster and "
+                                      "you share, or build without --endpoint")
 
 
 def _frame_id(data: bytes) -> int:

@@ -165,7 +165,7 @@ async def serve(settings: ServeSettings, coordinator: ActorRef,
                 ready: Callable[[str], None] = print) -> None:
     """Serve until SIGTERM/SIGINT; ``ready`` is given the URL once the site listens."""
     daemon = Daemon(coordinator, float("inf"), settings.session_url,
-                    _certificate(settings.tls_cert))
+                    _certificate(settings.tls_cert), remote=True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, daemon.stopping.set)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cluster import environment, root_processes
 
 from cluster._node import NodePaths, NodeRecord, read_record
 
@@ -64,13 +65,6 @@ class Node:
         return record
 
 
-def environment(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")
-           and k not in ("DOCKYARD_ROOT", "DOCKYARD_RAY_ADDRESS")}
-    env.update(PYTHONPATH=str(PROJECT), DOCKYARD_ROOT=str(root))
-    return env
-
-
 def dockyard(root: Path, *argv: str, check: bool = True,
              extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, "-m", "cluster", *argv],
@@ -79,19 +73,6 @@ def dockyard(root: Path, *argv: str, check: bool = True,
     if check:
         assert result.returncode == 0, f"dockyard {' '.join(argv)}: {result.stderr}"
     return result
-
-
-def root_processes(root: Path) -> set[int]:
-    """Live processes whose environment names ``root`` (every Ray process of its node)."""
-    wanted = f"DOCKYARD_ROOT={root}".encode()
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z" and wanted in (entry / "environ").read_bytes().split(b"\0"):
-                    found.add(int(entry.name))
-    return found
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

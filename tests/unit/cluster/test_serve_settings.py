@@ -4,6 +4,7 @@ and what it serves."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +89,31 @@ def test_endpoint_flags_win_over_the_environment(token_file: str) -> None:
                        "--tls-ca", "/flag-ca.pem"], environ)
     assert found == Endpoint("https://flag:2", host="flag", port=2, tls=True,
                              ca_file="/flag-ca.pem", token="tok3n")
+
+
+# --- a request through an endpoint names no path of the cluster's machines ---------------
+
+SERVER_PATHS = [
+    # (cache_to, cache_from, refused flag or None)
+    ([], [], None),
+    ([["s3", [["bucket", "b"]], "max", False]], [["s3", [["bucket", "b"]], "min", False]],
+     None),
+    ([["local", [["dest", "/srv/cache"]], "max", False]], [], "--cache-to"),
+    ([], [["local", [["src", "/srv/cache"]], "min", False]], "--cache-from"),
+]
+
+
+@pytest.mark.parametrize(("cache_to", "cache_from", "refused"), SERVER_PATHS)
+def test_an_endpoint_refuses_requests_naming_server_paths(
+        cache_to: list[Any], cache_from: list[Any], refused: str | None) -> None:
+    from cluster._daemon import refuse_server_paths
+
+    params = {"options": {"cache_to": cache_to, "cache_from": cache_from}}
+    if refused is None:
+        refuse_server_paths(params)
+        return
+    with pytest.raises(UsageError) as caught:
+        refuse_server_paths(params)
+    assert caught.value.message == (
+        f"{refused} type=local names a directory on the cluster's machines, which a build "
+        "through an endpoint may not use")
