@@ -284,6 +284,10 @@ def _add_serve(subparsers: _Subparsers) -> None:
         help="allow a non-loopback --host without a token")
     add("--advertise-url", metavar="URL",
         help="the URL workers reach this endpoint at (default: the one it serves)")
+    add("--slots", type=int, metavar="N",
+        help="without --ray-address: vertices the embedded node runs at once (default: CPUs)")
+    add("--cache", action="append", default=[], metavar="type=s3,bucket=B,...",
+        help="the cluster's shared cache: every build imports from and exports to it")
     serve.set_defaults(run=_run_serve)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import signal
@@ -37,6 +38,7 @@ from typing import Any
 import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from scheduler._build_request import CacheSpec
 from scheduler._errors import DockyardError, ServiceError, UsageError
 
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
@@ -90,8 +92,12 @@ class Daemon:
     clients (``handle``), ``/session`` for workers (``relay.handle``)."""
 
     def __init__(self, coordinator: ActorRef, idle_timeout: float, session_url: str,
-                 session_ca: str | None = None, *, remote: bool = False) -> None:
+                 session_ca: str | None = None, *, remote: bool = False,
+                 caches: Sequence[CacheSpec] = ()) -> None:
         self.coordinator = coordinator
+        # The cluster's shared caches (``serve --cache``): every build imports from them
+        # and exports to them, so any node reuses what any other built.
+        self.caches = tuple(caches)
         # An endpoint for clients on other machines: a request naming a path of the
         # cluster's machines (a type=local cache directory) is refused.
         self.remote = remote
@@ -212,7 +218,7 @@ class Daemon:
             refuse_server_paths(request.params)
         session = self.relay.open(request.id, connection.send)
         connection.sessions[request.id] = session
-        params = dict(request.params)
+        params = with_caches(dict(request.params), self.caches)
         params["session"] = dict(params.get("session") or {}) | self.relay.session_map(session)
         try:
             return await self._solve_stream(request.id, params, connection.send)
@@ -234,6 +240,22 @@ class Daemon:
             stream.cancel()
             raise
         raise ServiceError("the coordinator ended a solve without a result")
+
+
+def with_caches(params: dict[str, Any], caches: Sequence[CacheSpec]) -> dict[str, Any]:
+    """``params`` of a build whose options also import from and export to ``caches``
+    (mode=max, a failing export a warning: the build is the client's, the cache the
+    cluster's)."""
+    options = params.get("options")
+    if not caches or not isinstance(options, dict):
+        return params
+    exports = [dataclasses.replace(spec, mode="max", ignore_error=True) for spec in caches]
+    options = dict(options)
+    options["cache_from"] = [*(options.get("cache_from") or ()),
+                             *(spec.to_wire() for spec in caches)]
+    options["cache_to"] = [*(options.get("cache_to") or ()),
+                           *(spec.to_wire() for spec in exports)]
+    return params | {"options": options}
 
 
 def refuse_server_paths(params: Any) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import os
@@ -36,7 +37,7 @@ from aiohttp import web
 
 from scheduler._errors import ServiceError, UsageError
 
-from ._build_options import read_token_file
+from ._build_options import CacheSpec, parse_cache, read_token_file
 from ._daemon import Daemon
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._service import default_root, kill_processes, process_tree
@@ -61,6 +62,9 @@ class ServeSettings:
     tls_key: str | None = None
     insecure: bool = False  # without a token, bind a non-loopback host anyway
     advertise_url: str | None = None  # the session URL workers use (else the bound one)
+    slots: int | None = None  # the embedded node's worker slots (None: the CPUs)
+    # The cluster's shared cache: every build imports from it and exports to it (mode=max).
+    caches: tuple[CacheSpec, ...] = ()
 
     @property
     def scheme(self) -> str:
@@ -98,10 +102,18 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
                          hint="pass --token-file FILE, bind 127.0.0.1, or add --insecure")
     if args.advertise_url and not args.advertise_url.startswith(("http://", "https://")):
         raise UsageError(f"invalid --advertise-url {args.advertise_url!r}: not http(s)://")
+    slots = getattr(args, "slots", None)
+    if slots is not None and slots < 1:
+        raise UsageError(f"invalid --slots {slots}: at least 1")
+    caches = tuple(parse_cache("--cache", value) for value in getattr(args, "cache", None) or ())
+    for spec in caches:
+        if spec.type != "s3":
+            raise UsageError(f"invalid --cache type={spec.type}: a cluster's shared cache is "
+                             "type=s3 (every node must reach it)")
     return ServeSettings(root=default_root(os.environ), host=args.host, port=args.port,
                          ray_address=args.ray_address, token=token, tls_cert=args.tls_cert,
                          tls_key=args.tls_key, insecure=args.insecure,
-                         advertise_url=args.advertise_url)
+                         advertise_url=args.advertise_url, slots=slots, caches=caches)
 
 
 def server_ssl_context(cert: str, key: str) -> Any:
@@ -165,7 +177,7 @@ async def serve(settings: ServeSettings, coordinator: ActorRef,
                 ready: Callable[[str], None] = print) -> None:
     """Serve until SIGTERM/SIGINT; ``ready`` is given the URL once the site listens."""
     daemon = Daemon(coordinator, float("inf"), settings.session_url,
-                    _certificate(settings.tls_cert), remote=True)
+                    _certificate(settings.tls_cert), remote=True, caches=settings.caches)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, daemon.stopping.set)
@@ -196,7 +208,10 @@ def _ready(url: str) -> None:
 def _start_ray(settings: ServeSettings) -> RayRuntime:
     os.environ.update(ray_environment(settings.root, os.environ))
     Path(os.environ["HOME"]).mkdir(parents=True, exist_ok=True)
-    runtime = RayRuntime(RaySettings.for_machine(settings.root))
+    machine = RaySettings.for_machine(settings.root)
+    if settings.slots is not None:
+        machine = dataclasses.replace(machine, arch_slots=settings.slots)
+    runtime = RayRuntime(machine)
     if settings.ray_address:
         runtime.attach(*_cluster_address(settings))
     else:

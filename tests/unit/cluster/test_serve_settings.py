@@ -53,6 +53,10 @@ REFUSED = [
     (["--advertise-url", "ftp://x"], "invalid --advertise-url 'ftp://x': not http(s)://"),
     (["--token-file", "/nonexistent/t"],
      "cannot read --token-file '/nonexistent/t': No such file or directory"),
+    (["--slots", "0"], "invalid --slots 0: at least 1"),
+    (["--cache", "type=local,src=/srv/c"],
+     "invalid --cache type=local: a cluster's shared cache is type=s3 (every node must reach "
+     "it)"),
 ]
 
 
@@ -117,3 +121,20 @@ def test_an_endpoint_refuses_requests_naming_server_paths(
     assert caught.value.message == (
         f"{refused} type=local names a directory on the cluster's machines, which a build "
         "through an endpoint may not use")
+
+
+def test_a_shared_cache_is_imported_from_and_exported_to_by_every_build() -> None:
+    from cluster._daemon import with_caches
+
+    settings = _settings("--cache", "type=s3,bucket=shared,region=r1", "--slots", "3")
+    assert settings.slots == 3
+    own = ["s3", [["bucket", "mine"]], "min", False]
+    params = {"options": {"cache_from": [], "cache_to": [own]}, "dockerfile": b""}
+    merged = with_caches(params, settings.caches)
+    options = merged["options"]
+    assert [spec[0:2] for spec in options["cache_from"]] == [
+        ["s3", [["bucket", "shared"], ["region", "r1"]]]]
+    assert options["cache_to"][0] == own
+    assert options["cache_to"][1][2:] == ["max", True]  # mode=max, ignore-error
+    assert params["options"]["cache_to"] == [own]  # the client's request is not changed
+    assert with_caches(params, ()) is params
