@@ -97,7 +97,12 @@ class RayRuntime:
         self._started = False  # True between start() and shutdown()
 
     def start(self) -> None:
-        """Start the head (blocking, ~4-5 s); a failure is a ``ServiceError``."""
+        """Start the head of a one-node cluster (blocking, ~4-5 s), on 127.0.0.1 only: its
+        processes listen on and talk over loopback (NOTES-ray.md), and other nodes cannot
+        join it (a cluster's head is ``dockyard node start --head``); a failure is a
+        ``ServiceError``."""
+        # Read when ray is first imported (ray_constants): set before that import.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         import ray
 
         temp = ray_temp_dir(self.settings.root)
