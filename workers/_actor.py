@@ -76,7 +76,7 @@ class WorkerActor:
         self._completed = 0  # streaming calls that finished
         self._cancelled = 0  # streaming calls stopped by a cancellation
         self._runtime: Any = None  # the WorkerRuntime, made by the first session
-        self._sessions = SessionTable(Path(root), self._engine)  # the builds open here
+        self.sessions = SessionTable(Path(root), self._engine)  # the builds open here
         self.name = _actor_name()  # its Ray actor name ("" outside Ray)
         self._peers: dict[str, Any] = {}  # peer actor name -> its PeerBlobs, once made
         # <root>/run/worker.lock for the actor's life, taken once what a dead worker of the
@@ -100,15 +100,15 @@ class WorkerActor:
     async def open_session(self, build_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """Open build ``build_id`` (``request``: ``options`` and ``session`` of a build
         request); answers the build's epoch."""
-        return await _answered(lambda: self._sessions.open(build_id, request))
+        return await _answered(lambda: self.sessions.open(build_id, request))
 
     async def close_session(self, build_id: str) -> dict[str, Any]:
         """End build ``build_id`` (workers/_worker_sessions.py ``SessionTable.close``)."""
-        await self._sessions.close(build_id)
+        await self.sessions.close(build_id)
         return {"result": None}
 
     def _session(self, build_id: str) -> Any:
-        return self._sessions.get(build_id)
+        return self.sessions.get(build_id)
 
     # -- what the solver and the frontend ask --
 
@@ -200,7 +200,7 @@ class WorkerActor:
 
     def _with_pending(self, build_id: str | None, item: dict[str, Any]) -> dict[str, Any]:
         """``item`` with the build's unsent remote-cache events (``events``) when any."""
-        session = self._sessions.find(build_id)
+        session = self.sessions.find(build_id)
         events = session.pending.take() if session is not None else []
         if events:
             item["events"] = events
@@ -208,7 +208,7 @@ class WorkerActor:
 
     def _records(self, build_id: str | None) -> Any:
         """The build's RecordCache (its remote caches), else the local store's."""
-        session = self._sessions.find(build_id)
+        session = self.sessions.find(build_id)
         if session is not None and session.records is not None:
             return session.records
         return self._engine().records()
@@ -263,7 +263,7 @@ class WorkerActor:
         queue: asyncio.Queue[object] = asyncio.Queue()
         self._running += 1
         task = asyncio.ensure_future(_queued(work, _QueueSink(queue), queue))
-        session = self._sessions.find(build_id)
+        session = self.sessions.find(build_id)
         if session is not None:
             session.tasks.add(task)
             task.add_done_callback(session.tasks.discard)
@@ -307,10 +307,10 @@ class WorkerActor:
 
     async def statistics(self) -> dict[str, int]:
         return {"running": self._running, "completed": self._completed,
-                "cancelled": self._cancelled, "sessions": len(self._sessions)}
+                "cancelled": self._cancelled, "sessions": len(self.sessions)}
 
     def __repr__(self) -> str:
-        return (f"<WorkerActor arches={','.join(self.arches)} sessions={len(self._sessions)} "
+        return (f"<WorkerActor arches={','.join(self.arches)} sessions={len(self.sessions)} "
                 f"running={self._running} completed={self._completed} "
                 f"cancelled={self._cancelled}>")
 

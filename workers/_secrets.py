@@ -21,7 +21,8 @@ from scheduler._errors import ServiceError
 if TYPE_CHECKING:
     from ._session_channel import SessionChannel
 
-__all__ = ["ChannelSecrets", "DictSecrets", "SecretAsker", "SecretSource", "session_secrets"]
+__all__ = ["ChannelSecrets", "DictSecrets", "SecretAsker", "SecretSource", "session_channel",
+           "session_secrets"]
 
 
 class SecretSource(Protocol):
@@ -72,16 +73,22 @@ class ChannelSecrets:
         return value
 
 
-def session_secrets(session: Mapping[str, Any]) -> tuple[SecretSource, SessionChannel | None]:
-    """The secrets of a request's session map (``{"url", "id", "token", "secret_ids",
-    ...}``, cluster/_daemon.py) and the channel they are asked over (None when the map
-    names no channel; the caller ``aclose``s it when the build's session closes)."""
-    ids = [str(ident) for ident in session.get("secret_ids", ())]
+def session_channel(session: Mapping[str, Any]) -> SessionChannel | None:
+    """The build's session channel a request's session map names (``{"url", "id",
+    "token", "ca_pem"}``, cluster/_daemon.py), or None when it names none; the caller
+    ``aclose``s it when the build's session closes."""
     if not session.get("url"):
-        return DictSecrets(), None
+        return None
     from ._session_channel import SessionChannel  # noqa: PLC0415
 
     ca_pem = session.get("ca_pem")
-    channel = SessionChannel(str(session["url"]), str(session["id"]), str(session["token"]),
-                             str(ca_pem) if ca_pem else None)
-    return ChannelSecrets(channel, ids), channel
+    return SessionChannel(str(session["url"]), str(session["id"]), str(session["token"]),
+                          str(ca_pem) if ca_pem else None)
+
+
+def session_secrets(session: Mapping[str, Any], channel: SecretAsker | None
+                    ) -> SecretSource:
+    """The secrets of a request's session map (``secret_ids``), asked over ``channel``
+    (none without a channel)."""
+    ids = [str(ident) for ident in session.get("secret_ids", ())]
+    return DictSecrets() if channel is None else ChannelSecrets(channel, ids)

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,7 @@ from ._context_fetch import ask_reader
 from ._context_manifest import ContextManifest
 from ._remote_cache import RemoteRecords
 from ._runtime import BuildSession, RuntimeBackend, WorkerRuntime
-from ._secrets import session_secrets
-from ._session_channel import SessionChannel
+from ._secrets import session_channel, session_secrets
 
 __all__ = ["PendingEvents", "SessionTable", "WorkerSession"]
 
@@ -77,7 +76,7 @@ class WorkerSession:
     scratch: Path  # this build's scratch directory on the worker (removed on close)
     # Client output index -> the scratch file that output is written to, then sent.
     outputs: dict[int, Path] = field(default_factory=dict)
-    channel: SessionChannel | None = None  # to the client, through the endpoint
+    channel: Any = None  # to the client (a SessionChannel through the endpoint), or None
     records: RemoteRecords | None = None  # its --cache-from/--cache-to, or None
     pending: PendingEvents = field(default_factory=PendingEvents)  # warnings, unsent
     # The build's calls running here now; close cancels and awaits them.
@@ -94,9 +93,13 @@ class WorkerSession:
 class SessionTable:
     """The open builds of one worker, by build id."""
 
-    def __init__(self, root: Path, engine: Any) -> None:
+    def __init__(self, root: Path, engine: Any,
+                 channels: Callable[[Mapping[str, Any]], Any] = session_channel) -> None:
         self.root = root  # the worker's DOCKYARD_ROOT
         self._engine = engine  # () -> the WorkerRuntime, made on first use
+        # A request's session map -> the build's channel to its client (or None): the
+        # endpoint's relay in a service; the client's handlers in-process in tests.
+        self.channels = channels
         self._sessions: dict[str, WorkerSession] = {}  # build id -> its open session
 
     def __len__(self) -> int:
@@ -133,9 +136,10 @@ class SessionTable:
         outputs = {index: scratch / f"output-{index}" for index, spec
                    in enumerate(options.outputs) if spec.type != "image"}
         local = prepared(_local_options(self.root, options, part, outputs))
-        secrets, channel = session_secrets(part)
+        channel = self.channels(part)
         reader = ask_reader(channel.ask) if channel is not None and manifests else None
-        build = BuildSession(manifests=manifests, context_reader=reader, secrets=secrets,
+        build = BuildSession(manifests=manifests, context_reader=reader,
+                             secrets=session_secrets(part, channel),
                              ssh={k: Path(v) for k, v in (part.get("ssh") or {}).items()},
                              epoch=local.epoch,
                              insecure_registries=frozenset(local.insecure_registries))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.inproc_client import client_session
 from support.progress import Recorder
 
 from cluster._build_options import BuildOptions, OutputSpec, parse_cache
@@ -307,12 +308,14 @@ def _service_build(base: Any, context: Path, machine: Machine, push: str = "",
         cache_to=tuple(parse_cache("--cache-to", v) for v in caches.get("to", "").split()),
         cache_from=tuple(parse_cache("--cache-from", v)
                          for v in caches.get("source", "").split()))
-    request = {"options": options.to_wire(), "session": {},
+    session, channel = client_session(options, context)
+    request = {"options": options.to_wire(), "session": session,
                "dockerfile": dockerfile.format(base=base.reference).encode()}
 
     async def main() -> dict[str, Any]:
-        coordinator = Coordinator(InProcessWorker(WorkerActor(str(machine.root), ["amd64"])),
-                                  ["amd64"])
+        actor = WorkerActor(str(machine.root), ["amd64"])
+        actor.sessions.channels = lambda part: channel
+        coordinator = Coordinator(InProcessWorker(actor), ["amd64"])
         items = [item async for item in coordinator.solve(request)]
         assert "result" in items[-1], items[-1]
         result: dict[str, Any] = items[-1]["result"]

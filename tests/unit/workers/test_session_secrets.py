@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from scheduler._errors import ServiceError
-from workers._secrets import ChannelSecrets, DictSecrets, session_secrets
+from workers._secrets import ChannelSecrets, DictSecrets, session_channel, session_secrets
 from workers._session_channel import decode_answer, decode_ask, encode_answer, encode_ask
 
 
@@ -88,10 +88,12 @@ def test_dict_secrets() -> None:
 
 
 def test_session_secrets_from_a_request_session_map() -> None:
-    source, channel = session_secrets({"url": "unix:///s.sock", "id": "b1", "token": "t",
-                                       "secret_ids": ["a"], "ssh": {}})
+    session = {"url": "unix:///s.sock", "id": "b1", "token": "t", "secret_ids": ["a"],
+               "ssh": {}}
+    channel = session_channel(session)
+    source = session_secrets(session, channel)
     assert isinstance(source, ChannelSecrets) and source.ids == {"a"}
     assert channel is not None and (channel.url, channel.session_id) == ("unix:///s.sock", "b1")
     assert "'t'" not in repr(channel)
-    none, no_channel = session_secrets({"ssh": {}})
-    assert isinstance(none, DictSecrets) and no_channel is None
+    assert session_channel({"ssh": {}}) is None
+    assert isinstance(session_secrets({"secret_ids": ["a"]}, None), DictSecrets)

@@ -1,0 +1,44 @@
+"""The client's side of a build, in this process: for tests that drive the coordinator and
+a worker actor without Ray or an endpoint.
+
+``client_session(options, context)`` makes the request's session part as ``dockyard
+build`` does (the context's ignore patterns and manifest) and the build's channel: an
+object with the session channel's ``ask``/``aclose`` that answers each ask with the
+client's real handlers (cluster/_context_server.py, cluster/_outputs.py), only without
+the network hop of the endpoint's relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from cluster._build_cmd import _context
+from cluster._build_options import BuildOptions
+from cluster._outputs import OutputWriters
+
+
+class ClientChannel:
+    """A build's session channel answered in process by the client's handlers."""
+
+    def __init__(self, handlers: dict[str, Any]) -> None:
+        self.handlers = handlers
+        self.asked: list[str] = []  # the asks' ``what``, in order
+
+    async def ask(self, what: str, params: dict[str, Any]) -> Any:
+        self.asked.append(what)
+        return await asyncio.to_thread(self.handlers[what], params)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def client_session(options: BuildOptions, context: Path) -> tuple[dict[str, Any],
+                                                                  ClientChannel]:
+    """The request's session part and the build's in-process channel."""
+    session: dict[str, Any] = {}
+    server = _context(session, context, None)
+    writers = OutputWriters(options.outputs, sys.stdout.buffer)
+    return session, ClientChannel({"context.read": server.read, **writers.handlers()})
