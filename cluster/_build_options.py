@@ -340,16 +340,16 @@ def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bo
 # --- the session: secret ids in the request, values read when a worker asks -------------
 
 
-def read_session(options: BuildOptions, environ: Mapping[str, str] = os.environ,
-                 ssh: Mapping[str, str] | None = None) -> dict[str, Any]:
+def read_session(options: BuildOptions,
+                 environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The request's session part: the secret ids (each checked now: its variable set or
     its file a regular file, within the size limit; the values are read only when a
-    worker asks, ``SecretReader``), ssh sockets by id (``ssh``: the sockets to serve, from
-    cluster/_ssh_agent.py's ``SshAgents``; else each id's first path)."""
+    worker asks, ``SecretReader``) and the ssh agent ids (the agents stay on the client,
+    relayed when a worker asks, cluster/_ssh_agent.py ``SshRelay``)."""
     for spec in options.secrets:
         _check_secret(spec, environ)
-    sockets = dict(ssh) if ssh is not None else {s.id: s.paths[0] for s in options.ssh}
-    return {"secret_ids": [spec.id for spec in options.secrets], "ssh": sockets}
+    return {"secret_ids": [spec.id for spec in options.secrets],
+            "ssh_ids": [spec.id for spec in options.ssh]}
 
 
 def _env_secret(spec: SecretSpec, environ: Mapping[str, str]) -> bytes:

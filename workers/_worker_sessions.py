@@ -9,6 +9,8 @@ It comes as the ``options`` and ``session`` maps of a build request:
   opens a client path;
 - secrets by id only, their values asked of the client when a RUN mounts one
   (workers/_secrets.py), never kept, logged or put in a call;
+- ssh agents by id only (``session.ssh_ids``): a RUN that mounts one gets a socket
+  relayed to the client's agent over the channel (workers/_ssh_relay.py);
 - the session channel itself (``session.url``/``id``/``token``: the endpoint that relays
   this worker's asks to the client, workers/_session_channel.py);
 - its outputs: each file output (and ``local``, as a tar) is written into a scratch file
@@ -46,6 +48,7 @@ from ._remote_cache import RemoteRecords
 from ._runtime import BuildSession, RuntimeBackend, WorkerRuntime
 from ._secrets import session_secrets
 from ._session_channel import SessionChannel
+from ._ssh_relay import ChannelSshAgents
 
 __all__ = ["PendingEvents", "SessionTable", "WorkerSession"]
 
@@ -136,8 +139,7 @@ class SessionTable:
         secrets, channel = session_secrets(part)
         reader = ask_reader(channel.ask) if channel is not None and manifests else None
         build = BuildSession(manifests=manifests, context_reader=reader, secrets=secrets,
-                             ssh={k: Path(v) for k, v in (part.get("ssh") or {}).items()},
-                             epoch=local.epoch,
+                             ssh_agents=_ssh_agents(part, channel), epoch=local.epoch,
                              insecure_registries=frozenset(local.insecure_registries))
         session = WorkerSession(engine.backend(build), local, options, scratch, outputs,
                                 channel)
@@ -171,6 +173,13 @@ class SessionTable:
             await enforce_cache_limit(self._engine().cache)
         except DockyardError as err:
             _log.warning("cache limit not enforced: %s", err)
+
+
+def _ssh_agents(part: Mapping[str, Any],
+                channel: SessionChannel | None) -> ChannelSshAgents | None:
+    """The client's agents (``session.ssh_ids``), relayed over the channel."""
+    ids = [str(ident) for ident in part.get("ssh_ids") or ()]
+    return ChannelSshAgents(channel, ids) if channel is not None and ids else None
 
 
 def _manifests(part: Mapping[str, Any]) -> dict[str, ContextManifest]:

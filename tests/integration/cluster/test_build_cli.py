@@ -186,6 +186,51 @@ def test_secret_reaches_only_its_run(dockyard: Dockyard) -> None:
     assert not (out / "run" / "secrets" / "token").exists()
 
 
+SSH_DOCKERFILE = """\
+FROM BUSYBOX
+COPY tools/ /
+COPY deploy.pub /deploy.pub
+RUN --mount=type=ssh echo "$SSH_AUTH_SOCK" > /sock && ssh-add -l > /listed \\
+    && ssh-add -T /deploy.pub && echo signed > /signed
+"""
+
+
+def _with_ssh_add(context: Path) -> None:
+    """The host's ssh-add and the shared libraries it loads (ldd), under ``tools/`` at
+    their own paths: a layer that gives the busybox image a real agent client."""
+    done = subprocess.run(["ldd", "/usr/bin/ssh-add"], capture_output=True, text=True,
+                          check=True)
+    paths = ["/usr/bin/ssh-add"] + [word for line in done.stdout.splitlines()
+                                    for word in line.split() if word.startswith("/")]
+    for path in paths:
+        target = context / "tools" / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)  # the file a symlink names, as the loader opens it
+        target.chmod(0o755)
+
+
+def test_ssh_agent_stays_on_the_client(dockyard: Dockyard) -> None:
+    """``--ssh default=KEY``: the client's ephemeral agent answers, over the session
+    channel, an ``ssh-add -l`` and a signature (``-T``) in the RUN, found through the
+    SSH_AUTH_SOCK the RUN was given; the request names the id only."""
+    context = _context(dockyard, "ssh", SSH_DOCKERFILE)
+    _with_ssh_add(context)
+    key = dockyard.work / "deploy-key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy-key-7f3a",
+                    "-f", str(key)], check=True, stdin=subprocess.DEVNULL)
+    shutil.copyfile(f"{key}.pub", context / "deploy.pub")
+    out = dockyard.work / "ssh-out"
+    _ok(dockyard.build("--no-cache", "--ssh", f"default={key}", "-o",
+                       f"type=local,dest={out}", str(context)))
+    assert (out / "sock").read_text() == "/run/buildkit/ssh_agent.0\n"
+    assert "deploy-key-7f3a (ED25519)" in (out / "listed").read_text()
+    assert (out / "signed").read_text() == "signed\n"
+    private = key.read_bytes().split(b"\n")[1]  # a line of the private key's base64
+    for place in (dockyard.root, out):
+        assert _contains(place, private) == [], place
+    assert _contains(dockyard.root / "run" / "daemon.log", str(key).encode()) == []
+
+
 def test_bad_flag_is_a_usage_error_before_any_service(dockyard: Dockyard) -> None:
     done = dockyard.run("build", "--secret", "id=x,bogus=1", str(dockyard.work))
     assert (done.returncode, done.stderr.decode()) == (

@@ -319,7 +319,7 @@ def test_secret_values_only_in_the_session(tmp_path: Path) -> None:
     session = read_session(options, environ)
     wire = repr(options.to_wire()) + repr(options) + repr(session)
     assert "secret-value" not in wire
-    assert session == {"secret_ids": ["f", "t"], "ssh": {}}
+    assert session == {"secret_ids": ["f", "t"], "ssh_ids": []}
     reader = SecretReader(options.secrets, environ)
     assert "secret-value" not in repr(reader)
     assert reader({"id": "f"}) == b"file-secret-value"
@@ -451,8 +451,8 @@ def test_wire_of_an_earlier_client_reads_as_secure() -> None:
         context="/c", outputs=(OutputSpec("image", None, ("a",), True),))
 
 
-def test_session_serves_the_given_ssh_sockets() -> None:
-    options = BuildOptions(context="/c", ssh=(SshSpec("git", ("/k/id_ed25519",)),))
-    assert read_session(options, ENV)["ssh"] == {"git": "/k/id_ed25519"}
-    assert read_session(options, ENV, {"git": "/tmp/agent.sock"})["ssh"] == {
-        "git": "/tmp/agent.sock"}
+def test_session_names_ssh_ids_never_their_paths() -> None:
+    options = BuildOptions(context="/c", ssh=(SshSpec("git", ("/k/id_ed25519",)),
+                                              SshSpec("default", ("/tmp/agent.sock",))))
+    session = read_session(options, ENV)
+    assert session == {"secret_ids": [], "ssh_ids": ["git", "default"]}
