@@ -8,7 +8,8 @@ sends one ``solve`` call::
      "session": {"secret_ids": [id, ...], "ssh_ids": [id, ...], ...}}
 
 and answers the call's asks (cluster/_wire.py ``Ask``): ``secret.get`` reads a secret's
-value when a worker needs it (values never travel in the request), ``output.write``/
+value when a worker needs it (values never travel in the request), ``cache.credentials``
+hands the client's ``AWS_*`` to a worker opening the build's S3 cache, ``output.write``/
 ``output.close`` write what the workers hand back (cluster/_outputs.py).  With
 ``--endpoint URL`` (or ``DOCKYARD_ENDPOINT``) the call goes to that endpoint (token from
 ``--token-file``/``DOCKYARD_TOKEN``, TLS CA from ``--tls-ca``/``DOCKYARD_TLS_CA``) and no
@@ -43,6 +44,7 @@ from scheduler._errors import ExecError, UsageError
 
 from ._build_options import (
     BuildOptions,
+    CacheCredentials,
     OutputSpec,
     SecretReader,
     SshSpec,
@@ -139,6 +141,7 @@ def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
     endpoint = endpoint_of(args, os.environ)
     outputs = _Outputs(options.outputs)
     handlers: dict[str, Handler] = {"secret.get": SecretReader(options.secrets, os.environ),
+                                    "cache.credentials": CacheCredentials(options, os.environ),
                                     "context.read": context.read, **outputs.handlers(),
                                     **relay.handlers()}
     renderer = make_renderer(options.progress, sys.stderr)
