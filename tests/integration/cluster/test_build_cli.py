@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from support.progress import plain_blocks
+from support.ssh_tools import copy_ssh_add, make_key
 
 from cluster._service import Proc, RunPaths, alive, process_tree
 
@@ -195,29 +196,13 @@ RUN --mount=type=ssh echo "$SSH_AUTH_SOCK" > /sock && ssh-add -l > /listed \\
 """
 
 
-def _with_ssh_add(context: Path) -> None:
-    """The host's ssh-add and the shared libraries it loads (ldd), under ``tools/`` at
-    their own paths: a layer that gives the busybox image a real agent client."""
-    done = subprocess.run(["ldd", "/usr/bin/ssh-add"], capture_output=True, text=True,
-                          check=True)
-    paths = ["/usr/bin/ssh-add"] + [word for line in done.stdout.splitlines()
-                                    for word in line.split() if word.startswith("/")]
-    for path in paths:
-        target = context / "tools" / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)  # the file a symlink names, as the loader opens it
-        target.chmod(0o755)
-
-
 def test_ssh_agent_stays_on_the_client(dockyard: Dockyard) -> None:
     """``--ssh default=KEY``: the client's ephemeral agent answers, over the session
     channel, an ``ssh-add -l`` and a signature (``-T``) in the RUN, found through the
     SSH_AUTH_SOCK the RUN was given; the request names the id only."""
     context = _context(dockyard, "ssh", SSH_DOCKERFILE)
-    _with_ssh_add(context)
-    key = dockyard.work / "deploy-key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy-key-7f3a",
-                    "-f", str(key)], check=True, stdin=subprocess.DEVNULL)
+    copy_ssh_add(context)
+    key = make_key(dockyard.work / "deploy-key", "deploy-key-7f3a")
     shutil.copyfile(f"{key}.pub", context / "deploy.pub")
     out = dockyard.work / "ssh-out"
     _ok(dockyard.build("--no-cache", "--ssh", f"default={key}", "-o",
