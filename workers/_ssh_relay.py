@@ -162,6 +162,8 @@ class _Connection:
         self._sent = FrameCounter()  # messages passed to the agent
         self._received = FrameCounter()  # messages the agent answered
         self._due = asyncio.Event()  # set while an answer is due
+        self._settled = asyncio.Event()  # its opposite: set while no answer is due
+        self._settled.set()
 
     async def run(self) -> None:
         """Relay until either side hangs up."""
@@ -181,10 +183,9 @@ class _Connection:
             await self._channel.ask("ssh.write", {"conn": self._conn, "data": data})
             self._sent.feed(data)
             if self._sent.complete > self._received.complete:
+                self._settled.clear()
                 self._due.set()
-        # the container closed its end: wait for the answers due, then hang up
-        while self._due.is_set():
-            await asyncio.sleep(0.01)
+        await self._settled.wait()  # the container closed its end: answers due first
 
     async def _from_agent(self) -> None:
         while True:
@@ -201,3 +202,4 @@ class _Connection:
                 self._received.feed(data)
             if self._received.complete >= self._sent.complete:
                 self._due.clear()
+                self._settled.set()
