@@ -284,13 +284,16 @@ class RemoteRecords:
                            f"kept in the local cache: {err.message}")
 
     async def aclose(self) -> None:
-        """Cancel pushes still running (a cancelled build)."""
+        """Cancel pushes still running (a cancelled build); the runtime forgets the blobs
+        this build's ``--cache-from`` backends were to serve (never used by another
+        build: they may hold this build's client credentials)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._runtime.forget_remote(remote.backend for remote in self._imports)
 
     def _warn(self, subject: str, text: str) -> None:
         if subject in self.warnings:

@@ -180,6 +180,17 @@ class WorkerRuntime:
             self.remote_blobs.setdefault(layer.digest, backend)
             self.lost.discard(layer.digest)  # named by a record again: worth one more try
 
+    def forget_remote(self, backends: Iterable[CacheBackend]) -> int:
+        """Drop the blobs ``backends`` were to serve (their build ended: a build's remote
+        caches, and the client credentials they may hold, serve that build only); how
+        many were dropped."""
+        gone = {id(backend) for backend in backends}
+        digests = [digest for digest, backend in self.remote_blobs.items()
+                   if id(backend) in gone]
+        for digest in digests:
+            del self.remote_blobs[digest]
+        return len(digests)
+
     async def ensure_blobs(self, layers: Iterable[LayerDescriptor]) -> None:
         """Fetch into the local cache the blobs of ``layers`` it lacks that a remote
         cache holds (``add_remote_blobs``); others are left alone.  Up to
