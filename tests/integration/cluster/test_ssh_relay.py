@@ -86,6 +86,8 @@ def test_ssh_add_lists_and_signs_through_the_relay(key: Path, tmp_path: Path) ->
     assert agents.connections == relay.opened >= 3
     assert repr(relay).endswith("open=0>")  # every connection closed by ssh.close
     assert set(client.asked) == {"ssh.open", "ssh.write", "ssh.read", "ssh.close"}
+    # reads only while an answer is due: about one per request, no idle polling
+    assert client.asked.count("ssh.read") <= 2 * client.asked.count("ssh.write")
 
 
 def test_a_read_with_nothing_to_say_does_not_hold_the_client(key: Path) -> None:
