@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, BinaryIO, Final, TypeVar, cast
 
+from cache_backends._credentials import S3Credentials
 from cache_backends._protocol import (
     CHUNK,
     BackendStatistics,
@@ -498,7 +499,9 @@ class S3Backend:
     """A ``CacheBackend`` in an S3 bucket (see the module docstring).
 
     Credentials come from boto3's standard chain (environment, shared config, instance or
-    IRSA roles).  ``endpoint_url`` and ``use_path_style`` reach S3-compatible stores;
+    IRSA roles) unless ``credentials`` are given (a build client's, for that build's
+    backends only; their region is the default of ``region``).  ``endpoint_url`` and
+    ``use_path_style`` reach S3-compatible stores;
     ``retry_for`` bounds the retries of each call in seconds, ``read_timeout`` a stalled
     request's wait (``_s3_client.READ_TIMEOUT`` unless given; an endpoint that never
     answered gets a few quick attempts instead, see ``_s3_client``); blobs above
@@ -515,10 +518,14 @@ class S3Backend:
                  concurrency: int = 16,
                  multipart_threshold: int = 16 << 20, part_size: int = 8 << 20,
                  tmp_dir: Path | None = None, clock: Callable[[], float] = time.time,
-                 touch_after: float = TOUCH_AFTER, grace: float = GRACE) -> None:
+                 touch_after: float = TOUCH_AFTER, grace: float = GRACE,
+                 credentials: S3Credentials | None = None) -> None:
         if prefix and not prefix.endswith("/"):
             prefix += "/"
+        if region is None and credentials is not None:
+            region = credentials.region
         settings = S3Settings(bucket=bucket, region=region, endpoint_url=endpoint_url,
+                              credentials=credentials,
                               use_path_style=use_path_style, retry_for=retry_for,
                               read_timeout=read_timeout,
                               concurrency=concurrency, part_size=part_size,

@@ -54,6 +54,8 @@ from urllib3.exceptions import ReadTimeoutError as _WireTimeout
 
 from scheduler._errors import CacheError
 
+from ._credentials import S3Credentials
+
 __all__ = ["Head", "Listed", "S3Objects", "S3Settings"]
 
 T = TypeVar("T")
@@ -105,6 +107,9 @@ class S3Settings:
     concurrency: int = 16
     multipart_threshold: int = 16 << 20
     part_size: int = 8 << 20
+    # a build client's credentials (cache_backends/_credentials.py), else boto3's chain
+    credentials: S3Credentials | None = dataclasses.field(default=None, repr=False,
+                                                           compare=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,13 +190,16 @@ _SESSION_LOCK: Final = threading.Lock()
 _session: Any = None
 
 
-def _new_client(endpoint_url: str | None, config: Config) -> Any:
-    """A new S3 client of the process's session (sessions are not thread-safe)."""
+def _new_client(endpoint_url: str | None, config: Config,
+                credentials: S3Credentials | None = None) -> Any:
+    """A new S3 client of the process's session (sessions are not thread-safe), with
+    ``credentials`` when given, else the session's chain."""
     global _session
+    arguments = credentials.client_arguments() if credentials is not None else {}
     with _SESSION_LOCK:
         if _session is None:
             _session = boto3.session.Session()
-        return _session.client("s3", endpoint_url=endpoint_url, config=config)
+        return _session.client("s3", endpoint_url=endpoint_url, config=config, **arguments)
 
 
 class _KeepOpen:
@@ -246,7 +254,7 @@ class S3Objects:
             retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=settings.concurrency,
             s3={"addressing_style": "path" if settings.use_path_style else "auto"})
-        client = _new_client(settings.endpoint_url, config)
+        client = _new_client(settings.endpoint_url, config, settings.credentials)
         client.meta.events.register("after-call.s3.CreateMultipartUpload", self._began)
         return client
 

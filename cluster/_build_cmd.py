@@ -5,18 +5,21 @@ secret values, connects to the root's local service (starting it when nobody ans
 sends one ``solve`` call::
 
     {"version": 1, "dockerfile": <bytes>, "options": <BuildOptions wire map>,
-     "session": {"secret_ids": [id, ...], "ssh": {id: <socket path>}}}
+     "session": {"secret_ids": [id, ...], "ssh_ids": [id, ...], ...}}
 
 and answers the call's asks (cluster/_wire.py ``Ask``): ``secret.get`` reads a secret's
-value when a worker needs it (values never travel in the request), ``output.write``/
+value when a worker needs it (values never travel in the request), ``cache.credentials``
+hands the client's ``AWS_*`` to a worker opening the build's S3 cache, ``output.write``/
 ``output.close`` write what the workers hand back (cluster/_outputs.py).  With
 ``--endpoint URL`` (or ``DOCKYARD_ENDPOINT``) the call goes to that endpoint (token from
 ``--token-file``/``DOCKYARD_TOKEN``, TLS CA from ``--tls-ca``/``DOCKYARD_TLS_CA``) and no
 local service is ever started.
 
-``--ssh ID=KEYFILE`` starts an ephemeral ssh-agent holding the keys for the time of the
-call (cluster/_ssh_agent.py) and serves its socket; it is killed when the call ends, also
-on failure or Ctrl-C.  The registries to speak plain HTTP to (``registry.insecure=true``
+``--ssh ID=SOCKET|KEYFILE`` serves that agent (for key files an ephemeral ssh-agent
+holding the keys for the time of the call, killed when the call ends, also on failure or
+Ctrl-C) through the ``ssh.*`` asks (cluster/_ssh_agent.py ``SshRelay``): the request
+names the ids only, and the agent's traffic is relayed to the RUN that mounts it.
+The registries to speak plain HTTP to (``registry.insecure=true``
 outputs, ``DOCKYARD_INSECURE_REGISTRIES``) travel in the options' ``insecure_registries``.
 
 renders the events as ``--progress`` asks (on stderr), and at the end writes the
@@ -30,6 +33,7 @@ and exits 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -40,8 +44,10 @@ from scheduler._errors import ExecError, UsageError
 
 from ._build_options import (
     BuildOptions,
+    CacheCredentials,
     OutputSpec,
     SecretReader,
+    SshSpec,
     gather_options,
     read_session,
     read_token_file,
@@ -50,7 +56,7 @@ from ._context import load_ignore_patterns
 from ._context_server import ContextServer
 from ._render import Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
-from ._ssh_agent import SshAgents
+from ._ssh_agent import SshAgents, SshRelay
 from ._wire import Endpoint, Handler, Handlers, parse_endpoint
 
 __all__ = ["REQUEST_VERSION", "build_request", "endpoint_of", "run_build", "run_stop"]
@@ -79,11 +85,9 @@ def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> byt
                          f"{exc.strerror or exc}") from None
 
 
-def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[bytes],
-                  ssh: Mapping[str, str] | None = None
+def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[bytes]
                   ) -> tuple[BuildOptions, dict[str, Any], ContextServer]:
-    """The checked options, the ``solve`` request (session included; ``ssh``: the
-    sockets to serve by id, when agents were started for key files) and the server of
+    """The checked options, the ``solve`` request (session included) and the server of
     the context's files (the ``context.read`` handler)."""
     context = Path(args.context)
     if not context.is_dir():
@@ -93,11 +97,16 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: I
     if options.metadata_file is not None and not Path(options.metadata_file).parent.is_dir():
         raise UsageError(f"invalid --metadata-file {args.metadata_file!r}: its directory "
                          f"does not exist")
-    session = read_session(options, environ, ssh)
+    session = read_session(options, environ)
     server = _context(session, context, args.file)
     request = {"version": REQUEST_VERSION, "dockerfile": dockerfile,
-               "options": options.to_wire(), "session": session}
+               "options": _without_ssh_paths(options).to_wire(), "session": session}
     return options, request, server
+
+
+def _without_ssh_paths(options: BuildOptions) -> BuildOptions:
+    """The options as sent: the ``--ssh`` ids without the client's sockets and keys."""
+    return dataclasses.replace(options, ssh=tuple(SshSpec(s.id, ()) for s in options.ssh))
 
 
 def _context(session: dict[str, Any], context: Path, file: str | None) -> ContextServer:
@@ -117,18 +126,24 @@ def run_build(args: argparse.Namespace) -> int:
     """``dockyard build``: the ssh agents it starts live exactly as long as the call."""
     options = gather_options(args, os.environ)
     with SshAgents(options.ssh) as sockets:
-        return _run_build(args, sockets)
+        relay = SshRelay(sockets)
+        try:
+            return _run_build(args, relay)
+        finally:
+            relay.close()
 
 
-def _run_build(args: argparse.Namespace, sockets: Mapping[str, str]) -> int:
-    options, request, context = build_request(args, os.environ, sys.stdin.buffer, sockets)
+def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
+    options, request, context = build_request(args, os.environ, sys.stdin.buffer)
     if any(o.to_stdout for o in options.outputs) and sys.stdout.isatty():
         raise UsageError("dest file is required for the output to stdout: refusing to write "
                          "to console", hint="redirect stdout, or set dest=FILE")
     endpoint = endpoint_of(args, os.environ)
     outputs = _Outputs(options.outputs)
     handlers: dict[str, Handler] = {"secret.get": SecretReader(options.secrets, os.environ),
-                                    "context.read": context.read, **outputs.handlers()}
+                                    "cache.credentials": CacheCredentials(options, os.environ),
+                                    "context.read": context.read, **outputs.handlers(),
+                                    **relay.handlers()}
     renderer = make_renderer(options.progress, sys.stderr)
     try:
         result = _solve(_settings(os.environ), request, renderer, handlers, endpoint)

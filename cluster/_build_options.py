@@ -20,6 +20,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cache_backends._credentials import CREDENTIAL_VARIABLES
 from scheduler._build_request import (
     MAX_SECRET_BYTES,
     OPTIONS_VERSION,
@@ -40,7 +41,7 @@ __all__ = [
     "SshSpec", "insecure_registries", "parse_cache", "parse_epoch", "parse_insecure_registries",
     "parse_output",
     "parse_secret", "parse_ssh", "parse_tag", "read_session", "read_token_file",
-    "SecretReader",
+    "CacheCredentials", "SecretReader",
 ]
 
 # --- one flag value each ----------------------------------------------------------------
@@ -340,16 +341,16 @@ def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bo
 # --- the session: secret ids in the request, values read when a worker asks -------------
 
 
-def read_session(options: BuildOptions, environ: Mapping[str, str] = os.environ,
-                 ssh: Mapping[str, str] | None = None) -> dict[str, Any]:
+def read_session(options: BuildOptions,
+                 environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The request's session part: the secret ids (each checked now: its variable set or
     its file a regular file, within the size limit; the values are read only when a
-    worker asks, ``SecretReader``), ssh sockets by id (``ssh``: the sockets to serve, from
-    cluster/_ssh_agent.py's ``SshAgents``; else each id's first path)."""
+    worker asks, ``SecretReader``) and the ssh agent ids (the agents stay on the client,
+    relayed when a worker asks, cluster/_ssh_agent.py ``SshRelay``)."""
     for spec in options.secrets:
         _check_secret(spec, environ)
-    sockets = dict(ssh) if ssh is not None else {s.id: s.paths[0] for s in options.ssh}
-    return {"secret_ids": [spec.id for spec in options.secrets], "ssh": sockets}
+    return {"secret_ids": [spec.id for spec in options.secrets],
+            "ssh_ids": [spec.id for spec in options.ssh]}
 
 
 def _env_secret(spec: SecretSpec, environ: Mapping[str, str]) -> bytes:
@@ -428,6 +429,29 @@ class SecretReader:
         if spec is None:
             return None
         return _env_secret(spec, self._environ) if spec.env is not None else _file_secret(spec)
+
+
+class CacheCredentials:
+    """The client's ``cache.credentials`` handler: its ``AWS_*`` variables (those set of
+    ``CREDENTIAL_VARIABLES``), forwarded as buildx does, only to a build that uses a
+    ``type=s3`` cache; read when a worker opens the build's S3 backend, never kept."""
+
+    def __init__(self, options: BuildOptions, environ: Mapping[str, str] = os.environ
+                 ) -> None:
+        self._s3 = any(spec.type == "s3" for spec in (*options.cache_to, *options.cache_from))
+        self._environ = environ
+
+    def __repr__(self) -> str:
+        return f"<CacheCredentials s3={self._s3}>"
+
+    def __call__(self, params: dict[str, Any]) -> dict[str, str]:
+        del params
+        if not self._s3:
+            raise UsageError("this build uses no S3 cache: no credentials are forwarded",
+                             hint="use the same dockyard version on the client and the "
+                                  "cluster")
+        return {name: self._environ[name] for name in CREDENTIAL_VARIABLES
+                if self._environ.get(name)}
 
 
 MAX_TOKEN_BYTES = 4096

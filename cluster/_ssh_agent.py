@@ -8,14 +8,23 @@ directory when the build ends, however it ends (success, failure, Ctrl-C).
 
 A passphrase-protected key is refused before any agent starts (``UsageError``): the
 client never prompts, as buildx does not.
+
+``SshRelay(sockets)`` answers the workers' ``ssh.*`` asks (workers/_ssh_relay.py): it
+connects to the agent socket of an id it was given (``ssh.open``), passes bytes to it
+(``ssh.write``), hands back what the agent said within ``READ_WAIT`` (``ssh.read``: the
+client answers one ask at a time, so a read never blocks the others for long) and closes
+the connection (``ssh.close``; every connection when the build ends).  The request
+carries the ids only, never a path of the client.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
+import socket as socket_module
 import stat
 import subprocess
 import tempfile
@@ -23,14 +32,19 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from scheduler._errors import UsageError
+from scheduler._errors import ServiceError, UsageError
 
 from ._build_options import SshSpec
 
-__all__ = ["AGENT_START_TIMEOUT", "EphemeralAgent", "SshAgents", "classify_paths"]
+__all__ = ["AGENT_START_TIMEOUT", "READ_WAIT", "EphemeralAgent", "SshAgents", "SshRelay",
+           "classify_paths"]
 
 AGENT_START_TIMEOUT = 10.0  # seconds for ssh-agent's socket to appear
+READ_WAIT = 0.2  # seconds an ssh.read waits for the agent before answering b""
+MAX_CONNECTIONS = 64  # agent connections open at once, per build
+_READ_MAX = 256 * 1024  # bytes one ssh.read hands back at most
 _TOOL_HINT = "install Debian's openssh-client (ssh-agent, ssh-add, ssh-keygen)"
 
 
@@ -206,3 +220,85 @@ class SshAgents:
         agents, self.agents = self.agents, []
         for agent in agents:
             agent.close()
+
+
+class SshRelay:
+    """The client's end of the ssh agent relay: ``handlers()`` answer the ``ssh.*`` asks
+    for the agent ``sockets`` by id; ``close`` closes every connection (idempotent)."""
+
+    def __init__(self, sockets: Mapping[str, str]) -> None:
+        self._sockets = dict(sockets)  # id -> the agent socket to serve (a client path)
+        self._open: dict[int, socket_module.socket] = {}  # conn -> its agent connection
+        self._next = 1  # the number of the next connection
+        self.opened = 0  # connections made, all time
+
+    def __repr__(self) -> str:
+        return f"<SshRelay ids={sorted(self._sockets)} open={len(self._open)}>"
+
+    def handlers(self) -> dict[str, Any]:
+        return {"ssh.open": self.open, "ssh.write": self.write, "ssh.read": self.read,
+                "ssh.close": self.close_connection}
+
+    def open(self, params: dict[str, Any]) -> int:
+        ident = str(params.get("id"))
+        path = self._sockets.get(ident)
+        if path is None:
+            raise ServiceError(f"this build was given no ssh agent {ident!r}",
+                               hint=f"pass it with --ssh {ident}")
+        if len(self._open) >= MAX_CONNECTIONS:
+            raise ServiceError(f"more than {MAX_CONNECTIONS} ssh agent connections open")
+        sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise ServiceError(f"cannot connect to the ssh agent {ident!r}: "
+                               f"{exc.strerror or exc}",
+                               hint="is the agent still running?") from None
+        conn, self._next = self._next, self._next + 1
+        self._open[conn] = sock
+        self.opened += 1
+        return conn
+
+    def write(self, params: dict[str, Any]) -> None:
+        data = params.get("data")
+        if not isinstance(data, bytes):
+            raise ServiceError("an ssh.write without bytes")
+        try:
+            self._connection(params).sendall(data)
+        except OSError as exc:
+            raise ServiceError(f"the ssh agent connection failed: {exc}") from None
+
+    def read(self, params: dict[str, Any]) -> bytes | None:
+        """What the agent sent within ``READ_WAIT`` (b"" if nothing), None at its end."""
+        sock = self._connection(params)
+        readable, _, _ = select.select([sock], [], [], READ_WAIT)
+        if not readable:
+            return b""
+        try:
+            data = sock.recv(_READ_MAX)
+        except OSError:
+            return None
+        return data or None
+
+    def close_connection(self, params: dict[str, Any]) -> None:
+        sock = self._open.pop(self._number(params), None)
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        connections, self._open = self._open, {}
+        for sock in connections.values():
+            sock.close()
+
+    def _number(self, params: dict[str, Any]) -> int:
+        conn = params.get("conn")
+        if not isinstance(conn, int) or isinstance(conn, bool):
+            raise ServiceError("an ssh ask without a connection number")
+        return conn
+
+    def _connection(self, params: dict[str, Any]) -> socket_module.socket:
+        sock = self._open.get(self._number(params))
+        if sock is None:
+            raise ServiceError(f"no open ssh agent connection {params.get('conn')!r}")
+        return sock

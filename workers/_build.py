@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cache_backends._credentials import S3Credentials
 from cache_backends._records import CacheRecord
 from scheduler._build_request import CacheSpec
 from scheduler._errors import ExportError, UsageError
@@ -92,11 +93,13 @@ def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession
                         insecure_registries=frozenset(options.insecure_registries))
 
 
-def remote_records(engine: WorkerRuntime, options: LocalBuildOptions) -> RemoteRecords:
-    """The build's records: the local store, and its ``--cache-from``/``--cache-to``."""
+def remote_records(engine: WorkerRuntime, options: LocalBuildOptions,
+                   credentials: S3Credentials | None = None) -> RemoteRecords:
+    """The build's records: the local store, and its ``--cache-from``/``--cache-to``
+    (S3 ones with the client's ``credentials`` when it gave some)."""
     def remote(spec: CacheSpec) -> RemoteCache:
-        return RemoteCache(open_backend(spec.type, dict(spec.attrs), engine.tmp), spec.mode,
-                           spec.ignore_error)
+        return RemoteCache(open_backend(spec.type, dict(spec.attrs), engine.tmp, credentials),
+                           spec.mode, spec.ignore_error)
     return RemoteRecords(engine, imports=[remote(spec) for spec in options.cache_from],
                          exports=[remote(spec) for spec in options.cache_to],
                          events=options.events)

@@ -14,7 +14,8 @@ Mounts, as BuildKit makes them:
   finds it busy a fresh (seeded) directory of its own, removed after the RUN, ``shared``
   (the default) lets every shared user in;
 - tmpfs; secret (a file on the executor's private tmpfs, outside every layer, or an
-  environment variable); ssh (the session's agent socket).
+  environment variable); ssh (the session's agent socket, or a relay to the client's
+  agent over the session channel, workers/_ssh_relay.py).
 
 The executor (workers/_executor.py) resolves the user, creates the working directory and
 removes the mount-point stubs runc leaves, so they never reach the layer.
@@ -98,7 +99,7 @@ async def _prepare(backend: RuntimeBackend, mount: ExecMount, inputs: Sequence[S
     elif mount.type == "secret":
         await _secret(backend, mount, out)
     elif mount.type == "ssh":
-        _ssh(backend, mount, out)
+        await _ssh(backend, mount, stack, out)
     else:
         raise SolveError(f"unknown mount type {mount.type!r} at {mount.dest}")
 
@@ -273,8 +274,17 @@ async def _secret(backend: RuntimeBackend, mount: ExecMount, out: _Prepared) -> 
                                  mount.uid or 0, mount.gid or 0))
 
 
-def _ssh(backend: RuntimeBackend, mount: ExecMount, out: _Prepared) -> None:
-    socket = backend.session.ssh.get(mount.ssh_id or "default")
+async def _ssh(backend: RuntimeBackend, mount: ExecMount, stack: AsyncExitStack,
+               out: _Prepared) -> None:
+    """The agent socket of the mount's id: a host socket of an in-process build, else a
+    relay to the client's agent (workers/_ssh_relay.py) for the time of the RUN."""
+    ident = mount.ssh_id or "default"
+    socket = backend.session.ssh.get(ident)
+    agents = backend.session.ssh_agents
+    if socket is None and agents is not None and ident in agents.ids:
+        socket = await stack.enter_async_context(agents.listening(
+            ident, backend.runtime.tmp, mount.uid or 0, mount.gid or 0,
+            0o600 if mount.mode is None else mount.mode))
     if socket is None:
         if mount.required:
             raise SolveError(f"no ssh agent socket with id {mount.ssh_id!r} in the session",

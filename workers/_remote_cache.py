@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cache_backends._credentials import S3Credentials
 from cache_backends._local import LocalBackend
 from cache_backends._protocol import CacheBackend
 from cache_backends._records import CacheRecord, LayerDescriptor
@@ -67,10 +68,11 @@ class RemoteCache:
         return str(getattr(self.backend, "where", None) or self.backend)
 
 
-def open_backend(kind: str, attrs: Mapping[str, str], tmp: Path | None = None
-                 ) -> CacheBackend:
+def open_backend(kind: str, attrs: Mapping[str, str], tmp: Path | None = None,
+                 credentials: S3Credentials | None = None) -> CacheBackend:
     """The backend of a parsed cache flag: ``s3`` (bucket, region, prefix, endpoint_url,
-    use_path_style) or ``local`` (``path``, a LocalBackend rooted there)."""
+    use_path_style; ``credentials``: the build client's, else the process's chain) or
+    ``local`` (``path``, a LocalBackend rooted there)."""
     if kind == "local":
         return LocalBackend(Path(attrs["path"]))
     if kind == "s3":
@@ -78,7 +80,8 @@ def open_backend(kind: str, attrs: Mapping[str, str], tmp: Path | None = None
         return S3Backend(attrs["bucket"], attrs.get("prefix", ""),
                          region=attrs.get("region") or None,
                          endpoint_url=attrs.get("endpoint_url") or None,
-                         use_path_style=attrs.get("use_path_style") == "true", tmp_dir=tmp)
+                         use_path_style=attrs.get("use_path_style") == "true", tmp_dir=tmp,
+                         credentials=credentials)
     raise UsageError(f"unsupported cache type {kind!r}", hint="use type=s3 or type=local")
 
 
@@ -281,13 +284,16 @@ class RemoteRecords:
                            f"kept in the local cache: {err.message}")
 
     async def aclose(self) -> None:
-        """Cancel pushes still running (a cancelled build)."""
+        """Cancel pushes still running (a cancelled build); the runtime forgets the blobs
+        this build's ``--cache-from`` backends were to serve (never used by another
+        build: they may hold this build's client credentials)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._runtime.forget_remote(remote.backend for remote in self._imports)
 
     def _warn(self, subject: str, text: str) -> None:
         if subject in self.warnings:

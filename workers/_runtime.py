@@ -44,6 +44,7 @@ from ._layers import unpack_layer, write_layer
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
 from ._secrets import DictSecrets, SecretSource
 from ._snapshots import SnapshotStore
+from ._ssh_relay import ChannelSshAgents
 
 if TYPE_CHECKING:
     from ._janitor import RootLock
@@ -62,7 +63,9 @@ class BuildSession:
     """What a build brings from its client: context directories by name (``context`` for
     ``local://context``), its secrets (a ``SecretSource``: values by id, in memory or
     asked of the client when a RUN mounts one; never written to a layer, a record, a
-    log or an event), ssh agent sockets by id, ``epoch`` (SOURCE_DATE_EPOCH) and
+    log or an event), ssh agent sockets by id (``ssh``: host paths, for an in-process
+    build; ``ssh_agents``: the client's agents, relayed over the session channel),
+    ``epoch`` (SOURCE_DATE_EPOCH) and
     ``insecure_registries`` (``host[:port]`` this build speaks plain HTTP to, on top of
     the runtime's own; other builds are not affected).
 
@@ -75,6 +78,7 @@ class BuildSession:
     context_reader: ContextReader | None = field(default=None, compare=False)
     secrets: SecretSource = field(default_factory=DictSecrets, repr=False)
     ssh: Mapping[str, Path] = field(default_factory=dict)
+    ssh_agents: ChannelSshAgents | None = field(default=None, compare=False)
     epoch: int | None = None
     insecure_registries: frozenset[str] = frozenset()
 
@@ -175,6 +179,17 @@ class WorkerRuntime:
         for layer in layers:
             self.remote_blobs.setdefault(layer.digest, backend)
             self.lost.discard(layer.digest)  # named by a record again: worth one more try
+
+    def forget_remote(self, backends: Iterable[CacheBackend]) -> int:
+        """Drop the blobs ``backends`` were to serve (their build ended: a build's remote
+        caches, and the client credentials they may hold, serve that build only); how
+        many were dropped."""
+        gone = {id(backend) for backend in backends}
+        digests = [digest for digest, backend in self.remote_blobs.items()
+                   if id(backend) in gone]
+        for digest in digests:
+            del self.remote_blobs[digest]
+        return len(digests)
 
     async def ensure_blobs(self, layers: Iterable[LayerDescriptor]) -> None:
         """Fetch into the local cache the blobs of ``layers`` it lacks that a remote

@@ -9,6 +9,10 @@ It comes as the ``options`` and ``session`` maps of a build request:
   opens a client path;
 - secrets by id only, their values asked of the client when a RUN mounts one
   (workers/_secrets.py), never kept, logged or put in a call;
+- the client's S3 credentials (its ``AWS_*``), asked (``cache.credentials``) only when
+  the build uses a ``type=s3`` cache, for that build's backends only, never logged;
+- ssh agents by id only (``session.ssh_ids``): a RUN that mounts one gets a socket
+  relayed to the client's agent over the channel (workers/_ssh_relay.py);
 - the session channel itself (``session.url``/``id``/``token``: the endpoint that relays
   this worker's asks to the client, workers/_session_channel.py);
 - its outputs: each file output (and ``local``, as a tar) is written into a scratch file
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cache_backends._credentials import S3Credentials
 from scheduler._build_request import BuildOptions, OutputSpec
 from scheduler._errors import DockyardError, SolveError
 from scheduler._platform import parse_platform
@@ -44,7 +49,8 @@ from ._context_fetch import ask_reader
 from ._context_manifest import ContextManifest
 from ._remote_cache import RemoteRecords
 from ._runtime import BuildSession, RuntimeBackend, WorkerRuntime
-from ._secrets import session_channel, session_secrets
+from ._secrets import SecretSource, session_channel, session_secrets
+from ._ssh_relay import ChannelSshAgents
 
 __all__ = ["PendingEvents", "SessionTable", "WorkerSession"]
 
@@ -123,31 +129,37 @@ class SessionTable:
         """Open build ``build_id``: its epoch (SOURCE_DATE_EPOCH, as applied)."""
         if build_id in self._sessions:
             return {"epoch": self._sessions[build_id].options.epoch}
-        session = self._made(request)
+        options = BuildOptions.from_wire(request["options"])
+        part: Mapping[str, Any] = request.get("session") or {}
+        channel = self.channels(part)
+        secrets = session_secrets(part, channel)
+        try:
+            credentials = await cache_credentials(channel, options)
+            session = self._made(options, part, secrets, channel, credentials)
+        except BaseException:
+            if channel is not None:
+                await channel.aclose()
+            raise
         self._sessions[build_id] = session
         return {"epoch": session.options.epoch}
 
-    def _made(self, request: Mapping[str, Any]) -> WorkerSession:
-        options = BuildOptions.from_wire(request["options"])
-        part: Mapping[str, Any] = request.get("session") or {}
+    def _made(self, options: BuildOptions, part: Mapping[str, Any], secrets: SecretSource,
+              channel: Any, credentials: S3Credentials | None) -> WorkerSession:
         manifests = _manifests(part)
         engine: WorkerRuntime = self._engine()
         scratch = Path(tempfile.mkdtemp(prefix="build-", dir=engine.tmp))
         outputs = {index: scratch / f"output-{index}" for index, spec
                    in enumerate(options.outputs) if spec.type != "image"}
         local = prepared(_local_options(self.root, options, part, outputs))
-        channel = self.channels(part)
         reader = ask_reader(channel.ask) if channel is not None and manifests else None
-        build = BuildSession(manifests=manifests, context_reader=reader,
-                             secrets=session_secrets(part, channel),
-                             ssh={k: Path(v) for k, v in (part.get("ssh") or {}).items()},
-                             epoch=local.epoch,
+        build = BuildSession(manifests=manifests, context_reader=reader, secrets=secrets,
+                             ssh_agents=_ssh_agents(part, channel), epoch=local.epoch,
                              insecure_registries=frozenset(local.insecure_registries))
         session = WorkerSession(engine.backend(build), local, options, scratch, outputs,
                                 channel)
         if local.cache_to or local.cache_from:
             session.records = remote_records(
-                engine, dataclasses.replace(local, events=session.pending))
+                engine, dataclasses.replace(local, events=session.pending), credentials)
         return session
 
     async def close(self, build_id: str) -> None:
@@ -175,6 +187,26 @@ class SessionTable:
             await enforce_cache_limit(self._engine().cache)
         except DockyardError as err:
             _log.warning("cache limit not enforced: %s", err)
+
+
+async def cache_credentials(channel: Any,
+                            options: BuildOptions) -> S3Credentials | None:
+    """The client's credentials for the build's S3 caches (``cache.credentials``: its
+    ``AWS_*``, buildx forwards them), asked only when a ``type=s3`` cache is used; None
+    (the worker's own chain) when the client has none.  Never kept beyond the build's
+    backends, never logged."""
+    specs = (*options.cache_to, *options.cache_from)
+    if channel is None or not any(spec.type == "s3" for spec in specs):
+        return None
+    answer = await channel.ask("cache.credentials", {})
+    return S3Credentials.from_variables(answer) if isinstance(answer, dict) else None
+
+
+def _ssh_agents(part: Mapping[str, Any],
+                channel: Any) -> ChannelSshAgents | None:
+    """The client's agents (``session.ssh_ids``), relayed over the channel."""
+    ids = [str(ident) for ident in part.get("ssh_ids") or ()]
+    return ChannelSshAgents(channel, ids) if channel is not None and ids else None
 
 
 def _manifests(part: Mapping[str, Any]) -> dict[str, ContextManifest]:

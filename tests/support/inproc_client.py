@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster._build_cmd import _context
-from cluster._build_options import BuildOptions
+from cluster._build_options import BuildOptions, CacheCredentials
 from cluster._outputs import OutputWriters
 
 
@@ -41,4 +41,5 @@ def client_session(options: BuildOptions, context: Path) -> tuple[dict[str, Any]
     session: dict[str, Any] = {}
     server = _context(session, context, None)
     writers = OutputWriters(options.outputs, sys.stdout.buffer)
-    return session, ClientChannel({"context.read": server.read, **writers.handlers()})
+    return session, ClientChannel({"context.read": server.read, **writers.handlers(),
+                                   "cache.credentials": CacheCredentials(options)})

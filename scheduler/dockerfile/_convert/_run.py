@@ -45,7 +45,7 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     mounts = [root_mount, *extra]
     mounts += [_mount(conv, state, command, m, inputs, sources) for m in command.mounts]
     env = state.env()
-    op = ExecOp(args=args, env=tuple(sorted(f"{k}={v}" for k, v in env.items())),
+    op = ExecOp(args=args, env=tuple(sorted(f"{k}={v}" for k, v in _run_env(env, command))),
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
                 network=command.network, security=command.security,
                 proxy_env=conv.proxy_env(state))
@@ -55,6 +55,17 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     state.root = conv.sink.add(op, inputs.digests, name, state.platform,
                                location=conv.location(command.node))
     state.config.commit("RUN " + _history_args(state, args) + " # buildkit", layer=True)
+
+
+def _run_env(env: dict[str, str], command: RunCommand) -> list[tuple[str, str]]:
+    """The RUN's environment: as BuildKit's llb exec, ``SSH_AUTH_SOCK`` is the first ssh
+    mount's target, as written (a relative one stays relative: the socket itself is
+    placed under the working directory), unless the stage already sets it."""
+    ssh = [mount for mount in command.mounts if mount.type == "ssh"]
+    if ssh and "SSH_AUTH_SOCK" not in env:
+        target = ssh[0].target or _default_target(command, ssh[0])
+        return [*env.items(), ("SSH_AUTH_SOCK", target)]
+    return list(env.items())
 
 
 def _argv(conv: Conversion, state: StageState, command: RunCommand, inputs: _Inputs

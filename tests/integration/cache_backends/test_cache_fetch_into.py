@@ -22,11 +22,13 @@ import pytest
 from test_cache_conformance import HARNESSES, Clock, Harness
 
 from cache_backends._local import TEMP_PREFIX, LocalBackend
+from cache_backends._memory import MemoryBackend
 from cache_backends._protocol import BlobCorrupt, BlobMissing
 from cache_backends._records import LayerDescriptor
 from cache_backends._registry import BACKENDS
 from cache_backends._s3 import S3Backend
 from scheduler._errors import BlobLost
+from workers._remote_cache import RemoteCache, RemoteRecords
 from workers._runtime import REMOTE_FETCHES, WorkerRuntime
 
 MB = 1 << 20
@@ -212,4 +214,18 @@ def test_fetches_started_in_the_background_settle_into_one_blob_lost(
     run(go())
     assert stored(runtime.cache, blobs[1][0]) == blobs[1][1]
     assert staging_files(runtime.cache) == []
+    run(runtime.aclose())
+
+
+def test_a_builds_remote_caches_serve_no_build_after_it(tmp_path: Path) -> None:
+    """The blobs a build's --cache-from backend was to serve are forgotten when that
+    build's records close (its backend may hold the build client's credentials); another
+    build's stay."""
+    runtime = WorkerRuntime(tmp_path / "root")
+    ended, other = MemoryBackend(), MemoryBackend()
+    mine, theirs = _layers([blob(10, 400), blob(10, 401)]), _layers([blob(10, 402)])
+    runtime.add_remote_blobs(mine, ended)
+    runtime.add_remote_blobs(theirs, other)
+    run(RemoteRecords(runtime, imports=[RemoteCache(ended)]).aclose())
+    assert runtime.remote_blobs == {theirs[0].digest: other}
     run(runtime.aclose())

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from support.progress import plain_blocks
+from support.ssh_tools import copy_ssh_add, make_key
 
 from cluster._service import Proc, RunPaths, alive, process_tree
 
@@ -184,6 +185,35 @@ def test_secret_reaches_only_its_run(dockyard: Dockyard) -> None:
                   dockyard.root / "snapshots", out, Path(f"{out}.tar")):
         assert _contains(place, SECRET.encode()) == [], place
     assert not (out / "run" / "secrets" / "token").exists()
+
+
+SSH_DOCKERFILE = """\
+FROM BUSYBOX
+COPY tools/ /
+COPY deploy.pub /deploy.pub
+RUN --mount=type=ssh echo "$SSH_AUTH_SOCK" > /sock && ssh-add -l > /listed \\
+    && ssh-add -T /deploy.pub && echo signed > /signed
+"""
+
+
+def test_ssh_agent_stays_on_the_client(dockyard: Dockyard) -> None:
+    """``--ssh default=KEY``: the client's ephemeral agent answers, over the session
+    channel, an ``ssh-add -l`` and a signature (``-T``) in the RUN, found through the
+    SSH_AUTH_SOCK the RUN was given; the request names the id only."""
+    context = _context(dockyard, "ssh", SSH_DOCKERFILE)
+    copy_ssh_add(context)
+    key = make_key(dockyard.work / "deploy-key", "deploy-key-7f3a")
+    shutil.copyfile(f"{key}.pub", context / "deploy.pub")
+    out = dockyard.work / "ssh-out"
+    _ok(dockyard.build("--no-cache", "--ssh", f"default={key}", "-o",
+                       f"type=local,dest={out}", str(context)))
+    assert (out / "sock").read_text() == "/run/buildkit/ssh_agent.0\n"
+    assert "deploy-key-7f3a (ED25519)" in (out / "listed").read_text()
+    assert (out / "signed").read_text() == "signed\n"
+    private = key.read_bytes().split(b"\n")[1]  # a line of the private key's base64
+    for place in (dockyard.root, out):
+        assert _contains(place, private) == [], place
+    assert _contains(dockyard.root / "run" / "daemon.log", str(key).encode()) == []
 
 
 def test_bad_flag_is_a_usage_error_before_any_service(dockyard: Dockyard) -> None:

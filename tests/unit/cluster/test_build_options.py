@@ -14,6 +14,7 @@ import pytest
 
 from cluster._build_options import (
     BuildOptions,
+    CacheCredentials,
     CacheSpec,
     OutputSpec,
     SecretReader,
@@ -319,7 +320,7 @@ def test_secret_values_only_in_the_session(tmp_path: Path) -> None:
     session = read_session(options, environ)
     wire = repr(options.to_wire()) + repr(options) + repr(session)
     assert "secret-value" not in wire
-    assert session == {"secret_ids": ["f", "t"], "ssh": {}}
+    assert session == {"secret_ids": ["f", "t"], "ssh_ids": []}
     reader = SecretReader(options.secrets, environ)
     assert "secret-value" not in repr(reader)
     assert reader({"id": "f"}) == b"file-secret-value"
@@ -451,8 +452,43 @@ def test_wire_of_an_earlier_client_reads_as_secure() -> None:
         context="/c", outputs=(OutputSpec("image", None, ("a",), True),))
 
 
-def test_session_serves_the_given_ssh_sockets() -> None:
-    options = BuildOptions(context="/c", ssh=(SshSpec("git", ("/k/id_ed25519",)),))
-    assert read_session(options, ENV)["ssh"] == {"git": "/k/id_ed25519"}
-    assert read_session(options, ENV, {"git": "/tmp/agent.sock"})["ssh"] == {
-        "git": "/tmp/agent.sock"}
+def test_session_names_ssh_ids_never_their_paths() -> None:
+    options = BuildOptions(context="/c", ssh=(SshSpec("git", ("/k/id_ed25519",)),
+                                              SshSpec("default", ("/tmp/agent.sock",))))
+    session = read_session(options, ENV)
+    assert session == {"secret_ids": [], "ssh_ids": ["git", "default"]}
+
+
+AWS = {"AWS_ACCESS_KEY_ID": "AKIAKEY", "AWS_SECRET_ACCESS_KEY": "sk", "AWS_SESSION_TOKEN": "",
+       "AWS_REGION": "eu-west-3", "AWS_PROFILE": "dev", "TOKEN": "x"}
+S3_CACHE = CacheSpec("s3", (("bucket", "b"),))
+LOCAL_CACHE = CacheSpec("local", (("dest", "/d"),))
+CREDENTIAL_CASES = [
+    ("s3 cache-to: the set AWS_* only", BuildOptions(context="/c", cache_to=(S3_CACHE,)), AWS,
+     {"AWS_ACCESS_KEY_ID": "AKIAKEY", "AWS_SECRET_ACCESS_KEY": "sk",
+      "AWS_REGION": "eu-west-3"}),
+    ("s3 cache-from", BuildOptions(context="/c", cache_from=(S3_CACHE,)),
+     {"AWS_DEFAULT_REGION": "us-east-2"}, {"AWS_DEFAULT_REGION": "us-east-2"}),
+    ("s3 cache, client without credentials", BuildOptions(context="/c", cache_to=(S3_CACHE,)),
+     {"HOME": "/root"}, {}),
+    ("no s3 cache", BuildOptions(context="/c", cache_to=(LOCAL_CACHE,)), AWS,
+     "this build uses no S3 cache: no credentials are forwarded\nhint: use the same "
+     "dockyard version on the client and the cluster"),
+    ("no cache", BuildOptions(context="/c"), AWS,
+     "this build uses no S3 cache: no credentials are forwarded\nhint: use the same "
+     "dockyard version on the client and the cluster"),
+]
+
+
+@pytest.mark.parametrize(("options", "environ", "expected"), [c[1:] for c in CREDENTIAL_CASES],
+                         ids=[c[0] for c in CREDENTIAL_CASES])
+def test_cache_credentials_only_for_an_s3_cache(options: BuildOptions, environ: dict[str, str],
+                                               expected: Any) -> None:
+    handler = CacheCredentials(options, environ)
+    assert repr(handler) in ("<CacheCredentials s3=True>", "<CacheCredentials s3=False>")
+    if isinstance(expected, str):
+        with pytest.raises(UsageError) as caught:
+            handler({})
+        assert str(caught.value) == expected
+    else:
+        assert handler({}) == expected

@@ -232,6 +232,16 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
                          "mode": 0o400, "uid": 0, "gid": 0},
                         {"dest": "/t", "type": "tmpfs", "size": 1048576},
                         {"dest": "/s", "input": 1, "selector": "/src", "readonly": True}]}),
+    ("run-ssh-sets-auth-sock", "FROM alpine\nWORKDIR /w\n"
+     "RUN --mount=type=ssh,id=gh,target=a.sock --mount=type=ssh ssh-add -l\n", {}, {
+         "run.env": (PATH, "SSH_AUTH_SOCK=a.sock"),  # as BuildKit: relative kept
+         "run.mounts": [ROOT, {"dest": "/w/a.sock", "type": "ssh", "ssh_id": "gh",
+                               "mode": 0o600, "uid": 0, "gid": 0},
+                        {"dest": "/run/buildkit/ssh_agent.1", "type": "ssh",
+                         "ssh_id": "default", "mode": 0o600, "uid": 0, "gid": 0}]}),
+    ("run-ssh-keeps-stage-auth-sock", "FROM alpine\nENV SSH_AUTH_SOCK=/mine\n"
+     "RUN --mount=type=ssh x\n", {}, {"run.env": (PATH, "SSH_AUTH_SOCK=/mine")}),
+    ("run-without-ssh-has-no-auth-sock", "FROM alpine\nRUN x\n", {}, {"run.env": (PATH,)}),
     ("run-mount-from-stage", "FROM alpine AS b\nRUN b\nFROM alpine\n"
      "RUN --mount=from=b,target=/m,source=/out x\n", {}, {
          "run.mounts": [ROOT, {"dest": "/m", "input": 1, "selector": "/out",

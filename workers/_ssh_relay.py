@@ -1,0 +1,205 @@
+"""The client's ssh agent, relayed into a RUN over the build's session channel.
+
+The agent stays on the client.  For a ``RUN --mount=type=ssh`` the worker listens on a
+unix socket of its own (``listening``: in a private directory of the worker's scratch,
+removed when the RUN ends), which the executor binds at the mount's target; each
+connection a process in the container makes to it is relayed to the client's agent for
+that id by asks (docs/cluster.md)::
+
+    ssh.open  {"id"}            -> conn (int)     the client connects to its agent
+    ssh.write {"conn", "data"}  -> None           bytes for the agent
+    ssh.read  {"conn"}          -> bytes | None   what the agent said within a short wait
+                                                  (b"": nothing yet; None: it hung up)
+    ssh.close {"conn"}          -> None
+
+The client answers asks one at a time, so a read never waits long and is only asked
+while an answer is due: the ssh-agent protocol is request/response, each message a
+4-byte big-endian length and its body, so the relay counts the messages it passed to the
+agent and reads until as many came back.  Agent traffic (keys, signatures) is never
+logged, kept, or put in an event; only the ids the request named are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from scheduler._errors import ServiceError
+
+__all__ = ["ChannelSshAgents", "FrameCounter", "SshAsker", "socket_directory"]
+
+_CHUNK = 64 * 1024  # bytes read from the container at once
+_MAX_SOCKET_PATH = 100  # a unix socket path has at most 107 bytes (sun_path)
+
+
+class SshAsker(Protocol):
+    """What the relay needs of a channel (``SessionChannel`` is one)."""
+
+    async def ask(self, what: str, params: dict[str, Any]) -> Any: ...
+
+
+class FrameCounter:
+    """Counts the complete ssh-agent messages (length-prefixed) in a byte stream."""
+
+    def __init__(self) -> None:
+        self._buffer = b""  # the start of an incomplete message (at most 4 bytes kept)
+        self._remaining = 0  # body bytes still to come of the current message
+        self.complete = 0  # messages seen whole
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            if self._remaining:
+                taken = min(self._remaining, len(data))
+                data, self._remaining = data[taken:], self._remaining - taken
+                self.complete += self._remaining == 0
+                continue
+            need = 4 - len(self._buffer)
+            self._buffer, data = self._buffer + data[:need], data[need:]
+            if len(self._buffer) == 4:
+                self._remaining = int.from_bytes(self._buffer, "big")
+                self._buffer = b""
+                self.complete += self._remaining == 0
+
+
+def socket_directory(scratch: Path) -> Path:
+    """A private directory for a RUN's agent sockets: under ``scratch`` (the worker's
+    tmp, cleaned by the janitor) unless that path is too long for a unix socket."""
+    parent = scratch if len(str(scratch)) + 20 < _MAX_SOCKET_PATH else None
+    return Path(tempfile.mkdtemp(prefix="ssh-", dir=parent))
+
+
+class ChannelSshAgents:
+    """The agents of one build, by id, served through ``channel``; ``ids`` are those
+    the request named."""
+
+    def __init__(self, channel: SshAsker, ids: Collection[str]) -> None:
+        self._channel = channel
+        self.ids = frozenset(ids)
+        self.connections = 0  # connections relayed, all RUNs
+
+    def __repr__(self) -> str:
+        return f"<ChannelSshAgents ids={sorted(self.ids)} connections={self.connections}>"
+
+    @asynccontextmanager
+    async def listening(self, ident: str, scratch: Path, uid: int, gid: int,
+                        mode: int) -> AsyncIterator[Path]:
+        """A socket relaying to agent ``ident`` while the context lasts (owned by
+        ``uid``/``gid`` with ``mode``, as BuildKit makes it); its directory removed after."""
+        directory = socket_directory(scratch)
+        path = directory / "agent.sock"
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def connected(reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.add(task)
+            try:
+                await self._relay(ident, reader, writer)
+            finally:
+                tasks.discard(task)
+
+        try:
+            server = await asyncio.start_unix_server(connected, path=str(path))
+            directory.chmod(0o711)
+            if os.geteuid() == 0:
+                os.chown(path, uid, gid)
+            path.chmod(mode)
+            try:
+                yield path
+            finally:
+                server.close()
+                await _cancel(tasks)
+                await server.wait_closed()
+        finally:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    async def _relay(self, ident: str, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        try:
+            conn = await self._channel.ask("ssh.open", {"id": ident})
+            if not isinstance(conn, int):
+                raise ServiceError(f"the client answered ssh.open {ident!r} with a "
+                                   f"{type(conn).__name__}, not a connection number")
+            self.connections += 1
+            try:
+                await _Connection(self._channel, conn, reader, writer).run()
+            finally:
+                with contextlib.suppress(ServiceError, OSError):
+                    await self._channel.ask("ssh.close", {"conn": conn})
+        except ServiceError:
+            pass  # the container sees its connection closed, as with a dead agent
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    for task in list(tasks):
+        task.cancel()
+    for task in list(tasks):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class _Connection:
+    """One container connection relayed to one client-side agent connection."""
+
+    def __init__(self, channel: SshAsker, conn: int, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self._channel = channel
+        self._conn = conn
+        self._reader = reader  # from the container
+        self._writer = writer  # to the container
+        self._sent = FrameCounter()  # messages passed to the agent
+        self._received = FrameCounter()  # messages the agent answered
+        self._due = asyncio.Event()  # set while an answer is due
+        self._settled = asyncio.Event()  # its opposite: set while no answer is due
+        self._settled.set()
+
+    async def run(self) -> None:
+        """Relay until either side hangs up."""
+        to_agent = asyncio.ensure_future(self._to_agent())
+        from_agent = asyncio.ensure_future(self._from_agent())
+        try:
+            await asyncio.wait([to_agent, from_agent], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (to_agent, from_agent):
+                task.cancel()
+            for task in (to_agent, from_agent):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _to_agent(self) -> None:
+        while data := await self._reader.read(_CHUNK):
+            await self._channel.ask("ssh.write", {"conn": self._conn, "data": data})
+            self._sent.feed(data)
+            if self._sent.complete > self._received.complete:
+                self._settled.clear()
+                self._due.set()
+        await self._settled.wait()  # the container closed its end: answers due first
+
+    async def _from_agent(self) -> None:
+        while True:
+            await self._due.wait()
+            data = await self._channel.ask("ssh.read", {"conn": self._conn})
+            if data is None:
+                return
+            if not isinstance(data, bytes):
+                raise ServiceError(f"the client answered ssh.read with a "
+                                   f"{type(data).__name__}, not bytes")
+            if data:
+                self._writer.write(data)
+                await self._writer.drain()
+                self._received.feed(data)
+            if self._received.complete >= self._sent.complete:
+                self._due.clear()
+                self._settled.set()
