@@ -297,10 +297,17 @@ class ClusterRecords:
         unwrap(forward_events(item, self._events))
 
     def _holder(self, record: CacheRecord) -> WorkerEntry | None:
+        """A live worker holding the record's top layer, one that holds all its layers
+        first: two platforms' steps can make the same top layer (a COPY of the same file)
+        over different base layers, and a worker refuses a record naming blobs it lacks."""
         layers = record.result.layers
         if not layers:
             return None
-        for name in sorted(self._registry.index.holders(layers[-1].digest)):
+        index = self._registry.index
+        tops = sorted(index.holders(layers[-1].digest))
+        whole = [name for name in tops
+                 if all(name in index.holders(layer.digest) for layer in layers)]
+        for name in whole + tops:
             if name in self._registry.entries:
                 return self._registry.entries[name]
         return None
