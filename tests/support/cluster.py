@@ -169,6 +169,15 @@ class LocalCluster:
         return dockyard(client, "build", *argv, check=check, timeout=timeout, extra=env,
                         prefix=prefix)
 
+    def statistics(self) -> dict[str, Any]:
+        """The endpoint's ``statistics`` call (the coordinator's counts among them)."""
+        from cluster._service import connect_endpoint
+        from cluster._wire import parse_endpoint
+
+        with connect_endpoint(parse_endpoint(self.url, self.token)) as client:
+            stats: dict[str, Any] = client.call("statistics")
+        return stats
+
     def stop_node(self, node: Node) -> None:
         dockyard(node.root, "node", "stop", timeout=60)
 
