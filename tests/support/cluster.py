@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -68,6 +69,28 @@ def dockyard(root: Path, *argv: str, check: bool = True, timeout: float = START_
         raise AssertionError(f"dockyard {' '.join(argv)} failed ({result.returncode}):\n"
                              f"{result.stderr.decode(errors='replace')}")
     return result
+
+
+def placed(progress: str) -> dict[str, str]:
+    """Vertex name -> the address of the node that ran it, from plain progress."""
+    names: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for line in progress.splitlines():
+        match = re.match(r"#(\d+) (\[.*)$", line)
+        if match and match.group(1) not in names:
+            names[match.group(1)] = match.group(2)
+        ran = re.match(r"#(\d+) running on \S+ at (\S+)", line)
+        if ran:
+            where[names.get(ran.group(1), ran.group(1))] = ran.group(2)
+    return where
+
+
+def context(tmp: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "Dockerfile").write_text(dockerfile)
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
+    return tmp
 
 
 def root_processes(root: Path) -> set[int]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cluster import LocalCluster, dockyard, environment
+from support.cluster import LocalCluster, context, dockyard, environment, placed
 
 from cluster._ray import ray_temp_dir
 
@@ -47,28 +46,6 @@ def cluster(busybox_image: object) -> Iterator[LocalCluster]:
 @pytest.fixture
 def base(busybox_image: Any) -> str:
     return str(busybox_image.reference)
-
-
-def placed(progress: str) -> dict[str, str]:
-    """Vertex name -> the address of the node that ran it, from plain progress."""
-    names: dict[str, str] = {}
-    where: dict[str, str] = {}
-    for line in progress.splitlines():
-        match = re.match(r"#(\d+) (\[.*)$", line)
-        if match and match.group(1) not in names:
-            names[match.group(1)] = match.group(2)
-        ran = re.match(r"#(\d+) running on \S+ at (\S+)", line)
-        if ran:
-            where[names.get(ran.group(1), ran.group(1))] = ran.group(2)
-    return where
-
-
-def context(tmp: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "Dockerfile").write_text(dockerfile)
-    for name, text in (files or {}).items():
-        (tmp / name).write_text(text)
-    return tmp
 
 
 def executed(cluster: LocalCluster) -> int:
