@@ -115,6 +115,8 @@ class LocalCluster:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     url: str = ""
     address: str = ""  # the head's GCS address
+    #: more environment for the nodes and the endpoint (the cluster's own credentials)
+    env: dict[str, str] = field(default_factory=dict)
     _serve: subprocess.Popen[bytes] | None = None
     _next_ip: int = 2
 
@@ -155,7 +157,7 @@ class LocalCluster:
             token = self.head.root / "run" / "home" / ".ray" / "auth_token"
             argv += ["--address", self.address, "--token-file", str(token)]
         self.nodes.append(node)
-        done = dockyard(node.root, *argv)
+        done = dockyard(node.root, *argv, extra=self.env)
         if head:
             self.address = _address_of(done.stdout.decode() + done.stderr.decode(), node)
         return node
@@ -166,7 +168,7 @@ class LocalCluster:
         self._serve = subprocess.Popen(
             [sys.executable, "-m", "cluster", "serve", "--host", "127.0.0.1", "--port",
              str(port), "--ray-address", "auto", "--token-file", str(self.token_file)],
-            env=environment(self.head.root), stdout=log, stderr=subprocess.STDOUT,
+            env=environment(self.head.root, self.env), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 from support.cluster import LocalCluster, context, dockyard, environment, placed
+from support.moto import ENVIRONMENT as MOTO_ENVIRONMENT
+from support.moto import moto_server
 
 from cluster._ray import ray_temp_dir
 
@@ -38,7 +40,7 @@ AMD_IPS = {HEAD_IP, AMD2_IP}
 
 @pytest.fixture(scope="module")
 def cluster(busybox_image: object) -> Iterator[LocalCluster]:
-    with LocalCluster() as running:
+    with LocalCluster(env=dict(MOTO_ENVIRONMENT)) as running:  # the S3 cache's credentials
         running.start(("amd64", (), 2), ("arm64", (), 2), ("amd64", (), 2))
         yield running
 
@@ -264,3 +266,46 @@ def test_an_arm64_step_gets_an_amd64_layer_from_its_peer(
     assert len(runs) == 2, progress
     assert {ip for name, ip in runs.items() if "uname -m > /m" in name} <= AMD_IPS, progress
     assert [ip for name, ip in runs.items() if "cat /tag" in name] == [ARM_IP], progress
+
+
+def test_an_arm64_step_with_an_s3_cache_next_to_its_peer(
+        cluster: LocalCluster, base: str, tmp_path: Path) -> None:
+    """With ``--cache-to/--cache-from type=s3`` (moto on loopback), an amd64 stage's layer
+    goes to the cache, and an arm64 step that copies from it builds from the cache's
+    records.  The S3 credentials are the cluster's own (its nodes' environment): the
+    client's AWS_* are not forwarded yet.  The arm64 node takes the layer from its amd64
+    peer, which still holds it, not from S3 (moto's log shows no GET of it): the cluster
+    has no shared cache of its own (``dockyard serve`` takes none), and a build's
+    ``--cache-from`` is not preferred over a live peer."""
+    tag = secrets.token_hex(4)
+    ctx = context(tmp_path / "ctx", f"FROM --platform=linux/amd64 {base} AS amd\n"
+                                    f"RUN echo {tag} > /tag\n"
+                                    f"FROM --platform=linux/arm64 {base}\n"
+                                    "COPY --from=amd /tag /\nRUN cat /tag > /n\n")
+    with moto_server(tmp_path / "moto.log") as s3:
+        bucket = s3.bucket()
+        fields = {"type": "s3", "bucket": bucket, "region": "us-east-1",
+                  "prefix": "ci/", "endpoint_url": s3.url, "use_path_style": "true"}
+        cache = ",".join(f"{key}={value}" for key, value in fields.items())
+        client = cluster.client("s3")
+        cluster.build(client, "--platform", "linux/amd64", "--target", "amd",
+                      "-o", f"type=oci,dest={tmp_path}/amd.tar",
+                      "--cache-to", f"{cache},mode=max", str(ctx))
+        layer = _top_layer(tmp_path / "amd.tar").split(":")[1]
+        s3.client().head_object(Bucket=bucket, Key=f"ci/blobs/sha256/{layer}")
+        out = tmp_path / "out"
+        done = cluster.build(client, "--progress=plain", "--platform", "linux/arm64",
+                             "--cache-from", cache, "-o", f"type=local,dest={out}",
+                             str(ctx))
+    progress = done.stderr.decode()
+    assert (out / "n").read_text() == f"{tag}\n", progress
+    runs = {name: ip for name, ip in placed(progress).items() if "RUN" in name}
+    assert list(runs.values()) == [ARM_IP], progress  # the amd64 step came from a cache
+
+
+def _top_layer(archive: Path) -> str:
+    with tarfile.open(archive) as oci:
+        def blob(digest: str) -> Any:
+            return oci.extractfile(f"blobs/sha256/{digest.split(':')[1]}")
+        index = json.load(oci.extractfile("index.json"))  # type: ignore[arg-type]
+        return str(json.load(blob(index["manifests"][0]["digest"]))["layers"][-1]["digest"])

@@ -95,13 +95,14 @@ def test_a_worker_killed_mid_run_and_the_build_still_succeeds(
     assert run and run[0][-1] == "CACHED", again  # the record is whole: a rebuild hits it
 
 
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
 def test_a_client_that_goes_away_cancels_its_build(
-        cluster: LocalCluster, base: str, tmp_path: Path) -> None:
+        cluster: LocalCluster, base: str, tmp_path: Path, how: signal.Signals) -> None:
     node = cluster.head
     ctx = context(tmp_path / "ctx", f"FROM {base}\nRUN sleep 300 # {tmp_path.name}\n")
     build = start_build(cluster, cluster.client(), "--progress=plain", str(ctx))
     wait_for("the RUN's container", lambda: containers(node), 120)
-    build.send_signal(signal.SIGKILL)
+    build.send_signal(how)
     build.wait(30)
     wait_for("the container to go", lambda: not containers(node), 30)
     quick = context(tmp_path / "quick", f"FROM {base}\nRUN echo {tmp_path.name} > /q\n")
