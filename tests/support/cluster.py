@@ -93,6 +93,33 @@ def context(tmp: Path, dockerfile: str, files: dict[str, str] | None = None) -> 
     return tmp
 
 
+def containers(node: Node) -> list[str]:
+    """The runc containers of ``node``'s root."""
+    state = node.root / "run" / "runc"
+    if not state.is_dir():
+        return []
+    done = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True,
+                          check=True, timeout=30)
+    return done.stdout.decode().split()
+
+
+def wait_for(what: str, check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_build(cluster: LocalCluster, client: Path, *argv: str) -> subprocess.Popen[bytes]:
+    env = environment(client, {"DOCKYARD_ENDPOINT": cluster.url,
+                               "DOCKYARD_TOKEN": cluster.token})
+    return subprocess.Popen([sys.executable, "-m", "cluster", "build", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def root_processes(root: Path) -> set[int]:
     """Live processes whose environment names ``root``."""
     wanted = f"DOCKYARD_ROOT={root}".encode()

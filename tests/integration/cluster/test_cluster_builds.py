@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cluster import LocalCluster, context, dockyard, environment, placed
+from support.cluster import (
+    LocalCluster,
+    containers,
+    context,
+    dockyard,
+    environment,
+    placed,
+    start_build,
+    wait_for,
+)
 from support.moto import ENVIRONMENT as MOTO_ENVIRONMENT
 from support.moto import moto_server
 
@@ -79,24 +88,32 @@ def test_node_ls_lists_every_node(cluster: LocalCluster) -> None:
 
 def test_a_chain_stays_on_one_node_and_a_follow_up_runs_where_its_inputs_are(
         cluster: LocalCluster, base: str, tmp_path: Path) -> None:
-    """Two amd64 workers, both idle: each chain's steps (and a later build's step on top
-    of it) run where the chain's layers are.  Three chains, so a placement that ignored
-    locality would pass by chance with probability 1/4**3 at most."""
+    """Two amd64 workers: a chain's steps run on one node (``home``); then, while a build
+    on top of the chain keeps one of home's two slots busy (so the other amd64 node has
+    more free slots), a step on top of the chain still runs on home: locality before
+    load."""
     client = cluster.client()
-    for chain in range(3):
-        tag = secrets.token_hex(4)
-        steps = "".join(f"RUN echo {tag}-{i} >> /chain && head -c 200000 /dev/urandom "
-                        f"> /blob{i}\n" for i in range(3))
-        first = context(tmp_path / f"c{chain}", f"FROM {base}\n{steps}")
-        progress = cluster.build(client, "--progress=plain", str(first)).stderr.decode()
-        runs = {name: ip for name, ip in placed(progress).items() if "RUN" in name}
-        assert len(runs) == 3 and len(set(runs.values())) == 1, progress
-        (home,) = set(runs.values())
-        assert home in AMD_IPS, progress
-        more = context(tmp_path / f"m{chain}", f"FROM {base}\n{steps}RUN cat /chain > /again\n")
+    tag = secrets.token_hex(4)
+    steps = "".join(f"RUN echo {tag}-{i} >> /chain && head -c 300000 /dev/urandom "
+                    f"> /blob{i}\n" for i in range(3))
+    chain = context(tmp_path / "chain", f"FROM {base}\n{steps}")
+    progress = cluster.build(client, "--progress=plain", str(chain)).stderr.decode()
+    runs = {name: ip for name, ip in placed(progress).items() if "RUN" in name}
+    assert len(runs) == 3 and len(set(runs.values())) == 1, progress
+    (home_ip,) = set(runs.values())
+    home = next(node for node in cluster.nodes if node.ip == home_ip)
+    assert home.arch == "amd64", progress
+    busy = context(tmp_path / "busy", f"FROM {base}\n{steps}RUN sleep 15\n")
+    blocker = start_build(cluster, cluster.client("busy"), str(busy))
+    try:
+        wait_for("the blocker's container on home", lambda: containers(home), 60)
+        more = context(tmp_path / "more", f"FROM {base}\n{steps}RUN cat /chain > /again\n")
         again = cluster.build(client, "--progress=plain", str(more)).stderr.decode()
-        follow = {name: ip for name, ip in placed(again).items() if "RUN" in name}
-        assert list(follow.values()) == [home], again  # only the new step ran, on `home`
+    finally:
+        blocker.kill()
+        blocker.wait(30)
+    follow = {name: ip for name, ip in placed(again).items() if "RUN" in name}
+    assert list(follow.values()) == [home_ip], again  # only the new step ran, on home
 
 
 def test_ten_concurrent_identical_builds_run_the_step_once(

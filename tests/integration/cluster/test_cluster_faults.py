@@ -12,15 +12,22 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cluster import LocalCluster, Node, context, environment, placed, root_processes
+from support.cluster import (
+    LocalCluster,
+    Node,
+    containers,
+    context,
+    placed,
+    root_processes,
+    start_build,
+    wait_for,
+)
 from support.progress import plain_blocks
 
 STAGES = 6
@@ -38,26 +45,6 @@ def base(busybox_image: Any) -> str:
     return str(busybox_image.reference)
 
 
-def containers(node: Node) -> list[str]:
-    """The runc containers of ``node``'s root."""
-    state = node.root / "run" / "runc"
-    if not state.is_dir():
-        return []
-    done = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True,
-                          check=True, timeout=30)
-    return done.stdout.decode().split()
-
-
-def wait_for(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def worker_actor_pid(node: Node) -> int | None:
     """The pid of the ``ray::WorkerActor`` process under ``node``'s root."""
     for pid in root_processes(node.root):
@@ -65,13 +52,6 @@ def worker_actor_pid(node: Node) -> int | None:
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::WorkerActor"):
                 return pid
     return None
-
-
-def start_build(cluster: LocalCluster, client: Path, *argv: str) -> subprocess.Popen[bytes]:
-    env = environment(client, {"DOCKYARD_ENDPOINT": cluster.url,
-                               "DOCKYARD_TOKEN": cluster.token})
-    return subprocess.Popen([sys.executable, "-m", "cluster", "build", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_a_worker_killed_mid_run_and_the_build_still_succeeds(
