@@ -23,8 +23,9 @@ The registries to speak plain HTTP to (``registry.insecure=true``
 outputs, ``DOCKYARD_INSECURE_REGISTRIES``) travel in the options' ``insecure_registries``.
 
 renders the events as ``--progress`` asks (on stderr), and at the end writes the
-``--metadata-file``.  The context travels as a manifest (its files after ``.dockerignore``,
-with their digests, ``session.contexts``) and the workers read the contents they lack with
+``--metadata-file`` (with, under ``dockyard.context.bytes-sent``, the context bytes this
+client sent).  The context travels as a manifest (its files after ``.dockerignore``, with
+their digests, ``session.contexts``) and the workers read the contents they lack with
 ``context.read`` asks, answered only for the files listed (cluster/_context_server.py).
 Ctrl-C cancels the call on the service (its containers and mounts are cleaned up there)
 and exits 130.
@@ -109,6 +110,10 @@ def _without_ssh_paths(options: BuildOptions) -> BuildOptions:
     return dataclasses.replace(options, ssh=tuple(SshSpec(s.id, ()) for s in options.ssh))
 
 
+#: The ``--metadata-file`` key of the context bytes the client sent for the build.
+CONTEXT_BYTES_KEY = "dockyard.context.bytes-sent"
+
+
 def _context(session: dict[str, Any], context: Path, file: str | None) -> ContextServer:
     """Put the context's ignore patterns and manifest (its files, after them, with their
     digests) in the ``session``; the server of its files."""
@@ -154,7 +159,7 @@ def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
     finally:
         outputs.abort()
     renderer.close()
-    _finish(options, result)
+    _finish(options, result, context)
     return 0
 
 
@@ -225,10 +230,13 @@ async def _solve_starting(settings: ServiceSettings, request: dict[str, Any],
         return await client.call("solve", request, events=renderer, handlers=handlers)
 
 
-def _finish(options: BuildOptions, result: Any) -> None:
+def _finish(options: BuildOptions, result: Any, context: ContextServer) -> None:
+    """Write ``--metadata-file``: the build's metadata and, under ``CONTEXT_BYTES_KEY``,
+    the context bytes this client sent (what ``context.read`` asks it answered)."""
     result = result if isinstance(result, dict) else {}
     if options.metadata_file is not None:
-        _write_metadata(Path(options.metadata_file), result.get("metadata") or {})
+        metadata = dict(result.get("metadata") or {}) | {CONTEXT_BYTES_KEY: context.served}
+        _write_metadata(Path(options.metadata_file), metadata)
 
 
 def _write_metadata(path: Path, metadata: Mapping[str, Any]) -> None:

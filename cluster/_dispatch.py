@@ -117,8 +117,15 @@ class BuildSessions:
         try:
             return unwrap(await asyncio.shield(task))
         except WorkerLost:
-            self.placement.registry.lost(entry)
+            self.lost(entry)
             raise
+
+    def lost(self, entry: WorkerEntry) -> None:
+        """``entry`` died: the registry forgets it, and this build forgets it was opened
+        there (Ray restarts a worker under the same name, with no session open)."""
+        self.placement.registry.lost(entry)
+        if self._opened.pop(entry.name, None) is not None:
+            del self._entries[entry.name]
 
     async def home_worker(self) -> tuple[WorkerEntry, Any]:
         """The build's home worker and its ``open_session`` answer; a new home when the
@@ -144,7 +151,7 @@ class BuildSessions:
                 return unwrap(await entry.handle.call(method, self.build_id, *args))
             except WorkerLost:
                 tried.append(entry.name)
-                self.placement.registry.lost(entry)
+                self.lost(entry)
                 self.home = None
         raise _all_lost(method, tried)
 
@@ -170,6 +177,9 @@ def _all_lost(what: str, workers: Sequence[str]) -> WorkerLost:
 
 #: How many workers a vertex may be tried on when the one running it dies.
 ATTEMPTS = 3
+#: After a loss, how long a vertex waits for a worker that can run it to (re)join (Ray
+#: restarts a killed worker actor on its node in seconds) before it is refused.
+REJOIN_TIMEOUT = 30.0
 
 
 class DispatchBackend:
@@ -202,10 +212,10 @@ class DispatchBackend:
                 result = await self._run_on(entry, vertex, inputs, layers, events, emulated)
             except WorkerLost:
                 lost.append(entry.describe())
-                self._placement.registry.lost(entry)
+                self.sessions.lost(entry)
                 events.emit(VertexLog(vertex.digest, 2, f"worker {entry.describe()} was lost "
                                       f"while running this step: running it again\n".encode()))
-                await self._placement.registry.refresh()
+                await self._rejoined(vertex)
                 continue
             finally:
                 self._placement.release(entry)
@@ -214,6 +224,17 @@ class DispatchBackend:
         raise SolveError(f"the workers running this step were lost {len(lost)} times "
                          f"({', '.join(lost)})",
                          hint="check the cluster's nodes ('dockyard node ls') and build again")
+
+    async def _rejoined(self, vertex: Vertex) -> None:
+        """Refresh the registry until a worker can run ``vertex`` again (the lost one,
+        restarted, or another), at most ``REJOIN_TIMEOUT``; ``take`` refuses it after."""
+        registry, arch = self._placement.registry, needed_arch(vertex)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REJOIN_TIMEOUT
+        await registry.refresh()
+        while not self._placement.candidates(arch)[0] and loop.time() < deadline:
+            await asyncio.sleep(0.5)
+            await registry.refresh()
 
     async def _run_on(self, entry: WorkerEntry, vertex: Vertex, inputs: Sequence[StateResult],
                       layers: Sequence[LayerDescriptor], events: EventSink,
@@ -280,7 +301,7 @@ class ClusterRecords:
         try:
             item = await worker.handle.call("get_record", key, build_id)
         except WorkerLost:
-            self._registry.lost(worker)
+            self._sessions.lost(worker)
             raise
         data = unwrap(forward_events(item, self._events))
         return None if data is None else CacheRecord.from_bytes(data)
@@ -297,10 +318,17 @@ class ClusterRecords:
         unwrap(forward_events(item, self._events))
 
     def _holder(self, record: CacheRecord) -> WorkerEntry | None:
+        """A live worker holding the record's top layer, one that holds all its layers
+        first: two platforms' steps can make the same top layer (a COPY of the same file)
+        over different base layers, and a worker refuses a record naming blobs it lacks."""
         layers = record.result.layers
         if not layers:
             return None
-        for name in sorted(self._registry.index.holders(layers[-1].digest)):
+        index = self._registry.index
+        tops = sorted(index.holders(layers[-1].digest))
+        whole = [name for name in tops
+                 if all(name in index.holders(layer.digest) for layer in layers)]
+        for name in whole + tops:
             if name in self._registry.entries:
                 return self._registry.entries[name]
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -70,6 +71,55 @@ def dockyard(root: Path, *argv: str, check: bool = True, timeout: float = START_
     return result
 
 
+def placed(progress: str) -> dict[str, str]:
+    """Vertex name -> the address of the node that ran it, from plain progress."""
+    names: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for line in progress.splitlines():
+        match = re.match(r"#(\d+) (\[.*)$", line)
+        if match and match.group(1) not in names:
+            names[match.group(1)] = match.group(2)
+        ran = re.match(r"#(\d+) running on \S+ at (\S+)", line)
+        if ran:
+            where[names.get(ran.group(1), ran.group(1))] = ran.group(2)
+    return where
+
+
+def context(tmp: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "Dockerfile").write_text(dockerfile)
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
+    return tmp
+
+
+def containers(node: Node) -> list[str]:
+    """The runc containers of ``node``'s root."""
+    state = node.root / "run" / "runc"
+    if not state.is_dir():
+        return []
+    done = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True,
+                          check=True, timeout=30)
+    return done.stdout.decode().split()
+
+
+def wait_for(what: str, check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_build(cluster: LocalCluster, client: Path, *argv: str) -> subprocess.Popen[bytes]:
+    env = environment(client, {"DOCKYARD_ENDPOINT": cluster.url,
+                               "DOCKYARD_TOKEN": cluster.token})
+    return subprocess.Popen([sys.executable, "-m", "cluster", "build", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def root_processes(root: Path) -> set[int]:
     """Live processes whose environment names ``root``."""
     wanted = f"DOCKYARD_ROOT={root}".encode()
@@ -92,6 +142,8 @@ class LocalCluster:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     url: str = ""
     address: str = ""  # the head's GCS address
+    #: more environment for the nodes and the endpoint (the cluster's own credentials)
+    env: dict[str, str] = field(default_factory=dict)
     _serve: subprocess.Popen[bytes] | None = None
     _next_ip: int = 2
 
@@ -132,7 +184,7 @@ class LocalCluster:
             token = self.head.root / "run" / "home" / ".ray" / "auth_token"
             argv += ["--address", self.address, "--token-file", str(token)]
         self.nodes.append(node)
-        done = dockyard(node.root, *argv)
+        done = dockyard(node.root, *argv, extra=self.env)
         if head:
             self.address = _address_of(done.stdout.decode() + done.stderr.decode(), node)
         return node
@@ -143,7 +195,7 @@ class LocalCluster:
         self._serve = subprocess.Popen(
             [sys.executable, "-m", "cluster", "serve", "--host", "127.0.0.1", "--port",
              str(port), "--ray-address", "auto", "--token-file", str(self.token_file)],
-            env=environment(self.head.root), stdout=log, stderr=subprocess.STDOUT,
+            env=environment(self.head.root, self.env), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT
@@ -168,6 +220,15 @@ class LocalCluster:
         env = {"DOCKYARD_ENDPOINT": self.url, "DOCKYARD_TOKEN": self.token} | (extra or {})
         return dockyard(client, "build", *argv, check=check, timeout=timeout, extra=env,
                         prefix=prefix)
+
+    def statistics(self) -> dict[str, Any]:
+        """The endpoint's ``statistics`` call (the coordinator's counts among them)."""
+        from cluster._service import connect_endpoint
+        from cluster._wire import parse_endpoint
+
+        with connect_endpoint(parse_endpoint(self.url, self.token)) as client:
+            stats: dict[str, Any] = client.call("statistics")
+        return stats
 
     def stop_node(self, node: Node) -> None:
         dockyard(node.root, "node", "stop", timeout=60)

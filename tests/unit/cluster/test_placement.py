@@ -14,11 +14,12 @@ import pytest
 from test_coordinator import FakeWorker, items_of
 
 import cluster._coordinator as coordinator_module
-from cache_backends._records import LayerDescriptor, StateResult
+from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from cluster._build_options import BuildOptions
 from cluster._coordinator import Coordinator
-from cluster._registry import Registry
-from scheduler._errors import WorkerLost
+from cluster._dispatch import BuildSessions, ClusterRecords
+from cluster._registry import Placement, Registry
+from scheduler._errors import SolveError, WorkerLost
 from scheduler._graph import vertex_from_wire
 
 #: Two independent stages and a final one using both (parallel work for the placement).
@@ -219,3 +220,69 @@ def test_a_build_executing_nothing_on_its_platform_needs_no_worker_of_it() -> No
     assert items[-1]["failure"]["message"] == (
         "no worker can run platform darwin/ppc64le: this cluster offers linux/amd64 (1 "
         "worker)")
+
+
+class SessionWorker(LayerWorker):
+    """A ``LayerWorker`` that, as ``WorkerActor``, executes only for a build opened on it
+    (a restarted actor has no session)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.opened: set[str] = set()
+
+    def _open_session(self, build_id: str, part: dict[str, Any]) -> dict[str, Any]:
+        self.opened.add(build_id)
+        return super()._open_session(build_id, part)
+
+    async def _execute(self, build_id: str, vertex: dict[str, Any],
+                       inputs: list[dict[str, Any]], peers: dict[str, str] | None = None
+                       ) -> AsyncIterator[dict[str, Any]]:
+        if build_id not in self.opened:
+            raise SolveError(f"the worker has no open session for build {build_id}")
+        async for item in super()._execute(build_id, vertex, inputs, peers):
+            yield item
+
+
+def test_a_vertex_whose_only_worker_dies_runs_again_on_the_restarted_one() -> None:
+    """Ray restarts a killed worker under the same name, after a while, with no session:
+    the vertex waits for it and opens the build on it again."""
+    doomed = SessionWorker("w1", ("amd64",), lose="RUN make install")
+    reborn = SessionWorker("w1", ("amd64",))
+    looks: list[str] = []
+
+    async def discover() -> Mapping[str, Any]:
+        if not doomed.now and "[3/3] RUN make install" in str(doomed.calls):
+            looks.append("after the loss")
+            return {"w1": reborn} if len(looks) > 2 else {}  # back after a while
+        return {"w1": doomed}
+
+    async def main() -> list[dict[str, Any]]:
+        return await items_of(Coordinator(registry=Registry(discover)), build(CHAIN))
+    items = asyncio.run(main())
+    assert "result" in items[-1], items[-1]
+    assert reborn.executed == ["[3/3] RUN make install"] and len(looks) > 2
+
+
+@pytest.mark.parametrize(("holders", "expected"), [
+    # worker -> the layers it holds; the record is base-arm + copy (the top layer)
+    ({"a-amd": ("base-amd", "copy"), "b-arm": ("base-arm", "copy")}, "b-arm"),
+    ({"a-amd": ("base-amd",), "b-arm": ("base-arm", "copy")}, "b-arm"),
+    ({"a-amd": ("copy",), "b-arm": ("base-arm",)}, "a-amd"),  # a top holder, else none
+])
+def test_a_record_is_written_on_a_worker_holding_its_layers(
+        holders: dict[str, tuple[str, ...]], expected: str) -> None:
+    """Two platforms' steps can make the same top layer over different bases: the record
+    goes to the worker holding all its layers (a worker refuses one naming blobs it
+    lacks)."""
+    workers = {name: LayerWorker(name, ("amd64",)) for name in holders}
+    registry = registry_of(*workers.values())
+    for name, layers in holders.items():
+        registry.index.add(name, [layer_of(layer) for layer in layers])
+    record = CacheRecord(key="k", created=0, result=StateResult(
+        layers=(layer_of("base-arm"), layer_of("copy"))))
+
+    async def main() -> None:
+        sessions = BuildSessions("build", {}, Placement(registry))
+        await ClusterRecords(sessions, lambda event: None).put(record)
+    asyncio.run(main())
+    assert [name for name, w in workers.items() if "k" in w.records] == [expected]
