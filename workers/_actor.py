@@ -153,7 +153,7 @@ class WorkerActor:
             from scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
             results = [StateResult.from_wire(item) for item in inputs]
-            self._add_peers(peers, (layer for r in results for layer in r.layers))
+            self._add_peers(peers, (layer for r in results for layer in r.layers), build_id)
             backend = self._session(build_id).backend
             result = await backend.execute(vertex_from_wire(vertex), results, sink)
             return dict(result.to_wire())
@@ -179,7 +179,7 @@ class WorkerActor:
         if peers:
             layers = [layer for data in records.values()
                       for layer in CacheRecord.from_bytes(data).result.layers]
-            self._add_peers(peers, layers)
+            self._add_peers(peers, layers, build_id)
             await self._engine().ensure_blobs(layer for layer in layers
                                               if layer.digest in peers)
         return await export_build(self._engine(), session, graph, records)
@@ -237,13 +237,17 @@ class WorkerActor:
         finally:
             stream.close()
 
-    def _add_peers(self, peers: dict[str, str] | None, layers: Any) -> None:
-        """Fetch the blobs of ``layers`` named in ``peers`` from those workers when
-        needed, unless a shared cache already serves them."""
+    def _add_peers(self, peers: dict[str, str] | None, layers: Any,
+                   build_id: str | None = None) -> None:
+        """Fetch the blobs of ``layers`` named in ``peers`` when needed: from the build's
+        shared caches first (``--cache-from``, a served cluster's ``--cache``), else from
+        the peer worker named; a blob a cache already serves here is left to it."""
         if not peers:
             return
-        from workers._peers import PeerBlobs  # noqa: PLC0415
+        from workers._peers import FirstOf, PeerBlobs  # noqa: PLC0415
 
+        session = self.sessions.find(build_id)
+        caches = session.records.import_backends() if session and session.records else []
         engine = self._engine()
         for layer in layers:
             name = peers.get(layer.digest)
@@ -251,8 +255,8 @@ class WorkerActor:
                 continue
             peer = self._peers.setdefault(name, PeerBlobs(name))
             known = engine.remote_blobs.get(layer.digest)
-            if known is None or isinstance(known, PeerBlobs):
-                engine.remote_blobs[layer.digest] = peer
+            if known is None or isinstance(known, PeerBlobs | FirstOf):
+                engine.remote_blobs[layer.digest] = FirstOf([*caches, peer]) if caches else peer
                 engine.lost.discard(layer.digest)
 
     # -- plumbing --

@@ -19,11 +19,12 @@ and only here (STYLE.md habit 9: the one wrapper of the outside system on this s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from cache_backends._protocol import BlobCorrupt, BlobMissing, BlobSink
 
-__all__ = ["CHUNK_BYTES", "PeerBlobs", "peer_handle"]
+__all__ = ["CHUNK_BYTES", "FirstOf", "PeerBlobs", "peer_handle"]
 
 CHUNK_BYTES = 4 * 1024 * 1024  # one object-store object per chunk of a streamed blob
 _NAMESPACE = "dockyard"  # cluster._ray.NAMESPACE (workers do not import cluster)
@@ -88,3 +89,27 @@ class PeerBlobs:
         what = "stopped sending" if received else "does not hold"
         raise BlobMissing(f"{self.where} {what} blob {digest}",
                           hint="the step that made it is rebuilt")
+
+
+class FirstOf:
+    """Blob sources tried in order (``fetch_into``): a build's shared caches first, then
+    the peer that holds the blob -- DESIGN.md: through the shared cache when the cluster
+    has one, straight from the worker that holds them when it does not (or when the cache
+    does not hold the blob yet: its upload runs beside the build)."""
+
+    def __init__(self, parts: Sequence[Any]) -> None:
+        self.parts = tuple(parts)  # each has ``fetch_into`` and ``where``
+        self.where = " or ".join(str(getattr(p, "where", p)) for p in self.parts)
+
+    def __repr__(self) -> str:
+        return f"<FirstOf {self.where}>"
+
+    async def fetch_into(self, digest: str, sink: BlobSink) -> int:
+        failure: BlobMissing | BlobCorrupt | None = None
+        for part in self.parts:
+            try:
+                size: int = await part.fetch_into(digest, sink)
+                return size
+            except (BlobMissing, BlobCorrupt) as err:
+                failure = err
+        raise failure or BlobMissing(f"no source holds blob {digest}")

@@ -283,6 +283,11 @@ class RemoteRecords:
                 self._warn("keep imported", f"an imported cache record ({key}) was not "
                            f"kept in the local cache: {err.message}")
 
+    def import_backends(self) -> list[CacheBackend]:
+        """The build's ``--cache-from`` backends that still answer (a peer's blob is
+        looked for there first: workers/_peers.py ``FirstOf``)."""
+        return [remote.backend for remote in self._imports if id(remote) not in self._broken]
+
     async def aclose(self) -> None:
         """Cancel pushes still running (a cancelled build); the runtime forgets the blobs
         this build's ``--cache-from`` backends were to serve (never used by another

@@ -186,7 +186,8 @@ class WorkerRuntime:
         many were dropped."""
         gone = {id(backend) for backend in backends}
         digests = [digest for digest, backend in self.remote_blobs.items()
-                   if id(backend) in gone]
+                   if id(backend) in gone
+                   or any(id(part) in gone for part in getattr(backend, "parts", ()))]
         for digest in digests:
             del self.remote_blobs[digest]
         return len(digests)

@@ -289,11 +289,11 @@ def test_an_arm64_step_with_an_s3_cache_next_to_its_peer(
         cluster: LocalCluster, base: str, tmp_path: Path) -> None:
     """With ``--cache-to/--cache-from type=s3`` (moto on loopback), an amd64 stage's layer
     goes to the cache, and an arm64 step that copies from it builds from the cache's
-    records.  The S3 credentials are the cluster's own (its nodes' environment): the
-    client's AWS_* are not forwarded yet.  The arm64 node takes the layer from its amd64
-    peer, which still holds it, not from S3 (moto's log shows no GET of it): the cluster
-    has no shared cache of its own (``dockyard serve`` takes none), and a build's
-    ``--cache-from`` is not preferred over a live peer."""
+    records.  The S3 credentials here are the cluster's own (its nodes' environment;
+    test_cluster_session.py forwards a client's).  The COPY runs where the amd64 layers
+    are (locality), so the arm64 node then takes the COPY's new layer from that peer:
+    no layer of the cache is fetched here (a blob both a cache and a peer hold is asked
+    of the cache first: workers/_peers.py ``FirstOf``, tested in tests/unit)."""
     tag = secrets.token_hex(4)
     ctx = context(tmp_path / "ctx", f"FROM --platform=linux/amd64 {base} AS amd\n"
                                     f"RUN echo {tag} > /tag\n"
