@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.leaks import files_containing
 from support.moto import REGION
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -58,18 +59,6 @@ def context(tmp_path: Path, busybox_image: Any) -> Path:
     return context
 
 
-def _containing(root: Path, needles: list[bytes]) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            try:
-                data = path.read_bytes()
-            except OSError:
-                continue
-            found += [f"{path}: {needle!r}" for needle in needles if needle in data]
-    return found
-
-
 def test_the_clients_credentials_serve_its_build_only(
         s3_endpoint: Any, root: Path, context: Path) -> None:
     bucket = s3_endpoint.bucket()
@@ -92,4 +81,4 @@ def test_the_clients_credentials_serve_its_build_only(
     needles = [KEY_ID.encode(), SECRET_KEY.encode(), TOKEN.encode()]
     assert not any(needle in (forwarded.stderr + forwarded.stdout).encode()
                    for needle in needles)
-    assert _containing(root, needles) == []
+    assert files_containing(root, needles) == []

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.leaks import files_containing
 from support.progress import plain_blocks
 from support.ssh_tools import copy_ssh_add, make_key
 
@@ -126,7 +127,9 @@ def test_build_to_oci_and_local_then_fully_cached(dockyard: Dockyard) -> None:
     finals = [lines[-1] for lines in plain_blocks(again).values()]
     assert not [f for f in finals if f.startswith("DONE")], again
     assert "CACHED" in finals
-    assert json.loads((out / "meta.json").read_text()) == meta  # same image digest
+    def image_keys(meta: dict[str, Any]) -> dict[str, Any]:  # dockyard.* keys say how it went
+        return {k: v for k, v in meta.items() if k.startswith("containerimage.")}
+    assert image_keys(json.loads((out / "meta.json").read_text())) == image_keys(meta)
     assert took < 10, f"a fully cached rebuild took {took:.1f}s"
 
 
@@ -159,18 +162,6 @@ RUN --mount=type=secret,id=token sha256sum /run/secrets/token | cut -c1-64 > /se
 """
 
 
-def _contains(path: Path, needle: bytes) -> list[Path]:
-    hits = []
-    for item in [path] if path.is_file() else path.rglob("*"):
-        if item.is_file() and not item.is_symlink():
-            try:
-                if needle in item.read_bytes():
-                    hits.append(item)
-            except OSError:
-                continue
-    return hits
-
-
 def test_secret_reaches_only_its_run(dockyard: Dockyard) -> None:
     context = _context(dockyard, "secret", SECRET_DOCKERFILE)
     out = dockyard.work / "secret-out"
@@ -183,7 +174,7 @@ def test_secret_reaches_only_its_run(dockyard: Dockyard) -> None:
     assert SECRET.encode() not in done.stderr + done.stdout  # no event carries it
     for place in (dockyard.root / "run" / "daemon.log", dockyard.root / "cache",
                   dockyard.root / "snapshots", out, Path(f"{out}.tar")):
-        assert _contains(place, SECRET.encode()) == [], place
+        assert files_containing(place, [SECRET.encode()]) == [], place
     assert not (out / "run" / "secrets" / "token").exists()
 
 
@@ -212,8 +203,8 @@ def test_ssh_agent_stays_on_the_client(dockyard: Dockyard) -> None:
     assert (out / "signed").read_text() == "signed\n"
     private = key.read_bytes().split(b"\n")[1]  # a line of the private key's base64
     for place in (dockyard.root, out):
-        assert _contains(place, private) == [], place
-    assert _contains(dockyard.root / "run" / "daemon.log", str(key).encode()) == []
+        assert files_containing(place, [private]) == [], place
+    assert files_containing(dockyard.root / "run" / "daemon.log", [str(key).encode()]) == []
 
 
 def test_bad_flag_is_a_usage_error_before_any_service(dockyard: Dockyard) -> None:

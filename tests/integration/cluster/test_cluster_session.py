@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from support.cluster import LocalCluster
+from support.leaks import files_containing
 from support.moto import REGION, S3Endpoint, moto_server
 from support.ssh_tools import copy_ssh_add, make_key
 
@@ -41,18 +42,6 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
         yield endpoint
 
 
-def _containing(root: Path, needles: list[bytes]) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            try:
-                data = path.read_bytes()
-            except OSError:
-                continue
-            found += [f"{path}: {needle!r}" for needle in needles if needle in data]
-    return found
-
-
 def _roots(cluster: LocalCluster) -> list[Path]:
     return [node.root for node in cluster.nodes]
 
@@ -77,7 +66,7 @@ def test_ssh_agent_relayed_from_the_client(cluster: LocalCluster, busybox_image:
     assert (out / "sock").read_text() == "/run/buildkit/ssh_agent.0\n"
     private = key.read_bytes().split(b"\n")[1]
     for root in _roots(cluster):
-        assert _containing(root, [private, str(key).encode()]) == [], root
+        assert files_containing(root, [private, str(key).encode()]) == [], root
     assert str(key) not in cluster.serve_log()
 
 
@@ -103,5 +92,5 @@ def test_s3_credentials_forwarded_for_one_build(cluster: LocalCluster, moto: S3E
     needles = [FORWARDED["AWS_ACCESS_KEY_ID"].encode(),
                FORWARDED["AWS_SECRET_ACCESS_KEY"].encode()]
     for root in _roots(cluster):
-        assert _containing(root, needles) == [], root
+        assert files_containing(root, needles) == [], root
     assert not any(needle.decode() in cluster.serve_log() for needle in needles)
