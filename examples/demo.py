@@ -1,15 +1,26 @@
-"""``make demo``: build examples/ for linux/amd64 and linux/arm64, then run each image.
+"""``make demo``: a two-node cluster on this machine builds examples/ for linux/amd64
+and linux/arm64, then each image runs.
 
-1. Start Debian's docker-registry on a free 127.0.0.1 port (storage in a temp dir) and push
-   a multi-arch busybox image made from the host's static busybox binaries (skopeo).
-2. ``dockyard build --platform linux/amd64,linux/arm64 --build-arg BASE_IMAGE=<that image>
-   -o type=oci,dest=<tmp>/demo.tar examples/`` on the embedded local cluster.
-3. Print the image index, unpack each platform's image and run its command under runc (the
-   arm64 one through QEMU's binfmt_misc handler), printing what it says.
-4. ``dockyard stop``, stop the registry (by PID), remove the temp dir -- also on failure.
+1. Start Debian's docker-registry on a 127.0.0.1 port (storage in a temp dir) and push a
+   multi-arch busybox image made from the host's static busybox binaries (skopeo).
+2. Start a cluster as a user would (devkit/local_cluster.py): ``dockyard node start
+   --head`` on 127.0.0.2 (amd64), ``dockyard node start --address`` on 127.0.0.3 (arm64;
+   on an amd64 machine its binaries run through QEMU binfmt, but the cluster sees a native
+   arm64 node, as on mixed hardware), each under its own root, then ``dockyard serve
+   --ray-address auto`` with a token.
+3. ``dockyard build --endpoint URL --token-file F --progress=plain --no-cache --platform
+   linux/amd64,linux/arm64 -o type=oci,dest=<tmp>/demo.tar examples/`` from a client root
+   of its own: each step runs (``--no-cache``) and says which node ran it.
+4. Print the image index, unpack each platform's image and run its command under runc (the
+   arm64 one through QEMU), then ``dockyard node ls``.
+5. Stop the endpoint, the nodes (``dockyard node stop``, never ``ray stop``) and the
+   registry, by PID, and remove the temp dir -- also on failure or Ctrl-C.  A run that was
+   killed leaves its processes behind: the next run stops them first.
 
-State lives in ``DOCKYARD_ROOT`` (default: ``.demo-root`` in the repository), so a second
-run finds its cache there.  Exit status: 0, or 1 with the error on stderr.
+State lives under ``DOCKYARD_DEMO_DIR`` (default: ``.demo-root`` in the repository): one
+root per node (``amd64``, ``arm64``) and one for the client (``client``), kept between
+runs, with the endpoint's token and log.  Exit status: 0, 1 with the error on stderr, or
+130 when interrupted (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -25,73 +37,76 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples"
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO)]
 
-from support.busybox_image import (  # noqa: E402 -- after the path is set
+from devkit.busybox_image import (  # noqa: E402 -- after the path is set
     SetupError,
     need_tool,
     skopeo_push,
     write_busybox_layout,
 )
-from support.registry import loopback_registry  # noqa: E402
-
+from devkit.local_cluster import LocalCluster  # noqa: E402
+from devkit.registry import loopback_registry  # noqa: E402
 from scheduler._errors import DockyardError  # noqa: E402
 from workers._layers import apply_layer_flat  # noqa: E402
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
+NODES = ("amd64", "arm64")  # the head first
 BASE_REPO = "library/busybox:latest"
 
 
+BEGAN = time.monotonic()
+
+
 def log(message: str) -> None:
-    print(f"demo: {message}", file=sys.stderr, flush=True)
+    """A line of the demo's own on stderr, with the seconds since it began."""
+    print(f"demo [{time.monotonic() - BEGAN:5.1f}s]: {message}", file=sys.stderr, flush=True)
 
 
-def dockyard_root() -> Path:
-    """``DOCKYARD_ROOT``, or ``.demo-root`` in the repository (ignored by git: it carries
-    its own ``.gitignore``)."""
-    given = os.environ.get("DOCKYARD_ROOT")
-    root = Path(given) if given else REPO / ".demo-root"
-    root.mkdir(parents=True, exist_ok=True)
+def demo_dir() -> Path:
+    """``DOCKYARD_DEMO_DIR``, or ``.demo-root`` in the repository (ignored by git: it
+    carries its own ``.gitignore``)."""
+    given = os.environ.get("DOCKYARD_DEMO_DIR")
+    base = Path(given).resolve() if given else REPO / ".demo-root"
+    base.mkdir(parents=True, exist_ok=True)
     if not given:
-        (root / ".gitignore").write_text("*\n")
-    return root
+        (base / ".gitignore").write_text("*\n")
+    return base
 
 
-def dockyard(root: Path, *argv: str, check: bool = True) -> int:
-    """Run the CLI (progress and errors go straight to our stderr); its exit status."""
-    env = {**os.environ, "DOCKYARD_ROOT": str(root), "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "cluster", *argv], env=env,
-                          stdout=sys.stderr, check=False)
-    if check and done.returncode != 0:
-        raise SetupError(f"dockyard {argv[0]} failed (exit status {done.returncode})",
-                         hint="see its output above")
-    return done.returncode
-
-
-def sticky_port(root: Path) -> Path:
-    """Where the root remembers its registry's port: the base image's reference is part of
-    the cache keys, so the next run asks for the same port to find its cache."""
-    return root / "demo-registry.port"
-
-
-def saved_port(root: Path) -> int:
+def stop_stale_registry(base: Path) -> None:
+    """A killed run left its registry running: stop it (by the PID it recorded, if that
+    process is still a docker-registry serving from a demo's temp dir) and remove that
+    dir."""
+    record = base / "registry.pid"
     try:
-        return int(sticky_port(root).read_text())
+        pid_text, _, work = record.read_text().partition(" ")
+        argv = Path(f"/proc/{int(pid_text)}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
-        return 0
+        record.unlink(missing_ok=True)
+        return
+    config = f"{work}/registry/config.yml".encode()
+    if argv[0].endswith(b"docker-registry") and config in argv:
+        log(f"stopping the registry an earlier run left (pid {pid_text})")
+        os.kill(int(pid_text), signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+    record.unlink(missing_ok=True)
 
 
 @contextmanager
-def service(root: Path) -> Iterator[None]:
-    """The embedded service the first build starts; ``dockyard stop`` when done."""
+def local_cluster(base: Path) -> Iterator[LocalCluster]:
+    """The cluster's nodes and endpoint, stopped when done (also on failure)."""
+    cluster = LocalCluster(base, echo=log)
+    cluster.clear()
     try:
-        yield
+        yield cluster.start(*NODES)
     finally:
-        dockyard(root, "stop", check=False)
+        cluster.close()
 
 
 def push_base_image(work: Path, domain: str) -> str:
@@ -102,12 +117,14 @@ def push_base_image(work: Path, domain: str) -> str:
     return reference
 
 
-def build(root: Path, base: str, dest: Path) -> float:
-    """Build the example to the OCI tar ``dest``; the seconds it took."""
+def build(cluster: LocalCluster, base: str, dest: Path) -> float:
+    """Build the example to the OCI tar ``dest`` through the endpoint, every step executed
+    (``--no-cache``: each run shows where its steps ran); the seconds it took."""
     began = time.monotonic()
-    dockyard(root, "build", "--progress=plain", "--platform", ",".join(PLATFORMS),
-             "--build-arg", f"BASE_IMAGE={base}", "-o", f"type=oci,dest={dest}",
-             str(EXAMPLE))
+    cluster.build(cluster.client(), "--progress=plain", "--no-cache",
+                  "--platform", ",".join(PLATFORMS),
+                  "--build-arg", f"BASE_IMAGE={base}", "-o", f"type=oci,dest={dest}",
+                  str(EXAMPLE))
     return time.monotonic() - began
 
 
@@ -191,24 +208,31 @@ def show(layout: Path, work: Path) -> None:
 
 
 def demo(work: Path) -> None:
-    began = time.monotonic()
-    root = dockyard_root()
+    base = demo_dir()
+    stop_stale_registry(base)
     (work / "registry").mkdir()
-    with loopback_registry(work / "registry", port=saved_port(root)) as registry, \
-            service(root):
-        sticky_port(root).write_text(str(registry.port))
+    with loopback_registry(work / "registry") as registry:
+        (base / "registry.pid").write_text(f"{registry.process.pid} {work}")
         log(f"registry pid {registry.process.pid} on {registry.domain}, files in {work}")
-        base = push_base_image(work, registry.domain)
-        took = build(root, base, work / "demo.tar")
-    layout = work / "oci"
-    with tarfile.open(work / "demo.tar") as tar:
-        tar.extractall(layout, filter="data")
-    show(layout, work)
-    log(f"build {took:.1f}s, whole demo {time.monotonic() - began:.1f}s "
-        f"(DOCKYARD_ROOT={root})")
+        image = push_base_image(work, registry.domain)
+        with local_cluster(base) as cluster:
+            took = build(cluster, image, work / "demo.tar")
+            layout = work / "oci"
+            with tarfile.open(work / "demo.tar") as tar:
+                tar.extractall(layout, filter="data")
+            show(layout, work)
+            cluster.dockyard(cluster.head.root, "node", "ls", stdout=sys.stdout)
+    (base / "registry.pid").unlink(missing_ok=True)
+    log(f"done: the build took {took:.1f}s (roots under {base})")
+
+
+def interrupted(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (make's, a CI's) as Ctrl-C: unwind, stopping what the demo started."""
+    raise KeyboardInterrupt
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, interrupted)
     work = Path(tempfile.mkdtemp(prefix="dockyard-demo-"))
     try:
         demo(work)
