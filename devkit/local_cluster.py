@@ -15,8 +15,8 @@ its roots in its environment, then ``dockyard stop`` cleans each root's scratch.
 ``clear`` does the same for what a killed earlier run under ``base`` left, so a run after
 a crash starts clean.  The roots stay (their stores are the next run's cache).
 
-Commands are echoed (``$ dockyard ...``) and their output goes to this process's stdout
-(``node``, ``ls``) or stderr (``build`` progress) unless captured.
+Commands are echoed (``$ dockyard ...``) and their output goes to this process's stderr
+(or ``stdout=``) unless captured.
 """
 
 from __future__ import annotations
@@ -109,9 +109,10 @@ class LocalCluster:
     def dockyard(self, root: Path, *argv: str, capture: bool = False, check: bool = True,
                  timeout: float = START_TIMEOUT, stdout: Any = None
                  ) -> subprocess.CompletedProcess[bytes]:
-        """``dockyard ARGV`` under ``root``, echoed; its output captured or passed on."""
+        """``dockyard ARGV`` under ``root``, echoed; its output captured, or passed to
+        ``stdout`` (default: our stderr) and our stderr."""
         self.echo("$ dockyard " + " ".join(argv))
-        output = subprocess.PIPE if capture else stdout
+        output = subprocess.PIPE if capture else (stdout or sys.stderr)
         done = subprocess.run([sys.executable, "-m", "cluster", *argv],
                               env=environment(root), stdout=output,
                               stderr=subprocess.PIPE if capture else None,

@@ -1,10 +1,12 @@
 """``make demo``'s driver, examples/demo.py, end to end: a loopback registry with the
-busybox base image, ``dockyard build`` of examples/ for two platforms through the CLI and the
-embedded service, each image run under runc.  It doubles as the end-to-end check of the CLI
-path: a second run must be fully cached and give the same index.
+busybox base image, a local cluster (an amd64 head on 127.0.0.2, an arm64 node on
+127.0.0.3, ``dockyard serve``), ``dockyard build --endpoint`` of examples/ for two
+platforms, each executed step saying which node ran it, each image run under runc,
+``dockyard node ls``.  A second run in the same directory works as the first.
 
-Each run has its own DOCKYARD_ROOT; after it, the registry and the service are gone and the
-demo's temp dir is removed, also when the demo fails."""
+Each test has its own DOCKYARD_DEMO_DIR; after a run, the registry, the endpoint and the
+nodes are gone (no process names one of its roots) and the demo's temp dir is removed,
+also when the demo fails."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster._service import RunPaths
+from devkit.local_cluster import LocalCluster, root_processes
 
 PROJECT = Path(__file__).resolve().parents[3]
 DEMO = PROJECT / "examples" / "demo.py"
@@ -37,6 +39,8 @@ FAILURES = [
      ["demo: error: the arm64 busybox /nonexistent/busybox is missing",
       "hint: run 'make setup'"]),
 ]
+NODES = {"127.0.0.2", "127.0.0.3"}
+STAMP = re.compile(r"^demo \[\s*[0-9.]+s\]: ", re.M)  # the demo's lines, seconds dropped
 
 
 @dataclass
@@ -50,6 +54,10 @@ class DemoRun:
         lines = (line.partition(": ") for line in self.stdout.splitlines())
         return {platform: text for platform, _, text in lines if platform in SAYS}
 
+    def lines(self) -> list[str]:
+        """stderr, the demo's own lines without their seconds."""
+        return STAMP.sub("demo: ", self.stderr).splitlines()
+
     def index(self) -> tuple[str, dict[str, object]]:
         head, _, rest = self.stdout.partition("\n")
         found = re.fullmatch(r"image index (sha256:[0-9a-f]{64}):", head)
@@ -59,7 +67,7 @@ class DemoRun:
 
     def registry_pid(self) -> int:
         found = re.search(r"^demo: registry pid (\d+) on 127\.0\.0\.1:\d+, files in (\S+)$",
-                          self.stderr, re.M)
+                          "\n".join(self.lines()), re.M)
         assert found, self.stderr
         assert not Path(found.group(2)).exists(), "the demo left its temp dir"
         return int(found.group(1))
@@ -71,16 +79,14 @@ def root() -> Iterator[Path]:
     try:
         yield path
     finally:
-        env = {**os.environ, "DOCKYARD_ROOT": str(path), "PYTHONPATH": str(PROJECT)}
-        subprocess.run([sys.executable, "-m", "cluster", "stop"], env=env,
-                       capture_output=True, timeout=90, check=False)
+        LocalCluster(path).clear()  # what a failed assertion left
         shutil.rmtree(path, ignore_errors=True)
 
 
 def run_demo(root: Path, env: dict[str, str] | None = None) -> DemoRun:
-    environ = {**os.environ, "DOCKYARD_ROOT": str(root), **(env or {})}
+    environ = {**os.environ, "DOCKYARD_DEMO_DIR": str(root), **(env or {})}
     done = subprocess.run([sys.executable, str(DEMO)], env=environ, capture_output=True,
-                          text=True, timeout=240, check=False)
+                          text=True, timeout=400, check=False)
     return DemoRun(done.returncode, done.stdout, done.stderr)
 
 
@@ -90,27 +96,42 @@ def gone(pid: int) -> bool:
 
 def assert_cleaned_up(run: DemoRun, root: Path) -> None:
     assert gone(run.registry_pid()), "the demo's registry survived it"
-    assert not RunPaths(root).socket.exists(), "the dockyard service survived the demo"
+    left = {path.name: pids for path in root.iterdir() if (pids := root_processes(path))}
+    assert not left, f"processes of the demo's roots survived it: {left}"
 
 
-def test_demo_builds_runs_and_rebuilds_from_cache(root: Path) -> None:
-    first = run_demo(root)
-    assert first.status == 0, first.stderr
-    assert first.said() == SAYS
-    digest, index = first.index()
+def placements(stderr: str) -> dict[str, set[str]]:
+    """Step number -> how it ended (DONE, CACHED) and the nodes it says it ran on."""
+    found: dict[str, set[str]] = {}
+    for line in stderr.splitlines():
+        if ended := re.match(r"#(\d+) (DONE|CACHED)", line):
+            found.setdefault(ended.group(1), set()).add(ended.group(2))
+        if ran := re.match(r"#(\d+) running on dockyard-worker-\w+ at (\S+)$", line):
+            found.setdefault(ran.group(1), set()).add(ran.group(2))
+    return found
+
+
+def check_run(run: DemoRun, root: Path) -> None:
+    assert run.status == 0, run.stderr
+    assert run.said() == SAYS
+    _, index = run.index()
     platforms = [m["platform"] for m in index["manifests"]]  # type: ignore[attr-defined]
     assert platforms == [{"architecture": "amd64", "os": "linux"},
                          {"architecture": "arm64", "os": "linux"}]
-    assert_cleaned_up(first, root)
+    steps = placements(run.stderr)
+    assert steps, run.stderr
+    for step, seen in steps.items():  # --no-cache: every step runs, on a node it names
+        assert "DONE" in seen and len(seen & NODES) == 1, (step, seen, run.stderr)
+    listed = re.findall(r"^dockyard-worker-\w+\s+(\S+)\s+(\w+)\s", run.stdout, re.M)
+    assert sorted(listed) == [("127.0.0.2", "amd64"), ("127.0.0.3", "arm64")], run.stdout
+    assert_cleaned_up(run, root)
 
+
+def test_demo_builds_on_a_cluster_runs_and_runs_again(root: Path) -> None:
+    first = run_demo(root)
+    check_run(first, root)
     second = run_demo(root)
-    assert second.status == 0, second.stderr
-    assert second.said() == SAYS
-    assert second.index()[0] == digest
-    finals = [line.split(" ", 1)[1] for line in second.stderr.splitlines()
-              if re.match(r"#\d+ (DONE|CACHED)", line)]
-    assert finals and set(finals) == {"CACHED"}, second.stderr
-    assert_cleaned_up(second, root)
+    check_run(second, root)
 
 
 @pytest.mark.parametrize(("env", "last_lines"), FAILURES)
@@ -118,5 +139,5 @@ def test_demo_failure_says_why_and_cleans_up(root: Path, env: dict[str, str],
                                              last_lines: list[str]) -> None:
     run = run_demo(root, env)
     assert run.status == 1
-    assert run.stderr.rstrip("\n").splitlines()[-len(last_lines):] == last_lines
+    assert run.lines()[-len(last_lines):] == last_lines
     assert_cleaned_up(run, root)
