@@ -22,7 +22,8 @@ A build request (``{"dockerfile", "options", "session"}``, see cluster/_build_cm
    cache keys run once for all of them) over a ``DispatchBackend`` and the build's own
    ``WorkerRecords`` (its ``--cache-from``/``--cache-to`` live on the worker, cluster/
    _dispatch.py); workers' events stream back through it to this build's stream;
-4. ``export`` on the first worker (it has the blobs), then ``close_session`` everywhere.
+4. ``export`` on the worker holding most of the images' layers (it fetches the others
+   from their holders), then ``close_session`` everywhere.
    An export that finds a cached layer lost (``BlobLost``: missing or corrupt in the
    cache it was imported from) re-solves with ``rebuild=`` those layers and exports once
    more: a lost blob is a cache miss, never a failed build.
