@@ -55,7 +55,8 @@ def environment(root: Path, extra: dict[str, str] | None = None) -> dict[str, st
     """The environment of a dockyard process under ``root``: nothing of Ray's or dockyard's
     inherited, and this checkout's code first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DOCKYARD_"))}
-    env.update(PYTHONPATH=str(PROJECT), DOCKYARD_ROOT=str(root), **(extra or {}))
+    env.update(PYTHONPATH=str(PROJECT), DOCKYARD_ROOT=str(root))
+    env.update(extra or {})
     return env
 
 
