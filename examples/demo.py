@@ -213,17 +213,25 @@ def demo(work: Path) -> None:
     (work / "registry").mkdir()
     with loopback_registry(work / "registry") as registry:
         (base / "registry.pid").write_text(f"{registry.process.pid} {work}")
-        log(f"registry pid {registry.process.pid} on {registry.domain}, files in {work}")
-        image = push_base_image(work, registry.domain)
-        with local_cluster(base) as cluster:
-            took = build(cluster, image, work / "demo.tar")
-            layout = work / "oci"
-            with tarfile.open(work / "demo.tar") as tar:
-                tar.extractall(layout, filter="data")
-            show(layout, work)
-            cluster.dockyard(cluster.head.root, "node", "ls", stdout=sys.stdout)
-    (base / "registry.pid").unlink(missing_ok=True)
+        try:
+            log(f"registry pid {registry.process.pid} on {registry.domain}, files in {work}")
+            took = build_and_run(base, push_base_image(work, registry.domain), work)
+        finally:
+            (base / "registry.pid").unlink(missing_ok=True)
     log(f"done: the build took {took:.1f}s (roots under {base})")
+
+
+def build_and_run(base: Path, image: str, work: Path) -> float:
+    """The cluster's part: build, show and run the images, list the nodes; the build's
+    seconds."""
+    with local_cluster(base) as cluster:
+        took = build(cluster, image, work / "demo.tar")
+        layout = work / "oci"
+        with tarfile.open(work / "demo.tar") as tar:
+            tar.extractall(layout, filter="data")
+        show(layout, work)
+        cluster.dockyard(cluster.head.root, "node", "ls", stdout=sys.stdout)
+    return took
 
 
 def interrupted(signum: int, frame: FrameType | None) -> None:
