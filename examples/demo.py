@@ -58,8 +58,6 @@ from workers._layers import apply_layer_flat  # noqa: E402
 PLATFORMS = ("linux/amd64", "linux/arm64")
 NODES = ("amd64", "arm64")  # the head first
 BASE_REPO = "library/busybox:latest"
-
-
 BEGAN = time.monotonic()
 
 
