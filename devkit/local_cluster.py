@@ -210,7 +210,8 @@ class LocalCluster:
     def clear(self) -> None:
         """Stop what an earlier run under ``base`` left running (a killed demo): its
         endpoint, its nodes, and any process of one of its roots (a client's too)."""
-        nodes = sorted(path.parent.parent for path in self.base.glob("*/run/node.json"))
+        nodes = sorted((path.parent.parent for path in self.base.glob("*/run/node.json")),
+                       key=_head_last)
         roots = sorted(path for path in self.base.iterdir() if path.is_dir())
         stale = _stale_endpoint(self.base / "serve.pid")
         if stale is None and not nodes and not any(map(root_processes, roots)):
@@ -260,6 +261,19 @@ def _stale_endpoint(pid_file: Path) -> int | None:
         pid_file.unlink(missing_ok=True)
         return None
     return pid if b"serve" in cmdline and b"cluster" in cmdline else None
+
+
+def _head_last(root: Path) -> tuple[bool, str]:
+    """Stop order: the other nodes before the head (a node whose head is gone takes
+    seconds more to stop)."""
+    from cluster._node import NodePaths, read_record
+    from scheduler._errors import DockyardError
+
+    try:
+        record = read_record(NodePaths(root))
+    except DockyardError:  # unreadable: node stop will say so
+        record = None
+    return (record is not None and record.head, str(root))
 
 
 def _address_of(root: Path) -> str:
