@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devkit.local_cluster import environment, root_processes
 from support.busybox_image import SetupError
 from support.registry import free_port
 
@@ -47,15 +48,6 @@ class Node:
     @property
     def worker_root(self) -> str:
         return str(self.root)
-
-
-def environment(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a dockyard process under ``root`` (nothing of Ray's inherited)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "DOCKYARD_"))}
-    env.update(PYTHONPATH=str(PROJECT), DOCKYARD_ROOT=str(root))
-    env.update(extra or {})
-    return env
 
 
 def dockyard(root: Path, *argv: str, check: bool = True, timeout: float = START_TIMEOUT,
@@ -118,19 +110,6 @@ def start_build(cluster: LocalCluster, client: Path, *argv: str) -> subprocess.P
                                "DOCKYARD_TOKEN": cluster.token})
     return subprocess.Popen([sys.executable, "-m", "cluster", "build", *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def root_processes(root: Path) -> set[int]:
-    """Live processes whose environment names ``root``."""
-    wanted = f"DOCKYARD_ROOT={root}".encode()
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z" and wanted in (entry / "environ").read_bytes().split(b"\0"):
-                    found.add(int(entry.name))
-    return found
 
 
 @dataclass
