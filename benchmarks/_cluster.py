@@ -54,7 +54,7 @@ from benchmarks._paths import REPO
 from benchmarks._stats import Series
 from benchmarks._tools import BUILD_TIMEOUT, BenchmarkError
 
-__all__ = ["ClusterBench", "ContextResult", "OverheadResult", "TransferResult",
+__all__ = ["ClusterBench", "ConcurrentResult", "ContextResult", "OverheadResult", "TransferResult",
            "cluster_bench", "gather_dockerfile", "overhead_dockerfile", "scale_dockerfile"]
 
 MIB = 1024 * 1024
@@ -201,30 +201,49 @@ def grow(bench: ClusterBench, nodes: int, arch: str = "amd64") -> None:
 # -- concurrent --
 
 
+def _at_once(bench: ClusterBench, context: Path, flag: str, builds: int
+             ) -> tuple[float, list[tuple[float, str]]]:
+    """``builds`` clients started together: (first start to last end, their results)."""
+    began = time.perf_counter()
+    with ThreadPoolExecutor(builds) as pool:
+        done = list(pool.map(lambda i: bench.build(context, flag, client=f"c{i}"),
+                             range(builds)))
+    return time.perf_counter() - began, done
+
+
+@dataclass(frozen=True)
+class ConcurrentResult:
+    one: Series  # one build alone (its RUN runs)
+    many: Series  # ``builds`` identical builds at once (one shared RUN)
+    one_cached: Series  # the same build again alone, fully cached
+    many_cached: Series  # ``builds`` fully cached builds at once
+
+
 def concurrent_case(bench: ClusterBench, warmups: int, reps: int, nonces: Iterator[int],
-                    builds: int = 10) -> tuple[Series, Series]:
+                    builds: int = 10) -> ConcurrentResult:
     """One build alone, then ``builds`` identical ones at once (each round a new NONCE):
-    the single builds' times and the concurrent rounds' (first start to last end)."""
+    the single builds' times and the concurrent rounds' (first start to last end); then
+    the same, fully cached (what every build pays besides the shared RUN)."""
     context = _write(bench.work / "concurrent",
                      f"FROM {bench.base}\nARG NONCE\n"
                      "RUN echo \"$NONCE\" > /n && date +%s%N > /t && sleep 2\n")
-    one: list[float] = []
-    many: list[float] = []
+    times: list[tuple[float, float, float, float]] = []
     for rep in range(warmups + reps):
-        alone = bench.build(context, f"--build-arg=NONCE={next(nonces)}")[0]
         flag = f"--build-arg=NONCE={next(nonces)}"
-        began = time.perf_counter()
-        with ThreadPoolExecutor(builds) as pool:
-            done = list(pool.map(lambda i, f=flag: bench.build(context, f, client=f"c{i}"),
-                                 range(builds)))
-        together = time.perf_counter() - began
+        alone = bench.build(context, flag)[0]
+        cached_alone = bench.build(context, flag)[0]
+        cached_together, _ = _at_once(bench, context, flag, builds)
+        flag = f"--build-arg=NONCE={next(nonces)}"
+        together, done = _at_once(bench, context, flag, builds)
         ran = sum(1 for _, progress in done if _placed(progress))
         _log(f"concurrent {rep}: one {alone:.2f}s, {builds} at once {together:.2f}s "
-             f"(the RUN dispatched by {ran} of them)")
+             f"(the RUN dispatched by {ran} of them); cached: one {cached_alone:.2f}s, "
+             f"{builds} at once {cached_together:.2f}s")
         if rep >= warmups:
-            one.append(alone)
-            many.append(together)
-    return Series(tuple(one)), Series(tuple(many))
+            times.append((alone, together, cached_alone, cached_together))
+    one, many, one_cached, many_cached = (Series(column) for column in zip(*times,
+                                                                         strict=True))
+    return ConcurrentResult(one, many, one_cached, many_cached)
 
 
 # -- overhead --

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from benchmarks._cluster import (
     NONCES,
     ClusterBench,
+    ConcurrentResult,
     ContextResult,
     OverheadResult,
     TransferResult,
@@ -27,8 +28,8 @@ from benchmarks._cluster import (
 )
 from benchmarks._stats import Row, Series, ratio
 
-__all__ = ["CLUSTER_CASES", "cluster_rows", "context_rows", "overhead_rows", "scale_rows",
-           "transfer_rows"]
+__all__ = ["CLUSTER_CASES", "cluster_rows", "concurrent_rows", "context_rows",
+           "overhead_rows", "scale_rows", "transfer_rows"]
 
 CLUSTER_CASES = ("overhead", "context", "scale", "concurrent", "transfer")
 ENDPOINT = "CLI `dockyard build --endpoint`, cluster on loopback"
@@ -56,10 +57,17 @@ def scale_rows(times: dict[int, Series]) -> list[Row]:
     return rows
 
 
-def concurrent_row(one: Series, many: Series) -> Row:
-    return Row("10 identical builds at once (one 2 s RUN, shared) vs one build",
-               many.describe(), one.describe(), ratio(many.median, one.median), 1.5, True,
-               ENDPOINT + ", 4 nodes")
+def concurrent_rows(result: ConcurrentResult) -> list[Row]:
+    return [
+        Row("10 identical builds at once (one 2 s RUN, shared) vs one build",
+            result.many.describe(), result.one.describe(),
+            ratio(result.many.median, result.one.median), 1.5, True, ENDPOINT + ", 4 nodes"),
+        Row("the same 10 at once, fully cached, vs one fully cached build (info: what each "
+            "build pays besides the RUN)", result.many_cached.describe(),
+            result.one_cached.describe(),
+            ratio(result.many_cached.median, result.one_cached.median), None, True,
+            ENDPOINT + ", 4 nodes"),
+    ]
 
 
 def overhead_rows(result: OverheadResult) -> list[Row]:
@@ -133,7 +141,7 @@ def _run(bench: ClusterBench, cases: Sequence[str], args: argparse.Namespace
         rows += scale_rows(times)
     if "concurrent" in cases:
         grow(bench, max(SCALE_NODES))
-        rows.append(concurrent_row(*concurrent_case(bench, args.warmups, reps, NONCES)))
+        rows += concurrent_rows(concurrent_case(bench, args.warmups, reps, NONCES))
     if "transfer" in cases:
         rows += transfer_rows(transfer_case(bench, args.warmups, reps, NONCES))
     return rows
