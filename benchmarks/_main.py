@@ -136,12 +136,23 @@ def _loadavg() -> str:
         return "unknown"
 
 
+def _method(args: argparse.Namespace) -> str:
+    cases = args.only or list(CASES)
+    parts = []
+    if set(cases) - set(CLUSTER_CASES):
+        parts.append(f"BuildKit: Debian docker.io 20.10 (private dockerd); {args.warmups} "
+                     f"warm-up, {args.reps} timed builds ({args.export_reps} exports) per "
+                     "figure")
+    if set(cases) & set(CLUSTER_CASES):
+        parts.append(f"cluster cases: {args.cluster_reps} timed repetitions per figure "
+                     f"({args.warmups} warm-up; overhead and context: their first builds)")
+    return "; ".join(parts)
+
+
 def _report(rows: Sequence[Row], args: argparse.Namespace, took: float) -> str:
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    head = (f"Measured {date} on {_machine()}, dockyard {_commit()}; BuildKit: Debian "
-            f"docker.io 20.10 (private dockerd); {args.warmups} warm-up, {args.reps} "
-            f"timed builds ({args.export_reps} exports) per figure; the run took "
-            f"{took / 60:.1f} min; load average {_loadavg()}.")
+    head = (f"Measured {date} on {_machine()}, dockyard {_commit()}; {_method(args)}; the "
+            f"run took {took / 60:.1f} min; load average {_loadavg()}.")
     return f"{head}\n\n{markdown_table(rows)}\n"
 
 
