@@ -12,7 +12,6 @@ graph, so ``vertices`` is always in topological order.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import types
@@ -368,13 +367,19 @@ def _decode_tuple(args: tuple[Any, ...], raw: Any, where: str) -> tuple[Any, ...
                  enumerate(zip(args, raw, strict=True)))
 
 
-@functools.cache
+#: dataclass -> its resolved field types and ``__init__`` field names (``_fields_of``)
+_FIELDS: dict[type[Any], tuple[dict[str, Any], frozenset[str]]] = {}
+
+
 def _fields_of(cls: type[Any]) -> tuple[dict[str, Any], frozenset[str]]:
     """A dataclass's resolved field types and its ``__init__`` field names, once per class
     (``get_type_hints`` evaluates every string annotation again on each call: it was most
     of the time of decoding a graph)."""
-    hints = typing.get_type_hints(cls)
-    return hints, frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = (typing.get_type_hints(cls), frozenset(
+            f.name for f in dataclasses.fields(cls) if f.init))
+    return found
 
 
 def _decode_dataclass(cls: type[Any], raw: Any, where: str) -> Any:
