@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks._cache_rows import CACHE_CASES, cache_rows
 from benchmarks._cases import CaseResult, edit_case, noop_case, parallel_case, startup_case
+from benchmarks._cluster_rows import CLUSTER_CASES, cluster_rows
 from benchmarks._env import BenchEnvironment, bench_environment
 from benchmarks._export import MIB, export_case
 from benchmarks._paths import REPO
@@ -26,7 +27,7 @@ from scheduler._errors import DockyardError
 
 __all__ = ["main"]
 
-CASES = ("noop", "edit", "parallel", "export", *CACHE_CASES)
+CASES = ("noop", "edit", "parallel", "export", *CACHE_CASES, *CLUSTER_CASES)
 CLI_PATH = "CLI `dockyard build`, warm local service"
 EXPORT_PATH = "in-process `workers._layers.write_layer`"
 
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-reps", type=int, default=3, help="timed exports")
     parser.add_argument("--restore-mib", type=int, default=40,
                         help="MiB per RUN layer of the 5-layer S3 restore image")
+    parser.add_argument("--cluster-reps", type=int, default=3,
+                        help="timed repetitions per figure of the cluster cases")
     parser.add_argument("--only", action="append", choices=CASES, default=[],
                         help="run only this case (repeatable)")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
@@ -126,12 +129,30 @@ def _commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def _method(args: argparse.Namespace) -> str:
+    cases = args.only or list(CASES)
+    parts = []
+    if set(cases) - set(CLUSTER_CASES):
+        parts.append(f"BuildKit: Debian docker.io 20.10 (private dockerd); {args.warmups} "
+                     f"warm-up, {args.reps} timed builds ({args.export_reps} exports) per "
+                     "figure")
+    if set(cases) & set(CLUSTER_CASES):
+        parts.append(f"cluster cases: {args.cluster_reps} timed repetitions per figure "
+                     f"({args.warmups} warm-up; overhead and context: their first builds)")
+    return "; ".join(parts)
+
+
 def _report(rows: Sequence[Row], args: argparse.Namespace, took: float) -> str:
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    head = (f"Measured {date} on {_machine()}, dockyard {_commit()}; BuildKit: Debian "
-            f"docker.io 20.10 (private dockerd); {args.warmups} warm-up, {args.reps} "
-            f"timed builds ({args.export_reps} exports) per figure; the run took "
-            f"{took / 60:.1f} min.")
+    head = (f"Measured {date} on {_machine()}, dockyard {_commit()}; {_method(args)}; the "
+            f"run took {took / 60:.1f} min; load average {_loadavg()}.")
     return f"{head}\n\n{markdown_table(rows)}\n"
 
 
@@ -139,11 +160,13 @@ def run(args: argparse.Namespace) -> str:
     cases = args.only or list(CASES)
     began = time.monotonic()
     rows: list[Row] = []
-    with bench_environment() as env:
-        rows += _build_rows(env, cases, args)
-        if "export" in cases:
-            rows.append(_export_row(env.work, args))
-        rows += cache_rows(env, cases, args)
+    if set(cases) - set(CLUSTER_CASES):  # the cluster cases need no dockerd
+        with bench_environment() as env:
+            rows += _build_rows(env, cases, args)
+            if "export" in cases:
+                rows.append(_export_row(env.work, args))
+            rows += cache_rows(env, cases, args)
+    rows += cluster_rows(cases, args)
     return _report(rows, args, time.monotonic() - began)
 
 

@@ -367,11 +367,25 @@ def _decode_tuple(args: tuple[Any, ...], raw: Any, where: str) -> tuple[Any, ...
                  enumerate(zip(args, raw, strict=True)))
 
 
+#: dataclass -> its resolved field types and ``__init__`` field names (``_fields_of``)
+_FIELDS: dict[type[Any], tuple[dict[str, Any], frozenset[str]]] = {}
+
+
+def _fields_of(cls: type[Any]) -> tuple[dict[str, Any], frozenset[str]]:
+    """A dataclass's resolved field types and its ``__init__`` field names, once per class
+    (``get_type_hints`` evaluates every string annotation again on each call: it was most
+    of the time of decoding a graph)."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = (typing.get_type_hints(cls), frozenset(
+            f.name for f in dataclasses.fields(cls) if f.init))
+    return found
+
+
 def _decode_dataclass(cls: type[Any], raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise _fail(where, f"expected a map, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    hints, known = _fields_of(cls)
     extra = set(raw) - known - {"kind"}
     if extra:
         raise _fail(where, f"unknown field {sorted(map(str, extra))[0]!r}")

@@ -530,12 +530,15 @@ async def _compute_keys(build: _Build, needed: Sequence[Vertex]) -> dict[str, st
 
 def _keys_in_order(needed: Sequence[Vertex], identities: Mapping[str, str],
                    checksums: Mapping[tuple[str, ContentRead], str]) -> dict[str, str]:
+    by_vertex: dict[str, dict[ContentRead, str]] = {}  # vertex digest -> its checksums
+    for (digest, read), checksum in checksums.items():
+        by_vertex.setdefault(digest, {})[read] = checksum
     keys: dict[str, str] = {}
     for vertex in needed:
         if vertex.digest in identities:
             keys[vertex.digest] = source_key(vertex, identities[vertex.digest])
             continue
-        own = {read: s for (digest, read), s in checksums.items() if digest == vertex.digest}
+        own = by_vertex.get(vertex.digest, {})
         keys[vertex.digest] = cache_key(vertex, [keys[d] for d in vertex.inputs], own)
     return keys
 

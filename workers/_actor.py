@@ -45,6 +45,19 @@ __all__ = ["WorkerActor"]
 _DONE = object()  # ends a call's queue
 
 
+def _log_to_stderr() -> None:
+    """Send this package's INFO lines to the actor's stderr (Ray keeps it as the worker
+    process's ``.err`` log); nothing else configures logging in an actor process, so only
+    warnings went out.  Once per process."""
+    logger = logging.getLogger("workers")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                               "%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def _claim(root: Path) -> RootLock:
     """The root's worker lock, after cleaning the root (one log line says what it found)."""
     lock, report = claim_root(root)
@@ -81,6 +94,7 @@ class WorkerActor:
         self._peers: dict[str, Any] = {}  # peer actor name -> its PeerBlobs, once made
         # <root>/run/worker.lock for the actor's life, taken once what a dead worker of the
         # root left (containers, mounts, bundles) is removed: a restarted actor cleans first.
+        _log_to_stderr()
         self._root_lock = _claim(Path(root))
 
     async def ping(self) -> dict[str, Any]:

@@ -19,12 +19,16 @@ and only here (STYLE.md habit 9: the one wrapper of the outside system on this s
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from cache_backends._protocol import BlobCorrupt, BlobMissing, BlobSink
 
 __all__ = ["CHUNK_BYTES", "FirstOf", "PeerBlobs", "peer_handle"]
+
+_log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 * 1024 * 1024  # one object-store object per chunk of a streamed blob
 _NAMESPACE = "dockyard"  # cluster._ray.NAMESPACE (workers do not import cluster)
@@ -57,12 +61,19 @@ class PeerBlobs:
         """Copy the peer's blob ``digest`` into ``sink``: its size."""
         staged = await asyncio.to_thread(sink.stage_blob, digest)
         try:
+            began = time.perf_counter()
             await self._receive(digest, staged.file)
+            received = time.perf_counter()
             actual, _ = await asyncio.to_thread(staged.seal)
             if actual != digest:
                 raise BlobCorrupt(f"blob {digest} from {self.where} has digest {actual}",
                                   hint="the step that made it is rebuilt")
-            return await asyncio.to_thread(staged.publish)
+            checked = time.perf_counter()
+            size = await asyncio.to_thread(staged.publish)
+            _log.info("blob %s from %s: received in %.3f s, checked in %.3f s, published "
+                      "in %.3f s", digest, self.where, received - began, checked - received,
+                      time.perf_counter() - checked)
+            return size
         finally:
             await asyncio.to_thread(staged.discard)
 

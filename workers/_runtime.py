@@ -17,9 +17,11 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,8 @@ from ._ssh_relay import ChannelSshAgents
 
 if TYPE_CHECKING:
     from ._janitor import RootLock
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["BuildSession", "RecordStore", "RuntimeBackend", "WorkerRuntime"]
 
@@ -251,7 +255,11 @@ class WorkerRuntime:
                 raise _lost(digest, "the remote cache")
             try:
                 async with self._fetch_slots:
-                    await remote.fetch_into(digest, self.cache)
+                    began = time.perf_counter()
+                    size = await remote.fetch_into(digest, self.cache)
+                    _log.info("fetched blob %s (%d bytes) from %s in %.3f s", digest, size,
+                              getattr(remote, "where", None) or remote,
+                              time.perf_counter() - began)
             except (BlobMissing, BlobCorrupt) as err:
                 self.remote_blobs.pop(digest, None)
                 self.lost.add(digest)
