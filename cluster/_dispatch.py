@@ -188,6 +188,10 @@ class DispatchBackend:
     def __init__(self, sessions: BuildSessions) -> None:
         self.sessions = sessions
         self._placement = sessions.placement
+        # Reads asked in this turn of the event loop, not yet sent (source, selector,
+        # where the answer goes); sent together by ``_batch``, the task of the next send.
+        self._checksums: list[tuple[Vertex, Selector, asyncio.Future[str]]] = []
+        self._batch: asyncio.Task[None] | None = None
 
     @property
     def build_id(self) -> str:
@@ -198,8 +202,35 @@ class DispatchBackend:
 
     async def content_checksum(self, vertex: Vertex, input_index: int, source: Vertex,
                                selector: Selector) -> str:
-        return str(await self.sessions.on_home("content_checksum", vertex_to_wire(source),
-                                               selector_to_wire(selector)))
+        """One read's checksum: the reads asked in the same turn of the event loop (the
+        solver asks for all of a build's at once) go to the home worker as one call."""
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._checksums.append((source, selector, answer))
+        if self._batch is None:
+            self._batch = asyncio.ensure_future(self._checksum_batch())
+        return await answer
+
+    async def _checksum_batch(self) -> None:
+        await asyncio.sleep(0)  # every read of this turn joins the batch
+        batch, self._checksums, self._batch = self._checksums, [], None
+        sources = {source.digest: vertex_to_wire(source) for source, _, _ in batch}
+        items = [[source.digest, selector_to_wire(selector)] for source, selector, _ in batch]
+        try:
+            answers = await self.sessions.on_home("content_checksums", sources, items)
+        except BaseException as exc:  # the call failed: each read fails with it
+            for _, _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, _, answer), item in zip(batch, answers, strict=True):
+            if answer.done():
+                continue
+            try:
+                answer.set_result(str(unwrap(item)))
+            except DockyardError as error:
+                answer.set_exception(error)
 
     async def execute(self, vertex: Vertex, inputs: Sequence[StateResult],
                       events: EventSink) -> StateResult:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -155,6 +156,26 @@ class WorkerActor:
             return str(await backend.content_checksum(read, 0, read,
                                                       selector_from_wire(selector)))
         return await _answered(checksum)
+
+    async def content_checksums(self, build_id: str, sources: dict[str, dict[str, Any]],
+                                items: list[list[Any]]) -> dict[str, Any]:
+        """``content_checksum`` of many reads in one call (a build's keys ask for all of
+        theirs at once): ``sources`` by digest, ``items`` ``[source digest, selector]``;
+        the answer of each item in order (a failure belongs to its item alone)."""
+        from scheduler._cachekey import selector_from_wire  # noqa: PLC0415
+        from scheduler._graph import vertex_from_wire  # noqa: PLC0415
+
+        async def all_of() -> list[dict[str, Any]]:
+            backend = self._session(build_id).backend
+            decoded = {digest: vertex_from_wire(wire) for digest, wire in sources.items()}
+
+            async def one(digest: str, selector: dict[str, Any]) -> str:
+                read = decoded[digest]
+                return str(await backend.content_checksum(read, 0, read,
+                                                          selector_from_wire(selector)))
+            return list(await asyncio.gather(*(_answered(functools.partial(one, d, sel))
+                                               for d, sel in items)))
+        return await _answered(all_of)
 
     async def execute(self, build_id: str, vertex: dict[str, Any],
                       inputs: list[dict[str, Any]], peers: dict[str, str] | None = None

@@ -78,6 +78,11 @@ class FakeWorker:
                           selector: dict[str, Any]) -> str:
         return "sha256:" + "a" * 64
 
+    def _content_checksums(self, build_id: str, sources: dict[str, Any],
+                           items: list[list[Any]]) -> list[dict[str, Any]]:
+        return [{"result": self._content_checksum(build_id, sources[digest], selector)}
+                for digest, selector in items]
+
     def _get_record(self, key: str, build_id: str | None) -> bytes | None:
         return self.records.get(key)
 
@@ -242,3 +247,37 @@ def test_cancelling_a_build_cancels_the_worker_call_and_closes_the_session() -> 
     assert any(stream.cancelled for stream in worker.streams)
     assert worker.methods()[-2:] == ["close_session", "statistics"]
     assert "export" not in worker.methods()
+
+
+class MissingPathWorker(FakeWorker):
+    """Its context lacks ``missing.txt``: that read fails as a worker's would."""
+
+    def _content_checksums(self, build_id: str, sources: dict[str, Any],
+                           items: list[list[Any]]) -> list[dict[str, Any]]:
+        from scheduler._errors import SolveError
+
+        missing = SolveError('"/missing.txt": not found')
+        return [{"failure": failure_map(missing)} if "missing" in str(selector)
+                else {"result": "sha256:" + "a" * 64} for _, selector in items]
+
+
+def test_a_builds_context_reads_go_to_the_worker_in_one_call() -> None:
+    worker = FakeWorker()
+    req = request()
+    req["dockerfile"] = b"FROM scratch\nCOPY a.txt /a\nCOPY b.txt /b\nCOPY c* /c/\n"
+    [items] = run_builds(worker, req)
+    assert "result" in items[-1]
+    batches = [args for method, args in worker.calls if method == "content_checksums"]
+    assert "content_checksum" not in worker.methods()
+    assert len(batches) == 1 and len(batches[0][2]) == 3
+
+
+def test_a_failing_context_read_fails_its_own_step() -> None:
+    worker = MissingPathWorker()
+    req = request()
+    req["dockerfile"] = b"FROM scratch\nCOPY a.txt /a\nCOPY missing.txt /m\n"
+    [items] = run_builds(worker, req)
+    failure = items[-1]["failure"]
+    assert failure["message"] == '"/missing.txt": not found'
+    assert failure["details"]["location"] == "Dockerfile:3:1"
+    assert worker.executed == []
