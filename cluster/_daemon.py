@@ -38,7 +38,7 @@ from typing import Any
 import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from scheduler._build_request import CacheSpec
+from scheduler._build_request import BuildOptions, CacheSpec
 from scheduler._errors import DockyardError, ServiceError, UsageError
 
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
@@ -246,28 +246,26 @@ def with_caches(params: dict[str, Any], caches: Sequence[CacheSpec]) -> dict[str
     """``params`` of a build whose options also import from and export to ``caches``
     (mode=max, a failing export a warning: the build is the client's, the cache the
     cluster's)."""
-    options = params.get("options")
-    if not caches or not isinstance(options, dict):
+    if not caches or params.get("options") is None:
         return params
-    exports = [dataclasses.replace(spec, mode="max", ignore_error=True) for spec in caches]
-    options = dict(options)
-    options["cache_from"] = [*(options.get("cache_from") or ()),
-                             *(spec.to_wire() for spec in caches)]
-    options["cache_to"] = [*(options.get("cache_to") or ()),
-                           *(spec.to_wire() for spec in exports)]
-    return params | {"options": options}
+    options = BuildOptions.from_wire(params["options"])
+    exports = tuple(dataclasses.replace(spec, mode="max", ignore_error=True) for spec in caches)
+    merged = dataclasses.replace(options, cache_from=(*options.cache_from, *caches),
+                                 cache_to=(*options.cache_to, *exports))
+    return params | {"options": merged.to_wire()}
 
 
 def refuse_server_paths(params: Any) -> None:
     """A ``UsageError`` for a build request that names a directory on the cluster's
     machines (a ``type=local`` cache): through an endpoint nothing of the client's disk is
     there, and the cluster's own disks are not the client's to name."""
-    options = params.get("options") if isinstance(params, dict) else None
-    if not isinstance(options, dict):
+    wire = params.get("options") if isinstance(params, dict) else None
+    if wire is None:
         return
-    for flag in ("cache_to", "cache_from"):
-        for spec in options.get(flag) or ():
-            if isinstance(spec, list | tuple) and spec and spec[0] == "local":
+    options = BuildOptions.from_wire(wire)  # malformed options: a UsageError saying so
+    for flag, specs in (("cache_to", options.cache_to), ("cache_from", options.cache_from)):
+        for spec in specs:
+            if spec.type == "local":
                 name = "--" + flag.replace("_", "-")
                 raise UsageError(f"{name} type=local names a directory on the cluster's "
                                  f"machines, which a build through an endpoint may not use",

@@ -21,6 +21,7 @@ from cluster._context import (
 )
 from scheduler._errors import DockerfileError, DockyardError, UsageError
 from scheduler.dockerfile._dockerignore import PatternMatcher
+from workers._context_walk import walk_entries
 
 
 def _make(root: Path, spec: list[str]) -> None:
@@ -159,6 +160,26 @@ WALK_CASES: list[tuple[str, list[str], list[str]]] = [
 def test_walk_context(tmp_path: Path, patterns: list[str], expected: list[str]) -> None:
     _make(tmp_path, TREE)
     assert [entry.path for entry in walk_context(tmp_path, patterns)] == expected
+
+
+@pytest.mark.parametrize(("patterns", "expected"), [case[1:] for case in WALK_CASES],
+                         ids=[case[0] for case in WALK_CASES])
+def test_walk_entries_is_the_walk_of_the_directory(tmp_path: Path, patterns: list[str],
+                                                   expected: list[str]) -> None:
+    """The walk over a list of entries (a worker has only the client's manifest) agrees
+    with the walk of the directory they came from, whatever their order."""
+    _make(tmp_path, TREE)
+    everything = list(walk_context(tmp_path, []))
+    listed = list(walk_entries(reversed(everything), patterns))
+    assert listed == list(walk_context(tmp_path, patterns))
+    assert [entry.path for entry in listed] == expected
+
+
+def test_walk_entries_of_a_walk_with_fewer_exclusions(tmp_path: Path) -> None:
+    _make(tmp_path, TREE)
+    first = list(walk_context(tmp_path, ["*.md", "!README.md"]))
+    narrower = ["*.md", "!README.md", "src", "**/*.md"]
+    assert list(walk_entries(first, narrower)) == list(walk_context(tmp_path, narrower))
 
 
 # --- which directories a walk reads: (patterns, directories scanned) ----------------------

@@ -4,7 +4,6 @@ and what it serves."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -98,21 +97,24 @@ def test_endpoint_flags_win_over_the_environment(token_file: str) -> None:
 # --- a request through an endpoint names no path of the cluster's machines ---------------
 
 SERVER_PATHS = [
-    # (cache_to, cache_from, refused flag or None)
+    # (--cache-to values, --cache-from values, refused flag or None)
     ([], [], None),
-    ([["s3", [["bucket", "b"]], "max", False]], [["s3", [["bucket", "b"]], "min", False]],
-     None),
-    ([["local", [["dest", "/srv/cache"]], "max", False]], [], "--cache-to"),
-    ([], [["local", [["src", "/srv/cache"]], "min", False]], "--cache-from"),
+    (["type=s3,bucket=b,mode=max"], ["type=s3,bucket=b"], None),
+    (["type=local,dest=/srv/cache,mode=max"], [], "--cache-to"),
+    ([], ["type=local,src=/srv/cache"], "--cache-from"),
 ]
 
 
 @pytest.mark.parametrize(("cache_to", "cache_from", "refused"), SERVER_PATHS)
 def test_an_endpoint_refuses_requests_naming_server_paths(
-        cache_to: list[Any], cache_from: list[Any], refused: str | None) -> None:
+        cache_to: list[str], cache_from: list[str], refused: str | None) -> None:
+    from cluster._build_options import BuildOptions, parse_cache
     from cluster._daemon import refuse_server_paths
 
-    params = {"options": {"cache_to": cache_to, "cache_from": cache_from}}
+    options = BuildOptions(
+        context="/c", cache_to=tuple(parse_cache("--cache-to", v) for v in cache_to),
+        cache_from=tuple(parse_cache("--cache-from", v) for v in cache_from))
+    params = {"options": options.to_wire()}
     if refused is None:
         refuse_server_paths(params)
         return
@@ -128,8 +130,11 @@ def test_a_shared_cache_is_imported_from_and_exported_to_by_every_build() -> Non
 
     settings = _settings("--cache", "type=s3,bucket=shared,region=r1", "--slots", "3")
     assert settings.slots == 3
+    from cluster._build_options import BuildOptions, parse_cache
+
     own = ["s3", [["bucket", "mine"]], "min", False]
-    params = {"options": {"cache_from": [], "cache_to": [own]}, "dockerfile": b""}
+    mine = BuildOptions(context="/c", cache_to=(parse_cache("--cache-to", "type=s3,bucket=mine"),))
+    params = {"options": mine.to_wire(), "dockerfile": b""}
     merged = with_caches(params, settings.caches)
     options = merged["options"]
     assert [spec[0:2] for spec in options["cache_from"]] == [
