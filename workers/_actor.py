@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from scheduler._errors import DockyardError, SolveError
 from scheduler._progress import Event, EventSink, VertexLog, event_to_wire
@@ -40,6 +41,7 @@ from ._janitor import RootLock, claim_root, log_report
 from ._worker_sessions import SessionTable
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["WorkerActor"]
 
@@ -92,7 +94,8 @@ class WorkerActor:
         self._runtime: Any = None  # the WorkerRuntime, made by the first session
         self.sessions = SessionTable(Path(root), self._engine)  # the builds open here
         self.name = _actor_name()  # its Ray actor name ("" outside Ray)
-        self._peers: dict[str, Any] = {}  # peer actor name -> its PeerBlobs, once made
+        # (peer actor name, build id) -> its PeerBlobs, once made; dropped with the build.
+        self._peers: dict[tuple[str, str | None], Any] = {}
         # <root>/run/worker.lock for the actor's life, taken once what a dead worker of the
         # root left (containers, mounts, bundles) is removed: a restarted actor cleans first.
         _log_to_stderr()
@@ -120,6 +123,8 @@ class WorkerActor:
     async def close_session(self, build_id: str) -> dict[str, Any]:
         """End build ``build_id`` (workers/_worker_sessions.py ``SessionTable.close``)."""
         await self.sessions.close(build_id)
+        for key in [key for key in self._peers if key[1] == build_id]:
+            del self._peers[key]
         return {"result": None}
 
     def _session(self, build_id: str) -> Any:
@@ -202,8 +207,8 @@ class WorkerActor:
         """The images of ``graph``'s results (``records``: their roots' records, stored
         form) written to the build's outputs and pushed; the build's result map.
         ``peers`` as for ``execute``."""
-        return self._with_pending(build_id, await _answered(
-            lambda: self._export(build_id, graph, records, peers)))
+        return self._with_pending(build_id, await self._as_build(build_id, _answered(
+            lambda: self._export(build_id, graph, records, peers))))
 
     async def _export(self, build_id: str, graph: bytes, records: dict[str, bytes],
                       peers: dict[str, str] | None) -> dict[str, Any]:
@@ -225,13 +230,13 @@ class WorkerActor:
         async def get() -> bytes | None:
             record = await self._records(build_id).get(key)
             return None if record is None else bytes(record.to_bytes())
-        return self._with_pending(build_id, await _answered(get))
+        return self._with_pending(build_id, await self._as_build(build_id, _answered(get)))
 
     async def put_record(self, data: bytes, build_id: str | None = None) -> dict[str, Any]:
         from cache_backends._records import CacheRecord  # noqa: PLC0415
 
-        return self._with_pending(build_id, await _answered(
-            lambda: self._records(build_id).put(CacheRecord.from_bytes(data))))
+        return self._with_pending(build_id, await self._as_build(build_id, _answered(
+            lambda: self._records(build_id).put(CacheRecord.from_bytes(data)))))
 
     def _with_pending(self, build_id: str | None, item: dict[str, Any]) -> dict[str, Any]:
         """``item`` with the build's unsent remote-cache events (``events``) when any."""
@@ -250,16 +255,19 @@ class WorkerActor:
 
     # -- blobs between workers --
 
-    async def read_blob(self, digest: str) -> AsyncIterator[bytes | None]:
+    async def read_blob(self, digest: str, build_id: str | None = None
+                        ) -> AsyncIterator[bytes | None]:
         """The local cache's blob ``digest`` in chunks, for a peer worker
-        (workers/_peers.py); a single None when this worker does not hold it (or it turns
-        out corrupt: dropped here, as any verified read does)."""
+        (workers/_peers.py) working for build ``build_id`` (a blob this worker imported a
+        record of for that build is fetched through that build's caches first); a single
+        None when this worker does not hold it (or it turns out corrupt: dropped here, as
+        any verified read does)."""
         from cache_backends._protocol import BlobCorrupt, BlobMissing  # noqa: PLC0415
         from scheduler._errors import BlobLost  # noqa: PLC0415
         from workers._peers import CHUNK_BYTES  # noqa: PLC0415
 
         try:
-            await self._engine().ensure_digest(digest)
+            await self._as_build(build_id, self._engine().ensure_digest(digest))
             stream = self._engine().blob_source().open_blob(digest)
         except (BlobMissing, BlobCorrupt, BlobLost):
             yield None
@@ -288,7 +296,7 @@ class WorkerActor:
             name = peers.get(layer.digest)
             if name is None or name == self.name:
                 continue
-            peer = self._peers.setdefault(name, PeerBlobs(name))
+            peer = self._peers.setdefault((name, build_id), PeerBlobs(name, build_id=build_id))
             known = engine.remote_blobs.get(layer.digest)
             if known is None or isinstance(known, PeerBlobs | FirstOf):
                 engine.remote_blobs[layer.digest] = FirstOf([*caches, peer]) if caches else peer
@@ -296,12 +304,28 @@ class WorkerActor:
 
     # -- plumbing --
 
+    def _build_context(self, build_id: str | None) -> contextvars.Context:
+        """A context whose remote blobs are build ``build_id``'s (the runtime's own when it
+        has no open session here): what one build imports, and the credentials its
+        caches hold, serve that build's calls only."""
+        from workers._runtime import build_remotes  # noqa: PLC0415
+
+        session = self.sessions.find(build_id)
+        context = contextvars.copy_context()
+        context.run(build_remotes, session.remotes if session is not None else None)
+        return context
+
+    async def _as_build(self, build_id: str | None, work: Coroutine[Any, Any, T]) -> T:
+        """``work`` run as a task in build ``build_id``'s context."""
+        return await asyncio.create_task(work, context=self._build_context(build_id))
+
     async def _streamed(self, build_id: str, work: Callable[[EventSink], Awaitable[Any]]
                         ) -> AsyncIterator[dict[str, Any]]:
         """``work``'s events, then its answer; the work runs as a task of the session."""
         queue: asyncio.Queue[object] = asyncio.Queue()
         self._running += 1
-        task = asyncio.ensure_future(_queued(work, _QueueSink(queue), queue))
+        task = asyncio.create_task(_queued(work, _QueueSink(queue), queue),
+                                   context=self._build_context(build_id))
         session = self.sessions.find(build_id)
         if session is not None:
             session.tasks.add(task)

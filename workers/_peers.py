@@ -49,8 +49,9 @@ class PeerBlobs:
     """The blobs of the worker actor ``name`` (``handle``: its Ray handle, looked up by
     name when not given)."""
 
-    def __init__(self, name: str, handle: Any = None) -> None:
+    def __init__(self, name: str, handle: Any = None, *, build_id: str | None = None) -> None:
         self.name = name  # the peer's actor name, for messages
+        self.build_id = build_id  # the build the blobs are for (the peer's caches of it)
         self.where = f"worker {name}"
         self._handle = handle  # its Ray actor handle, once looked up
 
@@ -82,7 +83,8 @@ class PeerBlobs:
 
         if self._handle is None:
             self._handle = await asyncio.to_thread(peer_handle, self.name)
-        stream = self._handle.read_blob.options(num_returns="streaming").remote(digest)
+        stream = self._handle.read_blob.options(num_returns="streaming").remote(
+            digest, self.build_id)
         received = False
         try:
             async for ref in stream:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["BuildSession", "RecordStore", "RuntimeBackend", "WorkerRuntime"]
+__all__ = ["BuildSession", "RecordStore", "RuntimeBackend", "WorkerRuntime", "build_remotes"]
 
 IMAGE_SCHEME = "docker-image://"
 LOCAL_SCHEME = "local://"
@@ -127,8 +128,9 @@ class WorkerRuntime:
         # cache-mount directory -> its lock (sharing=locked, and private's busy test).
         self.mount_locks: dict[str, asyncio.Lock] = {}
         # layer digest -> the remote cache (--cache-from) holding it, for the blobs of
-        # imported records: fetched into the local cache when first needed.
-        self.remote_blobs: dict[str, CacheBackend] = {}
+        # imported records: fetched into the local cache when first needed.  Outside a
+        # build's call (``build_remotes``); a build's own map serves its calls.
+        self._remote_blobs: dict[str, CacheBackend] = {}
         # digests a remote cache was found to lack or hold corrupt (no longer in
         # ``remote_blobs``): asking for one the local cache lacks raises BlobLost again.
         self.lost: set[str] = set()
@@ -176,6 +178,14 @@ class WorkerRuntime:
     async def lower_dirs(self, layers: Sequence[LayerDescriptor]) -> list[Path]:
         """The unpacked directories of ``layers`` (base first), unpacking what is missing."""
         return [await self._unpacked(layer) for layer in layers]
+
+    @property
+    def remote_blobs(self) -> dict[str, CacheBackend]:
+        """Layer digest -> the remote cache (or peer) that serves it, as the build of the
+        running call sees it (``build_remotes``): a build's ``--cache-from`` backends,
+        which may carry its client's credentials, serve that build alone."""
+        own = _BUILD_REMOTES.get()
+        return self._remote_blobs if own is None else own
 
     def add_remote_blobs(self, layers: Iterable[LayerDescriptor],
                          backend: CacheBackend) -> None:
@@ -328,6 +338,18 @@ class WorkerRuntime:
                 with contextlib.suppress(OSError):
                     target.unlink(missing_ok=True)
                     target.parent.rmdir()
+
+
+#: The remote blobs of the build whose call runs in this task (None: the runtime's own).
+_BUILD_REMOTES: contextvars.ContextVar[dict[str, CacheBackend] | None] = \
+    contextvars.ContextVar("dockyard_build_remotes", default=None)
+
+
+def build_remotes(remotes: dict[str, CacheBackend] | None) -> None:
+    """Make ``remotes`` the remote blobs of the calling task and of the tasks it starts:
+    what a build registers and fetches stays that build's (a worker runs each call of a
+    build in a task of its own)."""
+    _BUILD_REMOTES.set(remotes)
 
 
 class RuntimeBackend:

@@ -85,6 +85,9 @@ class WorkerSession:
     channel: Any = None  # to the client (a SessionChannel through the endpoint), or None
     records: RemoteRecords | None = None  # its --cache-from/--cache-to, or None
     pending: PendingEvents = field(default_factory=PendingEvents)  # warnings, unsent
+    # Layer digest -> the remote cache or peer serving it, for this build's calls only
+    # (WorkerRuntime.remote_blobs in them): its caches may hold its client's credentials.
+    remotes: dict[str, Any] = field(default_factory=dict)
     # The build's calls running here now; close cancels and awaits them.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -11,6 +11,7 @@ one ``BlobLost`` names all those it could not, however many ran at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import os
 import random
@@ -29,7 +30,7 @@ from cache_backends._registry import BACKENDS
 from cache_backends._s3 import S3Backend
 from scheduler._errors import BlobLost
 from workers._remote_cache import RemoteCache, RemoteRecords
-from workers._runtime import REMOTE_FETCHES, WorkerRuntime
+from workers._runtime import REMOTE_FETCHES, WorkerRuntime, build_remotes
 
 MB = 1 << 20
 
@@ -229,3 +230,41 @@ def test_a_builds_remote_caches_serve_no_build_after_it(tmp_path: Path) -> None:
     run(RemoteRecords(runtime, imports=[RemoteCache(ended)]).aclose())
     assert runtime.remote_blobs == {theirs[0].digest: other}
     run(runtime.aclose())
+
+
+def test_two_open_builds_never_fetch_through_each_others_caches(tmp_path: Path) -> None:
+    """While two builds are open on one worker, each call sees its own build's remote
+    blobs (``build_remotes``): a digest build A's cache serves is not fetched for build B
+    through A's backend (it may hold A's client's credentials), even though both know it;
+    B fetches it through its own, and the runtime's own map stays empty."""
+    runtime = WorkerRuntime(tmp_path / "root")
+    data = blob(10, 403)
+    [layer] = _layers([data])
+    a_cache, b_cache = MemoryBackend(), MemoryBackend()
+    run(a_cache.put_blob(layer.digest, data[1]))
+    a_map: dict[str, Any] = {}
+    b_map: dict[str, Any] = {}
+
+    async def as_build(remotes: dict[str, Any], work: Any) -> Any:
+        context = contextvars.copy_context()
+        context.run(build_remotes, remotes)
+        return await asyncio.create_task(work(), context=context)
+
+    async def go() -> None:
+        await as_build(a_map, lambda: _register(runtime, [layer], a_cache))
+        await as_build(b_map, lambda: runtime.ensure_blobs([layer]))  # B knows no cache
+        assert stored(runtime.cache, layer.digest) is None  # A's was not asked for B
+        await as_build(b_map, lambda: _register(runtime, [layer], b_cache))
+        with pytest.raises(BlobLost):  # B's own cache lacks it: A's is still not asked
+            await as_build(b_map, lambda: runtime.ensure_blobs([layer]))
+        assert stored(runtime.cache, layer.digest) is None
+        await as_build(a_map, lambda: runtime.ensure_blobs([layer]))  # A's call: A's cache
+
+    run(go())
+    assert stored(runtime.cache, layer.digest) == data[1]
+    assert set(a_map) == {layer.digest} and runtime.remote_blobs == {}
+    run(runtime.aclose())
+
+
+async def _register(runtime: WorkerRuntime, layers: list[LayerDescriptor], cache: Any) -> None:
+    runtime.add_remote_blobs(layers, cache)
