@@ -1,14 +1,20 @@
 """Who a RUN runs as: ``user[:group]`` resolved through the root filesystem's /etc/passwd and
-/etc/group, the way BuildKit (executor/oci/user.go) and runc (libcontainer/user) do it.
+/etc/group, the way BuildKit (executor/oci/user.go) and runc (libcontainer/user,
+``GetExecUser``) do it.
 
-- ``""`` is root (0:0).  All-numeric ``uid`` or ``uid:gid`` needs no file: gid 0 when only a
-  uid is given, and no additional groups (BuildKit's fast path).  Its home is still looked
-  up by uid, as runc does when it sets ``HOME``.
-- Otherwise the user part matches a passwd entry by name or by uid; the first match wins.  An
-  unknown name is an error; an unknown number is used as is (gid 0, home ``/``).
-- An explicit group matches a group entry by name or gid (unknown number: used as is; unknown
-  name: an error).  Without an explicit group, the gid is the passwd entry's, and the
-  additional groups are every group whose member list names the matched user.
+- Only ``uid:gid``, both numeric, needs no file (BuildKit's fast path); its home is still
+  looked up by uid, as runc does when it sets ``HOME``.
+- Otherwise the user part matches a passwd entry: a number always as a uid, anything else
+  as a name; the first match wins.  An unknown name is an error; an unknown number is used
+  as is (gid 0, home ``/``).  ``""`` (no USER) is uid 0, looked up the same way.
+- An explicit group matches a group entry: a number always as a gid, anything else as a
+  name (unknown number: used as is; unknown name: an error).  Without an explicit group,
+  the gid is the passwd entry's, and the supplementary groups are every group whose
+  member list names the matched user.
+- The process's additional gids are its primary gid followed by those supplementary
+  groups, without repeats: ``id -G`` of root in busybox is ``0 10``, of ``1001:1001`` just
+  ``1001``.  BuildKit adds the primary gid since CVE-2023-25173 (GHSA-hmfx-3pcx-653p), so
+  that groups an image gives its user's primary group are not dropped.
 
 Paths inside the root are resolved with ``path_in_root``: symlinks are followed as if the
 root were ``/``, so a hostile image can never make us read or write outside it.
@@ -78,15 +84,14 @@ def _numeric(text: str) -> int | None:
 
 
 def _fast_path(spec: str) -> ResolvedUser | None:
-    """BuildKit's ``ParseUIDGID``: ``""``, ``uid`` or ``uid:gid`` (all numeric)."""
-    if spec == "":
-        return ResolvedUser()
-    user, _, group = spec.partition(":")
-    uid = _numeric(user)
-    gid = _numeric(group) if group else 0
+    """BuildKit's ``ParseUIDGID``: ``uid:gid``, both numeric."""
+    user, has_group, group = spec.partition(":")
+    if not has_group:
+        return None
+    uid, gid = _numeric(user), _numeric(group)
     if uid is None or gid is None:
         return None
-    return ResolvedUser(uid=uid, gid=gid)
+    return ResolvedUser(uid=uid, gid=gid, additional_gids=(gid,))
 
 
 def _read_entries(path: Path, *, passwd: bool) -> Iterator[_Entry]:
@@ -123,8 +128,10 @@ def _lenient_int(text: str) -> int:
 
 
 def _find(entries: Iterator[_Entry], wanted: str) -> _Entry | None:
+    """runc's match: a number is always an id, anything else a name."""
+    number = _numeric(wanted)
     for entry in entries:
-        if wanted in (entry.name, str(entry.number)):
+        if (entry.number == number) if number is not None else (entry.name == wanted):
             return entry
     return None
 
@@ -136,20 +143,20 @@ def resolve_user(root: Path, spec: str) -> ResolvedUser:
     if fast is not None:
         entry = _find(_read_entries(passwd_path, passwd=True), str(fast.uid))
         return fast if entry is None else replace(fast, home=entry.home or "/")
-    user_arg, has_group, group_arg = spec.partition(":")
+    user_arg, _, group_arg = spec.partition(":")
     group_path = path_in_root(root, "/etc/group")
-    user = _resolve_passwd(passwd_path, user_arg)
-    if has_group and group_arg:
+    user = _resolve_passwd(passwd_path, user_arg or "0")
+    if group_arg:
         gid = _resolve_group(group_path, group_arg)
-        return ResolvedUser(uid=user.number, gid=gid, home=user.home or "/")
-    extra = () if user_arg == "" or not user.name else _member_gids(group_path, user.name)
-    return ResolvedUser(uid=user.number, gid=user.gid, additional_gids=extra,
+        return ResolvedUser(uid=user.number, gid=gid, additional_gids=(gid,),
+                            home=user.home or "/")
+    extra = _member_gids(group_path, user.name) if user.name else ()
+    return ResolvedUser(uid=user.number, gid=user.gid,
+                        additional_gids=tuple(dict.fromkeys((user.gid, *extra))),
                         home=user.home or "/")
 
 
 def _resolve_passwd(path: Path, user_arg: str) -> _Entry:
-    if user_arg == "":
-        return _Entry(name="", number=0, home="/")
     found = _find(_read_entries(path, passwd=True), user_arg)
     if found is not None:
         return found

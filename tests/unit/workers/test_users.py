@@ -25,23 +25,25 @@ dev:x:2000:
 """
 
 CASES: list[tuple[str, ResolvedUser]] = [
-    ("", ResolvedUser(0, 0, (), "/root")),
-    ("0", ResolvedUser(0, 0, (), "/root")),
-    ("1000", ResolvedUser(1000, 0, (), "/home/app")),    # fast path: gid 0, home by uid
-    ("1000:1000", ResolvedUser(1000, 1000, (), "/home/app")),
-    ("5555:6666", ResolvedUser(5555, 6666, (), "/")),
-    ("root", ResolvedUser(0, 0, (), "/root")),
-    ("app", ResolvedUser(1000, 1000, (50, 10), "/home/app")),
-    ("app:", ResolvedUser(1000, 1000, (50, 10), "/home/app")),
-    ("app:dev", ResolvedUser(1000, 2000, (), "/home/app")),
-    ("app:staff", ResolvedUser(1000, 50, (), "/home/app")),
-    ("app:50", ResolvedUser(1000, 50, (), "/home/app")),
-    ("app:9999", ResolvedUser(1000, 9999, (), "/home/app")),
-    ("nohome", ResolvedUser(1200, 1200, (50,), "/")),
-    ("42", ResolvedUser(42, 0, (), "/home/n")),          # home: runc's first match of "42"
-    ("42:dev", ResolvedUser(4242, 2000, (), "/home/n")),  # by name, as runc matches
-    ("8888:dev", ResolvedUser(8888, 2000, (), "/")),
-    (":dev", ResolvedUser(0, 2000, (), "/")),
+    # additional gids: the primary gid first, then the groups listing the user (BuildKit)
+    ("", ResolvedUser(0, 0, (0,), "/root")),              # no USER: uid 0, looked up
+    ("0", ResolvedUser(0, 0, (0,), "/root")),
+    ("1000", ResolvedUser(1000, 1000, (1000, 50, 10), "/home/app")),  # first uid match
+    ("1000:1000", ResolvedUser(1000, 1000, (1000,), "/home/app")),    # fast path
+    ("5555:6666", ResolvedUser(5555, 6666, (6666,), "/")),
+    ("root", ResolvedUser(0, 0, (0,), "/root")),
+    ("app", ResolvedUser(1000, 1000, (1000, 50, 10), "/home/app")),
+    ("app:", ResolvedUser(1000, 1000, (1000, 50, 10), "/home/app")),
+    ("twin", ResolvedUser(1000, 77, (77,), "/home/twin")),  # by name, not the first uid
+    ("app:dev", ResolvedUser(1000, 2000, (2000,), "/home/app")),
+    ("app:staff", ResolvedUser(1000, 50, (50,), "/home/app")),
+    ("app:50", ResolvedUser(1000, 50, (50,), "/home/app")),
+    ("app:9999", ResolvedUser(1000, 9999, (9999,), "/home/app")),
+    ("nohome", ResolvedUser(1200, 1200, (1200, 50), "/")),
+    ("42", ResolvedUser(42, 0, (0,), "/")),              # a number is a uid, not a name
+    ("42:dev", ResolvedUser(42, 2000, (2000,), "/")),
+    ("8888:dev", ResolvedUser(8888, 2000, (2000,), "/")),
+    (":dev", ResolvedUser(0, 2000, (2000,), "/root")),   # no user part: uid 0's entry
 ]
 
 
@@ -74,10 +76,25 @@ def test_errors(rootfs: Path, spec: str, message: str) -> None:
 
 
 def test_missing_files_numeric_ok_names_fail(tmp_path: Path) -> None:
-    assert resolve_user(tmp_path, "7:8") == ResolvedUser(7, 8)
-    assert resolve_user(tmp_path, "") == ResolvedUser(0, 0, (), "/")
+    assert resolve_user(tmp_path, "7:8") == ResolvedUser(7, 8, (8,))
+    assert resolve_user(tmp_path, "") == ResolvedUser(0, 0, (0,), "/")
+    assert resolve_user(tmp_path, "1234") == ResolvedUser(1234, 0, (0,), "/")
     with pytest.raises(UserError, match="unable to find user app"):
         resolve_user(tmp_path, "app")
+
+
+BUSYBOX_GROUP = "root:x:0:root\nwheel:x:10:root\ndaemon:x:1:\n"
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("", ResolvedUser(0, 0, (0, 10), "/root")),   # busybox's `id -G`: 0 10, no repeat
+    ("root", ResolvedUser(0, 0, (0, 10), "/root")),
+    ("0:0", ResolvedUser(0, 0, (0,), "/root")),
+])
+def test_root_gets_its_groups_without_repeats(rootfs: Path, spec: str,
+                                              expected: ResolvedUser) -> None:
+    (rootfs / "etc" / "group").write_text(BUSYBOX_GROUP)
+    assert resolve_user(rootfs, spec) == expected
 
 
 def test_passwd_through_an_absolute_symlink_stays_inside(rootfs: Path, tmp_path: Path) -> None:

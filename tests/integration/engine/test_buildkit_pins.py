@@ -1,0 +1,76 @@
+"""What BuildKit's own integration tests (moby/buildkit frontend/dockerfile/*_test.go) pin
+about a RUN, end to end in one process: real runc, overlayfs, the registry's busybox.
+
+Each test names the BuildKit test it follows.  Our busybox has no ``wheel`` or ``daemon``
+entries, so the Dockerfiles add the ones BuildKit's busybox has."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from scheduler._platform import parse_platform
+
+
+def _build(tmp_path: Path, dockerfile: str, busybox: Any, **extra: Any
+           ) -> tuple[Path, LocalBuildResult]:
+    context = tmp_path / "context"
+    context.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / "out"
+    options = LocalBuildOptions(root=tmp_path / "root",
+                                platforms=(parse_platform("linux/amd64"),),
+                                outputs=(Output("local", out),), **extra)
+    text = dockerfile.replace("BUSYBOX", busybox.reference)
+    result = asyncio.run(build_local(text.encode(), context, options))
+    return out, result
+
+
+def _files(out: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+# testUser, testUserAdditionalGids: `id -G` is the primary gid and every group that lists
+# the user, root included; an explicit group or a uid:gid gives that group alone.
+USERS = """\
+FROM BUSYBOX AS base
+RUN mkdir -m 0777 /out && echo 'wheel:x:10:root' >> /etc/group \\
+ && echo 'dockerio:x:1001:1001::/bin:/bin/false' >> /etc/passwd \\
+ && echo 'dockerio:x:1001:' >> /etc/group
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/default
+USER root
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/root
+USER dockerio
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/dockerio-alone
+USER root
+RUN echo 'supplementary:x:1002:dockerio' >> /etc/group
+USER dockerio
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/dockerio
+USER 1001
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/uid
+USER dockerio:dockerio
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/name-group
+USER 1001:1001
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/uid-gid
+USER dockerio:supplementary
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/name-supplementary
+USER 1042:1043
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/unknown-uid-gid
+USER 1234
+RUN echo "$(id -u):$(id -g)/$(id -G)" > /out/unknown-uid
+FROM scratch
+COPY --from=base /out /
+"""
+
+
+def test_groups_are_the_primary_and_the_listed_ones(tmp_path: Path,
+                                                    busybox_image: Any) -> None:
+    out, _ = _build(tmp_path, USERS, busybox_image)
+    assert _files(out) == {
+        "default": "0:0/0 10\n", "root": "0:0/0 10\n",
+        "dockerio-alone": "1001:1001/1001\n", "dockerio": "1001:1001/1001 1002\n",
+        "uid": "1001:1001/1001 1002\n", "name-group": "1001:1001/1001\n",
+        "uid-gid": "1001:1001/1001\n", "name-supplementary": "1001:1002/1002\n",
+        "unknown-uid-gid": "1042:1043/1043\n", "unknown-uid": "1234:0/0\n",
+    }
