@@ -82,9 +82,9 @@ class ExecMount:
 class ExecOp:
     """Run ``args`` (the argv; the shell already prepended for shell form).
 
-    ``env`` is sorted ``KEY=value`` strings.  ``proxy_env`` holds the undeclared proxy
-    build args (``HTTP_PROXY=...``) passed to the process: excluded from the digest, so a
-    proxy change does not invalidate the cache."""
+    ``env`` is sorted ``KEY=value`` strings.  ``proxy_env`` holds the proxy build args
+    (``HTTP_PROXY=...``, in both spellings) passed to the process beyond ``env``: excluded
+    from the digest, so a proxy change does not invalidate the cache."""
 
     kind: ClassVar[str] = "exec"
     args: tuple[str, ...]

@@ -13,7 +13,7 @@ from ..._platform import Platform, parse_platform
 from .._ast import CheckWarning, Node
 from ._expand import NON_ENV_ARGS, Expansion, expand, expand_display
 from ._model import ImageResolver
-from ._proxy import PROXY_ARGS
+from ._proxy import proxy_environment
 from ._state import StageState
 from ._vertices import VertexSink
 
@@ -88,9 +88,8 @@ class Conversion:
         return expansion.result
 
     def proxy_env(self, state: StageState) -> tuple[str, ...]:
-        """Proxy build args the stage did not declare: passed to RUN, out of the digest."""
-        return tuple(f"{k}={v}" for k, v in sorted(self.options.build_args.items())
-                     if k in PROXY_ARGS and k not in state.args)
+        """The proxy variables RUN gets beyond its environment: out of the digest."""
+        return proxy_environment(self.options.build_args, state.env())
 
     def target_of(self, state: StageState) -> Platform | None:
         """The target platform the stage's variables name, for ``[linux/amd64->arm64 ...]``

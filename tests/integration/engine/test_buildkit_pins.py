@@ -7,8 +7,11 @@ entries, so the Dockerfiles add the ones BuildKit's busybox has."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
+
+from engine_helpers import oci_config
 
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._platform import parse_platform
@@ -19,9 +22,9 @@ def _build(tmp_path: Path, dockerfile: str, busybox: Any, **extra: Any
     context = tmp_path / "context"
     context.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out"
+    settings: dict[str, Any] = {"outputs": (Output("local", out),), **extra}
     options = LocalBuildOptions(root=tmp_path / "root",
-                                platforms=(parse_platform("linux/amd64"),),
-                                outputs=(Output("local", out),), **extra)
+                                platforms=(parse_platform("linux/amd64"),), **settings)
     text = dockerfile.replace("BUSYBOX", busybox.reference)
     result = asyncio.run(build_local(text.encode(), context, options))
     return out, result
@@ -74,3 +77,35 @@ def test_groups_are_the_primary_and_the_listed_ones(tmp_path: Path,
         "uid-gid": "1001:1001/1001\n", "name-supplementary": "1001:1002/1002\n",
         "unknown-uid-gid": "1042:1043/1043\n", "unknown-uid": "1234:0/0\n",
     }
+
+
+# testBuiltinArgs: a proxy build arg reaches RUN in both spellings without an ARG, and a
+# changed proxy value does not invalidate the cache (an ARG's value does); the proxy stays
+# out of the image's config and history.
+PROXY = """\
+FROM BUSYBOX AS build
+ARG FOO
+ARG BAR
+ARG BAZ=bazcontent
+RUN echo -n $HTTP_PROXY::$http_proxy::$NO_PROXY::$FOO::$BAR::$BAZ > /out
+FROM scratch
+COPY --from=build /out /
+"""
+
+
+def test_proxy_build_args_in_both_spellings_out_of_the_cache_key(
+        tmp_path: Path, busybox_image: Any) -> None:
+    def build(name: str, **args: str) -> str:
+        out = tmp_path / name
+        _build(tmp_path, PROXY, busybox_image, build_args=args,
+               outputs=(Output("local", out), Output("oci", tmp_path / f"{name}.tar")))
+        return (out / "out").read_text()
+
+    assert build("first", FOO="foocontents", http_proxy="hpvalue",
+                 NO_PROXY="npvalue") == "hpvalue::hpvalue::npvalue::foocontents::::bazcontent"
+    assert build("cached", FOO="foocontents", http_proxy="hpvalue2"
+                 ) == "hpvalue::hpvalue::npvalue::foocontents::::bazcontent"
+    assert build("rerun", FOO="foocontents2", http_proxy="hpvalue2"
+                 ) == "hpvalue2::hpvalue2::::foocontents2::::bazcontent"
+    config = oci_config(tmp_path / "rerun.tar")
+    assert "hpvalue" not in json.dumps(config)

@@ -154,11 +154,17 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
          "warnings": []}),
     ("proxy-args-undeclared", "FROM alpine\nRUN x\n",
      {"build_args": {"HTTP_PROXY": "http://p:3128", "no_proxy": "x"}}, {
-         "run.env": (PATH,), "run.proxy_env": ("HTTP_PROXY=http://p:3128", "no_proxy=x"),
-         "warnings": []}),
+         "run.env": (PATH,), "warnings": [],
+         "run.proxy_env": ("HTTP_PROXY=http://p:3128", "NO_PROXY=x",  # both spellings
+                           "http_proxy=http://p:3128", "no_proxy=x"),
+         "history": ["RUN /bin/sh -c x # buildkit"], "config.env": (PATH,)}),
     ("proxy-arg-declared", "FROM alpine\nARG HTTP_PROXY\nRUN x\n",
      {"build_args": {"HTTP_PROXY": "http://p"}}, {
-         "run.env": ("HTTP_PROXY=http://p", PATH), "run.proxy_env": ()}),
+         "run.env": ("HTTP_PROXY=http://p", PATH), "run.proxy_env": ("http_proxy=http://p",)}),
+    ("proxy-spellings-env-and-empty", "FROM alpine\nENV ftp_proxy=mine\nRUN x\n",
+     {"build_args": {"https_proxy": "low", "HTTPS_PROXY": "UP", "FTP_PROXY": "f",
+                     "all_proxy": ""}}, {
+         "run.proxy_env": ("FTP_PROXY=f", "HTTPS_PROXY=UP", "https_proxy=low")}),
     ("unconsumed-build-arg", "FROM alpine\n", {"build_args": {"NOPE": "1"}}, {
         "warnings": [], "notices": ["One or more build-args [NOPE] were not consumed"]}),
     ("workdir-relative", "FROM alpine\nWORKDIR app\nWORKDIR sub\nRUN x\n", {}, {
