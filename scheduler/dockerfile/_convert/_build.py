@@ -45,7 +45,7 @@ def follow_paths(paths: set[str]) -> tuple[str, ...] | None:
 def _convert_one(dockerfile: Dockerfile, options: BuildOptions, platform: Platform,
                  sink: VertexSink, follow: tuple[str, ...] | None
                  ) -> tuple[Conversion, ImageResult]:
-    target_name = options.target or dockerfile.stages[-1].name or ""
+    target_name = options.target or dockerfile.stages[-1].name or "default"  # BuildKit's
     conv = Conversion(options, platform, predefined_args(
         options.build_platform, platform, target_name, options.build_args), sink=sink,
         follow_paths=follow)

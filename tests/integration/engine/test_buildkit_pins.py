@@ -109,3 +109,25 @@ def test_proxy_build_args_in_both_spellings_out_of_the_cache_key(
                  ) == "hpvalue2::hpvalue2::::foocontents2::::bazcontent"
     config = oci_config(tmp_path / "rerun.tar")
     assert "hpvalue" not in json.dumps(config)
+
+
+# testTargetStageNameArg: TARGETSTAGE, once declared, is the target's name, "default" for
+# an unnamed last stage.
+TARGETSTAGE = """\
+FROM BUSYBOX AS base
+WORKDIR /out
+RUN echo -n "value:$TARGETSTAGE" > /out/first
+ARG TARGETSTAGE
+RUN echo -n "value:$TARGETSTAGE" > /out/second
+FROM scratch AS foo
+COPY --from=base /out/ /
+FROM scratch
+COPY --from=base /out/ /
+"""
+
+
+def test_targetstage_names_the_target(tmp_path: Path, busybox_image: Any) -> None:
+    out, _ = _build(tmp_path / "foo", TARGETSTAGE, busybox_image, target="foo")
+    assert _files(out) == {"first": "value:", "second": "value:foo"}
+    out, _ = _build(tmp_path / "default", TARGETSTAGE, busybox_image)
+    assert _files(out) == {"first": "value:", "second": "value:default"}

@@ -165,6 +165,14 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
      {"build_args": {"https_proxy": "low", "HTTPS_PROXY": "UP", "FTP_PROXY": "f",
                      "all_proxy": ""}}, {
          "run.proxy_env": ("FTP_PROXY=f", "HTTPS_PROXY=UP", "https_proxy=low")}),
+    ("targetstage-unnamed-last-stage", "FROM alpine\nARG TARGETSTAGE\nRUN x\n", {}, {
+        "run.env": (PATH, "TARGETSTAGE=default")}),  # testTargetStageNameArg
+    ("targetstage-named-last-stage", "FROM alpine AS Final\nARG TARGETSTAGE\nRUN x\n", {}, {
+        "run.env": (PATH, "TARGETSTAGE=final")}),
+    ("targetstage-of-the-target", "FROM alpine AS base\nARG TARGETSTAGE\nRUN x\n"
+     "FROM base AS foo\nFROM scratch\n", {"target": "foo"}, {
+         "run.env": (PATH, "TARGETSTAGE=foo")}),
+    ("targetstage-undeclared", "FROM alpine\nRUN x\n", {}, {"run.env": (PATH,)}),
     ("unconsumed-build-arg", "FROM alpine\n", {"build_args": {"NOPE": "1"}}, {
         "warnings": [], "notices": ["One or more build-args [NOPE] were not consumed"]}),
     ("workdir-relative", "FROM alpine\nWORKDIR app\nWORKDIR sub\nRUN x\n", {}, {
