@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 
@@ -43,7 +44,8 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     root_mount = ExecMount(dest="/", input=0 if state.root else None, output=True)
     args, label, extra = _argv(conv, state, command, inputs)
     mounts = [root_mount, *extra]
-    mounts += [_mount(conv, state, command, m, inputs, sources) for m in command.mounts]
+    for mount in command.mounts:
+        mounts += _mounts(conv, state, command, mount, inputs, sources)
     env = state.env()
     op = ExecOp(args=args, env=tuple(sorted(f"{k}={v}" for k, v in _run_env(env, command))),
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
@@ -111,6 +113,18 @@ def _history_args(state: StageState, args: tuple[str, ...]) -> str:
     pairs = [f"{key}={env.get(key, value or '')}" for key, value in state.args.items()]
     prefix = [f"|{len(pairs)}", *pairs] if pairs else []
     return " ".join([*prefix, *args])
+
+
+def _mounts(conv: Conversion, state: StageState, command: RunCommand, mount: Mount,
+            inputs: _Inputs, sources: dict[str, str | None]) -> list[ExecMount]:
+    """A mount's ExecMounts: one, or two for a secret with both ``env`` and a target (the
+    variable and the file, as BuildKit gives both; the variable's mount is the one an
+    ``env``-only secret makes, so those keep their digest)."""
+    if mount.type == "secret" and mount.env and mount.target:
+        as_env = dataclasses.replace(mount, target=None)
+        as_file = dataclasses.replace(mount, env=None)
+        return [_mount(conv, state, command, m, inputs, sources) for m in (as_env, as_file)]
+    return [_mount(conv, state, command, mount, inputs, sources)]
 
 
 def _mount(conv: Conversion, state: StageState, command: RunCommand, mount: Mount,

@@ -7,11 +7,14 @@ entries, so the Dockerfiles add the ones BuildKit's busybox has."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from engine_helpers import oci_config
+from support.leaks import files_containing
+from support.progress import Recorder
 
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._platform import parse_platform
@@ -131,3 +134,30 @@ def test_targetstage_names_the_target(tmp_path: Path, busybox_image: Any) -> Non
     assert _files(out) == {"first": "value:", "second": "value:foo"}
     out, _ = _build(tmp_path / "default", TARGETSTAGE, busybox_image)
     assert _files(out) == {"first": "value:", "second": "value:default"}
+
+
+# testSecretAsEnvironWithFileMount: env= with a target gives the variable and the file; the
+# file is on the executor's tmpfs, so neither the layer nor the next RUN sees it.
+SECRET = b"env-and-file-5e1c"
+SECRET_BOTH = """\
+FROM BUSYBOX
+RUN --mount=type=secret,id=mysecret,target=/run/secrets/secret,env=SECRET_ENV \\
+    [ "$SECRET_ENV" = "$(cat /run/secrets/secret)" ] && [ -f /run/secrets/secret ] \\
+    && echo -n "$SECRET_ENV" | sha256sum > /seen && stat -c %a /run/secrets/secret > /mode
+RUN [ ! -e /run/secrets/secret ] && echo clean > /after
+"""
+
+
+def test_secret_as_env_and_file(tmp_path: Path, busybox_image: Any) -> None:
+    events = Recorder()
+    out, _ = _build(tmp_path, SECRET_BOTH, busybox_image, secrets={"mysecret": SECRET},
+                    events=events,
+                    outputs=(Output("local", tmp_path / "out"),
+                             Output("oci", tmp_path / "image.tar")))
+    assert (out / "seen").read_text().split()[0] == hashlib.sha256(SECRET).hexdigest()
+    assert (out / "mode").read_text() == "400\n"
+    assert (out / "after").read_text() == "clean\n"
+    assert not (out / "run" / "secrets" / "secret").exists()
+    assert SECRET not in repr(events.events).encode()
+    for place in (tmp_path / "root", out, tmp_path / "image.tar"):
+        assert files_containing(place, [SECRET]) == [], place

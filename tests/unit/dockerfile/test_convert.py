@@ -246,6 +246,18 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
                          "mode": 0o400, "uid": 0, "gid": 0},
                         {"dest": "/t", "type": "tmpfs", "size": 1048576},
                         {"dest": "/s", "input": 1, "selector": "/src", "readonly": True}]}),
+    ("run-secret-env-only", "FROM alpine\nRUN --mount=type=secret,id=tok,env=T x\n", {}, {
+        "run.mounts": [ROOT, {"dest": "/run/secrets/tok", "type": "secret",
+                              "secret_id": "tok", "env_name": "T", "mode": 0o400, "uid": 0,
+                              "gid": 0}]}),
+    # testSecretAsEnvironWithFileMount: env= and a target give the variable and the file
+    ("run-secret-env-and-file", "FROM alpine\n"
+     "RUN --mount=type=secret,id=tok,env=T,target=/run/secrets/tok,mode=0440 x\n", {}, {
+         "run.mounts": [ROOT, {"dest": "/run/secrets/tok", "type": "secret",
+                               "secret_id": "tok", "env_name": "T", "mode": 0o440, "uid": 0,
+                               "gid": 0},
+                        {"dest": "/run/secrets/tok", "type": "secret", "secret_id": "tok",
+                         "mode": 0o440, "uid": 0, "gid": 0}]}),
     ("run-ssh-sets-auth-sock", "FROM alpine\nWORKDIR /w\n"
      "RUN --mount=type=ssh,id=gh,target=a.sock --mount=type=ssh ssh-add -l\n", {}, {
          "run.env": (PATH, "SSH_AUTH_SOCK=a.sock"),  # as BuildKit: relative kept
