@@ -10,6 +10,7 @@ from ..._errors import DockerfileError, DockyardError
 from ..._platform import Platform, parse_platform
 from .._ast import Node
 from .._instructions import Command, CopyCommand, Dockerfile, RunCommand, Stage
+from .._suggest import closest
 from ._context import Conversion
 from ._triggers import parse_triggers, stage_triggers
 
@@ -202,9 +203,19 @@ def find_target(conv: Conversion, table: StageTable, target: str | None) -> Stag
         return registered[-1]
     found = table.by_name(target)
     if found is None or found.stage is None:
-        raise DockerfileError(f'target stage "{target}" could not be found',
-                              filename=conv.filename, line=1)
+        names = [n.name for n in registered if n.name]
+        best = closest(target, names)  # BuildKit's suggest.WrapError
+        did_you_mean = f" (did you mean {best}?)" if best else ""
+        raise DockerfileError(f'target stage "{target}" could not be found{did_you_mean}',
+                              filename=conv.filename, line=1,
+                              hint=_target_hint(names))
     return found
+
+
+def _target_hint(names: Sequence[str]) -> str:
+    if not names:
+        return "no stage is named (FROM ... AS <name>); build without --target"
+    return "--target names a stage: " + ", ".join(names)
 
 
 def reachable(target: StageNode) -> list[StageNode]:

@@ -384,7 +384,11 @@ ERRORS: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("empty", "", {}, "Dockerfile:1:1", "the Dockerfile cannot be empty"),
     ("no-stage", "ARG A\n", {}, "Dockerfile:1:1", "dockerfile contains no stages to build"),
     ("target-missing", "FROM alpine AS a\n", {"target": "b"}, "Dockerfile:1:1",
-     'target stage "b" could not be found'),
+     'target stage "b" could not be found (did you mean a?)'),
+    ("target-typo", "FROM alpine AS build\nFROM scratch\n", {"target": "bulid"},
+     "Dockerfile:1:1", 'target stage "bulid" could not be found (did you mean build?)'),
+    ("target-nothing-near", "FROM alpine AS build\n", {"target": "release"},
+     "Dockerfile:1:1", 'target stage "release" could not be found'),
     ("blank-base", "FROM $NOPE\n", {}, "Dockerfile:1:6", "base name ($NOPE) should not be blank"),
     ("bad-reference", "FROM Alpine\n", {}, "Dockerfile:1:6",
      'failed to parse stage name "Alpine": invalid reference format \'Alpine\': repository '
