@@ -153,7 +153,7 @@ class Flags:
         name, has_value, value = word[2:].partition("=")
         kind = self.spec.get(name)
         if kind is None:
-            raise Invalid(suggest(f"unknown flag: {name}", name, list(self.spec)), raw)
+            raise Invalid(suggest(f"unknown flag: --{name}", name, list(self.spec)), raw)
         if name in self.used and kind != STRINGS:
             raise Invalid(f"duplicate flag specified: {name}", raw)
         self.used[name] = raw

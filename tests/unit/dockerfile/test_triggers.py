@@ -131,7 +131,7 @@ TRIGGER_ERRORS: list[tuple[str, str, str, str, str | None]] = [
      HINT + '"# nothing"'),
     ("unknown", "FROM busybox\n\n  from unknown AS x\n", "Dockerfile:3:3",
      "unknown instruction: FOO (did you mean FROM?)", HINT + '"FOO x"'),
-    ("bad-flag", "FROM bad-flag\n", "Dockerfile:1:1", "unknown flag: nope",
+    ("bad-flag", "FROM bad-flag\n", "Dockerfile:1:1", "unknown flag: --nope",
      HINT + '"RUN --nope x"'),
     # raised later, by the converter, about a trigger command: still at the FROM
     ("convert-expansion", "FROM busybox AS base\nRUN a\nONBUILD WORKDIR ${x:?boom}\n"
