@@ -264,7 +264,7 @@ async def _secret(backend: RuntimeBackend, mount: ExecMount, out: _Prepared) -> 
     value = await backend.session.secrets.secret(mount.secret_id)
     if value is None:
         if mount.required:
-            raise SolveError(f"secret {mount.secret_id} not found",
+            raise SolveError(f"secret {mount.secret_id}: not found",
                              hint=f"pass it with --secret id={mount.secret_id},src=FILE")
         return
     if mount.env_name:
