@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from ..._platform import Platform
 from .._instructions import ArgCommand
 from .._lint import CHECK_BUILD_ARG
-from ._context import Conversion
+from ._context import SANDBOX_HOSTNAME_ARG, Conversion
 from ._expand import NON_ENV_ARGS
 from ._proxy import PROXY_ARGS
 from ._state import StageState
@@ -74,7 +74,7 @@ def unconsumed_notice(conv: Conversion) -> str | None:
     nothing (moby/buildkit#2128) and has no lint rule for it, so this is a plain build
     notice, not a CheckWarning: ``# check=`` does not apply to it."""
     unused = sorted(set(conv.options.build_args) - conv.consumed_args - PROXY_ARGS
-                    - set(conv.global_args) - {CHECK_BUILD_ARG})
+                    - set(conv.global_args) - {CHECK_BUILD_ARG, SANDBOX_HOSTNAME_ARG})
     if not unused:
         return None
     return f"One or more build-args [{' '.join(unused)}] were not consumed"

@@ -11,7 +11,7 @@ from ..._platform import Platform
 from .._ast import CheckWarning
 from .._instructions import Dockerfile
 from ._args import apply_meta_args, predefined_args, unconsumed_notice
-from ._context import BuildOptions, Conversion
+from ._context import BuildOptions, Conversion, check_sandbox_hostname
 from ._dispatch import convert_stage
 from ._image_config import freeze
 from ._stages import StageNode, build_table, find_target, reachable
@@ -45,6 +45,7 @@ def follow_paths(paths: set[str]) -> tuple[str, ...] | None:
 def _convert_one(dockerfile: Dockerfile, options: BuildOptions, platform: Platform,
                  sink: VertexSink, follow: tuple[str, ...] | None
                  ) -> tuple[Conversion, ImageResult]:
+    check_sandbox_hostname(options.build_args)
     target_name = options.target or dockerfile.stages[-1].name or "default"  # BuildKit's
     conv = Conversion(options, platform, predefined_args(
         options.build_platform, platform, target_name, options.build_args), sink=sink,

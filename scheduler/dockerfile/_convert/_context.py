@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..._errors import DockyardError
+from ..._errors import DockyardError, UsageError
 from ..._graph import SourceOp
 from ..._platform import Platform, parse_platform
 from .._ast import CheckWarning, Node
@@ -16,6 +16,20 @@ from ._model import ImageResolver
 from ._proxy import proxy_environment
 from ._state import StageState
 from ._vertices import VertexSink
+
+#: The build arg naming the RUN's hostname (BuildKit's dockerui ``keyHostname`` twin).
+SANDBOX_HOSTNAME_ARG = "BUILDKIT_SANDBOX_HOSTNAME"
+_MAX_HOSTNAME = 64  # Linux's HOST_NAME_MAX
+
+
+def check_sandbox_hostname(build_args: Mapping[str, str]) -> None:
+    """A ``BUILDKIT_SANDBOX_HOSTNAME`` the kernel takes and /etc/hosts can hold."""
+    name = build_args.get(SANDBOX_HOSTNAME_ARG, "")
+    if len(name) > _MAX_HOSTNAME or not all(c.isprintable() and not c.isspace()
+                                            for c in name):
+        raise UsageError(f"invalid {SANDBOX_HOSTNAME_ARG} {name!r}: a hostname is at most "
+                         f"{_MAX_HOSTNAME} characters, without spaces or control characters",
+                         hint=f"pass e.g. --build-arg {SANDBOX_HOSTNAME_ARG}=builder")
 
 _RULE_DOCS = {
     "UndefinedVar": "Variables should be defined before their use",
@@ -86,6 +100,13 @@ class Conversion:
         for name in sorted(expansion.unmatched - set(state.args) - NON_ENV_ARGS):
             self.warn("UndefinedVar", f"Usage of undefined variable '${name}'", node)
         return expansion.result
+
+    @property
+    def sandbox_hostname(self) -> str:
+        """The RUN hostname the ``BUILDKIT_SANDBOX_HOSTNAME`` build arg sets, as BuildKit's
+        dockerui reads it ("": the worker's default, ``buildkitsandbox``); checked by
+        ``check_sandbox_hostname`` before conversion."""
+        return self.options.build_args.get(SANDBOX_HOSTNAME_ARG, "")
 
     def proxy_env(self, state: StageState) -> tuple[str, ...]:
         """The proxy variables RUN gets beyond its environment: out of the digest."""

@@ -161,3 +161,20 @@ def test_secret_as_env_and_file(tmp_path: Path, busybox_image: Any) -> None:
     assert SECRET not in repr(events.events).encode()
     for place in (tmp_path / "root", out, tmp_path / "image.tar"):
         assert files_containing(place, [SECRET]) == [], place
+
+
+# testDockerfileCheckHostname: BUILDKIT_SANDBOX_HOSTNAME is the RUN's hostname, in
+# /etc/hosts, `hostname` and the shell's $HOSTNAME.
+HOSTNAME = """\
+FROM BUSYBOX AS base
+RUN mkdir /out && grep -c foo /etc/hosts > /out/hosts && hostname > /out/hostname \\
+ && echo $HOSTNAME > /out/env
+FROM scratch
+COPY --from=base /out /
+"""
+
+
+def test_sandbox_hostname_build_arg(tmp_path: Path, busybox_image: Any) -> None:
+    out, _ = _build(tmp_path, HOSTNAME, busybox_image,
+                    build_args={"BUILDKIT_SANDBOX_HOSTNAME": "foo"})
+    assert _files(out) == {"hosts": "1\n", "hostname": "foo\n", "env": "foo\n"}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import DockerfileError
+from scheduler._errors import DockerfileError, UsageError
 from scheduler._graph import (
     Copy,
     ExecOp,
@@ -80,7 +80,8 @@ def _facts(result: FrontendResult) -> dict[str, Any]:
             facts["config." + field.name] = getattr(image.config, field.name)
     if execs:
         last = execs[-1]
-        for name in ("args", "env", "cwd", "user", "network", "security", "proxy_env"):
+        for name in ("args", "env", "cwd", "user", "network", "security", "proxy_env",
+                     "hostname"):
             facts["run." + name] = getattr(last, name)
         facts["run.mounts"] = [_non_default(m) for m in last.mounts]
     return facts
@@ -173,6 +174,11 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
      "FROM base AS foo\nFROM scratch\n", {"target": "foo"}, {
          "run.env": (PATH, "TARGETSTAGE=foo")}),
     ("targetstage-undeclared", "FROM alpine\nRUN x\n", {}, {"run.env": (PATH,)}),
+    # testDockerfileCheckHostname: the build arg names every RUN's host, and is consumed
+    ("sandbox-hostname", "FROM alpine\nRUN x\n",
+     {"build_args": {"BUILDKIT_SANDBOX_HOSTNAME": "foo"}}, {
+         "run.hostname": "foo", "run.env": (PATH,), "notices": [], "config.env": (PATH,)}),
+    ("sandbox-hostname-default", "FROM alpine\nRUN x\n", {}, {"run.hostname": ""}),
     ("unconsumed-build-arg", "FROM alpine\n", {"build_args": {"NOPE": "1"}}, {
         "warnings": [], "notices": ["One or more build-args [NOPE] were not consumed"]}),
     ("workdir-relative", "FROM alpine\nWORKDIR app\nWORKDIR sub\nRUN x\n", {}, {
@@ -418,6 +424,13 @@ def test_errors(dockerfile: str, options: dict[str, Any], location: str, message
     with pytest.raises(DockerfileError) as caught:
         build_graph(dockerfile.encode(), platforms=[AMD64], build_platform=AMD64, **options)
     assert (caught.value.location, caught.value.message[:len(message)]) == (location, message)
+
+
+@pytest.mark.parametrize("name", ["has space", "a\nb", "x" * 65])
+def test_a_bad_sandbox_hostname_is_a_usage_error(name: str) -> None:
+    with pytest.raises(UsageError, match="invalid BUILDKIT_SANDBOX_HOSTNAME"):
+        build_graph(b"FROM alpine\nRUN x\n", platforms=[AMD64],
+                    build_args={"BUILDKIT_SANDBOX_HOSTNAME": name})
 
 
 def test_same_input_same_digests() -> None:
