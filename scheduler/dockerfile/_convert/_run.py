@@ -51,12 +51,19 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
                 network=command.network, security=command.security,
                 hostname=conv.sandbox_hostname, proxy_env=conv.proxy_env(state))
-    name = prefix_command(state, uppercase_command(conv.display(label, env)),
+    name = prefix_command(state, uppercase_command(conv.display(label, _masked(env, command))),
                           multi_platform=conv.options.multi_platform,
                           platform=state.platform, target=conv.target_of(state))
     state.root = conv.sink.add(op, inputs.digests, name, state.platform,
                                location=conv.location(command.node))
     state.config.commit("RUN " + _history_args(state, args) + " # buildkit", layer=True)
+
+
+def _masked(env: dict[str, str], command: RunCommand) -> dict[str, str]:
+    """The environment the RUN's name is expanded with: a secret's variable shows as
+    ``****`` (BuildKit's withSecretEnvMask), whatever the stage set it to."""
+    secrets = {m.env: "****" for m in command.mounts if m.type == "secret" and m.env}
+    return {**env, **secrets}
 
 
 def _run_env(env: dict[str, str], command: RunCommand) -> list[tuple[str, str]]:

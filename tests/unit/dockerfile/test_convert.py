@@ -264,6 +264,14 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
                                "gid": 0},
                         {"dest": "/run/secrets/tok", "type": "secret", "secret_id": "tok",
                          "mode": 0o440, "uid": 0, "gid": 0}]}),
+    # testSecretAsEnviron: the variable a secret sets shows masked in the RUN's name
+    ("run-secret-env-masked-in-name", "FROM alpine\nENV SECRET_ENV=foo A=a\n"
+     'RUN --mount=type=secret,id=s,env=SECRET_ENV [ "$SECRET_ENV" = "$A" ]\n', {}, {
+         "names": ["[1/2] FROM docker.io/library/alpine:latest",
+                   '[2/2] RUN --mount=type=secret,id=s,env=SECRET_ENV [ "****" = "a" ]'],
+         "run.env": ("A=a", PATH, "SECRET_ENV=foo"),
+         "history": ["ENV SECRET_ENV=foo A=a",
+                     'RUN /bin/sh -c [ "$SECRET_ENV" = "$A" ] # buildkit']}),
     ("run-ssh-sets-auth-sock", "FROM alpine\nWORKDIR /w\n"
      "RUN --mount=type=ssh,id=gh,target=a.sock --mount=type=ssh ssh-add -l\n", {}, {
          "run.env": (PATH, "SSH_AUTH_SOCK=a.sock"),  # as BuildKit: relative kept
