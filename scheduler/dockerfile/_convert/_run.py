@@ -14,12 +14,16 @@ from ._names import prefix_command, uppercase_command
 from ._state import StageState
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
+WINDOWS_SHELL = ("cmd", "/S", "/C")
 _SINGLE_HEREDOC = re.compile(r"\d*<<-?\s*([\"']?)([^\s\"'<]+)\1")
 _PIPES = "/dev/pipes/"
 
 
 def with_shell(state: StageState, args: tuple[str, ...]) -> tuple[str, ...]:
-    shell = state.config.shell or DEFAULT_SHELL
+    """Shell form: the stage's SHELL, else its platform's default, as BuildKit's
+    defaultShell (``cmd /S /C`` on Windows)."""
+    default = WINDOWS_SHELL if state.platform.os == "windows" else DEFAULT_SHELL
+    shell = state.config.shell or default
     return (*shell, " ".join(args))
 
 

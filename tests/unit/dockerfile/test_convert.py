@@ -179,6 +179,13 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
      {"build_args": {"BUILDKIT_SANDBOX_HOSTNAME": "foo"}}, {
          "run.hostname": "foo", "run.env": (PATH,), "notices": [], "config.env": (PATH,)}),
     ("sandbox-hostname-default", "FROM alpine\nRUN x\n", {}, {"run.hostname": ""}),
+    # testDefaultShellAndPath: a Windows stage's shell form is cmd /S /C, with no PATH
+    ("windows-default-shell", "FROM scratch\nENTRYPOINT foo bar\nCMD baz\n",
+     {"platforms": [Platform("windows", "amd64")]}, {
+         "config.entrypoint": ("cmd", "/S", "/C", "foo bar"),
+         "config.cmd": ("cmd", "/S", "/C", "baz"),
+         "config.env": (), "history": ['ENTRYPOINT ["cmd" "/S" "/C" "foo bar"]',
+                                       'CMD ["cmd" "/S" "/C" "baz"]']}),
     ("unconsumed-build-arg", "FROM alpine\n", {"build_args": {"NOPE": "1"}}, {
         "warnings": [], "notices": ["One or more build-args [NOPE] were not consumed"]}),
     ("workdir-relative", "FROM alpine\nWORKDIR app\nWORKDIR sub\nRUN x\n", {}, {
