@@ -32,6 +32,7 @@ from scheduler._build_request import (
     SecretSpec,
     SshSpec,
 )
+from scheduler._entitlements import parse_entitlements
 from scheduler._errors import ImageReferenceError, UsageError
 from scheduler._platform import default_platform, parse_platforms
 from scheduler._reference import parse_reference
@@ -510,7 +511,8 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
         cache_to=tuple(parse_cache("--cache-to", v)
                        for v in getattr(args, "cache_to", None) or ()),
         cache_from=tuple(parse_cache("--cache-from", v)
-                         for v in getattr(args, "cache_from", None) or ()))
+                         for v in getattr(args, "cache_from", None) or ()),
+        allow=parse_entitlements(getattr(args, "allow", None) or ()))
 
 
 def _filename(option: str | None, context: str) -> str:

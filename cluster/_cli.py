@@ -231,6 +231,9 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
         help="where the result goes (local, tar, oci, docker, image); repeatable")
     add("--push", action="store_true", help="push the image (--output=type=image,push=true)")
     add("--no-cache", action="store_true", help="do not use the cache")
+    add("--allow", action="append", default=[], metavar="ENTITLEMENT",
+        help="grant network.host (RUN --network=host) or security.insecure "
+             "(RUN --security=insecure); repeatable")
     add("--cache-to", action="append", default=[], metavar="type=s3|local,...",
         help="export the build cache (type=s3,bucket=B,region=R,prefix=P,endpoint_url=URL,"
              "use_path_style=true,mode=min|max,ignore-error=true or type=local,dest=DIR); "

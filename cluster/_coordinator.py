@@ -329,7 +329,8 @@ def _ignore_patterns(session: Mapping[str, Any]) -> list[str]:
 def _frontend_request(options: BuildOptions) -> FrontendRequest:
     return FrontendRequest(filename=options.filename,
                            platforms=tuple(parse_platform(p) for p in options.platforms),
-                           target=options.target, build_args=dict(options.build_args))
+                           target=options.target, build_args=dict(options.build_args),
+                           allow=frozenset(options.allow))
 
 
 async def _shielded(cleanup: Any) -> None:

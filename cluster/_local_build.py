@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cache_backends._records import CacheRecord
+from scheduler._entitlements import check_entitlements
 from scheduler._errors import BlobLost, DockyardError
 from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig
 from scheduler._platform import Platform
@@ -65,12 +66,14 @@ class FrontendRequest:
     platforms: tuple[Platform, ...] = ()
     target: str | None = None
     build_args: Mapping[str, str] = field(default_factory=dict)
+    allow: frozenset[str] = frozenset()  # entitlements granted (scheduler/_entitlements.py)
 
 
 def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
     """What the frontend needs of ``options``."""
     return FrontendRequest(filename=options.filename, platforms=options.platforms,
-                           target=options.target, build_args=options.build_args)
+                           target=options.target, build_args=options.build_args,
+                           allow=frozenset(options.allow))
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         build_graph, dockerfile, filename=request.filename, target=request.target,
         platforms=request.platforms, build_args=request.build_args,
         ignore_patterns=patterns, image_resolver=resolver)
+    check_entitlements(frontend.graph, request.allow)
     return frontend.graph
 
 

@@ -103,6 +103,7 @@ class BuildOptions:
     insecure_registries: tuple[str, ...] = ()  # host[:port] spoken to over plain HTTP
     cache_to: tuple[CacheSpec, ...] = ()
     cache_from: tuple[CacheSpec, ...] = ()
+    allow: tuple[str, ...] = ()  # entitlements granted (--allow), scheduler/_entitlements.py
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -119,6 +120,7 @@ class BuildOptions:
             "insecure_registries": list(self.insecure_registries),
             "cache_to": [spec.to_wire() for spec in self.cache_to],
             "cache_from": [spec.to_wire() for spec in self.cache_from],
+            "allow": list(self.allow),
         }
 
     @classmethod
@@ -148,7 +150,8 @@ class BuildOptions:
             metadata_file=wire["metadata_file"], epoch=wire["epoch"],
             insecure_registries=tuple(wire.get("insecure_registries", ())),
             cache_to=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_to", ())),
-            cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())))
+            cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())),
+            allow=tuple(str(a) for a in wire.get("allow", ())))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:

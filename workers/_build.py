@@ -77,6 +77,7 @@ class LocalBuildOptions:
     events: EventSink | None = None
     cache_to: tuple[CacheSpec, ...] = ()
     cache_from: tuple[CacheSpec, ...] = ()
+    allow: tuple[str, ...] = ()  # entitlements granted (--allow)
 
 
 def prepared(options: LocalBuildOptions) -> LocalBuildOptions:

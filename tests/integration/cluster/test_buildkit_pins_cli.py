@@ -87,3 +87,14 @@ def test_a_build_that_runs_nothing_on_its_platform(cli: Cli) -> None:  # testPla
     assert done.returncode == 0, done.stderr
     assert (out / "platform").read_text() == "darwin/ppc64le"
     assert (out / "os").read_text() == "freebsd"
+
+
+def test_host_network_needs_allow(cli: Cli) -> None:  # testRunHostNetwork, testRunGlobalNetwork
+    dockerfile = "FROM BUSYBOX\nRUN --network=host true\n"
+    done = cli.build(dockerfile)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr[done.stderr.index("error: "):] == (
+        "error: Dockerfile:2:1 [2/2] RUN --network=host true: entitlement network.host is not "
+        "allowed\nhint: pass --allow network.host to grant it to this build\n")
+    granted = cli.build(dockerfile, "--allow", "network.host")
+    assert granted.returncode == 0, granted.stderr

@@ -12,11 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from engine_helpers import oci_config
 from support.leaks import files_containing
 from support.progress import Recorder
 
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from scheduler._errors import UsageError
 from scheduler._platform import parse_platform
 
 
@@ -178,3 +180,24 @@ def test_sandbox_hostname_build_arg(tmp_path: Path, busybox_image: Any) -> None:
     out, _ = _build(tmp_path, HOSTNAME, busybox_image,
                     build_args={"BUILDKIT_SANDBOX_HOSTNAME": "foo"})
     assert _files(out) == {"hosts": "1\n", "hostname": "foo\n", "env": "foo\n"}
+
+
+# testRunHostNetwork / testRunGlobalNetwork, and the security.insecure twin: a RUN on the
+# host's network or in insecure mode runs only when the build was granted it (--allow).
+PRIVILEGED = """\
+FROM BUSYBOX AS base
+RUN --network=host --security=insecure mkdir /out && cat /proc/self/status \\
+ | grep CapEff > /out/caps
+FROM scratch
+COPY --from=base /out /
+"""
+
+
+def test_privileged_runs_need_their_entitlements(tmp_path: Path, busybox_image: Any) -> None:
+    with pytest.raises(UsageError, match="entitlement network.host is not allowed"):
+        _build(tmp_path / "denied", PRIVILEGED, busybox_image)
+    with pytest.raises(UsageError, match="entitlement security.insecure is not allowed"):
+        _build(tmp_path / "half", PRIVILEGED, busybox_image, allow=frozenset({"network.host"}))
+    out, _ = _build(tmp_path / "granted", PRIVILEGED, busybox_image,
+                    allow=frozenset({"network.host", "security.insecure"}))
+    assert (out / "caps").read_text().split()[0] == "CapEff:"

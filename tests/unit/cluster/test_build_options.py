@@ -492,3 +492,14 @@ def test_cache_credentials_only_for_an_s3_cache(options: BuildOptions, environ: 
         assert str(caught.value) == expected
     else:
         assert handler({}) == expected
+
+
+def test_allow_grants_entitlements_and_crosses_the_wire(tmp_path: Path) -> None:
+    options = gather_options(_args(["--allow", "network.host", "--allow",
+                                     "security.insecure,network.host", str(tmp_path)]), ENV)
+    assert options.allow == ("network.host", "security.insecure")
+    assert BuildOptions.from_wire(options.to_wire()) == options
+    earlier = {k: v for k, v in options.to_wire().items() if k != "allow"}
+    assert BuildOptions.from_wire(earlier).allow == ()  # an earlier client grants nothing
+    with pytest.raises(UsageError, match="invalid --allow 'device': unknown entitlement"):
+        gather_options(_args(["--allow", "device", str(tmp_path)]), ENV)
