@@ -98,10 +98,11 @@ CASES: list[tuple[str, ProcessSpec, int, str]] = [
     ("env", sh("echo $FOO; echo $PATH; echo $HOME", env=("FOO=bar baz",)), 0,
      f"bar baz\n{DEFAULT_PATH}\n/root\n"),
     ("env kept", sh("echo $PATH $HOME", env=("PATH=/bin", "HOME=/h")), 0, "/bin /h\n"),
-    ("user by name", sh("id; echo $HOME", user="app"), 0,
-     "uid=1000(app) gid=1000(app) groups=50(staff)\n/home/app\n"),
+    ("user by name", sh("id; echo $HOME", user="app"), 0,  # the kernel sorts the groups
+     "uid=1000(app) gid=1000(app) groups=50(staff),1000(app)\n/home/app\n"),
     ("user and group by name", sh("id -u; id -g", user="app:staff"), 0, "1000\n50\n"),
-    ("numeric user", sh("id -u; id -g; echo $HOME", user="1000"), 0, "1000\n0\n/home/app\n"),
+    ("numeric user", sh("id -u; id -g; echo $HOME", user="1000"), 0,  # its passwd entry's
+     "1000\n1000\n/home/app\n"),
     ("unknown numeric user", sh("id -u; id -g; echo $HOME", user="4321:99"), 0,
      "4321\n99\n/\n"),
     ("cwd created 0755 root", sh("pwd; stat -c '%u:%g %a' .", cwd="/work/dir", user="app"),
