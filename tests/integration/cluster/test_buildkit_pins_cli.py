@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.ssh_tools import make_key
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -98,3 +99,14 @@ def test_host_network_needs_allow(cli: Cli) -> None:  # testRunHostNetwork, test
         "allowed\nhint: pass --allow network.host to grant it to this build\n")
     granted = cli.build(dockerfile, "--allow", "network.host")
     assert granted.returncode == 0, granted.stderr
+
+
+def test_ssh_socket_params(cli: Cli) -> None:  # testSSHSocketParams
+    key = make_key(cli.work / "params-key", "params-key")
+    out = cli.work / "ssh-params-out"
+    done = cli.build("FROM BUSYBOX AS base\nRUN --mount=type=ssh,mode=741,uid=100,gid=102 "
+                     'mkdir /out && stat -c "%u %g %f" $SSH_AUTH_SOCK > /out/stat\n'
+                     "FROM scratch\nCOPY --from=base /out /\n",
+                     "--ssh", f"default={key}", "-o", f"type=local,dest={out}")
+    assert done.returncode == 0, done.stderr
+    assert (out / "stat").read_text() == "100 102 c1e1\n"

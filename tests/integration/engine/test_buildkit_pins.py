@@ -201,3 +201,37 @@ def test_privileged_runs_need_their_entitlements(tmp_path: Path, busybox_image: 
     out, _ = _build(tmp_path / "granted", PRIVILEGED, busybox_image,
                     allow=frozenset({"network.host", "security.insecure"}))
     assert (out / "caps").read_text().split()[0] == "CapEff:"
+
+
+# Behaviours of BuildKit's tests that dockyard already had, pinned: (its test, Dockerfile
+# writing /out, extra options, the files expected in /out).
+HELD: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+    ("testSecretFileParams",
+     "RUN --mount=type=secret,required=false,mode=741,uid=100,gid=102,target=/mysecret "
+     'mkdir /out && stat -c "%u %g %f" /mysecret > /out/stat\n'
+     "RUN [ ! -e /mysecret ] && echo none > /out/stub\n",
+     {"secrets": {"mysecret": b"pw"}}, {"stat": "100 102 81e1\n", "stub": "none\n"}),
+    ("testMountTmpfsSize",
+     "RUN --mount=type=tmpfs,target=/dev/shm,size=128m mkdir /out "
+     "&& grep -c '/dev/shm tmpfs .*size=131072k' /proc/mounts > /out/sized\n",
+     {}, {"sized": "1\n"}),
+    ("testCacheMountUser",
+     "RUN --mount=type=cache,target=/mycache,uid=1001,gid=1002,mode=0751 "
+     'mkdir /out && stat -c "%u %g %f" /mycache > /out/stat\n', {}, {"stat": "1001 1002 41e9\n"}),
+    ("testEmptyStringArgInEnv",
+     "ARG FOO\nARG BAR=\nRUN mkdir /out && env | grep -c '^BAR=$' > /out/bar "
+     "&& (env | grep -c '^FOO=' > /out/foo || true)\n", {}, {"bar": "1\n", "foo": "0\n"}),
+    ("testWorkdirUser",
+     "RUN echo 'user:x:1000:1000::/home/user:/bin/sh' >> /etc/passwd "
+     "&& echo 'user:x:1000:' >> /etc/group\nUSER user\nWORKDIR /mydir\nUSER root\n"
+     'RUN mkdir /out && stat -c "%U %G" /mydir > /out/owner\n', {}, {"owner": "user user\n"}),
+]
+
+
+@pytest.mark.parametrize(("test", "steps", "extra", "expected"), HELD,
+                         ids=[case[0] for case in HELD])
+def test_held(tmp_path: Path, busybox_image: Any, test: str, steps: str,
+              extra: dict[str, Any], expected: dict[str, str]) -> None:
+    dockerfile = f"FROM BUSYBOX AS base\n{steps}FROM scratch\nCOPY --from=base /out /\n"
+    out, _ = _build(tmp_path, dockerfile, busybox_image, **extra)
+    assert _files(out) == expected, test
