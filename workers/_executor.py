@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from scheduler._errors import ExecError
 
+from ._devices import host_devices
 from ._snapshots import finish_shielded, unmount
 from ._spec import (
     BindMount,
@@ -186,8 +187,9 @@ class Executor:
         resolv, hosts = run.bundle / "resolv.conf", run.bundle / "hosts"
         resolv.write_text(make_resolv_conf(_read_host_resolv(), process.network))
         hosts.write_text(hosts_file(process.effective_hostname))
-        spec = build_spec(process, user, run.rootfs, spec_mounts,
-                          resolv_conf=resolv, hosts=hosts, host_caps=_host_caps())
+        devices = host_devices() if process.security == "insecure" else ()
+        spec = build_spec(process, user, run.rootfs, spec_mounts, resolv_conf=resolv,
+                          hosts=hosts, host_caps=_host_caps(), host_devices=devices)
         (run.bundle / "config.json").write_text(json.dumps(spec, indent=1))
 
     def _materialize(self, run: _Run, mounts: Sequence[ExecMountSpec]) -> list[SpecMount]:

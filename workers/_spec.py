@@ -10,7 +10,8 @@ containerd's default Unix spec:
   /sys read-only, /sys/fs/cgroup read-only, /etc/resolv.conf and /etc/hosts bound read-only;
   no /run mount (BuildKit removes containerd's).
 - sandbox: containerd's default capability set, masked and read-only /proc paths;
-  insecure: every capability, nothing masked, /sys and cgroupfs writable, all devices.
+  insecure: every capability, nothing masked, /sys and cgroupfs writable, all devices
+  allowed and the host's device nodes created (the executor lists them).
 - like BuildKit, new privileges stay allowed (setuid binaries work in a RUN) and rlimits are
   inherited unless given; cgroups are left to runc's defaults.  BuildKit's default seccomp
   profile (Docker's) is not applied yet.
@@ -29,7 +30,8 @@ from scheduler._graph import ExecOp
 from ._users import ResolvedUser
 
 __all__ = [
-    "DEFAULT_HOSTNAME", "DEFAULT_PATH", "BindMount", "ProcessSpec", "Rlimit", "SpecMount",
+    "DEFAULT_HOSTNAME", "DEFAULT_PATH", "BindMount", "HostDevice", "ProcessSpec", "Rlimit",
+    "SpecMount",
     "TmpfsMount", "build_spec", "caps_from_mask", "environment", "hosts_file", "resolv_conf",
 ]
 
@@ -128,13 +130,28 @@ class TmpfsMount:
 SpecMount = BindMount | TmpfsMount
 
 
+@dataclass(frozen=True, slots=True)
+class HostDevice:
+    """A device node of the host (``type`` ``c`` or ``b``), given to an insecure RUN."""
+
+    path: str
+    type: str
+    major: int
+    minor: int
+    mode: int
+    uid: int = 0
+    gid: int = 0
+
+
 def build_spec(process: ProcessSpec, user: ResolvedUser, rootfs: Path,
                mounts: Sequence[SpecMount], *, resolv_conf: Path, hosts: Path,
-               host_caps: frozenset[str] | None = None) -> dict[str, Any]:
+               host_caps: frozenset[str] | None = None,
+               host_devices: Sequence[HostDevice] = ()) -> dict[str, Any]:
     """The runtime spec for ``process`` as ``user`` over ``rootfs`` with extra ``mounts``.
 
     ``host_caps`` (the executor's bounding set) limits the capabilities granted: runc
-    refuses to grant one its caller lacks (e.g. in a container without CAP_SYS_RESOURCE)."""
+    refuses to grant one its caller lacks (e.g. in a container without CAP_SYS_RESOURCE).
+    ``host_devices`` are created in an insecure RUN's /dev (a sandboxed one gets none)."""
     _check(process)
     insecure = process.security == "insecure"
     caps = [cap for cap in (ALL_CAPS if insecure else SANDBOX_CAPS)
@@ -146,7 +163,7 @@ def build_spec(process: ProcessSpec, user: ResolvedUser, rootfs: Path,
         "hostname": process.effective_hostname,
         "mounts": _system_mounts(insecure) + _file_mounts(resolv_conf, hosts)
         + [_user_mount(m) for m in mounts],
-        "linux": _linux(process, insecure),
+        "linux": _linux(process, insecure, host_devices if insecure else ()),
     }
 
 
@@ -230,7 +247,8 @@ def _mount(dest: str, kind: str, source: str, options: list[str]) -> dict[str, A
     return {"destination": dest, "type": kind, "source": source, "options": options}
 
 
-def _linux(process: ProcessSpec, insecure: bool) -> dict[str, Any]:
+def _linux(process: ProcessSpec, insecure: bool, devices: Sequence[HostDevice]
+           ) -> dict[str, Any]:
     kinds = ["pid", "ipc", "uts", "mount"]
     if process.network == "none":
         kinds.append("network")
@@ -238,6 +256,10 @@ def _linux(process: ProcessSpec, insecure: bool) -> dict[str, Any]:
         "namespaces": [{"type": kind} for kind in kinds],
         "resources": {"devices": [{"allow": insecure, "access": "rwm"}]},
     }
+    if devices:
+        linux["devices"] = [{"path": d.path, "type": d.type, "major": d.major,
+                             "minor": d.minor, "fileMode": d.mode, "uid": d.uid,
+                             "gid": d.gid} for d in devices]
     if not insecure:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)

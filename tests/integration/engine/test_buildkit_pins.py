@@ -235,3 +235,20 @@ def test_held(tmp_path: Path, busybox_image: Any, test: str, steps: str,
     dockerfile = f"FROM BUSYBOX AS base\n{steps}FROM scratch\nCOPY --from=base /out /\n"
     out, _ = _build(tmp_path, dockerfile, busybox_image, **extra)
     assert _files(out) == expected, test
+
+
+# testInsecureDevicesWhitelist: an insecure RUN has the host's devices, a sandboxed one not.
+DEVICES = """\
+FROM BUSYBOX AS base
+RUN mkdir /out && ([ -e /dev/fuse ] || [ -e /dev/loop-control ] || echo none > /out/sandbox)
+RUN --security=insecure [ -c /dev/fuse ] && [ -c /dev/loop-control ] && echo both > /out/insecure
+FROM scratch
+COPY --from=base /out /
+"""
+
+
+@pytest.mark.skipif(not (Path("/dev/fuse").exists() and Path("/dev/loop-control").exists()),
+                    reason="the host has no /dev/fuse or /dev/loop-control")
+def test_insecure_run_has_the_host_devices(tmp_path: Path, busybox_image: Any) -> None:
+    out, _ = _build(tmp_path, DEVICES, busybox_image, allow=frozenset({"security.insecure"}))
+    assert _files(out) == {"sandbox": "none\n", "insecure": "both\n"}

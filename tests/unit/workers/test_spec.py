@@ -15,6 +15,7 @@ from workers._spec import (
     DEFAULT_PATH,
     SANDBOX_CAPS,
     BindMount,
+    HostDevice,
     ProcessSpec,
     Rlimit,
     SpecMount,
@@ -216,3 +217,16 @@ def test_host_caps_limit_what_is_granted() -> None:
     sandbox = build_spec(ProcessSpec(SH), ROOT, ROOTFS, (), resolv_conf=Path("/r"),
                          hosts=Path("/h"), host_caps=host)
     assert "CAP_KILL" not in sandbox["process"]["capabilities"]["bounding"]
+
+
+FUSE = HostDevice("/dev/fuse", "c", 10, 229, 0o600)
+
+
+def test_host_devices_only_for_an_insecure_run() -> None:
+    def devices(security: str) -> Any:
+        return build_spec(ProcessSpec(SH, security=security), ROOT, ROOTFS, (),
+                          resolv_conf=Path("/r"), hosts=Path("/h"),
+                          host_devices=(FUSE,))["linux"].get("devices")
+    assert devices("insecure") == [{"path": "/dev/fuse", "type": "c", "major": 10,
+                                    "minor": 229, "fileMode": 0o600, "uid": 0, "gid": 0}]
+    assert devices("sandbox") is None
