@@ -15,7 +15,9 @@ event (DESIGN.md).  ``BuildOptions`` holds no value.
 from __future__ import annotations
 
 import csv
+import math
 import os
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,6 +36,7 @@ from scheduler._build_request import (
 )
 from scheduler._entitlements import parse_entitlements
 from scheduler._errors import ImageReferenceError, UsageError
+from scheduler._graph import ULIMIT_NAMES
 from scheduler._platform import default_platform, parse_platforms
 from scheduler._reference import parse_reference
 
@@ -41,8 +44,8 @@ __all__ = [
     "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
     "SshSpec", "insecure_registries", "parse_cache", "parse_epoch", "parse_insecure_registries",
     "parse_output",
-    "parse_secret", "parse_ssh", "parse_tag", "read_session", "read_token_file",
-    "CacheCredentials", "SecretReader",
+    "parse_secret", "parse_shm_size", "parse_ssh", "parse_tag", "parse_ulimit", "read_session",
+    "read_token_file", "CacheCredentials", "SecretReader",
 ]
 
 # --- one flag value each ----------------------------------------------------------------
@@ -302,6 +305,40 @@ def insecure_registries(outputs: Sequence[OutputSpec], environ: Mapping[str, str
     return tuple(found)
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_SIZE = re.compile(r"(\d+)\s?([kmgtp]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_ulimit(value: str) -> tuple[str, int, int]:
+    """``--ulimit NAME=SOFT[:HARD]`` (HARD defaults to SOFT; -1 is unlimited)."""
+    name, equals, limits = value.partition("=")
+    if not equals or name not in ULIMIT_NAMES:
+        raise UsageError(f"invalid --ulimit {value!r}: expected NAME=SOFT[:HARD]",
+                         hint=f"NAME is one of {', '.join(ULIMIT_NAMES)}")
+    soft_text, _, hard_text = limits.partition(":")
+    try:
+        soft, hard = int(soft_text), int(hard_text or soft_text)
+    except ValueError:
+        raise UsageError(f"invalid --ulimit {value!r}: limits are integers") from None
+    def bound(limit: int) -> float:
+        return math.inf if limit == -1 else limit
+    if min(soft, hard) < -1 or max(soft, hard) >= 1 << 63 or bound(soft) > bound(hard):
+        raise UsageError(f"invalid --ulimit {value!r}: the soft limit must not exceed the "
+                         "hard one (-1: unlimited)")
+    return name, soft, hard
+
+
+def parse_shm_size(value: str | None) -> int:
+    """``--shm-size`` in bytes: a number with an optional binary unit (``128m``, ``1g``)."""
+    if value is None:
+        return 0
+    match = _SIZE.fullmatch(value.strip())
+    size = int(match[1]) * _UNITS[match[2].lower()] if match else 0
+    if not 0 < size < 1 << 62:
+        raise UsageError(f"invalid --shm-size {value!r}: expected a size such as 128m or 1g")
+    return size
+
+
 def parse_progress(value: str) -> str:
     if value not in PROGRESS_MODES:
         raise UsageError(f"invalid --progress {value!r}: unknown progress mode",
@@ -512,7 +549,9 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
                        for v in getattr(args, "cache_to", None) or ()),
         cache_from=tuple(parse_cache("--cache-from", v)
                          for v in getattr(args, "cache_from", None) or ()),
-        allow=parse_entitlements(getattr(args, "allow", None) or ()))
+        allow=parse_entitlements(getattr(args, "allow", None) or ()),
+        ulimits=tuple(parse_ulimit(u) for u in getattr(args, "ulimit", None) or ()),
+        shm_size=parse_shm_size(getattr(args, "shm_size", None)))
 
 
 def _filename(option: str | None, context: str) -> str:

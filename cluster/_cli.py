@@ -231,6 +231,9 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
         help="where the result goes (local, tar, oci, docker, image); repeatable")
     add("--push", action="store_true", help="push the image (--output=type=image,push=true)")
     add("--no-cache", action="store_true", help="do not use the cache")
+    add("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+        help="a resource limit of every RUN, e.g. nofile=1024:2048; repeatable")
+    add("--shm-size", metavar="SIZE", help="the size of every RUN's /dev/shm (e.g. 128m)")
     add("--allow", action="append", default=[], metavar="ENTITLEMENT",
         help="grant network.host (RUN --network=host) or security.insecure "
              "(RUN --security=insecure); repeatable")

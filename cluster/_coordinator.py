@@ -49,7 +49,7 @@ from typing import Any
 
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from scheduler._errors import BlobLost, DockyardError, SolveError, UsageError
-from scheduler._graph import BuildGraph, Vertex
+from scheduler._graph import BuildGraph, Ulimit, Vertex
 from scheduler._platform import Platform, parse_platform
 from scheduler._progress import (
     Event,
@@ -330,7 +330,9 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
     return FrontendRequest(filename=options.filename,
                            platforms=tuple(parse_platform(p) for p in options.platforms),
                            target=options.target, build_args=dict(options.build_args),
-                           allow=frozenset(options.allow))
+                           allow=frozenset(options.allow),
+                           ulimits=tuple(Ulimit(*limit) for limit in options.ulimits),
+                           shm_size=options.shm_size)
 
 
 async def _shielded(cleanup: Any) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from cache_backends._records import CacheRecord
 from scheduler._entitlements import check_entitlements
 from scheduler._errors import BlobLost, DockyardError
-from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig
+from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, Ulimit
 from scheduler._platform import Platform
 from scheduler._solver import Solver, SolverStatistics
 from scheduler.dockerfile._convert._model import BaseImage
@@ -67,13 +67,16 @@ class FrontendRequest:
     target: str | None = None
     build_args: Mapping[str, str] = field(default_factory=dict)
     allow: frozenset[str] = frozenset()  # entitlements granted (scheduler/_entitlements.py)
+    ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
+    shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
 
 
 def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
     """What the frontend needs of ``options``."""
     return FrontendRequest(filename=options.filename, platforms=options.platforms,
                            target=options.target, build_args=options.build_args,
-                           allow=frozenset(options.allow))
+                           allow=frozenset(options.allow), ulimits=options.ulimits,
+                           shm_size=options.shm_size)
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,8 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
     frontend = await asyncio.to_thread(
         build_graph, dockerfile, filename=request.filename, target=request.target,
         platforms=request.platforms, build_args=request.build_args,
-        ignore_patterns=patterns, image_resolver=resolver)
+        ignore_patterns=patterns, image_resolver=resolver, ulimits=request.ulimits,
+        shm_size=request.shm_size)
     check_entitlements(frontend.graph, request.allow)
     return frontend.graph
 

@@ -104,6 +104,8 @@ class BuildOptions:
     cache_to: tuple[CacheSpec, ...] = ()
     cache_from: tuple[CacheSpec, ...] = ()
     allow: tuple[str, ...] = ()  # entitlements granted (--allow), scheduler/_entitlements.py
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: (name, soft, hard)
+    shm_size: int = 0  # --shm-size in bytes (0: the default, 64 MiB)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -121,6 +123,7 @@ class BuildOptions:
             "cache_to": [spec.to_wire() for spec in self.cache_to],
             "cache_from": [spec.to_wire() for spec in self.cache_from],
             "allow": list(self.allow),
+            "ulimits": [list(limit) for limit in self.ulimits], "shm_size": self.shm_size,
         }
 
     @classmethod
@@ -151,7 +154,9 @@ class BuildOptions:
             insecure_registries=tuple(wire.get("insecure_registries", ())),
             cache_to=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_to", ())),
             cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())),
-            allow=tuple(str(a) for a in wire.get("allow", ())))
+            allow=tuple(str(a) for a in wire.get("allow", ())),
+            ulimits=tuple((str(n), int(s), int(h)) for n, s, h in wire.get("ulimits", ())),
+            shm_size=int(wire.get("shm_size", 0)))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:

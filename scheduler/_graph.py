@@ -3,7 +3,10 @@
 A Merkle DAG of ops as plain, immutable data.  A vertex's ``digest`` is the sha256 of the
 canonical msgpack encoding of ``[GRAPH_VERSION, kind, fields, inputs, platform]``:
 maps with sorted keys, tuples as arrays, no floats.  Fields marked
-``metadata={"digest": False}`` are carried and serialised but left out of the digest.
+``metadata={"digest": False}`` are carried and serialised but left out of the digest;
+fields marked ``metadata={"digest": "unless-default"}`` are left out (of the digest and
+the wire) while they hold their default, so a field added later keeps the digests (and
+cache keys) of every graph that does not use it.
 
 ``BuildGraph.add`` dedups by digest and accepts a vertex only once its inputs are in the
 graph, so ``vertices`` is always in topological order.
@@ -28,7 +31,7 @@ from ._platform import Platform
 __all__ = [
     "GRAPH_VERSION", "BuildGraph", "Copy", "ExecMount", "ExecOp", "FileAction", "FileOp",
     "Healthcheck", "HistoryEntry", "ImageConfig", "ImageResult", "MergeOp", "Mkdir",
-    "Mkfile", "Op", "Rm", "SourceOp", "Symlink", "Vertex",
+    "Mkfile", "Op", "Rm", "SourceOp", "Symlink", "ULIMIT_NAMES", "Ulimit", "Vertex",
     "vertex_from_wire",
     "vertex_to_wire",
 ]
@@ -36,6 +39,7 @@ __all__ = [
 GRAPH_VERSION = 1
 
 _NO_DIGEST: Mapping[str, bool] = {"digest": False}
+_DIGEST_UNLESS_DEFAULT: Mapping[str, str] = {"digest": "unless-default"}
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -78,13 +82,29 @@ class ExecMount:
     size: int | None = None
 
 
+#: The resource limits a RUN may set (docker's go-units ``ParseUlimit`` names).
+ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
+                "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+@dataclass(frozen=True, slots=True)
+class Ulimit:
+    """One resource limit of a RUN (``--ulimit nofile=1024:2048``): ``name`` as ``nofile``."""
+
+    name: str
+    soft: int
+    hard: int
+
+
 @dataclass(frozen=True, slots=True)
 class ExecOp:
     """Run ``args`` (the argv; the shell already prepended for shell form).
 
     ``env`` is sorted ``KEY=value`` strings.  ``proxy_env`` holds the proxy build args
     (``HTTP_PROXY=...``, in both spellings) passed to the process beyond ``env``: excluded
-    from the digest, so a proxy change does not invalidate the cache."""
+    from the digest, so a proxy change does not invalidate the cache.  ``ulimits`` and
+    ``shm_size`` (bytes of /dev/shm; 0: 64 MiB) are the build's ``--ulimit`` and
+    ``--shm-size``: in the digest only when set."""
 
     kind: ClassVar[str] = "exec"
     args: tuple[str, ...]
@@ -96,6 +116,8 @@ class ExecOp:
     security: str = "sandbox"
     hostname: str = ""
     proxy_env: tuple[str, ...] = field(default=(), metadata=_NO_DIGEST)
+    ulimits: tuple[Ulimit, ...] = field(default=(), metadata=_DIGEST_UNLESS_DEFAULT)
+    shm_size: int = field(default=0, metadata=_DIGEST_UNLESS_DEFAULT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,10 +226,21 @@ def _plain_fields(value: Any, *, for_digest: bool) -> dict[str, Any]:
     if isinstance(kind, str):
         out["kind"] = kind
     for item in dataclasses.fields(value):
-        if for_digest and not item.metadata.get("digest", True):
+        field_value = getattr(value, item.name)
+        if _left_out(item, field_value, for_digest=for_digest):
             continue
-        out[item.name] = _plain(getattr(value, item.name), for_digest=for_digest)
+        out[item.name] = _plain(field_value, for_digest=for_digest)
     return dict(sorted(out.items()))
+
+
+def _left_out(item: dataclasses.Field[Any], value: Any, *, for_digest: bool) -> bool:
+    """Whether a field stays out of the digest (see the module docstring); an
+    ``unless-default`` one at its default stays off the wire too, so a worker that predates
+    the field still reads a graph that does not use it."""
+    rule = item.metadata.get("digest", True)
+    if rule == "unless-default" and value == item.default:
+        return True
+    return for_digest and rule is False
 
 
 def _pack(value: Any) -> bytes:

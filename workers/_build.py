@@ -22,7 +22,7 @@ from cache_backends._credentials import S3Credentials
 from cache_backends._records import CacheRecord
 from scheduler._build_request import CacheSpec
 from scheduler._errors import ExportError, UsageError
-from scheduler._graph import ImageResult
+from scheduler._graph import ImageResult, Ulimit
 from scheduler._platform import Platform
 from scheduler._progress import EventSink
 
@@ -78,6 +78,8 @@ class LocalBuildOptions:
     cache_to: tuple[CacheSpec, ...] = ()
     cache_from: tuple[CacheSpec, ...] = ()
     allow: tuple[str, ...] = ()  # entitlements granted (--allow)
+    ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
+    shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
 
 
 def prepared(options: LocalBuildOptions) -> LocalBuildOptions:

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from scheduler._errors import GraphError
-from scheduler._graph import ExecOp
+from scheduler._graph import ULIMIT_NAMES, ExecOp
 
 from ._users import ResolvedUser
 
@@ -94,12 +94,15 @@ class ProcessSpec:
     network: str = "default"
     security: str = "sandbox"
     ulimits: tuple[Rlimit, ...] = ()
+    shm_size: int = 0
 
     @classmethod
     def from_op(cls, op: ExecOp) -> ProcessSpec:
         """The process of a graph ``ExecOp``; its proxy build args join the environment."""
         return cls(args=op.args, env=op.env + op.proxy_env, cwd=op.cwd, user=op.user,
-                   hostname=op.hostname, network=op.network, security=op.security)
+                   hostname=op.hostname, network=op.network, security=op.security,
+                   ulimits=tuple(Rlimit(u.name, u.soft, u.hard) for u in op.ulimits),
+                   shm_size=op.shm_size)
 
     @property
     def effective_hostname(self) -> str:
@@ -161,7 +164,7 @@ def build_spec(process: ProcessSpec, user: ResolvedUser, rootfs: Path,
         "process": _process(process, user, caps),
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": process.effective_hostname,
-        "mounts": _system_mounts(insecure) + _file_mounts(resolv_conf, hosts)
+        "mounts": _system_mounts(insecure, process.shm_size) + _file_mounts(resolv_conf, hosts)
         + [_user_mount(m) for m in mounts],
         "linux": _linux(process, insecure, host_devices if insecure else ()),
     }
@@ -173,6 +176,10 @@ def _check(process: ProcessSpec) -> None:
     if process.network not in _NETWORKS:
         raise GraphError(f"unknown network mode {process.network!r}",
                         hint=f"use one of {', '.join(_NETWORKS)}")
+    unknown = [r.kind for r in process.ulimits if r.kind not in ULIMIT_NAMES]
+    if unknown:
+        raise GraphError(f"unknown ulimit {unknown[0]!r}",
+                         hint=f"use one of {', '.join(ULIMIT_NAMES)}")
     if process.security not in _SECURITY:
         raise GraphError(f"unknown security mode {process.security!r}",
                         hint=f"use one of {', '.join(_SECURITY)}")
@@ -190,9 +197,14 @@ def _process(process: ProcessSpec, user: ResolvedUser, caps: list[str]) -> dict[
         "noNewPrivileges": False,
     }
     if process.ulimits:
-        spec["rlimits"] = [{"type": f"RLIMIT_{r.kind.upper()}", "soft": r.soft,
-                            "hard": r.hard} for r in process.ulimits]
+        spec["rlimits"] = [{"type": f"RLIMIT_{r.kind.upper()}", "soft": _rlim(r.soft),
+                            "hard": _rlim(r.hard)} for r in process.ulimits]
     return spec
+
+
+def _rlim(limit: int) -> int:
+    """-1 (unlimited) as the kernel's RLIM_INFINITY."""
+    return (1 << 64) - 1 if limit == -1 else limit
 
 
 def caps_from_mask(mask: int) -> frozenset[str]:
@@ -211,16 +223,18 @@ def environment(env: Sequence[str], user: ResolvedUser) -> list[str]:
     return result
 
 
-def _system_mounts(insecure: bool) -> list[dict[str, Any]]:
+def _system_mounts(insecure: bool, shm_size: int = 0) -> list[dict[str, Any]]:
+    """/proc, /dev and the rest; /dev/shm is ``shm_size`` bytes (0: 64 MiB), in KiB as
+    BuildKit's WithShmSize writes it."""
     sys_ro = [] if insecure else ["ro"]
+    shm = f"size={shm_size // 1024}k" if shm_size else "size=65536k"
     return [
         _mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
         _mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755",
                                           "size=65536k"]),
         _mount("/dev/pts", "devpts", "devpts", ["nosuid", "noexec", "newinstance",
                                                 "ptmxmode=0666", "mode=0620", "gid=5"]),
-        _mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777",
-                                            "size=65536k"]),
+        _mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", shm]),
         _mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
         _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", *sys_ro]),
         _mount("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev",

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .._errors import DockerfileError
-from .._graph import BuildGraph
+from .._graph import BuildGraph, Ulimit
 from .._platform import Platform, default_platform
 from ._ast import CheckWarning
 from ._convert._build import convert
@@ -38,8 +38,8 @@ class FrontendResult:
 def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str | None = None,
                 platforms: Sequence[Platform] = (), build_args: Mapping[str, str] | None = None,
                 ignore_patterns: Sequence[str] = (), build_platform: Platform | None = None,
-                image_resolver: ImageResolver | None = None, check_only: bool = False
-                ) -> FrontendResult:
+                image_resolver: ImageResolver | None = None, check_only: bool = False,
+                ulimits: Sequence[Ulimit] = (), shm_size: int = 0) -> FrontendResult:
     """Convert ``dockerfile`` for each of ``platforms`` (default: this machine's) into one
     graph holding one ImageResult per platform.  The build checks look at the stages the
     target needs; ``# check=error=true`` turns findings into a ``DockerfileError``.
@@ -56,7 +56,7 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
         filename=filename, escape=parsed.directives.escape,
         build_platform=build_platform or default_platform(), multi_platform=len(wanted) > 1,
         build_args=dict(build_args or {}), ignore_patterns=tuple(ignore_patterns),
-        resolver=image_resolver, target=target)
+        resolver=image_resolver, target=target, ulimits=tuple(ulimits), shm_size=shm_size)
     graph, warnings, notices = convert(typed, options, wanted)
     report = run_checks(parsed, typed, target=target, all_stages=check_only,
                         extra=warnings, build_args=build_args)

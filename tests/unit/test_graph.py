@@ -32,7 +32,10 @@ from scheduler._graph import (
     Rm,
     SourceOp,
     Symlink,
+    Ulimit,
     Vertex,
+    vertex_from_wire,
+    vertex_to_wire,
 )
 from scheduler._platform import Platform
 
@@ -113,6 +116,9 @@ DIFFERENT = [
     ("action kind", Vertex(FileOp((Mkdir("/a"),))), Vertex(FileOp((Rm("/a"),)))),
     ("base", Vertex(FileOp((Mkdir("/a"),))), Vertex(FileOp((Mkdir("/a"),), base=None))),
     ("attrs", Vertex(SourceOp("local://context")), Vertex(CONTEXT)),
+    ("ulimits", Vertex(ExecOp(("true",))),
+     Vertex(ExecOp(("true",), ulimits=(Ulimit("nofile", 1062, 1062),)))),
+    ("shm_size", Vertex(ExecOp(("true",))), Vertex(ExecOp(("true",), shm_size=1 << 27))),
 ]
 
 
@@ -124,6 +130,19 @@ def test_left_out_of_digest(label: str, a: Vertex, b: Vertex) -> None:
 @pytest.mark.parametrize(("label", "a", "b"), DIFFERENT, ids=[d[0] for d in DIFFERENT])
 def test_part_of_digest(label: str, a: Vertex, b: Vertex) -> None:
     assert a.digest != b.digest
+
+
+def test_a_field_added_unless_default_keeps_digests_and_wire() -> None:
+    """``ulimits``/``shm_size`` came after graphs were cached: at their defaults they are
+    neither digested nor sent (an older worker reads the graph), set they are both."""
+    plain = Vertex(ExecOp(("true",), env=("A=1",)))
+    assert plain.digest == "sha256:" + hashlib.sha256(msgpack.packb(
+        [GRAPH_VERSION, "exec", {"args": ["true"], "cwd": "/", "env": ["A=1"], "hostname": "",
+                                 "mounts": [], "network": "default", "security": "sandbox",
+                                 "user": ""}, [], None], use_bin_type=True)).hexdigest()
+    assert not {"ulimits", "shm_size"} & set(vertex_to_wire(plain)["op"])
+    limited = Vertex(ExecOp(("true",), ulimits=(Ulimit("nofile", 1, -1),), shm_size=4096))
+    assert vertex_from_wire(vertex_to_wire(limited)) == limited
 
 
 def test_inputs_are_part_of_the_digest_in_order() -> None:

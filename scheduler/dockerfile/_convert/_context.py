@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..._errors import DockyardError, UsageError
-from ..._graph import SourceOp
+from ..._graph import SourceOp, Ulimit
 from ..._platform import Platform, parse_platform
 from .._ast import CheckWarning, Node
 from ._expand import NON_ENV_ARGS, Expansion, expand, expand_display
@@ -56,6 +56,8 @@ class BuildOptions:
     ignore_patterns: tuple[str, ...]
     resolver: ImageResolver | None
     target: str | None
+    ulimits: tuple[Ulimit, ...] = ()  # every RUN's (--ulimit)
+    shm_size: int = 0  # every RUN's /dev/shm size in bytes (--shm-size; 0: the default)
 
 
 @dataclass(slots=True)

@@ -54,7 +54,8 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     op = ExecOp(args=args, env=tuple(sorted(f"{k}={v}" for k, v in _run_env(env, command))),
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
                 network=command.network, security=command.security,
-                hostname=conv.sandbox_hostname, proxy_env=conv.proxy_env(state))
+                hostname=conv.sandbox_hostname, proxy_env=conv.proxy_env(state),
+                ulimits=conv.options.ulimits, shm_size=conv.options.shm_size)
     name = prefix_command(state, uppercase_command(conv.display(label, _masked(env, command))),
                           multi_platform=conv.options.multi_platform,
                           platform=state.platform, target=conv.target_of(state))

@@ -110,3 +110,14 @@ def test_ssh_socket_params(cli: Cli) -> None:  # testSSHSocketParams
                      "--ssh", f"default={key}", "-o", f"type=local,dest={out}")
     assert done.returncode == 0, done.stderr
     assert (out / "stat").read_text() == "100 102 c1e1\n"
+
+
+def test_ulimit_and_shm_size(cli: Cli) -> None:  # testUlimit, testShmSize
+    out = cli.work / "resources-out"
+    done = cli.build("FROM BUSYBOX AS base\nRUN mkdir /out && ulimit -n > /out/nofile && "
+                     "grep ' /dev/shm ' /proc/mounts | grep -o 'size=[0-9]*k' > /out/shm\n"
+                     "FROM scratch\nCOPY --from=base /out /\n", "--ulimit", "nofile=1062:1062",
+                     "--shm-size", "134217728", "-o", f"type=local,dest={out}")
+    assert done.returncode == 0, done.stderr
+    assert (out / "nofile").read_text() == "1062\n"
+    assert (out / "shm").read_text() == "size=131072k\n"

@@ -19,6 +19,7 @@ from support.progress import Recorder
 
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._errors import UsageError
+from scheduler._graph import Ulimit
 from scheduler._platform import parse_platform
 
 
@@ -252,3 +253,21 @@ COPY --from=base /out /
 def test_insecure_run_has_the_host_devices(tmp_path: Path, busybox_image: Any) -> None:
     out, _ = _build(tmp_path, DEVICES, busybox_image, allow=frozenset({"security.insecure"}))
     assert _files(out) == {"sandbox": "none\n", "insecure": "both\n"}
+
+
+# testUlimit, testShmSize: the build's --ulimit and --shm-size hold in every RUN.
+RESOURCES = """\
+FROM BUSYBOX AS base
+RUN mkdir /out && ulimit -n > /out/nofile && grep ' /dev/shm ' /proc/mounts \\
+ | grep -o 'size=[0-9]*k' > /out/shm
+FROM scratch
+COPY --from=base /out /
+"""
+
+
+def test_ulimit_and_shm_size(tmp_path: Path, busybox_image: Any) -> None:
+    out, _ = _build(tmp_path / "set", RESOURCES, busybox_image,
+                    ulimits=(Ulimit("nofile", 1062, 1062),), shm_size=128 << 20)
+    assert _files(out) == {"nofile": "1062\n", "shm": "size=131072k\n"}
+    out, _ = _build(tmp_path / "default", RESOURCES, busybox_image)
+    assert _files(out)["shm"] == "size=65536k\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ from cluster._build_options import (
     parse_platform_list,
     parse_progress,
     parse_secret,
+    parse_shm_size,
     parse_ssh,
     parse_tag,
+    parse_ulimit,
     read_session,
     resolve_outputs,
 )
@@ -503,3 +506,51 @@ def test_allow_grants_entitlements_and_crosses_the_wire(tmp_path: Path) -> None:
     assert BuildOptions.from_wire(earlier).allow == ()  # an earlier client grants nothing
     with pytest.raises(UsageError, match="invalid --allow 'device': unknown entitlement"):
         gather_options(_args(["--allow", "device", str(tmp_path)]), ENV)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("nofile=1062:1062", ("nofile", 1062, 1062)),
+    ("nofile=1024", ("nofile", 1024, 1024)),
+    ("nproc=10:-1", ("nproc", 10, -1)),
+    ("core=-1", ("core", -1, -1)),
+])
+def test_parse_ulimit(value: str, expected: tuple[str, int, int]) -> None:
+    assert parse_ulimit(value) == expected
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("nofile", "expected NAME=SOFT[:HARD]"),
+    ("files=1", "expected NAME=SOFT[:HARD]"),
+    ("nofile=a:b", "limits are integers"),
+    ("nofile=2048:1024", "the soft limit must not exceed the hard one"),
+    ("nofile=-1:1024", "the soft limit must not exceed the hard one"),
+    ("nofile=-2", "the soft limit must not exceed the hard one"),
+])
+def test_parse_ulimit_refuses(value: str, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_ulimit(value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, 0), ("134217728", 134217728), ("128m", 128 << 20), ("1g", 1 << 30),
+    ("64MiB", 64 << 20), ("512k", 512 << 10), ("2 GB", 2 << 30),
+])
+def test_parse_shm_size(value: str | None, expected: int) -> None:
+    assert parse_shm_size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "0", "-1m", "1.5g", "12x", "99999999999999999999g"])
+def test_parse_shm_size_refuses(value: str) -> None:
+    with pytest.raises(UsageError, match="invalid --shm-size"):
+        parse_shm_size(value)
+
+
+def test_ulimit_and_shm_size_cross_the_wire(tmp_path: Path) -> None:
+    options = gather_options(_args(["--ulimit", "nofile=1062:1062", "--ulimit", "nproc=99",
+                                    "--shm-size", "128m", str(tmp_path)]), ENV)
+    assert (options.ulimits, options.shm_size) == (
+        (("nofile", 1062, 1062), ("nproc", 99, 99)), 128 << 20)
+    assert BuildOptions.from_wire(options.to_wire()) == options
+    earlier = {k: v for k, v in options.to_wire().items() if k not in ("ulimits", "shm_size")}
+    assert (BuildOptions.from_wire(earlier).ulimits, BuildOptions.from_wire(earlier).shm_size
+            ) == ((), 0)

@@ -21,6 +21,7 @@ from scheduler._graph import (
     HistoryEntry,
     ImageConfig,
     SourceOp,
+    Ulimit,
 )
 from scheduler._platform import Platform
 from scheduler.dockerfile._convert._model import BaseImage
@@ -81,7 +82,7 @@ def _facts(result: FrontendResult) -> dict[str, Any]:
     if execs:
         last = execs[-1]
         for name in ("args", "env", "cwd", "user", "network", "security", "proxy_env",
-                     "hostname"):
+                     "hostname", "ulimits", "shm_size"):
             facts["run." + name] = getattr(last, name)
         facts["run.mounts"] = [_non_default(m) for m in last.mounts]
     return facts
@@ -186,6 +187,12 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
          "config.cmd": ("cmd", "/S", "/C", "baz"),
          "config.env": (), "history": ['ENTRYPOINT ["cmd" "/S" "/C" "foo bar"]',
                                        'CMD ["cmd" "/S" "/C" "baz"]']}),
+    # testUlimit, testShmSize: the build's --ulimit and --shm-size reach every RUN
+    ("ulimit-and-shm-size", "FROM alpine\nRUN x\n",
+     {"ulimits": [Ulimit("nofile", 1062, 1062)], "shm_size": 1 << 27}, {
+         "run.ulimits": (Ulimit("nofile", 1062, 1062),), "run.shm_size": 1 << 27}),
+    ("no-ulimit-no-shm-size", "FROM alpine\nRUN x\n", {}, {
+        "run.ulimits": (), "run.shm_size": 0}),
     ("unconsumed-build-arg", "FROM alpine\n", {"build_args": {"NOPE": "1"}}, {
         "warnings": [], "notices": ["One or more build-args [NOPE] were not consumed"]}),
     ("workdir-relative", "FROM alpine\nWORKDIR app\nWORKDIR sub\nRUN x\n", {}, {

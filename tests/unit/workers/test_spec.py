@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from scheduler._errors import GraphError
-from scheduler._graph import ExecOp
+from scheduler._graph import ExecOp, Ulimit
 from workers._spec import (
     ALL_CAPS,
     DEFAULT_PATH,
@@ -230,3 +230,24 @@ def test_host_devices_only_for_an_insecure_run() -> None:
     assert devices("insecure") == [{"path": "/dev/fuse", "type": "c", "major": 10,
                                     "minor": 229, "fileMode": 0o600, "uid": 0, "gid": 0}]
     assert devices("sandbox") is None
+
+
+def test_shm_size_and_ulimits_of_the_build() -> None:
+    result = spec(ProcessSpec(SH, shm_size=1 << 27,
+                              ulimits=(Rlimit("nofile", 1062, 1062), Rlimit("core", 0, -1))))
+    assert f"size={(1 << 27) // 1024}k" in mount_at(result, "/dev/shm")["options"]
+    assert result["process"]["rlimits"] == [
+        {"type": "RLIMIT_NOFILE", "soft": 1062, "hard": 1062},
+        {"type": "RLIMIT_CORE", "soft": 0, "hard": (1 << 64) - 1}]
+    assert "size=65536k" in mount_at(spec(ProcessSpec(SH)), "/dev/shm")["options"]
+
+
+def test_process_of_an_op_with_ulimits() -> None:
+    op = ExecOp(("true",), ulimits=(Ulimit("nofile", 1, 2),), shm_size=4096)
+    assert ProcessSpec.from_op(op).ulimits == (Rlimit("nofile", 1, 2),)
+    assert ProcessSpec.from_op(op).shm_size == 4096
+
+
+def test_unknown_ulimit_is_refused() -> None:
+    with pytest.raises(GraphError, match="unknown ulimit 'files'"):
+        spec(ProcessSpec(SH, ulimits=(Rlimit("files", 1, 1),)))
