@@ -14,8 +14,9 @@ Mounts, as BuildKit makes them:
   finds it busy a fresh (seeded) directory of its own, removed after the RUN, ``shared``
   (the default) lets every shared user in;
 - tmpfs; secret (a file on the executor's private tmpfs, outside every layer, or an
-  environment variable); ssh (the session's agent socket, or a relay to the client's
-  agent over the session channel, workers/_ssh_relay.py).
+  environment variable); ssh (a socket of the worker's own, with the mount's owner and
+  mode, forwarding to the session's agent socket or relaying to the client's agent over
+  the session channel, workers/_ssh_relay.py).
 
 The executor (workers/_executor.py) resolves the user, creates the working directory and
 removes the mount-point stubs runc leaves, so they never reach the layer.
@@ -43,6 +44,7 @@ from scheduler._progress import EventSink, VertexLog
 from ._executor import ExecMountSpec, SecretFile, SshSocket
 from ._runtime import RuntimeBackend
 from ._spec import BindMount, ProcessSpec, TmpfsMount
+from ._ssh_relay import forwarding
 from ._users import path_in_root
 
 __all__ = ["run_exec"]
@@ -276,15 +278,19 @@ async def _secret(backend: RuntimeBackend, mount: ExecMount, out: _Prepared) -> 
 
 async def _ssh(backend: RuntimeBackend, mount: ExecMount, stack: AsyncExitStack,
                out: _Prepared) -> None:
-    """The agent socket of the mount's id: a host socket of an in-process build, else a
-    relay to the client's agent (workers/_ssh_relay.py) for the time of the RUN."""
+    """The agent socket of the mount's id, owned and moded as the mount asks, for the time
+    of the RUN: forwarding to a host socket of an in-process build, else relaying to the
+    client's agent (workers/_ssh_relay.py)."""
     ident = mount.ssh_id or "default"
-    socket = backend.session.ssh.get(ident)
+    host = backend.session.ssh.get(ident)
     agents = backend.session.ssh_agents
-    if socket is None and agents is not None and ident in agents.ids:
-        socket = await stack.enter_async_context(agents.listening(
-            ident, backend.runtime.tmp, mount.uid or 0, mount.gid or 0,
-            0o600 if mount.mode is None else mount.mode))
+    owner = (backend.runtime.tmp, mount.uid or 0, mount.gid or 0,
+             0o600 if mount.mode is None else mount.mode)
+    socket = None
+    if host is not None:
+        socket = await stack.enter_async_context(forwarding(host, *owner))
+    elif agents is not None and ident in agents.ids:
+        socket = await stack.enter_async_context(agents.listening(ident, *owner))
     if socket is None:
         if mount.required:
             raise SolveError(f"no ssh agent socket with id {mount.ssh_id!r} in the session",

@@ -12,6 +12,10 @@ that id by asks (docs/cluster.md)::
                                                   (b"": nothing yet; None: it hung up)
     ssh.close {"conn"}          -> None
 
+An in-process build's agent is a host socket: ``forwarding`` serves a socket of the same
+kind that passes each connection's bytes to it, so a RUN never sees the host's socket and
+gets the owner and mode its mount asks for.
+
 The client answers asks one at a time, so a read never waits long and is only asked
 while an answer is due: the ssh-agent protocol is request/response, each message a
 4-byte big-endian length and its body, so the relay counts the messages it passed to the
@@ -26,14 +30,14 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from scheduler._errors import ServiceError
 
-__all__ = ["ChannelSshAgents", "FrameCounter", "SshAsker", "socket_directory"]
+__all__ = ["ChannelSshAgents", "FrameCounter", "SshAsker", "forwarding", "socket_directory"]
 
 _CHUNK = 64 * 1024  # bytes read from the container at once
 _MAX_SOCKET_PATH = 100  # a unix socket path has at most 107 bytes (sun_path)
@@ -92,34 +96,10 @@ class ChannelSshAgents:
                         mode: int) -> AsyncIterator[Path]:
         """A socket relaying to agent ``ident`` while the context lasts (owned by
         ``uid``/``gid`` with ``mode``, as BuildKit makes it); its directory removed after."""
-        directory = socket_directory(scratch)
-        path = directory / "agent.sock"
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def connected(reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            tasks.add(task)
-            try:
-                await self._relay(ident, reader, writer)
-            finally:
-                tasks.discard(task)
-
-        try:
-            server = await asyncio.start_unix_server(connected, path=str(path))
-            directory.chmod(0o711)
-            if os.geteuid() == 0:
-                os.chown(path, uid, gid)
-            path.chmod(mode)
-            try:
-                yield path
-            finally:
-                server.close()
-                await _cancel(tasks)
-                await server.wait_closed()
-        finally:
-            await asyncio.to_thread(shutil.rmtree, directory, True)
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._relay(ident, reader, writer)
+        async with _serving(relay, scratch, uid, gid, mode) as path:
+            yield path
 
     async def _relay(self, ident: str, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
@@ -140,6 +120,90 @@ class ChannelSshAgents:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+_Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def _serving(handle: _Handler, scratch: Path, uid: int, gid: int, mode: int
+                   ) -> AsyncIterator[Path]:
+    """A unix socket of the worker's own (``uid``/``gid``, ``mode``) in a private directory
+    under ``scratch``, each connection served by ``handle``; closed, its connections
+    cancelled and its directory removed when the context ends."""
+    directory = socket_directory(scratch)
+    path = directory / "agent.sock"
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handle(reader, writer)
+        finally:
+            tasks.discard(task)
+
+    try:
+        server = await asyncio.start_unix_server(connected, path=str(path))
+        directory.chmod(0o711)
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+        path.chmod(mode)
+        try:
+            yield path
+        finally:
+            server.close()
+            await _cancel(tasks)
+            await server.wait_closed()
+    finally:
+        await asyncio.to_thread(shutil.rmtree, directory, True)
+
+
+@asynccontextmanager
+async def forwarding(socket: Path, scratch: Path, uid: int, gid: int, mode: int
+                     ) -> AsyncIterator[Path]:
+    """A socket forwarding each connection to the host socket ``socket`` (the agent of an
+    in-process build), so the RUN sees it owned by ``uid``/``gid`` with ``mode`` as
+    BuildKit makes it, and the host's own socket is never mounted into a container."""
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            agent_reader, agent_writer = await asyncio.open_unix_connection(str(socket))
+        except OSError:  # no agent there: the container sees its connection closed
+            await _close(writer)
+            return
+        try:
+            await _first_done(_copy(reader, agent_writer), _copy(agent_reader, writer))
+        finally:
+            await _close(agent_writer)
+            await _close(writer)
+    async with _serving(forward, scratch, uid, gid, mode) as path:
+        yield path
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(_CHUNK):
+        writer.write(data)
+        await writer.drain()
+
+
+async def _first_done(*jobs: Coroutine[Any, Any, None]) -> None:
+    """Run ``jobs`` until one ends (a side hung up), then cancel the others."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await task
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def _cancel(tasks: set[asyncio.Task[None]]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from engine_helpers import oci_config
 from support.leaks import files_containing
 from support.progress import Recorder
+from support.ssh_tools import copy_ssh_add, make_key
 
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._errors import UsageError
@@ -271,3 +274,42 @@ def test_ulimit_and_shm_size(tmp_path: Path, busybox_image: Any) -> None:
     assert _files(out) == {"nofile": "1062\n", "shm": "size=131072k\n"}
     out, _ = _build(tmp_path / "default", RESOURCES, busybox_image)
     assert _files(out)["shm"] == "size=65536k\n"
+
+
+# testSSHSocketParams, in process: the RUN's agent socket is the worker's own, with the
+# mount's owner and mode, forwarding to the host's agent (which it never sees).
+SSH_PARAMS = """\
+FROM BUSYBOX AS base
+COPY tools/ /
+RUN --mount=type=ssh,mode=741,uid=100,gid=102 mkdir /out \\
+ && stat -c "%u %g %f" $SSH_AUTH_SOCK > /out/stat && ssh-add -l > /out/listed
+FROM scratch
+COPY --from=base /out /
+"""
+
+
+def test_ssh_socket_params_in_process(tmp_path: Path, busybox_image: Any) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    copy_ssh_add(context)
+    key = make_key(tmp_path / "key", "in-process-key")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        subprocess.run(["ssh-add", str(key)], env={"SSH_AUTH_SOCK": str(sock)}, check=True,
+                       capture_output=True)
+        before = sock.stat()
+        out, _ = _build(tmp_path, SSH_PARAMS, busybox_image, ssh={"default": sock})
+        after = sock.stat()  # the host's socket untouched
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+    assert (out / "stat").read_text() == "100 102 c1e1\n"
+    assert "in-process-key (ED25519)" in (out / "listed").read_text()
+    assert (after.st_mode, after.st_uid, after.st_gid) == (
+        before.st_mode, before.st_uid, before.st_gid)
