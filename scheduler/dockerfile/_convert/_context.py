@@ -25,10 +25,10 @@ _MAX_HOSTNAME = 64  # Linux's HOST_NAME_MAX
 def check_sandbox_hostname(build_args: Mapping[str, str]) -> None:
     """A ``BUILDKIT_SANDBOX_HOSTNAME`` the kernel takes and /etc/hosts can hold."""
     name = build_args.get(SANDBOX_HOSTNAME_ARG, "")
-    if len(name) > _MAX_HOSTNAME or not all(c.isprintable() and not c.isspace()
-                                            for c in name):
+    if len(name.encode()) > _MAX_HOSTNAME or not all(c.isprintable() and not c.isspace()
+                                                     for c in name):
         raise UsageError(f"invalid {SANDBOX_HOSTNAME_ARG} {name!r}: a hostname is at most "
-                         f"{_MAX_HOSTNAME} characters, without spaces or control characters",
+                         f"{_MAX_HOSTNAME} bytes, without spaces or control characters",
                          hint=f"pass e.g. --build-arg {SANDBOX_HOSTNAME_ARG}=builder")
 
 _RULE_DOCS = {

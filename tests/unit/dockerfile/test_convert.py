@@ -448,7 +448,7 @@ def test_errors(dockerfile: str, options: dict[str, Any], location: str, message
     assert (caught.value.location, caught.value.message[:len(message)]) == (location, message)
 
 
-@pytest.mark.parametrize("name", ["has space", "a\nb", "x" * 65])
+@pytest.mark.parametrize("name", ["has space", "a\nb", "x" * 65, "é" * 33])
 def test_a_bad_sandbox_hostname_is_a_usage_error(name: str) -> None:
     with pytest.raises(UsageError, match="invalid BUILDKIT_SANDBOX_HOSTNAME"):
         build_graph(b"FROM alpine\nRUN x\n", platforms=[AMD64],
