@@ -43,9 +43,9 @@ from scheduler._reference import parse_reference
 __all__ = [
     "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
     "SshSpec", "insecure_registries", "parse_cache", "parse_epoch", "parse_insecure_registries",
-    "parse_output",
-    "parse_secret", "parse_shm_size", "parse_ssh", "parse_tag", "parse_ulimit", "read_session",
-    "read_token_file", "CacheCredentials", "SecretReader",
+    "parse_network", "parse_output", "parse_secret", "parse_shm_size", "parse_ssh",
+    "parse_tag", "parse_ulimit", "read_session", "read_token_file", "CacheCredentials",
+    "SecretReader",
 ]
 
 # --- one flag value each ----------------------------------------------------------------
@@ -339,6 +339,19 @@ def parse_shm_size(value: str | None) -> int:
     return size
 
 
+NETWORK_MODES = ("default", "none", "host")
+
+
+def parse_network(value: str | None) -> str:
+    """``--network``: the network of every RUN that names none (buildx's flag)."""
+    if value is None:
+        return "default"
+    if value not in NETWORK_MODES:
+        raise UsageError(f"invalid --network {value!r}",
+                         hint=f"use one of {', '.join(NETWORK_MODES)}")
+    return value
+
+
 def parse_progress(value: str) -> str:
     if value not in PROGRESS_MODES:
         raise UsageError(f"invalid --progress {value!r}: unknown progress mode",
@@ -551,7 +564,8 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
                          for v in getattr(args, "cache_from", None) or ()),
         allow=parse_entitlements(getattr(args, "allow", None) or ()),
         ulimits=tuple(parse_ulimit(u) for u in getattr(args, "ulimit", None) or ()),
-        shm_size=parse_shm_size(getattr(args, "shm_size", None)))
+        shm_size=parse_shm_size(getattr(args, "shm_size", None)),
+        network=parse_network(getattr(args, "network", None)))
 
 
 def _filename(option: str | None, context: str) -> str:

@@ -234,6 +234,8 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
         help="a resource limit of every RUN, e.g. nofile=1024:2048; repeatable")
     add("--shm-size", metavar="SIZE", help="the size of every RUN's /dev/shm (e.g. 128m)")
+    add("--network", metavar="MODE", help="default, none or host (needs --allow "
+        "network.host): the network of every RUN without --network")
     add("--allow", action="append", default=[], metavar="ENTITLEMENT",
         help="grant network.host (RUN --network=host) or security.insecure "
              "(RUN --security=insecure); repeatable")

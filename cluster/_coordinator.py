@@ -332,7 +332,7 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
                            target=options.target, build_args=dict(options.build_args),
                            allow=frozenset(options.allow),
                            ulimits=tuple(Ulimit(*limit) for limit in options.ulimits),
-                           shm_size=options.shm_size)
+                           shm_size=options.shm_size, network=options.network)
 
 
 async def _shielded(cleanup: Any) -> None:

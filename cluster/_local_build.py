@@ -69,6 +69,7 @@ class FrontendRequest:
     allow: frozenset[str] = frozenset()  # entitlements granted (scheduler/_entitlements.py)
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
+    network: str = "default"  # a RUN's network when it names none (--network)
 
 
 def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
@@ -76,7 +77,7 @@ def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
     return FrontendRequest(filename=options.filename, platforms=options.platforms,
                            target=options.target, build_args=options.build_args,
                            allow=frozenset(options.allow), ulimits=options.ulimits,
-                           shm_size=options.shm_size)
+                           shm_size=options.shm_size, network=options.network)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         build_graph, dockerfile, filename=request.filename, target=request.target,
         platforms=request.platforms, build_args=request.build_args,
         ignore_patterns=patterns, image_resolver=resolver, ulimits=request.ulimits,
-        shm_size=request.shm_size)
+        shm_size=request.shm_size, network=request.network)
     check_entitlements(frontend.graph, request.allow)
     return frontend.graph
 

@@ -106,6 +106,7 @@ class BuildOptions:
     allow: tuple[str, ...] = ()  # entitlements granted (--allow), scheduler/_entitlements.py
     ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: (name, soft, hard)
     shm_size: int = 0  # --shm-size in bytes (0: the default, 64 MiB)
+    network: str = "default"  # --network: a RUN's network when it names none
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -124,6 +125,7 @@ class BuildOptions:
             "cache_from": [spec.to_wire() for spec in self.cache_from],
             "allow": list(self.allow),
             "ulimits": [list(limit) for limit in self.ulimits], "shm_size": self.shm_size,
+            "network": self.network,
         }
 
     @classmethod
@@ -156,7 +158,7 @@ class BuildOptions:
             cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())),
             allow=tuple(str(a) for a in wire.get("allow", ())),
             ulimits=tuple((str(n), int(s), int(h)) for n, s, h in wire.get("ulimits", ())),
-            shm_size=int(wire.get("shm_size", 0)))
+            shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:

@@ -80,6 +80,7 @@ class LocalBuildOptions:
     allow: tuple[str, ...] = ()  # entitlements granted (--allow)
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
+    network: str = "default"  # a RUN's network when it names none (--network)
 
 
 def prepared(options: LocalBuildOptions) -> LocalBuildOptions:

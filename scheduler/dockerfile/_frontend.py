@@ -39,7 +39,8 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
                 platforms: Sequence[Platform] = (), build_args: Mapping[str, str] | None = None,
                 ignore_patterns: Sequence[str] = (), build_platform: Platform | None = None,
                 image_resolver: ImageResolver | None = None, check_only: bool = False,
-                ulimits: Sequence[Ulimit] = (), shm_size: int = 0) -> FrontendResult:
+                ulimits: Sequence[Ulimit] = (), shm_size: int = 0, network: str = "default"
+                ) -> FrontendResult:
     """Convert ``dockerfile`` for each of ``platforms`` (default: this machine's) into one
     graph holding one ImageResult per platform.  The build checks look at the stages the
     target needs; ``# check=error=true`` turns findings into a ``DockerfileError``.
@@ -56,7 +57,8 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
         filename=filename, escape=parsed.directives.escape,
         build_platform=build_platform or default_platform(), multi_platform=len(wanted) > 1,
         build_args=dict(build_args or {}), ignore_patterns=tuple(ignore_patterns),
-        resolver=image_resolver, target=target, ulimits=tuple(ulimits), shm_size=shm_size)
+        resolver=image_resolver, target=target, ulimits=tuple(ulimits), shm_size=shm_size,
+        network=network)
     graph, warnings, notices = convert(typed, options, wanted)
     report = run_checks(parsed, typed, target=target, all_stages=check_only,
                         extra=warnings, build_args=build_args)

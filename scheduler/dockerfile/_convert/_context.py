@@ -58,6 +58,7 @@ class BuildOptions:
     target: str | None
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm size in bytes (--shm-size; 0: the default)
+    network: str = "default"  # the network of a RUN without --network (the build's --network)
 
 
 @dataclass(slots=True)

@@ -53,7 +53,7 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     env = state.env()
     op = ExecOp(args=args, env=tuple(sorted(f"{k}={v}" for k, v in _run_env(env, command))),
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
-                network=command.network, security=command.security,
+                network=_network(conv, command), security=command.security,
                 hostname=conv.sandbox_hostname, proxy_env=conv.proxy_env(state),
                 ulimits=conv.options.ulimits, shm_size=conv.options.shm_size)
     name = prefix_command(state, uppercase_command(conv.display(label, _masked(env, command))),
@@ -62,6 +62,12 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     state.root = conv.sink.add(op, inputs.digests, name, state.platform,
                                location=conv.location(command.node))
     state.config.commit("RUN " + _history_args(state, args) + " # buildkit", layer=True)
+
+
+def _network(conv: Conversion, command: RunCommand) -> str:
+    """The RUN's ``--network``; without one (or ``default``), the build's ``--network``, as
+    BuildKit's force-network-mode sets the state every RUN inherits."""
+    return command.network if command.network != "default" else conv.options.network
 
 
 def _masked(env: dict[str, str], command: RunCommand) -> dict[str, str]:

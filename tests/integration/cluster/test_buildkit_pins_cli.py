@@ -121,3 +121,20 @@ def test_ulimit_and_shm_size(cli: Cli) -> None:  # testUlimit, testShmSize
     assert done.returncode == 0, done.stderr
     assert (out / "nofile").read_text() == "1062\n"
     assert (out / "shm").read_text() == "size=131072k\n"
+
+
+def test_build_network_for_every_run(cli: Cli) -> None:  # testRunGlobalNetwork
+    """--network=host is every RUN's network but one naming its own, and needs its
+    entitlement: the RUN on the host network sees the host's interfaces, the one with
+    --network=none only loopback."""
+    out = cli.work / "global-network-out"
+    dockerfile = ("FROM BUSYBOX AS base\nRUN mkdir /out && ls /sys/class/net | sort > /out/host\n"
+                  "RUN --network=none ls /sys/class/net > /out/none\n"
+                  "FROM scratch\nCOPY --from=base /out /\n")
+    denied = cli.build(dockerfile, "--network", "host")
+    assert "entitlement network.host is not allowed" in denied.stderr
+    done = cli.build(dockerfile, "--network", "host", "--allow", "network.host",
+                     "-o", f"type=local,dest={out}")
+    assert done.returncode == 0, done.stderr
+    assert (out / "host").read_text().split() == sorted(os.listdir("/sys/class/net"))
+    assert (out / "none").read_text() == "lo\n"

@@ -27,6 +27,7 @@ from cluster._build_options import (
     parse_cache,
     parse_epoch,
     parse_insecure_registries,
+    parse_network,
     parse_output,
     parse_platform_list,
     parse_progress,
@@ -554,3 +555,14 @@ def test_ulimit_and_shm_size_cross_the_wire(tmp_path: Path) -> None:
     earlier = {k: v for k, v in options.to_wire().items() if k not in ("ulimits", "shm_size")}
     assert (BuildOptions.from_wire(earlier).ulimits, BuildOptions.from_wire(earlier).shm_size
             ) == ((), 0)
+
+
+def test_network_crosses_the_wire(tmp_path: Path) -> None:
+    options = gather_options(_args(["--network", "host", str(tmp_path)]), ENV)
+    assert options.network == "host"
+    assert BuildOptions.from_wire(options.to_wire()) == options
+    earlier = {k: v for k, v in options.to_wire().items() if k != "network"}
+    assert BuildOptions.from_wire(earlier).network == "default"
+    assert parse_network(None) == "default"
+    with pytest.raises(UsageError, match="invalid --network 'bridge'"):
+        parse_network("bridge")

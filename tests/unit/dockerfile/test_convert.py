@@ -193,6 +193,11 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
          "run.ulimits": (Ulimit("nofile", 1062, 1062),), "run.shm_size": 1 << 27}),
     ("no-ulimit-no-shm-size", "FROM alpine\nRUN x\n", {}, {
         "run.ulimits": (), "run.shm_size": 0}),
+    # testRunGlobalNetwork: the build's --network is every RUN's unless it names its own
+    ("build-network-host", "FROM alpine\nRUN --network=none a\nRUN --network=default b\n",
+     {"network": "host"}, {"run.network": "host"}),
+    ("build-network-run-flag-wins", "FROM alpine\nRUN --network=none a\n",
+     {"network": "host"}, {"run.network": "none"}),
     ("unconsumed-build-arg", "FROM alpine\n", {"build_args": {"NOPE": "1"}}, {
         "warnings": [], "notices": ["One or more build-args [NOPE] were not consumed"]}),
     ("workdir-relative", "FROM alpine\nWORKDIR app\nWORKDIR sub\nRUN x\n", {}, {
