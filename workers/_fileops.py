@@ -31,7 +31,7 @@ from pathlib import Path
 from scheduler._errors import DockyardError, SolveError
 from scheduler._graph import Copy, FileAction, Mkdir, Mkfile, Rm, Symlink
 
-from ._archive import unpack_archive
+from ._archive import ArchiveBudget, ArchiveLimits, unpack_archive
 from ._copy import (
     CopyOptions,
     ModeFn,
@@ -41,6 +41,7 @@ from ._copy import (
     resolve_in_root,
     resolve_wildcards,
 )
+from ._disk import DISK_FULL_HINT, is_disk_full
 
 __all__ = ["UserDb", "apply_file_actions", "parse_chmod", "resolve_in_root"]
 
@@ -215,6 +216,15 @@ class _Context:
     target: Path
     inputs: Sequence[Path | None]
     user_db: UserDb | None
+    archive_limits: ArchiveLimits | None  # None: from the environment, when first needed
+    # What the archives ADD extracts expand to, over all of the op's actions (one ADD);
+    # made when the first archive is.
+    budget: ArchiveBudget | None = None
+
+    def archive_budget(self) -> ArchiveBudget:
+        if self.budget is None:
+            self.budget = ArchiveBudget(self.archive_limits or ArchiveLimits.from_env())
+        return self.budget
 
     def owner(self, chown: str) -> tuple[int, int] | None:
         if not chown:
@@ -301,7 +311,7 @@ def _copy(ctx: _Context, action: Copy) -> None:
     options = _copy_options(ctx, action)
     for match in matches:
         if action.attempt_unpack and unpack_archive(src_root, match, ctx.target, dest,
-                                                    options.owner):
+                                                    options.owner, ctx.archive_budget()):
             continue
         copy_tree(src_root, match, ctx.target, dest, options)
 
@@ -340,11 +350,13 @@ def _describe(action: FileAction) -> str:
 
 def apply_file_actions(actions: Sequence[FileAction], target: Path,
                        inputs: Sequence[Path | None], *,
-                       user_db: UserDb | None = None) -> None:
+                       user_db: UserDb | None = None,
+                       archive_limits: ArchiveLimits | None = None) -> None:
     """Apply ``actions`` in order to the rootfs ``target``, reading copies' sources from
     ``inputs``.  ``user_db`` resolves ``chown`` names (default: the target's own
-    /etc/passwd and /etc/group, read when first needed)."""
-    ctx = _Context(target, inputs, user_db)
+    /etc/passwd and /etc/group, read when first needed); ``archive_limits`` bound what
+    ADD's archives expand to (default: from the environment, ``DOCKYARD_ADD_MAX``)."""
+    ctx = _Context(target, inputs, user_db, archive_limits)
     for action in actions:
         try:
             _HANDLERS[type(action)](ctx, action)
@@ -353,7 +365,8 @@ def apply_file_actions(actions: Sequence[FileAction], target: Path,
         except OSError as err:
             where = _strip_roots(str(err.filename2 or err.filename or ""), target, inputs)
             raise SolveError(f"{_describe(action)}: {where + ': ' if where else ''}"
-                             f"{err.strerror or err}") from None
+                             f"{err.strerror or err}",
+                             hint=DISK_FULL_HINT if is_disk_full(err) else None) from None
 
 
 def _strip_roots(path: str, target: Path, inputs: Sequence[Path | None]) -> str:
