@@ -177,7 +177,8 @@ _OS_HINTS: Final = {
     errno.ENAMETOOLONG: "names are limited to 255 bytes a component and 4096 a path; "
                         "rebuild the archive with shorter names",
     errno.ELOOP: "the archive's symlinks form a loop; fix them in the archive",
-    errno.ENOTDIR: "an entry of the archive stands where it has a directory",
+    errno.ENOTDIR: "a file (of the archive or already in the destination) stands where "
+                   "the entry needs a directory; fix the archive or the destination",
 }
 
 
@@ -256,7 +257,7 @@ class _Extractor:
             here = here.parent
         if not os.path.isdir(here):
             inside = "/" + str(here.relative_to(self.root))
-            raise self._error(name, f": {inside!r} is not a directory",
+            raise self._error(name, f": {_shown(inside)} is not a directory",
                               _OS_HINTS[errno.ENOTDIR])
         for directory in reversed(missing):
             os.mkdir(directory, 0o755)
