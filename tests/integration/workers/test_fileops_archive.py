@@ -18,7 +18,7 @@ import pytest
 import zstandard
 from workers_helpers import tree_listing
 
-from scheduler._errors import LayerError
+from scheduler._errors import LayerError, SolveError
 from scheduler._graph import Copy
 from workers._archive import LARGE_WRITE, ArchiveLimits
 from workers._disk import DISK_FULL_HINT
@@ -385,3 +385,16 @@ def test_a_full_disk_is_a_layer_error_with_a_hint_that_fits(
         apply_file_actions([Copy(1, "/two.tar", "/", attempt_unpack=True)], small_disk,
                            [small_disk, context], archive_limits=limits)
     assert (caught.value.message, caught.value.hint) == (message, DISK_FULL_HINT)
+
+
+def test_a_file_added_onto_a_full_disk_gets_the_disk_full_hint(tmp_path: Path,
+                                                               small_disk: Path) -> None:
+    """A file that is no archive is copied; the copy's ENOSPC says what to do too."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "two.bin").write_bytes(b"\1" * (2 << 20))
+    with pytest.raises(SolveError) as caught:
+        apply_file_actions([Copy(1, "/two.bin", "/", attempt_unpack=True)], small_disk,
+                           [small_disk, context])
+    assert caught.value.message == "copy /two.bin -> /: No space left on device"
+    assert caught.value.hint == DISK_FULL_HINT
