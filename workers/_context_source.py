@@ -409,12 +409,16 @@ def _place(source: Path, target: Path, entry: ContextEntry, times: bool = True) 
         if times:
             _same_times(source, target)  # the link's own times (utime without following)
     elif stat.S_ISREG(entry.mode):
-        shutil.copyfile(source, target, follow_symlinks=False)
+        if entry.size:
+            shutil.copyfile(source, target, follow_symlinks=False)
+        else:  # never opened: it may be a socket or a device, sent empty (as_sent)
+            target.touch(exist_ok=False)
         os.lchown(target, 0, 0)
         os.chmod(target, stat.S_IMODE(entry.mode))
         if times:
             _same_times(source, target)
-    # sockets, fifos and devices are not sent, as BuildKit's client does
+    # a fifo is listed but not sent, as BuildKit's client does (sockets and devices come
+    # as empty files: _context_walk.as_sent)
 
 
 def _finish_dir(source: Path, target: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -378,3 +379,38 @@ def test_a_literal_parents_path_must_exist(tmp_path: Path, selector: Selector,
             assert str(found).startswith("sha256:")
         else:
             assert found[0] == "error" and found[1].startswith(error)
+
+
+def _make_specials(root: Path) -> None:
+    """A socket (0755), a character and a block device (0600, 0640) and a fifo (0640)."""
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(root / "sock"))
+    os.chmod(root / "sock", 0o755)
+    os.mknod(root / "dev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(root / "sub" / "blk", 0o640 | stat.S_IFBLK, os.makedev(7, 0))
+    os.mkfifo(root / "fifo", 0o640)
+
+
+def test_sockets_and_devices_are_sent_as_empty_files_and_a_fifo_is_left_out(
+        tmp_path: Path) -> None:
+    """What the BuildKit 20.10 oracle makes of ``COPY . /c/`` over such a context: the
+    socket and both devices as empty regular files with their permission bits, no fifo;
+    from the directory and from its manifest alike, nothing of them ever read."""
+    root = make_tree(tmp_path / "ctx", ["a.txt", "sub/"])
+    _make_specials(root)
+    local, remote = both(root, ContextStore(tmp_path / "worker"), [])
+    reader = ServerReader(ContextServer(root, remote.manifest))
+    asyncio.run(remote.ensure_local(reader))
+    assert reader.bytes == len("a.txt") and remote.checksum() == local.checksum()
+    for context, name in ((local, "local"), (remote, "remote")):
+        (tmp_path / name).mkdir()
+        context.materialise(tmp_path / name)
+        tree = {path: (oct(mode), body) for path, (mode, _, _, _, body)
+                in _tree_of(tmp_path / name).items()}
+        assert tree == {"a.txt": ("0o100644", b"a.txt"), "sub": ("0o40755", None),
+                        "sub/blk": ("0o100640", b""), "dev": ("0o100600", b""),
+                        "sock": ("0o100755", b"")}, name
+    plain = make_tree(tmp_path / "plain", ["dev=", "dev:0o600"])
+    as_file, _ = both(plain, ContextStore(tmp_path / "worker2"), [])
+    assert remote.selector_checksum(Selector("/dev")) == \
+        as_file.selector_checksum(Selector("/dev"))  # the key reads what is sent
