@@ -333,7 +333,7 @@ class ManifestContext(_TreeContext):
                                  "is not on this worker", hint="fetch it first "
                                  "(ensure_local); this is a bug in dockyard")
             _place(source, target, entry, times=False)
-        elif entry.is_dir or entry.is_symlink:
+        elif entry.is_dir or entry.is_symlink or stat.S_ISFIFO(entry.mode):
             _place(target, target, entry, times=False)
         else:
             return
@@ -408,6 +408,12 @@ def _place(source: Path, target: Path, entry: ContextEntry, times: bool = True) 
         os.lchown(target, 0, 0)
         if times:
             _same_times(source, target)  # the link's own times (utime without following)
+    elif stat.S_ISFIFO(entry.mode):
+        os.mkfifo(target)  # listed and made, as BuildKit's receiver does; COPY skips it
+        os.lchown(target, 0, 0)
+        os.chmod(target, stat.S_IMODE(entry.mode))
+        if times:
+            _same_times(source, target)
     elif stat.S_ISREG(entry.mode):
         if entry.size:
             shutil.copyfile(source, target, follow_symlinks=False)
@@ -417,8 +423,7 @@ def _place(source: Path, target: Path, entry: ContextEntry, times: bool = True) 
         os.chmod(target, stat.S_IMODE(entry.mode))
         if times:
             _same_times(source, target)
-    # a fifo is listed but not sent, as BuildKit's client does (sockets and devices come
-    # as empty files: _context_walk.as_sent)
+    # sockets and devices come as empty files (_context_walk.as_sent)
 
 
 def _finish_dir(source: Path, target: Path) -> None:

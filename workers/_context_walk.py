@@ -16,9 +16,10 @@ BuildKit's rules, kept here:
   under the directory; Docker 20.10 ignored glob exceptions there, a bug since fixed);
   it is listed only when something under it is, just before that entry;
 - a socket or a device node is listed as what BuildKit's client sends of it: an empty
-  regular file with its permission bits (``as_sent``); a fifo is listed as it is, and
-  never materialised, so ``COPY .`` leaves it out (the BuildKit 20.10 oracle, checked
-  with a socket, a character and a block device, and a fifo in the context).
+  regular file with its permission bits (``as_sent``); a fifo is listed and made as it
+  is, and COPY skips it, so ``COPY .`` leaves it out and ``COPY fifo /d/`` makes only
+  ``/d`` (the BuildKit 20.10 oracle, checked with a socket, a character and a block
+  device, and a fifo in the context).
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ Behaviour, as fsutil does it:
 
 - the source top is followed when ``follow_symlinks`` (else only its parent directory);
   inside a tree symlinks are copied as symlinks, hardlinks within one source as
-  hardlinks, devices/fifos recreated, xattrs copied (errors ignored, as BuildKit logs them);
+  hardlinks, devices recreated, xattrs copied (errors ignored, as BuildKit logs them);
+  fifos and sockets are skipped, an existing file in their place removed (fsutil's
+  "unsupported mode" with a nil error: BuildKit 20.10 leaves a stage's fifo out of
+  ``COPY --from``, checked with the oracle);
 - a directory source with ``copy_dir_contents`` copies its entries into the destination,
   else the directory itself when the destination exists; a file source lands inside an
   existing destination directory (``stat``, so a symlink to a directory counts);
@@ -248,6 +251,8 @@ class _Copier:
             if not include:
                 return
             _ensure_file_target(dst, self.root)
+            if stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+                return  # fsutil copies neither (its "unsupported mode" error is nil)
         copy_info = include
         if stat.S_ISDIR(info.st_mode):
             created = self._copy_directory(src, rel, dst, info, overwrite_meta, include)
@@ -305,8 +310,7 @@ class _Copier:
             self._copy_regular(src, dst, info)
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(src), dst)
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) \
-                or stat.S_ISSOCK(mode):
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             os.mknod(dst, mode, info.st_rdev)
 
     def _copy_regular(self, src: Path, dst: Path, info: os.stat_result) -> None:

@@ -393,9 +393,9 @@ def _make_specials(root: Path) -> None:
 
 def test_sockets_and_devices_are_sent_as_empty_files_and_a_fifo_is_left_out(
         tmp_path: Path) -> None:
-    """What the BuildKit 20.10 oracle makes of ``COPY . /c/`` over such a context: the
-    socket and both devices as empty regular files with their permission bits, no fifo;
-    from the directory and from its manifest alike, nothing of them ever read."""
+    """What BuildKit 20.10's client sends of such a context: the socket and both devices
+    as empty regular files with their permission bits, the fifo as a fifo (which COPY
+    skips); from the directory and from its manifest alike, nothing of them ever read."""
     root = make_tree(tmp_path / "ctx", ["a.txt", "sub/"])
     _make_specials(root)
     local, remote = both(root, ContextStore(tmp_path / "worker"), [])
@@ -409,7 +409,7 @@ def test_sockets_and_devices_are_sent_as_empty_files_and_a_fifo_is_left_out(
                 in _tree_of(tmp_path / name).items()}
         assert tree == {"a.txt": ("0o100644", b"a.txt"), "sub": ("0o40755", None),
                         "sub/blk": ("0o100640", b""), "dev": ("0o100600", b""),
-                        "sock": ("0o100755", b"")}, name
+                        "sock": ("0o100755", b""), "fifo": ("0o10640", None)}, name
     plain = make_tree(tmp_path / "plain", ["dev=", "dev:0o600"])
     as_file, _ = both(plain, ContextStore(tmp_path / "worker2"), [])
     assert remote.selector_checksum(Selector("/dev")) == \
