@@ -15,11 +15,13 @@ BuildKit's rules, kept here:
   under it (current fsutil's rule: any exception with a glob character, or a literal one
   under the directory; Docker 20.10 ignored glob exceptions there, a bug since fixed);
   it is listed only when something under it is, just before that entry;
-- a socket or a device node is listed as what BuildKit's client sends of it: an empty
-  regular file with its permission bits (``as_sent``); a fifo is listed and made as it
-  is, and COPY skips it, so ``COPY .`` leaves it out and ``COPY fifo /d/`` makes only
-  ``/d`` (the BuildKit 20.10 oracle, checked with a socket, a character and a block
-  device, and a fifo in the context).
+- a socket or a device node is listed as an empty regular file with its permission
+  bits (``as_sent``); a fifo is listed and made as it is, and COPY skips it.  What COPY
+  makes of them is BuildKit's (the 20.10 oracle, recorded in the conformance case
+  context-specials): BuildKit's receiver makes the socket an empty file too, and keeps a
+  device as a device, which its COPY turns into an empty file (workers/_copy.py).  So
+  only a ``RUN --mount=type=bind`` of the context tells the difference: there BuildKit
+  shows the device node, dockyard an empty file (a manifest carries no device numbers).
 """
 
 from __future__ import annotations
@@ -238,7 +240,7 @@ def _entry(entry: os.DirEntry[str], path: str) -> ContextEntry | None:
 
 
 def as_sent(mode: int) -> int:
-    """The ``st_mode`` a context entry is sent with: a socket or a device becomes an
+    """The ``st_mode`` a context entry is listed with: a socket or a device becomes an
     empty regular file with the same permission bits (its content is never read)."""
     if stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return stat.S_IFREG | stat.S_IMODE(mode)

@@ -9,10 +9,11 @@ Behaviour, as fsutil does it:
 
 - the source top is followed when ``follow_symlinks`` (else only its parent directory);
   inside a tree symlinks are copied as symlinks, hardlinks within one source as
-  hardlinks, devices recreated, xattrs copied (errors ignored, as BuildKit logs them);
-  fifos and sockets are skipped, an existing file in their place removed (fsutil's
-  "unsupported mode" with a nil error: BuildKit 20.10 leaves a stage's fifo out of
-  ``COPY --from``, checked with the oracle);
+  hardlinks, xattrs copied (errors ignored, as BuildKit logs them); a device node
+  becomes an empty regular file with its permission bits (fsutil's copyDevice hands
+  mknod a Go FileMode, whose type bits are not S_IFCHR/S_IFBLK); fifos and sockets are
+  skipped, an existing file in their place removed (fsutil's "unsupported mode" with a
+  nil error) -- all three checked with the BuildKit 20.10 oracle;
 - a directory source with ``copy_dir_contents`` copies its entries into the destination,
   else the directory itself when the destination exists; a file source lands inside an
   existing destination directory (``stat``, so a symlink to a directory counts);
@@ -311,7 +312,9 @@ class _Copier:
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(src), dst)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            os.mknod(dst, mode, info.st_rdev)
+            # fsutil's copyDevice passes Go's FileMode to mknod: no S_IFMT type bits, so
+            # the kernel makes an empty regular file (BuildKit 20.10, oracle-recorded)
+            os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
     def _copy_regular(self, src: Path, dst: Path, info: os.stat_result) -> None:
         key = (info.st_dev, info.st_ino)

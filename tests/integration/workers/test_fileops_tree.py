@@ -271,18 +271,21 @@ def test_chown_reads_the_target_passwd_not_the_host(tmp_path: Path) -> None:
     assert (os.lstat(target / "o").st_uid, os.lstat(target / "o").st_gid) == (4242, 4343)
 
 
-def test_fifos_and_sockets_are_not_copied(tmp_path: Path) -> None:
+def test_fifos_and_sockets_are_not_copied_and_devices_become_empty_files(
+        tmp_path: Path) -> None:
     """fsutil skips a fifo or a socket (BuildKit 20.10 leaves a stage's fifo out of
     ``COPY --from``): not in a tree, and alone only its destination directory is made
-    (an existing file in its place is removed first, as fsutil does)."""
+    (an existing file in its place is removed first, as fsutil does); a device node is
+    copied as an empty regular file with its permission bits."""
     source = make_tree(tmp_path / "stage", ["d x 755 0:0", "f x/a 644 0:0 a"])
     os.mkfifo(source / "x" / "f", 0o640)
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(source / "x" / "s"))
     os.mkfifo(source / "g", 0o600)
-    os.mknod(source / "x" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(source / "x" / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chmod(source / "x" / "null", 0o620)
     target = make_tree(target_root(tmp_path), ["d n 755 0:0", "f n/g 644 0:0 old"])
     apply_file_actions([Copy(1, "/x", "/y"), Copy(1, "/g", "/n/")], target, [target, source])
-    listing = tree_listing(target, BASE | {"/y/null"})
-    assert listing == ["d /n 755 0:0", "d /y 755 0:0", "f /y/a 644 0:0 1"]
-    assert stat.S_ISCHR(os.lstat(target / "y" / "null").st_mode)  # devices are recreated
+    assert tree_listing(target, BASE) == ["d /n 755 0:0", "d /y 755 0:0",
+                                          "f /y/a 644 0:0 1", "f /y/null 620 0:0 0"]
+    assert stat.S_ISREG(os.lstat(target / "y" / "null").st_mode)
