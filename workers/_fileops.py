@@ -37,6 +37,7 @@ from ._copy import (
     ModeFn,
     absolute,
     copy_tree,
+    has_wildcard,
     make_dirs,
     resolve_in_root,
     resolve_wildcards,
@@ -104,6 +105,11 @@ def _id(text: str) -> int | None:
 
 _CLASS = {"u": 0o4700, "g": 0o2070, "o": 0o0007, "a": 0o6777}
 _SHIFT = {"u": 6, "g": 3, "o": 0}
+
+
+def octal_chmod(text: str) -> int | None:
+    """``--chmod``'s value when it is an octal mode (checked by ``parse_chmod``)."""
+    return int(text, 8) if text.isdigit() and set(text) <= set("01234567") else None
 
 
 def parse_chmod(text: str) -> ModeFn | None:
@@ -303,6 +309,8 @@ def _copy(ctx: _Context, action: Copy) -> None:
     src, dest = _clean_path(action.src_path), _clean_path(action.dest_path)
     if not action.create_dest_path:
         _require_parent(ctx.target, dest)
+    if action.parents:
+        _require_literal_includes(src_root, src, action.include)
     matches = [src]
     if action.allow_wildcard:
         matches = resolve_wildcards(src_root, src, follow_symlinks=action.follow_symlinks)
@@ -316,6 +324,19 @@ def _copy(ctx: _Context, action: Copy) -> None:
         copy_tree(src_root, match, ctx.target, dest, options)
 
 
+def _require_literal_includes(src_root: Path, src: str, include: Sequence[str]) -> None:
+    """``--parents``: a source path without a wildcard must exist (BuildKit's
+    RequiredPaths; testCopyParentsMissingDirectory), where one with a wildcard may match
+    nothing.  The include patterns are the source paths below the pivot."""
+    for pattern in include:
+        if has_wildcard(pattern):
+            continue
+        full = posixpath.join(src, pattern)
+        if not os.path.lexists(resolve_in_root(src_root, full, follow_final=False)):
+            raise SolveError(f'"{absolute(full)}": not found',
+                             hint="check the path exists in the source stage or image")
+
+
 def _require_parent(root: Path, dest: str) -> None:
     parent = resolve_in_root(root, dest).parent
     if not os.path.lexists(parent):
@@ -326,6 +347,7 @@ def _require_parent(root: Path, dest: str) -> None:
 def _copy_options(ctx: _Context, action: Copy) -> CopyOptions:
     return CopyOptions(
         owner=ctx.owner(action.chown), mode=parse_chmod(action.chmod),
+        parents_mode=octal_chmod(action.chmod),
         copy_dir_contents=action.copy_dir_contents, follow_symlinks=action.follow_symlinks,
         include=action.include, exclude=action.exclude,
         always_replace_existing=action.always_replace_existing)

@@ -45,6 +45,7 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     mounts = [root_mount, *extra]
     mounts += [_mount(conv, state, command, m, inputs, sources) for m in command.mounts]
     env = state.env()
+    _refuse_nul(conv, command, args, env)
     op = ExecOp(args=args, env=tuple(sorted(f"{k}={v}" for k, v in _run_env(env, command))),
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
                 network=command.network, security=command.security,
@@ -55,6 +56,22 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     state.root = conv.sink.add(op, inputs.digests, name, state.platform,
                                location=conv.location(command.node))
     state.config.commit("RUN " + _history_args(state, args) + " # buildkit", layer=True)
+
+
+def _refuse_nul(conv: Conversion, command: RunCommand, args: tuple[str, ...],
+                env: dict[str, str]) -> None:
+    """A NUL byte cannot cross execve (it ends a C string): BuildKit passes it on and the
+    RUN fails in the runtime (``exec: invalid argument``); we refuse it at the line."""
+    if any("\0" in arg for arg in args):
+        raise command.node.error("RUN holds a NUL byte, which a command line cannot carry",
+                                 conv.filename, at="\0",
+                                 hint="remove the NUL byte (\\0) from the instruction")
+    named = sorted(key for key, value in env.items() if "\0" in key + value)
+    if named:
+        raise command.node.error(
+            f"RUN's environment variable {named[0]} holds a NUL byte, which a process "
+            "environment cannot carry", conv.filename,
+            hint="remove the NUL byte (\\0) from the ENV or ARG that sets it")
 
 
 def _run_env(env: dict[str, str], command: RunCommand) -> list[tuple[str, str]]:

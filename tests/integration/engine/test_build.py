@@ -289,3 +289,20 @@ def test_a_sparse_archive_is_refused_at_its_add_line(tmp_path: Path) -> None:
     assert str(caught.value).splitlines()[0] == (
         "Dockerfile:2:1 [1/1] ADD big.tar.gz /dst/: ADD /big.tar.gz: archive entry 'big': "
         "unhandled tar header type 83")
+
+
+def test_two_failing_parallel_stages_end_on_the_same_error_every_time(
+        tmp_path: Path, busybox_image: Any) -> None:
+    """Stages ``a`` and ``b`` both fail at once: every build ends on ``a``'s error, the
+    first failure in graph order (BuildKit's is whichever fails first in time)."""
+    base = busybox_image.reference
+    dockerfile = (f"FROM {base} AS a\nRUN exit 3\nFROM {base} AS b\nRUN exit 4\n"
+                  f"FROM {base}\nCOPY --from=a /etc/hostname /a\n"
+                  "COPY --from=b /etc/hostname /b\n")
+    ended: list[tuple[str, int]] = []
+    for attempt in range(12):
+        with pytest.raises(ExecError) as caught:
+            _build(dockerfile, _context(tmp_path / str(attempt)),
+                   _options(tmp_path / "root", tmp_path / "o"))
+        ended.append((caught.value.vertex, caught.value.exit_code))
+    assert ended == [("[a 2/2] RUN exit 3", 3)] * 12
