@@ -28,7 +28,7 @@ def expand(word: str, env: Mapping[str, str], *, escape: str, node: Node,
     try:
         result = shell.Lexer(escape).expand(word, env)
     except DockyardError as err:
-        raise node.error(err.message, filename, at=word) from err
+        raise node.error(err.message, filename, at=word, hint=err.hint) from err
     return Expansion(result.result, result.words, result.matched, result.unmatched)
 
 
@@ -38,7 +38,7 @@ def expand_heredoc(body: str, env: Mapping[str, str], *, node: Node, filename: s
     try:
         return shell.Lexer("\\", skip_process_quotes=True).expand(body, env).result
     except DockyardError as err:
-        raise node.error(err.message, filename) from err
+        raise node.error(err.message, filename, hint=err.hint) from err
 
 
 def expand_display(text: str, env: Mapping[str, str], *, escape: str) -> str:
