@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from .._errors import DockerfileError
 from ._goquote import go_quote
 
-__all__ = ["Expansion", "Lexer", "process_word", "process_words"]
+__all__ = ["MAX_WORD_SIZE", "Expansion", "Lexer", "process_word", "process_words"]
 
 _EOF = ""
 _ESCAPE_TOKENS = ("\\", "`")
