@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from .._errors import DockerfileError
 from ._ast import Directives, Heredoc, Node, ParseResult
-from ._goquote import go_quote
+from ._goquote import quote_shown
 from ._suggest import closest
 
 __all__ = ["INSTRUCTIONS", "MAX_LINE_BYTES", "parse"]
@@ -286,7 +286,7 @@ def _name_values(rest: str, escape: str, keyword: str) -> _Args:
     pairs: list[str] = []
     for word in words:
         if "=" not in word:
-            raise _SourceError(f"Syntax error - can't find = in {go_quote(word)}. "
+            raise _SourceError(f"Syntax error - can't find = in {quote_shown(word)}. "
                                "Must be of the form: name=value", at=word)
         key, value = word.split("=", 1)
         if not key:
@@ -609,7 +609,7 @@ def _heredoc_from_word(word: str) -> Heredoc | None:
             return None
         quoted = _shell_words(rest, raw_quotes=True, raw_escapes=False)
     except _LexError as exc:
-        raise _SourceError(f"failed to process {go_quote(rest)}: {exc}", at=word) from None
+        raise _SourceError(f"failed to process {quote_shown(rest)}: {exc}", at=word) from None
     expand = _quote_count(plain[0]) == _quote_count(quoted[0])
     return Heredoc(name=plain[0], content="", expand=expand, chomp=chomp,
                    file_descriptor=int(fd) if fd else None)

@@ -61,7 +61,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .._errors import DockerfileError
-from ._goquote import go_quote
+from ._goquote import quote_shown
 
 __all__ = ["MAX_WORD_SIZE", "Expansion", "Lexer", "process_word", "process_words"]
 
@@ -81,8 +81,6 @@ _MAX_DEPTH = 64
 # word is built from (the word, each ${...} inside it, a ${v//p/r} replacement) is held to
 # it as it grows, so no word costs more than a few times this much work.
 MAX_WORD_SIZE = 256 * 1024
-# A word longer than this is shown cut short in error messages.
-_SHOWN_WORD = 120
 # Pattern-matching steps (one thread advanced over one character) allowed in one word.
 # A search costs at most len(value) * (len(pattern) + 1) steps, so no real Dockerfile
 # comes near; the limit only stops ${v//p/r} on huge values from stalling the frontend.
@@ -142,11 +140,11 @@ class Lexer:
         try:
             result, words = state.run()
         except DockerfileError as exc:
-            raise DockerfileError(f"failed to process {_shown(word)}: {exc.message}",
+            raise DockerfileError(f"failed to process {quote_shown(word)}: {exc.message}",
                                   hint=exc.hint) from None
         except RecursionError:
             message = "expansion nested too deeply"
-            raise DockerfileError(f"failed to process {_shown(word)}: {message}") from None
+            raise DockerfileError(f"failed to process {quote_shown(word)}: {message}") from None
         return Expansion(result, tuple(words), frozenset(state.matched),
                          frozenset(state.unmatched))
 
@@ -167,13 +165,6 @@ def process_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
 def process_words(word: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:
     """Expand ``word`` and split it into words as BuildKit's ``ProcessWords`` does."""
     return Lexer(escape).process_words(word, env)
-
-
-def _shown(word: str) -> str:
-    """``word`` quoted as Go's %q does; a long word cut short, with its length."""
-    if len(word) <= _SHOWN_WORD:
-        return go_quote(word)
-    return f"{go_quote(word[:_SHOWN_WORD])}... ({len(word)} characters)"
 
 
 @functools.cache

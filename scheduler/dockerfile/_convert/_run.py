@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Mapping
 
 from ..._graph import ExecMount, ExecOp, FileOp, Mkfile
 from .._ast import Heredoc
@@ -49,7 +50,8 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
                 network=command.network, security=command.security,
                 proxy_env=conv.proxy_env(state))
-    name = prefix_command(state, uppercase_command(conv.display(label, env)),
+    conv.charge(sum(map(len, op.env)), command.node, env, env)
+    name = prefix_command(state, uppercase_command(conv.display(label, env, command.node)),
                           multi_platform=conv.options.multi_platform,
                           platform=state.platform, target=conv.target_of(state))
     state.root = conv.sink.add(op, inputs.digests, name, state.platform,
@@ -57,7 +59,7 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     state.config.commit("RUN " + _history_args(state, args) + " # buildkit", layer=True)
 
 
-def _run_env(env: dict[str, str], command: RunCommand) -> list[tuple[str, str]]:
+def _run_env(env: Mapping[str, str], command: RunCommand) -> list[tuple[str, str]]:
     """The RUN's environment: as BuildKit's llb exec, ``SSH_AUTH_SOCK`` is the first ssh
     mount's target, as written (a relative one stays relative: the socket itself is
     placed under the working directory), unless the stage already sets it."""
