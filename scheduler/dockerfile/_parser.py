@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from .._errors import DockerfileError
 from ._ast import Directives, Heredoc, Node, ParseResult
 from ._goquote import quote_shown
+from ._interrupt import checkpoint
 from ._suggest import closest
 
 __all__ = ["INSTRUCTIONS", "MAX_LINE_BYTES", "parse"]
@@ -653,6 +654,7 @@ class _Parser:
 
     def _nodes(self) -> Iterator[Node]:
         while self.index < len(self.lines):
+            checkpoint()
             logical = self._logical()
             if logical is not None:
                 yield self._with_heredocs(self._node(logical))

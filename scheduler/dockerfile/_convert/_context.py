@@ -11,6 +11,7 @@ from ..._errors import DockyardError
 from ..._graph import SourceOp
 from ..._platform import Platform, parse_platform
 from .._ast import CheckWarning, Node
+from .._interrupt import checkpoint
 from ._expand import NON_ENV_ARGS, Expansion, expand, expand_display
 from ._model import ImageResolver
 from ._proxy import PROXY_ARGS
@@ -88,6 +89,7 @@ class Conversion:
         return f"{self.filename}:{node.start_line}:{node.column}"
 
     def expand(self, word: str, env: Mapping[str, str], node: Node) -> Expansion:
+        checkpoint()
         expansion = expand(word, env, escape=self.options.escape, node=node,
                            filename=self.filename)
         self.charge(len(expansion.result), node, env, expansion.matched)
