@@ -180,7 +180,8 @@ _DOUBLE_QUOTED_RUN = {escape: re.compile('[^"$' + re.escape(escape) + "]+")
 
 
 class _Cursor:
-    """Reads a word one character at a time; ``_EOF`` ("") past the end.
+    """Reads a word a character (or a run of plain text) at a time; ``_EOF`` ("") past
+    the end.
 
     Like Go's text/scanner, a byte-order mark at the very start is skipped.
     """
