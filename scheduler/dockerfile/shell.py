@@ -111,7 +111,9 @@ class Lexer:
     ``raw_quotes`` keeps quote characters in the output, ``raw_escapes`` keeps escape
     characters, ``skip_process_quotes`` treats quotes as ordinary characters, and
     ``skip_unset_env`` leaves a reference to an unset variable as written (``$v``,
-    ``${v}``, ``${v:-w}``...).  A ``Lexer`` holds no per-word state: it is safe to share.
+    ``${v}``, ``${v:-w}``...).  ``max_size`` bounds each expanded word (a heredoc body,
+    many lines long, is given more).  A ``Lexer`` holds no per-word state: it is safe to
+    share.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Lexer:
         raw_escapes: bool = False,
         skip_process_quotes: bool = False,
         skip_unset_env: bool = False,
+        max_size: int = MAX_WORD_SIZE,
     ) -> None:
         if escape not in _ESCAPE_TOKENS:
             raise DockerfileError(f"invalid escape token '{escape}' does not match ` or \\")
@@ -130,6 +133,7 @@ class Lexer:
         self.raw_escapes = raw_escapes
         self.skip_process_quotes = skip_process_quotes
         self.skip_unset_env = skip_unset_env
+        self.max_size = max_size
 
     def __repr__(self) -> str:
         return f"Lexer(escape={self.escape!r})"
@@ -268,7 +272,7 @@ class _Expander:
         self._env = env
         self._raw_escapes = lexer.raw_escapes  # changes inside ${v#p}, ${v%p}, ${v/p/r}
         self._depth = 0  # how many ${...} enclose the current position
-        self._budget = _Budget(_MATCH_STEP_LIMIT, MAX_WORD_SIZE)  # shared by the word
+        self._budget = _Budget(_MATCH_STEP_LIMIT, lexer.max_size)  # shared by the word
         self.matched: set[str] = set()
         self.unmatched: set[str] = set()
 

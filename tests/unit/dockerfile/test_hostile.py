@@ -91,6 +91,14 @@ CASES: list[Hostile] = [
     Hostile("10,000 nested ${a:-...} in an expanded heredoc body",
             "FROM scratch\nCOPY <<EOF /x\n" + NEST + "\nEOF\n",
             'failed to process "${a:-${a:-', 2, buildkit="writes x"),
+    Hostile("a COPY heredoc of 400 KB, expanded: a body may hold more than a word",
+            "FROM scratch\nARG A=a\nCOPY <<EOF /x\n" + ("$A" + "y" * 49_998 + "\n") * 8
+            + "EOF\n", None, buildkit="builds"),
+    Hostile("a COPY heredoc that grows by more than 256 KiB",
+            "FROM scratch\nARG A\nCOPY <<EOF /x\n" + "$A$A\n" * 3 + "EOF\n",
+            'failed to process "$A$A\\n$A$A\\n$A$A\\n": the expanded word would be longer '
+            f"than {MAX_WORD_SIZE + 15} characters ($A alone is 50000 characters)", 3,
+            build_args={"A": "z" * 50_000}, buildkit="builds"),
     Hostile("10,000 nested ${a:-...} in RUN: never expanded, only named",
             "FROM scratch\nRUN echo " + NEST + "\n", None, buildkit="runs it"),
     Hostile("60,000 '{' and 60,000 '$'",
