@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Mapping
 
 from ..._graph import ExecMount, ExecOp, FileOp, Mkfile
 from .._ast import Heredoc
@@ -50,7 +51,8 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
                 network=command.network, security=command.security,
                 proxy_env=conv.proxy_env(state))
-    name = prefix_command(state, uppercase_command(conv.display(label, env)),
+    conv.charge(sum(map(len, op.env)), command.node, env, env)
+    name = prefix_command(state, uppercase_command(conv.display(label, env, command.node)),
                           multi_platform=conv.options.multi_platform,
                           platform=state.platform, target=conv.target_of(state))
     state.root = conv.sink.add(op, inputs.digests, name, state.platform,
@@ -59,7 +61,7 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
 
 
 def _refuse_nul(conv: Conversion, command: RunCommand, args: tuple[str, ...],
-                env: dict[str, str]) -> None:
+                env: Mapping[str, str]) -> None:
     """A NUL byte cannot cross execve (it ends a C string): BuildKit passes it on and the
     RUN fails in the runtime (``exec: invalid argument``); we refuse it at the line."""
     if any("\0" in arg for arg in args):
@@ -74,7 +76,7 @@ def _refuse_nul(conv: Conversion, command: RunCommand, args: tuple[str, ...],
             hint="remove the NUL byte (\\0) from the ENV or ARG that sets it")
 
 
-def _run_env(env: dict[str, str], command: RunCommand) -> list[tuple[str, str]]:
+def _run_env(env: Mapping[str, str], command: RunCommand) -> list[tuple[str, str]]:
     """The RUN's environment: as BuildKit's llb exec, ``SSH_AUTH_SOCK`` is the first ssh
     mount's target, as written (a relative one stays relative: the socket itself is
     placed under the working directory), unless the stage already sets it."""
