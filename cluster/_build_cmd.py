@@ -53,7 +53,7 @@ from ._build_options import (
     read_session,
     read_token_file,
 )
-from ._context import load_ignore_patterns
+from ._context import default_dockerfile, load_ignore_patterns
 from ._context_server import ContextServer
 from ._render import Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
@@ -78,7 +78,7 @@ def _settings(environ: Mapping[str, str]) -> ServiceSettings:
 def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> bytes:
     if option == "-":
         return stdin.read()
-    path = Path(option) if option is not None else context / "Dockerfile"
+    path = Path(option) if option is not None else default_dockerfile(context)
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -119,7 +119,7 @@ def _context(session: dict[str, Any], context: Path, file: str | None) -> Contex
     digests) in the ``session``; the server of its files."""
     from workers._context_manifest import build_manifest  # noqa: PLC0415
 
-    dockerfile = context / "Dockerfile" if file in (None, "-") else Path(str(file))
+    dockerfile = default_dockerfile(context) if file in (None, "-") else Path(str(file))
     patterns, _ = load_ignore_patterns(context, dockerfile)
     manifest = build_manifest(context, patterns)
     session["ignore_patterns"] = list(patterns)

@@ -20,6 +20,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cache_backends._credentials import CREDENTIAL_VARIABLES
@@ -570,8 +571,12 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
 
 def _filename(option: str | None, context: str) -> str:
     """The Dockerfile's display name: relative to the context when inside it."""
-    if option is None or option == "-":
+    if option == "-":
         return "Dockerfile"
+    if option is None:
+        from ._context import default_dockerfile  # noqa: PLC0415 -- reads the disk
+
+        return default_dockerfile(Path(context)).name
     path = os.path.abspath(option)
     inside = os.path.relpath(path, os.path.abspath(context))
     return path if inside.startswith("..") else inside

@@ -72,7 +72,9 @@ def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> tup
     """The Dockerfile's bytes, its display name, and its path (None for stdin)."""
     if option == "-":
         return stdin.read(), "Dockerfile", None
-    path = Path(option) if option is not None else context / "Dockerfile"
+    from cluster._context import default_dockerfile  # noqa: PLC0415 -- see _run_frontend
+
+    path = Path(option) if option is not None else default_dockerfile(context)
     return _read_bytes(path, "Dockerfile"), os.path.normpath(path), path
 
 
@@ -110,11 +112,11 @@ def _run_frontend(args: argparse.Namespace, *, check_only: bool = False
     build_args = dict(parse_build_args(args.build_arg, os.environ))
     data, filename, dockerfile_path = _read_dockerfile(args.file, context, sys.stdin.buffer)
 
-    from cluster._context import load_ignore_patterns
+    from cluster._context import default_dockerfile, load_ignore_patterns
     from scheduler.dockerfile._frontend import build_graph
 
     # A Dockerfile from stdin has no <name>.dockerignore of its own: the context's applies.
-    patterns, _ = load_ignore_patterns(context, dockerfile_path or context / "Dockerfile")
+    patterns, _ = load_ignore_patterns(context, dockerfile_path or default_dockerfile(context))
     result = build_graph(data, filename=filename, target=args.target, platforms=platforms,
                          build_args=build_args, ignore_patterns=list(patterns),
                          check_only=check_only)

@@ -19,9 +19,24 @@ from scheduler._errors import DockyardError
 from scheduler.dockerfile._dockerignore import PatternMatcher, parse_ignore_lines
 from workers._context_walk import ContextEntry, walk_context
 
-__all__ = ["ContextEntry", "ignore_file_for", "load_ignore_patterns", "walk_context"]
+__all__ = ["ContextEntry", "default_dockerfile", "ignore_file_for", "load_ignore_patterns",
+           "walk_context"]
 
 DOCKERIGNORE = ".dockerignore"
+DEFAULT_DOCKERFILE = "Dockerfile"
+#: BuildKit's dockerui falls back to this name when the default one is missing
+#: (moby/moby#10858, testDockerfileLowercase).
+LOWERCASE_DOCKERFILE = "dockerfile"
+
+
+def default_dockerfile(context_dir: Path) -> Path:
+    """The Dockerfile a build of ``context_dir`` reads when none is named: ``Dockerfile``,
+    or ``dockerfile`` when only that one exists (BuildKit's fallback)."""
+    default = context_dir / DEFAULT_DOCKERFILE
+    lowercase = context_dir / LOWERCASE_DOCKERFILE
+    if not default.exists() and lowercase.is_file():
+        return lowercase
+    return default
 
 
 def ignore_file_for(context_dir: Path, dockerfile: Path) -> Path | None:

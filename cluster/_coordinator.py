@@ -152,6 +152,7 @@ class Coordinator:
         self._next = 0  # number of the next solve
         self._completed = 0  # solves that ended with a result or a failure
         self._cancelled = 0  # solves stopped by cancellation
+        self._frontends = 0  # frontends running (in their threads); 0 once their build ends
         self._watch: asyncio.Task[None] | None = None  # the registry's periodic refresh
 
     async def ping(self) -> dict[str, Any]:
@@ -174,7 +175,7 @@ class Coordinator:
         worker = await self._placement.any_worker().handle.call("statistics")
         solver = self._solver.statistics()
         return {"active": len(self._active), "completed": self._completed,
-                "cancelled": self._cancelled, "worker": worker,
+                "cancelled": self._cancelled, "frontends": self._frontends, "worker": worker,
                 "workers": {w.name: {"running": w.running, "executed": w.executed}
                             for w in self._registry.live()},
                 "lost_workers": list(self._registry.lost_names),
@@ -248,9 +249,8 @@ class Coordinator:
         sessions = BuildSessions(build_id, part, self._placement)
         try:
             options = BuildOptions.from_wire(request["options"])
-            graph = await run_frontend(request["dockerfile"], _frontend_request(options),
-                                       _ignore_patterns(part["session"]),
-                                       self._resolver(sessions))
+            graph = await self._frontend(request["dockerfile"], options, part["session"],
+                                         sessions)
             self._placement.check(graph)
             solve = functools.partial(
                 self._solver.solve, graph, no_cache=options.no_cache, events=sink,
@@ -263,6 +263,17 @@ class Coordinator:
                 return await self._export(sessions, graph, records, sink)
         finally:
             await _shielded(sessions.close())
+
+    async def _frontend(self, dockerfile: bytes, options: BuildOptions,
+                        session: Mapping[str, Any], sessions: BuildSessions) -> BuildGraph:
+        """The build's graph; counted in ``frontends`` until its thread has ended (a
+        cancelled build's frontend stops at its next step, see ``run_frontend``)."""
+        self._frontends += 1
+        try:
+            return await run_frontend(dockerfile, _frontend_request(options),
+                                      _ignore_patterns(session), self._resolver(sessions))
+        finally:
+            self._frontends -= 1
 
     async def _export(self, sessions: BuildSessions, graph: BuildGraph,
                       records: Mapping[str, CacheRecord], sink: _BuildSink

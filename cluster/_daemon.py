@@ -71,6 +71,24 @@ def _log(text: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} dockyard[{os.getpid()}] {text}", flush=True)
 
 
+class _Socket(web.WebSocketResponse):
+    """aiohttp's server websocket, whose own closes say why: it closes a connection on a
+    message over ``max_msg_size`` or a broken websocket frame with a bare close code,
+    which a client could only report as "CLOSE"."""
+
+    _WHY: dict[int, str] = {
+        WSCloseCode.MESSAGE_TOO_BIG: f"a message over {MAX_FRAME_BYTES} bytes, the most a "
+                                     "dockyard frame may have",
+        WSCloseCode.PROTOCOL_ERROR: "a broken websocket frame",
+        WSCloseCode.INVALID_TEXT: "a websocket message that is not valid",
+    }
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"",
+                    drain: bool = True) -> bool:
+        why = message or self._WHY.get(code, "").encode()
+        return await super().close(code=code, message=why, drain=drain)
+
+
 class _Connection:
     """One client connection: its calls, and the sessions of its running solves."""
 
@@ -110,6 +128,10 @@ class Daemon:
         self.served = 0  # calls started since the daemon began
         self._sockets: set[web.WebSocketResponse] = set()  # open client connections
 
+    def statistics(self) -> dict[str, int]:
+        """Calls in progress, calls served, client connections open."""
+        return {"calls": self._calls, "served": self.served, "connections": len(self._sockets)}
+
     def routes(self, app: web.Application) -> None:
         """Add the service's resources to ``app``."""
         app.router.add_get("/ws", self.handle)
@@ -130,7 +152,7 @@ class Daemon:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """One client connection: its calls run concurrently; all are cancelled when it
         closes."""
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES)
+        ws = _Socket(max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
         self._sockets.add(ws)
         try:
@@ -154,6 +176,10 @@ class Daemon:
 
     async def _read(self, connection: _Connection, group: asyncio.TaskGroup) -> None:
         async for message in connection.ws:
+            if message.type == WSMsgType.TEXT:
+                await connection.ws.close(code=WSCloseCode.UNSUPPORTED_DATA,
+                                          message=b"a text message: dockyard frames are "
+                                                  b"binary msgpack messages")
             if message.type != WSMsgType.BINARY:
                 break
             try:

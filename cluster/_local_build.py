@@ -19,7 +19,10 @@ between its actors: the coordinator runs ``run_frontend`` and the solver; the wo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import json
+import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,13 +160,31 @@ def ignore_patterns(context_dir: Path, options: LocalBuildOptions) -> list[str]:
 async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Sequence[str],
                        resolve: ResolveImage) -> BuildGraph:
     """The Dockerfile as a graph (in a thread: the frontend is synchronous; its base-image
-    questions go to ``resolve`` on this loop)."""
-    resolver = _Resolver(resolve, asyncio.get_running_loop())
-    frontend = await asyncio.to_thread(
+    questions go to ``resolve`` on this loop).
+
+    A thread cannot be cancelled, so the frontend is interruptible instead: cancelled, this
+    sets ``stop``, the frontend raises at its next step (a line, an instruction, a word; a
+    base-image question is given up) and only then does the cancellation go on, so a build
+    whose client went away leaves no frontend running."""
+    stop = threading.Event()  # set once: the frontend is to stop at its next checkpoint
+
+    def interrupt() -> None:
+        if stop.is_set():
+            raise asyncio.CancelledError("the build was cancelled")
+
+    work = functools.partial(
         build_graph, dockerfile, filename=request.filename, target=request.target,
-        platforms=request.platforms, build_args=request.build_args,
-        ignore_patterns=patterns, image_resolver=resolver, ulimits=request.ulimits,
-        shm_size=request.shm_size, network=request.network)
+        platforms=request.platforms, build_args=request.build_args, ignore_patterns=patterns,
+        image_resolver=_Resolver(resolve, asyncio.get_running_loop(), interrupt),
+        interrupt=interrupt, ulimits=request.ulimits, shm_size=request.shm_size,
+        network=request.network)
+    running = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        frontend = await asyncio.shield(running)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait([running])  # the thread's end: within one step of the frontend
+        raise
     check_entitlements(frontend.graph, request.allow)
     return frontend.graph
 
@@ -186,16 +207,33 @@ def base_image(digest: str, config: bytes) -> BaseImage:
 
 class _Resolver:
     """The frontend's ``ImageResolver``, called from its thread: resolves on the build's
-    loop (so the build's resolution is shared with the solver's)."""
+    loop (so the build's resolution is shared with the solver's).  While it waits, it
+    calls ``interrupt`` every ``_POLL`` seconds: a cancelled build gives the question up."""
 
-    def __init__(self, resolve: ResolveImage, loop: asyncio.AbstractEventLoop) -> None:
+    _POLL = 0.2
+
+    def __init__(self, resolve: ResolveImage, loop: asyncio.AbstractEventLoop,
+                 interrupt: Callable[[], None]) -> None:
         self._resolve = resolve
         self._loop = loop
+        self._interrupt = interrupt
 
     def __call__(self, ref: str, platform: Platform) -> BaseImage | None:
         coroutine = self._resolve(ref, platform)
-        image: BaseImage = asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-        return image
+        answer = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        while True:
+            try:
+                image: BaseImage = answer.result(timeout=self._POLL)
+                return image
+            except concurrent.futures.TimeoutError:
+                self._interrupt_or_cancel(answer)
+
+    def _interrupt_or_cancel(self, answer: concurrent.futures.Future[BaseImage]) -> None:
+        try:
+            self._interrupt()
+        except BaseException:
+            answer.cancel()
+            raise
 
 
 def image_config_of(data: bytes) -> ImageConfig:

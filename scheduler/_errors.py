@@ -106,11 +106,26 @@ class DockerfileError(DockyardError):
         if self.source_line is not None:
             number = str(self.line)
             pad = " " * len(number)
-            shown = self.source_line.rstrip("\r\n").expandtabs(1)
-            text += f"\n  {number} | {shown}\n  {pad} | {' ' * (self.column - 1)}^"
+            shown, column = _window(self.source_line.rstrip("\r\n").expandtabs(1),
+                                    self.column)
+            text += f"\n  {number} | {shown}\n  {pad} | {' ' * (column - 1)}^"
         if self.hint:
             text += f"\nhint: {self.hint}"
         return text
+
+
+_SHOWN_LINE = 160  # characters of a source line an error shows around its column
+
+
+def _window(line: str, column: int) -> tuple[str, int]:
+    """A long source line cut to ``_SHOWN_LINE`` characters around ``column`` (with "..."
+    where it was cut), and the column within what is shown."""
+    if len(line) <= _SHOWN_LINE:
+        return line, column
+    start = max(0, min(column - 1 - _SHOWN_LINE // 2, len(line) - _SHOWN_LINE))
+    end = start + _SHOWN_LINE
+    shown = ("..." if start else "") + line[start:end] + ("..." if end < len(line) else "")
+    return shown, column - start + (3 if start else 0)
 
 
 class GraphError(DockyardError):

@@ -40,6 +40,15 @@ record; it keeps the stale record's ``created`` (the result's first build) and i
 ``solve(..., rebuild=digests)`` does the same for the targets (an exporter that found a
 layer lost asks for fresh records).
 
+**Failures.**  When several vertices fail, the build's error is always the same one:
+the first failing vertex in depth-first order of the graph (targets in their order, each
+vertex's inputs in theirs).  A failure cancels at once what comes after it in that order
+(progress reports those ``VertexFailed(cancelled=True)``), while what comes before it runs
+on and, if it fails too, is the error instead; progress reports every failure as it
+happens.  BuildKit ends on whichever fails first in time, so two parallel failing stages
+give either error from run to run; here the price of one answer is that a later failure
+waits for the earlier branches still running.
+
 The solver does no I/O of its own: everything goes through ``SolveBackend`` (the worker
 side) and ``RecordCache`` (a cache backend), and news through an ``EventSink``.
 """
@@ -577,22 +586,34 @@ def _needed(graph: BuildGraph, targets: Sequence[str]) -> list[Vertex]:
 
 
 async def _all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
-    """Await all in parallel; on the first failure cancel the rest and raise it alone."""
-    failure: BaseException | None = None
+    """Await all in parallel and raise the failure of the first one, in their order, that
+    fails, whatever the timing (see "Failures" in the module docstring): a failure
+    cancels those after it at once, those before it run on."""
+    pending = list(awaitables)
+    # Index -> result or failure; each index lands in exactly one of the two.
+    results: dict[int, T] = {}
+    failures: dict[int, Exception] = {}
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(index: int, awaitable: Awaitable[T]) -> None:
+        try:
+            results[index] = await awaitable
+        except Exception as exc:  # a CancelledError is not caught: it ends the task
+            failures[index] = exc
+            for later in tasks[index + 1:]:
+                later.cancel()
+
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_awaited(a)) for a in awaitables]
-    except BaseExceptionGroup as errors:
-        failure = errors.exceptions[0]
+            tasks += [group.create_task(one(i, a)) for i, a in enumerate(pending)]
+    except BaseExceptionGroup as errors:  # a BaseException that is not an Exception
+        failure: BaseException = errors
         while isinstance(failure, BaseExceptionGroup):
             failure = failure.exceptions[0]
-    if failure is not None:
-        raise failure
-    return [task.result() for task in tasks]
-
-
-async def _awaited(awaitable: Awaitable[T]) -> T:
-    return await awaitable
+        raise failure from None
+    if failures:
+        raise failures[min(failures)]
+    return [results[index] for index in range(len(pending))]
 
 
 def _raise(error: SolveError, cause: Exception) -> NoReturn:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +26,9 @@ __all__ = ["_DIGESTS", "_RACY_NS", "_DigestCache", "_hash_file"]
 #: A file whose mtime or ctime is this recent is hashed every time (timestamps advance in
 #: ticks: an edit within the tick of an earlier hash could leave the stat unchanged).
 _RACY_NS = 2_000_000_000
+
+#: The digest of no bytes: the content of an empty file, and of a socket or device as sent.
+_EMPTY = hashlib.sha256(b"").hexdigest()
 
 _StatKey = tuple[str, int, int, int, int, int]  # path, dev, inode, size, mtime_ns, ctime_ns
 
@@ -73,7 +77,10 @@ def _hash_file(root: Path, path: str, cache: _DigestCache = _DIGESTS,
     (``clock``: now, in the file timestamps' ns)."""
     full = root / path
     try:
-        before = _stat_key(full, os.lstat(full))
+        info = os.lstat(full)
+        if not stat.S_ISREG(info.st_mode):
+            return _EMPTY  # a socket or a device is sent empty (_context_walk.as_sent)
+        before = _stat_key(full, info)
         known = cache.get(before)
         if known is not None:
             return known

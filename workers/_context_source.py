@@ -94,6 +94,7 @@ class _TreeContext:
             raise SolveError(f'"{selector.path}": not found',
                              hint="check the path exists in the build context and is not "
                                   "excluded by .dockerignore")
+        self._require_literal_includes(roots, selector)
         digest = hashlib.sha256()
         for root in roots:
             digest.update(b"root\0" + root.encode() + b"\0")
@@ -101,20 +102,72 @@ class _TreeContext:
                 digest.update(self._entry_material(path, shown))
         return "sha256:" + digest.hexdigest()
 
+    def _require_literal_includes(self, roots: list[str], selector: Selector) -> None:
+        """An include pattern without a wildcard names a path that must exist under the
+        source (the frontend makes include patterns only of ``COPY --parents`` sources:
+        BuildKit's RequiredPaths, ``"/a/missing": not found`` at key time)."""
+        for pattern in selector.include:
+            if _GLOB & set(pattern):
+                continue
+            wanted = [posixpath.join(root, pattern) for root in roots]
+            if not any(self._follow_parents(path) in self.entries for path in wanted):
+                shown = posixpath.normpath(posixpath.join("/" + selector.path.lstrip("/"), pattern))
+                raise SolveError(f'"{shown}": not found',
+                                 hint="check the path exists in the build context and is "
+                                      "not excluded by .dockerignore")
+
     def match(self, selector: Selector) -> list[str]:
         """The relative paths ``selector`` names ("" is the context's root)."""
         wanted = posixpath.normpath("/" + selector.path).lstrip("/")
         if wanted in ("", "."):
             return [""]
         if _is_pattern(selector):
-            found = [p for p in self.entries if _glob_match(wanted, p)]
+            found = self._glob(wanted)
         else:
-            found = [wanted] if wanted in self.entries else []
+            resolved = self._follow_parents(wanted)
+            found = [resolved] if resolved in self.entries else []
         if selector.follow_symlinks:
             found = [self._follow(p) for p in found]
         return sorted(p for p in dict.fromkeys(found) if p == "" or p in self.entries)
 
     # -- helpers --
+
+    def _glob(self, wanted: str) -> list[str]:
+        """The entries the wildcard path ``wanted`` matches; its literal leading
+        directories are resolved first, symlinks followed (fsutil's ResolveWildcards)."""
+        parts = wanted.split("/")
+        first = next(i for i, part in enumerate(parts) if _GLOB & set(part))
+        head = self._follow_parents("/".join(parts[:first]), follow_last=True)
+        prefix = head + "/" if head else ""
+        tail = "/".join(parts[first:])
+        return [p for p in self.entries
+                if p.startswith(prefix) and _glob_match(tail, p[len(prefix):])]
+
+    def _follow_parents(self, path: str, follow_last: bool = False) -> str:
+        """``path`` with every symlink among its directories followed inside the context
+        (an absolute target starts at its root; ``..`` stops there), as BuildKit resolves
+        a source path in the context's tree; the last component is followed only when
+        ``follow_last``."""
+        pending = [part for part in reversed(path.split("/")) if part not in ("", ".")]
+        resolved: list[str] = []
+        hops = 0
+        while pending:
+            name = pending.pop()
+            if name == "..":
+                resolved = resolved[:-1]
+                continue
+            entry = self.entries.get("/".join([*resolved, name]))
+            if (not pending and not follow_last) or entry is None or not entry.is_symlink:
+                resolved.append(name)
+                continue
+            hops += 1
+            if hops > _MAX_HOPS:
+                raise SolveError(f'"/{path}": too many levels of symbolic links in the '
+                                 "build context")
+            target = entry.linkname or ""
+            resolved = [] if target.startswith("/") else resolved
+            pending += [part for part in reversed(target.split("/")) if part not in ("", ".")]
+        return "/".join(resolved)
 
     def _follow(self, path: str) -> str:
         for _ in range(_MAX_HOPS):
@@ -280,7 +333,7 @@ class ManifestContext(_TreeContext):
                                  "is not on this worker", hint="fetch it first "
                                  "(ensure_local); this is a bug in dockyard")
             _place(source, target, entry, times=False)
-        elif entry.is_dir or entry.is_symlink:
+        elif entry.is_dir or entry.is_symlink or stat.S_ISFIFO(entry.mode):
             _place(target, target, entry, times=False)
         else:
             return
@@ -355,13 +408,22 @@ def _place(source: Path, target: Path, entry: ContextEntry, times: bool = True) 
         os.lchown(target, 0, 0)
         if times:
             _same_times(source, target)  # the link's own times (utime without following)
-    elif stat.S_ISREG(entry.mode):
-        shutil.copyfile(source, target, follow_symlinks=False)
+    elif stat.S_ISFIFO(entry.mode):
+        os.mkfifo(target)  # listed and made, as BuildKit's receiver does; COPY skips it
         os.lchown(target, 0, 0)
         os.chmod(target, stat.S_IMODE(entry.mode))
         if times:
             _same_times(source, target)
-    # sockets, fifos and devices are not sent, as BuildKit's client does
+    elif stat.S_ISREG(entry.mode):
+        if entry.size:
+            shutil.copyfile(source, target, follow_symlinks=False)
+        else:  # never opened: it may be a socket or a device, sent empty (as_sent)
+            target.touch(exist_ok=False)
+        os.lchown(target, 0, 0)
+        os.chmod(target, stat.S_IMODE(entry.mode))
+        if times:
+            _same_times(source, target)
+    # sockets and devices come as empty files (_context_walk.as_sent)
 
 
 def _finish_dir(source: Path, target: Path) -> None:

@@ -14,7 +14,14 @@ BuildKit's rules, kept here:
 - an excluded directory is skipped whole unless an exception could re-include something
   under it (current fsutil's rule: any exception with a glob character, or a literal one
   under the directory; Docker 20.10 ignored glob exceptions there, a bug since fixed);
-  it is listed only when something under it is, just before that entry.
+  it is listed only when something under it is, just before that entry;
+- a socket or a device node is listed as an empty regular file with its permission
+  bits (``as_sent``); a fifo is listed and made as it is, and COPY skips it.  What COPY
+  makes of them is BuildKit's (the 20.10 oracle, recorded in the conformance case
+  context-specials): BuildKit's receiver makes the socket an empty file too, and keeps a
+  device as a device, which its COPY turns into an empty file (workers/_copy.py).  So
+  only a ``RUN --mount=type=bind`` of the context tells the difference: there BuildKit
+  shows the device node, dockyard an empty file (a manifest carries no device numbers).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Generic, TypeVar
 from scheduler._errors import DockyardError, UsageError
 from scheduler.dockerfile._dockerignore import MatchInfo, PatternMatcher
 
-__all__ = ["ContextEntry", "walk_context", "walk_entries"]
+__all__ = ["ContextEntry", "as_sent", "walk_context", "walk_entries"]
 
 _Child = TypeVar("_Child")
 
@@ -229,4 +236,12 @@ def _entry(entry: os.DirEntry[str], path: str) -> ContextEntry | None:
         raise DockyardError(f"cannot read the build context at {path!r}: "
                             f"{error.strerror or error}") from error
     size = info.st_size if stat.S_ISREG(info.st_mode) else 0
-    return ContextEntry(path, info.st_mode, size, link)
+    return ContextEntry(path, as_sent(info.st_mode), size, link)
+
+
+def as_sent(mode: int) -> int:
+    """The ``st_mode`` a context entry is listed with: a socket or a device becomes an
+    empty regular file with the same permission bits (its content is never read)."""
+    if stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return stat.S_IFREG | stat.S_IMODE(mode)
+    return mode

@@ -9,11 +9,16 @@ Behaviour, as fsutil does it:
 
 - the source top is followed when ``follow_symlinks`` (else only its parent directory);
   inside a tree symlinks are copied as symlinks, hardlinks within one source as
-  hardlinks, devices/fifos recreated, xattrs copied (errors ignored, as BuildKit logs them);
+  hardlinks, xattrs copied (errors ignored, as BuildKit logs them); a device node
+  becomes an empty regular file with its permission bits (fsutil's copyDevice hands
+  mknod a Go FileMode, whose type bits are not S_IFCHR/S_IFBLK); fifos and sockets are
+  skipped, an existing file in their place removed (fsutil's "unsupported mode" with a
+  nil error) -- all three checked with the BuildKit 20.10 oracle;
 - a directory source with ``copy_dir_contents`` copies its entries into the destination,
   else the directory itself when the destination exists; a file source lands inside an
   existing destination directory (``stat``, so a symlink to a directory counts);
-- the destination's missing parents are created 0755 (owned by ``owner`` when set);
+- the destination's missing parents are created 0755, or with an octal ``--chmod``'s mode
+  (owned by ``owner`` when set);
 - each copied entry keeps its owner (or gets ``owner``), its mode (or ``mode`` applied,
   symlinks excepted) and its atime/mtime (nanoseconds, symlinks included);
 - ``include``/``exclude`` patterns (moby patternmatcher, a pattern matching a directory
@@ -34,8 +39,8 @@ from pathlib import Path
 from scheduler._errors import DockerfileError, SolveError
 from scheduler.dockerfile._dockerignore import PatternMatcher, syntax_error_at
 
-__all__ = ["CopyOptions", "absolute", "copy_tree", "make_dirs", "resolve_in_root",
-           "resolve_wildcards", "split_wildcards"]
+__all__ = ["CopyOptions", "absolute", "copy_tree", "has_wildcard", "make_dirs",
+           "resolve_in_root", "resolve_wildcards", "split_wildcards"]
 
 _MAX_LINKS = 255
 
@@ -89,7 +94,8 @@ def _link_target(path: Path) -> str | None:
 
 # --- wildcards (Go's filepath.Match, as fsutil's ResolveWildcards walks them) ----------
 
-def _has_wildcard(name: str) -> bool:
+def has_wildcard(name: str) -> bool:
+    """fsutil's containsWildcards: ``*``, ``?`` or ``[`` not escaped by a backslash."""
     skip = False
     for char in name:
         if skip:
@@ -104,7 +110,7 @@ def _has_wildcard(name: str) -> bool:
 def split_wildcards(path: str) -> tuple[str, str]:
     """``/a/b*/c`` -> ``("/a", "b*/c")``: the literal leading directories and the rest."""
     parts = path.split("/")
-    first = next((i for i, part in enumerate(parts) if _has_wildcard(part)), len(parts))
+    first = next((i for i, part in enumerate(parts) if has_wildcard(part)), len(parts))
     head = "/".join(parts[:first]) or ("/" if path.startswith("/") else "")
     tail = "/".join(p for p in parts[first:] if p)
     return os.path.normpath(head) if head else "", tail
@@ -203,10 +209,13 @@ def _source_path(root: Path, path: str, follow: bool) -> Path:
 @dataclass(frozen=True, slots=True)
 class CopyOptions:
     """How one source is copied.  ``owner``: (uid, gid) for every copied entry and every
-    directory created, None to keep the source's; ``mode``: the new permission bits."""
+    directory created, None to keep the source's; ``mode``: the new permission bits;
+    ``parents_mode``: the exact mode of the directories the copy creates to hold its
+    destination (an octal ``--chmod``), None for 0755."""
 
     owner: tuple[int, int] | None = None
     mode: ModeFn | None = None
+    parents_mode: int | None = None
     copy_dir_contents: bool = True
     follow_symlinks: bool = True
     include: tuple[str, ...] = ()
@@ -243,6 +252,8 @@ class _Copier:
             if not include:
                 return
             _ensure_file_target(dst, self.root)
+            if stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+                return  # fsutil copies neither (its "unsupported mode" error is nil)
         copy_info = include
         if stat.S_ISDIR(info.st_mode):
             created = self._copy_directory(src, rel, dst, info, overwrite_meta, include)
@@ -300,9 +311,10 @@ class _Copier:
             self._copy_regular(src, dst, info)
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(src), dst)
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) \
-                or stat.S_ISSOCK(mode):
-            os.mknod(dst, mode, info.st_rdev)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            # fsutil's copyDevice passes Go's FileMode to mknod: no S_IFMT type bits, so
+            # the kernel makes an empty regular file (BuildKit 20.10, oracle-recorded)
+            os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
     def _copy_regular(self, src: Path, dst: Path, info: os.stat_result) -> None:
         key = (info.st_dev, info.st_ino)
@@ -373,10 +385,11 @@ def _remove_all(path: Path) -> None:
         path.unlink()
 
 
-def make_dirs(path: Path, root: Path, mode: int, owner: tuple[int, int] | None) -> None:
+def make_dirs(path: Path, root: Path, mode: int, owner: tuple[int, int] | None, *,
+              exact: bool = False) -> None:
     """fsutil's MkdirAll below ``root`` (``path`` already resolved in it): the missing
-    directories are created with ``mode`` (less the 022 umask) and chowned to ``owner``;
-    an existing non-directory on the way is an error."""
+    directories are created with ``mode`` (less the 022 umask, unless ``exact``) and
+    chowned to ``owner``; an existing non-directory on the way is an error."""
     missing: list[Path] = []
     here = path
     while here != root and not os.path.lexists(here):
@@ -387,9 +400,9 @@ def make_dirs(path: Path, root: Path, mode: int, owner: tuple[int, int] | None) 
                          hint="a file stands where a directory is needed")
     for directory in reversed(missing):
         os.mkdir(directory)
-        os.chmod(directory, mode & 0o755)
         if owner is not None:
-            os.chown(directory, *owner)
+            os.chown(directory, *owner)  # before the mode: a chown clears setuid/setgid
+        os.chmod(directory, mode if exact else mode & 0o755)
 
 
 def _inside(path: Path, root: Path) -> str:
@@ -408,7 +421,7 @@ def copy_tree(src_root: Path, src: str, dst_root: Path, dest: str,
     head, _, tail = dest.rpartition("/")
     ensure = dest if tail in ("", ".") else (head + "/" if "/" in dest else "")
     if ensure:
-        make_dirs(resolve_in_root(dst_root, ensure), dst_root, 0o755, options.owner)
+        _make_parents(resolve_in_root(dst_root, ensure), dst_root, options)
     dst = resolve_in_root(dst_root, os.path.normpath("/" + dest))
     source = _source_path(src_root, src, options.follow_symlinks)
     try:
@@ -434,8 +447,18 @@ def _target(dst_root: Path, dst: Path, src: str, info: os.stat_result,
     parent = dst if options.copy_dir_contents and src_is_dir and dest_is_dir is None \
         else dst.parent
     if dst != dst_root:
-        make_dirs(parent, dst_root, 0o755, options.owner)
+        _make_parents(parent, dst_root, options)
     return dst
+
+
+def _make_parents(path: Path, dst_root: Path, options: CopyOptions) -> None:
+    """The directories a copy creates to hold its destination: 0755, or exactly an octal
+    ``--chmod`` mode (current BuildKit, fsutil#228: ``COPY --chmod=770 f /new/dir/f``
+    makes ``/new`` and ``/new/dir`` 0770; directories already there keep theirs)."""
+    if options.parents_mode is None:
+        make_dirs(path, dst_root, 0o755, options.owner)
+    else:
+        make_dirs(path, dst_root, options.parents_mode, options.owner, exact=True)
 
 
 def _copier(root: Path, options: CopyOptions) -> _Copier:

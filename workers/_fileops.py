@@ -31,16 +31,18 @@ from pathlib import Path
 from scheduler._errors import DockyardError, SolveError
 from scheduler._graph import Copy, FileAction, Mkdir, Mkfile, Rm, Symlink
 
-from ._archive import unpack_archive
+from ._archive import ArchiveBudget, ArchiveLimits, unpack_archive
 from ._copy import (
     CopyOptions,
     ModeFn,
     absolute,
     copy_tree,
+    has_wildcard,
     make_dirs,
     resolve_in_root,
     resolve_wildcards,
 )
+from ._disk import DISK_FULL_HINT, is_disk_full
 
 __all__ = ["UserDb", "apply_file_actions", "parse_chmod", "resolve_in_root"]
 
@@ -103,6 +105,11 @@ def _id(text: str) -> int | None:
 
 _CLASS = {"u": 0o4700, "g": 0o2070, "o": 0o0007, "a": 0o6777}
 _SHIFT = {"u": 6, "g": 3, "o": 0}
+
+
+def octal_chmod(text: str) -> int | None:
+    """``--chmod``'s value when it is an octal mode (checked by ``parse_chmod``)."""
+    return int(text, 8) if text.isdigit() and set(text) <= set("01234567") else None
 
 
 def parse_chmod(text: str) -> ModeFn | None:
@@ -215,6 +222,15 @@ class _Context:
     target: Path
     inputs: Sequence[Path | None]
     user_db: UserDb | None
+    archive_limits: ArchiveLimits | None  # None: from the environment, when first needed
+    # What the archives ADD extracts expand to, over all of the op's actions (one ADD);
+    # made when the first archive is.
+    budget: ArchiveBudget | None = None
+
+    def archive_budget(self) -> ArchiveBudget:
+        if self.budget is None:
+            self.budget = ArchiveBudget(self.archive_limits or ArchiveLimits.from_env())
+        return self.budget
 
     def owner(self, chown: str) -> tuple[int, int] | None:
         if not chown:
@@ -293,6 +309,8 @@ def _copy(ctx: _Context, action: Copy) -> None:
     src, dest = _clean_path(action.src_path), _clean_path(action.dest_path)
     if not action.create_dest_path:
         _require_parent(ctx.target, dest)
+    if action.parents:
+        _require_literal_includes(src_root, src, action.include)
     matches = [src]
     if action.allow_wildcard:
         matches = resolve_wildcards(src_root, src, follow_symlinks=action.follow_symlinks)
@@ -301,9 +319,22 @@ def _copy(ctx: _Context, action: Copy) -> None:
     options = _copy_options(ctx, action)
     for match in matches:
         if action.attempt_unpack and unpack_archive(src_root, match, ctx.target, dest,
-                                                    options.owner):
+                                                    options.owner, ctx.archive_budget()):
             continue
         copy_tree(src_root, match, ctx.target, dest, options)
+
+
+def _require_literal_includes(src_root: Path, src: str, include: Sequence[str]) -> None:
+    """``--parents``: a source path without a wildcard must exist (BuildKit's
+    RequiredPaths; testCopyParentsMissingDirectory), where one with a wildcard may match
+    nothing.  The include patterns are the source paths below the pivot."""
+    for pattern in include:
+        if has_wildcard(pattern):
+            continue
+        full = posixpath.join(src, pattern)
+        if not os.path.lexists(resolve_in_root(src_root, full, follow_final=False)):
+            raise SolveError(f'"{absolute(full)}": not found',
+                             hint="check the path exists in the source stage or image")
 
 
 def _require_parent(root: Path, dest: str) -> None:
@@ -316,6 +347,7 @@ def _require_parent(root: Path, dest: str) -> None:
 def _copy_options(ctx: _Context, action: Copy) -> CopyOptions:
     return CopyOptions(
         owner=ctx.owner(action.chown), mode=parse_chmod(action.chmod),
+        parents_mode=octal_chmod(action.chmod),
         copy_dir_contents=action.copy_dir_contents, follow_symlinks=action.follow_symlinks,
         include=action.include, exclude=action.exclude,
         always_replace_existing=action.always_replace_existing)
@@ -340,11 +372,13 @@ def _describe(action: FileAction) -> str:
 
 def apply_file_actions(actions: Sequence[FileAction], target: Path,
                        inputs: Sequence[Path | None], *,
-                       user_db: UserDb | None = None) -> None:
+                       user_db: UserDb | None = None,
+                       archive_limits: ArchiveLimits | None = None) -> None:
     """Apply ``actions`` in order to the rootfs ``target``, reading copies' sources from
     ``inputs``.  ``user_db`` resolves ``chown`` names (default: the target's own
-    /etc/passwd and /etc/group, read when first needed)."""
-    ctx = _Context(target, inputs, user_db)
+    /etc/passwd and /etc/group, read when first needed); ``archive_limits`` bound what
+    ADD's archives expand to (default: from the environment, ``DOCKYARD_ADD_MAX``)."""
+    ctx = _Context(target, inputs, user_db, archive_limits)
     for action in actions:
         try:
             _HANDLERS[type(action)](ctx, action)
@@ -353,7 +387,8 @@ def apply_file_actions(actions: Sequence[FileAction], target: Path,
         except OSError as err:
             where = _strip_roots(str(err.filename2 or err.filename or ""), target, inputs)
             raise SolveError(f"{_describe(action)}: {where + ': ' if where else ''}"
-                             f"{err.strerror or err}") from None
+                             f"{err.strerror or err}",
+                             hint=DISK_FULL_HINT if is_disk_full(err) else None) from None
 
 
 def _strip_roots(path: str, target: Path, inputs: Sequence[Path | None]) -> str:

@@ -15,6 +15,7 @@ been read to the end.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -28,6 +29,8 @@ import zstandard
 
 from cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
 from scheduler._errors import LayerError
+
+from ._disk import DISK_FULL_HINT, is_disk_full
 
 __all__ = ["LAYER_MEDIA_TYPES", "TAR_LAYER", "HashingReader", "LayerSink", "open_layer_reader"]
 
@@ -196,8 +199,16 @@ class LayerSink:
         try:
             self._out.write(data)
         except (OSError, ValueError) as err:
-            raise LayerError(f"cannot write the layer blob: {err}",
-                             hint="check the output stream and free disk space") from err
+            raise LayerError(f"cannot write the layer blob: {err}", hint=_write_hint(err)) from err
+
+
+def _write_hint(err: OSError | ValueError) -> str:
+    if isinstance(err, OSError) and is_disk_full(err):
+        return DISK_FULL_HINT
+    if isinstance(err, ValueError) or err.errno == errno.EPIPE:  # a closed file or pipe
+        return "the output stream was closed before the layer was written; keep its " \
+               "reader open until the build ends"
+    return "check the disk the layer is written to (DOCKYARD_ROOT, or the output's)"
 
 
 class Readable(Protocol):

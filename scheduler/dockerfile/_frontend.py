@@ -15,6 +15,7 @@ from ._convert._build import convert
 from ._convert._context import BuildOptions
 from ._convert._model import BaseImage, ImageResolver
 from ._instructions import parse_dockerfile
+from ._interrupt import Interrupt, interruptible
 from ._lint import run_checks
 from ._parser import parse
 
@@ -39,13 +40,30 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
                 platforms: Sequence[Platform] = (), build_args: Mapping[str, str] | None = None,
                 ignore_patterns: Sequence[str] = (), build_platform: Platform | None = None,
                 image_resolver: ImageResolver | None = None, check_only: bool = False,
-                ulimits: Sequence[Ulimit] = (), shm_size: int = 0, network: str = "default"
-                ) -> FrontendResult:
+                interrupt: Interrupt | None = None, ulimits: Sequence[Ulimit] = (),
+                shm_size: int = 0, network: str = "default") -> FrontendResult:
     """Convert ``dockerfile`` for each of ``platforms`` (default: this machine's) into one
     graph holding one ImageResult per platform.  The build checks look at the stages the
     target needs; ``# check=error=true`` turns findings into a ``DockerfileError``.
     ``check_only`` lints as BuildKit's lint request (``build --check``) does: every stage
-    when no target is given, and the error=true failure returned, not raised."""
+    when no target is given, and the error=true failure returned, not raised.
+
+    ``interrupt`` is called at every step of the work (each line parsed, instruction
+    converted, word expanded...) and raises to stop it: a caller running this in a thread
+    stops it so when its build is cancelled (see ``_interrupt``)."""
+    with interruptible(interrupt):
+        return _build_graph(dockerfile, filename=filename, target=target, platforms=platforms,
+                            build_args=build_args, ignore_patterns=ignore_patterns,
+                            build_platform=build_platform, image_resolver=image_resolver,
+                            check_only=check_only, ulimits=ulimits, shm_size=shm_size,
+                            network=network)
+
+
+def _build_graph(dockerfile: bytes, *, filename: str, target: str | None,
+                 platforms: Sequence[Platform], build_args: Mapping[str, str] | None,
+                 ignore_patterns: Sequence[str], build_platform: Platform | None,
+                 image_resolver: ImageResolver | None, check_only: bool,
+                 ulimits: Sequence[Ulimit], shm_size: int, network: str) -> FrontendResult:
     if not dockerfile.strip():
         raise DockerfileError("the Dockerfile cannot be empty", filename=filename)
     parsed = parse(dockerfile, filename)

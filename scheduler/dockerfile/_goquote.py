@@ -10,7 +10,9 @@ surrogate as Go's replacement character.  Python's ``isprintable`` stands in for
 
 from __future__ import annotations
 
-__all__ = ["go_quote"]
+__all__ = ["go_quote", "quote_shown"]
+
+_SHOWN = 120  # characters of a long text an error message shows
 
 _ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
             "\v": "\\v", "\\": "\\\\", '"': '\\"'}
@@ -34,3 +36,11 @@ def _quote_char(ch: str) -> str:
 def go_quote(text: str) -> str:
     """``text`` in double quotes with Go's escapes."""
     return '"' + "".join(_quote_char(ch) for ch in text) + '"'
+
+
+def quote_shown(text: str) -> str:
+    """``go_quote(text)``; a text over 120 characters cut short, with its length, so that
+    an error about a huge word stays readable."""
+    if len(text) <= _SHOWN:
+        return go_quote(text)
+    return f"{go_quote(text[:_SHOWN])}... ({len(text)} characters)"

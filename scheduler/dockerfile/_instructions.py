@@ -37,6 +37,7 @@ from ._flags import (
     go_uint,
     suggest,
 )
+from ._interrupt import checkpoint
 from ._runmount import RUN_FLAGS, Mount, parse_mounts, run_network, run_security
 
 __all__ = [
@@ -729,6 +730,7 @@ def parse_dockerfile(result: ParseResult) -> Dockerfile:
     heads: list[FromCommand] = []
     bodies: list[list[Command]] = []
     for node in result.nodes:
+        checkpoint()
         command = parse_command(node, result.filename)
         if isinstance(command, FromCommand):
             heads.append(command)

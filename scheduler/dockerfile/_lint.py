@@ -45,6 +45,7 @@ from ._instructions import (
     ShellCommand,
     Stage,
 )
+from ._interrupt import checkpoint
 from .shell import Lexer
 
 __all__ = ["CHECK_BUILD_ARG", "RULES", "CheckConfig", "CheckReport", "Rule", "check_config",
@@ -541,13 +542,11 @@ class CheckReport:
 
 def _all_findings(parsed: ParseResult, df: Dockerfile, stages: Sequence[Stage],
                   build_args: Mapping[str, str]) -> Iterator[CheckWarning]:
-    yield from _no_empty_continuation(parsed)
-    yield from _maintainer(parsed)
-    yield from _stage_name_casing(df)
-    yield from _from_as_casing(df)
-    yield from _stage_names(df)
-    yield from _consistent_casing(df)
-    yield from _definition_description(df)
+    for rules in (_no_empty_continuation(parsed), _maintainer(parsed),
+                  _stage_name_casing(df), _from_as_casing(df), _stage_names(df),
+                  _consistent_casing(df), _definition_description(df)):
+        checkpoint()
+        yield from rules
     lexer = Lexer(parsed.directives.escape)
     env = _global_args(df, lexer, build_args)
     if env is not None:
@@ -555,6 +554,7 @@ def _all_findings(parsed: ParseResult, df: Dockerfile, stages: Sequence[Stage],
         yield from _platform_flag(df, lexer, env)
     by_name = _by_name(df)
     for stage in stages:
+        checkpoint()
         yield from _stage_rules(stage, parsed.filename, by_name)
 
 

@@ -5,6 +5,15 @@ continuations, flag extraction, per-instruction argument splitting, heredocs), w
 deliberate differences: an unknown instruction is rejected here (BuildKit defers that to
 its instruction layer, with the same message), and invalid UTF-8 is an error.
 
+Line length: BuildKit reads lines with Go's ``bufio.Scanner``, whose buffer holds at most
+64 KiB, line end included, so every physical line -- instruction, continuation, comment or
+heredoc line -- may have at most ``MAX_LINE_BYTES`` (65,535) bytes before its ``\n`` (a
+``\r`` of a CRLF counts, so does the BOM on line 1); the logical line joined from
+continuations has no limit.  A longer line fails with BuildKit's text, ``dockerfile line
+greater than max allowed size of 65535``.  BuildKit reports it after parsing the lines
+before it and positions it at the line before (inside a heredoc it says ``unterminated
+heredoc`` instead); here it is checked first and positioned at the long line itself.
+
 Every failure is a ``DockerfileError`` naming file, line and column.
 """
 
@@ -17,15 +26,21 @@ from dataclasses import dataclass, field, replace
 
 from .._errors import DockerfileError
 from ._ast import Directives, Heredoc, Node, ParseResult
-from ._goquote import go_quote
+from ._goquote import quote_shown
+from ._interrupt import checkpoint
 from ._suggest import closest
 
-__all__ = ["INSTRUCTIONS", "parse"]
+__all__ = ["INSTRUCTIONS", "MAX_LINE_BYTES", "parse"]
+
+MAX_LINE_BYTES = 65_535  # bufio.MaxScanTokenSize - 1, as BuildKit's message says
+_LONG_LINE_HINT = ("split the line with a line continuation (the escape character at its "
+                   "end), or move long data into a file that COPY or RUN --mount reads")
 
 # Go's unicode.IsSpace: what BuildKit trims and splits on (Python's isspace differs).
 _SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007" \
          "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 _WHITESPACE = re.compile(r"[\t\v\f\r ]+")
+_SPACE_RUN = re.compile(f"[{re.escape(_SPACE)}]+")
 _DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
 _HEREDOC = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)\Z", re.DOTALL)
 _KNOWN_DIRECTIVES = ("syntax", "escape", "check")
@@ -52,6 +67,28 @@ def _is_comment(line: str) -> bool:
 
 
 # --------------------------------------------------------------------------- source text
+
+def _check_line_lengths(data: bytes, filename: str) -> None:
+    """BuildKit's scanner limit: no line of more than MAX_LINE_BYTES bytes before its \\n."""
+    if len(data) <= MAX_LINE_BYTES:
+        return
+    start = 0
+    for line in data.split(b"\n"):
+        if len(line) > MAX_LINE_BYTES:
+            raise _long_line(data, start, filename)
+        start += len(line) + 1
+
+
+def _long_line(data: bytes, start: int, filename: str) -> DockerfileError:
+    """The error for the line at byte ``start``, numbered as ``_decode`` splits lines."""
+    before = data[:start]
+    number = before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n") + 1
+    shown = data[start:start + 200].removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace")
+    shown = (shown.splitlines() or [""])[0]
+    return DockerfileError(f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}",
+                           filename=filename, line=number, source_line=shown,
+                           hint=_LONG_LINE_HINT)
+
 
 def _decode(source: bytes | str, filename: str) -> str:
     """The text of ``source``: UTF-8 (BOM dropped), line ends normalised to ``\\n``."""
@@ -250,7 +287,7 @@ def _name_values(rest: str, escape: str, keyword: str) -> _Args:
     pairs: list[str] = []
     for word in words:
         if "=" not in word:
-            raise _SourceError(f"Syntax error - can't find = in {go_quote(word)}. "
+            raise _SourceError(f"Syntax error - can't find = in {quote_shown(word)}. "
                                "Must be of the form: name=value", at=word)
         key, value = word.split("=", 1)
         if not key:
@@ -359,32 +396,39 @@ class _LexError(Exception):
 
 @dataclass(slots=True)
 class _WordSink:
-    """Collects shell words: unquoted whitespace separates, quoted text never does."""
+    """Collects shell words: unquoted whitespace separates, quoted text never does.  A word
+    is kept in pieces and joined once, so adding text costs its own length only."""
 
-    word: str = ""
-    words: list[str] = field(default_factory=list)
-    in_word: bool = False
+    pieces: list[str] = field(default_factory=list)  # of the word being built
+    words: list[str] = field(default_factory=list)  # finished words, never ""
 
     def char(self, ch: str) -> None:
-        if not _is_space(ch):
-            self.raw(ch)
-        elif self.in_word and self.word:
-            self.words.append(self.word)
-            self.word, self.in_word = "", False
+        if _is_space(ch):
+            self._end_word()
+        else:
+            self.pieces.append(ch)
 
     def raw(self, text: str) -> None:
-        self.word += text
-        self.in_word = True
+        self.pieces.append(text)
 
     def text(self, text: str) -> None:
-        for ch in text:
-            self.char(ch)
+        first, *rest = _SPACE_RUN.split(text)
+        self.pieces.append(first)
+        if rest:
+            self._end_word()
+            *whole, last = rest
+            self.words.extend(filter(None, whole))
+            self.pieces.append(last)
 
     def finish(self) -> list[str]:
-        if self.word:
-            self.words.append(self.word)
-            self.word, self.in_word = "", False
+        self._end_word()
         return self.words
+
+    def _end_word(self) -> None:
+        word = "".join(self.pieces)
+        if word:
+            self.words.append(word)
+        self.pieces = []
 
 
 class _ShellWords:
@@ -566,7 +610,7 @@ def _heredoc_from_word(word: str) -> Heredoc | None:
             return None
         quoted = _shell_words(rest, raw_quotes=True, raw_escapes=False)
     except _LexError as exc:
-        raise _SourceError(f"failed to process {go_quote(rest)}: {exc}", at=word) from None
+        raise _SourceError(f"failed to process {quote_shown(rest)}: {exc}", at=word) from None
     expand = _quote_count(plain[0]) == _quote_count(quoted[0])
     return Heredoc(name=plain[0], content="", expand=expand, chomp=chomp,
                    file_descriptor=int(fd) if fd else None)
@@ -610,6 +654,7 @@ class _Parser:
 
     def _nodes(self) -> Iterator[Node]:
         while self.index < len(self.lines):
+            checkpoint()
             logical = self._logical()
             if logical is not None:
                 yield self._with_heredocs(self._node(logical))
@@ -730,5 +775,7 @@ def parse(source: bytes | str, filename: str = "Dockerfile") -> ParseResult:
     accepted.  Nothing is expanded or validated beyond what BuildKit's parser checks, plus
     unknown instructions.
     """
+    data = source if isinstance(source, bytes) else source.encode("utf-8", "surrogatepass")
+    _check_line_lengths(data, filename)
     text = _decode(source, filename)
     return _Parser(_physical_lines(text), filename).run()

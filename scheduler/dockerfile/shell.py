@@ -44,18 +44,26 @@ Deviations from BuildKit, where its behaviour is an accident of Go:
 - patterns are matched without backtracking (``_Glob``: the same matches Go's ``regexp``
   and Python's ``re`` find, in ``len(value) * len(pattern)`` steps at most), and one word
   may spend at most ``_MATCH_STEP_LIMIT`` steps on them: past that it fails with
-  ``pattern matching needs more than N steps`` rather than stall the frontend.
+  ``pattern matching needs more than N steps`` rather than stall the frontend (a
+  ``${v//p/r}`` replacement costs a step per piece of ``r`` too);
+- an expanded word, and every text it is built from, holds at most ``MAX_WORD_SIZE``
+  characters (256 KiB; BuildKit has no limit): past it the word fails with ``the expanded
+  word would be longer than N characters`` naming its longest variable, and a hint.  Work
+  is linear in the word and what it expands to, so the limit bounds the time too;
+- a word over 120 characters is shown cut short in error messages.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .._errors import DockerfileError
-from ._goquote import go_quote
+from ._goquote import quote_shown
 
-__all__ = ["Expansion", "Lexer", "process_word", "process_words"]
+__all__ = ["MAX_WORD_SIZE", "Expansion", "Lexer", "process_word", "process_words"]
 
 _EOF = ""
 _ESCAPE_TOKENS = ("\\", "`")
@@ -66,7 +74,13 @@ _SPACES = frozenset(
     "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
+_SPLIT = re.compile("[" + re.escape("".join(sorted(_SPACES))) + "]+")
 _MAX_DEPTH = 64
+# Characters one expanded word may hold: twice the longest string Linux hands a process
+# (MAX_ARG_STRLEN, 128 KiB), four times BuildKit's longest Dockerfile line.  Every text a
+# word is built from (the word, each ${...} inside it, a ${v//p/r} replacement) is held to
+# it as it grows, so no word costs more than a few times this much work.
+MAX_WORD_SIZE = 256 * 1024
 # Pattern-matching steps (one thread advanced over one character) allowed in one word.
 # A search costs at most len(value) * (len(pattern) + 1) steps, so no real Dockerfile
 # comes near; the limit only stops ${v//p/r} on huge values from stalling the frontend.
@@ -97,7 +111,9 @@ class Lexer:
     ``raw_quotes`` keeps quote characters in the output, ``raw_escapes`` keeps escape
     characters, ``skip_process_quotes`` treats quotes as ordinary characters, and
     ``skip_unset_env`` leaves a reference to an unset variable as written (``$v``,
-    ``${v}``, ``${v:-w}``...).  A ``Lexer`` holds no per-word state: it is safe to share.
+    ``${v}``, ``${v:-w}``...).  ``max_size`` bounds each expanded word (a heredoc body,
+    many lines long, is given more).  A ``Lexer`` holds no per-word state: it is safe to
+    share.
     """
 
     def __init__(
@@ -108,6 +124,7 @@ class Lexer:
         raw_escapes: bool = False,
         skip_process_quotes: bool = False,
         skip_unset_env: bool = False,
+        max_size: int = MAX_WORD_SIZE,
     ) -> None:
         if escape not in _ESCAPE_TOKENS:
             raise DockerfileError(f"invalid escape token '{escape}' does not match ` or \\")
@@ -116,6 +133,7 @@ class Lexer:
         self.raw_escapes = raw_escapes
         self.skip_process_quotes = skip_process_quotes
         self.skip_unset_env = skip_unset_env
+        self.max_size = max_size
 
     def __repr__(self) -> str:
         return f"Lexer(escape={self.escape!r})"
@@ -126,10 +144,11 @@ class Lexer:
         try:
             result, words = state.run()
         except DockerfileError as exc:
-            raise DockerfileError(f"failed to process {go_quote(word)}: {exc.message}") from None
+            raise DockerfileError(f"failed to process {quote_shown(word)}: {exc.message}",
+                                  hint=exc.hint) from None
         except RecursionError:
             message = "expansion nested too deeply"
-            raise DockerfileError(f"failed to process {go_quote(word)}: {message}") from None
+            raise DockerfileError(f"failed to process {quote_shown(word)}: {message}") from None
         return Expansion(result, tuple(words), frozenset(state.matched),
                          frozenset(state.unmatched))
 
@@ -152,8 +171,21 @@ def process_words(word: str, env: Mapping[str, str], escape: str = "\\") -> list
     return Lexer(escape).process_words(word, env)
 
 
+@functools.cache
+def _plain_run(escape: str, stop: str, quotes: bool) -> re.Pattern[str]:
+    """Characters ``_scan`` may take in one go: none that starts a quote, an escape or an
+    expansion, nor ``stop``."""
+    special = "$" + escape + stop + ("'\"" if quotes else "")
+    return re.compile(f"[^{re.escape(special)}]+")
+
+
+_DOUBLE_QUOTED_RUN = {escape: re.compile('[^"$' + re.escape(escape) + "]+")
+                      for escape in _ESCAPE_TOKENS}
+
+
 class _Cursor:
-    """Reads a word one character at a time; ``_EOF`` ("") past the end.
+    """Reads a word a character (or a run of plain text) at a time; ``_EOF`` ("") past
+    the end.
 
     Like Go's text/scanner, a byte-order mark at the very start is skipped.
     """
@@ -171,33 +203,63 @@ class _Cursor:
             self._pos += 1
         return ch
 
+    def run(self, pattern: re.Pattern[str]) -> str:
+        """The text ``pattern`` matches here, consumed; "" when it does not match."""
+        found = pattern.match(self._text, self._pos)
+        if found is None:
+            return ""
+        self._pos = found.end()
+        return found.group()
+
+    def until(self, ch: str) -> str | None:
+        """The text before the next ``ch``, consumed with it; None (all consumed) when
+        there is none."""
+        end = self._text.find(ch, self._pos)
+        if end < 0:
+            self._pos = len(self._text)
+            return None
+        text, self._pos = self._text[self._pos:end], end + 1
+        return text
+
 
 class _Words:
-    """Accumulates the words of ``process_words``."""
+    """Accumulates the words of ``process_words``, in pieces joined once per word (adding
+    text costs its length, never the length of the word so far)."""
 
     def __init__(self) -> None:
-        self._word = ""  # the word being built
+        self._word: list[str] = []  # pieces of the word being built; may be all ""
         self._done: list[str] = []  # finished words, never empty strings
 
     def add_char(self, ch: str) -> None:
         """An unquoted character: whitespace ends the current word."""
-        if ch not in _SPACES:
-            self._word += ch
-        elif self._word:
-            self._done.append(self._word)
-            self._word = ""
+        if ch in _SPACES:
+            self._end_word()
+        else:
+            self._word.append(ch)
 
     def add_text(self, text: str) -> None:
         """Unquoted text (an expansion): split like characters typed."""
-        for ch in text:
-            self.add_char(ch)
+        first, *rest = _SPLIT.split(text)
+        self._word.append(first)
+        if rest:
+            self._end_word()
+            *whole, last = rest
+            self._done.extend(filter(None, whole))
+            self._word.append(last)
 
     def add_raw(self, text: str) -> None:
         """Quoted or escaped text: never split."""
-        self._word += text
+        self._word.append(text)
 
     def result(self) -> list[str]:
-        return [*self._done, self._word] if self._word else list(self._done)
+        self._end_word()
+        return self._done
+
+    def _end_word(self) -> None:
+        word = "".join(self._word)
+        if word:
+            self._done.append(word)
+        self._word = []
 
 
 class _Expander:
@@ -210,7 +272,7 @@ class _Expander:
         self._env = env
         self._raw_escapes = lexer.raw_escapes  # changes inside ${v#p}, ${v%p}, ${v/p/r}
         self._depth = 0  # how many ${...} enclose the current position
-        self._budget = _Budget(_MATCH_STEP_LIMIT)  # shared by every pattern in the word
+        self._budget = _Budget(_MATCH_STEP_LIMIT, lexer.max_size)  # shared by the word
         self.matched: set[str] = set()
         self.unmatched: set[str] = set()
 
@@ -229,12 +291,19 @@ class _Expander:
 
     def _scan(self, stop: str) -> tuple[str, list[str]]:
         result: list[str] = []
+        size = 0  # len("".join(result)), held to the budget's size limit
         words = _Words()
+        plain = _plain_run(self._escape, stop, not self._lexer.skip_process_quotes)
         while (ch := self._cursor.peek()) != _EOF:
             if stop and ch == stop:
                 self._cursor.next()
                 return "".join(result), words.result()
-            result.append(self._piece(ch, words))
+            if piece := self._cursor.run(plain):
+                words.add_text(piece)
+            else:
+                piece = self._piece(ch, words)
+            size = self._budget.grow(size, piece)
+            result.append(piece)
         if stop:
             raise DockerfileError(f"unexpected end of statement while looking for matching {stop}")
         return "".join(result), words.result()
@@ -263,25 +332,26 @@ class _Expander:
         return kept + escaped
 
     def _single_quoted(self) -> str:
-        quote = self._cursor.next()
-        text = [quote] if self._lexer.raw_quotes else []
-        while (ch := self._cursor.next()) != "'":
-            if ch == _EOF:
-                raise DockerfileError(
-                    "unexpected end of statement while looking for matching single-quote")
-            text.append(ch)
-        if self._lexer.raw_quotes:
-            text.append(ch)
-        return "".join(text)
+        self._cursor.next()
+        text = self._cursor.until("'")
+        if text is None:
+            raise DockerfileError(
+                "unexpected end of statement while looking for matching single-quote")
+        return f"'{text}'" if self._lexer.raw_quotes else text
 
     def _double_quoted(self) -> str:
         quote = self._cursor.next()
         text = [quote] if self._lexer.raw_quotes else []
+        size = len(text)  # len("".join(text)), held to the budget's size limit
+        plain = _DOUBLE_QUOTED_RUN[self._escape]
         while (ch := self._cursor.peek()) != '"':
             if ch == _EOF:
                 raise DockerfileError(
                     "unexpected end of statement while looking for matching double-quote")
-            text.append(self._dollar() if ch == "$" else self._double_quoted_char())
+            piece = self._cursor.run(plain) or (
+                self._dollar() if ch == "$" else self._double_quoted_char())
+            size = self._budget.grow(size, piece)
+            text.append(piece)
         self._cursor.next()
         if self._lexer.raw_quotes:
             text.append(ch)
@@ -381,7 +451,7 @@ class _Expander:
             return f"${{{name}/{pattern}/{replacement}}}"
         glob = _compile_pattern(pattern, greedy=True, budget=self._budget)
         if every:
-            return _replace_all(glob, value or "", replacement)
+            return _replace_all(glob, value or "", replacement, self._budget)
         return _replace_first(glob, value or "", replacement)
 
     def _nested(self, stop: str, raw_escapes: bool, missing: str) -> str:
@@ -411,7 +481,9 @@ class _Expander:
     def _lookup(self, name: str) -> str | None:
         if name in self._env:
             self.matched.add(name)
-            return self._env[name]
+            value = self._env[name]
+            self._budget.saw(name, value)
+            return value
         self.unmatched.add(name)
         return None
 
@@ -460,16 +532,40 @@ def _reverse_pattern(pattern: str) -> str:
 
 
 class _Budget:
-    """Pattern-matching steps spent so far in one word, and how many are allowed."""
+    """What one word may cost: pattern-matching steps (spent so far, and how many are
+    allowed) and the size of each text it is built from."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, size_limit: int = MAX_WORD_SIZE) -> None:
         self.limit = limit
         self.used = 0  # steps spent; never above limit without raising
+        self.size_limit = size_limit
+        self._largest = ("", 0)  # the longest variable value looked up: (name, length)
 
     def spend(self, steps: int) -> None:
         self.used += steps
         if self.used > self.limit:
             raise DockerfileError(f"pattern matching needs more than {self.limit} steps")
+
+    def saw(self, name: str, value: str) -> None:
+        """A variable was looked up: the longest one is named if the word grows too long."""
+        if len(value) >= self._largest[1]:
+            self._largest = (name, len(value))
+
+    def grow(self, size: int, piece: str) -> int:
+        """``size`` plus ``piece``; past the size limit, the error naming the variable."""
+        size += len(piece)
+        if size > self.size_limit:
+            raise self._too_long()
+        return size
+
+    def _too_long(self) -> DockerfileError:
+        name, length = self._largest
+        culprit = f" (${name} alone is {length} characters)" if name else ""
+        return DockerfileError(
+            f"the expanded word would be longer than {self.size_limit} characters{culprit}",
+            hint=f"a word may expand to at most {self.size_limit} characters: keep large "
+                 "data out of ARG and ENV values (COPY it in as a file, or pass it with "
+                 "RUN --mount=type=secret)")
 
 
 # A pattern token: (kind, character); the character matters for _LITERAL only.
@@ -596,10 +692,14 @@ def _replace_first(glob: _Glob, value: str, replacement: str) -> str:
     return value[:span[0]] + replacement + value[span[1]:]
 
 
-def _replace_all(glob: _Glob, value: str, template: str) -> str:
+def _replace_all(glob: _Glob, value: str, template: str, budget: _Budget) -> str:
     """Go's ``Regexp.ReplaceAllString``: an empty match right after a match is skipped,
-    and ``$0``/``$$`` in the replacement are expanded (BuildKit passes it through)."""
+    and ``$0``/``$$`` in the replacement are expanded (BuildKit passes it through).  Each
+    replacement costs the budget a step per piece of the template, and the result is held
+    to its size limit as it grows."""
+    pieces = _template_pieces(template)
     out: list[str] = []
+    size = 0  # len("".join(out))
     last_end = 0
     search_at = 0
     while search_at <= len(value):
@@ -607,19 +707,25 @@ def _replace_all(glob: _Glob, value: str, template: str) -> str:
         if span is None:
             break
         start, end = span
+        size = budget.grow(size, value[last_end:start])
         out.append(value[last_end:start])
         if end > last_end or start == 0:
-            out.append(_go_expand(template, value[start:end]))
+            budget.spend(len(pieces))
+            for piece in pieces:
+                text = value[start:end] if piece is None else piece
+                size = budget.grow(size, text)
+                out.append(text)
         last_end = end
         search_at = search_at + 1 if search_at + 1 > end else end
     out.append(value[last_end:])
     return "".join(out)
 
 
-def _go_expand(template: str, matched: str) -> str:
-    """Go's ``Regexp.Expand`` for a regex without groups: ``$$`` is ``$``, ``$0`` and
-    ``${0}`` the match, any other ``$name`` nothing, a ``$`` without a name itself."""
-    out: list[str] = []
+def _template_pieces(template: str) -> tuple[str | None, ...]:
+    """Go's ``Regexp.Expand`` for a regex without groups, prepared once: ``$$`` is ``$``,
+    ``$0`` and ``${0}`` the match (None here), any other ``$name`` nothing, a ``$`` without
+    a name itself.  Empty pieces are left out."""
+    out: list[str | None] = []
     index = 0
     while (dollar := template.find("$", index)) >= 0:
         out.append(template[index:dollar])
@@ -633,9 +739,9 @@ def _go_expand(template: str, matched: str) -> str:
             out.append("$")
             continue
         name, index = found
-        out.append(matched if name == "0" else "")
+        out.append(None if name == "0" else "")
     out.append(template[index:])
-    return "".join(out)
+    return tuple(piece for piece in out if piece != "")
 
 
 def _template_name(template: str, start: int) -> tuple[str, int] | None:

@@ -15,6 +15,8 @@ A case folder holds:
      "secrets": {"id": "value"},                  # --secret id=ID,src=FILE on both sides
      "modes": {"path": "4755"},                   # chmod after copying the context
      "symlinks": {"path": "target"},              # made in the context
+     "specials": {"path": "socket 0755"},         # also "fifo MODE", "char MAJ MIN MODE",
+                                                  # "block MAJ MIN MODE" (git keeps none)
      "dirs": ["empty/dir"],                       # empty directories (git keeps none)
      "archives": {"a.tar.gz": {"format": "gz", "files": {"x/y.txt": "text"}}},
      "rebuild": {"build_args": {...}},            # build twice; the second is compared
@@ -38,6 +40,8 @@ import lzma
 import os
 import re
 import shutil
+import socket
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +136,8 @@ def materialise(case: Case, dest: Path) -> Path:
     for name, target in (case.settings.get("symlinks") or {}).items():
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         (dest / name).symlink_to(target)
+    for name, spec in (case.settings.get("specials") or {}).items():
+        _make_special(dest / name, spec.split())
     for name, spec in (case.settings.get("archives") or {}).items():
         (dest / name).write_bytes(make_archive(spec))
     if not (dest / "Dockerfile").exists():
@@ -140,6 +146,21 @@ def materialise(case: Case, dest: Path) -> Path:
         os.chmod(dest / name, int(mode, 8))
     _stamp(dest)
     return dest
+
+
+def _make_special(path: Path, spec: list[str]) -> None:
+    """A socket, fifo or device node at ``path`` (``spec``: kind, [major, minor,] mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind, mode = spec[0], int(spec[-1], 8)
+    if kind == "socket":
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(path))
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        kinds = {"char": stat.S_IFCHR, "block": stat.S_IFBLK}
+        os.mknod(path, kinds[kind] | mode, os.makedev(int(spec[1]), int(spec[2])))
+    os.chmod(path, mode)
 
 
 def _normalise_modes(root: Path) -> None:

@@ -28,6 +28,7 @@ from scheduler._errors import DockerfileError
 
 UNUSED = "FROM scratch AS unused\n"  # a stage the build target does not need
 TARGET = "FROM scratch\n"
+LONG_LINE = "dockerfile line greater than max allowed size of 65535"
 
 Row = tuple[str, str, str | None, int | None]
 
@@ -181,6 +182,16 @@ ROWS: list[Row] = [
      "invalid value abc for uid", 2),
     ("mount-unknown-key", UNUSED + "RUN --mount=type=cache,target=/c,bogus=1 x\n" + TARGET,
      "unexpected key 'bogus' in 'bogus=1'", 2),
+    # --- the line limit: 65,535 bytes before the "\n" (a CRLF's "\r" counts), each
+    # physical line alone -- the logical line of continuations may be longer
+    ("line-65535", TARGET + "ENV A=" + "x" * 65_529 + "\n", None, None),
+    ("line-65536", TARGET + "ENV A=" + "x" * 65_530 + "\n", LONG_LINE, 2),
+    ("line-crlf-65535", "FROM scratch\r\nENV A=" + "x" * 65_528 + "\r\n", None, None),
+    ("line-crlf-65536", "FROM scratch\r\nENV A=" + "x" * 65_529 + "\r\n", LONG_LINE, 2),
+    ("line-no-eol-65535", TARGET + "ENV A=" + "x" * 65_529, None, None),
+    ("line-no-eol-65536", TARGET + "ENV A=" + "x" * 65_530, LONG_LINE, 2),
+    ("line-continued", TARGET + "ENV A=1 \\\n  B=" + "x" * 65_529 + " \\\n  C="
+     + "y" * 65_530 + "\n", None, None),
 ]
 
 _LINE = re.compile(r"dockerfile parse error line (\d+)")

@@ -24,7 +24,8 @@ SURFACES: dict[str, set[str]] = {
         "PatternMatcher", "Rule", "Stage", "build_graph", "parse", "parse_dockerfile",
         "parse_ignore_file", "process_word", "process_words",
     },
-    "scheduler.dockerfile.shell": {"Expansion", "Lexer", "process_word", "process_words"},
+    "scheduler.dockerfile.shell": {"MAX_WORD_SIZE", "Expansion", "Lexer", "process_word",
+                                   "process_words"},
     "cluster": {"ContextEntry", "ignore_file_for", "load_ignore_patterns", "main",
                 "walk_context"},
     "workers": {

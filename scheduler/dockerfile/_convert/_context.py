@@ -4,13 +4,14 @@ table, the vertex sink, the warnings, and the build context source."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..._errors import DockyardError, UsageError
 from ..._graph import SourceOp, Ulimit
 from ..._platform import Platform, parse_platform
 from .._ast import CheckWarning, Node
+from .._interrupt import checkpoint
 from ._expand import NON_ENV_ARGS, Expansion, expand, expand_display
 from ._model import ImageResolver
 from ._proxy import proxy_environment
@@ -30,6 +31,16 @@ def check_sandbox_hostname(build_args: Mapping[str, str]) -> None:
         raise UsageError(f"invalid {SANDBOX_HOSTNAME_ARG} {name!r}: a hostname is at most "
                          f"{_MAX_HOSTNAME} bytes, without spaces or control characters",
                          hint=f"pass e.g. --build-arg {SANDBOX_HOSTNAME_ARG}=builder")
+
+# Characters one platform's conversion may produce from variables: every expanded word,
+# every vertex name with variables substituted, and every RUN's environment (a stage's
+# ENVs are copied into each RUN).  Each word alone is held to shell.MAX_WORD_SIZE (256 KiB);
+# this bounds their sum, and so the frontend's memory and time, whatever the number of
+# lines: a real Dockerfile produces a few megabytes at most.
+MAX_EXPANDED_TOTAL = 128 * 1024 * 1024
+_TOTAL_HINT = ("every use of a variable copies its value (and a stage's ENV values are copied "
+               "into each RUN): keep large data out of ARG and ENV values, and COPY it in as "
+               "a file instead")
 
 _RULE_DOCS = {
     "UndefinedVar": "Variables should be defined before their use",
@@ -78,6 +89,7 @@ class Conversion:
     context_paths: set[str] = field(default_factory=set)
     follow_paths: tuple[str, ...] | None = None
     consumed_args: set[str] = field(default_factory=set)
+    produced: int = 0  # characters charged so far (see MAX_EXPANDED_TOTAL); never above it
     _context_digest: str | None = None
 
     @property
@@ -94,13 +106,31 @@ class Conversion:
         return f"{self.filename}:{node.start_line}:{node.column}"
 
     def expand(self, word: str, env: Mapping[str, str], node: Node) -> Expansion:
-        return expand(word, env, escape=self.options.escape, node=node,
-                      filename=self.filename)
+        checkpoint()
+        expansion = expand(word, env, escape=self.options.escape, node=node,
+                           filename=self.filename)
+        self.charge(len(expansion.result), node, env, expansion.matched)
+        return expansion
+
+    def charge(self, size: int, node: Node, env: Mapping[str, str],
+               names: Iterable[str]) -> None:
+        """Count ``size`` characters made from the variables ``names`` of ``env`` at
+        ``node``; past MAX_EXPANDED_TOTAL, the error naming the longest of them."""
+        self.produced += size
+        if self.produced <= MAX_EXPANDED_TOTAL:
+            return
+        longest = max(names, key=lambda name: len(env[name]), default=None)
+        culprit = f" (${longest} is {len(env[longest])} characters)" if longest else ""
+        raise node.error(
+            f"the values expanded from variables would pass {MAX_EXPANDED_TOTAL} characters "
+            f"in all{culprit}", self.filename, hint=_TOTAL_HINT)
 
     def expand_in_stage(self, word: str, state: StageState, node: Node) -> str:
         """Expand in a stage's scope, reporting UndefinedVar for unknown names."""
         expansion = self.expand(word, state.env(), node)
-        for name in sorted(expansion.unmatched - set(state.args) - NON_ENV_ARGS):
+        undefined = (name for name in expansion.unmatched
+                     if name not in state.args and name not in NON_ENV_ARGS)
+        for name in sorted(undefined):
             self.warn("UndefinedVar", f"Usage of undefined variable '${name}'", node)
         return expansion.result
 
@@ -136,8 +166,10 @@ class Conversion:
         except DockyardError:
             return None
 
-    def display(self, text: str, env: Mapping[str, str]) -> str:
-        return expand_display(text, env, escape=self.options.escape)
+    def display(self, text: str, env: Mapping[str, str], node: Node) -> str:
+        shown = expand_display(text, env, escape=self.options.escape)
+        self.charge(len(shown), node, env, ())
+        return shown
 
     def context_source(self) -> str:
         """The digest of the ``local://context`` source vertex."""

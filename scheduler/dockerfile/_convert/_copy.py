@@ -43,7 +43,7 @@ def dispatch_copy(conv: Conversion, state: StageState, command: CopyCommand | Ad
     link = command.link and not chmod
     plan = _Plan(inputs=[state.root] if state.root and not link else [])
     env = state.env()
-    name = prefix_command(state, uppercase_command(conv.display(node.original, env)),
+    name = prefix_command(state, uppercase_command(conv.display(node.original, env, node)),
                           multi_platform=conv.options.multi_platform,
                           platform=state.platform)
     for src in _paths(command):

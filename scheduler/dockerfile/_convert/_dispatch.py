@@ -27,6 +27,7 @@ from .._instructions import (
     VolumeCommand,
     WorkdirCommand,
 )
+from .._interrupt import checkpoint
 from . import _config
 from ._args import dispatch_arg
 from ._context import Conversion
@@ -62,6 +63,7 @@ def convert_stage(conv: Conversion, table: StageTable, stage_node: StageNode,
     state, triggers = start_stage(conv, stage_node, done)
     commands = [*triggers, *stage_node.commands]
     for position, command in enumerate(commands):
+        checkpoint()
         state.on_build_prefix = position < len(triggers) + stage_node.triggers
         _guarded(conv, table, state, command, done)
     return state

@@ -28,17 +28,20 @@ def expand(word: str, env: Mapping[str, str], *, escape: str, node: Node,
     try:
         result = shell.Lexer(escape).expand(word, env)
     except DockyardError as err:
-        raise node.error(err.message, filename, at=word) from err
+        raise node.error(err.message, filename, at=word, hint=err.hint) from err
     return Expansion(result.result, result.words, result.matched, result.unmatched)
 
 
 def expand_heredoc(body: str, env: Mapping[str, str], *, node: Node, filename: str) -> str:
     """A COPY/ADD heredoc body with an unquoted delimiter: variables expanded with a
-    backslash lexer that keeps quotes as text (BuildKit's ExpandRaw)."""
+    backslash lexer that keeps quotes as text (BuildKit's ExpandRaw).  A body is many
+    lines: it may grow by a word's limit beyond its own length."""
+    lexer = shell.Lexer("\\", skip_process_quotes=True,
+                        max_size=len(body) + shell.MAX_WORD_SIZE)
     try:
-        return shell.Lexer("\\", skip_process_quotes=True).expand(body, env).result
+        return lexer.expand(body, env).result
     except DockyardError as err:
-        raise node.error(err.message, filename) from err
+        raise node.error(err.message, filename, hint=err.hint) from err
 
 
 def expand_display(text: str, env: Mapping[str, str], *, escape: str) -> str:

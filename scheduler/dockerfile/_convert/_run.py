@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
+from collections.abc import Mapping
 
 from ..._graph import ExecMount, ExecOp, FileOp, Mkfile
 from .._ast import Heredoc
@@ -51,12 +52,15 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
     for mount in command.mounts:
         mounts += _mounts(conv, state, command, mount, inputs, sources)
     env = state.env()
+    _refuse_nul(conv, command, args, env)
     op = ExecOp(args=args, env=tuple(sorted(f"{k}={v}" for k, v in _run_env(env, command))),
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
                 network=_network(conv, command), security=command.security,
                 hostname=conv.sandbox_hostname, proxy_env=conv.proxy_env(state),
                 ulimits=conv.options.ulimits, shm_size=conv.options.shm_size)
-    name = prefix_command(state, uppercase_command(conv.display(label, _masked(env, command))),
+    conv.charge(sum(map(len, op.env)), command.node, env, env)
+    shown = conv.display(label, _masked(env, command), command.node)
+    name = prefix_command(state, uppercase_command(shown),
                           multi_platform=conv.options.multi_platform,
                           platform=state.platform, target=conv.target_of(state))
     state.root = conv.sink.add(op, inputs.digests, name, state.platform,
@@ -70,14 +74,30 @@ def _network(conv: Conversion, command: RunCommand) -> str:
     return command.network if command.network != "default" else conv.options.network
 
 
-def _masked(env: dict[str, str], command: RunCommand) -> dict[str, str]:
+def _masked(env: Mapping[str, str], command: RunCommand) -> dict[str, str]:
     """The environment the RUN's name is expanded with: a secret's variable shows as
     ``****`` (BuildKit's withSecretEnvMask), whatever the stage set it to."""
     secrets = {m.env: "****" for m in command.mounts if m.type == "secret" and m.env}
     return {**env, **secrets}
 
 
-def _run_env(env: dict[str, str], command: RunCommand) -> list[tuple[str, str]]:
+def _refuse_nul(conv: Conversion, command: RunCommand, args: tuple[str, ...],
+                env: Mapping[str, str]) -> None:
+    """A NUL byte cannot cross execve (it ends a C string): BuildKit passes it on and the
+    RUN fails in the runtime (``exec: invalid argument``); we refuse it at the line."""
+    if any("\0" in arg for arg in args):
+        raise command.node.error("RUN holds a NUL byte, which a command line cannot carry",
+                                 conv.filename, at="\0",
+                                 hint="remove the NUL byte (\\0) from the instruction")
+    named = sorted(key for key, value in env.items() if "\0" in key + value)
+    if named:
+        raise command.node.error(
+            f"RUN's environment variable {named[0]} holds a NUL byte, which a process "
+            "environment cannot carry", conv.filename,
+            hint="remove the NUL byte (\\0) from the ENV or ARG that sets it")
+
+
+def _run_env(env: Mapping[str, str], command: RunCommand) -> list[tuple[str, str]]:
     """The RUN's environment: as BuildKit's llb exec, ``SSH_AUTH_SOCK`` is the first ssh
     mount's target, as written (a relative one stays relative: the socket itself is
     placed under the working directory), unless the stage already sets it."""

@@ -6,7 +6,9 @@ graph only ever sees the frozen ops built from it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ..._graph import Healthcheck, HistoryEntry
 from ..._platform import Platform
@@ -75,9 +77,11 @@ class StageState:
     cmd_set: bool = False
     on_build_prefix: bool = False
 
-    def env(self) -> dict[str, str]:
-        """The variables a command sees (a copy of ``vars``)."""
-        return dict(self.vars)
+    def env(self) -> Mapping[str, str]:
+        """The variables a command sees: a read-only view of ``vars``, not a copy (copying
+        made a Dockerfile of many ENVs quadratic).  Read it before the command changes the
+        stage; keep nothing of it."""
+        return MappingProxyType(self.vars)
 
     def set_env(self, key: str, value: str) -> None:
         """ENV: into the image config and into what later commands see."""

@@ -24,8 +24,8 @@ def dispatch_workdir(conv: Conversion, state: StageState, command: WorkdirComman
     if workdir == "/":
         state.config.commit("WORKDIR /", layer=False)
         return
-    env = state.env()
-    name = prefix_command(state, uppercase_command(conv.display(command.node.original, env)),
+    node = command.node
+    name = prefix_command(state, uppercase_command(conv.display(node.original, state.env(), node)),
                           multi_platform=conv.options.multi_platform,
                           platform=state.platform)
     op = FileOp(actions=(Mkdir(path=workdir, make_parents=True,

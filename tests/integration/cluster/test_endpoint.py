@@ -179,3 +179,17 @@ def test_a_build_through_the_endpoint(served: Served) -> None:
     assert done.returncode == 0, done.stderr.decode()
     assert (out / "a.txt").read_text() == "hello from the client\n"
     assert not (served.work / "client-root").exists(), "no local service was started"
+
+
+def test_a_lowercase_dockerfile_builds_through_the_endpoint(served: Served) -> None:
+    """BuildKit's testDockerfileLowercase: no -f and only ``dockerfile`` in the context."""
+    context = served.work / "lower"
+    context.mkdir()
+    (context / "dockerfile").write_text("FROM scratch\nCOPY b.txt /b.txt\n")
+    (context / "b.txt").write_text("found by the lower-case name\n")
+    out = served.work / "lower-out"
+    done = served.cli("build", "--progress=plain", "--endpoint", served.url,
+                      "--token-file", str(served.token_file), "--tls-ca", str(served.cert),
+                      "-o", f"type=local,dest={out}", str(context))
+    assert done.returncode == 0, done.stderr.decode()
+    assert (out / "b.txt").read_text() == "found by the lower-case name\n"

@@ -241,6 +241,51 @@ def test_a_client_that_dies_cancels_its_solve(service: Service) -> None:
     _wait_cancelled(service, before)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_client_that_dies_during_the_frontend_stops_it(service: Service,
+                                                         tmp_path: Path) -> None:
+    """A legal Dockerfile whose conversion takes minutes (200,000 ENV lines for four
+    platforms); the client is killed while the coordinator converts it.  The frontend
+    stops within a step: the coordinator counts no frontend and burns no CPU after."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM scratch\n" + "".join(f"ENV V{i}={i}\n" for i in range(200_000)))
+    coordinator = run(service.call("ping"))["coordinator"]["pid"]
+    before = _statistics(service)
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), DOCKYARD_ROOT=str(service.settings.root))
+    client = subprocess.Popen(
+        [sys.executable, "-m", "cluster", "build", "--progress=plain",
+         "--platform=linux/amd64,linux/arm64,linux/arm/v7,linux/s390x", str(context)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_until(lambda: _statistics(service)["frontends"] == 1, 60,
+                   "the coordinator to run the frontend")
+        time.sleep(1)
+        client.kill()
+    finally:
+        client.kill()
+        client.wait()
+    wait_until(lambda: _statistics(service)["frontends"] == 0, 15, "the frontend to stop")
+    _wait_cancelled_build(service, before)
+    began = _cpu_seconds(coordinator)
+    time.sleep(3)
+    assert _cpu_seconds(coordinator) - began < 0.75  # a running frontend takes ~3 s
+
+
+def _wait_cancelled_build(service: Service, before: dict[str, Any]) -> None:
+    def settled() -> bool:
+        now = _statistics(service)
+        return bool(now["active"] == 0 and now["cancelled"] == before["cancelled"] + 1)
+
+    wait_until(settled, 15, "the coordinator's build to be cancelled")
+
+
 def test_unknown_call(service: Service) -> None:
     with pytest.raises(ServiceError) as info:
         run(service.call("frobnicate"))

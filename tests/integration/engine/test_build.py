@@ -4,6 +4,9 @@ a real registry holding the multi-arch busybox image, real exporters."""
 from __future__ import annotations
 
 import asyncio
+import io
+import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +210,99 @@ def test_a_pushed_image_is_a_base_whose_env_reaches_run(tmp_path: Path,
     config = oci_config(tmp_path / "o2" / "image.tar")["config"]
     assert "FOO=from-base" in config["Env"] and config["Cmd"] == ["cat", "/w/foo"]
     assert config["WorkingDir"] == "/w"
+
+
+def _bomb_context(tmp_path: Path) -> Path:
+    """A context with a small archive and a gzip bomb: 4 MiB, then 64 MiB of zeros."""
+    context = tmp_path / "context"
+    context.mkdir(parents=True)
+    with tarfile.open(context / "ok.tar", "w") as tar:
+        info = tarfile.TarInfo("ok")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"ok"))
+    with tarfile.open(context / "bomb.tar.gz", "w:gz") as tar:
+        for name, size in (("first", 4 << 20), ("zeros", 64 << 20)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    return context
+
+
+def test_an_add_over_its_limit_names_its_line_and_leaves_no_partial_layer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DOCKYARD_ADD_MAX stops the bomb after its first entry was written: the error names
+    the ADD, its line and the entry; the half-extracted state is neither a layer nor a cache
+    record (a build with the limit raised extracts it whole, the other ADD from cache)."""
+    root, context = tmp_path / "root", _bomb_context(tmp_path)
+    dockerfile = "FROM scratch\nADD ok.tar /a/\nADD bomb.tar.gz /b/\n"
+    monkeypatch.setenv("DOCKYARD_ADD_MAX", "16MB")
+    with pytest.raises(SolveError) as caught:
+        _build(dockerfile, context, _options(root, tmp_path / "o1"))
+    error = caught.value
+    assert (error.vertex, error.location) == ("[2/2] ADD bomb.tar.gz /b/", "Dockerfile:3:1")
+    assert error.message == ("ADD /bomb.tar.gz: archive entry 'zeros' (64MiB) would expand "
+                             "the ADD to 68MiB, past its limit of 16MiB")
+    assert not _mounts_under(tmp_path)
+    assert list((root / "snapshots" / "work").iterdir()) == []
+    records = set((root / "cache" / "records").iterdir())
+    assert not _blobs_holding(root, "b/first")  # the entry written before the refusal
+
+    monkeypatch.setenv("DOCKYARD_ADD_MAX", "off")
+    events = Recorder()
+    _build(dockerfile, context, _options(root, tmp_path / "o2", events=events))
+    assert events.started() == ["[2/2] ADD bomb.tar.gz /b/"]
+    rootfs = tmp_path / "o2" / "rootfs"
+    assert (rootfs / "b" / "zeros").stat().st_size == 64 << 20
+    assert (rootfs / "a" / "ok").read_text() == "ok"
+    assert len(_blobs_holding(root, "b/first")) == 1
+    assert len(set((root / "cache" / "records").iterdir()) - records) == 1
+
+
+def _blobs_holding(root: Path, name: str) -> list[Path]:
+    """The layer blobs of the local cache with an entry ``name``."""
+    found = []
+    for blob in (root / "cache" / "blobs" / "sha256").iterdir():
+        try:
+            with tarfile.open(blob) as tar:
+                if name in tar.getnames():
+                    found.append(blob)
+        except tarfile.TarError:  # a config or manifest
+            continue
+    return found
+
+
+def test_a_sparse_archive_is_refused_at_its_add_line(tmp_path: Path) -> None:
+    """The issue's archive, made by GNU tar: a ~120-byte .tar.gz holding a 2 GiB sparse
+    file.  BuildKit: "unhandled tar header type 83"; dockyard says the same, with the ADD,
+    its line and the archive, and writes none of the 2 GiB."""
+    sparse, context = tmp_path / "sparse", tmp_path / "context"
+    sparse.mkdir()
+    context.mkdir()
+    with open(sparse / "big", "wb") as big:
+        big.truncate(2 << 30)
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-C", str(sparse), "-czf",
+                    str(context / "big.tar.gz"), "big"], check=True)
+    assert (context / "big.tar.gz").stat().st_size < 129
+    with pytest.raises(SolveError) as caught:
+        _build("FROM scratch\nADD big.tar.gz /dst/\n", context,
+               _options(tmp_path / "root", tmp_path / "o"))
+    assert str(caught.value).splitlines()[0] == (
+        "Dockerfile:2:1 [1/1] ADD big.tar.gz /dst/: ADD /big.tar.gz: archive entry 'big': "
+        "unhandled tar header type 83")
+
+
+def test_two_failing_parallel_stages_end_on_the_same_error_every_time(
+        tmp_path: Path, busybox_image: Any) -> None:
+    """Stages ``a`` and ``b`` both fail at once: every build ends on ``a``'s error, the
+    first failure in graph order (BuildKit's is whichever fails first in time)."""
+    base = busybox_image.reference
+    dockerfile = (f"FROM {base} AS a\nRUN exit 3\nFROM {base} AS b\nRUN exit 4\n"
+                  f"FROM {base}\nCOPY --from=a /etc/hostname /a\n"
+                  "COPY --from=b /etc/hostname /b\n")
+    ended: list[tuple[str, int]] = []
+    for attempt in range(12):
+        with pytest.raises(ExecError) as caught:
+            _build(dockerfile, _context(tmp_path / str(attempt)),
+                   _options(tmp_path / "root", tmp_path / "o"))
+        ended.append((caught.value.vertex, caught.value.exit_code))
+    assert ended == [("[a 2/2] RUN exit 3", 3)] * 12

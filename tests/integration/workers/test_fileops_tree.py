@@ -16,6 +16,8 @@ Expectations follow BuildKit's file backend and fsutil's copier (see workers/_co
 from __future__ import annotations
 
 import os
+import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -122,8 +124,22 @@ CASES: list[tuple[str, list[str], list[str], list[FileAction], list[str]]] = [
                                             follow_symlinks=False)],
      ["l /o -> ../a.txt 5:6"]),
     ("chmod-octal-on-files-and-dirs", CTX, [], [Copy(1, "/dir", "/o/p", chmod="751")],
-     ["d /o 755 0:0", "d /o/p 755 0:0", "f /o/p/x 751 0:0 2", "d /o/p/sub 751 0:0",
+     ["d /o 751 0:0", "d /o/p 751 0:0", "f /o/p/x 751 0:0 2", "d /o/p/sub 751 0:0",
       "f /o/p/sub/y 751 0:0 1", "l /o/p/link -> ../a.txt 0:0"]),
+    # BuildKit's testCopyChmod (fsutil#228): the directories made to hold the destination
+    # get the octal mode, exactly (no umask); those already there keep theirs
+    ("chmod-octal-on-created-parents", CTX, [],
+     [Copy(1, "/a.txt", "/parent/foo", chmod="777"),
+      Copy(1, "/a.txt", "/parent/sub/foo", chmod="770")],
+     ["d /parent 777 0:0", "f /parent/foo 777 0:0 5", "d /parent/sub 770 0:0",
+      "f /parent/sub/foo 770 0:0 5"]),
+    ("chmod-octal-parents-owned-by-chown", CTX, ["d have 700 0:0"],
+     [Copy(1, "/a.txt", "/have/new/deep/", chmod="750", chown="app")],
+     ["d /have 700 0:0", "d /have/new 750 1000:1000", "d /have/new/deep 750 1000:1000",
+      "f /have/new/deep/a.txt 750 1000:1000 5"]),
+    ("chmod-symbolic-leaves-parents-0755", CTX, [],
+     [Copy(1, "/a.txt", "/s/t/", chmod="u=rwx,go=")],
+     ["d /s 755 0:0", "d /s/t 755 0:0", "f /s/t/a.txt 700 0:0 5"]),
     ("chmod-symbolic", CTX, [], [Copy(1, "/dir", "/o", chmod="u=rwX,go=rX")],
      ["d /o 755 0:0", "f /o/x 644 0:0 2", "d /o/sub 755 0:0", "f /o/sub/y 755 0:0 1",
       "l /o/link -> ../a.txt 0:0"]),
@@ -140,6 +156,10 @@ CASES: list[tuple[str, list[str], list[str], list[FileAction], list[str]]] = [
     ("parents-from-a-dot-split", CTX, [],
      [Copy(1, "/dir", "/o/", include=("sub/y",), parents=True)],
      ["d /o 755 0:0", "d /o/sub 700 0:0", "f /o/sub/y 755 0:0 1"]),
+    ("parents-wildcard-matching-nothing", CTX, [],
+     [Copy(1, "/", "/o/", include=("dir/nope*/y",), parents=True),
+      Copy(1, "/dir", "/p/", include=("sub2*",), parents=True)],
+     ["d /o 755 0:0", "d /p 755 0:0"]),
     ("replace-existing-of-other-type", CTX, ["f o 644 0:0 in-the-way", "d x 755 0:0",
                                              "d x/a.txt 755 0:0"],
      [Copy(1, "/dir", "/o", always_replace_existing=True),
@@ -201,6 +221,12 @@ ERRORS: list[tuple[str, list[str], list[str], list[FileAction], str]] = [
      [Copy(1, "/dir", "/o")], "cannot copy to non-directory: /o/sub"),
     ("no-dest-parent", CTX, [], [Copy(1, "/a.txt", "/no/such/f", create_dest_path=False)],
      "failed to stat /no/such/f: no such file or directory"),
+    # BuildKit's testCopyParentsMissingDirectory: a path without a wildcard must exist
+    ("parents-missing-file", CTX, [],
+     [Copy(1, "/", "/o/", include=("dir/nonexistent-file",), parents=True)],
+     '"/dir/nonexistent-file": not found'),
+    ("parents-missing-after-the-pivot", CTX, [],
+     [Copy(1, "/dir", "/o/", include=("sub/z",), parents=True)], '"/dir/sub/z": not found'),
     ("rm-missing", [], [], [Rm("/gone")], 'rm "/gone": not found'),
     ("mkdir-no-parent", [], [], [Mkdir("/a/b")],
      "mkdir /a/b: /a/b: No such file or directory"),
@@ -243,3 +269,23 @@ def test_chown_reads_the_target_passwd_not_the_host(tmp_path: Path) -> None:
     (target / "etc/passwd").write_text("daemon:x:4242:4343::/:/bin/sh\n")
     apply_file_actions([Copy(1, "/f", "/o", chown="daemon")], target, [target, source])
     assert (os.lstat(target / "o").st_uid, os.lstat(target / "o").st_gid) == (4242, 4343)
+
+
+def test_fifos_and_sockets_are_not_copied_and_devices_become_empty_files(
+        tmp_path: Path) -> None:
+    """fsutil skips a fifo or a socket (BuildKit 20.10 leaves a stage's fifo out of
+    ``COPY --from``): not in a tree, and alone only its destination directory is made
+    (an existing file in its place is removed first, as fsutil does); a device node is
+    copied as an empty regular file with its permission bits."""
+    source = make_tree(tmp_path / "stage", ["d x 755 0:0", "f x/a 644 0:0 a"])
+    os.mkfifo(source / "x" / "f", 0o640)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(source / "x" / "s"))
+    os.mkfifo(source / "g", 0o600)
+    os.mknod(source / "x" / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chmod(source / "x" / "null", 0o620)
+    target = make_tree(target_root(tmp_path), ["d n 755 0:0", "f n/g 644 0:0 old"])
+    apply_file_actions([Copy(1, "/x", "/y"), Copy(1, "/g", "/n/")], target, [target, source])
+    assert tree_listing(target, BASE) == ["d /n 755 0:0", "d /y 755 0:0",
+                                          "f /y/a 644 0:0 1", "f /y/null 620 0:0 0"]
+    assert stat.S_ISREG(os.lstat(target / "y" / "null").st_mode)

@@ -5,6 +5,7 @@ time and kept out of the options."""
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 from functools import partial
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cluster._build_cmd import build_request
 from cluster._build_options import (
     BuildOptions,
     CacheCredentials,
@@ -566,3 +568,23 @@ def test_network_crosses_the_wire(tmp_path: Path) -> None:
     assert parse_network(None) == "default"
     with pytest.raises(UsageError, match="invalid --network 'bridge'"):
         parse_network("bridge")
+
+
+@pytest.mark.parametrize(("names", "chosen"), [
+    (["dockerfile"], "dockerfile"),
+    (["Dockerfile", "dockerfile"], "Dockerfile"),
+    (["Dockerfile"], "Dockerfile"),
+])
+def test_default_dockerfile_falls_back_to_lowercase(tmp_path: Path, names: list[str],
+                                                    chosen: str) -> None:
+    """BuildKit's testDockerfileLowercase: with no ``-f``, a context holding only
+    ``dockerfile`` builds it (its own ``.dockerignore`` too); ``Dockerfile`` wins when both
+    exist.  ``build_request`` is what the embedded service and ``--endpoint`` both get."""
+    for name in names:
+        (tmp_path / name).write_text(f"FROM scratch\nLABEL from={name}\n")
+    (tmp_path / "dockerfile.dockerignore").write_text("ignored.txt\n")
+    options, request, _ = build_request(_args([str(tmp_path)]), ENV, io.BytesIO())
+    assert options.filename == chosen
+    assert request["dockerfile"] == f"FROM scratch\nLABEL from={chosen}\n".encode()
+    patterns = ["ignored.txt"] if chosen == "dockerfile" else []
+    assert request["session"]["ignore_patterns"] == patterns

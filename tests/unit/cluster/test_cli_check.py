@@ -109,3 +109,16 @@ def test_build_with_a_bad_flag_starts_no_service(tmp_path: Path, monkeypatch: py
     assert err == ("error: invalid --progress 'bogus': unknown progress mode\n"
                    "hint: use one of auto, plain, tty, rawjson, quiet\n")
     assert not root.exists()
+
+
+def test_build_check_reads_a_lowercase_dockerfile(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``dockyard build --check DIR`` finds ``dockerfile`` when ``Dockerfile`` is missing,
+    and names it in its findings (BuildKit's testDockerfileLowercase)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dockerfile").write_text("FROM alpine\nMAINTAINER me\n")
+    code = main(["build", "--check", "."])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert "dockerfile:2" in out

@@ -442,6 +442,17 @@ ERRORS: list[tuple[str, str, dict[str, Any], str, str]] = [
      "failed to parse platform linux/a/b/c/d"),
     ("expansion-error", "FROM alpine\nENV A=${B:?required}\n", {}, "Dockerfile:2:7",
      'failed to process "${B:?required}": B: required'),
+    # BuildKit passes a NUL byte to the runtime (the RUN fails: exec: invalid argument)
+    ("run-nul-shell-form", "FROM alpine\nRUN echo a\0b\n", {}, "Dockerfile:2:11",
+     "RUN holds a NUL byte, which a command line cannot carry"),
+    ("run-nul-exec-form", 'FROM alpine\nRUN ["echo", "a\0b"]\n', {}, "Dockerfile:2:16",
+     "RUN holds a NUL byte, which a command line cannot carry"),
+    ("run-nul-continued", "FROM alpine\nRUN echo \\\n  a\0b\n", {}, "Dockerfile:3:4",
+     "RUN holds a NUL byte, which a command line cannot carry"),
+    ("run-nul-heredoc", "FROM alpine\nRUN <<EOF\necho a\0b\nEOF\n", {}, "Dockerfile:3:7",
+     "RUN holds a NUL byte, which a command line cannot carry"),
+    ("run-nul-env", "FROM alpine\nENV A=a\0b\nRUN true\n", {}, "Dockerfile:3:1",
+     "RUN's environment variable A holds a NUL byte"),
 ]
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from scheduler._errors import DockerfileError
 from scheduler.dockerfile._ast import Heredoc, Node, ParseResult
-from scheduler.dockerfile._parser import parse
+from scheduler.dockerfile._parser import MAX_LINE_BYTES, parse
 
 CASES = Path(__file__).parent / "parser_cases"
 
@@ -148,6 +148,48 @@ def test_error(source: str, message: str, line: int, column: int) -> None:
         parse(source, filename="df")
     assert (info.value.message, info.value.filename, info.value.line, info.value.column) == (
         message, "df", line, column)
+
+
+MAX = MAX_LINE_BYTES  # 65,535: bytes a line may hold before its "\n" (BuildKit's scanner)
+_ENV = b"ENV A="
+# (Dockerfile, line of the error or None when it parses): each physical line is counted
+# alone, in bytes, up to its "\n" -- a CRLF's "\r", the BOM and multi-byte characters too.
+LINE_LENGTHS: list[tuple[bytes, int | None]] = [
+    (b"FROM a\n" + _ENV + b"x" * (MAX - len(_ENV)) + b"\n", None),
+    (b"FROM a\n" + _ENV + b"x" * (MAX - len(_ENV) + 1) + b"\n", 2),
+    (b"FROM a\n" + _ENV + b"x" * (MAX - len(_ENV)), None),  # last line, no "\n"
+    (b"FROM a\n" + _ENV + b"x" * (MAX - len(_ENV) + 1), 2),
+    (b"FROM a\r\n" + _ENV + b"x" * (MAX - len(_ENV) - 1) + b"\r\n", None),
+    (b"FROM a\r\n" + _ENV + b"x" * (MAX - len(_ENV)) + b"\r\n", 2),
+    (b"FROM a\r" + _ENV + b"x" * (MAX - len(_ENV)) + b"\r", 1),  # old Mac: one Go line
+    (b"\xef\xbb\xbfFROM a" + b" " * (MAX - 9), None),
+    (b"\xef\xbb\xbfFROM a" + b" " * (MAX - 8), 1),
+    (b"FROM a\n" + _ENV + "\u00e9".encode() * ((MAX - len(_ENV)) // 2) + b"\n", None),
+    (b"FROM a\n" + _ENV + "\u00e9".encode() * ((MAX - len(_ENV)) // 2 + 1) + b"\n", 2),
+    (b"FROM a\n# " + b"c" * MAX + b"\nRUN x\n", 2),  # a comment line too
+    (b"FROM a\nENV A=1 \\\n  B=" + b"x" * (MAX - 6) + b" \\\n  C=" + b"y" * (MAX - 5)
+     + b"\n", None),  # continuations: each line alone; the logical line may be longer
+    (b"FROM a\nENV A=1 \\\n  B=" + b"x" * MAX + b"\n", 3),
+    (b"FROM a\nRUN <<EOF\n" + b"y" * MAX + b"\nEOF\n", None),
+    (b"FROM a\nRUN <<EOF\n" + b"y" * (MAX + 1) + b"\nEOF\n", 3),  # BuildKit: unterminated
+    (b"FROM a\n" + b"\n" * 100 + b"RUN " + b"z" * (1 << 20) + b"\n", 102),
+]
+
+
+@pytest.mark.parametrize(("source", "line"), LINE_LENGTHS,
+                         ids=[f"case{i}" for i in range(len(LINE_LENGTHS))])
+def test_line_length_limit(source: bytes, line: int | None) -> None:
+    for given_as in (source, source.decode("utf-8")):
+        if line is None:
+            assert parse(given_as).nodes
+            continue
+        with pytest.raises(DockerfileError) as info:
+            parse(given_as, filename="df")
+        error = info.value
+        assert (error.message, error.filename, error.line, error.column) == (
+            "dockerfile line greater than max allowed size of 65535", "df", line, 1)
+        assert error.hint is not None and "line continuation" in error.hint
+        assert len(str(error)) < 600  # the long line is shown cut short
 
 
 def test_invalid_utf8_points_at_the_byte() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
@@ -331,3 +332,76 @@ def test_pattern_work_limit_names_the_word(monkeypatch: pytest.MonkeyPatch) -> N
         process_word("${v//a*b/x}", {"v": "a" * 1000})
     assert caught.value.message == (
         'failed to process "${v//a*b/x}": pattern matching needs more than 1000 steps')
+
+
+def _python_calls(run: Any) -> int:
+    """How many Python functions ``run()`` calls: the work of a word, counted, not timed."""
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+BIG = shell.MAX_WORD_SIZE // 2
+# (word, env, options): each expands to MAX_WORD_SIZE characters (one word or many)
+LARGE_WORDS: list[tuple[str, dict[str, str], dict[str, bool]]] = [
+    ("$A$A", {"A": "x" * BIG}, {}),
+    ("$A$A", {"A": "x " * (BIG // 2)}, {}),
+    ('"$A$A"', {"A": "x " * (BIG // 2)}, {}),
+    ("${A}'" + "y" * 1000 + "'${A:-z}", {"A": "x" * (BIG - 500)}, {}),
+    ("x" * BIG + "\\ " + "y" * (BIG - 1), {}, {}),
+    ("'" + "x" * BIG + "'\"" + "y" * BIG + '"', {}, {}),
+    ("$A$A", {"A": "'x\"" * (BIG // 3)}, {"skip_process_quotes": True}),
+]
+
+
+@pytest.mark.parametrize(("word", "env", "options"), LARGE_WORDS)
+def test_expansion_work_is_linear(word: str, env: dict[str, str],
+                                  options: dict[str, bool]) -> None:
+    """A word at the size limit costs a handful of Python calls per piece of the word,
+    not one (or more) per character: the 256 KiB words here once cost 250,000 calls and
+    seconds of string copying each."""
+    lexer = Lexer(**options)
+    expansion = lexer.expand(word, env)
+    assert len(expansion.result) <= shell.MAX_WORD_SIZE
+    assert _python_calls(lambda: lexer.expand(word, env)) < 200
+
+
+# (word, env, the variable named): one past the limit, each refused at once
+TOO_LONG: list[tuple[str, dict[str, str], str]] = [
+    ("$A$B$A", {"A": "x" * BIG, "B": "y"}, "$A alone is 131072 characters"),
+    ("${B}x", {"B": "y" * shell.MAX_WORD_SIZE}, "$B alone is 262144 characters"),
+    ('"${A:-$B$B}"', {"B": "y" * (BIG + 1), "A": ""}, "$B alone is 131073 characters"),
+    ("${A//?/${B}}", {"A": "aaa", "B": "y" * BIG}, "$B alone is 131072 characters"),
+    ("x" * BIG + "y" * BIG + "z", {}, ""),
+]
+
+
+@pytest.mark.parametrize(("word", "env", "named"), TOO_LONG)
+def test_expanded_word_size_is_bounded(word: str, env: dict[str, str], named: str) -> None:
+    with pytest.raises(DockerfileError) as caught:
+        process_words(word, env)
+    limit = f"the expanded word would be longer than {shell.MAX_WORD_SIZE} characters"
+    assert caught.value.message.endswith(f": {limit}" + (f" ({named})" if named else ""))
+    assert caught.value.hint is not None and "ARG and ENV" in caught.value.hint
+    assert len(str(caught.value)) < 1000  # the word is shown cut short
+
+
+def test_replacement_work_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``${v//?/r}`` multiplies r by the length of v: held to the size limit as it grows,
+    and each replacement costs steps."""
+    with pytest.raises(DockerfileError) as caught:
+        process_word("${A//?/${B}}", {"A": "a" * 100_000, "B": "b" * 100_000})
+    assert "longer than 262144 characters" in caught.value.message
+    monkeypatch.setattr(shell, "_MATCH_STEP_LIMIT", 1000)
+    with pytest.raises(DockerfileError) as caught:
+        process_word("${A//?/\\$0\\$0}", {"A": "a" * 1000})
+    assert caught.value.message.endswith("pattern matching needs more than 1000 steps")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import hashlib
+import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -468,11 +470,11 @@ def test_a_source_that_cannot_be_resolved_names_its_vertex() -> None:
     assert sum(backend.executions.values()) == 0
 
 
-def test_first_failure_cancels_the_rest_and_writes_no_records_for_them() -> None:
+def test_a_failure_cancels_what_comes_after_it_and_writes_no_records_for_them() -> None:
     backend, cache, events = FakeBackend(), MemoryCache(), Events()
     slow = run("[3/4] RUN slow", "slow", IMAGE, delay=5)
     bad = run("[2/4] RUN bad", "fail", IMAGE, delay=0.05)
-    after = Vertex(MergeOp(), (slow.digest, bad.digest), name="[4/4] merge", platform=AMD64)
+    after = Vertex(MergeOp(), (bad.digest, slow.digest), name="[4/4] merge", platform=AMD64)
     the_solver = solver(backend, cache, events)
 
     async def fail() -> None:
@@ -487,6 +489,46 @@ def test_first_failure_cancels_the_rest_and_writes_no_records_for_them() -> None
     assert events.of(VertexFailed) == ["[2/4] RUN bad", "[3/4] RUN slow"]
     failed = [e for e in events.events if isinstance(e, VertexFailed)]
     assert [e.cancelled for e in failed] == [False, True]
+
+
+def test_a_branch_before_a_failure_runs_on_and_its_own_failure_is_the_error() -> None:
+    """The error is the first failing vertex in graph order, not the first in time: an
+    earlier branch still running is not cancelled by a later one's failure."""
+    backend, cache, events = FakeBackend(), MemoryCache(), Events()
+    slow_ok = run("[2/5] RUN slow", "slow", IMAGE, delay=0.2)
+    slow_bad = run("[3/5] RUN slow bad", "fail-slowly", IMAGE, delay=0.2)
+    quick_bad = run("[4/5] RUN quick bad", "fail-quickly", IMAGE)
+    after = Vertex(MergeOp(), (slow_ok.digest, slow_bad.digest, quick_bad.digest),
+                   name="[5/5] merge", platform=AMD64)
+    with pytest.raises(ExecError, match=r"\[3/5\] RUN slow bad"):
+        go(lambda: solver(backend, cache, events).solve(
+            graph_of(IMAGE, slow_ok, slow_bad, quick_bad, after), [after.digest]))
+    assert backend.cancelled == []
+    assert events.of(VertexFailed) == ["[4/5] RUN quick bad", "[3/5] RUN slow bad"]
+    assert events.of(VertexCompleted)[-1] == "[2/5] RUN slow"  # its record is kept
+    assert len(cache.records) == 2
+
+
+def test_two_failing_parallel_stages_give_the_same_error_every_time() -> None:
+    """Two stages failing at about the same time (each after a random 0-20 ms), merged:
+    every run ends on the first stage's error, and progress reports both failures."""
+    delays = random.Random(9)
+    outcomes: Counter[str] = Counter()
+    for _ in range(40):
+        first = run("[a 2/2] RUN exit 3", "fail-a", IMAGE, delay=delays.uniform(0, 0.02))
+        second = run("[b 2/2] RUN exit 4", "fail-b", IMAGE, delay=delays.uniform(0, 0.02))
+        final = Vertex(MergeOp(), (first.digest, second.digest), name="[3/3] COPY --from",
+                       platform=AMD64)
+        events = Events()
+        graph = graph_of(IMAGE, first, second, final)
+        solve = solver(FakeBackend(), events=events).solve
+        with pytest.raises(ExecError) as caught:
+            go(functools.partial(solve, graph, [final.digest]))
+        outcomes[str(caught.value.vertex)] += 1
+        failed = [e for e in events.events if isinstance(e, VertexFailed)]
+        assert sorted(e.name for e in failed if not e.cancelled) in (
+            ["[a 2/2] RUN exit 3"], ["[a 2/2] RUN exit 3", "[b 2/2] RUN exit 4"])
+    assert outcomes == Counter({"[a 2/2] RUN exit 3": 40})
 
 
 def test_cancelling_a_solve_cancels_running_executes_and_leaves_no_records() -> None:

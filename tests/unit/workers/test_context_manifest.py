@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -316,3 +317,100 @@ def test_ask_reader_asks_context_read(tmp_path: Path) -> None:
 
     with pytest.raises(SolveError, match="with a dict, not a list of bytes"):
         asyncio.run(ask_reader(wrong).read("context", [("a.txt", 0, 1)]))
+
+
+# --- a source path through a symlinked directory, and --parents' literal paths ---------
+
+LINKED = ["sub/foo", "sub/bar.txt", "sub/deeper/x", "link -> sub", "abs -> /sub",
+          "hop -> link/deeper", "up/in -> ../sub", "self -> self/more"]
+THROUGH: list[tuple[Selector, Any]] = [
+    (Selector("/link/foo"), ["sub/foo"]),
+    (Selector("/abs/foo"), ["sub/foo"]),
+    (Selector("/hop/x"), ["sub/deeper/x"]),
+    (Selector("/up/in/deeper"), ["sub/deeper"]),
+    (Selector("/link/../sub/foo"), ["sub/foo"]),
+    (Selector("/link/*.txt", wildcard=True), ["sub/bar.txt"]),
+    (Selector("/link/*/x", wildcard=True), ["sub/deeper/x"]),
+    (Selector("/link"), ["sub"]),
+    (Selector("/link", follow_symlinks=False), ["link"]),
+    (Selector("/link/missing"), []),
+    (Selector("/self/more/x"), ("error", '"/self/more/x": too many levels of symbolic '
+                                         "links in the build context")),
+]
+
+
+@pytest.mark.parametrize(("selector", "expected"), THROUGH,
+                         ids=[row[0].path for row in THROUGH])
+def test_a_source_path_follows_symlinked_directories(tmp_path: Path, selector: Selector,
+                                                     expected: Any) -> None:
+    """BuildKit's testCopyThroughSymlinkContext: ``COPY link/foo`` with ``link`` a symlink
+    to a directory of the context copies ``sub/foo``; the key reads what it reads."""
+    root = make_tree(tmp_path / "ctx", LINKED)
+    local, remote = both(root, ContextStore(tmp_path / "worker"), [])
+    assert outcome(local.match, selector) == expected
+    assert outcome(remote.match, selector) == expected
+    if isinstance(expected, list) and len(expected) == 1:
+        plain = Selector("/" + expected[0], follow_symlinks=selector.follow_symlinks)
+        assert local.selector_checksum(selector) == local.selector_checksum(plain)
+        assert remote.selector_checksum(selector) == local.selector_checksum(plain)
+
+
+PARENTS: list[tuple[Selector, str | None]] = [
+    (Selector("/", include=("sub/foo",)), None),
+    (Selector("/sub", include=("deeper/x",)), None),
+    (Selector("/", include=("sub/nonexistent-file",)), '"/sub/nonexistent-file": not found'),
+    (Selector("/sub", include=("deeper/nope",)), '"/sub/deeper/nope": not found'),
+    (Selector("/", include=("sub2*/foo",)), None),
+    (Selector("/sub", include=("nope*",)), None),
+]
+
+
+@pytest.mark.parametrize(("selector", "error"), PARENTS,
+                         ids=[str(row[0].include) for row in PARENTS])
+def test_a_literal_parents_path_must_exist(tmp_path: Path, selector: Selector,
+                                           error: str | None) -> None:
+    """BuildKit's testCopyParentsMissingDirectory: ``COPY --parents`` of a missing path
+    without a wildcard fails at key time with ``not found``; a wildcard may match nothing."""
+    root = make_tree(tmp_path / "ctx", LINKED)
+    local, remote = both(root, ContextStore(tmp_path / "worker"), [])
+    for context in (local, remote):
+        found = outcome(context.selector_checksum, selector)
+        if error is None:
+            assert str(found).startswith("sha256:")
+        else:
+            assert found[0] == "error" and found[1].startswith(error)
+
+
+def _make_specials(root: Path) -> None:
+    """A socket (0755), a character and a block device (0600, 0640) and a fifo (0640)."""
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(root / "sock"))
+    os.chmod(root / "sock", 0o755)
+    os.mknod(root / "dev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(root / "sub" / "blk", 0o640 | stat.S_IFBLK, os.makedev(7, 0))
+    os.mkfifo(root / "fifo", 0o640)
+
+
+def test_sockets_and_devices_are_sent_as_empty_files_and_a_fifo_is_left_out(
+        tmp_path: Path) -> None:
+    """What BuildKit 20.10's client sends of such a context: the socket and both devices
+    as empty regular files with their permission bits, the fifo as a fifo (which COPY
+    skips); from the directory and from its manifest alike, nothing of them ever read."""
+    root = make_tree(tmp_path / "ctx", ["a.txt", "sub/"])
+    _make_specials(root)
+    local, remote = both(root, ContextStore(tmp_path / "worker"), [])
+    reader = ServerReader(ContextServer(root, remote.manifest))
+    asyncio.run(remote.ensure_local(reader))
+    assert reader.bytes == len("a.txt") and remote.checksum() == local.checksum()
+    for context, name in ((local, "local"), (remote, "remote")):
+        (tmp_path / name).mkdir()
+        context.materialise(tmp_path / name)
+        tree = {path: (oct(mode), body) for path, (mode, _, _, _, body)
+                in _tree_of(tmp_path / name).items()}
+        assert tree == {"a.txt": ("0o100644", b"a.txt"), "sub": ("0o40755", None),
+                        "sub/blk": ("0o100640", b""), "dev": ("0o100600", b""),
+                        "sock": ("0o100755", b""), "fifo": ("0o10640", None)}, name
+    plain = make_tree(tmp_path / "plain", ["dev=", "dev:0o600"])
+    as_file, _ = both(plain, ContextStore(tmp_path / "worker2"), [])
+    assert remote.selector_checksum(Selector("/dev")) == \
+        as_file.selector_checksum(Selector("/dev"))  # the key reads what is sent

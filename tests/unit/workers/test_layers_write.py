@@ -4,6 +4,7 @@ round trip through ``unpack_layer``.  (A real overlay mount: tests/integration/w
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -12,12 +13,14 @@ import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import pytest
 import zstandard
 
 from cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
 from scheduler._errors import LayerError
+from workers._disk import DISK_FULL_HINT
 from workers._layers import is_empty_diff, unpack_layer, write_layer
 
 _CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")
@@ -240,5 +243,24 @@ def test_output_errors_are_layer_errors(tmp_path: Path) -> None:
     upper = _build(tmp_path / "upper", [_file("f", b"x")])
     closed = io.BytesIO()
     closed.close()
-    with pytest.raises(LayerError, match="cannot write the layer blob"):
+    with pytest.raises(LayerError, match="cannot write the layer blob") as caught:
         write_layer(upper, closed)
+    assert "stream was closed" in (caught.value.hint or "")
+
+
+class _FullDisk(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_gets_the_disk_full_hint(tmp_path: Path) -> None:
+    """Not "check the output stream": the layer is written to the store's disk."""
+    upper = _build(tmp_path / "upper", [_file("f", b"x")])
+    with pytest.raises(LayerError) as caught:
+        write_layer(upper, cast(BinaryIO, _FullDisk()))
+    assert caught.value.message == ("cannot write the layer blob: [Errno 28] No space left "
+                                    "on device")
+    assert caught.value.hint == DISK_FULL_HINT
