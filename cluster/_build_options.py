@@ -321,12 +321,14 @@ def parse_ulimit(value: str) -> tuple[str, int, int]:
         soft, hard = int(soft_text), int(hard_text or soft_text)
     except ValueError:
         raise UsageError(f"invalid --ulimit {value!r}: limits are integers") from None
-    def bound(limit: int) -> float:
-        return math.inf if limit == -1 else limit
-    if min(soft, hard) < -1 or max(soft, hard) >= 1 << 63 or bound(soft) > bound(hard):
+    if min(soft, hard) < -1 or max(soft, hard) >= 1 << 63 or _bound(soft) > _bound(hard):
         raise UsageError(f"invalid --ulimit {value!r}: the soft limit must not exceed the "
                          "hard one (-1: unlimited)")
     return name, soft, hard
+
+
+def _bound(limit: int) -> float:
+    return math.inf if limit == -1 else limit
 
 
 def parse_shm_size(value: str | None) -> int:
