@@ -153,6 +153,9 @@ class Coordinator:
         self._completed = 0  # solves that ended with a result or a failure
         self._cancelled = 0  # solves stopped by cancellation
         self._watch: asyncio.Task[None] | None = None  # the registry's periodic refresh
+        # This coordinator process, named in each build it opens on a worker: a worker
+        # closes the builds of a dead predecessor when it sees another one.
+        self.incarnation = uuid.uuid4().hex
 
     async def ping(self) -> dict[str, Any]:
         """This coordinator, and one worker's ping (None while the cluster has none)."""
@@ -244,7 +247,8 @@ class Coordinator:
     async def _run_build(self, request: dict[str, Any], sink: _BuildSink) -> dict[str, Any]:
         build_id = uuid.uuid4().hex
         await self._refreshed()
-        part = {"options": request["options"], "session": request.get("session", {})}
+        part = {"options": request["options"], "session": request.get("session", {}),
+                "coordinator": self.incarnation}
         sessions = BuildSessions(build_id, part, self._placement)
         try:
             options = BuildOptions.from_wire(request["options"])

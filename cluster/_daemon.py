@@ -39,7 +39,7 @@ import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from scheduler._build_request import BuildOptions, CacheSpec
-from scheduler._errors import DockyardError, ServiceError, UsageError
+from scheduler._errors import DockyardError, ServiceError, UsageError, WorkerLost
 
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._relay import Session, SessionRelay
@@ -65,6 +65,8 @@ __all__ = ["Daemon", "main"]
 
 Send = Callable[[Frame], Awaitable[None]]
 _EXIT_ALREADY_RUNNING = 3
+#: How long a solve whose coordinator died waits for Ray's restart of it (seconds).
+COORDINATOR_RESTART_TIMEOUT = 30.0
 
 
 def _log(text: str) -> None:
@@ -228,18 +230,54 @@ class Daemon:
 
     async def _solve_stream(self, call_id: int, params: dict[str, Any], send: Send) -> Any:
         stream = self.coordinator.stream("solve", params)
+        last: dict[str, Any] | None = None  # the solve's result or failure item
         try:
             async for item in stream:
-                if "event" in item:
-                    await send(EventFrame(call_id, item["event"]))
-                elif "failure" in item:
-                    raise error_from_failure(Failure(call_id, **item["failure"]))
-                else:
-                    return item.get("result")
+                if "event" not in item:
+                    last = item
+                    break
+                await send(EventFrame(call_id, item["event"]))
         except asyncio.CancelledError:
             stream.cancel()
             raise
-        raise ServiceError("the coordinator ended a solve without a result")
+        except WorkerLost:  # raised by the stream itself: the coordinator died
+            raise await self._coordinator_lost() from None
+        if last is None:
+            raise ServiceError("the coordinator ended a solve without a result")
+        if "failure" in last:
+            raise error_from_failure(Failure(call_id, **last["failure"]))
+        return last.get("result")
+
+    async def _coordinator_lost(self) -> ServiceError:
+        """The error of a solve whose coordinator died, once it is known whether Ray
+        restarted it (it answers a ping within ``COORDINATOR_RESTART_TIMEOUT``).  The
+        embedded service stops when it did not, so that the next build starts a whole
+        new one: either way the hint is true."""
+        what = "the coordinator of the dockyard service died while running this build"
+        if await self._coordinator_answers():
+            return ServiceError(f"{what}; Ray restarted it", hint="build again")
+        if self.remote:
+            return ServiceError(f"{what}, and it did not come back in "
+                                f"{COORDINATOR_RESTART_TIMEOUT:.0f}s",
+                                hint="see the endpoint's log ('dockyard serve') and "
+                                     "'dockyard node ls'")
+        self.stopping.set()
+        return ServiceError(f"{what}, and it did not come back in "
+                            f"{COORDINATOR_RESTART_TIMEOUT:.0f}s",
+                            hint="build again: this service is stopping, and the next "
+                                 "build starts a new one")
+
+    async def _coordinator_answers(self) -> bool:
+        """Whether the coordinator (restarted by Ray) answers a ping in time."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(COORDINATOR_RESTART_TIMEOUT):
+                while True:
+                    try:
+                        await self.coordinator.call("ping")
+                        return True
+                    except DockyardError:  # still restarting
+                        await asyncio.sleep(0.2)
+        return False
 
 
 def with_caches(params: dict[str, Any], caches: Sequence[CacheSpec]) -> dict[str, Any]:
