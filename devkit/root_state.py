@@ -10,6 +10,8 @@ whether the local cache is consistent.
   below the root (``/proc/self/mountinfo``), an entry of the scratch places the janitor
   cleans (bundles, overlay work dirs, staging dirs, temp files: ``leftover_entries``), a
   process with the root in its environment that is not the live service.
+- ``listening_sockets(pids)``: the TCP sockets those processes listen on and the UDP
+  sockets they bound (``/proc/net/{tcp,tcp6,udp,udp6}``, matched by inode).
 - ``cache_problems(root)``: every blob of ``<root>/cache/blobs/sha256`` hashes to its name,
   and every record of ``<root>/cache/records`` decodes and names blobs that exist.
 
@@ -31,8 +33,9 @@ from cluster._service import RunPaths, process_tree
 from devkit.local_cluster import root_processes
 from workers._janitor import leftover_entries, parse_mountinfo
 
-__all__ = ["ServiceProcesses", "cache_problems", "containers", "leftovers", "mounts_below",
-           "rss_bytes", "runc_processes", "service_processes"]
+__all__ = ["ServiceProcesses", "cache_problems", "containers", "leftovers",
+           "listening_sockets", "mounts_below", "rss_bytes", "runc_processes",
+           "service_processes"]
 
 _ACTORS = {"worker": b"ray::WorkerActor", "coordinator": b"ray::Coordinator"}
 
@@ -152,3 +155,42 @@ def rss_bytes(pids: set[int] | frozenset[int]) -> int:
             pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
             total += pages * os.sysconf("SC_PAGE_SIZE")
     return total
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    found.add(target[8:-1])
+    return found
+
+
+def _address(hex_address: str) -> tuple[str, int]:
+    """``0100007F:1F90`` or a 32-digit IPv6 form of /proc/net/* as (address, port)."""
+    import ipaddress  # noqa: PLC0415 -- only this function needs it
+
+    host, port = hex_address.split(":")
+    raw = bytes.fromhex(host)
+    # /proc/net prints each 32-bit word in host (little-endian) order
+    ordered = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(ordered)), int(port, 16)
+
+
+def listening_sockets(pids: set[int] | frozenset[int]) -> list[tuple[str, str, int, int]]:
+    """``(protocol, address, port, pid)`` of every TCP socket the processes listen on
+    (state LISTEN) and every UDP socket they bound."""
+    owners = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    found = []
+    for protocol in ("tcp", "tcp6", "udp", "udp6"):
+        with contextlib.suppress(OSError):
+            lines = Path(f"/proc/net/{protocol}").read_text().splitlines()[1:]
+            for line in lines:
+                fields = line.split()
+                listening = fields[3] == "0A" if protocol.startswith("tcp") else True
+                if listening and fields[9] in owners:
+                    address, port = _address(fields[1])
+                    found.append((protocol, address, port, owners[fields[9]]))
+    return found
