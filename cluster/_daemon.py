@@ -67,6 +67,8 @@ Send = Callable[[Frame], Awaitable[None]]
 _EXIT_ALREADY_RUNNING = 3
 #: How long a solve whose coordinator died waits for Ray's restart of it (seconds).
 COORDINATOR_RESTART_TIMEOUT = 30.0
+#: Submissions of one solve: a second when the coordinator died before it sent anything.
+SOLVE_ATTEMPTS = 2
 
 
 def _log(text: str) -> None:
@@ -229,43 +231,50 @@ class Daemon:
             await asyncio.shield(self.relay.close(session))
 
     async def _solve_stream(self, call_id: int, params: dict[str, Any], send: Send) -> Any:
-        stream = self.coordinator.stream("solve", params)
-        last: dict[str, Any] | None = None  # the solve's result or failure item
-        try:
-            async for item in stream:
-                if "event" not in item:
-                    last = item
-                    break
-                await send(EventFrame(call_id, item["event"]))
-        except asyncio.CancelledError:
-            stream.cancel()
-            raise
-        except WorkerLost:  # raised by the stream itself: the coordinator died
-            raise await self._coordinator_lost() from None
-        if last is None:
-            raise ServiceError("the coordinator ended a solve without a result")
-        if "failure" in last:
-            raise error_from_failure(Failure(call_id, **last["failure"]))
-        return last.get("result")
+        """The coordinator's solve, its events sent on as they come.  A solve whose
+        coordinator died before it sent anything (a build submitted while Ray restarts
+        it) is submitted once more to the restarted one: the client saw nothing yet."""
+        for attempt in range(1, SOLVE_ATTEMPTS + 1):
+            stream = self.coordinator.stream("solve", params)
+            last: dict[str, Any] | None = None  # the solve's result or failure item
+            sent = False  # whether an event of this solve reached the client
+            try:
+                async for item in stream:
+                    if "event" not in item:
+                        last = item
+                        break
+                    sent = True
+                    await send(EventFrame(call_id, item["event"]))
+            except asyncio.CancelledError:
+                stream.cancel()
+                raise
+            except WorkerLost:  # raised by the stream itself: the coordinator died
+                back = await self._coordinator_answers()
+                if back and not sent and attempt < SOLVE_ATTEMPTS:
+                    continue
+                raise self._coordinator_lost(back) from None
+            if last is None:
+                raise ServiceError("the coordinator ended a solve without a result")
+            if "failure" in last:
+                raise error_from_failure(Failure(call_id, **last["failure"]))
+            return last.get("result")
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _coordinator_lost(self) -> ServiceError:
-        """The error of a solve whose coordinator died, once it is known whether Ray
-        restarted it (it answers a ping within ``COORDINATOR_RESTART_TIMEOUT``).  The
-        embedded service stops when it did not, so that the next build starts a whole
-        new one: either way the hint is true."""
+    def _coordinator_lost(self, back: bool) -> ServiceError:
+        """The error of a solve whose coordinator died; ``back``: whether Ray restarted it
+        (it answered a ping within ``COORDINATOR_RESTART_TIMEOUT``).  The embedded service
+        stops when it did not, so that the next build starts a whole new one: either way
+        the hint is true."""
         what = "the coordinator of the dockyard service died while running this build"
-        if await self._coordinator_answers():
+        if back:
             return ServiceError(f"{what}; Ray restarted it", hint="build again")
+        gone = f"{what}, and it did not come back in {COORDINATOR_RESTART_TIMEOUT:.0f}s"
         if self.remote:
-            return ServiceError(f"{what}, and it did not come back in "
-                                f"{COORDINATOR_RESTART_TIMEOUT:.0f}s",
-                                hint="see the endpoint's log ('dockyard serve') and "
-                                     "'dockyard node ls'")
+            return ServiceError(gone, hint="see the endpoint's log ('dockyard serve') and "
+                                           "'dockyard node ls'")
         self.stopping.set()
-        return ServiceError(f"{what}, and it did not come back in "
-                            f"{COORDINATOR_RESTART_TIMEOUT:.0f}s",
-                            hint="build again: this service is stopping, and the next "
-                                 "build starts a new one")
+        return ServiceError(gone, hint="build again: this service is stopping, and the "
+                                       "next build starts a new one")
 
     async def _coordinator_answers(self) -> bool:
         """Whether the coordinator (restarted by Ray) answers a ping in time."""
