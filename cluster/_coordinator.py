@@ -26,7 +26,9 @@ A build request (``{"dockerfile", "options", "session"}``, see cluster/_build_cm
    from their holders), then ``close_session`` everywhere.
    An export that finds a cached layer lost (``BlobLost``: missing or corrupt in the
    cache it was imported from) re-solves with ``rebuild=`` those layers and exports once
-   more: a lost blob is a cache miss, never a failed build.
+   more: a lost blob is a cache miss, never a failed build.  An export whose worker died
+   (``WorkerLost``) runs again once a worker is back (Ray restarts a killed one), with a
+   warning; ``ATTEMPTS`` exports in all.
 
 A request without ``options`` is the echo the service's own tests use
 (``request["lines"]``, ``request["delay"]``).
@@ -48,7 +50,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._errors import BlobLost, DockyardError, SolveError, UsageError
+from scheduler._errors import BlobLost, DockyardError, SolveError, UsageError, WorkerLost
 from scheduler._graph import BuildGraph, Vertex
 from scheduler._platform import Platform, parse_platform
 from scheduler._progress import (
@@ -57,12 +59,15 @@ from scheduler._progress import (
     VertexCompleted,
     VertexStarted,
     event_to_wire,
+    warning,
 )
 from scheduler._solver import Solver
 from scheduler.dockerfile._convert._model import BaseImage
 
 from ._build_options import BuildOptions
 from ._dispatch import (
+    ATTEMPTS,
+    REJOIN_TIMEOUT,
     BuildSessions,
     ClusterRecords,
     DispatchBackend,
@@ -260,13 +265,27 @@ class Coordinator:
                 self._solver.solve, graph, no_cache=options.no_cache, events=sink,
                 backend=DispatchBackend(sessions), cache=ClusterRecords(sessions, sink))
             records = await solve()
-            try:
-                return await self._export(sessions, graph, records, sink)
-            except BlobLost as lost:  # an output needs a cached layer that is gone
-                records = await solve(rebuild=frozenset(lost.digests))
-                return await self._export(sessions, graph, records, sink)
+            for _ in range(ATTEMPTS - 1):
+                try:
+                    return await self._export(sessions, graph, records, sink)
+                except BlobLost as lost:  # an output needs a cached layer that is gone
+                    records = await solve(rebuild=frozenset(lost.digests))
+                except WorkerLost as lost:  # the exporting worker died: export again
+                    sink.emit(warning("export", f"{lost.message}: exporting again"))
+                    await self._worker_back()
+            return await self._export(sessions, graph, records, sink)
         finally:
             await _shielded(sessions.close())
+
+    async def _worker_back(self) -> None:
+        """Refresh the registry until it has a live worker again (Ray restarts a killed
+        one in seconds), at most ``REJOIN_TIMEOUT``; the export then refuses or goes on."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REJOIN_TIMEOUT
+        await self._registry.refresh()
+        while not self._registry.entries and loop.time() < deadline:
+            await asyncio.sleep(0.5)
+            await self._registry.refresh()
 
     async def _export(self, sessions: BuildSessions, graph: BuildGraph,
                       records: Mapping[str, CacheRecord], sink: _BuildSink
@@ -279,8 +298,12 @@ class Coordinator:
         worker = self._exporter(layers)
         await sessions.open(worker)
         peers = self._registry.index.peers_for(worker.name, layers)
-        item = await worker.handle.call("export", sessions.build_id, graph.to_msgpack(),
-                                        roots, peers)
+        try:
+            item = await worker.handle.call("export", sessions.build_id, graph.to_msgpack(),
+                                            roots, peers)
+        except WorkerLost:
+            sessions.lost(worker)
+            raise
         result: dict[str, Any] = unwrap(forward_events(item, sink))
         return result
 
