@@ -55,12 +55,17 @@ from devkit.root_state import (
 )
 
 __all__ = ["TARGETS", "FaultReport", "Round", "base_image_in_registry", "dockyard",
-           "main", "run_seed", "settle", "wait_for"]
+           "main", "run_seed", "say", "settle", "wait_for"]
 
 TARGETS = ("client", "service", "worker", "coordinator", "runc")
 RUN_SECONDS = 2.0  # how long each round's RUN sleeps
 BUILD_TIMEOUT = 240.0  # a build (killed or not) that runs longer is a finding
 SETTLE_TIMEOUT = 20.0  # how long an idle service may take to finish cleaning up
+
+
+def say(line: str) -> None:
+    """Print ``line`` at once (a run's output is often a file: block-buffered)."""
+    print(line, flush=True)
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float,
@@ -247,7 +252,7 @@ def _one_round(root: Path, work: Path, base: str, seed: int, number: int, target
 
 
 def run_seed(seed: int, rounds: int, root: Path, base: str, work: Path,
-             echo: Callable[[str], None] = print) -> FaultReport:
+             echo: Callable[[str], None] = say) -> FaultReport:
     """``rounds`` rounds of seed ``seed`` on the service of ``root`` (see the module
     docstring), then ``dockyard stop`` and a last look."""
     rng = random.Random(seed)

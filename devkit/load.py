@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devkit.busybox_image import SetupError
-from devkit.faults import base_image_in_registry, dockyard, settle
+from devkit.faults import base_image_in_registry, dockyard, say, settle
 from devkit.local_cluster import environment
 from devkit.root_state import mounts_below, rss_bytes, service_processes
 
@@ -171,7 +171,7 @@ def _sample(root: Path, wave: Wave) -> None:
 
 
 def run_load(root: Path, base: str, work: Path, seconds: float,
-             echo: Callable[[str], None] = print) -> LoadReport:
+             echo: Callable[[str], None] = say) -> LoadReport:
     """Waves until ``seconds`` have passed (at least two), then the checks and
     ``dockyard stop``."""
     root.mkdir(parents=True, exist_ok=True)
