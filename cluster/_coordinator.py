@@ -280,12 +280,7 @@ class Coordinator:
     async def _worker_back(self) -> None:
         """Refresh the registry until it has a live worker again (Ray restarts a killed
         one in seconds), at most ``REJOIN_TIMEOUT``; the export then refuses or goes on."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + REJOIN_TIMEOUT
-        await self._registry.refresh()
-        while not self._registry.entries and loop.time() < deadline:
-            await asyncio.sleep(0.5)
-            await self._registry.refresh()
+        await self._registry.rejoined(REJOIN_TIMEOUT)
 
     async def _export(self, sessions: BuildSessions, graph: BuildGraph,
                       records: Mapping[str, CacheRecord], sink: _BuildSink
