@@ -6,7 +6,7 @@
 #                (ruff without its cache: a stale cache can hide what a fresh CI clone sees)
 #   make lint    ruff, then mypy --strict over the four packages
 #   make faults  setup, then kill builds at random moments, seeds $(FAULT_SEEDS), $(FAULT_ROUNDS)
-#                rounds each (devkit/faults.py; about 8 min on 2 cpus)
+#                rounds each (devkit/faults.py; about 5 min on 2 cpus)
 #   make load    setup, then waves of 20 concurrent builds for $(LOAD_SECONDS) s (devkit/load.py)
 #   make clean   remove .venv and tool caches (not the Debian packages, not $(CACHE_DIR))
 #
