@@ -5,6 +5,9 @@
 #   make test    setup, ruff, mypy --strict, then pytest over tests/
 #                (ruff without its cache: a stale cache can hide what a fresh CI clone sees)
 #   make lint    ruff, then mypy --strict over the four packages
+#   make faults  setup, then kill builds at random moments, seeds $(FAULT_SEEDS), $(FAULT_ROUNDS)
+#                rounds each (devkit/faults.py; about 5 min on 2 cpus)
+#   make load    setup, then waves of 20 concurrent builds for $(LOAD_SECONDS) s (devkit/load.py)
 #   make clean   remove .venv and tool caches (not the Debian packages, not $(CACHE_DIR))
 #
 # Written for a fresh Debian 12 machine, as root, with only the Debian and PyPI registries
@@ -39,7 +42,11 @@ DEB_PACKAGES := docker.io containerd runc qemu-user-static binfmt-support docker
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup demo test lint clean debs busybox-arm64 binfmt venv
+.PHONY: setup demo test lint faults load clean debs busybox-arm64 binfmt venv
+
+FAULT_SEEDS ?= 1,2,3,4
+FAULT_ROUNDS ?= 10
+LOAD_SECONDS ?= 240
 
 setup: debs busybox-arm64 binfmt venv
 
@@ -54,6 +61,12 @@ test: setup
 lint: venv
 	$(VENV)/bin/ruff check --no-cache .
 	$(VENV)/bin/mypy --strict $(addprefix -p ,$(PACKAGES))
+
+faults: setup
+	$(VENV)/bin/python -m devkit.faults --seeds $(FAULT_SEEDS) --rounds $(FAULT_ROUNDS)
+
+load: setup
+	$(VENV)/bin/python -m devkit.load --seconds $(LOAD_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

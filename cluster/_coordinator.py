@@ -26,7 +26,9 @@ A build request (``{"dockerfile", "options", "session"}``, see cluster/_build_cm
    from their holders), then ``close_session`` everywhere.
    An export that finds a cached layer lost (``BlobLost``: missing or corrupt in the
    cache it was imported from) re-solves with ``rebuild=`` those layers and exports once
-   more: a lost blob is a cache miss, never a failed build.
+   more: a lost blob is a cache miss, never a failed build.  An export whose worker died
+   (``WorkerLost``) runs again once a worker is back (Ray restarts a killed one), with a
+   warning; ``ATTEMPTS`` exports in all.
 
 A request without ``options`` is the echo the service's own tests use
 (``request["lines"]``, ``request["delay"]``).
@@ -48,7 +50,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._errors import BlobLost, DockyardError, SolveError, UsageError
+from scheduler._errors import BlobLost, DockyardError, SolveError, UsageError, WorkerLost
 from scheduler._graph import BuildGraph, Ulimit, Vertex
 from scheduler._platform import Platform, parse_platform
 from scheduler._progress import (
@@ -57,12 +59,15 @@ from scheduler._progress import (
     VertexCompleted,
     VertexStarted,
     event_to_wire,
+    warning,
 )
 from scheduler._solver import Solver
 from scheduler.dockerfile._convert._model import BaseImage
 
 from ._build_options import BuildOptions
 from ._dispatch import (
+    ATTEMPTS,
+    REJOIN_TIMEOUT,
     BuildSessions,
     ClusterRecords,
     DispatchBackend,
@@ -154,6 +159,9 @@ class Coordinator:
         self._cancelled = 0  # solves stopped by cancellation
         self._frontends = 0  # frontends running (in their threads); 0 once their build ends
         self._watch: asyncio.Task[None] | None = None  # the registry's periodic refresh
+        # This coordinator process, named in each build it opens on a worker: a worker
+        # closes the builds of a dead predecessor when it sees another one.
+        self.incarnation = uuid.uuid4().hex
 
     async def ping(self) -> dict[str, Any]:
         """This coordinator, and one worker's ping (None while the cluster has none)."""
@@ -245,7 +253,8 @@ class Coordinator:
     async def _run_build(self, request: dict[str, Any], sink: _BuildSink) -> dict[str, Any]:
         build_id = uuid.uuid4().hex
         await self._refreshed()
-        part = {"options": request["options"], "session": request.get("session", {})}
+        part = {"options": request["options"], "session": request.get("session", {}),
+                "coordinator": self.incarnation}
         sessions = BuildSessions(build_id, part, self._placement)
         try:
             options = BuildOptions.from_wire(request["options"])
@@ -256,11 +265,15 @@ class Coordinator:
                 self._solver.solve, graph, no_cache=options.no_cache, events=sink,
                 backend=DispatchBackend(sessions), cache=ClusterRecords(sessions, sink))
             records = await solve()
-            try:
-                return await self._export(sessions, graph, records, sink)
-            except BlobLost as lost:  # an output needs a cached layer that is gone
-                records = await solve(rebuild=frozenset(lost.digests))
-                return await self._export(sessions, graph, records, sink)
+            for _ in range(ATTEMPTS - 1):
+                try:
+                    return await self._export(sessions, graph, records, sink)
+                except BlobLost as lost:  # an output needs a cached layer that is gone
+                    records = await solve(rebuild=frozenset(lost.digests))
+                except WorkerLost as lost:  # the exporting worker died: export again
+                    sink.emit(warning("export", f"{lost.message}: exporting again"))
+                    await self._worker_back()
+            return await self._export(sessions, graph, records, sink)
         finally:
             await _shielded(sessions.close())
 
@@ -275,6 +288,11 @@ class Coordinator:
         finally:
             self._frontends -= 1
 
+    async def _worker_back(self) -> None:
+        """Refresh the registry until it has a live worker again (Ray restarts a killed
+        one in seconds), at most ``REJOIN_TIMEOUT``; the export then refuses or goes on."""
+        await self._registry.rejoined(REJOIN_TIMEOUT)
+
     async def _export(self, sessions: BuildSessions, graph: BuildGraph,
                       records: Mapping[str, CacheRecord], sink: _BuildSink
                       ) -> dict[str, Any]:
@@ -286,8 +304,12 @@ class Coordinator:
         worker = self._exporter(layers)
         await sessions.open(worker)
         peers = self._registry.index.peers_for(worker.name, layers)
-        item = await worker.handle.call("export", sessions.build_id, graph.to_msgpack(),
-                                        roots, peers)
+        try:
+            item = await worker.handle.call("export", sessions.build_id, graph.to_msgpack(),
+                                            roots, peers)
+        except WorkerLost:
+            sessions.lost(worker)
+            raise
         result: dict[str, Any] = unwrap(forward_events(item, sink))
         return result
 

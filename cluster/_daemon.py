@@ -39,7 +39,7 @@ import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from scheduler._build_request import BuildOptions, CacheSpec
-from scheduler._errors import DockyardError, ServiceError, UsageError
+from scheduler._errors import DockyardError, ServiceError, UsageError, WorkerLost
 
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._relay import Session, SessionRelay
@@ -65,6 +65,10 @@ __all__ = ["Daemon", "main"]
 
 Send = Callable[[Frame], Awaitable[None]]
 _EXIT_ALREADY_RUNNING = 3
+#: How long a solve whose coordinator died waits for Ray's restart of it (seconds).
+COORDINATOR_RESTART_TIMEOUT = 30.0
+#: Submissions of one solve: a second when the coordinator died before it sent anything.
+SOLVE_ATTEMPTS = 2
 
 
 def _log(text: str) -> None:
@@ -253,19 +257,62 @@ class Daemon:
             await asyncio.shield(self.relay.close(session))
 
     async def _solve_stream(self, call_id: int, params: dict[str, Any], send: Send) -> Any:
-        stream = self.coordinator.stream("solve", params)
-        try:
-            async for item in stream:
-                if "event" in item:
+        """The coordinator's solve, its events sent on as they come.  A solve whose
+        coordinator died before it sent anything (a build submitted while Ray restarts
+        it) is submitted once more to the restarted one: the client saw nothing yet."""
+        for attempt in range(1, SOLVE_ATTEMPTS + 1):
+            stream = self.coordinator.stream("solve", params)
+            last: dict[str, Any] | None = None  # the solve's result or failure item
+            sent = False  # whether an event of this solve reached the client
+            try:
+                async for item in stream:
+                    if "event" not in item:
+                        last = item
+                        break
+                    sent = True
                     await send(EventFrame(call_id, item["event"]))
-                elif "failure" in item:
-                    raise error_from_failure(Failure(call_id, **item["failure"]))
-                else:
-                    return item.get("result")
-        except asyncio.CancelledError:
-            stream.cancel()
-            raise
-        raise ServiceError("the coordinator ended a solve without a result")
+            except asyncio.CancelledError:
+                stream.cancel()
+                raise
+            except WorkerLost:  # raised by the stream itself: the coordinator died
+                back = await self._coordinator_answers()
+                if back and not sent and attempt < SOLVE_ATTEMPTS:
+                    continue
+                raise self._coordinator_lost(back) from None
+            if last is None:
+                raise ServiceError("the coordinator ended a solve without a result")
+            if "failure" in last:
+                raise error_from_failure(Failure(call_id, **last["failure"]))
+            return last.get("result")
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _coordinator_lost(self, back: bool) -> ServiceError:
+        """The error of a solve whose coordinator died; ``back``: whether Ray restarted it
+        (it answered a ping within ``COORDINATOR_RESTART_TIMEOUT``).  The embedded service
+        stops when it did not, so that the next build starts a whole new one: either way
+        the hint is true."""
+        what = "the coordinator of the dockyard service died while running this build"
+        if back:
+            return ServiceError(f"{what}; Ray restarted it", hint="build again")
+        gone = f"{what}, and it did not come back in {COORDINATOR_RESTART_TIMEOUT:.0f}s"
+        if self.remote:
+            return ServiceError(gone, hint="see the endpoint's log ('dockyard serve') and "
+                                           "'dockyard node ls'")
+        self.stopping.set()
+        return ServiceError(gone, hint="build again: this service is stopping, and the "
+                                       "next build starts a new one")
+
+    async def _coordinator_answers(self) -> bool:
+        """Whether the coordinator (restarted by Ray) answers a ping in time."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(COORDINATOR_RESTART_TIMEOUT):
+                while True:
+                    try:
+                        await self.coordinator.call("ping")
+                        return True
+                    except DockyardError:  # still restarting
+                        await asyncio.sleep(0.2)
+        return False
 
 
 def with_caches(params: dict[str, Any], caches: Sequence[CacheSpec]) -> dict[str, Any]:

@@ -132,15 +132,21 @@ class BuildSessions:
         old one died (at most ``ATTEMPTS`` tries)."""
         tried: list[str] = []
         for _ in range(ATTEMPTS):
-            if self.home is None or self.home.name not in self.placement.registry.entries:
-                self.home = self.placement.any_worker(avoid=tried)
+            home = self.home  # concurrent callers share it: each keeps its own look
+            if home is None or home.name not in self.placement.registry.entries:
+                home = self.home = self.placement.any_worker(avoid=tried)
             try:
-                return self.home, await self.open(self.home)
+                return home, await self.open(home)
             except WorkerLost:
-                tried.append(self.home.name)
-                self.home = None
-                await self.placement.registry.refresh()
+                tried.append(home.name)
+                self._forget_home(home)
+                await self.placement.registry.rejoined(REJOIN_TIMEOUT)
         raise _all_lost("open the build", tried)
+
+    def _forget_home(self, entry: WorkerEntry) -> None:
+        """``entry`` died: it is no longer the home (unless another caller chose anew)."""
+        if self.home is entry:
+            self.home = None
 
     async def on_home(self, method: str, *args: Any) -> Any:
         """``method(build_id, *args)`` on the home worker (a new home if it died)."""
@@ -152,7 +158,7 @@ class BuildSessions:
             except WorkerLost:
                 tried.append(entry.name)
                 self.lost(entry)
-                self.home = None
+                self._forget_home(entry)
         raise _all_lost(method, tried)
 
     async def close(self) -> None:
@@ -259,13 +265,9 @@ class DispatchBackend:
     async def _rejoined(self, vertex: Vertex) -> None:
         """Refresh the registry until a worker can run ``vertex`` again (the lost one,
         restarted, or another), at most ``REJOIN_TIMEOUT``; ``take`` refuses it after."""
-        registry, arch = self._placement.registry, needed_arch(vertex)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + REJOIN_TIMEOUT
-        await registry.refresh()
-        while not self._placement.candidates(arch)[0] and loop.time() < deadline:
-            await asyncio.sleep(0.5)
-            await registry.refresh()
+        arch = needed_arch(vertex)
+        await self._placement.registry.rejoined(
+            REJOIN_TIMEOUT, lambda: bool(self._placement.candidates(arch)[0]))
 
     async def _run_on(self, entry: WorkerEntry, vertex: Vertex, inputs: Sequence[StateResult],
                       layers: Sequence[LayerDescriptor], events: EventSink,

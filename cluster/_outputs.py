@@ -16,6 +16,10 @@ Output ``index`` is the position in the client's own ``--output`` list:
   root, which is ``dest``); nothing is ever written through a symlink.
 
 A failed or cancelled build calls ``abort``: temporary files go, ``dest`` is untouched.
+A write at offset 0 of an output already (partly or wholly) received starts that output
+over: an export whose worker died runs again and sends every output again (the same
+bytes: the build is content-addressed).  Only stdout cannot be taken back: an output
+sent there again is refused.
 """
 
 from __future__ import annotations
@@ -141,14 +145,31 @@ class OutputWriters:
         return {"output.write": self.write, "output.close": self.close}
 
     def write(self, params: dict[str, Any]) -> None:
-        index = self._index(params)
         offset, data = params.get("offset"), params.get("data")
+        index = self._index(params, again=offset == 0)
         if type(offset) is not int or not isinstance(data, bytes):
             raise ExportError("an output.write without an integer offset and bytes data")
         if len(data) > MAX_WRITE_BYTES:
             raise ExportError(f"an output.write of {len(data)} bytes (at most "
                               f"{MAX_WRITE_BYTES})")
+        if offset == 0:
+            self._start_over(index)
         self._writer(index).write(offset, data)
+
+    def _start_over(self, index: int) -> None:
+        """Output ``index`` comes again from its start (a retried export): what came of
+        it before is dropped."""
+        writer = self._writers.get(index)
+        if index not in self.closed and (writer is None or writer.written == 0):
+            return  # its first write
+        if self._outputs[index].to_stdout:
+            raise ExportError(f"output {index} was sent again (the worker exporting it was "
+                              "lost), but its first bytes already went to stdout",
+                              hint="build again, or write the output to a file")
+        self.closed.discard(index)
+        if writer is not None:
+            writer.abort()
+            del self._writers[index]
 
     def close(self, params: dict[str, Any]) -> None:
         index = self._index(params)
@@ -167,12 +188,13 @@ class OutputWriters:
             writer.abort()
         self._writers.clear()
 
-    def _index(self, params: dict[str, Any]) -> int:
+    def _index(self, params: dict[str, Any], *, again: bool = False) -> int:
+        """The output an ask names; ``again``: it may be closed (its start comes again)."""
         index = params.get("index")
         if type(index) is not int or not 0 <= index < len(self._outputs):
             raise ExportError(f"an output ask for output {index!r}, which this build does "
                               f"not have ({len(self._outputs)} outputs)")
-        if index in self.closed:
+        if index in self.closed and not again:
             raise ExportError(f"output {index} was already closed")
         spec = self._outputs[index]
         if spec.type not in ("local", "tar", "oci", "docker"):

@@ -173,7 +173,8 @@ class RayRuntime:
     def create_actors(self, root: Path) -> ActorRef:
         """The embedded service's actors on this head: the node's worker (its native arch
         and, emulated, every other one dockyard knows) and the coordinator, which finds
-        it (and any worker that joins) by name."""
+        it (and any worker that joins) by name.  Ray restarts either when it dies (the
+        same handle then reaches the new one): the service outlives its actors."""
         import ray
 
         from cluster._coordinator import Coordinator
@@ -185,7 +186,7 @@ class RayRuntime:
         coordinator_cls: Any = ray.remote(Coordinator)
         coordinator = coordinator_cls.options(
             name=COORDINATOR_NAME, namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
-            max_concurrency=1000).remote(discover=True)
+            max_concurrency=1000, max_restarts=-1).remote(discover=True)
         return ActorRef(coordinator, "coordinator")
 
     def shutdown(self) -> None:
@@ -265,8 +266,8 @@ async def _translated(ref: Any, what: str) -> Any:
         return await ref
     except (rex.ActorDiedError, rex.ActorUnavailableError) as exc:
         raise WorkerLost(f"the actor of {what} died or vanished: {type(exc).__name__}",
-                         hint="the service restarts on the next build ('dockyard stop' "
-                              "ends it now)") from None
+                         hint="Ray restarts dockyard's actors: build again (if it fails "
+                              "the same way, see the service's log)") from None
     except rex.TaskCancelledError:
         raise ServiceError(f"{what} was cancelled") from None
     except rex.RayTaskError as exc:

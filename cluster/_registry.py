@@ -39,6 +39,8 @@ _log = logging.getLogger(__name__)
 
 #: How long a new worker has to answer ``info`` before the next refresh tries again.
 INFO_TIMEOUT = 10.0
+#: Seconds between the looks of a caller waiting for a lost worker to come back.
+REJOIN_POLL = 0.5
 
 
 class Handle(Protocol):
@@ -126,6 +128,19 @@ class Registry:
             _log.warning("worker %s lost", entry.describe())
         self.index.forget(entry.name)
         self.changed()
+
+    async def rejoined(self, timeout: float, ready: Callable[[], bool] | None = None
+                       ) -> None:
+        """Refresh until ``ready()`` (default: any live worker) -- a worker that can do
+        what waits is back: Ray restarts a killed one in seconds --, at most ``timeout``
+        seconds; the caller then goes on, or refuses."""
+        ready = ready or (lambda: bool(self.entries))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await self.refresh()
+        while not ready() and loop.time() < deadline:
+            await asyncio.sleep(REJOIN_POLL)
+            await self.refresh()
 
     async def refresh(self) -> None:
         """Learn the workers that joined and forget those that left (one refresh at a

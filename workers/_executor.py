@@ -343,9 +343,16 @@ async def _feed(stream: asyncio.StreamWriter | None, data: bytes) -> None:
 
 
 def _raise_runc_failure(run: _Run, log: Path, code: int) -> None:
-    """A non-zero exit with an error in runc's own log: runc failed, not the process."""
+    """runc killed by a signal, or a non-zero exit with an error in runc's own log: runc
+    failed, not the process."""
     if code == 0:
         return
+    if code < 0:  # runc itself died by a signal: the process's own status was never known
+        raise ExecError(f"runc was killed by signal {-code} while it ran container "
+                        f"{run.id}: the process did not finish", exit_code=code,
+                        output_tail="".join(run.tail),
+                        hint="something outside dockyard killed runc (the OOM killer, a "
+                             "user); the container was removed: build again")
     errors = _runc_log_errors(log)
     if errors:
         raise ExecError(f"runc could not run the process in container {run.id}: "

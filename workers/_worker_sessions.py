@@ -21,7 +21,9 @@ It comes as the ``options`` and ``session`` maps of a build request:
 
 ``close`` cancels and awaits whatever of the build still runs here (a cancelled build
 leaves nothing mounted or running), drains its remote caches (a failed build keeps what
-it finished), closes its channel and removes its scratch files.
+it finished), closes its channel and removes its scratch files.  A build whose
+coordinator died is closed when the next coordinator (the request's ``coordinator``, an
+id per coordinator process) opens a build here.
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ class WorkerSession:
     remotes: dict[str, Any] = field(default_factory=dict)
     # The build's calls running here now; close cancels and awaits them.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # The incarnation of the coordinator that opened it ("" when none was named): a
+    # build whose coordinator died is closed when its successor opens one here.
+    coordinator: str = ""
 
     async def ask(self, what: str, params: dict[str, Any]) -> Any:
         """An ask of the build's client (a ``SolveError`` when the build has no channel)."""
@@ -132,6 +137,8 @@ class SessionTable:
         """Open build ``build_id``: its epoch (SOURCE_DATE_EPOCH, as applied)."""
         if build_id in self._sessions:
             return {"epoch": self._sessions[build_id].options.epoch}
+        coordinator = str(request.get("coordinator") or "")
+        await self._close_orphans(coordinator)
         options = BuildOptions.from_wire(request["options"])
         part: Mapping[str, Any] = request.get("session") or {}
         channel = self.channels(part)
@@ -143,8 +150,21 @@ class SessionTable:
             if channel is not None:
                 await channel.aclose()
             raise
+        session.coordinator = coordinator
         self._sessions[build_id] = session
         return {"epoch": session.options.epoch}
+
+    async def _close_orphans(self, coordinator: str) -> None:
+        """Close the builds opened by another coordinator than ``coordinator``: a cluster
+        has one, so they are a dead one's, whose ``close_session`` never comes (their
+        RUNs, channels and scratch would stay for the worker's life)."""
+        if not coordinator:
+            return
+        orphans = [build_id for build_id, session in self._sessions.items()
+                   if session.coordinator and session.coordinator != coordinator]
+        for build_id in orphans:
+            _log.warning("closing build %s: the coordinator that opened it is gone", build_id)
+            await self.close(build_id)
 
     def _made(self, options: BuildOptions, part: Mapping[str, Any], secrets: SecretSource,
               channel: Any, credentials: S3Credentials | None) -> WorkerSession:

@@ -1,7 +1,8 @@
 """A worker actor killed during a RUN, for real: the embedded service of its own root,
 a build whose RUN sleeps, SIGKILL of the worker actor's process.  Its container keeps
 running and its mounts stay -- until Ray restarts the actor, whose start removes them;
-``dockyard stop`` then leaves nothing running or mounted under the root."""
+``dockyard stop`` then leaves nothing running or mounted under the root.  And the same
+for the coordinator actor: Ray restarts it, and the service goes on."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 
 from cluster._service import RunPaths, process_tree
+from devkit.faults import settle
+from devkit.root_state import service_processes
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
@@ -123,3 +126,39 @@ def test_a_restarted_worker_removes_its_predecessors_container(
     assert _mounts(root) == []
     assert list((root / "run" / "bundles").iterdir()) == []
     assert list((root / "snapshots" / "work").iterdir()) == []
+
+
+def test_a_killed_coordinator_is_replaced_and_its_build_fails_with_a_true_hint(
+        root: Path, busybox_image: Any) -> None:
+    """Ray restarts the embedded service's coordinator: the build it ran fails saying so,
+    the next build works without 'dockyard stop', and the worker closes the dead
+    coordinator's build (its RUN, its scratch) when the new one opens a build there."""
+    context = root.parent / f"{root.name}-context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_image.reference}\nRUN echo sleeping && sleep 1004\n")
+    try:
+        build = subprocess.Popen([sys.executable, "-m", "cluster", "build",
+                                  "--progress=plain", str(context)], env=_environ(root),
+                                 cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        assert build.stderr is not None
+        for raw in build.stderr:
+            if raw.rstrip().endswith(b" sleeping"):
+                break
+        service = service_processes(root)
+        assert service is not None and service.coordinator is not None
+        os.kill(service.coordinator, signal.SIGKILL)
+        said = build.stderr.read().decode()
+        assert build.wait(timeout=120) == 1, said
+        assert ("error: the coordinator of the dockyard service died while running this "
+                "build; Ray restarted it\nhint: build again\n") in said, said
+
+        (context / "Dockerfile").write_text(f"FROM {busybox_image.reference}\nRUN true\n")
+        done = _cli(root, "build", "--progress=plain", str(context))
+        assert done.returncode == 0, done.stderr
+        again = service_processes(root)
+        assert again is not None and again.daemon == service.daemon  # the same service
+        assert again.coordinator not in (None, service.coordinator)
+        assert settle(root) == []  # the old build's RUN and scratch are gone
+    finally:
+        shutil.rmtree(context, ignore_errors=True)

@@ -302,6 +302,37 @@ async def test_cancel_kills_and_cleans_everything(sandbox: Sandbox) -> None:
 
 
 @aio
+async def test_runc_killed_by_a_signal_is_named_and_its_container_removed(
+        sandbox: Sandbox) -> None:
+    async with sandbox.store.mount([sandbox.base], writable=True) as state:
+        started: list[bytes] = []
+        task = asyncio.create_task(sandbox.executor.run(sh("echo started; sleep 60"),
+                                                        state.path, stdout=started.append))
+        async with asyncio.timeout(10):
+            while not started:
+                await asyncio.sleep(0.02)
+        [container] = runc_list(sandbox.executor)
+        [runc] = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                  if pid != os.getpid()
+                  and _argv(pid)[-2:] == [str(sandbox.executor.bundles / container),
+                                          container]]
+        os.kill(runc, 9)
+        with pytest.raises(ExecError) as caught:
+            await task
+    assert caught.value.message == (f"runc was killed by signal 9 while it ran container "
+                                    f"{container}: the process did not finish")
+    assert caught.value.hint is not None and "build again" in caught.value.hint
+    sandbox.assert_clean()
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:-1]
+    except OSError:
+        return []
+
+
+@aio
 async def test_cancel_right_after_start_leaves_nothing(sandbox: Sandbox) -> None:
     async with sandbox.store.mount([sandbox.base], writable=True) as state:
         for delay in (0, 0.01, 0.05, 0.1):

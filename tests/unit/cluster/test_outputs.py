@@ -185,4 +185,29 @@ def test_a_closed_output_takes_no_more(tmp_path: Path) -> None:
     writers.close({"index": 0})
     assert (tmp_path / "t").read_bytes() == b""
     with pytest.raises(ExportError, match="output 0 was already closed"):
-        writers.write({"index": 0, "offset": 0, "data": b"x"})
+        writers.write({"index": 0, "offset": 1, "data": b"x"})
+    with pytest.raises(ExportError, match="output 0 was already closed"):
+        writers.close({"index": 0})
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_an_output_sent_again_from_its_start_replaces_the_first(tmp_path: Path,
+                                                                closed: bool) -> None:
+    """An export whose worker died runs again and sends its outputs again: a write at
+    offset 0 starts the output over, whether the first was closed or half sent."""
+    dest = tmp_path / "t.tar"
+    writers, _ = _writers(tmp_path, OutputSpec("tar", str(dest)))
+    writers.write({"index": 0, "offset": 0, "data": b"first "})
+    if closed:
+        writers.close({"index": 0})
+    writers.write({"index": 0, "offset": 0, "data": b"again"})
+    writers.close({"index": 0})
+    assert dest.read_bytes() == b"again"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dockyard-")] == []
+
+
+def test_an_output_to_stdout_cannot_be_sent_again(tmp_path: Path) -> None:
+    writers, stdout = _writers(tmp_path, OutputSpec("tar", "-"))
+    writers.write({"index": 0, "offset": 0, "data": b"first"})
+    with pytest.raises(ExportError, match="its first bytes already went to stdout"):
+        writers.write({"index": 0, "offset": 0, "data": b"again"})

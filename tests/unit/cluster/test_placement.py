@@ -263,6 +263,65 @@ def test_a_vertex_whose_only_worker_dies_runs_again_on_the_restarted_one() -> No
     assert reborn.executed == ["[3/3] RUN make install"] and len(looks) > 2
 
 
+class OpenLosingWorker(SessionWorker):
+    """A ``SessionWorker`` whose actor dies at the first build opened on it."""
+
+    async def call(self, method: str, *args: Any) -> Any:
+        if method == "open_session":
+            self.calls.append((method, args))
+            raise WorkerLost(f"the actor of {self.name}.open_session died or vanished")
+        return await super().call(method, *args)
+
+
+def test_a_build_whose_only_worker_dies_as_it_opens_waits_for_the_restarted_one() -> None:
+    """The home worker dies as the build opens and the cluster has no other: the build
+    waits for Ray's restart (no 'the cluster has no live worker' while it restarts)."""
+    doomed = OpenLosingWorker("w1", ("amd64",))
+    reborn = SessionWorker("w1", ("amd64",))
+    looks: list[str] = []
+
+    async def discover() -> Mapping[str, Any]:
+        if "open_session" in doomed.methods():
+            looks.append("after the loss")
+            return {"w1": reborn} if len(looks) > 2 else {}  # back after a while
+        return {"w1": doomed}
+
+    async def main() -> list[dict[str, Any]]:
+        return await items_of(Coordinator(registry=Registry(discover)), build(CHAIN))
+    items = asyncio.run(main())
+    assert "result" in items[-1], items[-1]
+    assert reborn.opened and len(looks) > 2
+
+
+class ExportLosingWorker(SessionWorker):
+    """A ``SessionWorker`` whose actor dies during its first export."""
+
+    async def call(self, method: str, *args: Any) -> Any:
+        if method == "export" and not any(m == "export" for m, _ in self.calls):
+            self.calls.append((method, args))
+            raise WorkerLost(f"the actor of {self.name}.export died or vanished")
+        return await super().call(method, *args)
+
+
+def test_an_export_whose_worker_dies_runs_again_on_the_restarted_one() -> None:
+    """The worker exporting the images dies: Ray restarts it under the same name (with no
+    session); the build opens there again and exports, its steps answered by records."""
+    doomed = ExportLosingWorker("w1", ("amd64",))
+    reborn = SessionWorker("w1", ("amd64",))
+
+    async def discover() -> Mapping[str, Any]:
+        return {"w1": reborn if "export" in doomed.methods() else doomed}
+
+    async def main() -> list[dict[str, Any]]:
+        return await items_of(Coordinator(registry=Registry(discover)), build(CHAIN))
+    items = asyncio.run(main())
+    assert "result" in items[-1], items[-1]
+    assert "export" in reborn.methods() and reborn.opened
+    assert reborn.executed == []  # the records of the first solve serve the second
+    said = [i["event"]["id"] for i in items if "event" in i and i["event"]["type"] == "status"]
+    assert "warning: the actor of w1.export died or vanished: exporting again" in said, said
+
+
 @pytest.mark.parametrize(("holders", "expected"), [
     # worker -> the layers it holds; the record is base-arm + copy (the top layer)
     ({"a-amd": ("base-amd", "copy"), "b-arm": ("base-arm", "copy")}, "b-arm"),
