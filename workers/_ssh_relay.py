@@ -12,6 +12,10 @@ that id by asks (docs/cluster.md)::
                                                   (b"": nothing yet; None: it hung up)
     ssh.close {"conn"}          -> None
 
+Every connection the client opened for a RUN is closed there before the RUN's socket
+goes away: the end of the RUN cancels the relays, but not their ``ssh.open`` and
+``ssh.close`` asks.
+
 An in-process build's agent is a host socket: ``forwarding`` serves a socket of the same
 kind that passes each connection's bytes to it, so a RUN never sees the host's socket and
 gets the owner and mode its mount asks for.
@@ -36,6 +40,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from scheduler._errors import ServiceError
+
+from ._snapshots import finish_shielded, wait_shielded
 
 __all__ = ["ChannelSshAgents", "FrameCounter", "SshAsker", "forwarding", "socket_directory"]
 
@@ -104,22 +110,43 @@ class ChannelSshAgents:
     async def _relay(self, ident: str, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
         try:
-            conn = await self._channel.ask("ssh.open", {"id": ident})
-            if not isinstance(conn, int):
-                raise ServiceError(f"the client answered ssh.open {ident!r} with a "
-                                   f"{type(conn).__name__}, not a connection number")
-            self.connections += 1
-            try:
+            async with self._client_connection(ident) as conn:
+                self.connections += 1
                 await _Connection(self._channel, conn, reader, writer).run()
-            finally:
-                with contextlib.suppress(ServiceError, OSError):
-                    await self._channel.ask("ssh.close", {"conn": conn})
         except ServiceError:
             pass  # the container sees its connection closed, as with a dead agent
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            await _close(writer)
+
+    @asynccontextmanager
+    async def _client_connection(self, ident: str) -> AsyncIterator[int]:
+        """The client's connection to agent ``ident``, closed there when the context ends.
+
+        The RUN's end cancels its relays just as the container hangs up, often while this
+        asks ``ssh.close``.  So the ``ssh.open`` and ``ssh.close`` asks run to their answer
+        whatever cancellation arrives (the channel answers or fails every ask), and the
+        cancellation is re-raised after: cut short, they left the client's connection open
+        until the build ended."""
+        opening = asyncio.ensure_future(self._open(ident))
+        cancelled = await wait_shielded(opening)
+        failed = opening.exception()
+        if failed is not None:
+            raise cancelled or failed
+        conn = opening.result()
+        try:
+            if cancelled is not None:
+                raise cancelled
+            yield conn
+        finally:
+            with contextlib.suppress(ServiceError, OSError):
+                await finish_shielded(self._channel.ask("ssh.close", {"conn": conn}))
+
+    async def _open(self, ident: str) -> int:
+        conn = await self._channel.ask("ssh.open", {"id": ident})
+        if not isinstance(conn, int):
+            raise ServiceError(f"the client answered ssh.open {ident!r} with a "
+                               f"{type(conn).__name__}, not a connection number")
+        return conn
 
 
 _Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
