@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -248,19 +248,29 @@ def test_a_vertex_whose_only_worker_dies_runs_again_on_the_restarted_one() -> No
     the vertex waits for it and opens the build on it again."""
     doomed = SessionWorker("w1", ("amd64",), lose="RUN make install")
     reborn = SessionWorker("w1", ("amd64",))
-    looks: list[str] = []
+    items, looks = _build_across_a_restart(
+        doomed, reborn, lambda: not doomed.now and "[3/3] RUN make install" in str(doomed.calls))
+    assert "result" in items[-1], items[-1]
+    assert reborn.executed == ["[3/3] RUN make install"] and looks > 2
+
+
+def _build_across_a_restart(doomed: SessionWorker, reborn: SessionWorker,
+                            lost: Callable[[], bool]) -> tuple[list[dict[str, Any]], int]:
+    """CHAIN built on a one-worker cluster whose worker ``doomed`` is lost once ``lost()``
+    holds: the registry then finds no worker twice, then ``reborn`` (Ray's restart, after
+    a while). The build's items, and how many times the registry looked after the loss."""
+    looks = 0
 
     async def discover() -> Mapping[str, Any]:
-        if not doomed.now and "[3/3] RUN make install" in str(doomed.calls):
-            looks.append("after the loss")
-            return {"w1": reborn} if len(looks) > 2 else {}  # back after a while
+        nonlocal looks
+        if lost():
+            looks += 1
+            return {"w1": reborn} if looks > 2 else {}
         return {"w1": doomed}
 
     async def main() -> list[dict[str, Any]]:
         return await items_of(Coordinator(registry=Registry(discover)), build(CHAIN))
-    items = asyncio.run(main())
-    assert "result" in items[-1], items[-1]
-    assert reborn.executed == ["[3/3] RUN make install"] and len(looks) > 2
+    return asyncio.run(main()), looks
 
 
 class OpenLosingWorker(SessionWorker):
@@ -278,19 +288,10 @@ def test_a_build_whose_only_worker_dies_as_it_opens_waits_for_the_restarted_one(
     waits for Ray's restart (no 'the cluster has no live worker' while it restarts)."""
     doomed = OpenLosingWorker("w1", ("amd64",))
     reborn = SessionWorker("w1", ("amd64",))
-    looks: list[str] = []
-
-    async def discover() -> Mapping[str, Any]:
-        if "open_session" in doomed.methods():
-            looks.append("after the loss")
-            return {"w1": reborn} if len(looks) > 2 else {}  # back after a while
-        return {"w1": doomed}
-
-    async def main() -> list[dict[str, Any]]:
-        return await items_of(Coordinator(registry=Registry(discover)), build(CHAIN))
-    items = asyncio.run(main())
+    items, looks = _build_across_a_restart(doomed, reborn,
+                                           lambda: "open_session" in doomed.methods())
     assert "result" in items[-1], items[-1]
-    assert reborn.opened and len(looks) > 2
+    assert reborn.opened and looks > 2
 
 
 class ExportLosingWorker(SessionWorker):
