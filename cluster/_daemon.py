@@ -409,7 +409,8 @@ def _run(paths: RunPaths, idle_timeout: float) -> int:
     began = time.monotonic()
     try:
         runtime.start()
-        _log(f"Ray up in {time.monotonic() - began:.1f}s")
+        _log(f"Ray up in {time.monotonic() - began:.1f}s; its logs and the actors' in "
+             f"{runtime.logs_dir}")
         asyncio.run(_serve(paths, runtime, idle_timeout))
     except DockyardError as error:
         _log(f"error: {error}")

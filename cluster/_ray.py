@@ -23,15 +23,16 @@ from typing import Any
 from scheduler._errors import ServiceError, WorkerLost
 
 __all__ = [
-    "ARCHES", "COORDINATOR_NAME", "NAMESPACE", "WORKER_PREFIX", "ActorRef", "ActorStream",
-    "RayRuntime", "RaySettings", "discover_workers", "machine_arch", "ray_environment",
-    "ray_temp_dir", "worker_name",
+    "ARCHES", "COORDINATOR_NAME", "NAMESPACE", "SERVICE_ACTORS", "WORKER_PREFIX", "ActorRef",
+    "ActorStream", "RayRuntime", "RaySettings", "discover_workers", "machine_arch",
+    "ray_environment", "ray_temp_dir", "worker_name",
 ]
 
 ARCHES = ("amd64", "arm64")  # this node runs arm64 through QEMU binfmt
 NAMESPACE = "dockyard"  # the Ray namespace of every named dockyard actor
 COORDINATOR_NAME = "dockyard-coordinator"  # the one coordinator of a cluster (detached)
 WORKER_PREFIX = "dockyard-worker-"  # + the node's id: one worker actor per node
+SERVICE_ACTORS = 2  # the embedded service's actors: its coordinator and its node's worker
 
 
 def machine_arch() -> str:
@@ -79,14 +80,21 @@ class RaySettings:
     """How the private head of one root is started."""
 
     root: Path
-    num_cpus: int  # the machine's CPUs
+    # Ray's "CPU" resource, which no dockyard actor asks for (they take num_cpus=0): Ray
+    # starts that many Python workers with the head and keeps as many idle, so it is the
+    # number of the service's actors (the coordinator and the worker), whatever the
+    # machine's CPUs; more would be idle processes of ~80 MiB each.
+    num_cpus: int
     arch_slots: int  # units of each "arch:<arch>" resource the node offers
-    object_store_bytes: int = 150 * 1024 * 1024  # Ray's minimum is 78,643,200
+    # A cap, not an allocation: plasma's pages (shared memory) are resident only once an
+    # object used them.  The service passes only small messages, and no peer's blobs (one
+    # node), through it, so Ray's minimum (78,643,200) is enough.
+    object_store_bytes: int = 78_643_200
 
     @classmethod
     def for_machine(cls, root: Path) -> RaySettings:
         cpus = os.cpu_count() or 1
-        return cls(root=root, num_cpus=cpus, arch_slots=cpus)
+        return cls(root=root, num_cpus=SERVICE_ACTORS, arch_slots=cpus)
 
 
 class RayRuntime:
@@ -95,28 +103,38 @@ class RayRuntime:
     def __init__(self, settings: RaySettings) -> None:
         self.settings = settings
         self._started = False  # True between start() and shutdown()
+        self._node: Any = None  # the head start() started (a ray Node), until shutdown()
 
     def start(self) -> None:
         """Start the head of a one-node cluster (blocking, ~4-5 s), on 127.0.0.1 only: its
         processes listen on and talk over loopback (NOTES-ray.md), and other nodes cannot
         join it (a cluster's head is ``dockyard node start --head``); a failure is a
-        ``ServiceError``."""
+        ``ServiceError``.
+
+        Only the processes the service uses are started (issue 10): the GCS, the raylet
+        and the two agents the raylet cannot run without; not the dashboard's API server,
+        the autoscaler's monitor or the log monitor (``_HeadNode``).  The daemon then
+        connects to the head as its driver."""
         # Read when ray is first imported (ray_constants): set before that import.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         import ray
 
         temp = ray_temp_dir(self.settings.root)
         temp.mkdir(parents=True, exist_ok=True)
-        resources = {f"arch:{arch}": float(self.settings.arch_slots) for arch in ARCHES}
         try:
-            ray.init(num_cpus=self.settings.num_cpus, resources=resources,
-                     include_dashboard=False, object_store_memory=self.settings.object_store_bytes,
-                     _temp_dir=str(temp), namespace=NAMESPACE, log_to_driver=True,
+            self._node = _start_head(self.settings, temp)
+            ray.init(address=self._node.address, namespace=NAMESPACE, log_to_driver=False,
                      configure_logging=False)
         except Exception as exc:  # Ray raises many types; all mean "could not start"
+            self._stop_head()
             raise ServiceError(f"cannot start Ray under {temp}: {exc}",
                                hint=f"see the daemon log in {self.settings.root}/run") from None
         self._started = True
+
+    @property
+    def logs_dir(self) -> str:
+        """Where the started head's processes, actors included, write their logs."""
+        return str(self._node.get_logs_dir_path()) if self._node is not None else ""
 
     def attach(self, address: str, node_ip: str | None = None) -> None:
         """Connect to a running Ray cluster at ``address`` (``auto`` or ``HOST:PORT``) as a
@@ -197,7 +215,39 @@ class RayRuntime:
         import ray
 
         ray.shutdown()
+        self._stop_head()
         self._started = False
+
+    def _stop_head(self) -> None:
+        node, self._node = self._node, None
+        if node is not None:
+            node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+
+
+def _start_head(settings: RaySettings, temp: Path) -> Any:
+    """Start the embedded head's processes (what ``ray.init()`` does when it starts a
+    cluster, less what the service does not use); the ray ``Node``."""
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    class _HeadNode(Node):
+        def start_api_server(self, **_: Any) -> None:
+            """No dashboard API server: the service calls none of its APIs."""
+
+    config: dict[str, Any] = {}
+    ensure_token_if_auth_enabled(config, create_token_if_missing=True)  # RAY_AUTH_MODE=token
+    resources = {f"arch:{arch}": float(settings.arch_slots) for arch in ARCHES}
+    # No autoscaler (one fixed node) and no log monitor (it only forwards the workers'
+    # output to drivers; the actors' logs stay in the session's logs/ directory).
+    without: dict[str, Any] = {"no_monitor": True, "include_log_monitor": False}
+    params = RayParams(num_cpus=settings.num_cpus, resources=resources,
+                       object_store_memory=settings.object_store_bytes, temp_dir=str(temp),
+                       include_dashboard=False, _system_config=config, **without)
+    return _HeadNode(params, head=True, shutdown_at_exit=False, spawn_reaper=True,
+                     ray_init_cluster=True)
 
 
 def discover_workers() -> dict[str, ActorRef]:

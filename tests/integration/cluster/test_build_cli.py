@@ -29,6 +29,7 @@ from support.leaks import files_containing
 from support.progress import plain_blocks
 from support.ssh_tools import copy_ssh_add, make_key
 
+from cluster._ray import ray_temp_dir
 from cluster._service import Proc, RunPaths, alive, process_tree
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -172,8 +173,9 @@ def test_secret_reaches_only_its_run(dockyard: Dockyard) -> None:
     digest = hashlib.sha256(SECRET.encode()).hexdigest()
     assert (out / "seen").read_text() == digest + "\n"  # the RUN saw the value
     assert SECRET.encode() not in done.stderr + done.stdout  # no event carries it
-    for place in (dockyard.root / "run" / "daemon.log", dockyard.root / "cache",
-                  dockyard.root / "snapshots", out, Path(f"{out}.tar")):
+    for place in (dockyard.root / "run" / "daemon.log", ray_temp_dir(dockyard.root),
+                  dockyard.root / "cache", dockyard.root / "snapshots", out,
+                  Path(f"{out}.tar")):
         assert files_containing(place, [SECRET.encode()]) == [], place
     assert not (out / "run" / "secrets" / "token").exists()
 
