@@ -54,6 +54,7 @@ __all__ = [
 
 NODE_RECORD_VERSION = 1  # the "v" of node.json
 MIN_OBJECT_STORE = 78_643_200  # Ray refuses less
+NODE_ACTORS = 1  # dockyard's actors a node starts: its worker (see ray_start_argv)
 DEFAULT_OBJECT_STORE = 100 * 1024 * 1024  # small: several nodes may share one machine
 DEFAULT_HEALTH_CHECK_MS = 500  # fast failure detection on loopback; see health_config
 _MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -370,17 +371,25 @@ def _free_port(host: str) -> int:
 def ray_start_argv(settings: NodeSettings, temp_dir: Path, ports: Sequence[int],
                    health: Mapping[str, int], ray: str = "ray") -> list[str]:
     """The ``ray start`` command of a node; ``ports``: two free ports (the dashboard's and
-    the dashboard agent's, whose defaults would clash between nodes of one machine)."""
+    the dashboard agent's, whose defaults would clash between nodes of one machine).
+
+    Only what a node uses (issue 10): ``--num-cpus`` is Ray's "CPU" resource, which no
+    dockyard actor asks for, and Ray starts that many Python workers with the raylet and
+    keeps as many idle: one, the node's worker actor (a coordinator placed on the node
+    starts its own).  No log monitor (it forwards workers' output to drivers; the
+    endpoint attaches without it) and no autoscaler monitor on a head (fixed nodes)."""
     resources = {f"arch:{arch}": settings.slots for arch in settings.arches}
-    argv = [ray, "start", f"--num-cpus={settings.slots}",
+    argv = [ray, "start", f"--num-cpus={NODE_ACTORS}",
             f"--resources={json.dumps(resources, sort_keys=True)}",
             f"--object-store-memory={settings.object_store_bytes}",
             f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={ports[1]}",
+            "--include-log-monitor=false",
             "--disable-usage-stats", "--log-style=record", "--log-color=false"]
     if settings.node_ip:
         argv.append(f"--node-ip-address={settings.node_ip}")
     if settings.head:
         return [*argv, "--head", f"--port={settings.port}", "--include-dashboard=false",
+                "--no-monitor",
                 f"--dashboard-port={ports[0]}",
                 f"--system-config={json.dumps(dict(health), sort_keys=True)}"]
     return [*argv, f"--address={settings.address}"]

@@ -109,10 +109,10 @@ def test_ray_start_of_a_head() -> None:
     settings = NodeSettings.from_args(**(_GOOD | {"emulate": "arm64", "port": 6400}))
     argv = ray_start_argv(settings, Path("/r/run/ray"), (1001, 1002), {"a": 1}, ray="/v/ray")
     assert argv[:2] == ["/v/ray", "start"]
-    assert {"--head", "--port=6400", "--dashboard-port=1001", "--num-cpus=2",
+    assert {"--head", "--port=6400", "--dashboard-port=1001", "--num-cpus=1",
             "--dashboard-agent-listen-port=1002", "--temp-dir=/r/run/ray",
-            "--node-ip-address=127.0.0.2", "--disable-usage-stats",
-            '--system-config={"a": 1}'} <= set(argv)
+            "--node-ip-address=127.0.0.2", "--disable-usage-stats", "--no-monitor",
+            "--include-log-monitor=false", '--system-config={"a": 1}'} <= set(argv)
     resources = json.loads(next(a for a in argv if a.startswith("--resources="))[12:])
     assert resources == {"arch:amd64": 2, "arch:arm64": 2}
     assert "--block" not in argv
@@ -126,6 +126,8 @@ def test_ray_start_of_a_joining_node() -> None:
     assert not [a for a in argv if a.startswith(("--head", "--port", "--system-config",
                                                  "--node-ip-address"))]
     assert '--resources={"arch:arm64": 2}' in argv
+    assert {"--num-cpus=1", "--include-log-monitor=false"} <= set(argv)
+    assert "--no-monitor" not in argv  # a head's flag
 
 
 # --- node.json --------------------------------------------------------------------------
