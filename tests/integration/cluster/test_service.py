@@ -35,6 +35,7 @@ from cluster._service import (
     process_tree,
     stop_service,
 )
+from devkit.processes import kind
 from scheduler._errors import ServiceError
 from scheduler._progress import Event, VertexCompleted, VertexLog, VertexStarted
 
@@ -157,6 +158,30 @@ def test_solve_streams_events_through_coordinator_and_worker(service: Service) -
     assert ping["coordinator"]["worker"]["arches"] == ["amd64", "arm64"]
     assert len({service.daemon, ping["coordinator"]["pid"],
                 ping["coordinator"]["worker"]["pid"]}) == 3
+
+
+#: The embedded service's processes (issue 10), one each: the daemon (Ray's driver), Ray's
+#: GCS and raylet, the raylet's two agents (it will not run without them) and the two
+#: actors.  No dashboard API server (dashboard.py), autoscaler monitor (monitor.py), log
+#: monitor (log_monitor.py) or idle Python worker (ray::IDLE).
+SERVICE_PROCESSES = ["cluster._daemon", "gcs_server", "ray::Coordinator",
+                     "ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::WorkerActor",
+                     "raylet"]
+
+
+def _service_kinds(service: Service) -> list[str]:
+    pids = [service.daemon, *(pid for pid, _ in process_tree(service.daemon))]
+    return sorted(k for k in map(kind, pids) if k)
+
+
+def test_the_service_runs_only_the_processes_it_uses(service: Service) -> None:
+    run(service.call("solve", {"lines": ["x"]}, Sink()))
+    deadline = time.monotonic() + 15  # a Python worker Ray starts and ends settles in ~1 s
+    while (kinds := _service_kinds(service)) != SERVICE_PROCESSES:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert kinds == SERVICE_PROCESSES
 
 
 def test_warm_round_trip_is_fast(service: Service) -> None:
