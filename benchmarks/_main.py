@@ -21,15 +21,17 @@ from benchmarks._cases import CaseResult, edit_case, noop_case, parallel_case, s
 from benchmarks._cluster_rows import CLUSTER_CASES, cluster_rows
 from benchmarks._env import BenchEnvironment, bench_environment
 from benchmarks._export import MIB, export_case
+from benchmarks._memory import MEMORY_CASES, measure_memory, memory_rows, process_table
 from benchmarks._paths import REPO
 from benchmarks._stats import Row, Series, markdown_table, ratio
 from scheduler._errors import DockyardError
 
 __all__ = ["main"]
 
-CASES = ("noop", "edit", "parallel", "export", *CACHE_CASES, *CLUSTER_CASES)
+CASES = ("noop", "edit", "parallel", "export", *MEMORY_CASES, *CACHE_CASES, *CLUSTER_CASES)
 CLI_PATH = "CLI `dockyard build`, warm local service"
 EXPORT_PATH = "in-process `workers._layers.write_layer`"
+MEMORY_PATH = "the local service's processes, after `dockyard build`"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,6 +101,16 @@ def _build_rows(env: BenchEnvironment, cases: Sequence[str], args: argparse.Name
     return rows
 
 
+def _memory(env: BenchEnvironment) -> tuple[list[Row], str]:
+    """The ``memory`` case's rows, and the table of each tool's idle processes."""
+    _log("memory: BuildKit (dockerd + containerd), then dockyard's service")
+    theirs = measure_memory("dockerd + containerd", env.buildkit.build, env.buildkit.pids,
+                            env.work, env.base)
+    ours = measure_memory("dockyard service", env.dockyard.build, env.dockyard.pids,
+                          env.work, env.base)
+    return memory_rows(ours, theirs, MEMORY_PATH), process_table([ours, theirs])
+
+
 def _speed(size: int, series: Series) -> str:
     return f"{size / MIB / series.median:.0f} MiB/s; {series.describe()}"
 
@@ -149,25 +161,31 @@ def _method(args: argparse.Namespace) -> str:
     return "; ".join(parts)
 
 
-def _report(rows: Sequence[Row], args: argparse.Namespace, took: float) -> str:
+def _report(rows: Sequence[Row], args: argparse.Namespace, took: float,
+            sections: Sequence[str] = ()) -> str:
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = (f"Measured {date} on {_machine()}, dockyard {_commit()}; {_method(args)}; the "
             f"run took {took / 60:.1f} min; load average {_loadavg()}.")
-    return f"{head}\n\n{markdown_table(rows)}\n"
+    return "\n\n".join([head, markdown_table(rows), *sections]) + "\n"
 
 
 def run(args: argparse.Namespace) -> str:
     cases = args.only or list(CASES)
     began = time.monotonic()
     rows: list[Row] = []
+    sections: list[str] = []  # tables printed after the main one
     if set(cases) - set(CLUSTER_CASES):  # the cluster cases need no dockerd
         with bench_environment() as env:
             rows += _build_rows(env, cases, args)
             if "export" in cases:
                 rows.append(_export_row(env.work, args))
+            if "memory" in cases:
+                memory, table = _memory(env)
+                rows += memory
+                sections.append(table)
             rows += cache_rows(env, cases, args)
     rows += cluster_rows(cases, args)
-    return _report(rows, args, time.monotonic() - began)
+    return _report(rows, args, time.monotonic() - began, sections)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

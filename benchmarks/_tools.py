@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from benchmarks._paths import REPO
+from cluster._service import RunPaths, process_tree
 from scheduler._errors import DockyardError
 
 __all__ = ["BenchmarkError", "Builder", "BuildKitTool", "DockyardTool"]
@@ -74,8 +75,17 @@ def timed_run(argv: Sequence[str], env: Mapping[str, str], what: str) -> float:
 class DockerClient(Protocol):
     """What the suite needs of tests/oracle/_buildkit.py's ``PrivateDockerd``."""
 
+    @property
+    def pid(self) -> int | None:
+        ...
+
     def docker(self, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]:
         ...
+
+
+def _with_descendants(pid: int | None) -> list[int]:
+    """``pid`` and its live descendants ([] for None)."""
+    return [] if pid is None else [pid, *(child for child, _ in process_tree(pid))]
 
 
 class BuildKitTool:
@@ -97,6 +107,10 @@ class BuildKitTool:
                                  f"{done.returncode}):\n{_tail(done.stderr)}",
                                  hint="see the private dockerd's log (kept in the error)")
         return took
+
+    def pids(self) -> list[int]:
+        """dockerd's, containerd's and any other descendant's of the private dockerd."""
+        return _with_descendants(self._daemon.pid)
 
     def client_startup(self) -> float:
         began = time.perf_counter()
@@ -128,6 +142,14 @@ class DockyardTool:
 
     def client_startup(self) -> float:
         return timed_run(self._argv("--version"), self._env, "dockyard --version")
+
+    def pids(self) -> list[int]:
+        """The local service's daemon and its descendants (Ray's and the actors'), or []."""
+        try:
+            pid = int(RunPaths(self.root).pid.read_text())
+        except (OSError, ValueError):
+            return []
+        return _with_descendants(pid)
 
     def stop(self) -> None:
         """End the root's local service (nothing when none runs)."""

@@ -77,6 +77,11 @@ class PrivateDockerd:
         self._builds = 0  # how many build contexts were written under root/builds
 
     # --- lifecycle ----------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        """dockerd's pid while it runs (containerd is its child)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start dockerd and return once it answers on its socket (the ready handshake)."""
         with open(self._log_path, "wb") as log:
