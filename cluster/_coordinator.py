@@ -77,7 +77,7 @@ from ._dispatch import (
     roots_of,
     unwrap,
 )
-from ._local_build import FrontendRequest, base_image, run_frontend
+from ._frontend import FrontendRequest, base_image, run_frontend
 from ._ray import ARCHES, ActorRef, discover_workers
 from ._registry import Placement, Registry, WorkerEntry
 
