@@ -38,7 +38,6 @@ from scheduler._errors import DockyardError, SolveError
 from scheduler._progress import Event, EventSink, VertexLog, event_to_wire
 
 from ._janitor import RootLock, claim_root, log_report
-from ._worker_sessions import SessionTable
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +91,11 @@ class WorkerActor:
         self._completed = 0  # streaming calls that finished
         self._cancelled = 0  # streaming calls stopped by a cancellation
         self._runtime: Any = None  # the WorkerRuntime, made by the first session
+        # Imported here, not with the module: Ray imports this module in every process
+        # that receives a handle to the actor (the coordinator, the endpoint), which need
+        # its methods, not the execution stack the sessions bring in (issue 10).
+        from ._worker_sessions import SessionTable  # noqa: PLC0415
+
         self.sessions = SessionTable(Path(root), self._engine)  # the builds open here
         self.name = _actor_name()  # its Ray actor name ("" outside Ray)
         # (peer actor name, build id) -> its PeerBlobs, once made; dropped with the build.
