@@ -9,7 +9,7 @@ import sys
 import time
 
 from benchmarks._memory import MemoryResult, memory_rows, process_table
-from devkit.processes import ProcessMemory, kind, memory, snapshot, totals
+from devkit.processes import ProcessMemory, footprint, kind, memory, snapshot, totals
 
 
 def _kind_once_running(pid: int) -> str:
@@ -49,19 +49,40 @@ def test_memory_of_this_process_and_of_none() -> None:
 
 def _result(tool: str, *kib: tuple[int, int]) -> MemoryResult:
     idle = tuple(ProcessMemory(n, f"p{n}", rss, pss) for n, (rss, pss) in enumerate(kib))
-    return MemoryResult(tool, idle, peak_rss=sum(r for r, _ in kib) + 1024,
-                        peak_pss=sum(p for _, p in kib) + 1024)
+    return MemoryResult(tool, idle, idle_footprint=sum(p for _, p in kib) + 512,
+                        peak_rss=sum(r for r, _ in kib) + 1024,
+                        peak_pss=sum(p for _, p in kib) + 1024,
+                        peak_footprint=sum(p for _, p in kib) + 2048)
 
 
 def test_rows_compare_idle_pss_and_show_rss_and_peaks() -> None:
     ours = _result("dockyard service", (300 * 1024, 200 * 1024), (100 * 1024, 60 * 1024))
     theirs = _result("dockerd + containerd", (120 * 1024, 80 * 1024))
     assert totals(ours.idle) == (400 * 1024, 260 * 1024)
-    idle, rss, peak = memory_rows(ours, theirs, "path")
-    assert idle.dockyard == "260 MiB PSS (400 MiB RSS), 2 processes"
-    assert idle.ratio == 260 / 80 and idle.target == 1.0 and idle.met is False
+    idle, pss, rss, peak = memory_rows(ours, theirs, "path")
+    assert idle.dockyard == "260 MiB, 2 processes"
+    assert idle.ratio == (260 * 1024 + 512) / (80 * 1024 + 512)
+    assert idle.target == 1.0 and idle.met is False
+    assert pss.ratio == 260 / 80 and pss.target is None
     assert rss.ratio == 400 / 120 and rss.target is None
-    assert peak.dockyard == "261 MiB; 401 MiB"
+    assert peak.dockyard == "262 MiB; 261 MiB; 401 MiB"
     table = process_table([ours, theirs]).splitlines()
     assert table[2] == "| dockyard service | `p0` | 300 MiB | 200 MiB |"
     assert table[4] == "| dockyard service | **total, 2 processes** | **400 MiB** | **260 MiB** |"
+    assert table[5] == "| dockyard service | **counted once among them** | **260 MiB** | |"
+
+
+def test_footprint_counts_a_shared_page_once() -> None:
+    sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    try:
+        for one in sleepers:
+            _kind_once_running(one.pid)
+        one, both = footprint([sleepers[0].pid]), footprint(s.pid for s in sleepers)
+        rss, _ = totals(snapshot(s.pid for s in sleepers))
+        assert 0 < one < both < rss  # the second sleep shares the first one's libraries
+        assert footprint([sleepers[0].pid, sleepers[0].pid]) == one
+    finally:
+        for child in sleepers:
+            child.kill()
+            child.wait()
+    assert footprint(s.pid for s in sleepers) == 0

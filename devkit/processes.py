@@ -11,7 +11,11 @@ Python worker with nothing to do), a Python script by its file (``dashboard.py``
 process maps, so a page of a shared library used by five processes counts five times in a
 sum) and PSS (``smaps_rollup``'s ``Pss``: each shared page divided among the processes
 that map it, so a sum over processes counts it once; shared memory, such as Ray's object
-store in /dev/shm, is divided the same way).
+store in /dev/shm, is divided the same way).  PSS divides a page with every process of
+the machine that maps it, so a tool's PSS shifts with what else runs (a second dockerd,
+other Python processes of the same venv).  ``footprint(pids)`` does not: the pages of a
+group of processes counted once among them, as if the group ran alone (each one's private
+pages, plus each shared file region once).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcessMemory", "kind", "memory", "snapshot", "totals"]
+__all__ = ["ProcessMemory", "footprint", "kind", "memory", "snapshot", "totals"]
 
 
 def kind(pid: int) -> str:
@@ -79,3 +83,39 @@ def totals(processes: Iterable[ProcessMemory]) -> tuple[int, int]:
     """The summed RSS and PSS (KiB)."""
     listed = list(processes)
     return sum(p.rss for p in listed), sum(p.pss for p in listed)
+
+
+_PRIVATE = ("Private_Clean:", "Private_Dirty:")
+_SHARED = ("Shared_Clean:", "Shared_Dirty:")
+
+
+def _regions(pid: int) -> tuple[int, dict[str, int]]:
+    """``pid``'s private KiB, and its shared KiB by mapped file region (dev, inode,
+    offset; an anonymous shared region by its address: never merged)."""
+    private, shared = 0, {}
+    region = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if not fields[0].endswith(":"):  # a mapping's header: address perms offset dev inode
+            inode = fields[4]
+            region = f"{fields[3]}:{inode}:{fields[2]}" if inode != "0" else f"{pid}:{fields[0]}"
+        elif fields[0] in _PRIVATE:
+            private += int(fields[1])
+        elif fields[0] in _SHARED:
+            shared[region] = shared.get(region, 0) + int(fields[1])
+    return private, shared
+
+
+def footprint(pids: Iterable[int]) -> int:
+    """KiB of the pages of ``pids`` counted once among them: the sum of their private pages
+    and, per shared file region, the most of it any one of them has resident."""
+    private, shared = 0, {}
+    for pid in set(pids):
+        try:
+            mine, regions = _regions(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        private += mine
+        for region, kib in regions.items():
+            shared[region] = max(shared.get(region, 0), kib)
+    return private + sum(shared.values())
