@@ -106,7 +106,7 @@ class RayRuntime:
         self._node: Any = None  # the head start() started (a ray Node), until shutdown()
 
     def start(self) -> None:
-        """Start the head of a one-node cluster (blocking, ~4-5 s), on 127.0.0.1 only: its
+        """Start the head of a one-node cluster (blocking, ~2.5-4 s), on 127.0.0.1 only: its
         processes listen on and talk over loopback (NOTES-ray.md), and other nodes cannot
         join it (a cluster's head is ``dockyard node start --head``); a failure is a
         ``ServiceError``.
@@ -226,8 +226,14 @@ class RayRuntime:
 
 def _start_head(settings: RaySettings, temp: Path) -> Any:
     """Start the embedded head's processes (what ``ray.init()`` does when it starts a
-    cluster, less what the service does not use); the ray ``Node``."""
+    cluster, less what the service does not use); the ray ``Node``.
+
+    ``ray.init()`` has no parameter for the monitors and always starts the dashboard's
+    API server, hence Ray's own ``Node`` and ``RayParams`` (private: on a Ray upgrade,
+    tests/integration/cluster/test_service.py's process list says whether this still
+    holds)."""
     from ray._private.authentication.authentication_token_setup import (
+        enable_token_auth_by_default,
         ensure_token_if_auth_enabled,
     )
     from ray._private.node import Node
@@ -238,7 +244,8 @@ def _start_head(settings: RaySettings, temp: Path) -> Any:
             """No dashboard API server: the service calls none of its APIs."""
 
     config: dict[str, Any] = {}
-    ensure_token_if_auth_enabled(config, create_token_if_missing=True)  # RAY_AUTH_MODE=token
+    enable_token_auth_by_default()  # as ray.init() does: RAY_AUTH_MODE decides, else token
+    ensure_token_if_auth_enabled(config, create_token_if_missing=True)
     resources = {f"arch:{arch}": float(settings.arch_slots) for arch in ARCHES}
     # No autoscaler (one fixed node) and no log monitor (it only forwards the workers'
     # output to drivers; the actors' logs stay in the session's logs/ directory).
