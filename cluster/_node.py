@@ -43,7 +43,7 @@ from typing import Any
 
 from scheduler._errors import ServiceError, UsageError
 
-from ._ray import ARCHES, ray_environment, ray_temp_dir, worker_name
+from ._ray import ARCHES, RAY_SYSTEM_CONFIG, ray_environment, ray_temp_dir, worker_name
 from ._service import Proc, RunPaths, alive, daemon_running, try_flock
 
 __all__ = [
@@ -391,7 +391,7 @@ def ray_start_argv(settings: NodeSettings, temp_dir: Path, ports: Sequence[int],
         return [*argv, "--head", f"--port={settings.port}", "--include-dashboard=false",
                 "--no-monitor",
                 f"--dashboard-port={ports[0]}",
-                f"--system-config={json.dumps(dict(health), sort_keys=True)}"]
+                f"--system-config={json.dumps(RAY_SYSTEM_CONFIG | dict(health), sort_keys=True)}"]
     return [*argv, f"--address={settings.address}"]
 
 

@@ -112,7 +112,8 @@ def test_ray_start_of_a_head() -> None:
     assert {"--head", "--port=6400", "--dashboard-port=1001", "--num-cpus=1",
             "--dashboard-agent-listen-port=1002", "--temp-dir=/r/run/ray",
             "--node-ip-address=127.0.0.2", "--disable-usage-stats", "--no-monitor",
-            "--include-log-monitor=false", '--system-config={"a": 1}'} <= set(argv)
+            "--include-log-monitor=false",
+            '--system-config={"a": 1, "task_events_report_interval_ms": 0}'} <= set(argv)
     resources = json.loads(next(a for a in argv if a.startswith("--resources="))[12:])
     assert resources == {"arch:amd64": 2, "arch:arm64": 2}
     assert "--block" not in argv
