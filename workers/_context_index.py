@@ -28,6 +28,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -51,9 +52,11 @@ _log = logging.getLogger(__name__)
 class ContextIndexes:
     """The stat indexes under ``directory`` (see the module docstring)."""
 
-    def __init__(self, directory: Path, limit: int = MAX_CONTEXTS) -> None:
+    def __init__(self, directory: Path, limit: int = MAX_CONTEXTS, *,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.directory = directory
         self.limit = limit
+        self.clock = clock  # now, in the file timestamps' ns (the racy rule's)
 
     def __repr__(self) -> str:
         return f"<ContextIndexes {self.directory} limit={self.limit}>"
@@ -67,11 +70,12 @@ class ContextIndexes:
         """The digests the index of ``context_dir`` holds; empty when it has none usable."""
         real = _real(context_dir)
         found = _read(self.path(context_dir))
-        loaded = None if found is None else ContextDigests.from_wire(found, context_dir, real)
+        loaded = None if found is None else ContextDigests.from_wire(found, context_dir, real,
+                                                                     clock=self.clock)
         if loaded is None and found is not None:
             _log.info("the stat index of %s is foreign (another version or path): "
                       "rebuilt", real)
-        return loaded if loaded is not None else ContextDigests(context_dir)
+        return loaded if loaded is not None else ContextDigests(context_dir, clock=self.clock)
 
     def save(self, digests: ContextDigests) -> None:
         """Write the index of ``digests.root`` (atomically), then keep the ``limit``
