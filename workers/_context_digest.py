@@ -92,8 +92,10 @@ class ContextDigests:
         self._known: dict[str, _Known] = dict(known or {})
         # Entries confirmed or learnt by this run (stat checked, not racy); grows.
         self._fresh: dict[str, _Known] = {}
-        # Paths a walk listed this run: their loaded entries are kept even unread.
+        # Paths a walk listed this run: their loaded entries are kept unless read again.
         self._listed: set[str] = set()
+        # Paths read this run (their loaded entry, if any, is stale); grows.
+        self._read_paths: set[str] = set()
         # Timestamps at or after this are racy (see the module docstring); fixed.
         self._racy_from = clock() - RACY_NS
         self._lock = threading.Lock()
@@ -163,14 +165,17 @@ class ContextDigests:
         with self._lock:
             self._files += 1
             self._bytes += size
+            self._read_paths.add(path)
             if after == key and max(key[1], key[2]) < self._racy_from:
                 self._fresh[path] = (key, digest)
             else:
                 self._fresh.pop(path, None)
 
     def _kept(self) -> dict[str, _Known]:
-        """What the index keeps: the listed paths' loaded entries, then this run's."""
-        kept = {path: self._known[path] for path in self._listed if path in self._known}
+        """What the index keeps: the loaded entries of paths listed and not read again,
+        then this run's."""
+        kept = {path: self._known[path] for path in self._listed - self._read_paths
+                if path in self._known}
         kept.update(self._fresh)
         return kept
 

@@ -211,3 +211,16 @@ def _all_read_but(indexes: ContextIndexes, root: Path) -> ContextDigests:
     for name in FILES:
         digests.digest(name)
     return digests
+
+
+def test_a_file_read_again_but_racy_leaves_the_index(tmp_path: Path) -> None:
+    """Its old entry is stale: neither it nor the racy new one is written."""
+    indexes, root = _indexed(tmp_path)
+    (root / "a.txt").write_bytes(b"just now\n")
+    now = ContextIndexes(indexes.directory)  # the real clock: a.txt is racy
+    digests = now.load(root)
+    digests.listed(FILES)
+    for name in FILES:
+        digests.digest(name)
+    now.save(digests)
+    assert digests.statistics().entries == 2
