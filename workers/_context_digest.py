@@ -60,6 +60,7 @@ RACY_NS = 2_000_000_000
 #: The digest of no bytes: the content of an empty file, and of a socket or device as sent.
 _EMPTY = hashlib.sha256(b"").hexdigest()
 _CHUNK = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 StatKey = tuple[int, int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, dev, mode
 _Known = tuple[StatKey, str]  # the stat a file was read under, its sha256 hex
@@ -154,11 +155,18 @@ class ContextDigests:
             return known[1]
 
     def _read(self, path: str) -> tuple[str, StatKey]:
-        digest = hashlib.sha256()
-        with open(self.root / path, "rb") as stream:
+        """The digest of the file and its stat after the read; a symlink or a fifo
+        swapped in since the walk is refused, never followed or waited on."""
+        fd = os.open(self.root / path, _OPEN_FLAGS)
+        with open(fd, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SolveError(f"{path!r} in the build context {self.root} is no longer "
+                                 "a regular file", hint="build again once the files stop "
+                                 "changing")
+            digest = hashlib.sha256()
             while chunk := stream.read(_CHUNK):
                 digest.update(chunk)
-            return digest.hexdigest(), stat_key(os.fstat(stream.fileno()))
+            return digest.hexdigest(), stat_key(os.fstat(fd))
 
     def _learnt(self, path: str, key: StatKey, after: StatKey, digest: str,
                 size: int) -> None:

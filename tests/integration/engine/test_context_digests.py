@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler._errors import SolveError
 from workers._context_digest import RACY_NS, ContextDigests
 from workers._context_index import ContextIndexes
 
@@ -121,3 +122,19 @@ def test_the_racy_window_counts_from_before_the_walk(tmp_path: Path) -> None:
     kept = ContextDigests(tmp_path, clock=lambda: newest + RACY_NS + 1)
     kept.digest("f")
     assert (racy.statistics().entries, kept.statistics().entries) == (0, 1)
+
+
+@pytest.mark.parametrize("swap", ["symlink", "fifo"])
+def test_a_file_swapped_since_the_walk_is_refused(tmp_path: Path, swap: str) -> None:
+    """Its walk said a regular file; a symlink is not followed, a fifo not waited on."""
+    (tmp_path / "f").write_bytes(b"walked\n")
+    (tmp_path / "elsewhere").write_bytes(b"not in the context\n")
+    digests = ContextDigests(tmp_path)
+    walked = os.lstat(tmp_path / "f")
+    (tmp_path / "f").unlink()
+    if swap == "symlink":
+        (tmp_path / "f").symlink_to(tmp_path / "elsewhere")
+    else:
+        os.mkfifo(tmp_path / "f")
+    with pytest.raises(SolveError, match="'f' in the build context"):
+        digests.digest("f", walked)
