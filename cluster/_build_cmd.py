@@ -24,9 +24,12 @@ outputs, ``DOCKYARD_INSECURE_REGISTRIES``) travel in the options' ``insecure_reg
 
 renders the events as ``--progress`` asks (on stderr), and at the end writes the
 ``--metadata-file`` (with, under ``dockyard.context.bytes-sent``, the context bytes this
-client sent).  The context travels as a manifest (its files after ``.dockerignore``, with
-their digests, ``session.contexts``) and the workers read the contents they lack with
-``context.read`` asks, answered only for the files listed (cluster/_context_server.py).
+client sent, and under ``dockyard.context.bytes-hashed`` those it read to digest them).
+The context travels as a manifest (its files after ``.dockerignore``, with their digests,
+``session.contexts``) and the workers read the contents they lack with ``context.read``
+asks, answered only for the files listed (cluster/_context_server.py).  A file's digest
+comes from the context's stat index (``<root>/context-index``, workers/_context_index.py)
+while its stat is unchanged: a one-file change reads that one file.
 Ctrl-C cancels the call on the service (its containers and mounts are cleaned up there)
 and exits 130.
 """
@@ -53,7 +56,7 @@ from ._build_options import (
     read_session,
     read_token_file,
 )
-from ._context import default_dockerfile, load_ignore_patterns
+from ._context import CONTEXT_HASHED_KEY, default_dockerfile, load_ignore_patterns
 from ._context_server import ContextServer
 from ._render import Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
@@ -99,7 +102,7 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: I
         raise UsageError(f"invalid --metadata-file {args.metadata_file!r}: its directory "
                          f"does not exist")
     session = read_session(options, environ)
-    server = _context(session, context, args.file)
+    server = _context(session, context, args.file, default_root(environ))
     request = {"version": REQUEST_VERSION, "dockerfile": dockerfile,
                "options": _without_ssh_paths(options).to_wire(), "session": session}
     return options, request, server
@@ -112,19 +115,27 @@ def _without_ssh_paths(options: BuildOptions) -> BuildOptions:
 
 #: The ``--metadata-file`` key of the context bytes the client sent for the build.
 CONTEXT_BYTES_KEY = "dockyard.context.bytes-sent"
+#: Where, under the client's root, the stat indexes of its contexts are kept.
+CONTEXT_INDEX_DIR = "context-index"
 
 
-def _context(session: dict[str, Any], context: Path, file: str | None) -> ContextServer:
+def _context(session: dict[str, Any], context: Path, file: str | None,
+             root: Path) -> ContextServer:
     """Put the context's ignore patterns and manifest (its files, after them, with their
-    digests) in the ``session``; the server of its files."""
+    digests: from the context's stat index under ``root`` while a file's stat is
+    unchanged) in the ``session``; the server of its files."""
+    from workers._context_index import ContextIndexes  # noqa: PLC0415
     from workers._context_manifest import build_manifest  # noqa: PLC0415
 
     dockerfile = default_dockerfile(context) if file in (None, "-") else Path(str(file))
     patterns, _ = load_ignore_patterns(context, dockerfile)
-    manifest = build_manifest(context, patterns)
+    indexes = ContextIndexes(root / CONTEXT_INDEX_DIR)
+    digests = indexes.load(context)
+    manifest = build_manifest(context, patterns, digests=digests)
+    indexes.save(digests)
     session["ignore_patterns"] = list(patterns)
     session["contexts"] = {"context": manifest.to_wire()}
-    return ContextServer(context, manifest)
+    return ContextServer(context, manifest, hashed=digests.statistics().bytes_hashed)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -232,10 +243,12 @@ async def _solve_starting(settings: ServiceSettings, request: dict[str, Any],
 
 def _finish(options: BuildOptions, result: Any, context: ContextServer) -> None:
     """Write ``--metadata-file``: the build's metadata and, under ``CONTEXT_BYTES_KEY``,
-    the context bytes this client sent (what ``context.read`` asks it answered)."""
+    the context bytes this client sent (what ``context.read`` asks it answered), under
+    ``CONTEXT_HASHED_KEY`` those it read to list their digests."""
     result = result if isinstance(result, dict) else {}
     if options.metadata_file is not None:
-        metadata = dict(result.get("metadata") or {}) | {CONTEXT_BYTES_KEY: context.served}
+        metadata = dict(result.get("metadata") or {}) | {CONTEXT_BYTES_KEY: context.served,
+                                                         CONTEXT_HASHED_KEY: context.hashed}
         _write_metadata(Path(options.metadata_file), metadata)
 
 

@@ -19,9 +19,12 @@ from scheduler._errors import DockyardError
 from scheduler.dockerfile._dockerignore import PatternMatcher, parse_ignore_lines
 from workers._context_walk import ContextEntry, walk_context
 
-__all__ = ["ContextEntry", "default_dockerfile", "ignore_file_for", "load_ignore_patterns",
-           "walk_context"]
+__all__ = ["CONTEXT_HASHED_KEY", "ContextEntry", "default_dockerfile", "ignore_file_for",
+           "load_ignore_patterns", "walk_context"]
 
+#: The ``--metadata-file`` key of the context bytes read to digest its files: those whose
+#: stat changed since the context's stat index was written (workers/_context_index.py).
+CONTEXT_HASHED_KEY = "dockyard.context.bytes-hashed"
 DOCKERIGNORE = ".dockerignore"
 DEFAULT_DOCKERFILE = "Dockerfile"
 #: BuildKit's dockerui falls back to this name when the default one is missing

@@ -37,13 +37,16 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 class ContextServer:
     """Serves ``context.read`` for one context directory and the manifest sent for it."""
 
-    def __init__(self, context_dir: Path, manifest: ContextManifest) -> None:
+    def __init__(self, context_dir: Path, manifest: ContextManifest, *,
+                 hashed: int = 0) -> None:
         self.root = context_dir
         # path -> its entry, regular files only: all that may be read
         self.files: dict[str, ManifestEntry] = {
             entry.path: entry for entry in manifest.entries if entry.sha256 is not None}
         # bytes served so far (statistics)
         self.served = 0
+        # bytes read to digest the manifest's files (statistics; fixed)
+        self.hashed = hashed
 
     def __repr__(self) -> str:
         return f"<ContextServer {self.root} files={len(self.files)} served={self.served}>"

@@ -42,7 +42,7 @@ from workers._image import build_metadata
 from workers._remote_cache import RemoteRecords
 from workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
 
-from ._context import load_ignore_patterns
+from ._context import CONTEXT_HASHED_KEY, load_ignore_patterns
 from ._frontend import FrontendRequest, ResolveImage, base_image, run_frontend
 
 __all__ = [
@@ -112,7 +112,9 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
         await cache.drain()
     finally:
         await cache.aclose()
-    return LocalBuildResult(exported, records, solver.statistics(), build_metadata(exported))
+    hashed = backend.context_statistics().bytes_hashed
+    return LocalBuildResult(exported, records, solver.statistics(),
+                            {**build_metadata(exported), CONTEXT_HASHED_KEY: hashed})
 
 
 async def _exported(engine: WorkerRuntime, graph: BuildGraph,

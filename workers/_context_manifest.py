@@ -37,8 +37,8 @@ from typing import Any
 
 from scheduler._errors import SolveError
 
-from ._context_digest import _hash_file
-from ._context_walk import ContextEntry, walk_context
+from ._context_digest import ContextDigests
+from ._context_walk import ContextEntry, name_from_wire, name_to_wire, walk_context
 
 __all__ = ["MANIFEST_VERSION", "ContextManifest", "ManifestEntry", "build_manifest",
            "name_from_wire", "name_to_wire"]
@@ -109,49 +109,40 @@ class ContextManifest:
 
 
 def build_manifest(context_dir: Path, patterns: Sequence[str], *,
+                   digests: ContextDigests | None = None,
                    threads: int = HASH_THREADS) -> ContextManifest:
     """The manifest of ``context_dir`` after the ignore ``patterns`` (on the client).
 
+    File digests come from ``digests`` (the context's stat index, made before this walk)
+    when a file's stat is unchanged; only the other files are read, in ``threads``.
     Raises what ``walk_context`` raises, and ``SolveError`` naming a file that cannot be
     read or vanished during the walk.
     """
+    digests = ContextDigests(context_dir) if digests is None else digests
     entries = list(walk_context(context_dir, patterns))
-    with ThreadPoolExecutor(max_workers=max(1, threads),
-                            thread_name_prefix="dockyard-hash") as pool:
-        described = list(pool.map(lambda e: _describe(context_dir, e), entries))
-    return ContextManifest(tuple(described), tuple(patterns))
+    files = [entry for entry in entries if entry.is_file]
+    found = {entry.path: digests.known(entry.path, entry.info) for entry in files}
+    missing = [entry for entry in files if found[entry.path] is None]
+    if missing:
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(missing))),
+                                thread_name_prefix="dockyard-hash") as pool:
+            hashed = pool.map(lambda e: digests.digest(e.path, e.info), missing)
+            found.update(zip((entry.path for entry in missing), hashed, strict=True))
+    return ContextManifest(tuple(_describe(context_dir, entry, found.get(entry.path))
+                                 for entry in entries), tuple(patterns))
 
 
-def _describe(root: Path, entry: ContextEntry) -> ManifestEntry:
+def _describe(root: Path, entry: ContextEntry, digest: str | None) -> ManifestEntry:
     try:
-        mtime_ns = os.lstat(root / entry.path).st_mtime_ns
+        info = os.lstat(root / entry.path) if entry.info is None else entry.info
     except OSError as err:
         raise SolveError(f"cannot read {entry.path!r} in the build context {root}: "
                          f"{err.strerror}") from None
-    digest = _hash_file(root, entry.path) if entry.is_file else None
-    return ManifestEntry(entry.path, entry.mode, entry.size, entry.linkname, mtime_ns, digest)
+    return ManifestEntry(entry.path, entry.mode, entry.size, entry.linkname,
+                         info.st_mtime_ns, digest)
 
 
 # -- the wire form --
-
-
-def name_to_wire(name: str) -> str | bytes:
-    """``name`` for msgpack: a str, or its bytes when it is not UTF-8."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate escapes)
-        return os.fsencode(name)
-    return name
-
-
-def name_from_wire(value: Any) -> str | None:
-    """A path or link target of the wire form (str, or bytes when not UTF-8); None when
-    it is neither."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return os.fsdecode(value)
-    return None
 
 
 def _malformed(what: str, hint: str | None = None) -> SolveError:

@@ -6,14 +6,12 @@ Two kinds, one behaviour (the checksums and matching are shared, ``_TreeContext`
 context by its manifest (workers/_context_manifest.py) and the worker's ``ContextStore``,
 and gives byte for byte the checksums ``LocalContext`` gives on the client's directory.
 
-- ``LocalContext(root, exclude)`` lists the included entries once (``_context_walk``'s
-  walk, BuildKit's rules) and hashes file contents lazily, each file at most once.  The
-  worker process remembers file digests across builds (``_DigestCache`` in
-  ``_context_digest``), keyed by all
-  that stat says of the file (device, inode, size, mtime and ctime in ns): any write
-  changes the ctime, so a changed file misses and is hashed again.  A file changed in the
-  last ``_RACY_NS`` is never remembered (an edit within one timestamp tick of the hash
-  would keep its stat: git's "racily clean" rule).
+- ``LocalContext(root, exclude, digests)`` lists the included entries once
+  (``_context_walk``'s walk, BuildKit's rules) and hashes file contents lazily, each file
+  at most once, through ``digests`` (``ContextDigests``, workers/_context_digest.py): the
+  context directory's stat index, loaded by the runtime before the walk and saved after
+  the build, so a file whose stat is unchanged since an earlier build is not read again
+  (git's "racily clean" rule kept; see there).
 - ``checksum()`` is the context's pinned identity: sha256 over every included entry's path,
   type, permission bits, size and content (or symlink target).  Never mtimes, owners or
   host paths, so the same files give the same identity on any machine.
@@ -44,7 +42,7 @@ from scheduler._cachekey import Selector
 from scheduler._errors import DockyardError, SolveError
 from scheduler.dockerfile._dockerignore import PatternMatcher
 
-from ._context_digest import _hash_file
+from ._context_digest import ContextDigests
 from ._context_fetch import ContextReader, fetch_contents
 from ._context_manifest import ContextManifest, ManifestEntry
 from ._context_store import ContextStore
@@ -209,10 +207,14 @@ class _TreeContext:
 class LocalContext(_TreeContext):
     """The included entries of one context directory, by slash-separated relative path."""
 
-    def __init__(self, root: Path, exclude: Sequence[str] = ()) -> None:
+    def __init__(self, root: Path, exclude: Sequence[str] = (),
+                 digests: ContextDigests | None = None) -> None:
         super().__init__()
         self.root = root
         self.exclude = tuple(exclude)
+        # The directory's digests (its stat index, or this object's own), made before
+        # the walk; several contexts of one directory may share them.
+        self.digests = ContextDigests(root) if digests is None else digests
         # Relative path -> sha256 of the file's content; grows as files are hashed.
         self._hashes: dict[str, str] = {}
 
@@ -222,10 +224,12 @@ class LocalContext(_TreeContext):
 
     def _list_entries(self) -> Iterable[ContextEntry]:
         try:
-            return list(walk_context(self.root, self.exclude))
+            entries = list(walk_context(self.root, self.exclude))
         except OSError as err:
             raise SolveError(f"cannot read the build context {self.root}: "
                              f"{err.strerror}") from None
+        self.digests.listed(entry.path for entry in entries if entry.is_file)
+        return entries
 
     def materialise(self, dest: Path) -> None:
         """Copy the included entries into the existing directory ``dest``, owned by 0:0."""
@@ -242,7 +246,8 @@ class LocalContext(_TreeContext):
     def _file_hash(self, path: str) -> str:
         known = self._hashes.get(path)
         if known is None:
-            known = self._hashes[path] = _hash_file(self.root, path)
+            entry = self.entries[path]
+            known = self._hashes[path] = self.digests.digest(path, entry.info)
         return known
 
 

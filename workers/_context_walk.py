@@ -31,14 +31,15 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from scheduler._errors import DockyardError, UsageError
 from scheduler.dockerfile._dockerignore import MatchInfo, PatternMatcher
 
-__all__ = ["ContextEntry", "as_sent", "walk_context", "walk_entries"]
+__all__ = ["ContextEntry", "as_sent", "name_from_wire", "name_to_wire", "walk_context",
+           "walk_entries"]
 
 _Child = TypeVar("_Child")
 
@@ -50,12 +51,15 @@ class ContextEntry:
     ``path`` is relative to the context, slash-separated (``src/main.py``); ``mode`` is the
     full ``st_mode`` (file type bits included); ``size`` is the byte size of a regular file
     and 0 for anything else; ``linkname`` is a symlink's target as written, else None.
+    ``info`` is the ``lstat`` the walk of a directory took of it (None for an entry that
+    was not walked here); it is not part of the entry's value.
     """
 
     path: str
     mode: int
     size: int
     linkname: str | None = None
+    info: os.stat_result | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_dir(self) -> bool:
@@ -236,7 +240,7 @@ def _entry(entry: os.DirEntry[str], path: str) -> ContextEntry | None:
         raise DockyardError(f"cannot read the build context at {path!r}: "
                             f"{error.strerror or error}") from error
     size = info.st_size if stat.S_ISREG(info.st_mode) else 0
-    return ContextEntry(path, as_sent(info.st_mode), size, link)
+    return ContextEntry(path, as_sent(info.st_mode), size, link, info)
 
 
 def as_sent(mode: int) -> int:
@@ -245,3 +249,25 @@ def as_sent(mode: int) -> int:
     if stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return stat.S_IFREG | stat.S_IMODE(mode)
     return mode
+
+
+# -- names on the wire (a manifest, a stat index) --
+
+
+def name_to_wire(name: str) -> str | bytes:
+    """``name`` for msgpack: a str, or its bytes when it is not UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate escapes)
+        return os.fsencode(name)
+    return name
+
+
+def name_from_wire(value: Any) -> str | None:
+    """A path or link target of the wire form (str, or bytes when not UTF-8); None when
+    it is neither."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    return None

@@ -38,7 +38,9 @@ from scheduler._platform import Platform
 from scheduler._progress import EventSink
 from scheduler._reference import Reference, parse_reference
 
+from ._context_digest import ContextDigests, DigestStatistics
 from ._context_fetch import ContextReader
+from ._context_index import ContextIndexes
 from ._context_manifest import ContextManifest
 from ._context_source import ContextTree, LocalContext, ManifestContext
 from ._context_store import ContextStore
@@ -121,6 +123,8 @@ class WorkerRuntime:
         self.compression = compression
         self.cachemounts = root / "cachemounts"
         self.tmp = root / "tmp"
+        # the stat indexes of the context directories this runtime reads itself
+        self.context_indexes = ContextIndexes(root / "context-index")
         for path in (self.cachemounts, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
         # diff_id -> the lock of the one task unpacking that layer (others wait for it).
@@ -366,13 +370,19 @@ class RuntimeBackend:
         self._contexts: dict[tuple[str, str], ContextTree] = {}
         # the worker's store of context contents (made when a manifest context needs it)
         self._context_store: ContextStore | None = None
+        # context directory -> its digests (stat index) for this build, shared by its
+        # contexts of every exclude list; loaded on first use, saved by ``aclose``.
+        self._digests: dict[Path, ContextDigests] = {}
         # Remote sources (http, git) fetched for this build, and the scratch directories
         # holding them (removed by ``aclose``).
         self.fetched: dict[SourceOp, asyncio.Future[LocalContext]] = {}
         self.scratch: list[Path] = []
 
     async def aclose(self) -> None:
-        """Remove what this build fetched."""
+        """Save the stat indexes of the context directories read; remove what this
+        build fetched."""
+        for known in self._digests.values():
+            await asyncio.to_thread(self.runtime.context_indexes.save, known)
         for path in self.scratch:
             await asyncio.to_thread(shutil.rmtree, path, True)
         self.scratch.clear()
@@ -441,7 +451,18 @@ class RuntimeBackend:
         if root is None:
             raise SolveError(f"the build session has no context named {name!r}",
                              hint="pass it with --build-context or as the context dir")
-        return LocalContext(root, exclude)
+        digests = self._digests.get(root)
+        if digests is None:  # before any walk of it: the racy rule counts from here
+            digests = self._digests[root] = self.runtime.context_indexes.load(root)
+        return LocalContext(root, exclude, digests)
+
+    def context_statistics(self) -> DigestStatistics:
+        """What hashing the context directories of this build cost so far (all of them;
+        a manifest context is hashed on its client, not here)."""
+        stats = [known.statistics() for known in self._digests.values()]
+        return DigestStatistics(sum(s.hits for s in stats), sum(s.files_hashed for s in stats),
+                                sum(s.bytes_hashed for s in stats),
+                                sum(s.entries for s in stats))
 
     async def context_files(self, op: SourceOp) -> ContextTree:
         """``context(op)`` with every file's content on this worker, ready to

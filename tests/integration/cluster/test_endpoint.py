@@ -6,11 +6,13 @@ Covers: ``ping`` through the endpoint with the token and the CA; no token, a wro
 and an unverified certificate refused through the CLI with one clear line (no
 traceback); a malformed frame closing only its own connection; a build through
 ``--endpoint`` (the context on this machine's disk, which the worker shares here); the
-server stopping on SIGTERM with nothing it started left running.  (The relay's round
+server stopping on SIGTERM with nothing it started left running; a one-file change in a
+10,000-file context read and sent alone (the client's stat index, issue 10).  (The relay's round
 trips are tests/integration/cluster/test_relay.py, in one process.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,6 +32,7 @@ from support.tls import self_signed
 from cluster._ray import ray_temp_dir
 from cluster._service import alive, connect_endpoint, kill_processes, process_tree
 from cluster._wire import BlockingWebSocket, WireClosed, parse_endpoint
+from workers._context_digest import RACY_NS
 
 PROJECT = Path(__file__).resolve().parents[3]
 TOKEN = "endpoint-token-5d1c"
@@ -147,7 +150,7 @@ def test_the_cli_refused_without_the_token(served: Served, env: dict[str, str],
     assert (done.returncode, done.stdout) == (1, b"")
     assert done.stderr.decode() == (f"error: the endpoint {served.url} refused the token: "
                                     f"{why}\n")
-    assert not (served.work / "client-root").exists(), "no local service was started"
+    assert not (served.work / "client-root" / "run").exists(), "no local service started"
 
 
 def test_the_cli_refuses_an_unverified_certificate(served: Served) -> None:
@@ -178,7 +181,7 @@ def test_a_build_through_the_endpoint(served: Served) -> None:
                       "-o", f"type=local,dest={out}", str(_context(served)))
     assert done.returncode == 0, done.stderr.decode()
     assert (out / "a.txt").read_text() == "hello from the client\n"
-    assert not (served.work / "client-root").exists(), "no local service was started"
+    assert not (served.work / "client-root" / "run").exists(), "no local service started"
 
 
 def test_a_lowercase_dockerfile_builds_through_the_endpoint(served: Served) -> None:
@@ -193,3 +196,37 @@ def test_a_lowercase_dockerfile_builds_through_the_endpoint(served: Served) -> N
                       "-o", f"type=local,dest={out}", str(context))
     assert done.returncode == 0, done.stderr.decode()
     assert (out / "b.txt").read_text() == "found by the lower-case name\n"
+
+
+def _many_files(context: Path, dirs: int = 100, files: int = 100) -> int:
+    """``dirs`` x ``files`` small files and a Dockerfile in ``context``; their bytes."""
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY d42/ /d42/\n")
+    for d in range(dirs):
+        (context / f"d{d:02d}").mkdir(parents=True)
+        for f in range(files):
+            (context / f"d{d:02d}" / f"f{f:02d}.txt").write_text(f"file {d}/{f}\n")
+    return sum(p.stat().st_size for p in context.rglob("*") if p.is_file())
+
+
+def _context_bytes(served: Served, context: Path) -> dict[str, int]:
+    meta = served.work / "meta.json"
+    done = served.cli("build", "--endpoint", served.url, "--token-file",
+                      str(served.token_file), "--tls-ca", str(served.cert),
+                      "--metadata-file", str(meta), str(context))
+    assert done.returncode == 0, done.stderr.decode()
+    found = json.loads(meta.read_text())
+    return {key: found[f"dockyard.context.bytes-{key}"] for key in ("hashed", "sent")}
+
+
+def test_a_one_file_change_is_the_only_file_read_and_sent(served: Served) -> None:
+    """The client's stat index (workers/_context_index.py): after a one-file change in a
+    10,000-file context, the client reads that one file to list its digest, and the
+    worker, which kept the others, asks for that one alone."""
+    context = served.work / "many"
+    total = _many_files(context)
+    time.sleep(RACY_NS / 1e9 + 0.1)  # past the racy window: the first build remembers all
+    assert _context_bytes(served, context) == {"hashed": total, "sent": total}
+    (context / "d42" / "f42.txt").write_text("changed\n")
+    assert _context_bytes(served, context) == {"hashed": len("changed\n"),
+                                               "sent": len("changed\n")}

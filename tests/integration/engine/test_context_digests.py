@@ -1,6 +1,6 @@
-"""The worker's file digest cache (workers/_context_digest.py) on real files: a digest is
-reused only while everything stat says of the file is unchanged, and never for a file
-changed within the racy window (timestamps advance in ticks)."""
+"""A context's file digests (workers/_context_digest.py) on real files: a digest is reused
+only while everything stat says of the file is unchanged, and never for a file changed
+within the racy window (timestamps advance in ticks)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from workers._context_digest import _RACY_NS, _DigestCache, _hash_file
+from scheduler._errors import SolveError
+from workers._context_digest import RACY_NS, ContextDigests
+from workers._context_index import ContextIndexes
 
-LATER = 10 * _RACY_NS  # a clock this far ahead: every file is old enough to be cached
+LATER = 10 * RACY_NS  # a clock this far ahead: every file is old enough to be remembered
 
 
 def _later() -> int:
@@ -24,6 +26,18 @@ def _later() -> int:
 def _same_size_edit(path: Path) -> None:
     path.write_bytes(b"ZZZZ\n")
     os.utime(path, ns=(1, 1_000_000_000))  # a different mtime whatever the tick
+
+
+def _same_size_edit_same_mtime(path: Path) -> None:
+    mtime = path.stat().st_mtime_ns
+    path.write_bytes(b"ZZZZ\n")
+    os.utime(path, ns=(1, mtime))  # only the ctime tells
+
+
+def _grown(path: Path) -> None:
+    mtime = path.stat().st_mtime_ns
+    path.write_bytes(b"abcde\n")
+    os.utime(path, ns=(1, mtime))
 
 
 def _touch(path: Path) -> None:
@@ -45,25 +59,16 @@ def _nothing(path: Path) -> None:
     del path
 
 
-# (name, change after the first hash, is the second hash served from the cache)
+# (name, change after the first hash, is the second digest served from the index)
 CASES: list[tuple[str, Callable[[Path], None], bool]] = [
     ("unchanged", _nothing, True),
     ("same-size-edit", _same_size_edit, False),
+    ("same-size-edit-same-mtime", _same_size_edit_same_mtime, False),
+    ("size", _grown, False),
     ("touched", _touch, False),
     ("chmod", _chmod, False),
     ("replaced", _replace, False),
 ]
-
-
-class _Counting(_DigestCache):
-    def __init__(self, limit: int = 200_000) -> None:
-        super().__init__(limit)
-        self.hits = 0
-
-    def get(self, key: tuple[str, int, int, int, int, int]) -> str | None:
-        found = super().get(key)
-        self.hits += found is not None
-        return found
 
 
 @pytest.mark.parametrize(("change", "hit"), [(c, h) for _, c, h in CASES],
@@ -71,29 +76,65 @@ class _Counting(_DigestCache):
 def test_digest_reused_only_while_stat_is_unchanged(tmp_path: Path,
                                                     change: Callable[[Path], None],
                                                     hit: bool) -> None:
-    path = tmp_path / "f.txt"
+    """Through the index on disk, as the next build (another process) would see it."""
+    root = tmp_path / "ctx"
+    root.mkdir()
+    path = root / "f.txt"
     path.write_bytes(b"abcd\n")
-    cache = _Counting()
-    assert _hash_file(tmp_path, "f.txt", cache, _later) == hashlib.sha256(b"abcd\n").hexdigest()
+    indexes = ContextIndexes(tmp_path / "index", clock=_later)
+    first = indexes.load(root)
+    assert first.digest("f.txt") == hashlib.sha256(b"abcd\n").hexdigest()
+    indexes.save(first)
     change(path)
-    assert _hash_file(tmp_path, "f.txt", cache, _later) == hashlib.sha256(
-        path.read_bytes()).hexdigest()
-    assert cache.hits == int(hit)
+    second = indexes.load(root)
+    assert second.digest("f.txt") == hashlib.sha256(path.read_bytes()).hexdigest()
+    stats = second.statistics()
+    assert (stats.hits, stats.files_hashed) == (int(hit), int(not hit))
 
 
-def test_a_file_changed_just_now_is_never_cached(tmp_path: Path) -> None:
+def test_a_file_changed_just_now_is_read_again_next_time(tmp_path: Path) -> None:
+    """Git's racily clean rule: with the real clock, a file written just now is hashed
+    and never remembered, however often; once older than the window, it is."""
     (tmp_path / "new").write_bytes(b"fresh\n")
-    cache = _Counting()
+    indexes = ContextIndexes(tmp_path / "index")
     for _ in range(2):
-        _hash_file(tmp_path, "new", cache)  # the real clock: inside the racy window
-    assert (len(cache), cache.hits) == (0, 0)
+        digests = indexes.load(tmp_path)
+        digests.digest("new")
+        indexes.save(digests)
+        assert (digests.statistics().files_hashed, digests.statistics().entries) == (1, 0)
+    later = ContextIndexes(tmp_path / "index", clock=_later)
+    digests = later.load(tmp_path)
+    digests.digest("new")
+    later.save(digests)
+    assert later.load(tmp_path).digest("new") == hashlib.sha256(b"fresh\n").hexdigest()
+    assert digests.statistics().entries == 1
 
 
-def test_least_recently_used_digests_go_first(tmp_path: Path) -> None:
-    cache = _Counting(limit=2)
-    for name in ("a", "b", "c"):
-        (tmp_path / name).write_bytes(name.encode())
-        _hash_file(tmp_path, name, cache, _later)
-    _hash_file(tmp_path, "a", cache, _later)  # dropped: hashed again
-    _hash_file(tmp_path, "c", cache, _later)  # kept
-    assert (len(cache), cache.hits) == (2, 1)
+def test_the_racy_window_counts_from_before_the_walk(tmp_path: Path) -> None:
+    """A timestamp within ``RACY_NS`` of when the digests were made is racy, one just
+    older is not (the mtime and the ctime both count)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    info = path.stat()
+    newest = max(info.st_mtime_ns, info.st_ctime_ns)
+    racy = ContextDigests(tmp_path, clock=lambda: newest + RACY_NS)
+    racy.digest("f")
+    kept = ContextDigests(tmp_path, clock=lambda: newest + RACY_NS + 1)
+    kept.digest("f")
+    assert (racy.statistics().entries, kept.statistics().entries) == (0, 1)
+
+
+@pytest.mark.parametrize("swap", ["symlink", "fifo"])
+def test_a_file_swapped_since_the_walk_is_refused(tmp_path: Path, swap: str) -> None:
+    """Its walk said a regular file; a symlink is not followed, a fifo not waited on."""
+    (tmp_path / "f").write_bytes(b"walked\n")
+    (tmp_path / "elsewhere").write_bytes(b"not in the context\n")
+    digests = ContextDigests(tmp_path)
+    walked = os.lstat(tmp_path / "f")
+    (tmp_path / "f").unlink()
+    if swap == "symlink":
+        (tmp_path / "f").symlink_to(tmp_path / "elsewhere")
+    else:
+        os.mkfifo(tmp_path / "f")
+    with pytest.raises(SolveError, match="'f' in the build context"):
+        digests.digest("f", walked)

@@ -576,14 +576,17 @@ def test_network_crosses_the_wire(tmp_path: Path) -> None:
     (["Dockerfile"], "Dockerfile"),
 ])
 def test_default_dockerfile_falls_back_to_lowercase(tmp_path: Path, names: list[str],
-                                                    chosen: str) -> None:
+                                                    chosen: str,
+                                                    tmp_path_factory: pytest.TempPathFactory
+                                                    ) -> None:
     """BuildKit's testDockerfileLowercase: with no ``-f``, a context holding only
     ``dockerfile`` builds it (its own ``.dockerignore`` too); ``Dockerfile`` wins when both
     exist.  ``build_request`` is what the embedded service and ``--endpoint`` both get."""
     for name in names:
         (tmp_path / name).write_text(f"FROM scratch\nLABEL from={name}\n")
     (tmp_path / "dockerfile.dockerignore").write_text("ignored.txt\n")
-    options, request, _ = build_request(_args([str(tmp_path)]), ENV, io.BytesIO())
+    env = {**ENV, "DOCKYARD_ROOT": str(tmp_path_factory.mktemp("root"))}  # its stat index
+    options, request, _ = build_request(_args([str(tmp_path)]), env, io.BytesIO())
     assert options.filename == chosen
     assert request["dockerfile"] == f"FROM scratch\nLABEL from={chosen}\n".encode()
     patterns = ["ignored.txt"] if chosen == "dockerfile" else []

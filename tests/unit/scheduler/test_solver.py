@@ -366,8 +366,11 @@ def test_a_build_arriving_while_a_shared_vertex_is_cancelled_gets_its_own_run() 
         doomed = asyncio.create_task(shared.solve(FORK, [LEFT.digest]))
         await until(lambda: backend.running == 1)
         doomed.cancel()
+        # Arrive only once the first run is dying (its clean-up takes 0.1 s): started at
+        # once, the late build could join the flight before the cancellation reached it,
+        # and rightly keep it alive, so nothing would be cancelled.
+        await until(lambda: len(backend.cancelled) == 1)
         late = asyncio.create_task(shared.solve(FORK, [LEFT.digest]))
-        await until(lambda: len(backend.cancelled) == 1)  # the first run is dying
         with pytest.raises(asyncio.CancelledError):
             await doomed
         return await late
