@@ -20,8 +20,13 @@ Safe for several processes on one root:
   (inode) that was read: a good copy renamed in meanwhile stays.
 
 A blob fetched from a remote cache is written by that backend straight into a staging file
-here (``stage_blob``: a ``_StagedBlob``), hashed once and published as above only when its
-digest matched (``CacheBackend.fetch_into``).
+here (``stage_blob``: a ``_StagedBlob``), hashed once (by the backend as the bytes arrive,
+or here) and published as above only when its digest matched (``CacheBackend.fetch_into``).
+
+Every blob is checked as it enters the store.  Reads verify again (``open_blob``), except
+that a blob this store object published itself, whose file is still the same inode and
+size, can be read as is (``LocalBlobSource.open_checked``): one hash per blob from the
+network to an exported tar, as a content store that verifies on ingest (containerd's).
 
 Blocking work runs in threads (``asyncio.to_thread``) in 1 MiB chunks; blobs are streamed,
 never held whole in memory.  ``LocalBlobSource`` is the blocking view the exporters read.
@@ -191,6 +196,7 @@ class _BlobWriter:
         if actual != self._digest:
             raise blob_mismatch(self._digest, self._store.where, actual)
         self._temp.publish(self._store.layout.blob(self._digest), self._store.clock())
+        self._store.vouch(self._digest)
         self._store.counters.blobs_written += 1
         return self._temp.size
 
@@ -210,10 +216,19 @@ class _StagedBlob:
         self.file: BinaryIO = self._temp.file
         self._size: int | None = None
 
-    def seal(self) -> tuple[str, int]:
+    def seal(self, hashed: tuple[str, int] | None = None) -> tuple[str, int]:
         path = self._temp.path
         with _os_errors("write", path):
             self.file.flush()
+        if hashed is not None:
+            with _os_errors("read back", path):
+                written = os.fstat(self.file.fileno()).st_size
+            if written != hashed[1]:
+                raise CacheError(f"{self._store.where}: blob {self._digest} was received "
+                                 f"as {hashed[1]} bytes but {written} were written",
+                                 hint="a bug in dockyard: please report it")
+            self._size = written
+            return hashed[0], written
         with _os_errors("read back", path), open(path, "rb") as stream:
             actual, self._size = _hash_stream(stream)
         return actual, self._size
@@ -223,6 +238,7 @@ class _StagedBlob:
             raise CacheError(f"{self._store.where}: blob {self._digest} published before "
                              "it was checked", hint="a bug in dockyard: please report it")
         self._temp.publish(self._store.layout.blob(self._digest), self._store.clock())
+        self._store.vouch(self._digest)
         self._store.counters.blobs_written += 1
         return self._size
 
@@ -239,6 +255,10 @@ class _DiskStore:
         self.counters = counters
         self.where = f"the local cache ({root})"
         self.layout.create()
+        # digest -> (st_dev, st_ino, st_size) of the blob file this store published after
+        # hashing its bytes itself (or taking the hash of their receiver, StagedBlob.seal):
+        # while the file is still that one, its bytes need no second hash (open_vouched)
+        self._vouched: dict[str, tuple[int, int, int]] = {}
 
     def touch(self, path: Path) -> bool:
         """Mark ``path`` used now; False if it is gone."""
@@ -271,6 +291,33 @@ class _DiskStore:
         self.touch(path)
         return verified_stream(file, digest, self.where,
                                lambda: self._drop(path, seen), size=seen.st_size)
+
+    def vouch(self, digest: str) -> None:
+        """Remember that the blob file of ``digest``, just published, holds checked bytes."""
+        with contextlib.suppress(OSError):
+            seen = os.stat(self.layout.blob(digest))
+            self._vouched[digest] = (seen.st_dev, seen.st_ino, seen.st_size)
+
+    def open_vouched(self, digest: str) -> BinaryIO | None:
+        """The blob's file, unbuffered and unverified, if this store checked its bytes when
+        it published it and it is still that file (same inode and size); else None."""
+        mark = self._vouched.get(digest)
+        if mark is None:
+            return None
+        path = self.layout.blob(digest)
+        try:
+            file = open(path, "rb", buffering=0)  # noqa: SIM115 -- the caller closes it
+        except OSError:
+            self._vouched.pop(digest, None)
+            return None
+        seen = os.fstat(file.fileno())
+        if (seen.st_dev, seen.st_ino, seen.st_size) != mark:
+            file.close()
+            self._vouched.pop(digest, None)
+            return None
+        self.counters.blob_hits += 1
+        self.touch(path)
+        return file
 
     def _drop(self, path: Path, seen: os.stat_result) -> None:
         self.counters.blobs_corrupt += 1
@@ -358,6 +405,7 @@ class _DiskStore:
                     raise
                 return self.put_blob(digest, source, move=False)
             _fsync_dir(target.parent)
+        self.vouch(digest)
         self.counters.blobs_written += 1
         return size
 
@@ -569,6 +617,13 @@ class LocalBlobSource:
 
     def blob_path(self, digest: str) -> Path | None:
         return self._store.blob_path(digest)
+
+    def open_checked(self, digest: str) -> BinaryIO | None:
+        """The blob's file when this store checked its bytes as it stored them (in this
+        process) and the file is still that one: read it as is, no second hash (the
+        exporters copy it into their tar with ``copy_file_range``); else None (use
+        ``open_blob``, which verifies)."""
+        return self._store.open_vouched(digest)
 
     def __repr__(self) -> str:
         return f"<LocalBlobSource root={str(self._store.layout.root)!r}>"
