@@ -26,6 +26,7 @@ from scheduler._graph import ImageResult, Ulimit
 from scheduler._platform import Platform
 from scheduler._progress import EventSink
 
+from ._arrivals import ArrivingBlobs
 from ._exporters import export_docker, export_local, export_oci, export_tar, push_image
 from ._image import ImageArtifacts, IndexArtifacts, build_image, build_index
 from ._registry import RegistryConfig
@@ -115,14 +116,27 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
     """The images of ``results`` (their roots' ``records``) written to every output."""
     images = [_image(result, records, options.epoch) for result in results]
     exported: Exported = images[0] if len(images) == 1 else build_index(images)
-    if options.outputs:
-        await engine.ensure_blobs(layer for result in results if result.root is not None
-                                  for layer in records[result.root].result.layers)
-    for output in options.outputs:
-        if output.type == "image":
-            await _push(engine, exported, output, options)
-        else:
-            await asyncio.to_thread(_export, engine, exported, output, options)
+    if not options.outputs:
+        return exported
+    # the blobs a remote cache holds come down while the file outputs are written
+    fetches = engine.start_fetches(layer for result in results if result.root is not None
+                                   for layer in records[result.root].result.layers)
+    try:
+        for output in options.outputs:
+            if output.type == "image":
+                await engine.settle(fetches)  # a push names every blob up front
+                await _push(engine, exported, output, options)
+            else:
+                source = ArrivingBlobs(engine.blob_source(), fetches)
+                await asyncio.to_thread(_export, engine, source, exported, output, options)
+    except asyncio.CancelledError:
+        for fetch in fetches.values():
+            fetch.cancel()
+        raise
+    except Exception:
+        await engine.settle(fetches)  # every lost blob in one BlobLost, as ensure_blobs
+        raise
+    await engine.settle(fetches)
     return exported
 
 
@@ -171,9 +185,8 @@ async def _push(engine: WorkerRuntime, exported: Exported, output: Output,
                          scratch=engine.tmp)
 
 
-def _export(engine: WorkerRuntime, exported: Exported, output: Output,
+def _export(engine: WorkerRuntime, source: ArrivingBlobs, exported: Exported, output: Output,
             options: LocalBuildOptions) -> None:
-    source = engine.blob_source()
     if output.dest is None:  # checked before the build
         raise ExportError(f"a {output.type} output needs a destination")
     if output.type == "oci":
