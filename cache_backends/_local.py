@@ -543,6 +543,10 @@ class LocalBackend:
     async def has_many(self, digests: Iterable[str]) -> set[str]:
         return await asyncio.to_thread(self._store.exists, list(digests))
 
+    def holds(self, digest: str) -> bool:
+        """``has`` without a thread: one ``stat``, cheap enough for the event loop."""
+        return bool(self._store.exists((digest,)))
+
     async def open_blob(self, digest: str) -> StreamReader:
         stream = await asyncio.to_thread(self._store.open_blob, digest)
         return StreamReader(digest, stream, offload=True)

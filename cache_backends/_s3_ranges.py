@@ -25,7 +25,45 @@ from typing import BinaryIO
 
 from cache_backends._s3_client import S3Objects
 
-__all__ = ["PartSlots", "receive_ranges"]
+__all__ = ["PartSlots", "Turns", "receive_ranges"]
+
+
+class Turns:
+    """Large blobs come down one at a time, in the order their fetches were asked for
+    (``ticket`` on the event loop, in the caller's order): all of a backend's parts go to
+    the oldest blob, so blobs arrive in order, each as soon as it can, and an export that
+    writes them in that order starts on the first while the others still come (boto3's
+    ``download_file`` of one blob after another, parts in parallel, does the same).  Every
+    ticket is ended once (``end`` is idempotent); a fetch that needs no turn ends its
+    ticket at once, so small blobs never wait behind large ones."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._issued = 0  # the next ticket
+        self._serving = 0  # the ticket whose turn it is (every older one has ended)
+        self._ended: set[int] = set()  # ended tickets newer than _serving
+
+    def ticket(self) -> int:
+        with self._changed:
+            self._issued += 1
+            return self._issued - 1
+
+    def wait(self, ticket: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._serving >= ticket)
+
+    def end(self, ticket: int) -> None:
+        with self._changed:
+            if ticket < self._serving:
+                return
+            self._ended.add(ticket)
+            while self._serving in self._ended:
+                self._ended.discard(self._serving)
+                self._serving += 1
+            self._changed.notify_all()
+
+    def __repr__(self) -> str:
+        return f"<Turns serving={self._serving} issued={self._issued}>"
 
 
 class PartSlots:
