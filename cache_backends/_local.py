@@ -24,9 +24,13 @@ here (``stage_blob``: a ``_StagedBlob``), hashed once (by the backend as the byt
 or here) and published as above only when its digest matched (``CacheBackend.fetch_into``).
 
 Every blob is checked as it enters the store.  Reads verify again (``open_blob``), except
-that a blob this store object published itself, whose file is still the same inode and
-size, can be read as is (``LocalBlobSource.open_checked``): one hash per blob from the
+that a blob this store object published itself, whose file is still the same inode, size
+and ctime (nothing wrote to it or replaced it since; the store's own touches keep the
+mark), can be read as is (``LocalBlobSource.open_checked``): one hash per blob from the
 network to an exported tar, as a content store that verifies on ingest (containerd's).
+(A write in the same clock tick as the store's last look could keep the ctime on kernels
+without fine-grained ctimes, before 6.13; damage on disk that bypasses the kernel is not
+seen either, as in any store that verifies on ingest only.)
 
 Blocking work runs in threads (``asyncio.to_thread``) in 1 MiB chunks; blobs are streamed,
 never held whole in memory.  ``LocalBlobSource`` is the blocking view the exporters read.
@@ -255,21 +259,37 @@ class _DiskStore:
         self.counters = counters
         self.where = f"the local cache ({root})"
         self.layout.create()
-        # digest -> (st_dev, st_ino, st_size) of the blob file this store published after
+        # digest -> the identity (_identity) of the blob file this store published after
         # hashing its bytes itself (or taking the hash of their receiver, StagedBlob.seal):
-        # while the file is still that one, its bytes need no second hash (open_vouched)
-        self._vouched: dict[str, tuple[int, int, int]] = {}
+        # while the file is still that one, unchanged (a write changes its ctime; the
+        # store's own touches keep the mark), its bytes need no second hash (open_vouched)
+        self._vouched: dict[str, tuple[int, int, int, int]] = {}
 
     def touch(self, path: Path) -> bool:
-        """Mark ``path`` used now; False if it is gone."""
+        """Mark ``path`` used now; False if it is gone.  A checked blob (``vouch``) that
+        was still the file checked stays checked (its new ctime is this touch's)."""
         when = self.clock()
+        vouched = self._still_vouched(path)
         try:
             os.utime(path, (when, when))
         except FileNotFoundError:
             return False
         except OSError:
             pass  # a read-only cache still serves reads; only the LRU order suffers
+        if vouched is not None:
+            self.vouch(vouched)
         return True
+
+    def _still_vouched(self, path: Path) -> str | None:
+        """The digest of ``path`` if it is a checked blob still as it was checked."""
+        if path.parent != self.layout.blobs or not self._vouched:
+            return None
+        digest = f"sha256:{path.name}"
+        mark = self._vouched.get(digest)
+        try:
+            return digest if mark is not None and _identity(os.stat(path)) == mark else None
+        except OSError:
+            return None
 
     # --- blobs ---------------------------------------------------------------------------
 
@@ -295,12 +315,11 @@ class _DiskStore:
     def vouch(self, digest: str) -> None:
         """Remember that the blob file of ``digest``, just published, holds checked bytes."""
         with contextlib.suppress(OSError):
-            seen = os.stat(self.layout.blob(digest))
-            self._vouched[digest] = (seen.st_dev, seen.st_ino, seen.st_size)
+            self._vouched[digest] = _identity(os.stat(self.layout.blob(digest)))
 
     def open_vouched(self, digest: str) -> BinaryIO | None:
         """The blob's file, unbuffered and unverified, if this store checked its bytes when
-        it published it and it is still that file (same inode and size); else None."""
+        it published it and it is still that file, unchanged (``_identity``); else None."""
         mark = self._vouched.get(digest)
         if mark is None:
             return None
@@ -310,8 +329,7 @@ class _DiskStore:
         except OSError:
             self._vouched.pop(digest, None)
             return None
-        seen = os.fstat(file.fileno())
-        if (seen.st_dev, seen.st_ino, seen.st_size) != mark:
+        if _identity(os.fstat(file.fileno())) != mark:
             file.close()
             self._vouched.pop(digest, None)
             return None
@@ -499,6 +517,12 @@ class _DiskStore:
         records = [stat.st_size for _, stat in _scan(self.layout.records)]
         return Usage(blob_bytes=sum(blobs), blob_count=len(blobs),
                      record_bytes=sum(records), record_count=len(records))
+
+
+def _identity(seen: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file's bytes unchanged since: the same inode, size and ctime (a write
+    or a rename updates the ctime)."""
+    return (seen.st_dev, seen.st_ino, seen.st_size, seen.st_ctime_ns)
 
 
 def _scan(directory: Path) -> list[tuple[str, os.stat_result]]:
