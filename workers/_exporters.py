@@ -13,7 +13,9 @@
 Tar outputs go to a path (written to a temporary name beside it and renamed into place,
 so a failed export leaves no half file) or to a binary stream (``dest=-``: stdout).
 Layer blobs come from a ``BlobSource`` (the local cache, or ``MemoryBlobs`` in tests),
-are streamed (never a whole layer in memory) and checked against their digests on the way.
+are streamed (never a whole layer in memory) and checked against their digests on the way,
+except those the source checked already as it stored them (``CheckedBlobs``: the local
+cache's own blobs), which go into a tar file by ``copy_file_range``, unhashed.
 The archives are deterministic: fixed entry order, owner 0, mtime ``epoch`` or 0.
 """
 
@@ -148,8 +150,6 @@ class _ArchiveWriter:
         # the stream's file descriptor when it is a regular file (copies go through the
         # kernel), else None (a pipe, stdout, a BytesIO: read and write)
         self._fd = _regular_fd(stream)
-        # layer blobs copied by the kernel, and by read/write (statistics for tests)
-        self.copied = self.streamed = 0
 
     def __enter__(self) -> _ArchiveWriter:
         return self
@@ -202,17 +202,20 @@ class _ArchiveWriter:
     def _copy(self, layer: LayerDescriptor, file: BinaryIO) -> None:
         """``layer.size`` bytes of the checked blob ``file``: by the kernel into a regular
         file, else read and written."""
+        if os.fstat(file.fileno()).st_size != layer.size:  # checked bytes, another size
+            raise ExportError(f"layer blob {layer.digest} does not match its digest or size "
+                              f"(the cached blob has {os.fstat(file.fileno()).st_size} "
+                              f"bytes, not {layer.size})",
+                              hint="the cached blob is damaged; rebuild with --no-cache")
         if self._fd is not None:
             self._stream.flush()
             copied = _kernel_copy(file.fileno(), self._fd, layer.size)
             self._offset += copied
-            self.copied += 1
         else:
             copied = 0
             while copied < layer.size and (chunk := file.read(min(_CHUNK, layer.size - copied))):
                 self._write(chunk)
                 copied += len(chunk)
-            self.streamed += 1
         if copied != layer.size:
             raise ExportError(f"layer {layer.digest} is shorter than its {layer.size} "
                               f"bytes (read {copied})", hint="the cached blob is damaged; "
@@ -227,7 +230,6 @@ class _ArchiveWriter:
             raise ExportError(f"layer {layer.digest} is shorter than its {layer.size} "
                               f"bytes (read {reader.size})", hint="the cached blob is "
                               "damaged; rebuild with --no-cache")
-        self.streamed += 1
         _check_blob(layer, reader, blob)
 
     def _info(self, name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
