@@ -20,8 +20,17 @@ Safe for several processes on one root:
   (inode) that was read: a good copy renamed in meanwhile stays.
 
 A blob fetched from a remote cache is written by that backend straight into a staging file
-here (``stage_blob``: a ``_StagedBlob``), hashed once and published as above only when its
-digest matched (``CacheBackend.fetch_into``).
+here (``stage_blob``: a ``_StagedBlob``), hashed once (by the backend as the bytes arrive,
+or here) and published as above only when its digest matched (``CacheBackend.fetch_into``).
+
+Every blob is checked as it enters the store.  Reads verify again (``open_blob``), except
+that a blob this store object published itself, whose file is still the same inode, size
+and ctime (nothing wrote to it or replaced it since; the store's own touches keep the
+mark), can be read as is (``LocalBlobSource.open_checked``): one hash per blob from the
+network to an exported tar, as a content store that verifies on ingest (containerd's).
+(A write in the same clock tick as the store's last look could keep the ctime on kernels
+without fine-grained ctimes, before 6.13; damage on disk that bypasses the kernel is not
+seen either, as in any store that verifies on ingest only.)
 
 Blocking work runs in threads (``asyncio.to_thread``) in 1 MiB chunks; blobs are streamed,
 never held whole in memory.  ``LocalBlobSource`` is the blocking view the exporters read.
@@ -191,6 +200,7 @@ class _BlobWriter:
         if actual != self._digest:
             raise blob_mismatch(self._digest, self._store.where, actual)
         self._temp.publish(self._store.layout.blob(self._digest), self._store.clock())
+        self._store.vouch(self._digest)
         self._store.counters.blobs_written += 1
         return self._temp.size
 
@@ -210,10 +220,19 @@ class _StagedBlob:
         self.file: BinaryIO = self._temp.file
         self._size: int | None = None
 
-    def seal(self) -> tuple[str, int]:
+    def seal(self, hashed: tuple[str, int] | None = None) -> tuple[str, int]:
         path = self._temp.path
         with _os_errors("write", path):
             self.file.flush()
+        if hashed is not None:
+            with _os_errors("read back", path):
+                written = os.fstat(self.file.fileno()).st_size
+            if written != hashed[1]:
+                raise CacheError(f"{self._store.where}: blob {self._digest} was received "
+                                 f"as {hashed[1]} bytes but {written} were written",
+                                 hint="a bug in dockyard: please report it")
+            self._size = written
+            return hashed[0], written
         with _os_errors("read back", path), open(path, "rb") as stream:
             actual, self._size = _hash_stream(stream)
         return actual, self._size
@@ -223,6 +242,7 @@ class _StagedBlob:
             raise CacheError(f"{self._store.where}: blob {self._digest} published before "
                              "it was checked", hint="a bug in dockyard: please report it")
         self._temp.publish(self._store.layout.blob(self._digest), self._store.clock())
+        self._store.vouch(self._digest)
         self._store.counters.blobs_written += 1
         return self._size
 
@@ -239,17 +259,37 @@ class _DiskStore:
         self.counters = counters
         self.where = f"the local cache ({root})"
         self.layout.create()
+        # digest -> the identity (_identity) of the blob file this store published after
+        # hashing its bytes itself (or taking the hash of their receiver, StagedBlob.seal):
+        # while the file is still that one, unchanged (a write changes its ctime; the
+        # store's own touches keep the mark), its bytes need no second hash (open_vouched)
+        self._vouched: dict[str, tuple[int, int, int, int]] = {}
 
     def touch(self, path: Path) -> bool:
-        """Mark ``path`` used now; False if it is gone."""
+        """Mark ``path`` used now; False if it is gone.  A checked blob (``vouch``) that
+        was still the file checked stays checked (its new ctime is this touch's)."""
         when = self.clock()
+        vouched = self._still_vouched(path)
         try:
             os.utime(path, (when, when))
         except FileNotFoundError:
             return False
         except OSError:
             pass  # a read-only cache still serves reads; only the LRU order suffers
+        if vouched is not None:
+            self.vouch(vouched)
         return True
+
+    def _still_vouched(self, path: Path) -> str | None:
+        """The digest of ``path`` if it is a checked blob still as it was checked."""
+        if path.parent != self.layout.blobs or not self._vouched:
+            return None
+        digest = f"sha256:{path.name}"
+        mark = self._vouched.get(digest)
+        try:
+            return digest if mark is not None and _identity(os.stat(path)) == mark else None
+        except OSError:
+            return None
 
     # --- blobs ---------------------------------------------------------------------------
 
@@ -271,6 +311,31 @@ class _DiskStore:
         self.touch(path)
         return verified_stream(file, digest, self.where,
                                lambda: self._drop(path, seen), size=seen.st_size)
+
+    def vouch(self, digest: str) -> None:
+        """Remember that the blob file of ``digest``, just published, holds checked bytes."""
+        with contextlib.suppress(OSError):
+            self._vouched[digest] = _identity(os.stat(self.layout.blob(digest)))
+
+    def open_vouched(self, digest: str) -> BinaryIO | None:
+        """The blob's file, unbuffered and unverified, if this store checked its bytes when
+        it published it and it is still that file, unchanged (``_identity``); else None."""
+        mark = self._vouched.get(digest)
+        if mark is None:
+            return None
+        path = self.layout.blob(digest)
+        try:
+            file = open(path, "rb", buffering=0)  # noqa: SIM115 -- the caller closes it
+        except OSError:
+            self._vouched.pop(digest, None)
+            return None
+        if _identity(os.fstat(file.fileno())) != mark:
+            file.close()
+            self._vouched.pop(digest, None)
+            return None
+        self.counters.blob_hits += 1
+        self.touch(path)
+        return file
 
     def _drop(self, path: Path, seen: os.stat_result) -> None:
         self.counters.blobs_corrupt += 1
@@ -358,6 +423,7 @@ class _DiskStore:
                     raise
                 return self.put_blob(digest, source, move=False)
             _fsync_dir(target.parent)
+        self.vouch(digest)
         self.counters.blobs_written += 1
         return size
 
@@ -453,6 +519,12 @@ class _DiskStore:
                      record_bytes=sum(records), record_count=len(records))
 
 
+def _identity(seen: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file's bytes unchanged since: the same inode, size and ctime (a write
+    or a rename updates the ctime)."""
+    return (seen.st_dev, seen.st_ino, seen.st_size, seen.st_ctime_ns)
+
+
 def _scan(directory: Path) -> list[tuple[str, os.stat_result]]:
     """(hex name, stat) of the digest-named files in ``directory``; strays are ignored."""
     found: list[tuple[str, os.stat_result]] = []
@@ -494,6 +566,10 @@ class LocalBackend:
 
     async def has_many(self, digests: Iterable[str]) -> set[str]:
         return await asyncio.to_thread(self._store.exists, list(digests))
+
+    def holds(self, digest: str) -> bool:
+        """``has`` without a thread: one ``stat``, cheap enough for the event loop."""
+        return bool(self._store.exists((digest,)))
 
     async def open_blob(self, digest: str) -> StreamReader:
         stream = await asyncio.to_thread(self._store.open_blob, digest)
@@ -569,6 +645,13 @@ class LocalBlobSource:
 
     def blob_path(self, digest: str) -> Path | None:
         return self._store.blob_path(digest)
+
+    def open_checked(self, digest: str) -> BinaryIO | None:
+        """The blob's file when this store checked its bytes as it stored them (in this
+        process) and the file is still that one: read it as is, no second hash (the
+        exporters copy it into their tar with ``copy_file_range``); else None (use
+        ``open_blob``, which verifies)."""
+        return self._store.open_vouched(digest)
 
     def __repr__(self) -> str:
         return f"<LocalBlobSource root={str(self._store.layout.root)!r}>"

@@ -169,14 +169,15 @@ class BlobReader(Protocol):
 class StagedBlob(Protocol):
     """A blob being received by a local store, not yet visible in it (blocking methods:
     call them from a thread).  Write its bytes to ``file`` (writable and seekable: writes
-    at any offset); ``seal`` flushes it and hashes it, once, giving (``sha256:`` digest,
-    size); ``publish`` makes it the store's blob durably (fsynced), to be called only once
-    the caller compared that digest; ``discard`` removes it (always call it; after
-    ``publish`` it does nothing)."""
+    at any offset); ``seal`` flushes it and gives (``sha256:`` digest, size): ``hashed``,
+    what the writer computed over the very bytes it wrote (the store then only checks the
+    file's size), else the store hashes the file, once; ``publish`` makes it the store's
+    blob durably (fsynced), to be called only once the caller compared that digest;
+    ``discard`` removes it (always call it; after ``publish`` it does nothing)."""
 
     file: BinaryIO
 
-    def seal(self) -> tuple[str, int]: ...
+    def seal(self, hashed: tuple[str, int] | None = None) -> tuple[str, int]: ...
 
     def publish(self) -> int: ...
 

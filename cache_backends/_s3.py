@@ -16,9 +16,11 @@ than ``touch_after`` seconds, so a warm cache costs one request per record looke
 - Reads verify the digest while streaming; a mismatch deletes the object only if it is
   still the one read (its ETag) and raises ``BlobCorrupt``: a miss, repaired by the next
   build.  Large blobs come through ranged, parallel GETs into an unnamed temporary file;
-  ``fetch_into`` (a restore into the local cache) writes them straight into the local
-  store's staging file instead, which is hashed once there and published only if it
-  matched (a mismatch drops the object here, as above): one write, one hash.
+  ``fetch_into`` (a restore into the local cache) writes any blob straight into the local
+  store's staging file instead, hashing the bytes as they arrive (a large one in order,
+  part by part, while later parts are still coming: _s3_ranges); the store takes that
+  hash instead of reading the file back, and publishes the blob only if it matched (a
+  mismatch drops the object here, as above): one write, one hash.
 - A record is written only after every blob it names is known to exist: uploaded or seen
   by a HEAD through this instance (a backend lives for one build), the others found by a
   batch of parallel HEADs.  So a build HEADs each blob at most once and uploads it at most
@@ -72,6 +74,7 @@ from cache_backends._protocol import (
 from cache_backends._records import CacheRecord
 from cache_backends._rules import blob_mismatch, decode_record, require_blobs, stored_record
 from cache_backends._s3_client import Head, Listed, S3Objects, S3Settings
+from cache_backends._s3_ranges import PartSlots, Turns, receive_ranges
 from cache_backends._s3_stream import ResumingBody
 from scheduler._errors import CacheError
 
@@ -105,6 +108,10 @@ class _Bucket:
         self.tmp_dir = tmp_dir
         self.counters = counters
         self.where = f"the S3 cache (s3://{objects.bucket}/{prefix})"
+        # the parts of large blobs held at once, across this backend's fetches
+        self.slots = PartSlots(objects.settings.concurrency)
+        # large blobs' turns: one at a time, in the order their fetches were asked for
+        self.turns = Turns()
         # digest -> the lock of its upload in flight (one upload of a blob at a time)
         self._flights: dict[str, threading.Lock] = {}
         self._flights_lock = threading.Lock()
@@ -176,9 +183,17 @@ class _Bucket:
         return verified_stream(source, digest, self.where,
                                lambda: self._drop(key, etag), size=head.size)
 
-    def fetch_into(self, digest: str, sink: BlobSink) -> int:
-        """The blob written into a staging file of ``sink``, checked, then published there
-        (see ``CacheBackend.fetch_into``); the staging file never outlives the call."""
+    def fetch_into(self, digest: str, sink: BlobSink, ticket: int) -> int:
+        """The blob written into a staging file of ``sink`` and hashed as it arrives (the
+        store takes that hash: it does not read the file back), checked, then published
+        there (see ``CacheBackend.fetch_into``); the staging file never outlives the call.
+        ``ticket``: its turn among large blobs (``Turns``), ended here."""
+        try:
+            return self._fetch_into(digest, sink, ticket)
+        finally:
+            self.turns.end(ticket)
+
+    def _fetch_into(self, digest: str, sink: BlobSink, ticket: int) -> int:
         key = self.blob_key(digest)
         head = self.objects.head(key)
         if head is None:
@@ -186,10 +201,10 @@ class _Bucket:
             raise BlobMissing(f"blob {digest} is not in {self.where}")
         staged = sink.stage_blob(digest)
         try:
-            self._receive(key, head, staged)
+            received = self._receive(key, head, staged, ticket)
             etag = self.mark(key, head) or head.etag
             self.counters.blob_hits += 1
-            actual, _ = staged.seal()
+            actual, _ = staged.seal(received)
             if actual != digest:
                 self._drop(key, etag)
                 raise corrupt_blob(digest, self.where, actual)
@@ -197,16 +212,22 @@ class _Bucket:
         finally:
             staged.discard()
 
-    def _receive(self, key: str, head: Head, staged: StagedBlob) -> None:
-        """The object's bytes into ``staged.file``: one resuming GET, or for a large one
-        ranged parallel GETs written in place."""
+    def _receive(self, key: str, head: Head, staged: StagedBlob, ticket: int
+                 ) -> tuple[str, int]:
+        """The object's bytes into ``staged.file``, hashed on the way: one resuming GET, or
+        for a large one (in its turn) ranged parallel GETs written in place; (digest,
+        size) received."""
         if head.size > self.objects.settings.multipart_threshold:
-            self.objects.download(key, staged.file)
-            self._check_size(key, head, staged.file.seek(0, os.SEEK_END))
-            return
+            self.turns.wait(ticket)
+            return receive_ranges(self.objects, key, head.size, staged.file, self.slots)
+        self.turns.end(ticket)
+        hasher, size = hashlib.sha256(), 0
         with ResumingBody(self.objects, key, head.size) as body:
             while chunk := body.read(CHUNK):
                 staged.file.write(chunk)
+                hasher.update(chunk)
+                size += len(chunk)
+        return "sha256:" + hasher.hexdigest(), size
 
     def _check_size(self, key: str, head: Head, got: int) -> None:
         if got != head.size:  # not damage: a transfer that went wrong
@@ -553,7 +574,11 @@ class S3Backend:
 
     async def fetch_into(self, digest: str, sink: BlobSink) -> int:
         digest_hex(digest)
-        return await asyncio.to_thread(self._bucket.fetch_into, digest, sink)
+        ticket = self._bucket.turns.ticket()  # in the order the fetches were asked for
+        try:
+            return await asyncio.to_thread(self._bucket.fetch_into, digest, sink, ticket)
+        finally:  # also when cancelled before the thread ran: the next turn may start
+            self._bucket.turns.end(ticket)
 
     async def put_blob(self, digest: str, source: BlobInput, *, move: bool = False) -> int:
         digest_hex(digest)

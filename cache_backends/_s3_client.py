@@ -402,6 +402,19 @@ class S3Objects:
             return response["Body"], _head(response)
         return self.call("read", key, go)
 
+    def get_range(self, key: str, start: int, size: int) -> bytes:
+        """``size`` bytes of ``key`` from byte ``start`` (one ranged GET, read whole inside
+        the retried call: a body cut short is fetched again)."""
+        def go() -> bytes:
+            response = self._client.get_object(Bucket=self.bucket, Key=key,
+                                               Range=f"bytes={start}-{start + size - 1}")
+            with response["Body"] as body:
+                data: bytes = body.read()
+            if len(data) != size:
+                raise IncompleteReadError(actual_bytes=len(data), expected_bytes=size)
+            return data
+        return self.call("read", key, go)
+
     def put(self, key: str, data: bytes, used: float) -> None:
         self.call("write", key, lambda: self._client.put_object(
             Bucket=self.bucket, Key=key, Body=data, Metadata={USED: repr(used)}))

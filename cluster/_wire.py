@@ -713,14 +713,31 @@ class BlockingWebSocket:
             raise WireClosed("CLOSED") from None
 
     def _read_exactly(self, size: int) -> bytes:
+        """``size`` bytes: small reads from the buffer (filled 64 KiB at a time), a large
+        one (a frame's payload) received straight into its own buffer, one copy."""
+        if size > len(self._buffer) + (1 << 16):
+            return self._receive_whole(size)
         while len(self._buffer) < size:
             chunk = self._sock.recv(max(1 << 16, size - len(self._buffer)))
             if not chunk:
                 raise ConnectionResetError("the connection closed")
             self._buffer += chunk
-        data = bytes(self._buffer[:size])
+        data = bytes(memoryview(self._buffer)[:size])
         del self._buffer[:size]
         return data
+
+    def _receive_whole(self, size: int) -> bytes:
+        whole = bytearray(size)
+        have = len(self._buffer)
+        whole[:have] = self._buffer
+        self._buffer.clear()
+        with memoryview(whole) as view:
+            while have < size:
+                got = self._sock.recv_into(view[have:])
+                if not got:
+                    raise ConnectionResetError("the connection closed")
+                have += got
+        return bytes(whole)
 
     def close(self, timeout: float = 5.0) -> None:
         """The close handshake, as ``WebSocket.close``."""

@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from cache_backends._credentials import S3Credentials
 from cache_backends._records import CacheRecord
@@ -26,6 +27,7 @@ from scheduler._graph import ImageResult, Ulimit
 from scheduler._platform import Platform
 from scheduler._progress import EventSink
 
+from ._arrivals import ArrivingBlobs
 from ._exporters import export_docker, export_local, export_oci, export_tar, push_image
 from ._image import ImageArtifacts, IndexArtifacts, build_image, build_index
 from ._registry import RegistryConfig
@@ -110,19 +112,36 @@ def remote_records(engine: WorkerRuntime, options: LocalBuildOptions,
 
 
 async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
-                        records: Mapping[str, CacheRecord],
-                        options: LocalBuildOptions) -> Exported:
-    """The images of ``results`` (their roots' ``records``) written to every output."""
+                        records: Mapping[str, CacheRecord], options: LocalBuildOptions,
+                        streams: Mapping[Path, BinaryIO] | None = None) -> Exported:
+    """The images of ``results`` (their roots' ``records``) written to every output; an
+    output whose ``dest`` is in ``streams`` is written to that stream instead (the
+    session channel to the client, workers/_output_send.py)."""
     images = [_image(result, records, options.epoch) for result in results]
     exported: Exported = images[0] if len(images) == 1 else build_index(images)
-    if options.outputs:
-        await engine.ensure_blobs(layer for result in results if result.root is not None
-                                  for layer in records[result.root].result.layers)
-    for output in options.outputs:
-        if output.type == "image":
-            await _push(engine, exported, output, options)
-        else:
-            await asyncio.to_thread(_export, engine, exported, output, options)
+    if not options.outputs:
+        return exported
+    # the blobs a remote cache holds come down while the file outputs are written
+    fetches = engine.start_fetches(layer for result in results if result.root is not None
+                                   for layer in records[result.root].result.layers)
+    try:
+        for output in options.outputs:
+            if output.type == "image":
+                await engine.settle(fetches)  # a push names every blob up front
+                await _push(engine, exported, output, options)
+            else:
+                source = ArrivingBlobs(engine.blob_source(), fetches)
+                stream = (streams or {}).get(output.dest) if output.dest else None
+                await asyncio.to_thread(_export, engine, source, exported, output, options,
+                                        stream)
+    except asyncio.CancelledError:
+        for fetch in fetches.values():
+            fetch.cancel()
+        raise
+    except Exception:
+        await engine.settle(fetches)  # every lost blob in one BlobLost, as ensure_blobs
+        raise
+    await engine.settle(fetches)
     return exported
 
 
@@ -171,21 +190,21 @@ async def _push(engine: WorkerRuntime, exported: Exported, output: Output,
                          scratch=engine.tmp)
 
 
-def _export(engine: WorkerRuntime, exported: Exported, output: Output,
-            options: LocalBuildOptions) -> None:
-    source = engine.blob_source()
+def _export(engine: WorkerRuntime, source: ArrivingBlobs, exported: Exported, output: Output,
+            options: LocalBuildOptions, stream: BinaryIO | None = None) -> None:
+    """``output`` written (to ``stream`` instead of its file when given)."""
     if output.dest is None:  # checked before the build
         raise ExportError(f"a {output.type} output needs a destination")
+    dest: Path | BinaryIO = output.dest if stream is None else stream
     if output.type == "oci":
-        export_oci(exported, source, output.dest, names=options.names, epoch=options.epoch)
+        export_oci(exported, source, dest, names=options.names, epoch=options.epoch)
     elif output.type == "docker":
-        export_docker(exported, source, output.dest, names=options.names,
-                      epoch=options.epoch)
+        export_docker(exported, source, dest, names=options.names, epoch=options.epoch)
     elif output.type == "tar":
-        export_tar(exported, source, output.dest, epoch=options.epoch, scratch=engine.tmp)
+        export_tar(exported, source, dest, epoch=options.epoch, scratch=engine.tmp)
     elif output.type == "local":
         export_local(exported, source, output.dest)
     elif output.type == LOCAL_AS_TAR:  # a local output handed to a client: times as they are
-        export_tar(exported, source, output.dest, epoch=None, scratch=engine.tmp)
+        export_tar(exported, source, dest, epoch=None, scratch=engine.tmp)
     else:  # checked before the build
         raise ExportError(f"unknown output type {output.type!r}")

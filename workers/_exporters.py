@@ -13,22 +13,26 @@
 Tar outputs go to a path (written to a temporary name beside it and renamed into place,
 so a failed export leaves no half file) or to a binary stream (``dest=-``: stdout).
 Layer blobs come from a ``BlobSource`` (the local cache, or ``MemoryBlobs`` in tests),
-are streamed (never a whole layer in memory) and checked against their digests on the way.
+are streamed (never a whole layer in memory) and checked against their digests on the way,
+except those the source checked already as it stored them (``CheckedBlobs``: the local
+cache's own blobs), which go into a tar file by ``copy_file_range``, unhashed.
 The archives are deterministic: fixed entry order, owner 0, mtime ``epoch`` or 0.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, Protocol, cast
+from typing import BinaryIO, Final, Protocol, runtime_checkable
 
 from cache_backends._records import LayerDescriptor
 from scheduler._errors import CacheError, ExportError, ImageReferenceError
@@ -67,6 +71,15 @@ class BlobSource(Protocol):
     closes; a missing blob raises a ``DockyardError`` (``CacheError``) naming it."""
 
     def open_blob(self, digest: str) -> BinaryIO: ...
+
+
+@runtime_checkable
+class CheckedBlobs(Protocol):
+    """A ``BlobSource`` that can hand out a blob whose bytes it checked already (the local
+    cache, for blobs it stored itself): ``open_checked`` gives its file, to be copied as is,
+    or None (then ``open_blob``)."""
+
+    def open_checked(self, digest: str) -> BinaryIO | None: ...
 
 
 class MemoryBlobs:
@@ -121,44 +134,48 @@ def _open_dest(dest: Destination) -> Iterator[BinaryIO]:
 # --- a deterministic tar of files and blobs ----------------------------------------------
 
 
-class _Abandonable:
-    """A write-only stream that drops writes once ``abandoned`` (a failed archive must not
-    get an end-of-archive marker that would make it look whole)."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
-        self.abandoned = False
-
-    def write(self, data: bytes) -> int:
-        if not self.abandoned:
-            self.stream.write(data)
-        return len(data)
-
-
 class _ArchiveWriter:
-    """Entries with fixed metadata (root, mode 0644/0755, mtime ``epoch`` or 0)."""
+    """A ustar/PAX archive of entries with fixed metadata (root, mode 0644/0755, mtime
+    ``epoch`` or 0), byte for byte what ``tarfile``'s ``w|`` mode writes for them.  Layer
+    blobs the source has checked already (``CheckedBlobs``) are copied as they are, by
+    ``copy_file_range`` into a regular file; others are streamed and hashed.  After a
+    failure the archive is abandoned: no end-of-archive marker makes it look whole."""
 
     def __init__(self, stream: BinaryIO, epoch: int | None) -> None:
-        self._out = _Abandonable(stream)
-        # closed by __exit__; after a failure the archive is abandoned (no end marker)
-        self._tar = tarfile.open(  # noqa: SIM115
-            fileobj=cast(BinaryIO, self._out), mode="w|", format=tarfile.PAX_FORMAT)
+        self._stream = stream
         self._mtime = epoch or 0
         self._written: set[str] = set()
+        # bytes written so far (the end marker pads the archive to whole records)
+        self._offset = 0
+        # the stream's file descriptor when it is a regular file (copies go through the
+        # kernel), else None (a pipe, stdout, a BytesIO: read and write)
+        self._fd = _regular_fd(stream)
 
     def __enter__(self) -> _ArchiveWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if exc[0] is not None:
-            self._out.abandoned = True
-        self._tar.close()
+        if exc[0] is None:
+            self._write(tarfile.NUL * (tarfile.BLOCKSIZE * 2))
+            self._write(tarfile.NUL * (-self._offset % tarfile.RECORDSIZE))
+
+    def _write(self, data: bytes) -> None:
+        self._stream.write(data)
+        self._offset += len(data)
+
+    def _entry(self, info: tarfile.TarInfo) -> None:
+        self._write(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+
+    def _pad(self, size: int) -> None:
+        self._write(tarfile.NUL * (-size % tarfile.BLOCKSIZE))
 
     def directory(self, name: str) -> None:
-        self._tar.addfile(self._info(name, tarfile.DIRTYPE, 0o755, 0))
+        self._entry(self._info(name, tarfile.DIRTYPE, 0o755, 0))
 
     def data(self, name: str, data: bytes) -> None:
-        self._tar.addfile(self._info(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+        self._entry(self._info(name, tarfile.REGTYPE, 0o644, len(data)))
+        self._write(data)
+        self._pad(len(data))
 
     def blob(self, digest: str, data: bytes) -> None:
         if digest not in self._written:
@@ -166,26 +183,98 @@ class _ArchiveWriter:
             self.data(_blob_path(digest), data)
 
     def layer(self, layer: LayerDescriptor, source: BlobSource) -> None:
-        """A layer blob streamed from ``source``, checked against its digest and size."""
+        """A layer blob from ``source``: copied as is when the source checked it already,
+        else streamed and checked against its digest and size."""
         if layer.digest in self._written:
             return
         self._written.add(layer.digest)
-        info = self._info(_blob_path(layer.digest), tarfile.REGTYPE, 0o644, layer.size)
-        with source.open_blob(layer.digest) as blob:
-            reader = HashingReader(blob)
-            try:
-                self._tar.addfile(info, reader)
-            except OSError as err:
-                raise ExportError(f"layer {layer.digest} is shorter than its {layer.size} "
-                                  f"bytes: {err}", hint="the cached blob is damaged; "
-                                  "rebuild with --no-cache") from err
-            _check_blob(layer, reader, blob)
+        self._entry(self._info(_blob_path(layer.digest), tarfile.REGTYPE, 0o644, layer.size))
+        checked = source.open_checked(layer.digest) if isinstance(source, CheckedBlobs) \
+            else None
+        if checked is not None:
+            with checked:
+                self._copy(layer, checked)
+        else:
+            with source.open_blob(layer.digest) as blob:
+                self._stream_checked(layer, blob)
+        self._pad(layer.size)
+
+    def _copy(self, layer: LayerDescriptor, file: BinaryIO) -> None:
+        """``layer.size`` bytes of the checked blob ``file``: by the kernel into a regular
+        file, else read and written."""
+        if os.fstat(file.fileno()).st_size != layer.size:  # checked bytes, another size
+            raise ExportError(f"layer blob {layer.digest} does not match its digest or size "
+                              f"(the cached blob has {os.fstat(file.fileno()).st_size} "
+                              f"bytes, not {layer.size})",
+                              hint="the cached blob is damaged; rebuild with --no-cache")
+        if self._fd is not None:
+            self._stream.flush()
+            copied = _kernel_copy(file.fileno(), self._fd, layer.size)
+            self._offset += copied
+        else:
+            copied = 0
+            while copied < layer.size and (chunk := file.read(min(_CHUNK, layer.size - copied))):
+                self._write(chunk)
+                copied += len(chunk)
+        if copied != layer.size:
+            raise ExportError(f"layer {layer.digest} is shorter than its {layer.size} "
+                              f"bytes (read {copied})", hint="the cached blob is damaged; "
+                              "rebuild with --no-cache")
+
+    def _stream_checked(self, layer: LayerDescriptor, blob: BinaryIO) -> None:
+        reader = HashingReader(blob)
+        while reader.size < layer.size and (chunk := reader.read(
+                min(_CHUNK, layer.size - reader.size))):
+            self._write(chunk)
+        if reader.size != layer.size:
+            raise ExportError(f"layer {layer.digest} is shorter than its {layer.size} "
+                              f"bytes (read {reader.size})", hint="the cached blob is "
+                              "damaged; rebuild with --no-cache")
+        _check_blob(layer, reader, blob)
 
     def _info(self, name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
         info = tarfile.TarInfo(name)
         info.type, info.mode, info.size, info.mtime = kind, mode, size, self._mtime
         info.uname = info.gname = ""
         return info
+
+
+def _regular_fd(stream: BinaryIO) -> int | None:
+    """``stream``'s descriptor when it is a regular file, else None."""
+    try:
+        fd = stream.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _kernel_copy(source: int, dest: int, size: int) -> int:
+    """Up to ``size`` bytes from ``source``'s start to ``dest``'s position, in the kernel:
+    ``copy_file_range`` (reflinks or in-kernel copy), ``sendfile`` where a kernel refuses
+    it (another filesystem, old kernels); the bytes copied (fewer: ``source`` is short)."""
+    copied = 0
+    use_range = True
+    while copied < size:
+        try:
+            if use_range:
+                done = os.copy_file_range(source, dest, size - copied, copied)
+            else:
+                done = os.sendfile(dest, source, copied, size - copied)
+        except OSError as err:
+            if use_range and err.errno in _NO_COPY_RANGE:
+                use_range = False
+                continue
+            raise ExportError(f"cannot copy a layer into the output: {err.strerror or err}",
+                              hint="check the disk the output is written to") from err
+        if done == 0:
+            break
+        copied += done
+    return copied
+
+
+#: ``copy_file_range`` errors that mean "not between these files": fall back to sendfile.
+_NO_COPY_RANGE: Final = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                                   errno.EBADF, errno.EPERM})
 
 
 def _check_blob(layer: LayerDescriptor, reader: HashingReader, blob: BinaryIO) -> None:

@@ -262,7 +262,9 @@ class WorkerRuntime:
     async def _fetch_remote(self, digest: str) -> None:
         lock = self._fetching.setdefault(digest, asyncio.Lock())
         async with lock:
-            if await self.cache.has(digest):
+            # a stat, on the loop: no thread hop here keeps the fetches (and their turns
+            # at the remote, cache_backends/_s3_ranges.py) in the order they were started
+            if self.cache.holds(digest):
                 return
             remote = self.remote_blobs.get(digest)
             if remote is None:  # lost by a fetch that held the lock before this one

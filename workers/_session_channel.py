@@ -142,10 +142,17 @@ class SessionChannel:
 
     async def ask(self, what: str, params: dict[str, Any]) -> Any:
         """The client's answer to ``what`` with ``params``."""
+        return await (await self.send(what, params))
+
+    async def send(self, what: str, params: dict[str, Any]) -> asyncio.Future[Any]:
+        """Send an ask and return its answer, to await later: asks sent one after the
+        other reach the client in that order (one socket, relayed in order), so a caller
+        may keep several in flight (``send_output``)."""
         ws = await self._connected()
         number, self._next = self._next, self._next + 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[number] = future
+        future.add_done_callback(lambda _: self._pending.pop(number, None))
         try:
             if self._reader is None or self._reader.done():
                 raise self._lost("the connection ended")
@@ -153,10 +160,11 @@ class SessionChannel:
                 await ws.send_bytes(encode_ask(number, what, params))
             except (ConnectionError, RuntimeError) as exc:
                 raise self._lost(exc) from None
-            self.asked += 1
-            return await future
-        finally:
-            self._pending.pop(number, None)
+        except BaseException:
+            future.cancel()
+            raise
+        self.asked += 1
+        return future
 
     async def aclose(self) -> None:
         """Close the connection; asks in flight fail with a ``ServiceError``."""

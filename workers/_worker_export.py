@@ -1,18 +1,21 @@
 """A build's images, made on the worker the coordinator chose (the one holding most of
 their layers): written to the build's outputs, pushed, and handed back to the client.
 
-``export_build`` writes every file output into the session's scratch files
-(workers/_build.py ``write_results``), pushes the image outputs from here (the cluster's
-registry credentials live on its side), pushes the final records to the build's
-``--cache-to`` (mode=min) and drains it, then sends each scratch file to the client
-through the session channel, in the client's output order.  Its answer is the build's
-result map: the ``--metadata-file`` keys and what was pushed.
+``export_build`` writes every file output straight to the client through the session
+channel as it is produced (workers/_build.py ``write_results`` with a ``ChannelWriter``
+per output, workers/_output_send.py), while the blobs it needs still come down; it pushes
+the image outputs from here (the cluster's registry credentials live on its side), pushes
+the final records to the build's ``--cache-to`` (mode=min) and drains it, then closes
+each output in the client's output order (only then does the client put it in place).
+Its answer is the build's result map: the ``--metadata-file`` keys and what was pushed.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from cache_backends._records import CacheRecord
 from scheduler._build_request import BuildOptions
@@ -21,7 +24,7 @@ from scheduler._graph import BuildGraph
 from ._build import Exported, write_results
 from ._exporters import push_image
 from ._image import build_metadata
-from ._output_send import send_output
+from ._output_send import ChannelWriter, close_output, send_file
 from ._runtime import WorkerRuntime
 from ._worker_sessions import WorkerSession
 
@@ -33,8 +36,21 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
     """Write, push and hand back the images of ``graph``'s results (``records``: their
     roots' records, stored form); the build's result map."""
     roots = {digest: CacheRecord.from_bytes(data) for digest, data in records.items()}
-    exported = await write_results(engine, BuildGraph.from_msgpack(graph).results, roots,
-                                   session.options)
+    loop = asyncio.get_running_loop()
+    writers = {path: ChannelWriter(session.send, index, loop)
+               for index, path in session.outputs.items()
+               if not session.request.outputs[index].to_stdout}
+    # each file output goes to the client as it is written (its pump sends the chunks)
+    pumping = {path: asyncio.ensure_future(writer.pump()) for path, writer in writers.items()}
+    try:
+        exported = await write_results(engine, BuildGraph.from_msgpack(graph).results, roots,
+                                       session.options, cast(Mapping[Path, BinaryIO], writers))
+        for path, writer in writers.items():
+            await writer.finish(pumping[path])
+    finally:
+        for task in pumping.values():
+            task.cancel()
+        await asyncio.gather(*pumping.values(), return_exceptions=True)
     if session.records is not None:
         session.records.export_final(roots.values())
         if any(o.type == "image" and o.push for o in session.request.outputs):
@@ -42,8 +58,11 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
                 layer for record in roots.values() for layer in record.result.layers)
         await session.records.drain()
     pushed = await _push(engine, session.request, exported)
-    for index in sorted(session.outputs):
-        await send_output(session.ask, index, session.outputs[index])
+    for index in sorted(session.outputs):  # received already: now put in place
+        if session.outputs[index] in writers:
+            await close_output(session.send, index)
+        else:  # stdout: sent only now, from its scratch file
+            await send_file(session.send, index, session.outputs[index])
     metadata = dict(build_metadata(exported))
     if session.request.tags:
         metadata["image.name"] = ",".join(session.request.tags)

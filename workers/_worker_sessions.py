@@ -34,7 +34,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,14 @@ class WorkerSession:
             raise SolveError(f"this build has no session channel to ask {what!r}",
                              hint="submit the build through a dockyard endpoint")
         return await self.channel.ask(what, params)
+
+    async def send(self, what: str, params: dict[str, Any]) -> Awaitable[Any]:
+        """An ask sent now, its answer awaited later (``SessionChannel.send``)."""
+        if self.channel is None:
+            raise SolveError(f"this build has no session channel to ask {what!r}",
+                             hint="submit the build through a dockyard endpoint")
+        answer: Awaitable[Any] = await self.channel.send(what, params)
+        return answer
 
 
 class SessionTable:

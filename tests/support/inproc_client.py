@@ -3,7 +3,7 @@ a worker actor without Ray or an endpoint.
 
 ``client_session(options, context)`` makes the request's session part as ``dockyard
 build`` does (the context's ignore patterns and manifest) and the build's channel: an
-object with the session channel's ``ask``/``aclose`` that answers each ask with the
+object with the session channel's ``ask``/``send``/``aclose`` that answers each ask with the
 client's real handlers (cluster/_context_server.py, cluster/_outputs.py), only without
 the network hop of the endpoint's relay.
 """
@@ -26,10 +26,24 @@ class ClientChannel:
     def __init__(self, handlers: dict[str, Any]) -> None:
         self.handlers = handlers
         self.asked: list[str] = []  # the asks' ``what``, in order
+        self._last: asyncio.Future[Any] | None = None  # the answer of the last ``send``
 
     async def ask(self, what: str, params: dict[str, Any]) -> Any:
         self.asked.append(what)
         return await asyncio.to_thread(self.handlers[what], params)
+
+    async def send(self, what: str, params: dict[str, Any]) -> asyncio.Future[Any]:
+        """An ask answered after every ask sent before it (the session channel's
+        ``send``: the client handles asks in the order they were sent)."""
+        previous = self._last
+
+        async def answer() -> Any:
+            if previous is not None:
+                await asyncio.wait([previous])
+            return await self.ask(what, params)
+
+        self._last = asyncio.ensure_future(answer())
+        return self._last
 
     async def aclose(self) -> None:
         return None

@@ -4,6 +4,8 @@ and in, and what a stream of server frames becomes -- fed from memory, no socket
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from cluster._wire import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    BlockingWebSocket,
     WebSocket,
     WireClosed,
     WireError,
@@ -249,3 +252,27 @@ def test_send_after_close_is_a_connection_error() -> None:
         await WebSocket(_reader(b""), writer).send(b"x")  # type: ignore[arg-type]
     with pytest.raises(ConnectionError):
         asyncio.run(go())
+
+
+@pytest.mark.parametrize("size", [3, 70_000, 4 * 1024 * 1024 + 3])
+def test_blocking_receive_of_big_and_small_frames_in_pieces(size: int) -> None:
+    """The blocking client reads messages of every size, however the bytes are cut up on
+    the socket (a big payload is received straight into its own buffer)."""
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    frame = bytes([0x80 | OP_BINARY, 127]) + size.to_bytes(8, "big") + payload
+    stream = frame + _server(OP_BINARY, b"after")
+    ours, theirs = socket.socketpair()
+    try:
+        ws = BlockingWebSocket(ours, buffered=stream[:5])
+
+        def feed() -> None:
+            for start in range(5, len(stream), 65_521):
+                theirs.sendall(stream[start:start + 65_521])
+        sender = threading.Thread(target=feed)
+        sender.start()
+        assert ws.receive() == payload
+        assert ws.receive() == b"after"
+        sender.join(10)
+    finally:
+        ours.close()
+        theirs.close()
