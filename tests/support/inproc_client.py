@@ -1,8 +1,9 @@
 """The client's side of a build, in this process: for tests that drive the coordinator and
 a worker actor without Ray or an endpoint.
 
-``client_session(options, context)`` makes the request's session part as ``dockyard
-build`` does (the context's ignore patterns and manifest) and the build's channel: an
+``client_session(options, context, root)`` makes the request's session part as
+``dockyard build`` does (the context's ignore patterns and manifest, its stat index kept
+under the client's ``root``) and the build's channel: an
 object with the session channel's ``ask``/``send``/``aclose`` that answers each ask with the
 client's real handlers (cluster/_context_server.py, cluster/_outputs.py), only without
 the network hop of the endpoint's relay.
@@ -49,11 +50,12 @@ class ClientChannel:
         return None
 
 
-def client_session(options: BuildOptions, context: Path) -> tuple[dict[str, Any],
-                                                                  ClientChannel]:
-    """The request's session part and the build's in-process channel."""
+def client_session(options: BuildOptions, context: Path,
+                   root: Path) -> tuple[dict[str, Any], ClientChannel]:
+    """The request's session part and the build's in-process channel; ``root`` is the
+    client's (``DOCKYARD_ROOT``), where it keeps its contexts' stat indexes."""
     session: dict[str, Any] = {}
-    server = _context(session, context, None)
+    server = _context(session, context, None, root)
     writers = OutputWriters(options.outputs, sys.stdout.buffer)
     return session, ClientChannel({"context.read": server.read, **writers.handlers(),
                                    "cache.credentials": CacheCredentials(options)})

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import io
 import os
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 
 import msgpack
 import pytest
+from _blobs import blob, run
 
 from cache_backends._local import TEMP_PREFIX, LocalBackend
 from cache_backends._memory import MemoryBackend
@@ -173,17 +173,6 @@ def clock() -> Clock:
 @pytest.fixture(params=sorted(BACKENDS))
 def harness(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Harness:
     return HARNESSES[request.param](tmp_path, clock, request)
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    async def main() -> Any:
-        return await coro
-    return asyncio.run(main())
-
-
-def blob(size: int, seed: int = 0) -> tuple[str, bytes]:
-    data = random.Random(seed * 7919 + size).randbytes(size)
-    return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
 def key(n: int) -> str:

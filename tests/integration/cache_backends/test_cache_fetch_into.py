@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import os
-import random
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _blobs import blob, run
 from test_cache_conformance import HARNESSES, Clock, Harness
 
 from cache_backends._local import TEMP_PREFIX, LocalBackend
@@ -33,17 +31,6 @@ from workers._remote_cache import RemoteCache, RemoteRecords
 from workers._runtime import REMOTE_FETCHES, WorkerRuntime, build_remotes
 
 MB = 1 << 20
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    async def main() -> Any:
-        return await coro
-    return asyncio.run(main())
-
-
-def blob(size: int, seed: int) -> tuple[str, bytes]:
-    data = random.Random(seed).randbytes(size)
-    return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
 def staging_files(sink: LocalBackend) -> list[str]:

@@ -308,7 +308,7 @@ def _service_build(base: Any, context: Path, machine: Machine, push: str = "",
         cache_to=tuple(parse_cache("--cache-to", v) for v in caches.get("to", "").split()),
         cache_from=tuple(parse_cache("--cache-from", v)
                          for v in caches.get("source", "").split()))
-    session, channel = client_session(options, context)
+    session, channel = client_session(options, context, machine.out / "client-root")
     request = {"options": options.to_wire(), "session": session,
                "dockerfile": dockerfile.format(base=base.reference).encode()}
 

@@ -9,7 +9,6 @@ import hashlib
 import io
 import multiprocessing
 import os
-import random
 import tarfile
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _blobs import blob
 
 from cache_backends._local import STALE_TEMP, TEMP_PREFIX, LocalBackend
 from cache_backends._protocol import CHUNK, BlobCorrupt, BlobMissing
@@ -29,11 +29,6 @@ from scheduler._platform import Platform
 from workers._exporters import export_local, export_oci
 from workers._image import ImageArtifacts, build_image
 from workers._layers import write_layer
-
-
-def blob(size: int, seed: int = 0) -> tuple[str, bytes]:
-    data = random.Random(seed * 7919 + size).randbytes(size)
-    return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
 def key(n: int) -> str:

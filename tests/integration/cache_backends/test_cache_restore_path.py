@@ -18,18 +18,16 @@ Pinned, by observing the code rather than timing it:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import os
-import random
 import tarfile
 import types
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _blobs import blob, run
 
 from cache_backends._local import LocalBackend
 from cache_backends._protocol import BlobCorrupt
@@ -45,17 +43,6 @@ MB = 1 << 20
 #: The modules between a GET and the tar that hash blob bytes.
 HASHING = ("cache_backends._s3", "cache_backends._s3_ranges", "cache_backends._local",
            "cache_backends._protocol", "workers._layer_stream")
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    async def main() -> Any:
-        return await coro
-    return asyncio.run(main())
-
-
-def blob(size: int, seed: int) -> tuple[str, bytes]:
-    data = random.Random(seed).randbytes(size)
-    return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
 class HashedBytes:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
 import socket
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _blobs import blob, run
 from _fault_proxy import FaultyProxy, running_proxy
 
 from cache_backends._protocol import BlobCorrupt, BlobMissing
@@ -25,17 +25,6 @@ from scheduler._errors import CacheError
 
 MB = 1 << 20
 PREFIX = "ci/"
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    async def main() -> Any:
-        return await coro
-    return asyncio.run(main())
-
-
-def blob(size: int, seed: int = 0) -> tuple[str, bytes]:
-    data = random.Random(seed).randbytes(size)
-    return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
 def record(n: int, *blobs: tuple[str, bytes], created: int = 1) -> CacheRecord:
