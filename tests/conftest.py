@@ -4,11 +4,16 @@
   a slow or busy CI machine gives the same verdict as a developer's; locally they keep
   Hypothesis' defaults (random, 200 ms deadline) to keep finding new cases.
 - ``-m "not oracle"`` deselects the tests that start a private dockerd (tests/oracle).
+- Ctrl-C: a runner started in the background without job control (``make test &`` in a
+  script) ignores SIGINT, and an ignored signal stays ignored across exec, so every
+  ``dockyard build`` the tests start would too and the Ctrl-C tests could not pass.  The
+  suite takes Python's own handler back: its children then start with the default.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +27,9 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 # A long hunt for the fuzz tests:
 #   pytest tests/unit/dockerfile/test_fuzz.py --hypothesis-profile=long
 settings.register_profile("long", max_examples=5000, deadline=None, print_blob=True)
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # --- A busybox root filesystem, the base of the engine's integration tests ---------------
