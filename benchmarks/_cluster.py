@@ -55,7 +55,8 @@ from benchmarks._stats import Series
 from benchmarks._tools import BUILD_TIMEOUT, BenchmarkError
 
 __all__ = ["ClusterBench", "ConcurrentResult", "ContextResult", "OverheadResult", "TransferResult",
-           "cluster_bench", "gather_dockerfile", "overhead_dockerfile", "scale_dockerfile"]
+           "big_context", "cluster_bench", "gather_dockerfile", "main_txt",
+           "overhead_dockerfile", "scale_dockerfile"]
 
 MIB = 1024 * 1024
 
@@ -350,17 +351,18 @@ CONTEXT_FILES = 10_000
 _LINE = 17  # the line of src/main.txt the edit rewrites
 
 
-def _main_txt(version: str) -> str:
+def main_txt(version: str) -> str:
     lines = [f"line {n}: some application source text" for n in range(1, 41)]
     lines[_LINE - 1] = f"line {_LINE}: version {version}"
     return "\n".join(lines) + "\n"
 
 
-def _big_context(path: Path, base: str) -> Path:
-    """10,000 files: ``src/main.txt`` and 9,999 small ones in 100 directories."""
+def big_context(path: Path, base: str, count: int = CONTEXT_FILES) -> Path:
+    """``count`` files (10,000): ``src/main.txt`` and the others, small, 100 a directory;
+    ``COPY lib/``, ``COPY src/``, a ``RUN`` (the ``files`` build cases use it too)."""
     files = {f"lib/d{n // 100:02d}/f{n % 100:02d}.txt": f"file {n}\n" * 3
-             for n in range(CONTEXT_FILES - 1)}
-    files["src/main.txt"] = _main_txt("0")
+             for n in range(count - 1)}
+    files["src/main.txt"] = main_txt("0")
     dockerfile = (f"FROM {base}\nCOPY lib/ /app/lib/\nCOPY src/ /app/src/\n"
                   "RUN wc -l /app/src/main.txt > /app/lines\n")
     return _write(path, dockerfile, files)
@@ -380,8 +382,8 @@ def _counted(argv: list[str], env: dict[str, str], stats: Path) -> tuple[float, 
 
 
 def context_case(bench: ClusterBench, warmups: int, reps: int) -> ContextResult:
-    remote = _big_context(bench.work / "ctx-endpoint", bench.base)
-    local = _big_context(bench.work / "ctx-embedded", bench.base)
+    remote = big_context(bench.work / "ctx-endpoint", bench.base)
+    local = big_context(bench.work / "ctx-embedded", bench.base)
     cluster = bench.cluster
     env_remote = environment(cluster.client("ctx"), {"DOCKYARD_ENDPOINT": cluster.url,
                                                      "DOCKYARD_TOKEN": cluster.token})
@@ -396,7 +398,7 @@ def context_case(bench: ClusterBench, warmups: int, reps: int) -> ContextResult:
             _log(f"context: first build {took:.2f}s, sent {counts['sent']} bytes")
         for rep in range(warmups + reps):
             for context in (remote, local):
-                (context / "src" / "main.txt").write_text(_main_txt(f"edit {rep}"))
+                (context / "src" / "main.txt").write_text(main_txt(f"edit {rep}"))
             took, counts = _counted(["build", "--progress=plain", str(remote)], env_remote,
                                     stats)
             here, _ = _counted(["build", "--progress=plain", str(local)], env_local, stats)
@@ -412,7 +414,7 @@ def context_case(bench: ClusterBench, warmups: int, reps: int) -> ContextResult:
         subprocess.run([sys.executable, "-m", "cluster", "stop"], env=env_local,
                        capture_output=True, timeout=120, check=False)
         shutil.rmtree(embedded_root, ignore_errors=True)
-    changed = len(_main_txt("edit 0").encode())
+    changed = len(main_txt("edit 0").encode())
     return ContextResult(CONTEXT_FILES, changed, Series(tuple(ours)), Series(tuple(theirs)),
                          tuple(sent), tuple(served), manifest)
 

@@ -23,12 +23,14 @@ from benchmarks._env import BenchEnvironment, bench_environment
 from benchmarks._export import MIB, export_case
 from benchmarks._memory import MEMORY_CASES, measure_memory, memory_rows, process_table
 from benchmarks._paths import REPO
+from benchmarks._scale_cases import SCALE_CASES, measure_scale, scale_rows
 from benchmarks._stats import Row, Series, markdown_table, ratio
 from scheduler._errors import DockyardError
 
 __all__ = ["main"]
 
-CASES = ("noop", "edit", "parallel", "export", *MEMORY_CASES, *CACHE_CASES, *CLUSTER_CASES)
+CASES = ("noop", "edit", "parallel", *SCALE_CASES, "export", *MEMORY_CASES, *CACHE_CASES,
+         *CLUSTER_CASES)
 CLI_PATH = "CLI `dockyard build`, warm local service"
 EXPORT_PATH = "in-process `workers._layers.write_layer`"
 MEMORY_PATH = "the local service's processes, after `dockyard build`"
@@ -98,7 +100,17 @@ def _build_rows(env: BenchEnvironment, cases: Sequence[str], args: argparse.Name
         theirs = parallel_case(env.buildkit, env.work, env.base, args.warmups, args.reps)
         ours = parallel_case(env.dockyard, env.work, env.base, args.warmups, args.reps)
         rows += _parallel_rows(ours, theirs)
+    for case in (c for c in SCALE_CASES if c in cases):
+        rows += _scale(env, case, args)
     return rows
+
+
+def _scale(env: BenchEnvironment, case: str, args: argparse.Namespace) -> list[Row]:
+    """One of issue 10's scale cases (benchmarks/_scale_cases.py): its three rows."""
+    _log(f"{case}: BuildKit, then dockyard (cold, warm, one-line change)")
+    theirs = measure_scale(case, env.buildkit, env.work, env.base, args.warmups, args.reps)
+    ours = measure_scale(case, env.dockyard, env.work, env.base, args.warmups, args.reps)
+    return scale_rows(case, ours, theirs, CLI_PATH)
 
 
 def _memory(env: BenchEnvironment) -> tuple[list[Row], str]:

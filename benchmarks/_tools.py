@@ -38,8 +38,10 @@ class BenchmarkError(DockyardError):
 class Builder(Protocol):
     name: str
 
-    def build(self, context: Path, build_args: Mapping[str, str] | None = None) -> float:
-        """Build ``context`` (its ``Dockerfile``); the wall time in seconds."""
+    def build(self, context: Path, build_args: Mapping[str, str] | None = None,
+              no_cache: bool = False) -> float:
+        """Build ``context`` (its ``Dockerfile``; ``no_cache``: every step runs, a cold
+        build on the same pulled base); the wall time in seconds."""
         ...
 
     def client_startup(self) -> float:
@@ -51,8 +53,9 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _args(build_args: Mapping[str, str] | None) -> list[str]:
-    return [f"--build-arg={key}={value}" for key, value in (build_args or {}).items()]
+def _args(build_args: Mapping[str, str] | None, no_cache: bool = False) -> list[str]:
+    flags = ["--no-cache"] if no_cache else []
+    return flags + [f"--build-arg={key}={value}" for key, value in (build_args or {}).items()]
 
 
 def timed_run(argv: Sequence[str], env: Mapping[str, str], what: str) -> float:
@@ -96,8 +99,9 @@ class BuildKitTool:
     def __init__(self, daemon: DockerClient) -> None:
         self._daemon = daemon
 
-    def build(self, context: Path, build_args: Mapping[str, str] | None = None) -> float:
-        argv = ["build", "--network=host", "--progress=plain", *_args(build_args),
+    def build(self, context: Path, build_args: Mapping[str, str] | None = None,
+              no_cache: bool = False) -> float:
+        argv = ["build", "--network=host", "--progress=plain", *_args(build_args, no_cache),
                 str(context)]
         began = time.perf_counter()
         done = self._daemon.docker(*argv, timeout=BUILD_TIMEOUT)
@@ -136,8 +140,10 @@ class DockyardTool:
             return [str(script), *args]
         return [sys.executable, "-m", "cluster", *args]
 
-    def build(self, context: Path, build_args: Mapping[str, str] | None = None) -> float:
-        argv = self._argv("build", "--progress=plain", *_args(build_args), str(context))
+    def build(self, context: Path, build_args: Mapping[str, str] | None = None,
+              no_cache: bool = False) -> float:
+        argv = self._argv("build", "--progress=plain", *_args(build_args, no_cache),
+                          str(context))
         return timed_run(argv, self._env, f"dockyard build of {context}")
 
     def client_startup(self) -> float:

@@ -1,0 +1,138 @@
+"""Issue 10's scale cases: big contexts, a RUN of many files, a wide graph, on both tools.
+
+Each case is built by BuildKit and by dockyard from the same busybox base, three ways per
+repetition, in this order:
+
+- cold: ``--no-cache`` (every step runs; the base is already pulled);
+- warm: the identical build again, everything cached;
+- edit: one line changed (a new value each time), the build again.
+
+The cases:
+
+- ``files10k`` / ``files100k``: a 10,000- / 100,000-file context (benchmarks/_cluster.py's
+  ``big_context``: ``COPY lib/``, ``COPY src/``, a ``RUN``); the edit is one line of
+  ``src/main.txt``.
+- ``manyfiles``: a ``RUN`` writes 50,000 small files, a ``RUN`` on top reads them; the edit
+  is that second ``RUN``'s line of the Dockerfile.
+- ``stages40``: 39 independent stages of one ``RUN`` each, gathered by a 40th stage's
+  ``COPY --from`` of every one (the fan-in); the edit is one stage's ``RUN`` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks._cluster import big_context, main_txt
+from benchmarks._stats import Row, Series, ratio
+from benchmarks._tools import Builder
+
+__all__ = ["SCALE_CASES", "ScaleCase", "ScaleResult", "many_files_dockerfile",
+           "measure_scale", "scale_rows", "stages_dockerfile"]
+
+MANY_FILES = 50_000
+STAGES = 40  # with the final one
+
+
+def many_files_dockerfile(base: str, version: str = "0") -> str:
+    """A RUN writing ``MANY_FILES`` small files in one layer, a RUN on top (``version``
+    is that second RUN's one-line edit)."""
+    return (f"FROM {base}\n"
+            f"RUN mkdir /many && cd /many && i=0 && while [ $i -lt {MANY_FILES} ]; do "
+            "echo $i > f$i; i=$((i+1)); done\n"
+            f"RUN ls /many | wc -l > /count && echo {version} > /version\n")
+
+
+def stages_dockerfile(base: str, version: str = "0", stages: int = STAGES) -> str:
+    """``stages - 1`` independent one-RUN stages and a last stage copying from each (the
+    fan-in); ``version`` is written by the first stage's RUN (its one-line edit)."""
+    names = [f"s{n:02d}" for n in range(stages - 1)]
+    parts = [f"FROM {base} AS {name}\nRUN echo {name} > /{name}\n" for name in names]
+    parts[0] = f"FROM {base} AS {names[0]}\nRUN echo {names[0]} {version} > /{names[0]}\n"
+    parts.append(f"FROM {base}\n" + "".join(f"COPY --from={n} /{n} /{n}\n" for n in names))
+    return "\n".join(parts)
+
+
+def _files_case(count: int) -> Callable[[Path, str], Callable[[str], None]]:
+    def setup(context: Path, base: str) -> Callable[[str], None]:
+        big_context(context, base, count)
+        return lambda version: (context / "src" / "main.txt").write_text(main_txt(version))
+    return setup
+
+
+def _dockerfile_case(write: Callable[[str, str], str]
+                     ) -> Callable[[Path, str], Callable[[str], None]]:
+    def setup(context: Path, base: str) -> Callable[[str], None]:
+        context.mkdir(parents=True, exist_ok=True)
+
+        def edit(version: str) -> None:
+            (context / "Dockerfile").write_text(write(base, version))
+
+        edit("0")
+        return edit
+    return setup
+
+
+@dataclass(frozen=True)
+class ScaleCase:
+    """A case's title, its setup and which of its three figures carry issue 10's 1.0x."""
+
+    title: str
+    #: writes the context under the given dir for the given base; returns the one-line edit
+    setup: Callable[[Path, str], Callable[[str], None]]
+    targets: frozenset[str]  # among "cold", "warm", "edit"
+
+
+SCALE_CASES: dict[str, ScaleCase] = {
+    "files10k": ScaleCase("10,000-file context, COPY then RUN", _files_case(10_000),
+                          frozenset({"edit"})),
+    "files100k": ScaleCase("100,000-file context, COPY then RUN", _files_case(100_000),
+                           frozenset({"edit"})),
+    "manyfiles": ScaleCase(f"a RUN writing {MANY_FILES:,} files, a RUN on top",
+                           _dockerfile_case(many_files_dockerfile),
+                           frozenset({"cold", "edit"})),
+    "stages40": ScaleCase(f"{STAGES}-stage graph with a fan-in",
+                          _dockerfile_case(stages_dockerfile), frozenset({"cold", "warm"})),
+}
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    """One tool's timings on one case: ``figures`` maps cold / warm / edit to a Series."""
+
+    tool: str
+    figures: dict[str, Series]
+
+
+def measure_scale(case: str, tool: Builder, work: Path, base: str, warmups: int,
+                  reps: int) -> ScaleResult:
+    """``warmups`` untimed rounds, then ``reps`` timed rounds of cold, warm and edit."""
+    edit = SCALE_CASES[case].setup(work / f"{case}-{tool.name}", base)
+    context = work / f"{case}-{tool.name}"
+    tool.build(context)  # the first build: the base pulled, the service warm
+    samples: dict[str, list[float]] = {"cold": [], "warm": [], "edit": []}
+    for rep in range(warmups + reps):
+        times = {"cold": tool.build(context, no_cache=True), "warm": tool.build(context)}
+        edit(f"edit-{rep}")
+        times["edit"] = tool.build(context)
+        if rep >= warmups:
+            for name, took in times.items():
+                samples[name].append(took)
+    return ScaleResult(tool.name, {name: Series(tuple(s)) for name, s in samples.items()})
+
+
+_FIGURES = {"cold": "cold (`--no-cache`)", "warm": "warm (no change)",
+            "edit": "after a one-line change"}
+
+
+def scale_rows(case: str, ours: ScaleResult, theirs: ScaleResult, path: str) -> list[Row]:
+    """Three rows, dockyard / BuildKit: cold, warm, edit; 1.0 where issue 10 sets it."""
+    spec = SCALE_CASES[case]
+    rows = []
+    for name, text in _FIGURES.items():
+        mine, other = ours.figures[name], theirs.figures[name]
+        target = 1.0 if name in spec.targets else None
+        rows.append(Row(f"{spec.title}: {text}", mine.describe(), other.describe(),
+                        ratio(mine.median, other.median), target, True, path))
+    return rows
