@@ -29,6 +29,7 @@ from ._ast import Directives, Heredoc, Node, ParseResult
 from ._goquote import quote_shown
 from ._interrupt import checkpoint
 from ._suggest import closest
+from .shell import Words
 
 __all__ = ["INSTRUCTIONS", "MAX_LINE_BYTES", "parse"]
 
@@ -40,7 +41,6 @@ _LONG_LINE_HINT = ("split the line with a line continuation (the escape characte
 _SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007" \
          "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 _WHITESPACE = re.compile(r"[\t\v\f\r ]+")
-_SPACE_RUN = re.compile(f"[{re.escape(_SPACE)}]+")
 _DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
 _HEREDOC = re.compile(r"([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)\Z", re.DOTALL)
 _KNOWN_DIRECTIVES = ("syntax", "escape", "check")
@@ -394,43 +394,6 @@ class _LexError(Exception):
     """Internal: the shell-word scan of a line failed (BuildKit then finds no heredocs)."""
 
 
-@dataclass(slots=True)
-class _WordSink:
-    """Collects shell words: unquoted whitespace separates, quoted text never does.  A word
-    is kept in pieces and joined once, so adding text costs its own length only."""
-
-    pieces: list[str] = field(default_factory=list)  # of the word being built
-    words: list[str] = field(default_factory=list)  # finished words, never ""
-
-    def char(self, ch: str) -> None:
-        if _is_space(ch):
-            self._end_word()
-        else:
-            self.pieces.append(ch)
-
-    def raw(self, text: str) -> None:
-        self.pieces.append(text)
-
-    def text(self, text: str) -> None:
-        first, *rest = _SPACE_RUN.split(text)
-        self.pieces.append(first)
-        if rest:
-            self._end_word()
-            *whole, last = rest
-            self.words.extend(filter(None, whole))
-            self.pieces.append(last)
-
-    def finish(self) -> list[str]:
-        self._end_word()
-        return self.words
-
-    def _end_word(self) -> None:
-        word = "".join(self.pieces)
-        if word:
-            self.words.append(word)
-        self.pieces = []
-
-
 class _ShellWords:
     """Just enough of BuildKit's shell lexer to find heredoc words: an empty environment
     with unset variables kept as written, ``\\`` as escape, quotes/escapes optionally kept."""
@@ -464,30 +427,30 @@ class _ShellWords:
 
     def _scan(self, stop: str, raw_escapes: bool) -> tuple[str, list[str]]:
         result: list[str] = []
-        sink = _WordSink()
+        sink = Words()
         while (ch := self._peek()):
             if ch == stop:
                 self.pos += 1
-                return "".join(result), sink.finish()
+                return "".join(result), sink.result()
             if ch in "$'\"<":
                 piece = self._special(ch, raw_escapes)
                 result.append(piece)
-                (sink.text if ch == "$" else sink.raw)(piece)
+                (sink.add_text if ch == "$" else sink.add_raw)(piece)
                 continue
             self.pos += 1
             if ch == "\\":
                 if raw_escapes:
-                    sink.raw(ch)
+                    sink.add_raw(ch)
                     result.append(ch)
                 if not (ch := self._next()):
                     break
-                sink.raw(ch)
+                sink.add_raw(ch)
             else:
-                sink.char(ch)
+                sink.add_char(ch)
             result.append(ch)
         if stop:
             raise _LexError(f"unexpected end of statement while looking for matching {stop}")
-        return "".join(result), sink.finish()
+        return "".join(result), sink.result()
 
     def _special(self, ch: str, raw_escapes: bool) -> str:
         if ch == "$":

@@ -222,9 +222,10 @@ class _Cursor:
         return text
 
 
-class _Words:
-    """Accumulates the words of ``process_words``, in pieces joined once per word (adding
-    text costs its length, never the length of the word so far)."""
+class Words:
+    """Accumulates shell words (``process_words``, and the parser's heredoc scan), in
+    pieces joined once per word (adding text costs its length, never the length of the
+    word so far)."""
 
     def __init__(self) -> None:
         self._word: list[str] = []  # pieces of the word being built; may be all ""
@@ -292,7 +293,7 @@ class _Expander:
     def _scan(self, stop: str) -> tuple[str, list[str]]:
         result: list[str] = []
         size = 0  # len("".join(result)), held to the budget's size limit
-        words = _Words()
+        words = Words()
         plain = _plain_run(self._escape, stop, not self._lexer.skip_process_quotes)
         while (ch := self._cursor.peek()) != _EOF:
             if stop and ch == stop:
@@ -308,7 +309,7 @@ class _Expander:
             raise DockerfileError(f"unexpected end of statement while looking for matching {stop}")
         return "".join(result), words.result()
 
-    def _piece(self, ch: str, words: _Words) -> str:
+    def _piece(self, ch: str, words: Words) -> str:
         """Consume what starts at ``ch``; record it in ``words`` and return its text."""
         if ch == "$":
             text = self._dollar()
@@ -320,7 +321,7 @@ class _Expander:
             text = self._plain(words)
         return text
 
-    def _plain(self, words: _Words) -> str:
+    def _plain(self, words: Words) -> str:
         ch = self._cursor.next()
         if ch != self._escape:
             words.add_char(ch)
