@@ -29,7 +29,7 @@ from ._ast import Directives, Heredoc, Node, ParseResult
 from ._goquote import quote_shown
 from ._interrupt import checkpoint
 from ._suggest import closest
-from .shell import Words
+from .shell import _Words as Words
 
 __all__ = ["INSTRUCTIONS", "MAX_LINE_BYTES", "parse"]
 

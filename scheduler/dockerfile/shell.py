@@ -222,7 +222,7 @@ class _Cursor:
         return text
 
 
-class Words:
+class _Words:
     """Accumulates shell words (``process_words``, and the parser's heredoc scan), in
     pieces joined once per word (adding text costs its length, never the length of the
     word so far)."""
@@ -293,7 +293,7 @@ class _Expander:
     def _scan(self, stop: str) -> tuple[str, list[str]]:
         result: list[str] = []
         size = 0  # len("".join(result)), held to the budget's size limit
-        words = Words()
+        words = _Words()
         plain = _plain_run(self._escape, stop, not self._lexer.skip_process_quotes)
         while (ch := self._cursor.peek()) != _EOF:
             if stop and ch == stop:
@@ -309,7 +309,7 @@ class _Expander:
             raise DockerfileError(f"unexpected end of statement while looking for matching {stop}")
         return "".join(result), words.result()
 
-    def _piece(self, ch: str, words: Words) -> str:
+    def _piece(self, ch: str, words: _Words) -> str:
         """Consume what starts at ``ch``; record it in ``words`` and return its text."""
         if ch == "$":
             text = self._dollar()
@@ -321,7 +321,7 @@ class _Expander:
             text = self._plain(words)
         return text
 
-    def _plain(self, words: Words) -> str:
+    def _plain(self, words: _Words) -> str:
         ch = self._cursor.next()
         if ch != self._escape:
             words.add_char(ch)
