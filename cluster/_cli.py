@@ -201,6 +201,9 @@ def _run_build(args: argparse.Namespace) -> int:
         from cluster._build_cmd import run_build
 
         return run_build(args)
+    from cluster._build_options import gather_options
+
+    gather_options(args, os.environ)  # bad flags are refused with --check too, as buildx
     result, data, filename = _run_frontend(args, check_only=True)
     for notice in result.notices:
         print(f"WARN: {notice}", file=sys.stderr)

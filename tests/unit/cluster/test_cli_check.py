@@ -78,6 +78,8 @@ CASES: list[tuple[str, str, list[str], int, str, str]] = [
      "WARNING: JSONArgsRecommended", ""),
     ("file-option", "FROM alpine\n", ["-f", "other.Dockerfile"], 0,
      "other.Dockerfile:2\n", ""),
+    ("bad-flag-refused-with-check-too", "FROM alpine\n", ["--ulimit", "nofile=abc"], 1, "",
+     "error: invalid --ulimit 'nofile=abc': limits are integers\n"),
 ]
 
 
