@@ -21,9 +21,14 @@ and gives byte for byte the checksums ``LocalContext`` gives on the client's dir
   checksum), as BuildKit's content hash: whether that is allowed is the copy's
   ``allow_empty_wildcard``, checked when the op runs.  A plain path matching nothing
   fails here, at key time, as BuildKit's ``"/missing.txt": not found``.
-- ``materialise(dest)`` copies the included entries into ``dest`` owned by 0:0 (as
-  BuildKit's client sends them), keeping modes (setuid, setgid and sticky bits included)
-  and mtimes (a symlink's own).
+- ``materialise(dest, previous)`` copies the included entries into ``dest`` owned by 0:0
+  (as BuildKit's client sends them), keeping modes (setuid, setgid and sticky bits
+  included) and mtimes (a symlink's own).  ``previous`` is the tree an earlier build
+  materialised of the same context (``Materialised``: its layer dir and what each file
+  was written with): a file with the same content, mode and mtime is hardlinked from it
+  instead of copied, so a one-file change copies one file.  A layer dir is never written
+  after it is published (overlayfs copies a file up before a RUN changes it), so the
+  shared inode is as good as a copy; a link that fails (the layer was pruned) is a copy.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import os
 import posixpath
 import shutil
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler._cachekey import Selector
@@ -48,12 +54,36 @@ from ._context_manifest import ContextManifest, ManifestEntry
 from ._context_store import ContextStore
 from ._context_walk import ContextEntry, walk_context, walk_entries
 
-__all__ = ["ContextTree", "LocalContext", "ManifestContext"]
+__all__ = ["ContextTree", "LocalContext", "ManifestContext", "Materialised"]
 
 _GLOB = frozenset("*?[")
 _MAX_HOPS = 40
 #: What a wildcard matching nothing reads (BuildKit: the digest of no bytes).
 _NOTHING = "sha256:" + hashlib.sha256(b"").hexdigest()
+
+#: What a regular file of a materialised tree was written with: sha256 hex, permission
+#: bits (and type), mtime in ns.  Equal keys give equal files (owner is always 0:0).
+FileKey = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class Materialised:
+    """A context tree as ``materialise`` wrote it, now the layer dir ``layer``: each
+    regular file's ``FileKey`` by relative path."""
+
+    layer: Path
+    files: Mapping[str, FileKey]
+
+    def link(self, path: str, key: FileKey, target: Path) -> bool:
+        """Hardlink ``path`` of this tree to ``target`` when it was written with ``key``;
+        False (nothing made) when it was not, or is gone."""
+        if self.files.get(path) != key:
+            return False
+        try:
+            os.link(self.layer / path, target, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
 class _TreeContext:
     """The checksums and path matching of a context, over its ``entries``: shared by
     ``LocalContext`` (a directory here) and ``ManifestContext`` (a client's manifest),
@@ -231,10 +261,18 @@ class LocalContext(_TreeContext):
         self.digests.listed(entry.path for entry in entries if entry.is_file)
         return entries
 
-    def materialise(self, dest: Path) -> None:
-        """Copy the included entries into the existing directory ``dest``, owned by 0:0."""
+    def materialise(self, dest: Path, previous: Materialised | None = None
+                    ) -> dict[str, FileKey]:
+        """Copy the included entries into the existing directory ``dest``, owned by 0:0
+        (files unchanged since ``previous`` linked from it); each file's ``FileKey``."""
+        files: dict[str, FileKey] = {}
         try:
             for path, entry in self.entries.items():
+                if entry.is_file and entry.info is not None:
+                    key = (self._file_hash(path), entry.mode, entry.info.st_mtime_ns)
+                    files[path] = key
+                    if previous is not None and previous.link(path, key, dest / path):
+                        continue
                 _place(self.root / path, dest / path, entry)
             for path, entry in reversed(self.entries.items()):
                 if entry.is_dir:
@@ -242,6 +280,7 @@ class LocalContext(_TreeContext):
         except OSError as err:
             raise SolveError(f"cannot copy {err.filename} from the build context: "
                              f"{err.strerror}") from None
+        return files
 
     def _file_hash(self, path: str) -> str:
         known = self._hashes.get(path)
@@ -315,12 +354,20 @@ class ManifestContext(_TreeContext):
                 return 0
             return await fetch_contents(self.store, self.name, wanted, reader)
 
-    def materialise(self, dest: Path) -> None:
+    def materialise(self, dest: Path, previous: Materialised | None = None
+                    ) -> dict[str, FileKey]:
         """The included entries in the existing directory ``dest``, owned by 0:0, with
         the manifest's modes and mtimes (as ``LocalContext.materialise``); every file's
-        content must be in the store (``ensure_local``)."""
+        content must be in the store (``ensure_local``) unless ``previous`` has it."""
+        files: dict[str, FileKey] = {}
         try:
             for path, entry in self.entries.items():
+                if entry.is_file:
+                    listed = self.listed[path]
+                    key = (listed.sha256 or "", entry.mode, listed.mtime_ns)
+                    files[path] = key
+                    if previous is not None and previous.link(path, key, dest / path):
+                        continue
                 self._place(path, dest / path, entry)
             for path, entry in reversed(self.entries.items()):
                 if entry.is_dir:
@@ -329,6 +376,7 @@ class ManifestContext(_TreeContext):
         except OSError as err:
             raise SolveError(f"cannot write {err.filename} of the build context "
                              f"{self.name!r}: {err.strerror}") from None
+        return files
 
     def _place(self, path: str, target: Path, entry: ContextEntry) -> None:
         if entry.is_file:

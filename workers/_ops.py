@@ -32,7 +32,7 @@ from scheduler._graph import ExecOp, FileOp, MergeOp, SourceOp, Vertex
 from scheduler._progress import EventSink
 from scheduler._reference import parse_reference
 
-from ._context_source import ContextTree, LocalContext
+from ._context_source import ContextTree, LocalContext, Materialised
 from ._fetch import fetch_git, fetch_http, resolve_git
 from ._fileops import apply_file_actions
 from ._ops_exec import run_exec
@@ -61,7 +61,7 @@ async def run_source(backend: RuntimeBackend, vertex: Vertex, op: SourceOp) -> S
     if op.identifier.startswith(IMAGE_SCHEME):
         return await run_image_source(backend, vertex, op)
     if op.identifier.startswith(LOCAL_SCHEME):
-        return await tree_layer(backend, await backend.context_files(op))
+        return await tree_layer(backend, await backend.context_files(op), op.identifier)
     return await tree_layer(backend, await remote_source(backend, op))
 
 
@@ -73,16 +73,24 @@ async def run_image_source(backend: RuntimeBackend, vertex: Vertex,
     return StateResult(layers=image.layers, image_config=image.config)
 
 
-async def tree_layer(backend: RuntimeBackend, tree: ContextTree) -> StateResult:
-    """The included files of ``tree`` as one layer, owned by 0:0 (none when empty)."""
+async def tree_layer(backend: RuntimeBackend, tree: ContextTree,
+                     name: str | None = None) -> StateResult:
+    """The included files of ``tree`` as one layer, owned by 0:0 (none when empty).  A
+    context source ``name`` (``local://NAME``) starts from the tree this runtime last
+    materialised of that name (``WorkerRuntime.context_trees``): what did not change is
+    linked, not copied."""
     runtime = backend.runtime
+    previous = runtime.context_trees.get(name) if name is not None else None
     staging = Path(tempfile.mkdtemp(prefix="context-", dir=runtime.tmp))
     try:
-        await asyncio.to_thread(tree.materialise, staging)
-        layer = await runtime.store_upper(staging, backend.session.epoch)
+        files = await asyncio.to_thread(tree.materialise, staging, previous)
+        layer = await runtime.store_tree(staging, backend.session.epoch)
     finally:
         await asyncio.to_thread(shutil.rmtree, staging, True)
-    return StateResult(layers=() if layer is None else (layer,))
+    if name is not None:
+        runtime.context_trees[name] = Materialised(
+            runtime.snapshots.layer_dir(layer.diff_id), files)
+    return StateResult(layers=(layer,))
 
 
 async def remote_source(backend: RuntimeBackend, op: SourceOp) -> LocalContext:
@@ -161,8 +169,7 @@ async def run_file(backend: RuntimeBackend, op: FileOp,
             runtime.snapshots.mount(await runtime.lower_dirs(base), writable=True))
         sources = await _mount_sources(backend, op, inputs, stack)
         await asyncio.to_thread(apply_file_actions, op.actions, target.path, sources)
-        assert target.upper is not None  # a writable mount has one
-        layer = await runtime.store_upper(target.upper, backend.session.epoch)
+        layer = await runtime.store_upper(target, backend.session.epoch)
     return StateResult(layers=base if layer is None else (*base, layer),
                        image_config=config)
 

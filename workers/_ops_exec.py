@@ -68,8 +68,7 @@ async def run_exec(backend: RuntimeBackend, vertex: Vertex, op: ExecOp,
         await runtime.executor.run_checked(process, rootfs.path, prepared.mounts,
                                            stdout=_streamer(vertex, events, 1),
                                            stderr=_streamer(vertex, events, 2))
-        assert rootfs.upper is not None  # a writable mount has one
-        layer = await runtime.store_upper(rootfs.upper, backend.session.epoch)
+        layer = await runtime.store_upper(rootfs, backend.session.epoch)
     return StateResult(layers=base if layer is None else (*base, layer),
                        image_config=config)
 

@@ -42,13 +42,13 @@ from ._context_digest import ContextDigests, DigestStatistics
 from ._context_fetch import ContextReader
 from ._context_index import ContextIndexes
 from ._context_manifest import ContextManifest
-from ._context_source import ContextTree, LocalContext, ManifestContext
+from ._context_source import ContextTree, LocalContext, ManifestContext, Materialised
 from ._context_store import ContextStore
 from ._executor import Executor
 from ._layers import unpack_layer, write_layer
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
 from ._secrets import DictSecrets, SecretSource
-from ._snapshots import SnapshotStore
+from ._snapshots import Mounted, SnapshotStore
 from ._ssh_relay import ChannelSshAgents
 
 if TYPE_CHECKING:
@@ -125,6 +125,9 @@ class WorkerRuntime:
         self.tmp = root / "tmp"
         # the stat indexes of the context directories this runtime reads itself
         self.context_indexes = ContextIndexes(root / "context-index")
+        # context source (``local://NAME``) -> the tree last materialised of it, which
+        # the next one links unchanged files from (workers/_ops.py ``tree_layer``)
+        self.context_trees: dict[str, Materialised] = {}
         for path in (self.cachemounts, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
         # diff_id -> the lock of the one task unpacking that layer (others wait for it).
@@ -309,13 +312,26 @@ class WorkerRuntime:
         from the cache as it is detected (a miss for the next build, never a wrong one)."""
         return self.cache.blob_source().open_blob(digest)
 
-    async def store_upper(self, upper: Path, epoch: int | None) -> LayerDescriptor:
-        """The diff in ``upper`` as a layer blob in the cache.  An empty diff still gives a
-        (empty) layer, as BuildKit's does: the image's history and layer count then match
-        BuildKit's (e.g. ``WORKDIR`` of a directory the base already has)."""
-        return await self.store_tree(upper, epoch)
+    async def store_upper(self, mounted: Mounted, epoch: int | None) -> LayerDescriptor:
+        """The diff of the writable mount ``mounted`` as a layer blob in the cache; its
+        upper dir becomes the layer's snapshot when the mount is torn down (moved, never
+        unpacked from the blob again; ``SnapshotStore.keep_upper``).  An empty diff still
+        gives a (empty) layer, as BuildKit's does: the image's history and layer count then
+        match BuildKit's (e.g. ``WORKDIR`` of a directory the base already has)."""
+        if mounted.upper is None:
+            raise SolveError(f"{mounted.path} is mounted read-only: it has no diff to store")
+        layer = await self._write_layer(mounted.upper, epoch)
+        self.snapshots.keep_upper(mounted, layer.diff_id)
+        return layer
 
     async def store_tree(self, tree: Path, epoch: int | None) -> LayerDescriptor:
+        """The tree ``tree`` (staged under this runtime's ``tmp``, in overlay form) as a
+        layer blob in the cache; the tree itself is moved into place as its snapshot."""
+        layer = await self._write_layer(tree, epoch)
+        await asyncio.to_thread(self.snapshots.publish, layer.diff_id, tree)
+        return layer
+
+    async def _write_layer(self, tree: Path, epoch: int | None) -> LayerDescriptor:
         fd, name = tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as out:

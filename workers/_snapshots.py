@@ -5,6 +5,14 @@
 - ``work/<id>/``: one mount: ``merged`` (what a RUN sees), ``upper`` and ``work`` (writable
   overlays), ``l/<n>`` (short symlinks to the lower dirs) and ``empty`` (no layers).
 
+A result stays a snapshot: the upper dir of a writable mount whose diff became layer
+``diff_id`` (``keep_upper``) is moved to ``layers/<diffid-hex>/`` when the mount is torn
+down, and a tree staged under ``<root>/tmp`` is published the same way: the layer is never
+unpacked from its blob on the machine that made it.  An upper dir is already in overlay
+form (whiteouts, opaque xattrs), the form ``unpack_layer`` gives a blob; the tar of either
+is the same (``_tar_write`` reads only what a layer holds: names, types, modes, owners,
+seconds of mtime, ``security.capability``).
+
 A mount's lowerdir option is one page (4 KiB) at most, and overlay stacks up to 500 lowers:
 the option names ``l/0:l/1:...`` relative to the work dir (mount(8) runs with that cwd), so
 a few hundred layers of any path length fit.  ``mount()`` always unmounts and removes its
@@ -15,6 +23,7 @@ thread, shielded, and the cancellation is re-raised afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import os
@@ -83,6 +92,8 @@ class SnapshotStore:
         self._active: dict[str, _Handle] = {}
         # Mounts set up since creation (only grows).
         self._mounts_total = 0
+        # Work dir name -> the diff_id its upper dir becomes at teardown (``keep_upper``).
+        self._keep: dict[str, str] = {}
         for path in (self._layers, self._work, self._tmp):
             path.mkdir(parents=True, exist_ok=True)
 
@@ -128,6 +139,18 @@ class SnapshotStore:
             shutil.rmtree(unpacked, ignore_errors=True)
         return target
 
+    def keep_upper(self, state: Mounted, diff_id: str) -> None:
+        """At teardown, move the upper dir of ``state`` (a writable mount of this store
+        now in use, its diff stored as layer ``diff_id``) into place as that layer, if the
+        store lacks it, instead of removing it.  Nothing may write to the mount after."""
+        if state.upper is None:
+            raise LayerError(f"{state.path} is a read-only mount: it has no diff to keep")
+        work = state.upper.parent
+        if self._active.get(work.name) is None or work.parent != self._work:
+            raise LayerError(f"{state.path} is not a mount of {self.dir} in use")
+        self.layer_dir(diff_id)  # checked now, not at teardown
+        self._keep[work.name] = diff_id
+
     # --- mounts --------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -144,7 +167,9 @@ class SnapshotStore:
         try:
             yield handle.state
         finally:
-            await finish_shielded(asyncio.to_thread(_tear_down, handle))
+            keep = self._keep.pop(handle.work.name, None)
+            await finish_shielded(asyncio.to_thread(
+                _tear_down, handle, None if keep is None else self.layer_dir(keep)))
             self._active.pop(handle.work.name, None)
 
     async def _set_up(self, lowers: tuple[Path, ...], writable: bool) -> _Handle:
@@ -267,24 +292,32 @@ def _run_mount(args: list[str], cwd: Path) -> None:
                          hint="overlayfs mounts need root and a kernel with overlay")
 
 
-def _tear_down(handle: _Handle) -> None:
-    if handle.mounted:
-        unmount(handle.target, missing_ok=True)
+def _tear_down(handle: _Handle, keep: Path | None = None) -> None:
+    """Unmount and remove ``handle``'s work dir; its upper dir first becomes ``keep`` (a
+    layer dir) when given, the store lacks it, and the overlay came off cleanly (after a
+    lazy detach a process may still write through it)."""
+    clean = unmount(handle.target, missing_ok=True) if handle.mounted else True
+    upper = handle.state.upper
+    if keep is not None and upper is not None and clean and not keep.exists():
+        # another build may have published it first: then it is removed with the rest
+        with contextlib.suppress(OSError):
+            upper.rename(keep)
     shutil.rmtree(handle.work, ignore_errors=True)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def unmount(target: Path, *, missing_ok: bool) -> None:
-    """Unmount ``target``: retry while busy, then detach lazily; not mounted is fine."""
+def unmount(target: Path, *, missing_ok: bool) -> bool:
+    """Unmount ``target``: retry while busy, then detach lazily; not mounted is fine.
+    False when it had to be detached (it may stay in use until its last user ends)."""
     path = os.fsencode(target)
     for attempt in range(20):
         if _libc.umount2(path, 0) == 0:
-            return
+            return True
         code = ctypes.get_errno()
         if code in (errno.EINVAL, errno.ENOENT) and missing_ok:
-            return
+            return True
         if code != errno.EBUSY:
             raise LayerError(f"cannot unmount {target}: {os.strerror(code)}")
         time.sleep(0.01 * (attempt + 1))
@@ -292,3 +325,4 @@ def unmount(target: Path, *, missing_ok: bool) -> None:
         code = ctypes.get_errno()
         raise LayerError(f"cannot unmount {target}: {os.strerror(code)}",
                          hint="a process still uses the mount; find it with fuser -m")
+    return False

@@ -11,7 +11,7 @@ import pytest
 
 from scheduler._cachekey import Selector
 from scheduler._errors import SolveError
-from workers._context_source import LocalContext
+from workers._context_source import LocalContext, Materialised
 
 FILES = {"a.txt": "alpha\n", "b.txt": "beta\n", "src/main.c": "int main;\n",
          "src/util/x.h": "#x\n", "secret.key": "k\n"}
@@ -172,3 +172,45 @@ def test_materialised_symlinks_keep_their_own_mtime(tmp_path: Path) -> None:
     times = {name: os.lstat(dest / name).st_mtime_ns for name in ("link", "dangling")}
     assert times == {"link": 1_000_000_000 * 10**9, "dangling": 1_100_000_000 * 10**9}
     assert os.readlink(dest / "dangling") == "nowhere"
+
+
+def _tree(root: Path) -> list[tuple[str, int, int, int, int, bytes]]:
+    """What a layer keeps of each entry below ``root``: path, mode, owner, mtime, content."""
+    return sorted((p.relative_to(root).as_posix(), (i := os.lstat(p)).st_mode, i.st_uid,
+                   i.st_mtime_ns, i.st_size, p.read_bytes() if p.is_file() else b"")
+                  for p in root.rglob("*"))
+
+
+def test_a_second_materialise_links_what_did_not_change(tmp_path: Path) -> None:
+    root = _context(tmp_path)
+    first = tmp_path / "first"
+    first.mkdir()
+    files = LocalContext(root, EXCLUDE).materialise(first)
+    previous = Materialised(first, files)
+
+    _edit_b(root)  # new content
+    _touch(root)   # same content, another mtime
+    second = tmp_path / "second"
+    second.mkdir()
+    LocalContext(root, EXCLUDE).materialise(second, previous)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    LocalContext(root, EXCLUDE).materialise(fresh)
+
+    assert _tree(second) == _tree(fresh)  # the same tree as a copy of everything
+    same = {p for p in ("a.txt", "b.txt", "src/main.c", "src/util/x.h")
+            if os.lstat(second / p).st_ino == os.lstat(first / p).st_ino}
+    assert same == {"src/main.c", "src/util/x.h"}
+
+
+def test_a_previous_tree_that_is_gone_is_copied_instead(tmp_path: Path) -> None:
+    root = _context(tmp_path)
+    first = tmp_path / "first"
+    first.mkdir()
+    previous = Materialised(first, LocalContext(root, EXCLUDE).materialise(first))
+    (first / "src" / "main.c").unlink()  # a pruned layer
+    second = tmp_path / "second"
+    second.mkdir()
+    LocalContext(root, EXCLUDE).materialise(second, previous)
+    assert (second / "src" / "main.c").read_text() == FILES["src/main.c"]
+    assert os.lstat(second / "a.txt").st_ino == os.lstat(first / "a.txt").st_ino

@@ -1,0 +1,125 @@
+"""A vertex's result stays a snapshot (issue 10): the upper dir of a RUN or a file op, and
+the staged tree of a context, are moved into the snapshot store as their layer; no layer a
+build made is ever unpacked from its blob on the machine that made it.  What the next
+step sees is what the blob unpacks to: for every layer of the build, its snapshot and a
+fresh unpack of its blob hold the same entries (types, modes, owners, whole-second
+mtimes, contents, link targets, whiteouts, opaque directories).  Mtimes past
+SOURCE_DATE_EPOCH are clamped in the blob only: the build's own steps see the times its
+files got, as BuildKit's do (it rewrites timestamps when it exports)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import workers._runtime as runtime_module
+from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from scheduler._platform import parse_platform
+from workers._image import ImageArtifacts
+from workers._layers import unpack_layer
+from workers._runtime import WorkerRuntime
+
+EPOCH = 1_700_000_000
+DOCKERFILE = """\
+FROM {base}
+COPY . /ctx/
+RUN mkdir -p /data/keep /data/gone && echo one > /data/keep/a && echo two > /data/gone/b \\
+ && ln -s keep/a /data/link && ln /data/keep/a /data/hard && chmod 4755 /data/keep/a \\
+ && mkfifo /data/fifo && chown 12:34 /data/keep
+RUN rm -rf /data/gone /ctx/sub && rm /data/link && mkdir /data/gone \\
+ && echo three > /data/gone/c && rm /bin/true
+"""
+
+
+def _unpacks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The diff_ids the runtime unpacks from blobs from now on."""
+    seen: list[str] = []
+
+    def counting(blob: Any, dest: Path, **kwargs: Any) -> str:
+        diff_id = unpack_layer(blob, dest, **kwargs)
+        seen.append(diff_id)
+        return diff_id
+
+    monkeypatch.setattr(runtime_module, "unpack_layer", counting)
+    return seen
+
+
+def _build(context: Path, root: Path, base: str, out: Path) -> LocalBuildResult:
+    options = LocalBuildOptions(root=root, platforms=(parse_platform("linux/amd64"),),
+                                outputs=(Output("oci", out),), epoch=EPOCH)
+    return asyncio.run(build_local(DOCKERFILE.format(base=base).encode(), context, options))
+
+
+def _describe(root: Path, epoch: int = EPOCH) -> list[str]:
+    """One line per entry below ``root``: what a layer records of it (mtimes clamped
+    to ``epoch``)."""
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            info = os.lstat(path)
+            kind = stat.S_IFMT(info.st_mode)
+            line = (f"{path.relative_to(root)} {kind:o} {stat.S_IMODE(info.st_mode):o} "
+                    f"{info.st_uid}:{info.st_gid} {min(int(info.st_mtime), epoch)}")
+            if stat.S_ISREG(info.st_mode):
+                line += " " + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            elif stat.S_ISLNK(info.st_mode):
+                line += " -> " + os.readlink(path)
+            elif stat.S_ISCHR(info.st_mode):
+                line += f" rdev={info.st_rdev}"
+            elif stat.S_ISDIR(info.st_mode):
+                names = os.listxattr(path, follow_symlinks=False)
+                if "trusted.overlay.opaque" in names:
+                    line += " opaque=" + os.getxattr(path, "trusted.overlay.opaque").decode()
+            lines.append(line)
+    return sorted(lines)
+
+
+def test_a_build_unpacks_only_its_base_and_each_snapshot_is_its_blob(
+        tmp_path: Path, busybox_image: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    context = tmp_path / "context"
+    (context / "sub").mkdir(parents=True)
+    (context / "sub" / "f.txt").write_text("in a directory\n")
+    (context / "top.txt").write_text("top\n")
+    root = tmp_path / "root"
+    unpacked = _unpacks(monkeypatch)
+
+    result = _build(context, root, busybox_image.reference, tmp_path / "first.tar")
+    assert isinstance(result.exported, ImageArtifacts)
+    base_layers = {image.diff_id for image in busybox_image.platforms.values()}
+    assert unpacked and set(unpacked) <= base_layers  # the base's layers, nothing else
+
+    # each layer's snapshot is what its blob unpacks to
+    runtime = WorkerRuntime(root)
+    try:
+        made = [layer for layer in result.exported.layers
+                if layer.diff_id not in base_layers]
+        assert len(made) == 3  # COPY, RUN, RUN
+        for layer in made:
+            fresh = tmp_path / ("fresh-" + layer.diff_id[7:19])
+            with runtime.blob_source().open_blob(layer.digest) as blob:
+                assert unpack_layer(blob, fresh, media_type=layer.media_type,
+                                    expected_digest=layer.digest) == layer.diff_id
+            kept = runtime.snapshots.layer_dir(layer.diff_id)
+            assert _describe(kept) == _describe(fresh)
+    finally:
+        asyncio.run(runtime.aclose())
+
+    # the second build is all cached: it unpacks nothing and gives the same image
+    unpacked.clear()
+    again = _build(context, root, busybox_image.reference, tmp_path / "again.tar")
+    assert isinstance(again.exported, ImageArtifacts)
+    assert unpacked == []
+    assert again.exported.manifest_digest == result.exported.manifest_digest
+
+    # a root of its own builds the same image
+    other = _build(context, tmp_path / "other-root", busybox_image.reference,
+                   tmp_path / "other.tar")
+    assert isinstance(other.exported, ImageArtifacts)
+    assert other.exported.manifest_digest == result.exported.manifest_digest
