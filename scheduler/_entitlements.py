@@ -10,9 +10,12 @@ solved or cached: a build that is not granted one fails naming the RUN.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ._errors import UsageError
-from ._graph import BuildGraph, ExecOp
+
+if TYPE_CHECKING:  # the client parses --allow without importing the graph (~10 ms)
+    from ._graph import BuildGraph, ExecOp
 
 __all__ = ["ENTITLEMENTS", "check_entitlements", "parse_entitlements"]
 
@@ -42,6 +45,8 @@ def _needed(op: ExecOp) -> tuple[str, ...]:
 
 def check_entitlements(graph: BuildGraph, allowed: Iterable[str]) -> None:
     """A ``UsageError`` naming the first RUN that needs an entitlement not ``allowed``."""
+    from ._graph import ExecOp  # noqa: PLC0415 -- see the import at the top
+
     granted = frozenset(allowed)
     for vertex in graph.vertices.values():
         if not isinstance(vertex.op, ExecOp):

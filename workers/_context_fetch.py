@@ -11,7 +11,6 @@ was listed is a ``SolveError`` naming it, and nothing of it is kept.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -112,7 +111,7 @@ async def fetch_contents(store: ContextStore, name: str, files: Iterable[Manifes
             else:
                 data = []
             total += sum(len(chunk) for chunk in data)
-            await asyncio.to_thread(writer.write, call, data)
+            await _to_thread(writer.write, call, data)
     finally:
         writer.discard()
     return total
@@ -162,3 +161,11 @@ class _Writer:
         if self.open is not None:
             self.open.discard()
             self.open = None
+
+
+async def _to_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """``asyncio.to_thread``, asyncio imported on first use: the client imports this
+    module for its wire types alone and, when the service already runs, never asyncio."""
+    import asyncio  # noqa: PLC0415
+
+    return await asyncio.to_thread(function, *args)
