@@ -6,6 +6,8 @@ sends (its manifest), the worker's own for a context directory it reads itself::
 
     <dir>/<sha256 of the real path, 32 hex>.msgpack   an index
     <dir>/.new-<random>                               one being written
+    <dir>/trees/<sha256 of the name, 32 hex>.msgpack  the tree a worker last made of a
+                                                      context source (``Materialised``)
 
 An index file is the sha256 (32 bytes) of what follows, then ``ContextDigests``' wire
 form in msgpack: a file cut short or with a flipped bit is seen as damaged, so a wrong
@@ -93,6 +95,27 @@ class ContextIndexes:
         except (OSError, ValueError, TypeError) as err:
             _log.warning("cannot save the stat index of the build context %s in %s: %s",
                          digests.root, self.directory, err)
+
+    def load_tree(self, name: str) -> object | None:
+        """The wire form saved by ``save_tree`` for the context source ``name``, or None
+        when there is none usable."""
+        return _read(self._tree_path(name))
+
+    def save_tree(self, name: str, data: object) -> None:
+        """Keep ``data`` (msgpack-able) for the context source ``name``, whole or not at
+        all; a failure is logged, never raised (it only spares copies)."""
+        target = self._tree_path(name)
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            body = msgpack.packb(data)
+            _write(target, hashlib.sha256(body).digest() + body)
+        except (OSError, ValueError, TypeError) as err:
+            _log.warning("cannot save the last tree of the context %s in %s: %s", name,
+                         target.parent, err)
+
+    def _tree_path(self, name: str) -> Path:
+        key = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return self.directory / "trees" / (key + _SUFFIX)
 
     def _prune(self, keep: Path) -> None:
         """Remove the least recently used indexes past ``limit``, and stale temps."""

@@ -23,67 +23,116 @@ and gives byte for byte the checksums ``LocalContext`` gives on the client's dir
   fails here, at key time, as BuildKit's ``"/missing.txt": not found``.
 - ``materialise(dest, previous)`` copies the included entries into ``dest`` owned by 0:0
   (as BuildKit's client sends them), keeping modes (setuid, setgid and sticky bits
-  included) and mtimes (a symlink's own).  ``previous`` is the tree an earlier build
-  materialised of the same context (``Materialised``: its layer dir and what each file
-  was written with): a file with the same content, mode and mtime is hardlinked from it
-  instead of copied, so a one-file change copies one file.  A layer dir is never written
-  after it is published (overlayfs copies a file up before a RUN changes it), so the
-  shared inode is as good as a copy; a link that fails (the layer was pruned) is a copy.
+  included) and mtimes (a symlink's own).  ``previous`` is what an earlier build
+  materialised of the same context (``Materialised``: its layers and each entry's
+  ``EntryKey`` and layer dir): a file with the same content, mode and mtime is
+  hardlinked from it instead of copied.  A layer dir is never written after it is
+  published (overlayfs copies a file up before a RUN changes it), so the shared inode is
+  as good as a copy; a link that fails (the layer was pruned) is a copy.
+- ``materialise_delta(dest, previous)`` writes only what changed since ``previous``, in
+  overlay form: changed and new entries (with their directories), a whiteout for each
+  removed one.  ``previous``'s layers with that one on top show exactly the tree
+  ``materialise`` would write, so a one-file change writes one file and its directories.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import os
 import posixpath
-import shutil
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from cache_backends._records import LayerDescriptor
 from scheduler._cachekey import Selector
-from scheduler._errors import DockyardError, SolveError
+from scheduler._errors import CacheError, DockyardError, LayerError, SolveError
 from scheduler.dockerfile._dockerignore import PatternMatcher
 
 from ._context_digest import ContextDigests
 from ._context_fetch import ContextReader, fetch_contents
 from ._context_manifest import ContextManifest, ManifestEntry
 from ._context_store import ContextStore
-from ._context_walk import ContextEntry, walk_context, walk_entries
+from ._context_walk import (
+    ContextEntry,
+    name_from_wire,
+    name_to_wire,
+    walk_context,
+    walk_entries,
+)
+from ._filecopy import copy_new_file
 
-__all__ = ["ContextTree", "LocalContext", "ManifestContext", "Materialised"]
+__all__ = ["ContextTree", "EntryKey", "LocalContext", "ManifestContext", "Materialised"]
 
 _GLOB = frozenset("*?[")
 _MAX_HOPS = 40
 #: What a wildcard matching nothing reads (BuildKit: the digest of no bytes).
 _NOTHING = "sha256:" + hashlib.sha256(b"").hexdigest()
 
-#: What a regular file of a materialised tree was written with: sha256 hex, permission
-#: bits (and type), mtime in ns.  Equal keys give equal files (owner is always 0:0).
-FileKey = tuple[str, int, int]
+#: The version of ``Materialised``'s wire form.
+TREE_VERSION = 1
+#: What an entry of a materialised tree is: its ``st_mode`` as listed, its mtime in ns,
+#: and its content (a regular file's sha256 hex, a symlink's target, else "").  Equal
+#: keys give equal entries: the owner is always 0:0.
+EntryKey = tuple[int, int, str]
 
 
 @dataclass(frozen=True)
 class Materialised:
-    """A context tree as ``materialise`` wrote it, now the layer dir ``layer``: each
-    regular file's ``FileKey`` by relative path."""
+    """What ``materialise`` or ``materialise_delta`` made of a context, as the source's
+    ``layers`` (base first) show it: each entry's key and the layer dir holding it."""
 
-    layer: Path
-    files: Mapping[str, FileKey]
+    layers: tuple[LayerDescriptor, ...]
+    entries: Mapping[str, tuple[EntryKey, Path]]
 
-    def link(self, path: str, key: FileKey, target: Path) -> bool:
-        """Hardlink ``path`` of this tree to ``target`` when it was written with ``key``;
-        False (nothing made) when it was not, or is gone."""
-        if self.files.get(path) != key:
+    def to_wire(self) -> dict[str, Any]:
+        """``{"v": 1, "layers": [layer...], "entries": [[path, mode, mtime_ns, content,
+        index of the layer holding it], ...]}``; paths and contents as a manifest's."""
+        dirs = {layer.diff_id.removeprefix("sha256:"): number
+                for number, layer in enumerate(self.layers)}
+        return {"v": TREE_VERSION, "layers": [layer.to_wire() for layer in self.layers],
+                "entries": [[name_to_wire(path), key[0], key[1], name_to_wire(key[2]),
+                             dirs[where.name]]
+                            for path, (key, where) in self.entries.items()]}
+
+    @classmethod
+    def from_wire(cls, data: Any, layer_dir: Callable[[str], Path]) -> Materialised | None:
+        """The tree of ``to_wire``'s form, its layer dirs from ``layer_dir(diff_id)``;
+        None when ``data`` is not that form (another version, damaged)."""
+        try:
+            if data["v"] != TREE_VERSION:
+                return None
+            layers = tuple(LayerDescriptor.from_wire(item) for item in data["layers"])
+            dirs = [layer_dir(layer.diff_id) for layer in layers]
+            entries: dict[str, tuple[EntryKey, Path]] = {}
+            for path, mode, mtime, content, number in data["entries"]:
+                name, body = name_from_wire(path), name_from_wire(content)
+                if name is None or body is None or not isinstance(mode, int) \
+                        or not isinstance(mtime, int) or not 0 <= number < len(dirs):
+                    return None
+                entries[name] = ((mode, mtime, body), dirs[number])
+        except (KeyError, TypeError, ValueError, CacheError, LayerError):
+            return None
+        return cls(layers, entries) if layers else None
+
+    def link(self, path: str, key: EntryKey, target: Path) -> bool:
+        """Hardlink the regular file ``path`` to ``target`` when this tree holds it with
+        ``key``; False (nothing made) when it does not, or it is gone."""
+        known = self.entries.get(path)
+        if known is None or known[0] != key or not stat.S_ISREG(key[0]):
             return False
         try:
-            os.link(self.layer / path, target, follow_symlinks=False)
+            os.link(known[1] / path, target, follow_symlinks=False)
         except FileNotFoundError:
             return False
         return True
+
+
 class _TreeContext:
     """The checksums and path matching of a context, over its ``entries``: shared by
     ``LocalContext`` (a directory here) and ``ManifestContext`` (a client's manifest),
@@ -157,6 +206,87 @@ class _TreeContext:
         if selector.follow_symlinks:
             found = [self._follow(p) for p in found]
         return sorted(p for p in dict.fromkeys(found) if p == "" or p in self.entries)
+
+    # -- materialising --
+
+    def entry_key(self, path: str) -> EntryKey:
+        """The ``EntryKey`` of the included entry ``path``."""
+        raise NotImplementedError
+
+    def _put(self, path: str, target: Path, entry: ContextEntry) -> None:
+        """Make the entry ``path`` at ``target`` (a directory's mode and times come
+        later, from ``_finish``)."""
+        raise NotImplementedError
+
+    def _finish(self, path: str, target: Path) -> None:
+        """Give the directory ``target`` the mode and times of the entry ``path``."""
+        raise NotImplementedError
+
+    def materialise(self, dest: Path, previous: Materialised | None = None
+                    ) -> dict[str, EntryKey]:
+        """The included entries in the existing directory ``dest``, owned by 0:0, files
+        unchanged since ``previous`` linked from it; every entry's key."""
+        keys: dict[str, EntryKey] = {}
+        with self._writing():
+            for path, entry in self.entries.items():
+                keys[path] = key = self.entry_key(path)
+                if previous is None or not previous.link(path, key, dest / path):
+                    self._put(path, dest / path, entry)
+            for path, entry in reversed(self.entries.items()):
+                if entry.is_dir:
+                    self._finish(path, dest / path)
+        return keys
+
+    def materialise_delta(self, dest: Path, previous: Materialised
+                          ) -> tuple[dict[str, EntryKey], set[str]] | None:
+        """What changed since ``previous`` in the existing directory ``dest``, in overlay
+        form (see the module docstring): every entry's key and the paths written there
+        (whiteouts aside).  None, and nothing written, when more than half the entries
+        changed: a whole tree is then the better layer."""
+        keys = {path: self.entry_key(path) for path in self.entries}
+        changed = [path for path, key in keys.items()
+                   if (known := previous.entries.get(path)) is None or known[0] != key]
+        gone = [path for path in previous.entries if path not in keys]
+        if 2 * (len(changed) + len(gone)) > len(keys):
+            return None
+        written: set[str] = set()
+        with self._writing():
+            for path in changed:
+                self._put_with_parents(path, dest, written)
+            for path in gone:
+                parent = posixpath.dirname(path)
+                if parent and (parent not in keys or not self.entries[parent].is_dir):
+                    continue  # what is at its directory's place now hides it
+                self._put_with_parents(parent, dest, written)
+                os.mknod(dest / path, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+            for path in sorted(written, reverse=True):
+                if self.entries[path].is_dir:
+                    self._finish(path, dest / path)
+        return keys, written
+
+    def _put_with_parents(self, path: str, dest: Path, written: set[str]) -> None:
+        """``path`` in ``dest`` with each of its directories not written yet ("" is the
+        root, always there)."""
+        if not path or path in written:
+            return
+        self._put_with_parents(posixpath.dirname(path), dest, written)
+        self._put(path, dest / path, self.entries[path])
+        written.add(path)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as err:
+            raise SolveError(f"cannot write {err.filename} of the build context "
+                             f"{self.title}: {err.strerror}",
+                             hint="check the free space and permissions of the worker's "
+                                  "root") from None
+
+    @property
+    def title(self) -> str:
+        """How an error names this context."""
+        raise NotImplementedError
 
     # -- helpers --
 
@@ -261,26 +391,21 @@ class LocalContext(_TreeContext):
         self.digests.listed(entry.path for entry in entries if entry.is_file)
         return entries
 
-    def materialise(self, dest: Path, previous: Materialised | None = None
-                    ) -> dict[str, FileKey]:
-        """Copy the included entries into the existing directory ``dest``, owned by 0:0
-        (files unchanged since ``previous`` linked from it); each file's ``FileKey``."""
-        files: dict[str, FileKey] = {}
-        try:
-            for path, entry in self.entries.items():
-                if entry.is_file and entry.info is not None:
-                    key = (self._file_hash(path), entry.mode, entry.info.st_mtime_ns)
-                    files[path] = key
-                    if previous is not None and previous.link(path, key, dest / path):
-                        continue
-                _place(self.root / path, dest / path, entry)
-            for path, entry in reversed(self.entries.items()):
-                if entry.is_dir:
-                    _finish_dir(self.root / path, dest / path)
-        except OSError as err:
-            raise SolveError(f"cannot copy {err.filename} from the build context: "
-                             f"{err.strerror}") from None
-        return files
+    @property
+    def title(self) -> str:
+        return str(self.root)
+
+    def entry_key(self, path: str) -> EntryKey:
+        entry = self.entries[path]
+        assert entry.info is not None  # a walked entry has its lstat
+        return (entry.mode, entry.info.st_mtime_ns,
+                self._file_hash(path) if entry.is_file else entry.linkname or "")
+
+    def _put(self, path: str, target: Path, entry: ContextEntry) -> None:
+        _place(self.root / path, target, entry)
+
+    def _finish(self, path: str, target: Path) -> None:
+        _finish_dir(self.root / path, target)
 
     def _file_hash(self, path: str) -> str:
         known = self._hashes.get(path)
@@ -354,29 +479,22 @@ class ManifestContext(_TreeContext):
                 return 0
             return await fetch_contents(self.store, self.name, wanted, reader)
 
-    def materialise(self, dest: Path, previous: Materialised | None = None
-                    ) -> dict[str, FileKey]:
-        """The included entries in the existing directory ``dest``, owned by 0:0, with
-        the manifest's modes and mtimes (as ``LocalContext.materialise``); every file's
-        content must be in the store (``ensure_local``) unless ``previous`` has it."""
-        files: dict[str, FileKey] = {}
-        try:
-            for path, entry in self.entries.items():
-                if entry.is_file:
-                    listed = self.listed[path]
-                    key = (listed.sha256 or "", entry.mode, listed.mtime_ns)
-                    files[path] = key
-                    if previous is not None and previous.link(path, key, dest / path):
-                        continue
-                self._place(path, dest / path, entry)
-            for path, entry in reversed(self.entries.items()):
-                if entry.is_dir:
-                    os.chmod(dest / path, stat.S_IMODE(entry.mode))
-                    _set_mtime(dest / path, self.listed[path].mtime_ns)
-        except OSError as err:
-            raise SolveError(f"cannot write {err.filename} of the build context "
-                             f"{self.name!r}: {err.strerror}") from None
-        return files
+    @property
+    def title(self) -> str:
+        return repr(self.name)
+
+    def entry_key(self, path: str) -> EntryKey:
+        entry, listed = self.entries[path], self.listed[path]
+        return (entry.mode, listed.mtime_ns,
+                listed.sha256 or "" if entry.is_file else entry.linkname or "")
+
+    def _put(self, path: str, target: Path, entry: ContextEntry) -> None:
+        """Every file's content must be in the store (``ensure_local``)."""
+        self._place(path, target, entry)
+
+    def _finish(self, path: str, target: Path) -> None:
+        os.chmod(target, stat.S_IMODE(self.entries[path].mode))
+        _set_mtime(target, self.listed[path].mtime_ns)
 
     def _place(self, path: str, target: Path, entry: ContextEntry) -> None:
         if entry.is_file:
@@ -467,11 +585,10 @@ def _place(source: Path, target: Path, entry: ContextEntry, times: bool = True) 
         os.chmod(target, stat.S_IMODE(entry.mode))
         if times:
             _same_times(source, target)
-    elif stat.S_ISREG(entry.mode):
-        if entry.size:
-            shutil.copyfile(source, target, follow_symlinks=False)
-        else:  # never opened: it may be a socket or a device, sent empty (as_sent)
-            target.touch(exist_ok=False)
+    elif stat.S_ISREG(entry.mode) and entry.size:
+        copy_new_file(source, target, mode=entry.mode, owner=(0, 0), times=times)
+    elif stat.S_ISREG(entry.mode):  # never opened: it may be a socket or a device, sent
+        target.touch(exist_ok=False)  # empty (as_sent)
         os.lchown(target, 0, 0)
         os.chmod(target, stat.S_IMODE(entry.mode))
         if times:

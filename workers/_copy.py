@@ -39,6 +39,8 @@ from pathlib import Path
 from scheduler._errors import DockerfileError, SolveError
 from scheduler.dockerfile._dockerignore import PatternMatcher, syntax_error_at
 
+from ._filecopy import copy_bytes
+
 __all__ = ["CopyOptions", "absolute", "copy_tree", "has_wildcard", "make_dirs",
            "resolve_in_root", "resolve_wildcards", "split_wildcards"]
 
@@ -324,7 +326,7 @@ class _Copier:
         if info.st_nlink > 1:
             self.inodes[key] = dst
         with open(src, "rb") as reader, open(dst, "xb") as writer:
-            _copy_stream(reader.fileno(), writer.fileno())
+            copy_bytes(reader.fileno(), writer.fileno())
 
     def _copy_metadata(self, src: Path, dst: Path, info: os.stat_result) -> None:
         owner = self.options.owner or (info.st_uid, info.st_gid)
@@ -334,11 +336,6 @@ class _Copier:
             os.chmod(dst, self.options.mode(info.st_mode) if self.options.mode else bits)
         _copy_xattrs(src, dst)
         os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
-
-
-def _copy_stream(reader: int, writer: int) -> None:
-    while os.sendfile(writer, reader, None, 1 << 30):
-        pass
 
 
 def _copy_xattrs(src: Path, dst: Path) -> None:

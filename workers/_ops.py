@@ -35,8 +35,9 @@ from scheduler._reference import parse_reference
 from ._context_source import ContextTree, LocalContext, Materialised
 from ._fetch import fetch_git, fetch_http, resolve_git
 from ._fileops import apply_file_actions
+from ._layers import is_empty_diff
 from ._ops_exec import run_exec
-from ._runtime import IMAGE_SCHEME, LOCAL_SCHEME, RuntimeBackend
+from ._runtime import IMAGE_SCHEME, LOCAL_SCHEME, RuntimeBackend, WorkerRuntime
 
 __all__ = ["execute_vertex", "remote_identity", "remote_source"]
 
@@ -73,24 +74,54 @@ async def run_image_source(backend: RuntimeBackend, vertex: Vertex,
     return StateResult(layers=image.layers, image_config=image.config)
 
 
+#: How many layers a context source's result may stack (a whole tree, then the changes of
+#: later builds on it) before the next change writes a whole tree again.
+CONTEXT_CHAIN = 8
+
+
 async def tree_layer(backend: RuntimeBackend, tree: ContextTree,
                      name: str | None = None) -> StateResult:
-    """The included files of ``tree`` as one layer, owned by 0:0 (none when empty).  A
-    context source ``name`` (``local://NAME``) starts from the tree this runtime last
-    materialised of that name (``WorkerRuntime.context_trees``): what did not change is
-    linked, not copied."""
+    """The included files of ``tree`` as layers, owned by 0:0.  A context source ``name``
+    (``local://NAME``) starts from what this runtime last made of that name
+    (``WorkerRuntime.context_tree``): its layers with one of what changed on top
+    (``materialise_delta``), else one whole tree with the unchanged files linked.  Either
+    way the layers show the same tree, so what a COPY makes of it, and every digest after,
+    is the same (a context's result never is an image's base: only COPY and RUN mounts
+    read it)."""
     runtime = backend.runtime
-    previous = runtime.context_trees.get(name) if name is not None else None
+    previous = await runtime.context_tree(name) if name is not None else None
+    if previous is not None and not await asyncio.to_thread(_usable, runtime, previous):
+        previous = None  # pruned meanwhile: a layer made on it could not be mounted
     staging = Path(tempfile.mkdtemp(prefix="context-", dir=runtime.tmp))
     try:
-        files = await asyncio.to_thread(tree.materialise, staging, previous)
+        delta = None
+        if previous is not None and len(previous.layers) < CONTEXT_CHAIN:
+            delta = await asyncio.to_thread(tree.materialise_delta, staging, previous)
+        if delta is not None and previous is not None:
+            keys, written = delta
+            base = previous.layers
+            if await asyncio.to_thread(is_empty_diff, staging):
+                return StateResult(layers=base)  # nothing changed (--no-cache)
+        else:
+            keys = await asyncio.to_thread(tree.materialise, staging, previous)
+            written, base = set(keys), ()
         layer = await runtime.store_tree(staging, backend.session.epoch)
     finally:
         await asyncio.to_thread(shutil.rmtree, staging, True)
+    layers = (*base, layer)
     if name is not None:
-        runtime.context_trees[name] = Materialised(
-            runtime.snapshots.layer_dir(layer.diff_id), files)
-    return StateResult(layers=(layer,))
+        where = runtime.snapshots.layer_dir(layer.diff_id)
+        old = previous.entries if previous is not None else {}
+        await runtime.remember_tree(name, Materialised(
+            layers, {path: (key, where if path in written else old[path][1])
+                     for path, key in keys.items()}))
+    return StateResult(layers=layers)
+
+
+def _usable(runtime: WorkerRuntime, tree: Materialised) -> bool:
+    """Whether every layer of ``tree`` is still here, as a snapshot or as a blob."""
+    return all(runtime.snapshots.has_layer(layer.diff_id) or runtime.cache.holds(layer.digest)
+               for layer in tree.layers)
 
 
 async def remote_source(backend: RuntimeBackend, op: SourceOp) -> LocalContext:

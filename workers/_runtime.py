@@ -125,9 +125,11 @@ class WorkerRuntime:
         self.tmp = root / "tmp"
         # the stat indexes of the context directories this runtime reads itself
         self.context_indexes = ContextIndexes(root / "context-index")
-        # context source (``local://NAME``) -> the tree last materialised of it, which
-        # the next one links unchanged files from (workers/_ops.py ``tree_layer``)
+        # context source (``local://NAME``) -> the tree last made of it, which the next
+        # one starts from (workers/_ops.py ``tree_layer``); kept in the context indexes'
+        # directory too, so a restarted worker starts from it as well
         self.context_trees: dict[str, Materialised] = {}
+        self._trees_read: set[str] = set()  # names looked up on disk already
         for path in (self.cachemounts, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
         # diff_id -> the lock of the one task unpacking that layer (others wait for it).
@@ -342,6 +344,24 @@ class WorkerRuntime:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
         return layer
+
+    async def context_tree(self, name: str) -> Materialised | None:
+        """What this runtime, or the last one over its root, made of the context source
+        ``name`` (``remember_tree``), or None."""
+        known = self.context_trees.get(name)
+        if known is None and name not in self._trees_read:
+            self._trees_read.add(name)
+            data = await asyncio.to_thread(self.context_indexes.load_tree, name)
+            known = None if data is None else \
+                Materialised.from_wire(data, self.snapshots.layer_dir)
+            if known is not None:
+                self.context_trees[name] = known
+        return known
+
+    async def remember_tree(self, name: str, tree: Materialised) -> None:
+        """``tree`` is now what was last made of the context source ``name``."""
+        self.context_trees[name] = tree
+        await asyncio.to_thread(self.context_indexes.save_tree, name, tree.to_wire())
 
     async def fetch_image_blobs(self, ref: Reference, image: ResolvedImage,
                                 registry: RegistryClient | None = None) -> None:

@@ -3,15 +3,19 @@ checksums per selector (content and mode, never mtimes), what they match, what f
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from scheduler._cachekey import Selector
 from scheduler._errors import SolveError
-from workers._context_source import LocalContext, Materialised
+from workers._context_source import EntryKey, LocalContext, Materialised
+from workers._snapshots import SnapshotStore
 
 FILES = {"a.txt": "alpha\n", "b.txt": "beta\n", "src/main.c": "int main;\n",
          "src/util/x.h": "#x\n", "secret.key": "k\n"}
@@ -174,19 +178,29 @@ def test_materialised_symlinks_keep_their_own_mtime(tmp_path: Path) -> None:
     assert os.readlink(dest / "dangling") == "nowhere"
 
 
-def _tree(root: Path) -> list[tuple[str, int, int, int, int, bytes]]:
+def _tree(root: Path) -> list[tuple[str, int, int, int, int, bytes | str]]:
     """What a layer keeps of each entry below ``root``: path, mode, owner, mtime, content."""
     return sorted((p.relative_to(root).as_posix(), (i := os.lstat(p)).st_mode, i.st_uid,
-                   i.st_mtime_ns, i.st_size, p.read_bytes() if p.is_file() else b"")
+                   i.st_mtime_ns, i.st_size,
+                   os.readlink(p) if p.is_symlink() else
+                   p.read_bytes() if p.is_file() else b"")
                   for p in root.rglob("*"))
+
+
+def _kept(keys: dict[str, EntryKey], where: Path, written: set[str] | None = None,
+          before: Materialised | None = None) -> Materialised:
+    """The ``Materialised`` of a tree written at ``where`` (only ``written`` of it, over
+    ``before``, for a delta)."""
+    return Materialised((), {path: (key, where if written is None or path in written
+                                    else before.entries[path][1] if before else where)
+                             for path, key in keys.items()})
 
 
 def test_a_second_materialise_links_what_did_not_change(tmp_path: Path) -> None:
     root = _context(tmp_path)
     first = tmp_path / "first"
     first.mkdir()
-    files = LocalContext(root, EXCLUDE).materialise(first)
-    previous = Materialised(first, files)
+    previous = _kept(LocalContext(root, EXCLUDE).materialise(first), first)
 
     _edit_b(root)  # new content
     _touch(root)   # same content, another mtime
@@ -207,10 +221,94 @@ def test_a_previous_tree_that_is_gone_is_copied_instead(tmp_path: Path) -> None:
     root = _context(tmp_path)
     first = tmp_path / "first"
     first.mkdir()
-    previous = Materialised(first, LocalContext(root, EXCLUDE).materialise(first))
+    previous = _kept(LocalContext(root, EXCLUDE).materialise(first), first)
     (first / "src" / "main.c").unlink()  # a pruned layer
     second = tmp_path / "second"
     second.mkdir()
     LocalContext(root, EXCLUDE).materialise(second, previous)
     assert (second / "src" / "main.c").read_text() == FILES["src/main.c"]
     assert os.lstat(second / "a.txt").st_ino == os.lstat(first / "a.txt").st_ino
+
+
+def _swap_dir_for_file(root: Path) -> None:
+    shutil.rmtree(root / "src" / "util")
+    (root / "src" / "util").write_text("now a file\n")
+
+
+def _swap_file_for_dir(root: Path) -> None:
+    (root / "b.txt").unlink()
+    (root / "b.txt").mkdir()
+    (root / "b.txt" / "inside").write_text("in\n")
+
+
+def _remove_a_tree(root: Path) -> None:
+    shutil.rmtree(root / "fill" / "d1")
+
+
+def _add_deep(root: Path) -> None:
+    (root / "new" / "deeper").mkdir(parents=True)
+    (root / "new" / "deeper" / "n.txt").write_text("new\n")
+
+
+def _retarget(root: Path) -> None:
+    (root / "link").unlink()
+    (root / "link").symlink_to("a.txt")
+
+
+def _remove_one(root: Path) -> None:
+    (root / "fill" / "d0" / "f3").unlink()
+
+
+def _chmod_dir(root: Path) -> None:
+    (root / "fill" / "d2").chmod(0o700)
+
+
+DELTAS = [_edit_b, _touch, _chmod_a, _remove_one, _add_deep, _retarget, _edit_deep,
+          _swap_dir_for_file, _remove_a_tree, _swap_file_for_dir, _chmod_dir]
+
+
+def test_changes_layered_on_a_tree_show_what_a_whole_copy_gives(tmp_path: Path) -> None:
+    """Each change of ``DELTAS``, in turn, as a delta on the layers before it: mounted
+    together (overlayfs, as a COPY reads them) they are the tree a whole copy gives."""
+    root = _context(tmp_path)
+    for d in range(4):
+        for f in range(6):
+            (root / "fill" / f"d{d}").mkdir(parents=True, exist_ok=True)
+            (root / "fill" / f"d{d}" / f"f{f}").write_text(f"{d}{f}\n")
+    first = tmp_path / "layer0"
+    first.mkdir()
+    previous = _kept(LocalContext(root, EXCLUDE).materialise(first), first)
+    layers = [first]
+    store = SnapshotStore(tmp_path / "store")
+    for index, change in enumerate(DELTAS, start=1):
+        change(root)
+        delta = tmp_path / f"layer{index}"
+        delta.mkdir()
+        made = LocalContext(root, EXCLUDE).materialise_delta(delta, previous)
+        assert made is not None, change.__name__
+        keys, written = made
+        previous = _kept(keys, delta, written, previous)
+        layers.append(delta)
+        fresh = tmp_path / f"fresh{index}"
+        fresh.mkdir()
+        LocalContext(root, EXCLUDE).materialise(fresh)
+
+        async def merged(lowers: list[Path] = layers) -> list[Any]:
+            async with store.mount(lowers) as state:
+                return _tree(state.path)
+        assert asyncio.run(merged()) == _tree(fresh), change.__name__
+        assert len(list(delta.rglob("*"))) < len(list(fresh.rglob("*"))) / 2
+
+
+def test_a_delta_of_more_than_half_the_tree_is_not_written(tmp_path: Path) -> None:
+    root = _context(tmp_path)
+    first = tmp_path / "first"
+    first.mkdir()
+    previous = _kept(LocalContext(root, EXCLUDE).materialise(first), first)
+    for name in FILES:
+        if name != "secret.key":
+            (root / name).write_text("all new\n")
+    delta = tmp_path / "delta"
+    delta.mkdir()
+    assert LocalContext(root, EXCLUDE).materialise_delta(delta, previous) is None
+    assert list(delta.iterdir()) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 import workers._runtime as runtime_module
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._platform import parse_platform
+from workers._context_source import Materialised
 from workers._image import ImageArtifacts
 from workers._layers import unpack_layer
 from workers._runtime import WorkerRuntime
@@ -123,3 +125,79 @@ def test_a_build_unpacks_only_its_base_and_each_snapshot_is_its_blob(
                    tmp_path / "other.tar")
     assert isinstance(other.exported, ImageArtifacts)
     assert other.exported.manifest_digest == result.exported.manifest_digest
+
+
+def _context_image(context: Path, root: Path, out: Path,
+                   runtime: WorkerRuntime | None = None) -> str:
+    options = LocalBuildOptions(root=root, platforms=(parse_platform("linux/amd64"),),
+                                outputs=(Output("oci", out),), epoch=EPOCH)
+    built = asyncio.run(build_local(b"FROM scratch\nCOPY . /ctx/\n", context, options,
+                                    runtime=runtime))
+    assert isinstance(built.exported, ImageArtifacts)
+    return built.exported.manifest_digest
+
+
+def test_a_context_change_is_a_layer_of_what_changed_on_the_last_tree(
+        tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    for d in range(5):
+        (context / f"d{d}").mkdir(parents=True)
+        for f in range(10):
+            (context / f"d{d}" / f"f{f}").write_text(f"{d}/{f}\n")
+    root = tmp_path / "root"
+
+    async def open_runtime() -> WorkerRuntime:
+        return WorkerRuntime(root)
+    runtime = asyncio.run(open_runtime())
+    try:
+        _context_image(context, root, tmp_path / "one.tar", runtime)
+        (context / "d3" / "f7").write_text("changed\n")
+        (context / "d1" / "f1").unlink()
+        image = _context_image(context, root, tmp_path / "two.tar", runtime)
+        tree = runtime.context_trees["local://context"]
+        assert len(tree.layers) == 2
+        top = runtime.snapshots.layer_dir(tree.layers[-1].diff_id)
+        assert sorted(p.relative_to(top).as_posix() for p in top.rglob("*")) == [
+            "d1", "d1/f1", "d3", "d3/f7"]  # d1/f1: its whiteout
+        assert stat.S_ISCHR(os.lstat(top / "d1" / "f1").st_mode)
+        # the same image as a root that never saw the first context
+        assert _context_image(context, tmp_path / "fresh", tmp_path / "fresh.tar") == image
+
+        # the last tree's layers pruned meanwhile: the next change is a whole tree again
+        for layer in tree.layers:
+            shutil.rmtree(runtime.snapshots.layer_dir(layer.diff_id))
+            (root / "cache" / "blobs" / "sha256" / layer.digest.removeprefix("sha256:")).unlink()
+        (context / "d0" / "f0").write_text("again\n")
+        image = _context_image(context, root, tmp_path / "three.tar", runtime)
+        assert len(runtime.context_trees["local://context"].layers) == 1
+        assert _context_image(context, tmp_path / "fresh2", tmp_path / "f2.tar") == image
+    finally:
+        asyncio.run(runtime.aclose())
+
+
+def test_a_restarted_worker_starts_from_the_tree_the_last_one_made(tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    (context / "d").mkdir(parents=True)
+    for f in range(10):
+        (context / "d" / f"f{f}").write_text(f"{f}\n")
+    (context / "d" / "caf\udce9").write_text("a name that is not UTF-8\n")
+    root = tmp_path / "root"
+    _context_image(context, root, tmp_path / "one.tar")  # its own runtime, closed after
+    (context / "d" / "f1").write_text("changed\n")
+
+    async def second() -> Materialised:
+        runtime = WorkerRuntime(root)
+        try:
+            await build_local(b"FROM scratch\nCOPY . /ctx/\n", context,
+                              LocalBuildOptions(root=root, epoch=EPOCH), runtime=runtime)
+            tree = runtime.context_trees["local://context"]
+            assert Materialised.from_wire(tree.to_wire(), runtime.snapshots.layer_dir) == tree
+            return tree
+        finally:
+            await runtime.aclose()
+    tree = asyncio.run(second())
+    assert len(tree.layers) == 2  # the first tree, and what changed on it
+    assert "d/caf\udce9" in tree.entries
+
+    for damaged in ({"v": 2}, {"v": 1, "layers": [], "entries": []}, [], {"v": 1}):
+        assert Materialised.from_wire(damaged, lambda diff_id: tmp_path) is None

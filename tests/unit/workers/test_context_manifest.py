@@ -229,18 +229,21 @@ def test_materialise_gives_the_directory_s_tree(tmp_path: Path) -> None:
 
 def test_a_manifest_materialise_links_what_a_directory_materialise_wrote(
         tmp_path: Path) -> None:
-    """Both kinds key a file alike (content, mode, mtime): a manifest's tree links every
-    unchanged file from a tree the directory gave, and is the same tree."""
+    """Both kinds key an entry alike (mode, mtime, content): a manifest's tree links
+    every unchanged file from a tree the directory gave, and is the same tree; nothing
+    is a change to either."""
     root = make_tree(tmp_path / "ctx", BASIC + ["a.txt:0o4755"])
     local, remote = both(root, ContextStore(tmp_path / "worker"), ["secret.key"])
     asyncio.run(remote.ensure_local(ServerReader(ContextServer(root, remote.manifest))))
     (tmp_path / "local").mkdir()
-    previous = Materialised(tmp_path / "local", local.materialise(tmp_path / "local"))
+    keys = local.materialise(tmp_path / "local")
+    previous = Materialised((), {path: (key, tmp_path / "local") for path, key in keys.items()})
     (tmp_path / "remote").mkdir()
     remote.materialise(tmp_path / "remote", previous)
     assert _tree_of(tmp_path / "remote") == _tree_of(tmp_path / "local")
     files = [p for p in (tmp_path / "remote").rglob("*") if p.is_file()]
     assert files and all(os.lstat(p).st_nlink == 2 for p in files)
+    assert {path: remote.entry_key(path) for path in remote.entries} == keys
 
 
 def test_materialise_without_the_contents_is_an_error(tmp_path: Path) -> None:
