@@ -83,6 +83,9 @@ class FakeWorker:
         return [{"result": self._content_checksum(build_id, sources[digest], selector)}
                 for digest, selector in items]
 
+    def _resolve_image(self, build_id: str, ref: str, platform: str) -> dict[str, Any]:
+        return {"digest": "sha256:" + "b" * 64, "config": b'{"config": {"Env": ["A=1"]}}'}
+
     def _get_record(self, key: str, build_id: str | None) -> bytes | None:
         return self.records.get(key)
 
@@ -112,9 +115,10 @@ class FakeWorker:
         yield {"result": StateResult().to_wire()}
 
 
-def request(*, platforms: tuple[str, ...] = (), no_cache: bool = False) -> dict[str, Any]:
+def request(*, platforms: tuple[str, ...] = (), no_cache: bool = False,
+            dockerfile: bytes = DOCKERFILE) -> dict[str, Any]:
     options = BuildOptions(context="/ctx", platforms=platforms, no_cache=no_cache)
-    return {"dockerfile": DOCKERFILE, "options": options.to_wire(),
+    return {"dockerfile": dockerfile, "options": options.to_wire(),
             "session": {"secret_ids": [SECRET_ID], "ignore_patterns": []}}
 
 
@@ -281,3 +285,17 @@ def test_a_failing_context_read_fails_its_own_step() -> None:
     assert failure["message"] == '"/missing.txt": not found'
     assert failure["details"]["location"] == "Dockerfile:3:1"
     assert worker.executed == []
+
+
+def test_a_base_image_is_resolved_once_per_build() -> None:
+    """Three stages of one base and a second base ask the worker twice per build; the
+    next build asks again (a tag moves between builds, never within one)."""
+    stages = b"".join(b"FROM base:1 AS s%d\nRUN echo %d\n" % (n, n) for n in range(3))
+    dockerfile = stages + b"FROM other:2\nCOPY --from=s0 /x /x\n"
+    worker = FakeWorker()
+    run_builds(worker, request(dockerfile=dockerfile))
+    asked = [args[1] for method, args in worker.calls if method == "resolve_image"]
+    assert sorted(asked) == ["docker.io/library/base:1", "docker.io/library/other:2"]
+    run_builds(worker, request(dockerfile=dockerfile))
+    asked = [args[1] for method, args in worker.calls if method == "resolve_image"]
+    assert sorted(asked) == 2 * ["docker.io/library/base:1"] + 2 * ["docker.io/library/other:2"]
