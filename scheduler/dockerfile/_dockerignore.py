@@ -397,6 +397,8 @@ class PatternMatcher:
         it, so ``["a/*", "!a"]`` excludes ``a/b`` in its walk; Docker 20.10 includes it,
         as ``matches`` does, and so do we.)
         """
+        if not self._patterns:  # no .dockerignore: nothing to test, entry after entry
+            return False, ()
         if parent is None:
             ancestors = _parent_paths(path)
             parent = tuple(p.match_or_parent(ancestors[-1], ancestors[:-1]) if ancestors
