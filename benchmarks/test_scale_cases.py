@@ -3,21 +3,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
 from benchmarks._main import CASES
 from benchmarks._scale_cases import (
+    EDITED_LINE,
+    LAYERS,
     MANY_FILES,
     SCALE_CASES,
     STAGES,
+    WRITE_MIB,
     ScaleResult,
+    big_file_context,
+    layers_dockerfile,
     many_files_dockerfile,
     measure_scale,
     scale_rows,
     stages_dockerfile,
+    write_big_dockerfile,
+    write_random_file,
 )
 from benchmarks._stats import Series
 
@@ -47,12 +54,64 @@ def test_many_files_dockerfile_edits_only_the_run_on_top() -> None:
     assert f"-lt {MANY_FILES}" in before[1]
 
 
+def _changed(write: Callable[[str], str]) -> list[tuple[str, str]]:
+    """The lines ``write`` changes between version "0" and "edit-1" (same line count)."""
+    before, after = (write(v).splitlines() for v in ("0", "edit-1"))
+    assert len(before) == len(after)
+    return [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+
+
+def test_write_big_dockerfile_writes_1_gib_and_edits_only_the_run_on_top() -> None:
+    text = write_big_dockerfile("b")
+    assert f"RUN dd if=/dev/urandom of=/big bs=1M count={WRITE_MIB}\n" in text
+    assert WRITE_MIB == 1024
+    assert _changed(lambda v: write_big_dockerfile("b", v)) == [
+        ("RUN ls -l /big > /listing && echo 0 > /version",
+         "RUN ls -l /big > /listing && echo edit-1 > /version")]
+
+
+def test_layers_dockerfile_is_a_chain_of_one_run_layers_edited_at_its_top() -> None:
+    runs = [line for line in layers_dockerfile("b").splitlines() if line.startswith("RUN ")]
+    assert len(runs) == LAYERS == 60 and len(set(runs)) == LAYERS
+    assert runs[0] == "RUN echo 0 > /f0"
+    assert _changed(lambda v: layers_dockerfile("b", v)) == [
+        ("RUN echo 59 0 > /f59", "RUN echo 59 edit-1 > /f59")]
+
+
+def test_random_file_is_the_same_bytes_every_time_whatever_the_chunk(tmp_path: Path) -> None:
+    write_random_file(tmp_path / "a", 1000, chunk=256)
+    write_random_file(tmp_path / "b", 1000, chunk=1000)
+    write_random_file(tmp_path / "c", 1000, seed=11)
+    a = (tmp_path / "a").read_bytes()
+    assert len(a) == 1000 and a == (tmp_path / "b").read_bytes()
+    assert a != (tmp_path / "c").read_bytes()
+
+
+def test_copy_big_context_edits_one_line_of_the_small_file_only(tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    edit = big_file_context(context, "b", size=4096)
+    assert (context / "Dockerfile").read_text().splitlines()[1:3] == [
+        "COPY big.bin /big.bin", "COPY small.txt /small.txt"]
+    big = context / "big.bin"
+    assert big.stat().st_size == 4096
+    stamp = big.stat().st_mtime_ns
+    before = (context / "small.txt").read_text().splitlines()
+    edit("edit-1")
+    after = (context / "small.txt").read_text().splitlines()
+    assert [n for n, (a, b) in enumerate(zip(before, after, strict=True), 1) if a != b] == [
+        EDITED_LINE]
+    assert big.stat().st_mtime_ns == stamp  # the edit never rewrites the big file
+
+
 TARGETS = [
     # case, figures with issue 10's 1.0x target
     ("files10k", {"edit"}),
     ("files100k", {"edit"}),
     ("manyfiles", {"cold", "edit"}),
     ("stages40", {"cold", "warm"}),
+    ("copy1g", {"cold", "edit"}),
+    ("write1g", {"cold", "edit"}),
+    ("layers60", set()),
 ]
 
 
