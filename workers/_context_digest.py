@@ -17,11 +17,16 @@ Why stat is enough, and when it is not:
   an edit within the tick of the read would leave the stat as it was.  Git's "racily
   clean" rule, kept here: a file whose mtime or ctime is within ``RACY_NS`` of the start
   of this ``ContextDigests`` (made before the walk, so before any stat and read it does)
-  is hashed but never remembered, and is read again next time.  A remembered entry's
-  timestamps are then older than its read by more than a tick, and any later change
-  gives a stat it cannot equal.
+  is hashed but never written to the index, and is read again by the next build.  A
+  remembered entry's timestamps are then older than its read by more than a tick, and
+  any later change gives a stat it cannot equal.  Within this run a racy file's digest
+  is kept while its stat is the same: the build reads one content of it, once.
 - a file that changed while it was read (its stat after the read differs) is not
-  remembered either.
+  remembered at all.
+
+One read per file and stat, however many threads ask: a thread asking for a file
+another thread is reading waits for that read and takes its digest (the source's
+identity and a copy's checksum are computed at once, in two threads, over one file).
 
 Wire form, version 1 (a map; what the index file holds)::
 
@@ -35,12 +40,13 @@ another root gives None, and the caller starts empty.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +99,12 @@ class ContextDigests:
         self._known: dict[str, _Known] = dict(known or {})
         # Entries confirmed or learnt by this run (stat checked, not racy); grows.
         self._fresh: dict[str, _Known] = {}
+        # Entries learnt by this run but racy: served for the rest of this run while
+        # the stat is the same, never kept by the index; grows.
+        self._racy: dict[str, _Known] = {}
+        # Path being read -> (its lock, threads holding or waiting for it); an entry
+        # lives while a thread is in ``_one_reader`` for that path.
+        self._reading: dict[str, tuple[threading.Lock, int]] = {}
         # Paths a walk listed this run: their loaded entries are kept unless read again.
         self._listed: set[str] = set()
         # Paths read this run (their loaded entry, if any, is stale); grows.
@@ -135,18 +147,44 @@ class ContextDigests:
             info = os.lstat(self.root / path) if info is None else info
             if not stat.S_ISREG(info.st_mode):
                 return _EMPTY  # a socket or a device is sent empty (_context_walk.as_sent)
-            key = stat_key(info)
-            if (found := self._lookup(path, key)) is not None:
-                return found
-            digest, after = self._read(path)
+            return self._digest(path, stat_key(info), info.st_size)
         except OSError as err:
             raise SolveError(f"cannot read {path!r} in the build context {self.root}: "
                              f"{err.strerror}") from None
-        self._learnt(path, key, after, digest, info.st_size)
+
+    def _digest(self, path: str, key: StatKey, size: int) -> str:
+        """The known digest, else the file read by one thread at a time: one that
+        waited takes what the reader learnt (looked up again once it has the path)."""
+        if (found := self._lookup(path, key)) is not None:
+            return found
+        with self._one_reader(path):
+            if (found := self._lookup(path, key)) is not None:
+                return found
+            digest, after = self._read(path)
+            self._learnt(path, key, after, digest, size)
         return digest
+
+    @contextlib.contextmanager
+    def _one_reader(self, path: str) -> Iterator[None]:
+        """Hold ``path``'s read lock (made on first use, dropped by its last user)."""
+        with self._lock:
+            lock, users = self._reading.get(path, (threading.Lock(), 0))
+            self._reading[path] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._reading.pop(path)
+                if users > 1:
+                    self._reading[path] = (lock, users - 1)
 
     def _lookup(self, path: str, key: StatKey) -> str | None:
         with self._lock:
+            racy = self._racy.get(path)
+            if racy is not None and racy[0] == key:
+                self._hits += 1
+                return racy[1]
             known = self._fresh.get(path) or self._known.get(path)
             if known is None or known[0] != key:
                 return None
@@ -174,10 +212,12 @@ class ContextDigests:
             self._files += 1
             self._bytes += size
             self._read_paths.add(path)
-            if after == key and max(key[1], key[2]) < self._racy_from:
-                self._fresh[path] = (key, digest)
-            else:
-                self._fresh.pop(path, None)
+            self._fresh.pop(path, None)
+            self._racy.pop(path, None)
+            if after != key:
+                return  # changed while read: the digest may be of neither content
+            racy = max(key[1], key[2]) >= self._racy_from
+            (self._racy if racy else self._fresh)[path] = (key, digest)
 
     def _kept(self) -> dict[str, _Known]:
         """What the index keeps: the loaded entries of paths listed and not read again,

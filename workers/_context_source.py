@@ -44,6 +44,7 @@ import hashlib
 import os
 import posixpath
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +142,16 @@ class _TreeContext:
     def __init__(self) -> None:
         # Relative path -> entry, in walk order; filled on first use, never changes after.
         self._entries: dict[str, ContextEntry] | None = None
+        # Held while the entries are listed: threads asking at once (a source's identity
+        # and a copy's checksum are computed together) list them once.
+        self._listing = threading.Lock()
 
     @property
     def entries(self) -> dict[str, ContextEntry]:
         if self._entries is None:
-            self._entries = {entry.path: entry for entry in self._list_entries()}
+            with self._listing:
+                if self._entries is None:
+                    self._entries = {entry.path: entry for entry in self._list_entries()}
         return self._entries
 
     def _list_entries(self) -> Iterable[ContextEntry]:
