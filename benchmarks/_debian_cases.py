@@ -32,7 +32,7 @@ from conf_tree import read_archive
 from benchmarks._scale_cases import ScaleCase, ScaleResult
 from benchmarks._stats import Row, ratio
 
-__all__ = ["DEBIAN_CASES", "RootfsDiff", "c_dockerfile", "multistage_dockerfile",
+__all__ = ["DEBIAN_CASES", "RootfsDiff", "Step", "c_dockerfile", "multistage_dockerfile",
            "py_dockerfile", "rootfs_diff", "rootfs_row", "step_table", "step_times"]
 
 APT_C = "apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev make"
@@ -107,23 +107,47 @@ DEBIAN_CASES: dict[str, ScaleCase] = {
 # --- step times -------------------------------------------------------------------------
 
 _DONE = re.compile(r"^(DONE|CACHED)(?: (\d+(?:\.\d+)?)s)?$")
+_OUTPUT = re.compile(r"^(\d+\.\d+) ")  # an output line: seconds since the step started
 
 
-def step_times(progress: str) -> list[tuple[str, str]]:
+@dataclass
+class Step:
+    """One step of a plain progress output: ``state`` is ``12.3s``, ``CACHED`` or ``?`` (no
+    end line); ``first``/``last``: when its first and last output lines came (seconds since
+    it started; None without output): the time before the first is the step's set-up, the
+    time after the last (to its DONE) what the tool did once the process had written all."""
+
+    name: str
+    state: str = "?"
+    first: float | None = None
+    last: float | None = None
+
+    def read(self, rest: str) -> None:
+        if (done := _DONE.match(rest.strip())) is not None:
+            self.state = f"{done[2]}s" if done[1] == "DONE" and done[2] else done[1]
+        elif (output := _OUTPUT.match(rest)) is not None:
+            at = float(output[1])
+            self.first = at if self.first is None else self.first
+            self.last = at
+
+    @property
+    def output_span(self) -> str:
+        return "" if self.first is None else f"{self.first:.1f}-{self.last:.1f}s"
+
+
+def step_times(progress: str) -> list[Step]:
     """Each step of a ``--progress=plain`` output (``[internal] load ...``, ``[2/4] RUN
-    ...``, ``exporting to image``), in order: its name (shortened) and ``12.3s``, ``CACHED``
-    or ``?`` (no end line)."""
-    names: dict[str, str] = {}
-    states: dict[str, str] = {}
+    ...``, ``exporting to image``) in order of first news, its name shortened."""
+    steps: dict[str, Step] = {}
     for line in progress.splitlines():
         number, _, rest = line.partition(" ")
         if not number.startswith("#"):
             continue
-        if number not in names:
-            names[number] = rest
-        elif (found := _DONE.match(rest.strip())) is not None:
-            states[number] = f"{found[2]}s" if found[1] == "DONE" and found[2] else found[1]
-    return [(_short(names[n]), states.get(n, "?")) for n in names]
+        if number not in steps:
+            steps[number] = Step(_short(rest))
+        else:
+            steps[number].read(rest)
+    return list(steps.values())
 
 
 def _short(name: str, width: int = 60) -> str:
@@ -132,13 +156,14 @@ def _short(name: str, width: int = 60) -> str:
 
 def step_table(case: str, results: list[ScaleResult]) -> str:
     """A Markdown table of each tool's step times for the cold and the edit figure."""
-    lines = [f"Step times, `{case}` (the last timed round; `--progress=plain`):", "",
-             "| tool | figure | step | time |", "|---|---|---|---|"]
+    lines = [f"Step times, `{case}` (the last timed round; `--progress=plain`; output: when "
+             "the step's first and last output lines came, seconds after it started):", "",
+             "| tool | figure | step | time | output |", "|---|---|---|---|---|"]
     for result in results:
         for figure in ("cold", "edit"):
-            for name, state in step_times(result.progress.get(figure, "")):
-                lines.append(f"| {result.tool} | {figure} | `{name.replace('|', '/')}` | "
-                             f"{state} |")
+            for step in step_times(result.progress.get(figure, "")):
+                lines.append(f"| {result.tool} | {figure} | `{step.name.replace('|', '/')}` "
+                             f"| {step.state} | {step.output_span} |")
     return "\n".join(lines)
 
 # --- root filesystems -------------------------------------------------------------------
@@ -196,11 +221,30 @@ def rootfs_row(case: str, diff: RootfsDiff, path: str) -> Row:
 
 
 def diff_section(case: str, diff: RootfsDiff, limit: int = 40) -> str:
-    """The differing lines of one case (at most ``limit``), as a Markdown block."""
+    """One case's differences as Markdown: every line of a path that differs in more than
+    its bytes (at most ``limit``), then the content-only paths, counted by suffix."""
     if not diff.lines:
         return f"Root filesystems, `{case}`: identical listings ({diff.dockyard_paths:,} paths)."
-    shown = diff.lines[:limit]
-    more = len(diff.lines) - len(shown)
-    return (f"Root filesystems, `{case}` (`-` BuildKit only, `+` dockyard only; kind, mode, "
-            "owner, mtime class, path, size, sha256):\n\n```\n" + "\n".join(shown) +
-            (f"\n... {more} more lines" if more else "") + "\n```")
+    content = set(diff.content_only)
+    other = [line for line in diff.lines if _path_of(line[1:]) not in content]
+    parts = [f"Root filesystems, `{case}`: {len(diff.differing_paths)} paths differ."]
+    if other:
+        more = len(other) - limit
+        parts.append("Beyond their content (`-` BuildKit only, `+` dockyard only; kind, mode, "
+                     "owner, mtime class, path, size, sha256):\n\n```\n" +
+                     "\n".join(other[:limit]) + (f"\n... {more} more lines" if more > 0
+                                                  else "") + "\n```")
+    if content:
+        parts.append(f"In content only (same kind, mode, owner, size; {_by_suffix(content)}): "
+                     + ", ".join(f"`{path}`" for path in sorted(content)[:8])
+                     + (", ..." if len(content) > 8 else ""))
+    return "\n\n".join(parts)
+
+
+def _by_suffix(paths: set[str]) -> str:
+    counts: dict[str, int] = {}
+    for path in paths:
+        suffix = Path(path).suffix or "(no suffix)"
+        counts[suffix] = counts.get(suffix, 0) + 1
+    return ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items(),
+                                                            key=lambda item: -item[1]))

@@ -12,6 +12,7 @@ from benchmarks._debian_cases import (
     APT_C,
     DEBIAN_CASES,
     RootfsDiff,
+    Step,
     c_dockerfile,
     diff_section,
     multistage_dockerfile,
@@ -81,6 +82,7 @@ BUILDKIT_PLAIN = """\
 #5 CACHED
 #6 [2/4] RUN apt-get update && apt-get install -y gcc
 #6 0.512 Get:1 http://deb.debian.org/debian bookworm InRelease
+#6 12.25 Setting up gcc (4:12.2.0-3) ...
 #6 DONE 41.3s
 #7 [3/4] COPY . /src
 #7 DONE 0.1s
@@ -89,18 +91,18 @@ BUILDKIT_PLAIN = """\
 
 def test_step_times_reads_every_step_of_plain_progress() -> None:
     assert step_times(BUILDKIT_PLAIN) == [
-        ("[internal] load build definition from Dockerfile", "0.0s"),
-        ("[1/4] FROM 127.0.0.1:5000/library/debian:bookworm@sha256:abc", "CACHED"),
-        ("[2/4] RUN apt-get update && apt-get install -y gcc", "41.3s"),
-        ("[3/4] COPY . /src", "0.1s")]
+        Step("[internal] load build definition from Dockerfile", "0.0s"),
+        Step("[1/4] FROM 127.0.0.1:5000/library/debian:bookworm@sha256:abc", "CACHED"),
+        Step("[2/4] RUN apt-get update && apt-get install -y gcc", "41.3s", 0.512, 12.25),
+        Step("[3/4] COPY . /src", "0.1s")]
 
 
 def test_step_table_has_a_line_per_tool_figure_and_step() -> None:
     result = ScaleResult("BuildKit", {}, {"cold": BUILDKIT_PLAIN, "edit": BUILDKIT_PLAIN})
     table = step_table("debian-c", [result]).splitlines()
     assert len([line for line in table if line.startswith("| BuildKit |")]) == 8
-    assert "| BuildKit | cold | `[2/4] RUN apt-get update && apt-get install -y gcc` | 41.3s |" \
-        in table
+    assert ("| BuildKit | cold | `[2/4] RUN apt-get update && apt-get install -y gcc` | 41.3s "
+            "| 0.5-12.2s |") in table
 
 
 def test_debian_rows_carry_their_targets_and_titles() -> None:
@@ -123,7 +125,9 @@ def test_rootfs_diff_lists_each_differing_path_once() -> None:
     assert (row.dockyard, row.reference, row.ratio, row.target) == ("3 paths", "3 paths",
                                                                     1.0, None)
     assert "1 paths differ, 1 in content only; listed below" in row.benchmark
-    assert "+f 0644 0:0 * var/log 9 cccc" in diff_section("debian-c", diff)
+    assert diff_section("debian-c", diff) == (
+        "Root filesystems, `debian-c`: 1 paths differ.\n\n"
+        "In content only (same kind, mode, owner, size; 1 (no suffix)): `var/log`")
 
 
 def test_content_only_needs_the_same_metadata_and_size_on_both_sides() -> None:
@@ -132,6 +136,9 @@ def test_content_only_needs_the_same_metadata_and_size_on_both_sides() -> None:
     diff = rootfs_diff(TREE, theirs)
     assert diff.differing_paths == ["etc", "etc/a", "var/log", "var/new"]
     assert diff.content_only == ["var/log"]
+    section = diff_section("debian-c", diff)
+    assert "\n-d 0755 0:0 - etc\n" in section and "\n+d 0700 0:0 - etc\n" in section
+    assert "+f 0644 0:0 * var/new 1 eeee" in section and "var/log 9" not in section
 
 
 def test_identical_rootfs() -> None:
