@@ -244,7 +244,8 @@ def diff_section(case: str, diff: RootfsDiff, limit: int = 40) -> str:
 def _by_suffix(paths: set[str]) -> str:
     counts: dict[str, int] = {}
     for path in paths:
-        suffix = Path(path).suffix or "(no suffix)"
+        suffix = Path(path).suffix
+        suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,4}", suffix) else "other"
         counts[suffix] = counts.get(suffix, 0) + 1
-    return ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items(),
-                                                            key=lambda item: -item[1]))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{n} {suffix}" for suffix, n in ranked)

@@ -127,7 +127,7 @@ def test_rootfs_diff_lists_each_differing_path_once() -> None:
     assert "1 paths differ, 1 in content only; listed below" in row.benchmark
     assert diff_section("debian-c", diff) == (
         "Root filesystems, `debian-c`: 1 paths differ.\n\n"
-        "In content only (same kind, mode, owner, size; 1 (no suffix)): `var/log`")
+        "In content only (same kind, mode, owner, size; 1 other): `var/log`")
 
 
 def test_content_only_needs_the_same_metadata_and_size_on_both_sides() -> None:
@@ -139,6 +139,13 @@ def test_content_only_needs_the_same_metadata_and_size_on_both_sides() -> None:
     section = diff_section("debian-c", diff)
     assert "\n-d 0755 0:0 - etc\n" in section and "\n+d 0700 0:0 - etc\n" in section
     assert "+f 0644 0:0 * var/new 1 eeee" in section and "var/log 9" not in section
+
+
+def test_content_only_paths_are_counted_by_short_suffixes() -> None:
+    names = ["a/x.pyc", "b/y.pyc", "var/lib/apt/lists/deb.debian.org_dists_InRelease", "z.log"]
+    tree = [f"f 0644 0:0 * {name} 1 aaaa" for name in names]
+    diff = rootfs_diff(tree, [line.replace("aaaa", "bbbb") for line in tree])
+    assert "(same kind, mode, owner, size; 2 .pyc, 1 .log, 1 other)" in diff_section("c", diff)
 
 
 def test_identical_rootfs() -> None:
