@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks._cache_rows import CACHE_CASES, cache_rows
 from benchmarks._cases import CaseResult, edit_case, noop_case, parallel_case, startup_case
 from benchmarks._cluster_rows import CLUSTER_CASES, cluster_rows
-from benchmarks._debian_base import push_debian_base
+from benchmarks._debian_base import DEBIAN_CACHE, push_debian_base
 from benchmarks._debian_cases import (
     DEBIAN_CASES,
     compare_archives,
@@ -129,7 +129,8 @@ def _debian(env: BenchEnvironment, cases: Sequence[str], args: argparse.Namespac
     if not chosen:
         return [], []
     base = f"{env.registry}/library/debian:bookworm"
-    _log(f"debian: the bookworm base (debootstrap, cached) to {base}")
+    made = "cached" if DEBIAN_CACHE.is_dir() else "debootstrap first, a few minutes"
+    _log(f"debian: the bookworm base ({DEBIAN_CACHE}: {made}) to {base}")
     push_debian_base(env.work, base)
     rows: list[Row] = []
     sections: list[str] = []
