@@ -37,8 +37,10 @@ CACHE_DIR ?= /var/cache/dockyard
 #   git                ADD of git sources
 #   openssh-client     ssh-agent, ssh-add, ssh-keygen: --ssh ID=KEYFILE
 #   iptables           needed by dockerd's package even with --iptables=false
+#   debootstrap        the Debian bookworm base of the benchmarks' debian-* cases
+#                      (benchmarks/_debian_base.py; its result cached in $(CACHE_DIR))
 DEB_PACKAGES := docker.io containerd runc qemu-user-static binfmt-support docker-registry \
-	busybox-static skopeo umoci git iptables ca-certificates openssh-client
+	busybox-static skopeo umoci git iptables ca-certificates openssh-client debootstrap
 
 export DEBIAN_FRONTEND := noninteractive
 

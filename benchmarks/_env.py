@@ -27,6 +27,7 @@ __all__ = ["BenchEnvironment", "bench_environment"]
 @dataclass(frozen=True)
 class BenchEnvironment:
     base: str  # the busybox reference both builders use in FROM
+    registry: str  # the loopback registry's host:port, for other bases (the debian-* cases)
     buildkit: BuildKitTool
     dockyard: DockyardTool
     work: Path  # scratch space for contexts and data, removed at the end
@@ -68,7 +69,7 @@ def bench_environment() -> Iterator[BenchEnvironment]:
                  f"{dockyard.root} (ready in {time.monotonic() - began:.1f}s)")
             buildkit = BuildKitTool(daemon)
             try:
-                yield BenchEnvironment(base, buildkit, dockyard, work)
+                yield BenchEnvironment(base, registry.domain, buildkit, dockyard, work)
             finally:
                 dockyard.stop()
     finally:

@@ -19,6 +19,14 @@ from pathlib import Path
 from benchmarks._cache_rows import CACHE_CASES, cache_rows
 from benchmarks._cases import CaseResult, edit_case, noop_case, parallel_case, startup_case
 from benchmarks._cluster_rows import CLUSTER_CASES, cluster_rows
+from benchmarks._debian_base import DEBIAN_CACHE, push_debian_base
+from benchmarks._debian_cases import (
+    DEBIAN_CASES,
+    compare_archives,
+    diff_section,
+    rootfs_row,
+    step_table,
+)
 from benchmarks._env import BenchEnvironment, bench_environment
 from benchmarks._export import MIB, export_case
 from benchmarks._memory import MEMORY_CASES, measure_memory, memory_rows, process_table
@@ -29,8 +37,8 @@ from scheduler._errors import DockyardError
 
 __all__ = ["main"]
 
-CASES = ("noop", "edit", "parallel", *SCALE_CASES, "export", *MEMORY_CASES, *CACHE_CASES,
-         *CLUSTER_CASES)
+CASES = ("noop", "edit", "parallel", *SCALE_CASES, *DEBIAN_CASES, "export", *MEMORY_CASES,
+         *CACHE_CASES, *CLUSTER_CASES)
 CLI_PATH = "CLI `dockyard build`, warm local service"
 EXPORT_PATH = "in-process `workers._layers.write_layer`"
 MEMORY_PATH = "the local service's processes, after `dockyard build`"
@@ -113,6 +121,35 @@ def _scale(env: BenchEnvironment, case: str, args: argparse.Namespace) -> list[R
     return scale_rows(case, ours, theirs, CLI_PATH)
 
 
+def _debian(env: BenchEnvironment, cases: Sequence[str], args: argparse.Namespace
+            ) -> tuple[list[Row], list[str]]:
+    """Issue 10's Debian cases (benchmarks/_debian_cases.py): per case its three timed rows
+    and its root filesystem row; the step-time tables and the filesystem differences."""
+    chosen = [c for c in DEBIAN_CASES if c in cases]
+    if not chosen:
+        return [], []
+    base = f"{env.registry}/library/debian:bookworm"
+    made = "cached" if DEBIAN_CACHE.is_dir() else "debootstrap first, a few minutes"
+    _log(f"debian: the bookworm base ({DEBIAN_CACHE}: {made}) to {base}")
+    push_debian_base(env.work, base)
+    rows: list[Row] = []
+    sections: list[str] = []
+    for case in chosen:
+        _log(f"{case}: BuildKit, then dockyard (cold, warm, one-line change)")
+        results = [measure_scale(case, tool, env.work, base, args.warmups, args.reps,
+                                 DEBIAN_CASES) for tool in (env.buildkit, env.dockyard)]
+        rows += scale_rows(case, results[1], results[0], CLI_PATH, DEBIAN_CASES)
+        _log(f"{case}: both images exported, their root filesystems compared")
+        archives = [env.work / f"{case}-{tool.name}.tar" for tool in (env.buildkit,
+                                                                       env.dockyard)]
+        env.buildkit.export(env.work / f"{case}-BuildKit", archives[0])
+        env.dockyard.export(env.work / f"{case}-dockyard", archives[1])
+        diff = compare_archives(*archives)
+        rows.append(rootfs_row(case, diff, "CLI `dockyard build -o type=docker`"))
+        sections += [step_table(case, results), diff_section(case, diff)]
+    return rows, sections
+
+
 def _memory(env: BenchEnvironment) -> tuple[list[Row], str]:
     """The ``memory`` case's rows, and the table of each tool's idle processes."""
     _log("memory: BuildKit (dockerd + containerd), then dockyard's service")
@@ -189,6 +226,9 @@ def run(args: argparse.Namespace) -> str:
     if set(cases) - set(CLUSTER_CASES):  # the cluster cases need no dockerd
         with bench_environment() as env:
             rows += _build_rows(env, cases, args)
+            debian_rows, debian_sections = _debian(env, cases, args)
+            rows += debian_rows
+            sections += debian_sections
             if "export" in cases:
                 rows.append(_export_row(env.work, args))
             if "memory" in cases:

@@ -32,8 +32,8 @@ The cases:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks._cluster import big_context, main_txt
@@ -177,36 +177,45 @@ SCALE_CASES: dict[str, ScaleCase] = {
 
 @dataclass(frozen=True)
 class ScaleResult:
-    """One tool's timings on one case: ``figures`` maps cold / warm / edit to a Series."""
+    """One tool's timings on one case: ``figures`` maps cold / warm / edit to a Series;
+    ``progress`` each figure's last ``--progress=plain`` output (when the tool keeps it)."""
 
     tool: str
     figures: dict[str, Series]
+    progress: dict[str, str] = field(default_factory=dict)
 
 
 def measure_scale(case: str, tool: Builder, work: Path, base: str, warmups: int,
-                  reps: int) -> ScaleResult:
-    """``warmups`` untimed rounds, then ``reps`` timed rounds of cold, warm and edit."""
-    edit = SCALE_CASES[case].setup(work / f"{case}-{tool.name}", base)
+                  reps: int, cases: Mapping[str, ScaleCase] = SCALE_CASES) -> ScaleResult:
+    """``warmups`` untimed rounds, then ``reps`` timed rounds of cold, warm and edit
+    (``case`` one of ``cases``)."""
+    edit = cases[case].setup(work / f"{case}-{tool.name}", base)
     context = work / f"{case}-{tool.name}"
     tool.build(context)  # the first build: the base pulled, the service warm
     samples: dict[str, list[float]] = {"cold": [], "warm": [], "edit": []}
+    progress: dict[str, str] = {}
     for rep in range(warmups + reps):
-        times = {"cold": tool.build(context, no_cache=True), "warm": tool.build(context)}
-        edit(f"edit-{rep}")
-        times["edit"] = tool.build(context)
+        times = {}
+        for name in samples:
+            if name == "edit":
+                edit(f"edit-{rep}")
+            times[name] = tool.build(context, no_cache=name == "cold")
+            progress[name] = getattr(tool, "last_progress", "")
         if rep >= warmups:
             for name, took in times.items():
                 samples[name].append(took)
-    return ScaleResult(tool.name, {name: Series(tuple(s)) for name, s in samples.items()})
+    return ScaleResult(tool.name, {name: Series(tuple(s)) for name, s in samples.items()},
+                       progress)
 
 
 _FIGURES = {"cold": "cold (`--no-cache`)", "warm": "warm (no change)",
             "edit": "after a one-line change"}
 
 
-def scale_rows(case: str, ours: ScaleResult, theirs: ScaleResult, path: str) -> list[Row]:
+def scale_rows(case: str, ours: ScaleResult, theirs: ScaleResult, path: str,
+               cases: Mapping[str, ScaleCase] = SCALE_CASES) -> list[Row]:
     """Three rows, dockyard / BuildKit: cold, warm, edit; 1.0 where issue 10 sets it."""
-    spec = SCALE_CASES[case]
+    spec = cases[case]
     rows = []
     for name, text in _FIGURES.items():
         mine, other = ours.figures[name], theirs.figures[name]

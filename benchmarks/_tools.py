@@ -60,6 +60,12 @@ def _args(build_args: Mapping[str, str] | None, no_cache: bool = False) -> list[
 
 def timed_run(argv: Sequence[str], env: Mapping[str, str], what: str) -> float:
     """Run ``argv``; its wall time, or a BenchmarkError naming ``what`` with the output."""
+    return timed_output(argv, env, what)[0]
+
+
+def timed_output(argv: Sequence[str], env: Mapping[str, str], what: str) -> tuple[float, str]:
+    """Run ``argv``; its wall time and its stderr (where ``--progress=plain`` goes), or a
+    BenchmarkError naming ``what`` with the output."""
     began = time.perf_counter()
     try:
         done = subprocess.run(list(argv), env=dict(env), capture_output=True, text=True,
@@ -72,7 +78,7 @@ def timed_run(argv: Sequence[str], env: Mapping[str, str], what: str) -> float:
         raise BenchmarkError(f"{what} failed (exit {done.returncode}):\n"
                              f"{_tail(done.stderr or done.stdout)}",
                              hint=f"run it by hand: {' '.join(argv)}")
-    return took
+    return took, done.stderr
 
 
 class DockerClient(Protocol):
@@ -98,11 +104,12 @@ class BuildKitTool:
 
     def __init__(self, daemon: DockerClient) -> None:
         self._daemon = daemon
+        self.last_progress = ""  # the last build's --progress=plain output
 
     def build(self, context: Path, build_args: Mapping[str, str] | None = None,
-              no_cache: bool = False) -> float:
+              no_cache: bool = False, *flags: str) -> float:
         argv = ["build", "--network=host", "--progress=plain", *_args(build_args, no_cache),
-                str(context)]
+                *flags, str(context)]
         began = time.perf_counter()
         done = self._daemon.docker(*argv, timeout=BUILD_TIMEOUT)
         took = time.perf_counter() - began
@@ -110,7 +117,17 @@ class BuildKitTool:
             raise BenchmarkError(f"BuildKit build of {context} failed (exit "
                                  f"{done.returncode}):\n{_tail(done.stderr)}",
                                  hint="see the private dockerd's log (kept in the error)")
+        self.last_progress = done.stderr
         return took
+
+    def export(self, context: Path, archive: Path) -> None:
+        """Build ``context`` (cached) and ``docker save`` the image to ``archive``."""
+        iidfile = archive.with_suffix(".iid")
+        self.build(context, None, False, f"--iidfile={iidfile}")
+        done = self._daemon.docker("save", f"--output={archive}",
+                                   iidfile.read_text().strip(), timeout=BUILD_TIMEOUT)
+        if done.returncode != 0:
+            raise BenchmarkError(f"docker save failed: {_tail(done.stderr)}")
 
     def pids(self) -> list[int]:
         """dockerd's, containerd's and any other descendant's of the private dockerd."""
@@ -133,6 +150,7 @@ class DockyardTool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._env = {**os.environ, "DOCKYARD_ROOT": str(root), "PYTHONPATH": str(REPO)}
+        self.last_progress = ""  # the last build's --progress=plain output
 
     def _argv(self, *args: str) -> list[str]:
         script = Path(sys.executable).parent / "dockyard"
@@ -141,10 +159,15 @@ class DockyardTool:
         return [sys.executable, "-m", "cluster", *args]
 
     def build(self, context: Path, build_args: Mapping[str, str] | None = None,
-              no_cache: bool = False) -> float:
-        argv = self._argv("build", "--progress=plain", *_args(build_args, no_cache),
+              no_cache: bool = False, *flags: str) -> float:
+        argv = self._argv("build", "--progress=plain", *_args(build_args, no_cache), *flags,
                           str(context))
-        return timed_run(argv, self._env, f"dockyard build of {context}")
+        took, self.last_progress = timed_output(argv, self._env, f"dockyard build of {context}")
+        return took
+
+    def export(self, context: Path, archive: Path) -> None:
+        """Build ``context`` (cached) with a docker-archive output at ``archive``."""
+        self.build(context, None, False, f"--output=type=docker,dest={archive}")
 
     def client_startup(self) -> float:
         return timed_run(self._argv("--version"), self._env, "dockyard --version")

@@ -1,0 +1,199 @@
+"""A real Debian bookworm base image for the ``debian-*`` cases, pushed to the bench's registry.
+
+- ``debootstrap --variant=minbase --include=ca-certificates bookworm`` once, into
+  ``/var/cache/dockyard/debian-bookworm-minbase`` (written beside it, then renamed: a
+  half-made tree is never taken for the cache); later runs reuse it (about 30 s to make).
+- Every run then lays this host's mirror settings over a copy of it (the cache stays as
+  debootstrap left it), so ``apt-get`` and ``pip`` in a ``RUN`` reach the same mirrors as
+  the host: the local CA certificates (``/usr/local/share/ca-certificates``, then
+  ``update-ca-certificates`` in a chroot: HTTPS through this machine's egress works), apt's
+  sources (``/etc/apt/sources.list`` and the ``*.list``/``*.sources`` of
+  ``sources.list.d``, replacing debootstrap's own), the ``apt.conf.d`` files setting how
+  apt reaches a mirror (``Acquire::http``/``https`` proxies and certificates,
+  ``Check-Valid-Until``...), and ``/etc/pip.conf``, so the image follows the host's
+  settings.
+- The tree becomes one gzip layer (sorted, numeric owners, the files' own mtimes, hardlinks
+  kept) without what an official image leaves out: ``/dev``'s nodes, apt's lists and
+  downloaded ``.deb`` files, the host's ``resolv.conf`` and ``hostname`` (the runtimes
+  mount their own).  Config and manifest are written with devkit/busybox_image.py's
+  ``OciLayout``; ``skopeo_push`` copies it to the registry.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from support.busybox_image import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    PATH_ENV,
+    OciLayout,
+    skopeo_push,
+)
+
+from benchmarks._tools import BenchmarkError
+
+__all__ = ["DEBIAN_CACHE", "debian_base", "host_mirror_files", "layer_skips",
+           "push_debian_base"]
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+DEBIAN_CACHE = Path(os.environ.get("DOCKYARD_CACHE_DIR", "/var/cache/dockyard")) / \
+    f"debian-{SUITE}-minbase"
+DEBOOTSTRAP_TIMEOUT = 900.0
+_HOST_CA = Path("/usr/local/share/ca-certificates")
+#: directories whose content the layer leaves out (the directory itself is kept)
+_EMPTIED = ("dev", "var/lib/apt/lists", "var/cache/apt/archives", "proc", "sys", "tmp")
+_DROPPED = ("etc/resolv.conf", "etc/hostname")
+#: apt options about reaching a mirror (proxies, certificates, a snapshot's old Release)
+_MIRROR_OPTION = re.compile(r"Acquire::(https?|ftp|Check-Valid-Until|Check-Date|Retries)\b")
+_EPOCH = "1970-01-01T00:00:00Z"
+
+
+def _run(argv: list[str], what: str, timeout: float = 120.0) -> None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(f"{what} took over {timeout:.0f} s") from None
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
+        raise BenchmarkError(f"{what} failed (exit {done.returncode}):\n{tail}")
+
+
+def debian_base(cache: Path = DEBIAN_CACHE) -> Path:
+    """The cached debootstrap tree, made first when it is missing."""
+    if cache.is_dir():
+        return cache
+    if shutil.which("debootstrap") is None:
+        raise BenchmarkError("debootstrap is not installed", hint="run 'make setup'")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{cache.name}.", dir=cache.parent))
+    try:
+        _run(["debootstrap", "--variant=minbase", "--include=ca-certificates", SUITE,
+              str(staging), MIRROR], f"debootstrap {SUITE}", DEBOOTSTRAP_TIMEOUT)
+        staging.rename(cache)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return cache
+
+
+def host_mirror_files(etc: Path = Path("/etc")) -> list[Path]:
+    """This host's files that say how apt and pip reach their mirrors (see the module doc);
+    paths under ``etc``."""
+    apt = etc / "apt"
+    found = [apt / "sources.list", etc / "pip.conf"]
+    found += sorted((apt / "sources.list.d").glob("*.list"))
+    found += sorted((apt / "sources.list.d").glob("*.sources"))
+    found += [path for path in sorted((apt / "apt.conf.d").glob("*"))
+              if path.is_file() and _MIRROR_OPTION.search(path.read_text(errors="replace"))]
+    return [path for path in found if path.is_file()]
+
+
+def _copy_into(root: Path, source: Path, relative: Path) -> None:
+    target = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    target.chmod(0o644)
+
+
+def apply_host_settings(root: Path) -> None:
+    """Lay this host's CA certificates and mirror settings over the tree ``root``."""
+    for old in [root / "etc/apt/sources.list",
+                *(root / "etc/apt/sources.list.d").glob("*")]:
+        old.unlink(missing_ok=True)
+    shutil.rmtree(root / _HOST_CA.relative_to("/"), ignore_errors=True)
+    for cert in sorted(_HOST_CA.rglob("*.crt")):
+        _copy_into(root, cert, cert.relative_to("/"))
+    for path in host_mirror_files():
+        _copy_into(root, path, path.relative_to("/"))
+    _run(["chroot", str(root), "update-ca-certificates", "--fresh"],
+         "update-ca-certificates in the Debian tree")
+
+
+def layer_skips(relative: str) -> bool:
+    """Whether the layer leaves out the path ``relative`` (to the tree's root)."""
+    parent = relative.rpartition("/")[0]
+    return relative in _DROPPED or parent in _EMPTIED or any(
+        relative.startswith(f"{top}/") and parent != top for top in _EMPTIED)
+
+
+def _walk(root: Path) -> Iterator[str]:
+    """Every path under ``root``, relative, sorted, parents first (symlinks not followed)."""
+    for directory, subdirs, files in os.walk(root):
+        subdirs.sort()
+        base = os.path.relpath(directory, root)
+        for name in sorted([*subdirs, *files]):
+            yield name if base == "." else f"{base}/{name}"
+
+
+def layer_tar(root: Path, out: Path) -> None:
+    """Write the uncompressed layer tar of ``root`` to ``out``."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for relative in _walk(root):
+            if layer_skips(relative):
+                continue
+            info = tar.gettarinfo(root / relative, arcname=relative)
+            if info is None:  # a socket: no tar type for it
+                continue
+            info.uname = info.gname = ""
+            if info.isreg():
+                with open(root / relative, "rb") as data:
+                    tar.addfile(info, data)
+            else:
+                tar.addfile(info)
+
+
+def _gzip_file(source: Path, out: Path) -> None:
+    with open(source, "rb") as raw, gzip.GzipFile(out, "wb", compresslevel=6, mtime=0) as gz:
+        shutil.copyfileobj(raw, gz, 1 << 20)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _write_layout(layout_dir: Path, tar_path: Path) -> None:
+    gz_path = tar_path.with_suffix(".tar.gz")
+    _gzip_file(tar_path, gz_path)
+    layout = OciLayout(layout_dir)
+    layer = layout.add(OCI_LAYER, gz_path.read_bytes())
+    config = layout.add_json(OCI_CONFIG, {
+        "architecture": "amd64", "os": "linux", "created": _EPOCH,
+        "config": {"Env": [PATH_ENV], "Cmd": ["bash"]},
+        "rootfs": {"type": "layers", "diff_ids": [_file_digest(tar_path)]},
+        "history": [{"created": _EPOCH,
+                     "created_by": f"debootstrap --variant=minbase {SUITE} + host mirrors"}]})
+    manifest = layout.add_json(OCI_MANIFEST, {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                              "config": config, "layers": [layer]})
+    layout.finish(manifest, "latest")
+
+
+def push_debian_base(work: Path, destination: str) -> None:
+    """Make (or reuse) the Debian tree, apply the host's settings to a copy of it, push that
+    as ``destination`` (``host:port/repo:tag``)."""
+    cached = debian_base()
+    scratch = work / "debian-base"
+    scratch.mkdir()
+    try:
+        _run(["cp", "-a", str(cached), str(scratch / "rootfs")], "copying the Debian tree")
+        apply_host_settings(scratch / "rootfs")
+        layer_tar(scratch / "rootfs", scratch / "layer.tar")
+        _write_layout(scratch / "layout", scratch / "layer.tar")
+        skopeo_push(scratch / "layout", "latest", destination)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
