@@ -6,8 +6,10 @@ per-copy header, so that deflate's 32 KiB window finds no cheap repeats).  Both 
 the same directory (warm in the page cache after the warm-up) and write a gzip (level 6,
 gzip's default and BuildKit's) stream to a file on the same disk.
 
-dockyard's side is ``workers._layers.write_layer`` called in-process: it is what turns a
-RUN's overlay upper dir into a layer blob; exporting an image later copies those blobs.
+dockyard's side is ``workers._layers.write_layer`` called in-process, with gzip: what an
+image output pays for each layer the first time it is exported (a RUN stores its layer
+uncompressed; ``WorkerRuntime.compressed`` gzips it, with this writer, when an image or a
+remote cache first needs it, and keeps the result).
 """
 
 from __future__ import annotations

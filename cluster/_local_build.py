@@ -114,7 +114,8 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
         await cache.aclose()
     hashed = backend.context_statistics().bytes_hashed
     return LocalBuildResult(exported, records, solver.statistics(),
-                            {**build_metadata(exported), CONTEXT_HASHED_KEY: hashed})
+                            {**build_metadata(exported, bool(options.outputs)),
+                             CONTEXT_HASHED_KEY: hashed})
 
 
 async def _exported(engine: WorkerRuntime, graph: BuildGraph,

@@ -25,20 +25,20 @@ writes records through the record cache of the build that started it; every othe
 that joined it then reads the record through its own (a build's cache may push what it
 sees: ``--cache-to mode=max``).
 
-**Lost layers.**  A record from a shared cache is trusted, and its layer blobs are fetched
-only when something needs them; one may then turn out missing or corrupt, and the
-backend's ``execute`` raises ``BlobLost`` naming it.  That is a cache miss, never a failed
-build: the solver rebuilds the *owner* of the lost layer -- walking down from the input
-whose record names it to the vertex whose own layer it is (its record names it, none of
-its inputs' records does) -- re-executes it, and re-executes the vertices between only
-if the rebuilt result differs (a reproducible layer comes back with the same digest, so
-nothing above re-runs).  Then the vertex is retried, at most once per lost digest (a
-second loss of one digest is a ``SolveError``).  A rebuild is a flight of its own (slot:
-the key and the lost digests), never a join of the flight that returned the stale
-record; it keeps the stale record's ``created`` (the result's first build) and its
-``put`` replaces the stale record, locally and in the build's ``--cache-to``.
-``solve(..., rebuild=digests)`` does the same for the targets (an exporter that found a
-layer lost asks for fresh records).
+**Lost layers.** A record from a shared cache is trusted, and its layer blobs are
+fetched only when something needs them; one may then turn out missing or corrupt, and
+the backend's ``execute`` raises ``BlobLost`` naming it. That is a cache miss, never a
+failed build: the solver rebuilds the *owner* of the lost layer -- walking down from the
+input whose record names it to the vertex whose own layer it is (its record names it,
+none of its inputs' records does) -- re-executes it, and re-executes the vertices
+between only if the rebuilt result differs (a reproducible layer comes back with the
+same diff_id, so nothing above re-runs; the worker makes the lost compressed blob again
+from it). Then the vertex is retried, at most once per lost digest (a second loss of one
+digest is a ``SolveError``). A rebuild is a flight of its own (slot: the key and the
+lost digests), never a join of the flight that returned the stale record; it keeps the
+stale record's ``created`` (the result's first build) and its ``put`` replaces the stale
+record, locally and in the build's ``--cache-to``. ``solve(..., rebuild=digests)`` does
+the same for the targets (an exporter that found a layer lost asks for fresh records).
 
 **Failures.**  When several vertices fail, the build's error is always the same one:
 the first failing vertex in depth-first order of the graph (targets in their order, each
@@ -450,7 +450,7 @@ class Solver:
             if _layers(input_record) & lost:
                 fresh[index] = await self._refresh(
                     build, build.vertex(vertex.inputs[index]), input_record, lost)
-                changed = changed or fresh[index].result != input_record.result
+                changed = changed or not _same_content(fresh[index], input_record)
         if not changed and not (_layers(record) & lost) - inherited:
             return record
         return await self._rebuild(build, vertex, fresh, record.created, lost)
@@ -620,6 +620,15 @@ def _raise(error: SolveError, cause: Exception) -> NoReturn:
     if error is cause:
         raise error
     raise error from cause
+
+
+def _same_content(one: CacheRecord, other: CacheRecord) -> bool:
+    """Whether two records hold the same filesystem: the same layers by diff_id (one may
+    be compressed where the other is not, as a rebuilt step's layer is before an image
+    or a remote cache needs it compressed) and the same base config."""
+    return (one.result.image_config == other.result.image_config
+            and [layer.diff_id for layer in one.result.layers]
+            == [layer.diff_id for layer in other.result.layers])
 
 
 def _layers(record: CacheRecord) -> set[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cache_backends._credentials import S3Credentials
-from cache_backends._records import CacheRecord
+from cache_backends._records import CacheRecord, LayerDescriptor
 from scheduler._build_request import CacheSpec
 from scheduler._errors import ExportError, UsageError
 from scheduler._graph import ImageResult, Ulimit
@@ -113,11 +113,19 @@ def remote_records(engine: WorkerRuntime, options: LocalBuildOptions,
 
 async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
                         records: Mapping[str, CacheRecord], options: LocalBuildOptions,
-                        streams: Mapping[Path, BinaryIO] | None = None) -> Exported:
+                        streams: Mapping[Path, BinaryIO] | None = None,
+                        pushed: bool = False) -> Exported:
     """The images of ``results`` (their roots' ``records``) written to every output; an
     output whose ``dest`` is in ``streams`` is written to that stream instead (the
-    session channel to the client, workers/_output_send.py)."""
-    images = [_image(result, records, options.epoch) for result in results]
+    session channel to the client, workers/_output_send.py).  The images name their
+    layers compressed (``WorkerRuntime.compressed``) when there is an output, or when the
+    caller will ``pushed`` them; else they are only described, nothing compressed."""
+    if not options.outputs and not pushed:
+        images = [_image(result, records, options.epoch) for result in results]
+        return images[0] if len(images) == 1 else build_index(images)
+    images = [_image(result, records, options.epoch,
+                     await engine.compressed(_layers(result, records)))
+              for result in results]
     exported: Exported = images[0] if len(images) == 1 else build_index(images)
     if not options.outputs:
         return exported
@@ -158,13 +166,20 @@ def _with_epoch(options: LocalBuildOptions) -> LocalBuildOptions:
     return dataclasses.replace(options, epoch=epoch)
 
 
-def _image(result: ImageResult, records: Mapping[str, CacheRecord],
-           epoch: int | None) -> ImageArtifacts:
+def _layers(result: ImageResult, records: Mapping[str, CacheRecord]
+            ) -> tuple[LayerDescriptor, ...]:
+    return () if result.root is None else records[result.root].result.layers
+
+
+def _image(result: ImageResult, records: Mapping[str, CacheRecord], epoch: int | None,
+           layers: Sequence[LayerDescriptor] | None = None) -> ImageArtifacts:
+    """The image of ``result``: its record's layers, or ``layers`` (the same, compressed)."""
     if result.root is None:
         return build_image(None, result.config, (), result.platform, created=epoch or 0,
                            epoch=epoch)
     record = records[result.root]
-    return build_image(record.result.image_config, result.config, record.result.layers,
+    chosen = record.result.layers if layers is None else tuple(layers)
+    return build_image(record.result.image_config, result.config, chosen,
                        result.platform, created=record.created, epoch=epoch)
 
 

@@ -384,8 +384,16 @@ def build_index(manifests: Sequence[ImageArtifacts]) -> IndexArtifacts:
                           images=tuple(manifests))
 
 
-def build_metadata(result: ImageArtifacts | IndexArtifacts) -> dict[str, Any]:
-    """buildx's ``--metadata-file`` keys for an exported image or index."""
+def build_metadata(result: ImageArtifacts | IndexArtifacts, written: bool = True
+                   ) -> dict[str, Any]:
+    """buildx's ``--metadata-file`` keys for an exported image or index.  Not
+    ``written`` (a build without outputs): only an image's config digest, its id, which
+    needs no layer compressed (the manifest would name compressed layers, and nothing
+    compressed them)."""
+    if not written:
+        if isinstance(result, IndexArtifacts):
+            return {}
+        return {"containerimage.config.digest": result.config_digest}
     if isinstance(result, IndexArtifacts):
         return {"containerimage.digest": result.digest,
                 "containerimage.descriptor": result.descriptor.to_json()}

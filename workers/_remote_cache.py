@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,11 @@ class RemoteRecords:
     async def _push(self, index: int, remote: RemoteCache, record: CacheRecord,
                     built: bool) -> None:
         try:
+            # a remote cache holds layers as images do (compressed), for any reader
+            layers = await self._runtime.compressed(record.result.layers)
+            if layers != record.result.layers:
+                record = dataclasses.replace(
+                    record, result=dataclasses.replace(record.result, layers=layers))
             await self._push_blobs(index, remote.backend, record.result.layers)
             await remote.backend.put_record(record)
         except BlobLost:

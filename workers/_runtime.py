@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from ._context_manifest import ContextManifest
 from ._context_source import ContextTree, LocalContext, ManifestContext, Materialised
 from ._context_store import ContextStore
 from ._executor import Executor
+from ._layer_stream import READ_SIZE, TAR_LAYER, LayerSink
 from ._layers import unpack_layer, write_layer
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
 from ._secrets import DictSecrets, SecretSource
@@ -145,6 +147,8 @@ class WorkerRuntime:
         self.lost: set[str] = set()
         # digest -> the lock of the one task fetching it from a remote cache
         self._fetching: dict[str, asyncio.Lock] = {}
+        # variant key -> the lock of the one task compressing that layer
+        self._compressing: dict[str, asyncio.Lock] = {}
         # taken by each remote fetch (after its digest's lock): how many run at once
         self._fetch_slots = asyncio.Semaphore(REMOTE_FETCHES)
 
@@ -229,23 +233,28 @@ class WorkerRuntime:
         if not wanted:
             return
         present = await self.cache.has_many(wanted)
-        await self.settle(self._start(digest for digest in wanted if digest not in present))
+        await self.settle(self._start(layer for digest, layer in wanted.items()
+                                      if digest not in present))
 
     async def ensure_digest(self, digest: str) -> None:
         """``ensure_blobs`` for one blob named by digest (a peer worker asks for a blob
         this worker imported a record of: it is fetched here first, then served)."""
         if digest in self.remote_blobs or digest in self.lost:
-            await self.settle(self._start([digest]))
+            await self.settle(self._start([digest]))  # no layer: no diff_id to try
 
     def start_fetches(self, layers: Iterable[LayerDescriptor]) -> dict[str, asyncio.Task[None]]:
         """``ensure_blobs`` in the background: one task per blob to fetch, by digest (each
         ends once its blob is in the local cache, or with its ``BlobLost``), so a consumer
         can use the first blobs while later ones still arrive; ``settle`` them after."""
-        return self._start(self._wanted(layers))
+        return self._start(self._wanted(layers).values())
 
-    def _start(self, digests: Iterable[str]) -> dict[str, asyncio.Task[None]]:
-        return {digest: asyncio.ensure_future(self._fetch_remote(digest))
-                for digest in digests}
+    def _start(self, wanted: Iterable[LayerDescriptor | str]) -> dict[str, asyncio.Task[None]]:
+        tasks = {}
+        for item in wanted:
+            digest = item if isinstance(item, str) else item.digest
+            layer = None if isinstance(item, str) else item
+            tasks[digest] = asyncio.ensure_future(self._fetch_remote(digest, layer))
+        return tasks
 
     async def settle(self, fetches: Mapping[str, Awaitable[None]]) -> None:
         """Wait for every fetch of ``start_fetches``; then raise one ``BlobLost`` naming
@@ -258,18 +267,19 @@ class WorkerRuntime:
         if losses:
             raise _all_lost(losses)
 
-    def _wanted(self, layers: Iterable[LayerDescriptor]) -> list[str]:
-        """The digests of ``layers`` (once each) that a remote cache holds or lost."""
-        return list(dict.fromkeys(layer.digest for layer in layers
-                                  if layer.digest in self.remote_blobs
-                                  or layer.digest in self.lost))
+    def _wanted(self, layers: Iterable[LayerDescriptor]) -> dict[str, LayerDescriptor]:
+        """The layers (by digest, once each) that a remote cache holds or lost."""
+        return {layer.digest: layer for layer in layers
+                if layer.digest in self.remote_blobs or layer.digest in self.lost}
 
-    async def _fetch_remote(self, digest: str) -> None:
+    async def _fetch_remote(self, digest: str, layer: LayerDescriptor | None = None) -> None:
         lock = self._fetching.setdefault(digest, asyncio.Lock())
         async with lock:
             # a stat, on the loop: no thread hop here keeps the fetches (and their turns
             # at the remote, cache_backends/_s3_ranges.py) in the order they were started
             if self.cache.holds(digest):
+                return
+            if layer is not None and await self._compressed_here(layer):
                 return
             remote = self.remote_blobs.get(digest)
             if remote is None:  # lost by a fetch that held the lock before this one
@@ -315,14 +325,15 @@ class WorkerRuntime:
         return self.cache.blob_source().open_blob(digest)
 
     async def store_upper(self, mounted: Mounted, epoch: int | None) -> LayerDescriptor:
-        """The diff of the writable mount ``mounted`` as a layer blob in the cache; its
+        """The diff of the writable mount ``mounted`` as an uncompressed layer blob in the
+        cache (compressed when an image or a remote cache needs it: ``compressed``); its
         upper dir becomes the layer's snapshot when the mount is torn down (moved, never
         unpacked from the blob again; ``SnapshotStore.keep_upper``).  An empty diff still
         gives a (empty) layer, as BuildKit's does: the image's history and layer count then
         match BuildKit's (e.g. ``WORKDIR`` of a directory the base already has)."""
         if mounted.upper is None:
             raise SolveError(f"{mounted.path} is mounted read-only: it has no diff to store")
-        layer = await self._write_layer(mounted.upper, epoch)
+        layer = await self._write_layer(mounted.upper, epoch, "none")
         self.snapshots.keep_upper(mounted, layer.diff_id)
         return layer
 
@@ -335,6 +346,81 @@ class WorkerRuntime:
         layer = await self._write_layer(tree, epoch, "none")
         await asyncio.to_thread(self.snapshots.publish, layer.diff_id, tree)
         return layer
+
+    async def compressed(self, layers: Sequence[LayerDescriptor]
+                         ) -> tuple[LayerDescriptor, ...]:
+        """``layers`` as an image or a remote cache holds them: each uncompressed one in
+        this runtime's compression (gzip unless configured), made from its blob the first
+        time and kept (``variant_key``), the others as they are.  The compressed bytes
+        depend on the tar alone (workers/_layer_stream.py), so an image's digest is the
+        one a layer compressed when its step ran had."""
+        if self.compression == "none":
+            return tuple(layers)
+        return tuple([await self._variant(layer) if layer.media_type == TAR_LAYER
+                      else layer for layer in layers])
+
+    async def _variant(self, layer: LayerDescriptor) -> LayerDescriptor:
+        key = variant_key(layer.diff_id, self.compression)
+        async with self._compressing.setdefault(key, asyncio.Lock()):
+            record = await self.cache.get_record(key)
+            if record is not None and len(record.result.layers) == 1:
+                known = record.result.layers[0]
+                if known.diff_id == layer.diff_id and self.cache.holds(known.digest):
+                    return known
+            await self.ensure_blobs((layer,))
+            made = await self._recompressed(layer)
+            await self.cache.put_record(CacheRecord(
+                key, StateResult(layers=(made,)), created=int(time.time()),
+                meta={"name": f"{self.compression} of layer {layer.diff_id}"}))
+            return made
+
+    async def _compressed_here(self, layer: LayerDescriptor) -> bool:
+        """Whether the compressed ``layer`` could be made again from its uncompressed blob
+        here (a step rebuilt since its blob was lost, or made here before it was imported):
+        then it is in the local cache, and no remote cache is asked for it."""
+        if layer.media_type == TAR_LAYER or layer.diff_id == layer.digest:
+            return False
+        path = self.cache.blob_source().blob_path(layer.diff_id)
+        if path is None:
+            return False
+        plain = LayerDescriptor(layer.diff_id, path.stat().st_size, layer.diff_id, TAR_LAYER)
+        try:
+            made = await self._variant(plain)
+        except (BlobLost, CacheError):
+            return False
+        if made.digest != layer.digest:  # another compressor made it (another tool)
+            return False
+        self.remote_blobs.pop(layer.digest, None)
+        self.lost.discard(layer.digest)
+        return True
+
+    async def _recompressed(self, layer: LayerDescriptor) -> LayerDescriptor:
+        fd, name = tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=self.tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                made = await asyncio.to_thread(self._compress, layer, out)
+            await self.cache.put_blob(made.digest, Path(name), move=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        return made
+
+    def _compress(self, layer: LayerDescriptor, out: BinaryIO) -> LayerDescriptor:
+        sink = LayerSink(out, self.compression)
+        try:
+            with self._open_blob(layer.digest) as blob:
+                while chunk := blob.read(READ_SIZE):
+                    sink.write(chunk)
+            made = sink.finish()
+        except (BlobMissing, BlobCorrupt) as err:  # gone from the local cache: rebuilt
+            raise _lost(layer.digest, f"the local cache ({self.cache.root})",
+                        err.message) from err
+        finally:
+            sink.close()
+        if made.diff_id != layer.diff_id:
+            raise CacheError(f"layer {layer.digest} compresses to diff_id {made.diff_id}",
+                             hint="prune the cache and build again")
+        return made
 
     async def _write_layer(self, tree: Path, epoch: int | None,
                            compression: str | None = None) -> LayerDescriptor:
@@ -518,6 +604,13 @@ class RuntimeBackend:
                                  hint="this is a bug in dockyard: please report it")
             await context.ensure_local(self.session.context_reader)
         return context
+
+
+def variant_key(diff_id: str, compression: str) -> str:
+    """The record key naming the ``compression`` variant of the uncompressed layer
+    ``diff_id`` (a record, so the cache keeps that blob as long as it keeps records)."""
+    material = f"dockyard-layer-variant\0{compression}\0{diff_id}".encode()
+    return "sha256:" + hashlib.sha256(material).hexdigest()
 
 
 def _lost(digest: str, where: str, why: str = "") -> BlobLost:

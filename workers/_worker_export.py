@@ -40,11 +40,13 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
     writers = {path: ChannelWriter(session.send, index, loop)
                for index, path in session.outputs.items()
                if not session.request.outputs[index].to_stdout}
+    pushes = any(o.type == "image" and o.push for o in session.request.outputs)
     # each file output goes to the client as it is written (its pump sends the chunks)
     pumping = {path: asyncio.ensure_future(writer.pump()) for path, writer in writers.items()}
     try:
         exported = await write_results(engine, BuildGraph.from_msgpack(graph).results, roots,
-                                       session.options, cast(Mapping[Path, BinaryIO], writers))
+                                       session.options, cast(Mapping[Path, BinaryIO], writers),
+                                       pushed=pushes)
         for path, writer in writers.items():
             await writer.finish(pumping[path])
     finally:
@@ -63,7 +65,7 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
             await close_output(session.send, index)
         else:  # stdout: sent only now, from its scratch file
             await send_file(session.send, index, session.outputs[index])
-    metadata = dict(build_metadata(exported))
+    metadata = dict(build_metadata(exported, bool(session.options.outputs) or pushes))
     if session.request.tags:
         metadata["image.name"] = ",".join(session.request.tags)
     return {"metadata": metadata, "pushed": pushed}

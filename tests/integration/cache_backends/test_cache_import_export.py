@@ -158,9 +158,10 @@ def test_a_failed_build_keeps_what_it_finished(s3_endpoint: Any, busybox_image: 
 
 def _layer(result: LocalBuildResult, from_top: int) -> str:
     """The blob of the image's ``from_top``-th layer counted from its last (1: the last
-    RUN's, 2: the RUN below it)."""
-    deepest = max(result.records.values(), key=lambda record: len(record.result.layers))
-    return deepest.result.layers[-from_top].digest
+    RUN's, 2: the RUN below it), as the image and the bucket hold it (gzip; the local
+    records name the uncompressed layers)."""
+    assert isinstance(result.exported, ImageArtifacts)
+    return result.exported.layers[-from_top].digest
 
 
 def _damage(endpoint: Any, bucket: str, digest: str, how: str) -> None:

@@ -24,7 +24,7 @@ from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, bu
 from scheduler._platform import parse_platform
 from workers._context_source import Materialised
 from workers._image import ImageArtifacts
-from workers._layers import unpack_layer
+from workers._layers import unpack_layer, write_layer
 from workers._runtime import WorkerRuntime
 
 EPOCH = 1_700_000_000
@@ -201,3 +201,61 @@ def test_a_restarted_worker_starts_from_the_tree_the_last_one_made(tmp_path: Pat
 
     for damaged in ({"v": 2}, {"v": 1, "layers": [], "entries": []}, [], {"v": 1}):
         assert Materialised.from_wire(damaged, lambda diff_id: tmp_path) is None
+
+
+def _compressions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The diff_ids the runtime compresses from now on."""
+    made: list[str] = []
+    original = WorkerRuntime._compress
+
+    def counting(self: WorkerRuntime, layer: Any, out: Any) -> Any:
+        made.append(layer.diff_id)
+        return original(self, layer, out)
+
+    monkeypatch.setattr(WorkerRuntime, "_compress", counting)
+    return made
+
+
+def test_a_layer_is_compressed_when_an_output_needs_it_once_as_at_its_step(
+        tmp_path: Path, busybox_image: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build without outputs compresses nothing (its layers stay uncompressed blobs);
+    the first image output gzips each layer the build made, to the bytes gzip of its
+    snapshot at the step gives (the digests before this change); the next reuses them."""
+    context = tmp_path / "context"
+    (context / "sub").mkdir(parents=True)
+    (context / "sub" / "f.txt").write_text("in a directory\n")
+    (context / "top.txt").write_text("top\n")
+    root = tmp_path / "root"
+    compressed = _compressions(monkeypatch)
+    options = LocalBuildOptions(root=root, platforms=(parse_platform("linux/amd64"),),
+                                epoch=EPOCH)
+    dockerfile = DOCKERFILE.format(base=busybox_image.reference).encode()
+    quiet = asyncio.run(build_local(dockerfile, context, options))
+    assert compressed == []
+    assert set(quiet.metadata) - {"dockyard.context.bytes-hashed"} == {
+        "containerimage.config.digest"}  # no manifest: nothing was written
+    made = [layer for record in quiet.records.values() for layer in record.result.layers
+            if layer.media_type == "application/vnd.oci.image.layer.v1.tar"]
+    assert len(made) == 3
+
+    result = _build(context, root, busybox_image.reference, tmp_path / "out.tar")
+    assert isinstance(result.exported, ImageArtifacts)
+    assert sorted(compressed) == sorted(layer.diff_id for layer in made)
+    assert result.metadata["containerimage.config.digest"] == \
+        quiet.metadata["containerimage.config.digest"]
+    runtime = WorkerRuntime(root)
+    try:
+        for layer in result.exported.layers[-3:]:
+            assert layer.media_type == "application/vnd.oci.image.layer.v1.tar+gzip"
+            with open(tmp_path / "again.gz", "wb") as out:
+                at_step = write_layer(runtime.snapshots.layer_dir(layer.diff_id), out,
+                                      compression="gzip", epoch=EPOCH)
+            assert at_step == layer
+    finally:
+        asyncio.run(runtime.aclose())
+
+    compressed.clear()
+    again = _build(context, root, busybox_image.reference, tmp_path / "again.tar")
+    assert isinstance(again.exported, ImageArtifacts)
+    assert compressed == []  # kept from the first output
+    assert again.exported.manifest_digest == result.exported.manifest_digest
