@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from scheduler._errors import SolveError
-from workers._context_fetch import READ_BYTES, ReadItem
+from workers._context_fetch import READ_BYTES, READ_ITEMS, ReadItem
 from workers._context_manifest import ContextManifest, ManifestEntry, name_from_wire
 
 __all__ = ["MAX_ITEMS", "ContextServer"]
 
-#: At most this many ranges in one ask.
-MAX_ITEMS = 65_536
+#: At most this many ranges in one ask (the worker's reads never ask more).
+MAX_ITEMS = READ_ITEMS
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 

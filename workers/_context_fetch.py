@@ -20,11 +20,14 @@ from scheduler._errors import SolveError
 from ._context_manifest import ManifestEntry, name_to_wire
 from ._context_store import ContextStore, PendingContent
 
-__all__ = ["RANGE_BYTES", "READ_BYTES", "ContextReader", "ReadItem", "ask_reader",
+__all__ = ["RANGE_BYTES", "READ_BYTES", "READ_ITEMS", "ContextReader", "ReadItem", "ask_reader",
            "fetch_contents", "plan_reads"]
 
 #: At most this many bytes in one ``context.read`` (docs/cluster.md).
 READ_BYTES = 16 << 20
+#: At most this many ranges in one read (the client refuses more: a 100,000-file context
+#: of small files fits in one read's bytes, not in one read's ranges).
+READ_ITEMS = 65_536
 #: A large file is read in ranges of this many bytes.
 RANGE_BYTES = 8 << 20
 
@@ -72,12 +75,13 @@ class _Piece:
 
 
 def plan_reads(files: Iterable[ManifestEntry]) -> list[list[_Piece]]:
-    """The asks that read ``files`` whole: each at most ``READ_BYTES`` (and one piece at
-    least), a file's pieces in order, an empty file as a piece of no bytes."""
+    """The asks that read ``files`` whole: each at most ``READ_BYTES`` in at most
+    ``READ_ITEMS`` pieces (and one piece at least), a file's pieces in order, an empty
+    file as a piece of no bytes."""
     calls: list[list[_Piece]] = [[]]
     size = 0
     for piece in _pieces(files):
-        if calls[-1] and size + piece.length > READ_BYTES:
+        if calls[-1] and (size + piece.length > READ_BYTES or len(calls[-1]) >= READ_ITEMS):
             calls.append([])
             size = 0
         calls[-1].append(piece)

@@ -83,12 +83,17 @@ def _describe(root: Path, epoch: int = EPOCH) -> list[str]:
     return sorted(lines)
 
 
-def test_a_build_unpacks_only_its_base_and_each_snapshot_is_its_blob(
-        tmp_path: Path, busybox_image: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def _small_context(tmp_path: Path) -> Path:
     context = tmp_path / "context"
     (context / "sub").mkdir(parents=True)
     (context / "sub" / "f.txt").write_text("in a directory\n")
     (context / "top.txt").write_text("top\n")
+    return context
+
+
+def test_a_build_unpacks_only_its_base_and_each_snapshot_is_its_blob(
+        tmp_path: Path, busybox_image: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    context = _small_context(tmp_path)
     root = tmp_path / "root"
     unpacked = _unpacks(monkeypatch)
 
@@ -221,10 +226,7 @@ def test_a_layer_is_compressed_when_an_output_needs_it_once_as_at_its_step(
     """A build without outputs compresses nothing (its layers stay uncompressed blobs);
     the first image output gzips each layer the build made, to the bytes gzip of its
     snapshot at the step gives (the digests before this change); the next reuses them."""
-    context = tmp_path / "context"
-    (context / "sub").mkdir(parents=True)
-    (context / "sub" / "f.txt").write_text("in a directory\n")
-    (context / "top.txt").write_text("top\n")
+    context = _small_context(tmp_path)
     root = tmp_path / "root"
     compressed = _compressions(monkeypatch)
     options = LocalBuildOptions(root=root, platforms=(parse_platform("linux/amd64"),),

@@ -20,11 +20,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from cluster._context_server import ContextServer
+from cluster._context_server import MAX_ITEMS, ContextServer
 from scheduler._cachekey import Selector
 from scheduler._errors import SolveError
-from workers._context_fetch import ReadItem, ask_reader
-from workers._context_manifest import ContextManifest, build_manifest
+from workers._context_fetch import ReadItem, ask_reader, plan_reads
+from workers._context_manifest import ContextManifest, ManifestEntry, build_manifest
 from workers._context_source import LocalContext, ManifestContext, Materialised
 from workers._context_store import ContextStore
 
@@ -433,3 +433,13 @@ def test_sockets_and_devices_are_sent_as_empty_files_and_a_fifo_is_left_out(
     as_file, _ = both(plain, ContextStore(tmp_path / "worker2"), [])
     assert remote.selector_checksum(Selector("/dev")) == \
         as_file.selector_checksum(Selector("/dev"))  # the key reads what is sent
+
+
+def test_a_read_of_many_small_files_is_split_at_the_ranges_a_client_serves() -> None:
+    """100,000 files of 25 bytes fit in one read's bytes, not in one read's ranges: the
+    client refuses more than ``MAX_ITEMS`` (files100k failed with it)."""
+    files = [ManifestEntry(f"d/f{n}", 0o100644, 25, None, 0, f"{n:064x}")
+             for n in range(100_000)]
+    calls = plan_reads(files)
+    assert [len(call) for call in calls] == [MAX_ITEMS, 100_000 - MAX_ITEMS]
+    assert [piece.entry for call in calls for piece in call] == files
