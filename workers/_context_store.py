@@ -29,6 +29,8 @@ from scheduler._errors import CacheError, SolveError
 __all__ = ["ContextStore", "PendingContent"]
 
 _HEX = re.compile(r"[0-9a-f]{64}")
+#: ``missing`` lists the store instead of stating each content from this many digests.
+_LISTING_FROM = 256
 
 
 class ContextStore:
@@ -54,8 +56,14 @@ class ContextStore:
         return self.path(digest).is_file()
 
     def missing(self, digests: Iterable[str]) -> set[str]:
-        """The digests of ``digests`` whose content is not here."""
-        return {digest for digest in set(digests) if not self.has(digest)}
+        """The digests of ``digests`` whose content is not here.  Many are answered from
+        one listing of the store (a 100,000-file context's stats took 1 s a build)."""
+        wanted = set(digests)
+        if len(wanted) <= _LISTING_FROM:
+            return {digest for digest in wanted if not self.has(digest)}
+        for digest in wanted:
+            self.path(digest)  # each checked, as ``has`` checks it
+        return wanted - set(os.listdir(self.contents))
 
     def add(self, digest: str, chunks: Iterable[bytes], name: str = "") -> Path:
         """Keep ``chunks`` (all of a content) as ``digest``; see ``PendingContent``."""

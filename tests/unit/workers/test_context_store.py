@@ -179,3 +179,15 @@ def test_a_good_manifest_is_read() -> None:
     assert [e.path for e in manifest.entries] == ["a", "a/f", "a/l"]
     assert manifest.entries[2].linkname == os.fsdecode(b"caf\xe9")
     assert manifest.digests() == {GOOD}
+
+
+def test_many_digests_are_answered_from_one_listing(tmp_path: Path) -> None:
+    store = ContextStore(tmp_path)
+    kept = [_hex(b"kept %d" % n) for n in range(300)]
+    for n, digest in enumerate(kept):
+        store.add(digest, [b"kept %d" % n])
+    absent = [_hex(b"absent %d" % n) for n in range(300)]
+    assert store.missing(kept + absent) == set(absent)  # past the listing threshold
+    assert store.missing(kept[:10] + absent[:10]) == set(absent[:10])  # one stat each
+    with pytest.raises(CacheError, match="is not a sha256 hex digest"):
+        store.missing([*absent, "not-a-digest"])
