@@ -22,7 +22,6 @@ The archives are deterministic: fixed entry order, owner 0, mtime ``epoch`` or 0
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import os
 import shutil
@@ -38,6 +37,7 @@ from cache_backends._records import LayerDescriptor
 from scheduler._errors import CacheError, ExportError, ImageReferenceError
 from scheduler._platform import Platform
 from scheduler._reference import Reference, parse_reference
+from workers._filecopy import kernel_copy
 from workers._image import ImageArtifacts, IndexArtifacts, canonical_json
 from workers._layer_stream import HashingReader
 from workers._layers import apply_layer_flat
@@ -249,32 +249,12 @@ def _regular_fd(stream: BinaryIO) -> int | None:
 
 
 def _kernel_copy(source: int, dest: int, size: int) -> int:
-    """Up to ``size`` bytes from ``source``'s start to ``dest``'s position, in the kernel:
-    ``copy_file_range`` (reflinks or in-kernel copy), ``sendfile`` where a kernel refuses
-    it (another filesystem, old kernels); the bytes copied (fewer: ``source`` is short)."""
-    copied = 0
-    use_range = True
-    while copied < size:
-        try:
-            if use_range:
-                done = os.copy_file_range(source, dest, size - copied, copied)
-            else:
-                done = os.sendfile(dest, source, copied, size - copied)
-        except OSError as err:
-            if use_range and err.errno in _NO_COPY_RANGE:
-                use_range = False
-                continue
-            raise ExportError(f"cannot copy a layer into the output: {err.strerror or err}",
-                              hint="check the disk the output is written to") from err
-        if done == 0:
-            break
-        copied += done
-    return copied
-
-
-#: ``copy_file_range`` errors that mean "not between these files": fall back to sendfile.
-_NO_COPY_RANGE: Final = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
-                                   errno.EBADF, errno.EPERM})
+    """``kernel_copy`` from ``source``'s start; an OS error is the output's."""
+    try:
+        return kernel_copy(source, dest, size)
+    except OSError as err:
+        raise ExportError(f"cannot copy a layer into the output: {err.strerror or err}",
+                          hint="check the disk the output is written to") from err
 
 
 def _check_blob(layer: LayerDescriptor, reader: HashingReader, blob: BinaryIO) -> None:

@@ -1,12 +1,14 @@
-"""Copying one regular file's bytes the cheapest way the kernel offers.
+"""Copying a regular file's bytes the cheapest way the kernel offers.
 
-``copy_bytes`` moves a whole file between two open descriptors with ``copy_file_range``
-(a reflink on filesystems that share extents, XFS and btrfs; an in-kernel copy
-elsewhere), falling back to ``sendfile`` where the pair of filesystems refuses it (across
-filesystem types since Linux 5.19, overlayfs on some kernels).  ``copy_new_file`` makes
-the copy as a new file and sets its owner, mode and times on the open descriptor: no
-path is looked up again, which for a tree of small files is most of the cost
-(``shutil.copyfile`` stats both paths and wraps both in Python file objects).
+``kernel_copy`` moves bytes between two open descriptors with ``copy_file_range`` (a
+reflink on filesystems that share extents, XFS and btrfs; an in-kernel copy elsewhere),
+falling back to ``sendfile`` where the pair of files refuses it (across filesystem types
+since Linux 5.19, overlayfs on some kernels) or where it stops short (some filesystems
+answer 0 for a file they cannot copy in the kernel).  ``copy_new_file`` makes a copy as
+a new file and sets its owner, mode and times on the open descriptor: no path is looked
+up again, which for a tree of small files is most of the cost (``shutil.copyfile`` stats
+both paths and wraps both in Python file objects).  The exporter copies layer blobs into
+tar outputs with ``kernel_copy`` too.
 """
 
 from __future__ import annotations
@@ -14,31 +16,44 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["copy_bytes", "copy_new_file"]
+__all__ = ["copy_bytes", "copy_new_file", "kernel_copy"]
 
-_CHUNK = 1 << 30
-#: errors after which ``copy_file_range`` is not tried again for this pair of files
-_UNSUPPORTED = frozenset((errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
-                          errno.EBADF))
+#: ``copy_file_range`` errors that mean "not between these files": ``sendfile`` then.
+_NO_COPY_RANGE = frozenset((errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                            errno.EBADF, errno.EPERM))
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SOURCE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def copy_bytes(reader: int, writer: int) -> None:
-    """Every byte from ``reader``'s offset to its end, appended at ``writer``'s offset.
-    Where ``copy_file_range`` stops short of the size ``fstat`` gives (some filesystems
-    answer 0 for a file they cannot copy in the kernel), ``sendfile`` does the rest."""
-    try:
-        while os.copy_file_range(reader, writer, _CHUNK):
-            pass
-    except OSError as err:
-        if err.errno not in _UNSUPPORTED:
+def kernel_copy(source: int, dest: int, size: int, offset: int = 0) -> int:
+    """Up to ``size`` bytes of ``source`` from ``offset``, written at ``dest``'s position
+    (which moves on; ``source``'s does not); the bytes copied, fewer only when ``source``
+    ends first.  An ``OSError`` other than a refusal is the caller's to translate."""
+    copied = 0
+    use_range = True
+    while copied < size:
+        try:
+            if use_range:
+                done = os.copy_file_range(source, dest, size - copied, offset + copied)
+            else:
+                done = os.sendfile(dest, source, offset + copied, size - copied)
+        except OSError as err:
+            if use_range and err.errno in _NO_COPY_RANGE:
+                use_range = False
+                continue
             raise
-    else:
-        if os.lseek(reader, 0, os.SEEK_CUR) >= os.fstat(reader).st_size:
-            return
-    while os.sendfile(writer, reader, None, _CHUNK):
-        pass
+        if done == 0:
+            if not use_range:
+                break
+            use_range = False  # short: sendfile reads what is really there
+            continue
+        copied += done
+    return copied
+
+
+def copy_bytes(reader: int, writer: int) -> None:
+    """All of ``reader`` (its size now), written at ``writer``'s position."""
+    kernel_copy(reader, writer, os.fstat(reader).st_size)
 
 
 def copy_new_file(source: str | os.PathLike[str], target: str | os.PathLike[str], *,

@@ -68,9 +68,9 @@ def test_sendfile_finishes_what_copy_file_range_left_short(
     real = os.copy_file_range
     calls: list[int] = []
 
-    def short(reader: int, writer: int, count: int) -> int:
+    def short(reader: int, writer: int, count: int, offset: int) -> int:
         calls.append(count)
-        return real(reader, writer, 1024 * 1024) if len(calls) == 1 else 0
+        return real(reader, writer, 1024 * 1024, offset) if len(calls) == 1 else 0
 
     monkeypatch.setattr(filecopy.os, "copy_file_range", short)
     copy_new_file(_source(tmp_path), tmp_path / "target", mode=0o644)
