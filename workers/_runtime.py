@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -395,15 +395,7 @@ class WorkerRuntime:
         return True
 
     async def _recompressed(self, layer: LayerDescriptor) -> LayerDescriptor:
-        fd, name = tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=self.tmp)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                made = await asyncio.to_thread(self._compress, layer, out)
-            await self.cache.put_blob(made.digest, Path(name), move=True)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-        return made
+        return await self._stored(lambda out: self._compress(layer, out))
 
     def _compress(self, layer: LayerDescriptor, out: BinaryIO) -> LayerDescriptor:
         sink = LayerSink(out, self.compression)
@@ -424,12 +416,16 @@ class WorkerRuntime:
 
     async def _write_layer(self, tree: Path, epoch: int | None,
                            compression: str | None = None) -> LayerDescriptor:
+        return await self._stored(lambda out: write_layer(
+            tree, out, compression=compression or self.compression, epoch=epoch))
+
+    async def _stored(self, write: Callable[[BinaryIO], LayerDescriptor]) -> LayerDescriptor:
+        """The blob ``write`` makes (in a thread, into a scratch file) moved into the cache
+        under the digest it returns."""
         fd, name = tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as out:
-                layer = await asyncio.to_thread(write_layer, tree, out,
-                                                compression=compression or self.compression,
-                                                epoch=epoch)
+                layer = await asyncio.to_thread(write, out)
             await self.cache.put_blob(layer.digest, Path(name), move=True)
         finally:
             with contextlib.suppress(FileNotFoundError):
