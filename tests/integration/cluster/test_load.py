@@ -1,10 +1,12 @@
 """``dockyard build --load`` and ``-o type=docker`` without ``dest``, as a user runs them:
 the CLI (a subprocess, its own DOCKYARD_ROOT, the embedded service started by the first
 build and stopped at the end) loads the image into a private Docker 20.10 engine
-(tests/oracle/_buildkit.py's dockerd, on its own socket, named by DOCKER_HOST), where
+(tests/oracle/_buildkit.py's dockerd, on its own socket and on a loopback TCP port with
+TLS, named by DOCKER_HOST and DOCKER_TLS_VERIFY/DOCKER_CERT_PATH), where
 ``docker images`` shows it with its tags and the image id the build reported (its
 config digest), and ``docker run`` runs it.  An engine that does not answer is refused
-before the build runs, with one message naming the socket and what to do.
+before the build runs, with one message naming the socket and what to do; an archive
+the engine refuses is one error with the engine's reason.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.tls import self_signed
 
+from cluster._docker_engine import engine_from_environ
 from cluster._ray import ray_temp_dir
 from cluster._service import RunPaths
+from scheduler._errors import ExportError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "oracle"))
 from _buildkit import BUSYBOX, DOCKER, DOCKERD, PrivateDockerd, make_oracle_root  # noqa: E402
@@ -44,23 +50,45 @@ class Dockyard:
     work: Path
     context: Path
 
-    def build(self, *argv: str, docker_host: str) -> subprocess.CompletedProcess[str]:
+    def build(self, *argv: str, docker_host: str, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER")}
         environ |= {"DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
-                    "DOCKER_HOST": docker_host}
+                    "DOCKER_HOST": docker_host, **(env or {})}
         return subprocess.run([sys.executable, "-m", "cluster", "build", "--progress=plain",
                                *argv, str(self.context)], cwd=self.work, env=environ,
                               capture_output=True, text=True, timeout=240, check=False)
 
 
+class TlsDockerd(PrivateDockerd):
+    """The private dockerd, listening on a loopback TCP port with TLS as well (clients
+    present a certificate the engine verifies, ``--tlsverify``)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.certs = root / "certs"
+        self.certs.mkdir()
+        cert, _ = self_signed(self.certs)
+        shutil.copy(cert, self.certs / "ca.pem")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+
+    def _dockerd_argv(self) -> list[str]:
+        certs = self.certs
+        return [*super()._dockerd_argv(), f"--host=tcp://127.0.0.1:{self.port}",
+                "--tlsverify", f"--tlscacert={certs / 'ca.pem'}",
+                f"--tlscert={certs / 'cert.pem'}", f"--tlskey={certs / 'key.pem'}"]
+
+
 @pytest.fixture(scope="module")
-def dockerd() -> Iterator[PrivateDockerd]:
+def dockerd() -> Iterator[TlsDockerd]:
     for path in (DOCKERD, DOCKER):
         if not path.exists():
             if os.environ.get("CI") == "true":
                 pytest.fail(f"{path} is missing under CI (make setup installs docker.io)")
             pytest.skip(f"{path} is not installed (make setup installs docker.io)")
-    daemon = PrivateDockerd(make_oracle_root())
+    daemon = TlsDockerd(make_oracle_root())
     daemon.start()
     try:
         yield daemon
@@ -90,26 +118,38 @@ def dockyard() -> Iterator[Dockyard]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _images(dockerd: PrivateDockerd) -> dict[str, str]:
+def _images(dockerd: TlsDockerd) -> dict[str, str]:
     """``docker images`` of the engine: REPOSITORY:TAG -> full image id."""
     listed = dockerd.docker("images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
     assert listed.returncode == 0, listed.stderr
     return dict(line.split() for line in listed.stdout.splitlines())
 
 
-# (flags naming the engine output, the tags) -> loaded under these names
+def _engine(dockerd: TlsDockerd, over: str) -> tuple[str, dict[str, str]]:
+    """DOCKER_HOST and the TLS variables naming the engine ``over`` its socket or TCP."""
+    if over == "unix":
+        return f"unix://{dockerd.socket}", {}
+    return f"tcp://127.0.0.1:{dockerd.port}", {"DOCKER_TLS_VERIFY": "1",
+                                               "DOCKER_CERT_PATH": str(dockerd.certs)}
+
+
+# (flags naming the engine output, the tags, how the engine is reached) -> loaded so
 LOADS = [
-    (["--load"], ["example/loaded:1", "example/loaded:latest"]),
-    (["-o", "type=docker"], ["example/docker-out:2"]),
+    (["--load"], ["example/loaded:1", "example/loaded:latest"], "unix"),
+    (["-o", "type=docker"], ["example/docker-out:2"], "unix"),
+    (["--load"], ["example/over-tls:3"], "tcp+tls"),
 ]
 
 
-@pytest.mark.parametrize(("flags", "tags"), LOADS, ids=["load", "docker-without-dest"])
-def test_the_image_is_loaded_into_the_engine(dockyard: Dockyard, dockerd: PrivateDockerd,
-                                             flags: list[str], tags: list[str]) -> None:
-    metadata = dockyard.work / f"meta-{len(tags)}.json"
+@pytest.mark.parametrize(("flags", "tags", "over"), LOADS,
+                         ids=["load", "docker-without-dest", "load-over-tcp-tls"])
+def test_the_image_is_loaded_into_the_engine(dockyard: Dockyard, dockerd: TlsDockerd,
+                                             flags: list[str], tags: list[str],
+                                             over: str) -> None:
+    metadata = dockyard.work / f"meta-{tags[0].replace('/', '-')}.json"
     argv = [*flags, *(f"-t{tag}" for tag in tags), "--metadata-file", str(metadata)]
-    done = dockyard.build(*argv, docker_host=f"unix://{dockerd.socket}")
+    host, env = _engine(dockerd, over)
+    done = dockyard.build(*argv, docker_host=host, env=env)
     assert done.returncode == 0, done.stderr
     image_id = json.loads(metadata.read_text())["containerimage.config.digest"]
     images = _images(dockerd)
@@ -123,7 +163,18 @@ def test_the_image_is_loaded_into_the_engine(dockyard: Dockyard, dockerd: Privat
     assert (ran.returncode, ran.stdout) == (0, "hello from a loaded image\n"), ran.stderr
 
 
-def test_load_beside_another_output(dockyard: Dockyard, dockerd: PrivateDockerd) -> None:
+def test_an_archive_the_engine_refuses(dockerd: TlsDockerd, tmp_path: Path) -> None:
+    engine = engine_from_environ({"DOCKER_HOST": f"unix://{dockerd.socket}"})
+    with (tmp_path / "bad.tar").open("w+b") as archive:
+        archive.write(b"not a tar at all" * 64)
+        archive.seek(0)
+        with pytest.raises(ExportError) as caught:
+            engine.load(archive, 1024)
+    assert str(caught.value).startswith(f"the Docker engine at unix://{dockerd.socket} "
+                                        f"could not load the image: ")
+
+
+def test_load_beside_another_output(dockyard: Dockyard, dockerd: TlsDockerd) -> None:
     out = dockyard.work / "rootfs"
     done = dockyard.build("--load", "-o", f"type=local,dest={out}", "-t", "example/both:1",
                           docker_host=f"unix://{dockerd.socket}")
