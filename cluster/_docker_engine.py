@@ -1,7 +1,9 @@
 """The local Docker engine, as ``--load`` (and ``-o type=docker`` without ``dest``) needs
-it: its API on ``DOCKER_HOST`` (``unix://PATH`` or ``tcp://HOST:PORT``, with TLS when
-``DOCKER_TLS_VERIFY`` or ``DOCKER_TLS`` is set, certificates from ``DOCKER_CERT_PATH``),
-else the default socket ``unix:///var/run/docker.sock``.
+it, found as the docker CLI finds it: its API on ``DOCKER_HOST`` (``unix://PATH`` or
+``tcp://HOST:PORT``, with TLS when ``DOCKER_TLS_VERIFY`` or ``DOCKER_TLS`` is set,
+certificates from ``DOCKER_CERT_PATH``), else on the host of the docker context that
+``DOCKER_CONTEXT`` or ``config.json``'s ``currentContext`` names (``DOCKER_CONFIG``, default
+``~/.docker``), else on the default socket ``unix:///var/run/docker.sock``.
 
 Plain HTTP/1.1 over the standard library, two requests only: ``GET /_ping`` (checked
 before a build that loads, so an unreachable engine fails it at once, not after it ran)
@@ -19,6 +21,7 @@ the tar comes back over the session channel like any file output (cluster/_outpu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -154,10 +157,53 @@ def _message(body: bytes) -> str:
 
 
 def engine_from_environ(environ: Mapping[str, str] = os.environ) -> DockerEngine:
-    """The engine ``DOCKER_HOST`` names (``unix://``, ``tcp://``; TLS as the docker CLI
-    reads ``DOCKER_TLS_VERIFY``/``DOCKER_TLS``/``DOCKER_CERT_PATH``), else the default
-    socket; a form this client cannot speak is a ``UsageError``."""
-    host = environ.get("DOCKER_HOST", "").strip() or DEFAULT_HOST
+    """The engine the docker CLI would use: ``DOCKER_HOST`` (``unix://``, ``tcp://``; TLS
+    from ``DOCKER_TLS_VERIFY``/``DOCKER_TLS``/``DOCKER_CERT_PATH``), else the docker context
+    ``DOCKER_CONTEXT`` or the config's ``currentContext`` names (``docker context use``),
+    else the default socket; a form this client cannot speak is a ``UsageError``."""
+    host = environ.get("DOCKER_HOST", "").strip()
+    if host:
+        return _engine(host, environ, None)
+    config = Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    name = environ.get("DOCKER_CONTEXT", "").strip() or _current_context(config)
+    if not name or name == "default":
+        return _engine(DEFAULT_HOST, environ, None)
+    return _context_engine(config, name, environ)
+
+
+def _current_context(config: Path) -> str:
+    """The ``currentContext`` of the docker CLI's ``config.json`` (empty: none)."""
+    try:
+        value = json.loads((config / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return ""
+    name = value.get("currentContext") if isinstance(value, dict) else None
+    return name.strip() if isinstance(name, str) else ""
+
+
+def _context_engine(config: Path, name: str, environ: Mapping[str, str]) -> DockerEngine:
+    """The engine of the docker context ``name``, from the CLI's context store:
+    ``contexts/meta/<sha256 of name>/meta.json`` names it (``Endpoints.docker.Host``), its
+    TLS files are under ``contexts/tls/<sha256 of name>/docker/``."""
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    meta = config / "contexts" / "meta" / digest / "meta.json"
+    try:
+        value = json.loads(meta.read_bytes())
+        endpoint = value["Endpoints"]["docker"]
+        host = str(endpoint["Host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"docker context {name!r} not found (read from {str(meta)!r})",
+                         hint="pick one of `docker context ls` with DOCKER_CONTEXT, or set "
+                              "DOCKER_HOST") from None
+    tls_dir = config / "contexts" / "tls" / digest / "docker"
+    tls = None
+    if host.startswith("tcp://") and tls_dir.is_dir():
+        tls = _tls_context(tls_dir, not endpoint.get("SkipTLSVerify", False))
+    return _engine(host, environ, tls)
+
+
+def _engine(host: str, environ: Mapping[str, str], tls: ssl.SSLContext | None
+            ) -> DockerEngine:
     parts = urlsplit(host)
     if parts.scheme == "unix":
         path = parts.path or parts.netloc
@@ -166,7 +212,7 @@ def engine_from_environ(environ: Mapping[str, str] = os.environ) -> DockerEngine
                              hint="use DOCKER_HOST=unix:///var/run/docker.sock")
         return DockerEngine(host, "unix", path)
     if parts.scheme == "tcp":
-        return _tcp_engine(host, parts.hostname, parts.port, environ)
+        return _tcp_engine(host, parts.hostname, parts.port, environ, tls)
     raise UsageError(f"DOCKER_HOST {host!r}: --load speaks to an engine over unix:// or "
                      f"tcp:// only", hint="forward the engine's socket (ssh -L "
                      "/tmp/docker.sock:/var/run/docker.sock HOST) and set DOCKER_HOST="
@@ -175,22 +221,23 @@ def engine_from_environ(environ: Mapping[str, str] = os.environ) -> DockerEngine
 
 
 def _tcp_engine(host: str, hostname: str | None, port: int | None,
-                environ: Mapping[str, str]) -> DockerEngine:
+                environ: Mapping[str, str], tls: ssl.SSLContext | None) -> DockerEngine:
     if not hostname:
         raise UsageError(f"invalid DOCKER_HOST {host!r}: no host name",
                          hint="use DOCKER_HOST=tcp://HOST:PORT")
     verify = bool(environ.get("DOCKER_TLS_VERIFY", ""))
-    tls = _tls_context(environ, verify) if verify or environ.get("DOCKER_TLS") else None
+    if tls is None and (verify or environ.get("DOCKER_TLS")):
+        directory = Path(environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+        tls = _tls_context(directory, verify)
     port = port or (2376 if tls is not None else 2375)
     name = f"[{hostname}]" if ":" in hostname else hostname
     return DockerEngine(host, "tcp", f"{name}:{port}", tls)
 
 
-def _tls_context(environ: Mapping[str, str], verify: bool) -> ssl.SSLContext:
+def _tls_context(directory: Path, verify: bool) -> ssl.SSLContext:
     """TLS as the docker CLI sets it up: ``ca.pem`` verifies the engine (when
-    ``verify``), ``cert.pem``/``key.pem`` are the client's, all in ``DOCKER_CERT_PATH``
-    (default ``~/.docker``)."""
-    directory = Path(environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+    ``verify``), ``cert.pem``/``key.pem`` are the client's, all in ``directory``
+    (``DOCKER_CERT_PATH``, default ``~/.docker``, or a context's TLS directory)."""
     try:
         context = ssl.create_default_context(
             cafile=str(directory / "ca.pem") if verify else None)
