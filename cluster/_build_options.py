@@ -170,6 +170,9 @@ def _image_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
     names = tuple(n.strip() for n in attrs.pop("name", "").split(",") if n.strip())
     push = _boolean(value, "push", attrs.pop("push", "true" if kind == "registry" else "false"))
     insecure = _boolean(value, "registry.insecure", attrs.pop("registry.insecure", "false"))
+    # unpack: BuildKit unpacks the image into its worker's snapshots; a dockyard result
+    # already is its snapshots (DESIGN.md), so either value leaves nothing to do
+    _boolean(value, "unpack", attrs.pop("unpack", "false"))
     _no_more(value, attrs)
     for name in names:
         parse_tag(name, flag="--output")

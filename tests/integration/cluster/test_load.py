@@ -183,6 +183,21 @@ def test_load_beside_another_output(dockyard: Dockyard, dockerd: TlsDockerd) -> 
     assert "example/both:1" in _images(dockerd)
 
 
+def test_an_image_output_with_unpack(dockyard: Dockyard, dockerd: TlsDockerd) -> None:
+    """``type=image,unpack=true`` builds the same image as ``--load`` (a dockyard result
+    already is unpacked snapshots: nothing more to do), and loads nothing."""
+    ids = []
+    for flags in (["-o", "type=image,name=example/unpacked:1,unpack=true"], ["--load"]):
+        metadata = dockyard.work / "meta-unpack.json"
+        done = dockyard.build(*flags, "-t", "example/unpacked:1", "--metadata-file",
+                              str(metadata), docker_host=f"unix://{dockerd.socket}")
+        assert done.returncode == 0, done.stderr
+        ids.append(json.loads(metadata.read_text())["containerimage.config.digest"])
+        if flags[0] == "-o":
+            assert "example/unpacked:1" not in _images(dockerd)
+    assert ids[0] == ids[1] and _images(dockerd)["example/unpacked:1"] == ids[1]
+
+
 # (DOCKER_HOST, extra flags) -> the exact error, before anything is built
 REFUSED = [
     ("unix:///nonexistent/docker.sock", [],

@@ -77,6 +77,8 @@ OUTPUTS = [
      OutputSpec("image", None, ("r:5000/a",), True, True)),
     ("type=registry,name=a,Registry.Insecure=1", OutputSpec("image", None, ("a",), True, True)),
     ("type=image,name=a,registry.insecure=false", OutputSpec("image", None, ("a",))),
+    ("type=image,name=a,unpack=true", OutputSpec("image", None, ("a",))),
+    ("type=registry,name=a,unpack=false", OutputSpec("image", None, ("a",), True)),
 ]
 
 SSH = [
@@ -170,6 +172,11 @@ ERRORS: list[tuple[Any, str, str]] = [
     (parse_output, "type=image,name=a,registry.insecure=yes",
      "invalid --output 'type=image,name=a,registry.insecure=yes': registry.insecure must be "
      "true or false, not 'yes'"),
+    (parse_output, "type=image,name=a,unpack=1x",
+     "invalid --output 'type=image,name=a,unpack=1x': unpack must be true or false, not "
+     "'1x'"),
+    (parse_output, "type=docker,unpack=true",
+     "invalid --output 'type=docker,unpack=true': unsupported attribute 'unpack'"),
     (parse_output, "type=tar,dest=x,registry.insecure=true",
      "invalid --output 'type=tar,dest=x,registry.insecure=true': unsupported attribute "
      "'registry.insecure'"),
