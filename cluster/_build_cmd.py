@@ -44,7 +44,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from scheduler._errors import ExecError, UsageError
 
@@ -64,6 +64,9 @@ from ._render import Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
 from ._ssh_agent import SshAgents, SshRelay
 from ._wire import Endpoint, Handler, Handlers, parse_endpoint
+
+if TYPE_CHECKING:
+    from ._docker_engine import DockerEngine
 
 __all__ = ["REQUEST_VERSION", "build_request", "endpoint_of", "run_build", "run_stop"]
 
@@ -190,7 +193,8 @@ def endpoint_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Endpoin
     return parse_endpoint(url, token, ca_file)
 
 
-def _docker_engine(outputs: Sequence[OutputSpec], environ: Mapping[str, str]) -> Any:
+def _docker_engine(outputs: Sequence[OutputSpec], environ: Mapping[str, str]
+                   ) -> DockerEngine | None:
     """The Docker engine the ``--load`` outputs go to, checked to answer before the build
     runs (buildx connects first too); None when nothing is loaded."""
     if not any(output.loads for output in outputs):
@@ -206,7 +210,7 @@ class _Outputs:
     """The ``output.*`` handlers; cluster/_outputs.py is imported by the first ask only.
     ``engine`` takes the ``--load`` outputs; their step is shown through ``events``."""
 
-    def __init__(self, outputs: Sequence[OutputSpec], engine: Any = None,
+    def __init__(self, outputs: Sequence[OutputSpec], engine: DockerEngine | None = None,
                  events: Renderer | None = None) -> None:
         self._outputs = outputs
         self._engine = engine
