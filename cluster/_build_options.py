@@ -154,6 +154,8 @@ def parse_output(value: str) -> OutputSpec:
 def _file_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
     dest = attrs.pop("dest", "")
     _no_more(value, attrs)
+    if not dest and kind == "docker":
+        return OutputSpec("docker")  # loaded into the client's Docker engine (--load)
     if not dest:
         what = "directory" if kind == "local" else "file"
         raise UsageError(f"invalid --output {value!r}: dest {what} is required for the "
@@ -168,6 +170,9 @@ def _image_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
     names = tuple(n.strip() for n in attrs.pop("name", "").split(",") if n.strip())
     push = _boolean(value, "push", attrs.pop("push", "true" if kind == "registry" else "false"))
     insecure = _boolean(value, "registry.insecure", attrs.pop("registry.insecure", "false"))
+    # unpack: BuildKit unpacks the image into its worker's snapshots; a dockyard result
+    # already is its snapshots (DESIGN.md), so either value leaves nothing to do
+    _boolean(value, "unpack", attrs.pop("unpack", "false"))
     _no_more(value, attrs)
     for name in names:
         parse_tag(name, flag="--output")
@@ -370,13 +375,17 @@ def parse_platform_list(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bool
-                    ) -> tuple[OutputSpec, ...]:
-    """The outputs with ``--push`` and the ``-t`` names applied, as buildx does: ``--push``
-    adds (or turns on) an image output; an image output without names takes the tags."""
+def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bool,
+                    load: bool = False) -> tuple[OutputSpec, ...]:
+    """The outputs with ``--push``, ``--load`` and the ``-t`` names applied, as buildx
+    (0.13 and later, several outputs) does: ``--push`` adds (or turns on) an image output,
+    ``--load`` adds a ``docker`` output without ``dest`` unless there is one; an image
+    output without names takes the tags (a loaded image is named by the tags too)."""
     specs = list(outputs)
     if push and not any(o.type == "image" for o in specs):
         specs.append(OutputSpec("image", None, (), True))
+    if load and not any(o.loads for o in specs):
+        specs.append(OutputSpec("docker"))
     resolved = []
     for spec in specs:
         if spec.type == "image":
@@ -390,6 +399,22 @@ def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bo
     if sum(1 for o in resolved if o.to_stdout) > 1:
         raise UsageError("only one --output can write to stdout (dest=-)")
     return tuple(resolved)
+
+
+def check_docker_platforms(outputs: Sequence[OutputSpec], platforms: Sequence[str]) -> None:
+    """A ``docker`` output holds one platform's image: several platforms are refused
+    before the build, with buildx's words (an engine with the classic image store, such
+    as Docker 20.10, cannot take an index either)."""
+    docker = [o for o in outputs if o.type == "docker"]
+    if len(platforms) < 2 or not docker:
+        return
+    if any(o.loads for o in docker):
+        raise UsageError("docker exporter does not currently support exporting manifest "
+                         "lists", hint="build one --platform to --load it, or push the "
+                         "platforms with --push, or write them with -o type=oci,dest=FILE")
+    raise UsageError("docker exporter does not support exporting manifest lists, use the "
+                     "oci exporter instead", hint="build one --platform, or use "
+                     "-o type=oci,dest=FILE")
 
 
 # --- the session: secret ids in the request, values read when a worker asks -------------
@@ -551,10 +576,13 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
     no_cache, progress, metadata_file)."""
     build_args = parse_build_args(args.build_arg, environ)
     tags = tuple(parse_tag(tag) for tag in args.tag)
-    outputs = resolve_outputs([parse_output(o) for o in args.output], tags, args.push)
+    outputs = resolve_outputs([parse_output(o) for o in args.output], tags, args.push,
+                              bool(getattr(args, "load", False)))
+    platforms = parse_platform_list(args.platform)
+    check_docker_platforms(outputs, platforms)
     return BuildOptions(
         context=os.path.abspath(args.context), filename=_filename(args.file, args.context),
-        platforms=parse_platform_list(args.platform), target=args.target,
+        platforms=platforms, target=args.target,
         build_args=build_args, secrets=tuple(parse_secret(s, environ) for s in args.secret),
         ssh=tuple(parse_ssh(s, environ) for s in args.ssh), outputs=outputs, tags=tags,
         no_cache=args.no_cache, progress=parse_progress(args.progress),

@@ -235,6 +235,8 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("-o", "--output", action="append", default=[], metavar="type=TYPE,dest=PATH",
         help="where the result goes (local, tar, oci, docker, image); repeatable")
     add("--push", action="store_true", help="push the image (--output=type=image,push=true)")
+    add("--load", action="store_true", help="load the image into the local Docker engine "
+        "(--output=type=docker; DOCKER_HOST, else /var/run/docker.sock)")
     add("--no-cache", action="store_true", help="do not use the cache")
     add("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
         help="a resource limit of every RUN, e.g. nofile=1024:2048; repeatable")

@@ -47,7 +47,8 @@ class SshSpec:
 @dataclass(frozen=True, slots=True)
 class OutputSpec:
     """``--output``: ``type`` (local, tar, oci, docker, image), ``dest`` (a path; ``-`` is
-    stdout), ``names``, ``push`` and ``insecure`` (image: ``registry.insecure=true``, its
+    stdout; none for ``docker``: loaded into the client's Docker engine, ``--load``),
+    ``names``, ``push`` and ``insecure`` (image: ``registry.insecure=true``, its
     registries spoken to over plain HTTP)."""
 
     type: str
@@ -59,6 +60,11 @@ class OutputSpec:
     @property
     def to_stdout(self) -> bool:
         return self.dest == "-"
+
+    @property
+    def loads(self) -> bool:
+        """A ``docker`` output without ``dest``: the client loads it into its engine."""
+        return self.type == "docker" and self.dest is None
 
 
 @dataclass(frozen=True, slots=True)
