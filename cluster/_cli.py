@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from scheduler._errors import DockyardError, UsageError
-from scheduler._platform import Platform, default_platform, parse_platforms
+from scheduler._platform import Platform
 
 if TYPE_CHECKING:
     from scheduler.dockerfile._frontend import FrontendResult
@@ -79,12 +79,9 @@ def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> tup
 
 
 def _platforms(values: Sequence[str]) -> list[Platform]:
-    if not values:
-        return [default_platform()]
-    found: list[Platform] = []
-    for value in values:
-        found += [p for p in parse_platforms(value) if p not in found]
-    return found
+    from ._build_options import client_platforms  # noqa: PLC0415 -- see _run_frontend
+
+    return client_platforms(values)
 
 
 def _context_dir(text: str) -> Path:
@@ -239,8 +236,17 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
         help="a resource limit of every RUN, e.g. nofile=1024:2048; repeatable")
     add("--shm-size", metavar="SIZE", help="the size of every RUN's /dev/shm (e.g. 128m)")
-    add("--network", metavar="MODE", help="default, none or host (needs --allow "
-        "network.host): the network of every RUN without --network")
+    add("--network", metavar="MODE", help="default, none or host (grants network.host): "
+        "the network of every RUN without --network")
+    add("--add-host", action="append", default=[], metavar="NAME=IP",
+        help="add a line to every RUN's /etc/hosts (NAME=IP or NAME:IP; IPv6 as "
+             "NAME=[::1]); repeatable")
+    add("--cgroup-parent", metavar="PATH",
+        help="run every RUN's container under this cgroup (cgroupfs path)")
+    add("--no-cache-filter", action="append", default=[], metavar="STAGE",
+        help="do not use the cache for the steps of this stage; repeatable")
+    add("--pull", action="store_true",
+        help="always resolve base images from their registry again")
     add("--allow", action="append", default=[], metavar="ENTITLEMENT",
         help="grant network.host (RUN --network=host) or security.insecure "
              "(RUN --security=insecure); repeatable")

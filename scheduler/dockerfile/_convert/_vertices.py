@@ -14,6 +14,8 @@ class VertexSink:
 
     def __init__(self, graph: BuildGraph | None = None) -> None:
         self.graph = graph if graph is not None else BuildGraph()
+        # Set while a ``--no-cache-filter`` stage is converted: its vertices skip the cache.
+        self.ignore_cache = False
 
     def add(self, op: Op, inputs: Sequence[str], name: str, platform: Platform | None,
             *, location: str) -> str:
@@ -21,4 +23,5 @@ class VertexSink:
         makes it (``Dockerfile:7:1``), "" for an internal vertex.  When the vertex is
         already there (another platform or stage made it), the first location stays."""
         return self.graph.add(Vertex(op=op, inputs=tuple(inputs), name=name,
-                                     platform=platform, location=location))
+                                     platform=platform, location=location,
+                                     ignore_cache=self.ignore_cache))
