@@ -20,6 +20,7 @@ import math
 import os
 import stat
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ __all__ = [
     "SshSpec", "insecure_registries", "parse_cache", "parse_epoch", "parse_insecure_registries",
     "parse_network", "parse_output", "parse_secret", "parse_shm_size", "parse_ssh",
     "parse_tag", "parse_ulimit", "read_session", "read_token_file", "CacheCredentials",
-    "SecretReader",
+    "SecretReader", "Call", "builder_endpoint", "client_platforms", "parse_add_host",
+    "parse_add_hosts", "parse_call", "parse_cgroup_parent", "parse_no_cache_filter",
 ]
 
 # --- one flag value each ----------------------------------------------------------------
@@ -424,6 +426,71 @@ def parse_no_cache_filter(values: Sequence[str]) -> tuple[str, ...]:
             if name not in found:
                 found.append(name)
     return tuple(found)
+
+
+CALLS = ("build", "check", "outline", "targets")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """``--call NAME[,format=json][,ignorestatus=BOOL]`` (buildx's flag)."""
+
+    name: str = "build"
+    format: str = ""
+    ignore_status: bool = False
+
+
+def parse_call(value: str | None, *, check: bool = False) -> Call:
+    """``--call`` as buildx reads it (CSV: the name, then ``format=``/``ignorestatus=``);
+    ``--check`` is ``--call=check``."""
+    if value is None or value == "":
+        return Call("check" if check else "build")
+    name, form, ignore = "", "", False
+    for item in _csv_fields("--call", value):
+        key, equals, text = item.partition("=")
+        if not equals:
+            name = item.strip()
+        elif key == "format":
+            form = text
+        elif key == "ignorestatus":
+            ignore = _cache_boolean("--call", value, key, text)
+        else:
+            raise UsageError(f"invalid --call {value!r}: invalid value {item}")
+    if name not in CALLS:
+        raise UsageError(f"invalid --call {value!r}: unknown call {name!r}",
+                         hint=f"use one of {', '.join(CALLS)}")
+    if form not in ("", "json"):
+        raise UsageError(f"invalid --call {value!r}: format must be json (or absent for "
+                         f"text), not {form!r}")
+    if check and name != "check":
+        raise UsageError(f"--check conflicts with --call={name}",
+                         hint="--check is --call=check: give one of them")
+    if name == "build" and form:
+        raise UsageError(f"invalid --call {value!r}: a build has no {form} answer")
+    return Call(name, form, ignore)
+
+
+#: ``--builder`` names for the root's local service (buildx's default builder).
+LOCAL_BUILDERS = ("default", "dockyard", "local")
+_URL_SCHEMES = ("tcp://", "http://", "https://", "unix://")
+
+
+def builder_endpoint(args: Any, environ: Mapping[str, str]) -> str | None:
+    """What ``--builder``/``BUILDX_BUILDER`` names: an endpoint URL, "" for the local
+    service, None when neither is given.  dockyard has no named builders: any other name
+    is refused."""
+    name = getattr(args, "builder", None) or environ.get("BUILDX_BUILDER", "")
+    if not name:
+        return None
+    if name in LOCAL_BUILDERS:
+        return ""
+    if name.startswith(_URL_SCHEMES):
+        return name
+    flag = "--builder" if getattr(args, "builder", None) else "BUILDX_BUILDER"
+    raise UsageError(f"{flag} {name!r}: no such builder: dockyard's builders are the "
+                     f"local service ('default') or an endpoint URL",
+                     hint="use --builder default, or --builder tcp://HOST:PORT "
+                          "(as --endpoint)")
 
 
 def parse_progress(value: str) -> str:

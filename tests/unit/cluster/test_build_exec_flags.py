@@ -1,7 +1,8 @@
-"""The execution-side flags of ``dockyard build`` (buildx's ``--add-host``,
-``--cgroup-parent``, ``--no-cache-filter``, ``--pull``, ``--platform local``,
-``--network``): their parsers, their place in the options' wire map, and what they make
-of the graph, the cache key and a RUN's runtime spec."""
+"""The execution-side and command-level flags of ``dockyard build`` (buildx's
+``--add-host``, ``--cgroup-parent``, ``--no-cache-filter``, ``--pull``, ``--platform local``,
+``--network``, ``--call``, ``--builder``): their parsers, their place in the options' wire
+map, and what they make of the graph, the cache key, a RUN's runtime spec and the answers
+of ``--call``."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 
 from cluster._build_options import (
     BuildOptions,
+    Call,
+    builder_endpoint,
     gather_options,
     parse_add_host,
+    parse_call,
     parse_cgroup_parent,
     parse_no_cache_filter,
     parse_platform_list,
@@ -25,6 +29,7 @@ from scheduler._errors import UsageError
 from scheduler._graph import BuildGraph, ExecMount, ExecOp, Vertex
 from scheduler._platform import default_platform
 from scheduler.dockerfile._frontend import build_graph
+from scheduler.dockerfile._subrequests import list_targets, outline, outline_text, targets_text
 from workers._spec import ProcessSpec, build_spec, hosts_file
 from workers._users import ResolvedUser
 
@@ -161,3 +166,85 @@ def test_spec_cgroups_path_under_the_parent() -> None:
     plain = build_spec(ProcessSpec(args=("true",)), user, Path("/r"), [],
                        resolv_conf=Path("/rc"), hosts=Path("/h"), container_id="dockyard-1")
     assert "cgroupsPath" not in plain["linux"]
+
+
+# --- --call, --builder ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "check", "expected"), [
+    (None, False, Call("build")), (None, True, Call("check")), ("check", True, Call("check")),
+    ("outline,format=json", False, Call("outline", "json")),
+    ("check,ignorestatus=true", False, Call("check", "", True)),
+    ("targets", False, Call("targets")),
+])
+def test_parse_call(value: str | None, check: bool, expected: Call) -> None:
+    assert parse_call(value, check=check) == expected
+
+
+@pytest.mark.parametrize(("value", "check", "message"), [
+    ("lint", False, "unknown call 'lint'"), ("outline,format=yaml", False, "format must be json"),
+    ("targets,color=1", False, "invalid value color=1"),
+    ("outline", True, "--check conflicts with --call=outline"),
+    ("build,format=json", False, "a build has no json answer"),
+])
+def test_parse_call_refuses(value: str, check: bool, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_call(value, check=check)
+
+
+@pytest.mark.parametrize(("flag", "environ", "expected"), [
+    (None, {}, None), ("default", {}, ""), (None, {"BUILDX_BUILDER": "dockyard"}, ""),
+    ("tcp://127.0.0.1:8375", {}, "tcp://127.0.0.1:8375"),
+    (None, {"BUILDX_BUILDER": "unix:///run/d.sock"}, "unix:///run/d.sock"),
+    ("default", {"BUILDX_BUILDER": "elsewhere"}, ""),
+])
+def test_builder_names_an_endpoint(flag: str | None, environ: dict[str, str],
+                                   expected: str | None) -> None:
+    assert builder_endpoint(argparse.Namespace(builder=flag), environ) == expected
+
+
+def test_builder_refuses_other_names() -> None:
+    with pytest.raises(UsageError, match="--builder 'mybuilder': no such builder"):
+        builder_endpoint(argparse.Namespace(builder="mybuilder"), {})
+    with pytest.raises(UsageError, match="BUILDX_BUILDER 'ci': no such builder"):
+        builder_endpoint(argparse.Namespace(builder=None), {"BUILDX_BUILDER": "ci"})
+
+
+OUTLINED = b"""\
+ARG BASE=busybox
+ARG UNUSED=1
+# base The base image
+FROM ${BASE} AS base
+# VERSION the version to build
+ARG VERSION="1.0"
+
+FROM base AS build
+RUN --mount=type=secret,id=token,required --mount=type=ssh make
+
+FROM scratch
+COPY --from=build /out /
+"""
+
+
+def test_targets_lists_every_stage_as_buildx_prints_them() -> None:
+    answer = list_targets(OUTLINED)
+    assert [(t.get("name"), t.get("default"), t.get("description")) for t in
+            answer["Targets"]] == [("base", None, "The base image"), ("build", None, None),
+                                   (None, True, None)]
+    assert targets_text(answer) == ("TARGET    DESCRIPTION\nbase      The base image\n"
+                                    "build     \n(default) \n")
+
+
+def test_outline_names_the_args_secrets_and_ssh_the_target_uses() -> None:
+    answer = outline(OUTLINED)
+    assert [(a["name"], a.get("value"), a.get("description")) for a in answer["args"]] == [
+        ("BASE", "busybox", None), ("VERSION", "1.0", "the version to build")]
+    assert [(s["name"], s.get("required")) for s in answer["secrets"]] == [("token", True)]
+    assert [s["name"] for s in answer["ssh"]] == ["default"]
+    assert outline_text(answer).startswith("BUILD ARG   VALUE     DESCRIPTION\n"
+                                           "BASE        busybox   \n")
+    based = outline(OUTLINED, target="base")
+    assert (based["name"], based["description"], "secrets" in based) == (
+        "base", "The base image", False)
+    assert outline_text(based).startswith("TARGET:      base\nDESCRIPTION: The base image\n\n")
+    with pytest.raises(UsageError, match="target stage 'nope' could not be found"):
+        outline(OUTLINED, target="nope")
