@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..._graph import BuildGraph, Op, Vertex
+from ..._graph import BuildGraph, Op, SourceOp, Vertex
 from ..._platform import Platform
 
 
@@ -14,7 +14,9 @@ class VertexSink:
 
     def __init__(self, graph: BuildGraph | None = None) -> None:
         self.graph = graph if graph is not None else BuildGraph()
-        # Set while a ``--no-cache-filter`` stage is converted: its vertices skip the cache.
+        # Set while a ``--no-cache-filter`` stage is converted: its steps skip the cache
+        # (not its sources: a base image or the context another stage shares, as BuildKit
+        # marks a stage's RUN, COPY... and not its FROM).
         self.ignore_cache = False
 
     def add(self, op: Op, inputs: Sequence[str], name: str, platform: Platform | None,
@@ -24,4 +26,5 @@ class VertexSink:
         already there (another platform or stage made it), the first location stays."""
         return self.graph.add(Vertex(op=op, inputs=tuple(inputs), name=name,
                                      platform=platform, location=location,
-                                     ignore_cache=self.ignore_cache))
+                                     ignore_cache=self.ignore_cache
+                                     and not isinstance(op, SourceOp)))
