@@ -204,11 +204,13 @@ def _run_build(args: argparse.Namespace) -> int:
         return run_build(args)
     gather_options(args, os.environ)  # bad flags are refused with --call too, as buildx
     if call.name == "check":
-        return _run_check(args, call.format)
+        return _run_check(args, call.format, call.ignore_status)
     return _run_subrequest(args, call.name, call.format)
 
 
-def _run_check(args: argparse.Namespace, form: str) -> int:
+def _run_check(args: argparse.Namespace, form: str, ignore_status: bool = False) -> int:
+    """``--check``/``--call=check``: the findings (text or JSON); a failing check
+    (``# check=error=true``) exits 1 unless ``ignorestatus=true``, as buildx."""
     result, data, filename = _run_frontend(args, check_only=True)
     for notice in result.notices:
         print(f"WARN: {notice}", file=sys.stderr)
@@ -217,7 +219,7 @@ def _run_check(args: argparse.Namespace, form: str) -> int:
     else:
         _print_check(result.warnings, data, _spans(data, filename))
     sys.stdout.flush()
-    if result.check_failure is not None:
+    if result.check_failure is not None and not ignore_status:
         raise result.check_failure
     return 0
 

@@ -7,6 +7,7 @@ of ``--call``."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from cluster._build_options import (
     parse_no_cache_filter,
     parse_platform_list,
 )
-from cluster._cli import build_parser
+from cluster._cli import build_parser, main
 from scheduler._cachekey import cache_key
 from scheduler._errors import UsageError
 from scheduler._graph import BuildGraph, ExecMount, ExecOp, Vertex
@@ -248,3 +249,16 @@ def test_outline_names_the_args_secrets_and_ssh_the_target_uses() -> None:
     assert outline_text(based).startswith("TARGET:      base\nDESCRIPTION: The base image\n\n")
     with pytest.raises(UsageError, match="target stage 'nope' could not be found"):
         outline(OUTLINED, target="nope")
+
+
+def test_call_check_ignorestatus_keeps_the_findings_and_exits_0(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "Dockerfile").write_text("# check=error=true\nFROM scratch\nENV a b\n")
+    assert main(["build", "--call", "check", str(tmp_path)]) == 1
+    failed = capsys.readouterr()
+    assert main(["build", "--call=check,ignorestatus=true", str(tmp_path)]) == 0
+    ignored = capsys.readouterr()
+    assert "LegacyKeyValueFormat" in failed.out and ignored.out == failed.out
+    assert main(["build", "--call=check,format=json", str(tmp_path)]) == 1
+    rules = [w["ruleName"] for w in json.loads(capsys.readouterr().out)["warnings"]]
+    assert rules == ["LegacyKeyValueFormat"]
