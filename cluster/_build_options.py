@@ -19,7 +19,7 @@ import ipaddress
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -713,12 +713,17 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
         cache_from=tuple(parse_cache("--cache-from", v)
                          for v in getattr(args, "cache_from", None) or ()),
         allow=_granted(getattr(args, "allow", None) or (), network),
-        ulimits=tuple(parse_ulimit(u) for u in getattr(args, "ulimit", None) or ()),
+        ulimits=_last_per_name(parse_ulimit(u) for u in getattr(args, "ulimit", None) or ()),
         shm_size=parse_shm_size(getattr(args, "shm_size", None)),
         network=network, extra_hosts=parse_add_hosts(getattr(args, "add_host", None) or ()),
         cgroup_parent=parse_cgroup_parent(getattr(args, "cgroup_parent", None)),
         no_cache_filter=parse_no_cache_filter(getattr(args, "no_cache_filter", None) or ()),
         pull=bool(getattr(args, "pull", False)))
+
+
+def _last_per_name(limits: Iterable[tuple[str, int, int]]) -> tuple[tuple[str, int, int], ...]:
+    """``--ulimit``s with one per name, the last given winning (docker's UlimitOpt)."""
+    return tuple({limit[0]: limit for limit in limits}.values())
 
 
 def _granted(values: Sequence[str], network: str) -> tuple[str, ...]:

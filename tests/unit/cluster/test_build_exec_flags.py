@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster._build_cmd import endpoint_of
 from cluster._build_options import (
     BuildOptions,
     Call,
@@ -262,3 +263,18 @@ def test_call_check_ignorestatus_keeps_the_findings_and_exits_0(
     assert main(["build", "--call=check,format=json", str(tmp_path)]) == 1
     rules = [w["ruleName"] for w in json.loads(capsys.readouterr().out)["warnings"]]
     assert rules == ["LegacyKeyValueFormat"]
+
+
+def test_builder_url_is_the_endpoint_and_a_repeated_ulimit_keeps_the_last(
+        tmp_path: Path) -> None:
+    base = {"endpoint": None, "token_file": None, "tls_ca": None}
+    found = endpoint_of(argparse.Namespace(builder="tcp://127.0.0.1:8375", **base), {})
+    assert found is not None and (found.host, found.port) == ("127.0.0.1", 8375)
+    assert endpoint_of(argparse.Namespace(builder="default", **base),
+                       {"DOCKYARD_ENDPOINT": "tcp://127.0.0.1:1"}) is None
+    with pytest.raises(UsageError, match="--builder and --endpoint name different builders"):
+        endpoint_of(argparse.Namespace(builder="tcp://127.0.0.1:1",
+                                       **{**base, "endpoint": "tcp://127.0.0.1:2"}), {})
+    options = gather_options(_args(["--ulimit", "nofile=10", "--ulimit", "nproc=5",
+                                    "--ulimit", "nofile=20:30", str(tmp_path)]), ENV)
+    assert options.ulimits == (("nofile", 20, 30), ("nproc", 5, 5))
