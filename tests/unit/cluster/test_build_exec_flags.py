@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 
@@ -27,11 +28,12 @@ from cluster._build_options import (
 )
 from cluster._cli import build_parser, main
 from scheduler._cachekey import cache_key
-from scheduler._errors import UsageError
+from scheduler._errors import SolveError, UsageError
 from scheduler._graph import BuildGraph, ExecMount, ExecOp, Vertex
 from scheduler._platform import default_platform
 from scheduler.dockerfile._frontend import build_graph
 from scheduler.dockerfile._subrequests import list_targets, outline, outline_text, targets_text
+from workers._executor import check_cgroups
 from workers._spec import ProcessSpec, build_spec, hosts_file
 from workers._users import ResolvedUser
 
@@ -278,3 +280,13 @@ def test_builder_url_is_the_endpoint_and_a_repeated_ulimit_keeps_the_last(
     options = gather_options(_args(["--ulimit", "nofile=10", "--ulimit", "nproc=5",
                                     "--ulimit", "nofile=20:30", str(tmp_path)]), ENV)
     assert options.ulimits == (("nofile", 20, 30), ("nproc", 5, 5))
+
+
+def test_cgroup_parent_is_refused_where_cgroups_cannot_be_made(tmp_path: Path) -> None:
+    with pytest.raises(SolveError, match="--cgroup-parent /ci: this worker cannot create "
+                                         "cgroups"):
+        check_cgroups("/ci", root=tmp_path)  # no controller there: nothing to write to
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "cgroup.procs").write_text("")
+    if os.access(tmp_path / "memory", os.W_OK):
+        check_cgroups("/ci", root=tmp_path)
