@@ -54,6 +54,7 @@ from ._build_options import (
     OutputSpec,
     SecretReader,
     SshSpec,
+    builder_endpoint,
     gather_options,
     read_session,
     read_token_file,
@@ -181,9 +182,17 @@ def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
 
 
 def endpoint_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Endpoint | None:
-    """The endpoint ``--endpoint``/``DOCKYARD_ENDPOINT`` names (with its token and CA),
-    or None for the root's local service."""
-    url = getattr(args, "endpoint", None) or environ.get("DOCKYARD_ENDPOINT", "")
+    """The endpoint ``--endpoint`` (else ``--builder``/``BUILDX_BUILDER``, else
+    ``DOCKYARD_ENDPOINT``) names (with its token and CA), or None for the root's local
+    service."""
+    builder = builder_endpoint(args, environ)
+    explicit = getattr(args, "endpoint", None)
+    if explicit and builder is not None and getattr(args, "builder", None) \
+            and builder != explicit:
+        raise UsageError("--builder and --endpoint name different builders",
+                         hint="give one of them")
+    url = explicit or (builder if builder is not None else
+                       environ.get("DOCKYARD_ENDPOINT", ""))
     if not url:
         return None
     token_file = getattr(args, "token_file", None)

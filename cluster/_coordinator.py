@@ -376,7 +376,10 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
                            target=options.target, build_args=dict(options.build_args),
                            allow=frozenset(options.allow),
                            ulimits=tuple(Ulimit(*limit) for limit in options.ulimits),
-                           shm_size=options.shm_size, network=options.network)
+                           shm_size=options.shm_size, network=options.network,
+                           extra_hosts=options.extra_hosts,
+                           cgroup_parent=options.cgroup_parent,
+                           no_cache_filter=options.no_cache_filter)
 
 
 async def _shielded(cleanup: Any) -> None:

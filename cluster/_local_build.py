@@ -57,7 +57,10 @@ def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
     return FrontendRequest(filename=options.filename, platforms=options.platforms,
                            target=options.target, build_args=options.build_args,
                            allow=frozenset(options.allow), ulimits=options.ulimits,
-                           shm_size=options.shm_size, network=options.network)
+                           shm_size=options.shm_size, network=options.network,
+                           extra_hosts=options.extra_hosts,
+                           cgroup_parent=options.cgroup_parent,
+                           no_cache_filter=options.no_cache_filter)
 
 
 @dataclass(frozen=True)

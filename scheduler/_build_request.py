@@ -113,6 +113,10 @@ class BuildOptions:
     ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: (name, soft, hard)
     shm_size: int = 0  # --shm-size in bytes (0: the default, 64 MiB)
     network: str = "default"  # --network: a RUN's network when it names none
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # --add-host: (name, ip), in order
+    cgroup_parent: str = ""  # --cgroup-parent: every RUN's cgroup parent ("" : runc's)
+    no_cache_filter: tuple[str, ...] = ()  # --no-cache-filter: stages that skip the cache
+    pull: bool = False  # --pull: base images resolved again, no reuse of known metadata
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -132,6 +136,9 @@ class BuildOptions:
             "allow": list(self.allow),
             "ulimits": [list(limit) for limit in self.ulimits], "shm_size": self.shm_size,
             "network": self.network,
+            "extra_hosts": [list(entry) for entry in self.extra_hosts],
+            "cgroup_parent": self.cgroup_parent, "no_cache_filter": list(self.no_cache_filter),
+            "pull": self.pull,
         }
 
     @classmethod
@@ -164,7 +171,11 @@ class BuildOptions:
             cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())),
             allow=tuple(str(a) for a in wire.get("allow", ())),
             ulimits=tuple((str(n), int(s), int(h)) for n, s, h in wire.get("ulimits", ())),
-            shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")))
+            shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")),
+            extra_hosts=tuple((str(n), str(i)) for n, i in wire.get("extra_hosts", ())),
+            cgroup_parent=str(wire.get("cgroup_parent", "")),
+            no_cache_filter=tuple(str(s) for s in wire.get("no_cache_filter", ())),
+            pull=bool(wire.get("pull", False)))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:

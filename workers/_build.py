@@ -83,6 +83,10 @@ class LocalBuildOptions:
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
     network: str = "default"  # a RUN's network when it names none (--network)
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # every RUN's /etc/hosts entries (--add-host)
+    cgroup_parent: str = ""  # every RUN's cgroup parent (--cgroup-parent)
+    no_cache_filter: tuple[str, ...] = ()  # stages whose steps skip the cache
+    pull: bool = False  # base images resolved again (--pull)
 
 
 def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
@@ -96,7 +100,8 @@ def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession
     return BuildSession(contexts={"context": context_dir},
                         secrets=DictSecrets(options.secrets),
                         ssh=options.ssh, epoch=options.epoch,
-                        insecure_registries=frozenset(options.insecure_registries))
+                        insecure_registries=frozenset(options.insecure_registries),
+                        pull=options.pull)
 
 
 def remote_records(engine: WorkerRuntime, options: LocalBuildOptions,

@@ -185,7 +185,8 @@ class SessionTable:
         reader = ask_reader(channel.ask) if channel is not None and manifests else None
         build = BuildSession(manifests=manifests, context_reader=reader, secrets=secrets,
                              ssh_agents=_ssh_agents(part, channel), epoch=local.epoch,
-                             insecure_registries=frozenset(local.insecure_registries))
+                             insecure_registries=frozenset(local.insecure_registries),
+                             pull=local.pull)
         session = WorkerSession(engine.backend(build), local, options, scratch, outputs,
                                 channel)
         if local.cache_to or local.cache_from:
@@ -262,7 +263,7 @@ def _local_options(root: Path, options: BuildOptions, part: Mapping[str, Any],
         outputs=tuple(_scratch_output(spec, outputs[index])
                       for index, spec in enumerate(options.outputs) if spec.type != "image"),
         names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
-        insecure_registries=tuple(options.insecure_registries),
+        insecure_registries=tuple(options.insecure_registries), pull=options.pull,
         cache_to=tuple(options.cache_to), cache_from=tuple(options.cache_from))
 
 
