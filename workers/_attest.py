@@ -18,8 +18,9 @@ Provenance (``mode=min``): the builder, the build type, ``invocation.configSourc
 and the locals: context and Dockerfile), ``invocation.environment`` (the worker's
 platform), ``materials`` (every base image, as a purl with its digest, and every remote
 source the image's steps read), ``metadata`` (invocation id, started and finished
-times, completeness).  ``mode=max`` adds the build args, the secret and ssh ids (never a
-value: none reaches the worker's options) and ``buildConfig`` (the image's steps as
+times, completeness).  ``mode=max`` adds the build args, the ids of the secrets and ssh
+agents the image's RUNs mount (never a value: the graph names them by id only) and
+``buildConfig`` (the image's steps as
 dockyard's graph has them, ``llbDefinition``-shaped: ``stepN`` ids and inputs).
 """
 
@@ -36,7 +37,7 @@ from urllib.parse import quote
 
 from scheduler._build_request import AttestSpec
 from scheduler._errors import DockyardError, ImageReferenceError
-from scheduler._graph import BuildGraph, SourceOp, Vertex
+from scheduler._graph import BuildGraph, ExecOp, SourceOp, Vertex
 from scheduler._platform import Platform, default_platform
 from scheduler._reference import parse_reference
 
@@ -84,8 +85,6 @@ class BuildFacts:
     filename: str = "Dockerfile"
     target: str | None = None
     build_args: Mapping[str, str] = field(default_factory=dict)
-    secret_ids: tuple[str, ...] = ()
-    ssh_ids: tuple[str, ...] = ()
     names: tuple[str, ...] = ()  # the -t names: the statements' subjects
     started: float = 0.0  # unix seconds (0: unknown)
     invocation_id: str = ""
@@ -158,6 +157,23 @@ def materials(graph: BuildGraph | None, root: str | None) -> list[dict[str, Any]
     return found
 
 
+def _mounted(graph: BuildGraph | None, root: str | None
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The secrets and ssh agents the image's RUNs mount (ids, never a value), each once:
+    ``optional`` unless the mount requires it."""
+    secrets: dict[str, bool] = {}
+    agents: dict[str, bool] = {}
+    for vertex in _reachable(graph, root) if graph is not None else ():
+        for mount in vertex.op.mounts if isinstance(vertex.op, ExecOp) else ():
+            if mount.secret_id:
+                secrets[mount.secret_id] = secrets.get(mount.secret_id, True) and \
+                    not mount.required
+            if mount.ssh_id:
+                agents[mount.ssh_id] = agents.get(mount.ssh_id, True) and not mount.required
+    return ([{"id": k, "optional": v} for k, v in sorted(secrets.items())],
+            [{"id": k, "optional": v} for k, v in sorted(agents.items())])
+
+
 def _build_config(graph: BuildGraph, root: str | None
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``buildConfig`` (the image's steps, ``stepN`` each, inputs as ``stepK:0``) and the
@@ -192,8 +208,7 @@ def provenance_predicate(facts: BuildFacts, graph: BuildGraph | None, root: str 
         "frontend": "dockerfile.v0", "args": args,
         "locals": [{"name": "context"}, {"name": "dockerfile"}]}
     if mode == "max":
-        parameters["secrets"] = [{"id": ident} for ident in facts.secret_ids]
-        parameters["ssh"] = [{"id": ident} for ident in facts.ssh_ids]
+        parameters["secrets"], parameters["ssh"] = _mounted(graph, root)
     metadata: dict[str, Any] = {
         "buildInvocationID": facts.invocation_id,
         "completeness": {"parameters": mode == "max", "environment": True,

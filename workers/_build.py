@@ -86,8 +86,6 @@ class LocalBuildOptions:
     network: str = "default"  # a RUN's network when it names none (--network)
     attests: tuple[AttestSpec, ...] = ()  # the attestations to attach (--attest)
     started: float = 0.0  # when the build started (unix seconds; 0: unknown)
-    secret_ids: tuple[str, ...] = ()  # the secrets the build was given (ids only)
-    ssh_ids: tuple[str, ...] = ()  # the ssh agents the build was given (ids only)
 
 
 def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
@@ -174,10 +172,8 @@ _FILE_TREES = ("local", "tar", LOCAL_AS_TAR)
 
 def _facts(options: LocalBuildOptions) -> BuildFacts:
     return BuildFacts(filename=options.filename, target=options.target,
-                      build_args=dict(options.build_args),
-                      secret_ids=tuple(sorted({*options.secrets, *options.secret_ids})),
-                      ssh_ids=tuple(sorted({*options.ssh, *options.ssh_ids})),
-                      names=tuple(options.names), started=options.started)
+                      build_args=dict(options.build_args), names=tuple(options.names),
+                      started=options.started)
 
 
 def _with_epoch(options: LocalBuildOptions) -> LocalBuildOptions:

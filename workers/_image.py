@@ -417,8 +417,11 @@ def build_metadata(result: ImageArtifacts | IndexArtifacts, written: bool = True
             return {}
         return {"containerimage.config.digest": result.config_digest}
     if isinstance(result, IndexArtifacts):
-        return {"containerimage.digest": result.digest,
+        keys = {"containerimage.digest": result.digest,
                 "containerimage.descriptor": result.descriptor.to_json()}
+        if len(result.images) == 1:  # one image and its attestations: its config too
+            keys["containerimage.config.digest"] = result.images[0].config_digest
+        return keys
     top = Descriptor(result.descriptor.media_type, result.manifest_digest,
                      len(result.manifest))
     return {"containerimage.digest": result.manifest_digest,

@@ -266,8 +266,7 @@ def _local_options(root: Path, options: BuildOptions, part: Mapping[str, Any],
         names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
         insecure_registries=tuple(options.insecure_registries),
         cache_to=tuple(options.cache_to), cache_from=tuple(options.cache_from),
-        attests=options.attests, started=started,
-        secret_ids=tuple(s.id for s in options.secrets), ssh_ids=tuple(s.id for s in options.ssh))
+        attests=options.attests, started=started)
 
 
 def _started(request: Mapping[str, Any]) -> float:

@@ -27,6 +27,12 @@ COPY status /var/lib/dpkg/status
 RUN echo attested > /hello
 """
 
+SECRET_DOCKERFILE = """\
+FROM BUSYBOX
+RUN --mount=type=secret,id=tok,required=true test -s /run/secrets/tok && echo used > /used
+"""
+SECRET = "tok-value-5d0c7e91"  # must appear nowhere in the output
+
 # A dpkg database: one package installed, one removed (its config files left).
 DPKG_STATUS = """\
 Package: dockyard-demo
@@ -114,9 +120,9 @@ class Root:
     def __init__(self, root: Path, work: Path, busybox: Any) -> None:
         self.root, self.work, self.busybox = root, work, busybox
 
-    def build(self, *argv: str, ok: bool = True) -> str:
+    def build(self, *argv: str, ok: bool = True, env: dict[str, str] | None = None) -> str:
         done = dockyard(self.root, "build", "--progress=plain", *argv, check=False,
-                        timeout=240)
+                        timeout=240, extra=env)
         text = done.stderr.decode(errors="replace")
         assert (done.returncode == 0) == ok, text
         return text
@@ -130,6 +136,8 @@ def root(busybox_image: Any) -> Iterator[Root]:
     context.mkdir()
     (context / "Dockerfile").write_text(DOCKERFILE.replace("BUSYBOX", busybox_image.reference))
     (context / "status").write_text(DPKG_STATUS)
+    (context / "Dockerfile.secret").write_text(
+        SECRET_DOCKERFILE.replace("BUSYBOX", busybox_image.reference))
     try:
         yield found
     finally:
@@ -251,6 +259,24 @@ def test_local_output_gets_statement_files(root: Root) -> None:
         k.startswith("build-arg:")
         for k in document["predicate"]["invocation"]["parameters"]["args"])
     assert not (out / "sbom.spdx.json").exists()
+
+
+def test_max_provenance_names_secret_ids_never_values(root: Root) -> None:
+    out = root.work / "secret"
+    out.mkdir()
+    root.build("-f", str(root.work / "context" / "Dockerfile.secret"), "--secret",
+               "id=tok,env=DYA_TOKEN", "--provenance=mode=max", "-o",
+               f"type=oci,dest={out}/image.tar", str(root.work / "context"),
+               env={"DYA_TOKEN": SECRET})
+    data = (out / "image.tar").read_bytes()
+    assert SECRET.encode() not in data
+    files = _layout(out / "image.tar")
+    index = _blob(files, json.loads(files["index.json"])["manifests"][0]["digest"])
+    statements = _statements(files, _blob(files, index["manifests"][1]["digest"]))
+    predicate = statements["https://slsa.dev/provenance/v0.2"]["predicate"]
+    assert predicate["invocation"]["configSource"]["entryPoint"] == "Dockerfile.secret"
+    assert predicate["invocation"]["parameters"]["secrets"] == [{"id": "tok",
+                                                                 "optional": False}]
 
 
 @pytest.mark.parametrize(("flags", "says"), [
