@@ -56,8 +56,8 @@ from ._sbom import Inventory, scan_layers, spdx_document
 __all__ = [
     "IN_TOTO", "PREDICATE_ANNOTATION", "PROVENANCE_TYPE", "REFERENCE_DIGEST",
     "REFERENCE_TYPE", "SPDX_TYPE", "STATEMENT_TYPE", "Attested", "BuildFacts", "Statement",
-    "PROVENANCE_KEY", "attest_images", "attestation_manifest", "local_files",
-    "metadata_provenance",
+    "PROVENANCE_KEY", "attest_images", "attestation_manifest", "image_purl", "local_files",
+    "materials", "metadata_provenance",
     "provenance_predicate",
     "sbom_predicate", "statement",
 ]
@@ -139,9 +139,13 @@ def _material(vertex: Vertex) -> dict[str, Any] | None:
         algorithm, _, hexa = digest.partition(":")
         return {"uri": uri, "digest": {algorithm: hexa} if hexa else {}}
     if op.identifier.startswith(_REMOTE_SCHEMES):
-        checksum = dict(op.attrs).get("checksum", "")
-        algorithm, _, hexa = checksum.partition(":")
-        return {"uri": op.identifier, "digest": {algorithm: hexa} if hexa else {}}
+        attrs = dict(op.attrs)
+        uri = op.identifier
+        if "fullurl" in attrs:  # a git source: the URL as written, its ref after '#'
+            ref = op.identifier.partition("#")[2]
+            uri = attrs["fullurl"] + (f"#{ref}" if ref else "")
+        algorithm, _, hexa = attrs.get("checksum", "").partition(":")
+        return {"uri": uri, "digest": {algorithm: hexa} if hexa else {}}
     return None
 
 

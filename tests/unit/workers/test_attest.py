@@ -16,7 +16,7 @@ from cache_backends._records import LayerDescriptor
 from scheduler._build_request import AttestSpec
 from scheduler._graph import BuildGraph, ExecMount, ExecOp, ImageConfig, SourceOp, Vertex
 from scheduler._platform import Platform
-from workers._attest import BuildFacts, attest_images, metadata_provenance
+from workers._attest import BuildFacts, attest_images, materials, metadata_provenance
 from workers._exporters import MemoryBlobs, export_docker, export_oci
 from workers._image import ImageArtifacts, build_image
 from workers._sbom import scan_layers, spdx_document
@@ -187,3 +187,23 @@ def test_oci_and_docker_archives_carry_the_attestations() -> None:
         if export is export_docker:
             assert json.loads(files["manifest.json"])[0]["Config"].endswith(
                 image.config_digest.removeprefix("sha256:"))
+
+
+def test_materials_name_images_urls_and_git_sources_once() -> None:
+    graph = BuildGraph()
+    image = graph.add(Vertex(SourceOp("docker-image://127.0.0.1:5000/base@sha256:"
+                                      + "c" * 64), platform=ARM64))
+    url = graph.add(Vertex(SourceOp("https://example.com/a.tgz", (
+        ("checksum", "sha256:" + "b" * 64), ("filename", "a.tgz")))))
+    git = graph.add(Vertex(SourceOp("git://github.com/o/r.git#v1", (
+        ("fullurl", "https://github.com/o/r.git"),))))
+    unused = graph.add(Vertex(SourceOp("https://example.com/unused")))
+    root = graph.add(Vertex(ExecOp(("true",), mounts=(ExecMount("/", 0, output=True),)),
+                            (image, url, git, image)))
+    del unused  # in the graph, not among the image's inputs
+    assert materials(graph, root) == [
+        {"uri": "pkg:docker/127.0.0.1%3A5000/base@sha256%3A" + "c" * 64
+                + "?platform=linux%2Farm64%2Fv8", "digest": {"sha256": "c" * 64}},
+        {"uri": "https://example.com/a.tgz", "digest": {"sha256": "b" * 64}},
+        {"uri": "https://github.com/o/r.git#v1", "digest": {}},
+    ]
