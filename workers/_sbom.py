@@ -109,8 +109,8 @@ def _npm_package_dir(parent: str) -> bool:
 
 
 def _clean(name: str) -> str:
-    return posixpath.normpath("/" + name.lstrip("./").lstrip("/")) if name not in (
-        ".", "./", "") else "/"
+    """A member's name as an absolute path (``./a``, ``a`` and ``/a`` are ``/a``)."""
+    return posixpath.normpath("/" + name.lstrip("/"))
 
 
 @dataclass
@@ -169,14 +169,24 @@ def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, layer: _Layer) -> Non
         layer.entries[path] = None
 
 
-def _under(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
+def _hidden(path: str, layer: _Layer) -> bool:
+    """Whether ``layer`` removes ``path`` of a lower layer: a whiteout of it or of a
+    directory above it, or an opaque directory above it (one look per ancestor)."""
+    if path in layer.hidden:
+        return True
+    parent = posixpath.dirname(path)
+    while True:
+        if parent in layer.hidden or parent in layer.opaque:
+            return True
+        if parent == "/":
+            return False
+        parent = posixpath.dirname(parent)
 
 
 def _apply(inventory: Inventory, layer: _Layer) -> None:
     """``layer`` on top of what ``inventory`` holds (its whiteouts first)."""
-    gone = [p for p in inventory.files if any(_under(p, h) for h in layer.hidden)
-            or any(_under(p, o) and p != o for o in layer.opaque)]
+    gone = [p for p in inventory.files if _hidden(p, layer)] if (
+        layer.hidden or layer.opaque) else []
     for path in gone:
         inventory.files.pop(path, None)
         inventory.databases.pop(path, None)

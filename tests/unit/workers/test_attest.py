@@ -73,9 +73,10 @@ BASE = _tar([
     ("old/", None), ("old/gone.txt", b"gone"), ("old/keep.txt", b"keep"),
     ("opaque/", None), ("opaque/a.txt", b"a"),
     ("data/", None), ("data/file.txt", b"shared content\n"),
+    ("cache/", None), ("cache/deep/", None), ("cache/deep/x.bin", b"x"),
 ])
 UPPER = _tar([
-    ("old/.wh.gone.txt", b""),
+    ("old/.wh.gone.txt", b""), (".wh.cache", b""),
     ("opaque/.wh..wh..opq", b""), ("opaque/b.txt", b"b"),
     ("data/link.txt", "->data/file.txt"),
 ])
@@ -89,7 +90,7 @@ def test_scanner_sees_the_final_filesystem() -> None:
     inventory = scan_layers(LAYERS, BLOBS)
     assert {"/old/keep.txt", "/opaque/b.txt", "/data/file.txt", "/data/link.txt",
             "/lib/apk/db/installed"} <= set(inventory.files)
-    assert not {"/old/gone.txt", "/opaque/a.txt"} & set(inventory.files)
+    assert not {"/old/gone.txt", "/opaque/a.txt", "/cache/deep/x.bin"} & set(inventory.files)
     shared = hashlib.sha256(b"shared content\n").hexdigest()
     assert inventory.files["/data/link.txt"].sha256 == shared
     assert inventory.files["/data/link.txt"].sha1 == hashlib.sha1(  # noqa: S324 -- SPDX's
