@@ -17,11 +17,12 @@ Provenance (``mode=min``): the builder, the build type, ``invocation.configSourc
 (the Dockerfile's name as ``entryPoint``), ``invocation.parameters`` (frontend, target,
 and the locals: context and Dockerfile), ``invocation.environment`` (the worker's
 platform), ``materials`` (every base image, as a purl with its digest, and every remote
-source the image's steps read), ``metadata`` (invocation id, started and finished
-times, completeness).  ``mode=max`` adds the build args, the ids of the secrets and ssh
-agents the image's RUNs mount (never a value: the graph names them by id only) and
-``buildConfig`` (the image's steps as
-dockyard's graph has them, ``llbDefinition``-shaped: ``stepN`` ids and inputs).
+source the image's steps read), ``metadata`` (invocation id, started and finished times,
+completeness, and BuildKit's ``#hermetic``: no RUN of the image had a network).
+``mode=max`` adds the build args, the ids of the secrets and ssh agents the image's RUNs
+mount (never a value: the graph names them by id only) and ``buildConfig`` (the image's
+steps as dockyard's graph has them, ``llbDefinition``-shaped: ``stepN`` ids and inputs)
+with their Dockerfile locations.
 """
 
 from __future__ import annotations
@@ -161,6 +162,13 @@ def materials(graph: BuildGraph | None, root: str | None) -> list[dict[str, Any]
     return found
 
 
+def _hermetic(graph: BuildGraph | None, root: str | None) -> bool:
+    """Whether no step of the image could reach the network: each RUN had none."""
+    vertices = _reachable(graph, root) if graph is not None else []
+    return all(vertex.op.network == "none" for vertex in vertices
+               if isinstance(vertex.op, ExecOp))
+
+
 def _mounted(graph: BuildGraph | None, root: str | None
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The secrets and ssh agents the image's RUNs mount (ids, never a value), each once:
@@ -218,6 +226,7 @@ def provenance_predicate(facts: BuildFacts, graph: BuildGraph | None, root: str 
         "completeness": {"parameters": mode == "max", "environment": True,
                          "materials": False},
         "reproducible": attrs.get("reproducible") == "true",
+        f"{BUILD_TYPE}#hermetic": _hermetic(graph, root),
     }
     if facts.started:
         metadata["buildStartedOn"] = _rfc3339(facts.started)

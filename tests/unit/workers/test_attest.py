@@ -154,6 +154,7 @@ def test_attested_index_files_and_metadata() -> None:
     assert predicate["invocation"]["parameters"]["secrets"] == [{"id": "tok",
                                                                  "optional": True}]
     assert predicate["invocation"]["parameters"]["args"] == {"build-arg:V": "1"}
+    assert predicate["metadata"]["https://mobyproject.org/buildkit@v1#hermetic"] is False
     keys = metadata_provenance(done.exported)
     assert set(keys) == {"buildx.build.provenance/linux/amd64",
                          "buildx.build.provenance/linux/arm64/v8"}
