@@ -26,10 +26,12 @@ from typing import Any
 
 from cache_backends._credentials import CREDENTIAL_VARIABLES
 from scheduler._build_request import (
+    ATTEST_TYPES,
     MAX_SECRET_BYTES,
     OPTIONS_VERSION,
     OUTPUT_TYPES,
     PROGRESS_MODES,
+    AttestSpec,
     BuildOptions,
     CacheSpec,
     OutputSpec,
@@ -44,8 +46,9 @@ from scheduler._reference import parse_reference
 from scheduler.dockerfile._flags import ram_in_bytes
 
 __all__ = [
-    "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
-    "SshSpec", "insecure_registries", "parse_cache", "parse_epoch", "parse_insecure_registries",
+    "OPTIONS_VERSION", "PROGRESS_MODES", "AttestSpec", "BuildOptions", "CacheSpec",
+    "OutputSpec", "SecretSpec", "SshSpec", "insecure_registries", "parse_attests",
+    "parse_cache", "parse_epoch", "parse_insecure_registries",
     "parse_network", "parse_output", "parse_secret", "parse_shm_size", "parse_ssh",
     "parse_tag", "parse_ulimit", "read_session", "read_token_file", "CacheCredentials",
     "SecretReader", "Call", "builder_endpoint", "client_platforms", "parse_add_host",
@@ -345,6 +348,82 @@ def parse_shm_size(value: str | None) -> int:
         raise UsageError(f"invalid --shm-size {value!r}: expected a size such as 128m or "
                          f"1.5g")
     return size
+
+
+#: The settings each attestation takes (what else BuildKit knows is refused by name).
+_ATTEST_KEYS = {"provenance": ("mode", "builder-id", "reproducible", "version"),
+                "sbom": ()}
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _attrs(flag: str, value: str, kind: str | None) -> dict[str, str]:
+    """One value's settings; for ``--provenance``/``--sbom`` (``kind``) a boolean turns
+    the attestation on or off, as buildx reads them."""
+    if kind is None:
+        return dict(_pairs(flag, value))
+    known = _BOOLEANS.get(value.strip().lower())
+    if known is not None:
+        return {"type": kind, "disabled": str(not known).lower()}
+    return {"type": kind, **dict(_pairs(flag, value))}
+
+
+def parse_attests(attest: Sequence[str], provenance: str | None = None,
+                  sbom: str | None = None) -> tuple[AttestSpec, ...]:
+    """``--attest type=provenance|sbom,...`` with ``--provenance`` and ``--sbom`` (their
+    short forms): the attestations asked, the disabled ones left out; one of each type."""
+    values: list[tuple[str, str, str | None]] = [("--attest", value, None) for value in attest]
+    values += [(f"--{kind}", text, kind) for kind, text in
+               (("provenance", provenance), ("sbom", sbom)) if text is not None]
+    found: dict[str, AttestSpec | None] = {}
+    for flag, value, short in values:
+        where = f"{flag} {value!r}"
+        kind, spec = _attest(where, _attrs(flag, value, short))
+        if kind in found:
+            raise UsageError(f"invalid {where}: the {kind} attestation is asked twice",
+                             hint="give each attestation type once")
+        found[kind] = spec
+    return tuple(spec for spec in found.values() if spec is not None)
+
+
+def _attest(where: str, attrs: dict[str, str]) -> tuple[str, AttestSpec | None]:
+    """One attestation value (``where``: its flag and text, for errors): its type and
+    spec (None: ``disabled=true``)."""
+    kind = attrs.pop("type", "")
+    if kind not in ATTEST_TYPES:
+        raise UsageError(f"invalid {where}: " + (
+            f"unsupported attestation type {kind!r}" if kind else "attestation type not "
+            "specified"), hint="use type=provenance or type=sbom")
+    if _attest_boolean(where, "disabled", attrs.pop("disabled", "false")):
+        return kind, None
+    if kind == "sbom" and "generator" in attrs:
+        raise UsageError(f"invalid {where}: generator images are not run by dockyard; its "
+                         "own scanner writes the SBOM", hint="use --sbom=true")
+    for key in attrs:
+        if key not in _ATTEST_KEYS[kind]:
+            raise UsageError(f"invalid {where}: unsupported {kind} attribute {key!r}",
+                             hint=(f"use {', '.join(_ATTEST_KEYS[kind])}"
+                                   if _ATTEST_KEYS[kind] else "use --sbom=true"))
+    return kind, AttestSpec(kind, _checked_provenance(where, attrs)
+                            if kind == "provenance" else ())
+
+
+def _attest_boolean(where: str, key: str, text: str) -> bool:
+    if text.lower() not in _BOOLEANS:
+        raise UsageError(f"invalid {where}: {key} must be true or false, not {text!r}")
+    return _BOOLEANS[text.lower()]
+
+
+def _checked_provenance(where: str, attrs: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    mode = attrs.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise UsageError(f"invalid {where}: mode must be min or max, not {mode!r}")
+    if attrs.pop("version", "v0.2") != "v0.2":
+        raise UsageError(f"invalid {where}: dockyard writes SLSA provenance v0.2 only "
+                         "(BuildKit's default)", hint="leave version out")
+    if "reproducible" in attrs:
+        attrs["reproducible"] = str(_attest_boolean(where, "reproducible",
+                                                    attrs["reproducible"])).lower()
+    return tuple(sorted({**attrs, "mode": mode}.items()))
 
 
 NETWORK_MODES = ("default", "none", "host")
@@ -746,7 +825,9 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
         network=network, extra_hosts=parse_add_hosts(getattr(args, "add_host", None) or ()),
         cgroup_parent=parse_cgroup_parent(getattr(args, "cgroup_parent", None)),
         no_cache_filter=parse_no_cache_filter(getattr(args, "no_cache_filter", None) or ()),
-        pull=bool(getattr(args, "pull", False)))
+        pull=bool(getattr(args, "pull", False)),
+        attests=parse_attests(getattr(args, "attest", None) or (),
+                              getattr(args, "provenance", None), getattr(args, "sbom", None)))
 
 
 def _last_per_name(limits: Iterable[tuple[str, int, int]]) -> tuple[tuple[str, int, int], ...]:

@@ -322,6 +322,11 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("--progress", default="auto", metavar="MODE",
         help="auto, plain, tty, rawjson or quiet (progress goes to stderr)")
     add("--metadata-file", metavar="FILE", help="write the build's metadata (JSON) to FILE")
+    add("--attest", action="append", default=[], metavar="type=provenance|sbom,...",
+        help="attach an attestation (type=provenance,mode=min|max or type=sbom); repeatable")
+    add("--provenance", metavar="true|false|mode=min|max",
+        help="SLSA provenance (--attest type=provenance); default: none")
+    add("--sbom", metavar="true|false", help="an SPDX SBOM (--attest type=sbom); default: none")
     add("--endpoint", metavar="URL", help="build on the cluster at URL (tcp://HOST:PORT, "
         "http://, https://, unix://PATH; default: DOCKYARD_ENDPOINT, else the local service)")
     add("--builder", metavar="URL|default", help="buildx's builder: an endpoint URL (as "

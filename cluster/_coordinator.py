@@ -254,7 +254,7 @@ class Coordinator:
         build_id = uuid.uuid4().hex
         await self._refreshed()
         part = {"options": request["options"], "session": request.get("session", {}),
-                "coordinator": self.incarnation}
+                "coordinator": self.incarnation, "started": time.time()}
         sessions = BuildSessions(build_id, part, self._placement)
         try:
             options = BuildOptions.from_wire(request["options"])

@@ -16,8 +16,9 @@ from typing import Any
 from ._errors import UsageError
 
 __all__ = [
-    "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES", "PROGRESS_MODES",
-    "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec", "SshSpec",
+    "ATTEST_TYPES", "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES",
+    "PROGRESS_MODES", "AttestSpec", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
+    "SshSpec",
 ]
 
 OPTIONS_VERSION = 1
@@ -25,6 +26,7 @@ PROGRESS_MODES = ("auto", "plain", "tty", "rawjson", "quiet")
 FILE_OUTPUTS = ("tar", "oci", "docker")  # exporters writing one file (or stdout with dest=-)
 OUTPUT_TYPES = ("local", *FILE_OUTPUTS, "image", "registry")
 MAX_SECRET_BYTES = 500 * 1024  # BuildKit's secret size limit
+ATTEST_TYPES = ("provenance", "sbom")  # the attestations a build can attach
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,29 @@ class CacheSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class AttestSpec:
+    """One attestation asked (``--attest``, ``--provenance``, ``--sbom``): ``type``
+    provenance or sbom, ``attrs`` its checked settings (provenance: ``mode`` min or max,
+    ``builder-id``, ``reproducible``).  A disabled one is never made into a spec."""
+
+    type: str
+    attrs: tuple[tuple[str, str], ...] = ()
+
+    def attr(self, key: str, default: str = "") -> str:
+        return dict(self.attrs).get(key, default)
+
+    def to_wire(self) -> list[Any]:
+        return [self.type, [list(pair) for pair in self.attrs]]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> AttestSpec:
+        kind, attrs = item[:2]
+        if kind not in ATTEST_TYPES:
+            raise ValueError(f"unknown attestation type {kind!r}")
+        return cls(str(kind), tuple((str(k), str(v)) for k, v in attrs))
+
+
+@dataclass(frozen=True, slots=True)
 class BuildOptions:
     """Everything ``dockyard build`` was asked, except the Dockerfile's bytes and secret
     values: paths absolute, values checked."""
@@ -117,6 +142,7 @@ class BuildOptions:
     cgroup_parent: str = ""  # --cgroup-parent: every RUN's cgroup parent ("" : runc's)
     no_cache_filter: tuple[str, ...] = ()  # --no-cache-filter: stages that skip the cache
     pull: bool = False  # --pull: base images resolved again, no reuse of known metadata
+    attests: tuple[AttestSpec, ...] = ()  # --attest/--provenance/--sbom, enabled ones only
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -139,6 +165,7 @@ class BuildOptions:
             "extra_hosts": [list(entry) for entry in self.extra_hosts],
             "cgroup_parent": self.cgroup_parent, "no_cache_filter": list(self.no_cache_filter),
             "pull": self.pull,
+            "attests": [spec.to_wire() for spec in self.attests],
         }
 
     @classmethod
@@ -175,7 +202,8 @@ class BuildOptions:
             extra_hosts=tuple((str(n), str(i)) for n, i in wire.get("extra_hosts", ())),
             cgroup_parent=str(wire.get("cgroup_parent", "")),
             no_cache_filter=tuple(str(s) for s in wire.get("no_cache_filter", ())),
-            pull=bool(wire.get("pull", False)))
+            pull=bool(wire.get("pull", False)),
+            attests=tuple(AttestSpec.from_wire(a) for a in wire.get("attests", ())))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:
