@@ -7,7 +7,8 @@ Output ``index`` is the position in the client's own ``--output`` list:
 - a file output (oci, docker, tar) is written sequentially (each write's ``offset`` must
   be the bytes written so far) to a temporary file beside ``dest``, renamed onto ``dest``
   at ``output.close`` (``dest=-``: straight to stdout);
-- ``type=local`` receives a tar stream, spooled, and unpacked into ``dest`` at
+- ``type=local`` (and ``type=oci``/``docker`` with ``tar=false``: the image layout as a
+  directory) receives a tar stream, spooled, and unpacked into ``dest`` at
   ``output.close`` by ``extract_tar``: modes kept, owners never applied (the files belong
   to the user running the client, as BuildKit's local exporter does); a member whose name
   is absolute or climbs out (``..``), goes through a symlink, or a link whose target is
@@ -207,7 +208,8 @@ class OutputWriters:
         if writer is None:
             spec = self._outputs[index]
             dest = str(spec.dest)
-            writer = (_LocalWriter(dest) if spec.type == "local" else
+            unpacked = spec.type == "local" or not spec.tar  # oci/docker tar=false: a layout
+            writer = (_LocalWriter(dest) if unpacked else
                       _FileWriter(None if spec.to_stdout else dest, self._stdout))
             self._writers[index] = writer
         return writer
