@@ -158,7 +158,7 @@ RUN echo built > /built
 
 
 def test_compression_media_types_and_layouts(dockyard: Dockyard, busybox_image: Any) -> None:
-    """One build, six outputs: each image in its own form, the default one unchanged."""
+    """One build, eight outputs: each image in its own form, the default one unchanged."""
     context = _context(dockyard, "forms", IMAGE, **{"file.txt": "hello\n"})
     out = dockyard.work / "forms-out"
     out.mkdir()
@@ -169,6 +169,7 @@ def test_compression_media_types_and_layouts(dockyard: Dockyard, busybox_image: 
         "-o", f"type=oci,dest={out}/zstd.tar,compression=zstd,compression-level=19",
         "-o", f"type=oci,dest={out}/forced.tar,compression=zstd,force-compression=true",
         "-o", f"type=oci,dest={out}/gzip0.tar,compression=gzip,compression-level=0",
+        "-o", f"type=oci,dest={out}/plain.tar,compression=uncompressed,force-compression=true",
         "-o", f'type=oci,dest={out}/layout,tar=false,compression=uncompressed,'
               f'"name=example/a:1,example/b:2"',
         "-o", f"type=docker,dest={out}/docker.tar,oci-mediatypes=false",
@@ -193,6 +194,11 @@ def test_compression_media_types_and_layouts(dockyard: Dockyard, busybox_image: 
     assert _layer_types(stored)[base:] == [GZIP, GZIP]
     sizes = [layer["size"] for layer in stored.image()[0]["layers"][base:]]
     assert sizes > [layer["size"] for layer in default.image()[0]["layers"][base:]]
+
+    plain = Layout(out / "plain.tar")  # the base's layer decompressed too
+    assert _layer_types(plain) == [TAR] * len(types)
+    assert [layer["digest"] for layer in plain.image()[0]["layers"]] == \
+        default.image()[1]["rootfs"]["diff_ids"]
 
     layout = Layout(out / "layout")
     assert _layer_types(layout)[base:] == [TAR, TAR]
