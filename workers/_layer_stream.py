@@ -34,7 +34,8 @@ from scheduler._errors import LayerError
 from ._disk import DISK_FULL_HINT, is_disk_full
 
 __all__ = [
-    "LAYER_MEDIA_TYPES", "LEVELS", "TAR_LAYER", "HashingReader", "LayerSink",
+    "GZIP_LEVEL", "LAYER_MEDIA_TYPES", "LEVELS", "TAR_LAYER", "ZSTD_LEVEL", "HashingReader",
+    "LayerSink",
     "layer_compression", "open_layer_reader",
 ]
 

@@ -48,8 +48,10 @@ from ._context_source import ContextTree, LocalContext, ManifestContext, Materia
 from ._context_store import ContextStore
 from ._executor import Executor
 from ._layer_stream import (
+    GZIP_LEVEL,
     READ_SIZE,
     TAR_LAYER,
+    ZSTD_LEVEL,
     LayerSink,
     Readable,
     layer_compression,
@@ -381,7 +383,7 @@ class WorkerRuntime:
             return layer  # as it is (a base image's layer, unless forced)
         if kind == "none":
             return await self._variant(layer, "none", None)
-        return await self._variant(layer, kind, compression.level)
+        return await self._variant(layer, kind, _own_level(kind, compression.level))
 
     async def rewritten(self, layer: LayerDescriptor, epoch: int) -> LayerDescriptor:
         """``layer`` with every time of its entries later than ``epoch`` set to ``epoch``
@@ -682,6 +684,12 @@ class RuntimeBackend:
 
 #: buildx's compression names -> the layer writer's
 _LAYER_KIND = {"uncompressed": "none"}
+
+
+def _own_level(kind: str, level: int | None) -> int | None:
+    """``level``, or None when it gives the default's bytes (one variant, one record)."""
+    default = {"gzip": GZIP_LEVEL, "zstd": ZSTD_LEVEL}.get(kind)
+    return None if level == default or (kind == "zstd" and level == 0) else level
 
 
 def _copy_all(plain: Readable, sink: LayerSink) -> None:

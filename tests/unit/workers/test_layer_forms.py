@@ -128,6 +128,7 @@ def test_default_is_gzip_under_its_old_key(forms: Forms) -> None:
     record = asyncio.run(forms.runtime.cache.get_record(variant_key(made.diff_id, "gzip")))
     assert record is not None and record.result.layers == (made,)
     assert forms.compressed(forms.plain, Compression("gzip")) == made
+    assert forms.compressed(forms.plain, Compression("gzip", 6)) == made  # the default level
 
 
 def test_zstd_and_levels_are_kept_each(forms: Forms) -> None:
