@@ -17,6 +17,7 @@ import zstandard
 from cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
 from scheduler._build_request import Compression
 from scheduler._errors import LayerError
+from workers._build import _base_diff_ids, _rewritten
 from workers._layer_stream import TAR_LAYER, LayerSink
 from workers._layers import write_layer
 from workers._runtime import WorkerRuntime, variant_key
@@ -162,3 +163,17 @@ def test_rewritten_clamps_once_and_keeps_an_unchanged_layer(forms: Forms) -> Non
     assert asyncio.run(forms.runtime.rewritten(later, EPOCH)) == later
     far = 1 << 40  # no entry is later: the layer as it is
     assert asyncio.run(forms.runtime.rewritten(forms.plain, far)) == forms.plain
+
+
+def test_rewrite_leaves_the_layers_shared_with_the_base(forms: Forms) -> None:
+    """As BuildKit: the leading layers with the base image's diff_ids stay as they are
+    (the image still shares them with its base), every layer after them is clamped."""
+    layers = [forms.zipped, forms.plain]
+    kept, clamped = asyncio.run(_rewritten(forms.runtime, layers, [forms.zipped.diff_id],
+                                           EPOCH))
+    assert kept == forms.zipped and clamped.diff_id != forms.plain.diff_id
+    diverged = asyncio.run(_rewritten(forms.runtime, layers, ["sha256:" + "0" * 64], EPOCH))
+    assert [layer.diff_id != old.diff_id for layer, old in zip(diverged, layers,
+                                                                strict=True)] == [True, True]
+    assert _base_diff_ids(b'{"rootfs":{"diff_ids":["sha256:a"]}}') == ["sha256:a"]
+    assert _base_diff_ids(None) == _base_diff_ids(b"[1]") == _base_diff_ids(b"{") == []
