@@ -13,20 +13,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zstandard
-
-PROJECT = Path(__file__).resolve().parents[3]
+from support.cli_root import Dockyard
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -35,28 +32,6 @@ DOCKER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 RECENT = 1_700_000_000  # the context file's mtime: later than the epoch below
 EPOCH = 1_000_000_000
-
-
-@dataclass
-class Dockyard:
-    """A root, and how to run the CLI against it (its embedded service)."""
-
-    root: Path
-    busybox: str
-    work: Path
-
-    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 180
-            ) -> subprocess.CompletedProcess[bytes]:
-        environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
-                   **(env or {})}
-        if "SOURCE_DATE_EPOCH" not in (env or {}):
-            environ.pop("SOURCE_DATE_EPOCH", None)
-        return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=self.work,
-                              env=environ, capture_output=True, timeout=timeout, check=False)
-
-    def build(self, *argv: str, env: dict[str, str] | None = None
-              ) -> subprocess.CompletedProcess[bytes]:
-        return self.run("build", "--progress=plain", *argv, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +257,8 @@ def test_rewrite_timestamp(dockyard: Dockyard) -> None:
                        **{"file.txt": "times\n"})
     out = dockyard.work / "times-out"
     out.mkdir()
-    _ok(dockyard.build("-o", f"type=oci,dest={out}/before.tar", str(context)))
+    _ok(dockyard.build("-o", f"type=oci,dest={out}/before.tar", str(context),
+                       env={"SOURCE_DATE_EPOCH": ""}))
     _ok(dockyard.build(
         "-o", f"type=oci,dest={out}/kept.tar",
         "-o", f"type=oci,dest={out}/rewritten.tar,rewrite-timestamp=true",
