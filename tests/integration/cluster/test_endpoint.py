@@ -210,6 +210,29 @@ def test_load_through_the_endpoint(served: Served) -> None:
         dockerd.stop()
 
 
+def test_exporter_attributes_through_the_endpoint(served: Served) -> None:
+    """The exporter attributes cross the wire (issue 11): a zstd OCI layout directory
+    named twice, and one platform split into its directory."""
+    out = served.work / "attrs-out"
+    done = served.cli("build", "--progress=plain", "--endpoint", served.url,
+                      "--token-file", str(served.token_file), "--tls-ca", str(served.cert),
+                      "-o", f'type=oci,dest={out}/layout,tar=false,compression=zstd,'
+                            f'"name=example/a:1,example/b:2"',
+                      "-o", f"type=local,dest={out}/split,platform-split=true",
+                      str(_context(served)))
+    assert done.returncode == 0, done.stderr.decode()
+    index = json.loads((out / "layout" / "index.json").read_text())
+    assert [e["annotations"]["org.opencontainers.image.ref.name"]
+            for e in index["manifests"]] == ["1", "2"]
+    manifest = json.loads((out / "layout" / "blobs" / "sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar+zstd"]
+    (platform,) = os.listdir(out / "split")
+    assert platform.startswith("linux_")
+    assert (out / "split" / platform / "a.txt").read_text() == "hello from the client\n"
+
+
 def test_a_lowercase_dockerfile_builds_through_the_endpoint(served: Served) -> None:
     """BuildKit's testDockerfileLowercase: no -f and only ``dockerfile`` in the context."""
     context = served.work / "lower"
