@@ -376,7 +376,8 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
                            target=options.target, build_args=dict(options.build_args),
                            allow=frozenset(options.allow),
                            ulimits=tuple(Ulimit(*limit) for limit in options.ulimits),
-                           shm_size=options.shm_size, network=options.network)
+                           shm_size=options.shm_size, network=options.network,
+                           named_contexts=options.named_contexts)
 
 
 async def _shielded(cleanup: Any) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler._build_request import NamedContext
 from scheduler._entitlements import check_entitlements
 from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, Ulimit
 from scheduler._platform import Platform
@@ -41,6 +42,7 @@ class FrontendRequest:
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
     network: str = "default"  # a RUN's network when it names none (--network)
+    named_contexts: tuple[NamedContext, ...] = ()  # --build-context
 
 
 async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Sequence[str],
@@ -63,7 +65,7 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         platforms=request.platforms, build_args=request.build_args, ignore_patterns=patterns,
         image_resolver=_Resolver(resolve, asyncio.get_running_loop(), interrupt),
         interrupt=interrupt, ulimits=request.ulimits, shm_size=request.shm_size,
-        network=request.network)
+        network=request.network, named_contexts=request.named_contexts)
     running = asyncio.ensure_future(asyncio.to_thread(work))
     try:
         frontend = await asyncio.shield(running)

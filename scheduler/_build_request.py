@@ -17,7 +17,7 @@ from ._errors import UsageError
 
 __all__ = [
     "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES", "PROGRESS_MODES",
-    "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec", "SshSpec",
+    "BuildOptions", "CacheSpec", "NamedContext", "OutputSpec", "SecretSpec", "SshSpec",
 ]
 
 OPTIONS_VERSION = 1
@@ -83,6 +83,27 @@ class CacheSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedContext:
+    """``--build-context NAME=...`` as the frontend reads it: ``name`` in its familiar form
+    (``alpine``, not ``docker.io/library/alpine:latest``, as buildx normalises it) and
+    ``source``: ``docker-image://REF``, or ``local://KEY`` for a directory the client sends
+    as ``session.contexts[KEY]`` (a URL is fetched by the client and sent so), with
+    ``exclude`` its ``.dockerignore`` patterns."""
+
+    name: str
+    source: str
+    exclude: tuple[str, ...] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [self.name, self.source, list(self.exclude)]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> NamedContext:
+        name, source, exclude = item[:3]
+        return cls(str(name), str(source), tuple(str(p) for p in exclude))
+
+
+@dataclass(frozen=True, slots=True)
 class BuildOptions:
     """Everything ``dockyard build`` was asked, except the Dockerfile's bytes and secret
     values: paths absolute, values checked."""
@@ -107,6 +128,7 @@ class BuildOptions:
     ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: (name, soft, hard)
     shm_size: int = 0  # --shm-size in bytes (0: the default, 64 MiB)
     network: str = "default"  # --network: a RUN's network when it names none
+    named_contexts: tuple[NamedContext, ...] = ()  # --build-context, resolved by the client
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -126,6 +148,7 @@ class BuildOptions:
             "allow": list(self.allow),
             "ulimits": [list(limit) for limit in self.ulimits], "shm_size": self.shm_size,
             "network": self.network,
+            "named_contexts": [c.to_wire() for c in self.named_contexts],
         }
 
     @classmethod
@@ -158,7 +181,9 @@ class BuildOptions:
             cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())),
             allow=tuple(str(a) for a in wire.get("allow", ())),
             ulimits=tuple((str(n), int(s), int(h)) for n, s, h in wire.get("ulimits", ())),
-            shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")))
+            shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")),
+            named_contexts=tuple(NamedContext.from_wire(c)
+                                 for c in wire.get("named_contexts", ())))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:

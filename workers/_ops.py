@@ -62,7 +62,10 @@ async def run_source(backend: RuntimeBackend, vertex: Vertex, op: SourceOp) -> S
     if op.identifier.startswith(IMAGE_SCHEME):
         return await run_image_source(backend, vertex, op)
     if op.identifier.startswith(LOCAL_SCHEME):
-        return await tree_layer(backend, await backend.context_files(op), op.identifier)
+        # An image's root filesystem (``FROM`` a named context) is one whole layer: the
+        # incremental chain would put files since removed from the directory in the image.
+        chain = None if dict(op.attrs).get("rootfs") == "true" else op.identifier
+        return await tree_layer(backend, await backend.context_files(op), chain)
     return await tree_layer(backend, await remote_source(backend, op))
 
 
@@ -86,8 +89,8 @@ async def tree_layer(backend: RuntimeBackend, tree: ContextTree,
     (``WorkerRuntime.context_tree``): its layers with one of what changed on top
     (``materialise_delta``), else one whole tree with the unchanged files linked.  Either
     way the layers show the same tree, so what a COPY makes of it, and every digest after,
-    is the same (a context's result never is an image's base: only COPY and RUN mounts
-    read it)."""
+    is the same (only COPY and RUN mounts read a chained result: a context that is an
+    image's base, ``rootfs=true``, comes with ``name`` None, as one whole layer)."""
     runtime = backend.runtime
     previous = await runtime.context_tree(name) if name is not None else None
     if previous is not None and not await asyncio.to_thread(_usable, runtime, previous):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .._build_request import NamedContext
 from .._errors import DockerfileError
 from .._graph import BuildGraph, Ulimit
 from .._platform import Platform, default_platform
@@ -41,7 +42,8 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
                 ignore_patterns: Sequence[str] = (), build_platform: Platform | None = None,
                 image_resolver: ImageResolver | None = None, check_only: bool = False,
                 interrupt: Interrupt | None = None, ulimits: Sequence[Ulimit] = (),
-                shm_size: int = 0, network: str = "default") -> FrontendResult:
+                shm_size: int = 0, network: str = "default",
+                named_contexts: Sequence[NamedContext] = ()) -> FrontendResult:
     """Convert ``dockerfile`` for each of ``platforms`` (default: this machine's) into one
     graph holding one ImageResult per platform.  The build checks look at the stages the
     target needs; ``# check=error=true`` turns findings into a ``DockerfileError``.
@@ -50,20 +52,22 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
 
     ``interrupt`` is called at every step of the work (each line parsed, instruction
     converted, word expanded...) and raises to stop it: a caller running this in a thread
-    stops it so when its build is cancelled (see ``_interrupt``)."""
+    stops it so when its build is cancelled (see ``_interrupt``).  ``named_contexts``
+    (``--build-context``) stand in for the stages and images of their names."""
     with interruptible(interrupt):
         return _build_graph(dockerfile, filename=filename, target=target, platforms=platforms,
                             build_args=build_args, ignore_patterns=ignore_patterns,
                             build_platform=build_platform, image_resolver=image_resolver,
                             check_only=check_only, ulimits=ulimits, shm_size=shm_size,
-                            network=network)
+                            network=network, named_contexts=named_contexts)
 
 
 def _build_graph(dockerfile: bytes, *, filename: str, target: str | None,
                  platforms: Sequence[Platform], build_args: Mapping[str, str] | None,
                  ignore_patterns: Sequence[str], build_platform: Platform | None,
                  image_resolver: ImageResolver | None, check_only: bool,
-                 ulimits: Sequence[Ulimit], shm_size: int, network: str) -> FrontendResult:
+                 ulimits: Sequence[Ulimit], shm_size: int, network: str,
+                 named_contexts: Sequence[NamedContext]) -> FrontendResult:
     if not dockerfile.strip():
         raise DockerfileError("the Dockerfile cannot be empty", filename=filename)
     parsed = parse(dockerfile, filename)
@@ -76,7 +80,7 @@ def _build_graph(dockerfile: bytes, *, filename: str, target: str | None,
         build_platform=build_platform or default_platform(), multi_platform=len(wanted) > 1,
         build_args=dict(build_args or {}), ignore_patterns=tuple(ignore_patterns),
         resolver=image_resolver, target=target, ulimits=tuple(ulimits), shm_size=shm_size,
-        network=network)
+        network=network, named_contexts={c.name: c for c in named_contexts})
     graph, warnings, notices = convert(typed, options, wanted)
     report = run_checks(parsed, typed, target=target, all_stages=check_only,
                         extra=warnings, build_args=build_args)
