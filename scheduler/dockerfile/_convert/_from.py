@@ -75,10 +75,12 @@ def _named_context(conv: Conversion, stage_node: StageNode) -> NamedContext | No
 
 def _from_local_context(conv: Conversion, stage_node: StageNode, state: StageState,
                         context: NamedContext) -> None:
-    """A stage whose root is a directory context: its files as one whole layer (never
-    the incremental chain a context source keeps for COPY: an image's base shows
-    exactly the directory), with the empty image's config."""
-    attrs = [("rootfs", "true")]
+    """A stage whose root is a directory context, with the empty image's config.  A
+    Dockerfile stage (an image's base) takes its files as one whole layer, never the
+    incremental chain a context source keeps: the image shows exactly the directory,
+    not files since removed from it; one that only ``COPY --from``/``--mount from=``
+    read (``stage`` None) keeps the chain."""
+    attrs = [("rootfs", "true")] if stage_node.stage is not None else []
     if context.exclude:
         attrs.append(("exclude", json.dumps(list(context.exclude))))
     name = f"[context {context.name}] load from client"
