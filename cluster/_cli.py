@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from scheduler._errors import DockyardError, UsageError
@@ -104,15 +105,21 @@ def _run_frontend(args: argparse.Namespace, *, check_only: bool = False
 
 def _named_for_graph(values: Sequence[str]) -> tuple[Any, ...]:
     """``--build-context`` as ``debug graph``/``--check`` show it: each directory or URL
-    as the ``local://context:NAME`` source a build sends it as (nothing is read)."""
+    as the ``local://context:NAME`` source a build sends it as (a directory's
+    ``.dockerignore`` read; a URL not fetched)."""
     from scheduler._build_request import NamedContext  # noqa: PLC0415
 
-    from ._context_forms import parse_build_context  # noqa: PLC0415
+    from ._context import directory_ignore_patterns  # noqa: PLC0415
+    from ._context_forms import is_url, parse_build_context  # noqa: PLC0415
 
     found = []
     for name, value in dict(parse_build_context(v) for v in values).items():
-        image = value.startswith("docker-image://")
-        found.append(NamedContext(name, value if image else f"local://context:{name}"))
+        if value.startswith("docker-image://"):
+            found.append(NamedContext(name, value))
+            continue
+        local = not is_url(value) and os.path.isdir(value)
+        exclude = tuple(directory_ignore_patterns(Path(value))) if local else ()
+        found.append(NamedContext(name, f"local://context:{name}", exclude))
     return tuple(found)
 
 
