@@ -46,6 +46,7 @@ from typing import IO, Any
 
 from scheduler._build_request import NamedContext
 from scheduler._errors import ExecError, UsageError
+from scheduler._platform import Platform, default_platform, parse_platform
 
 from ._build_options import (
     BuildOptions,
@@ -65,6 +66,7 @@ from ._context import (
 )
 from ._context_forms import ClientContext, ContextForms, is_url, parse_build_context
 from ._context_server import ContextServer, ContextServers
+from ._oci_layout import LAYOUT_SCHEME, read_layout
 from ._render import Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
 from ._ssh_agent import SshAgents, SshRelay
@@ -153,22 +155,34 @@ def _named_contexts(options: BuildOptions, session: dict[str, Any], servers: Con
                     named: Mapping[str, str], forms: ContextForms) -> BuildOptions:
     """``--build-context``: an image stays a reference; a directory, or what a URL is
     fetched into, is sent as the main context is, as ``session.contexts["context:NAME"]``
-    with its own ``.dockerignore``."""
+    with its own ``.dockerignore``; an OCI layout so too, its image's blobs alone."""
     found: list[NamedContext] = []
+    root = default_root(os.environ)
     for name, value in named.items():
         if value.startswith("docker-image://"):
             found.append(NamedContext(name, value))
+            continue
+        key = f"context:{name}"
+        if value.startswith(LAYOUT_SCHEME):
+            layout = read_layout(value, _first_platform(options))
+            only = ("**", *(f"!{blob}" for blob in layout.blobs))  # the image's blobs alone
+            servers.add(key, _manifest(session, key, layout.directory, only, root))
+            found.append(NamedContext(name, f"{LAYOUT_SCHEME}{key}@{layout.digest}", only,
+                                      layout.config))
             continue
         directory = forms.fetch_named(name, value) if is_url(value) else Path(value)
         if not directory.is_dir():
             raise UsageError(f"invalid --build-context {name}={value}: not a directory, "
                              "an image (docker-image://REF) or a URL")
-        key = f"context:{name}"
         patterns = directory_ignore_patterns(directory)
-        root = default_root(os.environ)
         servers.add(key, _manifest(session, key, directory, patterns, root))
         found.append(NamedContext(name, LOCAL_SCHEME + key, tuple(patterns)))
     return dataclasses.replace(options, named_contexts=tuple(found))
+
+
+def _first_platform(options: BuildOptions) -> Platform:
+    """The platform an OCI layout's index is read for (the build's first)."""
+    return parse_platform(options.platforms[0]) if options.platforms else default_platform()
 
 
 def run_build(args: argparse.Namespace) -> int:

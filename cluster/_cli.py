@@ -99,11 +99,11 @@ def _run_frontend(args: argparse.Namespace, *, check_only: bool = False
     result = build_graph(context.dockerfile, filename=filename, target=args.target,
                          platforms=platforms, build_args=build_args,
                          ignore_patterns=list(patterns), check_only=check_only,
-                         named_contexts=_named_for_graph(args.build_context))
+                         named_contexts=_named_for_graph(args.build_context, platforms[0]))
     return result, context.dockerfile, filename
 
 
-def _named_for_graph(values: Sequence[str]) -> tuple[Any, ...]:
+def _named_for_graph(values: Sequence[str], platform: Platform) -> tuple[Any, ...]:
     """``--build-context`` as ``debug graph``/``--check`` show it: each directory or URL
     as the ``local://context:NAME`` source a build sends it as (a directory's
     ``.dockerignore`` read; a URL not fetched)."""
@@ -116,6 +116,13 @@ def _named_for_graph(values: Sequence[str]) -> tuple[Any, ...]:
     for name, value in dict(parse_build_context(v) for v in values).items():
         if value.startswith("docker-image://"):
             found.append(NamedContext(name, value))
+            continue
+        if value.startswith("oci-layout://"):
+            from ._oci_layout import read_layout  # noqa: PLC0415
+
+            layout = read_layout(value, platform)
+            found.append(NamedContext(name, f"oci-layout://context:{name}@{layout.digest}",
+                                      (), layout.config))
             continue
         local = not is_url(value) and os.path.isdir(value)
         exclude = tuple(directory_ignore_patterns(Path(value))) if local else ()

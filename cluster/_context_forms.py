@@ -79,10 +79,6 @@ def parse_build_context(value: str) -> tuple[str, str]:
         raise UsageError(f"invalid --build-context {value!r}: target: contexts link the "
                          "targets of a bake file; dockyard build builds one Dockerfile",
                          hint="use a stage of the Dockerfile (FROM/COPY --from=<stage>)")
-    if source.startswith("oci-layout://"):
-        raise UsageError(f"invalid --build-context {value!r}: oci-layout:// contexts are "
-                         "not supported yet", hint="push the image to a registry and use "
-                         "docker-image://REF, or unpack it into a directory")
     if source.startswith("docker-image://"):
         try:
             parse_reference(source.removeprefix("docker-image://"))

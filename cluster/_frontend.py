@@ -63,7 +63,8 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
     work = functools.partial(
         build_graph, dockerfile, filename=request.filename, target=request.target,
         platforms=request.platforms, build_args=request.build_args, ignore_patterns=patterns,
-        image_resolver=_Resolver(resolve, asyncio.get_running_loop(), interrupt),
+        image_resolver=_Resolver(_with_layouts(resolve, request.named_contexts),
+                                 asyncio.get_running_loop(), interrupt),
         interrupt=interrupt, ulimits=request.ulimits, shm_size=request.shm_size,
         network=request.network, named_contexts=request.named_contexts)
     running = asyncio.ensure_future(asyncio.to_thread(work))
@@ -75,6 +76,20 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         raise
     check_entitlements(frontend.graph, request.allow)
     return frontend.graph
+
+
+def _with_layouts(resolve: ResolveImage, contexts: Sequence[NamedContext]) -> ResolveImage:
+    """``resolve``, answering the ``oci-layout://`` sources of ``contexts`` itself: their
+    image configs came with the request (the client read the layout)."""
+    layouts = {c.source: base_image(c.source.rpartition("@")[2], c.config)
+               for c in contexts if c.source.startswith("oci-layout://") and c.config}
+    if not layouts:
+        return resolve
+
+    async def answer(ref: str, platform: Platform) -> BaseImage:
+        known = layouts.get(ref)
+        return known if known is not None else await resolve(ref, platform)
+    return answer
 
 
 def base_image(digest: str, config: bytes) -> BaseImage:

@@ -86,21 +86,25 @@ class CacheSpec:
 class NamedContext:
     """``--build-context NAME=...`` as the frontend reads it: ``name`` in its familiar form
     (``alpine``, not ``docker.io/library/alpine:latest``, as buildx normalises it) and
-    ``source``: ``docker-image://REF``, or ``local://KEY`` for a directory the client sends
+    ``source``: ``docker-image://REF``; ``local://KEY`` for a directory the client sends
     as ``session.contexts[KEY]`` (a URL is fetched by the client and sent so), with
-    ``exclude`` its ``.dockerignore`` patterns."""
+    ``exclude`` its ``.dockerignore`` patterns; or ``oci-layout://KEY@DIGEST``, the image
+    DIGEST of an OCI layout whose blobs the client sends as ``session.contexts[KEY]``
+    (``exclude`` keeping only those), ``config`` the image's config JSON."""
 
     name: str
     source: str
     exclude: tuple[str, ...] = ()
+    config: bytes = b""
 
     def to_wire(self) -> list[Any]:
-        return [self.name, self.source, list(self.exclude)]
+        return [self.name, self.source, list(self.exclude), self.config]
 
     @classmethod
     def from_wire(cls, item: Sequence[Any]) -> NamedContext:
         name, source, exclude = item[:3]
-        return cls(str(name), str(source), tuple(str(p) for p in exclude))
+        config = bytes(item[3]) if len(item) > 3 else b""
+        return cls(str(name), str(source), tuple(str(p) for p in exclude), config)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from ._context_source import ContextTree, LocalContext, Materialised
 from ._fetch import fetch_git, fetch_http, resolve_git
 from ._fileops import apply_file_actions
 from ._layers import is_empty_diff
+from ._layout_source import LAYOUT_SCHEME, run_layout_source
 from ._ops_exec import run_exec
 from ._runtime import IMAGE_SCHEME, LOCAL_SCHEME, RuntimeBackend, WorkerRuntime
 
@@ -61,6 +62,8 @@ async def execute_vertex(backend: RuntimeBackend, vertex: Vertex,
 async def run_source(backend: RuntimeBackend, vertex: Vertex, op: SourceOp) -> StateResult:
     if op.identifier.startswith(IMAGE_SCHEME):
         return await run_image_source(backend, vertex, op)
+    if op.identifier.startswith(LAYOUT_SCHEME):
+        return await run_layout_source(backend, op)
     if op.identifier.startswith(LOCAL_SCHEME):
         # An image's root filesystem (``FROM`` a named context) is one whole layer: the
         # incremental chain would put files since removed from the directory in the image.
@@ -190,7 +193,8 @@ async def _fetch(backend: RuntimeBackend, op: SourceOp) -> LocalContext:
                          checksum=attrs.get("checksum", ""))
         return LocalContext(scratch / "tree")
     raise SolveError(f"unsupported source {op.identifier!r}",
-                     hint="sources are docker-image://, local://, http(s):// and git://")
+                     hint="sources are docker-image://, local://, oci-layout://, http(s):// "
+                     "and git://")
 
 
 async def run_file(backend: RuntimeBackend, op: FileOp,

@@ -34,6 +34,10 @@ def start_stage(conv: Conversion, stage_node: StageNode, done: dict[int, StageSt
     if context is not None and context.source.startswith(LOCAL_SCHEME):
         _from_local_context(conv, stage_node, state, context)
         return state, []
+    if context is not None and context.source.startswith(LAYOUT_SCHEME):
+        _from_layout(conv, state, context)
+        _ensure_path(state)
+        return state, []
     if context is None and stage_node.is_scratch:
         state.config.working_dir = "/"  # BuildKit's empty image config has WorkingDir "/"
         _ensure_path(state)
@@ -60,6 +64,7 @@ def _from_stage(stage_node: StageNode, base: StageState) -> StageState:
 
 LOCAL_SCHEME = "local://"
 IMAGE_SCHEME = "docker-image://"
+LAYOUT_SCHEME = "oci-layout://"
 
 
 def _named_context(conv: Conversion, stage_node: StageNode) -> NamedContext | None:
@@ -88,6 +93,21 @@ def _from_local_context(conv: Conversion, stage_node: StageNode, state: StageSta
                                (), name, None, location="")
     state.config.working_dir = "/"
     _ensure_path(state)
+
+
+def _from_layout(conv: Conversion, state: StageState, context: NamedContext) -> None:
+    """A stage from the image of an OCI layout the client sends: its config as the
+    resolver answers for the source (the client read it), its layers made by the worker
+    from the layout's blobs."""
+    image = conv.options.resolver(context.source, state.platform) if conv.options.resolver \
+        else None
+    if image is not None:
+        state.config = thaw(image.config)
+        state.config.on_build = []
+    attrs = (("exclude", json.dumps(list(context.exclude))),) if context.exclude else ()
+    name = f"[context {context.name}] load from oci layout"
+    state.root = conv.sink.add(SourceOp(identifier=context.source, attrs=attrs), (), name,
+                               state.platform, location="")
 
 
 def _from_image(conv: Conversion, stage_node: StageNode, state: StageState,

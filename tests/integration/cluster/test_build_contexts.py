@@ -268,6 +268,29 @@ def tree_names(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+def test_an_oci_layout_context_by_itself_by_tag_and_by_digest(cli: Cli) -> None:
+    """The image of an OCI layout (written here by an OCI export, unpacked): its files and
+    its config (WORKDIR) reach a stage FROM it and a COPY --from it."""
+    image = cli.directory({"Dockerfile": "FROM scratch\nWORKDIR /w\n"
+                                         "COPY <<EOF /layout-file\nL\nEOF\n"})
+    oci = cli.work / "layout.tar"
+    done = cli.build("-t", "img:v1", "-o", f"type=oci,dest={oci}", str(image))
+    assert done.returncode == 0, done.stderr.decode()
+    layout = cli.work / "layout"
+    with tarfile.open(oci) as archive:
+        archive.extractall(layout, filter="data")
+    digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    dockerfile = cli.directory({"Dockerfile": (
+        "FROM base AS first\nCOPY <<EOF rel.txt\nR\nEOF\n"
+        "FROM scratch\nCOPY --from=base /layout-file /copied\n")})
+    for value in (f"{layout}", f"{layout}:v1", f"{layout}@{digest}"):
+        context = f"base=oci-layout://{value}"
+        out = cli.built("--target", "first", "--build-context", context, str(dockerfile))
+        assert tree(out) == {"layout-file": "L\n", "w/rel.txt": "R\n"}, value
+    out = cli.built("--build-context", f"base=oci-layout://{layout}", str(dockerfile))
+    assert tree(out) == {"copied": "L\n"}
+
+
 def test_url_named_contexts(cli: Cli) -> None:
     (cli.served / "named.tgz").write_bytes(gzip.compress(tar_of({"t.txt": "tarball\n"})))
     dockerfile = cli.directory({"Dockerfile": (
@@ -284,9 +307,9 @@ NAMED_ERRORS = [
     ("target", "base=target:other", "invalid --build-context 'base=target:other': target: "
                                     "contexts link the targets of a bake file; dockyard build "
                                     "builds one Dockerfile"),
-    ("oci-layout", "base=oci-layout:///tmp/x", "invalid --build-context "
-                                               "'base=oci-layout:///tmp/x': oci-layout:// "
-                                               "contexts are not supported yet"),
+    ("oci-layout-missing", "base=oci-layout:///nonexistent/layout:v1",
+     "invalid --build-context oci-layout:///nonexistent/layout:v1: cannot read its "
+     "index.json"),
     ("missing-dir", "base=/nonexistent/dir", "invalid --build-context base=/nonexistent/dir: "
                                              "not a directory, an image (docker-image://REF) "
                                              "or a URL"),

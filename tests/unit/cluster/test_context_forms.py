@@ -14,6 +14,7 @@ import pytest
 
 from cluster._context_forms import ContextForms, is_git_url, parse_build_context
 from cluster._context_server import ContextServer, ContextServers
+from cluster._oci_layout import split_layout
 from scheduler._build_request import BuildOptions, NamedContext
 from scheduler._errors import SolveError, UsageError
 from scheduler._graph import SourceOp
@@ -37,7 +38,7 @@ def test_build_context_names_are_familiar(value: str, parsed: tuple[str, str]) -
 
 
 @pytest.mark.parametrize("value", ["base", "=dir", "base=", "Upper=dir", "a b=dir",
-                                   "base=target:x", "base=oci-layout:///l",
+                                   "base=target:x",
                                    "base=docker-image://Bad Ref"])
 def test_bad_build_contexts_are_usage_errors(value: str) -> None:
     with pytest.raises(UsageError, match="invalid --build-context"):
@@ -106,7 +107,8 @@ def test_context_servers_answer_by_name_and_refuse_others(tmp_path: Path) -> Non
 def test_named_contexts_survive_the_wire() -> None:
     options = BuildOptions(context=".", named_contexts=(
         NamedContext("base", "local://context:base", ("*.log",)),
-        NamedContext("alpine", "docker-image://busybox")))
+        NamedContext("alpine", "docker-image://busybox"),
+        NamedContext("lay", "oci-layout://context:lay@sha256:" + "a" * 64, ("**",), b"{}")))
     assert BuildOptions.from_wire(options.to_wire()).named_contexts == options.named_contexts
     wire = options.to_wire()
     del wire["named_contexts"]  # an older client's map
@@ -143,3 +145,12 @@ def test_a_docker_image_context_replaces_an_image_by_its_familiar_name() -> None
     assert [s.identifier for s in sources] == ["docker-image://docker.io/library/busybox:1.36"]
     assert [s.identifier for s in _sources("FROM scratch\nCOPY --from=alpine / /\n", image)
             ] == ["docker-image://docker.io/library/busybox:1.36"]
+
+
+@pytest.mark.parametrize(("value", "parts"), [
+    ("oci-layout:///l", ("/l", "", "")), ("oci-layout://./l:v1", ("./l", "v1", "")),
+    ("oci-layout:///l@sha256:ab", ("/l", "", "sha256:ab")),
+    ("oci-layout:///l:v1@sha256:ab", ("/l", "v1", "sha256:ab")),
+    ("oci-layout://host:5000/l", ("host:5000/l", "", ""))])
+def test_oci_layout_values(value: str, parts: tuple[str, str, str]) -> None:
+    assert split_layout(value) == parts
