@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from support.served import ServedGit, serve_git, serve_http
+from support.ssh_tools import make_key
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -37,18 +38,22 @@ class Cli:
     git: ServedGit
     http: str  # base URL of ``served`` below
     served: Path  # the HTTP server's directory
+    bare: Path  # the bare repository ``git`` serves
 
-    def build(self, *argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT)}
+    def build(self, *argv: str, stdin: bytes = b"", env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[bytes]:
+        environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
+                   **(env or {})}
         environ.pop("SSH_AUTH_SOCK", None)
         return subprocess.run([sys.executable, "-m", "cluster", "build", "--progress=plain",
                                *argv], cwd=self.work, env=environ, input=stdin,
                               capture_output=True, timeout=180, check=False)
 
-    def built(self, *argv: str, stdin: bytes = b"") -> Path:
+    def built(self, *argv: str, stdin: bytes = b"", env: dict[str, str] | None = None
+              ) -> Path:
         """Build into a new local output directory; its path."""
         out = Path(tempfile.mkdtemp(dir=self.work, prefix="out-"))
-        done = self.build("-o", f"type=local,dest={out}", *argv, stdin=stdin)
+        done = self.build("-o", f"type=local,dest={out}", *argv, stdin=stdin, env=env)
         assert done.returncode == 0, done.stderr.decode()
         return out
 
@@ -94,10 +99,12 @@ def cli(busybox_image: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     work = Path(tempfile.mkdtemp(prefix="dyc-work-"))
     served = work / "served"
     served.mkdir()
-    with serve_git(tmp_path_factory.mktemp("git")) as git, serve_http(served) as http:
+    git_dir = tmp_path_factory.mktemp("git")
+    with serve_git(git_dir) as git, serve_http(served) as http:
         git.commit("sub/Dockerfile", "FROM scratch\nCOPY . /ctx/\n")
         try:
-            yield Cli(root, work, busybox_image.reference, git, http, served)
+            yield Cli(root, work, busybox_image.reference, git, http, served,
+                      git_dir / "served" / "repo.git")
         finally:
             subprocess.run([sys.executable, "-m", "cluster", "stop"], timeout=90, check=False,
                            env={**os.environ, "DOCKYARD_ROOT": str(root),
@@ -167,6 +174,27 @@ def test_a_git_url_at_a_tag_with_f_inside_the_repository(cli: Cli) -> None:
 def test_an_ssh_git_url_needs_an_ssh_agent(cli: Cli) -> None:
     assert cli.error("git@127.0.0.1:repo.git") == (
         "the build context git@127.0.0.1:repo.git is an ssh git URL: it needs an ssh agent")
+
+
+#: An ssh client for git (GIT_SSH_COMMAND, "simple" variant: ``HOST COMMAND``) that runs
+#: the remote command here, as sshd would run it there, once the agent it was given
+#: (SSH_AUTH_SOCK) shows the test's key: the one thing sshd would check of the client.
+_SSH = """#!/bin/sh
+ssh-add -l | grep -q ctx-context-key || { echo "the agent lacks the key" >&2; exit 255; }
+exec sh -c "$2"
+"""
+
+
+def test_an_ssh_git_url_fetches_through_the_ssh_default_agent(cli: Cli) -> None:
+    key = make_key(cli.work / "id_ctx", "ctx-context-key")
+    ssh = cli.work / "fake-ssh"
+    ssh.write_text(_SSH)
+    ssh.chmod(0o755)
+    env = {"GIT_SSH_COMMAND": str(ssh), "GIT_SSH_VARIANT": "simple"}
+    url = f"git@127.0.0.1:{cli.bare}#main:sub"
+    out = cli.built("--ssh", f"default={key}", url, env=env)
+    assert tree(out) == {"ctx/Dockerfile": "FROM scratch\nCOPY . /ctx/\n", "ctx/f": "f1\n"}
+    assert cli.error(url, "--ssh", f"other={key}").endswith("it needs an ssh agent")
 
 
 def test_an_archive_url_is_the_context(cli: Cli) -> None:
