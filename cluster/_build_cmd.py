@@ -78,6 +78,8 @@ REQUEST_VERSION = 1
 #: The session's name of the build's own context (the frontend's ``local://context``).
 MAIN_CONTEXT = "context"
 LOCAL_SCHEME = "local://"
+#: The build arg that keeps a git context's ``.git`` directory (BuildKit's dockerui).
+KEEP_GIT_DIR_ARG = "BUILDKIT_CONTEXT_KEEP_GIT_DIR"
 
 
 def _settings(environ: Mapping[str, str]) -> ServiceSettings:
@@ -99,7 +101,8 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: I
     options = gather_options(args, environ)
     named = [parse_build_context(v) for v in getattr(args, "build_context", None) or ()]
     forms = forms if forms is not None else ContextForms()
-    context = forms.main(args.context, args.file, stdin)
+    keep = dict(options.build_args).get(KEEP_GIT_DIR_ARG, "").lower() in ("1", "true")
+    context = forms.main(args.context, args.file, stdin, keep_git_dir=keep)
     if options.metadata_file is not None and not Path(options.metadata_file).parent.is_dir():
         raise UsageError(f"invalid --metadata-file {args.metadata_file!r}: its directory "
                          f"does not exist")

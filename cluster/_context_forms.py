@@ -121,8 +121,11 @@ class ContextForms:
 
     # -- the build's context ------------------------------------------------------------
 
-    def main(self, text: str, file: str | None, stdin: IO[bytes]) -> ClientContext:
-        """The context ``text`` names and its Dockerfile (``-f``: ``file``)."""
+    def main(self, text: str, file: str | None, stdin: IO[bytes], *,
+             keep_git_dir: bool = False) -> ClientContext:
+        """The context ``text`` names and its Dockerfile (``-f``: ``file``);
+        ``keep_git_dir``: a git checkout keeps its ``.git`` (BuildKit's
+        ``BUILDKIT_CONTEXT_KEEP_GIT_DIR`` build arg)."""
         if text == "-":
             if file == "-":
                 raise UsageError("invalid argument: can't use stdin for both build context "
@@ -130,7 +133,7 @@ class ContextForms:
                                  "or a directory as the context")
             return self._from_blob("stdin", self._stdin_blob(stdin), file, stdin)
         if is_git_url(text):
-            return self._with_dockerfile(self._git(text), file, stdin)
+            return self._with_dockerfile(self._git(text, keep_git_dir), file, stdin)
         if text.startswith(("http://", "https://")):
             return self._from_blob(text, self._download(text), file, stdin)
         directory = Path(text)
@@ -192,7 +195,7 @@ class ContextForms:
         self._scratch.append(scratch)
         return scratch
 
-    def _git(self, url: str) -> Path:
+    def _git(self, url: str, keep_git_dir: bool = False) -> Path:
         from scheduler.dockerfile._convert._sources import parse_git  # noqa: PLC0415
         from workers._fetch import fetch_git  # noqa: PLC0415
 
@@ -207,6 +210,7 @@ class ContextForms:
         dest = self._new_scratch() / _TREE
         try:
             return fetch_git(remote, dest, ref=source.ref, subdir=source.subdir,
+                             keep_git_dir=keep_git_dir,
                              what="build context", ssh_socket=ssh)
         except DockyardError as err:
             raise UsageError(err.message, hint=err.hint) from None

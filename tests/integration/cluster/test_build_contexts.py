@@ -169,6 +169,9 @@ def test_a_git_url_at_a_tag_with_f_inside_the_repository(cli: Cli) -> None:
     dockerfile = cli.directory({"Dockerfile.git": "FROM scratch\nCOPY . /repo/\n"})
     out = cli.built("-f", str(dockerfile / "Dockerfile.git"), f"{cli.git.url}#v1")
     assert tree(out) == {"repo/README": "v1\n", "repo/sub/f": "f1\n"}  # no .git
+    kept = cli.built("--build-arg", "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1", "-f",
+                     str(dockerfile / "Dockerfile.git"), f"{cli.git.url}#v1")
+    assert (kept / "repo" / ".git" / "HEAD").is_file()
 
 
 def test_an_ssh_git_url_needs_an_ssh_agent(cli: Cli) -> None:
