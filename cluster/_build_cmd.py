@@ -103,6 +103,8 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: I
     forms = forms if forms is not None else ContextForms()
     keep = dict(options.build_args).get(KEEP_GIT_DIR_ARG, "").lower() in ("1", "true")
     context = forms.main(args.context, args.file, stdin, keep_git_dir=keep)
+    if context.dockerfile_path is not None and not Path(args.context).is_dir():
+        options = dataclasses.replace(options, filename=_shown_name(context))
     if options.metadata_file is not None and not Path(options.metadata_file).parent.is_dir():
         raise UsageError(f"invalid --metadata-file {args.metadata_file!r}: its directory "
                          f"does not exist")
@@ -112,6 +114,14 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: I
     request = {"version": REQUEST_VERSION, "dockerfile": context.dockerfile,
                "options": _without_ssh_paths(options).to_wire(), "session": session}
     return options, request, server
+
+
+def _shown_name(context: ClientContext) -> str:
+    """The Dockerfile's name in messages when the context was made a directory (stdin,
+    a URL): relative to it when inside it, as for a directory context."""
+    assert context.dockerfile_path is not None
+    inside = os.path.relpath(context.dockerfile_path, context.directory)
+    return str(context.dockerfile_path) if inside.startswith("..") else inside
 
 
 def _without_ssh_paths(options: BuildOptions) -> BuildOptions:

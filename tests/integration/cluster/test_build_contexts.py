@@ -134,6 +134,9 @@ def test_a_tar_on_stdin_with_f_names_a_dockerfile_inside_it(cli: Cli) -> None:
                       "a.txt": "A\n"})
     out = cli.built("-f", "build/alt.Dockerfile", "-", stdin=gzip.compress(archive))
     assert tree(out) == {"from-alt": "A\n"}
+    broken = tar_of({"build/alt.Dockerfile": "FROM scratch\nCOPY missing /\n"})
+    assert cli.error("-f", "build/alt.Dockerfile", "-", stdin=broken).startswith(
+        "build/alt.Dockerfile:2")
 
 
 def test_a_dockerfile_on_stdin_has_an_empty_context(cli: Cli) -> None:
