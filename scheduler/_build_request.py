@@ -18,8 +18,8 @@ from ._errors import UsageError
 __all__ = [
     "ATTEST_TYPES", "COMPRESSIONS", "COMPRESSION_LEVELS", "DEFAULT_COMPRESSION",
     "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES", "PROGRESS_MODES",
-    "AttestSpec", "BuildOptions", "CacheSpec", "Compression", "OutputSpec", "SecretSpec",
-    "SshSpec",
+    "AttestSpec", "BuildOptions", "CacheSpec", "Compression", "NamedContext", "OutputSpec",
+    "SecretSpec", "SshSpec",
 ]
 
 OPTIONS_VERSION = 1
@@ -170,6 +170,31 @@ class AttestSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedContext:
+    """``--build-context NAME=...`` as the frontend reads it: ``name`` in its familiar form
+    (``alpine``, not ``docker.io/library/alpine:latest``, as buildx normalises it) and
+    ``source``: ``docker-image://REF``; ``local://KEY`` for a directory the client sends
+    as ``session.contexts[KEY]`` (a URL is fetched by the client and sent so), with
+    ``exclude`` its ``.dockerignore`` patterns; or ``oci-layout://KEY@DIGEST``, the image
+    DIGEST of an OCI layout whose blobs the client sends as ``session.contexts[KEY]``
+    (``exclude`` keeping only those), ``config`` the image's config JSON."""
+
+    name: str
+    source: str
+    exclude: tuple[str, ...] = ()
+    config: bytes = b""
+
+    def to_wire(self) -> list[Any]:
+        return [self.name, self.source, list(self.exclude), self.config]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> NamedContext:
+        name, source, exclude = item[:3]
+        config = bytes(item[3]) if len(item) > 3 else b""
+        return cls(str(name), str(source), tuple(str(p) for p in exclude), config)
+
+
+@dataclass(frozen=True, slots=True)
 class BuildOptions:
     """Everything ``dockyard build`` was asked, except the Dockerfile's bytes and secret
     values: paths absolute, values checked."""
@@ -199,6 +224,7 @@ class BuildOptions:
     no_cache_filter: tuple[str, ...] = ()  # --no-cache-filter: stages that skip the cache
     pull: bool = False  # --pull: base images resolved again, no reuse of known metadata
     attests: tuple[AttestSpec, ...] = ()  # --attest/--provenance/--sbom, enabled ones only
+    named_contexts: tuple[NamedContext, ...] = ()  # --build-context, resolved by the client
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -222,6 +248,7 @@ class BuildOptions:
             "cgroup_parent": self.cgroup_parent, "no_cache_filter": list(self.no_cache_filter),
             "pull": self.pull,
             "attests": [spec.to_wire() for spec in self.attests],
+            "named_contexts": [c.to_wire() for c in self.named_contexts],
         }
 
     @classmethod
@@ -259,7 +286,9 @@ class BuildOptions:
             cgroup_parent=str(wire.get("cgroup_parent", "")),
             no_cache_filter=tuple(str(s) for s in wire.get("no_cache_filter", ())),
             pull=bool(wire.get("pull", False)),
-            attests=tuple(AttestSpec.from_wire(a) for a in wire.get("attests", ())))
+            attests=tuple(AttestSpec.from_wire(a) for a in wire.get("attests", ())),
+            named_contexts=tuple(NamedContext.from_wire(c)
+                                 for c in wire.get("named_contexts", ())))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:

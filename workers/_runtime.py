@@ -603,6 +603,9 @@ class RuntimeBackend:
             return image.digest
         if op.identifier.startswith(LOCAL_SCHEME):
             return await asyncio.to_thread(self.context(op).checksum)
+        if op.identifier.startswith("oci-layout://"):
+            from ._layout_source import layout_identity  # noqa: PLC0415 -- imports this module
+            return layout_identity(op)
         from ._ops import remote_identity  # noqa: PLC0415 -- _ops imports this module
         return await remote_identity(self, op)
 
