@@ -21,7 +21,7 @@ from scheduler._entitlements import check_entitlements
 from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, Ulimit
 from scheduler._platform import Platform
 from scheduler.dockerfile._convert._model import BaseImage
-from scheduler.dockerfile._frontend import build_graph
+from scheduler.dockerfile._frontend import build_graph, with_labels
 
 __all__ = ["FrontendRequest", "ResolveImage", "base_image", "image_config_of", "run_frontend"]
 
@@ -41,6 +41,7 @@ class FrontendRequest:
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
     network: str = "default"  # a RUN's network when it names none (--network)
+    labels: tuple[tuple[str, str], ...] = ()  # the images' labels (--label), over LABEL's
 
 
 async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Sequence[str],
@@ -72,7 +73,7 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         await asyncio.wait([running])  # the thread's end: within one step of the frontend
         raise
     check_entitlements(frontend.graph, request.allow)
-    return frontend.graph
+    return with_labels(frontend.graph, request.labels)
 
 
 def base_image(digest: str, config: bytes) -> BaseImage:

@@ -38,7 +38,7 @@ from workers._build import (
     remote_records,
     write_results,
 )
-from workers._image import build_metadata
+from workers._image import export_metadata
 from workers._remote_cache import RemoteRecords
 from workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
 
@@ -57,7 +57,8 @@ def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
     return FrontendRequest(filename=options.filename, platforms=options.platforms,
                            target=options.target, build_args=options.build_args,
                            allow=frozenset(options.allow), ulimits=options.ulimits,
-                           shm_size=options.shm_size, network=options.network)
+                           shm_size=options.shm_size, network=options.network,
+                           labels=options.labels)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
         await cache.aclose()
     hashed = backend.context_statistics().bytes_hashed
     return LocalBuildResult(exported, records, solver.statistics(),
-                            {**build_metadata(exported, bool(options.outputs)),
+                            {**export_metadata(exported, [o.type for o in options.outputs],
+                                               options.names),
                              CONTEXT_HASHED_KEY: hashed})
 
 

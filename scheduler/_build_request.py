@@ -16,7 +16,8 @@ from typing import Any
 from ._errors import UsageError
 
 __all__ = [
-    "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES", "PROGRESS_MODES",
+    "ANNOTATION_TYPES", "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES",
+    "PROGRESS_MODES", "Annotation",
     "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec", "SshSpec",
 ]
 
@@ -25,6 +26,13 @@ PROGRESS_MODES = ("auto", "plain", "tty", "rawjson", "quiet")
 FILE_OUTPUTS = ("tar", "oci", "docker")  # exporters writing one file (or stdout with dest=-)
 OUTPUT_TYPES = ("local", *FILE_OUTPUTS, "image", "registry")
 MAX_SECRET_BYTES = 500 * 1024  # BuildKit's secret size limit
+#: Where an annotation goes (BuildKit's annotation types): the image manifest(s), the
+#: index, the descriptor of each manifest (in the index, or the layout's index.json), the
+#: descriptor of the index (the layout's index.json).
+ANNOTATION_TYPES = ("manifest", "index", "manifest-descriptor", "index-descriptor")
+
+#: One annotation: (type, platform or "" for every platform, key, value).
+Annotation = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,9 @@ class OutputSpec:
     names: tuple[str, ...] = ()
     push: bool = False
     insecure: bool = False
+    #: ``annotation.*`` attributes (oci, docker, image); the client merges them into
+    #: ``BuildOptions.annotations``, so they do not travel with the output
+    annotations: tuple[Annotation, ...] = field(default=(), compare=False)
 
     @property
     def to_stdout(self) -> bool:
@@ -107,6 +118,8 @@ class BuildOptions:
     ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: (name, soft, hard)
     shm_size: int = 0  # --shm-size in bytes (0: the default, 64 MiB)
     network: str = "default"  # --network: a RUN's network when it names none
+    labels: tuple[tuple[str, str], ...] = ()  # --label: the image config's, over LABEL's
+    annotations: tuple[Annotation, ...] = ()  # --annotation and -o annotation.*: checked
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -125,7 +138,8 @@ class BuildOptions:
             "cache_from": [spec.to_wire() for spec in self.cache_from],
             "allow": list(self.allow),
             "ulimits": [list(limit) for limit in self.ulimits], "shm_size": self.shm_size,
-            "network": self.network,
+            "network": self.network, "labels": [list(pair) for pair in self.labels],
+            "annotations": [list(item) for item in self.annotations],
         }
 
     @classmethod
@@ -158,7 +172,10 @@ class BuildOptions:
             cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())),
             allow=tuple(str(a) for a in wire.get("allow", ())),
             ulimits=tuple((str(n), int(s), int(h)) for n, s, h in wire.get("ulimits", ())),
-            shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")))
+            shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")),
+            labels=tuple((str(k), str(v)) for k, v in wire.get("labels", ())),
+            annotations=tuple((str(t), str(p), str(k), str(v))
+                              for t, p, k, v in wire.get("annotations", ())))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:

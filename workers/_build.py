@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from cache_backends._credentials import S3Credentials
 from cache_backends._records import CacheRecord, LayerDescriptor
-from scheduler._build_request import CacheSpec
+from scheduler._build_request import Annotation, CacheSpec
 from scheduler._errors import ExportError, UsageError
 from scheduler._graph import ImageResult, Ulimit
 from scheduler._platform import Platform
@@ -29,7 +29,7 @@ from scheduler._progress import EventSink
 
 from ._arrivals import ArrivingBlobs
 from ._exporters import export_docker, export_local, export_oci, export_tar, push_image
-from ._image import ImageArtifacts, IndexArtifacts, build_image, build_index
+from ._image import ImageArtifacts, IndexArtifacts, build_image, build_index, check_single
 from ._registry import RegistryConfig
 from ._remote_cache import RemoteCache, RemoteRecords, open_backend
 from ._runtime import BuildSession, WorkerRuntime
@@ -83,6 +83,8 @@ class LocalBuildOptions:
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
     network: str = "default"  # a RUN's network when it names none (--network)
+    labels: tuple[tuple[str, str], ...] = ()  # the images' labels (--label)
+    annotations: tuple[Annotation, ...] = ()  # --annotation: (type, platform, key, value)
 
 
 def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
@@ -121,12 +123,12 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
     layers compressed (``WorkerRuntime.compressed``) when there is an output, or when the
     caller will ``pushed`` them; else they are only described, nothing compressed."""
     if not options.outputs and not pushed:
-        images = [_image(result, records, options.epoch) for result in results]
-        return images[0] if len(images) == 1 else build_index(images)
-    images = [_image(result, records, options.epoch,
+        images = [_image(result, records, options) for result in results]
+        return images[0] if len(images) == 1 else build_index(images, options.annotations)
+    images = [_image(result, records, options,
                      await engine.compressed(_layers(result, records)))
               for result in results]
-    exported: Exported = images[0] if len(images) == 1 else build_index(images)
+    exported = _exported(images, options)
     if not options.outputs:
         return exported
     # the blobs a remote cache holds come down while the file outputs are written
@@ -171,16 +173,28 @@ def _layers(result: ImageResult, records: Mapping[str, CacheRecord]
     return () if result.root is None else records[result.root].result.layers
 
 
-def _image(result: ImageResult, records: Mapping[str, CacheRecord], epoch: int | None,
-           layers: Sequence[LayerDescriptor] | None = None) -> ImageArtifacts:
+def _image(result: ImageResult, records: Mapping[str, CacheRecord],
+           options: LocalBuildOptions, layers: Sequence[LayerDescriptor] | None = None
+           ) -> ImageArtifacts:
     """The image of ``result``: its record's layers, or ``layers`` (the same, compressed)."""
+    epoch = options.epoch
     if result.root is None:
         return build_image(None, result.config, (), result.platform, created=epoch or 0,
-                           epoch=epoch)
+                           epoch=epoch, annotations=options.annotations)
     record = records[result.root]
     chosen = record.result.layers if layers is None else tuple(layers)
     return build_image(record.result.image_config, result.config, chosen,
-                       result.platform, created=record.created, epoch=epoch)
+                       result.platform, created=record.created, epoch=epoch,
+                       annotations=options.annotations)
+
+
+def _exported(images: Sequence[ImageArtifacts], options: LocalBuildOptions) -> Exported:
+    """One image as it is (refusing index annotations: nothing could hold them), several in
+    an index (with the build's annotations)."""
+    if len(images) == 1:
+        check_single(options.annotations)
+        return images[0]
+    return build_index(images, options.annotations)
 
 
 def _check_outputs(outputs: Sequence[Output]) -> None:

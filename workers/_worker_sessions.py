@@ -263,7 +263,8 @@ def _local_options(root: Path, options: BuildOptions, part: Mapping[str, Any],
                       for index, spec in enumerate(options.outputs) if spec.type != "image"),
         names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
         insecure_registries=tuple(options.insecure_registries),
-        cache_to=tuple(options.cache_to), cache_from=tuple(options.cache_from))
+        cache_to=tuple(options.cache_to), cache_from=tuple(options.cache_from),
+        annotations=tuple(options.annotations))
 
 
 def _scratch_output(spec: OutputSpec, path: Path) -> Output:
