@@ -455,7 +455,23 @@ def build_metadata(result: ImageArtifacts | IndexArtifacts, written: bool = True
         return {"containerimage.config.digest": result.config_digest}
     if isinstance(result, IndexArtifacts):
         return {"containerimage.digest": result.digest,
-                "containerimage.descriptor": result.descriptor.to_json()}
+                "containerimage.descriptor": _dated(result.descriptor, result.images)}
     return {"containerimage.digest": result.manifest_digest,
             "containerimage.config.digest": result.config_digest,
-            "containerimage.descriptor": result.descriptor.to_json()}
+            "containerimage.descriptor": _dated(result.descriptor, [result])}
+
+
+#: The descriptor annotation BuildKit's exporters date their result with.
+CREATED_ANNOTATION: Final = "org.opencontainers.image.created"
+
+
+def _dated(descriptor: Descriptor, images: Sequence[ImageArtifacts]) -> dict[str, Any]:
+    """The descriptor as the exporter's response carries it: dated with
+    ``CREATED_ANNOTATION`` (unless an annotation set it), here the latest ``created`` of
+    its images' configs (BuildKit's is the export's time, or SOURCE_DATE_EPOCH; the
+    configs' is the same with an epoch, and stays the same for a cached rebuild)."""
+    data = descriptor.to_json()
+    stamps = [str(json.loads(image.config).get("created") or "") for image in images]
+    if max(stamps, default=""):
+        data["annotations"] = {CREATED_ANNOTATION: max(stamps), **data.get("annotations", {})}
+    return data

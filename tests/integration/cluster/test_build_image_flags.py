@@ -33,6 +33,7 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[3]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+CREATED = "org.opencontainers.image.created"
 
 
 @dataclass
@@ -125,7 +126,8 @@ def test_quiet_iidfile_labels_and_metadata(dockyard: Dockyard) -> None:
     assert meta["containerimage.config.digest"] == config_digest
     assert meta["containerimage.descriptor"] == {
         "mediaType": OCI_MANIFEST, "digest": top["digest"], "size": top["size"],
-        "platform": {"architecture": config["architecture"], "os": "linux"}}
+        "platform": {"architecture": config["architecture"], "os": "linux"},
+        "annotations": {CREATED: config["created"]}}
     assert meta["image.name"] == "example/flags:1"
 
 
@@ -176,7 +178,8 @@ def test_annotations_in_a_multi_platform_oci_output(dockyard: Dockyard) -> None:
     assert amd["annotations"] == {"org.opencontainers.image.title": "all"}
     assert arm["annotations"] == {"org.opencontainers.image.title": "all", "only.arm": "yes"}
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["containerimage.descriptor"]["annotations"] == {"top": "1"}
+    created = max(layout.json(item["config"]["digest"])["created"] for item in (amd, arm))
+    assert meta["containerimage.descriptor"]["annotations"] == {"top": "1", CREATED: created}
     assert "containerimage.config.digest" not in meta  # an index has no one config
 
 

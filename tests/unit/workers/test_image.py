@@ -224,7 +224,8 @@ def test_index() -> None:
     assert build_metadata(index) == {"containerimage.digest": index.digest,
                                      "containerimage.descriptor": {
                                          "mediaType": OCI_INDEX, "digest": index.digest,
-                                         "size": len(index.index)}}
+                                         "size": len(index.index),
+                                         "annotations": {CREATED: "2023-11-14T22:13:20Z"}}}
 
 
 def test_docker_manifest_list() -> None:
@@ -233,16 +234,29 @@ def test_docker_manifest_list() -> None:
     assert json.loads(build_index(images).index)["mediaType"] == DOCKER_MANIFEST_LIST
 
 
+#: BuildKit's exporters date the descriptor they answer with.
+CREATED = "org.opencontainers.image.created"
+
+
 def test_metadata_single() -> None:
     """The descriptor names the platform of a single-platform image, as BuildKit's image
-    writer sets it (and the exporter's response carries it)."""
+    writer sets it, and is dated as its exporter's response is (here: the config's
+    ``created``, the epoch's when one is given)."""
     image = build_image(None, ImageConfig(), (), AMD64, created=T0, epoch=None)
     assert build_metadata(image) == {
         "containerimage.digest": image.manifest_digest,
         "containerimage.config.digest": image.config_digest,
         "containerimage.descriptor": {"mediaType": OCI_MANIFEST, "digest": image.manifest_digest,
                                       "size": len(image.manifest),
-                                      "platform": {"architecture": "amd64", "os": "linux"}}}
+                                      "platform": {"architecture": "amd64", "os": "linux"},
+                                      "annotations": {CREATED: "2023-11-14T22:13:20Z"}}}
+    epoch = build_image(None, ImageConfig(), (), AMD64, created=T0, epoch=T0 - 60)
+    assert build_metadata(epoch)["containerimage.descriptor"]["annotations"] == {
+        CREATED: "2023-11-14T22:12:20Z"}
+    mine = build_image(None, ImageConfig(), (), AMD64, created=T0, epoch=None,
+                       annotations=[("manifest-descriptor", "", CREATED, "by hand")])
+    assert build_metadata(mine)["containerimage.descriptor"]["annotations"] == {
+        CREATED: "by hand"}  # an annotation set by the user stays
 
 
 # --annotation (type, platform, key, value) -> where each lands
@@ -265,7 +279,8 @@ def test_annotations_go_where_their_type_says() -> None:
                                                            {"d.all": "3"}]
     assert json.loads(index.index)["annotations"] == {"i": "5"}
     assert index.descriptor.to_json()["annotations"] == {"id": "6"}
-    assert build_metadata(index)["containerimage.descriptor"]["annotations"] == {"id": "6"}
+    assert build_metadata(index)["containerimage.descriptor"]["annotations"] == {
+        "id": "6", CREATED: "2023-11-14T22:13:20Z"}
 
 
 def test_no_annotations_change_nothing() -> None:
