@@ -73,10 +73,13 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
     def _argument_error(self, err: argparse.ArgumentError) -> UsageError:
-        """A flag argparse could not read is a ``FlagError``; a wrong command (an invalid
-        choice of COMMAND) a plain ``UsageError``."""
+        """A flag argparse could not read (no value, a value not of its type) is a
+        ``FlagError``, as pflag's are; a value refused by the command (an invalid choice,
+        flags not allowed together) a plain ``UsageError``."""
         action = err.argument_name or ""
-        if action.startswith("-") and "invalid choice" not in err.message:
+        unreadable = err.message.startswith("expected ") or (
+            err.message.startswith("invalid ") and not err.message.startswith("invalid choice"))
+        if action.startswith("-") and unreadable:
             return FlagError(str(err), hint=self._hint())
         return UsageError(str(err), hint=self._hint())
 

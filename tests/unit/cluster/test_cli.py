@@ -105,6 +105,9 @@ USAGE = [
     # a command line without a flag error exits 1, as docker's and buildx's do
     (["build", ".", "extra"], 1, "error: unrecognized arguments: extra\n"
                                  "hint: see 'dockyard build --help'\n"),
+    (["node", "start", "--head", "--address", "h:1"], 1,
+     "error: argument --address: not allowed with argument --head\n"
+     "hint: see 'dockyard node start --help'\n"),
     (["ls", "--format", "xml"], 1, "error: argument --format: invalid choice: 'xml' (choose "
                                    "from 'table', 'json')\nhint: see 'dockyard ls --help'\n"),
     (["debug", "graph", "missing-dir"], 1,

@@ -20,6 +20,7 @@ from cluster._build_options import (
 )
 from cluster._cli import build_parser
 from scheduler._errors import UsageError
+from scheduler.dockerfile._frontend import build_graph, with_labels
 
 LABELS = [
     (["a=1"], (("a", "1"),)),
@@ -159,3 +160,15 @@ def test_quiet_is_quiet_progress(argv: list[str], progress: str, tmp_path: Path)
 ])
 def test_image_id(metadata: dict[str, str], expected: str) -> None:
     assert image_id(metadata) == expected
+
+
+def test_labels_win_over_the_dockerfile_and_leave_the_steps_alone() -> None:
+    """BuildKit's ``label:`` attributes are set on the target's config after its own LABELs
+    (checked with Docker 20.10's BuildKit: ``--label a=cli`` over ``LABEL a=...``); they
+    touch no step, so no cache key."""
+    graph = build_graph(b"FROM scratch\nLABEL a=dockerfile c=3\nCOPY f /f\n").graph
+    labelled = with_labels(graph, (("a", "cli"), ("b", "2"), ("novalue", "")))
+    assert [result.config.labels for result in labelled.results] == [
+        (("a", "cli"), ("b", "2"), ("c", "3"), ("novalue", ""))]
+    assert labelled.vertices == graph.vertices
+    assert with_labels(graph, ()) is graph
