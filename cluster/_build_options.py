@@ -194,7 +194,8 @@ def parse_annotation(value: str) -> tuple[Annotation, ...]:
         return ()
     name, equals, text = value.partition("=")
     if not equals:
-        raise UsageError(f"invalid annotation {value!r}, expected key=value")
+        raise UsageError(f"invalid annotation {value!r}, expected key=value",
+                         hint="use --annotation [TYPE[[PLATFORM]]:]KEY=VALUE")
     types, colon, key = name.partition(":")
     if not colon:
         return (_annotation(f"--annotation {value!r}", "manifest", "", name, text),)
@@ -670,7 +671,8 @@ def _progress(args: Any) -> str:
     progress = parse_progress(args.progress)
     if getattr(args, "quiet", False):
         if progress not in ("auto", "quiet"):
-            raise UsageError(f"progress={progress} and quiet cannot be used together")
+            raise UsageError(f"progress={progress} and quiet cannot be used together",
+                             hint="drop -q, or --progress")
         return "quiet"
     return progress
 
