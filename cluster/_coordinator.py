@@ -257,7 +257,7 @@ class Coordinator:
         build_id = uuid.uuid4().hex
         await self._refreshed()
         part = {"options": request["options"], "session": request.get("session", {}),
-                "coordinator": self.incarnation}
+                "coordinator": self.incarnation, "started": time.time()}
         sessions = BuildSessions(build_id, part, self._placement)
         try:
             options = BuildOptions.from_wire(request["options"])
@@ -382,7 +382,9 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
                            allow=frozenset(options.allow),
                            ulimits=tuple(Ulimit(*limit) for limit in options.ulimits),
                            shm_size=options.shm_size, network=options.network,
-                           labels=options.labels)
+                           extra_hosts=options.extra_hosts,
+                           cgroup_parent=options.cgroup_parent,
+                           no_cache_filter=options.no_cache_filter, labels=options.labels)
 
 
 async def _shielded(cleanup: Any) -> None:

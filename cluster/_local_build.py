@@ -18,6 +18,8 @@ between its actors: the coordinator runs ``run_frontend`` and the solver; the wo
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from scheduler._graph import BuildGraph
 from scheduler._platform import Platform
 from scheduler._solver import Solver, SolverStatistics
 from scheduler.dockerfile._convert._model import BaseImage
+from workers._attest import metadata_provenance
 from workers._build import (
     Exported,
     LocalBuildOptions,
@@ -58,7 +61,9 @@ def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
                            target=options.target, build_args=options.build_args,
                            allow=frozenset(options.allow), ulimits=options.ulimits,
                            shm_size=options.shm_size, network=options.network,
-                           labels=options.labels)
+                           extra_hosts=options.extra_hosts,
+                           cgroup_parent=options.cgroup_parent,
+                           no_cache_filter=options.no_cache_filter, labels=options.labels)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ async def build_local(dockerfile: bytes, context_dir: Path, options: LocalBuildO
     worker's session ``build_session`` makes (e.g. the context as a manifest, its files
     read through a ``ContextReader``)."""
     options = prepared(options)
+    if not options.started:
+        options = dataclasses.replace(options, started=time.time())
     owned = runtime is None
     engine = runtime or WorkerRuntime(options.root, registry=options.registry)
     backend = engine.backend(session or build_session(context_dir, options))
@@ -117,7 +124,7 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
     return LocalBuildResult(exported, records, solver.statistics(),
                             {**export_metadata(exported, [o.type for o in options.outputs],
                                                options.names),
-                             CONTEXT_HASHED_KEY: hashed})
+                             **metadata_provenance(exported), CONTEXT_HASHED_KEY: hashed})
 
 
 async def _exported(engine: WorkerRuntime, graph: BuildGraph,
@@ -125,7 +132,7 @@ async def _exported(engine: WorkerRuntime, graph: BuildGraph,
                     options: LocalBuildOptions) -> Exported:
     """The final records pushed (``mode=min``) and the images written to the outputs."""
     cache.export_final(records[r.root] for r in graph.results if r.root is not None)
-    return await write_results(engine, graph.results, records, options)
+    return await write_results(engine, graph.results, records, options, graph=graph)
 
 
 # --- the steps (the coordinator and the worker actor each run their own share; the

@@ -16,9 +16,9 @@ from typing import Any
 from ._errors import UsageError
 
 __all__ = [
-    "ANNOTATION_TYPES", "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES",
-    "PROGRESS_MODES", "Annotation",
-    "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec", "SshSpec",
+    "ANNOTATION_TYPES", "ATTEST_TYPES", "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION",
+    "OUTPUT_TYPES", "PROGRESS_MODES", "Annotation", "AttestSpec", "BuildOptions", "CacheSpec",
+    "OutputSpec", "SecretSpec", "SshSpec",
 ]
 
 OPTIONS_VERSION = 1
@@ -33,6 +33,8 @@ ANNOTATION_TYPES = ("manifest", "index", "manifest-descriptor", "index-descripto
 
 #: One annotation: (type, platform or "" for every platform, key, value).
 Annotation = tuple[str, str, str, str]
+
+ATTEST_TYPES = ("provenance", "sbom")  # the attestations a build can attach
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,8 @@ class SshSpec:
 @dataclass(frozen=True, slots=True)
 class OutputSpec:
     """``--output``: ``type`` (local, tar, oci, docker, image), ``dest`` (a path; ``-`` is
-    stdout), ``names``, ``push`` and ``insecure`` (image: ``registry.insecure=true``, its
+    stdout; none for ``docker``: loaded into the client's Docker engine, ``--load``),
+    ``names``, ``push`` and ``insecure`` (image: ``registry.insecure=true``, its
     registries spoken to over plain HTTP)."""
 
     type: str
@@ -70,6 +73,11 @@ class OutputSpec:
     @property
     def to_stdout(self) -> bool:
         return self.dest == "-"
+
+    @property
+    def loads(self) -> bool:
+        """A ``docker`` output without ``dest``: the client loads it into its engine."""
+        return self.type == "docker" and self.dest is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,29 @@ class CacheSpec:
         kind, attrs, mode, ignore = item[:4]
         return cls(str(kind), tuple((str(k), str(v)) for k, v in attrs), str(mode),
                    bool(ignore))
+
+
+@dataclass(frozen=True, slots=True)
+class AttestSpec:
+    """One attestation asked (``--attest``, ``--provenance``, ``--sbom``): ``type``
+    provenance or sbom, ``attrs`` its checked settings (provenance: ``mode`` min or max,
+    ``builder-id``, ``reproducible``).  A disabled one is never made into a spec."""
+
+    type: str
+    attrs: tuple[tuple[str, str], ...] = ()
+
+    def attr(self, key: str, default: str = "") -> str:
+        return dict(self.attrs).get(key, default)
+
+    def to_wire(self) -> list[Any]:
+        return [self.type, [list(pair) for pair in self.attrs]]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> AttestSpec:
+        kind, attrs = item[:2]
+        if kind not in ATTEST_TYPES:
+            raise ValueError(f"unknown attestation type {kind!r}")
+        return cls(str(kind), tuple((str(k), str(v)) for k, v in attrs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +149,11 @@ class BuildOptions:
     ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: (name, soft, hard)
     shm_size: int = 0  # --shm-size in bytes (0: the default, 64 MiB)
     network: str = "default"  # --network: a RUN's network when it names none
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # --add-host: (name, ip), in order
+    cgroup_parent: str = ""  # --cgroup-parent: every RUN's cgroup parent ("" : runc's)
+    no_cache_filter: tuple[str, ...] = ()  # --no-cache-filter: stages that skip the cache
+    pull: bool = False  # --pull: base images resolved again, no reuse of known metadata
+    attests: tuple[AttestSpec, ...] = ()  # --attest/--provenance/--sbom, enabled ones only
     labels: tuple[tuple[str, str], ...] = ()  # --label: the image config's, over LABEL's
     annotations: tuple[Annotation, ...] = ()  # --annotation and -o annotation.*: checked
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
@@ -138,7 +174,12 @@ class BuildOptions:
             "cache_from": [spec.to_wire() for spec in self.cache_from],
             "allow": list(self.allow),
             "ulimits": [list(limit) for limit in self.ulimits], "shm_size": self.shm_size,
-            "network": self.network, "labels": [list(pair) for pair in self.labels],
+            "network": self.network,
+            "extra_hosts": [list(entry) for entry in self.extra_hosts],
+            "cgroup_parent": self.cgroup_parent, "no_cache_filter": list(self.no_cache_filter),
+            "pull": self.pull,
+            "attests": [spec.to_wire() for spec in self.attests],
+            "labels": [list(pair) for pair in self.labels],
             "annotations": [list(item) for item in self.annotations],
         }
 
@@ -173,6 +214,11 @@ class BuildOptions:
             allow=tuple(str(a) for a in wire.get("allow", ())),
             ulimits=tuple((str(n), int(s), int(h)) for n, s, h in wire.get("ulimits", ())),
             shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")),
+            extra_hosts=tuple((str(n), str(i)) for n, i in wire.get("extra_hosts", ())),
+            cgroup_parent=str(wire.get("cgroup_parent", "")),
+            no_cache_filter=tuple(str(s) for s in wire.get("no_cache_filter", ())),
+            pull=bool(wire.get("pull", False)),
+            attests=tuple(AttestSpec.from_wire(a) for a in wire.get("attests", ())),
             labels=tuple((str(k), str(v)) for k, v in wire.get("labels", ())),
             annotations=tuple((str(t), str(p), str(k), str(v))
                               for t, p, k, v in wire.get("annotations", ())))

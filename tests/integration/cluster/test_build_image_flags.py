@@ -198,6 +198,12 @@ def test_annotations_of_one_image_and_what_is_refused(dockyard: Dockyard) -> Non
     assert refused.returncode == 1
     assert "index annotations not supported for single platform export" in refused.stderr
     assert not (out / "never.tar").exists()
+    # attestations put the one image in an index: then the index takes its annotations
+    _ok(dockyard.run("build", "--provenance=true", "--annotation", "index:k=v", "-o",
+                     f"type=oci,dest={out}/attested.tar", str(context)))
+    attested = Layout(out / "attested.tar")
+    assert attested.index["manifests"][0]["mediaType"] == OCI_INDEX
+    assert attested.json(attested.index["manifests"][0]["digest"])["annotations"] == {"k": "v"}
 
 
 def test_pushed_image_carries_its_annotations(dockyard: Dockyard) -> None:

@@ -270,7 +270,7 @@ ANNOTATIONS = [
 def test_annotations_go_where_their_type_says() -> None:
     images = [build_image(None, ImageConfig(), (), platform, created=T0, epoch=None,
                           annotations=ANNOTATIONS) for platform in (AMD64, ARM64)]
-    index = build_index(images, ANNOTATIONS)
+    index = build_index(images, annotations=ANNOTATIONS)
     amd, arm = (json.loads(image.manifest) for image in images)
     assert amd["annotations"] == {"m.all": "1"}
     assert arm["annotations"] == {"m.all": "1", "m.arm": "2"}
