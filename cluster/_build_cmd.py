@@ -24,9 +24,11 @@ names the ids only, and the agent's traffic is relayed to the RUN that mounts it
 The registries to speak plain HTTP to (``registry.insecure=true``
 outputs, ``DOCKYARD_INSECURE_REGISTRIES``) travel in the options' ``insecure_registries``.
 
-renders the events as ``--progress`` asks (on stderr), and at the end writes the
-``--metadata-file`` (with, under ``dockyard.context.bytes-sent``, the context bytes this
-client sent, and under ``dockyard.context.bytes-hashed`` those it read to digest them).
+It renders the events as ``--progress`` asks (on stderr; none with ``-q``), and at the
+end prints the image id (``-q``, on stdout), writes it to ``--iidfile`` (removed when the
+build starts, so a failed build leaves none) and writes the ``--metadata-file`` (with,
+under ``dockyard.context.bytes-sent``, the context bytes this client sent, and under
+``dockyard.context.bytes-hashed`` those it read to digest them).
 The context travels as a manifest (its files after ``.dockerignore``, with their digests,
 ``session.contexts``) and the workers read the contents they lack with ``context.read``
 asks, answered only for the files listed (cluster/_context_server.py).  A file's digest
@@ -78,7 +80,8 @@ from ._wire import Endpoint, Handler, Handlers, parse_endpoint
 if TYPE_CHECKING:
     from ._docker_engine import DockerEngine
 
-__all__ = ["REQUEST_VERSION", "build_request", "endpoint_of", "run_build", "run_stop"]
+__all__ = ["REQUEST_VERSION", "build_request", "endpoint_of", "image_id", "run_build",
+           "run_stop"]
 
 REQUEST_VERSION = 1
 #: The session's name of the build's own context (the frontend's ``local://context``).
@@ -217,6 +220,9 @@ def run_build(args: argparse.Namespace) -> int:
 
 def _run_build(args: argparse.Namespace, relay: SshRelay, forms: ContextForms) -> int:
     options, request, context = build_request(args, os.environ, sys.stdin.buffer, forms)
+    iidfile = Path(args.iidfile) if getattr(args, "iidfile", None) else None
+    if iidfile is not None:
+        _remove_stale(iidfile)
     if any(o.to_stdout for o in options.outputs) and sys.stdout.isatty():
         raise UsageError("dest file is required for the output to stdout: refusing to write "
                          "to console", hint="redirect stdout, or set dest=FILE")
@@ -238,7 +244,40 @@ def _run_build(args: argparse.Namespace, relay: SshRelay, forms: ContextForms) -
         outputs.abort()
     renderer.close()
     _finish(options, result, context)
+    _report_id(result, iidfile, quiet=bool(getattr(args, "quiet", False)))
     return 0
+
+
+def image_id(metadata: Mapping[str, Any]) -> str:
+    """The image id buildx prints for ``-q`` and writes to ``--iidfile``: the config's
+    digest when the build made one image, else the digest of its index ("" when the
+    outputs wrote no image)."""
+    return str(metadata.get("containerimage.config.digest")
+               or metadata.get("containerimage.digest") or "")
+
+
+def _remove_stale(path: Path) -> None:
+    """The ``--iidfile`` of an earlier build removed first: a failed build leaves none."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot remove the old --iidfile {str(path)!r}: "
+                         f"{exc.strerror or exc}") from None
+
+
+def _report_id(result: Any, iidfile: Path | None, *, quiet: bool) -> None:
+    """``-q``: the image id on stdout; ``--iidfile``: the id in the file (no newline)."""
+    metadata = (result.get("metadata") if isinstance(result, dict) else None) or {}
+    ident = image_id(metadata)
+    if quiet:
+        sys.stdout.write(ident + "\n")
+        sys.stdout.flush()
+    if iidfile is not None:
+        try:
+            iidfile.write_text(ident)
+        except OSError as exc:
+            raise UsageError(f"cannot write --iidfile {str(iidfile)!r}: "
+                             f"{exc.strerror or exc}") from None
 
 
 def endpoint_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Endpoint | None:

@@ -19,6 +19,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 
 from cache_backends._credentials import CREDENTIAL_VARIABLES
 from scheduler._build_request import (
+    ANNOTATION_TYPES,
     ATTEST_TYPES,
     COMPRESSION_LEVELS,
     COMPRESSIONS,
@@ -34,6 +36,7 @@ from scheduler._build_request import (
     OPTIONS_VERSION,
     OUTPUT_TYPES,
     PROGRESS_MODES,
+    Annotation,
     AttestSpec,
     BuildOptions,
     CacheSpec,
@@ -45,14 +48,15 @@ from scheduler._build_request import (
 from scheduler._entitlements import NETWORK_HOST, parse_entitlements
 from scheduler._errors import ImageReferenceError, UsageError
 from scheduler._graph import ULIMIT_NAMES
-from scheduler._platform import Platform, default_platform, parse_platforms
+from scheduler._platform import Platform, default_platform, parse_platform, parse_platforms
 from scheduler._reference import parse_reference
 from scheduler.dockerfile._flags import ram_in_bytes
 
 __all__ = [
     "OPTIONS_VERSION", "PROGRESS_MODES", "AttestSpec", "BuildOptions", "CacheSpec",
-    "OutputSpec", "SecretSpec", "SshSpec", "insecure_registries", "parse_attests",
-    "parse_cache", "parse_compression", "parse_epoch", "parse_insecure_registries",
+    "OutputSpec", "SecretSpec", "SshSpec", "check_annotations", "insecure_registries",
+    "parse_annotation", "parse_attests", "parse_cache", "parse_compression", "parse_epoch",
+    "parse_insecure_registries", "parse_labels",
     "parse_network", "parse_output", "parse_secret", "parse_shm_size", "parse_ssh",
     "parse_tag", "parse_ulimit", "read_session", "read_token_file", "CacheCredentials",
     "SecretReader", "Call", "builder_endpoint", "client_platforms", "parse_add_host",
@@ -157,12 +161,88 @@ def parse_output(value: str) -> OutputSpec:
     if kind not in OUTPUT_TYPES:
         raise UsageError(f"invalid --output {value!r}: unsupported output type {kind!r}",
                          hint=f"use one of {', '.join(OUTPUT_TYPES)}")
+    annotations = _output_annotations(value, attrs) if kind in IMAGE_EXPORTERS else ()
     _refuse_attributes(value, kind, attrs)
     if kind in ("image", "registry"):
-        return _image_output(value, kind, attrs)
-    if kind in ("local", "tar"):
-        return _files_output(value, kind, attrs)
-    return _layout_output(value, kind, attrs)
+        spec = _image_output(value, kind, attrs)
+    elif kind in ("local", "tar"):
+        spec = _files_output(value, kind, attrs)
+    else:
+        spec = _layout_output(value, kind, attrs)
+    return dataclasses.replace(spec, annotations=annotations) if annotations else spec
+
+
+#: The exporters writing an image (its manifests and index), so taking annotations.
+IMAGE_EXPORTERS = ("oci", "docker", "image", "registry")
+_ANNOTATION_ATTR = re.compile(r"annotation(?:-([a-z-]+))?(?:\[([A-Za-z0-9_/-]+)\])?\.(\S+)")
+_ANNOTATION_TYPE = re.compile(r"([a-z-]+)(?:\[([A-Za-z0-9_/-]+)\])?")
+
+
+def _output_annotations(value: str, attrs: dict[str, str]) -> tuple[Annotation, ...]:
+    """The ``annotation[-TYPE][[PLATFORM]].KEY=V`` attributes of an image output, taken
+    out of ``attrs`` (BuildKit's exporter keys; without a type: ``manifest``)."""
+    found = []
+    for name in [n for n in attrs if re.match(r"annotation[-.\[]", n)]:
+        match = _ANNOTATION_ATTR.fullmatch(name)
+        if match is None:
+            raise UsageError(f"invalid --output {value!r}: could not fully parse annotation "
+                             f"{name!r}", hint="use annotation[-TYPE][[PLATFORM]].KEY=VALUE")
+        kind, platform, key = match[1] or "manifest", match[2] or "", match[3]
+        found.append(_annotation(f"--output {value!r}", kind, platform, key, attrs.pop(name)))
+    return tuple(found)
+
+
+def _annotation(where: str, kind: str, platform: str, key: str, text: str) -> Annotation:
+    if kind not in ANNOTATION_TYPES:
+        raise UsageError(f"invalid {where}: unknown annotation type {kind!r}",
+                         hint=f"use one of {', '.join(ANNOTATION_TYPES)}")
+    if platform and kind in ("index", "index-descriptor"):
+        platform = ""  # an index is not per platform: BuildKit drops the qualifier
+    return kind, str(parse_platform(platform)) if platform else "", key, text
+
+
+def parse_annotation(value: str) -> tuple[Annotation, ...]:
+    """buildx's ``--annotation [TYPE[[PLATFORM]],...:]KEY=VALUE`` (no type: ``manifest``);
+    one annotation per type named.  An empty value is no annotation."""
+    if not value:
+        return ()
+    name, equals, text = value.partition("=")
+    if not equals:
+        raise UsageError(f"invalid annotation {value!r}, expected key=value",
+                         hint="use --annotation [TYPE[[PLATFORM]]:]KEY=VALUE")
+    types, colon, key = name.partition(":")
+    if not colon:
+        return (_annotation(f"--annotation {value!r}", "manifest", "", name, text),)
+    found = []
+    for item in types.split(","):
+        match = _ANNOTATION_TYPE.fullmatch(item)
+        if match is None:
+            raise UsageError(f"invalid annotation type {item!r}, expected type and optional "
+                             f"platform in square brackets",
+                             hint="e.g. --annotation 'manifest[linux/amd64]:KEY=VALUE'")
+        found.append(_annotation(f"--annotation {value!r}", match[1], match[2] or "", key,
+                                 text))
+    return tuple(found)
+
+
+def check_annotations(annotations: Sequence[Annotation], platforms: Sequence[str]) -> None:
+    """Each annotation's platform is one the build makes (BuildKit's check)."""
+    for _, platform, _, _ in annotations:
+        if platform and platform not in platforms:
+            raise UsageError(f"invalid annotation: no platform {platform} found in source",
+                             hint=f"this build makes {', '.join(platforms)}")
+
+
+def parse_labels(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--label K=V`` pairs (the last of a key wins; ``K`` alone is an empty value)."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid key-value pair {item!r}: empty key",
+                             hint="use --label KEY=VALUE")
+        labels[key] = value
+    return tuple(labels.items())
 
 
 #: The attributes of each exporter that dockyard takes (buildx's names); others are refused
@@ -902,6 +982,7 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
     tags = tuple(parse_tag(tag) for tag in args.tag)
     outputs = resolve_outputs([parse_output(o) for o in args.output], tags, args.push,
                               bool(getattr(args, "load", False)))
+    _check_iidfile(args, outputs)
     platforms = parse_platform_list(args.platform)
     check_docker_platforms(outputs, platforms)
     return BuildOptions(
@@ -909,7 +990,7 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
         platforms=platforms, target=args.target,
         build_args=build_args, secrets=tuple(parse_secret(s, environ) for s in args.secret),
         ssh=tuple(parse_ssh(s, environ) for s in args.ssh), outputs=outputs, tags=tags,
-        no_cache=args.no_cache, progress=parse_progress(args.progress),
+        no_cache=args.no_cache, progress=_progress(args),
         metadata_file=os.path.abspath(args.metadata_file) if args.metadata_file else None,
         epoch=parse_epoch(dict(build_args), environ),
         insecure_registries=insecure_registries(outputs, environ),
@@ -925,7 +1006,37 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
         no_cache_filter=parse_no_cache_filter(getattr(args, "no_cache_filter", None) or ()),
         pull=bool(getattr(args, "pull", False)),
         attests=parse_attests(getattr(args, "attest", None) or (),
-                              getattr(args, "provenance", None), getattr(args, "sbom", None)))
+                              getattr(args, "provenance", None), getattr(args, "sbom", None)),
+        labels=parse_labels(getattr(args, "label", None) or ()),
+        annotations=_annotations(args, outputs, platforms))
+
+
+def _annotations(args: Any, outputs: Sequence[OutputSpec], platforms: Sequence[str]
+                 ) -> tuple[Annotation, ...]:
+    """``--annotation`` then the outputs' ``annotation.*`` (one set for every image
+    output: dockyard writes one image), checked against the build's platforms."""
+    found = [item for value in getattr(args, "annotation", None) or ()
+             for item in parse_annotation(value)]
+    found += [item for output in outputs for item in output.annotations]
+    check_annotations(found, platforms)
+    return tuple(dict.fromkeys(found))
+
+
+def _progress(args: Any) -> str:
+    """``--progress``, or ``quiet`` with ``-q`` (only with auto or quiet, as buildx)."""
+    progress = parse_progress(args.progress)
+    if getattr(args, "quiet", False):
+        if progress not in ("auto", "quiet"):
+            raise UsageError(f"progress={progress} and quiet cannot be used together",
+                             hint="drop -q, or --progress")
+        return "quiet"
+    return progress
+
+
+def _check_iidfile(args: Any, outputs: Sequence[OutputSpec]) -> None:
+    if getattr(args, "iidfile", None) and any(o.type in ("local", "tar") for o in outputs):
+        raise UsageError("local and tar exporters are incompatible with image ID file",
+                         hint="drop --iidfile, or write an image (type=oci, docker, image)")
 
 
 def _last_per_name(limits: Iterable[tuple[str, int, int]]) -> tuple[tuple[str, int, int], ...]:

@@ -3,8 +3,15 @@
 Each subcommand is one ``_add_<name>(subparsers)`` function that declares its arguments
 and sets ``run`` to the function doing the work; adding a command is adding one such
 function to ``_COMMANDS``.  ``main`` maps errors to exit codes in one place: a
-``DockyardError`` (usage errors included) prints ``error: <message>`` to stderr and
-exits 1, Ctrl-C exits 130; bad input never shows a traceback.
+``DockyardError`` prints ``error: <message>`` to stderr and exits 1, Ctrl-C exits 130;
+bad input never shows a traceback.
+
+Flags are read as buildx (cobra/pflag) reads them: a long flag is never abbreviated
+(``--no-cach`` is unknown, not ``--no-cache``), an unknown flag is named alone
+(``unknown flag: --bogus``, whatever follows it), and a command line whose flags cannot
+be read (an unknown flag, a flag without its value, a value of the wrong type) exits 125,
+the status Docker's CLI (and so ``docker buildx``) gives it; every other error, a flag
+value refused later or a failed build, exits 1 as buildx's do.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from scheduler._errors import DockyardError, UsageError
+from scheduler._errors import DockyardError, FlagError, UsageError
 from scheduler._platform import Platform
 
 if TYPE_CHECKING:
@@ -27,11 +34,64 @@ __all__ = ["main"]
 _Subparsers = Any  # argparse's _SubParsersAction is private
 
 
+#: Docker's exit status for a command line whose flags cannot be read (cli.FlagErrorFunc).
+FLAG_ERROR_STATUS = 125
+
+
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are ``UsageError``s, not ``SystemExit(2)``."""
+    """An ArgumentParser read as buildx reads flags (see the module docstring): no
+    abbreviated long flags; errors are ``UsageError``s (``FlagError`` for the flags it
+    cannot read), never ``SystemExit(2)``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("exit_on_error", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message, hint=f"see '{self.prog} --help'")
+        raise UsageError(message, hint=self._hint())
+
+    def _hint(self) -> str:
+        return f"see '{self.prog} --help'"
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        try:
+            parsed, extras = super().parse_known_args(args, namespace)
+        except argparse.ArgumentError as err:
+            raise self._argument_error(err) from None
+        if extras and self._subparsers is None:  # a command's own parser: nothing is left
+            self._unrecognized(extras)
+        return parsed, extras
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._unrecognized(extras)
+        return parsed
+
+    def _argument_error(self, err: argparse.ArgumentError) -> UsageError:
+        """A flag argparse could not read (no value, a value not of its type) is a
+        ``FlagError``, as pflag's are; a value refused by the command (an invalid choice,
+        flags not allowed together) a plain ``UsageError``."""
+        action = err.argument_name or ""
+        unreadable = err.message.startswith("expected ") or (
+            err.message.startswith("invalid ") and not err.message.startswith("invalid choice"))
+        if action.startswith("-") and unreadable:
+            return FlagError(str(err), hint=self._hint())
+        return UsageError(str(err), hint=self._hint())
+
+    def _unrecognized(self, extras: Sequence[str]) -> NoReturn:
+        """The first unknown flag alone, as pflag names it; else the extra arguments."""
+        for extra in extras:
+            if extra.startswith("--"):
+                raise FlagError(f"unknown flag: {extra.partition('=')[0]}", hint=self._hint())
+            if extra.startswith("-") and extra != "-":
+                raise FlagError(f"unknown shorthand flag: {extra[1]!r} in {extra}",
+                                hint=self._hint())
+        raise UsageError(f"unrecognized arguments: {' '.join(extras)}", hint=self._hint())
 
 
 def _version() -> str:
@@ -345,6 +405,14 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("--provenance", metavar="true|false|mode=min|max",
         help="SLSA provenance (--attest type=provenance); default: none")
     add("--sbom", metavar="true|false", help="an SPDX SBOM (--attest type=sbom); default: none")
+    add("-q", "--quiet", action="store_true",
+        help="no progress output; print the image id on stdout when the build succeeds")
+    add("--iidfile", metavar="FILE", help="write the image id to FILE")
+    add("--label", action="append", default=[], metavar="K=V",
+        help="a label of the image's config (over a Dockerfile LABEL); repeatable")
+    add("--annotation", action="append", default=[], metavar="[TYPE[PLATFORM],...:]K=V",
+        help="an annotation of the image; TYPE: manifest (default), index, "
+             "manifest-descriptor, index-descriptor; repeatable")
     add("--endpoint", metavar="URL", help="build on the cluster at URL (tcp://HOST:PORT, "
         "http://, https://, unix://PATH; default: DOCKYARD_ENDPOINT, else the local service)")
     add("--builder", metavar="URL|default", help="buildx's builder: an endpoint URL (as "
@@ -522,7 +590,7 @@ def _report(error: DockyardError, debug: bool = False) -> int:
     print(f"error: {error}", file=sys.stderr)
     if debug:
         _report_debug(error)
-    return 1
+    return FLAG_ERROR_STATUS if isinstance(error, FlagError) else 1
 
 
 def _report_debug(error: DockyardError) -> None:

@@ -86,6 +86,9 @@ __all__ = ["Coordinator"]
 ECHO_VERTEX = "sha256:" + "0" * 64  # the echo's stand-in vertex digest
 ECHO_NAME = "[internal] echo"
 _DONE = object()  # ends a build's queue
+#: buildx's ``--metadata-file`` key naming the build: ``BUILDER/NODE/REF`` (dockyard, the
+#: exporting worker, the build's id).
+BUILD_REF_KEY = "buildx.build.ref"
 REFRESH_SECONDS = 1.0  # how often the registry looks for workers that joined or left
 
 
@@ -311,6 +314,8 @@ class Coordinator:
             sessions.lost(worker)
             raise
         result: dict[str, Any] = unwrap(forward_events(item, sink))
+        metadata = result.setdefault("metadata", {})
+        metadata[BUILD_REF_KEY] = f"dockyard/{worker.name}/{sessions.build_id}"
         return result
 
     def _exporter(self, layers: Sequence[LayerDescriptor]) -> WorkerEntry:
@@ -380,7 +385,8 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
                            extra_hosts=options.extra_hosts,
                            cgroup_parent=options.cgroup_parent,
                            no_cache_filter=options.no_cache_filter,
-                           named_contexts=options.named_contexts)
+                           named_contexts=options.named_contexts,
+                           labels=options.labels)
 
 
 async def _shielded(cleanup: Any) -> None:

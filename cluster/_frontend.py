@@ -22,7 +22,7 @@ from scheduler._entitlements import check_entitlements
 from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, Ulimit
 from scheduler._platform import Platform
 from scheduler.dockerfile._convert._model import BaseImage
-from scheduler.dockerfile._frontend import build_graph
+from scheduler.dockerfile._frontend import build_graph, with_labels
 
 __all__ = ["FrontendRequest", "ResolveImage", "base_image", "image_config_of", "run_frontend"]
 
@@ -46,6 +46,7 @@ class FrontendRequest:
     cgroup_parent: str = ""  # every RUN's cgroup parent (--cgroup-parent)
     no_cache_filter: tuple[str, ...] = ()  # stages whose steps skip the cache
     named_contexts: tuple[NamedContext, ...] = ()  # --build-context
+    labels: tuple[tuple[str, str], ...] = ()  # the images' labels (--label), over LABEL's
 
 
 async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Sequence[str],
@@ -80,7 +81,7 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         await asyncio.wait([running])  # the thread's end: within one step of the frontend
         raise
     check_entitlements(frontend.graph, request.allow)
-    return frontend.graph
+    return with_labels(frontend.graph, request.labels)
 
 
 def _with_layouts(resolve: ResolveImage, contexts: Sequence[NamedContext]) -> ResolveImage:

@@ -41,7 +41,7 @@ from workers._build import (
     remote_records,
     write_results,
 )
-from workers._image import build_metadata
+from workers._image import export_metadata
 from workers._remote_cache import RemoteRecords
 from workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
 
@@ -63,7 +63,7 @@ def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
                            shm_size=options.shm_size, network=options.network,
                            extra_hosts=options.extra_hosts,
                            cgroup_parent=options.cgroup_parent,
-                           no_cache_filter=options.no_cache_filter)
+                           no_cache_filter=options.no_cache_filter, labels=options.labels)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,8 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
         await cache.aclose()
     hashed = backend.context_statistics().bytes_hashed
     return LocalBuildResult(exported, records, solver.statistics(),
-                            {**build_metadata(exported, bool(options.outputs)),
+                            {**export_metadata(exported, [o.type for o in options.outputs],
+                                               options.names),
                              **metadata_provenance(exported), CONTEXT_HASHED_KEY: hashed})
 
 

@@ -16,10 +16,10 @@ from typing import Any
 from ._errors import UsageError
 
 __all__ = [
-    "ATTEST_TYPES", "COMPRESSIONS", "COMPRESSION_LEVELS", "DEFAULT_COMPRESSION",
-    "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES", "PROGRESS_MODES",
-    "AttestSpec", "BuildOptions", "CacheSpec", "Compression", "NamedContext", "OutputSpec",
-    "SecretSpec", "SshSpec",
+    "ANNOTATION_TYPES", "ATTEST_TYPES", "COMPRESSIONS", "COMPRESSION_LEVELS",
+    "DEFAULT_COMPRESSION", "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION",
+    "OUTPUT_TYPES", "PROGRESS_MODES", "Annotation", "AttestSpec", "BuildOptions", "CacheSpec",
+    "Compression", "NamedContext", "OutputSpec", "SecretSpec", "SshSpec",
 ]
 
 OPTIONS_VERSION = 1
@@ -27,6 +27,14 @@ PROGRESS_MODES = ("auto", "plain", "tty", "rawjson", "quiet")
 FILE_OUTPUTS = ("tar", "oci", "docker")  # exporters writing one file (or stdout with dest=-)
 OUTPUT_TYPES = ("local", *FILE_OUTPUTS, "image", "registry")
 MAX_SECRET_BYTES = 500 * 1024  # BuildKit's secret size limit
+#: Where an annotation goes (BuildKit's annotation types): the image manifest(s), the
+#: index, the descriptor of each manifest (in the index, or the layout's index.json), the
+#: descriptor of the index (the layout's index.json).
+ANNOTATION_TYPES = ("manifest", "index", "manifest-descriptor", "index-descriptor")
+
+#: One annotation: (type, platform or "" for every platform, key, value).
+Annotation = tuple[str, str, str, str]
+
 ATTEST_TYPES = ("provenance", "sbom")  # the attestations a build can attach
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")  # buildx's compression= values
 #: The levels each compressor takes (BuildKit's bounds: gzip 0-9, zstd 0-22, where zstd's
@@ -101,6 +109,9 @@ class OutputSpec:
     platform_split: bool | None = None
     push_by_digest: bool = False
     rewrite_timestamp: bool = False
+    #: ``annotation.*`` attributes (oci, docker, image); the client merges them into
+    #: ``BuildOptions.annotations``, so they do not travel with the output
+    annotations: tuple[Annotation, ...] = field(default=(), compare=False)
 
     @property
     def to_stdout(self) -> bool:
@@ -225,6 +236,8 @@ class BuildOptions:
     pull: bool = False  # --pull: base images resolved again, no reuse of known metadata
     attests: tuple[AttestSpec, ...] = ()  # --attest/--provenance/--sbom, enabled ones only
     named_contexts: tuple[NamedContext, ...] = ()  # --build-context, resolved by the client
+    labels: tuple[tuple[str, str], ...] = ()  # --label: the image config's, over LABEL's
+    annotations: tuple[Annotation, ...] = ()  # --annotation and -o annotation.*: checked
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -249,6 +262,8 @@ class BuildOptions:
             "pull": self.pull,
             "attests": [spec.to_wire() for spec in self.attests],
             "named_contexts": [c.to_wire() for c in self.named_contexts],
+            "labels": [list(pair) for pair in self.labels],
+            "annotations": [list(item) for item in self.annotations],
         }
 
     @classmethod
@@ -288,7 +303,10 @@ class BuildOptions:
             pull=bool(wire.get("pull", False)),
             attests=tuple(AttestSpec.from_wire(a) for a in wire.get("attests", ())),
             named_contexts=tuple(NamedContext.from_wire(c)
-                                 for c in wire.get("named_contexts", ())))
+                                 for c in wire.get("named_contexts", ())),
+            labels=tuple((str(k), str(v)) for k, v in wire.get("labels", ())),
+            annotations=tuple((str(t), str(p), str(k), str(v))
+                              for t, p, k, v in wire.get("annotations", ())))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:

@@ -5,6 +5,7 @@ Every error a user can see derives from ``DockyardError`` and says what went wro
 
     DockyardError
      ├── UsageError           a bad command-line flag or option value
+     │    └── FlagError       a flag the command line cannot read (unknown, no value)
      ├── DockerfileError      the frontend rejected a Dockerfile (file, line, column)
      ├── ImageReferenceError  an image reference that cannot be parsed (its text)
      ├── GraphError           a build graph that is malformed, inconsistent, or encoded
@@ -38,6 +39,7 @@ __all__ = [
     "DockyardError",
     "ExecError",
     "ExportError",
+    "FlagError",
     "GraphError",
     "ImageReferenceError",
     "LayerError",
@@ -68,6 +70,11 @@ class DockyardError(Exception):
 
 class UsageError(DockyardError):
     """A command-line flag, option or argument that cannot be used as given."""
+
+
+class FlagError(UsageError):
+    """A command line whose flags cannot be read: an unknown (or abbreviated) flag, a flag
+    without its value.  Docker's CLI exits 125 for these, and so does ``dockyard``."""
 
 
 class DockerfileError(DockyardError):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
 
-from scheduler._build_request import AttestSpec
+from scheduler._build_request import Annotation, AttestSpec
 from scheduler._errors import DockyardError, ImageReferenceError
 from scheduler._graph import BuildGraph, ExecOp, SourceOp, Vertex
 from scheduler._platform import Platform, default_platform
@@ -371,10 +371,11 @@ class Attested:
 def attest_images(images: Sequence[ImageArtifacts], roots: Sequence[str | None],
                   attests: Sequence[AttestSpec], facts: BuildFacts,
                   graph: BuildGraph | None, source: BlobSource, *,
-                  local: bool) -> Attested:
+                  local: bool, annotations: Sequence[Annotation] = ()) -> Attested:
     """The ``attests`` of ``images`` (``roots``: their final vertices in ``graph``); the
     image files are scanned (from ``source``) for an SBOM, and for the statement files'
-    subjects when ``local`` (the build has a local or tar output)."""
+    subjects when ``local`` (the build has a local or tar output).  The index carries the
+    build's ``annotations`` (``--annotation index:``...)."""
     if not facts.invocation_id:
         facts = dataclasses.replace(facts, invocation_id=uuid.uuid4().hex)
     finished = time.time()
@@ -395,4 +396,4 @@ def attest_images(images: Sequence[ImageArtifacts], roots: Sequence[str | None],
         if local:
             prefix = f"{platform_dir(image.platform)}/" if len(images) > 1 else ""
             files |= local_files(statements, inventory, prefix)
-    return Attested(build_index(images, manifests), files)
+    return Attested(build_index(images, manifests, annotations), files)

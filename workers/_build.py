@@ -23,7 +23,13 @@ from typing import BinaryIO
 
 from cache_backends._credentials import S3Credentials
 from cache_backends._records import CacheRecord, LayerDescriptor
-from scheduler._build_request import DEFAULT_COMPRESSION, AttestSpec, CacheSpec, Compression
+from scheduler._build_request import (
+    DEFAULT_COMPRESSION,
+    Annotation,
+    AttestSpec,
+    CacheSpec,
+    Compression,
+)
 from scheduler._errors import ExportError, UsageError
 from scheduler._graph import BuildGraph, ImageResult, Ulimit
 from scheduler._platform import Platform
@@ -32,7 +38,7 @@ from scheduler._progress import EventSink
 from ._arrivals import ArrivingBlobs
 from ._attest import BuildFacts, attest_images
 from ._exporters import export_docker, export_local, export_oci, export_tar, push_image
-from ._image import ImageArtifacts, IndexArtifacts, build_image, build_index
+from ._image import ImageArtifacts, IndexArtifacts, build_image, build_index, check_single
 from ._registry import RegistryConfig
 from ._remote_cache import RemoteCache, RemoteRecords, open_backend
 from ._runtime import BuildSession, WorkerRuntime
@@ -113,6 +119,8 @@ class LocalBuildOptions:
     pull: bool = False  # base images resolved again (--pull)
     attests: tuple[AttestSpec, ...] = ()  # the attestations to attach (--attest)
     started: float = 0.0  # when the build started (unix seconds; 0: unknown)
+    labels: tuple[tuple[str, str], ...] = ()  # the images' labels (--label)
+    annotations: tuple[Annotation, ...] = ()  # --annotation: (type, platform, key, value)
 
 
 def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
@@ -157,13 +165,14 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
     (workers/_attest.py; ``graph`` names the images' materials): in the index for image,
     oci and docker outputs, as files for local and tar ones."""
     if not options.outputs and not pushed:
-        images = [_image(result, records, options.epoch) for result in results]
-        return images[0] if len(images) == 1 else build_index(images)
+        images = [_image(result, records, options.epoch, annotations=options.annotations)
+                  for result in results]
+        return images[0] if len(images) == 1 else build_index(
+            images, annotations=options.annotations)
     forms = await _form_images(engine, results, records, options.epoch, [
         form or (options.outputs[0].form if options.outputs else DEFAULT_FORM),
-        *(output.form for output in options.outputs)])
-    made = {key: images[0] if len(images) == 1 else build_index(images)
-            for key, images in forms.items()}
+        *(output.form for output in options.outputs)], options.annotations)
+    made = {key: _exported(images, options) for key, images in forms.items()}
     exported = next(iter(made.values()))
     if not options.outputs and not options.attests:
         return exported
@@ -178,7 +187,8 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
                 attested = await asyncio.to_thread(
                     attest_images, images, [r.root for r in results], options.attests,
                     facts, graph, ArrivingBlobs(engine.blob_source(), fetches),
-                    local=any(o.type in _FILE_TREES for o in options.outputs))
+                    local=any(o.type in _FILE_TREES for o in options.outputs),
+                    annotations=options.annotations)
                 made[key], files[key] = attested.exported, attested.files
             exported = next(iter(made.values()))
         for output in options.outputs:
@@ -213,25 +223,28 @@ def _facts(options: LocalBuildOptions) -> BuildFacts:
 
 async def exported_images(engine: WorkerRuntime, results: Sequence[ImageResult],
                           records: Mapping[str, CacheRecord], epoch: int | None,
-                          forms: Sequence[ImageForm]) -> dict[ImageForm, Exported]:
+                          forms: Sequence[ImageForm], annotations: Sequence[Annotation] = ()
+                          ) -> dict[ImageForm, Exported]:
     """The image (or index) of ``results`` in each of ``forms`` (once each, in order):
     its layers rewritten and compressed as the form says (made once and kept,
     ``WorkerRuntime.compressed``/``rewritten``)."""
-    return {form: images[0] if len(images) == 1 else build_index(images)
+    return {form: images[0] if len(images) == 1 else build_index(images,
+                                                                  annotations=annotations)
             for form, images in (await _form_images(engine, results, records, epoch,
-                                                    forms)).items()}
+                                                    forms, annotations)).items()}
 
 
 async def _form_images(engine: WorkerRuntime, results: Sequence[ImageResult],
                        records: Mapping[str, CacheRecord], epoch: int | None,
-                       forms: Sequence[ImageForm]) -> dict[ImageForm, list[ImageArtifacts]]:
+                       forms: Sequence[ImageForm], annotations: Sequence[Annotation] = ()
+                       ) -> dict[ImageForm, list[ImageArtifacts]]:
     """The images of ``results`` in each of ``forms`` (once each, in order)."""
     made: dict[ImageForm, list[ImageArtifacts]] = {}
     for form in forms:
         if form not in made:
             made[form] = [_image(result, records, epoch,
                                  await _form_layers(engine, result, records, epoch, form),
-                                 oci=form.oci)
+                                 oci=form.oci, annotations=annotations)
                           for result in results]
     return made
 
@@ -288,17 +301,29 @@ def _layers(result: ImageResult, records: Mapping[str, CacheRecord]
 
 
 def _image(result: ImageResult, records: Mapping[str, CacheRecord], epoch: int | None,
-           layers: Sequence[LayerDescriptor] | None = None, *, oci: bool = True
-           ) -> ImageArtifacts:
+           layers: Sequence[LayerDescriptor] | None = None, *, oci: bool = True,
+           annotations: Sequence[Annotation] = ()) -> ImageArtifacts:
     """The image of ``result``: its record's layers, or ``layers`` (the same, compressed);
-    Docker's media types unless ``oci``."""
+    Docker's media types unless ``oci``; the build's ``annotations`` on its manifest."""
     if result.root is None:
         return build_image(None, result.config, (), result.platform, created=epoch or 0,
-                           epoch=epoch, oci=oci)
+                           epoch=epoch, oci=oci, annotations=annotations)
     record = records[result.root]
     chosen = record.result.layers if layers is None else tuple(layers)
     return build_image(record.result.image_config, result.config, chosen,
-                       result.platform, created=record.created, epoch=epoch, oci=oci)
+                       result.platform, created=record.created, epoch=epoch, oci=oci,
+                       annotations=annotations)
+
+
+def _exported(images: Sequence[ImageArtifacts], options: LocalBuildOptions) -> Exported:
+    """One image as it is (refusing index annotations: nothing could hold them, unless
+    attestations will put it in an index), several in an index (with the build's
+    annotations)."""
+    if len(images) == 1:
+        if not options.attests:
+            check_single(options.annotations)
+        return images[0]
+    return build_index(images, annotations=options.annotations)
 
 
 def _check_outputs(outputs: Sequence[Output]) -> None:

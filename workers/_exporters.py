@@ -294,10 +294,13 @@ def _write_layout(archive: _ArchiveWriter, subject: Exported, source: BlobSource
 
 
 def _top_descriptor(subject: Exported) -> Descriptor:
+    """The layout's entry: the index's descriptor, or the manifest's without its platform,
+    each with its descriptor annotations (``--annotation index-descriptor:``/
+    ``manifest-descriptor:``)."""
     if isinstance(subject, IndexArtifacts):
         return subject.descriptor
     return Descriptor(subject.descriptor.media_type, subject.manifest_digest,
-                      len(subject.manifest))
+                      len(subject.manifest), None, subject.descriptor.annotations)
 
 
 def _ref_name(name: str) -> tuple[str, str]:
@@ -315,7 +318,7 @@ def layout_index(subject: Exported, names: Sequence[str]) -> bytes:
     """``index.json``: the image (or index) once per name, annotated with its names."""
     top = _top_descriptor(subject)
     entries = [top] if not names else [
-        top.with_annotations({CONTAINERD_NAME: full, REF_NAME: tag})
+        top.with_annotations({**dict(top.annotations), CONTAINERD_NAME: full, REF_NAME: tag})
         for full, tag in map(_ref_name, names)]
     return canonical_json(index_json(entries))
 

@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from cache_backends._records import GZIP_LAYER, LayerDescriptor
-from scheduler._errors import ExportError
+from scheduler._build_request import Annotation
+from scheduler._errors import ExportError, UsageError
 from scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
 from scheduler._platform import Platform
 
@@ -77,8 +78,12 @@ __all__ = [
     "IndexArtifacts",
     "build_image",
     "build_index",
+    "annotations_of",
+    "IMAGE_OUTPUTS",
     "build_metadata",
     "canonical_json",
+    "export_metadata",
+    "check_single",
     "format_time",
     "sha256_digest",
 ]
@@ -353,42 +358,74 @@ def _layer_media(layer: LayerDescriptor, oci: bool) -> str:
     return table.get(layer.media_type, layer.media_type)
 
 
-def _manifest(config: Descriptor, layers: Sequence[LayerDescriptor], oci: bool) -> bytes:
-    return canonical_json({
+def _manifest(config: Descriptor, layers: Sequence[LayerDescriptor], oci: bool,
+              annotations: Mapping[str, str]) -> bytes:
+    data: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
         "config": config.to_json(),
         "layers": [{"mediaType": _layer_media(layer, oci), "digest": layer.digest,
                     "size": layer.size} for layer in layers],
-    })
+    }
+    if annotations:
+        data["annotations"] = dict(annotations)
+    return canonical_json(data)
+
+
+def annotations_of(annotations: Sequence[Annotation], kind: str,
+                   platform: Platform | None = None) -> dict[str, str]:
+    """The annotations of ``kind`` (``scheduler._build_request.ANNOTATION_TYPES``) that
+    apply to ``platform``'s manifest: those for every platform, then its own (which win);
+    for the index kinds, all of them."""
+    found = {key: value for typ, where, key, value in annotations if typ == kind and not where}
+    if platform is not None:
+        found |= {key: value for typ, where, key, value in annotations
+                  if typ == kind and where == str(platform)}
+    return found
 
 
 def build_image(base_config: bytes | None, config: ImageConfig,
                 layers: tuple[LayerDescriptor, ...], platform: Platform, *, created: int,
-                epoch: int | None, oci: bool = True) -> ImageArtifacts:
+                epoch: int | None, oci: bool = True,
+                annotations: Sequence[Annotation] = ()) -> ImageArtifacts:
     """The image for ``platform``: config and manifest bytes (OCI media types, or Docker's
-    schema 2 when ``oci`` is False, as BuildKit's ``oci-mediatypes=false``)."""
+    schema 2 when ``oci`` is False, as BuildKit's ``oci-mediatypes=false``).  The
+    ``manifest`` annotations for ``platform`` go into the manifest, the
+    ``manifest-descriptor`` ones onto its descriptor (as BuildKit's image writer)."""
     config_bytes = canonical_json(config_json(base_config, config, layers, platform,
                                               created=created, epoch=epoch))
     config_desc = Descriptor(OCI_CONFIG if oci else DOCKER_CONFIG,
                              sha256_digest(config_bytes), len(config_bytes))
-    manifest = _manifest(config_desc, layers, oci)
+    manifest = _manifest(config_desc, layers, oci,
+                         annotations_of(annotations, "manifest", platform))
     digest = sha256_digest(manifest)
     written = tuple(LayerDescriptor(layer.digest, layer.size, layer.diff_id,
                                     _layer_media(layer, oci)) for layer in layers)
+    descriptor = Descriptor(OCI_MANIFEST if oci else DOCKER_MANIFEST, digest, len(manifest),
+                            platform)
     return ImageArtifacts(
         platform=platform, config=config_bytes, config_digest=config_desc.digest,
         manifest=manifest, manifest_digest=digest,
-        descriptor=Descriptor(OCI_MANIFEST if oci else DOCKER_MANIFEST, digest,
-                              len(manifest), platform),
+        descriptor=descriptor.with_annotations(
+            annotations_of(annotations, "manifest-descriptor", platform)),
         layers=written)
 
 
+def check_single(annotations: Sequence[Annotation]) -> None:
+    """One image without an index: no ``index``/``index-descriptor`` annotation can go
+    anywhere (BuildKit refuses them for a single-platform export)."""
+    if any(kind in ("index", "index-descriptor") for kind, _, _, _ in annotations):
+        raise UsageError("index annotations not supported for single platform export",
+                         hint="build several --platform, or use manifest annotations")
+
+
 def build_index(manifests: Sequence[ImageArtifacts],
-                attestations: Sequence[AttestationArtifacts] = ()) -> IndexArtifacts:
+                attestations: Sequence[AttestationArtifacts] = (),
+                annotations: Sequence[Annotation] = ()) -> IndexArtifacts:
     """An index over one image per platform (OCI index, or a Docker manifest list when the
     images use Docker media types and there are no ``attestations``); platforms must be
-    distinct."""
+    distinct.  The ``index`` annotations go into it, the ``index-descriptor`` ones onto
+    its descriptor."""
     if not manifests:
         raise ExportError("an image index needs at least one image")
     platforms = [image.platform for image in manifests]
@@ -399,11 +436,32 @@ def build_index(manifests: Sequence[ImageArtifacts],
     media_type = OCI_INDEX if oci else DOCKER_MANIFEST_LIST
     entries = [image.descriptor for image in manifests]
     index = canonical_json(index_json(entries + [a.descriptor for a in attestations],
-                                      media_type))
+                                      media_type, annotations_of(annotations, "index")))
     digest = sha256_digest(index)
-    return IndexArtifacts(index=index, digest=digest,
-                          descriptor=Descriptor(media_type, digest, len(index)),
+    descriptor = Descriptor(media_type, digest, len(index)).with_annotations(
+        annotations_of(annotations, "index-descriptor"))
+    return IndexArtifacts(index=index, digest=digest, descriptor=descriptor,
                           images=tuple(manifests), attestations=tuple(attestations))
+
+
+#: The output types that write an image (its manifests): they give the image's keys.
+IMAGE_OUTPUTS: Final = ("oci", "docker", "image")
+
+
+def export_metadata(result: ImageArtifacts | IndexArtifacts, kinds: Collection[str],
+                    names: Sequence[str] = ()) -> dict[str, Any]:
+    """buildx's image keys for a build whose outputs are of ``kinds``: with no output at
+    all, the image's id (``build_metadata`` not ``written``); with outputs of which none
+    writes an image (``local``, ``tar``), none, as BuildKit's exporters give none; else
+    ``build_metadata``'s, and ``image.name`` when the image is named."""
+    if not kinds:
+        return build_metadata(result, written=False)
+    if not set(kinds) & set(IMAGE_OUTPUTS):
+        return {}
+    metadata = build_metadata(result)
+    if names:
+        metadata["image.name"] = ",".join(names)
+    return metadata
 
 
 def build_metadata(result: ImageArtifacts | IndexArtifacts, written: bool = True
@@ -418,12 +476,26 @@ def build_metadata(result: ImageArtifacts | IndexArtifacts, written: bool = True
         return {"containerimage.config.digest": result.config_digest}
     if isinstance(result, IndexArtifacts):
         keys = {"containerimage.digest": result.digest,
-                "containerimage.descriptor": result.descriptor.to_json()}
+                "containerimage.descriptor": _dated(result.descriptor, result.images)}
         if len(result.images) == 1:  # one image and its attestations: its config too
             keys["containerimage.config.digest"] = result.images[0].config_digest
         return keys
-    top = Descriptor(result.descriptor.media_type, result.manifest_digest,
-                     len(result.manifest))
     return {"containerimage.digest": result.manifest_digest,
             "containerimage.config.digest": result.config_digest,
-            "containerimage.descriptor": top.to_json()}
+            "containerimage.descriptor": _dated(result.descriptor, [result])}
+
+
+#: The descriptor annotation BuildKit's exporters date their result with.
+CREATED_ANNOTATION: Final = "org.opencontainers.image.created"
+
+
+def _dated(descriptor: Descriptor, images: Sequence[ImageArtifacts]) -> dict[str, Any]:
+    """The descriptor as the exporter's response carries it: dated with
+    ``CREATED_ANNOTATION`` (unless an annotation set it), here the latest ``created`` of
+    its images' configs (BuildKit's is the export's time, or SOURCE_DATE_EPOCH; the
+    configs' is the same with an epoch, and stays the same for a cached rebuild)."""
+    data = descriptor.to_json()
+    stamps = [str(json.loads(image.config).get("created") or "") for image in images]
+    if max(stamps, default=""):
+        data["annotations"] = {CREATED_ANNOTATION: max(stamps), **data.get("annotations", {})}
+    return data

@@ -7,7 +7,8 @@ per output, workers/_output_send.py), while the blobs it needs still come down; 
 the image outputs from here (the cluster's registry credentials live on its side), pushes
 the final records to the build's ``--cache-to`` (mode=min) and drains it, then closes
 each output in the client's output order (only then does the client put it in place).
-Its answer is the build's result map: the ``--metadata-file`` keys and what was pushed.
+Its answer is the build's result map: the ``--metadata-file`` keys (the image's only
+for outputs writing one) and what was pushed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from scheduler._reference import parse_reference
 from ._attest import metadata_provenance
 from ._build import Exported, ImageForm, exported_images, write_results
 from ._exporters import push_image
-from ._image import build_metadata
+from ._image import export_metadata
 from ._output_send import ChannelWriter, close_output, send_file
 from ._runtime import WorkerRuntime
 from ._worker_sessions import WorkerSession, image_form
@@ -73,10 +74,9 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
             await close_output(session.send, index)
         else:  # stdout: sent only now, from its scratch file
             await send_file(session.send, index, session.outputs[index])
-    metadata = dict(build_metadata(exported, bool(session.options.outputs) or pushes))
+    metadata = export_metadata(exported, [o.type for o in session.request.outputs],
+                               session.request.tags)
     metadata |= metadata_provenance(exported)
-    if session.request.tags:
-        metadata["image.name"] = ",".join(session.request.tags)
     return {"metadata": metadata, "pushed": pushed}
 
 
@@ -90,7 +90,8 @@ async def _push(engine: WorkerRuntime, options: BuildOptions, results: Sequence[
     outputs = [o for o in options.outputs if o.type == "image" and o.push]
     made: dict[ImageForm, Exported] = await exported_images(
         engine, results, records, epoch,
-        [image_form(o) for o in outputs if image_form(o) != written[0]])
+        [image_form(o) for o in outputs if image_form(o) != written[0]],
+        options.annotations)
     if written[0] is not None:
         made[written[0]] = written[1]
     pushed = []

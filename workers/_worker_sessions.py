@@ -274,7 +274,7 @@ def _local_options(root: Path, options: BuildOptions, part: Mapping[str, Any],
         names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
         insecure_registries=tuple(options.insecure_registries), pull=options.pull,
         cache_to=tuple(options.cache_to), cache_from=tuple(options.cache_from),
-        attests=options.attests, started=started)
+        attests=options.attests, started=started, annotations=tuple(options.annotations))
 
 
 def _started(request: Mapping[str, Any]) -> float:

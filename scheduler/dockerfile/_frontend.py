@@ -4,6 +4,7 @@ bad BUILDKIT_DOCKERFILE_CHECK build arg)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from ._interrupt import Interrupt, interruptible
 from ._lint import run_checks
 from ._parser import parse
 
-__all__ = ["BaseImage", "FrontendResult", "ImageResolver", "build_graph"]
+__all__ = ["BaseImage", "FrontendResult", "ImageResolver", "build_graph", "with_labels"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,3 +97,17 @@ def _build_graph(dockerfile: bytes, *, filename: str, target: str | None,
     if report.failure is not None and not check_only:
         raise report.failure
     return FrontendResult(graph, report.warnings, notices, report.failure)
+
+
+def with_labels(graph: BuildGraph, labels: Sequence[tuple[str, str]]) -> BuildGraph:
+    """``graph`` whose images carry ``labels`` (``--label``, BuildKit's ``label:`` frontend
+    attributes): set after the stage's own, so a label wins over a Dockerfile ``LABEL``
+    (and a base image's) of the same key."""
+    if not labels:
+        return graph
+    results = []
+    for result in graph.results:
+        merged = dict(result.config.labels) | dict(labels)
+        config = dataclasses.replace(result.config, labels=tuple(sorted(merged.items())))
+        results.append(dataclasses.replace(result, config=config))
+    return BuildGraph(graph.vertices, results)

@@ -245,8 +245,11 @@ def test_two_platforms_one_index(dockyard: Dockyard) -> None:
     context = _context(dockyard, "multi", "FROM BUSYBOX\nRUN uname -m > /arch\n")
     out = dockyard.work / "multi-out"
     meta = dockyard.work / "multi-meta.json"
+    # the image keys come from the output writing an image (oci), as BuildKit's exporters
+    # give them: a local output alone gives none
     _ok(dockyard.build("--platform", "linux/amd64,linux/arm64", "-o",
-                       f"type=local,dest={out}", "--metadata-file", str(meta), str(context)))
+                       f"type=local,dest={out}", "-o", f"type=oci,dest={out}.tar",
+                       "--metadata-file", str(meta), str(context)))
     assert (out / "linux_amd64" / "arch").read_text() == "x86_64\n"
     assert (out / "linux_arm64" / "arch").read_text() == "aarch64\n"
     descriptor = json.loads(meta.read_text())["containerimage.descriptor"]

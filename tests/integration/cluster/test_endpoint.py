@@ -20,11 +20,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -186,6 +188,33 @@ def test_a_build_through_the_endpoint(served: Served) -> None:
     assert done.returncode == 0, done.stderr.decode()
     assert (out / "a.txt").read_text() == "hello from the client\n"
     assert not (served.work / "client-root" / "run").exists(), "no local service started"
+
+
+def test_image_flags_through_the_endpoint(served: Served) -> None:
+    """``--label``, ``--annotation``, ``--iidfile``, ``-q`` and the metadata keys travel
+    in the options' wire form and come back as on the embedded service."""
+    out = served.work / "flags-out"
+    out.mkdir()
+    done = served.cli("build", "-q", "--endpoint", served.url, "--token-file",
+                      str(served.token_file), "--tls-ca", str(served.cert), "--label", "l=1",
+                      "--annotation", "a=2", "--iidfile", f"{out}/iid", "--metadata-file",
+                      f"{out}/meta.json", "-o", f"type=oci,dest={out}/image.tar",
+                      str(_context(served)))
+    assert done.returncode == 0, done.stderr.decode()
+    with tarfile.open(out / "image.tar") as tar:
+        def blob(digest: str) -> Any:
+            member = tar.extractfile("blobs/sha256/" + digest.removeprefix("sha256:"))
+            return json.loads(member.read())  # type: ignore[union-attr]
+        top = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+        manifest = blob(top["manifests"][0]["digest"])
+        config_digest = manifest["config"]["digest"]
+        assert blob(config_digest)["config"]["Labels"] == {"l": "1"}
+    assert manifest["annotations"] == {"a": "2"}
+    assert done.stdout.decode() == f"{config_digest}\n"
+    assert (out / "iid").read_text() == config_digest
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["containerimage.config.digest"] == config_digest
+    assert meta["buildx.build.ref"].startswith("dockyard/")
 
 
 @pytest.mark.oracle

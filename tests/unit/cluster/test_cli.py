@@ -79,8 +79,38 @@ USAGE = [
                    "hint: see 'dockyard debug --help'\n"),
     (["debug", "graph"], 1, "error: the following arguments are required: CONTEXT\n"
                             "hint: see 'dockyard debug graph --help'\n"),
-    (["debug", "graph", "--bogus", "."], 1, "error: unrecognized arguments: --bogus\n"
-                                            "hint: see 'dockyard --help'\n"),
+    # flags read as buildx (pflag) reads them: an unknown flag is named alone and exits
+    # 125 (Docker's status for a flag error), a long flag is never abbreviated
+    (["debug", "graph", "--bogus", "."], 125, "error: unknown flag: --bogus\n"
+                                              "hint: see 'dockyard debug graph --help'\n"),
+    (["build", "--bogus", "value", "."], 125, "error: unknown flag: --bogus\n"
+                                              "hint: see 'dockyard build --help'\n"),
+    (["build", "--bogus=value", "."], 125, "error: unknown flag: --bogus\n"
+                                           "hint: see 'dockyard build --help'\n"),
+    (["build", "--no-cach", "."], 125, "error: unknown flag: --no-cach\n"
+                                       "hint: see 'dockyard build --help'\n"),
+    (["build", "--meta", "m.json", "."], 125, "error: unknown flag: --meta\n"
+                                              "hint: see 'dockyard build --help'\n"),
+    (["build", "-Z", "."], 125, "error: unknown shorthand flag: 'Z' in -Z\n"
+                                "hint: see 'dockyard build --help'\n"),
+    (["--bogus", "build", "."], 125, "error: unknown flag: --bogus\n"
+                                     "hint: see 'dockyard --help'\n"),
+    (["build", ".", "--tag"], 125, "error: argument -t/--tag: expected one argument\n"
+                                   "hint: see 'dockyard build --help'\n"),
+    (["serve", "--port", "http"], 125, "error: argument --port: invalid int value: 'http'\n"
+                                       "hint: see 'dockyard serve --help'\n"),
+    (["prune", "--keep", "1GB"], 125, "error: unknown flag: --keep\n"
+                                      "hint: see 'dockyard prune --help'\n"),
+    (["node", "start", "--head", "--por", "1"], 125, "error: unknown flag: --por\n"
+                                     "hint: see 'dockyard node start --help'\n"),
+    # a command line without a flag error exits 1, as docker's and buildx's do
+    (["build", ".", "extra"], 1, "error: unrecognized arguments: extra\n"
+                                 "hint: see 'dockyard build --help'\n"),
+    (["node", "start", "--head", "--address", "h:1"], 1,
+     "error: argument --address: not allowed with argument --head\n"
+     "hint: see 'dockyard node start --help'\n"),
+    (["ls", "--format", "xml"], 1, "error: argument --format: invalid choice: 'xml' (choose "
+                                   "from 'table', 'json')\nhint: see 'dockyard ls --help'\n"),
     (["debug", "graph", "missing-dir"], 1,
      "error: build context 'missing-dir' is not a directory\n" + _CONTEXT_HINT),
     (["debug", "graph", "Dockerfile"], 1,

@@ -94,8 +94,6 @@ ERRORS = [
     (["prune", "-f", "--cache", "type=registry,ref=x"],
      "error: invalid --cache 'type=registry,ref=x': prune takes type=s3 only\n"
      "hint: the local store is pruned without --cache\n"),
-    (["du", "--all"],
-     "error: unrecognized arguments: --all\nhint: see 'dockyard --help'\n"),
 ]
 
 
@@ -104,6 +102,13 @@ def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixtu
                       ) -> None:
     assert main(argv) == 1
     assert capsys.readouterr().err == message
+
+
+def test_unknown_flag_is_a_flag_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """As buildx (pflag) names it, with Docker's exit status for a flag error."""
+    assert main(["du", "--all"]) == 125
+    assert capsys.readouterr().err == ("error: unknown flag: --all\n"
+                                       "hint: see 'dockyard du --help'\n")
 
 
 def test_filters_last_until_wins() -> None:

@@ -330,21 +330,22 @@ def test_stop_kills_the_roots_session_and_nothing_else(tmp_path: Path) -> None:
 
 # --- the command line -------------------------------------------------------------------
 
+# argv, exit status (125: a flag the command line cannot read, Docker's status), message
 CLI_ERRORS = [
-    (["node", "start"], "one of the arguments --head --address is required"),
-    (["node", "start", "--head", "--address", "a:1"], "not allowed with argument --head"),
-    (["node", "start", "--head", "--slots", "x"], "invalid int value: 'x'"),
-    (["node", "ls", "--format", "yaml"], "invalid choice: 'yaml'"),
-    (["ls"], "no cluster to list: no node runs under this root"),
+    (["node", "start"], 1, "one of the arguments --head --address is required"),
+    (["node", "start", "--head", "--address", "a:1"], 1, "not allowed with argument --head"),
+    (["node", "start", "--head", "--slots", "x"], 125, "invalid int value: 'x'"),
+    (["node", "ls", "--format", "yaml"], 1, "invalid choice: 'yaml'"),
+    (["ls"], 1, "no cluster to list: no node runs under this root"),
 ]
 
 
-@pytest.mark.parametrize(("argv", "message"), CLI_ERRORS)
-def test_cli_errors(argv: list[str], message: str, tmp_path: Path,
+@pytest.mark.parametrize(("argv", "status", "message"), CLI_ERRORS)
+def test_cli_errors(argv: list[str], status: int, message: str, tmp_path: Path,
                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("DOCKYARD_ROOT", str(tmp_path))
     monkeypatch.delenv("DOCKYARD_RAY_ADDRESS", raising=False)
-    assert main(argv) == 1
+    assert main(argv) == status
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cache_backends._records import GZIP_LAYER, LayerDescriptor
-from scheduler._errors import ExportError
+from scheduler._errors import ExportError, UsageError
 from scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
 from scheduler._platform import Platform
 from workers._image import (
@@ -21,6 +21,8 @@ from workers._image import (
     build_image,
     build_index,
     build_metadata,
+    check_single,
+    export_metadata,
     sha256_digest,
 )
 
@@ -222,7 +224,8 @@ def test_index() -> None:
     assert build_metadata(index) == {"containerimage.digest": index.digest,
                                      "containerimage.descriptor": {
                                          "mediaType": OCI_INDEX, "digest": index.digest,
-                                         "size": len(index.index)}}
+                                         "size": len(index.index),
+                                         "annotations": {CREATED: "2023-11-14T22:13:20Z"}}}
 
 
 def test_docker_manifest_list() -> None:
@@ -231,13 +234,81 @@ def test_docker_manifest_list() -> None:
     assert json.loads(build_index(images).index)["mediaType"] == DOCKER_MANIFEST_LIST
 
 
+#: BuildKit's exporters date the descriptor they answer with.
+CREATED = "org.opencontainers.image.created"
+
+
 def test_metadata_single() -> None:
+    """The descriptor names the platform of a single-platform image, as BuildKit's image
+    writer sets it, and is dated as its exporter's response is (here: the config's
+    ``created``, the epoch's when one is given)."""
     image = build_image(None, ImageConfig(), (), AMD64, created=T0, epoch=None)
     assert build_metadata(image) == {
         "containerimage.digest": image.manifest_digest,
         "containerimage.config.digest": image.config_digest,
         "containerimage.descriptor": {"mediaType": OCI_MANIFEST, "digest": image.manifest_digest,
-                                      "size": len(image.manifest)}}
+                                      "size": len(image.manifest),
+                                      "platform": {"architecture": "amd64", "os": "linux"},
+                                      "annotations": {CREATED: "2023-11-14T22:13:20Z"}}}
+    epoch = build_image(None, ImageConfig(), (), AMD64, created=T0, epoch=T0 - 60)
+    assert build_metadata(epoch)["containerimage.descriptor"]["annotations"] == {
+        CREATED: "2023-11-14T22:12:20Z"}
+    mine = build_image(None, ImageConfig(), (), AMD64, created=T0, epoch=None,
+                       annotations=[("manifest-descriptor", "", CREATED, "by hand")])
+    assert build_metadata(mine)["containerimage.descriptor"]["annotations"] == {
+        CREATED: "by hand"}  # an annotation set by the user stays
+
+
+# --annotation (type, platform, key, value) -> where each lands
+ANNOTATIONS = [
+    ("manifest", "", "m.all", "1"), ("manifest", "linux/arm64", "m.arm", "2"),
+    ("manifest-descriptor", "", "d.all", "3"), ("manifest-descriptor", "linux/amd64", "d.amd", "4"),
+    ("index", "", "i", "5"), ("index-descriptor", "", "id", "6"),
+]
+
+
+def test_annotations_go_where_their_type_says() -> None:
+    images = [build_image(None, ImageConfig(), (), platform, created=T0, epoch=None,
+                          annotations=ANNOTATIONS) for platform in (AMD64, ARM64)]
+    index = build_index(images, annotations=ANNOTATIONS)
+    amd, arm = (json.loads(image.manifest) for image in images)
+    assert amd["annotations"] == {"m.all": "1"}
+    assert arm["annotations"] == {"m.all": "1", "m.arm": "2"}
+    entries = json.loads(index.index)["manifests"]
+    assert [entry["annotations"] for entry in entries] == [{"d.all": "3", "d.amd": "4"},
+                                                           {"d.all": "3"}]
+    assert json.loads(index.index)["annotations"] == {"i": "5"}
+    assert index.descriptor.to_json()["annotations"] == {"id": "6"}
+    assert build_metadata(index)["containerimage.descriptor"]["annotations"] == {
+        "id": "6", CREATED: "2023-11-14T22:13:20Z"}
+
+
+def test_no_annotations_change_nothing() -> None:
+    plain = build_image(None, ImageConfig(), (), AMD64, created=T0, epoch=None)
+    assert "annotations" not in json.loads(plain.manifest)
+    assert plain == build_image(None, ImageConfig(), (), AMD64, created=T0, epoch=None,
+                                annotations=[("manifest", "linux/arm64", "k", "v")])
+
+
+def test_index_annotations_refused_for_one_image() -> None:
+    check_single([("manifest", "", "k", "v"), ("manifest-descriptor", "", "k", "v")])
+    for kind in ("index", "index-descriptor"):
+        with pytest.raises(UsageError, match="index annotations not supported for single "
+                                             "platform export"):
+            check_single([(kind, "", "k", "v")])
+
+
+@pytest.mark.parametrize(("kinds", "keys"), [
+    ((), {"containerimage.config.digest"}),
+    (("local",), set()), (("tar", "local"), set()),
+    (("oci",), {"containerimage.digest", "containerimage.config.digest",
+                "containerimage.descriptor", "image.name"}),
+    (("local", "image"), {"containerimage.digest", "containerimage.config.digest",
+                          "containerimage.descriptor", "image.name"}),
+])
+def test_image_keys_only_for_image_outputs(kinds: tuple[str, ...], keys: set[str]) -> None:
+    image = build_image(None, ImageConfig(), (), AMD64, created=T0, epoch=None)
+    assert set(export_metadata(image, kinds, ["a:1"])) == keys
 
 
 ERROR_CASES: list[tuple[str, bytes | None, str]] = [
