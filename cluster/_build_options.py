@@ -24,7 +24,7 @@ import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cache_backends._credentials import CREDENTIAL_VARIABLES
 from scheduler._build_request import (
@@ -973,10 +973,32 @@ def parse_build_args(items: Sequence[str], environ: Mapping[str, str]
     return tuple(args.items())
 
 
+#: buildx's experimental controller-server flags (its BUILDX_EXPERIMENTAL ones): argparse
+#: name -> (flag, why dockyard refuses it).
+SERVER_FLAGS: Final = {
+    "detach": ("--detach", "it detaches buildx's experimental controller server; a dockyard "
+                           "build already runs in its service, which outlives the client"),
+    "root": ("--root", "it names the root directory of buildx's experimental controller "
+                       "server; dockyard's is DOCKYARD_ROOT"),
+    "server_config": ("--server-config", "it names the config file of buildx's experimental "
+                                         "controller server; dockyard's service takes "
+                                         "'dockyard serve' flags"),
+}
+
+
+def refuse_server_flags(args: Any) -> None:
+    """Refuse a buildx controller-server flag given on the command line, with its reason."""
+    for name, (flag, why) in SERVER_FLAGS.items():
+        if getattr(args, name, None):
+            raise UsageError(f"{flag} is not supported: {why}",
+                             hint=f"drop {flag}; the build runs the same without it")
+
+
 def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildOptions:
     """The ``BuildOptions`` of a parsed ``dockyard build`` command line (argparse's
     namespace: context, file, platform, target, build_arg, secret, ssh, output, tag, push,
     no_cache, progress, metadata_file)."""
+    refuse_server_flags(args)
     build_args = parse_build_args(args.build_arg, environ)
     network = parse_network(getattr(args, "network", None))
     tags = tuple(parse_tag(tag) for tag in args.tag)

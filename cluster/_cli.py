@@ -267,8 +267,14 @@ def _spans(data: bytes, filename: str) -> dict[int, int]:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from cluster._build_options import builder_endpoint, gather_options, parse_call
+    from cluster._build_options import (
+        builder_endpoint,
+        gather_options,
+        parse_call,
+        refuse_server_flags,
+    )
 
+    refuse_server_flags(args)
     call = parse_call(args.call, check=args.check)
     builder_endpoint(args, os.environ)  # an unknown builder is refused whatever the call
     if call.name == "build":
@@ -420,6 +426,11 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("--token-file", metavar="FILE", help="the endpoint's token (default: DOCKYARD_TOKEN)")
     add("--tls-ca", metavar="FILE", help="the CA an https endpoint is verified against "
         "(default: DOCKYARD_TLS_CA, else the system store)")
+    # buildx's experimental controller-server flags: read, so that they are refused with
+    # their reason (cluster/_build_options.py SERVER_FLAGS) rather than as unknown
+    add("--detach", action="store_true", help=argparse.SUPPRESS)
+    add("--root", metavar="DIR", help=argparse.SUPPRESS)
+    add("--server-config", metavar="FILE", help=argparse.SUPPRESS)
 
 
 # --- dockyard stop -----------------------------------------------------------------------
