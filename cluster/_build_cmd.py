@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from scheduler._errors import ExecError, UsageError
+from scheduler._errors import DockyardError, ExecError, ServiceError, UsageError
 
 from ._build_options import (
     BuildOptions,
@@ -128,14 +128,22 @@ def _context(session: dict[str, Any], context: Path, file: str | None,
     from workers._context_manifest import build_manifest  # noqa: PLC0415
 
     dockerfile = default_dockerfile(context) if file in (None, "-") else Path(str(file))
-    patterns, _ = load_ignore_patterns(context, dockerfile)
+    patterns, ignore_file = load_ignore_patterns(context, dockerfile)
     indexes = ContextIndexes(root / CONTEXT_INDEX_DIR)
     digests = indexes.load(context)
     manifest = build_manifest(context, patterns, digests=digests)
     indexes.save(digests)
     session["ignore_patterns"] = list(patterns)
+    session["ignore_size"] = _size(ignore_file)  # for the progress' "load .dockerignore"
     session["contexts"] = {"context": manifest.to_wire()}
     return ContextServer(context, manifest, hashed=digests.statistics().bytes_hashed)
+
+
+def _size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:  # read a moment ago: gone since, nothing to show
+        return 0
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -163,10 +171,13 @@ def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
     renderer = make_renderer(options.progress, sys.stderr)
     try:
         result = _solve(_settings(os.environ), request, renderer, handlers, endpoint)
-    except ExecError as error:
+    except ServiceError:  # the service could not be reached or spoke another version
         renderer.close()
-        _print_tail(error)
         raise
+    except DockyardError as error:  # the build failed: as buildx reports a failed solve
+        renderer.close(_tail(error) if isinstance(error, ExecError) else "")
+        print(f"ERROR: failed to solve: {error}", file=sys.stderr)
+        return 1
     finally:
         outputs.abort()
     renderer.close()
@@ -210,13 +221,13 @@ class _Outputs:
             self._writers.abort()
 
 
-def _print_tail(error: ExecError, lines: int = 10) -> None:
+def _tail(error: ExecError, lines: int = 10) -> str:
     """The failed RUN's last output lines, framed as BuildKit prints them before the error."""
     tail = error.output_tail.rstrip("\n").split("\n")[-lines:] if error.output_tail else []
     if not tail:
-        return
+        return ""
     body = "\n".join(f"{line}" for line in tail)
-    print(f"------\n > {error.vertex}:\n{body}\n------", file=sys.stderr)
+    return f"------\n > {error.vertex}:\n{body}\n------\n"
 
 
 def _solve(settings: ServiceSettings, request: dict[str, Any], renderer: Renderer,

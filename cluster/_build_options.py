@@ -355,9 +355,15 @@ def parse_network(value: str | None) -> str:
     return value
 
 
-def parse_progress(value: str) -> str:
+def parse_progress(value: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``--progress``; when not given, ``BUILDKIT_PROGRESS`` (as buildx reads it), else
+    ``auto``."""
+    where = "--progress"
+    if value is None:
+        value = (environ or {}).get("BUILDKIT_PROGRESS") or "auto"
+        where = "BUILDKIT_PROGRESS"
     if value not in PROGRESS_MODES:
-        raise UsageError(f"invalid --progress {value!r}: unknown progress mode",
+        raise UsageError(f"invalid {where} {value!r}: unknown progress mode",
                          hint=f"use one of {', '.join(PROGRESS_MODES)}")
     return value
 
@@ -557,7 +563,7 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
         platforms=parse_platform_list(args.platform), target=args.target,
         build_args=build_args, secrets=tuple(parse_secret(s, environ) for s in args.secret),
         ssh=tuple(parse_ssh(s, environ) for s in args.ssh), outputs=outputs, tags=tags,
-        no_cache=args.no_cache, progress=parse_progress(args.progress),
+        no_cache=args.no_cache, progress=parse_progress(args.progress, environ),
         metadata_file=os.path.abspath(args.metadata_file) if args.metadata_file else None,
         epoch=parse_epoch(dict(build_args), environ),
         insecure_registries=insecure_registries(outputs, environ),

@@ -250,8 +250,9 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
              "credentials come from boto3's usual chain")
     add("--cache-from", action="append", default=[], metavar="type=s3|local,...",
         help="import build cache (type=s3,bucket=B,... or type=local,src=DIR); repeatable")
-    add("--progress", default="auto", metavar="MODE",
-        help="auto, plain, tty, rawjson or quiet (progress goes to stderr)")
+    add("--progress", default=None, metavar="MODE",
+        help="auto, plain, tty, rawjson or quiet (progress goes to stderr; default: "
+             "$BUILDKIT_PROGRESS, else auto)")
     add("--metadata-file", metavar="FILE", help="write the build's metadata (JSON) to FILE")
     add("--endpoint", metavar="URL", help="build on the cluster at URL (tcp://HOST:PORT, "
         "http://, https://, unix://PATH; default: DOCKYARD_ENDPOINT, else the local service)")

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler._entitlements import check_entitlements
-from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, Ulimit
+from scheduler._graph import Healthcheck, HistoryEntry, ImageConfig, Ulimit
 from scheduler._platform import Platform
 from scheduler.dockerfile._convert._model import BaseImage
-from scheduler.dockerfile._frontend import build_graph
+from scheduler.dockerfile._frontend import FrontendResult, build_graph
 
 __all__ = ["FrontendRequest", "ResolveImage", "base_image", "image_config_of", "run_frontend"]
 
@@ -44,9 +44,9 @@ class FrontendRequest:
 
 
 async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Sequence[str],
-                       resolve: ResolveImage) -> BuildGraph:
-    """The Dockerfile as a graph (in a thread: the frontend is synchronous; its base-image
-    questions go to ``resolve`` on this loop).
+                       resolve: ResolveImage) -> FrontendResult:
+    """The Dockerfile as a graph, with its build-check warnings (in a thread: the frontend
+    is synchronous; its base-image questions go to ``resolve`` on this loop).
 
     A thread cannot be cancelled, so the frontend is interruptible instead: cancelled, this
     sets ``stop``, the frontend raises at its next step (a line, an instruction, a word; a
@@ -72,7 +72,7 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         await asyncio.wait([running])  # the thread's end: within one step of the frontend
         raise
     check_entitlements(frontend.graph, request.allow)
-    return frontend.graph
+    return frontend
 
 
 def base_image(digest: str, config: bytes) -> BaseImage:

@@ -8,13 +8,19 @@ the user sees, as ``--progress`` asks.
   sub-progress as ``#N <id> <current> / <total> done``, and ``#N CACHED``,
   ``#N DONE 1.2s``, ``#N ERROR: <error>`` or ``#N CANCELED`` at the end.
 - ``tty``: a rich live view (one line per vertex, the last output lines of running ones).
-- ``rawjson``: one JSON object per event and line (the event's wire map; bytes as base64,
-  like Go's JSON of ``[]byte``).
-- ``quiet``: nothing.  ``auto``: ``tty`` when the stream is a terminal, else ``plain``.
+- ``rawjson``: one JSON object per event and line, in the shape of BuildKit's
+  ``client.SolveStatus`` (``vertexes``, ``statuses``, ``logs``, ``warnings``; RFC 3339
+  times, ``[]byte`` fields as base64, empty fields left out as Go's ``omitempty`` does),
+  so what reads BuildKit's stream reads ours.
+- ``quiet``: nothing.  ``auto``: ``tty`` when the stream is a terminal, else ``plain``;
+  ``tty`` on a stream that is no terminal is ``plain`` too.
 
-Warnings (``scheduler._progress.warning``: news of no vertex, e.g. an unreachable cache)
-are not vertices: plain, tty and quiet print each once, as ``WARNING: <text>`` lines after
-the progress, as buildx prints its warnings; rawjson passes them on like any event.
+Build-check warnings (``VertexWarning``) show in their vertex's block as ``#N WARN:
+<short>`` (plain) and are summarised after the progress as buildx does (``N warnings
+found (use docker --debug to expand):`` and `` - <short>`` each), except in quiet and
+rawjson.  Warnings of no vertex (``scheduler._progress.warning``, e.g. an unreachable
+cache) print once each as ``WARNING: <text>`` lines after the progress (plain, tty and
+quiet); rawjson gives them as ``warnings`` entries without a vertex.
 
 Renderers only read events; events never carry secret values (see scheduler/_progress.py),
 so nothing here can print one.
@@ -28,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
 from scheduler._errors import UsageError
@@ -39,13 +46,13 @@ from scheduler._progress import (
     VertexFailed,
     VertexLog,
     VertexStarted,
-    event_to_wire,
+    VertexWarning,
     warning_of,
 )
 
 __all__ = [
     "MODES", "PlainRenderer", "QuietRenderer", "RawJsonRenderer", "Renderer", "TtyRenderer",
-    "make_renderer",
+    "make_renderer", "rfc3339",
 ]
 
 MODES = ("auto", "plain", "tty", "rawjson", "quiet")
@@ -54,21 +61,22 @@ Clock = Callable[[], float]
 
 
 class Renderer(Protocol):
-    """Shows events as they come (``emit``) and finishes the display (``close``)."""
+    """Shows events as they come (``emit``) and finishes the display (``close``: the
+    ``trailer`` text, e.g. a failed step's output, goes before the warnings' summary)."""
 
     def emit(self, event: Event) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, trailer: str = "") -> None: ...
 
 
 def make_renderer(mode: str, stream: TextIO, *, clock: Clock = time.time) -> Renderer:
     """The renderer for ``--progress=mode`` writing to ``stream`` (the user's stderr)."""
-    if mode == "auto":
+    if mode in ("auto", "tty"):  # a live view needs a terminal to draw on
         mode = "tty" if _is_terminal(stream) else "plain"
     if mode == "plain":
         return PlainRenderer(stream, clock=clock)
     if mode == "rawjson":
-        return RawJsonRenderer(stream)
+        return RawJsonRenderer(stream, clock=clock)
     if mode == "quiet":
         return QuietRenderer(stream)
     if mode == "tty":
@@ -85,13 +93,19 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 class _Warnings:
-    """The build's warnings, printed once each by ``close``."""
+    """The build's warnings, printed once each by ``close``: those of no vertex as
+    ``WARNING:`` lines, the build checks' (``VertexWarning``) in buildx's summary."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, checks: bool = True) -> None:
         self._texts: dict[str, None] = {}  # in order of arrival, once each
+        self._checks: dict[str, None] = {}  # build checks' short texts, in order, once each
+        self._show_checks = checks  # whether the summary of the build checks is printed
 
     def add(self, event: Event) -> bool:
-        """Keep ``event`` if it is a warning; whether it was."""
+        """Keep ``event`` if it is a warning of no vertex; whether it was."""
+        if isinstance(event, VertexWarning):
+            self._checks.setdefault(event.short)
+            return False
         text = warning_of(event)
         if text is None:
             return False
@@ -99,46 +113,126 @@ class _Warnings:
         return True
 
     def write(self, stream: TextIO | None, *, blank: bool) -> None:
-        if stream is None or not self._texts:
+        if stream is None:
             return
-        stream.write(("\n" if blank else "") + "".join(f"WARNING: {text}\n"
-                                                      for text in self._texts))
+        if self._texts:
+            stream.write(("\n" if blank else "") + "".join(f"WARNING: {text}\n"
+                                                          for text in self._texts))
+        if self._checks and self._show_checks:
+            count = len(self._checks)
+            found = "1 warning found" if count == 1 else f"{count} warnings found"
+            stream.write(f"\n {found} (use docker --debug to expand):\n"
+                         + "".join(f" - {short}\n" for short in self._checks))
         stream.flush()
 
 
 class QuietRenderer:
-    """``--progress=quiet``: shows nothing but the warnings (on ``stream``)."""
+    """``--progress=quiet``: shows nothing but the warnings of no vertex (on ``stream``);
+    buildx prints no build-check summary in quiet mode."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
-        self._warnings = _Warnings()
+        self._warnings = _Warnings(checks=False)
 
     def emit(self, event: Event) -> None:
         self._warnings.add(event)
 
-    def close(self) -> None:
+    def close(self, trailer: str = "") -> None:
+        if trailer and self._stream is not None:
+            self._stream.write(trailer)
         self._warnings.write(self._stream, blank=False)
 
 
-class RawJsonRenderer:
-    """``--progress=rawjson``: each event as one JSON line."""
+# --- rawjson ---------------------------------------------------------------------------
 
-    def __init__(self, stream: TextIO) -> None:
+
+def rfc3339(when: float) -> str:
+    """Unix seconds as Go's JSON of a ``time.Time`` (RFC 3339, UTC, microseconds)."""
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class RawJsonRenderer:
+    """``--progress=rawjson``: each event as one BuildKit ``SolveStatus`` JSON line."""
+
+    def __init__(self, stream: TextIO, *, clock: Clock = time.time) -> None:
         self._stream = stream
+        self._clock = clock
+        self._names: dict[str, str] = {}  # vertex digest -> its name, once known
+        self._started: dict[str, float] = {}  # vertex digest -> when it started
+        self._status_started: dict[tuple[str, str], float] = {}  # (vertex, id) -> first news
 
     def emit(self, event: Event) -> None:
-        wire = {key: _jsonable(value) for key, value in event_to_wire(event).items()}
-        self._stream.write(json.dumps(wire, sort_keys=True) + "\n")
+        status = self._solve_status(event, self._clock())
+        self._stream.write(json.dumps(status, separators=(",", ":")) + "\n")
         self._stream.flush()
 
-    def close(self) -> None:
+    def close(self, trailer: str = "") -> None:
+        if trailer:
+            self._stream.write(trailer)
         self._stream.flush()
 
+    def _solve_status(self, event: Event, now: float) -> dict[str, Any]:
+        text = warning_of(event)
+        if text is not None:  # a warning of no vertex: BuildKit's vertex is omitempty
+            return {"warnings": [{"level": 1, "short": _b64(text.encode())}]}
+        if isinstance(event, VertexLog):
+            return {"logs": [{"vertex": event.vertex, "stream": event.stream,
+                              "data": _b64(event.data), "timestamp": rfc3339(now)}]}
+        if isinstance(event, StatusUpdate):
+            return {"statuses": [self._status(event, now)]}
+        if isinstance(event, VertexWarning):
+            return {"warnings": [_vertex_warning(event)]}
+        return {"vertexes": [self._vertex(event, now)]}
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    return value
+    def _status(self, event: StatusUpdate, now: float) -> dict[str, Any]:
+        started = self._status_started.setdefault((event.vertex, event.id), now)
+        found: dict[str, Any] = {"id": event.id, "vertex": event.vertex}
+        if event.total:
+            found["total"] = event.total
+        found |= {"current": event.current, "timestamp": rfc3339(now),
+                  "started": rfc3339(started)}
+        if event.done:
+            found["completed"] = rfc3339(now)
+        return found
+
+    def _vertex(self, event: VertexStarted | VertexCached | VertexCompleted | VertexFailed,
+                now: float) -> dict[str, Any]:
+        if event.name:
+            self._names.setdefault(event.vertex, event.name)
+        found: dict[str, Any] = {"digest": event.vertex}
+        name = self._names.get(event.vertex, "")
+        if name:
+            found["name"] = name
+        if isinstance(event, VertexStarted):
+            self._started[event.vertex] = event.started
+            found["started"] = rfc3339(event.started)
+            return found
+        default = now - event.duration if isinstance(event, VertexCompleted) else now
+        started = self._started.get(event.vertex, default)
+        found |= {"started": rfc3339(started), "completed": rfc3339(now)}
+        if isinstance(event, VertexCached):
+            found["cached"] = True
+        elif isinstance(event, VertexFailed):  # BuildKit's text for a cancelled step
+            found["error"] = "context canceled" if event.cancelled else event.error
+        return found
+
+
+def _vertex_warning(event: VertexWarning) -> dict[str, Any]:
+    found: dict[str, Any] = {"vertex": event.vertex, "level": event.level,
+                             "short": _b64(event.short.encode())}
+    if event.detail:
+        found["detail"] = [_b64(event.detail.encode())]
+    if event.url:
+        found["url"] = event.url
+    if event.filename:
+        found["sourceInfo"] = {"filename": event.filename}
+        if event.line:
+            found["range"] = [{"start": {"line": event.line}, "end": {"line": event.line}}]
+    return found
 
 
 # --- plain -----------------------------------------------------------------------------
@@ -196,16 +290,20 @@ class PlainRenderer:
         self._switch(event.vertex, vertex)
         if isinstance(event, VertexLog):
             self._log(vertex, event.data)
+        elif isinstance(event, VertexWarning):
+            self._flush_partial(vertex)
+            self._write(vertex, f"WARN: {event.short}")
         elif isinstance(event, StatusUpdate):
             self._status(vertex, event)
         elif isinstance(event, VertexCached | VertexCompleted | VertexFailed):
             self._finish(vertex, event)
         self._stream.flush()
 
-    def close(self) -> None:
+    def close(self, trailer: str = "") -> None:
         for vertex in self._vertices.values():
             self._flush_partial(vertex)
-        self._warnings.write(self._stream, blank=self._blocks > 0)
+        self._stream.write(trailer)
+        self._warnings.write(self._stream, blank=self._blocks > 0 and not trailer)
         self._stream.flush()
 
     def _vertex(self, digest: str, name: str) -> _Vertex:
@@ -290,6 +388,7 @@ class _Row:
     state: str = ""  # "", "CACHED", "DONE", "ERROR" or "CANCELED"
     error: str = ""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
+    warnings: list[str] = field(default_factory=list)  # its build checks' short texts
 
 
 _TAIL_LINES = 6  # output lines shown under a running vertex
@@ -325,6 +424,8 @@ class TtyRenderer:
         elif isinstance(event, VertexLog):
             lines = event.data.decode("utf-8", "replace").splitlines()
             row.tail.extend(line for line in lines if line)
+        elif isinstance(event, VertexWarning):
+            row.warnings.append(event.short)
         elif isinstance(event, VertexCached):
             row.state, row.ended = "CACHED", self._clock()
         elif isinstance(event, VertexCompleted):
@@ -334,8 +435,9 @@ class TtyRenderer:
             row.state, row.ended = ("CANCELED" if event.cancelled else "ERROR"), self._clock()
             row.error = event.error
 
-    def close(self) -> None:
+    def close(self, trailer: str = "") -> None:
         self._live.stop()
+        self._stream.write(trailer)
         self._warnings.write(self._stream, blank=False)
 
     def _view(self) -> Any:
@@ -362,6 +464,8 @@ class TtyRenderer:
         label = f" => {row.state + ' ' if row.state not in ('', 'DONE') else ''}{row.name}"
         took = "" if row.started is None else f"{(row.ended or now) - row.started:.1f}s"
         grid.add_row(Text(label, style=styles[row.state]), Text(took))
+        for short in row.warnings:
+            grid.add_row(Text(f" => WARN: {short}", style="yellow"), Text(""))
         if row.state == "" or row.state == "ERROR":
             for line in row.tail:
                 grid.add_row(Text(f" => => # {line}", style="dim"), Text(""))
