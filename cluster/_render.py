@@ -248,6 +248,15 @@ def format_bytes(count: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _amount(update: StatusUpdate) -> str:
+    """`` current / total`` of a sub-step in bytes, `` current`` without a total, or ""."""
+    if update.total:
+        return f" {format_bytes(update.current)} / {format_bytes(update.total)}"
+    if update.current:
+        return f" {format_bytes(update.current)}"
+    return ""
+
+
 def format_offset(seconds: float) -> str:
     """Seconds since a vertex started, as BuildKit prefixes output lines."""
     seconds = max(seconds, 0.0)
@@ -354,12 +363,7 @@ class PlainRenderer:
             if progress < _MIN_PROGRESS and now - last[1] < _MIN_INTERVAL:
                 return
         vertex.status[update.id] = (update.current, now)
-        amount = ""
-        if update.total:
-            amount = f" {format_bytes(update.current)} / {format_bytes(update.total)}"
-        elif update.current:
-            amount = f" {format_bytes(update.current)}"
-        self._write(vertex, f"{update.id}{amount}{' done' if update.done else ''}")
+        self._write(vertex, f"{update.id}{_amount(update)}{' done' if update.done else ''}")
 
     def _finish(self, vertex: _Vertex, event: VertexCached | VertexCompleted | VertexFailed
                 ) -> None:
@@ -389,6 +393,7 @@ class _Row:
     error: str = ""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     warnings: list[str] = field(default_factory=list)  # its build checks' short texts
+    statuses: dict[str, str] = field(default_factory=dict)  # sub-step id -> its amount
 
 
 _TAIL_LINES = 6  # output lines shown under a running vertex
@@ -426,6 +431,8 @@ class TtyRenderer:
             row.tail.extend(line for line in lines if line)
         elif isinstance(event, VertexWarning):
             row.warnings.append(event.short)
+        elif isinstance(event, StatusUpdate):  # its sub-steps, as BuildKit's " => => " rows
+            row.statuses[event.id] = _amount(event)
         elif isinstance(event, VertexCached):
             row.state, row.ended = "CACHED", self._clock()
         elif isinstance(event, VertexCompleted):
@@ -464,6 +471,8 @@ class TtyRenderer:
         label = f" => {row.state + ' ' if row.state not in ('', 'DONE') else ''}{row.name}"
         took = "" if row.started is None else f"{(row.ended or now) - row.started:.1f}s"
         grid.add_row(Text(label, style=styles[row.state]), Text(took))
+        for ident, amount in row.statuses.items():
+            grid.add_row(Text(f" => => {ident}{amount}", style="blue"), Text(""))
         for short in row.warnings:
             grid.add_row(Text(f" => WARN: {short}", style="yellow"), Text(""))
         if row.state == "" or row.state == "ERROR":

@@ -313,6 +313,7 @@ def test_tty_shows_build_checks_and_their_summary() -> None:
         renderer.emit(event)
     renderer.close()
     assert f"WARN: {SHORT}" in out.getvalue()
+    assert " => => transferring dockerfile: 93B" in out.getvalue()
     assert out.getvalue().endswith(SUMMARY)
 
 
