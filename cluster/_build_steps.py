@@ -139,11 +139,13 @@ class BuildSteps:
     # -- after the solve --
 
     def exported(self, outputs: Sequence[OutputSpec], started: float,
-                 metadata: Mapping[str, Any]) -> None:
-        """One vertex per output, its sub-steps named from what the export did."""
+                 metadata: Mapping[str, Any], sent: Mapping[int, int] | None = None) -> None:
+        """One vertex per output, its sub-steps named from what the export did (``sent``:
+        the bytes sent to the client, by output index)."""
         ended = self._clock()
-        for output in outputs:
-            self._run(exporter_name(output), started, ended, _sub_steps(output, metadata))
+        for index, output in enumerate(outputs):
+            steps = _sub_steps(output, metadata, (sent or {}).get(index, 0))
+            self._run(exporter_name(output), started, ended, steps)
 
     def export_failed(self, outputs: Sequence[OutputSpec], started: float, error: str
                       ) -> None:
@@ -152,13 +154,15 @@ class BuildSteps:
             self._run(exporter_name(outputs[0]), started, self._clock(), error=error)
 
 
-def _sub_steps(output: OutputSpec, metadata: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """The sub-steps BuildKit's exporter of ``output`` shows (no byte counts: the worker
-    reports none), named from the result's ``metadata``."""
+def _sub_steps(output: OutputSpec, metadata: Mapping[str, Any], sent: int
+               ) -> list[tuple[str, int]]:
+    """The sub-steps BuildKit's exporter of ``output`` shows, named from the result's
+    ``metadata``; a local output's ``copying files`` with the bytes ``sent`` to the client
+    (its files' tar stream)."""
     manifest = str(metadata.get("containerimage.digest") or "")
     config = str(metadata.get("containerimage.config.digest") or "")
     if output.type == "local":
-        return [("copying files", 0)]
+        return [("copying files", sent)]
     if output.type == "tar":
         return [("sending tarball", 0)]
     if output.type in ("oci", "docker"):

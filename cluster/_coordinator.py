@@ -308,7 +308,9 @@ class Coordinator:
         except DockyardError as error:
             steps.export_failed(options.outputs, started, error.message)
             raise
-        steps.exported(options.outputs, started, result.get("metadata") or {})
+        sent = result.get("sent")
+        steps.exported(options.outputs, started, result.get("metadata") or {},
+                       sent if isinstance(sent, Mapping) else None)
         return result
 
     async def _frontend(self, dockerfile: bytes, options: BuildOptions,

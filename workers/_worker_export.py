@@ -7,7 +7,8 @@ per output, workers/_output_send.py), while the blobs it needs still come down; 
 the image outputs from here (the cluster's registry credentials live on its side), pushes
 the final records to the build's ``--cache-to`` (mode=min) and drains it, then closes
 each output in the client's output order (only then does the client put it in place).
-Its answer is the build's result map: the ``--metadata-file`` keys and what was pushed.
+Its answer is the build's result map: the ``--metadata-file`` keys, what was pushed and
+the bytes sent to the client for each file output (by output index; progress shows them).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
     metadata = dict(build_metadata(exported, bool(session.options.outputs) or pushes))
     if session.request.tags:
         metadata["image.name"] = ",".join(session.request.tags)
-    return {"metadata": metadata, "pushed": pushed}
+    sent = {writer.index: writer.sent for writer in writers.values()}  # bytes per output
+    return {"metadata": metadata, "pushed": pushed, "sent": sent}
 
 
 async def _push(engine: WorkerRuntime, options: BuildOptions, exported: Exported

@@ -84,7 +84,7 @@ def test_a_step_is_one_vertex_per_build() -> None:
 
 
 @pytest.mark.parametrize(("output", "metadata", "expected"), [
-    (OutputSpec("local", "/out"), IMAGE_META, ["copying files done"]),
+    (OutputSpec("local", "/out"), IMAGE_META, ["copying files 2.05MB done"]),
     (OutputSpec("tar", "/out.tar"), IMAGE_META, ["sending tarball done"]),
     (OutputSpec("oci", "/o.tar"), IMAGE_META,
      ["exporting layers done", f"exporting manifest {MANIFEST} done",
@@ -106,7 +106,7 @@ def test_each_output_is_its_exporters_vertex(output: OutputSpec, metadata: dict[
     recorder, clock = Recorder(), Clock()
     steps = BuildSteps(recorder, "b", clock=clock)
     clock.now = 102.0
-    steps.exported([output], 101.0, metadata)
+    steps.exported([output], 101.0, metadata, {0: 2_048_000})
     lines = _plain(recorder).splitlines()
     assert lines == [f"#1 {exporter_name(output)}", *(f"#1 {line}" for line in expected),
                      "#1 DONE 1.0s"]
