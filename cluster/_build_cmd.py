@@ -10,7 +10,9 @@ sends one ``solve`` call::
 and answers the call's asks (cluster/_wire.py ``Ask``): ``secret.get`` reads a secret's
 value when a worker needs it (values never travel in the request), ``cache.credentials``
 hands the client's ``AWS_*`` to a worker opening the build's S3 cache, ``output.write``/
-``output.close`` write what the workers hand back (cluster/_outputs.py).  With
+``output.close`` write what the workers hand back (cluster/_outputs.py; ``--load``:
+into the Docker engine of ``DOCKER_HOST``, checked to answer before the build starts,
+cluster/_docker_engine.py).  With
 ``--endpoint URL`` (or ``DOCKYARD_ENDPOINT``) the call goes to that endpoint (token from
 ``--token-file``/``DOCKYARD_TOKEN``, TLS CA from ``--tls-ca``/``DOCKYARD_TLS_CA``) and no
 local service is ever started.
@@ -42,7 +44,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from scheduler._errors import DockyardError, ExecError, ServiceError, UsageError
 
@@ -52,6 +54,7 @@ from ._build_options import (
     OutputSpec,
     SecretReader,
     SshSpec,
+    builder_endpoint,
     gather_options,
     read_session,
     read_token_file,
@@ -62,6 +65,9 @@ from ._render import Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
 from ._ssh_agent import SshAgents, SshRelay
 from ._wire import Endpoint, Handler, Handlers, parse_endpoint
+
+if TYPE_CHECKING:
+    from ._docker_engine import DockerEngine
 
 __all__ = ["REQUEST_VERSION", "build_request", "endpoint_of", "run_build", "run_stop"]
 
@@ -163,12 +169,13 @@ def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
         raise UsageError("dest file is required for the output to stdout: refusing to write "
                          "to console", hint="redirect stdout, or set dest=FILE")
     endpoint = endpoint_of(args, os.environ)
-    outputs = _Outputs(options.outputs)
+    engine = _docker_engine(options.outputs, os.environ)
+    renderer = make_renderer(options.progress, sys.stderr)
+    outputs = _Outputs(options.outputs, engine, renderer)
     handlers: dict[str, Handler] = {"secret.get": SecretReader(options.secrets, os.environ),
                                     "cache.credentials": CacheCredentials(options, os.environ),
                                     "context.read": context.read, **outputs.handlers(),
                                     **relay.handlers()}
-    renderer = make_renderer(options.progress, sys.stderr)
     try:
         result = _solve(_settings(os.environ), request, renderer, handlers, endpoint)
     except ServiceError:  # the service could not be reached or spoke another version
@@ -186,9 +193,17 @@ def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
 
 
 def endpoint_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Endpoint | None:
-    """The endpoint ``--endpoint``/``DOCKYARD_ENDPOINT`` names (with its token and CA),
-    or None for the root's local service."""
-    url = getattr(args, "endpoint", None) or environ.get("DOCKYARD_ENDPOINT", "")
+    """The endpoint ``--endpoint`` (else ``--builder``/``BUILDX_BUILDER``, else
+    ``DOCKYARD_ENDPOINT``) names (with its token and CA), or None for the root's local
+    service."""
+    builder = builder_endpoint(args, environ)
+    explicit = getattr(args, "endpoint", None)
+    if explicit and builder is not None and getattr(args, "builder", None) \
+            and builder != explicit:
+        raise UsageError("--builder and --endpoint name different builders",
+                         hint="give one of them")
+    url = explicit or (builder if builder is not None else
+                       environ.get("DOCKYARD_ENDPOINT", ""))
     if not url:
         return None
     token_file = getattr(args, "token_file", None)
@@ -198,11 +213,28 @@ def endpoint_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Endpoin
     return parse_endpoint(url, token, ca_file)
 
 
-class _Outputs:
-    """The ``output.*`` handlers; cluster/_outputs.py is imported by the first ask only."""
+def _docker_engine(outputs: Sequence[OutputSpec], environ: Mapping[str, str]
+                   ) -> DockerEngine | None:
+    """The Docker engine the ``--load`` outputs go to, checked to answer before the build
+    runs (buildx connects first too); None when nothing is loaded."""
+    if not any(output.loads for output in outputs):
+        return None
+    from ._docker_engine import engine_from_environ  # noqa: PLC0415 -- --load only
 
-    def __init__(self, outputs: Sequence[OutputSpec]) -> None:
+    engine = engine_from_environ(environ)
+    engine.ping()
+    return engine
+
+
+class _Outputs:
+    """The ``output.*`` handlers; cluster/_outputs.py is imported by the first ask only.
+    ``engine`` takes the ``--load`` outputs; their step is shown through ``events``."""
+
+    def __init__(self, outputs: Sequence[OutputSpec], engine: DockerEngine | None = None,
+                 events: Renderer | None = None) -> None:
         self._outputs = outputs
+        self._engine = engine
+        self._events = events
         self._writers: Any = None  # the OutputWriters, once a worker handed something back
 
     def handlers(self) -> dict[str, Handler]:
@@ -213,7 +245,8 @@ class _Outputs:
         if self._writers is None:
             from ._outputs import OutputWriters  # noqa: PLC0415 -- see the class doc
 
-            self._writers = OutputWriters(self._outputs, sys.stdout.buffer)
+            self._writers = OutputWriters(self._outputs, sys.stdout.buffer, self._engine,
+                                          self._events)
         return self._writers
 
     def abort(self) -> None:

@@ -15,38 +15,44 @@ event (DESIGN.md).  ``BuildOptions`` holds no value.
 from __future__ import annotations
 
 import csv
+import ipaddress
 import math
 import os
-import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cache_backends._credentials import CREDENTIAL_VARIABLES
 from scheduler._build_request import (
+    ATTEST_TYPES,
     MAX_SECRET_BYTES,
     OPTIONS_VERSION,
     OUTPUT_TYPES,
     PROGRESS_MODES,
+    AttestSpec,
     BuildOptions,
     CacheSpec,
     OutputSpec,
     SecretSpec,
     SshSpec,
 )
-from scheduler._entitlements import parse_entitlements
+from scheduler._entitlements import NETWORK_HOST, parse_entitlements
 from scheduler._errors import ImageReferenceError, UsageError
 from scheduler._graph import ULIMIT_NAMES
-from scheduler._platform import default_platform, parse_platforms
+from scheduler._platform import Platform, default_platform, parse_platforms
 from scheduler._reference import parse_reference
+from scheduler.dockerfile._flags import ram_in_bytes
 
 __all__ = [
-    "OPTIONS_VERSION", "PROGRESS_MODES", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
-    "SshSpec", "insecure_registries", "parse_cache", "parse_epoch", "parse_insecure_registries",
+    "OPTIONS_VERSION", "PROGRESS_MODES", "AttestSpec", "BuildOptions", "CacheSpec",
+    "OutputSpec", "SecretSpec", "SshSpec", "insecure_registries", "parse_attests",
+    "parse_cache", "parse_epoch", "parse_insecure_registries",
     "parse_network", "parse_output", "parse_secret", "parse_shm_size", "parse_ssh",
     "parse_tag", "parse_ulimit", "read_session", "read_token_file", "CacheCredentials",
-    "SecretReader",
+    "SecretReader", "Call", "builder_endpoint", "client_platforms", "parse_add_host",
+    "parse_add_hosts", "parse_call", "parse_cgroup_parent", "parse_no_cache_filter",
 ]
 
 # --- one flag value each ----------------------------------------------------------------
@@ -154,6 +160,8 @@ def parse_output(value: str) -> OutputSpec:
 def _file_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
     dest = attrs.pop("dest", "")
     _no_more(value, attrs)
+    if not dest and kind == "docker":
+        return OutputSpec("docker")  # loaded into the client's Docker engine (--load)
     if not dest:
         what = "directory" if kind == "local" else "file"
         raise UsageError(f"invalid --output {value!r}: dest {what} is required for the "
@@ -168,6 +176,9 @@ def _image_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
     names = tuple(n.strip() for n in attrs.pop("name", "").split(",") if n.strip())
     push = _boolean(value, "push", attrs.pop("push", "true" if kind == "registry" else "false"))
     insecure = _boolean(value, "registry.insecure", attrs.pop("registry.insecure", "false"))
+    # unpack: BuildKit unpacks the image into its worker's snapshots; a dockyard result
+    # already is its snapshots (DESIGN.md), so either value leaves nothing to do
+    _boolean(value, "unpack", attrs.pop("unpack", "false"))
     _no_more(value, attrs)
     for name in names:
         parse_tag(name, flag="--output")
@@ -306,10 +317,6 @@ def insecure_registries(outputs: Sequence[OutputSpec], environ: Mapping[str, str
     return tuple(found)
 
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_SIZE = re.compile(r"(\d+)\s?([kmgtp]?)(?:i?b)?", re.IGNORECASE)
-
-
 def parse_ulimit(value: str) -> tuple[str, int, int]:
     """``--ulimit NAME=SOFT[:HARD]`` (HARD defaults to SOFT; -1 is unlimited)."""
     name, equals, limits = value.partition("=")
@@ -332,14 +339,91 @@ def _bound(limit: int) -> float:
 
 
 def parse_shm_size(value: str | None) -> int:
-    """``--shm-size`` in bytes: a number with an optional binary unit (``128m``, ``1g``)."""
+    """``--shm-size`` in bytes, read as docker and buildx read it (go-units RAMInBytes:
+    ``128m``, ``1.5g``, ``64MiB``; binary units); 0 (or no flag) keeps the default."""
     if value is None:
         return 0
-    match = _SIZE.fullmatch(value.strip())
-    size = int(match[1]) * _UNITS[match[2].lower()] if match else 0
-    if not 0 < size < 1 << 62:
-        raise UsageError(f"invalid --shm-size {value!r}: expected a size such as 128m or 1g")
+    size = ram_in_bytes(value.strip())
+    if size is None or size >= 1 << 62:
+        raise UsageError(f"invalid --shm-size {value!r}: expected a size such as 128m or "
+                         f"1.5g")
     return size
+
+
+#: The settings each attestation takes (what else BuildKit knows is refused by name).
+_ATTEST_KEYS = {"provenance": ("mode", "builder-id", "reproducible", "version"),
+                "sbom": ()}
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _attrs(flag: str, value: str, kind: str | None) -> dict[str, str]:
+    """One value's settings; for ``--provenance``/``--sbom`` (``kind``) a boolean turns
+    the attestation on or off, as buildx reads them."""
+    if kind is None:
+        return dict(_pairs(flag, value))
+    known = _BOOLEANS.get(value.strip().lower())
+    if known is not None:
+        return {"type": kind, "disabled": str(not known).lower()}
+    return {"type": kind, **dict(_pairs(flag, value))}
+
+
+def parse_attests(attest: Sequence[str], provenance: str | None = None,
+                  sbom: str | None = None) -> tuple[AttestSpec, ...]:
+    """``--attest type=provenance|sbom,...`` with ``--provenance`` and ``--sbom`` (their
+    short forms): the attestations asked, the disabled ones left out; one of each type."""
+    values: list[tuple[str, str, str | None]] = [("--attest", value, None) for value in attest]
+    values += [(f"--{kind}", text, kind) for kind, text in
+               (("provenance", provenance), ("sbom", sbom)) if text is not None]
+    found: dict[str, AttestSpec | None] = {}
+    for flag, value, short in values:
+        where = f"{flag} {value!r}"
+        kind, spec = _attest(where, _attrs(flag, value, short))
+        if kind in found:
+            raise UsageError(f"invalid {where}: the {kind} attestation is asked twice",
+                             hint="give each attestation type once")
+        found[kind] = spec
+    return tuple(spec for spec in found.values() if spec is not None)
+
+
+def _attest(where: str, attrs: dict[str, str]) -> tuple[str, AttestSpec | None]:
+    """One attestation value (``where``: its flag and text, for errors): its type and
+    spec (None: ``disabled=true``)."""
+    kind = attrs.pop("type", "")
+    if kind not in ATTEST_TYPES:
+        raise UsageError(f"invalid {where}: " + (
+            f"unsupported attestation type {kind!r}" if kind else "attestation type not "
+            "specified"), hint="use type=provenance or type=sbom")
+    if _attest_boolean(where, "disabled", attrs.pop("disabled", "false")):
+        return kind, None
+    if kind == "sbom" and "generator" in attrs:
+        raise UsageError(f"invalid {where}: generator images are not run by dockyard; its "
+                         "own scanner writes the SBOM", hint="use --sbom=true")
+    for key in attrs:
+        if key not in _ATTEST_KEYS[kind]:
+            raise UsageError(f"invalid {where}: unsupported {kind} attribute {key!r}",
+                             hint=(f"use {', '.join(_ATTEST_KEYS[kind])}"
+                                   if _ATTEST_KEYS[kind] else "use --sbom=true"))
+    return kind, AttestSpec(kind, _checked_provenance(where, attrs)
+                            if kind == "provenance" else ())
+
+
+def _attest_boolean(where: str, key: str, text: str) -> bool:
+    if text.lower() not in _BOOLEANS:
+        raise UsageError(f"invalid {where}: {key} must be true or false, not {text!r}")
+    return _BOOLEANS[text.lower()]
+
+
+def _checked_provenance(where: str, attrs: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    mode = attrs.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise UsageError(f"invalid {where}: mode must be min or max, not {mode!r}")
+    if attrs.pop("version", "v0.2") != "v0.2":
+        raise UsageError(f"invalid {where}: dockyard writes SLSA provenance v0.2 only "
+                         "(BuildKit's default)", hint="leave version out")
+    if "reproducible" in attrs:
+        attrs["reproducible"] = str(_attest_boolean(where, "reproducible",
+                                                    attrs["reproducible"])).lower()
+    return tuple(sorted({**attrs, "mode": mode}.items()))
 
 
 NETWORK_MODES = ("default", "none", "host")
@@ -347,12 +431,150 @@ NETWORK_MODES = ("default", "none", "host")
 
 def parse_network(value: str | None) -> str:
     """``--network``: the network of every RUN that names none (buildx's flag)."""
-    if value is None:
+    if value is None or value == "":
         return "default"
     if value not in NETWORK_MODES:
-        raise UsageError(f"invalid --network {value!r}",
+        raise UsageError(f"network mode {value!r} not supported by dockyard",
                          hint=f"use one of {', '.join(NETWORK_MODES)}")
     return value
+
+
+#: ``--add-host NAME:host-gateway``: the worker's host, seen from a RUN (a RUN shares the
+#: worker's network namespace unless ``--network=none``), hence its loopback address.
+HOST_GATEWAY = "host-gateway"
+HOST_GATEWAY_IP = "127.0.0.1"
+
+
+def parse_add_host(value: str) -> tuple[tuple[str, str], ...]:
+    """``--add-host NAME=IP`` or ``NAME:IP`` as buildx reads it: ``=`` first, else the
+    first ``:`` (so ``name:::1`` is IPv6); an IP in brackets is unwrapped; ``IP,IP`` gives
+    one entry each; ``host-gateway`` is the worker's host.  Each IP in its canonical form,
+    as BuildKit writes it to /etc/hosts."""
+    name, equals, ips = value.partition("=")
+    if not equals:
+        name, _, ips = value.partition(":")
+    if not name or not ips or any(c.isspace() for c in name):
+        raise UsageError(f"invalid --add-host {value!r}: invalid host",
+                         hint="use --add-host NAME=IP or NAME:IP")
+    return tuple((name, _host_ip(value, ip)) for ip in ips.split(","))
+
+
+def _host_ip(value: str, text: str) -> str:
+    if text == HOST_GATEWAY:
+        return HOST_GATEWAY_IP
+    if len(text) > 2 and text[0] == "[" and text[-1] == "]":
+        text = text[1:-1]
+    try:
+        if "%" in text:
+            raise ValueError(text)
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise UsageError(f"invalid --add-host {value!r}: invalid IP address {text!r}",
+                         hint="use --add-host NAME=IP (IPv4, or IPv6 as NAME=[::1])") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)  # Go prints an IPv4-mapped address as IPv4
+    return str(address)
+
+
+def parse_add_hosts(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Every ``--add-host``, in order."""
+    return tuple(entry for value in values for entry in parse_add_host(value))
+
+
+def parse_cgroup_parent(value: str | None) -> str:
+    """``--cgroup-parent``: a cgroup path (relative to the cgroup root, as BuildKit reads
+    it: every RUN's cgroup is ``/PARENT/buildkit/<id>``).  systemd's ``SLICE:`` form needs
+    the systemd cgroup driver, which dockyard's runc does not use."""
+    if not value:
+        return ""
+    parts = value.strip("/").split("/")
+    if value.endswith(":") and ".slice" in value:
+        raise UsageError(f"invalid --cgroup-parent {value!r}: systemd slices need runc's "
+                         f"systemd cgroup driver, which dockyard does not use",
+                         hint="give a cgroupfs path such as /ci/builds")
+    if (not value.strip("/") or any(p in ("", ".", "..") for p in parts)
+            or any(c.isspace() or c in ":," for c in value)):
+        raise UsageError(f"invalid --cgroup-parent {value!r}: not a cgroup path",
+                         hint="give a path such as /ci/builds (no '..', spaces or ':')")
+    return "/" + "/".join(parts)
+
+
+def parse_no_cache_filter(values: Sequence[str]) -> tuple[str, ...]:
+    """``--no-cache-filter STAGE`` (repeatable, each also ``A,B``): the stages whose steps
+    ignore the cache, lowercased as stage names are; in order, once each."""
+    found: list[str] = []
+    for value in values:
+        for name in (part.strip().lower() for part in value.split(",")):
+            if not name:
+                raise UsageError(f"invalid --no-cache-filter {value!r}: empty stage name")
+            if name not in found:
+                found.append(name)
+    return tuple(found)
+
+
+CALLS = ("build", "check", "outline", "targets")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """``--call NAME[,format=json][,ignorestatus=BOOL]`` (buildx's flag)."""
+
+    name: str = "build"
+    format: str = ""
+    ignore_status: bool = False
+
+
+def parse_call(value: str | None, *, check: bool = False) -> Call:
+    """``--call`` as buildx reads it (CSV: the name, then ``format=``/``ignorestatus=``);
+    ``--check`` is ``--call=check``."""
+    if value is None or value == "":
+        return Call("check" if check else "build")
+    name, form, ignore = "", "", False
+    for item in _csv_fields("--call", value):
+        key, equals, text = item.partition("=")
+        if not equals:
+            name = item.strip()
+        elif key == "format":
+            form = text
+        elif key == "ignorestatus":
+            ignore = _cache_boolean("--call", value, key, text)
+        else:
+            raise UsageError(f"invalid --call {value!r}: invalid value {item}")
+    if name not in CALLS:
+        raise UsageError(f"invalid --call {value!r}: unknown call {name!r}",
+                         hint=f"use one of {', '.join(CALLS)}")
+    if form not in ("", "json"):
+        raise UsageError(f"invalid --call {value!r}: format must be json (or absent for "
+                         f"text), not {form!r}")
+    if check and name != "check":
+        raise UsageError(f"--check conflicts with --call={name}",
+                         hint="--check is --call=check: give one of them")
+    if name == "build" and form:
+        raise UsageError(f"invalid --call {value!r}: a build has no {form} answer")
+    return Call(name, form, ignore)
+
+
+#: ``--builder`` names for the root's local service (buildx's default builder).
+LOCAL_BUILDERS = ("default", "dockyard", "local")
+_URL_SCHEMES = ("tcp://", "http://", "https://", "unix://")
+
+
+def builder_endpoint(args: Any, environ: Mapping[str, str]) -> str | None:
+    """What ``--builder``/``BUILDX_BUILDER`` names: an endpoint URL, "" for the local
+    service, None when neither is given.  dockyard has no named builders: any other name
+    is refused."""
+    name = getattr(args, "builder", None) or environ.get("BUILDX_BUILDER", "")
+    if not name:
+        return None
+    if name in LOCAL_BUILDERS:
+        return ""
+    if name.startswith(_URL_SCHEMES):
+        return name
+    flag = "--builder" if getattr(args, "builder", None) else "BUILDX_BUILDER"
+    raise UsageError(f"{flag} {name!r}: no such builder: dockyard's builders are the "
+                     f"local service ('default') or an endpoint URL",
+                     hint="use --builder default, or --builder tcp://HOST:PORT "
+                          "(as --endpoint)")
 
 
 def parse_progress(value: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -369,20 +591,32 @@ def parse_progress(value: str | None, environ: Mapping[str, str] | None = None) 
 
 
 def parse_platform_list(values: Sequence[str]) -> tuple[str, ...]:
-    """``--platform`` values (each ``P[,P...]``) as normalised texts, in order, once each."""
-    found: list[str] = []
-    for value in values or [str(default_platform())]:
-        found += [text for text in map(str, parse_platforms(value)) if text not in found]
-    return tuple(found)
+    """``--platform`` values (each ``P[,P...]``; ``local`` is this client's platform, as
+    buildx reads it) as normalised texts, in order, once each."""
+    return tuple(map(str, client_platforms(values)))
 
 
-def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bool
-                    ) -> tuple[OutputSpec, ...]:
-    """The outputs with ``--push`` and the ``-t`` names applied, as buildx does: ``--push``
-    adds (or turns on) an image output; an image output without names takes the tags."""
+def client_platforms(values: Sequence[str]) -> list[Platform]:
+    """The platforms ``--platform`` names (default: this machine's), in order, once each."""
+    found: list[Platform] = []
+    for value in values or ["local"]:
+        items = [str(default_platform()) if item.strip() == "local" else item
+                 for item in value.split(",")]
+        found += [p for p in parse_platforms(",".join(items)) if p not in found]
+    return found
+
+
+def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bool,
+                    load: bool = False) -> tuple[OutputSpec, ...]:
+    """The outputs with ``--push``, ``--load`` and the ``-t`` names applied, as buildx
+    (0.13 and later, several outputs) does: ``--push`` adds (or turns on) an image output,
+    ``--load`` adds a ``docker`` output without ``dest`` unless there is one; an image
+    output without names takes the tags (a loaded image is named by the tags too)."""
     specs = list(outputs)
     if push and not any(o.type == "image" for o in specs):
         specs.append(OutputSpec("image", None, (), True))
+    if load and not any(o.loads for o in specs):
+        specs.append(OutputSpec("docker"))
     resolved = []
     for spec in specs:
         if spec.type == "image":
@@ -396,6 +630,22 @@ def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bo
     if sum(1 for o in resolved if o.to_stdout) > 1:
         raise UsageError("only one --output can write to stdout (dest=-)")
     return tuple(resolved)
+
+
+def check_docker_platforms(outputs: Sequence[OutputSpec], platforms: Sequence[str]) -> None:
+    """A ``docker`` output holds one platform's image: several platforms are refused
+    before the build, with buildx's words (an engine with the classic image store, such
+    as Docker 20.10, cannot take an index either)."""
+    docker = [o for o in outputs if o.type == "docker"]
+    if len(platforms) < 2 or not docker:
+        return
+    if any(o.loads for o in docker):
+        raise UsageError("docker exporter does not currently support exporting manifest "
+                         "lists", hint="build one --platform to --load it, or push the "
+                         "platforms with --push, or write them with -o type=oci,dest=FILE")
+    raise UsageError("docker exporter does not support exporting manifest lists, use the "
+                     "oci exporter instead", hint="build one --platform, or use "
+                     "-o type=oci,dest=FILE")
 
 
 # --- the session: secret ids in the request, values read when a worker asks -------------
@@ -556,11 +806,15 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
     namespace: context, file, platform, target, build_arg, secret, ssh, output, tag, push,
     no_cache, progress, metadata_file)."""
     build_args = parse_build_args(args.build_arg, environ)
+    network = parse_network(getattr(args, "network", None))
     tags = tuple(parse_tag(tag) for tag in args.tag)
-    outputs = resolve_outputs([parse_output(o) for o in args.output], tags, args.push)
+    outputs = resolve_outputs([parse_output(o) for o in args.output], tags, args.push,
+                              bool(getattr(args, "load", False)))
+    platforms = parse_platform_list(args.platform)
+    check_docker_platforms(outputs, platforms)
     return BuildOptions(
         context=os.path.abspath(args.context), filename=_filename(args.file, args.context),
-        platforms=parse_platform_list(args.platform), target=args.target,
+        platforms=platforms, target=args.target,
         build_args=build_args, secrets=tuple(parse_secret(s, environ) for s in args.secret),
         ssh=tuple(parse_ssh(s, environ) for s in args.ssh), outputs=outputs, tags=tags,
         no_cache=args.no_cache, progress=parse_progress(args.progress, environ),
@@ -571,10 +825,29 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
                        for v in getattr(args, "cache_to", None) or ()),
         cache_from=tuple(parse_cache("--cache-from", v)
                          for v in getattr(args, "cache_from", None) or ()),
-        allow=parse_entitlements(getattr(args, "allow", None) or ()),
-        ulimits=tuple(parse_ulimit(u) for u in getattr(args, "ulimit", None) or ()),
+        allow=_granted(getattr(args, "allow", None) or (), network),
+        ulimits=_last_per_name(parse_ulimit(u) for u in getattr(args, "ulimit", None) or ()),
         shm_size=parse_shm_size(getattr(args, "shm_size", None)),
-        network=parse_network(getattr(args, "network", None)))
+        network=network, extra_hosts=parse_add_hosts(getattr(args, "add_host", None) or ()),
+        cgroup_parent=parse_cgroup_parent(getattr(args, "cgroup_parent", None)),
+        no_cache_filter=parse_no_cache_filter(getattr(args, "no_cache_filter", None) or ()),
+        pull=bool(getattr(args, "pull", False)),
+        attests=parse_attests(getattr(args, "attest", None) or (),
+                              getattr(args, "provenance", None), getattr(args, "sbom", None)))
+
+
+def _last_per_name(limits: Iterable[tuple[str, int, int]]) -> tuple[tuple[str, int, int], ...]:
+    """``--ulimit``s with one per name, the last given winning (docker's UlimitOpt)."""
+    return tuple({limit[0]: limit for limit in limits}.values())
+
+
+def _granted(values: Sequence[str], network: str) -> tuple[str, ...]:
+    """The ``--allow`` entitlements, plus ``network.host`` when ``--network=host`` asks
+    for it (buildx grants it itself then)."""
+    allowed = parse_entitlements(values)
+    if network == "host" and NETWORK_HOST not in allowed:
+        allowed += (NETWORK_HOST,)
+    return allowed
 
 
 def _filename(option: str | None, context: str) -> str:

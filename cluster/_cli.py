@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from scheduler._errors import DockyardError, UsageError
-from scheduler._platform import Platform, default_platform, parse_platforms
+from scheduler._platform import Platform
 
 if TYPE_CHECKING:
     from scheduler.dockerfile._frontend import FrontendResult
@@ -79,12 +79,9 @@ def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> tup
 
 
 def _platforms(values: Sequence[str]) -> list[Platform]:
-    if not values:
-        return [default_platform()]
-    found: list[Platform] = []
-    for value in values:
-        found += [p for p in parse_platforms(value) if p not in found]
-    return found
+    from ._build_options import client_platforms  # noqa: PLC0415 -- see _run_frontend
+
+    return client_platforms(values)
 
 
 def _context_dir(text: str) -> Path:
@@ -197,28 +194,89 @@ def _spans(data: bytes, filename: str) -> dict[int, int]:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    if not args.check:
+    from cluster._build_options import builder_endpoint, gather_options, parse_call
+
+    call = parse_call(args.call, check=args.check)
+    builder_endpoint(args, os.environ)  # an unknown builder is refused whatever the call
+    if call.name == "build":
         from cluster._build_cmd import run_build
 
         return run_build(args)
-    from cluster._build_options import gather_options
+    gather_options(args, os.environ)  # bad flags are refused with --call too, as buildx
+    if call.name == "check":
+        return _run_check(args, call.format, call.ignore_status)
+    return _run_subrequest(args, call.name, call.format)
 
-    gather_options(args, os.environ)  # bad flags are refused with --check too, as buildx
+
+def _run_check(args: argparse.Namespace, form: str, ignore_status: bool = False) -> int:
+    """``--check``/``--call=check``: the findings (text or JSON); a failing check
+    (``# check=error=true``) exits 1 unless ``ignorestatus=true``, as buildx."""
     result, data, filename = _run_frontend(args, check_only=True)
     for notice in result.notices:
         print(f"WARN: {notice}", file=sys.stderr)
-    _print_check(result.warnings, data, _spans(data, filename))
+    if form == "json":
+        _print_json(_check_json(result.warnings, data, filename, _spans(data, filename)))
+    else:
+        _print_check(result.warnings, data, _spans(data, filename))
     sys.stdout.flush()
-    if result.check_failure is not None:
+    if result.check_failure is not None and not ignore_status:
         raise result.check_failure
     return 0
+
+
+def _check_json(warnings: Sequence[Any], data: bytes, filename: str,
+                spans: dict[int, int]) -> dict[str, Any]:
+    """The findings in the shape of BuildKit's lint result (``--call=check,format=json``)."""
+    import base64  # noqa: PLC0415
+
+    found = [{"ruleName": w.rule, "description": w.description, "url": w.url,
+              "detail": w.message,
+              "location": {"ranges": [{"start": {"line": w.line},
+                                       "end": {"line": spans.get(w.line, w.line)}}]}}
+             for w in warnings]
+    return {"warnings": found, "sources": [{"fileName": filename, "language": "Dockerfile",
+                                            "data": base64.b64encode(data).decode()}]}
+
+
+def _run_subrequest(args: argparse.Namespace, name: str, form: str) -> int:
+    """``--call=targets`` or ``--call=outline``: read the Dockerfile here (as ``--check``
+    does), print the answer as buildx does (its text form, or JSON)."""
+    from scheduler.dockerfile import _subrequests  # noqa: PLC0415
+
+    _context_dir(args.context)
+    data, filename, _ = _read_dockerfile(args.file, Path(args.context), sys.stdin.buffer)
+    if name == "targets":
+        answer = _subrequests.list_targets(data, filename)
+        text = _subrequests.targets_text(answer)
+    else:
+        answer = _subrequests.outline(data, filename, args.target)
+        text = _subrequests.outline_text(answer)
+    if form == "json":
+        _print_json(answer)
+    else:
+        sys.stdout.write(text)
+    sys.stdout.flush()
+    return 0
+
+
+def _print_json(value: Any) -> None:
+    import json  # noqa: PLC0415
+
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
 def _add_build(subparsers: _Subparsers) -> None:
     build = subparsers.add_parser("build", help="build an image from a Dockerfile")
     _add_frontend_arguments(build)
     build.add_argument("--check", action="store_true",
-                       help="only run the build checks (lint rules) and print their findings")
+                       help="only run the build checks (lint rules) and print their findings "
+                            "(--call=check)")
+    build.add_argument("--call", metavar="build|check|outline|targets[,format=json]",
+                       help="what to do: build (default), check (the build checks), outline "
+                            "(the target's build args, secrets and ssh) or targets (the "
+                            "stages)")
+    build.add_argument("-D", "--debug", action="store_true",
+                       help="on failure, print the error's details and its stack")
     _add_build_flags(build)
     build.set_defaults(run=_run_build)
 
@@ -235,12 +293,23 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("-o", "--output", action="append", default=[], metavar="type=TYPE,dest=PATH",
         help="where the result goes (local, tar, oci, docker, image); repeatable")
     add("--push", action="store_true", help="push the image (--output=type=image,push=true)")
+    add("--load", action="store_true", help="load the image into the local Docker engine "
+        "(--output=type=docker; DOCKER_HOST, else /var/run/docker.sock)")
     add("--no-cache", action="store_true", help="do not use the cache")
     add("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
         help="a resource limit of every RUN, e.g. nofile=1024:2048; repeatable")
     add("--shm-size", metavar="SIZE", help="the size of every RUN's /dev/shm (e.g. 128m)")
-    add("--network", metavar="MODE", help="default, none or host (needs --allow "
-        "network.host): the network of every RUN without --network")
+    add("--network", metavar="MODE", help="default, none or host (grants network.host): "
+        "the network of every RUN without --network")
+    add("--add-host", action="append", default=[], metavar="NAME=IP",
+        help="add a line to every RUN's /etc/hosts (NAME=IP or NAME:IP; IPv6 as "
+             "NAME=[::1]); repeatable")
+    add("--cgroup-parent", metavar="PATH",
+        help="run every RUN's container under this cgroup (cgroupfs path)")
+    add("--no-cache-filter", action="append", default=[], metavar="STAGE",
+        help="do not use the cache for the steps of this stage; repeatable")
+    add("--pull", action="store_true",
+        help="always resolve base images from their registry again")
     add("--allow", action="append", default=[], metavar="ENTITLEMENT",
         help="grant network.host (RUN --network=host) or security.insecure "
              "(RUN --security=insecure); repeatable")
@@ -254,8 +323,15 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
         help="auto, plain, tty, rawjson or quiet (progress goes to stderr; default: "
              "$BUILDKIT_PROGRESS, else auto)")
     add("--metadata-file", metavar="FILE", help="write the build's metadata (JSON) to FILE")
+    add("--attest", action="append", default=[], metavar="type=provenance|sbom,...",
+        help="attach an attestation (type=provenance,mode=min|max or type=sbom); repeatable")
+    add("--provenance", metavar="true|false|mode=min|max",
+        help="SLSA provenance (--attest type=provenance); default: none")
+    add("--sbom", metavar="true|false", help="an SPDX SBOM (--attest type=sbom); default: none")
     add("--endpoint", metavar="URL", help="build on the cluster at URL (tcp://HOST:PORT, "
         "http://, https://, unix://PATH; default: DOCKYARD_ENDPOINT, else the local service)")
+    add("--builder", metavar="URL|default", help="buildx's builder: an endpoint URL (as "
+        "--endpoint) or 'default' for the local service (default: BUILDX_BUILDER)")
     add("--token-file", metavar="FILE", help="the endpoint's token (default: DOCKYARD_TOKEN)")
     add("--tls-ca", metavar="FILE", help="the CA an https endpoint is verified against "
         "(default: DOCKYARD_TLS_CA, else the system store)")
@@ -425,19 +501,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _report(error: DockyardError) -> int:
+def _report(error: DockyardError, debug: bool = False) -> int:
     print(f"error: {error}", file=sys.stderr)
+    if debug:
+        _report_debug(error)
     return 1
+
+
+def _report_debug(error: DockyardError) -> None:
+    """``-D``: the error's class and details, then the stack that raised it here (code
+    and positions only: no variable's value, so no secret, is ever printed)."""
+    import traceback  # noqa: PLC0415
+
+    details = {key: value for key in ("vertex", "location", "exit_code")
+               if (value := getattr(error, key, None)) not in (None, "")}
+    print(f"debug: {type(error).__name__}" + "".join(f" {k}={v!r}" for k, v in
+                                                     details.items()), file=sys.stderr)
+    tail = getattr(error, "output_tail", "")
+    if tail:
+        print("debug: the process's last output:\n" + tail.rstrip("\n"), file=sys.stderr)
+    stack = traceback.format_exception(type(error), error, error.__traceback__)
+    print("debug: stack:\n" + "".join(stack).rstrip("\n"), file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    args = None
     try:
         args = build_parser().parse_args(argv)
         status: int = args.run(args)
         return status
     except DockyardError as error:
-        return _report(error)
+        return _report(error, bool(getattr(args, "debug", False)))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

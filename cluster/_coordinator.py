@@ -270,7 +270,7 @@ class Coordinator:
         build_id = uuid.uuid4().hex
         await self._refreshed()
         part = {"options": request["options"], "session": request.get("session", {}),
-                "coordinator": self.incarnation}
+                "coordinator": self.incarnation, "started": time.time()}
         sessions = BuildSessions(build_id, part, self._placement)
         steps = BuildSteps(sink.uncounted, build_id)
         try:
@@ -432,7 +432,10 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
                            target=options.target, build_args=dict(options.build_args),
                            allow=frozenset(options.allow),
                            ulimits=tuple(Ulimit(*limit) for limit in options.ulimits),
-                           shm_size=options.shm_size, network=options.network)
+                           shm_size=options.shm_size, network=options.network,
+                           extra_hosts=options.extra_hosts,
+                           cgroup_parent=options.cgroup_parent,
+                           no_cache_filter=options.no_cache_filter)
 
 
 async def _shielded(cleanup: Any) -> None:

@@ -41,6 +41,9 @@ class FrontendRequest:
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
     network: str = "default"  # a RUN's network when it names none (--network)
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # every RUN's /etc/hosts entries (--add-host)
+    cgroup_parent: str = ""  # every RUN's cgroup parent (--cgroup-parent)
+    no_cache_filter: tuple[str, ...] = ()  # stages whose steps skip the cache
 
 
 async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Sequence[str],
@@ -63,7 +66,8 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         platforms=request.platforms, build_args=request.build_args, ignore_patterns=patterns,
         image_resolver=_Resolver(resolve, asyncio.get_running_loop(), interrupt),
         interrupt=interrupt, ulimits=request.ulimits, shm_size=request.shm_size,
-        network=request.network)
+        network=request.network, extra_hosts=request.extra_hosts,
+        cgroup_parent=request.cgroup_parent, no_cache_filter=request.no_cache_filter)
     running = asyncio.ensure_future(asyncio.to_thread(work))
     try:
         frontend = await asyncio.shield(running)

@@ -18,6 +18,8 @@ between its actors: the coordinator runs ``run_frontend`` and the solver; the wo
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from scheduler._graph import BuildGraph
 from scheduler._platform import Platform
 from scheduler._solver import Solver, SolverStatistics
 from scheduler.dockerfile._convert._model import BaseImage
+from workers._attest import metadata_provenance
 from workers._build import (
     Exported,
     LocalBuildOptions,
@@ -57,7 +60,10 @@ def frontend_request(options: LocalBuildOptions) -> FrontendRequest:
     return FrontendRequest(filename=options.filename, platforms=options.platforms,
                            target=options.target, build_args=options.build_args,
                            allow=frozenset(options.allow), ulimits=options.ulimits,
-                           shm_size=options.shm_size, network=options.network)
+                           shm_size=options.shm_size, network=options.network,
+                           extra_hosts=options.extra_hosts,
+                           cgroup_parent=options.cgroup_parent,
+                           no_cache_filter=options.no_cache_filter)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ async def build_local(dockerfile: bytes, context_dir: Path, options: LocalBuildO
     worker's session ``build_session`` makes (e.g. the context as a manifest, its files
     read through a ``ContextReader``)."""
     options = prepared(options)
+    if not options.started:
+        options = dataclasses.replace(options, started=time.time())
     owned = runtime is None
     engine = runtime or WorkerRuntime(options.root, registry=options.registry)
     backend = engine.backend(session or build_session(context_dir, options))
@@ -115,7 +123,7 @@ async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: byt
     hashed = backend.context_statistics().bytes_hashed
     return LocalBuildResult(exported, records, solver.statistics(),
                             {**build_metadata(exported, bool(options.outputs)),
-                             CONTEXT_HASHED_KEY: hashed})
+                             **metadata_provenance(exported), CONTEXT_HASHED_KEY: hashed})
 
 
 async def _exported(engine: WorkerRuntime, graph: BuildGraph,
@@ -123,7 +131,7 @@ async def _exported(engine: WorkerRuntime, graph: BuildGraph,
                     options: LocalBuildOptions) -> Exported:
     """The final records pushed (``mode=min``) and the images written to the outputs."""
     cache.export_final(records[r.root] for r in graph.results if r.root is not None)
-    return await write_results(engine, graph.results, records, options)
+    return await write_results(engine, graph.results, records, options, graph=graph)
 
 
 # --- the steps (the coordinator and the worker actor each run their own share; the

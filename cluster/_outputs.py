@@ -7,6 +7,8 @@ Output ``index`` is the position in the client's own ``--output`` list:
 - a file output (oci, docker, tar) is written sequentially (each write's ``offset`` must
   be the bytes written so far) to a temporary file beside ``dest``, renamed onto ``dest``
   at ``output.close`` (``dest=-``: straight to stdout);
+- a ``docker`` output without ``dest`` (``--load``) is spooled to a temporary file and
+  loaded into the client's Docker engine at ``output.close`` (cluster/_docker_engine.py);
 - ``type=local`` receives a tar stream, spooled, and unpacked into ``dest`` at
   ``output.close`` by ``extract_tar``: modes kept, owners never applied (the files belong
   to the user running the client, as BuildKit's local exporter does); a member whose name
@@ -25,19 +27,30 @@ sent there again is refused.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import shutil
 import stat
 import tarfile
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from scheduler._errors import ExportError
+from scheduler._progress import (
+    Event,
+    EventSink,
+    VertexCompleted,
+    VertexFailed,
+    VertexLog,
+    VertexStarted,
+)
 
 from ._build_options import OutputSpec
+from ._docker_engine import DockerEngine
 
 __all__ = ["MAX_WRITE_BYTES", "OutputWriters", "extract_tar"]
 
@@ -129,15 +142,73 @@ class _LocalWriter:
             self._spool = None
 
 
-_Writer = _FileWriter | _LocalWriter
+class _LoadWriter:
+    """A ``docker`` output without ``dest`` (``--load``): the tar spooled, and loaded into
+    the client's Docker engine at close (cluster/_docker_engine.py), shown as BuildKit's
+    ``importing to docker`` step with the engine's ``Loaded image`` lines."""
+
+    def __init__(self, index: int, engine: DockerEngine, events: EventSink | None) -> None:
+        self._engine = engine
+        self._events = events
+        self._vertex = "sha256:" + hashlib.sha256(f"dockyard-load-{index}".encode()).hexdigest()
+        self._spool: IO[bytes] | None = None
+        self.written = 0
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset != self.written:
+            raise ExportError(f"the image to load: a write at offset {offset}, expected "
+                              f"{self.written} (writes are sequential)")
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile(prefix="dockyard-load-")  # noqa: SIM115
+        try:
+            self._spool.write(data)
+        except OSError as exc:
+            raise ExportError(f"cannot keep the image to load in a temporary file: "
+                              f"{exc.strerror or exc}",
+                              hint="free space in the temporary directory (TMPDIR)") from None
+        self.written += len(data)
+
+    def close(self) -> None:
+        spool, self._spool = self._spool, None
+        if spool is None:
+            raise ExportError("the image to load came without any byte")
+        name = "importing to docker"
+        self._emit(VertexStarted(self._vertex, name, time.time()))
+        started = time.monotonic()
+        try:
+            with spool:
+                spool.seek(0)
+                lines = self._engine.load(spool, self.written)
+        except ExportError as error:
+            self._emit(VertexFailed(self._vertex, name, error.message))
+            raise
+        for line in lines:
+            self._emit(VertexLog(self._vertex, 1, line.encode() + b"\n"))
+        self._emit(VertexCompleted(self._vertex, name, time.monotonic() - started))
+
+    def _emit(self, event: Event) -> None:
+        if self._events is not None:
+            self._events.emit(event)
+
+    def abort(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+_Writer = _FileWriter | _LocalWriter | _LoadWriter
 
 
 class OutputWriters:
     """The ``output.write``/``output.close`` handlers of one build's outputs."""
 
-    def __init__(self, outputs: Sequence[OutputSpec], stdout: BinaryIO) -> None:
+    def __init__(self, outputs: Sequence[OutputSpec], stdout: BinaryIO,
+                 engine: DockerEngine | None = None, events: EventSink | None = None
+                 ) -> None:
         self._outputs = tuple(outputs)  # the client's own --output list
         self._stdout = stdout
+        self._engine = engine  # where the docker outputs without dest are loaded
+        self._events = events  # the build's progress (a load's step is shown there)
         self._writers: dict[int, _Writer] = {}  # index -> its open writer
         self.closed: set[int] = set()  # indexes written completely
 
@@ -205,12 +276,19 @@ class OutputWriters:
     def _writer(self, index: int) -> _Writer:
         writer = self._writers.get(index)
         if writer is None:
-            spec = self._outputs[index]
-            dest = str(spec.dest)
-            writer = (_LocalWriter(dest) if spec.type == "local" else
-                      _FileWriter(None if spec.to_stdout else dest, self._stdout))
-            self._writers[index] = writer
+            writer = self._writers[index] = self._new_writer(index)
         return writer
+
+    def _new_writer(self, index: int) -> _Writer:
+        spec = self._outputs[index]
+        if spec.loads:
+            if self._engine is None:
+                raise ExportError(f"output {index} is to be loaded into a Docker engine, "
+                                  "and this client was given none")
+            return _LoadWriter(index, self._engine, self._events)
+        if spec.type == "local":
+            return _LocalWriter(str(spec.dest))
+        return _FileWriter(None if spec.to_stdout else str(spec.dest), self._stdout)
 
 
 # --- unpacking a local output ----------------------------------------------------------

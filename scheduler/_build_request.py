@@ -16,8 +16,9 @@ from typing import Any
 from ._errors import UsageError
 
 __all__ = [
-    "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES", "PROGRESS_MODES",
-    "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec", "SshSpec",
+    "ATTEST_TYPES", "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES",
+    "PROGRESS_MODES", "AttestSpec", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
+    "SshSpec",
 ]
 
 OPTIONS_VERSION = 1
@@ -25,6 +26,7 @@ PROGRESS_MODES = ("auto", "plain", "tty", "rawjson", "quiet")
 FILE_OUTPUTS = ("tar", "oci", "docker")  # exporters writing one file (or stdout with dest=-)
 OUTPUT_TYPES = ("local", *FILE_OUTPUTS, "image", "registry")
 MAX_SECRET_BYTES = 500 * 1024  # BuildKit's secret size limit
+ATTEST_TYPES = ("provenance", "sbom")  # the attestations a build can attach
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +49,8 @@ class SshSpec:
 @dataclass(frozen=True, slots=True)
 class OutputSpec:
     """``--output``: ``type`` (local, tar, oci, docker, image), ``dest`` (a path; ``-`` is
-    stdout), ``names``, ``push`` and ``insecure`` (image: ``registry.insecure=true``, its
+    stdout; none for ``docker``: loaded into the client's Docker engine, ``--load``),
+    ``names``, ``push`` and ``insecure`` (image: ``registry.insecure=true``, its
     registries spoken to over plain HTTP)."""
 
     type: str
@@ -59,6 +62,11 @@ class OutputSpec:
     @property
     def to_stdout(self) -> bool:
         return self.dest == "-"
+
+    @property
+    def loads(self) -> bool:
+        """A ``docker`` output without ``dest``: the client loads it into its engine."""
+        return self.type == "docker" and self.dest is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,29 @@ class CacheSpec:
         kind, attrs, mode, ignore = item[:4]
         return cls(str(kind), tuple((str(k), str(v)) for k, v in attrs), str(mode),
                    bool(ignore))
+
+
+@dataclass(frozen=True, slots=True)
+class AttestSpec:
+    """One attestation asked (``--attest``, ``--provenance``, ``--sbom``): ``type``
+    provenance or sbom, ``attrs`` its checked settings (provenance: ``mode`` min or max,
+    ``builder-id``, ``reproducible``).  A disabled one is never made into a spec."""
+
+    type: str
+    attrs: tuple[tuple[str, str], ...] = ()
+
+    def attr(self, key: str, default: str = "") -> str:
+        return dict(self.attrs).get(key, default)
+
+    def to_wire(self) -> list[Any]:
+        return [self.type, [list(pair) for pair in self.attrs]]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> AttestSpec:
+        kind, attrs = item[:2]
+        if kind not in ATTEST_TYPES:
+            raise ValueError(f"unknown attestation type {kind!r}")
+        return cls(str(kind), tuple((str(k), str(v)) for k, v in attrs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +138,11 @@ class BuildOptions:
     ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit: (name, soft, hard)
     shm_size: int = 0  # --shm-size in bytes (0: the default, 64 MiB)
     network: str = "default"  # --network: a RUN's network when it names none
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # --add-host: (name, ip), in order
+    cgroup_parent: str = ""  # --cgroup-parent: every RUN's cgroup parent ("" : runc's)
+    no_cache_filter: tuple[str, ...] = ()  # --no-cache-filter: stages that skip the cache
+    pull: bool = False  # --pull: base images resolved again, no reuse of known metadata
+    attests: tuple[AttestSpec, ...] = ()  # --attest/--provenance/--sbom, enabled ones only
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -126,6 +162,10 @@ class BuildOptions:
             "allow": list(self.allow),
             "ulimits": [list(limit) for limit in self.ulimits], "shm_size": self.shm_size,
             "network": self.network,
+            "extra_hosts": [list(entry) for entry in self.extra_hosts],
+            "cgroup_parent": self.cgroup_parent, "no_cache_filter": list(self.no_cache_filter),
+            "pull": self.pull,
+            "attests": [spec.to_wire() for spec in self.attests],
         }
 
     @classmethod
@@ -158,7 +198,12 @@ class BuildOptions:
             cache_from=tuple(CacheSpec.from_wire(c) for c in wire.get("cache_from", ())),
             allow=tuple(str(a) for a in wire.get("allow", ())),
             ulimits=tuple((str(n), int(s), int(h)) for n, s, h in wire.get("ulimits", ())),
-            shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")))
+            shm_size=int(wire.get("shm_size", 0)), network=str(wire.get("network", "default")),
+            extra_hosts=tuple((str(n), str(i)) for n, i in wire.get("extra_hosts", ())),
+            cgroup_parent=str(wire.get("cgroup_parent", "")),
+            no_cache_filter=tuple(str(s) for s in wire.get("no_cache_filter", ())),
+            pull=bool(wire.get("pull", False)),
+            attests=tuple(AttestSpec.from_wire(a) for a in wire.get("attests", ())))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:

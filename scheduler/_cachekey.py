@@ -7,8 +7,9 @@ A vertex's key is ``"sha256:" + sha256(canonical msgpack of the material)``::
     [KEY_VERSION, "source", "docker-image", attrs, platform, identity]   (an image)
 
 - *op fields* are the graph's canonical encoding of the op (scheduler/_graph.py) without
-  the fields it leaves out of a vertex digest (``proxy_env``).  The vertex ``name`` and its
-  input *digests* are never part of a key.
+  the fields it leaves out of a vertex digest (``proxy_env``), and without the addresses
+  of an exec's ``extra_hosts`` (``--add-host``: the names stay, as in BuildKit's key).
+  The vertex ``name`` and its input *digests* are never part of a key.
 - *inputs*, in input order: ``["key", <input's key>]``, or, for an input the op reads only
   through selectors from the build context (a COPY's source path, a bind mount's
   ``source=``), ``["content", [[selector, checksum], ...]]``: the content checksum of the
@@ -148,6 +149,8 @@ def cache_key(vertex: Vertex, input_keys: Sequence[str],
 def _op_fields(vertex: Vertex) -> Any:
     fields = _plain(vertex.op, for_digest=True)
     fields.pop("kind", None)
+    if "extra_hosts" in fields:  # the names, not the addresses, as BuildKit's exec key
+        fields["extra_hosts"] = [[name, ""] for name, _ in fields["extra_hosts"]]
     return fields
 
 

@@ -17,7 +17,8 @@ from ._errors import UsageError
 if TYPE_CHECKING:  # the client parses --allow without importing the graph (~10 ms)
     from ._graph import BuildGraph, ExecOp
 
-__all__ = ["ENTITLEMENTS", "check_entitlements", "parse_entitlements"]
+__all__ = ["ENTITLEMENTS", "NETWORK_HOST", "SECURITY_INSECURE", "check_entitlements",
+           "parse_entitlements"]
 
 NETWORK_HOST = "network.host"
 SECURITY_INSECURE = "security.insecure"

@@ -104,7 +104,9 @@ class ExecOp:
     (``HTTP_PROXY=...``, in both spellings) passed to the process beyond ``env``: excluded
     from the digest, so a proxy change does not invalidate the cache.  ``ulimits`` and
     ``shm_size`` (bytes of /dev/shm; 0: 64 MiB) are the build's ``--ulimit`` and
-    ``--shm-size``: in the digest only when set."""
+    ``--shm-size``, ``extra_hosts`` its ``--add-host`` entries (name, IP: lines of the
+    RUN's /etc/hosts) and ``cgroup_parent`` its ``--cgroup-parent``: in the digest only
+    when set (the cache key leaves the hosts' IPs out, as BuildKit's does)."""
 
     kind: ClassVar[str] = "exec"
     args: tuple[str, ...]
@@ -118,6 +120,9 @@ class ExecOp:
     proxy_env: tuple[str, ...] = field(default=(), metadata=_NO_DIGEST)
     ulimits: tuple[Ulimit, ...] = field(default=(), metadata=_DIGEST_UNLESS_DEFAULT)
     shm_size: int = field(default=0, metadata=_DIGEST_UNLESS_DEFAULT)
+    extra_hosts: tuple[tuple[str, str], ...] = field(default=(),
+                                                     metadata=_DIGEST_UNLESS_DEFAULT)
+    cgroup_parent: str = field(default="", metadata=_DIGEST_UNLESS_DEFAULT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,13 +269,16 @@ class Vertex:
 
     ``name`` is a human label and ``location`` the Dockerfile position of the instruction
     that made the vertex (``Dockerfile:7:1``: file, line, column; "" for internal vertices
-    such as the build context).  Both are metadata: not digested, not compared."""
+    such as the build context); ``ignore_cache`` (a step of a ``--no-cache-filter`` stage,
+    BuildKit's op metadata IgnoreCache) makes the solver run it without a cache lookup.
+    All three are metadata: not digested, not compared."""
 
     op: Op
     inputs: tuple[str, ...] = ()
     name: str = field(default="", compare=False)
     platform: Platform | None = None
     location: str = field(default="", compare=False)
+    ignore_cache: bool = field(default=False, compare=False)
     digest: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -464,12 +472,15 @@ class BuildGraph:
 
     def add(self, vertex: Vertex) -> str:
         """Add ``vertex`` (its inputs must be in the graph); return its digest.  A vertex
-        already there stays as it is: the first one added keeps its name and location."""
+        already there stays as it is: the first one added keeps its name and location
+        (it takes ``ignore_cache`` from a later one, as BuildKit merges op metadata)."""
         for index, digest in enumerate(vertex.inputs):
             if digest not in self._vertices:
                 raise GraphError(f"vertex {vertex.name or vertex.op.kind!r}: input {index} "
                                  f"({digest}) is not in the graph")
-        self._vertices.setdefault(vertex.digest, vertex)
+        known = self._vertices.setdefault(vertex.digest, vertex)
+        if vertex.ignore_cache and not known.ignore_cache:
+            self._vertices[vertex.digest] = dataclasses.replace(known, ignore_cache=True)
         return vertex.digest
 
     def add_result(self, result: ImageResult) -> None:
@@ -521,25 +532,30 @@ class BuildGraph:
 
 
 def vertex_to_wire(vertex: Vertex) -> dict[str, Any]:
-    return {"digest": vertex.digest, "op": _plain(vertex.op), "inputs": list(vertex.inputs),
+    wire = {"digest": vertex.digest, "op": _plain(vertex.op), "inputs": list(vertex.inputs),
             "name": vertex.name,
             "platform": None if vertex.platform is None else _plain(vertex.platform),
             "location": vertex.location}
+    return wire | {"ignore_cache": True} if vertex.ignore_cache else wire
 
 
 _VERTEX_KEYS = frozenset({"digest", "op", "inputs", "name", "platform"})
+_OPTIONAL_VERTEX_KEYS = frozenset({"location", "ignore_cache"})
 
 
 def vertex_from_wire(raw: Any, where: str = "vertex") -> Vertex:
-    # "location" may be absent: a graph written before it existed still reads.
-    if not isinstance(raw, dict) or set(raw) - {"location"} != _VERTEX_KEYS:
+    # "location" may be absent: a graph written before it existed still reads;
+    # "ignore_cache" is there only when true.
+    if not isinstance(raw, dict) or set(raw) - _OPTIONAL_VERTEX_KEYS != _VERTEX_KEYS:
         raise _fail(where, "expected a map with digest, op, inputs, name, platform and "
-                           "optionally location")
+                           "optionally location and ignore_cache")
     vertex = Vertex(op=_decode(Op, raw["op"], f"{where}.op"),
                     inputs=_decode(tuple[str, ...], raw["inputs"], f"{where}.inputs"),
                     name=_decode(str, raw["name"], f"{where}.name"),
                     platform=_decode(Platform | None, raw["platform"], f"{where}.platform"),
-                    location=_decode(str, raw.get("location", ""), f"{where}.location"))
+                    location=_decode(str, raw.get("location", ""), f"{where}.location"),
+                    ignore_cache=_decode(bool, raw.get("ignore_cache", False),
+                                         f"{where}.ignore_cache"))
     if vertex.digest != raw["digest"]:
         raise _fail(where, f"digest {raw['digest']!r} does not match its content "
                            f"({vertex.digest})")

@@ -136,6 +136,8 @@ class _Build:
     positions: Mapping[str, str]
     no_cache: bool
     skips: _Skips
+    # Vertices run without a lookup: those marked ``ignore_cache`` and what depends on them.
+    fresh: frozenset[str] = frozenset()
 
     def vertex(self, digest: str) -> Vertex:
         return self.graph.vertices[digest]
@@ -302,7 +304,8 @@ class Solver:
         """Resolve ``targets`` (vertex digests; default: the roots of ``graph.results``)
         and return their records by digest.
 
-        ``no_cache`` skips lookups (records are still written).  ``positions`` maps a
+        ``no_cache`` skips lookups (records are still written), as a vertex marked
+        ``ignore_cache`` does.  ``positions`` maps a
         vertex digest to its Dockerfile position (``Dockerfile:7:1``) for errors; a vertex
         it does not name (all of them, by default) is placed at its own ``location``;
         ``events``, ``backend`` and ``cache`` override the solver's for this build (a
@@ -318,7 +321,7 @@ class Solver:
         build = _Build(graph=graph, keys={}, backend=backend or self._backend,
                        cache=cache or self._cache, events=events or self._events,
                        positions=positions or {}, no_cache=no_cache,
-                       skips=_Skips(graph, needed, wanted))
+                       skips=_Skips(graph, needed, wanted), fresh=_fresh(graph))
         keys = await _compute_keys(build, needed)
         build = dataclasses.replace(build, keys=keys)
         records = await _all(self._resolve(build, digest) for digest in wanted)
@@ -338,7 +341,8 @@ class Solver:
 
     def _flight(self, build: _Build, vertex: Vertex) -> _Flight:
         """The flight resolving ``vertex``'s key, started now if there is none."""
-        return self._flight_in((build.keys[vertex.digest], build.no_cache, _NONE_LOST),
+        return self._flight_in((build.keys[vertex.digest], _skips_cache(build, vertex),
+                                _NONE_LOST),
                                lambda flight: self._fly(flight, build, vertex))
 
     def _flight_in(self, slot: _Slot,
@@ -379,7 +383,7 @@ class Solver:
 
     async def _fly(self, flight: _Flight, build: _Build, vertex: Vertex) -> CacheRecord:
         key = build.keys[vertex.digest]
-        if not build.no_cache:
+        if not _skips_cache(build, vertex):
             record = await _at_vertex(build, vertex, self._lookup(build.cache, key))
             if record is not None:
                 self._cached += 1
@@ -649,6 +653,23 @@ def _lost_digests(lost: BlobLost, repaired: set[str], build: _Build,
                                   hint="check the cache backends (--cache-from) and the "
                                   "local store's disk"), vertex, build.positions) from lost
     return frozenset(lost.digests)
+
+
+def _skips_cache(build: _Build, vertex: Vertex) -> bool:
+    """Whether ``vertex`` runs without a cache lookup: ``--no-cache``, or a step of a
+    ``--no-cache-filter`` stage or one that depends on such a step, as BuildKit finds no
+    cache match past an ignored one (its record is written all the same)."""
+    return build.no_cache or vertex.digest in build.fresh
+
+
+def _fresh(graph: BuildGraph) -> frozenset[str]:
+    """The vertices marked ``ignore_cache`` and every vertex that depends on one (the
+    graph's order is topological: inputs first)."""
+    fresh: set[str] = set()
+    for digest, vertex in graph.vertices.items():
+        if vertex.ignore_cache or any(d in fresh for d in vertex.inputs):
+            fresh.add(digest)
+    return frozenset(fresh)
 
 
 def _name(vertex: Vertex) -> str:

@@ -21,13 +21,14 @@ from typing import BinaryIO
 
 from cache_backends._credentials import S3Credentials
 from cache_backends._records import CacheRecord, LayerDescriptor
-from scheduler._build_request import CacheSpec
+from scheduler._build_request import AttestSpec, CacheSpec
 from scheduler._errors import ExportError, UsageError
-from scheduler._graph import ImageResult, Ulimit
+from scheduler._graph import BuildGraph, ImageResult, Ulimit
 from scheduler._platform import Platform
 from scheduler._progress import EventSink
 
 from ._arrivals import ArrivingBlobs
+from ._attest import BuildFacts, attest_images
 from ._exporters import export_docker, export_local, export_oci, export_tar, push_image
 from ._image import ImageArtifacts, IndexArtifacts, build_image, build_index
 from ._registry import RegistryConfig
@@ -83,6 +84,12 @@ class LocalBuildOptions:
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's resource limits (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm in bytes (--shm-size; 0: the default)
     network: str = "default"  # a RUN's network when it names none (--network)
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # every RUN's /etc/hosts entries (--add-host)
+    cgroup_parent: str = ""  # every RUN's cgroup parent (--cgroup-parent)
+    no_cache_filter: tuple[str, ...] = ()  # stages whose steps skip the cache
+    pull: bool = False  # base images resolved again (--pull)
+    attests: tuple[AttestSpec, ...] = ()  # the attestations to attach (--attest)
+    started: float = 0.0  # when the build started (unix seconds; 0: unknown)
 
 
 def prepared(options: LocalBuildOptions) -> LocalBuildOptions:
@@ -96,7 +103,8 @@ def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession
     return BuildSession(contexts={"context": context_dir},
                         secrets=DictSecrets(options.secrets),
                         ssh=options.ssh, epoch=options.epoch,
-                        insecure_registries=frozenset(options.insecure_registries))
+                        insecure_registries=frozenset(options.insecure_registries),
+                        pull=options.pull)
 
 
 def remote_records(engine: WorkerRuntime, options: LocalBuildOptions,
@@ -114,12 +122,15 @@ def remote_records(engine: WorkerRuntime, options: LocalBuildOptions,
 async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
                         records: Mapping[str, CacheRecord], options: LocalBuildOptions,
                         streams: Mapping[Path, BinaryIO] | None = None,
-                        pushed: bool = False) -> Exported:
+                        pushed: bool = False, graph: BuildGraph | None = None) -> Exported:
     """The images of ``results`` (their roots' ``records``) written to every output; an
     output whose ``dest`` is in ``streams`` is written to that stream instead (the
     session channel to the client, workers/_output_send.py).  The images name their
     layers compressed (``WorkerRuntime.compressed``) when there is an output, or when the
-    caller will ``pushed`` them; else they are only described, nothing compressed."""
+    caller will ``pushed`` them; else they are only described, nothing compressed.
+    ``options.attests`` are attached (workers/_attest.py; ``graph`` names the images'
+    materials): in the index for image, oci and docker outputs, as files for local and
+    tar ones."""
     if not options.outputs and not pushed:
         images = [_image(result, records, options.epoch) for result in results]
         return images[0] if len(images) == 1 else build_index(images)
@@ -127,12 +138,19 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
                      await engine.compressed(_layers(result, records)))
               for result in results]
     exported: Exported = images[0] if len(images) == 1 else build_index(images)
-    if not options.outputs:
+    if not options.outputs and not options.attests:
         return exported
     # the blobs a remote cache holds come down while the file outputs are written
     fetches = engine.start_fetches(layer for result in results if result.root is not None
                                    for layer in records[result.root].result.layers)
     try:
+        files: dict[str, bytes] = {}
+        if options.attests:
+            attested = await asyncio.to_thread(
+                attest_images, images, [r.root for r in results], options.attests,
+                _facts(options), graph, ArrivingBlobs(engine.blob_source(), fetches),
+                local=any(o.type in _FILE_TREES for o in options.outputs))
+            exported, files = attested.exported, attested.files
         for output in options.outputs:
             if output.type == "image":
                 await engine.settle(fetches)  # a push names every blob up front
@@ -141,7 +159,7 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
                 source = ArrivingBlobs(engine.blob_source(), fetches)
                 stream = (streams or {}).get(output.dest) if output.dest else None
                 await asyncio.to_thread(_export, engine, source, exported, output, options,
-                                        stream)
+                                        stream, files)
     except asyncio.CancelledError:
         for fetch in fetches.values():
             fetch.cancel()
@@ -151,6 +169,16 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
         raise
     await engine.settle(fetches)
     return exported
+
+
+#: Outputs of the image's files: attestations go beside them as files.
+_FILE_TREES = ("local", "tar", LOCAL_AS_TAR)
+
+
+def _facts(options: LocalBuildOptions) -> BuildFacts:
+    return BuildFacts(filename=options.filename, target=options.target,
+                      build_args=dict(options.build_args), names=tuple(options.names),
+                      started=options.started)
 
 
 def _with_epoch(options: LocalBuildOptions) -> LocalBuildOptions:
@@ -206,8 +234,10 @@ async def _push(engine: WorkerRuntime, exported: Exported, output: Output,
 
 
 def _export(engine: WorkerRuntime, source: ArrivingBlobs, exported: Exported, output: Output,
-            options: LocalBuildOptions, stream: BinaryIO | None = None) -> None:
-    """``output`` written (to ``stream`` instead of its file when given)."""
+            options: LocalBuildOptions, stream: BinaryIO | None = None,
+            files: Mapping[str, bytes] | None = None) -> None:
+    """``output`` written (to ``stream`` instead of its file when given); ``files`` go
+    beside the image's files of a local or tar output."""
     if output.dest is None:  # checked before the build
         raise ExportError(f"a {output.type} output needs a destination")
     dest: Path | BinaryIO = output.dest if stream is None else stream
@@ -216,10 +246,11 @@ def _export(engine: WorkerRuntime, source: ArrivingBlobs, exported: Exported, ou
     elif output.type == "docker":
         export_docker(exported, source, dest, names=options.names, epoch=options.epoch)
     elif output.type == "tar":
-        export_tar(exported, source, dest, epoch=options.epoch, scratch=engine.tmp)
+        export_tar(exported, source, dest, epoch=options.epoch, scratch=engine.tmp,
+                   files=files)
     elif output.type == "local":
-        export_local(exported, source, output.dest)
+        export_local(exported, source, output.dest, files=files)
     elif output.type == LOCAL_AS_TAR:  # a local output handed to a client: times as they are
-        export_tar(exported, source, dest, epoch=None, scratch=engine.tmp)
+        export_tar(exported, source, dest, epoch=None, scratch=engine.tmp, files=files)
     else:  # checked before the build
         raise ExportError(f"unknown output type {output.type!r}")

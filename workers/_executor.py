@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from scheduler._errors import ExecError
+from scheduler._errors import ExecError, SolveError
 
 from ._devices import host_devices
 from ._snapshots import finish_shielded, unmount
@@ -53,6 +53,28 @@ _MAX_LINE = 64 * 1024        # a longer "line" is passed on in pieces
 _KILL_GRACE = 5.0            # seconds to wait for runc after SIGKILL of the container
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _HOST_RESOLV = Path("/etc/resolv.conf")
+
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def check_cgroups(parent: str, root: Path = _CGROUP_ROOT) -> None:
+    """Refuse a ``--cgroup-parent`` this machine cannot honour: runc (as this process)
+    must be able to create cgroups, i.e. the cgroup hierarchy (v2's one directory, or
+    every v1 controller) must be writable here."""
+    if (root / "cgroup.controllers").exists():
+        writable = os.access(root, os.W_OK)
+    else:
+        try:
+            controllers = [d for d in root.iterdir() if (d / "cgroup.procs").exists()]
+        except OSError:
+            controllers = []
+        writable = bool(controllers) and all(os.access(d, os.W_OK) for d in controllers)
+    if not writable:
+        raise SolveError(f"--cgroup-parent {parent}: this worker cannot create cgroups "
+                         f"({root} is not writable to it)",
+                         hint="build without --cgroup-parent, or run the worker as root "
+                              "with a writable cgroup filesystem")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +208,13 @@ class Executor:
         spec_mounts = self._materialize(run, mounts)
         resolv, hosts = run.bundle / "resolv.conf", run.bundle / "hosts"
         resolv.write_text(make_resolv_conf(_read_host_resolv(), process.network))
-        hosts.write_text(hosts_file(process.effective_hostname))
+        hosts.write_text(hosts_file(process.effective_hostname, process.extra_hosts))
         devices = host_devices() if process.security == "insecure" else ()
+        if process.cgroup_parent:
+            check_cgroups(process.cgroup_parent)
         spec = build_spec(process, user, run.rootfs, spec_mounts, resolv_conf=resolv,
-                          hosts=hosts, host_caps=_host_caps(), host_devices=devices)
+                          hosts=hosts, host_caps=_host_caps(), host_devices=devices,
+                          container_id=run.id)
         (run.bundle / "config.json").write_text(json.dumps(spec, indent=1))
 
     def _materialize(self, run: _Run, mounts: Sequence[ExecMountSpec]) -> list[SpecMount]:

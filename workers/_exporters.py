@@ -281,6 +281,11 @@ def _write_layout(archive: _ArchiveWriter, subject: Exported, source: BlobSource
         archive.blob(image.config_digest, image.config)
         archive.blob(image.manifest_digest, image.manifest)
     if isinstance(subject, IndexArtifacts):
+        for attestation in subject.attestations:
+            for digest, data in attestation.blobs:
+                archive.blob(digest, data)
+            archive.blob(attestation.config_digest, attestation.config)
+            archive.blob(attestation.digest, attestation.manifest)
         archive.blob(subject.digest, subject.index)
     archive.data("oci-layout", OCI_LAYOUT)
 
@@ -337,12 +342,12 @@ def docker_manifest(image: ImageArtifacts, names: Sequence[str]) -> bytes:
 def export_docker(subject: Exported, source: BlobSource, dest: Destination, *,
                   names: Sequence[str] = (), epoch: int | None = None) -> None:
     """A tar ``docker load`` accepts: the OCI layout plus ``manifest.json``."""
-    if isinstance(subject, IndexArtifacts):
+    if isinstance(subject, IndexArtifacts) and len(subject.images) > 1:
         raise ExportError("the docker exporter writes one platform; got "
                           + ", ".join(str(image.platform) for image in subject.images),
                           hint="build one --platform, or use type=oci for several")
-    index = layout_index(subject, names)
-    manifest = docker_manifest(subject, names)
+    index = layout_index(subject, names)  # an index: the image and its attestations
+    manifest = docker_manifest(_images(subject)[0], names)
     with _open_dest(dest) as stream, _ArchiveWriter(stream, epoch) as archive:
         _write_layout(archive, subject, source)
         archive.data("index.json", index)
@@ -380,15 +385,30 @@ def _flatten_all(images: Sequence[ImageArtifacts], source: BlobSource, dest: Pat
         flatten(image, source, dest / platform_dir(image.platform))
 
 
+def _write_files(dest: Path, files: Mapping[str, bytes]) -> None:
+    """``files`` (relative paths: attestation statements) into ``dest``, replacing what
+    the image had there."""
+    for name, data in files.items():
+        path = dest / name
+        try:
+            path.unlink(missing_ok=True)
+            path.write_bytes(data)
+            path.chmod(0o644)
+        except OSError as err:
+            raise ExportError(f"cannot write {path}: {err.strerror or err}") from err
+
+
 def export_local(subject: Exported | Sequence[ImageArtifacts], source: BlobSource,
-                 dest: Path) -> None:
-    """The root filesystem(s) into the directory ``dest`` (created when missing)."""
+                 dest: Path, *, files: Mapping[str, bytes] | None = None) -> None:
+    """The root filesystem(s) into the directory ``dest`` (created when missing), then
+    ``files`` (relative paths) beside them."""
     images = _images(subject)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ExportError(f"cannot create the output directory {dest}: {err.strerror}") from err
     _flatten_all(images, source, dest)
+    _write_files(dest, files or {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,13 +421,15 @@ class _StreamSink:
 
 def export_tar(subject: Exported | Sequence[ImageArtifacts], source: BlobSource,
                dest: Destination, *, epoch: int | None = None,
-               scratch: Path | None = None) -> None:
-    """The root filesystem(s) as one tar; files are flattened under ``scratch`` (a temporary
-    directory, best on the same filesystem as the cache) and removed afterwards."""
+               scratch: Path | None = None, files: Mapping[str, bytes] | None = None) -> None:
+    """The root filesystem(s) as one tar, with ``files`` (relative paths) beside them;
+    files are flattened under ``scratch`` (a temporary directory, best on the same
+    filesystem as the cache) and removed afterwards."""
     images = _images(subject)
     work = Path(tempfile.mkdtemp(prefix="dockyard-export-", dir=scratch))
     try:
         _flatten_all(images, source, work)
+        _write_files(work, files or {})
         with _open_dest(dest) as stream:
             write_upper(work, TarEntryWriter(_StreamSink(stream), epoch))
     finally:
@@ -481,6 +503,12 @@ async def push_image(subject: Exported, source: BlobSource, pusher: Pusher, name
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if isinstance(subject, IndexArtifacts):
+        for attestation in subject.attestations:
+            for digest, data in (*attestation.blobs,
+                                 (attestation.config_digest, attestation.config)):
+                await pusher.push_blob(ref, digest, len(data), data)
+            await pusher.push_manifest(ref, attestation.manifest,
+                                       attestation.descriptor.media_type, attestation.digest)
         return await pusher.push_manifest(ref, subject.index, subject.descriptor.media_type,
                                           ref.tag)
     return await pusher.push_manifest(ref, subject.manifest, subject.descriptor.media_type,

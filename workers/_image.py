@@ -71,6 +71,7 @@ __all__ = [
     "OCI_CONFIG",
     "OCI_INDEX",
     "OCI_MANIFEST",
+    "AttestationArtifacts",
     "Descriptor",
     "ImageArtifacts",
     "IndexArtifacts",
@@ -114,13 +115,30 @@ class ImageArtifacts:
 
 
 @dataclass(frozen=True, slots=True)
+class AttestationArtifacts:
+    """An attestation manifest (workers/_attest.py): its bytes, its index entry
+    (``descriptor``: platform unknown/unknown, annotated with the image it attests), its
+    config and its statements (``blobs``: digest and bytes, the manifest's layers)."""
+
+    manifest: bytes
+    digest: str
+    descriptor: Descriptor
+    config: bytes
+    config_digest: str
+    blobs: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class IndexArtifacts:
-    """A multi-platform image index (OCI) or manifest list (Docker) over ``images``."""
+    """A multi-platform image index (OCI) or manifest list (Docker) over ``images``, with
+    the ``attestations`` of its images listed after them (an OCI index then, even for
+    one image)."""
 
     index: bytes
     digest: str
     descriptor: Descriptor
     images: tuple[ImageArtifacts, ...]
+    attestations: tuple[AttestationArtifacts, ...] = ()
 
 
 def canonical_json(value: Any) -> bytes:
@@ -366,22 +384,26 @@ def build_image(base_config: bytes | None, config: ImageConfig,
         layers=written)
 
 
-def build_index(manifests: Sequence[ImageArtifacts]) -> IndexArtifacts:
+def build_index(manifests: Sequence[ImageArtifacts],
+                attestations: Sequence[AttestationArtifacts] = ()) -> IndexArtifacts:
     """An index over one image per platform (OCI index, or a Docker manifest list when the
-    images use Docker media types); platforms must be distinct."""
+    images use Docker media types and there are no ``attestations``); platforms must be
+    distinct."""
     if not manifests:
         raise ExportError("an image index needs at least one image")
     platforms = [image.platform for image in manifests]
     if len(set(platforms)) != len(platforms):
         raise ExportError("an image index lists each platform once; got "
                           + ", ".join(str(item) for item in platforms))
-    oci = manifests[0].descriptor.media_type == OCI_MANIFEST
+    oci = manifests[0].descriptor.media_type == OCI_MANIFEST or bool(attestations)
     media_type = OCI_INDEX if oci else DOCKER_MANIFEST_LIST
-    index = canonical_json(index_json([image.descriptor for image in manifests], media_type))
+    entries = [image.descriptor for image in manifests]
+    index = canonical_json(index_json(entries + [a.descriptor for a in attestations],
+                                      media_type))
     digest = sha256_digest(index)
     return IndexArtifacts(index=index, digest=digest,
                           descriptor=Descriptor(media_type, digest, len(index)),
-                          images=tuple(manifests))
+                          images=tuple(manifests), attestations=tuple(attestations))
 
 
 def build_metadata(result: ImageArtifacts | IndexArtifacts, written: bool = True
@@ -395,8 +417,11 @@ def build_metadata(result: ImageArtifacts | IndexArtifacts, written: bool = True
             return {}
         return {"containerimage.config.digest": result.config_digest}
     if isinstance(result, IndexArtifacts):
-        return {"containerimage.digest": result.digest,
+        keys = {"containerimage.digest": result.digest,
                 "containerimage.descriptor": result.descriptor.to_json()}
+        if len(result.images) == 1:  # one image and its attestations: its config too
+            keys["containerimage.config.digest"] = result.images[0].config_digest
+        return keys
     top = Descriptor(result.descriptor.media_type, result.manifest_digest,
                      len(result.manifest))
     return {"containerimage.digest": result.manifest_digest,

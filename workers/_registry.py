@@ -379,12 +379,15 @@ class RegistryClient:
 
     # -- pull --------------------------------------------------------------------------
 
-    async def fetch_manifest(self, ref: Reference, target: str = "") -> FetchedManifest:
+    async def fetch_manifest(self, ref: Reference, target: str = "", *,
+                             fresh: bool = False) -> FetchedManifest:
         """The manifest or index ``target`` (a digest or tag; default: the reference's digest,
         else its tag), verified against the digest when one is named.  A digest already
-        fetched from this repository is answered from the cache; a tag never is."""
+        fetched from this repository is answered from the cache (unless ``fresh``); a tag
+        never is."""
         name = target or ref.digest or ref.tag
-        cached = self._content.manifest(ref.domain, ref.path, name) if ":" in name else None
+        cached = (self._content.manifest(ref.domain, ref.path, name)
+                  if ":" in name and not fresh else None)
         if cached is not None:
             return cached
         url = self._url(ref, "manifests", name)
@@ -408,20 +411,26 @@ class RegistryClient:
         media_type, parsed = parse_manifest(body, headers.get("Content-Type", ""), url)
         return FetchedManifest(digest, media_type, body, parsed)
 
-    async def resolve(self, ref: Reference, platform: Platform) -> ResolvedImage:
-        """The image ``ref`` names for ``platform``: manifest, verified config and layers."""
-        top = await self._top_manifest(ref)
+    async def resolve(self, ref: Reference, platform: Platform, *,
+                      fresh: bool = False) -> ResolvedImage:
+        """The image ``ref`` names for ``platform``: manifest, verified config and layers.
+        ``fresh`` (``--pull``, BuildKit's image-resolve-mode=pull) asks the registry for
+        all of it again: the tag with a GET, the manifests and the config not from the
+        cache (layers already held are still content, reused by digest)."""
+        top = await (self.fetch_manifest(ref, fresh=True) if fresh else self._top_manifest(ref))
         manifest, index_digest = top, ""
         if top.is_index:
             chosen = select_manifest(top.parsed, platform, self._url(ref, "manifests",
                                                                      ref.digest or ref.tag))
-            manifest, index_digest = await self.fetch_manifest(ref, chosen.digest), top.digest
+            manifest = await self.fetch_manifest(ref, chosen.digest, fresh=fresh)
+            index_digest = top.digest
             if manifest.is_index:
                 raise invalid_manifest(self._url(ref, "manifests", chosen.digest),
                                "an index whose platform entry is another index")
         where = self._url(ref, "manifests", manifest.digest)
         config_desc = parse_descriptor(manifest.parsed["config"], where)
-        config = await self.fetch_blob_bytes(ref, config_desc.digest, config_desc.size)
+        config = await self.fetch_blob_bytes(ref, config_desc.digest, config_desc.size,
+                                             fresh=fresh)
         return ResolvedImage(manifest.digest, manifest.parsed, config,
                              layers_of(manifest.parsed, config, where), manifest.media_type,
                              manifest.data, index_digest)
@@ -475,10 +484,12 @@ class RegistryClient:
         finally:
             partial.unlink(missing_ok=True)
 
-    async def fetch_blob_bytes(self, ref: Reference, digest: str, size: int) -> bytes:
+    async def fetch_blob_bytes(self, ref: Reference, digest: str, size: int, *,
+                               fresh: bool = False) -> bytes:
         """A small blob (a config) in memory, verified like ``fetch_blob``; kept in the
-        cache, so the same digest from the same repository is fetched once."""
-        cached = self._content.config(ref.domain, ref.path, digest, size)
+        cache, so the same digest from the same repository is fetched once (unless
+        ``fresh``)."""
+        cached = None if fresh else self._content.config(ref.domain, ref.path, digest, size)
         if cached is not None:
             return cached
         url = self._url(ref, "blobs", digest)

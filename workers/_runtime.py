@@ -74,7 +74,7 @@ class BuildSession:
     asked of the client when a RUN mounts one; never written to a layer, a record, a
     log or an event), ssh agent sockets by id (``ssh``: host paths, for an in-process
     build; ``ssh_agents``: the client's agents, relayed over the session channel),
-    ``epoch`` (SOURCE_DATE_EPOCH) and
+    ``epoch`` (SOURCE_DATE_EPOCH), ``pull`` (``--pull``) and
     ``insecure_registries`` (``host[:port]`` this build speaks plain HTTP to, on top of
     the runtime's own; other builds are not affected).
 
@@ -90,6 +90,7 @@ class BuildSession:
     ssh_agents: ChannelSshAgents | None = field(default=None, compare=False)
     epoch: int | None = None
     insecure_registries: frozenset[str] = frozenset()
+    pull: bool = False  # --pull: every base image resolved from its registry again
 
 
 class RecordStore:
@@ -549,7 +550,8 @@ class RuntimeBackend:
     async def _resolve(self, text: str, platform: Platform | None) -> ResolvedImage:
         from scheduler._platform import default_platform  # noqa: PLC0415
         return await self.registry.resolve(parse_reference(text),
-                                           platform or default_platform())
+                                           platform or default_platform(),
+                                           fresh=self.session.pull)
 
     async def fetch_image_blobs(self, ref: Reference, image: ResolvedImage) -> None:
         """The runtime's ``fetch_image_blobs`` through this build's registry client."""

@@ -13,8 +13,10 @@ containerd's default Unix spec:
   insecure: every capability, nothing masked, /sys and cgroupfs writable, all devices
   allowed and the host's device nodes created (the executor lists them).
 - like BuildKit, new privileges stay allowed (setuid binaries work in a RUN) and rlimits are
-  inherited unless given; cgroups are left to runc's defaults.  BuildKit's default seccomp
-  profile (Docker's) is not applied yet.
+  inherited unless given; cgroups are left to runc's defaults unless the build names a
+  ``--cgroup-parent``: then the RUN's cgroup is ``/PARENT/buildkit/<container id>``
+  (BuildKit's GenerateSpec).  ``--add-host`` entries follow /etc/hosts' defaults.
+  BuildKit's default seccomp profile (Docker's) is not applied yet.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class ProcessSpec:
     security: str = "sandbox"
     ulimits: tuple[Rlimit, ...] = ()
     shm_size: int = 0
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, ip) lines added to /etc/hosts
+    cgroup_parent: str = ""  # the cgroup the RUN's cgroup is made under ("": runc's own)
 
     @classmethod
     def from_op(cls, op: ExecOp) -> ProcessSpec:
@@ -102,7 +106,8 @@ class ProcessSpec:
         return cls(args=op.args, env=op.env + op.proxy_env, cwd=op.cwd, user=op.user,
                    hostname=op.hostname, network=op.network, security=op.security,
                    ulimits=tuple(Rlimit(u.name, u.soft, u.hard) for u in op.ulimits),
-                   shm_size=op.shm_size)
+                   shm_size=op.shm_size, extra_hosts=op.extra_hosts,
+                   cgroup_parent=op.cgroup_parent)
 
     @property
     def effective_hostname(self) -> str:
@@ -149,12 +154,14 @@ class HostDevice:
 def build_spec(process: ProcessSpec, user: ResolvedUser, rootfs: Path,
                mounts: Sequence[SpecMount], *, resolv_conf: Path, hosts: Path,
                host_caps: frozenset[str] | None = None,
-               host_devices: Sequence[HostDevice] = ()) -> dict[str, Any]:
+               host_devices: Sequence[HostDevice] = (), container_id: str = ""
+               ) -> dict[str, Any]:
     """The runtime spec for ``process`` as ``user`` over ``rootfs`` with extra ``mounts``.
 
     ``host_caps`` (the executor's bounding set) limits the capabilities granted: runc
     refuses to grant one its caller lacks (e.g. in a container without CAP_SYS_RESOURCE).
-    ``host_devices`` are created in an insecure RUN's /dev (a sandboxed one gets none)."""
+    ``host_devices`` are created in an insecure RUN's /dev (a sandboxed one gets none).
+    ``container_id`` names the RUN's cgroup under its ``cgroup_parent``."""
     _check(process)
     insecure = process.security == "insecure"
     caps = [cap for cap in (ALL_CAPS if insecure else SANDBOX_CAPS)
@@ -166,8 +173,18 @@ def build_spec(process: ProcessSpec, user: ResolvedUser, rootfs: Path,
         "hostname": process.effective_hostname,
         "mounts": _system_mounts(insecure, process.shm_size) + _file_mounts(resolv_conf, hosts)
         + [_user_mount(m) for m in mounts],
-        "linux": _linux(process, insecure, host_devices if insecure else ()),
+        "linux": _linux(process, insecure, host_devices if insecure else ())
+        | _cgroups_path(process, container_id),
     }
+
+
+def _cgroups_path(process: ProcessSpec, container_id: str) -> dict[str, Any]:
+    if not process.cgroup_parent:
+        return {}
+    if not container_id:
+        raise GraphError("a RUN with a cgroup parent needs its container id")
+    return {"cgroupsPath": str(PurePosixPath("/", process.cgroup_parent, "buildkit",
+                                             container_id))}
 
 
 def _check(process: ProcessSpec) -> None:
@@ -315,7 +332,9 @@ def _is_loopback_nameserver(line: str) -> bool:
     return bool(servers) and (servers[0].startswith("127.") or servers[0] == "::1")
 
 
-def hosts_file(hostname: str) -> str:
-    """BuildKit's generated /etc/hosts: loopback names and the sandbox's hostname."""
+def hosts_file(hostname: str, extra_hosts: Sequence[tuple[str, str]] = ()) -> str:
+    """BuildKit's generated /etc/hosts: loopback names and the sandbox's hostname, then
+    one ``IP<tab>NAME`` line per ``--add-host`` entry, in order."""
     return (f"127.0.0.1\tlocalhost {hostname}\n"
-            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+            + "".join(f"{ip}\t{name}\n" for name, ip in extra_hosts))

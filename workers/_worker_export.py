@@ -22,6 +22,7 @@ from cache_backends._records import CacheRecord
 from scheduler._build_request import BuildOptions
 from scheduler._graph import BuildGraph
 
+from ._attest import metadata_provenance
 from ._build import Exported, write_results
 from ._exporters import push_image
 from ._image import build_metadata
@@ -45,9 +46,10 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
     # each file output goes to the client as it is written (its pump sends the chunks)
     pumping = {path: asyncio.ensure_future(writer.pump()) for path, writer in writers.items()}
     try:
-        exported = await write_results(engine, BuildGraph.from_msgpack(graph).results, roots,
-                                       session.options, cast(Mapping[Path, BinaryIO], writers),
-                                       pushed=pushes)
+        built = BuildGraph.from_msgpack(graph)
+        exported = await write_results(engine, built.results, roots, session.options,
+                                       cast(Mapping[Path, BinaryIO], writers), pushed=pushes,
+                                       graph=built)
         for path, writer in writers.items():
             await writer.finish(pumping[path])
     finally:
@@ -67,6 +69,7 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
         else:  # stdout: sent only now, from its scratch file
             await send_file(session.send, index, session.outputs[index])
     metadata = dict(build_metadata(exported, bool(session.options.outputs) or pushes))
+    metadata |= metadata_provenance(exported)
     if session.request.tags:
         metadata["image.name"] = ",".join(session.request.tags)
     sent = {writer.index: writer.sent for writer in writers.values()}  # bytes per output

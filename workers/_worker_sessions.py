@@ -153,7 +153,8 @@ class SessionTable:
         secrets = session_secrets(part, channel)
         try:
             credentials = await cache_credentials(channel, options)
-            session = self._made(options, part, secrets, channel, credentials)
+            session = self._made(options, part, secrets, channel, credentials,
+                                 _started(request))
         except BaseException:
             if channel is not None:
                 await channel.aclose()
@@ -175,17 +176,19 @@ class SessionTable:
             await self.close(build_id)
 
     def _made(self, options: BuildOptions, part: Mapping[str, Any], secrets: SecretSource,
-              channel: Any, credentials: S3Credentials | None) -> WorkerSession:
+              channel: Any, credentials: S3Credentials | None,
+              started: float) -> WorkerSession:
         manifests = _manifests(part)
         engine: WorkerRuntime = self._engine()
         scratch = Path(tempfile.mkdtemp(prefix="build-", dir=engine.tmp))
         outputs = {index: scratch / f"output-{index}" for index, spec
                    in enumerate(options.outputs) if spec.type != "image"}
-        local = prepared(_local_options(self.root, options, part, outputs))
+        local = prepared(_local_options(self.root, options, part, outputs, started))
         reader = ask_reader(channel.ask) if channel is not None and manifests else None
         build = BuildSession(manifests=manifests, context_reader=reader, secrets=secrets,
                              ssh_agents=_ssh_agents(part, channel), epoch=local.epoch,
-                             insecure_registries=frozenset(local.insecure_registries))
+                             insecure_registries=frozenset(local.insecure_registries),
+                             pull=local.pull)
         session = WorkerSession(engine.backend(build), local, options, scratch, outputs,
                                 channel)
         if local.cache_to or local.cache_from:
@@ -250,7 +253,7 @@ def _manifests(part: Mapping[str, Any]) -> dict[str, ContextManifest]:
 
 
 def _local_options(root: Path, options: BuildOptions, part: Mapping[str, Any],
-                   outputs: Mapping[int, Path]) -> LocalBuildOptions:
+                   outputs: Mapping[int, Path], started: float = 0.0) -> LocalBuildOptions:
     """The engine's options for a request: every file output (and ``local``, as a tar)
     goes to its scratch file in ``outputs``; image outputs are pushed after."""
     patterns = part.get("ignore_patterns")
@@ -262,8 +265,16 @@ def _local_options(root: Path, options: BuildOptions, part: Mapping[str, Any],
         outputs=tuple(_scratch_output(spec, outputs[index])
                       for index, spec in enumerate(options.outputs) if spec.type != "image"),
         names=options.tags, no_cache=options.no_cache, epoch=options.epoch,
-        insecure_registries=tuple(options.insecure_registries),
-        cache_to=tuple(options.cache_to), cache_from=tuple(options.cache_from))
+        insecure_registries=tuple(options.insecure_registries), pull=options.pull,
+        cache_to=tuple(options.cache_to), cache_from=tuple(options.cache_from),
+        attests=options.attests, started=started)
+
+
+def _started(request: Mapping[str, Any]) -> float:
+    """When the coordinator began the build (its request's ``started``; 0: not said, a
+    coordinator of an earlier version)."""
+    started = request.get("started")
+    return float(started) if isinstance(started, int | float) else 0.0
 
 
 def _scratch_output(spec: OutputSpec, path: Path) -> Output:

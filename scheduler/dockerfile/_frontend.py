@@ -41,7 +41,9 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
                 ignore_patterns: Sequence[str] = (), build_platform: Platform | None = None,
                 image_resolver: ImageResolver | None = None, check_only: bool = False,
                 interrupt: Interrupt | None = None, ulimits: Sequence[Ulimit] = (),
-                shm_size: int = 0, network: str = "default") -> FrontendResult:
+                shm_size: int = 0, network: str = "default",
+                extra_hosts: Sequence[tuple[str, str]] = (), cgroup_parent: str = "",
+                no_cache_filter: Sequence[str] = ()) -> FrontendResult:
     """Convert ``dockerfile`` for each of ``platforms`` (default: this machine's) into one
     graph holding one ImageResult per platform.  The build checks look at the stages the
     target needs; ``# check=error=true`` turns findings into a ``DockerfileError``.
@@ -56,14 +58,18 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
                             build_args=build_args, ignore_patterns=ignore_patterns,
                             build_platform=build_platform, image_resolver=image_resolver,
                             check_only=check_only, ulimits=ulimits, shm_size=shm_size,
-                            network=network)
+                            network=network, extra_hosts=tuple(extra_hosts),
+                            cgroup_parent=cgroup_parent,
+                            no_cache_filter=tuple(no_cache_filter))
 
 
 def _build_graph(dockerfile: bytes, *, filename: str, target: str | None,
                  platforms: Sequence[Platform], build_args: Mapping[str, str] | None,
                  ignore_patterns: Sequence[str], build_platform: Platform | None,
                  image_resolver: ImageResolver | None, check_only: bool,
-                 ulimits: Sequence[Ulimit], shm_size: int, network: str) -> FrontendResult:
+                 ulimits: Sequence[Ulimit], shm_size: int, network: str,
+                 extra_hosts: tuple[tuple[str, str], ...], cgroup_parent: str,
+                 no_cache_filter: tuple[str, ...]) -> FrontendResult:
     if not dockerfile.strip():
         raise DockerfileError("the Dockerfile cannot be empty", filename=filename)
     parsed = parse(dockerfile, filename)
@@ -76,7 +82,8 @@ def _build_graph(dockerfile: bytes, *, filename: str, target: str | None,
         build_platform=build_platform or default_platform(), multi_platform=len(wanted) > 1,
         build_args=dict(build_args or {}), ignore_patterns=tuple(ignore_patterns),
         resolver=image_resolver, target=target, ulimits=tuple(ulimits), shm_size=shm_size,
-        network=network)
+        network=network, extra_hosts=extra_hosts, cgroup_parent=cgroup_parent,
+        no_cache_filter=no_cache_filter)
     graph, warnings, notices = convert(typed, options, wanted)
     report = run_checks(parsed, typed, target=target, all_stages=check_only,
                         extra=warnings, build_args=build_args)

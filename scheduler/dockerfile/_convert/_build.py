@@ -55,10 +55,20 @@ def _convert_one(dockerfile: Dockerfile, options: BuildOptions, platform: Platfo
     target = find_target(conv, table, options.target)
     done: dict[int, StageState] = {}
     for stage_node in _order(reachable(target)):
-        done[stage_node.index] = convert_stage(conv, table, stage_node, done)
+        sink.ignore_cache = _ignores_cache(options, stage_node)
+        try:
+            done[stage_node.index] = convert_stage(conv, table, stage_node, done)
+        finally:
+            sink.ignore_cache = False
     final = done[target.index]
     return conv, ImageResult(platform=platform, root=final.root, config=freeze(final.config),
                              target=target.name or f"stage-{target.index}")
+
+
+def _ignores_cache(options: BuildOptions, stage_node: StageNode) -> bool:
+    """Whether ``--no-cache-filter`` names the stage."""
+    name = (stage_node.name or "").lower()
+    return stage_node.stage is not None and bool(name) and name in options.no_cache_filter
 
 
 def _order(stage_nodes: list[StageNode]) -> list[StageNode]:

@@ -70,6 +70,9 @@ class BuildOptions:
     ulimits: tuple[Ulimit, ...] = ()  # every RUN's (--ulimit)
     shm_size: int = 0  # every RUN's /dev/shm size in bytes (--shm-size; 0: the default)
     network: str = "default"  # the network of a RUN without --network (the build's --network)
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # every RUN's /etc/hosts entries (--add-host)
+    cgroup_parent: str = ""  # every RUN's cgroup parent (--cgroup-parent)
+    no_cache_filter: tuple[str, ...] = ()  # stages whose steps skip the cache (lowercase)
 
 
 @dataclass(slots=True)

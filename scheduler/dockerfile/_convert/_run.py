@@ -57,7 +57,8 @@ def dispatch_run(conv: Conversion, state: StageState, command: RunCommand,
                 cwd=state.cwd, user=state.config.user, mounts=tuple(mounts),
                 network=_network(conv, command), security=command.security,
                 hostname=conv.sandbox_hostname, proxy_env=conv.proxy_env(state),
-                ulimits=conv.options.ulimits, shm_size=conv.options.shm_size)
+                ulimits=conv.options.ulimits, shm_size=conv.options.shm_size,
+                extra_hosts=conv.options.extra_hosts, cgroup_parent=conv.options.cgroup_parent)
     conv.charge(sum(map(len, op.env)), command.node, env, env)
     shown = conv.display(label, _masked(env, command), command.node)
     name = prefix_command(state, uppercase_command(shown),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..._graph import BuildGraph, Op, Vertex
+from ..._graph import BuildGraph, Op, SourceOp, Vertex
 from ..._platform import Platform
 
 
@@ -14,6 +14,10 @@ class VertexSink:
 
     def __init__(self, graph: BuildGraph | None = None) -> None:
         self.graph = graph if graph is not None else BuildGraph()
+        # Set while a ``--no-cache-filter`` stage is converted: its steps skip the cache
+        # (not its sources: a base image or the context another stage shares, as BuildKit
+        # marks a stage's RUN, COPY... and not its FROM).
+        self.ignore_cache = False
 
     def add(self, op: Op, inputs: Sequence[str], name: str, platform: Platform | None,
             *, location: str) -> str:
@@ -21,4 +25,6 @@ class VertexSink:
         makes it (``Dockerfile:7:1``), "" for an internal vertex.  When the vertex is
         already there (another platform or stage made it), the first location stays."""
         return self.graph.add(Vertex(op=op, inputs=tuple(inputs), name=name,
-                                     platform=platform, location=location))
+                                     platform=platform, location=location,
+                                     ignore_cache=self.ignore_cache
+                                     and not isinstance(op, SourceOp)))

@@ -5,7 +5,8 @@ certificate and a token, on a free 127.0.0.1 port; clients reach it with ``--end
 Covers: ``ping`` through the endpoint with the token and the CA; no token, a wrong token
 and an unverified certificate refused through the CLI with one clear line (no
 traceback); a malformed frame closing only its own connection; a build through
-``--endpoint`` (the context on this machine's disk, which the worker shares here); the
+``--endpoint`` (the context on this machine's disk, which the worker shares here), and
+with ``--load`` into the client's Docker engine (a private dockerd); the
 server stopping on SIGTERM with nothing it started left running; a one-file change in a
 10,000-file context read and sent alone (the client's stat index, issue 10).  (The relay's round
 trips are tests/integration/cluster/test_relay.py, in one process.)"""
@@ -33,6 +34,9 @@ from cluster._ray import ray_temp_dir
 from cluster._service import alive, connect_endpoint, kill_processes, process_tree
 from cluster._wire import BlockingWebSocket, WireClosed, parse_endpoint
 from workers._context_digest import RACY_NS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "oracle"))
+from _buildkit import DOCKER, DOCKERD, PrivateDockerd, make_oracle_root  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[3]
 TOKEN = "endpoint-token-5d1c"
@@ -182,6 +186,28 @@ def test_a_build_through_the_endpoint(served: Served) -> None:
     assert done.returncode == 0, done.stderr.decode()
     assert (out / "a.txt").read_text() == "hello from the client\n"
     assert not (served.work / "client-root" / "run").exists(), "no local service started"
+
+
+@pytest.mark.oracle
+def test_load_through_the_endpoint(served: Served) -> None:
+    """``--load`` with ``--endpoint``: the docker tar comes back over the session channel
+    and the client loads it into its own engine (a private dockerd here)."""
+    if not (DOCKERD.exists() and DOCKER.exists()):
+        pytest.skip("docker.io is not installed (make setup installs it)")
+    dockerd = PrivateDockerd(make_oracle_root())
+    dockerd.start()
+    try:
+        meta = served.work / "load-meta.json"
+        done = served.cli("build", "--endpoint", served.url, "--token-file",
+                          str(served.token_file), "--tls-ca", str(served.cert), "--load",
+                          "-t", "example/remote:1", "--metadata-file", str(meta),
+                          str(_context(served)), env={"DOCKER_HOST": f"unix://{dockerd.socket}"})
+        assert done.returncode == 0, done.stderr.decode()
+        listed = dockerd.docker("images", "--no-trunc", "--format", "{{.ID}}", "example/remote:1")
+        digest = json.loads(meta.read_text())["containerimage.config.digest"]
+        assert listed.stdout.split() == [digest], listed.stderr
+    finally:
+        dockerd.stop()
 
 
 def test_a_lowercase_dockerfile_builds_through_the_endpoint(served: Served) -> None:

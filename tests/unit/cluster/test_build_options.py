@@ -68,6 +68,7 @@ OUTPUTS = [
     ("type=tar,dest=-", OutputSpec("tar", "-")),
     ("type=oci,dest=/x/i.tar", OutputSpec("oci", "/x/i.tar")),
     ("type=docker,dest=i.tar", OutputSpec("docker", "/cwd/i.tar")),
+    ("type=docker", OutputSpec("docker")),  # no dest: loaded into the Docker engine
     ("type=image,name=reg:5000/a:1,push=true", OutputSpec("image", None, ("reg:5000/a:1",), True)),
     ('type=image,"name=a,b"', OutputSpec("image", None, ("a", "b"), False)),
     ("type=registry,name=a", OutputSpec("image", None, ("a",), True)),
@@ -76,6 +77,8 @@ OUTPUTS = [
      OutputSpec("image", None, ("r:5000/a",), True, True)),
     ("type=registry,name=a,Registry.Insecure=1", OutputSpec("image", None, ("a",), True, True)),
     ("type=image,name=a,registry.insecure=false", OutputSpec("image", None, ("a",))),
+    ("type=image,name=a,unpack=true", OutputSpec("image", None, ("a",))),
+    ("type=registry,name=a,unpack=false", OutputSpec("image", None, ("a",), True)),
 ]
 
 SSH = [
@@ -169,6 +172,11 @@ ERRORS: list[tuple[Any, str, str]] = [
     (parse_output, "type=image,name=a,registry.insecure=yes",
      "invalid --output 'type=image,name=a,registry.insecure=yes': registry.insecure must be "
      "true or false, not 'yes'"),
+    (parse_output, "type=image,name=a,unpack=1x",
+     "invalid --output 'type=image,name=a,unpack=1x': unpack must be true or false, not "
+     "'1x'"),
+    (parse_output, "type=docker,unpack=true",
+     "invalid --output 'type=docker,unpack=true': unsupported attribute 'unpack'"),
     (parse_output, "type=tar,dest=x,registry.insecure=true",
      "invalid --output 'type=tar,dest=x,registry.insecure=true': unsupported attribute "
      "'registry.insecure'"),
@@ -254,6 +262,63 @@ def test_resolve_outputs(outputs: list[OutputSpec], tags: list[str], push: bool,
         assert str(caught.value) == expected
     else:
         assert resolve_outputs(outputs, tags, push) == expected
+
+
+DOCKER_LOAD = OutputSpec("docker")
+# (outputs, tags, --push, --load) -> outputs: --load adds one docker output without dest
+# unless one is there, beside any other output (buildx 0.13+: several exporters)
+LOAD: list[tuple[list[OutputSpec], list[str], bool, bool, tuple[OutputSpec, ...]]] = [
+    ([], ["a:1"], False, True, (DOCKER_LOAD,)),
+    ([], [], False, True, (DOCKER_LOAD,)),
+    ([DOCKER_LOAD], ["a"], False, True, (DOCKER_LOAD,)),
+    ([OutputSpec("docker", "/d.tar")], [], False, True,
+     (OutputSpec("docker", "/d.tar"), DOCKER_LOAD)),
+    ([OutputSpec("local", "/l")], [], False, True, (OutputSpec("local", "/l"), DOCKER_LOAD)),
+    ([], ["a:1"], True, True, (OutputSpec("image", None, ("a:1",), True), DOCKER_LOAD)),
+    ([DOCKER_LOAD], [], False, False, (DOCKER_LOAD,)),
+]
+
+
+@pytest.mark.parametrize(("outputs", "tags", "push", "load", "expected"), LOAD)
+def test_load_adds_a_docker_output(outputs: list[OutputSpec], tags: list[str], push: bool,
+                                   load: bool, expected: tuple[OutputSpec, ...]) -> None:
+    resolved = resolve_outputs(outputs, tags, push, load)
+    assert resolved == expected
+    assert [o.loads for o in resolved] == [o.type == "docker" and o.dest is None
+                                           for o in expected]
+
+
+# argv -> the exact refusal: a docker output holds one platform (buildx's words)
+DOCKER_PLATFORMS = [
+    (["--load"], "docker exporter does not currently support exporting manifest lists\n"
+                 "hint: build one --platform to --load it, or push the platforms with "
+                 "--push, or write them with -o type=oci,dest=FILE"),
+    (["-o", "type=docker"], "docker exporter does not currently support exporting "
+                            "manifest lists\nhint: build one --platform to --load it, or "
+                            "push the platforms with --push, or write them with "
+                            "-o type=oci,dest=FILE"),
+    (["-o", "type=docker,dest=/d.tar"], "docker exporter does not support exporting "
+                                        "manifest lists, use the oci exporter instead\n"
+                                        "hint: build one --platform, or use "
+                                        "-o type=oci,dest=FILE"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), DOCKER_PLATFORMS)
+def test_a_docker_output_of_several_platforms_is_refused(argv: list[str], message: str,
+                                                         tmp_path: Path) -> None:
+    platforms = ["--platform", "linux/amd64,linux/arm64"]
+    with pytest.raises(UsageError) as caught:
+        gather_options(_args([*argv, *platforms, str(tmp_path)]), ENV)
+    assert str(caught.value) == message
+    one = gather_options(_args([*argv, "--platform", "linux/arm64", str(tmp_path)]), ENV)
+    assert [o.type for o in one.outputs] == ["docker"]
+
+
+def test_load_travels_as_a_docker_output_without_dest(tmp_path: Path) -> None:
+    options = gather_options(_args(["--load", "-t", "app:1", str(tmp_path)]), ENV)
+    assert options.outputs == (DOCKER_LOAD,) and options.tags == ("app:1",)
+    assert BuildOptions.from_wire(options.to_wire()).outputs[0].loads
 
 
 EPOCHS: list[tuple[dict[str, str], dict[str, str], Any]] = [
@@ -537,12 +602,13 @@ def test_parse_ulimit_refuses(value: str, message: str) -> None:
 @pytest.mark.parametrize(("value", "expected"), [
     (None, 0), ("134217728", 134217728), ("128m", 128 << 20), ("1g", 1 << 30),
     ("64MiB", 64 << 20), ("512k", 512 << 10), ("2 GB", 2 << 30),
+    ("1.5g", 3 << 29), ("0", 0), ("0.5k", 512),
 ])
 def test_parse_shm_size(value: str | None, expected: int) -> None:
     assert parse_shm_size(value) == expected
 
 
-@pytest.mark.parametrize("value", ["", "0", "-1m", "1.5g", "12x", "99999999999999999999g"])
+@pytest.mark.parametrize("value", ["", "-1m", "1.5.1g", "12x", "99999999999999999999g"])
 def test_parse_shm_size_refuses(value: str) -> None:
     with pytest.raises(UsageError, match="invalid --shm-size"):
         parse_shm_size(value)
@@ -566,7 +632,7 @@ def test_network_crosses_the_wire(tmp_path: Path) -> None:
     earlier = {k: v for k, v in options.to_wire().items() if k != "network"}
     assert BuildOptions.from_wire(earlier).network == "default"
     assert parse_network(None) == "default"
-    with pytest.raises(UsageError, match="invalid --network 'bridge'"):
+    with pytest.raises(UsageError, match="network mode 'bridge' not supported"):
         parse_network("bridge")
 
 

@@ -876,3 +876,15 @@ def test_every_needed_vertex_ends_once_as_cached_or_as_run(
     assert sorted(ends) == sorted(needed)  # each needed vertex once, nothing else
     ran = [e.name for e in events.events if isinstance(e, VertexCompleted)]
     assert sorted(ran) == sorted(backend.executions.elements())
+
+
+def test_an_ignore_cache_vertex_and_what_follows_run_again() -> None:
+    """``--no-cache-filter``: the marked vertex skips its lookup (and runs), and so does
+    what depends on it; the vertices beside it are cache hits."""
+    backend, cache = FakeBackend(), MemoryCache()
+    go(lambda: solver(backend, cache).solve(FORK, [JOIN.digest]))
+    backend.executions.clear()
+    marked = graph_of(IMAGE, replace(LEFT, ignore_cache=True), RIGHT, JOIN)
+    assert marked.vertices[LEFT.digest].ignore_cache
+    go(lambda: solver(backend, cache).solve(marked, [JOIN.digest]))
+    assert dict(backend.executions) == {LEFT.name: 1, JOIN.name: 1}
