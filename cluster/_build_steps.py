@@ -83,6 +83,7 @@ class BuildSteps:
         self._clock = clock
         self.began = clock()  # when the build was received: the definition's start
         self._resolved: list[_Step] = []  # base images looked up during the frontend
+        self._export_started = self.began  # when ``exporting`` was called
 
     def _digest(self, name: str) -> str:
         return step_digest(self._build_id, name)
@@ -138,20 +139,38 @@ class BuildSteps:
 
     # -- after the solve --
 
-    def exported(self, outputs: Sequence[OutputSpec], started: float,
-                 metadata: Mapping[str, Any], sent: Mapping[int, int] | None = None) -> None:
-        """One vertex per output, its sub-steps named from what the export did (``sent``:
-        the bytes sent to the client, by output index)."""
-        ended = self._clock()
+    def exporting(self, outputs: Sequence[OutputSpec]) -> None:
+        """The export begins: one vertex per output, open while the export runs (a step
+        the client does meanwhile, such as loading an image, shows between)."""
+        self._export_started = self._clock()
         for index, output in enumerate(outputs):
-            steps = _sub_steps(output, metadata, (sent or {}).get(index, 0))
-            self._run(exporter_name(output), started, ended, steps)
+            name = exporter_name(output)
+            self._events.emit(VertexStarted(self._exporter(index, name), name,
+                                            self._export_started))
 
-    def export_failed(self, outputs: Sequence[OutputSpec], started: float, error: str
-                      ) -> None:
-        """The export failed: its first output's vertex shows the error."""
-        if outputs:
-            self._run(exporter_name(outputs[0]), started, self._clock(), error=error)
+    def exported(self, outputs: Sequence[OutputSpec], metadata: Mapping[str, Any],
+                 sent: Mapping[int, int] | None = None) -> None:
+        """Each output's vertex done, its sub-steps named from what the export did
+        (``sent``: the bytes sent to the client, by output index)."""
+        took = max(self._clock() - self._export_started, 0.0)
+        for index, output in enumerate(outputs):
+            name = exporter_name(output)
+            digest = self._exporter(index, name)
+            for ident, current in _sub_steps(output, metadata, (sent or {}).get(index, 0)):
+                self._events.emit(StatusUpdate(digest, ident, current=current, done=True))
+            self._events.emit(VertexCompleted(digest, name, took))
+
+    def export_failed(self, outputs: Sequence[OutputSpec], error: str) -> None:
+        """The export failed: the first output's vertex shows the error, the others were
+        cancelled with it."""
+        for index, output in enumerate(outputs):
+            name = exporter_name(output)
+            self._events.emit(VertexFailed(self._exporter(index, name), name, error,
+                                           cancelled=index > 0))
+
+    def _exporter(self, index: int, name: str) -> str:
+        """The vertex of output ``index`` (two outputs of one type are two vertices)."""
+        return self._digest(f"{name}\0{index}")
 
 
 def _sub_steps(output: OutputSpec, metadata: Mapping[str, Any], sent: int

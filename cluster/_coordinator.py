@@ -292,7 +292,7 @@ class Coordinator:
                        steps: BuildSteps, options: BuildOptions) -> dict[str, Any]:
         """``_export``, again after a lost layer (rebuilt) or a lost worker; the exporter
         vertices shown once it is done (or failed)."""
-        started = time.time()
+        steps.exporting(options.outputs)
         try:
             for _ in range(ATTEMPTS - 1):
                 try:
@@ -306,10 +306,10 @@ class Coordinator:
             else:
                 result = await self._export(sessions, graph, records, sink)
         except DockyardError as error:
-            steps.export_failed(options.outputs, started, error.message)
+            steps.export_failed(options.outputs, error.message)
             raise
         sent = result.get("sent")
-        steps.exported(options.outputs, started, result.get("metadata") or {},
+        steps.exported(options.outputs, result.get("metadata") or {},
                        sent if isinstance(sent, Mapping) else None)
         return result
 

@@ -105,25 +105,60 @@ def test_each_output_is_its_exporters_vertex(output: OutputSpec, metadata: dict[
                                              expected: list[str]) -> None:
     recorder, clock = Recorder(), Clock()
     steps = BuildSteps(recorder, "b", clock=clock)
+    clock.now = 101.0
+    steps.exporting([output])
     clock.now = 102.0
-    steps.exported([output], 101.0, metadata, {0: 2_048_000})
+    steps.exported([output], metadata, {0: 2_048_000})
     lines = _plain(recorder).splitlines()
     assert lines == [f"#1 {exporter_name(output)}", *(f"#1 {line}" for line in expected),
                      "#1 DONE 1.0s"]
 
 
 def test_exporters_show_in_the_outputs_order_and_a_failure_on_the_first() -> None:
+    outputs = [OutputSpec("tar", "/t"), OutputSpec("local", "/l"), OutputSpec("tar", "/u")]
     recorder = Recorder()
     steps = BuildSteps(recorder, "b", clock=Clock())
-    outputs = [OutputSpec("tar", "/t"), OutputSpec("local", "/l")]
-    steps.exported(outputs, 100.0, IMAGE_META)
+    steps.exporting(outputs)
+    steps.exported(outputs, IMAGE_META)
     assert [e.name for e in recorder.events if isinstance(e, VertexCompleted)] == [
-        "exporting to client tarball", "exporting to client directory"]
-    steps.export_failed(outputs, 100.0, "cannot write /t: disk full")
-    assert [(e.name, e.error) for e in recorder.events if isinstance(e, VertexFailed)] == [
-        ("exporting to client tarball", "cannot write /t: disk full")]
-    steps.export_failed([], 100.0, "nothing to show it on")  # no output, no vertex
-    assert len([e for e in recorder.events if isinstance(e, VertexStarted)]) == 3
+        "exporting to client tarball", "exporting to client directory",
+        "exporting to client tarball"]
+    assert len({e.vertex for e in recorder.events}) == 3  # two tarballs: two vertices
+    failing = Recorder()
+    steps = BuildSteps(failing, "b", clock=Clock())
+    steps.exporting(outputs)
+    steps.export_failed(outputs, "cannot write /t: disk full")
+    assert [(e.name, e.error, e.cancelled) for e in failing.events
+            if isinstance(e, VertexFailed)] == [
+        ("exporting to client tarball", "cannot write /t: disk full", False),
+        ("exporting to client directory", "cannot write /t: disk full", True),
+        ("exporting to client tarball", "cannot write /t: disk full", True)]
+    assert len([e for e in failing.events if isinstance(e, VertexStarted)]) == 3
+
+
+def test_a_step_of_the_client_shows_while_the_export_runs() -> None:
+    recorder, clock = Recorder(), Clock()
+    steps = BuildSteps(recorder, "b", clock=clock)
+    load = "sha256:" + "1" * 64
+    steps.exporting([OutputSpec("docker", None)])
+    recorder.emit(VertexStarted(load, "importing to docker", 100.0))
+    recorder.emit(VertexCompleted(load, "importing to docker", 0.5))
+    clock.now = 101.0
+    steps.exported([OutputSpec("docker", None)], IMAGE_META)
+    assert _plain(recorder) == f"""\
+#1 exporting to docker image format
+#1 ...
+
+#2 importing to docker
+#2 DONE 0.5s
+
+#1 exporting to docker image format
+#1 exporting layers done
+#1 exporting manifest {MANIFEST} done
+#1 exporting config {CONFIG} done
+#1 sending tarball done
+#1 DONE 1.0s
+"""
 
 
 @pytest.mark.parametrize(("ref", "platform", "name"), [
