@@ -170,7 +170,9 @@ def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
                          "to console", hint="redirect stdout, or set dest=FILE")
     endpoint = endpoint_of(args, os.environ)
     engine = _docker_engine(options.outputs, os.environ)
-    renderer = make_renderer(options.progress, sys.stderr)
+    renderer = make_renderer(options.progress, sys.stderr,
+                             debug=bool(getattr(args, "debug", False)),
+                             source=request["dockerfile"])
     outputs = _Outputs(options.outputs, engine, renderer)
     handlers: dict[str, Handler] = {"secret.get": SecretReader(options.secrets, os.environ),
                                     "cache.credentials": CacheCredentials(options, os.environ),

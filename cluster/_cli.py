@@ -19,6 +19,8 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 from scheduler._errors import DockyardError, UsageError
 from scheduler._platform import Platform
 
+from ._render import source_excerpt as _excerpt
+
 if TYPE_CHECKING:
     from scheduler.dockerfile._frontend import FrontendResult
 
@@ -152,23 +154,6 @@ def _add_debug(subparsers: _Subparsers) -> None:
 
 
 # --- dockyard build [--check] ----------------------------------------------------------
-
-
-def _excerpt(lines: Sequence[str], start: int, end: int) -> list[str]:
-    """BuildKit's source excerpt (solver/errdefs Source.Print): the lines of the range
-    marked ``>>>``, with context, between two rules."""
-    end = min(max(end, start), len(lines))
-    first, last, pad = start, end, (4 if start == end else 2)
-    count = 0
-    while count < pad:
-        if first > 1:
-            first, count = first - 1, count + 1
-        if last != len(lines):
-            last, count = last + 1, count + 1
-        count += 1
-    rows = [f" {i:3d} | {'>>>' if start <= i <= end else '   '} {lines[i - 1]}"
-            for i in range(first, last + 1)]
-    return ["--------------------", *rows, "--------------------"]
 
 
 def _print_check(warnings: Sequence[Any], data: bytes, spans: dict[int, int]) -> None:

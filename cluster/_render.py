@@ -32,7 +32,7 @@ import base64
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
@@ -69,18 +69,21 @@ class Renderer(Protocol):
     def close(self, trailer: str = "") -> None: ...
 
 
-def make_renderer(mode: str, stream: TextIO, *, clock: Clock = time.time) -> Renderer:
-    """The renderer for ``--progress=mode`` writing to ``stream`` (the user's stderr)."""
+def make_renderer(mode: str, stream: TextIO, *, clock: Clock = time.time,
+                  debug: bool = False, source: bytes = b"") -> Renderer:
+    """The renderer for ``--progress=mode`` writing to ``stream`` (the user's stderr);
+    ``debug`` (``-D``) expands the build checks' summary, quoting ``source`` (the
+    Dockerfile)."""
     if mode in ("auto", "tty"):  # a live view needs a terminal to draw on
         mode = "tty" if _is_terminal(stream) else "plain"
     if mode == "plain":
-        return PlainRenderer(stream, clock=clock)
+        return PlainRenderer(stream, clock=clock, warnings=_Warnings(debug=debug, source=source))
     if mode == "rawjson":
         return RawJsonRenderer(stream, clock=clock)
     if mode == "quiet":
         return QuietRenderer(stream)
     if mode == "tty":
-        return TtyRenderer(stream, clock=clock)
+        return TtyRenderer(stream, clock=clock, warnings=_Warnings(debug=debug, source=source))
     raise UsageError(f"invalid progress mode {mode!r}",
                      hint=f"use one of: {', '.join(MODES)}")
 
@@ -92,19 +95,42 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+def source_excerpt(lines: Sequence[str], start: int, end: int) -> list[str]:
+    """BuildKit's source excerpt (solver/errdefs Source.Print): the lines of the range
+    marked ``>>>``, with context, between two rules."""
+    end = min(max(end, start), len(lines))
+    first, last, pad = start, end, (4 if start == end else 2)
+    count = 0
+    while count < pad:
+        if first > 1:
+            first, count = first - 1, count + 1
+        if last != len(lines):
+            last, count = last + 1, count + 1
+        count += 1
+    rows = [f" {i:3d} | {'>>>' if start <= i <= end else '   '} {lines[i - 1]}"
+            for i in range(first, last + 1)]
+    return ["--------------------", *rows, "--------------------"]
+
+
 class _Warnings:
     """The build's warnings, printed once each by ``close``: those of no vertex as
-    ``WARNING:`` lines, the build checks' (``VertexWarning``) in buildx's summary."""
+    ``WARNING:`` lines, the build checks' (``VertexWarning``) in buildx's summary; with
+    ``debug`` (``-D``) each check expanded as buildx expands it: its description, its
+    documentation and its place in ``source`` (the Dockerfile)."""
 
-    def __init__(self, *, checks: bool = True) -> None:
+    def __init__(self, *, checks: bool = True, debug: bool = False, source: bytes = b""
+                 ) -> None:
         self._texts: dict[str, None] = {}  # in order of arrival, once each
-        self._checks: dict[str, None] = {}  # build checks' short texts, in order, once each
+        # build checks by short text, in order of arrival, once each
+        self._checks: dict[str, VertexWarning] = {}
         self._show_checks = checks  # whether the summary of the build checks is printed
+        self._debug = debug
+        self._source = source.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
 
     def add(self, event: Event) -> bool:
         """Keep ``event`` if it is a warning of no vertex; whether it was."""
         if isinstance(event, VertexWarning):
-            self._checks.setdefault(event.short)
+            self._checks.setdefault(event.short, event)
             return False
         text = warning_of(event)
         if text is None:
@@ -121,9 +147,20 @@ class _Warnings:
         if self._checks and self._show_checks:
             count = len(self._checks)
             found = "1 warning found" if count == 1 else f"{count} warnings found"
-            stream.write(f"\n {found} (use docker --debug to expand):\n"
-                         + "".join(f" - {short}\n" for short in self._checks))
+            expand = "" if self._debug else " (use docker --debug to expand)"
+            stream.write(f"\n {found}{expand}:\n"
+                         + "".join(map(self._check, self._checks.values())))
         stream.flush()
+
+    def _check(self, check: VertexWarning) -> str:
+        if not self._debug:
+            return f" - {check.short}\n"
+        lines = [f" - {check.short}", *([check.detail] if check.detail else []),
+                 *([f"More info: {check.url}"] if check.url else [])]
+        if check.filename and 1 <= check.line <= len(self._source):
+            lines += [f"{check.filename}:{check.line}",
+                      *source_excerpt(self._source, check.line, check.line)]
+        return "\n".join(lines) + "\n\n"
 
 
 class QuietRenderer:
@@ -282,13 +319,14 @@ _MIN_INTERVAL = 5.0  # ...or 5 s later, as BuildKit's printer does
 class PlainRenderer:
     """``--progress=plain``: BuildKit's plain text, written as events arrive."""
 
-    def __init__(self, stream: TextIO, *, clock: Clock = time.time) -> None:
+    def __init__(self, stream: TextIO, *, clock: Clock = time.time,
+                 warnings: _Warnings | None = None) -> None:
         self._stream = stream
         self._clock = clock
         self._vertices: dict[str, _Vertex] = {}  # digest -> state, in order of first news
         self._current: str | None = None  # the vertex whose block is open, None between
         self._blocks = 0  # blocks printed so far (a blank line goes before all but the first)
-        self._warnings = _Warnings()
+        self._warnings = warnings or _Warnings()
 
     def emit(self, event: Event) -> None:
         if self._warnings.add(event):
@@ -404,7 +442,7 @@ class TtyRenderer:
     (final state, errors included) by ``close``."""
 
     def __init__(self, stream: TextIO, *, clock: Clock = time.time,
-                 width: int | None = None) -> None:
+                 width: int | None = None, warnings: _Warnings | None = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
@@ -412,7 +450,7 @@ class TtyRenderer:
         self._began = clock()  # when the view opened: the "Building N.Ns" counter
         self._rows: dict[str, _Row] = {}  # digest -> row, in order of first news
         self._stream = stream
-        self._warnings = _Warnings()
+        self._warnings = warnings or _Warnings()
         console = Console(file=stream, force_terminal=True, highlight=False, width=width)
         self._live = Live(get_renderable=self._view, console=console, refresh_per_second=8,
                           transient=False, redirect_stdout=False, redirect_stderr=False)

@@ -407,3 +407,30 @@ def test_unknown_mode() -> None:
         make_renderer("fancy", io.StringIO())
     assert str(info.value) == ("invalid progress mode 'fancy'\n"
                                "hint: use one of: auto, plain, tty, rawjson, quiet")
+
+
+def test_debug_expands_each_build_check_as_buildx_does() -> None:
+    out = io.StringIO()
+    source = b"# syntax=docker/dockerfile:1\n\nFROM busybox AS Base\nRUN true\n"
+    renderer = make_renderer("plain", out, clock=FakeClock(), debug=True, source=source)
+    renderer.emit(CHECKED[2])  # StageNameCasing at line 3, with detail and url
+    renderer.emit(VertexWarning(D1, "NoPlace: a finding of no line"))
+    renderer.close()
+    assert out.getvalue().split("\n", 3)[3] == f"""\
+
+ 2 warnings found:
+ - {SHORT}
+Stage names should be lowercase
+More info: https://docs.docker.com/go/dockerfile/rule/stage-name-casing/
+Dockerfile:3
+--------------------
+   1 |     # syntax=docker/dockerfile:1
+   2 |     {''}
+   3 | >>> FROM busybox AS Base
+   4 |     RUN true
+   5 |     {''}
+--------------------
+
+ - NoPlace: a finding of no line
+
+"""
