@@ -61,7 +61,7 @@ from ._build_options import (
 )
 from ._context import CONTEXT_HASHED_KEY, default_dockerfile, load_ignore_patterns
 from ._context_server import ContextServer
-from ._render import Renderer, make_renderer
+from ._render import FAILED_TO_SOLVE, Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
 from ._ssh_agent import SshAgents, SshRelay
 from ._wire import Endpoint, Handler, Handlers, parse_endpoint
@@ -183,10 +183,10 @@ def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
     except ServiceError:  # the service could not be reached or spoke another version
         renderer.close()
         raise
-    except DockyardError as error:  # the build failed: as buildx reports a failed solve
+    except DockyardError as error:  # the build failed: reported as buildx reports it
         renderer.close(_tail(error) if isinstance(error, ExecError) else "")
-        print(f"ERROR: failed to solve: {error}", file=sys.stderr)
-        return 1
+        error.add_note(FAILED_TO_SOLVE)
+        raise
     finally:
         outputs.abort()
     renderer.close()

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 from scheduler._errors import DockyardError, UsageError
 from scheduler._platform import Platform
 
+from ._render import error_prefix
 from ._render import source_excerpt as _excerpt
 
 if TYPE_CHECKING:
@@ -487,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(error: DockyardError, debug: bool = False) -> int:
-    print(f"error: {error}", file=sys.stderr)
+    print(f"{error_prefix(error)}{error}", file=sys.stderr)
     if debug:
         _report_debug(error)
     return 1

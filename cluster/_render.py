@@ -51,11 +51,21 @@ from scheduler._progress import (
 )
 
 __all__ = [
-    "MODES", "PlainRenderer", "QuietRenderer", "RawJsonRenderer", "Renderer", "TtyRenderer",
-    "make_renderer", "rfc3339",
+    "FAILED_TO_SOLVE", "MODES", "PlainRenderer", "QuietRenderer", "RawJsonRenderer", "Renderer",
+    "TtyRenderer", "error_prefix", "make_renderer", "rfc3339", "source_excerpt",
 ]
 
 MODES = ("auto", "plain", "tty", "rawjson", "quiet")
+
+#: The note (``BaseException.add_note``) that marks an error as the build's own failure:
+#: the CLI reports it as buildx does, ``ERROR: failed to solve: <error>``.
+FAILED_TO_SOLVE = "dockyard: the build failed to solve"
+
+
+def error_prefix(error: BaseException) -> str:
+    """How the CLI begins the report of ``error``."""
+    failed = FAILED_TO_SOLVE in getattr(error, "__notes__", ())
+    return "ERROR: failed to solve: " if failed else "error: "
 
 Clock = Callable[[], float]
 

@@ -10,15 +10,17 @@ import pytest
 from support.solve_status import SchemaError, read_stream
 
 from cluster._render import (
+    FAILED_TO_SOLVE,
     PlainRenderer,
     QuietRenderer,
     RawJsonRenderer,
     TtyRenderer,
+    error_prefix,
     format_bytes,
     format_offset,
     make_renderer,
 )
-from scheduler._errors import UsageError
+from scheduler._errors import ExecError, UsageError
 from scheduler._progress import (
     Event,
     StatusUpdate,
@@ -434,3 +436,11 @@ Dockerfile:3
  - NoPlace: a finding of no line
 
 """
+
+
+def test_a_failed_solve_is_reported_as_buildx_reports_it() -> None:
+    error = ExecError("Dockerfile:2:1 [2/2] RUN false: exit code: 1", vertex="[2/2] RUN false",
+                      exit_code=1)
+    assert error_prefix(error) == "error: "  # not marked: any other error of the CLI
+    error.add_note(FAILED_TO_SOLVE)
+    assert error_prefix(error) == "ERROR: failed to solve: "
