@@ -46,7 +46,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from scheduler._build_request import NamedContext
 from scheduler._errors import DockyardError, ExecError, ServiceError, UsageError
+from scheduler._platform import Platform, default_platform, parse_platform
 
 from ._build_options import (
     BuildOptions,
@@ -59,8 +61,15 @@ from ._build_options import (
     read_session,
     read_token_file,
 )
-from ._context import CONTEXT_HASHED_KEY, default_dockerfile, load_ignore_patterns
-from ._context_server import ContextServer
+from ._context import (
+    CONTEXT_HASHED_KEY,
+    default_dockerfile,
+    directory_ignore_patterns,
+    load_ignore_patterns,
+)
+from ._context_forms import ClientContext, ContextForms, is_url, parse_build_context
+from ._context_server import ContextServer, ContextServers
+from ._oci_layout import LAYOUT_SCHEME, read_layout
 from ._render import FAILED_TO_SOLVE, Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
 from ._ssh_agent import SshAgents, SshRelay
@@ -72,6 +81,11 @@ if TYPE_CHECKING:
 __all__ = ["REQUEST_VERSION", "build_request", "endpoint_of", "run_build", "run_stop"]
 
 REQUEST_VERSION = 1
+#: The session's name of the build's own context (the frontend's ``local://context``).
+MAIN_CONTEXT = "context"
+LOCAL_SCHEME = "local://"
+#: The build arg that keeps a git context's ``.git`` directory (BuildKit's dockerui).
+KEEP_GIT_DIR_ARG = "BUILDKIT_CONTEXT_KEEP_GIT_DIR"
 
 
 def _settings(environ: Mapping[str, str]) -> ServiceSettings:
@@ -84,34 +98,36 @@ def _settings(environ: Mapping[str, str]) -> ServiceSettings:
     return ServiceSettings(root=default_root(environ), idle_timeout=timeout)
 
 
-def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> bytes:
-    if option == "-":
-        return stdin.read()
-    path = Path(option) if option is not None else default_dockerfile(context)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read Dockerfile {str(path)!r}: "
-                         f"{exc.strerror or exc}") from None
-
-
-def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[bytes]
-                  ) -> tuple[BuildOptions, dict[str, Any], ContextServer]:
+def build_request(args: argparse.Namespace, environ: Mapping[str, str], stdin: IO[bytes],
+                  forms: ContextForms | None = None
+                  ) -> tuple[BuildOptions, dict[str, Any], ContextServers]:
     """The checked options, the ``solve`` request (session included) and the server of
-    the context's files (the ``context.read`` handler)."""
-    context = Path(args.context)
-    if not context.is_dir():
-        raise UsageError(f"build context {args.context!r} is not a directory")
+    the contexts' files (the ``context.read`` handler).  ``forms`` makes the contexts
+    that are no directory (stdin, URLs) directories, and keeps them until it is closed."""
     options = gather_options(args, environ)
-    dockerfile = _read_dockerfile(args.file, context, stdin)
+    named = [parse_build_context(v) for v in getattr(args, "build_context", None) or ()]
+    forms = forms if forms is not None else ContextForms()
+    keep = dict(options.build_args).get(KEEP_GIT_DIR_ARG, "").lower() in ("1", "true")
+    context = forms.main(args.context, args.file, stdin, keep_git_dir=keep)
+    if context.dockerfile_path is not None and not Path(args.context).is_dir():
+        options = dataclasses.replace(options, filename=_shown_name(context))
     if options.metadata_file is not None and not Path(options.metadata_file).parent.is_dir():
         raise UsageError(f"invalid --metadata-file {args.metadata_file!r}: its directory "
                          f"does not exist")
     session = read_session(options, environ)
-    server = _context(session, context, args.file, default_root(environ))
-    request = {"version": REQUEST_VERSION, "dockerfile": dockerfile,
+    server = _context(session, context, default_root(environ))
+    options = _named_contexts(options, session, server, dict(named), forms)
+    request = {"version": REQUEST_VERSION, "dockerfile": context.dockerfile,
                "options": _without_ssh_paths(options).to_wire(), "session": session}
     return options, request, server
+
+
+def _shown_name(context: ClientContext) -> str:
+    """The Dockerfile's name in messages when the context was made a directory (stdin,
+    a URL): relative to it when inside it, as for a directory context."""
+    assert context.dockerfile_path is not None
+    inside = os.path.relpath(context.dockerfile_path, context.directory)
+    return str(context.dockerfile_path) if inside.startswith("..") else inside
 
 
 def _without_ssh_paths(options: BuildOptions) -> BuildOptions:
@@ -125,24 +141,68 @@ CONTEXT_BYTES_KEY = "dockyard.context.bytes-sent"
 CONTEXT_INDEX_DIR = "context-index"
 
 
-def _context(session: dict[str, Any], context: Path, file: str | None,
-             root: Path) -> ContextServer:
-    """Put the context's ignore patterns and manifest (its files, after them, with their
-    digests: from the context's stat index under ``root`` while a file's stat is
-    unchanged) in the ``session``; the server of its files."""
+def _context(session: dict[str, Any], context: ClientContext, root: Path) -> ContextServers:
+    """Put the context's ignore patterns and manifest in the ``session``; the server of
+    its files (more contexts join it, see ``_named_contexts``)."""
+    directory = context.directory
+    patterns, ignore_file = load_ignore_patterns(directory, context.dockerfile_path
+                                                 or default_dockerfile(directory))
+    session["ignore_patterns"] = list(patterns)
+    session["ignore_size"] = _size(ignore_file)  # for the progress' "load .dockerignore"
+    session["contexts"] = {}
+    servers = ContextServers()
+    servers.add(MAIN_CONTEXT, _manifest(session, MAIN_CONTEXT, directory, patterns, root))
+    return servers
+
+
+def _manifest(session: dict[str, Any], key: str, directory: Path, patterns: Sequence[str],
+              root: Path) -> ContextServer:
+    """The manifest of ``directory`` (its files after ``patterns``, with their digests:
+    from its stat index under ``root`` while a file's stat is unchanged) put in the
+    ``session`` as the context ``key``; the server of its files."""
     from workers._context_index import ContextIndexes  # noqa: PLC0415
     from workers._context_manifest import build_manifest  # noqa: PLC0415
 
-    dockerfile = default_dockerfile(context) if file in (None, "-") else Path(str(file))
-    patterns, ignore_file = load_ignore_patterns(context, dockerfile)
     indexes = ContextIndexes(root / CONTEXT_INDEX_DIR)
-    digests = indexes.load(context)
-    manifest = build_manifest(context, patterns, digests=digests)
+    digests = indexes.load(directory)
+    manifest = build_manifest(directory, patterns, digests=digests)
     indexes.save(digests)
-    session["ignore_patterns"] = list(patterns)
-    session["ignore_size"] = _size(ignore_file)  # for the progress' "load .dockerignore"
-    session["contexts"] = {"context": manifest.to_wire()}
-    return ContextServer(context, manifest, hashed=digests.statistics().bytes_hashed)
+    session["contexts"][key] = manifest.to_wire()
+    return ContextServer(directory, manifest, hashed=digests.statistics().bytes_hashed)
+
+
+def _named_contexts(options: BuildOptions, session: dict[str, Any], servers: ContextServers,
+                    named: Mapping[str, str], forms: ContextForms) -> BuildOptions:
+    """``--build-context``: an image stays a reference; a directory, or what a URL is
+    fetched into, is sent as the main context is, as ``session.contexts["context:NAME"]``
+    with its own ``.dockerignore``; an OCI layout so too, its image's blobs alone."""
+    found: list[NamedContext] = []
+    root = default_root(os.environ)
+    for name, value in named.items():
+        if value.startswith("docker-image://"):
+            found.append(NamedContext(name, value))
+            continue
+        key = f"context:{name}"
+        if value.startswith(LAYOUT_SCHEME):
+            layout = read_layout(value, _first_platform(options))
+            only = ("**", *(f"!{blob}" for blob in layout.blobs))  # the image's blobs alone
+            servers.add(key, _manifest(session, key, layout.directory, only, root))
+            found.append(NamedContext(name, f"{LAYOUT_SCHEME}{key}@{layout.digest}", only,
+                                      layout.config))
+            continue
+        directory = forms.fetch_named(name, value) if is_url(value) else Path(value)
+        if not directory.is_dir():
+            raise UsageError(f"invalid --build-context {name}={value}: not a directory, "
+                             "an image (docker-image://REF) or a URL")
+        patterns = directory_ignore_patterns(directory)
+        servers.add(key, _manifest(session, key, directory, patterns, root))
+        found.append(NamedContext(name, LOCAL_SCHEME + key, tuple(patterns)))
+    return dataclasses.replace(options, named_contexts=tuple(found))
+
+
+def _first_platform(options: BuildOptions) -> Platform:
+    """The platform an OCI layout's index is read for (the build's first)."""
+    return parse_platform(options.platforms[0]) if options.platforms else default_platform()
 
 
 def _size(path: Path | None) -> int:
@@ -155,16 +215,16 @@ def _size(path: Path | None) -> int:
 def run_build(args: argparse.Namespace) -> int:
     """``dockyard build``: the ssh agents it starts live exactly as long as the call."""
     options = gather_options(args, os.environ)
-    with SshAgents(options.ssh) as sockets:
+    with SshAgents(options.ssh) as sockets, ContextForms(sockets) as forms:
         relay = SshRelay(sockets)
         try:
-            return _run_build(args, relay)
+            return _run_build(args, relay, forms)
         finally:
             relay.close()
 
 
-def _run_build(args: argparse.Namespace, relay: SshRelay) -> int:
-    options, request, context = build_request(args, os.environ, sys.stdin.buffer)
+def _run_build(args: argparse.Namespace, relay: SshRelay, forms: ContextForms) -> int:
+    options, request, context = build_request(args, os.environ, sys.stdin.buffer, forms)
     if any(o.to_stdout for o in options.outputs) and sys.stdout.isatty():
         raise UsageError("dest file is required for the output to stdout: refusing to write "
                          "to console", hint="redirect stdout, or set dest=FILE")
@@ -287,7 +347,7 @@ async def _solve_starting(settings: ServiceSettings, request: dict[str, Any],
         return await client.call("solve", request, events=renderer, handlers=handlers)
 
 
-def _finish(options: BuildOptions, result: Any, context: ContextServer) -> None:
+def _finish(options: BuildOptions, result: Any, context: ContextServers) -> None:
     """Write ``--metadata-file``: the build's metadata and, under ``CONTEXT_BYTES_KEY``,
     the context bytes this client sent (what ``context.read`` asks it answered), under
     ``CONTEXT_HASHED_KEY`` those it read to list their digests."""

@@ -15,6 +15,7 @@ event (DESIGN.md).  ``BuildOptions`` holds no value.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import ipaddress
 import math
 import os
@@ -27,6 +28,8 @@ from typing import Any
 from cache_backends._credentials import CREDENTIAL_VARIABLES
 from scheduler._build_request import (
     ATTEST_TYPES,
+    COMPRESSION_LEVELS,
+    COMPRESSIONS,
     MAX_SECRET_BYTES,
     OPTIONS_VERSION,
     OUTPUT_TYPES,
@@ -34,6 +37,7 @@ from scheduler._build_request import (
     AttestSpec,
     BuildOptions,
     CacheSpec,
+    Compression,
     OutputSpec,
     SecretSpec,
     SshSpec,
@@ -48,7 +52,7 @@ from scheduler.dockerfile._flags import ram_in_bytes
 __all__ = [
     "OPTIONS_VERSION", "PROGRESS_MODES", "AttestSpec", "BuildOptions", "CacheSpec",
     "OutputSpec", "SecretSpec", "SshSpec", "insecure_registries", "parse_attests",
-    "parse_cache", "parse_epoch", "parse_insecure_registries",
+    "parse_cache", "parse_compression", "parse_epoch", "parse_insecure_registries",
     "parse_network", "parse_output", "parse_secret", "parse_shm_size", "parse_ssh",
     "parse_tag", "parse_ulimit", "read_session", "read_token_file", "CacheCredentials",
     "SecretReader", "Call", "builder_endpoint", "client_platforms", "parse_add_host",
@@ -139,7 +143,8 @@ def parse_ssh(value: str, environ: Mapping[str, str] = os.environ) -> SshSpec:
 
 def parse_output(value: str) -> OutputSpec:
     """buildx's ``--output``: ``-o DIR`` is ``type=local,dest=DIR`` and ``-o -`` is
-    ``type=tar,dest=-``; else ``type=...`` with ``dest``, ``name``, ``push``."""
+    ``type=tar,dest=-``; else ``type=...`` with its exporter's attributes (``_ATTRIBUTES``
+    says which type takes which)."""
     if "=" not in value and "," not in value:
         if not value:
             raise UsageError("invalid --output '': the value is empty")
@@ -152,42 +157,133 @@ def parse_output(value: str) -> OutputSpec:
     if kind not in OUTPUT_TYPES:
         raise UsageError(f"invalid --output {value!r}: unsupported output type {kind!r}",
                          hint=f"use one of {', '.join(OUTPUT_TYPES)}")
+    _refuse_attributes(value, kind, attrs)
     if kind in ("image", "registry"):
         return _image_output(value, kind, attrs)
-    return _file_output(value, kind, attrs)
+    if kind in ("local", "tar"):
+        return _files_output(value, kind, attrs)
+    return _layout_output(value, kind, attrs)
 
 
-def _file_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
-    dest = attrs.pop("dest", "")
-    _no_more(value, attrs)
-    if not dest and kind == "docker":
-        return OutputSpec("docker")  # loaded into the client's Docker engine (--load)
+#: The attributes of each exporter that dockyard takes (buildx's names); others are refused
+#: as unsupported, those of ``_REFUSED`` with the reason.
+_IMAGE_ATTRIBUTES = ("compression", "compression-level", "force-compression",
+                     "oci-mediatypes", "rewrite-timestamp")
+_ATTRIBUTES = {
+    "image": ("name", "push", "registry.insecure", "push-by-digest", "unpack",
+              *_IMAGE_ATTRIBUTES),
+    "oci": ("dest", "name", "tar", *_IMAGE_ATTRIBUTES),
+    "local": ("dest", "platform-split"),
+    "tar": ("dest", "platform-split"),
+}
+_ATTRIBUTES["registry"] = _ATTRIBUTES["image"]
+_ATTRIBUTES["docker"] = _ATTRIBUTES["oci"]
+
+
+def _refuse_attributes(value: str, kind: str, attrs: Mapping[str, str]) -> None:
+    """Refuse an attribute the ``kind`` exporter does not take."""
+    for key in sorted(attrs):
+        if key not in _ATTRIBUTES[kind]:
+            raise UsageError(f"invalid --output {value!r}: unsupported attribute {key!r} "
+                             f"for the {kind} exporter",
+                             hint=f"it takes {', '.join(_ATTRIBUTES[kind])}")
+
+
+def _files_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
+    """``type=local`` or ``type=tar``: ``dest`` and ``platform-split``."""
+    split_text = attrs.pop("platform-split", None)
+    split = None if split_text is None else _boolean(value, "platform-split", split_text)
+    dest = _dest(value, kind, attrs.pop("dest", ""), directory=kind == "local")
+    return OutputSpec(kind, dest, platform_split=split)
+
+
+def _layout_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
+    """``type=oci`` or ``type=docker``: ``dest``, ``name``, ``tar`` and the image's."""
+    tar = _boolean(value, "tar", attrs.pop("tar", "true"))
+    dest_text = attrs.pop("dest", "")
+    names = _names(value, attrs)
+    image = _image_attributes(value, attrs)
+    if not dest_text and kind == "docker" and tar:
+        # loaded into the client's Docker engine (--load)
+        return OutputSpec(kind, None, names, tar=tar, **image)
+    dest = _dest(value, kind, dest_text, directory=not tar)
+    return OutputSpec(kind, dest, names, tar=tar, **image)
+
+
+def _dest(value: str, kind: str, dest: str, *, directory: bool) -> str:
     if not dest:
         what = "directory" if kind == "local" else "file"
         raise UsageError(f"invalid --output {value!r}: dest {what} is required for the "
                          f"{kind} exporter")
-    if kind == "local" and dest == "-":
-        raise UsageError(f"invalid --output {value!r}: the local exporter writes a "
-                         f"directory, not stdout", hint="use type=tar,dest=- for a stream")
-    return OutputSpec(kind, dest if dest == "-" else os.path.abspath(dest))
+    if directory and dest == "-":
+        what = "the local exporter" if kind == "local" else f"the {kind} exporter with tar=false"
+        raise UsageError(f"invalid --output {value!r}: {what} writes a directory, not "
+                         f"stdout", hint="use type=tar,dest=- for a stream" if kind == "local"
+                         else "drop tar=false to write the layout as a tar")
+    return dest if dest == "-" else os.path.abspath(dest)
+
+
+def _names(value: str, attrs: dict[str, str]) -> tuple[str, ...]:
+    """``name=`` as a comma-separated list (quote the whole field in the CSV value:
+    ``"name=a:1,b:2"``), each checked as an image reference."""
+    names = tuple(n.strip() for n in attrs.pop("name", "").split(",") if n.strip())
+    for name in names:
+        parse_tag(name, flag="--output")
+    return names
 
 
 def _image_output(value: str, kind: str, attrs: dict[str, str]) -> OutputSpec:
-    names = tuple(n.strip() for n in attrs.pop("name", "").split(",") if n.strip())
+    names = _names(value, attrs)
     push = _boolean(value, "push", attrs.pop("push", "true" if kind == "registry" else "false"))
     insecure = _boolean(value, "registry.insecure", attrs.pop("registry.insecure", "false"))
+    by_digest = _boolean(value, "push-by-digest", attrs.pop("push-by-digest", "false"))
     # unpack: BuildKit unpacks the image into its worker's snapshots; a dockyard result
     # already is its snapshots (DESIGN.md), so either value leaves nothing to do
     _boolean(value, "unpack", attrs.pop("unpack", "false"))
+    image = _image_attributes(value, attrs)
+    return OutputSpec("image", None, names, push, insecure, push_by_digest=by_digest, **image)
+
+
+def _image_attributes(value: str, attrs: dict[str, str]) -> dict[str, Any]:
+    """The attributes every image-writing exporter takes: compression, media types,
+    rewrite-timestamp (as keyword arguments of ``OutputSpec``)."""
+    compression = parse_compression("--output", value, attrs)
+    oci = _boolean(value, "oci-mediatypes", attrs.pop("oci-mediatypes", "true"))
+    rewrite = _boolean(value, "rewrite-timestamp", attrs.pop("rewrite-timestamp", "false"))
     _no_more(value, attrs)
-    for name in names:
-        parse_tag(name, flag="--output")
-    return OutputSpec("image", None, names, push, insecure)
+    # zstd layers have no Docker media type: BuildKit turns OCI media types on for them
+    return {"compression": compression, "oci_mediatypes": oci or compression.type == "zstd",
+            "rewrite_timestamp": rewrite}
+
+
+def parse_compression(flag: str, value: str, attrs: dict[str, str]) -> Compression:
+    """``compression=gzip|zstd|uncompressed``, ``compression-level=N`` and
+    ``force-compression=true|false`` taken out of ``attrs`` (an ``--output``'s or a
+    ``--cache-to``'s attributes; ``value`` the whole flag value, for messages)."""
+    kind = attrs.pop("compression", "gzip")
+    if kind not in COMPRESSIONS:
+        raise UsageError(f"invalid {flag} {value!r}: unsupported compression type {kind!r}",
+                         hint=f"use one of {', '.join(COMPRESSIONS)}")
+    force = _flag_boolean(flag, value, "force-compression",
+                          attrs.pop("force-compression", "false"))
+    level_text = attrs.pop("compression-level", None)
+    if level_text is None:
+        return Compression(kind, None, force)
+    low, high = COMPRESSION_LEVELS.get(kind, (0, 0))
+    level = int(level_text) if level_text.strip().isdigit() else -1
+    if kind != "uncompressed" and not low <= level <= high:
+        raise UsageError(f"invalid {flag} {value!r}: compression-level {level_text!r} is "
+                         f"not a {kind} level", hint=f"use a level from {low} to {high}")
+    return Compression(kind, None if kind == "uncompressed" else level, force)
 
 
 def _boolean(value: str, key: str, text: str) -> bool:
+    return _flag_boolean("--output", value, key, text)
+
+
+def _flag_boolean(flag: str, value: str, key: str, text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
-        raise UsageError(f"invalid --output {value!r}: {key} must be true or false, not "
+        raise UsageError(f"invalid {flag} {value!r}: {key} must be true or false, not "
                          f"{text.lower()!r}")
     return text.lower() in ("true", "1")
 
@@ -625,7 +721,9 @@ def resolve_outputs(outputs: Sequence[OutputSpec], tags: Sequence[str], push: bo
                 raise UsageError("tag is needed when pushing to registry" if spec.push or push
                                  else "an image output needs a name",
                                  hint="add -t NAME or name=NAME")
-            spec = OutputSpec("image", None, names, spec.push or push, spec.insecure)
+            spec = dataclasses.replace(spec, names=names, push=spec.push or push)
+        elif spec.type in ("oci", "docker") and not spec.names:
+            spec = dataclasses.replace(spec, names=tuple(tags))
         resolved.append(spec)
     if sum(1 for o in resolved if o.to_stdout) > 1:
         raise UsageError("only one --output can write to stdout (dest=-)")

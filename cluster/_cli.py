@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from scheduler._errors import DockyardError, UsageError
 from scheduler._platform import Platform
@@ -63,35 +63,10 @@ class _VersionAction(argparse.Action):
 # --- dockyard debug graph --------------------------------------------------------------
 
 
-def _read_bytes(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
-
-
-def _read_dockerfile(option: str | None, context: Path, stdin: IO[bytes]) -> tuple[bytes, str,
-                                                                                   Path | None]:
-    """The Dockerfile's bytes, its display name, and its path (None for stdin)."""
-    if option == "-":
-        return stdin.read(), "Dockerfile", None
-    from cluster._context import default_dockerfile  # noqa: PLC0415 -- see _run_frontend
-
-    path = Path(option) if option is not None else default_dockerfile(context)
-    return _read_bytes(path, "Dockerfile"), os.path.normpath(path), path
-
-
 def _platforms(values: Sequence[str]) -> list[Platform]:
     from ._build_options import client_platforms  # noqa: PLC0415 -- see _run_frontend
 
     return client_platforms(values)
-
-
-def _context_dir(text: str) -> Path:
-    context = Path(text)
-    if not context.is_dir():
-        raise UsageError(f"build context {text!r} is not a directory")
-    return context
 
 
 def _print_warnings(warnings: Sequence[Any]) -> None:
@@ -103,24 +78,56 @@ def _print_warnings(warnings: Sequence[Any]) -> None:
 def _run_frontend(args: argparse.Namespace, *, check_only: bool = False
                   ) -> tuple[FrontendResult, bytes, str]:
     """Load what ``_add_frontend_arguments`` names (context, Dockerfile, its ignore file,
-    platforms, build args) and run the frontend; the result, the Dockerfile's bytes and
-    its display name."""
-    context = _context_dir(args.context)
+    platforms, build args, named contexts) and run the frontend; the result, the
+    Dockerfile's bytes and its display name."""
     platforms = _platforms(args.platform)
     from ._build_options import parse_build_args  # noqa: PLC0415 -- only for these commands
+    from ._context_forms import ContextForms  # noqa: PLC0415
 
     build_args = dict(parse_build_args(args.build_arg, os.environ))
-    data, filename, dockerfile_path = _read_dockerfile(args.file, context, sys.stdin.buffer)
+    with ContextForms() as forms:
+        context = forms.main(args.context, args.file, sys.stdin.buffer)
+        filename = (os.path.normpath(context.dockerfile_path) if context.dockerfile_path
+                    else "Dockerfile")
+        from cluster._context import default_dockerfile, load_ignore_patterns
+        from scheduler.dockerfile._frontend import build_graph
 
-    from cluster._context import default_dockerfile, load_ignore_patterns
-    from scheduler.dockerfile._frontend import build_graph
+        # A Dockerfile from stdin has no <name>.dockerignore of its own: the context's applies.
+        directory = context.directory
+        patterns, _ = load_ignore_patterns(directory, context.dockerfile_path
+                                           or default_dockerfile(directory))
+    result = build_graph(context.dockerfile, filename=filename, target=args.target,
+                         platforms=platforms, build_args=build_args,
+                         ignore_patterns=list(patterns), check_only=check_only,
+                         named_contexts=_named_for_graph(args.build_context, platforms[0]))
+    return result, context.dockerfile, filename
 
-    # A Dockerfile from stdin has no <name>.dockerignore of its own: the context's applies.
-    patterns, _ = load_ignore_patterns(context, dockerfile_path or default_dockerfile(context))
-    result = build_graph(data, filename=filename, target=args.target, platforms=platforms,
-                         build_args=build_args, ignore_patterns=list(patterns),
-                         check_only=check_only)
-    return result, data, filename
+
+def _named_for_graph(values: Sequence[str], platform: Platform) -> tuple[Any, ...]:
+    """``--build-context`` as ``debug graph``/``--check`` show it: each directory or URL
+    as the ``local://context:NAME`` source a build sends it as (a directory's
+    ``.dockerignore`` read; a URL not fetched)."""
+    from scheduler._build_request import NamedContext  # noqa: PLC0415
+
+    from ._context import directory_ignore_patterns  # noqa: PLC0415
+    from ._context_forms import is_url, parse_build_context  # noqa: PLC0415
+
+    found = []
+    for name, value in dict(parse_build_context(v) for v in values).items():
+        if value.startswith("docker-image://"):
+            found.append(NamedContext(name, value))
+            continue
+        if value.startswith("oci-layout://"):
+            from ._oci_layout import read_layout  # noqa: PLC0415
+
+            layout = read_layout(value, platform)
+            found.append(NamedContext(name, f"oci-layout://context:{name}@{layout.digest}",
+                                      (), layout.config))
+            continue
+        local = not is_url(value) and os.path.isdir(value)
+        exclude = tuple(directory_ignore_patterns(Path(value))) if local else ()
+        found.append(NamedContext(name, f"local://context:{name}", exclude))
+    return tuple(found)
 
 
 def _run_debug_graph(args: argparse.Namespace) -> int:
@@ -141,7 +148,13 @@ def _add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", metavar="STAGE", help="the stage to build")
     parser.add_argument("--build-arg", action="append", default=[], metavar="K[=V]",
                         help="set a build-time variable (K alone: from the environment)")
-    parser.add_argument("context", metavar="CONTEXT", help="the build context directory")
+    parser.add_argument("--build-context", action="append", default=[], metavar="NAME=VALUE",
+                        help="a named context for FROM/COPY --from/RUN --mount from=: a "
+                             "directory, docker-image://REF or a git/archive URL; "
+                             "repeatable")
+    parser.add_argument("context", metavar="CONTEXT", help="the build context: a directory, "
+                        "'-' (a tar or a Dockerfile on stdin), a git URL "
+                        "(URL.git#ref:subdir, git@host:repo.git) or an archive URL")
 
 
 def _add_debug(subparsers: _Subparsers) -> None:
@@ -229,8 +242,13 @@ def _run_subrequest(args: argparse.Namespace, name: str, form: str) -> int:
     does), print the answer as buildx does (its text form, or JSON)."""
     from scheduler.dockerfile import _subrequests  # noqa: PLC0415
 
-    _context_dir(args.context)
-    data, filename, _ = _read_dockerfile(args.file, Path(args.context), sys.stdin.buffer)
+    from ._context_forms import ContextForms  # noqa: PLC0415
+
+    with ContextForms() as forms:  # every context form, as a build reads it
+        context = forms.main(args.context, args.file, sys.stdin.buffer)
+    data = context.dockerfile
+    filename = (os.path.normpath(context.dockerfile_path) if context.dockerfile_path
+                else "Dockerfile")
     if name == "targets":
         answer = _subrequests.list_targets(data, filename)
         text = _subrequests.targets_text(answer)

@@ -19,8 +19,8 @@ from scheduler._errors import DockyardError
 from scheduler.dockerfile._dockerignore import PatternMatcher, parse_ignore_lines
 from workers._context_walk import ContextEntry, walk_context
 
-__all__ = ["CONTEXT_HASHED_KEY", "ContextEntry", "default_dockerfile", "ignore_file_for",
-           "load_ignore_patterns", "walk_context"]
+__all__ = ["CONTEXT_HASHED_KEY", "ContextEntry", "default_dockerfile", "directory_ignore_patterns",
+           "ignore_file_for", "load_ignore_patterns", "walk_context"]
 
 #: The ``--metadata-file`` key of the context bytes read to digest its files: those whose
 #: stat changed since the context's stat index was written (workers/_context_index.py).
@@ -72,6 +72,17 @@ def load_ignore_patterns(context_dir: Path, dockerfile: Path
     path = ignore_file_for(context_dir, dockerfile)
     if path is None:
         return [], None
+    return _patterns_of(path), path
+
+
+def directory_ignore_patterns(context_dir: Path) -> list[str]:
+    """The patterns of ``context_dir``'s own ``.dockerignore`` (a named context's: no
+    Dockerfile goes with it), checked as ``load_ignore_patterns`` checks them."""
+    path = context_dir / DOCKERIGNORE
+    return _patterns_of(path) if path.is_file() else []
+
+
+def _patterns_of(path: Path) -> list[str]:
     lines = parse_ignore_lines(_read_text(path))
     PatternMatcher(lines, filename=str(path))
-    return [entry.pattern for entry in lines], path
+    return [entry.pattern for entry in lines]

@@ -26,7 +26,7 @@ from scheduler._errors import SolveError
 from workers._context_fetch import READ_BYTES, READ_ITEMS, ReadItem
 from workers._context_manifest import ContextManifest, ManifestEntry, name_from_wire
 
-__all__ = ["MAX_ITEMS", "ContextServer"]
+__all__ = ["MAX_ITEMS", "ContextServer", "ContextServers"]
 
 #: At most this many ranges in one ask (the worker's reads never ask more).
 MAX_ITEMS = READ_ITEMS
@@ -97,6 +97,39 @@ class ContextServer:
             raise SolveError(f"cannot read {path!r} in the build context {self.root}: "
                              f"{err.strerror}", hint="build again once the files stop "
                              "changing") from None
+
+
+class ContextServers:
+    """Serves ``context.read`` for every context of a build (the main one and each
+    ``--build-context`` directory), each ask by the ``name`` it gives."""
+
+    def __init__(self) -> None:
+        # session context name -> the server of its directory and manifest
+        self.servers: dict[str, ContextServer] = {}
+
+    def __repr__(self) -> str:
+        return f"<ContextServers {sorted(self.servers)} served={self.served}>"
+
+    def add(self, name: str, server: ContextServer) -> None:
+        self.servers[name] = server
+
+    @property
+    def served(self) -> int:
+        """Bytes served so far, all contexts together (statistics)."""
+        return sum(server.served for server in self.servers.values())
+
+    @property
+    def hashed(self) -> int:
+        """Bytes read to digest the manifests' files (statistics; fixed)."""
+        return sum(server.hashed for server in self.servers.values())
+
+    def read(self, params: Any) -> list[bytes]:
+        """The bytes of each range of the context ``params["name"]`` asks."""
+        name = params.get("name") if isinstance(params, dict) else None
+        server = self.servers.get(name) if isinstance(name, str) else None
+        if server is None:
+            raise _refused(f"{name!r} is not a context the client sent")
+        return server.read(params)
 
 
 @contextlib.contextmanager

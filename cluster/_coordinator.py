@@ -435,7 +435,8 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
                            shm_size=options.shm_size, network=options.network,
                            extra_hosts=options.extra_hosts,
                            cgroup_parent=options.cgroup_parent,
-                           no_cache_filter=options.no_cache_filter)
+                           no_cache_filter=options.no_cache_filter,
+                           named_contexts=options.named_contexts)
 
 
 async def _shielded(cleanup: Any) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler._build_request import NamedContext
 from scheduler._entitlements import check_entitlements
 from scheduler._graph import Healthcheck, HistoryEntry, ImageConfig, Ulimit
 from scheduler._platform import Platform
@@ -44,6 +45,7 @@ class FrontendRequest:
     extra_hosts: tuple[tuple[str, str], ...] = ()  # every RUN's /etc/hosts entries (--add-host)
     cgroup_parent: str = ""  # every RUN's cgroup parent (--cgroup-parent)
     no_cache_filter: tuple[str, ...] = ()  # stages whose steps skip the cache
+    named_contexts: tuple[NamedContext, ...] = ()  # --build-context
 
 
 async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Sequence[str],
@@ -64,10 +66,12 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
     work = functools.partial(
         build_graph, dockerfile, filename=request.filename, target=request.target,
         platforms=request.platforms, build_args=request.build_args, ignore_patterns=patterns,
-        image_resolver=_Resolver(resolve, asyncio.get_running_loop(), interrupt),
+        image_resolver=_Resolver(_with_layouts(resolve, request.named_contexts),
+                                 asyncio.get_running_loop(), interrupt),
         interrupt=interrupt, ulimits=request.ulimits, shm_size=request.shm_size,
         network=request.network, extra_hosts=request.extra_hosts,
-        cgroup_parent=request.cgroup_parent, no_cache_filter=request.no_cache_filter)
+        cgroup_parent=request.cgroup_parent, no_cache_filter=request.no_cache_filter,
+        named_contexts=request.named_contexts)
     running = asyncio.ensure_future(asyncio.to_thread(work))
     try:
         frontend = await asyncio.shield(running)
@@ -77,6 +81,20 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         raise
     check_entitlements(frontend.graph, request.allow)
     return frontend
+
+
+def _with_layouts(resolve: ResolveImage, contexts: Sequence[NamedContext]) -> ResolveImage:
+    """``resolve``, answering the ``oci-layout://`` sources of ``contexts`` itself: their
+    image configs came with the request (the client read the layout)."""
+    layouts = {c.source: base_image(c.source.rpartition("@")[2], c.config)
+               for c in contexts if c.source.startswith("oci-layout://") and c.config}
+    if not layouts:
+        return resolve
+
+    async def answer(ref: str, platform: Platform) -> BaseImage:
+        known = layouts.get(ref)
+        return known if known is not None else await resolve(ref, platform)
+    return answer
 
 
 def base_image(digest: str, config: bytes) -> BaseImage:

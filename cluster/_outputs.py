@@ -9,7 +9,8 @@ Output ``index`` is the position in the client's own ``--output`` list:
   at ``output.close`` (``dest=-``: straight to stdout);
 - a ``docker`` output without ``dest`` (``--load``) is spooled to a temporary file and
   loaded into the client's Docker engine at ``output.close`` (cluster/_docker_engine.py);
-- ``type=local`` receives a tar stream, spooled, and unpacked into ``dest`` at
+- ``type=local`` (and ``type=oci``/``docker`` with ``tar=false``: the image layout as a
+  directory) receives a tar stream, spooled, and unpacked into ``dest`` at
   ``output.close`` by ``extract_tar``: modes kept, owners never applied (the files belong
   to the user running the client, as BuildKit's local exporter does); a member whose name
   is absolute or climbs out (``..``), goes through a symlink, or a link whose target is
@@ -286,7 +287,7 @@ class OutputWriters:
                 raise ExportError(f"output {index} is to be loaded into a Docker engine, "
                                   "and this client was given none")
             return _LoadWriter(index, self._engine, self._events)
-        if spec.type == "local":
+        if spec.type == "local" or not spec.tar:  # oci/docker tar=false: a layout directory
             return _LocalWriter(str(spec.dest))
         return _FileWriter(None if spec.to_stdout else str(spec.dest), self._stdout)
 

@@ -16,9 +16,10 @@ from typing import Any
 from ._errors import UsageError
 
 __all__ = [
-    "ATTEST_TYPES", "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES",
-    "PROGRESS_MODES", "AttestSpec", "BuildOptions", "CacheSpec", "OutputSpec", "SecretSpec",
-    "SshSpec",
+    "ATTEST_TYPES", "COMPRESSIONS", "COMPRESSION_LEVELS", "DEFAULT_COMPRESSION",
+    "FILE_OUTPUTS", "MAX_SECRET_BYTES", "OPTIONS_VERSION", "OUTPUT_TYPES", "PROGRESS_MODES",
+    "AttestSpec", "BuildOptions", "CacheSpec", "Compression", "NamedContext", "OutputSpec",
+    "SecretSpec", "SshSpec",
 ]
 
 OPTIONS_VERSION = 1
@@ -27,6 +28,10 @@ FILE_OUTPUTS = ("tar", "oci", "docker")  # exporters writing one file (or stdout
 OUTPUT_TYPES = ("local", *FILE_OUTPUTS, "image", "registry")
 MAX_SECRET_BYTES = 500 * 1024  # BuildKit's secret size limit
 ATTEST_TYPES = ("provenance", "sbom")  # the attestations a build can attach
+COMPRESSIONS = ("gzip", "zstd", "uncompressed")  # buildx's compression= values
+#: The levels each compressor takes (BuildKit's bounds: gzip 0-9, zstd 0-22, where zstd's
+#: 0 is its default level)
+COMPRESSION_LEVELS = {"gzip": (0, 9), "zstd": (0, 22)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +52,55 @@ class SshSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Compression:
+    """How an image's (or a cache export's) layers are compressed: ``type`` one of
+    ``COMPRESSIONS``, ``level`` (None: the type's default: gzip 6, zstd 3) and ``force``
+    (layers already compressed another way, a base image's, are recompressed too; else
+    they stay as they are), as BuildKit's ``compression``, ``compression-level`` and
+    ``force-compression`` attributes."""
+
+    type: str = "gzip"
+    level: int | None = None
+    force: bool = False
+
+    def to_wire(self) -> list[Any]:
+        return [self.type, self.level, self.force]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> Compression:
+        kind, level, force = item[:3]
+        return cls(str(kind), None if level is None else int(level), bool(force))
+
+
+DEFAULT_COMPRESSION = Compression()
+
+
+@dataclass(frozen=True, slots=True)
 class OutputSpec:
     """``--output``: ``type`` (local, tar, oci, docker, image), ``dest`` (a path; ``-`` is
     stdout; none for ``docker``: loaded into the client's Docker engine, ``--load``),
     ``names``, ``push`` and ``insecure`` (image: ``registry.insecure=true``, its
-    registries spoken to over plain HTTP)."""
+    registries spoken to over plain HTTP).
+
+    The exporter attributes (buildx's names): ``compression`` (image, oci, docker),
+    ``oci_mediatypes`` (OCI media types for manifests, index and layers; False: Docker's
+    schema 2, as BuildKit's ``oci-mediatypes=false``), ``tar`` (oci, docker: False writes
+    the layout as a directory at ``dest``), ``platform_split`` (local, tar: None splits
+    only a multi-platform result into one directory per platform), ``push_by_digest``
+    (image: pushed without a tag) and ``rewrite_timestamp`` (every layer not the base
+    image's rewritten with mtimes clamped to SOURCE_DATE_EPOCH)."""
 
     type: str
     dest: str | None = None
     names: tuple[str, ...] = ()
     push: bool = False
     insecure: bool = False
+    compression: Compression = DEFAULT_COMPRESSION
+    oci_mediatypes: bool = True
+    tar: bool = True
+    platform_split: bool | None = None
+    push_by_digest: bool = False
+    rewrite_timestamp: bool = False
 
     @property
     def to_stdout(self) -> bool:
@@ -67,6 +110,19 @@ class OutputSpec:
     def loads(self) -> bool:
         """A ``docker`` output without ``dest``: the client loads it into its engine."""
         return self.type == "docker" and self.dest is None
+    def attrs_wire(self) -> dict[str, Any]:
+        """The exporter attributes as the wire's optional map (only those set)."""
+        wire: dict[str, Any] = {}
+        if self.compression != DEFAULT_COMPRESSION:
+            wire["compression"] = self.compression.to_wire()
+        for key, value, default in (("oci_mediatypes", self.oci_mediatypes, True),
+                                    ("tar", self.tar, True),
+                                    ("platform_split", self.platform_split, None),
+                                    ("push_by_digest", self.push_by_digest, False),
+                                    ("rewrite_timestamp", self.rewrite_timestamp, False)):
+            if value != default:
+                wire[key] = value
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +170,31 @@ class AttestSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedContext:
+    """``--build-context NAME=...`` as the frontend reads it: ``name`` in its familiar form
+    (``alpine``, not ``docker.io/library/alpine:latest``, as buildx normalises it) and
+    ``source``: ``docker-image://REF``; ``local://KEY`` for a directory the client sends
+    as ``session.contexts[KEY]`` (a URL is fetched by the client and sent so), with
+    ``exclude`` its ``.dockerignore`` patterns; or ``oci-layout://KEY@DIGEST``, the image
+    DIGEST of an OCI layout whose blobs the client sends as ``session.contexts[KEY]``
+    (``exclude`` keeping only those), ``config`` the image's config JSON."""
+
+    name: str
+    source: str
+    exclude: tuple[str, ...] = ()
+    config: bytes = b""
+
+    def to_wire(self) -> list[Any]:
+        return [self.name, self.source, list(self.exclude), self.config]
+
+    @classmethod
+    def from_wire(cls, item: Sequence[Any]) -> NamedContext:
+        name, source, exclude = item[:3]
+        config = bytes(item[3]) if len(item) > 3 else b""
+        return cls(str(name), str(source), tuple(str(p) for p in exclude), config)
+
+
+@dataclass(frozen=True, slots=True)
 class BuildOptions:
     """Everything ``dockyard build`` was asked, except the Dockerfile's bytes and secret
     values: paths absolute, values checked."""
@@ -143,6 +224,7 @@ class BuildOptions:
     no_cache_filter: tuple[str, ...] = ()  # --no-cache-filter: stages that skip the cache
     pull: bool = False  # --pull: base images resolved again, no reuse of known metadata
     attests: tuple[AttestSpec, ...] = ()  # --attest/--provenance/--sbom, enabled ones only
+    named_contexts: tuple[NamedContext, ...] = ()  # --build-context, resolved by the client
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # reserved
 
     def to_wire(self) -> dict[str, Any]:
@@ -152,7 +234,7 @@ class BuildOptions:
             "build_args": [list(pair) for pair in self.build_args],
             "secrets": [[s.id, s.src, s.env] for s in self.secrets],
             "ssh": [[s.id, list(s.paths)] for s in self.ssh],
-            "outputs": [[o.type, o.dest, list(o.names), o.push, o.insecure]
+            "outputs": [[o.type, o.dest, list(o.names), o.push, o.insecure, o.attrs_wire()]
                         for o in self.outputs],
             "tags": list(self.tags), "no_cache": self.no_cache, "progress": self.progress,
             "metadata_file": self.metadata_file, "epoch": self.epoch,
@@ -166,6 +248,7 @@ class BuildOptions:
             "cgroup_parent": self.cgroup_parent, "no_cache_filter": list(self.no_cache_filter),
             "pull": self.pull,
             "attests": [spec.to_wire() for spec in self.attests],
+            "named_contexts": [c.to_wire() for c in self.named_contexts],
         }
 
     @classmethod
@@ -203,10 +286,24 @@ class BuildOptions:
             cgroup_parent=str(wire.get("cgroup_parent", "")),
             no_cache_filter=tuple(str(s) for s in wire.get("no_cache_filter", ())),
             pull=bool(wire.get("pull", False)),
-            attests=tuple(AttestSpec.from_wire(a) for a in wire.get("attests", ())))
+            attests=tuple(AttestSpec.from_wire(a) for a in wire.get("attests", ())),
+            named_contexts=tuple(NamedContext.from_wire(c)
+                                 for c in wire.get("named_contexts", ())))
 
 
 def _output_from_wire(item: Sequence[Any]) -> OutputSpec:
-    """One output of the wire map (``insecure`` absent in maps of earlier clients)."""
+    """One output of the wire map (``insecure`` and the attribute map absent in maps of
+    earlier clients)."""
     kind, dest, names, push = item[:4]
-    return OutputSpec(kind, dest, tuple(names), push, bool(item[4]) if len(item) > 4 else False)
+    attrs = item[5] if len(item) > 5 else {}
+    if not isinstance(attrs, Mapping):
+        raise TypeError("an output's attributes are not a map")
+    split = attrs.get("platform_split")
+    return OutputSpec(
+        kind, dest, tuple(names), push, bool(item[4]) if len(item) > 4 else False,
+        compression=Compression.from_wire(attrs["compression"]) if "compression" in attrs
+        else DEFAULT_COMPRESSION,
+        oci_mediatypes=bool(attrs.get("oci_mediatypes", True)), tar=bool(attrs.get("tar", True)),
+        platform_split=None if split is None else bool(split),
+        push_by_digest=bool(attrs.get("push_by_digest", False)),
+        rewrite_timestamp=bool(attrs.get("rewrite_timestamp", False)))

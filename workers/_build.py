@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import BinaryIO
 
 from cache_backends._credentials import S3Credentials
 from cache_backends._records import CacheRecord, LayerDescriptor
-from scheduler._build_request import AttestSpec, CacheSpec
+from scheduler._build_request import DEFAULT_COMPRESSION, AttestSpec, CacheSpec, Compression
 from scheduler._errors import ExportError, UsageError
 from scheduler._graph import BuildGraph, ImageResult, Ulimit
 from scheduler._platform import Platform
@@ -37,8 +39,8 @@ from ._runtime import BuildSession, WorkerRuntime
 from ._secrets import DictSecrets
 
 __all__ = [
-    "LOCAL_AS_TAR", "Exported", "LocalBuildOptions", "Output", "build_session", "prepared",
-    "remote_records", "write_results",
+    "DEFAULT_FORM", "LOCAL_AS_TAR", "Exported", "ImageForm", "LocalBuildOptions", "Output",
+    "build_session", "exported_images", "prepared", "remote_records", "write_results",
 ]
 
 Exported = ImageArtifacts | IndexArtifacts
@@ -49,14 +51,35 @@ _OUTPUT_TYPES = ("oci", "docker", "tar", "local", LOCAL_AS_TAR, "image")
 
 
 @dataclass(frozen=True)
+class ImageForm:
+    """How an output's image is made of the build's layers (buildx's exporter attributes):
+    their ``compression``, OCI media types or Docker's (``oci``), and ``rewrite_timestamp``
+    (the layers not the base image's with their times clamped to the epoch)."""
+
+    compression: Compression = DEFAULT_COMPRESSION
+    oci: bool = True
+    rewrite_timestamp: bool = False
+
+
+DEFAULT_FORM = ImageForm()
+
+
+@dataclass(frozen=True)
 class Output:
     """One ``--output``: ``type`` oci, docker, tar or local with ``dest`` a path; or
-    ``image`` with ``name`` (a reference), pushed to its registry when ``push``."""
+    ``image`` with ``name`` (a reference), pushed to its registry when ``push`` (without a
+    tag when ``by_digest``).  ``names``: the names an oci or docker output gives the image
+    (None: the build's ``names``); ``form``: how its image is made; ``platform_split``:
+    local and tar outputs, one directory per platform (None: when there are several)."""
 
     type: str
     dest: Path | None = None
     name: str = ""
     push: bool = False
+    names: tuple[str, ...] | None = None
+    form: ImageForm = DEFAULT_FORM
+    platform_split: bool | None = None
+    by_digest: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,44 +145,51 @@ def remote_records(engine: WorkerRuntime, options: LocalBuildOptions,
 async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
                         records: Mapping[str, CacheRecord], options: LocalBuildOptions,
                         streams: Mapping[Path, BinaryIO] | None = None,
-                        pushed: bool = False, graph: BuildGraph | None = None) -> Exported:
+                        pushed: bool = False, form: ImageForm | None = None,
+                        graph: BuildGraph | None = None) -> Exported:
     """The images of ``results`` (their roots' ``records``) written to every output; an
     output whose ``dest`` is in ``streams`` is written to that stream instead (the
-    session channel to the client, workers/_output_send.py).  The images name their
-    layers compressed (``WorkerRuntime.compressed``) when there is an output, or when the
-    caller will ``pushed`` them; else they are only described, nothing compressed.
-    ``options.attests`` are attached (workers/_attest.py; ``graph`` names the images'
-    materials): in the index for image, oci and docker outputs, as files for local and
-    tar ones."""
+    session channel to the client, workers/_output_send.py).  Each output's image is made
+    in its own ``form``; the one returned is in ``form`` (None: the first output's).  The
+    images name their layers compressed (``WorkerRuntime.compressed``) when there is an
+    output, or when the caller will ``pushed`` them; else they are only described,
+    nothing compressed.  ``options.attests`` are attached to each form's images
+    (workers/_attest.py; ``graph`` names the images' materials): in the index for image,
+    oci and docker outputs, as files for local and tar ones."""
     if not options.outputs and not pushed:
         images = [_image(result, records, options.epoch) for result in results]
         return images[0] if len(images) == 1 else build_index(images)
-    images = [_image(result, records, options.epoch,
-                     await engine.compressed(_layers(result, records)))
-              for result in results]
-    exported: Exported = images[0] if len(images) == 1 else build_index(images)
+    forms = await _form_images(engine, results, records, options.epoch, [
+        form or (options.outputs[0].form if options.outputs else DEFAULT_FORM),
+        *(output.form for output in options.outputs)])
+    made = {key: images[0] if len(images) == 1 else build_index(images)
+            for key, images in forms.items()}
+    exported = next(iter(made.values()))
     if not options.outputs and not options.attests:
         return exported
     # the blobs a remote cache holds come down while the file outputs are written
     fetches = engine.start_fetches(layer for result in results if result.root is not None
                                    for layer in records[result.root].result.layers)
     try:
-        files: dict[str, bytes] = {}
-        if options.attests:
-            attested = await asyncio.to_thread(
-                attest_images, images, [r.root for r in results], options.attests,
-                _facts(options), graph, ArrivingBlobs(engine.blob_source(), fetches),
-                local=any(o.type in _FILE_TREES for o in options.outputs))
-            exported, files = attested.exported, attested.files
+        files: dict[ImageForm, dict[str, bytes]] = {}
+        if options.attests:  # each form's images get their own statements (their subjects)
+            facts = dataclasses.replace(_facts(options), invocation_id=uuid.uuid4().hex)
+            for key, images in forms.items():
+                attested = await asyncio.to_thread(
+                    attest_images, images, [r.root for r in results], options.attests,
+                    facts, graph, ArrivingBlobs(engine.blob_source(), fetches),
+                    local=any(o.type in _FILE_TREES for o in options.outputs))
+                made[key], files[key] = attested.exported, attested.files
+            exported = next(iter(made.values()))
         for output in options.outputs:
             if output.type == "image":
                 await engine.settle(fetches)  # a push names every blob up front
-                await _push(engine, exported, output, options)
+                await _push(engine, made[output.form], output, options)
             else:
                 source = ArrivingBlobs(engine.blob_source(), fetches)
                 stream = (streams or {}).get(output.dest) if output.dest else None
-                await asyncio.to_thread(_export, engine, source, exported, output, options,
-                                        stream, files)
+                await asyncio.to_thread(_export, engine, source, made[output.form], output,
+                                        options, stream, files.get(output.form, {}))
     except asyncio.CancelledError:
         for fetch in fetches.values():
             fetch.cancel()
@@ -181,6 +211,64 @@ def _facts(options: LocalBuildOptions) -> BuildFacts:
                       started=options.started)
 
 
+async def exported_images(engine: WorkerRuntime, results: Sequence[ImageResult],
+                          records: Mapping[str, CacheRecord], epoch: int | None,
+                          forms: Sequence[ImageForm]) -> dict[ImageForm, Exported]:
+    """The image (or index) of ``results`` in each of ``forms`` (once each, in order):
+    its layers rewritten and compressed as the form says (made once and kept,
+    ``WorkerRuntime.compressed``/``rewritten``)."""
+    return {form: images[0] if len(images) == 1 else build_index(images)
+            for form, images in (await _form_images(engine, results, records, epoch,
+                                                    forms)).items()}
+
+
+async def _form_images(engine: WorkerRuntime, results: Sequence[ImageResult],
+                       records: Mapping[str, CacheRecord], epoch: int | None,
+                       forms: Sequence[ImageForm]) -> dict[ImageForm, list[ImageArtifacts]]:
+    """The images of ``results`` in each of ``forms`` (once each, in order)."""
+    made: dict[ImageForm, list[ImageArtifacts]] = {}
+    for form in forms:
+        if form not in made:
+            made[form] = [_image(result, records, epoch,
+                                 await _form_layers(engine, result, records, epoch, form),
+                                 oci=form.oci)
+                          for result in results]
+    return made
+
+
+async def _form_layers(engine: WorkerRuntime, result: ImageResult,
+                       records: Mapping[str, CacheRecord], epoch: int | None,
+                       form: ImageForm) -> tuple[LayerDescriptor, ...]:
+    layers = _layers(result, records)
+    if form.rewrite_timestamp and epoch is not None and layers:
+        base = _base_diff_ids(records[str(result.root)].result.image_config)
+        layers = await _rewritten(engine, layers, base, epoch)
+    compression = None if form.compression == DEFAULT_COMPRESSION else form.compression
+    return await engine.compressed(layers, compression)
+
+
+async def _rewritten(engine: WorkerRuntime, layers: Sequence[LayerDescriptor],
+                     base: Sequence[str], epoch: int) -> tuple[LayerDescriptor, ...]:
+    """``layers`` with times clamped to ``epoch``, but for those the base image shares
+    (the leading layers with the base's diff_ids, as BuildKit leaves them: a pull of the
+    image still shares them with the base)."""
+    shared = 0
+    while shared < min(len(layers), len(base)) and layers[shared].diff_id == base[shared]:
+        shared += 1
+    return (*layers[:shared], *[await engine.rewritten(layer, epoch)
+                                for layer in layers[shared:]])
+
+
+def _base_diff_ids(config: bytes | None) -> list[str]:
+    """The ``rootfs.diff_ids`` of a base image's config (none for scratch or unreadable)."""
+    try:
+        value = json.loads(config) if config else {}
+        ids = value.get("rootfs", {}).get("diff_ids", [])
+    except (ValueError, AttributeError):
+        return []
+    return [str(i) for i in ids] if isinstance(ids, list) else []
+
+
 def _with_epoch(options: LocalBuildOptions) -> LocalBuildOptions:
     """``SOURCE_DATE_EPOCH`` given as a build arg clamps timestamps like ``epoch``."""
     text = options.build_args.get("SOURCE_DATE_EPOCH")
@@ -200,15 +288,17 @@ def _layers(result: ImageResult, records: Mapping[str, CacheRecord]
 
 
 def _image(result: ImageResult, records: Mapping[str, CacheRecord], epoch: int | None,
-           layers: Sequence[LayerDescriptor] | None = None) -> ImageArtifacts:
-    """The image of ``result``: its record's layers, or ``layers`` (the same, compressed)."""
+           layers: Sequence[LayerDescriptor] | None = None, *, oci: bool = True
+           ) -> ImageArtifacts:
+    """The image of ``result``: its record's layers, or ``layers`` (the same, compressed);
+    Docker's media types unless ``oci``."""
     if result.root is None:
         return build_image(None, result.config, (), result.platform, created=epoch or 0,
-                           epoch=epoch)
+                           epoch=epoch, oci=oci)
     record = records[result.root]
     chosen = record.result.layers if layers is None else tuple(layers)
     return build_image(record.result.image_config, result.config, chosen,
-                       result.platform, created=record.created, epoch=epoch)
+                       result.platform, created=record.created, epoch=epoch, oci=oci)
 
 
 def _check_outputs(outputs: Sequence[Output]) -> None:
@@ -230,7 +320,7 @@ async def _push(engine: WorkerRuntime, exported: Exported, output: Output,
     if output.push:
         registry = engine.registry_for(options.insecure_registries)
         await push_image(exported, engine.blob_source(), registry, output.name,
-                         scratch=engine.tmp)
+                         scratch=engine.tmp, by_digest=output.by_digest)
 
 
 def _export(engine: WorkerRuntime, source: ArrivingBlobs, exported: Exported, output: Output,
@@ -241,16 +331,20 @@ def _export(engine: WorkerRuntime, source: ArrivingBlobs, exported: Exported, ou
     if output.dest is None:  # checked before the build
         raise ExportError(f"a {output.type} output needs a destination")
     dest: Path | BinaryIO = output.dest if stream is None else stream
+    names = options.names if output.names is None else output.names
+    split = output.platform_split
     if output.type == "oci":
-        export_oci(exported, source, dest, names=options.names, epoch=options.epoch)
+        export_oci(exported, source, dest, names=names, epoch=options.epoch)
     elif output.type == "docker":
-        export_docker(exported, source, dest, names=options.names, epoch=options.epoch)
+        export_docker(exported, source, dest, names=names, epoch=options.epoch)
     elif output.type == "tar":
         export_tar(exported, source, dest, epoch=options.epoch, scratch=engine.tmp,
-                   files=files)
+                   split=split, files=files)
     elif output.type == "local":
-        export_local(exported, source, output.dest, files=files)
+        export_local(exported, source, output.dest, split=split, scratch=engine.tmp,
+                     files=files)
     elif output.type == LOCAL_AS_TAR:  # a local output handed to a client: times as they are
-        export_tar(exported, source, dest, epoch=None, scratch=engine.tmp, files=files)
+        export_tar(exported, source, dest, epoch=None, scratch=engine.tmp, split=split,
+                   files=files)
     else:  # checked before the build
         raise ExportError(f"unknown output type {output.type!r}")

@@ -377,12 +377,66 @@ def flatten(image: ImageArtifacts, source: BlobSource, dest: Path) -> None:
                               hint="the cached blob is damaged; rebuild with --no-cache")
 
 
-def _flatten_all(images: Sequence[ImageArtifacts], source: BlobSource, dest: Path) -> None:
-    if len(images) == 1:
+def _flatten_all(images: Sequence[ImageArtifacts], source: BlobSource, dest: Path,
+                 split: bool | None = None, scratch: Path | None = None) -> None:
+    """Every image flattened into ``dest``: each into a directory of its platform when
+    ``split`` (None: when there are several), else all into ``dest`` itself."""
+    if split is None:
+        split = len(images) > 1
+    if split:
+        for image in images:
+            flatten(image, source, dest / platform_dir(image.platform))
+    elif len(images) == 1:
         flatten(images[0], source, dest)
-        return
+    else:
+        _flatten_merged(images, source, dest, scratch)
+
+
+def _flatten_merged(images: Sequence[ImageArtifacts], source: BlobSource, dest: Path,
+                    scratch: Path | None) -> None:
+    """``platform-split=false`` over several platforms: their files together in ``dest``;
+    a path (not a directory) that two platforms both have is refused, as BuildKit does."""
+    owners: dict[str, str] = {}  # path in dest -> the platform whose file it is
     for image in images:
-        flatten(image, source, dest / platform_dir(image.platform))
+        part = Path(tempfile.mkdtemp(prefix="dockyard-platform-", dir=scratch))
+        try:
+            flatten(image, source, part)
+            _merge_into(part, dest, "", str(image.platform), owners)
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
+
+
+def _merge_into(part: Path, dest: Path, rel: str, platform: str,
+                owners: dict[str, str]) -> None:
+    """Move the entries of ``part/rel`` into ``dest/rel``, recording who owns each file."""
+    for entry in sorted(os.scandir(part / rel), key=lambda e: e.name):
+        path = f"{rel}/{entry.name}" if rel else entry.name
+        target = dest / path
+        here = target.is_dir() and not target.is_symlink()
+        if entry.is_dir(follow_symlinks=False) and here:
+            _merge_into(part, dest, path, platform, owners)
+            continue
+        if os.path.lexists(target):
+            first = owners.get(path) or owners.get(next(
+                (name for name in owners if name.startswith(f"{path}/")), ""), "another")
+            raise ExportError(f"cannot overwrite {path} from {first} with {platform} when "
+                              f"split option is disabled", hint="drop platform-split=false, "
+                              "or build platforms whose files differ")
+        owners.update(dict.fromkeys(_files_under(Path(entry.path), path), platform))
+        os.rename(entry.path, target)
+
+
+def _files_under(path: Path, name: str) -> list[str]:
+    """``name`` when ``path`` is no directory, else every non-directory under it."""
+    if not path.is_dir() or path.is_symlink():
+        return [name]
+    found = []
+    for root, dirs, files in os.walk(path):
+        inside = os.path.relpath(root, path)
+        prefix = name if inside == "." else f"{name}/{inside}"
+        found += [f"{prefix}/{item}" for item in files]
+        found += [f"{prefix}/{item}" for item in dirs if os.path.islink(os.path.join(root, item))]
+    return found
 
 
 def _write_files(dest: Path, files: Mapping[str, bytes]) -> None:
@@ -399,15 +453,17 @@ def _write_files(dest: Path, files: Mapping[str, bytes]) -> None:
 
 
 def export_local(subject: Exported | Sequence[ImageArtifacts], source: BlobSource,
-                 dest: Path, *, files: Mapping[str, bytes] | None = None) -> None:
-    """The root filesystem(s) into the directory ``dest`` (created when missing), then
-    ``files`` (relative paths) beside them."""
+                 dest: Path, *, split: bool | None = None, scratch: Path | None = None,
+                 files: Mapping[str, bytes] | None = None) -> None:
+    """The root filesystem(s) into the directory ``dest`` (created when missing); one
+    directory per platform when ``split`` (None: when there are several); then ``files``
+    (relative paths) beside them."""
     images = _images(subject)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ExportError(f"cannot create the output directory {dest}: {err.strerror}") from err
-    _flatten_all(images, source, dest)
+    _flatten_all(images, source, dest, split, scratch)
     _write_files(dest, files or {})
 
 
@@ -421,14 +477,16 @@ class _StreamSink:
 
 def export_tar(subject: Exported | Sequence[ImageArtifacts], source: BlobSource,
                dest: Destination, *, epoch: int | None = None,
-               scratch: Path | None = None, files: Mapping[str, bytes] | None = None) -> None:
-    """The root filesystem(s) as one tar, with ``files`` (relative paths) beside them;
-    files are flattened under ``scratch`` (a temporary directory, best on the same
-    filesystem as the cache) and removed afterwards."""
+               scratch: Path | None = None, split: bool | None = None,
+               files: Mapping[str, bytes] | None = None) -> None:
+    """The root filesystem(s) as one tar (one top directory per platform when ``split``,
+    None: when there are several), with ``files`` (relative paths) beside them; files are
+    flattened under ``scratch`` (a temporary directory, best on the same filesystem as the
+    cache) and removed afterwards."""
     images = _images(subject)
     work = Path(tempfile.mkdtemp(prefix="dockyard-export-", dir=scratch))
     try:
-        _flatten_all(images, source, work)
+        _flatten_all(images, source, work, split, scratch)
         _write_files(work, files or {})
         with _open_dest(dest) as stream:
             write_upper(work, TarEntryWriter(_StreamSink(stream), epoch))
@@ -488,10 +546,12 @@ async def _push_layers(image: ImageArtifacts, source: BlobSource, pusher: Pusher
 
 
 async def push_image(subject: Exported, source: BlobSource, pusher: Pusher, name: str, *,
-                     scratch: Path | None = None, mount_from: Reference | None = None) -> str:
+                     scratch: Path | None = None, mount_from: Reference | None = None,
+                     by_digest: bool = False) -> str:
     """Push ``subject`` as ``name``: every layer and config, each manifest by digest, then
-    the top manifest (or the index) under the tag.  Returns the top digest.  Layers the
-    source cannot name as files are spooled through ``scratch`` one at a time."""
+    the top manifest (or the index) under the tag (by its digest alone when
+    ``by_digest``: ``push-by-digest``).  Returns the top digest.  Layers the source cannot
+    name as files are spooled through ``scratch`` one at a time."""
     ref = parse_reference(_ref_name(name)[0])
     work = Path(tempfile.mkdtemp(prefix="dockyard-push-", dir=scratch))
     try:
@@ -510,6 +570,6 @@ async def push_image(subject: Exported, source: BlobSource, pusher: Pusher, name
             await pusher.push_manifest(ref, attestation.manifest,
                                        attestation.descriptor.media_type, attestation.digest)
         return await pusher.push_manifest(ref, subject.index, subject.descriptor.media_type,
-                                          ref.tag)
+                                          subject.digest if by_digest else ref.tag)
     return await pusher.push_manifest(ref, subject.manifest, subject.descriptor.media_type,
-                                      ref.tag)
+                                      subject.manifest_digest if by_digest else ref.tag)

@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -32,7 +33,7 @@ import aiohttp
 
 from scheduler._errors import SolveError
 
-__all__ = ["fetch_git", "fetch_http", "redact_url", "resolve_git"]
+__all__ = ["GitCall", "fetch_git", "fetch_http", "redact_url", "resolve_git"]
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -136,19 +137,36 @@ def _publish(temp: Path, final: Path, digest: str, expected: str | None, shown: 
 
 # --- git --------------------------------------------------------------------------------
 
-def _git(args: list[str], cwd: Path, shown: str, timeout: float) -> str:
+@dataclass(frozen=True, slots=True)
+class GitCall:
+    """How a git fetch runs and is reported: ``what`` it serves (``ADD``, ``build
+    context``: the errors start with it and the URL, credentials removed), ``ssh_socket``
+    the agent its ssh remotes authenticate through (None: git's own environment)."""
+
+    shown: str
+    what: str = "ADD"
+    ssh_socket: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.what} {self.shown}"
+
+
+def _git(args: list[str], cwd: Path, call: GitCall, timeout: float) -> str:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true",
            "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
+    if call.ssh_socket is not None:
+        env["SSH_AUTH_SOCK"] = call.ssh_socket
     try:
         done = subprocess.run(["git", "-c", "advice.detachedHead=false", *args], cwd=cwd,
                               env=env, capture_output=True, text=True, timeout=timeout,
                               check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise SolveError(f"ADD {shown}: git failed: {err}",
+        raise SolveError(f"{call.label}: git failed: {err}",
                          hint="is git installed and the repository reachable?") from None
     if done.returncode != 0:
-        tail = " ".join(done.stderr.replace(shown, "<url>").split()[-30:])
-        raise SolveError(f"ADD {shown}: git {args[0]} failed: {tail}",
+        tail = " ".join(done.stderr.replace(call.shown, "<url>").split()[-30:])
+        raise SolveError(f"{call.label}: git {args[0]} failed: {tail}",
                          hint="check the repository URL and the ref")
     return done.stdout
 
@@ -168,7 +186,7 @@ def resolve_git(remote: str, ref: str = "", *, timeout: float = 120.0) -> str:
     if _COMMIT.fullmatch(ref):
         return ref
     shown = redact_url(remote)
-    listing = _git(["ls-remote", remote], Path("/"), shown, timeout)
+    listing = _git(["ls-remote", remote], Path("/"), GitCall(shown), timeout)
     names = {name: oid for oid, _, name in
              (line.partition("\t") for line in listing.splitlines())}
     for name in _ref_candidates(ref):
@@ -179,11 +197,13 @@ def resolve_git(remote: str, ref: str = "", *, timeout: float = 120.0) -> str:
 
 
 def fetch_git(remote: str, dest: Path, *, ref: str = "", subdir: str = "",
-              keep_git_dir: bool = False, commit: str = "", timeout: float = 600.0) -> Path:
+              keep_git_dir: bool = False, commit: str = "", timeout: float = 600.0,
+              what: str = "ADD", ssh_socket: str | None = None) -> Path:
     """Check out ``ref`` of ``remote`` (shallow) into the new directory ``dest``; return it.
     ``commit``, when given, is what the ref must name (it moved otherwise: an error).
-    ``subdir`` keeps only that directory's content (then ``.git`` is never kept)."""
-    shown = redact_url(remote)
+    ``subdir`` keeps only that directory's content (then ``.git`` is never kept).
+    ``what`` and ``ssh_socket``: see ``GitCall``."""
+    shown = GitCall(redact_url(remote), what, ssh_socket)
     work = Path(tempfile.mkdtemp(prefix=".git-", dir=dest.parent))
     try:
         _git(["init", "-q", str(work)], dest.parent, shown, timeout)
@@ -197,25 +217,25 @@ def fetch_git(remote: str, dest: Path, *, ref: str = "", subdir: str = "",
     return dest
 
 
-def _check_commit(work: Path, commit: str, ref: str, shown: str, timeout: float) -> None:
+def _check_commit(work: Path, commit: str, ref: str, shown: GitCall, timeout: float) -> None:
     if not commit:
         return
     fetched = _git(["rev-parse", "FETCH_HEAD^{commit}"], work, shown, timeout).strip()
     if fetched != commit:
-        raise SolveError(f"ADD {shown}: ref {ref or 'HEAD'!r} moved during the build "
+        raise SolveError(f"{shown.label}: ref {ref or 'HEAD'!r} moved during the build "
                          f"(from {commit[:12]} to {fetched[:12]})", hint="build again")
 
 
 def _place_checkout(work: Path, dest: Path, subdir: str, keep_git_dir: bool,
-                    shown: str) -> None:
+                    shown: GitCall) -> None:
     if not keep_git_dir or subdir:
         shutil.rmtree(work / ".git")
     parts = [p for p in subdir.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise SolveError(f"ADD {shown}: subdir {subdir!r} climbs out of the repository")
+        raise SolveError(f"{shown.label}: subdir {subdir!r} climbs out of the repository")
     source = work.joinpath(*parts)
     if source.is_symlink() or not source.is_dir():
-        raise SolveError(f"ADD {shown}: subdir {subdir!r} is not a directory in the "
+        raise SolveError(f"{shown.label}: subdir {subdir!r} is not a directory in the "
                          "repository", hint="check the #ref:subdir part of the URL")
     os.rename(source, dest)
 

@@ -28,11 +28,16 @@ from typing import IO, BinaryIO, Final, Protocol, cast
 import zstandard
 
 from cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
+from scheduler._build_request import COMPRESSION_LEVELS
 from scheduler._errors import LayerError
 
 from ._disk import DISK_FULL_HINT, is_disk_full
 
-__all__ = ["LAYER_MEDIA_TYPES", "TAR_LAYER", "HashingReader", "LayerSink", "open_layer_reader"]
+__all__ = [
+    "GZIP_LEVEL", "LAYER_MEDIA_TYPES", "LEVELS", "TAR_LAYER", "ZSTD_LEVEL", "HashingReader",
+    "LayerSink",
+    "layer_compression", "open_layer_reader",
+]
 
 TAR_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
 
@@ -51,6 +56,8 @@ LAYER_MEDIA_TYPES: Final = frozenset({
 GZIP_LEVEL: Final = 6
 #: zstd level 3: klauspost's SpeedDefault, BuildKit's default for zstd.
 ZSTD_LEVEL: Final = 3
+#: The levels each compression takes (``compression-level``'s bounds)
+LEVELS: Final = COMPRESSION_LEVELS
 _MEDIA_TYPE: Final = {"gzip": GZIP_LAYER, "zstd": ZSTD_LAYER, "none": TAR_LAYER}
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
@@ -64,6 +71,15 @@ _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
 _WORKERS: Final = max(1, min(4, os.cpu_count() or 1))
 
 
+def layer_compression(media_type: str) -> str:
+    """The compression a layer's media type names: ``gzip``, ``zstd`` or ``none``."""
+    if media_type.endswith(("+gzip", ".gzip")):
+        return "gzip"
+    if media_type.endswith("+zstd"):
+        return "zstd"
+    return "none"
+
+
 class _Emit(Protocol):
     def __call__(self, data: bytes, /) -> None: ...
 
@@ -74,22 +90,24 @@ class _Encoder(Protocol):
     def close(self) -> None: ...
 
 
-def _compress_block(block: bytes, window: bytes) -> bytes:
+def _compress_block(block: bytes, window: bytes, level: int) -> bytes:
     """One raw-deflate block, primed with the previous block's tail, ended on a byte
     boundary (sync flush) so blocks concatenate into one deflate stream (as pigz does)."""
     if window:
-        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, 9,
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9,
                                    zlib.Z_DEFAULT_STRATEGY, window)
     else:
-        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
     return deflate.compress(block) + deflate.flush(zlib.Z_SYNC_FLUSH)
 
 
 class _ParallelGzip:
-    """gzip, level 6, its 1 MiB blocks compressed on a thread pool and emitted in order."""
+    """gzip (level 6 unless told), its 1 MiB blocks compressed on a thread pool and
+    emitted in order."""
 
-    def __init__(self, emit: _Emit) -> None:
+    def __init__(self, emit: _Emit, level: int | None = None) -> None:
         self._emit = emit
+        self._level = GZIP_LEVEL if level is None else level
         self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="layer-gzip")
         self._pending = bytearray()      # uncompressed bytes not yet a whole block
         self._window = b""               # the last 32 KiB of the previous block
@@ -121,19 +139,21 @@ class _ParallelGzip:
         self._pool.shutdown(wait=True)
 
     def _submit(self, block: bytes) -> None:
-        self._inflight.append(self._pool.submit(_compress_block, block, self._window))
+        self._inflight.append(self._pool.submit(_compress_block, block, self._window,
+                                                 self._level))
         self._window = block[-_GZIP_WINDOW:]
         while len(self._inflight) > 2 * _WORKERS:
             self._emit(self._inflight.popleft().result())
 
 
 class _Zstd:
-    """zstd level 3 in zstd's multi-threaded mode (its output does not depend on the number
-    of workers once there is at least one)."""
+    """zstd (level 3 unless told) in zstd's multi-threaded mode (its output does not depend
+    on the number of workers once there is at least one)."""
 
-    def __init__(self, emit: _Emit) -> None:
+    def __init__(self, emit: _Emit, level: int | None = None) -> None:
         self._emit = emit
-        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=_WORKERS).compressobj()
+        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL if level is None else level,
+                                              threads=_WORKERS).compressobj()
 
     def write(self, data: bytes) -> None:
         self._emit(self._zstd.compress(data))
@@ -146,7 +166,8 @@ class _Zstd:
 
 
 class _Plain:
-    def __init__(self, emit: _Emit) -> None:
+    def __init__(self, emit: _Emit, level: int | None = None) -> None:
+        del level
         self.write = emit
 
     def finish(self) -> None:
@@ -164,10 +185,11 @@ class LayerSink:
     """Uncompressed tar bytes in; compressed bytes out to ``out``; both streams hashed.
 
     ``finish`` returns the descriptor, ``close`` (always, after) releases the threads.  An
-    error writing ``out`` becomes a LayerError.
+    error writing ``out`` becomes a LayerError.  ``level``: the compressor's level (None:
+    ``GZIP_LEVEL`` or ``ZSTD_LEVEL``; ``LEVELS`` bounds it).
     """
 
-    def __init__(self, out: BinaryIO, compression: str) -> None:
+    def __init__(self, out: BinaryIO, compression: str, level: int | None = None) -> None:
         if compression not in _ENCODERS:
             raise LayerError(f"unknown layer compression {compression!r}",
                              hint="use one of: gzip, zstd, none")
@@ -176,7 +198,11 @@ class LayerSink:
         self._diff = hashlib.sha256()        # the uncompressed stream: the diff_id
         self._digest = hashlib.sha256()      # the bytes written to out: the digest
         self._size = 0                       # len of the bytes written to out
-        self._encoder: _Encoder = _ENCODERS[compression](self._emit)
+        low, high = LEVELS.get(compression, (0, 0))
+        if level is not None and not low <= level <= high:
+            raise LayerError(f"{compression} compression level {level} is out of range",
+                             hint=f"use a level from {low} to {high}")
+        self._encoder: _Encoder = _ENCODERS[compression](self._emit, level)
 
     def write(self, data: bytes) -> None:
         self._diff.update(data)

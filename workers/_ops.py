@@ -36,6 +36,7 @@ from ._context_source import ContextTree, LocalContext, Materialised
 from ._fetch import fetch_git, fetch_http, resolve_git
 from ._fileops import apply_file_actions
 from ._layers import is_empty_diff
+from ._layout_source import LAYOUT_SCHEME, run_layout_source
 from ._ops_exec import run_exec
 from ._runtime import IMAGE_SCHEME, LOCAL_SCHEME, RuntimeBackend, WorkerRuntime
 
@@ -62,12 +63,17 @@ async def run_source(backend: RuntimeBackend, vertex: Vertex, op: SourceOp,
                      events: EventSink | None = None) -> StateResult:
     if op.identifier.startswith(IMAGE_SCHEME):
         return await run_image_source(backend, vertex, op)
+    if op.identifier.startswith(LAYOUT_SCHEME):
+        return await run_layout_source(backend, op)
     if op.identifier.startswith(LOCAL_SCHEME):
+        # An image's root filesystem (``FROM`` a named context) is one whole layer: the
+        # incremental chain would put files since removed from the directory in the image.
+        chain = None if dict(op.attrs).get("rootfs") == "true" else op.identifier
         tree, fetched = await backend.context_files(op)
         if events is not None:  # as BuildKit's "transferring context: N done"
             events.emit(StatusUpdate(vertex.digest, "transferring context:", current=fetched,
                                      done=True))
-        return await tree_layer(backend, tree, op.identifier)
+        return await tree_layer(backend, tree, chain)
     return await tree_layer(backend, await remote_source(backend, op))
 
 
@@ -91,8 +97,8 @@ async def tree_layer(backend: RuntimeBackend, tree: ContextTree,
     (``WorkerRuntime.context_tree``): its layers with one of what changed on top
     (``materialise_delta``), else one whole tree with the unchanged files linked.  Either
     way the layers show the same tree, so what a COPY makes of it, and every digest after,
-    is the same (a context's result never is an image's base: only COPY and RUN mounts
-    read it)."""
+    is the same (only COPY and RUN mounts read a chained result: a context that is an
+    image's base, ``rootfs=true``, comes with ``name`` None, as one whole layer)."""
     runtime = backend.runtime
     previous = await runtime.context_tree(name) if name is not None else None
     if previous is not None and not await asyncio.to_thread(_usable, runtime, previous):
@@ -192,7 +198,8 @@ async def _fetch(backend: RuntimeBackend, op: SourceOp) -> LocalContext:
                          checksum=attrs.get("checksum", ""))
         return LocalContext(scratch / "tree")
     raise SolveError(f"unsupported source {op.identifier!r}",
-                     hint="sources are docker-image://, local://, http(s):// and git://")
+                     hint="sources are docker-image://, local://, oci-layout://, http(s):// "
+                     "and git://")
 
 
 async def run_file(backend: RuntimeBackend, op: FileOp,

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from cache_backends._local import LocalBackend, LocalBlobSource
 from cache_backends._protocol import BlobCorrupt, BlobMissing, CacheBackend
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from scheduler._build_request import Compression
 from scheduler._cachekey import Selector
 from scheduler._errors import BlobLost, CacheError, SolveError
 from scheduler._graph import SourceOp, Vertex
@@ -46,12 +47,22 @@ from ._context_manifest import ContextManifest
 from ._context_source import ContextTree, LocalContext, ManifestContext, Materialised
 from ._context_store import ContextStore
 from ._executor import Executor
-from ._layer_stream import READ_SIZE, TAR_LAYER, LayerSink
+from ._layer_stream import (
+    GZIP_LEVEL,
+    READ_SIZE,
+    TAR_LAYER,
+    ZSTD_LEVEL,
+    LayerSink,
+    Readable,
+    layer_compression,
+    open_layer_reader,
+)
 from ._layers import unpack_layer, write_layer
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
 from ._secrets import DictSecrets, SecretSource
 from ._snapshots import Mounted, SnapshotStore
 from ._ssh_relay import ChannelSshAgents
+from ._tar_clamp import clamp_tar_times
 
 if TYPE_CHECKING:
     from ._janitor import RootLock
@@ -348,45 +359,85 @@ class WorkerRuntime:
         await asyncio.to_thread(self.snapshots.publish, layer.diff_id, tree)
         return layer
 
-    async def compressed(self, layers: Sequence[LayerDescriptor]
+    async def compressed(self, layers: Sequence[LayerDescriptor],
+                         compression: Compression | None = None
                          ) -> tuple[LayerDescriptor, ...]:
-        """``layers`` as an image or a remote cache holds them: each uncompressed one in
-        this runtime's compression (gzip unless configured), made from its blob the first
-        time and kept (``variant_key``), the others as they are.  The compressed bytes
-        depend on the tar alone (workers/_layer_stream.py), so an image's digest is the
-        one a layer compressed when its step ran had."""
-        if self.compression == "none":
-            return tuple(layers)
-        return tuple([await self._variant(layer) if layer.media_type == TAR_LAYER
-                      else layer for layer in layers])
+        """``layers`` as an image or a remote cache holds them, in ``compression`` (None:
+        this runtime's, gzip unless configured): each uncompressed one compressed from its
+        blob the first time and kept (``variant_key``), the others as they are, unless
+        ``compression.force`` (then every layer not already in that compression is
+        decompressed and compressed again; ``uncompressed`` keeps or makes the plain tar).
+        The compressed bytes depend on the tar and the level alone
+        (workers/_layer_stream.py), so an image's digest is the one a layer compressed when
+        its step ran had."""
+        if compression is None:
+            if self.compression == "none":
+                return tuple(layers)
+            compression = Compression(self.compression)
+        kind = _LAYER_KIND.get(compression.type, compression.type)
+        return tuple([await self._in_form(layer, kind, compression) for layer in layers])
 
-    async def _variant(self, layer: LayerDescriptor) -> LayerDescriptor:
-        key = variant_key(layer.diff_id, self.compression)
+    async def _in_form(self, layer: LayerDescriptor, kind: str,
+                       compression: Compression) -> LayerDescriptor:
+        has = layer_compression(layer.media_type)
+        if has == kind or (layer.media_type != TAR_LAYER and not compression.force):
+            return layer  # as it is (a base image's layer, unless forced)
+        if kind == "none":
+            return await self._variant(layer, "none", None)
+        return await self._variant(layer, kind, _own_level(kind, compression.level))
+
+    async def rewritten(self, layer: LayerDescriptor, epoch: int) -> LayerDescriptor:
+        """``layer`` with every time of its entries later than ``epoch`` set to ``epoch``
+        (``rewrite-timestamp``), as an uncompressed layer; ``layer`` itself when no entry
+        is later.  Made once per layer and epoch and kept (``variant_key``)."""
+        key = variant_key(layer.diff_id, f"rewrite-timestamp@{epoch}")
+        return await self._kept(key, layer, f"timestamps of layer {layer.diff_id} clamped "
+                                f"to {epoch}", lambda: self._clamped(layer, epoch), same=True)
+
+    async def _clamped(self, layer: LayerDescriptor, epoch: int) -> LayerDescriptor:
+        made = await self._stored_if(lambda out: self._clamp(layer, out, epoch))
+        return made or layer
+
+    async def _variant(self, layer: LayerDescriptor, kind: str | None = None,
+                       level: int | None = None) -> LayerDescriptor:
+        kind = kind or self.compression
+        name = kind if level is None else f"{kind}-{level}"
+        return await self._kept(variant_key(layer.diff_id, name), layer,
+                                f"{name} of layer {layer.diff_id}",
+                                lambda: self._recompressed(layer, kind, level))
+
+    async def _kept(self, key: str, layer: LayerDescriptor, what: str,
+                    make: Callable[[], Awaitable[LayerDescriptor]], *,
+                    same: bool = False) -> LayerDescriptor:
+        """The layer the record ``key`` names (``make`` makes it, and the record, the first
+        time); ``same``: the made layer may have ``layer``'s diff_id or another."""
         async with self._compressing.setdefault(key, asyncio.Lock()):
             record = await self.cache.get_record(key)
             if record is not None and len(record.result.layers) == 1:
                 known = record.result.layers[0]
-                if known.diff_id == layer.diff_id and self.cache.holds(known.digest):
+                if ((same or known.diff_id == layer.diff_id)
+                        and self.cache.holds(known.digest)):
                     return known
             await self.ensure_blobs((layer,))
-            made = await self._recompressed(layer)
+            made = await make()
             await self.cache.put_record(CacheRecord(
                 key, StateResult(layers=(made,)), created=int(time.time()),
-                meta={"name": f"{self.compression} of layer {layer.diff_id}"}))
+                meta={"name": what}))
             return made
 
     async def _compressed_here(self, layer: LayerDescriptor) -> bool:
         """Whether the compressed ``layer`` could be made again from its uncompressed blob
         here (a step rebuilt since its blob was lost, or made here before it was imported):
         then it is in the local cache, and no remote cache is asked for it."""
-        if layer.media_type == TAR_LAYER or layer.diff_id == layer.digest:
+        kind = layer_compression(layer.media_type)
+        if kind == "none" or layer.diff_id == layer.digest:
             return False
         path = self.cache.blob_source().blob_path(layer.diff_id)
         if path is None:
             return False
         plain = LayerDescriptor(layer.diff_id, path.stat().st_size, layer.diff_id, TAR_LAYER)
         try:
-            made = await self._variant(plain)
+            made = await self._variant(plain, kind)
         except (BlobLost, CacheError):
             return False
         if made.digest != layer.digest:  # another compressor made it (another tool)
@@ -395,22 +446,43 @@ class WorkerRuntime:
         self.lost.discard(layer.digest)
         return True
 
-    async def _recompressed(self, layer: LayerDescriptor) -> LayerDescriptor:
-        return await self._stored(lambda out: self._compress(layer, out))
+    async def _recompressed(self, layer: LayerDescriptor, kind: str,
+                            level: int | None) -> LayerDescriptor:
+        return await self._stored(lambda out: self._compress(layer, out, kind, level))
 
-    def _compress(self, layer: LayerDescriptor, out: BinaryIO) -> LayerDescriptor:
-        sink = LayerSink(out, self.compression)
+    def _compress(self, layer: LayerDescriptor, out: BinaryIO, kind: str,
+                  level: int | None) -> LayerDescriptor:
+        return self._retar(layer, out, kind, level, lambda plain, sink: _copy_all(plain, sink))
+
+    def _clamp(self, layer: LayerDescriptor, out: BinaryIO, epoch: int
+               ) -> LayerDescriptor | None:
+        """``layer`` clamped to ``epoch`` on ``out``; None when no time needed it."""
+        changed = False
+
+        def copy(plain: Readable, sink: LayerSink) -> None:
+            nonlocal changed
+            changed = clamp_tar_times(plain, sink, epoch)
+        made = self._retar(layer, out, "none", None, copy, check=False)
+        return made if changed else None
+
+    def _retar(self, layer: LayerDescriptor, out: BinaryIO, kind: str, level: int | None,
+               copy: Callable[[Readable, LayerSink], None], *, check: bool = True
+               ) -> LayerDescriptor:
+        """``layer``'s tar (decompressed when it is not plain) through ``copy`` into a
+        ``kind`` blob on ``out``; its diff_id checked to stay the same when ``check``."""
+        sink = LayerSink(out, kind, level)
         try:
             with self._open_blob(layer.digest) as blob:
-                while chunk := blob.read(READ_SIZE):
-                    sink.write(chunk)
+                plain: Readable = blob if layer_compression(layer.media_type) == "none" \
+                    else open_layer_reader(blob)[1]
+                copy(plain, sink)
             made = sink.finish()
         except (BlobMissing, BlobCorrupt) as err:  # gone from the local cache: rebuilt
             raise _lost(layer.digest, f"the local cache ({self.cache.root})",
                         err.message) from err
         finally:
             sink.close()
-        if made.diff_id != layer.diff_id:
+        if check and made.diff_id != layer.diff_id:
             raise CacheError(f"layer {layer.digest} compresses to diff_id {made.diff_id}",
                              hint="prune the cache and build again")
         return made
@@ -423,11 +495,19 @@ class WorkerRuntime:
     async def _stored(self, write: Callable[[BinaryIO], LayerDescriptor]) -> LayerDescriptor:
         """The blob ``write`` makes (in a thread, into a scratch file) moved into the cache
         under the digest it returns."""
+        layer = await self._stored_if(write)
+        assert layer is not None  # write returns a layer
+        return layer
+
+    async def _stored_if(self, write: Callable[[BinaryIO], LayerDescriptor | None]
+                         ) -> LayerDescriptor | None:
+        """``_stored``, where ``write`` may answer None: then nothing is kept."""
         fd, name = tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as out:
                 layer = await asyncio.to_thread(write, out)
-            await self.cache.put_blob(layer.digest, Path(name), move=True)
+            if layer is not None:
+                await self.cache.put_blob(layer.digest, Path(name), move=True)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
@@ -523,6 +603,9 @@ class RuntimeBackend:
             return image.digest
         if op.identifier.startswith(LOCAL_SCHEME):
             return await asyncio.to_thread(self.context(op).checksum)
+        if op.identifier.startswith("oci-layout://"):
+            from ._layout_source import layout_identity  # noqa: PLC0415 -- imports this module
+            return layout_identity(op)
         from ._ops import remote_identity  # noqa: PLC0415 -- _ops imports this module
         return await remote_identity(self, op)
 
@@ -603,6 +686,21 @@ class RuntimeBackend:
                              "but the build has no session to read its files from",
                              hint="this is a bug in dockyard: please report it")
         return context, await context.ensure_local(self.session.context_reader)
+
+
+#: buildx's compression names -> the layer writer's
+_LAYER_KIND = {"uncompressed": "none"}
+
+
+def _own_level(kind: str, level: int | None) -> int | None:
+    """``level``, or None when it gives the default's bytes (one variant, one record)."""
+    default = {"gzip": GZIP_LEVEL, "zstd": ZSTD_LEVEL}.get(kind)
+    return None if level == default or (kind == "zstd" and level == 0) else level
+
+
+def _copy_all(plain: Readable, sink: LayerSink) -> None:
+    while chunk := plain.read(READ_SIZE):
+        sink.write(chunk)
 
 
 def variant_key(diff_id: str, compression: str) -> str:

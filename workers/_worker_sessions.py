@@ -45,7 +45,14 @@ from scheduler._errors import DockyardError, SolveError
 from scheduler._platform import parse_platform
 from scheduler._progress import Event, event_to_wire
 
-from ._build import LOCAL_AS_TAR, LocalBuildOptions, Output, prepared, remote_records
+from ._build import (
+    LOCAL_AS_TAR,
+    ImageForm,
+    LocalBuildOptions,
+    Output,
+    prepared,
+    remote_records,
+)
 from ._cache_limit import enforce_cache_limit
 from ._context_fetch import ask_reader
 from ._context_manifest import ContextManifest
@@ -278,5 +285,13 @@ def _started(request: Mapping[str, Any]) -> float:
 
 
 def _scratch_output(spec: OutputSpec, path: Path) -> Output:
-    """The output written here: a ``local`` directory travels as a tar the client unpacks."""
-    return Output(LOCAL_AS_TAR if spec.type == "local" else spec.type, path)
+    """The output written here: a ``local`` directory (and an oci or docker layout with
+    ``tar=false``) travels as a tar the client unpacks."""
+    return Output(LOCAL_AS_TAR if spec.type == "local" else spec.type, path,
+                  names=spec.names if spec.type in ("oci", "docker") else None,
+                  form=image_form(spec), platform_split=spec.platform_split)
+
+
+def image_form(spec: OutputSpec) -> ImageForm:
+    """How the image of the output ``spec`` is made (its exporter attributes)."""
+    return ImageForm(spec.compression, spec.oci_mediatypes, spec.rewrite_timestamp)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .._build_request import NamedContext
 from .._errors import DockerfileError
 from .._graph import BuildGraph, Ulimit
 from .._platform import Platform, default_platform
@@ -43,7 +44,8 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
                 interrupt: Interrupt | None = None, ulimits: Sequence[Ulimit] = (),
                 shm_size: int = 0, network: str = "default",
                 extra_hosts: Sequence[tuple[str, str]] = (), cgroup_parent: str = "",
-                no_cache_filter: Sequence[str] = ()) -> FrontendResult:
+                no_cache_filter: Sequence[str] = (),
+                named_contexts: Sequence[NamedContext] = ()) -> FrontendResult:
     """Convert ``dockerfile`` for each of ``platforms`` (default: this machine's) into one
     graph holding one ImageResult per platform.  The build checks look at the stages the
     target needs; ``# check=error=true`` turns findings into a ``DockerfileError``.
@@ -52,7 +54,8 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
 
     ``interrupt`` is called at every step of the work (each line parsed, instruction
     converted, word expanded...) and raises to stop it: a caller running this in a thread
-    stops it so when its build is cancelled (see ``_interrupt``)."""
+    stops it so when its build is cancelled (see ``_interrupt``).  ``named_contexts``
+    (``--build-context``) stand in for the stages and images of their names."""
     with interruptible(interrupt):
         return _build_graph(dockerfile, filename=filename, target=target, platforms=platforms,
                             build_args=build_args, ignore_patterns=ignore_patterns,
@@ -60,7 +63,8 @@ def build_graph(dockerfile: bytes, *, filename: str = "Dockerfile", target: str 
                             check_only=check_only, ulimits=ulimits, shm_size=shm_size,
                             network=network, extra_hosts=tuple(extra_hosts),
                             cgroup_parent=cgroup_parent,
-                            no_cache_filter=tuple(no_cache_filter))
+                            no_cache_filter=tuple(no_cache_filter),
+                            named_contexts=named_contexts)
 
 
 def _build_graph(dockerfile: bytes, *, filename: str, target: str | None,
@@ -69,7 +73,8 @@ def _build_graph(dockerfile: bytes, *, filename: str, target: str | None,
                  image_resolver: ImageResolver | None, check_only: bool,
                  ulimits: Sequence[Ulimit], shm_size: int, network: str,
                  extra_hosts: tuple[tuple[str, str], ...], cgroup_parent: str,
-                 no_cache_filter: tuple[str, ...]) -> FrontendResult:
+                 no_cache_filter: tuple[str, ...],
+                 named_contexts: Sequence[NamedContext]) -> FrontendResult:
     if not dockerfile.strip():
         raise DockerfileError("the Dockerfile cannot be empty", filename=filename)
     parsed = parse(dockerfile, filename)
@@ -83,7 +88,8 @@ def _build_graph(dockerfile: bytes, *, filename: str, target: str | None,
         build_args=dict(build_args or {}), ignore_patterns=tuple(ignore_patterns),
         resolver=image_resolver, target=target, ulimits=tuple(ulimits), shm_size=shm_size,
         network=network, extra_hosts=extra_hosts, cgroup_parent=cgroup_parent,
-        no_cache_filter=no_cache_filter)
+        no_cache_filter=no_cache_filter,
+        named_contexts={c.name: c for c in named_contexts})
     graph, warnings, notices = convert(typed, options, wanted)
     report = run_checks(parsed, typed, target=target, all_stages=check_only,
                         extra=warnings, build_args=build_args)

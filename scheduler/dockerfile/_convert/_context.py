@@ -7,9 +7,11 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..._build_request import NamedContext
 from ..._errors import DockyardError, UsageError
 from ..._graph import SourceOp, Ulimit
 from ..._platform import Platform, parse_platform
+from ..._reference import parse_reference
 from .._ast import CheckWarning, Node
 from .._interrupt import checkpoint
 from ._expand import NON_ENV_ARGS, Expansion, expand, expand_display
@@ -73,6 +75,25 @@ class BuildOptions:
     extra_hosts: tuple[tuple[str, str], ...] = ()  # every RUN's /etc/hosts entries (--add-host)
     cgroup_parent: str = ""  # every RUN's cgroup parent (--cgroup-parent)
     no_cache_filter: tuple[str, ...] = ()  # stages whose steps skip the cache (lowercase)
+    # --build-context: familiar name -> the context (scheduler/_build_request.py)
+    named_contexts: Mapping[str, NamedContext] = field(default_factory=dict)
+
+    def named_context(self, name: str) -> NamedContext | None:
+        """The named context ``name`` (a stage name or an image reference) stands for, as
+        BuildKit's dockerui matches them: both in their familiar form, ``:latest``
+        dropped (``docker.io/library/alpine:latest`` is ``alpine``)."""
+        if not self.named_contexts:
+            return None
+        return self.named_contexts.get(familiar_context_name(name))
+
+
+def familiar_context_name(name: str) -> str:
+    """``name`` as buildx and BuildKit key named contexts; unchanged when it is no
+    reference (then it matches only a context given under that very name)."""
+    try:
+        return parse_reference(name).familiar().removesuffix(":latest")
+    except DockyardError:
+        return name
 
 
 @dataclass(slots=True)

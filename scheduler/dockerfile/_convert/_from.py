@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
+from ..._build_request import NamedContext
 from ..._errors import DockyardError
 from ..._graph import DEFAULT_PATH, SourceOp
 from ..._reference import parse_reference
@@ -28,11 +30,20 @@ def start_stage(conv: Conversion, stage_node: StageNode, done: dict[int, StageSt
     state = StageState(stage_name=stage_node.stage_name, platform=platform)
     if stage_node.stage is not None:
         state.cmd_total = count_commands(stage_node.commands) + (not stage_node.is_scratch)
-    if stage_node.is_scratch:
+    context = _named_context(conv, stage_node)
+    if context is not None and context.source.startswith(LOCAL_SCHEME):
+        _from_local_context(conv, stage_node, state, context)
+        return state, []
+    if context is not None and context.source.startswith(LAYOUT_SCHEME):
+        _from_layout(conv, state, context)
+        _ensure_path(state)
+        return state, []
+    if context is None and stage_node.is_scratch:
         state.config.working_dir = "/"  # BuildKit's empty image config has WorkingDir "/"
         _ensure_path(state)
         return state, []
-    triggers = _from_image(conv, stage_node, state)
+    base = context.source.removeprefix(IMAGE_SCHEME) if context is not None else None
+    triggers = _from_image(conv, stage_node, state, base)
     _ensure_path(state)
     return state, triggers
 
@@ -51,13 +62,64 @@ def _from_stage(stage_node: StageNode, base: StageState) -> StageState:
                       cmd_total=count_commands(stage_node.commands), workdir_set=base.workdir_set)
 
 
-def _from_image(conv: Conversion, stage_node: StageNode, state: StageState
-                ) -> list[Command]:
+LOCAL_SCHEME = "local://"
+IMAGE_SCHEME = "docker-image://"
+LAYOUT_SCHEME = "oci-layout://"
+
+
+def _named_context(conv: Conversion, stage_node: StageNode) -> NamedContext | None:
+    """The ``--build-context`` this stage comes from: one named as the stage replaces the
+    whole stage (its commands were dropped with it, see ``_stages``), one named as its
+    base image replaces that image (BuildKit's precedence)."""
+    if stage_node.context_override:
+        return conv.options.named_context(stage_node.name or "")
+    if stage_node.is_scratch:
+        return None  # scratch is no image: nothing stands in for it
+    return conv.options.named_context(stage_node.base_name)
+
+
+def _from_local_context(conv: Conversion, stage_node: StageNode, state: StageState,
+                        context: NamedContext) -> None:
+    """A stage whose root is a directory context, with the empty image's config.  A
+    Dockerfile stage (an image's base) takes its files as one whole layer, never the
+    incremental chain a context source keeps: the image shows exactly the directory,
+    not files since removed from it; one that only ``COPY --from``/``--mount from=``
+    read (``stage`` None) keeps the chain."""
+    attrs = [("rootfs", "true")] if stage_node.stage is not None else []
+    if context.exclude:
+        attrs.append(("exclude", json.dumps(list(context.exclude))))
+    name = f"[context {context.name}] load from client"
+    state.root = conv.sink.add(SourceOp(identifier=context.source, attrs=tuple(sorted(attrs))),
+                               (), name, None, location="")
+    state.config.working_dir = "/"
+    _ensure_path(state)
+
+
+def _from_layout(conv: Conversion, state: StageState, context: NamedContext) -> None:
+    """A stage from the image of an OCI layout the client sends: its config as the
+    resolver answers for the source (the client read it), its layers made by the worker
+    from the layout's blobs."""
+    image = conv.options.resolver(context.source, state.platform) if conv.options.resolver \
+        else None
+    if image is not None:
+        state.config = thaw(image.config)
+        state.config.on_build = []
+    attrs = (("exclude", json.dumps(list(context.exclude))),) if context.exclude else ()
+    name = f"[context {context.name}] load from oci layout"
+    state.root = conv.sink.add(SourceOp(identifier=context.source, attrs=attrs), (), name,
+                               state.platform, location="")
+
+
+def _from_image(conv: Conversion, stage_node: StageNode, state: StageState,
+                base: str | None = None) -> list[Command]:
+    """``base``: the image a ``docker-image://`` named context puts in place of the
+    stage's own base name."""
+    shown = base or stage_node.base_name
     try:
-        ref = str(parse_reference(stage_node.base_name))
+        ref = str(parse_reference(shown))
     except DockyardError as err:
         raise stage_node.node.error(
-            f'failed to parse stage name "{stage_node.base_name}": {err.message}',
+            f'failed to parse stage name "{shown}": {err.message}',
             conv.filename,
             at=stage_node.base_name) from err
     image = conv.options.resolver(ref, state.platform) if conv.options.resolver else None

@@ -38,6 +38,7 @@ class StageNode:
     dep_nodes: list[Node] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
     triggers: int = 0
+    context_override: bool = False  # a --build-context named as the stage replaces it
 
     @property
     def is_scratch(self) -> bool:
@@ -102,6 +103,10 @@ def _stage_node(conv: Conversion, table: StageTable, stage: Stage,
                            commands=list(stage.commands))
     if stage.platform:
         stage_node.platform = _expand_platform(conv, stage.platform, stage.node, declared)
+    if stage.name and conv.options.named_context(stage.name) is not None:
+        stage_node.context_override = True  # BuildKit: the context is the stage, whole
+        stage_node.commands = []
+        return stage_node
     stage_node.base = table.by_name(base_name) or table.by_index(base_name)
     return stage_node
 

@@ -20,48 +20,19 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli_root import PROJECT, Dockyard
 from support.leaks import files_containing
 from support.progress import plain_blocks, solve_blocks
 from support.ssh_tools import copy_ssh_add, make_key
 
 from cluster._ray import ray_temp_dir
-from cluster._service import Proc, RunPaths, alive, process_tree
+from cluster._service import RunPaths, alive
 
-PROJECT = Path(__file__).resolve().parents[3]
 SECRET = "s3cr3t-value-8c1f0e"  # must appear nowhere but the one RUN that mounts it
-
-
-@dataclass
-class Dockyard:
-    """A root, and how to run the CLI against it."""
-
-    root: Path
-    busybox: str
-    work: Path
-
-    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 180
-            ) -> subprocess.CompletedProcess[bytes]:
-        environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
-                   **(env or {})}
-        return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=self.work,
-                              env=environ, capture_output=True, timeout=timeout, check=False)
-
-    def build(self, *argv: str, env: dict[str, str] | None = None
-              ) -> subprocess.CompletedProcess[bytes]:
-        return self.run("build", "--progress=plain", *argv, env=env)
-
-    def processes(self) -> set[Proc]:
-        pid_file = RunPaths(self.root).pid
-        if not pid_file.exists():
-            return set()
-        pid = int(pid_file.read_text())
-        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        return {(pid, start)} | process_tree(pid)
 
 
 def _stop(dockyard: Dockyard) -> None:

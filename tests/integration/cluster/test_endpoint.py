@@ -210,6 +210,29 @@ def test_load_through_the_endpoint(served: Served) -> None:
         dockerd.stop()
 
 
+def test_exporter_attributes_through_the_endpoint(served: Served) -> None:
+    """The exporter attributes cross the wire (issue 11): a zstd OCI layout directory
+    named twice, and one platform split into its directory."""
+    out = served.work / "attrs-out"
+    done = served.cli("build", "--progress=plain", "--endpoint", served.url,
+                      "--token-file", str(served.token_file), "--tls-ca", str(served.cert),
+                      "-o", f'type=oci,dest={out}/layout,tar=false,compression=zstd,'
+                            f'"name=example/a:1,example/b:2"',
+                      "-o", f"type=local,dest={out}/split,platform-split=true",
+                      str(_context(served)))
+    assert done.returncode == 0, done.stderr.decode()
+    index = json.loads((out / "layout" / "index.json").read_text())
+    assert [e["annotations"]["org.opencontainers.image.ref.name"]
+            for e in index["manifests"]] == ["1", "2"]
+    manifest = json.loads((out / "layout" / "blobs" / "sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar+zstd"]
+    (platform,) = os.listdir(out / "split")
+    assert platform.startswith("linux_")
+    assert (out / "split" / platform / "a.txt").read_text() == "hello from the client\n"
+
+
 def test_a_lowercase_dockerfile_builds_through_the_endpoint(served: Served) -> None:
     """BuildKit's testDockerfileLowercase: no -f and only ``dockerfile`` in the context."""
     context = served.work / "lower"
@@ -256,3 +279,38 @@ def test_a_one_file_change_is_the_only_file_read_and_sent(served: Served) -> Non
     (context / "d42" / "f42.txt").write_text("changed\n")
     assert _context_bytes(served, context) == {"hashed": len("changed\n"),
                                                "sent": len("changed\n")}
+
+
+def test_stdin_and_named_contexts_travel_through_the_endpoint(served: Served) -> None:
+    """A tar on stdin as the context and a ``--build-context`` directory: both sent as
+    manifests with their contents read from the client (the bytes sent count both)."""
+    import io
+    import tarfile
+
+    named = served.work / "named-ctx"
+    named.mkdir()
+    (named / "n.txt").write_text("named through the endpoint\n")
+    archive = io.BytesIO()
+    files = (("Dockerfile", b"FROM scratch\nCOPY m.txt /\nCOPY --from=data n.txt /\n"),
+             ("m.txt", b"main from stdin\n"))
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out, metadata = served.work / "named-out", served.work / "named-meta.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster", "build", "--progress=plain", "--endpoint",
+         served.url, "--token-file", str(served.token_file), "--tls-ca", str(served.cert),
+         "--metadata-file", str(metadata), "--build-context", f"data={named}",
+         "-o", f"type=local,dest={out}", "-"],
+        input=archive.getvalue(), cwd=served.work, capture_output=True, timeout=180,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")},
+             "DOCKYARD_ROOT": str(served.work / "client-root"), "PYTHONPATH": str(PROJECT)},
+        check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert (out / "m.txt").read_text() == "main from stdin\n"
+    assert (out / "n.txt").read_text() == "named through the endpoint\n"
+    sent = json.loads(metadata.read_text())["dockyard.context.bytes-sent"]
+    # every file of both contexts: the server had none of them
+    assert sent == sum(len(data) for _, data in files) + (named / "n.txt").stat().st_size

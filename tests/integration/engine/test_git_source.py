@@ -5,88 +5,23 @@ commit the ref names (a rebuild hits while the ref stays put, misses when it mov
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.served import ServedGit as Served
+from support.served import serve_git
 
 from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
 from scheduler._errors import SolveError
 from scheduler._platform import parse_platform
 
-_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, env=_ENV, check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
-@dataclass
-class Served:
-    """A bare repository ``repo.git`` behind git daemon (``url``), and the work tree that
-    pushes to it (``work``)."""
-
-    url: str
-    work: Path
-
-    def commit(self, name: str, text: str) -> None:
-        (self.work / name).write_text(text)
-        _git(self.work, "add", ".")
-        _git(self.work, "commit", "-q", "-m", name)
-        _git(self.work, "push", "-q", "origin", "main")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_listening(port: int, daemon: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            pytest.fail(f"git daemon exited with {daemon.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    pytest.fail("git daemon did not listen within 10 s")
-
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    base, work = tmp_path / "served", tmp_path / "work"
-    work.mkdir(parents=True)
-    base.mkdir()
-    _git(work, "init", "-q", "-b", "main")
-    (work / "sub").mkdir()
-    (work / "sub" / "f").write_text("f1\n")
-    (work / "README").write_text("v1\n")
-    _git(work, "add", ".")
-    _git(work, "commit", "-q", "-m", "one")
-    _git(work, "tag", "-a", "v1", "-m", "v1")
-    _git(base, "clone", "-q", "--bare", str(work), "repo.git")
-    _git(work, "remote", "add", "origin", str(base / "repo.git"))
-    port = _free_port()
-    daemon = subprocess.Popen(["git", "daemon", f"--base-path={base}", "--export-all",
-                               "--reuseaddr", f"--port={port}", "--listen=127.0.0.1",
-                               str(base)], stderr=subprocess.DEVNULL)
-    try:
-        _wait_listening(port, daemon)
-        yield Served(f"git://127.0.0.1:{port}/repo.git", work)
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
+    with serve_git(tmp_path) as found:
+        yield found
 
 
 def _build(tmp_path: Path, dockerfile: str, out: str) -> LocalBuildResult:

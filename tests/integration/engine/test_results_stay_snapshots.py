@@ -213,9 +213,9 @@ def _compressions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     made: list[str] = []
     original = WorkerRuntime._compress
 
-    def counting(self: WorkerRuntime, layer: Any, out: Any) -> Any:
+    def counting(self: WorkerRuntime, layer: Any, out: Any, *args: Any) -> Any:
         made.append(layer.diff_id)
-        return original(self, layer, out)
+        return original(self, layer, out, *args)
 
     monkeypatch.setattr(WorkerRuntime, "_compress", counting)
     return made

@@ -42,6 +42,7 @@ from cluster._build_options import (
     resolve_outputs,
 )
 from cluster._cli import build_parser
+from scheduler._build_request import Compression
 from scheduler._errors import UsageError
 
 ENV = {"TOKEN": "from-env", "SSH_AUTH_SOCK": "/run/agent.sock", "HOME": "/root"}
@@ -79,6 +80,25 @@ OUTPUTS = [
     ("type=image,name=a,registry.insecure=false", OutputSpec("image", None, ("a",))),
     ("type=image,name=a,unpack=true", OutputSpec("image", None, ("a",))),
     ("type=registry,name=a,unpack=false", OutputSpec("image", None, ("a",), True)),
+    # the exporter attributes (issue 11)
+    ("type=oci,dest=o,compression=zstd,compression-level=19",
+     OutputSpec("oci", "/cwd/o", compression=Compression("zstd", 19))),
+    ("type=docker,dest=o,compression=uncompressed,force-compression=true",
+     OutputSpec("docker", "/cwd/o", compression=Compression("uncompressed", None, True))),
+    ("type=oci,dest=o,compression=uncompressed,compression-level=3",
+     OutputSpec("oci", "/cwd/o", compression=Compression("uncompressed"))),
+    ("type=image,name=a,compression=gzip,compression-level=0",
+     OutputSpec("image", None, ("a",), compression=Compression("gzip", 0))),
+    ("type=image,name=a,compression=zstd,oci-mediatypes=false",  # zstd forces OCI types
+     OutputSpec("image", None, ("a",), compression=Compression("zstd"))),
+    ("type=registry,name=a,oci-mediatypes=false,push-by-digest=true,unpack=false",
+     OutputSpec("image", None, ("a",), True, oci_mediatypes=False, push_by_digest=True)),
+    ("type=oci,dest=d,tar=false", OutputSpec("oci", "/cwd/d", tar=False)),
+    ('type=oci,dest=o,"name=a:1,b:2",rewrite-timestamp=true',
+     OutputSpec("oci", "/cwd/o", ("a:1", "b:2"), rewrite_timestamp=True)),
+    ("type=local,dest=d,platform-split=false", OutputSpec("local", "/cwd/d",
+                                                          platform_split=False)),
+    ("type=tar,dest=-,platform-split=true", OutputSpec("tar", "-", platform_split=True)),
 ]
 
 SSH = [
@@ -165,7 +185,26 @@ ERRORS: list[tuple[Any, str, str]] = [
                                         "type=tar,dest=- for a stream"),
     (parse_output, "type=tar,dest=x,compression=zstd",
      "invalid --output 'type=tar,dest=x,compression=zstd': unsupported attribute "
-     "'compression'"),
+     "'compression' for the tar exporter\nhint: it takes dest, platform-split"),
+    (parse_output, "type=oci,dest=x,compression=estargz",
+     "invalid --output 'type=oci,dest=x,compression=estargz': unsupported compression type "
+     "'estargz'\nhint: use one of gzip, zstd, uncompressed"),
+    (parse_output, "type=oci,dest=x,compression=zstd,compression-level=23",
+     "invalid --output 'type=oci,dest=x,compression=zstd,compression-level=23': "
+     "compression-level '23' is not a zstd level\nhint: use a level from 0 to 22"),
+    (parse_output, "type=oci,dest=x,compression-level=fast",
+     "invalid --output 'type=oci,dest=x,compression-level=fast': compression-level 'fast' "
+     "is not a gzip level\nhint: use a level from 0 to 9"),
+    (parse_output, "type=oci,dest=x,force-compression=yes",
+     "invalid --output 'type=oci,dest=x,force-compression=yes': force-compression must be "
+     "true or false, not 'yes'"),
+    (parse_output, "type=oci,dest=-,tar=false",
+     "invalid --output 'type=oci,dest=-,tar=false': the oci exporter with tar=false writes "
+     "a directory, not stdout\nhint: drop tar=false to write the layout as a tar"),
+    (parse_output, "type=oci,dest=x,push-by-digest=true",
+     "invalid --output 'type=oci,dest=x,push-by-digest=true': unsupported attribute "
+     "'push-by-digest' for the oci exporter\nhint: it takes dest, name, tar, compression, "
+     "compression-level, force-compression, oci-mediatypes, rewrite-timestamp"),
     (parse_output, "type=image,name=a,push=maybe",
      "invalid --output 'type=image,name=a,push=maybe': push must be true or false, not "
      "'maybe'"),
@@ -176,10 +215,12 @@ ERRORS: list[tuple[Any, str, str]] = [
      "invalid --output 'type=image,name=a,unpack=1x': unpack must be true or false, not "
      "'1x'"),
     (parse_output, "type=docker,unpack=true",
-     "invalid --output 'type=docker,unpack=true': unsupported attribute 'unpack'"),
+     "invalid --output 'type=docker,unpack=true': unsupported attribute 'unpack' for the "
+     "docker exporter\nhint: it takes dest, name, tar, compression, compression-level, "
+     "force-compression, oci-mediatypes, rewrite-timestamp"),
     (parse_output, "type=tar,dest=x,registry.insecure=true",
      "invalid --output 'type=tar,dest=x,registry.insecure=true': unsupported attribute "
-     "'registry.insecure'"),
+     "'registry.insecure' for the tar exporter\nhint: it takes dest, platform-split"),
     (parse_output, "type=image,name=A:b", "invalid --output: invalid reference format "
                                           "'A:b': repository name (library/A) must be "
                                           "lowercase"),
@@ -232,6 +273,15 @@ def test_cache_flags_travel_in_the_options() -> None:
     assert BuildOptions.from_wire(earlier).cache_from == ()
 
 
+@pytest.mark.parametrize(("value", "expected"), OUTPUTS)
+def test_output_attributes_travel_in_the_options(value: str, expected: OutputSpec) -> None:
+    options = BuildOptions("/c", outputs=(parse_output(value),))
+    assert BuildOptions.from_wire(options.to_wire()) == options
+    wire = options.to_wire()
+    wire["outputs"] = [item[:5] for item in wire["outputs"]]  # a client before issue 11
+    assert BuildOptions.from_wire(wire).outputs[0].compression == Compression()
+
+
 @pytest.mark.parametrize(("parse", "value", "message"), ERRORS)
 def test_bad_values(parse: Any, value: str, message: str) -> None:
     with pytest.raises(UsageError) as caught:
@@ -245,6 +295,12 @@ RESOLVE: list[tuple[list[OutputSpec], list[str], bool, Any]] = [
     ([OutputSpec("image")], ["a", "b"], False, (OutputSpec("image", None, ("a", "b")),)),
     ([OutputSpec("image", None, ("n",))], ["a"], True, (OutputSpec("image", None, ("n",), True),)),
     ([OutputSpec("tar", "/t")], [], False, (OutputSpec("tar", "/t"),)),
+    # the tags name oci and docker outputs without a name=; attributes are kept
+    ([OutputSpec("oci", "/o"), OutputSpec("docker", "/d", ("n",))], ["a"], False,
+     (OutputSpec("oci", "/o", ("a",)), OutputSpec("docker", "/d", ("n",)))),
+    ([OutputSpec("image", compression=Compression("zstd"), push_by_digest=True)], ["a"],
+     True, (OutputSpec("image", None, ("a",), True, compression=Compression("zstd"),
+                       push_by_digest=True),)),
     ([], [], True, "tag is needed when pushing to registry\nhint: add -t NAME or name=NAME"),
     ([OutputSpec("image")], [], False, "an image output needs a name\n"
                                        "hint: add -t NAME or name=NAME"),
@@ -267,14 +323,16 @@ def test_resolve_outputs(outputs: list[OutputSpec], tags: list[str], push: bool,
 DOCKER_LOAD = OutputSpec("docker")
 # (outputs, tags, --push, --load) -> outputs: --load adds one docker output without dest
 # unless one is there, beside any other output (buildx 0.13+: several exporters)
+# (the -t tags name a docker output without name=, as they name every image output)
 LOAD: list[tuple[list[OutputSpec], list[str], bool, bool, tuple[OutputSpec, ...]]] = [
-    ([], ["a:1"], False, True, (DOCKER_LOAD,)),
+    ([], ["a:1"], False, True, (OutputSpec("docker", None, ("a:1",)),)),
     ([], [], False, True, (DOCKER_LOAD,)),
-    ([DOCKER_LOAD], ["a"], False, True, (DOCKER_LOAD,)),
+    ([DOCKER_LOAD], ["a"], False, True, (OutputSpec("docker", None, ("a",)),)),
     ([OutputSpec("docker", "/d.tar")], [], False, True,
      (OutputSpec("docker", "/d.tar"), DOCKER_LOAD)),
     ([OutputSpec("local", "/l")], [], False, True, (OutputSpec("local", "/l"), DOCKER_LOAD)),
-    ([], ["a:1"], True, True, (OutputSpec("image", None, ("a:1",), True), DOCKER_LOAD)),
+    ([], ["a:1"], True, True, (OutputSpec("image", None, ("a:1",), True),
+                               OutputSpec("docker", None, ("a:1",)))),
     ([DOCKER_LOAD], [], False, False, (DOCKER_LOAD,)),
 ]
 
@@ -317,7 +375,8 @@ def test_a_docker_output_of_several_platforms_is_refused(argv: list[str], messag
 
 def test_load_travels_as_a_docker_output_without_dest(tmp_path: Path) -> None:
     options = gather_options(_args(["--load", "-t", "app:1", str(tmp_path)]), ENV)
-    assert options.outputs == (DOCKER_LOAD,) and options.tags == ("app:1",)
+    assert options.outputs == (OutputSpec("docker", None, ("app:1",)),)
+    assert options.tags == ("app:1",)
     assert BuildOptions.from_wire(options.to_wire()).outputs[0].loads
 
 
@@ -368,7 +427,8 @@ def test_gather_options_and_wire_round_trip(tmp_path: Path) -> None:
         target="t", build_args=(("SOURCE_DATE_EPOCH", "7"),),
         secrets=(SecretSpec("t", None, "TOKEN"),),
         ssh=(SshSpec("default", ("/run/agent.sock",)),),
-        outputs=(OutputSpec("oci", "/o.tar"), OutputSpec("image", None, ("a:1", "b"), True)),
+        outputs=(OutputSpec("oci", "/o.tar", ("a:1", "b")),
+                 OutputSpec("image", None, ("a:1", "b"), True)),
         tags=("a:1", "b"), no_cache=True, progress="plain", metadata_file="/m.json", epoch=7)
     assert BuildOptions.from_wire(options.to_wire()) == options
 

@@ -68,6 +68,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 
 # argv -> exit code, exact stderr (cwd is a context holding a Dockerfile)
+_CONTEXT_HINT = "hint: give a directory, '-' (stdin), a git URL or an http(s) URL of an archive\n"
 USAGE = [
     ([], 1, "error: the following arguments are required: COMMAND\n"
             "hint: see 'dockyard --help'\n"),
@@ -81,9 +82,9 @@ USAGE = [
     (["debug", "graph", "--bogus", "."], 1, "error: unrecognized arguments: --bogus\n"
                                             "hint: see 'dockyard --help'\n"),
     (["debug", "graph", "missing-dir"], 1,
-     "error: build context 'missing-dir' is not a directory\n"),
+     "error: build context 'missing-dir' is not a directory\n" + _CONTEXT_HINT),
     (["debug", "graph", "Dockerfile"], 1,
-     "error: build context 'Dockerfile' is not a directory\n"),
+     "error: build context 'Dockerfile' is not a directory\n" + _CONTEXT_HINT),
     (["debug", "graph", "-f", "nope", "."], 1,
      "error: cannot read Dockerfile 'nope': No such file or directory\n"),
     (["debug", "graph", "--platform", "linux/", "."], 1,
@@ -192,4 +193,4 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=Path(__file__).parents[3],
                           timeout=60)
     assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr == f"error: build context {missing!r} is not a directory\n"
+    assert done.stderr == f"error: build context {missing!r} is not a directory\n" + _CONTEXT_HINT
