@@ -188,7 +188,8 @@ def _sub_steps(output: OutputSpec, metadata: Mapping[str, Any], sent: int
         return [*_manifest_steps(manifest, config), ("sending tarball", 0)]
     names = [_shown(name) for name in output.names]
     if not output.push:  # as the Docker engine's exporter: the image id is its config's
-        written = [(f"writing image {config}", 0)] if config else []
+        written = ([(f"writing image {config}", 0)] if config else
+                   [(f"exporting manifest list {manifest}", 0)] if manifest else [])
         return [("exporting layers", 0), *written, *((f"naming to {n}", 0) for n in names)]
     pushes = [(f"pushing manifest for {n}@{manifest}", 0) for n in names if manifest]
     return [*_manifest_steps(manifest, config), *((f"naming to {n}", 0) for n in names),

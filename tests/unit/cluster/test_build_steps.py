@@ -96,11 +96,14 @@ def test_a_step_is_one_vertex_per_build() -> None:
      ["exporting layers done", f"writing image {CONFIG} done",
       "naming to docker.io/library/app:1 done",
       "naming to registry.example/team/app:latest done"]),
+    (OutputSpec("image", None, ("app:1",)), INDEX_META,
+     ["exporting layers done", f"exporting manifest list {MANIFEST} done",
+      "naming to docker.io/library/app:1 done"]),
     (OutputSpec("image", None, ("registry.example/app:2",), push=True), IMAGE_META,
      ["exporting layers done", f"exporting manifest {MANIFEST} done",
       f"exporting config {CONFIG} done", "naming to registry.example/app:2 done",
       "pushing layers done", f"pushing manifest for registry.example/app:2@{MANIFEST} done"]),
-], ids=["local", "tar", "oci", "docker-index", "image", "image-push"])
+], ids=["local", "tar", "oci", "docker-index", "image", "image-index", "image-push"])
 def test_each_output_is_its_exporters_vertex(output: OutputSpec, metadata: dict[str, str],
                                              expected: list[str]) -> None:
     recorder, clock = Recorder(), Clock()
