@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from scheduler._build_request import NamedContext
-from scheduler._errors import ExecError, UsageError
+from scheduler._errors import DockyardError, ExecError, ServiceError, UsageError
 from scheduler._platform import Platform, default_platform, parse_platform
 
 from ._build_options import (
@@ -72,7 +72,7 @@ from ._context import (
 from ._context_forms import ClientContext, ContextForms, is_url, parse_build_context
 from ._context_server import ContextServer, ContextServers
 from ._oci_layout import LAYOUT_SCHEME, read_layout
-from ._render import Renderer, make_renderer
+from ._render import FAILED_TO_SOLVE, Renderer, make_renderer
 from ._service import ServiceSettings, connect_endpoint, connect_running, default_root
 from ._ssh_agent import SshAgents, SshRelay
 from ._wire import Endpoint, Handler, Handlers, parse_endpoint
@@ -148,9 +148,10 @@ def _context(session: dict[str, Any], context: ClientContext, root: Path) -> Con
     """Put the context's ignore patterns and manifest in the ``session``; the server of
     its files (more contexts join it, see ``_named_contexts``)."""
     directory = context.directory
-    patterns, _ = load_ignore_patterns(directory, context.dockerfile_path
-                                       or default_dockerfile(directory))
+    patterns, ignore_file = load_ignore_patterns(directory, context.dockerfile_path
+                                                 or default_dockerfile(directory))
     session["ignore_patterns"] = list(patterns)
+    session["ignore_size"] = _size(ignore_file)  # for the progress' "load .dockerignore"
     session["contexts"] = {}
     servers = ContextServers()
     servers.add(MAIN_CONTEXT, _manifest(session, MAIN_CONTEXT, directory, patterns, root))
@@ -207,6 +208,13 @@ def _first_platform(options: BuildOptions) -> Platform:
     return parse_platform(options.platforms[0]) if options.platforms else default_platform()
 
 
+def _size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:  # read a moment ago: gone since, nothing to show
+        return 0
+
+
 def run_build(args: argparse.Namespace) -> int:
     """``dockyard build``: the ssh agents it starts live exactly as long as the call."""
     options = gather_options(args, os.environ)
@@ -228,7 +236,9 @@ def _run_build(args: argparse.Namespace, relay: SshRelay, forms: ContextForms) -
                          "to console", hint="redirect stdout, or set dest=FILE")
     endpoint = endpoint_of(args, os.environ)
     engine = _docker_engine(options.outputs, os.environ)
-    renderer = make_renderer(options.progress, sys.stderr)
+    renderer = make_renderer(options.progress, sys.stderr,
+                             debug=bool(getattr(args, "debug", False)),
+                             source=request["dockerfile"])
     outputs = _Outputs(options.outputs, engine, renderer)
     handlers: dict[str, Handler] = {"secret.get": SecretReader(options.secrets, os.environ),
                                     "cache.credentials": CacheCredentials(options, os.environ),
@@ -236,9 +246,12 @@ def _run_build(args: argparse.Namespace, relay: SshRelay, forms: ContextForms) -
                                     **relay.handlers()}
     try:
         result = _solve(_settings(os.environ), request, renderer, handlers, endpoint)
-    except ExecError as error:
+    except ServiceError:  # the service could not be reached or spoke another version
         renderer.close()
-        _print_tail(error)
+        raise
+    except DockyardError as error:  # the build failed: reported as buildx reports it
+        renderer.close(_tail(error) if isinstance(error, ExecError) else "")
+        error.add_note(FAILED_TO_SOLVE)
         raise
     finally:
         outputs.abort()
@@ -342,13 +355,13 @@ class _Outputs:
             self._writers.abort()
 
 
-def _print_tail(error: ExecError, lines: int = 10) -> None:
+def _tail(error: ExecError, lines: int = 10) -> str:
     """The failed RUN's last output lines, framed as BuildKit prints them before the error."""
     tail = error.output_tail.rstrip("\n").split("\n")[-lines:] if error.output_tail else []
     if not tail:
-        return
+        return ""
     body = "\n".join(f"{line}" for line in tail)
-    print(f"------\n > {error.vertex}:\n{body}\n------", file=sys.stderr)
+    return f"------\n > {error.vertex}:\n{body}\n------\n"
 
 
 def _solve(settings: ServiceSettings, request: dict[str, Any], renderer: Renderer,

@@ -753,9 +753,15 @@ def builder_endpoint(args: Any, environ: Mapping[str, str]) -> str | None:
                           "(as --endpoint)")
 
 
-def parse_progress(value: str) -> str:
+def parse_progress(value: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``--progress``; when not given, ``BUILDKIT_PROGRESS`` (as buildx reads it), else
+    ``auto``."""
+    where = "--progress"
+    if value is None:
+        value = (environ or {}).get("BUILDKIT_PROGRESS") or "auto"
+        where = "BUILDKIT_PROGRESS"
     if value not in PROGRESS_MODES:
-        raise UsageError(f"invalid --progress {value!r}: unknown progress mode",
+        raise UsageError(f"invalid {where} {value!r}: unknown progress mode",
                          hint=f"use one of {', '.join(PROGRESS_MODES)}")
     return value
 
@@ -1012,7 +1018,7 @@ def gather_options(args: Any, environ: Mapping[str, str] = os.environ) -> BuildO
         platforms=platforms, target=args.target,
         build_args=build_args, secrets=tuple(parse_secret(s, environ) for s in args.secret),
         ssh=tuple(parse_ssh(s, environ) for s in args.ssh), outputs=outputs, tags=tags,
-        no_cache=args.no_cache, progress=_progress(args),
+        no_cache=args.no_cache, progress=_progress(args, environ),
         metadata_file=os.path.abspath(args.metadata_file) if args.metadata_file else None,
         epoch=parse_epoch(dict(build_args), environ),
         insecure_registries=insecure_registries(outputs, environ),
@@ -1044,9 +1050,10 @@ def _annotations(args: Any, outputs: Sequence[OutputSpec], platforms: Sequence[s
     return tuple(dict.fromkeys(found))
 
 
-def _progress(args: Any) -> str:
-    """``--progress``, or ``quiet`` with ``-q`` (only with auto or quiet, as buildx)."""
-    progress = parse_progress(args.progress)
+def _progress(args: Any, environ: Mapping[str, str]) -> str:
+    """``--progress`` (else ``BUILDKIT_PROGRESS``), or ``quiet`` with ``-q`` (only with
+    auto or quiet, as buildx)."""
+    progress = parse_progress(args.progress, environ)
     if getattr(args, "quiet", False):
         if progress not in ("auto", "quiet"):
             raise UsageError(f"progress={progress} and quiet cannot be used together",

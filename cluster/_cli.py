@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from scheduler._errors import DockyardError, FlagError, UsageError
 from scheduler._platform import Platform
 
+from ._render import error_prefix
+from ._render import source_excerpt as _excerpt
+
 if TYPE_CHECKING:
     from scheduler.dockerfile._frontend import FrontendResult
 
@@ -227,23 +230,6 @@ def _add_debug(subparsers: _Subparsers) -> None:
 # --- dockyard build [--check] ----------------------------------------------------------
 
 
-def _excerpt(lines: Sequence[str], start: int, end: int) -> list[str]:
-    """BuildKit's source excerpt (solver/errdefs Source.Print): the lines of the range
-    marked ``>>>``, with context, between two rules."""
-    end = min(max(end, start), len(lines))
-    first, last, pad = start, end, (4 if start == end else 2)
-    count = 0
-    while count < pad:
-        if first > 1:
-            first, count = first - 1, count + 1
-        if last != len(lines):
-            last, count = last + 1, count + 1
-        count += 1
-    rows = [f" {i:3d} | {'>>>' if start <= i <= end else '   '} {lines[i - 1]}"
-            for i in range(first, last + 1)]
-    return ["--------------------", *rows, "--------------------"]
-
-
 def _print_check(warnings: Sequence[Any], data: bytes, spans: dict[int, int]) -> None:
     """The findings as buildx prints a ``--check`` result (to stdout)."""
     lines = data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
@@ -403,8 +389,9 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
              "credentials come from boto3's usual chain")
     add("--cache-from", action="append", default=[], metavar="type=s3|local,...",
         help="import build cache (type=s3,bucket=B,... or type=local,src=DIR); repeatable")
-    add("--progress", default="auto", metavar="MODE",
-        help="auto, plain, tty, rawjson or quiet (progress goes to stderr)")
+    add("--progress", default=None, metavar="MODE",
+        help="auto, plain, tty, rawjson or quiet (progress goes to stderr; default: "
+             "$BUILDKIT_PROGRESS, else auto)")
     add("--metadata-file", metavar="FILE", help="write the build's metadata (JSON) to FILE")
     add("--attest", action="append", default=[], metavar="type=provenance|sbom,...",
         help="attach an attestation (type=provenance,mode=min|max or type=sbom); repeatable")
@@ -598,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(error: DockyardError, debug: bool = False) -> int:
-    print(f"error: {error}", file=sys.stderr)
+    print(f"{error_prefix(error)}{error}", file=sys.stderr)
     if debug:
         _report_debug(error)
     return FLAG_ERROR_STATUS if isinstance(error, FlagError) else 1

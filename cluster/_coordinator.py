@@ -55,6 +55,7 @@ from scheduler._graph import BuildGraph, Ulimit, Vertex
 from scheduler._platform import Platform, parse_platform
 from scheduler._progress import (
     Event,
+    EventSink,
     VertexCached,
     VertexCompleted,
     VertexStarted,
@@ -65,6 +66,7 @@ from scheduler._solver import Solver
 from scheduler.dockerfile._convert._model import BaseImage
 
 from ._build_options import BuildOptions
+from ._build_steps import BuildSteps
 from ._dispatch import (
     ATTEMPTS,
     REJOIN_TIMEOUT,
@@ -109,6 +111,20 @@ class _BuildSink:
     def emit(self, event: Event) -> None:
         self.cached += isinstance(event, VertexCached)
         self.executed += isinstance(event, VertexCompleted)
+        self._queue.put_nowait({"event": event_to_wire(event)})
+
+    @property
+    def uncounted(self) -> EventSink:
+        """This sink without the counting: the build's own steps (cluster/_build_steps.py)
+        are no vertices of its graph."""
+        return _Uncounted(self._queue)
+
+
+class _Uncounted:
+    def __init__(self, queue: asyncio.Queue[object]) -> None:
+        self._queue = queue
+
+    def emit(self, event: Event) -> None:
         self._queue.put_nowait({"event": event_to_wire(event)})
 
 
@@ -259,37 +275,69 @@ class Coordinator:
         part = {"options": request["options"], "session": request.get("session", {}),
                 "coordinator": self.incarnation, "started": time.time()}
         sessions = BuildSessions(build_id, part, self._placement)
+        steps = BuildSteps(sink.uncounted, build_id)
         try:
             options = BuildOptions.from_wire(request["options"])
             graph = await self._frontend(request["dockerfile"], options, part["session"],
-                                         sessions)
+                                         sessions, steps)
             self._placement.check(graph)
             solve = functools.partial(
                 self._solver.solve, graph, no_cache=options.no_cache, events=sink,
                 backend=DispatchBackend(sessions), cache=ClusterRecords(sessions, sink))
             records = await solve()
+            return await self._exports(sessions, graph, records, sink, solve, steps,
+                                       options)
+        finally:
+            await _shielded(sessions.close())
+
+    async def _exports(self, sessions: BuildSessions, graph: BuildGraph,
+                       records: Mapping[str, CacheRecord], sink: _BuildSink, solve: Any,
+                       steps: BuildSteps, options: BuildOptions) -> dict[str, Any]:
+        """``_export``, again after a lost layer (rebuilt) or a lost worker; the exporter
+        vertices shown once it is done (or failed)."""
+        steps.exporting(options.outputs)
+        try:
             for _ in range(ATTEMPTS - 1):
                 try:
-                    return await self._export(sessions, graph, records, sink)
+                    result = await self._export(sessions, graph, records, sink)
+                    break
                 except BlobLost as lost:  # an output needs a cached layer that is gone
                     records = await solve(rebuild=frozenset(lost.digests))
                 except WorkerLost as lost:  # the exporting worker died: export again
                     sink.emit(warning("export", f"{lost.message}: exporting again"))
                     await self._worker_back()
-            return await self._export(sessions, graph, records, sink)
-        finally:
-            await _shielded(sessions.close())
+            else:
+                result = await self._export(sessions, graph, records, sink)
+        except DockyardError as error:
+            steps.export_failed(options.outputs, error.message)
+            raise
+        sent = result.get("sent")
+        steps.exported(options.outputs, result.get("metadata") or {},
+                       sent if isinstance(sent, Mapping) else None)
+        return result
 
     async def _frontend(self, dockerfile: bytes, options: BuildOptions,
-                        session: Mapping[str, Any], sessions: BuildSessions) -> BuildGraph:
+                        session: Mapping[str, Any], sessions: BuildSessions,
+                        steps: BuildSteps) -> BuildGraph:
         """The build's graph; counted in ``frontends`` until its thread has ended (a
-        cancelled build's frontend stops at its next step, see ``run_frontend``)."""
+        cancelled build's frontend stops at its next step, see ``run_frontend``).  The
+        steps of loading the definition are shown once it ran (its warnings known)."""
         self._frontends += 1
+        ignore_size = session.get("ignore_size", 0) if isinstance(session, Mapping) else 0
+        loaded = functools.partial(steps.loaded, options.filename, len(dockerfile),
+                                   ignore_size if isinstance(ignore_size, int) else 0)
         try:
-            return await run_frontend(dockerfile, _frontend_request(options),
-                                      _ignore_patterns(session), self._resolver(sessions))
+            frontend = await run_frontend(dockerfile, _frontend_request(options),
+                                          _ignore_patterns(session),
+                                          self._resolver(sessions, steps,
+                                                         len(options.platforms) > 1))
+        except DockyardError:
+            loaded()
+            raise
         finally:
             self._frontends -= 1
+        loaded(frontend.warnings, frontend.notices)
+        return frontend.graph
 
     async def _worker_back(self) -> None:
         """Refresh the registry until it has a live worker again (Ray restarts a killed
@@ -325,14 +373,22 @@ class Coordinator:
         index = self._registry.index
         return max(live, key=lambda w: (index.held_bytes(w.name, layers), w.free))
 
-    def _resolver(self, sessions: BuildSessions) -> Any:
+    def _resolver(self, sessions: BuildSessions, steps: BuildSteps, platformed: bool
+                  ) -> Any:
         """The frontend's base-image questions, answered by the build's home worker, each
         once per build (40 stages of one base asked it 40 times: a Ray call each, 0.2 s
-        of a cached rebuild; a tag moves between builds, never within one)."""
+        of a cached rebuild; a tag moves between builds, never within one), each a
+        ``load metadata`` step (``platformed``: named with its platform)."""
         answers: dict[tuple[str, str], asyncio.Future[BaseImage]] = {}
 
         async def ask(ref: str, platform: str) -> BaseImage:
-            image = await sessions.on_home("resolve_image", ref, platform)
+            done = steps.resolving(ref, platform if platformed else None)
+            try:
+                image = await sessions.on_home("resolve_image", ref, platform)
+            except DockyardError as error:
+                done(error.message)
+                raise
+            done("")
             return base_image(str(image["digest"]), bytes(image["config"]))
 
         async def resolve(ref: str, platform: Platform) -> BaseImage:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import json
 import threading
@@ -19,10 +20,10 @@ from typing import Any
 
 from scheduler._build_request import NamedContext
 from scheduler._entitlements import check_entitlements
-from scheduler._graph import BuildGraph, Healthcheck, HistoryEntry, ImageConfig, Ulimit
+from scheduler._graph import Healthcheck, HistoryEntry, ImageConfig, Ulimit
 from scheduler._platform import Platform
 from scheduler.dockerfile._convert._model import BaseImage
-from scheduler.dockerfile._frontend import build_graph, with_labels
+from scheduler.dockerfile._frontend import FrontendResult, build_graph, with_labels
 
 __all__ = ["FrontendRequest", "ResolveImage", "base_image", "image_config_of", "run_frontend"]
 
@@ -50,9 +51,9 @@ class FrontendRequest:
 
 
 async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Sequence[str],
-                       resolve: ResolveImage) -> BuildGraph:
-    """The Dockerfile as a graph (in a thread: the frontend is synchronous; its base-image
-    questions go to ``resolve`` on this loop).
+                       resolve: ResolveImage) -> FrontendResult:
+    """The Dockerfile as a graph, with its build-check warnings (in a thread: the frontend
+    is synchronous; its base-image questions go to ``resolve`` on this loop).
 
     A thread cannot be cancelled, so the frontend is interruptible instead: cancelled, this
     sets ``stop``, the frontend raises at its next step (a line, an instruction, a word; a
@@ -81,7 +82,7 @@ async def run_frontend(dockerfile: bytes, request: FrontendRequest, patterns: Se
         await asyncio.wait([running])  # the thread's end: within one step of the frontend
         raise
     check_entitlements(frontend.graph, request.allow)
-    return with_labels(frontend.graph, request.labels)
+    return dataclasses.replace(frontend, graph=with_labels(frontend.graph, request.labels))
 
 
 def _with_layouts(resolve: ResolveImage, contexts: Sequence[NamedContext]) -> ResolveImage:

@@ -101,8 +101,8 @@ async def build_local(dockerfile: bytes, context_dir: Path, options: LocalBuildO
 async def _build(engine: WorkerRuntime, backend: RuntimeBackend, dockerfile: bytes,
                  context_dir: Path, options: LocalBuildOptions) -> LocalBuildResult:
     patterns = ignore_patterns(context_dir, options)
-    graph = await run_frontend(dockerfile, frontend_request(options), patterns,
-                               backend_resolver(backend))
+    graph = (await run_frontend(dockerfile, frontend_request(options), patterns,
+                                backend_resolver(backend))).graph
     cache = remote_records(engine, options)
     solver = Solver(backend, cache, events=options.events)
     try:

@@ -8,13 +8,19 @@ the user sees, as ``--progress`` asks.
   sub-progress as ``#N <id> <current> / <total> done``, and ``#N CACHED``,
   ``#N DONE 1.2s``, ``#N ERROR: <error>`` or ``#N CANCELED`` at the end.
 - ``tty``: a rich live view (one line per vertex, the last output lines of running ones).
-- ``rawjson``: one JSON object per event and line (the event's wire map; bytes as base64,
-  like Go's JSON of ``[]byte``).
-- ``quiet``: nothing.  ``auto``: ``tty`` when the stream is a terminal, else ``plain``.
+- ``rawjson``: one JSON object per event and line, in the shape of BuildKit's
+  ``client.SolveStatus`` (``vertexes``, ``statuses``, ``logs``, ``warnings``; RFC 3339
+  times, ``[]byte`` fields as base64, empty fields left out as Go's ``omitempty`` does),
+  so what reads BuildKit's stream reads ours.
+- ``quiet``: nothing.  ``auto``: ``tty`` when the stream is a terminal, else ``plain``;
+  ``tty`` on a stream that is no terminal is ``plain`` too.
 
-Warnings (``scheduler._progress.warning``: news of no vertex, e.g. an unreachable cache)
-are not vertices: plain, tty and quiet print each once, as ``WARNING: <text>`` lines after
-the progress, as buildx prints its warnings; rawjson passes them on like any event.
+Build-check warnings (``VertexWarning``) show in their vertex's block as ``#N WARN:
+<short>`` (plain) and are summarised after the progress as buildx does (``N warnings
+found (use docker --debug to expand):`` and `` - <short>`` each), except in quiet and
+rawjson.  Warnings of no vertex (``scheduler._progress.warning``, e.g. an unreachable
+cache) print once each as ``WARNING: <text>`` lines after the progress (plain, tty and
+quiet); rawjson gives them as ``warnings`` entries without a vertex.
 
 Renderers only read events; events never carry secret values (see scheduler/_progress.py),
 so nothing here can print one.
@@ -26,8 +32,9 @@ import base64
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
 from scheduler._errors import UsageError
@@ -39,40 +46,54 @@ from scheduler._progress import (
     VertexFailed,
     VertexLog,
     VertexStarted,
-    event_to_wire,
+    VertexWarning,
     warning_of,
 )
 
 __all__ = [
-    "MODES", "PlainRenderer", "QuietRenderer", "RawJsonRenderer", "Renderer", "TtyRenderer",
-    "make_renderer",
+    "FAILED_TO_SOLVE", "MODES", "PlainRenderer", "QuietRenderer", "RawJsonRenderer", "Renderer",
+    "TtyRenderer", "error_prefix", "make_renderer", "rfc3339", "source_excerpt",
 ]
 
 MODES = ("auto", "plain", "tty", "rawjson", "quiet")
+
+#: The note (``BaseException.add_note``) that marks an error as the build's own failure:
+#: the CLI reports it as buildx does, ``ERROR: failed to solve: <error>``.
+FAILED_TO_SOLVE = "dockyard: the build failed to solve"
+
+
+def error_prefix(error: BaseException) -> str:
+    """How the CLI begins the report of ``error``."""
+    failed = FAILED_TO_SOLVE in getattr(error, "__notes__", ())
+    return "ERROR: failed to solve: " if failed else "error: "
 
 Clock = Callable[[], float]
 
 
 class Renderer(Protocol):
-    """Shows events as they come (``emit``) and finishes the display (``close``)."""
+    """Shows events as they come (``emit``) and finishes the display (``close``: the
+    ``trailer`` text, e.g. a failed step's output, goes before the warnings' summary)."""
 
     def emit(self, event: Event) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, trailer: str = "") -> None: ...
 
 
-def make_renderer(mode: str, stream: TextIO, *, clock: Clock = time.time) -> Renderer:
-    """The renderer for ``--progress=mode`` writing to ``stream`` (the user's stderr)."""
-    if mode == "auto":
+def make_renderer(mode: str, stream: TextIO, *, clock: Clock = time.time,
+                  debug: bool = False, source: bytes = b"") -> Renderer:
+    """The renderer for ``--progress=mode`` writing to ``stream`` (the user's stderr);
+    ``debug`` (``-D``) expands the build checks' summary, quoting ``source`` (the
+    Dockerfile)."""
+    if mode in ("auto", "tty"):  # a live view needs a terminal to draw on
         mode = "tty" if _is_terminal(stream) else "plain"
     if mode == "plain":
-        return PlainRenderer(stream, clock=clock)
+        return PlainRenderer(stream, clock=clock, warnings=_Warnings(debug=debug, source=source))
     if mode == "rawjson":
-        return RawJsonRenderer(stream)
+        return RawJsonRenderer(stream, clock=clock)
     if mode == "quiet":
         return QuietRenderer(stream)
     if mode == "tty":
-        return TtyRenderer(stream, clock=clock)
+        return TtyRenderer(stream, clock=clock, warnings=_Warnings(debug=debug, source=source))
     raise UsageError(f"invalid progress mode {mode!r}",
                      hint=f"use one of: {', '.join(MODES)}")
 
@@ -84,14 +105,43 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-class _Warnings:
-    """The build's warnings, printed once each by ``close``."""
+def source_excerpt(lines: Sequence[str], start: int, end: int) -> list[str]:
+    """BuildKit's source excerpt (solver/errdefs Source.Print): the lines of the range
+    marked ``>>>``, with context, between two rules."""
+    end = min(max(end, start), len(lines))
+    first, last, pad = start, end, (4 if start == end else 2)
+    count = 0
+    while count < pad:
+        if first > 1:
+            first, count = first - 1, count + 1
+        if last != len(lines):
+            last, count = last + 1, count + 1
+        count += 1
+    rows = [f" {i:3d} | {'>>>' if start <= i <= end else '   '} {lines[i - 1]}"
+            for i in range(first, last + 1)]
+    return ["--------------------", *rows, "--------------------"]
 
-    def __init__(self) -> None:
+
+class _Warnings:
+    """The build's warnings, printed once each by ``close``: those of no vertex as
+    ``WARNING:`` lines, the build checks' (``VertexWarning``) in buildx's summary; with
+    ``debug`` (``-D``) each check expanded as buildx expands it: its description, its
+    documentation and its place in ``source`` (the Dockerfile)."""
+
+    def __init__(self, *, checks: bool = True, debug: bool = False, source: bytes = b""
+                 ) -> None:
         self._texts: dict[str, None] = {}  # in order of arrival, once each
+        # build checks by short text, in order of arrival, once each
+        self._checks: dict[str, VertexWarning] = {}
+        self._show_checks = checks  # whether the summary of the build checks is printed
+        self._debug = debug
+        self._source = source.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
 
     def add(self, event: Event) -> bool:
-        """Keep ``event`` if it is a warning; whether it was."""
+        """Keep ``event`` if it is a warning of no vertex; whether it was."""
+        if isinstance(event, VertexWarning):
+            self._checks.setdefault(event.short, event)
+            return False
         text = warning_of(event)
         if text is None:
             return False
@@ -99,46 +149,137 @@ class _Warnings:
         return True
 
     def write(self, stream: TextIO | None, *, blank: bool) -> None:
-        if stream is None or not self._texts:
+        if stream is None:
             return
-        stream.write(("\n" if blank else "") + "".join(f"WARNING: {text}\n"
-                                                      for text in self._texts))
+        if self._texts:
+            stream.write(("\n" if blank else "") + "".join(f"WARNING: {text}\n"
+                                                          for text in self._texts))
+        if self._checks and self._show_checks:
+            count = len(self._checks)
+            found = "1 warning found" if count == 1 else f"{count} warnings found"
+            expand = "" if self._debug else " (use docker --debug to expand)"
+            stream.write(f"\n {found}{expand}:\n"
+                         + "".join(map(self._check, self._checks.values())))
         stream.flush()
+
+    def _check(self, check: VertexWarning) -> str:
+        if not self._debug:
+            return f" - {check.short}\n"
+        lines = [f" - {check.short}", *([check.detail] if check.detail else []),
+                 *([f"More info: {check.url}"] if check.url else [])]
+        if check.filename and 1 <= check.line <= len(self._source):
+            lines += [f"{check.filename}:{check.line}",
+                      *source_excerpt(self._source, check.line, check.line)]
+        return "\n".join(lines) + "\n\n"
 
 
 class QuietRenderer:
-    """``--progress=quiet``: shows nothing but the warnings (on ``stream``)."""
+    """``--progress=quiet``: shows nothing but the warnings of no vertex (on ``stream``);
+    buildx prints no build-check summary in quiet mode."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
-        self._warnings = _Warnings()
+        self._warnings = _Warnings(checks=False)
 
     def emit(self, event: Event) -> None:
         self._warnings.add(event)
 
-    def close(self) -> None:
+    def close(self, trailer: str = "") -> None:
+        if trailer and self._stream is not None:
+            self._stream.write(trailer)
         self._warnings.write(self._stream, blank=False)
 
 
-class RawJsonRenderer:
-    """``--progress=rawjson``: each event as one JSON line."""
+# --- rawjson ---------------------------------------------------------------------------
 
-    def __init__(self, stream: TextIO) -> None:
+
+def rfc3339(when: float) -> str:
+    """Unix seconds as Go's JSON of a ``time.Time`` (RFC 3339, UTC, microseconds)."""
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class RawJsonRenderer:
+    """``--progress=rawjson``: each event as one BuildKit ``SolveStatus`` JSON line."""
+
+    def __init__(self, stream: TextIO, *, clock: Clock = time.time) -> None:
         self._stream = stream
+        self._clock = clock
+        self._names: dict[str, str] = {}  # vertex digest -> its name, once known
+        self._started: dict[str, float] = {}  # vertex digest -> when it started
+        self._status_started: dict[tuple[str, str], float] = {}  # (vertex, id) -> first news
 
     def emit(self, event: Event) -> None:
-        wire = {key: _jsonable(value) for key, value in event_to_wire(event).items()}
-        self._stream.write(json.dumps(wire, sort_keys=True) + "\n")
+        status = self._solve_status(event, self._clock())
+        self._stream.write(json.dumps(status, separators=(",", ":")) + "\n")
         self._stream.flush()
 
-    def close(self) -> None:
+    def close(self, trailer: str = "") -> None:
+        if trailer:
+            self._stream.write(trailer)
         self._stream.flush()
 
+    def _solve_status(self, event: Event, now: float) -> dict[str, Any]:
+        text = warning_of(event)
+        if text is not None:  # a warning of no vertex: BuildKit's vertex is omitempty
+            return {"warnings": [{"level": 1, "short": _b64(text.encode())}]}
+        if isinstance(event, VertexLog):
+            return {"logs": [{"vertex": event.vertex, "stream": event.stream,
+                              "data": _b64(event.data), "timestamp": rfc3339(now)}]}
+        if isinstance(event, StatusUpdate):
+            return {"statuses": [self._status(event, now)]}
+        if isinstance(event, VertexWarning):
+            return {"warnings": [_vertex_warning(event)]}
+        return {"vertexes": [self._vertex(event, now)]}
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    return value
+    def _status(self, event: StatusUpdate, now: float) -> dict[str, Any]:
+        started = self._status_started.setdefault((event.vertex, event.id), now)
+        found: dict[str, Any] = {"id": event.id, "vertex": event.vertex}
+        if event.total:
+            found["total"] = event.total
+        found |= {"current": event.current, "timestamp": rfc3339(now),
+                  "started": rfc3339(started)}
+        if event.done:
+            found["completed"] = rfc3339(now)
+        return found
+
+    def _vertex(self, event: VertexStarted | VertexCached | VertexCompleted | VertexFailed,
+                now: float) -> dict[str, Any]:
+        if event.name:
+            self._names.setdefault(event.vertex, event.name)
+        found: dict[str, Any] = {"digest": event.vertex}
+        name = self._names.get(event.vertex, "")
+        if name:
+            found["name"] = name
+        if isinstance(event, VertexStarted):
+            self._started[event.vertex] = event.started
+            found["started"] = rfc3339(event.started)
+            return found
+        default = now - event.duration if isinstance(event, VertexCompleted) else now
+        started = self._started.get(event.vertex, default)
+        found |= {"started": rfc3339(started), "completed": rfc3339(now)}
+        if isinstance(event, VertexCached):
+            found["cached"] = True
+        elif isinstance(event, VertexFailed):  # BuildKit's text for a cancelled step
+            found["error"] = "context canceled" if event.cancelled else event.error
+        return found
+
+
+def _vertex_warning(event: VertexWarning) -> dict[str, Any]:
+    found: dict[str, Any] = {"vertex": event.vertex, "level": event.level,
+                             "short": _b64(event.short.encode())}
+    if event.detail:
+        found["detail"] = [_b64(event.detail.encode())]
+    if event.url:
+        found["url"] = event.url
+    if event.filename:
+        found["sourceInfo"] = {"filename": event.filename}
+        if event.line:
+            found["range"] = [{"start": {"line": event.line}, "end": {"line": event.line}}]
+    return found
 
 
 # --- plain -----------------------------------------------------------------------------
@@ -152,6 +293,15 @@ def format_bytes(count: int) -> str:
             return f"{count}B" if unit == "B" else f"{value:.2f}{unit}"
         value /= 1000
     raise AssertionError("unreachable")
+
+
+def _amount(update: StatusUpdate) -> str:
+    """`` current / total`` of a sub-step in bytes, `` current`` without a total, or ""."""
+    if update.total:
+        return f" {format_bytes(update.current)} / {format_bytes(update.total)}"
+    if update.current:
+        return f" {format_bytes(update.current)}"
+    return ""
 
 
 def format_offset(seconds: float) -> str:
@@ -179,13 +329,14 @@ _MIN_INTERVAL = 5.0  # ...or 5 s later, as BuildKit's printer does
 class PlainRenderer:
     """``--progress=plain``: BuildKit's plain text, written as events arrive."""
 
-    def __init__(self, stream: TextIO, *, clock: Clock = time.time) -> None:
+    def __init__(self, stream: TextIO, *, clock: Clock = time.time,
+                 warnings: _Warnings | None = None) -> None:
         self._stream = stream
         self._clock = clock
         self._vertices: dict[str, _Vertex] = {}  # digest -> state, in order of first news
         self._current: str | None = None  # the vertex whose block is open, None between
         self._blocks = 0  # blocks printed so far (a blank line goes before all but the first)
-        self._warnings = _Warnings()
+        self._warnings = warnings or _Warnings()
 
     def emit(self, event: Event) -> None:
         if self._warnings.add(event):
@@ -196,16 +347,20 @@ class PlainRenderer:
         self._switch(event.vertex, vertex)
         if isinstance(event, VertexLog):
             self._log(vertex, event.data)
+        elif isinstance(event, VertexWarning):
+            self._flush_partial(vertex)
+            self._write(vertex, f"WARN: {event.short}")
         elif isinstance(event, StatusUpdate):
             self._status(vertex, event)
         elif isinstance(event, VertexCached | VertexCompleted | VertexFailed):
             self._finish(vertex, event)
         self._stream.flush()
 
-    def close(self) -> None:
+    def close(self, trailer: str = "") -> None:
         for vertex in self._vertices.values():
             self._flush_partial(vertex)
-        self._warnings.write(self._stream, blank=self._blocks > 0)
+        self._stream.write(trailer)
+        self._warnings.write(self._stream, blank=self._blocks > 0 and not trailer)
         self._stream.flush()
 
     def _vertex(self, digest: str, name: str) -> _Vertex:
@@ -256,12 +411,7 @@ class PlainRenderer:
             if progress < _MIN_PROGRESS and now - last[1] < _MIN_INTERVAL:
                 return
         vertex.status[update.id] = (update.current, now)
-        amount = ""
-        if update.total:
-            amount = f" {format_bytes(update.current)} / {format_bytes(update.total)}"
-        elif update.current:
-            amount = f" {format_bytes(update.current)}"
-        self._write(vertex, f"{update.id}{amount}{' done' if update.done else ''}")
+        self._write(vertex, f"{update.id}{_amount(update)}{' done' if update.done else ''}")
 
     def _finish(self, vertex: _Vertex, event: VertexCached | VertexCompleted | VertexFailed
                 ) -> None:
@@ -290,6 +440,8 @@ class _Row:
     state: str = ""  # "", "CACHED", "DONE", "ERROR" or "CANCELED"
     error: str = ""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
+    warnings: list[str] = field(default_factory=list)  # its build checks' short texts
+    statuses: dict[str, str] = field(default_factory=dict)  # sub-step id -> its amount
 
 
 _TAIL_LINES = 6  # output lines shown under a running vertex
@@ -300,7 +452,7 @@ class TtyRenderer:
     (final state, errors included) by ``close``."""
 
     def __init__(self, stream: TextIO, *, clock: Clock = time.time,
-                 width: int | None = None) -> None:
+                 width: int | None = None, warnings: _Warnings | None = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
@@ -308,7 +460,7 @@ class TtyRenderer:
         self._began = clock()  # when the view opened: the "Building N.Ns" counter
         self._rows: dict[str, _Row] = {}  # digest -> row, in order of first news
         self._stream = stream
-        self._warnings = _Warnings()
+        self._warnings = warnings or _Warnings()
         console = Console(file=stream, force_terminal=True, highlight=False, width=width)
         self._live = Live(get_renderable=self._view, console=console, refresh_per_second=8,
                           transient=False, redirect_stdout=False, redirect_stderr=False)
@@ -325,6 +477,10 @@ class TtyRenderer:
         elif isinstance(event, VertexLog):
             lines = event.data.decode("utf-8", "replace").splitlines()
             row.tail.extend(line for line in lines if line)
+        elif isinstance(event, VertexWarning):
+            row.warnings.append(event.short)
+        elif isinstance(event, StatusUpdate):  # its sub-steps, as BuildKit's " => => " rows
+            row.statuses[event.id] = _amount(event)
         elif isinstance(event, VertexCached):
             row.state, row.ended = "CACHED", self._clock()
         elif isinstance(event, VertexCompleted):
@@ -334,8 +490,9 @@ class TtyRenderer:
             row.state, row.ended = ("CANCELED" if event.cancelled else "ERROR"), self._clock()
             row.error = event.error
 
-    def close(self) -> None:
+    def close(self, trailer: str = "") -> None:
         self._live.stop()
+        self._stream.write(trailer)
         self._warnings.write(self._stream, blank=False)
 
     def _view(self) -> Any:
@@ -362,6 +519,10 @@ class TtyRenderer:
         label = f" => {row.state + ' ' if row.state not in ('', 'DONE') else ''}{row.name}"
         took = "" if row.started is None else f"{(row.ended or now) - row.started:.1f}s"
         grid.add_row(Text(label, style=styles[row.state]), Text(took))
+        for ident, amount in row.statuses.items():
+            grid.add_row(Text(f" => => {ident}{amount}", style="blue"), Text(""))
+        for short in row.warnings:
+            grid.add_row(Text(f" => WARN: {short}", style="yellow"), Text(""))
         if row.state == "" or row.state == "ERROR":
             for line in row.tail:
                 grid.add_row(Text(f" => => # {line}", style="dim"), Text(""))

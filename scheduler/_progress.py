@@ -22,7 +22,8 @@ from ._errors import ServiceError
 
 __all__ = [
     "PROGRESS_VERSION", "Event", "EventSink", "ProgressError", "StatusUpdate", "VertexCached",
-    "VertexCompleted", "VertexFailed", "VertexLog", "VertexStarted", "event_from_wire",
+    "VertexCompleted", "VertexFailed", "VertexLog", "VertexStarted", "VertexWarning",
+    "event_from_wire",
     "event_to_wire", "warning", "warning_of",
 ]
 
@@ -92,12 +93,29 @@ class StatusUpdate:
     done: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class VertexWarning:
+    """A finding about a vertex's input, as BuildKit's ``VertexWarning``: a build check
+    (lint rule) on the build definition.  ``short`` is the one-line form (``Rule: message
+    (line N)``), ``detail`` the rule's description, ``url`` its documentation, ``filename``
+    and ``line`` where (``line`` 0: nowhere in particular); ``level`` BuildKit's (1)."""
+
+    vertex: str
+    short: str
+    detail: str = ""
+    url: str = ""
+    filename: str = ""
+    line: int = 0
+    level: int = 1
+
+
 Event = Union[VertexStarted, VertexCached, VertexCompleted, VertexFailed,  # noqa: UP007
-              VertexLog, StatusUpdate]
+              VertexLog, StatusUpdate, VertexWarning]
 
 _TYPES: dict[str, type[Any]] = {
     "started": VertexStarted, "cached": VertexCached, "completed": VertexCompleted,
     "failed": VertexFailed, "log": VertexLog, "status": StatusUpdate,
+    "vertex-warning": VertexWarning,
 }
 _NAMES: dict[type[Any], str] = {cls: name for name, cls in _TYPES.items()}
 

@@ -46,7 +46,7 @@ def layout_identity(op: SourceOp) -> str:
 
 async def run_layout_source(backend: RuntimeBackend, op: SourceOp) -> StateResult:
     key, digest = _parts(op)
-    tree = await backend.context_files(SourceOp(LOCAL_SCHEME + key, op.attrs))
+    tree, _ = await backend.context_files(SourceOp(LOCAL_SCHEME + key, op.attrs))
     staging = Path(tempfile.mkdtemp(prefix="layout-", dir=backend.runtime.tmp))
     try:
         await asyncio.to_thread(tree.materialise, staging)

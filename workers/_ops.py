@@ -29,7 +29,7 @@ from pathlib import Path
 from cache_backends._records import StateResult
 from scheduler._errors import SolveError
 from scheduler._graph import ExecOp, FileOp, MergeOp, SourceOp, Vertex
-from scheduler._progress import EventSink
+from scheduler._progress import EventSink, StatusUpdate
 from scheduler._reference import parse_reference
 
 from ._context_source import ContextTree, LocalContext, Materialised
@@ -49,7 +49,7 @@ async def execute_vertex(backend: RuntimeBackend, vertex: Vertex,
                          inputs: Sequence[StateResult], events: EventSink) -> StateResult:
     op = vertex.op
     if isinstance(op, SourceOp):
-        return await run_source(backend, vertex, op)
+        return await run_source(backend, vertex, op, events)
     if isinstance(op, ExecOp):
         return await run_exec(backend, vertex, op, inputs, events)
     if isinstance(op, FileOp):
@@ -59,7 +59,8 @@ async def execute_vertex(backend: RuntimeBackend, vertex: Vertex,
     raise SolveError(f"unknown op kind {type(op).__name__}")
 
 
-async def run_source(backend: RuntimeBackend, vertex: Vertex, op: SourceOp) -> StateResult:
+async def run_source(backend: RuntimeBackend, vertex: Vertex, op: SourceOp,
+                     events: EventSink | None = None) -> StateResult:
     if op.identifier.startswith(IMAGE_SCHEME):
         return await run_image_source(backend, vertex, op)
     if op.identifier.startswith(LAYOUT_SCHEME):
@@ -68,7 +69,11 @@ async def run_source(backend: RuntimeBackend, vertex: Vertex, op: SourceOp) -> S
         # An image's root filesystem (``FROM`` a named context) is one whole layer: the
         # incremental chain would put files since removed from the directory in the image.
         chain = None if dict(op.attrs).get("rootfs") == "true" else op.identifier
-        return await tree_layer(backend, await backend.context_files(op), chain)
+        tree, fetched = await backend.context_files(op)
+        if events is not None:  # as BuildKit's "transferring context: N done"
+            events.emit(StatusUpdate(vertex.digest, "transferring context:", current=fetched,
+                                     done=True))
+        return await tree_layer(backend, tree, chain)
     return await tree_layer(backend, await remote_source(backend, op))
 
 

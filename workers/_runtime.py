@@ -674,17 +674,18 @@ class RuntimeBackend:
                                 sum(s.bytes_hashed for s in stats),
                                 sum(s.entries for s in stats))
 
-    async def context_files(self, op: SourceOp) -> ContextTree:
+    async def context_files(self, op: SourceOp) -> tuple[ContextTree, int]:
         """``context(op)`` with every file's content on this worker, ready to
-        materialise: a manifest context's missing contents are read from the client."""
+        materialise: a manifest context's missing contents are read from the client
+        (the bytes read, second)."""
         context = self.context(op)
-        if isinstance(context, ManifestContext):
-            if self.session.context_reader is None:
-                raise SolveError(f"the build context {context.name!r} came as a manifest "
-                                 "but the build has no session to read its files from",
-                                 hint="this is a bug in dockyard: please report it")
-            await context.ensure_local(self.session.context_reader)
-        return context
+        if not isinstance(context, ManifestContext):
+            return context, 0
+        if self.session.context_reader is None:
+            raise SolveError(f"the build context {context.name!r} came as a manifest "
+                             "but the build has no session to read its files from",
+                             hint="this is a bug in dockyard: please report it")
+        return context, await context.ensure_local(self.session.context_reader)
 
 
 #: buildx's compression names -> the layer writer's

@@ -8,7 +8,8 @@ the image outputs from here (the cluster's registry credentials live on its side
 the final records to the build's ``--cache-to`` (mode=min) and drains it, then closes
 each output in the client's output order (only then does the client put it in place).
 Its answer is the build's result map: the ``--metadata-file`` keys (the image's only
-for outputs writing one) and what was pushed.
+for outputs writing one), what was pushed and the bytes sent to the client for each file
+output (by output index; progress shows them).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
     metadata = export_metadata(exported, [o.type for o in session.request.outputs],
                                session.request.tags)
     metadata |= metadata_provenance(exported)
-    return {"metadata": metadata, "pushed": pushed}
+    sent = {writer.index: writer.sent for writer in writers.values()}  # bytes per output
+    return {"metadata": metadata, "pushed": pushed, "sent": sent}
 
 
 async def _push(engine: WorkerRuntime, options: BuildOptions, results: Sequence[ImageResult],

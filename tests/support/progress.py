@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from scheduler._progress import Event, VertexLog, VertexStarted, warning_of
@@ -15,6 +16,24 @@ def plain_blocks(progress: str) -> dict[str, list[str]]:
             number, _, rest = line.partition(" ")
             found.setdefault(number, []).append(rest)
     return found
+
+
+# The steps BuildKit shows around a solve (cluster/_build_steps.py): loading the definition,
+# the ignore file and base images' metadata, and the exporters.  They end DONE on every
+# build, a fully cached one included: no vertex of the build's graph.
+_AROUND_SOLVE = re.compile(r"\[(?:\S+ )?internal\] load (?:build definition from |"
+                           r"\.dockerignore$|metadata for )|exporting to ")
+
+
+def around_solve(name: str) -> bool:
+    """Whether ``name`` is one of the steps BuildKit shows around a solve."""
+    return _AROUND_SOLVE.match(name) is not None
+
+
+def solve_blocks(progress: str) -> dict[str, list[str]]:
+    """``plain_blocks`` of the build graph's vertices only (not ``around_solve``)."""
+    return {number: lines for number, lines in plain_blocks(progress).items()
+            if not around_solve(lines[0])}
 
 
 @dataclass

@@ -28,6 +28,7 @@ from support.served import ServedGit, serve_git, serve_http
 from support.ssh_tools import make_key
 
 PROJECT = Path(__file__).resolve().parents[3]
+FAILED = "ERROR: failed to solve: "
 
 
 @dataclass
@@ -62,7 +63,9 @@ class Cli:
         assert done.returncode == 1, done.stderr.decode()
         text = done.stderr.decode()
         assert "Traceback" not in text
-        return text[text.index("error: ") + 7:].splitlines()[0]
+        # a failed build as buildx reports it; an error before the build as the CLI's own
+        prefix = FAILED if FAILED in text else "error: "
+        return text[text.index(prefix) + len(prefix):].splitlines()[0]
 
     def directory(self, files: dict[str, str]) -> Path:
         path = Path(tempfile.mkdtemp(dir=self.work, prefix="ctx-"))

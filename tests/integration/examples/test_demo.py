@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.progress import around_solve, plain_blocks
 
 from devkit.local_cluster import LocalCluster, root_processes
 
@@ -101,9 +102,14 @@ def assert_cleaned_up(run: DemoRun, root: Path) -> None:
 
 
 def placements(stderr: str) -> dict[str, set[str]]:
-    """Step number -> how it ended (DONE, CACHED) and the nodes it says it ran on."""
+    """Step number -> how it ended (DONE, CACHED) and the nodes it says it ran on (the
+    graph's steps: not those BuildKit shows around the solve, which run on no node)."""
     found: dict[str, set[str]] = {}
+    around = {number.lstrip("#") for number, lines in plain_blocks(stderr).items()
+              if around_solve(lines[0])}
     for line in stderr.splitlines():
+        if line.startswith("#") and line[1:].partition(" ")[0] in around:
+            continue
         if ended := re.match(r"#(\d+) (DONE|CACHED)", line):
             found.setdefault(ended.group(1), set()).add(ended.group(2))
         if ran := re.match(r"#(\d+) running on dockyard-worker-\w+ at (\S+)$", line):

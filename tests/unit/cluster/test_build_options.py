@@ -717,3 +717,22 @@ def test_default_dockerfile_falls_back_to_lowercase(tmp_path: Path, names: list[
     assert request["dockerfile"] == f"FROM scratch\nLABEL from={chosen}\n".encode()
     patterns = ["ignored.txt"] if chosen == "dockerfile" else []
     assert request["session"]["ignore_patterns"] == patterns
+
+
+@pytest.mark.parametrize(("flag", "environ", "expected"), [
+    (None, {}, "auto"),
+    (None, {"BUILDKIT_PROGRESS": "plain"}, "plain"),  # as buildx reads it
+    (None, {"BUILDKIT_PROGRESS": ""}, "auto"),
+    ("quiet", {"BUILDKIT_PROGRESS": "plain"}, "quiet"),  # the flag wins
+])
+def test_progress_from_the_flag_then_buildkit_progress(flag: str | None,
+                                                       environ: dict[str, str],
+                                                       expected: str) -> None:
+    assert parse_progress(flag, environ) == expected
+
+
+def test_a_bad_buildkit_progress_is_named() -> None:
+    with pytest.raises(UsageError) as info:
+        parse_progress(None, {"BUILDKIT_PROGRESS": "fancy"})
+    assert str(info.value) == ("invalid BUILDKIT_PROGRESS 'fancy': unknown progress mode\n"
+                               "hint: use one of auto, plain, tty, rawjson, quiet")

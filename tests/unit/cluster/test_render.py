@@ -3,22 +3,24 @@ parseable, tty drawn, mode selection."""
 
 from __future__ import annotations
 
-import base64
 import io
-import json
+from datetime import UTC, datetime
 
 import pytest
+from support.solve_status import SchemaError, read_stream
 
 from cluster._render import (
+    FAILED_TO_SOLVE,
     PlainRenderer,
     QuietRenderer,
     RawJsonRenderer,
     TtyRenderer,
+    error_prefix,
     format_bytes,
     format_offset,
     make_renderer,
 )
-from scheduler._errors import UsageError
+from scheduler._errors import ExecError, UsageError
 from scheduler._progress import (
     Event,
     StatusUpdate,
@@ -27,7 +29,7 @@ from scheduler._progress import (
     VertexFailed,
     VertexLog,
     VertexStarted,
-    event_from_wire,
+    VertexWarning,
     warning,
 )
 
@@ -206,17 +208,124 @@ ALL_EVENTS: list[Event] = [
 ]
 
 
-def test_rawjson_is_one_parseable_event_per_line() -> None:
+def _rawjson(events: list[Event], clock: FakeClock | None = None) -> str:
     out = io.StringIO()
-    renderer = RawJsonRenderer(out)
-    for event in ALL_EVENTS:
+    renderer = RawJsonRenderer(out, clock=clock or FakeClock())
+    for event in events:
         renderer.emit(event)
     renderer.close()
-    lines = out.getvalue().splitlines()
-    assert len(lines) == len(ALL_EVENTS)
-    decoded = [json.loads(line) for line in lines]
-    decoded[1]["data"] = base64.b64decode(decoded[1]["data"])
-    assert [event_from_wire(item) for item in decoded] == ALL_EVENTS
+    return out.getvalue()
+
+
+def test_rawjson_is_buildkits_solve_status_one_per_line() -> None:
+    clock = FakeClock()
+    clock.now = 2.0
+    text = _rawjson([*ALL_EVENTS, CHECKED[2], warning("cache", "down")], clock)
+    assert len(text.splitlines()) == len(ALL_EVENTS) + 2
+    stream = read_stream(text)  # raises on any key or type BuildKit's schema lacks
+    run, copy, failed = (stream.vertexes[d] for d in (D1, D2, D3))
+    assert run["name"] == "[a 1/2] RUN x" and "cached" not in run
+    assert run["started"] == datetime.fromtimestamp(1.5, UTC)
+    assert run["completed"] == datetime.fromtimestamp(2.0, UTC)
+    assert copy["cached"] is True and copy["completed"] == copy["started"]
+    assert failed["error"] == MAKE_ERROR
+    assert stream.logs == [{"vertex": D1, "stream": 2, "data": b"\x00\xff binary\n",
+                            "timestamp": datetime.fromtimestamp(2.0, UTC)}]
+    assert [(s["id"], s["current"], s["total"], "completed" in s) for s in stream.statuses] \
+        == [("layer", 1, 2, False)]
+    lint, build = stream.warnings
+    assert lint["vertex"] == D1 and lint["short"] == SHORT.encode()
+    assert lint["detail"] == [b"Stage names should be lowercase"]
+    assert lint["sourceInfo"] == {"filename": "Dockerfile"}
+    assert lint["range"] == [{"start": {"line": 3}, "end": {"line": 3}}]
+    assert build == {"level": 1, "short": b"down"}  # a warning of no vertex
+
+
+def test_rawjson_cancelled_is_buildkits_context_canceled() -> None:
+    stream = read_stream(_rawjson([VertexFailed(D1, "[1/1] RUN x", "stop", cancelled=True)]))
+    assert stream.vertexes[D1]["error"] == "context canceled"
+
+
+@pytest.mark.parametrize("line", [
+    '{"vertexes":[{"digest":"sha256:1","name":"x"}]}',  # a digest of no sha256
+    f'{{"vertexes":[{{"digest":"{D1}","duration":1.0}}]}}',  # a key the schema lacks
+    f'{{"logs":[{{"vertex":"{D1}","data":"not base64!","timestamp":"2020-01-01T00:00:00Z"}}]}}',
+    '{"statuses":[{"id":"x","current":1,"timestamp":"yesterday"}]}',
+    '{"vertexes":[]}', '{"events":[{}]}', "not json",
+])
+def test_the_schema_reader_refuses_what_buildkit_never_writes(line: str) -> None:
+    with pytest.raises(SchemaError):
+        read_stream(line)
+
+
+SHORT = "StageNameCasing: Stage name 'Base' should be lowercase (line 3)"
+CHECKED: list[Event] = [
+    VertexStarted(D1, LOAD, 0.0),
+    StatusUpdate(D1, "transferring dockerfile:", current=93, done=True),
+    VertexWarning(D1, SHORT, "Stage names should be lowercase",
+                  "https://docs.docker.com/go/dockerfile/rule/stage-name-casing/", "Dockerfile",
+                  3),
+    VertexWarning(D1, "JSONArgsRecommended: JSON arguments recommended (line 4)"),
+    VertexCompleted(D1, LOAD, 0.0),
+    VertexStarted(D2, "[1/1] RUN x", 0.0),
+    VertexFailed(D2, "[1/1] RUN x", MAKE_ERROR),
+]
+SUMMARY = f"""
+ 2 warnings found (use docker --debug to expand):
+ - {SHORT}
+ - JSONArgsRecommended: JSON arguments recommended (line 4)
+"""
+
+
+def test_plain_shows_build_checks_in_their_vertex_and_summarises_them() -> None:
+    out = io.StringIO()
+    renderer = PlainRenderer(out, clock=FakeClock())
+    for event in CHECKED:
+        renderer.emit(event)
+    renderer.close("------\n > [1/1] RUN x:\nboom\n------\n")
+    assert out.getvalue() == f"""\
+#1 {LOAD}
+#1 transferring dockerfile: 93B done
+#1 WARN: {SHORT}
+#1 WARN: JSONArgsRecommended: JSON arguments recommended (line 4)
+#1 DONE 0.0s
+
+#2 [1/1] RUN x
+#2 ERROR: {MAKE_ERROR}
+------
+ > [1/1] RUN x:
+boom
+------
+{SUMMARY}"""
+
+
+def test_one_build_check_is_one_warning_found() -> None:
+    out = io.StringIO()
+    renderer = PlainRenderer(out, clock=FakeClock())
+    renderer.emit(VertexWarning(D1, SHORT))
+    renderer.close()
+    assert out.getvalue().endswith(
+        f"\n 1 warning found (use docker --debug to expand):\n - {SHORT}\n")
+
+
+def test_tty_shows_build_checks_and_their_summary() -> None:
+    out = io.StringIO()
+    renderer = TtyRenderer(out, clock=FakeClock(), width=200)
+    for event in CHECKED:
+        renderer.emit(event)
+    renderer.close()
+    assert f"WARN: {SHORT}" in out.getvalue()
+    assert " => => transferring dockerfile: 93B" in out.getvalue()
+    assert out.getvalue().endswith(SUMMARY)
+
+
+def test_quiet_has_no_build_check_summary() -> None:  # as buildx: quiet and rawjson
+    out = io.StringIO()
+    renderer = QuietRenderer(out)
+    for event in CHECKED:
+        renderer.emit(event)
+    renderer.close()
+    assert out.getvalue() == ""
 
 
 def test_tty_draws_every_vertex_and_the_error() -> None:
@@ -235,6 +344,7 @@ def test_tty_draws_every_vertex_and_the_error() -> None:
 @pytest.mark.parametrize(("mode", "cls"), [
     ("plain", PlainRenderer), ("rawjson", RawJsonRenderer), ("quiet", QuietRenderer),
     ("auto", PlainRenderer),  # a StringIO is not a terminal
+    ("tty", PlainRenderer),  # nor can tty draw on one: plain, as buildx falls back
 ])
 def test_make_renderer(mode: str, cls: type) -> None:
     renderer = make_renderer(mode, io.StringIO())
@@ -299,3 +409,38 @@ def test_unknown_mode() -> None:
         make_renderer("fancy", io.StringIO())
     assert str(info.value) == ("invalid progress mode 'fancy'\n"
                                "hint: use one of: auto, plain, tty, rawjson, quiet")
+
+
+def test_debug_expands_each_build_check_as_buildx_does() -> None:
+    out = io.StringIO()
+    source = b"# syntax=docker/dockerfile:1\n\nFROM busybox AS Base\nRUN true\n"
+    renderer = make_renderer("plain", out, clock=FakeClock(), debug=True, source=source)
+    renderer.emit(CHECKED[2])  # StageNameCasing at line 3, with detail and url
+    renderer.emit(VertexWarning(D1, "NoPlace: a finding of no line"))
+    renderer.close()
+    assert out.getvalue().split("\n", 3)[3] == f"""\
+
+ 2 warnings found:
+ - {SHORT}
+Stage names should be lowercase
+More info: https://docs.docker.com/go/dockerfile/rule/stage-name-casing/
+Dockerfile:3
+--------------------
+   1 |     # syntax=docker/dockerfile:1
+   2 |     {''}
+   3 | >>> FROM busybox AS Base
+   4 |     RUN true
+   5 |     {''}
+--------------------
+
+ - NoPlace: a finding of no line
+
+"""
+
+
+def test_a_failed_solve_is_reported_as_buildx_reports_it() -> None:
+    error = ExecError("Dockerfile:2:1 [2/2] RUN false: exit code: 1", vertex="[2/2] RUN false",
+                      exit_code=1)
+    assert error_prefix(error) == "error: "  # not marked: any other error of the CLI
+    error.add_note(FAILED_TO_SOLVE)
+    assert error_prefix(error) == "ERROR: failed to solve: "

@@ -51,6 +51,7 @@ from scheduler._progress import (
     VertexFailed,
     VertexLog,
     VertexStarted,
+    VertexWarning,
     event_from_wire,
     event_to_wire,
 )
@@ -615,6 +616,10 @@ EVENTS: list[Event] = [
     VertexLog("sha256:2", 2, b"\xff not utf-8\n"),
     StatusUpdate("sha256:3", "transferring context", 512, 1024),
     StatusUpdate("sha256:3", "sha256:abc", done=True),
+    VertexWarning("sha256:4", "StageNameCasing: Stage name 'A' should be lowercase (line 1)",
+                  "Stage names should be lowercase", "https://docs.docker.com/", "Dockerfile",
+                  1),
+    VertexWarning("sha256:4", "a warning with nothing more"),
 ]
 
 
