@@ -50,10 +50,13 @@ class Row:
 
     @property
     def flags(self) -> tuple[str, ...]:
-        """The command-line flags the row is about (none for a CONTEXT form)."""
+        """The command-line flags the row is about (``--progress=plain``: ``--progress``;
+        none for a CONTEXT form, an environment variable or an output's behaviour)."""
+        if self.attribute:
+            return ("-o",)
         if self.cells[0] == "CONTEXT":
             return ()
-        return ("-o",) if self.attribute else self.cells
+        return tuple(cell.split("=")[0] for cell in self.cells if cell.startswith("-"))
 
     @property
     def evidence(self) -> tuple[str, ...]:
