@@ -1,0 +1,52 @@
+"""``/readyz``'s decision (cluster/_probes.py ``readiness``) and ``--ready-arch``'s parsing,
+as tables; the endpoint answering them for real is tests/integration/cluster/test_probes.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cluster._cli import build_parser
+from cluster._endpoint import serve_settings
+from cluster._probes import parse_ready_arches, readiness
+from scheduler._errors import UsageError
+
+AMD = {"name": "w1", "node_ip": "10.0.0.1", "arches": ["amd64", "arm64"], "native": ["amd64"]}
+ARM = {"name": "w2", "node_ip": "10.0.0.2", "arches": ["arm64"], "native": ["arm64"]}
+
+READINESS: list[tuple[list[dict[str, Any]], tuple[str, ...], int, dict[str, Any]]] = [
+    ([], (), False, {"workers": {}, "required": "any", "missing": ["a worker of any arch"]}),
+    ([AMD], (), True, {"workers": {"amd64": 1}, "required": "any"}),
+    ([ARM], ("amd64",), False, {"workers": {"arm64": 1}, "required": ["amd64"],
+                                "missing": ["amd64"]}),
+    # an amd64 worker emulating arm64 is no arm64 worker
+    ([AMD, AMD], ("amd64", "arm64"), False, {"workers": {"amd64": 2},
+                                             "required": ["amd64", "arm64"],
+                                             "missing": ["arm64"]}),
+    ([AMD, ARM], ("amd64", "arm64"), True, {"workers": {"amd64": 1, "arm64": 1},
+                                            "required": ["amd64", "arm64"]}),
+]
+
+
+@pytest.mark.parametrize(("workers", "required", "ready", "body"), READINESS)
+def test_readiness(workers: list[dict[str, Any]], required: tuple[str, ...], ready: bool,
+                   body: dict[str, Any]) -> None:
+    answer = readiness(workers, required)
+    assert answer == (ready, {"ready": ready, **body})
+    assert "10.0.0" not in repr(answer) and "w1" not in repr(answer)
+
+
+@pytest.mark.parametrize(("text", "arches"), [
+    (None, ()), ("", ()), ("amd64", ("amd64",)), (" arm64 , amd64,arm64", ("arm64", "amd64")),
+])
+def test_ready_arches(text: str | None, arches: tuple[str, ...]) -> None:
+    assert parse_ready_arches(text) == arches
+
+
+def test_ready_arch_flag_and_its_refusal() -> None:
+    parse = build_parser().parse_args
+    assert serve_settings(parse(["serve", "--ready-arch", "amd64,arm64"])).ready_arches == (
+        "amd64", "arm64")
+    with pytest.raises(UsageError, match=r"invalid --ready-arch 's390x': use amd64, arm64"):
+        serve_settings(parse(["serve", "--ready-arch", "amd64,s390x"]))
