@@ -1,5 +1,5 @@
 """``/readyz``'s decision (cluster/_probes.py ``readiness``) and ``--ready-arch``'s parsing,
-as tables; the endpoint answering them for real is tests/integration/cluster/test_probes.py."""
+as tables; the real endpoint answering them is tests/integration/cluster/test_probes.py."""
 
 from __future__ import annotations
 
