@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,25 +27,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from support.helm import CHART, IMAGE, PROJECT, Manifest, merge, render, run_renderer
 
 from cluster._probes import HEALTH_PATH, READY_PATH
 
-PROJECT = Path(__file__).resolve().parents[3]
-CHART = PROJECT / "helm" / "dockyard"
-RENDERER = PROJECT / "helm" / "tools" / "render"
 RAYCLUSTER_SCHEMA = PROJECT / "helm" / "tools" / "raycluster-v1-schema.yaml"
-GOPATH = "/usr/share/gocode"  # Debian's Go libraries (golang-github-masterminds-sprig-dev, ...)
 KUBERNETES = "1.30"
-IMAGE = {"image": {"repository": "registry.example/dockyard", "tag": "1.2.3"}}
-Manifest = dict[str, Any]
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
-    return out
 
 
 CASES: dict[str, dict[str, Any]] = {
@@ -86,34 +70,6 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 # --- rendering ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """helm/tools/render built once per session (GOPATH mode over Debian's packages)."""
-    go = shutil.which("go")
-    assert go, "no go: make setup installs golang-go (Debian)"
-    out = tmp_path_factory.mktemp("render")
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": GOPATH, "GOFLAGS": "",
-           "GOCACHE": str(out / "cache"), "CGO_ENABLED": "0"}
-    built = subprocess.run([go, "build", "-o", str(out / "render"), "."], cwd=RENDERER,
-                           env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert built.returncode == 0, f"building the renderer failed:\n{built.stderr}"
-    return out / "render"
-
-
-def _run(renderer: Path, tmp: Path, values: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    path = tmp / f"values-{len(list(tmp.iterdir()))}.yaml"
-    path.write_text(json.dumps(values))  # JSON is YAML
-    return subprocess.run([str(renderer), "-f", str(path), "-name", "ci", "-namespace",
-                           "builds", str(CHART)], capture_output=True, text=True,
-                          timeout=60, check=False)
-
-
-def render(renderer: Path, tmp: Path, values: dict[str, Any]) -> list[Manifest]:
-    done = _run(renderer, tmp, _merge(IMAGE, values))
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 @pytest.fixture(params=sorted(CASES), scope="module")
@@ -232,7 +188,7 @@ def test_selectors_match_the_endpoint_pods_only(case: tuple[str, list[Manifest]]
 
 def test_arch_node_selectors(case: tuple[str, list[Manifest]]) -> None:
     name, manifests = case
-    values = _merge(yaml.safe_load((CHART / "values.yaml").read_text()), CASES[name])
+    values = merge(yaml.safe_load((CHART / "values.yaml").read_text()), CASES[name])
     ray = one(manifests, "RayCluster")
     head = ray["spec"]["headGroupSpec"]["template"]
     groups = {g["groupName"]: g for g in ray["spec"].get("workerGroupSpecs", [])}
@@ -291,7 +247,7 @@ def test_node_commands_are_dockyards(case: tuple[str, list[Manifest]]) -> None:
     service = one(manifests, "Deployment")["metadata"]["name"]
     scheme = "https" if "tls-cert" in serve else "http"
     assert serve["advertise-url"] == f"{scheme}://{service}.builds.svc:8375"
-    values = _merge(yaml.safe_load((CHART / "values.yaml").read_text()), CASES[name])
+    values = merge(yaml.safe_load((CHART / "values.yaml").read_text()), CASES[name])
     enabled = [a for a in ("amd64", "arm64") if values["workers"][a]["enabled"]]
     assert serve.get("ready-arch") == (None if values["endpoint"]["readyArches"] == ["any"]
                                        else ",".join(enabled))
@@ -336,7 +292,7 @@ def _existing_by_values(values: dict[str, Any]) -> set[str]:
 
 def test_referenced_secrets_and_configmaps_exist(case: tuple[str, list[Manifest]]) -> None:
     name, manifests = case
-    values = _merge(yaml.safe_load((CHART / "values.yaml").read_text()), CASES[name])
+    values = merge(yaml.safe_load((CHART / "values.yaml").read_text()), CASES[name])
     rendered = {s["metadata"]["name"]: s for s in of_kind(manifests, "Secret")}
     maps = {m["metadata"]["name"] for m in of_kind(manifests, "ConfigMap")}
     existing = _existing_by_values(values)
@@ -443,6 +399,6 @@ REFUSED = [
 @pytest.mark.parametrize(("values", "message"), REFUSED)
 def test_bad_values_are_refused_with_a_message(renderer: Path, tmp_path: Path,
                                                values: dict[str, Any], message: str) -> None:
-    done = _run(renderer, tmp_path, _merge(IMAGE, values))
+    done = run_renderer(renderer, tmp_path, merge(IMAGE, values))
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert done.stdout == ""
