@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -365,6 +366,7 @@ def test_ports_and_probes_agree(case: tuple[str, list[Manifest]]) -> None:
     head = ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {p["name"]: p["containerPort"] for p in head["ports"]} == {"gcs-server": 6379}
     assert env_of(head)["DOCKYARD_GCS_PORT"] == "6379"
+    assert ray["spec"]["headGroupSpec"]["rayStartParams"] == {"port": "6379"}
 
 
 def test_storage_kinds(renderer: Path, tmp_path: Path) -> None:
@@ -402,3 +404,36 @@ def test_bad_values_are_refused_with_a_message(renderer: Path, tmp_path: Path,
     done = run_renderer(renderer, tmp_path, merge(IMAGE, values))
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def test_the_renderer_keeps_helms_semantics(renderer: Path, tmp_path: Path) -> None:
+    """What the chart relies on from Helm, on a chart of its own: values coalesced (maps
+    merged, null removes a key), numbers as Helm reads them, defines shared through
+    _helpers.tpl, include, tpl, toYaml, .Release, .Chart and .Template."""
+    chart = tmp_path / "mini"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: mini\nversion: 1.2.3\n"
+                                      "appVersion: '9.9'\n")
+    (chart / "values.yaml").write_text("a: {b: 1, c: 2}\ngone: here\nport: 8080\n"
+                                       "greeting: 'hello {{ .Release.Name }}'\n")
+    (chart / "templates" / "_helpers.tpl").write_text(
+        '{{- define "mini.name" -}}{{ .Chart.Name }}-{{ .Release.Name }}{{- end -}}')
+    (chart / "templates" / "out.yaml").write_text(
+        'name: {{ include "mini.name" . }}\n'
+        "greeting: {{ tpl .Values.greeting . }}\n"
+        "a: {{ toYaml .Values.a | nindent 2 }}\n"
+        "gone: {{ .Values.gone | default \"removed\" }}\n"
+        "port: {{ .Values.port }}\n"
+        "chart: {{ .Chart.Version }}/{{ .Chart.AppVersion }}\n"
+        "template: {{ .Template.Name }}\n"
+        "namespace: {{ .Release.Namespace }}\n")
+    (tmp_path / "over.yaml").write_text("a: {c: 3}\ngone: null\n")
+    done = subprocess.run([str(renderer), "-f", str(tmp_path / "over.yaml"), "-name", "r1",
+                           "-namespace", "ns", str(chart)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("---\n# Source: mini/templates/out.yaml\n")
+    assert yaml.safe_load(done.stdout) == {
+        "name": "mini-r1", "greeting": "hello r1", "a": {"b": 1, "c": 3},
+        "gone": "removed", "port": 8080, "chart": "1.2.3/9.9",
+        "template": "mini/templates/out.yaml", "namespace": "ns"}
