@@ -3,14 +3,16 @@ as tables; the real endpoint answering them is tests/integration/cluster/test_pr
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from aiohttp import test_utils, web
 
 from cluster._cli import build_parser
 from cluster._endpoint import serve_settings
-from cluster._probes import parse_ready_arches, readiness
-from scheduler._errors import UsageError
+from cluster._probes import HEALTH_PATH, READY_PATH, Probes, parse_ready_arches, readiness
+from scheduler._errors import UsageError, WorkerLost
 
 AMD = {"name": "w1", "node_ip": "10.0.0.1", "arches": ["amd64", "arm64"], "native": ["amd64"]}
 ARM = {"name": "w2", "node_ip": "10.0.0.2", "arches": ["arm64"], "native": ["arm64"]}
@@ -50,3 +52,41 @@ def test_ready_arch_flag_and_its_refusal() -> None:
         "amd64", "arm64")
     with pytest.raises(UsageError, match=r"invalid --ready-arch 's390x': use amd64, arm64"):
         serve_settings(parse(["serve", "--ready-arch", "amd64,s390x"]))
+
+
+class _Coordinator:
+    """A coordinator's ``workers`` call: these workers, or this failure."""
+
+    def __init__(self, workers: list[dict[str, Any]] | Exception) -> None:
+        self.answer = workers
+
+    async def call(self, method: str) -> list[dict[str, Any]]:
+        assert method == "workers"
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def _get(probes: Probes, path: str) -> tuple[int, dict[str, Any]]:
+    app = web.Application()
+    probes.routes(app)
+    async with test_utils.TestClient(test_utils.TestServer(app)) as client:
+        answer = await client.get(path)
+        body: dict[str, Any] = await answer.json()
+        return answer.status, body
+
+
+def test_probe_answers_over_http() -> None:
+    async def run() -> None:
+        stopping = asyncio.Event()
+        ready = Probes(_Coordinator([ARM]), ("arm64",), stopping)
+        assert await _get(ready, HEALTH_PATH) == (200, {"status": "ok"})
+        assert (await _get(ready, READY_PATH))[0] == 200
+        lost = Probes(_Coordinator(WorkerLost("the coordinator's node died")), (), stopping)
+        assert await _get(lost, READY_PATH) == (
+            503, {"ready": False, "error": "the coordinator did not answer"})
+        stopping.set()
+        assert await _get(ready, HEALTH_PATH) == (503, {"status": "stopping"})
+        assert await _get(ready, READY_PATH) == (503, {"ready": False, "error": "stopping"})
+
+    asyncio.run(run())
