@@ -39,8 +39,13 @@ CACHE_DIR ?= /var/cache/dockyard
 #   iptables           needed by dockerd's package even with --iptables=false
 #   debootstrap        the Debian bookworm base of the benchmarks' debian-* cases
 #                      (benchmarks/_debian_base.py; its result cached in $(CACHE_DIR))
+#   golang-go, golang-github-masterminds-sprig-dev, golang-k8s-sigs-yaml-dev
+#                      Helm's template engine for helm/tools/render, which the chart's
+#                      tests build offline (GOPATH mode over /usr/share/gocode): no helm
+#                      binary is reachable from these machines
 DEB_PACKAGES := docker.io containerd runc qemu-user-static binfmt-support docker-registry \
-	busybox-static skopeo umoci git iptables ca-certificates openssh-client debootstrap
+	busybox-static skopeo umoci git iptables ca-certificates openssh-client debootstrap \
+	golang-go golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev
 
 export DEBIAN_FRONTEND := noninteractive
 

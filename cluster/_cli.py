@@ -461,6 +461,8 @@ def _add_serve(subparsers: _Subparsers) -> None:
         help="without --ray-address: vertices the embedded node runs at once (default: CPUs)")
     add("--cache", action="append", default=[], metavar="type=s3,bucket=B,...",
         help="the cluster's shared cache: every build imports from and exports to it")
+    add("--ready-arch", metavar="ARCH[,ARCH]", help="/readyz answers 200 only with a worker "
+        "of each (default: any worker)")
     serve.set_defaults(run=_run_serve)
 
 

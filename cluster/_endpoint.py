@@ -9,6 +9,9 @@ The same ``Daemon`` as the embedded service (cluster/_daemon.py: ``/ws`` for cli
   is one line saying how to pass it.  ``/session`` has its own per-build tokens.
 - no token: the endpoint binds only a loopback host, unless ``--insecure`` (and it says so
   on stderr).
+- ``/healthz`` and ``/readyz`` (cluster/_probes.py) for an orchestrator's probes: plain
+  GETs without the token, their bodies only counts of workers per arch; ``--ready-arch``
+  names the arches that each need a worker before ``/readyz`` answers 200.
 - frames bounded by ``MAX_FRAME_BYTES``; a malformed frame gets a failure, and one that is
   no dockyard frame at all closes that connection only.
 
@@ -39,6 +42,7 @@ from scheduler._errors import ServiceError, UsageError
 
 from ._build_options import CacheSpec, parse_cache, read_token_file
 from ._daemon import Daemon
+from ._probes import PROBE_PATHS, Probes, parse_ready_arches
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._service import default_root, kill_processes, process_tree
 
@@ -65,6 +69,8 @@ class ServeSettings:
     slots: int | None = None  # the embedded node's worker slots (None: the CPUs)
     # The cluster's shared cache: every build imports from it and exports to it (mode=max).
     caches: tuple[CacheSpec, ...] = ()
+    # Arches that each need a native worker before /readyz answers 200 (empty: any one).
+    ready_arches: tuple[str, ...] = ()
 
     @property
     def scheme(self) -> str:
@@ -110,10 +116,12 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         if spec.type != "s3":
             raise UsageError(f"invalid --cache type={spec.type}: a cluster's shared cache is "
                              "type=s3 (every node must reach it)")
+    ready_arches = parse_ready_arches(getattr(args, "ready_arch", None))
     return ServeSettings(root=default_root(os.environ), host=args.host, port=args.port,
                          ray_address=args.ray_address, token=token, tls_cert=args.tls_cert,
                          tls_key=args.tls_key, insecure=args.insecure,
-                         advertise_url=args.advertise_url, slots=slots, caches=caches)
+                         advertise_url=args.advertise_url, slots=slots, caches=caches,
+                         ready_arches=ready_arches)
 
 
 def server_ssl_context(cert: str, key: str) -> Any:
@@ -134,12 +142,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _auth_middleware(token: str) -> Any:
-    """Refuse a ``/ws`` handshake without ``Authorization: Bearer <token>`` (401)."""
+    """Refuse a ``/ws`` handshake without ``Authorization: Bearer <token>`` (401); the
+    probes and ``/session`` (its own per-build tokens) pass."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/session":  # workers present their build's session token
+        if request.path != "/session" and request.path not in PROBE_PATHS:
             given = request.headers.get("Authorization", "")
             if not given:
                 raise web.HTTPUnauthorized(text=f"this endpoint needs a token: {_TOKEN_HINT}\n")
@@ -150,10 +159,12 @@ def _auth_middleware(token: str) -> Any:
     return authorize
 
 
-def make_app(daemon: Daemon, token: str | None) -> web.Application:
-    """The endpoint's aiohttp application over ``daemon``."""
+def make_app(daemon: Daemon, token: str | None,
+             ready_arches: tuple[str, ...] = ()) -> web.Application:
+    """The endpoint's aiohttp application over ``daemon``, with its probes."""
     app = web.Application(middlewares=[_auth_middleware(token)] if token else [])
     daemon.routes(app)
+    Probes(daemon.coordinator, ready_arches, daemon.stopping).routes(app)
     return app
 
 
@@ -181,7 +192,8 @@ async def serve(settings: ServeSettings, coordinator: ActorRef,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, daemon.stopping.set)
-    runner = web.AppRunner(make_app(daemon, settings.token), shutdown_timeout=5.0,
+    runner = web.AppRunner(make_app(daemon, settings.token, settings.ready_arches),
+                           shutdown_timeout=5.0,
                            handle_signals=False)
     await runner.setup()
     try:

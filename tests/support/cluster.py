@@ -168,12 +168,14 @@ class LocalCluster:
             self.address = _address_of(done.stdout.decode() + done.stderr.decode(), node)
         return node
 
-    def start_endpoint(self) -> None:
+    def start_endpoint(self, *argv: str) -> None:
+        """``dockyard serve --ray-address auto`` with the token, and ``argv``."""
         port = free_port()
         log = open(self.base / "serve.log", "wb")  # noqa: SIM115 -- lives with the process
         self._serve = subprocess.Popen(
             [sys.executable, "-m", "cluster", "serve", "--host", "127.0.0.1", "--port",
-             str(port), "--ray-address", "auto", "--token-file", str(self.token_file)],
+             str(port), "--ray-address", "auto", "--token-file", str(self.token_file),
+             *argv],
             env=environment(self.head.root, self.env), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
