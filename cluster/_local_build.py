@@ -123,7 +123,7 @@ async def _exported(engine: WorkerRuntime, graph: BuildGraph,
                     options: LocalBuildOptions) -> Exported:
     """The final records pushed (``mode=min``) and the images written to the outputs."""
     cache.export_final(records[r.root] for r in graph.results if r.root is not None)
-    return await write_results(engine, graph.results, records, options)
+    return await write_results(engine, graph.results, records, options, cache=cache)
 
 
 # --- the steps (the coordinator and the worker actor each run their own share; the

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from cache_backends._cache_config import inline_value
 from cache_backends._credentials import S3Credentials
 from cache_backends._records import CacheRecord, LayerDescriptor
 from scheduler._build_request import CacheSpec
@@ -102,30 +103,43 @@ def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession
 def remote_records(engine: WorkerRuntime, options: LocalBuildOptions,
                    credentials: S3Credentials | None = None) -> RemoteRecords:
     """The build's records: the local store, and its ``--cache-from``/``--cache-to``
-    (S3 ones with the client's ``credentials`` when it gave some)."""
+    (S3 ones with the client's ``credentials`` when it gave some; an inline cache is no
+    backend: ``write_results`` puts it in the image)."""
+    registry = engine.registry_for(options.insecure_registries)
+
     def remote(spec: CacheSpec) -> RemoteCache:
-        return RemoteCache(open_backend(spec.type, dict(spec.attrs), engine.tmp, credentials),
-                           spec.mode, spec.ignore_error)
+        attrs = dict(spec.attrs)
+        return RemoteCache(open_backend(spec.type, attrs, engine.tmp, credentials, registry),
+                           spec.mode, spec.ignore_error, attrs.get("compression"))
     return RemoteRecords(engine, imports=[remote(spec) for spec in options.cache_from],
-                         exports=[remote(spec) for spec in options.cache_to],
+                         exports=[remote(spec) for spec in options.cache_to
+                                  if spec.type != "inline"],
                          events=options.events)
 
 
 async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
                         records: Mapping[str, CacheRecord], options: LocalBuildOptions,
                         streams: Mapping[Path, BinaryIO] | None = None,
-                        pushed: bool = False) -> Exported:
+                        pushed: bool = False,
+                        cache: RemoteRecords | None = None) -> Exported:
     """The images of ``results`` (their roots' ``records``) written to every output; an
     output whose ``dest`` is in ``streams`` is written to that stream instead (the
     session channel to the client, workers/_output_send.py).  The images name their
     layers compressed (``WorkerRuntime.compressed``) when there is an output, or when the
-    caller will ``pushed`` them; else they are only described, nothing compressed."""
+    caller will ``pushed`` them; else they are only described, nothing compressed.
+    ``--cache-to type=inline``: each image's config carries the records of its layer
+    chain (its root's, and those ``cache``, the build's records, knows whose layers are
+    a prefix of the image's)."""
     if not options.outputs and not pushed:
         images = [_image(result, records, options.epoch) for result in results]
         return images[0] if len(images) == 1 else build_index(images)
-    images = [_image(result, records, options.epoch,
-                     await engine.compressed(_layers(result, records)))
-              for result in results]
+    inline = any(spec.type == "inline" for spec in options.cache_to)
+    images = []
+    for result in results:
+        layers = await engine.compressed(_layers(result, records))
+        value = await _inline_cache(engine, result, records, layers, cache) \
+            if inline and cache is not None else None
+        images.append(_image(result, records, options.epoch, layers, value))
     exported: Exported = images[0] if len(images) == 1 else build_index(images)
     if not options.outputs:
         return exported
@@ -172,15 +186,40 @@ def _layers(result: ImageResult, records: Mapping[str, CacheRecord]
 
 
 def _image(result: ImageResult, records: Mapping[str, CacheRecord], epoch: int | None,
-           layers: Sequence[LayerDescriptor] | None = None) -> ImageArtifacts:
+           layers: Sequence[LayerDescriptor] | None = None,
+           inline_cache: str | None = None) -> ImageArtifacts:
     """The image of ``result``: its record's layers, or ``layers`` (the same, compressed)."""
     if result.root is None:
         return build_image(None, result.config, (), result.platform, created=epoch or 0,
-                           epoch=epoch)
+                           epoch=epoch, inline_cache=inline_cache)
     record = records[result.root]
     chosen = record.result.layers if layers is None else tuple(layers)
     return build_image(record.result.image_config, result.config, chosen,
-                       result.platform, created=record.created, epoch=epoch)
+                       result.platform, created=record.created, epoch=epoch,
+                       inline_cache=inline_cache)
+
+
+async def _inline_cache(engine: WorkerRuntime, result: ImageResult,
+                        records: Mapping[str, CacheRecord],
+                        layers: Sequence[LayerDescriptor], cache: RemoteRecords
+                        ) -> str | None:
+    """The ``moby.buildkit.cache.v0`` value of ``result``'s image (its ``layers``, as
+    compressed): the records whose layer chain is a prefix of the image's, their layers
+    named as the image names them (so a reader fetches them from the image)."""
+    if result.root is None:
+        return None
+    root = records[result.root]
+    diff_ids = [layer.diff_id for layer in layers]
+    chosen = []
+    for record in await cache.chain_candidates(root):
+        own = record.result.layers
+        if not own or [layer.diff_id for layer in own] != diff_ids[:len(own)]:
+            continue  # not in this image (checked first: a context's layer is not compressed)
+        if tuple(await engine.compressed(own)) == tuple(layers[:len(own)]):
+            chosen.append(dataclasses.replace(record, result=dataclasses.replace(
+                record.result, layers=tuple(layers[:len(own)]))))
+    await cache.remember_chain(root, (record.key for record in chosen))
+    return inline_value(chosen)
 
 
 def _check_outputs(outputs: Sequence[Output]) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from cache_backends._cache_config import INLINE_CACHE_KEY
 from cache_backends._records import GZIP_LAYER, LayerDescriptor
 from scheduler._errors import ExportError
 from scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
@@ -347,11 +348,16 @@ def _manifest(config: Descriptor, layers: Sequence[LayerDescriptor], oci: bool) 
 
 def build_image(base_config: bytes | None, config: ImageConfig,
                 layers: tuple[LayerDescriptor, ...], platform: Platform, *, created: int,
-                epoch: int | None, oci: bool = True) -> ImageArtifacts:
+                epoch: int | None, oci: bool = True,
+                inline_cache: str | None = None) -> ImageArtifacts:
     """The image for ``platform``: config and manifest bytes (OCI media types, or Docker's
-    schema 2 when ``oci`` is False, as BuildKit's ``oci-mediatypes=false``)."""
-    config_bytes = canonical_json(config_json(base_config, config, layers, platform,
-                                              created=created, epoch=epoch))
+    schema 2 when ``oci`` is False, as BuildKit's ``oci-mediatypes=false``);
+    ``inline_cache``: the config's ``moby.buildkit.cache.v0`` (``--cache-to type=inline``,
+    cache_backends/_cache_config.py)."""
+    data = config_json(base_config, config, layers, platform, created=created, epoch=epoch)
+    if inline_cache is not None:
+        data[INLINE_CACHE_KEY] = inline_cache
+    config_bytes = canonical_json(data)
     config_desc = Descriptor(OCI_CONFIG if oci else DOCKER_CONFIG,
                              sha256_digest(config_bytes), len(config_bytes))
     manifest = _manifest(config_desc, layers, oci)

@@ -26,6 +26,10 @@ over the local store, consulting remote backends on a miss and pushing records o
   is not pushed (its rebuilt replacement is).  ``drain`` waits for every push: a build
   that fails still keeps what it finished.  An export failure fails the build at ``drain``,
   or with ``ignore-error=true`` is one warning event.
+- **A registry cache** (workers/_registry_cache.py) takes blobs as they come but its
+  records only at ``drain``, which writes its manifest once every push is done (none of
+  them failed: else the ref is left as it was).  ``seen`` keeps every record the build
+  got or put, from which the exporter picks an inline cache's (workers/_build.py).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +46,13 @@ from typing import TYPE_CHECKING, Any
 from cache_backends._credentials import S3Credentials
 from cache_backends._local import LocalBackend
 from cache_backends._protocol import CacheBackend
-from cache_backends._records import CacheRecord, LayerDescriptor
+from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from scheduler._errors import BlobLost, CacheError, DockyardError, UsageError
 from scheduler._progress import EventSink, warning
+from scheduler._reference import parse_reference
+
+from ._registry import RegistryClient
+from ._registry_cache import RegistryCache
 
 if TYPE_CHECKING:
     from ._runtime import WorkerRuntime
@@ -58,11 +67,13 @@ S3_SETTINGS = ("bucket", "region", "prefix", "endpoint_url", "use_path_style")
 @dataclass(frozen=True)
 class RemoteCache:
     """One ``--cache-to`` or ``--cache-from`` backend: ``mode`` min or max (exports),
-    ``ignore_error`` (exports: failures are a warning, not a failed build)."""
+    ``ignore_error`` (exports: failures are a warning, not a failed build),
+    ``compression`` of the layers it is sent (exports; None: the runtime's)."""
 
     backend: CacheBackend
     mode: str = "min"
     ignore_error: bool = False
+    compression: str | None = None
 
     @property
     def where(self) -> str:
@@ -70,12 +81,20 @@ class RemoteCache:
 
 
 def open_backend(kind: str, attrs: Mapping[str, str], tmp: Path | None = None,
-                 credentials: S3Credentials | None = None) -> CacheBackend:
+                 credentials: S3Credentials | None = None,
+                 registry: RegistryClient | None = None) -> CacheBackend:
     """The backend of a parsed cache flag: ``s3`` (bucket, region, prefix, endpoint_url,
-    use_path_style; ``credentials``: the build client's, else the process's chain) or
-    ``local`` (``path``, a LocalBackend rooted there)."""
+    use_path_style; ``credentials``: the build client's, else the process's chain),
+    ``local`` (``path``, a LocalBackend rooted there) or ``registry`` (``ref``,
+    ``image_manifest``, ``oci_mediatypes``; spoken to through ``registry``)."""
     if kind == "local":
         return LocalBackend(Path(attrs["path"]))
+    if kind == "registry":
+        if registry is None:
+            raise UsageError("a registry cache needs a registry client")
+        return RegistryCache(parse_reference(attrs["ref"]), registry, tmp,
+                             image_manifest=attrs.get("image_manifest", "true") == "true",
+                             oci=attrs.get("oci_mediatypes", "true") == "true")
     if kind == "s3":
         from cache_backends._s3 import S3Backend  # noqa: PLC0415 -- boto3 only when used
         return S3Backend(attrs["bucket"], attrs.get("prefix", ""),
@@ -83,7 +102,8 @@ def open_backend(kind: str, attrs: Mapping[str, str], tmp: Path | None = None,
                          endpoint_url=attrs.get("endpoint_url") or None,
                          use_path_style=attrs.get("use_path_style") == "true", tmp_dir=tmp,
                          credentials=credentials)
-    raise UsageError(f"unsupported cache type {kind!r}", hint="use type=s3 or type=local")
+    raise UsageError(f"unsupported cache type {kind!r}",
+                     hint="use type=registry, type=inline, type=s3 or type=local")
 
 
 class RemoteRecords:
@@ -115,6 +135,8 @@ class RemoteRecords:
         self.warnings: dict[str, str] = {}
         #: records found in a --cache-from backend (keys), for statistics and tests
         self.imported: list[str] = []
+        #: every record this build got or put, by key (an inline cache picks from them)
+        self.seen: dict[str, CacheRecord] = {}
 
     @property
     def local(self) -> LocalBackend:
@@ -127,6 +149,7 @@ class RemoteRecords:
         if record is None:
             record = await self._import(key)
         if record is not None:
+            self.seen[key] = record
             self._export_max(record)
         return record
 
@@ -134,6 +157,7 @@ class RemoteRecords:
         await self._runtime.ensure_blobs(record.result.layers)
         await self.local.put_record(record)
         self._built.add(record.key)
+        self.seen[record.key] = record
         self._export_max(record)
 
     # -- import --
@@ -186,7 +210,7 @@ class RemoteRecords:
                     built: bool) -> None:
         try:
             # a remote cache holds layers as images do (compressed), for any reader
-            layers = await self._runtime.compressed(record.result.layers)
+            layers = await self._runtime.compressed(record.result.layers, remote.compression)
             if layers != record.result.layers:
                 record = dataclasses.replace(
                     record, result=dataclasses.replace(record.result, layers=layers))
@@ -256,11 +280,12 @@ class RemoteRecords:
         then warnings: the build's own error is the one to report)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        await self._keep_imported()
         # a found record's push that failed is moot once the record was rebuilt here
         # (its blob was lost: the rebuilt record's own push stands for it)
         self._failures = [failure for failure in self._failures
                           if failure[2] is None or failure[2] not in self._built]
+        await self._commit()
+        await self._keep_imported()
         fatal = [(remote, err) for remote, err, _ in self._failures
                  if not remote.ignore_error and not failed]
         for remote, err, _ in self._failures:
@@ -272,6 +297,17 @@ class RemoteRecords:
             raise CacheError(f"cache export to {remote.where} failed: {err.message}",
                              hint="check the cache's address and credentials, or add "
                              "ignore-error=true to --cache-to to build without it")
+
+    async def _commit(self) -> None:
+        """Write the manifest of each export that has one (a registry cache), unless one
+        of its records failed: a cache is written whole or left as it was."""
+        failed = {id(remote) for remote, _, _ in self._failures}
+        for remote in self._exports:
+            if isinstance(remote.backend, RegistryCache) and id(remote) not in failed:
+                try:
+                    await remote.backend.commit(keep_ancestors=remote.mode == "max")
+                except DockyardError as err:
+                    self._failures.append((remote, err, None))
 
     async def _keep_imported(self) -> None:
         """Store locally each imported record whose blobs are all local now (fetched by
@@ -288,6 +324,33 @@ class RemoteRecords:
             except CacheError as err:  # lost meanwhile (a prune): stays remote-only
                 self._warn("keep imported", f"an imported cache record ({key}) was not "
                            f"kept in the local cache: {err.message}")
+
+    # -- the records an inline cache picks from --
+
+    async def chain_candidates(self, root: CacheRecord) -> list[CacheRecord]:
+        """Records that may be in ``root``'s layer chain (the caller keeps those whose
+        layers are a prefix of the image's): ``root``, every record this build got or
+        put, those its registry imports hold, and those the local store lists for
+        ``root`` from an earlier build (``remember_chain``: a build whose last step hit
+        asks for no record below it, and its inline cache must be the same)."""
+        found: dict[str, CacheRecord] = {**self.seen, root.key: root}
+        for remote in self._imports:
+            if isinstance(remote.backend, RegistryCache) and id(remote) not in self._broken:
+                with contextlib.suppress(DockyardError):  # warned about by the import
+                    for key, record in (await remote.backend.loaded()).records.items():
+                        found.setdefault(key, record)
+        chain = await self.local.get_record(_chain_key(root.key))
+        for key in (chain.meta.get("chain", "").split() if chain is not None else ()):
+            if key not in found and (kept := await self.local.get_record(key)) is not None:
+                found[key] = kept
+        return list(found.values())
+
+    async def remember_chain(self, root: CacheRecord, keys: Iterable[str]) -> None:
+        """Keep in the local store which records ``root``'s inline cache named."""
+        await self.local.put_record(CacheRecord(
+            _chain_key(root.key), StateResult(), created=root.created,
+            meta={"name": f"inline cache chain of {root.key}",
+                  "chain": " ".join(sorted(keys))}))
 
     def import_backends(self) -> list[CacheBackend]:
         """The build's ``--cache-from`` backends that still answer (a peer's blob is
@@ -312,6 +375,11 @@ class RemoteRecords:
         self.warnings[subject] = text
         if self._events is not None:
             self._events.emit(warning(CACHE_EVENT_VERTEX, text))
+
+
+def _chain_key(key: str) -> str:
+    """The local record listing the records of ``key``'s inline cache."""
+    return "sha256:" + hashlib.sha256(f"dockyard-inline-chain\0{key}".encode()).hexdigest()
 
 
 def _trusted_remote(task: asyncio.Task[bool]) -> bool:

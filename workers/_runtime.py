@@ -347,20 +347,24 @@ class WorkerRuntime:
         await asyncio.to_thread(self.snapshots.publish, layer.diff_id, tree)
         return layer
 
-    async def compressed(self, layers: Sequence[LayerDescriptor]
-                         ) -> tuple[LayerDescriptor, ...]:
+    async def compressed(self, layers: Sequence[LayerDescriptor],
+                         compression: str | None = None) -> tuple[LayerDescriptor, ...]:
         """``layers`` as an image or a remote cache holds them: each uncompressed one in
-        this runtime's compression (gzip unless configured), made from its blob the first
-        time and kept (``variant_key``), the others as they are.  The compressed bytes
-        depend on the tar alone (workers/_layer_stream.py), so an image's digest is the
-        one a layer compressed when its step ran had."""
-        if self.compression == "none":
+        ``compression`` (default: this runtime's, gzip unless configured; ``none`` leaves
+        them as they are), made from its blob the first time and kept (``variant_key``),
+        the others as they are.  The compressed bytes depend on the tar alone
+        (workers/_layer_stream.py), so an image's digest is the one a layer compressed
+        when its step ran had."""
+        compression = compression or self.compression
+        if compression == "none":
             return tuple(layers)
-        return tuple([await self._variant(layer) if layer.media_type == TAR_LAYER
-                      else layer for layer in layers])
+        return tuple([await self._variant(layer, compression)
+                      if layer.media_type == TAR_LAYER else layer for layer in layers])
 
-    async def _variant(self, layer: LayerDescriptor) -> LayerDescriptor:
-        key = variant_key(layer.diff_id, self.compression)
+    async def _variant(self, layer: LayerDescriptor, compression: str | None = None
+                       ) -> LayerDescriptor:
+        compression = compression or self.compression
+        key = variant_key(layer.diff_id, compression)
         async with self._compressing.setdefault(key, asyncio.Lock()):
             record = await self.cache.get_record(key)
             if record is not None and len(record.result.layers) == 1:
@@ -368,10 +372,10 @@ class WorkerRuntime:
                 if known.diff_id == layer.diff_id and self.cache.holds(known.digest):
                     return known
             await self.ensure_blobs((layer,))
-            made = await self._recompressed(layer)
+            made = await self._recompressed(layer, compression)
             await self.cache.put_record(CacheRecord(
                 key, StateResult(layers=(made,)), created=int(time.time()),
-                meta={"name": f"{self.compression} of layer {layer.diff_id}"}))
+                meta={"name": f"{compression} of layer {layer.diff_id}"}))
             return made
 
     async def _compressed_here(self, layer: LayerDescriptor) -> bool:
@@ -385,7 +389,8 @@ class WorkerRuntime:
             return False
         plain = LayerDescriptor(layer.diff_id, path.stat().st_size, layer.diff_id, TAR_LAYER)
         try:
-            made = await self._variant(plain)
+            made = await self._variant(plain, "zstd" if layer.media_type.endswith("+zstd")
+                                       else "gzip")
         except (BlobLost, CacheError):
             return False
         if made.digest != layer.digest:  # another compressor made it (another tool)
@@ -394,11 +399,13 @@ class WorkerRuntime:
         self.lost.discard(layer.digest)
         return True
 
-    async def _recompressed(self, layer: LayerDescriptor) -> LayerDescriptor:
-        return await self._stored(lambda out: self._compress(layer, out))
+    async def _recompressed(self, layer: LayerDescriptor, compression: str
+                            ) -> LayerDescriptor:
+        return await self._stored(lambda out: self._compress(layer, out, compression))
 
-    def _compress(self, layer: LayerDescriptor, out: BinaryIO) -> LayerDescriptor:
-        sink = LayerSink(out, self.compression)
+    def _compress(self, layer: LayerDescriptor, out: BinaryIO, compression: str
+                  ) -> LayerDescriptor:
+        sink = LayerSink(out, compression)
         try:
             with self._open_blob(layer.digest) as blob:
                 while chunk := blob.read(READ_SIZE):

@@ -46,7 +46,8 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
     try:
         exported = await write_results(engine, BuildGraph.from_msgpack(graph).results, roots,
                                        session.options, cast(Mapping[Path, BinaryIO], writers),
-                                       pushed=pushes)
+                                       pushed=pushes,
+                                       cache=session.records)
         for path, writer in writers.items():
             await writer.finish(pumping[path])
     finally:

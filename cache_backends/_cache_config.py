@@ -1,0 +1,235 @@
+"""BuildKit's cache manifest format (``application/vnd.buildkit.cacheconfig.v0``), written
+and read without I/O: what a registry cache (``--cache-to type=registry``) and an inline
+cache (``--cache-to type=inline``, the config key ``moby.buildkit.cache.v0``) hold.
+
+The cache config is JSON with two tables:
+
+- ``layers``: one entry per layer of a chain, ``{"blob": digest, "parent": index or -1,
+  "annotations": {"mediaType", "diffID", "size", "createdAt"}}``; a chain is an entry and
+  its parents, base first.
+- ``records``: ``{"digest": key, "layers": [{"layer": index, "createdAt": time}],
+  "inputs": [...]}``; BuildKit's keys are digests of its LLB ops linked to their inputs'
+  records, dockyard's are whole cache keys (scheduler/_cachekey.py) with no inputs.
+
+A dockyard record also carries what BuildKit's format has no field for under the key
+``dockyard`` (BuildKit's reader ignores unknown keys): its ``created`` time, its ``meta``
+and, for an image source, the base image's config (base64).  Only such records are read
+back as ``CacheRecord``s: a BuildKit record's key is computed from BuildKit's op
+encoding, which dockyard's keys never equal (``CacheConfig.foreign`` counts them).
+
+The artifact around it (``cache_artifact``): an OCI image manifest whose config is the
+cache config and whose layers are the blobs (``image_manifest``, BuildKit's default since
+v0.21: an OCI artifact that registries and ``skopeo copy`` take as any image), or an
+index listing the layer blobs and the config (BuildKit's form before; ``skopeo copy``
+refuses it, reading each layer as a manifest); each layer descriptor carries
+``containerd.io/uncompressed`` (its diff_id) as BuildKit's do.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from scheduler._errors import CacheError
+
+__all__ = [
+    "CACHE_CONFIG_MEDIA", "INLINE_CACHE_KEY", "CacheConfig", "cache_artifact",
+    "decode_cache_config", "encode_cache_config", "inline_value", "layer_descriptors",
+    "read_inline",
+]
+
+CACHE_CONFIG_MEDIA: Final = "application/vnd.buildkit.cacheconfig.v0"
+#: The image config key of an inline cache (its value: the cache config, base64).
+INLINE_CACHE_KEY: Final = "moby.buildkit.cache.v0"
+UNCOMPRESSED: Final = "containerd.io/uncompressed"
+CREATED_AT: Final = "buildkit/createdat"
+_OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+_OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+_DOCKER_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
+_DOCKER_LAYERS: Final = {
+    "application/vnd.oci.image.layer.v1.tar+gzip":
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.oci.image.layer.v1.tar": "application/vnd.docker.image.rootfs.diff.tar",
+}
+_OCI_LAYERS: Final = {docker: oci for oci, docker in _DOCKER_LAYERS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """A cache config read back: dockyard's ``records`` by key, and the count of records
+    it holds that dockyard cannot use (``foreign``: BuildKit's, keyed by its own ops)."""
+
+    records: dict[str, CacheRecord] = field(default_factory=dict)
+    foreign: int = 0
+
+
+def _time(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encode_cache_config(records: Sequence[CacheRecord]) -> tuple[bytes, list[LayerDescriptor]]:
+    """The cache config of ``records`` (canonical JSON bytes) and the distinct layer blobs it
+    names, in the order of its layer table."""
+    table: list[dict[str, Any]] = []
+    index: dict[tuple[str, int], int] = {}
+    blobs: dict[str, LayerDescriptor] = {}
+    encoded = []
+    for record in sorted(records, key=lambda item: item.key):
+        top = -1
+        for layer in record.result.layers:
+            slot = (layer.digest, top)
+            if slot not in index:
+                index[slot] = len(table)
+                table.append({"blob": layer.digest, "parent": top, "annotations": {
+                    "mediaType": layer.media_type, "diffID": layer.diff_id,
+                    "size": layer.size, "createdAt": _time(record.created)}})
+                blobs.setdefault(layer.digest, layer)
+            top = index[slot]
+        extra: dict[str, Any] = {"created": record.created, "meta": dict(record.meta),
+                                 "layers": len(record.result.layers)}
+        if record.result.image_config is not None:
+            extra["config"] = base64.b64encode(record.result.image_config).decode()
+        entry: dict[str, Any] = {"digest": record.key, "dockyard": extra}
+        if top >= 0:
+            entry["layers"] = [{"layer": top, "createdAt": _time(record.created)}]
+        encoded.append(entry)
+    data = json.dumps({"layers": table, "records": encoded}, sort_keys=True,
+                      separators=(",", ":")).encode()
+    return data, list(blobs.values())
+
+
+def decode_cache_config(data: bytes, known: Mapping[str, LayerDescriptor], where: str
+                        ) -> CacheConfig:
+    """The records of a cache config; ``known``: the artifact's layer descriptors by digest
+    (sizes, media types, diff_ids where the config's annotations lack them).  A malformed
+    config is a ``CacheError`` naming ``where``; a record naming a blob nobody describes
+    is left out."""
+    try:
+        raw = json.loads(data)
+        table = raw.get("layers") or []
+        entries = raw.get("records") or []
+        if not isinstance(table, list) or not isinstance(entries, list):
+            raise ValueError("layers and records must be lists")
+        layers = [_table_layer(item, known) for item in table]
+        parents = [int(item.get("parent", 0)) for item in table]  # omitted: 0 (omitempty)
+        records: dict[str, CacheRecord] = {}
+        foreign = 0
+        for entry in entries:
+            record = _record(entry, layers, parents)
+            if record is None:
+                foreign += 1
+            elif all(layer is not None for layer in record.result.layers):
+                records[record.key] = record
+        return CacheConfig(records, foreign)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+            binascii.Error) as err:
+        raise CacheError(f"the cache config in {where} is malformed: {err}",
+                         hint="export the cache again with --cache-to") from err
+
+
+def _table_layer(item: Mapping[str, Any], known: Mapping[str, LayerDescriptor]
+                 ) -> LayerDescriptor | None:
+    blob = str(item["blob"])
+    notes = item.get("annotations") or {}
+    seen = known.get(blob)
+    diff_id = str(notes.get("diffID") or (seen.diff_id if seen else ""))
+    size = int(notes.get("size") or (seen.size if seen else -1))
+    media = str(notes.get("mediaType") or (seen.media_type if seen else ""))
+    if not diff_id or size < 0 or not media:
+        return None
+    return LayerDescriptor(blob, size, diff_id, _OCI_LAYERS.get(media, media))
+
+
+def _record(entry: Mapping[str, Any], layers: Sequence[LayerDescriptor | None],
+            parents: Sequence[int]) -> CacheRecord | None:
+    extra = entry.get("dockyard")
+    if not isinstance(extra, dict):
+        return None
+    results = entry.get("layers") or []
+    chain: list[LayerDescriptor | None] = []
+    top = int(results[0]["layer"]) if results else -1
+    while top >= 0:
+        chain.append(layers[top])
+        if len(chain) > len(layers):
+            raise ValueError("a layer chain loops")
+        top = parents[top]
+    chain.reverse()
+    if len(chain) != int(extra["layers"]):
+        raise ValueError(f"record {entry.get('digest')} names {len(chain)} layers, "
+                         f"not {extra['layers']}")
+    config = extra.get("config")
+    image_config = base64.b64decode(config, validate=True) if config is not None else None
+    return CacheRecord(
+        key=str(entry["digest"]),
+        result=StateResult(layers=tuple(chain), image_config=image_config),  # type: ignore[arg-type]
+        created=int(extra["created"]),
+        meta={str(k): str(v) for k, v in (extra.get("meta") or {}).items()})
+
+
+def layer_descriptors(raw: Sequence[Mapping[str, Any]]) -> dict[str, LayerDescriptor]:
+    """The layer descriptors of an artifact (an index's entries or a manifest's layers) that
+    say their diff_id, by digest."""
+    found = {}
+    for item in raw:
+        notes = item.get("annotations") or {}
+        diff_id = notes.get(UNCOMPRESSED) if isinstance(notes, dict) else None
+        digest, size, media = item.get("digest"), item.get("size"), item.get("mediaType")
+        if isinstance(diff_id, str) and isinstance(digest, str) and isinstance(size, int) \
+                and isinstance(media, str):
+            found[digest] = LayerDescriptor(digest, size, diff_id, _OCI_LAYERS.get(media, media))
+    return found
+
+
+def cache_artifact(config: bytes, config_digest: str, layers: Sequence[LayerDescriptor], *,
+                   image_manifest: bool, oci: bool) -> tuple[bytes, str]:
+    """The manifest (``image_manifest``) or index over a cache config and its ``layers``,
+    and its media type: OCI types, or with ``oci`` False a Docker manifest list (BuildKit's
+    ``oci-mediatypes=false``; an image manifest is always OCI, as BuildKit requires)."""
+    def described(layer: LayerDescriptor) -> dict[str, Any]:
+        media = layer.media_type if oci else _DOCKER_LAYERS.get(layer.media_type,
+                                                                  layer.media_type)
+        return {"mediaType": media, "digest": layer.digest, "size": layer.size,
+                "annotations": {UNCOMPRESSED: layer.diff_id}}
+    config_desc = {"mediaType": CACHE_CONFIG_MEDIA, "digest": config_digest,
+                   "size": len(config)}
+    if image_manifest:
+        body: dict[str, Any] = {"schemaVersion": 2, "mediaType": _OCI_MANIFEST,
+                                "config": config_desc,
+                                "layers": [described(layer) for layer in layers]}
+        media_type = _OCI_MANIFEST
+    else:
+        media_type = _OCI_INDEX if oci else _DOCKER_LIST
+        body = {"schemaVersion": 2, "mediaType": media_type,
+                "manifests": [*(described(layer) for layer in layers), config_desc]}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), media_type
+
+
+def inline_value(records: Sequence[CacheRecord]) -> str:
+    """The ``moby.buildkit.cache.v0`` value of an image config: the cache config of
+    ``records`` (whose layers are the image's), base64 as BuildKit writes it."""
+    config, _ = encode_cache_config(records)
+    return base64.b64encode(config).decode()
+
+
+def read_inline(image_config: bytes, image_layers: Sequence[LayerDescriptor], where: str
+                ) -> CacheConfig | None:
+    """The inline cache of an image (its config bytes and its manifest's layers, diff_ids
+    from the config), or None when it has none."""
+    try:
+        value = json.loads(image_config).get(INLINE_CACHE_KEY)
+    except (ValueError, AttributeError):
+        return None
+    if value is None:
+        return None
+    try:
+        data = base64.b64decode(value, validate=True) if isinstance(value, str) \
+            else json.dumps(value).encode()
+    except binascii.Error as err:
+        raise CacheError(f"the inline cache of {where} is not base64: {err}") from err
+    return decode_cache_config(data, {layer.digest: layer for layer in image_layers}, where)
