@@ -11,6 +11,10 @@ The cache config is JSON with two tables:
   "inputs": [...]}``; BuildKit's keys are digests of its LLB ops linked to their inputs'
   records, dockyard's are whole cache keys (scheduler/_cachekey.py) with no inputs.
 
+An inline cache is the records table alone (base64 of its JSON), each record's layer an
+index into the image's own layers, each layer the parent of the next (BuildKit's
+``ExportForLayers``).
+
 A dockyard record also carries what BuildKit's format has no field for under the key
 ``dockyard`` (BuildKit's reader ignores unknown keys): its ``created`` time, its ``meta``
 and, for an image source, the base image's config (base64).  Only such records are read
@@ -79,8 +83,8 @@ def encode_cache_config(records: Sequence[CacheRecord]) -> tuple[bytes, list[Lay
     table: list[dict[str, Any]] = []
     index: dict[tuple[str, int], int] = {}
     blobs: dict[str, LayerDescriptor] = {}
-    encoded = []
-    for record in sorted(records, key=lambda item: item.key):
+    tops: dict[str, int] = {}
+    for record in records:
         top = -1
         for layer in record.result.layers:
             slot = (layer.digest, top)
@@ -91,17 +95,29 @@ def encode_cache_config(records: Sequence[CacheRecord]) -> tuple[bytes, list[Lay
                     "size": layer.size, "createdAt": _time(record.created)}})
                 blobs.setdefault(layer.digest, layer)
             top = index[slot]
+        tops[record.key] = top
+    data = _json({"layers": table, "records": _entries(records, tops)})
+    return data, list(blobs.values())
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _entries(records: Sequence[CacheRecord], tops: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The ``records`` table: each record's top layer is ``tops[key]`` (-1: none)."""
+    encoded = []
+    for record in sorted(records, key=lambda item: item.key):
         extra: dict[str, Any] = {"created": record.created, "meta": dict(record.meta),
                                  "layers": len(record.result.layers)}
         if record.result.image_config is not None:
             extra["config"] = base64.b64encode(record.result.image_config).decode()
         entry: dict[str, Any] = {"digest": record.key, "dockyard": extra}
-        if top >= 0:
-            entry["layers"] = [{"layer": top, "createdAt": _time(record.created)}]
+        if tops[record.key] >= 0:
+            entry["layers"] = [{"layer": tops[record.key],
+                                "createdAt": _time(record.created)}]
         encoded.append(entry)
-    data = json.dumps({"layers": table, "records": encoded}, sort_keys=True,
-                      separators=(",", ":")).encode()
-    return data, list(blobs.values())
+    return encoded
 
 
 def decode_cache_config(data: bytes, known: Mapping[str, LayerDescriptor], where: str
@@ -113,24 +129,30 @@ def decode_cache_config(data: bytes, known: Mapping[str, LayerDescriptor], where
     try:
         raw = json.loads(data)
         table = raw.get("layers") or []
-        entries = raw.get("records") or []
-        if not isinstance(table, list) or not isinstance(entries, list):
-            raise ValueError("layers and records must be lists")
+        if not isinstance(table, list):
+            raise ValueError("layers must be a list")
         layers = [_table_layer(item, known) for item in table]
         parents = [int(item.get("parent", 0)) for item in table]  # omitted: 0 (omitempty)
-        records: dict[str, CacheRecord] = {}
-        foreign = 0
-        for entry in entries:
-            record = _record(entry, layers, parents)
-            if record is None:
-                foreign += 1
-            elif all(layer is not None for layer in record.result.layers):
-                records[record.key] = record
-        return CacheConfig(records, foreign)
+        return _records(raw.get("records") or [], layers, parents)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError,
             binascii.Error) as err:
         raise CacheError(f"the cache config in {where} is malformed: {err}",
                          hint="export the cache again with --cache-to") from err
+
+
+def _records(entries: Any, layers: Sequence[LayerDescriptor | None],
+             parents: Sequence[int]) -> CacheConfig:
+    if not isinstance(entries, list):
+        raise ValueError("records must be a list")
+    records: dict[str, CacheRecord] = {}
+    foreign = 0
+    for entry in entries:
+        record = _record(entry, layers, parents)
+        if record is None:
+            foreign += 1
+        elif all(layer is not None for layer in record.result.layers):
+            records[record.key] = record
+    return CacheConfig(records, foreign)
 
 
 def _table_layer(item: Mapping[str, Any], known: Mapping[str, LayerDescriptor]
@@ -210,17 +232,26 @@ def cache_artifact(config: bytes, config_digest: str, layers: Sequence[LayerDesc
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), media_type
 
 
-def inline_value(records: Sequence[CacheRecord]) -> str:
-    """The ``moby.buildkit.cache.v0`` value of an image config: the cache config of
-    ``records`` (whose layers are the image's), base64 as BuildKit writes it."""
-    config, _ = encode_cache_config(records)
-    return base64.b64encode(config).decode()
+def inline_value(records: Sequence[CacheRecord], image_layers: Sequence[LayerDescriptor]
+                 ) -> str:
+    """The ``moby.buildkit.cache.v0`` value of an image config, as BuildKit writes it: the
+    records table alone (JSON, then base64), each record's layer an index into the
+    image's layers (``records``' chains are prefixes of ``image_layers``)."""
+    digests = [layer.digest for layer in image_layers]
+    tops = {}
+    for record in records:
+        chain = [layer.digest for layer in record.result.layers]
+        if chain != digests[:len(chain)]:
+            raise ValueError(f"record {record.key} is not in the image's layer chain")
+        tops[record.key] = len(chain) - 1
+    return base64.b64encode(_json(_entries(records, tops))).decode()
 
 
 def read_inline(image_config: bytes, image_layers: Sequence[LayerDescriptor], where: str
                 ) -> CacheConfig | None:
     """The inline cache of an image (its config bytes and its manifest's layers, diff_ids
-    from the config), or None when it has none."""
+    from the config), or None when it has none: its records' layer indexes count the
+    image's layers, each the parent of the next."""
     try:
         value = json.loads(image_config).get(INLINE_CACHE_KEY)
     except (ValueError, AttributeError):
@@ -228,8 +259,13 @@ def read_inline(image_config: bytes, image_layers: Sequence[LayerDescriptor], wh
     if value is None:
         return None
     try:
-        data = base64.b64decode(value, validate=True) if isinstance(value, str) \
-            else json.dumps(value).encode()
-    except binascii.Error as err:
-        raise CacheError(f"the inline cache of {where} is not base64: {err}") from err
-    return decode_cache_config(data, {layer.digest: layer for layer in image_layers}, where)
+        entries = json.loads(base64.b64decode(value, validate=True))
+        parents = list(range(-1, len(image_layers) - 1))
+        layers = [LayerDescriptor(layer.digest, layer.size, layer.diff_id,
+                                  _OCI_LAYERS.get(layer.media_type, layer.media_type))
+                  for layer in image_layers]
+        return _records(entries, layers, parents)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+            binascii.Error) as err:
+        raise CacheError(f"the inline cache of {where} is malformed: {err}",
+                         hint="build the image again with --cache-to type=inline") from err

@@ -219,7 +219,7 @@ async def _inline_cache(engine: WorkerRuntime, result: ImageResult,
             chosen.append(dataclasses.replace(record, result=dataclasses.replace(
                 record.result, layers=tuple(layers[:len(own)]))))
     await cache.remember_chain(root, (record.key for record in chosen))
-    return inline_value(chosen)
+    return inline_value(chosen, layers)
 
 
 def _check_outputs(outputs: Sequence[Output]) -> None:

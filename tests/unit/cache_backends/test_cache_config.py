@@ -114,10 +114,33 @@ def test_artifact_forms(image_manifest: bool, oci: bool, media_type: str) -> Non
 
 
 def test_inline_value_is_read_back_from_an_image_config() -> None:
-    config = json.dumps({"os": "linux", INLINE_CACHE_KEY: inline_value([COPIED, RAN])})
-    found = read_inline(config.encode(), [BASE, COPY, RUN], "img")
-    assert found is not None and set(found.records) == {COPIED.key, RAN.key}
+    image = [BASE, COPY, RUN]
+    config = json.dumps({"os": "linux", INLINE_CACHE_KEY: inline_value([COPIED, RAN], image)})
+    found = read_inline(config.encode(), image, "img")
+    assert found is not None and found.records == {COPIED.key: COPIED, RAN.key: RAN}
     assert read_inline(b'{"os": "linux"}', [], "img") is None
-    with pytest.raises(CacheError, match="not base64"):
+    with pytest.raises(CacheError, match="the inline cache of img is malformed"):
         read_inline(json.dumps({INLINE_CACHE_KEY: "%%%"}).encode(), [], "img")
-    assert base64.b64decode(inline_value([RAN]))  # base64 of the JSON, as BuildKit writes
+    with pytest.raises(ValueError, match="not in the image's layer chain"):
+        inline_value([RAN], [BASE, RUN])
+
+
+def test_inline_value_is_buildkits_records_table() -> None:
+    """BuildKit's inline cache is the records array alone, layers indexing the image's."""
+    entries = json.loads(base64.b64decode(inline_value([COPIED, RAN], [BASE, COPY, RUN])))
+    assert isinstance(entries, list)
+    assert {entry["digest"]: entry["layers"][0]["layer"] for entry in entries} == {
+        COPIED.key: 1, RAN.key: 2}
+
+
+def test_a_buildkit_inline_cache_is_read_and_none_of_it_is_used() -> None:
+    """What BuildKit 20.10 wrote with BUILDKIT_INLINE_CACHE=1 (its shape, keys made up):
+    roots without results, records linked to their inputs, no ``dockyard`` part."""
+    entries = [{"digest": _digest("root")},
+               {"digest": _digest("copy"), "layers": [{"layer": 1, "createdAt": "t"}],
+                "inputs": [[{"link": 0}]]},
+               {"digest": _digest("run"), "layers": [{"layer": 2}], "inputs": [[{"link": 1}]]}]
+    value = base64.b64encode(json.dumps(entries).encode()).decode()
+    found = read_inline(json.dumps({INLINE_CACHE_KEY: value}).encode(), [BASE, COPY, RUN],
+                        "img")
+    assert found is not None and found.records == {} and found.foreign == 3
