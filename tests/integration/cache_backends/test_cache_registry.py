@@ -1,0 +1,168 @@
+"""Registry and inline caches as a CI pipeline uses them: ``dockyard build --cache-to
+type=registry,ref=...`` (or ``type=inline`` with a pushed image) on one machine, the same
+build on a second machine whose store has never seen it, with ``--cache-from``.
+
+Each machine is its own DOCKYARD_ROOT with its own embedded service (started by its first
+build, stopped at the end of the module); the registry is the loopback one of the
+``registry`` fixture.  Each test builds a context of its own (a word no other test uses),
+so the second machine's store holds none of its records: every hit comes from the
+registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.progress import plain_blocks
+
+PROJECT = Path(__file__).resolve().parents[3]
+CACHE_CONFIG = "application/vnd.buildkit.cacheconfig.v0"
+
+DOCKERFILE = """\
+FROM {base}
+COPY hello.txt /app/
+RUN cat /app/hello.txt > /app/copy && echo one > /app/one
+RUN echo two > /app/two
+"""
+
+
+@dataclass
+class Machine:
+    """One DOCKYARD_ROOT and how to run the CLI against it."""
+
+    root: Path
+
+    def run(self, *argv: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT)}
+        return subprocess.run([sys.executable, "-m", "cluster", *argv], env=environ,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def build(self, context: Path, out: Path, *flags: str) -> tuple[str, str]:
+        """(plain progress, the image's digest); without an ``-o`` in ``flags`` the image
+        goes to ``out/image.tar`` (OCI)."""
+        out.mkdir(exist_ok=True)
+        outputs = () if "-o" in flags else ("-o", f"type=oci,dest={out}/image.tar")
+        done = self.run("build", "--progress=plain", "--platform=linux/amd64", *outputs,
+                        "--metadata-file", f"{out}/meta.json", *flags, str(context))
+        assert done.returncode == 0, done.stderr
+        meta = json.loads((out / "meta.json").read_text())
+        return done.stderr, str(meta["containerimage.digest"])
+
+
+@pytest.fixture(scope="module")
+def machines() -> Iterator[tuple[Machine, Machine]]:
+    top = Path(tempfile.mkdtemp(prefix="dyr-", dir="/tmp"))
+    made = (Machine(top / "one"), Machine(top / "two"))
+    try:
+        yield made
+    finally:
+        for machine in made:
+            machine.run("stop", timeout=90)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def context(tmp_path: Path, busybox_image: Any) -> Path:
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "hello.txt").write_text(f"hello {uuid.uuid4().hex}\n")  # this test's keys
+    (context / "Dockerfile").write_text(DOCKERFILE.format(base=busybox_image.reference))
+    return context
+
+
+def _runs(progress: str) -> list[str]:
+    """Each RUN step's last line (``CACHED``, ``DONE 0.3s``)."""
+    return [lines[-1] for lines in plain_blocks(progress).values() if " RUN " in lines[0]]
+
+
+def _get(url: str, accept: str = "") -> Any:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def _artifact(registry: Any, repository: str, tag: str) -> tuple[dict[str, Any], Any]:
+    """The manifest or index at ``repository:tag`` and its cache config."""
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+    top = _get(f"{registry.url}/v2/{repository}/manifests/{tag}", accept)
+    config = top.get("config") or next(entry for entry in top["manifests"]
+                                       if entry["mediaType"] == CACHE_CONFIG)
+    assert config["mediaType"] == CACHE_CONFIG
+    return top, _get(f"{registry.url}/v2/{repository}/blobs/{config['digest']}")
+
+
+def test_max_cache_round_trip_through_a_skopeo_copy(
+        registry: Any, machines: tuple[Machine, Machine], context: Path,
+        tmp_path: Path) -> None:
+    first, second = machines
+    ref = f"{registry.domain}/cache/app:max"
+    built, digest = first.build(context, tmp_path / "one",
+                                "--cache-to", f"type=registry,ref={ref},mode=max")
+    assert [last for last in _runs(built) if last.startswith("DONE")], built
+    manifest, config = _artifact(registry, "cache/app", "max")
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    # mode=max: FROM, the context, COPY and both RUNs, each naming its chain's top layer
+    assert len(config["records"]) == 5
+    blobs = {layer["digest"] for layer in manifest["layers"]}
+    assert {layer["blob"] for layer in config["layers"]} <= blobs
+    assert all("containerd.io/uncompressed" in layer["annotations"]
+               for layer in manifest["layers"])
+
+    copied = f"{registry.domain}/copied/app:max"
+    done = subprocess.run(["skopeo", "copy", "--src-tls-verify=false",
+                           "--dest-tls-verify=false", f"docker://{ref}", f"docker://{copied}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+    again, same = second.build(context, tmp_path / "two", "--cache-from", copied)
+    assert _runs(again) == ["CACHED", "CACHED"], again
+    assert "warning" not in again.lower(), again
+    assert same == digest
+    assert (tmp_path / "two/image.tar").read_bytes() == (tmp_path / "one/image.tar").read_bytes()
+
+
+def test_min_cache_as_an_index_holds_the_final_record_and_still_hits(
+        registry: Any, machines: tuple[Machine, Machine], context: Path,
+        tmp_path: Path) -> None:
+    first, second = machines
+    ref = f"{registry.domain}/cache/app:min"
+    _, digest = first.build(context, tmp_path / "one", "--cache-to",
+                            f"type=registry,ref={ref},image-manifest=false")
+    index, config = _artifact(registry, "cache/app", "min")
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert len(config["records"]) == 1  # mode=min: the image's record only
+    assert config["records"][0]["layers"][0]["layer"] == len(config["layers"]) - 1
+
+    again, same = second.build(context, tmp_path / "two",
+                               "--cache-from", f"type=registry,ref={ref}")
+    assert _runs(again) == ["CACHED", "CACHED"], again
+    assert same == digest
+
+
+def test_inline_cache_round_trip(registry: Any, machines: tuple[Machine, Machine],
+                                 context: Path, tmp_path: Path) -> None:
+    first, second = machines
+    image = f"{registry.domain}/app/inline"
+    built, digest = first.build(context, tmp_path / "one", "--cache-to", "type=inline",
+                                "-o", f"type=image,name={image}:1,push=true")
+    assert [last for last in _runs(built) if last.startswith("DONE")], built
+    _, rebuilt = first.build(context, tmp_path / "one", "--cache-to", "type=inline",
+                             "-o", f"type=image,name={image}:1,push=true")
+    assert rebuilt == digest  # a rebuild from the local store writes the same cache
+
+    again, same = second.build(context, tmp_path / "two", "--cache-to", "type=inline",
+                               "--cache-from", f"{image}:1",
+                               "-o", f"type=image,name={image}:2,push=true")
+    assert _runs(again) == ["CACHED", "CACHED"], again
+    assert same == digest
