@@ -208,17 +208,12 @@ async def _inline_cache(engine: WorkerRuntime, result: ImageResult,
     named as the image names them (so a reader fetches them from the image)."""
     if result.root is None:
         return None
-    root = records[result.root]
-    diff_ids = [layer.diff_id for layer in layers]
     chosen = []
-    for record in await cache.chain_candidates(root):
-        own = record.result.layers
-        if not own or [layer.diff_id for layer in own] != diff_ids[:len(own)]:
-            continue  # not in this image (checked first: a context's layer is not compressed)
-        if tuple(await engine.compressed(own)) == tuple(layers[:len(own)]):
+    for record in await cache.chain_of(records[result.root]):
+        own = layers[:len(record.result.layers)]
+        if tuple(await engine.compressed(record.result.layers)) == tuple(own):
             chosen.append(dataclasses.replace(record, result=dataclasses.replace(
-                record.result, layers=tuple(layers[:len(own)]))))
-    await cache.remember_chain(root, (record.key for record in chosen))
+                record.result, layers=tuple(own))))
     return inline_value(chosen, layers)
 
 

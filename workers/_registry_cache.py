@@ -245,23 +245,12 @@ class RegistryCache:
         self._pending[record.key] = record
         self._counters.records_written += 1
 
-    async def commit(self, *, keep_ancestors: bool = False) -> str | None:
+    async def commit(self) -> str | None:
         """Write the records put so far as the artifact at ``ref`` (its digest); None when
-        there were none (``ref`` is left as it was).  ``keep_ancestors`` (mode=max): the
-        records already at ``ref`` whose layer chain is a prefix of a new record's are
-        kept too (a build whose last step hit asks for no record below it, and BuildKit
-        exports a hit's whole chain)."""
+        there were none (``ref`` is left as it was)."""
         if not self._pending:
             return None
-        records = dict(self._pending)
-        if keep_ancestors:
-            chains = {tuple(layer.digest for layer in record.result.layers)
-                      for record in records.values()}
-            for key, old in (await self.loaded()).records.items():
-                chain = tuple(layer.digest for layer in old.result.layers)
-                if key not in records and any(new[:len(chain)] == chain for new in chains):
-                    records[key] = old
-        config, layers = encode_cache_config(list(records.values()))
+        config, layers = encode_cache_config(list(self._pending.values()))
         digest = "sha256:" + hashlib.sha256(config).hexdigest()
         body, media_type = cache_artifact(config, digest, layers,
                                           image_manifest=self._image_manifest, oci=self._oci)

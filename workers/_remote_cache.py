@@ -16,8 +16,10 @@ over the local store, consulting remote backends on a miss and pushing records o
   backend that fails (unreachable, no such bucket) is a miss, warned about once, and
   not asked again in this build.
 - **Export**: a record is pushed to each ``--cache-to`` backend in the background as soon
-  as the solver has it (``mode=max``: every vertex the solver executes or finds; ``mode=min``:
-  only the final images' records, which ``export_final`` pushes once the solve is done).
+  as the solver has it (``mode=max``: every vertex the solver executes or finds, and at
+  ``export_final`` the records of each image's layer chain it did not ask for, its last
+  step having hit -- ``chain_of``; ``mode=min``: only the final images' records, which
+  ``export_final`` pushes once the solve is done).
   Its blobs go first (those the backend lacks, from the local store or the backend they
   were imported from), then the record.  Each blob is sent to a backend by one task per
   build, shared by every record naming it (a chain's records share their lower layers):
@@ -190,10 +192,18 @@ class RemoteRecords:
 
     def export_final(self, records: Iterable[CacheRecord]) -> None:
         """Push the final images' records to the ``mode=min`` backends (``max`` ones have
-        them already, or are pushing them)."""
+        them already, or are pushing them), and to the ``max`` ones the records of each
+        image's layer chain that this build did not ask for (its last step hit: see
+        ``chain_of``)."""
         for record in records:
             for index, remote in enumerate(self._exports):
                 self._schedule(index, remote, record)
+            if any(remote.mode == "max" for remote in self._exports):
+                self._track(asyncio.ensure_future(self._export_chain(record)))
+
+    async def _export_chain(self, root: CacheRecord) -> None:
+        for record in await self.chain_of(root):
+            self._export_max(record)
 
     def _schedule(self, index: int, remote: RemoteCache, record: CacheRecord) -> None:
         pushed = (index, record.key, record.key in self._built)
@@ -305,7 +315,7 @@ class RemoteRecords:
         for remote in self._exports:
             if isinstance(remote.backend, RegistryCache) and id(remote) not in failed:
                 try:
-                    await remote.backend.commit(keep_ancestors=remote.mode == "max")
+                    await remote.backend.commit()
                 except DockyardError as err:
                     self._failures.append((remote, err, None))
 
@@ -327,30 +337,35 @@ class RemoteRecords:
 
     # -- the records an inline cache picks from --
 
-    async def chain_candidates(self, root: CacheRecord) -> list[CacheRecord]:
-        """Records that may be in ``root``'s layer chain (the caller keeps those whose
-        layers are a prefix of the image's): ``root``, every record this build got or
-        put, those its registry imports hold, and those the local store lists for
-        ``root`` from an earlier build (``remember_chain``: a build whose last step hit
-        asks for no record below it, and its inline cache must be the same)."""
+    async def chain_of(self, root: CacheRecord) -> list[CacheRecord]:
+        """The records of ``root``'s layer chain, ``root`` included: those whose layers
+        are a prefix of its layers (by diff_id), from every record this build got or put,
+        those its registry imports hold, and those the local store lists for ``root``
+        from an earlier build (a build whose last step hit asks for no record below it;
+        BuildKit exports a hit's chain all the same).  Kept in the local store for the
+        next build."""
+        diff_ids = [layer.diff_id for layer in root.result.layers]
+        chain = [record for record in await self._candidates(root)
+                 if record.result.layers and [layer.diff_id for layer in record.result.layers]
+                 == diff_ids[:len(record.result.layers)]]
+        await self.local.put_record(CacheRecord(
+            _chain_key(root.key), StateResult(), created=root.created,
+            meta={"name": f"the layer chain of {root.key}",
+                  "chain": " ".join(sorted(record.key for record in chain))}))
+        return chain
+
+    async def _candidates(self, root: CacheRecord) -> list[CacheRecord]:
         found: dict[str, CacheRecord] = {**self.seen, root.key: root}
         for remote in self._imports:
             if isinstance(remote.backend, RegistryCache) and id(remote) not in self._broken:
                 with contextlib.suppress(DockyardError):  # warned about by the import
                     for key, record in (await remote.backend.loaded()).records.items():
                         found.setdefault(key, record)
-        chain = await self.local.get_record(_chain_key(root.key))
-        for key in (chain.meta.get("chain", "").split() if chain is not None else ()):
-            if key not in found and (kept := await self.local.get_record(key)) is not None:
-                found[key] = kept
+        kept = await self.local.get_record(_chain_key(root.key))
+        for key in (kept.meta.get("chain", "").split() if kept is not None else ()):
+            if key not in found and (known := await self.local.get_record(key)) is not None:
+                found[key] = known
         return list(found.values())
-
-    async def remember_chain(self, root: CacheRecord, keys: Iterable[str]) -> None:
-        """Keep in the local store which records ``root``'s inline cache named."""
-        await self.local.put_record(CacheRecord(
-            _chain_key(root.key), StateResult(), created=root.created,
-            meta={"name": f"inline cache chain of {root.key}",
-                  "chain": " ".join(sorted(keys))}))
 
     def import_backends(self) -> list[CacheBackend]:
         """The build's ``--cache-from`` backends that still answer (a peer's blob is
@@ -378,7 +393,7 @@ class RemoteRecords:
 
 
 def _chain_key(key: str) -> str:
-    """The local record listing the records of ``key``'s inline cache."""
+    """The local record listing the records of ``key``'s layer chain (``chain_of``)."""
     return "sha256:" + hashlib.sha256(f"dockyard-inline-chain\0{key}".encode()).hexdigest()
 
 

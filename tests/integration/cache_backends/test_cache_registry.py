@@ -119,6 +119,14 @@ def test_max_cache_round_trip_through_a_skopeo_copy(
     assert all("containerd.io/uncompressed" in layer["annotations"]
                for layer in manifest["layers"])
 
+    # a rebuild whose last step hits asks for no record below it: the chain goes all the same
+    first.build(context, tmp_path / "one", "--cache-to",
+                f"type=registry,ref={registry.domain}/cache/app:again,mode=max")
+    _, again_config = _artifact(registry, "cache/app", "again")
+    names = sorted(record["dockyard"]["meta"]["name"].split("] ")[-1]
+                   for record in again_config["records"])
+    assert len(names) == 4 and names[0].startswith("COPY") and names[1].startswith("FROM"), names
+
     copied = f"{registry.domain}/copied/app:max"
     done = subprocess.run(["skopeo", "copy", "--src-tls-verify=false",
                            "--dest-tls-verify=false", f"docker://{ref}", f"docker://{copied}"],
