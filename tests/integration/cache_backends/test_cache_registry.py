@@ -174,3 +174,23 @@ def test_inline_cache_round_trip(registry: Any, machines: tuple[Machine, Machine
                                "-o", f"type=image,name={image}:2,push=true")
     assert _runs(again) == ["CACHED", "CACHED"], again
     assert same == digest
+
+
+def test_a_corrupt_blob_in_the_registry_rebuilds_only_its_step(
+        registry: Any, machines: tuple[Machine, Machine], context: Path,
+        tmp_path: Path) -> None:
+    first, second = machines
+    ref = f"{registry.domain}/cache/app:corrupt"
+    epoch = ("--build-arg", "SOURCE_DATE_EPOCH=1700000000")  # a rebuilt layer is the same
+    _, digest = first.build(context, tmp_path / "one", *epoch, "--cache-to",
+                            f"type=registry,ref={ref},mode=max")
+    _, config = _artifact(registry, "cache/app", "corrupt")
+    last = next(record for record in config["records"]
+                if record["dockyard"]["meta"]["name"].endswith("RUN echo two > /app/two"))
+    top = config["layers"][last["layers"][0]["layer"]]["blob"].removeprefix("sha256:")
+    data = registry.root / f"storage/docker/registry/v2/blobs/sha256/{top[:2]}/{top}/data"
+    data.write_bytes(b"x" * len(data.read_bytes()))  # same size, other bytes
+
+    again, same = second.build(context, tmp_path / "two", *epoch, "--cache-from", ref)
+    assert sorted(last.split()[0] for last in _runs(again)) == ["CACHED", "DONE"], again
+    assert same == digest
