@@ -190,6 +190,12 @@ def _no_more(value: str, attrs: Mapping[str, str]) -> None:
 CACHE_TYPES = ("registry", "inline", "s3", "local")
 _S3_KEYS = ("bucket", "region", "prefix", "endpoint_url", "use_path_style")
 _CREDENTIAL_KEYS = ("access_key_id", "secret_access_key", "session_token")
+#: registry cache attributes buildx takes that dockyard refuses, and why
+_CACHE_REFUSED = {
+    "compression-level": "layers are compressed at one level (gzip 6, zstd 3, BuildKit's "
+                         "defaults) so that a layer's digest depends on its files alone",
+    "force-compression": "a layer already compressed (a base image's) is exported as it is",
+}
 #: --cache-to compression= -> the runtime's name of it
 _CACHE_COMPRESSION = {"gzip": "gzip", "zstd": "zstd", "uncompressed": "none"}
 
@@ -253,6 +259,9 @@ def _registry_settings(flag: str, value: str, attrs: dict[str, str]
         settings["image_manifest"] = "true" if manifest else "false"
         if "compression" in attrs:
             settings["compression"] = _cache_compression(flag, value, attrs.pop("compression"))
+        for key, why in _CACHE_REFUSED.items():
+            if key in attrs:
+                raise UsageError(f"invalid {flag} {value!r}: {key} is not supported: {why}")
     _no_more_cache(flag, value, attrs)
     return tuple(sorted(settings.items()))
 

@@ -145,6 +145,11 @@ ERRORS: list[tuple[Any, str, str]] = [
     (CACHE_TO, "type=registry,ref=r.io/c,compression=estargz",
      "invalid --cache-to 'type=registry,ref=r.io/c,compression=estargz': compression must be "
      "gzip, zstd or uncompressed, not 'estargz' (estargz is not produced by dockyard)"),
+    (CACHE_TO, "type=registry,ref=r.io/c,compression-level=9",
+     "invalid --cache-to 'type=registry,ref=r.io/c,compression-level=9': compression-level is "
+     "not supported: layers are compressed at one level (gzip 6, zstd 3, BuildKit's defaults) "
+     "so that a "
+     "layer's digest depends on its files alone"),
     (CACHE_FROM, "type=registry,ref=r.io/c,compression=gzip",
      "invalid --cache-from 'type=registry,ref=r.io/c,compression=gzip': unsupported "
      "attribute 'compression'"),
