@@ -10,6 +10,8 @@ registry."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +27,12 @@ from typing import Any
 
 import pytest
 from support.progress import plain_blocks
+
+from scheduler._errors import CacheError
+from scheduler._reference import parse_reference
+from workers._manifests import OCI_MANIFEST
+from workers._registry import RegistryClient
+from workers._registry_cache import RegistryCache
 
 PROJECT = Path(__file__).resolve().parents[3]
 CACHE_CONFIG = "application/vnd.buildkit.cacheconfig.v0"
@@ -194,3 +202,41 @@ def test_a_corrupt_blob_in_the_registry_rebuilds_only_its_step(
     again, same = second.build(context, tmp_path / "two", *epoch, "--cache-from", ref)
     assert sorted(last.split()[0] for last in _runs(again)) == ["CACHED", "DONE"], again
     assert same == digest
+
+
+def _read(ref: str) -> Any:
+    async def read() -> Any:
+        async with RegistryClient() as client:
+            return await RegistryCache(parse_reference(ref), client).loaded()
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize(("config", "why"), [
+    (b"not json", "Expecting value"),
+    (b'{"layers": 3}', "layers must be a list"),
+    (b'{"records": [{"digest": "k", "layers": [{"layer": 9}], '
+     b'"dockyard": {"created": 1, "layers": 1}}]}', "list index out of range"),
+])
+def test_a_malformed_cache_is_a_cache_error(registry: Any, config: bytes, why: str) -> None:
+    """(the build reads it as misses, with one warning: RemoteRecords)"""
+    ref = parse_reference(f"{registry.domain}/bad/cache:{uuid.uuid4().hex[:8]}")
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+                           "config": {"mediaType": CACHE_CONFIG, "digest": digest,
+                                      "size": len(config)}}).encode()
+
+    async def push() -> None:
+        async with RegistryClient() as client:
+            await client.push_blob(ref, digest, len(config), config)
+            await client.push_manifest(ref, manifest, OCI_MANIFEST)
+    asyncio.run(push())
+    with pytest.raises(CacheError, match=f"the cache config in the registry cache {ref} is "
+                                         f"malformed: {why}"):
+        _read(str(ref))
+
+
+def test_nothing_at_the_ref_or_an_image_without_inline_cache_is_an_empty_cache(
+        registry: Any, busybox_image: Any) -> None:
+    for ref in (f"{registry.domain}/nothing/here:1", busybox_image.reference):
+        found = _read(ref)
+        assert found.records == {} and found.foreign == 0
