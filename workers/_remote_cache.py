@@ -16,10 +16,11 @@ over the local store, consulting remote backends on a miss and pushing records o
   backend that fails (unreachable, no such bucket) is a miss, warned about once, and
   not asked again in this build.
 - **Export**: a record is pushed to each ``--cache-to`` backend in the background as soon
-  as the solver has it (``mode=max``: every vertex the solver executes or finds, and at
-  ``export_final`` the records of each image's layer chain it did not ask for, its last
-  step having hit -- ``chain_of``; ``mode=min``: only the final images' records, which
-  ``export_final`` pushes once the solve is done).
+  as the solver has it (``mode=max``: every vertex the solver executes or finds), and
+  once the solve is done ``export_final`` pushes to every backend each final image's
+  layer chain (``chain_of``: the records whose results are the image's layers, found
+  even when the build's last step hit and it asked for none below; ``mode=min`` is
+  these alone, as BuildKit's: only what the image holds).
   Its blobs go first (those the backend lacks, from the local store or the backend they
   were imported from), then the record.  Each blob is sent to a backend by one task per
   build, shared by every record naming it (a chain's records share their lower layers):
@@ -191,19 +192,18 @@ class RemoteRecords:
                 self._schedule(index, remote, record)
 
     def export_final(self, records: Iterable[CacheRecord]) -> None:
-        """Push the final images' records to the ``mode=min`` backends (``max`` ones have
-        them already, or are pushing them), and to the ``max`` ones the records of each
-        image's layer chain that this build did not ask for (its last step hit: see
-        ``chain_of``)."""
+        """Push each final image's layer chain (``chain_of``: its record and those of the
+        steps whose results are its lower layers, as BuildKit's ``mode=min`` exports) to
+        every backend (``max`` ones have most of them already, or are pushing them)."""
+        if not self._exports:
+            return
         for record in records:
-            for index, remote in enumerate(self._exports):
-                self._schedule(index, remote, record)
-            if any(remote.mode == "max" for remote in self._exports):
-                self._track(asyncio.ensure_future(self._export_chain(record)))
+            self._track(asyncio.ensure_future(self._export_chain(record)))
 
     async def _export_chain(self, root: CacheRecord) -> None:
         for record in await self.chain_of(root):
-            self._export_max(record)
+            for index, remote in enumerate(self._exports):
+                self._schedule(index, remote, record)
 
     def _schedule(self, index: int, remote: RemoteCache, record: CacheRecord) -> None:
         pushed = (index, record.key, record.key in self._built)
