@@ -31,8 +31,8 @@ over the local store, consulting remote backends on a miss and pushing records o
   or with ``ignore-error=true`` is one warning event.
 - **A registry cache** (workers/_registry_cache.py) takes blobs as they come but its
   records only at ``drain``, which writes its manifest once every push is done (none of
-  them failed: else the ref is left as it was).  ``seen`` keeps every record the build
-  got or put, from which the exporter picks an inline cache's (workers/_build.py).
+  them failed, and the build did not: else the ref is left as it was).  ``seen`` keeps
+  every record the build got or put, from which ``chain_of`` picks an image's chain.
 """
 
 from __future__ import annotations
@@ -294,7 +294,8 @@ class RemoteRecords:
         # (its blob was lost: the rebuilt record's own push stands for it)
         self._failures = [failure for failure in self._failures
                           if failure[2] is None or failure[2] not in self._built]
-        await self._commit()
+        if not failed:  # a failed build leaves a registry cache as it was, as BuildKit's
+            await self._commit()
         await self._keep_imported()
         fatal = [(remote, err) for remote, err, _ in self._failures
                  if not remote.ignore_error and not failed]

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -243,3 +244,16 @@ def test_nothing_at_the_ref_or_an_image_without_inline_cache_is_an_empty_cache(
     for ref in (f"{registry.domain}/nothing/here:1", busybox_image.reference):
         found = _read(ref)
         assert found.records == {} and found.foreign == 0
+
+
+def test_a_failed_build_leaves_the_registry_cache_as_it_was(
+        registry: Any, machines: tuple[Machine, Machine], context: Path) -> None:
+    first, _ = machines
+    (context / "Dockerfile").write_text((context / "Dockerfile").read_text() + "RUN exit 3\n")
+    ref = f"{registry.domain}/cache/app:failed"
+    done = first.run("build", "--progress=plain", "--cache-to",
+                     f"type=registry,ref={ref},mode=max", str(context))
+    assert done.returncode != 0 and "exit code: 3" in done.stderr, done.stderr
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        _get(f"{registry.url}/v2/cache/app/manifests/failed")
+    assert missing.value.code == 404
