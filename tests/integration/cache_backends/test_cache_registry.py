@@ -257,3 +257,19 @@ def test_a_failed_build_leaves_the_registry_cache_as_it_was(
     with pytest.raises(urllib.error.HTTPError) as missing:
         _get(f"{registry.url}/v2/cache/app/manifests/failed")
     assert missing.value.code == 404
+
+
+def test_a_zstd_cache_holds_zstd_layers_and_hits(
+        registry: Any, machines: tuple[Machine, Machine], context: Path,
+        tmp_path: Path) -> None:
+    """(the image then names the zstd layers it got from the cache, as BuildKit's does
+    without force-compression: its digest is not the gzip image's)"""
+    first, second = machines
+    ref = f"{registry.domain}/cache/app:zstd"
+    first.build(context, tmp_path / "one", "--cache-to",
+                f"type=registry,ref={ref},mode=max,compression=zstd")
+    manifest, _ = _artifact(registry, "cache/app", "zstd")
+    kinds = [layer["mediaType"].rsplit("+", 1)[-1] for layer in manifest["layers"]]
+    assert sorted(kinds) == ["gzip"] + ["zstd"] * 4  # busybox's layer stays as it is
+    again, _ = second.build(context, tmp_path / "two", "--cache-from", ref)
+    assert _runs(again) == ["CACHED", "CACHED"], again
