@@ -39,7 +39,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from cache_backends._records import (
+    DOCKER_LAYER_TYPES,
+    OCI_LAYER_TYPES,
+    CacheRecord,
+    LayerDescriptor,
+    StateResult,
+)
 from scheduler._errors import CacheError
 
 __all__ = [
@@ -52,16 +58,13 @@ CACHE_CONFIG_MEDIA: Final = "application/vnd.buildkit.cacheconfig.v0"
 #: The image config key of an inline cache (its value: the cache config, base64).
 INLINE_CACHE_KEY: Final = "moby.buildkit.cache.v0"
 UNCOMPRESSED: Final = "containerd.io/uncompressed"
-CREATED_AT: Final = "buildkit/createdat"
+# (the manifest media types: workers/_manifests.py has them too, but cache_backends sits
+# below workers)
 _OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
 _OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
 _DOCKER_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
-_DOCKER_LAYERS: Final = {
-    "application/vnd.oci.image.layer.v1.tar+gzip":
-        "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.oci.image.layer.v1.tar": "application/vnd.docker.image.rootfs.diff.tar",
-}
-_OCI_LAYERS: Final = {docker: oci for oci, docker in _DOCKER_LAYERS.items()}
+_DOCKER_LAYERS: Final = DOCKER_LAYER_TYPES
+_OCI_LAYERS: Final = OCI_LAYER_TYPES
 
 
 @dataclass(frozen=True, slots=True)

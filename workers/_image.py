@@ -48,7 +48,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from cache_backends._cache_config import INLINE_CACHE_KEY
-from cache_backends._records import GZIP_LAYER, LayerDescriptor
+from cache_backends._records import (
+    DOCKER_LAYER_TYPES,
+    OCI_LAYER_TYPES,
+    LayerDescriptor,
+)
 from scheduler._errors import ExportError
 from scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
 from scheduler._platform import Platform
@@ -83,12 +87,8 @@ __all__ = [
     "sha256_digest",
 ]
 
-#: Layer media types in Docker's naming (zstd has no Docker name and keeps the OCI one).
-_DOCKER_LAYER: Final = {
-    GZIP_LAYER: "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.oci.image.layer.v1.tar": "application/vnd.docker.image.rootfs.diff.tar",
-}
-_OCI_LAYER: Final = {docker: oci for oci, docker in _DOCKER_LAYER.items()}
+_DOCKER_LAYER: Final = DOCKER_LAYER_TYPES
+_OCI_LAYER: Final = OCI_LAYER_TYPES
 
 #: History text of a layer that no history entry describes (BuildKit: "created by buildkit").
 MISSING_HISTORY: Final = "created by dockyard"

@@ -18,7 +18,6 @@ client, in BuildKit's cache manifest format (cache_backends/_cache_config.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import tempfile
@@ -281,6 +280,4 @@ async def _read_source(source: IO[bytes] | AsyncIterable[bytes]) -> bytes:
     """A stream or async chunks as bytes (caches push files; this is for the rest)."""
     if isinstance(source, AsyncIterable):
         return b"".join([chunk async for chunk in source])
-    with contextlib.suppress(AttributeError):
-        return await asyncio.to_thread(source.read)
-    raise CacheError("unsupported blob source")
+    return await asyncio.to_thread(source.read)
