@@ -198,10 +198,18 @@ class RemoteRecords:
         if not self._exports:
             return
         for record in records:
+            for index, remote in enumerate(self._exports):
+                self._schedule(index, remote, record)
             self._track(asyncio.ensure_future(self._export_chain(record)))
 
     async def _export_chain(self, root: CacheRecord) -> None:
-        for record in await self.chain_of(root):
+        try:
+            chain = await self.chain_of(root)
+        except DockyardError as err:  # the local store failed: the image's record went
+            self._warn("chain", f"the layer chain of {root.key} was not exported, only "
+                       f"its image's record: {err.message}")
+            return
+        for record in chain:
             for index, remote in enumerate(self._exports):
                 self._schedule(index, remote, record)
 
