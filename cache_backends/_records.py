@@ -21,6 +21,13 @@ RECORD_VERSION = 1
 
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
+#: Layer media types in Docker's naming (zstd has no Docker name and keeps the OCI one),
+#: and back.
+DOCKER_LAYER_TYPES = {
+    GZIP_LAYER: "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.oci.image.layer.v1.tar": "application/vnd.docker.image.rootfs.diff.tar",
+}
+OCI_LAYER_TYPES = {docker: oci for oci, docker in DOCKER_LAYER_TYPES.items()}
 
 
 class RecordError(CacheError):

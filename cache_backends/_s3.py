@@ -261,9 +261,12 @@ class _Bucket:
     def _where_is(self, key: str) -> tuple[str, str, str]:
         return (self.objects.settings.endpoint_url or "", self.objects.bucket, key)
 
-    def remember(self, key: str, head: Head) -> None:
+    def remember(self, key: str, head: Head, stamp: int | None = None) -> None:
+        """Trust ``head`` for ``key`` from ``stamp`` on: a tick taken *before* the request
+        that found it (a drop by another instance while the request ran then wins: the
+        HEAD may have seen the corrupt blob that drop deleted); default now."""
         with self._flights_lock:
-            self._present[key] = (head, next(_STAMPS))
+            self._present[key] = (head, next(_STAMPS) if stamp is None else stamp)
 
     def forget(self, key: str, *, dropped: bool = False) -> None:
         """Stop trusting ``key``; ``dropped`` (deleted as corrupt): neither does any other
@@ -294,9 +297,10 @@ class _Bucket:
 
     def looked_up(self, digests: Iterable[str]) -> dict[str, Head]:
         """``heads`` (asks the bucket), remembering what it found for the write path."""
+        stamp = next(_STAMPS)
         found = self.heads(digests)
         for digest, head in found.items():
-            self.remember(self.blob_key(digest), head)
+            self.remember(self.blob_key(digest), head, stamp)
         return found
 
     def still_there(self, key: str, head: Head) -> bool:
@@ -305,6 +309,7 @@ class _Bucket:
         now = self.clock()
         if now - head.used < self.touch_after:
             return True
+        stamp = next(_STAMPS)
         try:
             etag = self.objects.touch(key, now)
         except CacheError:
@@ -312,17 +317,20 @@ class _Bucket:
         if etag is None:
             self.forget(key)
             return False
-        self.remember(key, dataclasses.replace(head, used=now, etag=etag))
+        self.remember(key, dataclasses.replace(head, used=now, etag=etag), stamp)
         return True
 
     def existing(self, digest: str) -> int | None:
         """The blob's size (and it is marked used), or None when absent; a blob known to
         this instance costs no request (unless its mark is stale)."""
         key = self.blob_key(digest)
-        head = self.known(key) or self.objects.head(key)
+        head = self.known(key)
         if head is None:
-            return None
-        self.remember(key, head)
+            stamp = next(_STAMPS)  # before the HEAD: see remember
+            head = self.objects.head(key)
+            if head is None:
+                return None
+            self.remember(key, head, stamp)
         return head.size if self.still_there(key, head) else None
 
     def upload(self, digest: str, spool: IO[bytes], actual: str, size: int) -> int:

@@ -21,7 +21,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -374,33 +374,101 @@ def _no_more(value: str, attrs: Mapping[str, str]) -> None:
         raise UsageError(f"invalid --output {value!r}: unsupported attribute {key!r}")
 
 
-CACHE_TYPES = ("s3", "local")
+CACHE_TYPES = ("registry", "inline", "s3", "local")
 _S3_KEYS = ("bucket", "region", "prefix", "endpoint_url", "use_path_style")
 _CREDENTIAL_KEYS = ("access_key_id", "secret_access_key", "session_token")
+#: registry cache attributes buildx takes that dockyard refuses, and why
+_CACHE_REFUSED = {
+    "compression-level": "layers are compressed at one level (gzip 6, zstd 3, BuildKit's "
+                         "defaults) so that a layer's digest depends on its files alone",
+    "force-compression": "a layer already compressed (a base image's) is exported as it is",
+}
+#: --cache-to compression= -> the runtime's name of it
+_CACHE_COMPRESSION = {"gzip": "gzip", "zstd": "zstd", "uncompressed": "none"}
 
 
 def parse_cache(flag: str, value: str) -> CacheSpec:
-    """buildx's ``--cache-to`` (``flag``) or ``--cache-from``: ``type=s3,bucket=B,
-    region=R,prefix=P,endpoint_url=URL,use_path_style=true`` or ``type=local,dest=DIR``
+    """buildx's ``--cache-to`` (``flag``) or ``--cache-from``: ``type=registry,ref=REF``
+    (``--cache-to`` also ``image-manifest=``, ``oci-mediatypes=``, ``compression=``), a
+    bare ``REF`` meaning that, ``type=inline`` (``--cache-to`` only: the cache in the
+    image's config, read back by ``--cache-from REF``), ``type=s3,bucket=B,region=R,
+    prefix=P,endpoint_url=URL,use_path_style=true`` or ``type=local,dest=DIR``
     (``src=DIR`` for ``--cache-from``); ``--cache-to`` takes ``mode=min|max`` and
-    ``ignore-error=true|false`` too.  Credentials come from boto3's chain, never a flag."""
+    ``ignore-error=true|false`` too.  Credentials come from boto3's chain (S3) or the
+    docker config (registries), never a flag."""
     if "=" not in value:
-        raise UsageError(f"invalid {flag} {value!r}: registry caches are not supported",
-                         hint=f"use {flag} type=s3,bucket=B,region=R or type=local,...")
+        value = f"type=registry,ref={value}"
     attrs = dict(_pairs(flag, value))
     kind = attrs.pop("type", "")
     if kind not in CACHE_TYPES:
         what = f"unsupported cache type {kind!r}" if kind else "type is required"
-        raise UsageError(f"invalid {flag} {value!r}: {what}", hint="use type=s3 or type=local")
+        raise UsageError(f"invalid {flag} {value!r}: {what}",
+                         hint="use type=registry, type=inline, type=s3 or type=local")
     mode, ignore = "min", False
     if flag == "--cache-to":
         mode = attrs.pop("mode", "min")
         if mode not in ("min", "max"):
             raise UsageError(f"invalid {flag} {value!r}: mode must be min or max, not {mode!r}")
         ignore = _cache_boolean(flag, value, "ignore-error", attrs.pop("ignore-error", "false"))
-    settings = _s3_settings(flag, value, attrs) if kind == "s3" else _local_settings(
-        flag, value, attrs)
+    settings = _CACHE_SETTINGS[kind](flag, value, attrs)
+    if kind == "inline" and mode == "max":
+        raise UsageError(f"invalid {flag} {value!r}: an inline cache holds the image's own "
+                         "layers only (mode=min)",
+                         hint="use --cache-to type=registry,ref=REF,mode=max for every step")
     return CacheSpec(kind, settings, mode, ignore)
+
+
+def _registry_settings(flag: str, value: str, attrs: dict[str, str]
+                       ) -> tuple[tuple[str, str], ...]:
+    ref = attrs.pop("ref", "")
+    if not ref:
+        raise UsageError(f"invalid {flag} {value!r}: ref is required for the registry cache",
+                         hint=f"use {flag} type=registry,ref=REGISTRY/REPOSITORY:TAG")
+    try:
+        parsed = parse_reference(ref)
+    except ImageReferenceError as exc:
+        raise UsageError(f"invalid {flag} {value!r}: {exc.message}") from None
+    if flag == "--cache-to" and parsed.digest:
+        raise UsageError(f"invalid {flag} {value!r}: a cache is written under a tag, not a "
+                         "digest", hint="name the cache REPOSITORY:TAG")
+    settings = {"ref": ref}
+    if flag == "--cache-to":
+        # BuildKit >= 0.21 writes an image manifest unless told otherwise (an index of
+        # layers is what older ones wrote: registries and skopeo copy it less well)
+        oci = _cache_boolean(flag, value, "oci-mediatypes", attrs.pop("oci-mediatypes", "true"))
+        manifest = _cache_boolean(flag, value, "image-manifest",
+                                  attrs.pop("image-manifest", str(oci)))
+        if manifest and not oci:
+            raise UsageError(f"invalid {flag} {value!r}: image-manifest=true needs OCI media "
+                             "types", hint="drop oci-mediatypes=false, or add "
+                                           "image-manifest=false")
+        settings["oci_mediatypes"] = "true" if oci else "false"
+        settings["image_manifest"] = "true" if manifest else "false"
+        if "compression" in attrs:
+            settings["compression"] = _cache_compression(flag, value, attrs.pop("compression"))
+        for key, why in _CACHE_REFUSED.items():
+            if key in attrs:
+                raise UsageError(f"invalid {flag} {value!r}: {key} is not supported: {why}")
+    _no_more_cache(flag, value, attrs)
+    return tuple(sorted(settings.items()))
+
+
+def _cache_compression(flag: str, value: str, text: str) -> str:
+    chosen = _CACHE_COMPRESSION.get(text)
+    if chosen is None:
+        why = " (estargz is not produced by dockyard)" if text == "estargz" else ""
+        raise UsageError(f"invalid {flag} {value!r}: compression must be gzip, zstd or "
+                         f"uncompressed, not {text!r}{why}")
+    return chosen
+
+
+def _inline_settings(flag: str, value: str, attrs: dict[str, str]
+                     ) -> tuple[tuple[str, str], ...]:
+    if flag != "--cache-to":
+        raise UsageError(f"invalid {flag} {value!r}: an inline cache is read from its image",
+                         hint=f"use {flag} IMAGE (type=registry,ref=IMAGE)")
+    _no_more_cache(flag, value, attrs)
+    return ()
 
 
 def _s3_settings(flag: str, value: str, attrs: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -428,6 +496,13 @@ def _local_settings(flag: str, value: str, attrs: dict[str, str]
         raise UsageError(f"invalid {flag} {value!r}: {key} directory is required for the "
                          f"local cache")
     return (("path", os.path.abspath(path)),)
+
+
+#: each cache type's attributes -> its ``CacheSpec`` settings
+_CACHE_SETTINGS: dict[str, Callable[[str, str, dict[str, str]], tuple[tuple[str, str], ...]]] = {
+    "registry": _registry_settings, "inline": _inline_settings, "s3": _s3_settings,
+    "local": _local_settings,
+}
 
 
 def _cache_boolean(flag: str, value: str, key: str, text: str) -> bool:

@@ -383,12 +383,17 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("--allow", action="append", default=[], metavar="ENTITLEMENT",
         help="grant network.host (RUN --network=host) or security.insecure "
              "(RUN --security=insecure); repeatable")
-    add("--cache-to", action="append", default=[], metavar="type=s3|local,...",
-        help="export the build cache (type=s3,bucket=B,region=R,prefix=P,endpoint_url=URL,"
-             "use_path_style=true,mode=min|max,ignore-error=true or type=local,dest=DIR); "
-             "credentials come from boto3's usual chain")
-    add("--cache-from", action="append", default=[], metavar="type=s3|local,...",
-        help="import build cache (type=s3,bucket=B,... or type=local,src=DIR); repeatable")
+    add("--cache-to", action="append", default=[],
+        metavar="type=registry|inline|s3|local,...",
+        help="export the build cache (type=registry,ref=REF,image-manifest=true,"
+             "oci-mediatypes=true,compression=gzip|zstd|uncompressed; type=inline; "
+             "type=s3,bucket=B,region=R,prefix=P,endpoint_url=URL,use_path_style=true; "
+             "type=local,dest=DIR; each with mode=min|max,ignore-error=true); "
+             "credentials come from the docker config or boto3's usual chain")
+    add("--cache-from", action="append", default=[],
+        metavar="REF|type=registry|s3|local,...",
+        help="import build cache (IMAGE or type=registry,ref=REF: a registry or inline "
+             "cache; type=s3,bucket=B,...; type=local,src=DIR); repeatable")
     add("--progress", default=None, metavar="MODE",
         help="auto, plain, tty, rawjson or quiet (progress goes to stderr; default: "
              "$BUILDKIT_PROGRESS, else auto)")

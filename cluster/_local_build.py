@@ -132,7 +132,8 @@ async def _exported(engine: WorkerRuntime, graph: BuildGraph,
                     options: LocalBuildOptions) -> Exported:
     """The final records pushed (``mode=min``) and the images written to the outputs."""
     cache.export_final(records[r.root] for r in graph.results if r.root is not None)
-    return await write_results(engine, graph.results, records, options, graph=graph)
+    return await write_results(engine, graph.results, records, options, graph=graph,
+                               cache=cache)
 
 
 # --- the steps (the coordinator and the worker actor each run their own share; the

@@ -138,9 +138,11 @@ class OutputSpec:
 
 @dataclass(frozen=True, slots=True)
 class CacheSpec:
-    """``--cache-to``/``--cache-from``: ``type`` s3 or local, ``attrs`` the backend's
-    settings (s3: bucket, region, prefix, endpoint_url, use_path_style; local: path, an
-    absolute directory), ``mode`` min or max and ``ignore_error`` (exports only)."""
+    """``--cache-to``/``--cache-from``: ``type`` registry, inline, s3 or local, ``attrs``
+    the backend's settings (registry: ref, and for exports image_manifest, oci_mediatypes
+    and compression gzip|zstd|none; inline: none; s3: bucket, region, prefix,
+    endpoint_url, use_path_style; local: path, an absolute directory), ``mode`` min or
+    max and ``ignore_error`` (exports only)."""
 
     type: str
     attrs: tuple[tuple[str, str], ...] = ()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from cache_backends._cache_config import inline_value
 from cache_backends._credentials import S3Credentials
 from cache_backends._records import CacheRecord, LayerDescriptor
 from scheduler._build_request import (
@@ -141,12 +142,19 @@ def build_session(context_dir: Path, options: LocalBuildOptions) -> BuildSession
 def remote_records(engine: WorkerRuntime, options: LocalBuildOptions,
                    credentials: S3Credentials | None = None) -> RemoteRecords:
     """The build's records: the local store, and its ``--cache-from``/``--cache-to``
-    (S3 ones with the client's ``credentials`` when it gave some)."""
+    (S3 ones with the client's ``credentials`` when it gave some; an inline cache is no
+    backend: ``write_results`` puts it in the image)."""
+    registry = engine.registry_for(options.insecure_registries)
+
     def remote(spec: CacheSpec) -> RemoteCache:
-        return RemoteCache(open_backend(spec.type, dict(spec.attrs), engine.tmp, credentials),
-                           spec.mode, spec.ignore_error)
+        attrs = dict(spec.attrs)
+        return RemoteCache(open_backend(spec.type, attrs, engine.tmp, credentials, registry),
+                           spec.mode, spec.ignore_error,
+                           Compression(attrs["compression"]) if "compression" in attrs
+                           else None)
     return RemoteRecords(engine, imports=[remote(spec) for spec in options.cache_from],
-                         exports=[remote(spec) for spec in options.cache_to],
+                         exports=[remote(spec) for spec in options.cache_to
+                                  if spec.type != "inline"],
                          events=options.events)
 
 
@@ -154,7 +162,8 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
                         records: Mapping[str, CacheRecord], options: LocalBuildOptions,
                         streams: Mapping[Path, BinaryIO] | None = None,
                         pushed: bool = False, form: ImageForm | None = None,
-                        graph: BuildGraph | None = None) -> Exported:
+                        graph: BuildGraph | None = None,
+                        cache: RemoteRecords | None = None) -> Exported:
     """The images of ``results`` (their roots' ``records``) written to every output; an
     output whose ``dest`` is in ``streams`` is written to that stream instead (the
     session channel to the client, workers/_output_send.py).  Each output's image is made
@@ -163,7 +172,9 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
     output, or when the caller will ``pushed`` them; else they are only described,
     nothing compressed.  ``options.attests`` are attached to each form's images
     (workers/_attest.py; ``graph`` names the images' materials): in the index for image,
-    oci and docker outputs, as files for local and tar ones."""
+    oci and docker outputs, as files for local and tar ones.  ``--cache-to type=inline``:
+    each image's config carries the records of its layer chain (its root's, and those
+    ``cache``, the build's records, knows whose layers are a prefix of the image's)."""
     if not options.outputs and not pushed:
         images = [_image(result, records, options.epoch, annotations=options.annotations)
                   for result in results]
@@ -171,7 +182,8 @@ async def write_results(engine: WorkerRuntime, results: Sequence[ImageResult],
             images, annotations=options.annotations)
     forms = await _form_images(engine, results, records, options.epoch, [
         form or (options.outputs[0].form if options.outputs else DEFAULT_FORM),
-        *(output.form for output in options.outputs)], options.annotations)
+        *(output.form for output in options.outputs)], options.annotations,
+        cache if any(spec.type == "inline" for spec in options.cache_to) else None)
     made = {key: _exported(images, options) for key, images in forms.items()}
     exported = next(iter(made.values()))
     if not options.outputs and not options.attests:
@@ -236,16 +248,24 @@ async def exported_images(engine: WorkerRuntime, results: Sequence[ImageResult],
 
 async def _form_images(engine: WorkerRuntime, results: Sequence[ImageResult],
                        records: Mapping[str, CacheRecord], epoch: int | None,
-                       forms: Sequence[ImageForm], annotations: Sequence[Annotation] = ()
+                       forms: Sequence[ImageForm], annotations: Sequence[Annotation] = (),
+                       inline: RemoteRecords | None = None
                        ) -> dict[ImageForm, list[ImageArtifacts]]:
-    """The images of ``results`` in each of ``forms`` (once each, in order)."""
+    """The images of ``results`` in each of ``forms`` (once each, in order); with
+    ``inline`` (the build's records, for ``--cache-to type=inline``) each config carries
+    its inline cache."""
     made: dict[ImageForm, list[ImageArtifacts]] = {}
     for form in forms:
-        if form not in made:
-            made[form] = [_image(result, records, epoch,
-                                 await _form_layers(engine, result, records, epoch, form),
-                                 oci=form.oci, annotations=annotations)
-                          for result in results]
+        if form in made:
+            continue
+        images = []
+        for result in results:
+            layers = await _form_layers(engine, result, records, epoch, form)
+            value = (await _inline_cache(engine, result, records, layers, inline)
+                     if inline is not None else None)
+            images.append(_image(result, records, epoch, layers, oci=form.oci,
+                                 annotations=annotations, inline_cache=value))
+        made[form] = images
     return made
 
 
@@ -302,17 +322,20 @@ def _layers(result: ImageResult, records: Mapping[str, CacheRecord]
 
 def _image(result: ImageResult, records: Mapping[str, CacheRecord], epoch: int | None,
            layers: Sequence[LayerDescriptor] | None = None, *, oci: bool = True,
-           annotations: Sequence[Annotation] = ()) -> ImageArtifacts:
+           annotations: Sequence[Annotation] = (), inline_cache: str | None = None
+           ) -> ImageArtifacts:
     """The image of ``result``: its record's layers, or ``layers`` (the same, compressed);
-    Docker's media types unless ``oci``; the build's ``annotations`` on its manifest."""
+    Docker's media types unless ``oci``; the build's ``annotations`` on its manifest;
+    ``inline_cache`` in its config."""
     if result.root is None:
         return build_image(None, result.config, (), result.platform, created=epoch or 0,
-                           epoch=epoch, oci=oci, annotations=annotations)
+                           epoch=epoch, oci=oci, annotations=annotations,
+                           inline_cache=inline_cache)
     record = records[result.root]
     chosen = record.result.layers if layers is None else tuple(layers)
     return build_image(record.result.image_config, result.config, chosen,
                        result.platform, created=record.created, epoch=epoch, oci=oci,
-                       annotations=annotations)
+                       annotations=annotations, inline_cache=inline_cache)
 
 
 def _exported(images: Sequence[ImageArtifacts], options: LocalBuildOptions) -> Exported:
@@ -324,6 +347,24 @@ def _exported(images: Sequence[ImageArtifacts], options: LocalBuildOptions) -> E
             check_single(options.annotations)
         return images[0]
     return build_index(images, annotations=options.annotations)
+
+
+async def _inline_cache(engine: WorkerRuntime, result: ImageResult,
+                        records: Mapping[str, CacheRecord],
+                        layers: Sequence[LayerDescriptor], cache: RemoteRecords
+                        ) -> str | None:
+    """The ``moby.buildkit.cache.v0`` value of ``result``'s image (its ``layers``, as
+    compressed): the records whose layer chain is a prefix of the image's, their layers
+    named as the image names them (so a reader fetches them from the image)."""
+    if result.root is None:
+        return None
+    chosen = []
+    for record in await cache.chain_of(records[result.root]):
+        own = layers[:len(record.result.layers)]
+        if tuple(await engine.compressed(record.result.layers)) == tuple(own):
+            chosen.append(dataclasses.replace(record, result=dataclasses.replace(
+                record.result, layers=tuple(own))))
+    return inline_value(chosen, layers)
 
 
 def _check_outputs(outputs: Sequence[Output]) -> None:

@@ -47,7 +47,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cache_backends._records import GZIP_LAYER, LayerDescriptor
+from cache_backends._cache_config import INLINE_CACHE_KEY
+from cache_backends._records import (
+    DOCKER_LAYER_TYPES,
+    OCI_LAYER_TYPES,
+    LayerDescriptor,
+)
 from scheduler._build_request import Annotation
 from scheduler._errors import ExportError, UsageError
 from scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
@@ -88,12 +93,8 @@ __all__ = [
     "sha256_digest",
 ]
 
-#: Layer media types in Docker's naming (zstd has no Docker name and keeps the OCI one).
-_DOCKER_LAYER: Final = {
-    GZIP_LAYER: "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.oci.image.layer.v1.tar": "application/vnd.docker.image.rootfs.diff.tar",
-}
-_OCI_LAYER: Final = {docker: oci for oci, docker in _DOCKER_LAYER.items()}
+_DOCKER_LAYER: Final = DOCKER_LAYER_TYPES
+_OCI_LAYER: Final = OCI_LAYER_TYPES
 
 #: History text of a layer that no history entry describes (BuildKit: "created by buildkit").
 MISSING_HISTORY: Final = "created by dockyard"
@@ -387,13 +388,18 @@ def annotations_of(annotations: Sequence[Annotation], kind: str,
 def build_image(base_config: bytes | None, config: ImageConfig,
                 layers: tuple[LayerDescriptor, ...], platform: Platform, *, created: int,
                 epoch: int | None, oci: bool = True,
-                annotations: Sequence[Annotation] = ()) -> ImageArtifacts:
+                annotations: Sequence[Annotation] = (),
+                inline_cache: str | None = None) -> ImageArtifacts:
     """The image for ``platform``: config and manifest bytes (OCI media types, or Docker's
     schema 2 when ``oci`` is False, as BuildKit's ``oci-mediatypes=false``).  The
     ``manifest`` annotations for ``platform`` go into the manifest, the
-    ``manifest-descriptor`` ones onto its descriptor (as BuildKit's image writer)."""
-    config_bytes = canonical_json(config_json(base_config, config, layers, platform,
-                                              created=created, epoch=epoch))
+    ``manifest-descriptor`` ones onto its descriptor (as BuildKit's image writer);
+    ``inline_cache``: the config's ``moby.buildkit.cache.v0`` (``--cache-to type=inline``,
+    cache_backends/_cache_config.py)."""
+    data = config_json(base_config, config, layers, platform, created=created, epoch=epoch)
+    if inline_cache is not None:
+        data[INLINE_CACHE_KEY] = inline_cache
+    config_bytes = canonical_json(data)
     config_desc = Descriptor(OCI_CONFIG if oci else DOCKER_CONFIG,
                              sha256_digest(config_bytes), len(config_bytes))
     manifest = _manifest(config_desc, layers, oci,

@@ -95,7 +95,9 @@ __all__ = [
     "Descriptor",
     "FetchedManifest",
     "PushOutcome",
+    "RegistryBlobCorrupt",
     "RegistryClient",
+    "RegistryNotFound",
     "RegistryConfig",
     "ResolvedImage",
     "build_index",
@@ -138,6 +140,14 @@ class RegistryConfig:
 
 # --- Errors -----------------------------------------------------------------------------
 
+class RegistryNotFound(RegistryError):
+    """A registry answered 404: no such manifest, tag or blob (a miss for a cache)."""
+
+
+class RegistryBlobCorrupt(RegistryError):
+    """A blob whose bytes do not match its descriptor (size or digest)."""
+
+
 class _Transient(Exception):
     """A failure worth another try (connection error, 429, 5xx); never leaves this module."""
 
@@ -169,9 +179,10 @@ def _status_error(status: int, url: str, body: bytes, what: str, domain: str,
         return RegistryError(f"{what}: {url} answered 403 denied{detail}",
                              hint="check that your account may access this repository")
     if status == 404:
-        return RegistryError(f"{missing or what + ': not found'} ({url} answered 404){detail}",
-                             hint="check the image name and tag, and that it was pushed "
-                                  "to this registry")
+        return RegistryNotFound(f"{missing or what + ': not found'} ({url} answered 404)"
+                                f"{detail}",
+                                hint="check the image name and tag, and that it was pushed "
+                                     "to this registry")
     return RegistryError(f"{what}: {url} answered {status}{detail}",
                          hint="check the registry's logs; retry later")
 
@@ -638,12 +649,14 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 def _verify(url: str, digest: str, size: int, received: int, actual: str) -> None:
     if received != size:
-        raise RegistryError(f"blob at {url} is {'larger' if received > size else 'shorter'} "
-                            f"than its descriptor's {size} bytes",
-                            hint="the registry holds a corrupt blob; push the image again")
+        raise RegistryBlobCorrupt(
+            f"blob at {url} is {'larger' if received > size else 'shorter'} than its "
+            f"descriptor's {size} bytes",
+            hint="the registry holds a corrupt blob; push the image again")
     if actual != digest:
-        raise RegistryError(f"blob at {url} does not match its digest: got {actual}",
-                            hint="the registry holds a corrupt blob; push the image again")
+        raise RegistryBlobCorrupt(f"blob at {url} does not match its digest: got {actual}",
+                                  hint="the registry holds a corrupt blob; push the image "
+                                       "again")
 
 
 class _open_partial:  # noqa: N801 -- used like open()

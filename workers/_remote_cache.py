@@ -16,8 +16,11 @@ over the local store, consulting remote backends on a miss and pushing records o
   backend that fails (unreachable, no such bucket) is a miss, warned about once, and
   not asked again in this build.
 - **Export**: a record is pushed to each ``--cache-to`` backend in the background as soon
-  as the solver has it (``mode=max``: every vertex the solver executes or finds; ``mode=min``:
-  only the final images' records, which ``export_final`` pushes once the solve is done).
+  as the solver has it (``mode=max``: every vertex the solver executes or finds), and
+  once the solve is done ``export_final`` pushes to every backend each final image's
+  layer chain (``chain_of``: the records whose results are the image's layers, found
+  even when the build's last step hit and it asked for none below; ``mode=min`` is
+  these alone, as BuildKit's: only what the image holds).
   Its blobs go first (those the backend lacks, from the local store or the backend they
   were imported from), then the record.  Each blob is sent to a backend by one task per
   build, shared by every record naming it (a chain's records share their lower layers):
@@ -26,6 +29,10 @@ over the local store, consulting remote backends on a miss and pushing records o
   is not pushed (its rebuilt replacement is).  ``drain`` waits for every push: a build
   that fails still keeps what it finished.  An export failure fails the build at ``drain``,
   or with ``ignore-error=true`` is one warning event.
+- **A registry cache** (workers/_registry_cache.py) takes blobs as they come but its
+  records only at ``drain``, which writes its manifest once every push is done (none of
+  them failed, and the build did not: else the ref is left as it was).  ``seen`` keeps
+  every record the build got or put, from which ``chain_of`` picks an image's chain.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +49,14 @@ from typing import TYPE_CHECKING, Any
 from cache_backends._credentials import S3Credentials
 from cache_backends._local import LocalBackend
 from cache_backends._protocol import CacheBackend
-from cache_backends._records import CacheRecord, LayerDescriptor
+from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from scheduler._build_request import Compression
 from scheduler._errors import BlobLost, CacheError, DockyardError, UsageError
 from scheduler._progress import EventSink, warning
+from scheduler._reference import parse_reference
+
+from ._registry import RegistryClient
+from ._registry_cache import RegistryCache
 
 if TYPE_CHECKING:
     from ._runtime import WorkerRuntime
@@ -58,11 +71,13 @@ S3_SETTINGS = ("bucket", "region", "prefix", "endpoint_url", "use_path_style")
 @dataclass(frozen=True)
 class RemoteCache:
     """One ``--cache-to`` or ``--cache-from`` backend: ``mode`` min or max (exports),
-    ``ignore_error`` (exports: failures are a warning, not a failed build)."""
+    ``ignore_error`` (exports: failures are a warning, not a failed build),
+    ``compression`` of the layers it is sent (exports; None: the runtime's)."""
 
     backend: CacheBackend
     mode: str = "min"
     ignore_error: bool = False
+    compression: Compression | None = None
 
     @property
     def where(self) -> str:
@@ -70,12 +85,20 @@ class RemoteCache:
 
 
 def open_backend(kind: str, attrs: Mapping[str, str], tmp: Path | None = None,
-                 credentials: S3Credentials | None = None) -> CacheBackend:
+                 credentials: S3Credentials | None = None,
+                 registry: RegistryClient | None = None) -> CacheBackend:
     """The backend of a parsed cache flag: ``s3`` (bucket, region, prefix, endpoint_url,
-    use_path_style; ``credentials``: the build client's, else the process's chain) or
-    ``local`` (``path``, a LocalBackend rooted there)."""
+    use_path_style; ``credentials``: the build client's, else the process's chain),
+    ``local`` (``path``, a LocalBackend rooted there) or ``registry`` (``ref``,
+    ``image_manifest``, ``oci_mediatypes``; spoken to through ``registry``)."""
     if kind == "local":
         return LocalBackend(Path(attrs["path"]))
+    if kind == "registry":
+        if registry is None:
+            raise UsageError("a registry cache needs a registry client")
+        return RegistryCache(parse_reference(attrs["ref"]), registry, tmp,
+                             image_manifest=attrs.get("image_manifest", "true") == "true",
+                             oci=attrs.get("oci_mediatypes", "true") == "true")
     if kind == "s3":
         from cache_backends._s3 import S3Backend  # noqa: PLC0415 -- boto3 only when used
         return S3Backend(attrs["bucket"], attrs.get("prefix", ""),
@@ -83,7 +106,8 @@ def open_backend(kind: str, attrs: Mapping[str, str], tmp: Path | None = None,
                          endpoint_url=attrs.get("endpoint_url") or None,
                          use_path_style=attrs.get("use_path_style") == "true", tmp_dir=tmp,
                          credentials=credentials)
-    raise UsageError(f"unsupported cache type {kind!r}", hint="use type=s3 or type=local")
+    raise UsageError(f"unsupported cache type {kind!r}",
+                     hint="use type=registry, type=inline, type=s3 or type=local")
 
 
 class RemoteRecords:
@@ -115,6 +139,8 @@ class RemoteRecords:
         self.warnings: dict[str, str] = {}
         #: records found in a --cache-from backend (keys), for statistics and tests
         self.imported: list[str] = []
+        #: every record this build got or put, by key (an inline cache picks from them)
+        self.seen: dict[str, CacheRecord] = {}
 
     @property
     def local(self) -> LocalBackend:
@@ -127,6 +153,7 @@ class RemoteRecords:
         if record is None:
             record = await self._import(key)
         if record is not None:
+            self.seen[key] = record
             self._export_max(record)
         return record
 
@@ -134,6 +161,7 @@ class RemoteRecords:
         await self._runtime.ensure_blobs(record.result.layers)
         await self.local.put_record(record)
         self._built.add(record.key)
+        self.seen[record.key] = record
         self._export_max(record)
 
     # -- import --
@@ -165,9 +193,24 @@ class RemoteRecords:
                 self._schedule(index, remote, record)
 
     def export_final(self, records: Iterable[CacheRecord]) -> None:
-        """Push the final images' records to the ``mode=min`` backends (``max`` ones have
-        them already, or are pushing them)."""
+        """Push each final image's layer chain (``chain_of``: its record and those of the
+        steps whose results are its lower layers, as BuildKit's ``mode=min`` exports) to
+        every backend (``max`` ones have most of them already, or are pushing them)."""
+        if not self._exports:
+            return
         for record in records:
+            for index, remote in enumerate(self._exports):
+                self._schedule(index, remote, record)
+            self._track(asyncio.ensure_future(self._export_chain(record)))
+
+    async def _export_chain(self, root: CacheRecord) -> None:
+        try:
+            chain = await self.chain_of(root)
+        except DockyardError as err:  # the local store failed: the image's record went
+            self._warn("chain", f"the layer chain of {root.key} was not exported, only "
+                       f"its image's record: {err.message}")
+            return
+        for record in chain:
             for index, remote in enumerate(self._exports):
                 self._schedule(index, remote, record)
 
@@ -186,7 +229,7 @@ class RemoteRecords:
                     built: bool) -> None:
         try:
             # a remote cache holds layers as images do (compressed), for any reader
-            layers = await self._runtime.compressed(record.result.layers)
+            layers = await self._runtime.compressed(record.result.layers, remote.compression)
             if layers != record.result.layers:
                 record = dataclasses.replace(
                     record, result=dataclasses.replace(record.result, layers=layers))
@@ -256,11 +299,13 @@ class RemoteRecords:
         then warnings: the build's own error is the one to report)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        await self._keep_imported()
         # a found record's push that failed is moot once the record was rebuilt here
         # (its blob was lost: the rebuilt record's own push stands for it)
         self._failures = [failure for failure in self._failures
                           if failure[2] is None or failure[2] not in self._built]
+        if not failed:  # a failed build leaves a registry cache as it was, as BuildKit's
+            await self._commit()
+        await self._keep_imported()
         fatal = [(remote, err) for remote, err, _ in self._failures
                  if not remote.ignore_error and not failed]
         for remote, err, _ in self._failures:
@@ -272,6 +317,17 @@ class RemoteRecords:
             raise CacheError(f"cache export to {remote.where} failed: {err.message}",
                              hint="check the cache's address and credentials, or add "
                              "ignore-error=true to --cache-to to build without it")
+
+    async def _commit(self) -> None:
+        """Write the manifest of each export that has one (a registry cache), unless one
+        of its records failed: a cache is written whole or left as it was."""
+        failed = {id(remote) for remote, _, _ in self._failures}
+        for remote in self._exports:
+            if isinstance(remote.backend, RegistryCache) and id(remote) not in failed:
+                try:
+                    await remote.backend.commit()
+                except DockyardError as err:
+                    self._failures.append((remote, err, None))
 
     async def _keep_imported(self) -> None:
         """Store locally each imported record whose blobs are all local now (fetched by
@@ -288,6 +344,38 @@ class RemoteRecords:
             except CacheError as err:  # lost meanwhile (a prune): stays remote-only
                 self._warn("keep imported", f"an imported cache record ({key}) was not "
                            f"kept in the local cache: {err.message}")
+
+    # -- the records an inline cache picks from --
+
+    async def chain_of(self, root: CacheRecord) -> list[CacheRecord]:
+        """The records of ``root``'s layer chain, ``root`` included: those whose layers
+        are a prefix of its layers (by diff_id), from every record this build got or put,
+        those its registry imports hold, and those the local store lists for ``root``
+        from an earlier build (a build whose last step hit asks for no record below it;
+        BuildKit exports a hit's chain all the same).  Kept in the local store for the
+        next build."""
+        diff_ids = [layer.diff_id for layer in root.result.layers]
+        chain = [record for record in await self._candidates(root)
+                 if record.result.layers and [layer.diff_id for layer in record.result.layers]
+                 == diff_ids[:len(record.result.layers)]]
+        await self.local.put_record(CacheRecord(
+            _chain_key(root.key), StateResult(), created=root.created,
+            meta={"name": f"the layer chain of {root.key}",
+                  "chain": " ".join(sorted(record.key for record in chain))}))
+        return chain
+
+    async def _candidates(self, root: CacheRecord) -> list[CacheRecord]:
+        found: dict[str, CacheRecord] = {**self.seen, root.key: root}
+        for remote in self._imports:
+            if isinstance(remote.backend, RegistryCache) and id(remote) not in self._broken:
+                with contextlib.suppress(DockyardError):  # warned about by the import
+                    for key, record in (await remote.backend.loaded()).records.items():
+                        found.setdefault(key, record)
+        kept = await self.local.get_record(_chain_key(root.key))
+        for key in (kept.meta.get("chain", "").split() if kept is not None else ()):
+            if key not in found and (known := await self.local.get_record(key)) is not None:
+                found[key] = known
+        return list(found.values())
 
     def import_backends(self) -> list[CacheBackend]:
         """The build's ``--cache-from`` backends that still answer (a peer's blob is
@@ -312,6 +400,11 @@ class RemoteRecords:
         self.warnings[subject] = text
         if self._events is not None:
             self._events.emit(warning(CACHE_EVENT_VERTEX, text))
+
+
+def _chain_key(key: str) -> str:
+    """The local record listing the records of ``key``'s layer chain (``chain_of``)."""
+    return "sha256:" + hashlib.sha256(f"dockyard-inline-chain\0{key}".encode()).hexdigest()
 
 
 def _trusted_remote(task: asyncio.Task[bool]) -> bool:

@@ -55,7 +55,7 @@ async def export_build(engine: WorkerRuntime, session: WorkerSession, graph: byt
     try:
         exported = await write_results(engine, results, roots, session.options,
                                        cast(Mapping[Path, BinaryIO], writers), pushed=pushes,
-                                       form=form, graph=built)
+                                       form=form, graph=built, cache=session.records)
         for path, writer in writers.items():
             await writer.finish(pumping[path])
     finally:

@@ -124,18 +124,67 @@ CACHES: list[tuple[Any, str, CacheSpec]] = [
                       ("use_path_style", "false")))),
     (CACHE_TO, "type=local,dest=/c", CacheSpec("local", (("path", "/c"),))),
     (CACHE_FROM, "type=local,src=/c/../d", CacheSpec("local", (("path", "/d"),))),
+    # a bare reference is a registry cache (or an image with an inline cache)
+    (CACHE_FROM, "user/app:cache", CacheSpec("registry", (("ref", "user/app:cache"),))),
+    (CACHE_FROM, "type=registry,ref=r.io/c", CacheSpec("registry", (("ref", "r.io/c"),))),
+    (CACHE_TO, "type=registry,ref=r.io/c:1,mode=max",
+     CacheSpec("registry", (("image_manifest", "true"), ("oci_mediatypes", "true"),
+                            ("ref", "r.io/c:1")), "max")),
+    (CACHE_TO, "r.io/c:1", CacheSpec("registry", (("image_manifest", "true"),
+                                                  ("oci_mediatypes", "true"),
+                                                  ("ref", "r.io/c:1")))),
+    (CACHE_TO, "type=registry,ref=r.io/c,oci-mediatypes=false,compression=uncompressed",
+     CacheSpec("registry", (("compression", "none"), ("image_manifest", "false"),
+                            ("oci_mediatypes", "false"), ("ref", "r.io/c")))),
+    (CACHE_TO, "type=registry,ref=r.io/c,image-manifest=false,compression=zstd,"
+               "ignore-error=true",
+     CacheSpec("registry", (("compression", "zstd"), ("image_manifest", "false"),
+                            ("oci_mediatypes", "true"), ("ref", "r.io/c")), "min", True)),
+    (CACHE_TO, "type=inline", CacheSpec("inline")),
+    (CACHE_TO, "type=inline,mode=min", CacheSpec("inline")),
 ]
 
 # (parser, value, exact message)
 ERRORS: list[tuple[Any, str, str]] = [
-    (CACHE_FROM, "user/app:cache", "invalid --cache-from 'user/app:cache': registry caches "
-                                   "are not supported\nhint: use --cache-from type=s3,"
-                                   "bucket=B,region=R or type=local,..."),
     (CACHE_TO, "bucket=b", "invalid --cache-to 'bucket=b': type is required\nhint: use "
-                           "type=s3 or type=local"),
-    (CACHE_TO, "type=registry,ref=a", "invalid --cache-to 'type=registry,ref=a': unsupported "
-                                      "cache type 'registry'\nhint: use type=s3 or "
-                                      "type=local"),
+                           "type=registry, type=inline, type=s3 or type=local"),
+    (CACHE_TO, "type=gha", "invalid --cache-to 'type=gha': unsupported cache type 'gha'\n"
+                           "hint: use type=registry, type=inline, type=s3 or type=local"),
+    (CACHE_TO, "type=registry", "invalid --cache-to 'type=registry': ref is required for "
+                                "the registry cache\nhint: use --cache-to type=registry,"
+                                "ref=REGISTRY/REPOSITORY:TAG"),
+    (CACHE_FROM, "type=registry,ref=r.io/Bad", "invalid --cache-from 'type=registry,"
+                                               "ref=r.io/Bad': invalid reference format "
+                                               "'r.io/Bad': repository name (Bad) must be "
+                                               "lowercase"),
+    (CACHE_TO, "r.io/c@sha256:" + "a" * 64, "invalid --cache-to 'type=registry,ref=r.io/c@"
+                                            "sha256:" + "a" * 64 + "': a cache is written "
+                                            "under a tag, not a digest\nhint: name the cache "
+                                            "REPOSITORY:TAG"),
+    (CACHE_TO, "type=registry,ref=r.io/c,image-manifest=true,oci-mediatypes=false",
+     "invalid --cache-to 'type=registry,ref=r.io/c,image-manifest=true,oci-mediatypes=false'"
+     ": image-manifest=true needs OCI media types\nhint: drop oci-mediatypes=false, or add "
+     "image-manifest=false"),
+    (CACHE_TO, "type=registry,ref=r.io/c,compression=estargz",
+     "invalid --cache-to 'type=registry,ref=r.io/c,compression=estargz': compression must be "
+     "gzip, zstd or uncompressed, not 'estargz' (estargz is not produced by dockyard)"),
+    (CACHE_TO, "type=registry,ref=r.io/c,compression-level=9",
+     "invalid --cache-to 'type=registry,ref=r.io/c,compression-level=9': compression-level is "
+     "not supported: layers are compressed at one level (gzip 6, zstd 3, BuildKit's defaults) "
+     "so that a "
+     "layer's digest depends on its files alone"),
+    (CACHE_FROM, "type=registry,ref=r.io/c,compression=gzip",
+     "invalid --cache-from 'type=registry,ref=r.io/c,compression=gzip': unsupported "
+     "attribute 'compression'"),
+    (CACHE_TO, "type=inline,mode=max", "invalid --cache-to 'type=inline,mode=max': an inline "
+                                       "cache holds the image's own layers only (mode=min)\n"
+                                       "hint: use --cache-to type=registry,ref=REF,mode=max "
+                                       "for every step"),
+    (CACHE_TO, "type=inline,ref=x", "invalid --cache-to 'type=inline,ref=x': unsupported "
+                                    "attribute 'ref'"),
+    (CACHE_FROM, "type=inline", "invalid --cache-from 'type=inline': an inline cache is read "
+                                "from its image\nhint: use --cache-from IMAGE "
+                                "(type=registry,ref=IMAGE)"),
     (CACHE_TO, "type=s3,region=r", "invalid --cache-to 'type=s3,region=r': bucket is "
                                    "required for the s3 cache"),
     (CACHE_TO, S3 + ",mode=all", f"invalid --cache-to '{S3},mode=all': mode must be min or "
