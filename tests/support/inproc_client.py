@@ -18,6 +18,7 @@ from typing import Any
 
 from cluster._build_cmd import _context
 from cluster._build_options import BuildOptions, CacheCredentials
+from cluster._context_forms import ClientContext
 from cluster._outputs import OutputWriters
 
 
@@ -55,7 +56,7 @@ def client_session(options: BuildOptions, context: Path,
     """The request's session part and the build's in-process channel; ``root`` is the
     client's (``DOCKYARD_ROOT``), where it keeps its contexts' stat indexes."""
     session: dict[str, Any] = {}
-    server = _context(session, context, None, root)
+    server = _context(session, ClientContext(context, b"", None), root)
     writers = OutputWriters(options.outputs, sys.stdout.buffer)
     return session, ClientChannel({"context.read": server.read, **writers.handlers(),
                                    "cache.credentials": CacheCredentials(options)})
