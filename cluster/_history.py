@@ -26,7 +26,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,8 +115,10 @@ def history_settings(root: Path, retention: Retention) -> dict[str, Any]:
 class BuildRecorder:
     """One build's record as it runs; ``record()`` is its wire map at any time."""
 
-    def __init__(self, build_id: str, request: Mapping[str, Any], started: float) -> None:
+    def __init__(self, build_id: str, request: Mapping[str, Any], started: float, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.build_id = build_id
+        self._clock = clock  # unix time now: when an event came, when the build ended
         self._record: dict[str, Any] = {
             "version": RECORD_VERSION, "id": build_id, "status": "running",
             "created": started, "completed": None, "error": None,
@@ -137,10 +139,10 @@ class BuildRecorder:
             self.truncated = True
             return
         self._event_bytes += size
-        self.events.append([time.time(), event_to_wire(event)])
+        self.events.append([self._clock(), event_to_wire(event)])
 
     def finish(self, status: str, *, result: Any = None, error: str | None = None) -> None:
-        self._record.update(status=status, completed=time.time(), error=error)
+        self._record.update(status=status, completed=self._clock(), error=error)
         metadata = result.get("metadata") if isinstance(result, Mapping) else None
         if isinstance(metadata, Mapping):
             self._record["metadata"] = {str(k): v for k, v in metadata.items()
@@ -253,7 +255,7 @@ class HistoryStore:
             record = self._read(path)
             if record is not None:
                 found.append(record)
-        return sorted(found, key=lambda r: r["created"], reverse=True)
+        return sorted(found, key=_newest, reverse=True)
 
     def prune(self, keep: str = "", now: float | None = None) -> list[str]:
         """Remove the records past the retention (never ``keep``, the one just written)."""
@@ -297,6 +299,11 @@ class HistoryStore:
         return None
 
 
+def _newest(record: Mapping[str, Any]) -> tuple[float, str]:
+    """The sort key of records, newest first (reversed); equal times in a fixed order."""
+    return (float(record["created"]), str(record["id"]))
+
+
 def resolve(refs: Iterable[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records ``refs`` name (``records`` newest first): ``^N`` is the Nth before the
     most recent (``^0`` the most recent), anything else a unique id prefix."""
@@ -334,7 +341,7 @@ def answer(store: HistoryStore, params: Mapping[str, Any],
     "all": true}`` the ids removed (a running build's record is kept until it ends)."""
     busy = {str(r["id"]) for r in running}
     records = sorted([dict(r) for r in running] + store.records(),
-                     key=lambda r: r["created"], reverse=True)
+                     key=_newest, reverse=True)
     op = params.get("op")
     if op == "ls":
         return [summary_of(record) for record in records]
