@@ -406,13 +406,7 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("--annotation", action="append", default=[], metavar="[TYPE[PLATFORM],...:]K=V",
         help="an annotation of the image; TYPE: manifest (default), index, "
              "manifest-descriptor, index-descriptor; repeatable")
-    add("--endpoint", metavar="URL", help="build on the cluster at URL (tcp://HOST:PORT, "
-        "http://, https://, unix://PATH; default: DOCKYARD_ENDPOINT, else the local service)")
-    add("--builder", metavar="URL|default", help="buildx's builder: an endpoint URL (as "
-        "--endpoint) or 'default' for the local service (default: BUILDX_BUILDER)")
-    add("--token-file", metavar="FILE", help="the endpoint's token (default: DOCKYARD_TOKEN)")
-    add("--tls-ca", metavar="FILE", help="the CA an https endpoint is verified against "
-        "(default: DOCKYARD_TLS_CA, else the system store)")
+    _add_endpoint_flags(build, "build on")
     # buildx's experimental controller-server flags: read, so that they are refused with
     # their reason (cluster/_build_options.py SERVER_FLAGS) rather than as unknown
     add("--detach", action="store_true", help=argparse.SUPPRESS)
@@ -479,17 +473,17 @@ def _run_history(args: argparse.Namespace) -> int:
     return run_history(args)
 
 
-def _add_history_where(parser: argparse.ArgumentParser) -> None:
-    """The flags naming whose records: the local service (default) or an endpoint."""
+def _add_endpoint_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """The flags naming the service a command talks to: the local one (default) or an
+    endpoint; ``what``: what the command does there (``build on``)."""
     add = parser.add_argument
-    add("--endpoint", metavar="URL", help="the records of the cluster at URL (default: "
-        "DOCKYARD_ENDPOINT, else the local service)")
-    add("--builder", metavar="URL|default", help="buildx's builder: an endpoint URL or "
-        "'default' (default: BUILDX_BUILDER)")
+    add("--endpoint", metavar="URL", help=f"{what} the cluster at URL (tcp://HOST:PORT, "
+        "http://, https://, unix://PATH; default: DOCKYARD_ENDPOINT, else the local service)")
+    add("--builder", metavar="URL|default", help="buildx's builder: an endpoint URL (as "
+        "--endpoint) or 'default' for the local service (default: BUILDX_BUILDER)")
     add("--token-file", metavar="FILE", help="the endpoint's token (default: DOCKYARD_TOKEN)")
     add("--tls-ca", metavar="FILE", help="the CA an https endpoint is verified against "
-        "(default: DOCKYARD_TLS_CA)")
-    parser.set_defaults(run=_run_history)
+        "(default: DOCKYARD_TLS_CA, else the system store)")
 
 
 def _add_history(subparsers: _Subparsers) -> None:
@@ -514,7 +508,8 @@ def _add_history(subparsers: _Subparsers) -> None:
     rm.add_argument("builds", nargs="*", metavar="BUILD", help="build ids, prefixes or ^N")
     rm.add_argument("--all", action="store_true", help="remove every finished build's record")
     for parser in (ls, inspect, logs, rm):
-        _add_history_where(parser)
+        _add_endpoint_flags(parser, "the records of")
+        parser.set_defaults(run=_run_history)
 
 
 # --- dockyard du / dockyard prune (cluster/_gc_cmd.py) ------------------------------------

@@ -2,7 +2,10 @@
 streams, and decides (DESIGN.md): it runs the frontend (Dockerfile -> BuildGraph) and the
 solver, and sends each vertex to a worker actor of the vertex's architecture.  It does no
 registry or file I/O of its own: base images are resolved, identities and checksums
-computed, vertices executed, records kept and images exported by workers.
+computed, vertices executed, records kept and images exported by workers.  The one file
+it writes is each build's record when the build ends (cluster/_history.py: its request,
+events, the worker of each vertex and its outcome; ``history`` answers
+``dockyard history``), when it was given a ``history`` directory.
 
 ``solve(request)`` is an async generator of plain maps, one of::
 

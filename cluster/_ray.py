@@ -193,7 +193,9 @@ class RayRuntime:
         """The embedded service's actors on this head: the node's worker (its native arch
         and, emulated, every other one dockyard knows) and the coordinator, which finds
         it (and any worker that joins) by name.  Ray restarts either when it dies (the
-        same handle then reaches the new one): the service outlives its actors."""
+        same handle then reaches the new one): the service outlives its actors.
+        ``history``: where and how long the coordinator keeps build records
+        (cluster/_history.py ``history_settings``)."""
         import ray
 
         from cluster._coordinator import Coordinator
