@@ -277,8 +277,8 @@ class Coordinator:
         build_id = uuid.uuid4().hex
         recorder = BuildRecorder(build_id, request, time.time()) if self._history else None
         sink = _BuildSink(queue, recorder)
-        task = asyncio.ensure_future(self._recorded_build(build_id, request, sink, queue,
-                                                          recorder))
+        task = asyncio.ensure_future(self._queued_build(build_id, request, sink, queue,
+                                                        recorder))
         try:
             while (item := await queue.get()) is not _DONE:
                 yield item  # type: ignore[misc]
@@ -287,24 +287,34 @@ class Coordinator:
             await asyncio.wait([task])  # its sessions closed: nothing left running
             raise
 
-    async def _recorded_build(self, build_id: str, request: dict[str, Any], sink: _BuildSink,
-                              queue: asyncio.Queue[object],
-                              recorder: BuildRecorder | None) -> None:
-        """``_queued_build``, its record kept while it runs and written when it ends
-        (completed, failed or cancelled)."""
-        if recorder is None:
-            return await self._queued_build(build_id, request, sink, queue, None)
-        self._recording[build_id] = recorder
+    async def _queued_build(self, build_id: str, request: dict[str, Any], sink: _BuildSink,
+                            queue: asyncio.Queue[object],
+                            recorder: BuildRecorder | None) -> None:
+        """The build, its last item (result or failure) queued once its record is kept:
+        a client that saw its build end finds the record.  ``_recording`` holds the record
+        until then (completed, failed or cancelled)."""
+        if recorder is not None:
+            self._recording[build_id] = recorder
+        last: dict[str, Any] | None = None  # the result or failure item
         try:
-            await self._queued_build(build_id, request, sink, queue, recorder)
+            result = await self._run_build(build_id, request, sink, recorder)
+            result["statistics"] = {"executed": sink.executed, "cached": sink.cached}
+            last = {"result": result}
+            _finish(recorder, "completed", result=result)
+        except DockyardError as error:
+            last = {"failure": failure_map(error)}
+            _finish(recorder, "error", error=str(error))
         except asyncio.CancelledError:
-            recorder.finish("canceled", error="the build was cancelled")
+            _finish(recorder, "canceled", error="the build was cancelled")
             raise
         finally:
-            del self._recording[build_id]
-            if recorder.status == "running":  # ended by something else than a build error
-                recorder.finish("error", error="the build ended without a result")
-            await _shielded(self._write_record(recorder))
+            if recorder is not None:
+                _finish(recorder, "error", error="the build ended without a result")
+                await _shielded(self._write_record(recorder))
+                del self._recording[build_id]
+            if last is not None:
+                queue.put_nowait(last)
+            queue.put_nowait(_DONE)
 
     async def _write_record(self, recorder: BuildRecorder) -> None:
         """Keep the record: a record that cannot be kept (a full disk) is logged, never
@@ -315,22 +325,6 @@ class Coordinator:
         except Exception as exc:  # noqa: BLE001 -- bookkeeping must not fail a build
             print(f"dockyard: cannot keep the record of build {recorder.build_id} in "
                   f"{self._history.directory}: {exc}", flush=True)
-
-    async def _queued_build(self, build_id: str, request: dict[str, Any], sink: _BuildSink,
-                            queue: asyncio.Queue[object],
-                            recorder: BuildRecorder | None) -> None:
-        try:
-            result = await self._run_build(build_id, request, sink, recorder)
-            result["statistics"] = {"executed": sink.executed, "cached": sink.cached}
-            if recorder is not None:
-                recorder.finish("completed", result=result)
-            queue.put_nowait({"result": result})
-        except DockyardError as error:
-            if recorder is not None:
-                recorder.finish("error", error=str(error))
-            queue.put_nowait({"failure": failure_map(error)})
-        finally:
-            queue.put_nowait(_DONE)
 
     async def _run_build(self, build_id: str, request: dict[str, Any], sink: _BuildSink,
                          recorder: BuildRecorder | None) -> dict[str, Any]:
@@ -485,6 +479,12 @@ class Coordinator:
     def __repr__(self) -> str:
         return (f"<Coordinator active={len(self._active)} completed={self._completed} "
                 f"cancelled={self._cancelled} {self._placement!r}>")
+
+
+def _finish(recorder: BuildRecorder | None, status: str, **outcome: Any) -> None:
+    """End ``recorder``'s record with ``status``, unless it has ended already."""
+    if recorder is not None and recorder.status == "running":
+        recorder.finish(status, **outcome)
 
 
 def _ignore_patterns(session: Mapping[str, Any]) -> list[str]:

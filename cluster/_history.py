@@ -339,8 +339,9 @@ def answer(store: HistoryStore, params: Mapping[str, Any],
     ``{"op": "ls"}`` the summaries, newest first; ``{"op": "get", "ref"}`` one record
     (``^0``, the most recent, by default); ``{"op": "rm", "refs"}`` or ``{"op": "rm",
     "all": true}`` the ids removed (a running build's record is kept until it ends)."""
-    busy = {str(r["id"]) for r in running}
-    records = sorted([dict(r) for r in running] + store.records(),
+    busy = {str(r["id"]) for r in running}  # (one being written may be on disk too)
+    stored = [r for r in store.records() if r["id"] not in busy]
+    records = sorted([dict(r) for r in running] + stored,
                      key=_newest, reverse=True)
     op = params.get("op")
     if op == "ls":
