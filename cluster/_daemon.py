@@ -377,8 +377,8 @@ def _forget(calls: dict[int, asyncio.Task[None]], call_id: int, _: object) -> No
 # --- process lifecycle -----------------------------------------------------------------
 
 
-async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float) -> None:
-    retention = Retention.from_environ(os.environ)
+async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float,
+                 retention: Retention) -> None:
     coordinator = runtime.create_actors(paths.root, history_settings(paths.root, retention))
     async with asyncio.timeout(120):  # the coordinator up, and the node's worker found
         while (info := await coordinator.call("ping"))["worker"] is None:
@@ -409,6 +409,11 @@ async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float) -> N
 
 
 def _run(paths: RunPaths, idle_timeout: float) -> int:
+    try:  # the build records' retention, checked before Ray starts
+        retention = Retention.from_environ(os.environ)
+    except DockyardError as error:
+        _log(f"error: {error}")
+        return 1
     os.environ.update(ray_environment(paths.root, os.environ))
     Path(os.environ["HOME"]).mkdir(parents=True, exist_ok=True)
     runtime = RayRuntime(RaySettings.for_machine(paths.root))
@@ -417,7 +422,7 @@ def _run(paths: RunPaths, idle_timeout: float) -> int:
         runtime.start()
         _log(f"Ray up in {time.monotonic() - began:.1f}s; its logs and the actors' in "
              f"{runtime.logs_dir}")
-        asyncio.run(_serve(paths, runtime, idle_timeout))
+        asyncio.run(_serve(paths, runtime, idle_timeout, retention))
     except DockyardError as error:
         _log(f"error: {error}")
         return 1

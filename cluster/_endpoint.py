@@ -12,6 +12,9 @@ The same ``Daemon`` as the embedded service (cluster/_daemon.py: ``/ws`` for cli
 - ``/healthz`` and ``/readyz`` (cluster/_probes.py) for an orchestrator's probes: plain
   GETs without the token, their bodies only counts of workers per arch; ``--ready-arch``
   names the arches that each need a worker before ``/readyz`` answers 200.
+- build records (``dockyard history``, cluster/_history.py) kept by the coordinator under
+  the root: ``--history-max-records`` and ``--history-max-age`` (else
+  ``DOCKYARD_HISTORY_MAX_RECORDS``/``_MAX_AGE``, else BuildKit's 50 and 48h);
 - frames bounded by ``MAX_FRAME_BYTES``; a malformed frame gets a failure, and one that is
   no dockyard frame at all closes that connection only.
 
