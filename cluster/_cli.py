@@ -411,13 +411,7 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
     add("--annotation", action="append", default=[], metavar="[TYPE[PLATFORM],...:]K=V",
         help="an annotation of the image; TYPE: manifest (default), index, "
              "manifest-descriptor, index-descriptor; repeatable")
-    add("--endpoint", metavar="URL", help="build on the cluster at URL (tcp://HOST:PORT, "
-        "http://, https://, unix://PATH; default: DOCKYARD_ENDPOINT, else the local service)")
-    add("--builder", metavar="URL|default", help="buildx's builder: an endpoint URL (as "
-        "--endpoint) or 'default' for the local service (default: BUILDX_BUILDER)")
-    add("--token-file", metavar="FILE", help="the endpoint's token (default: DOCKYARD_TOKEN)")
-    add("--tls-ca", metavar="FILE", help="the CA an https endpoint is verified against "
-        "(default: DOCKYARD_TLS_CA, else the system store)")
+    _add_endpoint_flags(build, "build on")
     # buildx's experimental controller-server flags: read, so that they are refused with
     # their reason (cluster/_build_options.py SERVER_FLAGS) rather than as unknown
     add("--detach", action="store_true", help=argparse.SUPPRESS)
@@ -468,7 +462,59 @@ def _add_serve(subparsers: _Subparsers) -> None:
         help="the cluster's shared cache: every build imports from and exports to it")
     add("--ready-arch", metavar="ARCH[,ARCH]", help="/readyz answers 200 only with a worker "
         "of each (default: any worker)")
+    add("--history-max-records", metavar="N", help="build records kept (default: "
+        "DOCKYARD_HISTORY_MAX_RECORDS, else 50; 0: no limit)")
+    add("--history-max-age", metavar="DURATION", help="how long build records are kept "
+        "(default: DOCKYARD_HISTORY_MAX_AGE, else 48h; 0: no limit)")
     serve.set_defaults(run=_run_serve)
+
+
+# --- dockyard history (cluster/_history_cmd.py) ------------------------------------------
+
+
+def _run_history(args: argparse.Namespace) -> int:
+    from cluster._history_cmd import run_history
+
+    return run_history(args)
+
+
+def _add_endpoint_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """The flags naming the service a command talks to: the local one (default) or an
+    endpoint; ``what``: what the command does there (``build on``)."""
+    add = parser.add_argument
+    add("--endpoint", metavar="URL", help=f"{what} the cluster at URL (tcp://HOST:PORT, "
+        "http://, https://, unix://PATH; default: DOCKYARD_ENDPOINT, else the local service)")
+    add("--builder", metavar="URL|default", help="buildx's builder: an endpoint URL (as "
+        "--endpoint) or 'default' for the local service (default: BUILDX_BUILDER)")
+    add("--token-file", metavar="FILE", help="the endpoint's token (default: DOCKYARD_TOKEN)")
+    add("--tls-ca", metavar="FILE", help="the CA an https endpoint is verified against "
+        "(default: DOCKYARD_TLS_CA, else the system store)")
+
+
+def _add_history(subparsers: _Subparsers) -> None:
+    history = subparsers.add_parser("history", help="show and remove build records")
+    commands = history.add_subparsers(dest="history_command", metavar="COMMAND",
+                                      required=True)
+    ls = commands.add_parser("ls", help="list build records")
+    ls.add_argument("--format", choices=("table", "json"), default="table",
+                    help="a table (default) or JSON")
+    ls.add_argument("--no-trunc", action="store_true", help="show the whole build ids")
+    inspect = commands.add_parser("inspect", help="show one build record")
+    inspect.add_argument("--format", choices=("pretty", "json"), default="pretty",
+                         help="text (default) or JSON")
+    logs = commands.add_parser("logs", help="print a build's logs")
+    logs.add_argument("--progress", choices=("plain", "rawjson"), default="plain",
+                      help="as a build's --progress (default plain)")
+    logs.add_argument("--vertex", type=int, metavar="N", help="only step #N")
+    for parser in (inspect, logs):
+        parser.add_argument("build", nargs="?", metavar="BUILD",
+                            help="a build id, its prefix, or ^N (default ^0: the latest)")
+    rm = commands.add_parser("rm", help="remove build records")
+    rm.add_argument("builds", nargs="*", metavar="BUILD", help="build ids, prefixes or ^N")
+    rm.add_argument("--all", action="store_true", help="remove every finished build's record")
+    for parser in (ls, inspect, logs, rm):
+        _add_endpoint_flags(parser, "the records of")
+        parser.set_defaults(run=_run_history)
 
 
 # --- dockyard du / dockyard prune (cluster/_gc_cmd.py) ------------------------------------
@@ -577,7 +623,7 @@ def _add_ls(subparsers: _Subparsers) -> None:
 
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build, _add_stop,
                                                           _add_serve, _add_du, _add_prune,
-                                                          _add_node, _add_ls)
+                                                          _add_node, _add_ls, _add_history)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,10 @@
 streams, and decides (DESIGN.md): it runs the frontend (Dockerfile -> BuildGraph) and the
 solver, and sends each vertex to a worker actor of the vertex's architecture.  It does no
 registry or file I/O of its own: base images are resolved, identities and checksums
-computed, vertices executed, records kept and images exported by workers.
+computed, vertices executed, records kept and images exported by workers.  The one file
+it writes is each build's record when the build ends (cluster/_history.py: its request,
+events, the worker of each vertex and its outcome; ``history`` answers
+``dockyard history``), when it was given a ``history`` directory.
 
 ``solve(request)`` is an async generator of plain maps, one of::
 
@@ -47,6 +50,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
@@ -80,6 +84,7 @@ from ._dispatch import (
     unwrap,
 )
 from ._frontend import FrontendRequest, base_image, run_frontend
+from ._history import BuildRecorder, HistoryStore, Retention, answer
 from ._ray import ARCHES, ActorRef, discover_workers
 from ._registry import Placement, Registry, WorkerEntry
 
@@ -100,11 +105,13 @@ async def _ray_discover() -> Mapping[str, Any]:
 
 
 class _BuildSink:
-    """One build's ``EventSink``: queues each event's wire map (never blocks) and counts
-    the build's cached and executed vertices."""
+    """One build's ``EventSink``: queues each event's wire map (never blocks), counts the
+    build's cached and executed vertices and hands each event to the build's record."""
 
-    def __init__(self, queue: asyncio.Queue[object]) -> None:
+    def __init__(self, queue: asyncio.Queue[object], recorder: BuildRecorder | None = None
+                 ) -> None:
         self._queue = queue
+        self._recorder = recorder  # the build's record (None: an unrecorded build)
         self.cached = 0  # VertexCached events of this build
         self.executed = 0  # VertexCompleted events of this build
 
@@ -112,20 +119,25 @@ class _BuildSink:
         self.cached += isinstance(event, VertexCached)
         self.executed += isinstance(event, VertexCompleted)
         self._queue.put_nowait({"event": event_to_wire(event)})
+        if self._recorder is not None:
+            self._recorder.observe(event)
 
     @property
     def uncounted(self) -> EventSink:
         """This sink without the counting: the build's own steps (cluster/_build_steps.py)
         are no vertices of its graph."""
-        return _Uncounted(self._queue)
+        return _Uncounted(self._queue, self._recorder)
 
 
 class _Uncounted:
-    def __init__(self, queue: asyncio.Queue[object]) -> None:
+    def __init__(self, queue: asyncio.Queue[object], recorder: BuildRecorder | None) -> None:
         self._queue = queue
+        self._recorder = recorder
 
     def emit(self, event: Event) -> None:
         self._queue.put_nowait({"event": event_to_wire(event)})
+        if self._recorder is not None:
+            self._recorder.observe(event)
 
 
 class _NoBackend:
@@ -162,7 +174,8 @@ class Coordinator:
     or with a ``Registry`` of fakes (tests)."""
 
     def __init__(self, worker: Any = None, arches: Sequence[str] = ARCHES, *,
-                 discover: bool = False, registry: Registry | None = None) -> None:
+                 discover: bool = False, registry: Registry | None = None,
+                 history: Mapping[str, Any] | None = None) -> None:
         if registry is None:
             registry = Registry(_ray_discover if discover else None)
         if worker is not None:
@@ -178,6 +191,11 @@ class Coordinator:
         self._cancelled = 0  # solves stopped by cancellation
         self._frontends = 0  # frontends running (in their threads); 0 once their build ends
         self._watch: asyncio.Task[None] | None = None  # the registry's periodic refresh
+        # The build records (``history``: {"directory", "max_records", "max_age"}; None:
+        # builds are not recorded) and the records of the builds running now, by id.
+        self._history = (HistoryStore(Path(history["directory"]), Retention.from_wire(history))
+                         if history else None)
+        self._recording: dict[str, BuildRecorder] = {}
         # This coordinator process, named in each build it opens on a worker: a worker
         # closes the builds of a dead predecessor when it sees another one.
         self.incarnation = uuid.uuid4().hex
@@ -208,6 +226,14 @@ class Coordinator:
                 "lost_workers": list(self._registry.lost_names),
                 "solver": {"executed": solver.executed, "cached": solver.cached,
                            "in_flight": solver.in_flight}}
+
+    async def history(self, params: Mapping[str, Any]) -> Any:
+        """``dockyard history``'s requests (cluster/_history.py ``answer``) over this
+        coordinator's records and those of the builds it runs now."""
+        if self._history is None:
+            raise UsageError("this dockyard service keeps no build records")
+        running = [recorder.record() for recorder in self._recording.values()]
+        return await asyncio.to_thread(answer, self._history, dict(params), running)
 
     async def _refreshed(self) -> None:
         """The registry up to date, and kept so while this actor lives."""
@@ -248,8 +274,11 @@ class Coordinator:
     async def _build(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The build's events as they come, then its result (or its error, raised)."""
         queue: asyncio.Queue[object] = asyncio.Queue()
-        sink = _BuildSink(queue)
-        task = asyncio.ensure_future(self._queued_build(request, sink, queue))
+        build_id = uuid.uuid4().hex
+        recorder = BuildRecorder(build_id, request, time.time()) if self._history else None
+        sink = _BuildSink(queue, recorder)
+        task = asyncio.ensure_future(self._queued_build(build_id, request, sink, queue,
+                                                        recorder))
         try:
             while (item := await queue.get()) is not _DONE:
                 yield item  # type: ignore[misc]
@@ -258,19 +287,47 @@ class Coordinator:
             await asyncio.wait([task])  # its sessions closed: nothing left running
             raise
 
-    async def _queued_build(self, request: dict[str, Any], sink: _BuildSink,
-                            queue: asyncio.Queue[object]) -> None:
+    async def _queued_build(self, build_id: str, request: dict[str, Any], sink: _BuildSink,
+                            queue: asyncio.Queue[object],
+                            recorder: BuildRecorder | None) -> None:
+        """The build, its last item (result or failure) queued once its record is kept:
+        a client that saw its build end finds the record.  ``_recording`` holds the record
+        until then (completed, failed or cancelled)."""
+        if recorder is not None:
+            self._recording[build_id] = recorder
+        last: dict[str, Any] | None = None  # the result or failure item
         try:
-            result = await self._run_build(request, sink)
+            result = await self._run_build(build_id, request, sink, recorder)
             result["statistics"] = {"executed": sink.executed, "cached": sink.cached}
-            queue.put_nowait({"result": result})
+            last = {"result": result}
+            _finish(recorder, "completed", result=result)
         except DockyardError as error:
-            queue.put_nowait({"failure": failure_map(error)})
+            last = {"failure": failure_map(error)}
+            _finish(recorder, "error", error=str(error))
+        except asyncio.CancelledError:
+            _finish(recorder, "canceled", error="the build was cancelled")
+            raise
         finally:
+            if recorder is not None:
+                _finish(recorder, "error", error="the build ended without a result")
+                await _shielded(self._write_record(recorder))
+                del self._recording[build_id]
+            if last is not None:
+                queue.put_nowait(last)
             queue.put_nowait(_DONE)
 
-    async def _run_build(self, request: dict[str, Any], sink: _BuildSink) -> dict[str, Any]:
-        build_id = uuid.uuid4().hex
+    async def _write_record(self, recorder: BuildRecorder) -> None:
+        """Keep the record: a record that cannot be kept (a full disk) is logged, never
+        the build's error."""
+        assert self._history is not None
+        try:
+            await asyncio.to_thread(self._history.write, recorder.record())
+        except Exception as exc:  # noqa: BLE001 -- bookkeeping must not fail a build
+            print(f"dockyard: cannot keep the record of build {recorder.build_id} in "
+                  f"{self._history.directory}: {exc}", flush=True)
+
+    async def _run_build(self, build_id: str, request: dict[str, Any], sink: _BuildSink,
+                         recorder: BuildRecorder | None) -> dict[str, Any]:
         await self._refreshed()
         part = {"options": request["options"], "session": request.get("session", {}),
                 "coordinator": self.incarnation, "started": time.time()}
@@ -281,9 +338,12 @@ class Coordinator:
             graph = await self._frontend(request["dockerfile"], options, part["session"],
                                          sessions, steps)
             self._placement.check(graph)
+            backend = DispatchBackend(sessions)
+            if recorder is not None:
+                backend.ran_on = recorder.nodes  # the record names each vertex's worker
             solve = functools.partial(
                 self._solver.solve, graph, no_cache=options.no_cache, events=sink,
-                backend=DispatchBackend(sessions), cache=ClusterRecords(sessions, sink))
+                backend=backend, cache=ClusterRecords(sessions, sink))
             records = await solve()
             return await self._exports(sessions, graph, records, sink, solve, steps,
                                        options)
@@ -419,6 +479,12 @@ class Coordinator:
     def __repr__(self) -> str:
         return (f"<Coordinator active={len(self._active)} completed={self._completed} "
                 f"cancelled={self._cancelled} {self._placement!r}>")
+
+
+def _finish(recorder: BuildRecorder | None, status: str, **outcome: Any) -> None:
+    """End ``recorder``'s record with ``status``, unless it has ended already."""
+    if recorder is not None and recorder.status == "running":
+        recorder.finish(status, **outcome)
 
 
 def _ignore_patterns(session: Mapping[str, Any]) -> list[str]:

@@ -15,7 +15,9 @@ Started detached by a client (cluster/_service.py), it
    ``clean_root``, workers/_janitor.py).
 
 Calls: ``ping``, ``statistics``, ``solve`` (streams events; its session channel is open
-while it runs, cluster/_relay.py), ``stop``.  A call is
+while it runs, cluster/_relay.py), ``history`` (the coordinator's build records,
+cluster/_history.py; their retention from ``DOCKYARD_HISTORY_MAX_RECORDS`` and
+``DOCKYARD_HISTORY_MAX_AGE``), ``stop``.  A call is
 cancelled by a ``cancel`` frame or when its websocket closes (the client died or the user
 pressed Ctrl-C); cancelling ``solve`` cancels the coordinator's task.
 """
@@ -41,6 +43,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from scheduler._build_request import BuildOptions, CacheSpec
 from scheduler._errors import DockyardError, ServiceError, UsageError, WorkerLost
 
+from ._history import Retention, history_settings
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._relay import Session, SessionRelay
 from ._service import RunPaths, clean_root, kill_processes, process_tree, try_flock
@@ -236,6 +239,8 @@ class Daemon:
                     self.relay.statistics()} | stats
         if request.method == "solve":
             return await self._solve(request, connection)
+        if request.method == "history":
+            return await self.coordinator.call("history", dict(request.params))
         if request.method == "stop":
             self.stopping.set()
             return {"stopping": True}
@@ -372,8 +377,9 @@ def _forget(calls: dict[int, asyncio.Task[None]], call_id: int, _: object) -> No
 # --- process lifecycle -----------------------------------------------------------------
 
 
-async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float) -> None:
-    coordinator = runtime.create_actors(paths.root)
+async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float,
+                 retention: Retention) -> None:
+    coordinator = runtime.create_actors(paths.root, history_settings(paths.root, retention))
     async with asyncio.timeout(120):  # the coordinator up, and the node's worker found
         while (info := await coordinator.call("ping"))["worker"] is None:
             await asyncio.sleep(0.1)
@@ -403,6 +409,11 @@ async def _serve(paths: RunPaths, runtime: RayRuntime, idle_timeout: float) -> N
 
 
 def _run(paths: RunPaths, idle_timeout: float) -> int:
+    try:  # the build records' retention, checked before Ray starts
+        retention = Retention.from_environ(os.environ)
+    except DockyardError as error:
+        _log(f"error: {error}")
+        return 1
     os.environ.update(ray_environment(paths.root, os.environ))
     Path(os.environ["HOME"]).mkdir(parents=True, exist_ok=True)
     runtime = RayRuntime(RaySettings.for_machine(paths.root))
@@ -411,7 +422,7 @@ def _run(paths: RunPaths, idle_timeout: float) -> int:
         runtime.start()
         _log(f"Ray up in {time.monotonic() - began:.1f}s; its logs and the actors' in "
              f"{runtime.logs_dir}")
-        asyncio.run(_serve(paths, runtime, idle_timeout))
+        asyncio.run(_serve(paths, runtime, idle_timeout, retention))
     except DockyardError as error:
         _log(f"error: {error}")
         return 1

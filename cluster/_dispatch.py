@@ -198,6 +198,8 @@ class DispatchBackend:
         # where the answer goes); sent together by ``_batch``, the task of the next send.
         self._checksums: list[tuple[Vertex, Selector, asyncio.Future[str]]] = []
         self._batch: asyncio.Task[None] | None = None
+        # vertex digest -> the worker that ran it (its last attempt; the build's record)
+        self.ran_on: dict[str, str] = {}
 
     @property
     def build_id(self) -> str:
@@ -246,6 +248,8 @@ class DispatchBackend:
             entry, emulated = await self._placement.take(vertex, layers, avoid=lost)
             try:
                 await self.sessions.open(entry)
+                self.ran_on[vertex.digest] = entry.describe() + (" (emulated)" if emulated
+                                                                 else "")
                 result = await self._run_on(entry, vertex, inputs, layers, events, emulated)
             except WorkerLost:
                 lost.append(entry.describe())

@@ -12,6 +12,9 @@ The same ``Daemon`` as the embedded service (cluster/_daemon.py: ``/ws`` for cli
 - ``/healthz`` and ``/readyz`` (cluster/_probes.py) for an orchestrator's probes: plain
   GETs without the token, their bodies only counts of workers per arch; ``--ready-arch``
   names the arches that each need a worker before ``/readyz`` answers 200.
+- build records (``dockyard history``, cluster/_history.py) kept by the coordinator under
+  the root: ``--history-max-records`` and ``--history-max-age`` (else
+  ``DOCKYARD_HISTORY_MAX_RECORDS``/``_MAX_AGE``, else BuildKit's 50 and 48h);
 - frames bounded by ``MAX_FRAME_BYTES``; a malformed frame gets a failure, and one that is
   no dockyard frame at all closes that connection only.
 
@@ -42,6 +45,7 @@ from scheduler._errors import ServiceError, UsageError
 
 from ._build_options import CacheSpec, parse_cache, read_token_file
 from ._daemon import Daemon
+from ._history import AGE_ENV, RECORDS_ENV, Retention, history_settings
 from ._probes import PROBE_PATHS, Probes, parse_ready_arches
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._service import default_root, kill_processes, process_tree
@@ -71,6 +75,8 @@ class ServeSettings:
     caches: tuple[CacheSpec, ...] = ()
     # Arches that each need a native worker before /readyz answers 200 (empty: any one).
     ready_arches: tuple[str, ...] = ()
+    # How many build records the coordinator keeps, and how long (cluster/_history.py).
+    history: Retention = Retention()
 
     @property
     def scheme(self) -> str:
@@ -117,11 +123,15 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
             raise UsageError(f"invalid --cache type={spec.type}: a cluster's shared cache is "
                              "type=s3 (every node must reach it)")
     ready_arches = parse_ready_arches(getattr(args, "ready_arch", None))
+    history = Retention.parse(
+        getattr(args, "history_max_records", None) or os.environ.get(RECORDS_ENV),
+        getattr(args, "history_max_age", None) or os.environ.get(AGE_ENV),
+        where=("--history-max-records", "--history-max-age"))
     return ServeSettings(root=default_root(os.environ), host=args.host, port=args.port,
                          ray_address=args.ray_address, token=token, tls_cert=args.tls_cert,
                          tls_key=args.tls_key, insecure=args.insecure,
                          advertise_url=args.advertise_url, slots=slots, caches=caches,
-                         ready_arches=ready_arches)
+                         ready_arches=ready_arches, history=history)
 
 
 def server_ssl_context(cert: str, key: str) -> Any:
@@ -179,9 +189,10 @@ def _say(text: str) -> None:
 def _coordinator(runtime: RayRuntime, settings: ServeSettings) -> ActorRef:
     """The coordinator this endpoint submits to: the cluster's (attached to a cluster),
     else that of the one-node cluster this endpoint started, with its node's worker."""
+    history = history_settings(settings.root, settings.history)
     if settings.ray_address:
-        return runtime.cluster_coordinator()
-    return runtime.create_actors(settings.root)
+        return runtime.cluster_coordinator(history)
+    return runtime.create_actors(settings.root, history)
 
 
 async def serve(settings: ServeSettings, coordinator: ActorRef,

@@ -170,7 +170,7 @@ class RayRuntime:
         ).remote(str(root), arches, native, slots)
         return ActorRef(handle, "worker")
 
-    def cluster_coordinator(self) -> ActorRef:
+    def cluster_coordinator(self, history: Mapping[str, Any] | None = None) -> ActorRef:
         """The cluster's coordinator (named ``COORDINATOR_NAME``, detached, restarted by
         Ray if it dies; made here when the cluster has none): it finds the workers of
         every node by name, so endpoints and nodes may come and go around it."""
@@ -185,14 +185,17 @@ class RayRuntime:
             name=COORDINATOR_NAME, namespace=NAMESPACE, get_if_exists=True,
             lifetime="detached", max_restarts=-1, num_cpus=0, max_concurrency=1000,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
-        ).remote(discover=True)
+        ).remote(discover=True, history=history)
         return ActorRef(coordinator, "coordinator")
 
-    def create_actors(self, root: Path) -> ActorRef:
+    def create_actors(self, root: Path, history: Mapping[str, Any] | None = None
+                      ) -> ActorRef:
         """The embedded service's actors on this head: the node's worker (its native arch
         and, emulated, every other one dockyard knows) and the coordinator, which finds
         it (and any worker that joins) by name.  Ray restarts either when it dies (the
-        same handle then reaches the new one): the service outlives its actors."""
+        same handle then reaches the new one): the service outlives its actors.
+        ``history``: where and how long the coordinator keeps build records
+        (cluster/_history.py ``history_settings``)."""
         import ray
 
         from cluster._coordinator import Coordinator
@@ -204,7 +207,7 @@ class RayRuntime:
         coordinator_cls: Any = ray.remote(Coordinator)
         coordinator = coordinator_cls.options(
             name=COORDINATOR_NAME, namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
-            max_concurrency=1000, max_restarts=-1).remote(discover=True)
+            max_concurrency=1000, max_restarts=-1).remote(discover=True, history=history)
         return ActorRef(coordinator, "coordinator")
 
     def shutdown(self) -> None:

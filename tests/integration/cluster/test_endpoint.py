@@ -5,7 +5,8 @@ certificate and a token, on a free 127.0.0.1 port; clients reach it with ``--end
 Covers: ``ping`` through the endpoint with the token and the CA; no token, a wrong token
 and an unverified certificate refused through the CLI with one clear line (no
 traceback); a malformed frame closing only its own connection; a build through
-``--endpoint`` (the context on this machine's disk, which the worker shares here), and
+``--endpoint`` (the context on this machine's disk, which the worker shares here), its
+build record read and removed through the endpoint (``dockyard history``), and
 with ``--load`` into the client's Docker engine (a private dockerd); the
 server stopping on SIGTERM with nothing it started left running; a one-file change in a
 10,000-file context read and sent alone (the client's stat index, issue 10).  (The relay's round
@@ -187,6 +188,39 @@ def test_a_build_through_the_endpoint(served: Served) -> None:
                       "-o", f"type=local,dest={out}", str(_context(served)))
     assert done.returncode == 0, done.stderr.decode()
     assert (out / "a.txt").read_text() == "hello from the client\n"
+    assert not (served.work / "client-root" / "run").exists(), "no local service started"
+
+
+def test_history_through_the_endpoint(served: Served) -> None:
+    """The cluster's build records, listed, inspected, read and removed through
+    ``--endpoint``: kept under the server's root, none on the client."""
+    context = served.work / "history-ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY h.txt /h.txt\n")
+    (context / "h.txt").write_text(f"recorded {time.time()}\n")  # never cached before
+    where = ("--endpoint", served.url, "--token-file", str(served.token_file),
+             "--tls-ca", str(served.cert))
+    meta = served.work / "history-meta.json"
+    done = served.cli("build", "--progress=plain", *where, "--metadata-file", str(meta),
+                      "-o", f"type=local,dest={served.work / 'history-out'}", str(context))
+    assert done.returncode == 0, done.stderr.decode()
+    build_id = json.loads(meta.read_text())["buildx.build.ref"].rsplit("/", 1)[1]
+
+    def history(*argv: str) -> str:
+        answer = served.cli("history", *argv, *where)
+        assert answer.returncode == 0, answer.stderr.decode()
+        return answer.stdout.decode()
+
+    assert json.loads(history("ls", "--format", "json"))[0]["id"] == build_id
+    record = json.loads(history("inspect", build_id[:8], "--format", "json"))
+    copy = next(v for v in record["vertices"] if v["name"].endswith("COPY h.txt /h.txt"))
+    assert not copy["cached"] and copy["node"].startswith("dockyard-worker-")
+    assert record["outputs"][0]["type"] == "local" and record["status"] == "completed"
+    assert "COPY h.txt /h.txt" in history("logs", build_id)
+    assert (served.root / "history" / f"{build_id}.msgpack").is_file()
+    assert history("rm", build_id).split() == [build_id]
+    assert build_id not in history("ls", "--no-trunc")
+    assert not (served.work / "client-root" / "history").exists()
     assert not (served.work / "client-root" / "run").exists(), "no local service started"
 
 
