@@ -80,6 +80,7 @@ from ._dispatch import (
     unwrap,
 )
 from ._frontend import FrontendRequest, base_image, run_frontend
+from ._metrics import BuildCounts, ClusterMetrics
 from ._ray import ARCHES, ActorRef, discover_workers
 from ._registry import Placement, Registry, WorkerEntry
 
@@ -92,6 +93,8 @@ _DONE = object()  # ends a build's queue
 #: exporting worker, the build's id).
 BUILD_REF_KEY = "buildx.build.ref"
 REFRESH_SECONDS = 1.0  # how often the registry looks for workers that joined or left
+#: How long a scrape waits for the workers' own counts (one that is later is left out).
+METRICS_TIMEOUT = 2.0
 
 
 async def _ray_discover() -> Mapping[str, Any]:
@@ -101,16 +104,18 @@ async def _ray_discover() -> Mapping[str, Any]:
 
 class _BuildSink:
     """One build's ``EventSink``: queues each event's wire map (never blocks) and counts
-    the build's cached and executed vertices."""
+    the build's cached and executed vertices (also in the cluster's metrics)."""
 
-    def __init__(self, queue: asyncio.Queue[object]) -> None:
+    def __init__(self, queue: asyncio.Queue[object], counts: BuildCounts) -> None:
         self._queue = queue
+        self.counts = counts  # the metrics' view of this build's vertices
         self.cached = 0  # VertexCached events of this build
         self.executed = 0  # VertexCompleted events of this build
 
     def emit(self, event: Event) -> None:
         self.cached += isinstance(event, VertexCached)
         self.executed += isinstance(event, VertexCompleted)
+        self.counts.count(event)
         self._queue.put_nowait({"event": event_to_wire(event)})
 
     @property
@@ -178,6 +183,7 @@ class Coordinator:
         self._cancelled = 0  # solves stopped by cancellation
         self._frontends = 0  # frontends running (in their threads); 0 once their build ends
         self._watch: asyncio.Task[None] | None = None  # the registry's periodic refresh
+        self._metrics = ClusterMetrics()  # what /metrics shows (cluster/_metrics.py)
         # This coordinator process, named in each build it opens on a worker: a worker
         # closes the builds of a dead predecessor when it sees another one.
         self.incarnation = uuid.uuid4().hex
@@ -208,6 +214,16 @@ class Coordinator:
                 "lost_workers": list(self._registry.lost_names),
                 "solver": {"executed": solver.executed, "cached": solver.cached,
                            "in_flight": solver.in_flight}}
+
+    async def metrics(self) -> bytes:
+        """The cluster's metrics in Prometheus' text format: this coordinator's counts,
+        its registry's workers, and each live worker's own counts (those that answer
+        within ``METRICS_TIMEOUT``, asked all at once)."""
+        await self._refreshed()
+        live = self._registry.live()
+        reports = await asyncio.gather(*(_report(w.handle) for w in live))
+        return self._metrics.exposition(live, len(self._registry.lost_names),
+                                         [r for r in reports if r is not None])
 
     async def _refreshed(self) -> None:
         """The registry up to date, and kept so while this actor lives."""
@@ -248,7 +264,7 @@ class Coordinator:
     async def _build(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The build's events as they come, then its result (or its error, raised)."""
         queue: asyncio.Queue[object] = asyncio.Queue()
-        sink = _BuildSink(queue)
+        sink = _BuildSink(queue, BuildCounts(self._metrics))
         task = asyncio.ensure_future(self._queued_build(request, sink, queue))
         try:
             while (item := await queue.get()) is not _DONE:
@@ -260,13 +276,19 @@ class Coordinator:
 
     async def _queued_build(self, request: dict[str, Any], sink: _BuildSink,
                             queue: asyncio.Queue[object]) -> None:
+        began, status = self._metrics.clock(), "failed"
         try:
             result = await self._run_build(request, sink)
             result["statistics"] = {"executed": sink.executed, "cached": sink.cached}
             queue.put_nowait({"result": result})
+            status = "succeeded"
         except DockyardError as error:
             queue.put_nowait({"failure": failure_map(error)})
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
         finally:
+            self._metrics.build_ended(status, self._metrics.clock() - began)
             queue.put_nowait(_DONE)
 
     async def _run_build(self, request: dict[str, Any], sink: _BuildSink) -> dict[str, Any]:
@@ -281,9 +303,11 @@ class Coordinator:
             graph = await self._frontend(request["dockerfile"], options, part["session"],
                                          sessions, steps)
             self._placement.check(graph)
+            sink.counts.graph = graph
+            backend = DispatchBackend(sessions, self._metrics, sink.counts.ran)
             solve = functools.partial(
                 self._solver.solve, graph, no_cache=options.no_cache, events=sink,
-                backend=DispatchBackend(sessions), cache=ClusterRecords(sessions, sink))
+                backend=backend, cache=ClusterRecords(sessions, sink))
             records = await solve()
             return await self._exports(sessions, graph, records, sink, solve, steps,
                                        options)
@@ -443,6 +467,17 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
                            no_cache_filter=options.no_cache_filter,
                            named_contexts=options.named_contexts,
                            labels=options.labels)
+
+
+async def _report(worker: WorkerHandle) -> Any:
+    """A worker's ``metrics`` report; None when it fails or is late (never waited for
+    past ``METRICS_TIMEOUT``)."""
+    try:
+        async with asyncio.timeout(METRICS_TIMEOUT):
+            report = await worker.call("metrics")
+    except Exception:  # noqa: BLE001 -- a worker that cannot answer is left out of this scrape
+        return None
+    return report if isinstance(report, dict) else None
 
 
 async def _shielded(cleanup: Any) -> None:

@@ -14,7 +14,7 @@ Started detached by a client (cluster/_service.py), it
    removes what its worker left under the root (containers, mounts, bundles:
    ``clean_root``, workers/_janitor.py).
 
-Calls: ``ping``, ``statistics``, ``solve`` (streams events; its session channel is open
+Calls: ``ping``, ``statistics``, ``metrics``, ``solve`` (streams events; its session channel is open
 while it runs, cluster/_relay.py), ``stop``.  A call is
 cancelled by a ``cancel`` frame or when its websocket closes (the client died or the user
 pressed Ctrl-C); cancelling ``solve`` cancels the coordinator's task.
@@ -234,6 +234,8 @@ class Daemon:
             stats = await self.coordinator.call("statistics")
             return {"daemon": {"calls": self._calls - 1, "served": self.served} |
                     self.relay.statistics()} | stats
+        if request.method == "metrics":  # the text exposition (cluster/_metrics.py)
+            return bytes(await self.coordinator.call("metrics"))
         if request.method == "solve":
             return await self._solve(request, connection)
         if request.method == "stop":

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from scheduler._cachekey import Selector, selector_to_wire
 from scheduler._errors import (
+    BlobLost,
     DockyardError,
     SolveError,
     WorkerLost,
@@ -43,6 +44,7 @@ from scheduler._errors import (
 from scheduler._graph import BuildGraph, Vertex, vertex_to_wire
 from scheduler._progress import EventSink, StatusUpdate, VertexLog, event_from_wire
 
+from ._metrics import ClusterMetrics
 from ._registry import Placement, WorkerEntry, needed_arch
 
 __all__ = [
@@ -189,11 +191,15 @@ REJOIN_TIMEOUT = 30.0
 
 
 class DispatchBackend:
-    """The ``SolveBackend`` of one build."""
+    """The ``SolveBackend`` of one build; ``metrics`` counts its executions (the cluster's,
+    cluster/_metrics.py), ``ran`` gets the digest of each vertex it executed."""
 
-    def __init__(self, sessions: BuildSessions) -> None:
+    def __init__(self, sessions: BuildSessions, metrics: ClusterMetrics | None = None,
+                 ran: set[str] | None = None) -> None:
         self.sessions = sessions
         self._placement = sessions.placement
+        self._metrics = metrics or ClusterMetrics()
+        self.ran = set() if ran is None else ran  # vertices executed for this build
         # Reads asked in this turn of the event loop, not yet sent (source, selector,
         # where the answer goes); sent together by ``_batch``, the task of the next send.
         self._checksums: list[tuple[Vertex, Selector, asyncio.Future[str]]] = []
@@ -243,11 +249,18 @@ class DispatchBackend:
         layers = [layer for result in inputs for layer in result.layers]
         lost: list[str] = []
         for _ in range(ATTEMPTS):
-            entry, emulated = await self._placement.take(vertex, layers, avoid=lost)
+            with self._metrics.waiting(vertex):
+                entry, emulated = await self._placement.take(vertex, layers, avoid=lost)
             try:
                 await self.sessions.open(entry)
-                result = await self._run_on(entry, vertex, inputs, layers, events, emulated)
+                with self._metrics.executing(vertex, emulated):
+                    result = await self._run_on(entry, vertex, inputs, layers, events,
+                                                emulated)
+            except BlobLost:
+                self._metrics.vertex(vertex, "retried")  # the solver rebuilds, then retries
+                raise
             except WorkerLost:
+                self._metrics.vertex(vertex, "retried")
                 lost.append(entry.describe())
                 self.sessions.lost(entry)
                 events.emit(VertexLog(vertex.digest, 2, f"worker {entry.describe()} was lost "
@@ -257,6 +270,7 @@ class DispatchBackend:
             finally:
                 self._placement.release(entry)
             self._placement.registry.index.add(entry.name, result.layers)
+            self.ran.add(vertex.digest)
             return result
         raise SolveError(f"the workers running this step were lost {len(lost)} times "
                          f"({', '.join(lost)})",

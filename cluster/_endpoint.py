@@ -12,6 +12,9 @@ The same ``Daemon`` as the embedded service (cluster/_daemon.py: ``/ws`` for cli
 - ``/healthz`` and ``/readyz`` (cluster/_probes.py) for an orchestrator's probes: plain
   GETs without the token, their bodies only counts of workers per arch; ``--ready-arch``
   names the arches that each need a worker before ``/readyz`` answers 200.
+- ``/metrics`` (cluster/_metrics.py): the whole cluster's Prometheus metrics, a plain GET
+  without the token (as the chart's ServiceMonitor scrapes it): counts under bounded
+  labels, never a build id, an image name or a worker name.
 - frames bounded by ``MAX_FRAME_BYTES``; a malformed frame gets a failure, and one that is
   no dockyard frame at all closes that connection only.
 
@@ -42,6 +45,7 @@ from scheduler._errors import ServiceError, UsageError
 
 from ._build_options import CacheSpec, parse_cache, read_token_file
 from ._daemon import Daemon
+from ._metrics import METRICS_PATH, MetricsPage
 from ._probes import PROBE_PATHS, Probes, parse_ready_arches
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._service import default_root, kill_processes, process_tree
@@ -50,6 +54,8 @@ __all__ = ["ServeSettings", "make_app", "run_serve", "serve",
            "serve_settings", "server_ssl_context"]
 
 DEFAULT_PORT = 8375
+#: Paths served without the client token.
+_OPEN_PATHS = frozenset({"/session", METRICS_PATH, *PROBE_PATHS})
 _TOKEN_HINT = "pass the endpoint's token with --token-file FILE or DOCKYARD_TOKEN"
 
 
@@ -143,12 +149,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _auth_middleware(token: str) -> Any:
     """Refuse a ``/ws`` handshake without ``Authorization: Bearer <token>`` (401); the
-    probes and ``/session`` (its own per-build tokens) pass."""
+    probes, ``/metrics`` (counts only) and ``/session`` (its own per-build tokens) pass."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/session" and request.path not in PROBE_PATHS:
+        if request.path not in _OPEN_PATHS:
             given = request.headers.get("Authorization", "")
             if not given:
                 raise web.HTTPUnauthorized(text=f"this endpoint needs a token: {_TOKEN_HINT}\n")
@@ -165,6 +171,7 @@ def make_app(daemon: Daemon, token: str | None,
     app = web.Application(middlewares=[_auth_middleware(token)] if token else [])
     daemon.routes(app)
     Probes(daemon.coordinator, ready_arches, daemon.stopping).routes(app)
+    MetricsPage(daemon.coordinator).routes(app)
     return app
 
 

@@ -17,7 +17,8 @@ Ray as data, scheduler/_errors.py ``error_to_wire``).
 - ``get_record``/``put_record``: the solver's record cache (the worker's disk; with a
   build id, also the build's ``--cache-from``/``--cache-to``); their warnings ride on
   the build's next record or export answer as ``"events"``;
-- ``read_blob``: a blob for a peer worker; ``info``/``ping``/``statistics``; ``echo``
+- ``read_blob``: a blob for a peer worker; ``info``/``ping``/``statistics``; ``metrics``
+  (this process's counts for the cluster's ``/metrics``); ``echo``
   (the service's own tests).
 """
 
@@ -375,6 +376,13 @@ class WorkerActor:
     async def statistics(self) -> dict[str, int]:
         return {"running": self._running, "completed": self._completed,
                 "cancelled": self._cancelled, "sessions": len(self.sessions)}
+
+    async def metrics(self) -> dict[str, Any]:
+        """This process's counts for the cluster's metrics (workers/_metrics.py)."""
+        from ._metrics import WORKER_METRICS  # noqa: PLC0415 -- see __init__
+
+        store = self._runtime.cache if self._runtime is not None else None
+        return WORKER_METRICS.report(store)
 
     def __repr__(self) -> str:
         return (f"<WorkerActor arches={','.join(self.arches)} sessions={len(self.sessions)} "

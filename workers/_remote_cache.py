@@ -45,6 +45,8 @@ from cache_backends._records import CacheRecord, LayerDescriptor
 from scheduler._errors import BlobLost, CacheError, DockyardError, UsageError
 from scheduler._progress import EventSink, warning
 
+from ._metrics import WORKER_METRICS
+
 if TYPE_CHECKING:
     from ._runtime import WorkerRuntime
 
@@ -247,7 +249,7 @@ class RemoteRecords:
         if path is None:
             raise CacheError(f"layer {layer.digest} is in no cache of this machine",
                              hint="build again without --cache-from")
-        await backend.put_blob(layer.digest, path)
+        WORKER_METRICS.moved(backend, "written", await backend.put_blob(layer.digest, path))
         return True
 
     async def drain(self, *, failed: bool = False) -> None:
@@ -305,6 +307,7 @@ class RemoteRecords:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._runtime.forget_remote(remote.backend for remote in self._imports)
+        WORKER_METRICS.absorb(remote.backend for remote in [*self._imports, *self._exports])
 
     def _warn(self, subject: str, text: str) -> None:
         if subject in self.warnings:

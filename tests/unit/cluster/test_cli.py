@@ -73,7 +73,8 @@ USAGE = [
     ([], 1, "error: the following arguments are required: COMMAND\n"
             "hint: see 'dockyard --help'\n"),
     (["frobnicate"], 1, "error: argument COMMAND: invalid choice: 'frobnicate' (choose from "
-                        "'debug', 'build', 'stop', 'serve', 'du', 'prune', 'node', 'ls')\n"
+                        "'debug', 'build', 'stop', 'serve', 'du', 'prune', 'node', 'ls', "
+                        "'metrics')\n"
                         "hint: see 'dockyard --help'\n"),
     (["debug"], 1, "error: the following arguments are required: COMMAND\n"
                    "hint: see 'dockyard debug --help'\n"),
