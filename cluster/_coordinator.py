@@ -43,7 +43,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -64,6 +66,7 @@ from scheduler._progress import (
 )
 from scheduler._solver import Solver
 from scheduler.dockerfile._convert._model import BaseImage
+from workers._logs import configure_logging, set_log_ids
 
 from ._build_options import BuildOptions
 from ._build_steps import BuildSteps
@@ -85,6 +88,8 @@ from ._ray import ARCHES, ActorRef, discover_workers
 from ._registry import Placement, Registry, WorkerEntry
 
 __all__ = ["Coordinator"]
+
+_log = logging.getLogger(__name__)
 
 ECHO_VERTEX = "sha256:" + "0" * 64  # the echo's stand-in vertex digest
 ECHO_NAME = "[internal] echo"
@@ -184,6 +189,7 @@ class Coordinator:
         self._frontends = 0  # frontends running (in their threads); 0 once their build ends
         self._watch: asyncio.Task[None] | None = None  # the registry's periodic refresh
         self._metrics = ClusterMetrics()  # what /metrics shows (cluster/_metrics.py)
+        configure_logging(sys.stderr)  # the actor's log (workers/_logs.py): JSON lines
         # This coordinator process, named in each build it opens on a worker: a worker
         # closes the builds of a dead predecessor when it sees another one.
         self.incarnation = uuid.uuid4().hex
@@ -288,11 +294,15 @@ class Coordinator:
             status = "cancelled"
             raise
         finally:
-            self._metrics.build_ended(status, self._metrics.clock() - began)
+            seconds = self._metrics.clock() - began
+            self._metrics.build_ended(status, seconds)
+            _log.info("build %s in %.1fs: %d vertices executed, %d cached", status, seconds,
+                      sink.executed, sink.cached)
             queue.put_nowait(_DONE)
 
     async def _run_build(self, request: dict[str, Any], sink: _BuildSink) -> dict[str, Any]:
         build_id = uuid.uuid4().hex
+        set_log_ids(build=build_id)  # this build's task: its lines name the build
         await self._refreshed()
         part = {"options": request["options"], "session": request.get("session", {}),
                 "coordinator": self.incarnation, "started": time.time()}

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import signal
 import sys
@@ -40,6 +41,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from scheduler._build_request import BuildOptions, CacheSpec
 from scheduler._errors import DockyardError, ServiceError, UsageError, WorkerLost
+from workers._logs import configure_logging
 
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._relay import Session, SessionRelay
@@ -64,6 +66,7 @@ from ._wire import (
 __all__ = ["Daemon", "main"]
 
 Send = Callable[[Frame], Awaitable[None]]
+_logger = logging.getLogger("cluster.daemon")
 _EXIT_ALREADY_RUNNING = 3
 #: How long a solve whose coordinator died waits for Ray's restart of it (seconds).
 COORDINATOR_RESTART_TIMEOUT = 30.0
@@ -72,7 +75,7 @@ SOLVE_ATTEMPTS = 2
 
 
 def _log(text: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} dockyard[{os.getpid()}] {text}", flush=True)
+    _logger.info(text)
 
 
 class _Socket(web.WebSocketResponse):
@@ -432,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--idle-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
+    configure_logging(sys.stdout)  # run/daemon.log: JSON lines (workers/_logs.py)
     paths = RunPaths(args.root.absolute())
     paths.run.mkdir(parents=True, exist_ok=True)
     with try_flock(paths.daemon_lock) as mine:

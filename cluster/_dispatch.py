@@ -28,6 +28,7 @@ answers a plain call with ``{"result": value}`` or ``{"failure": <Failure fields
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -51,6 +52,8 @@ __all__ = [
     "ATTEMPTS", "BuildSessions", "ClusterRecords", "DispatchBackend", "WorkerHandle",
     "WorkerStream", "answer", "failure_map", "forward_events", "roots_of", "unwrap",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 class WorkerStream(Protocol):
@@ -261,6 +264,8 @@ class DispatchBackend:
                 raise
             except WorkerLost:
                 self._metrics.vertex(vertex, "retried")
+                _log.warning("worker %s lost while running a vertex: running it again",
+                             entry.describe(), extra={"vertex": vertex.digest})
                 lost.append(entry.describe())
                 self.sessions.lost(entry)
                 events.emit(VertexLog(vertex.digest, 2, f"worker {entry.describe()} was lost "

@@ -30,10 +30,10 @@ import asyncio
 import dataclasses
 import hmac
 import ipaddress
+import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from typing import Any
 from aiohttp import web
 
 from scheduler._errors import ServiceError, UsageError
+from workers._logs import configure_logging
 
 from ._build_options import CacheSpec, parse_cache, read_token_file
 from ._daemon import Daemon
@@ -54,6 +55,7 @@ __all__ = ["ServeSettings", "make_app", "run_serve", "serve",
            "serve_settings", "server_ssl_context"]
 
 DEFAULT_PORT = 8375
+_log = logging.getLogger("cluster.endpoint")
 #: Paths served without the client token.
 _OPEN_PATHS = frozenset({"/session", METRICS_PATH, *PROBE_PATHS})
 _TOKEN_HINT = "pass the endpoint's token with --token-file FILE or DOCKYARD_TOKEN"
@@ -178,9 +180,8 @@ def make_app(daemon: Daemon, token: str | None,
 # --- the process -----------------------------------------------------------------------
 
 
-def _say(text: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} dockyard serve[{os.getpid()}] {text}",
-          file=sys.stderr, flush=True)
+def _say(text: str, level: int = logging.INFO) -> None:
+    _log.log(level, text)
 
 
 def _coordinator(runtime: RayRuntime, settings: ServeSettings) -> ActorRef:
@@ -249,9 +250,10 @@ async def _serve_with(runtime: RayRuntime, settings: ServeSettings) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """``dockyard serve``."""
     settings = serve_settings(args)
+    configure_logging(sys.stderr)  # JSON lines unless on a terminal (workers/_logs.py)
     if settings.token is None:
-        _say(f"WARNING: no --token-file: anyone who can reach {settings.host} may build "
-             f"(and read what this endpoint's builds read)")
+        _say(f"no --token-file: anyone who can reach {settings.host} may build "
+             f"(and read what this endpoint's builds read)", logging.WARNING)
     settings.root.mkdir(parents=True, exist_ok=True)
     runtime = _start_ray(settings)
     try:
