@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -188,6 +189,41 @@ def _bounded(text: str, families: dict[str, Any]) -> None:
     assert "busybox" not in text and "127.0.0.1" not in text and TOKEN not in text
 
 
+def test_a_scrape_during_a_build_sees_it_running(endpoint: Endpoint,
+                                                 busybox_image: Any) -> None:
+    context = endpoint.work / "slow"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {busybox_image.reference}\n"
+                                        "RUN sleep 4 && echo slept > /slept\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    environ |= {"DOCKYARD_ROOT": str(endpoint.work / "client-root"),
+                "PYTHONPATH": str(PROJECT)}
+    build = subprocess.Popen([sys.executable, "-m", "cluster", "build", "--endpoint",
+                              endpoint.url, "--token-file", str(endpoint.token_file),
+                              "--platform", "linux/amd64", str(context)],
+                             cwd=endpoint.work, env=environ, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        seen: list[float] = []
+        while build.poll() is None and not seen:
+            families = _scrape(endpoint)[1]
+            if _value(families, "dockyard_vertices_running", arch="amd64") == 1:
+                seen.append(_value(families, "dockyard_workers", arch="amd64",
+                                   mode="native", state="idle"))
+            time.sleep(0.2)
+        _, stderr = build.communicate(timeout=300)
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+    assert build.returncode == 0, stderr.decode()
+    assert seen == [0], "no scrape saw the RUN running on a busy worker"
+    after = _scrape(endpoint)[1]
+    assert _value(after, "dockyard_vertices_running") == 0
+    assert _value(after, "dockyard_vertex_duration_seconds", "_sum", op="exec",
+                  arch="amd64") >= 4
+
+
 def test_metrics_needs_no_token_but_client_calls_do(endpoint: Endpoint) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(endpoint.url + "/ws", timeout=30)
@@ -207,7 +243,8 @@ def test_dockyard_metrics_prints_the_embedded_service_s(busybox_image: Any) -> N
         assert b"no dockyard service is running" in none.stderr, none.stderr
         (work / "Dockerfile").write_text(DOCKERFILE.replace("BUSYBOX", dockyard.busybox))
         (work / "file.txt").write_text("counted\n")
-        built = dockyard.build(str(work))
+        cache = work / "cache"
+        built = dockyard.build("--cache-to", f"type=local,dest={cache},mode=max", str(work))
         assert built.returncode == 0, built.stderr.decode()
         done = dockyard.run("metrics")
         assert done.returncode == 0, done.stderr.decode()
@@ -218,6 +255,14 @@ def test_dockyard_metrics_prints_the_embedded_service_s(busybox_image: Any) -> N
         assert _value(families, "dockyard_builds", "_total", status="succeeded") == 1
         assert _value(families, "dockyard_vertices", "_total", outcome="executed") == \
             _ends(built.stderr.decode()).count("DONE")
+        # the --cache-to backend: the bytes it was sent; its counts kept as the build ended
+        blobs = (cache / "cache" / "blobs").rglob("*")
+        sent = sum(p.stat().st_size for p in blobs if p.is_file())
+        assert sent > 0
+        assert _value(families, "dockyard_cache_bytes", "_total", backend="local",
+                      direction="written") == sent
+        assert {s.labels["backend"] for s in families["dockyard_cache_requests"].samples} \
+            == {"worker", "local"}
     finally:
         dockyard.run("stop", timeout=90)
         shutil.rmtree(root, ignore_errors=True)
