@@ -14,8 +14,8 @@ Started detached by a client (cluster/_service.py), it
    removes what its worker left under the root (containers, mounts, bundles:
    ``clean_root``, workers/_janitor.py).
 
-Calls: ``ping``, ``statistics``, ``metrics``, ``solve`` (streams events; its session channel is open
-while it runs, cluster/_relay.py), ``stop``.  A call is
+Calls: ``ping``, ``statistics``, ``metrics`` (cluster/_metrics.py), ``solve`` (streams
+events; its session channel is open while it runs, cluster/_relay.py), ``stop``.  A call is
 cancelled by a ``cancel`` frame or when its websocket closes (the client died or the user
 pressed Ctrl-C); cancelling ``solve`` cancels the coordinator's task.
 """

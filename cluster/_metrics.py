@@ -31,9 +31,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -43,6 +42,9 @@ from scheduler._progress import Event, VertexCached, VertexCompleted, VertexFail
 
 from ._ray import ARCHES
 from ._registry import WorkerEntry
+
+if TYPE_CHECKING:  # the coordinator's process needs no HTTP server (its start-up time)
+    from aiohttp import web
 
 __all__ = ["CONTENT_TYPE", "METRICS_PATH", "TENANT", "BuildCounts", "ClusterMetrics",
            "MetricsPage", "metric_arch", "run_metrics"]
@@ -267,6 +269,8 @@ class MetricsPage:
         app.router.add_get(METRICS_PATH, self.metrics)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web  # noqa: PLC0415 -- see the imports
+
         try:
             async with asyncio.timeout(SCRAPE_TIMEOUT):
                 body = await self._coordinator.call("metrics")
