@@ -3,9 +3,9 @@ kubelet probes them: plain GETs without the token.
 
 One cluster for the module (tests/support/cluster.py): a head whose worker is amd64, and
 ``dockyard serve --ready-arch amd64,arm64`` over it; readiness is checked before an arm64
-node joins, after it joined, and after it was stopped again; ``/metrics`` (no token either)
-then counts the workers of both nodes, each one's own report included.  The paths are the ones the
-Helm chart's probes use (tests/unit/helm imports the same constants)."""
+node joins, after it joined, and after it was stopped again; ``/metrics`` (no token
+either) then counts the workers of both nodes, each one's own report included.  The paths
+are the ones the Helm chart's probes use (tests/unit/helm imports the same constants)."""
 
 from __future__ import annotations
 
