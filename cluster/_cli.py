@@ -433,6 +433,19 @@ def _add_stop(subparsers: _Subparsers) -> None:
     stop.set_defaults(run=_run_stop)
 
 
+def _run_metrics(args: argparse.Namespace) -> int:
+    from cluster._metrics import run_metrics
+
+    return run_metrics(args)
+
+
+def _add_metrics(subparsers: _Subparsers) -> None:
+    metrics = subparsers.add_parser(
+        "metrics", help="print the local service's Prometheus metrics (a cluster's "
+                        "endpoint serves them at /metrics)")
+    metrics.set_defaults(run=_run_metrics)
+
+
 # --- dockyard serve (cluster/_endpoint.py) -----------------------------------------------
 
 
@@ -623,7 +636,8 @@ def _add_ls(subparsers: _Subparsers) -> None:
 
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_debug, _add_build, _add_stop,
                                                           _add_serve, _add_du, _add_prune,
-                                                          _add_node, _add_ls, _add_history)
+                                                          _add_node, _add_ls, _add_history,
+                                                          _add_metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -68,6 +70,7 @@ from scheduler._progress import (
 )
 from scheduler._solver import Solver
 from scheduler.dockerfile._convert._model import BaseImage
+from workers._logs import configure_logging, set_log_ids
 
 from ._build_options import BuildOptions
 from ._build_steps import BuildSteps
@@ -85,10 +88,13 @@ from ._dispatch import (
 )
 from ._frontend import FrontendRequest, base_image, run_frontend
 from ._history import BuildRecorder, HistoryStore, Retention, answer
+from ._metrics import BuildCounts, ClusterMetrics
 from ._ray import ARCHES, ActorRef, discover_workers
 from ._registry import Placement, Registry, WorkerEntry
 
 __all__ = ["Coordinator"]
+
+_log = logging.getLogger(__name__)
 
 ECHO_VERTEX = "sha256:" + "0" * 64  # the echo's stand-in vertex digest
 ECHO_NAME = "[internal] echo"
@@ -97,6 +103,8 @@ _DONE = object()  # ends a build's queue
 #: exporting worker, the build's id).
 BUILD_REF_KEY = "buildx.build.ref"
 REFRESH_SECONDS = 1.0  # how often the registry looks for workers that joined or left
+#: How long a scrape waits for the workers' own counts (one that is later is left out).
+METRICS_TIMEOUT = 2.0
 
 
 async def _ray_discover() -> Mapping[str, Any]:
@@ -106,11 +114,13 @@ async def _ray_discover() -> Mapping[str, Any]:
 
 class _BuildSink:
     """One build's ``EventSink``: queues each event's wire map (never blocks), counts the
-    build's cached and executed vertices and hands each event to the build's record."""
+    build's cached and executed vertices (also in the cluster's metrics) and hands each
+    event to the build's record."""
 
-    def __init__(self, queue: asyncio.Queue[object], recorder: BuildRecorder | None = None
-                 ) -> None:
+    def __init__(self, queue: asyncio.Queue[object], counts: BuildCounts,
+                 recorder: BuildRecorder | None = None) -> None:
         self._queue = queue
+        self.counts = counts  # the metrics' view of this build's vertices
         self._recorder = recorder  # the build's record (None: an unrecorded build)
         self.cached = 0  # VertexCached events of this build
         self.executed = 0  # VertexCompleted events of this build
@@ -118,6 +128,7 @@ class _BuildSink:
     def emit(self, event: Event) -> None:
         self.cached += isinstance(event, VertexCached)
         self.executed += isinstance(event, VertexCompleted)
+        self.counts.count(event)
         self._queue.put_nowait({"event": event_to_wire(event)})
         if self._recorder is not None:
             self._recorder.observe(event)
@@ -196,6 +207,8 @@ class Coordinator:
         self._history = (HistoryStore(Path(history["directory"]), Retention.from_wire(history))
                          if history else None)
         self._recording: dict[str, BuildRecorder] = {}
+        self._metrics = ClusterMetrics()  # what /metrics shows (cluster/_metrics.py)
+        configure_logging(sys.stderr)  # the actor's log (workers/_logs.py): JSON lines
         # This coordinator process, named in each build it opens on a worker: a worker
         # closes the builds of a dead predecessor when it sees another one.
         self.incarnation = uuid.uuid4().hex
@@ -234,6 +247,16 @@ class Coordinator:
             raise UsageError("this dockyard service keeps no build records")
         running = [recorder.record() for recorder in self._recording.values()]
         return await asyncio.to_thread(answer, self._history, dict(params), running)
+
+    async def metrics(self) -> bytes:
+        """The cluster's metrics in Prometheus' text format: this coordinator's counts,
+        its registry's workers, and each live worker's own counts (those that answer
+        within ``METRICS_TIMEOUT``, asked all at once)."""
+        await self._refreshed()
+        live = self._registry.live()
+        reports = await asyncio.gather(*(_report(w.handle) for w in live))
+        return self._metrics.exposition(live, len(self._registry.lost_names),
+                                         [r for r in reports if r is not None])
 
     async def _refreshed(self) -> None:
         """The registry up to date, and kept so while this actor lives."""
@@ -276,7 +299,7 @@ class Coordinator:
         queue: asyncio.Queue[object] = asyncio.Queue()
         build_id = uuid.uuid4().hex
         recorder = BuildRecorder(build_id, request, time.time()) if self._history else None
-        sink = _BuildSink(queue, recorder)
+        sink = _BuildSink(queue, BuildCounts(self._metrics), recorder)
         task = asyncio.ensure_future(self._queued_build(build_id, request, sink, queue,
                                                         recorder))
         try:
@@ -296,18 +319,25 @@ class Coordinator:
         if recorder is not None:
             self._recording[build_id] = recorder
         last: dict[str, Any] | None = None  # the result or failure item
+        began, status = self._metrics.clock(), "failed"
         try:
             result = await self._run_build(build_id, request, sink, recorder)
             result["statistics"] = {"executed": sink.executed, "cached": sink.cached}
             last = {"result": result}
+            status = "succeeded"
             _finish(recorder, "completed", result=result)
         except DockyardError as error:
             last = {"failure": failure_map(error)}
             _finish(recorder, "error", error=str(error))
         except asyncio.CancelledError:
+            status = "cancelled"
             _finish(recorder, "canceled", error="the build was cancelled")
             raise
         finally:
+            seconds = self._metrics.clock() - began
+            self._metrics.build_ended(status, seconds)
+            _log.info("build %s in %.1fs: %d vertices executed, %d cached", status, seconds,
+                      sink.executed, sink.cached)
             if recorder is not None:
                 _finish(recorder, "error", error="the build ended without a result")
                 await _shielded(self._write_record(recorder))
@@ -323,11 +353,12 @@ class Coordinator:
         try:
             await asyncio.to_thread(self._history.write, recorder.record())
         except Exception as exc:  # noqa: BLE001 -- bookkeeping must not fail a build
-            print(f"dockyard: cannot keep the record of build {recorder.build_id} in "
-                  f"{self._history.directory}: {exc}", flush=True)
+            _log.warning("cannot keep the record of build %s in %s: %s", recorder.build_id,
+                         self._history.directory, exc)
 
     async def _run_build(self, build_id: str, request: dict[str, Any], sink: _BuildSink,
                          recorder: BuildRecorder | None) -> dict[str, Any]:
+        set_log_ids(build=build_id)  # this build's task: its lines name the build
         await self._refreshed()
         part = {"options": request["options"], "session": request.get("session", {}),
                 "coordinator": self.incarnation, "started": time.time()}
@@ -338,7 +369,8 @@ class Coordinator:
             graph = await self._frontend(request["dockerfile"], options, part["session"],
                                          sessions, steps)
             self._placement.check(graph)
-            backend = DispatchBackend(sessions)
+            sink.counts.graph = graph
+            backend = DispatchBackend(sessions, self._metrics, sink.counts.ran)
             if recorder is not None:
                 backend.ran_on = recorder.nodes  # the record names each vertex's worker
             solve = functools.partial(
@@ -509,6 +541,17 @@ def _frontend_request(options: BuildOptions) -> FrontendRequest:
                            no_cache_filter=options.no_cache_filter,
                            named_contexts=options.named_contexts,
                            labels=options.labels)
+
+
+async def _report(worker: WorkerHandle) -> Any:
+    """A worker's ``metrics`` report; None when it fails or is late (never waited for
+    past ``METRICS_TIMEOUT``)."""
+    try:
+        async with asyncio.timeout(METRICS_TIMEOUT):
+            report = await worker.call("metrics")
+    except Exception:  # noqa: BLE001 -- a worker that cannot answer is left out of this scrape
+        return None
+    return report if isinstance(report, dict) else None
 
 
 async def _shielded(cleanup: Any) -> None:

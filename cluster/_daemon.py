@@ -14,10 +14,10 @@ Started detached by a client (cluster/_service.py), it
    removes what its worker left under the root (containers, mounts, bundles:
    ``clean_root``, workers/_janitor.py).
 
-Calls: ``ping``, ``statistics``, ``solve`` (streams events; its session channel is open
-while it runs, cluster/_relay.py), ``history`` (the coordinator's build records,
-cluster/_history.py; their retention from ``DOCKYARD_HISTORY_MAX_RECORDS`` and
-``DOCKYARD_HISTORY_MAX_AGE``), ``stop``.  A call is
+Calls: ``ping``, ``statistics``, ``metrics`` (cluster/_metrics.py), ``solve`` (streams
+events; its session channel is open while it runs, cluster/_relay.py), ``history`` (the
+coordinator's build records, cluster/_history.py; their retention from
+``DOCKYARD_HISTORY_MAX_RECORDS`` and ``DOCKYARD_HISTORY_MAX_AGE``), ``stop``.  A call is
 cancelled by a ``cancel`` frame or when its websocket closes (the client died or the user
 pressed Ctrl-C); cancelling ``solve`` cancels the coordinator's task.
 """
@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import signal
 import sys
@@ -42,6 +43,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from scheduler._build_request import BuildOptions, CacheSpec
 from scheduler._errors import DockyardError, ServiceError, UsageError, WorkerLost
+from workers._logs import configure_logging
 
 from ._history import Retention, history_settings
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
@@ -67,6 +69,7 @@ from ._wire import (
 __all__ = ["Daemon", "main"]
 
 Send = Callable[[Frame], Awaitable[None]]
+_logger = logging.getLogger("cluster.daemon")
 _EXIT_ALREADY_RUNNING = 3
 #: How long a solve whose coordinator died waits for Ray's restart of it (seconds).
 COORDINATOR_RESTART_TIMEOUT = 30.0
@@ -75,7 +78,7 @@ SOLVE_ATTEMPTS = 2
 
 
 def _log(text: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} dockyard[{os.getpid()}] {text}", flush=True)
+    _logger.info(text)
 
 
 class _Socket(web.WebSocketResponse):
@@ -237,6 +240,8 @@ class Daemon:
             stats = await self.coordinator.call("statistics")
             return {"daemon": {"calls": self._calls - 1, "served": self.served} |
                     self.relay.statistics()} | stats
+        if request.method == "metrics":  # the text exposition (cluster/_metrics.py)
+            return bytes(await self.coordinator.call("metrics"))
         if request.method == "solve":
             return await self._solve(request, connection)
         if request.method == "history":
@@ -441,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--idle-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
+    configure_logging(sys.stdout)  # run/daemon.log: JSON lines (workers/_logs.py)
     paths = RunPaths(args.root.absolute())
     paths.run.mkdir(parents=True, exist_ok=True)
     with try_flock(paths.daemon_lock) as mine:

@@ -28,12 +28,14 @@ answers a plain call with ``{"result": value}`` or ``{"failure": <Failure fields
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
 from scheduler._cachekey import Selector, selector_to_wire
 from scheduler._errors import (
+    BlobLost,
     DockyardError,
     SolveError,
     WorkerLost,
@@ -43,12 +45,15 @@ from scheduler._errors import (
 from scheduler._graph import BuildGraph, Vertex, vertex_to_wire
 from scheduler._progress import EventSink, StatusUpdate, VertexLog, event_from_wire
 
+from ._metrics import ClusterMetrics
 from ._registry import Placement, WorkerEntry, needed_arch
 
 __all__ = [
     "ATTEMPTS", "BuildSessions", "ClusterRecords", "DispatchBackend", "WorkerHandle",
     "WorkerStream", "answer", "failure_map", "forward_events", "roots_of", "unwrap",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 class WorkerStream(Protocol):
@@ -189,11 +194,15 @@ REJOIN_TIMEOUT = 30.0
 
 
 class DispatchBackend:
-    """The ``SolveBackend`` of one build."""
+    """The ``SolveBackend`` of one build; ``metrics`` counts its executions (the cluster's,
+    cluster/_metrics.py), ``ran`` gets the digest of each vertex it executed."""
 
-    def __init__(self, sessions: BuildSessions) -> None:
+    def __init__(self, sessions: BuildSessions, metrics: ClusterMetrics | None = None,
+                 ran: set[str] | None = None) -> None:
         self.sessions = sessions
         self._placement = sessions.placement
+        self._metrics = metrics or ClusterMetrics()
+        self.ran = set() if ran is None else ran  # vertices executed for this build
         # Reads asked in this turn of the event loop, not yet sent (source, selector,
         # where the answer goes); sent together by ``_batch``, the task of the next send.
         self._checksums: list[tuple[Vertex, Selector, asyncio.Future[str]]] = []
@@ -245,13 +254,22 @@ class DispatchBackend:
         layers = [layer for result in inputs for layer in result.layers]
         lost: list[str] = []
         for _ in range(ATTEMPTS):
-            entry, emulated = await self._placement.take(vertex, layers, avoid=lost)
+            with self._metrics.waiting(vertex):
+                entry, emulated = await self._placement.take(vertex, layers, avoid=lost)
             try:
                 await self.sessions.open(entry)
                 self.ran_on[vertex.digest] = entry.describe() + (" (emulated)" if emulated
                                                                  else "")
-                result = await self._run_on(entry, vertex, inputs, layers, events, emulated)
+                with self._metrics.executing(vertex, emulated):
+                    result = await self._run_on(entry, vertex, inputs, layers, events,
+                                                emulated)
+            except BlobLost:
+                self._metrics.vertex(vertex, "retried")  # the solver rebuilds, then retries
+                raise
             except WorkerLost:
+                self._metrics.vertex(vertex, "retried")
+                _log.warning("worker %s lost while running a vertex: running it again",
+                             entry.describe(), extra={"vertex": vertex.digest})
                 lost.append(entry.describe())
                 self.sessions.lost(entry)
                 events.emit(VertexLog(vertex.digest, 2, f"worker {entry.describe()} was lost "
@@ -261,6 +279,7 @@ class DispatchBackend:
             finally:
                 self._placement.release(entry)
             self._placement.registry.index.add(entry.name, result.layers)
+            self.ran.add(vertex.digest)
             return result
         raise SolveError(f"the workers running this step were lost {len(lost)} times "
                          f"({', '.join(lost)})",

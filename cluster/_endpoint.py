@@ -15,6 +15,9 @@ The same ``Daemon`` as the embedded service (cluster/_daemon.py: ``/ws`` for cli
 - build records (``dockyard history``, cluster/_history.py) kept by the coordinator under
   the root: ``--history-max-records`` and ``--history-max-age`` (else
   ``DOCKYARD_HISTORY_MAX_RECORDS``/``_MAX_AGE``, else BuildKit's 50 and 48h);
+- ``/metrics`` (cluster/_metrics.py): the whole cluster's Prometheus metrics, a plain GET
+  without the token (as the chart's ServiceMonitor scrapes it): counts under bounded
+  labels, never a build id, an image name or a worker name.
 - frames bounded by ``MAX_FRAME_BYTES``; a malformed frame gets a failure, and one that is
   no dockyard frame at all closes that connection only.
 
@@ -30,10 +33,10 @@ import asyncio
 import dataclasses
 import hmac
 import ipaddress
+import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +45,12 @@ from typing import Any
 from aiohttp import web
 
 from scheduler._errors import ServiceError, UsageError
+from workers._logs import configure_logging
 
 from ._build_options import CacheSpec, parse_cache, read_token_file
 from ._daemon import Daemon
 from ._history import AGE_ENV, RECORDS_ENV, Retention, history_settings
+from ._metrics import METRICS_PATH, MetricsPage
 from ._probes import PROBE_PATHS, Probes, parse_ready_arches
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
 from ._service import default_root, kill_processes, process_tree
@@ -54,6 +59,9 @@ __all__ = ["ServeSettings", "make_app", "run_serve", "serve",
            "serve_settings", "server_ssl_context"]
 
 DEFAULT_PORT = 8375
+_log = logging.getLogger("cluster.endpoint")
+#: Paths served without the client token.
+_OPEN_PATHS = frozenset({"/session", METRICS_PATH, *PROBE_PATHS})
 _TOKEN_HINT = "pass the endpoint's token with --token-file FILE or DOCKYARD_TOKEN"
 
 
@@ -153,12 +161,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _auth_middleware(token: str) -> Any:
     """Refuse a ``/ws`` handshake without ``Authorization: Bearer <token>`` (401); the
-    probes and ``/session`` (its own per-build tokens) pass."""
+    probes, ``/metrics`` (counts only) and ``/session`` (its own per-build tokens) pass."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/session" and request.path not in PROBE_PATHS:
+        if request.path not in _OPEN_PATHS:
             given = request.headers.get("Authorization", "")
             if not given:
                 raise web.HTTPUnauthorized(text=f"this endpoint needs a token: {_TOKEN_HINT}\n")
@@ -175,15 +183,15 @@ def make_app(daemon: Daemon, token: str | None,
     app = web.Application(middlewares=[_auth_middleware(token)] if token else [])
     daemon.routes(app)
     Probes(daemon.coordinator, ready_arches, daemon.stopping).routes(app)
+    MetricsPage(daemon.coordinator).routes(app)
     return app
 
 
 # --- the process -----------------------------------------------------------------------
 
 
-def _say(text: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} dockyard serve[{os.getpid()}] {text}",
-          file=sys.stderr, flush=True)
+def _say(text: str, level: int = logging.INFO) -> None:
+    _log.log(level, text)
 
 
 def _coordinator(runtime: RayRuntime, settings: ServeSettings) -> ActorRef:
@@ -253,9 +261,10 @@ async def _serve_with(runtime: RayRuntime, settings: ServeSettings) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """``dockyard serve``."""
     settings = serve_settings(args)
+    configure_logging(sys.stderr)  # JSON lines unless on a terminal (workers/_logs.py)
     if settings.token is None:
-        _say(f"WARNING: no --token-file: anyone who can reach {settings.host} may build "
-             f"(and read what this endpoint's builds read)")
+        _say(f"no --token-file: anyone who can reach {settings.host} may build "
+             f"(and read what this endpoint's builds read)", logging.WARNING)
     settings.root.mkdir(parents=True, exist_ok=True)
     runtime = _start_ray(settings)
     try:

@@ -17,7 +17,8 @@ Ray as data, scheduler/_errors.py ``error_to_wire``).
 - ``get_record``/``put_record``: the solver's record cache (the worker's disk; with a
   build id, also the build's ``--cache-from``/``--cache-to``); their warnings ride on
   the build's next record or export answer as ``"events"``;
-- ``read_blob``: a blob for a peer worker; ``info``/``ping``/``statistics``; ``echo``
+- ``read_blob``: a blob for a peer worker; ``info``/``ping``/``statistics``; ``metrics``
+  (this process's counts for the cluster's ``/metrics``); ``echo``
   (the service's own tests).
 """
 
@@ -29,6 +30,7 @@ import contextvars
 import functools
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -38,6 +40,7 @@ from scheduler._errors import DockyardError, SolveError
 from scheduler._progress import Event, EventSink, VertexLog, event_to_wire
 
 from ._janitor import RootLock, claim_root, log_report
+from ._logs import configure_logging, set_log_ids
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,19 +48,6 @@ T = TypeVar("T")
 __all__ = ["WorkerActor"]
 
 _DONE = object()  # ends a call's queue
-
-
-def _log_to_stderr() -> None:
-    """Send this package's INFO lines to the actor's stderr (Ray keeps it as the worker
-    process's ``.err`` log); nothing else configures logging in an actor process, so only
-    warnings went out.  Once per process."""
-    logger = logging.getLogger("workers")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
-                                               "%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
 
 
 def _claim(root: Path) -> RootLock:
@@ -102,7 +92,9 @@ class WorkerActor:
         self._peers: dict[tuple[str, str | None], Any] = {}
         # <root>/run/worker.lock for the actor's life, taken once what a dead worker of the
         # root left (containers, mounts, bundles) is removed: a restarted actor cleans first.
-        _log_to_stderr()
+        # INFO lines to the actor's stderr (Ray keeps it as the process's ``.err`` log;
+        # nothing else sets logging up in an actor process), as JSON (workers/_logs.py).
+        configure_logging(sys.stderr)
         self._root_lock = _claim(Path(root))
 
     async def ping(self) -> dict[str, Any]:
@@ -196,10 +188,12 @@ class WorkerActor:
             from cache_backends._records import StateResult  # noqa: PLC0415
             from scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
+            decoded = vertex_from_wire(vertex)
+            set_log_ids(vertex=decoded.digest)  # this call's task: its lines name it
             results = [StateResult.from_wire(item) for item in inputs]
             self._add_peers(peers, (layer for r in results for layer in r.layers), build_id)
             backend = self._session(build_id).backend
-            result = await backend.execute(vertex_from_wire(vertex), results, sink)
+            result = await backend.execute(decoded, results, sink)
             return dict(result.to_wire())
         async for item in self._streamed(build_id, run):
             yield item
@@ -317,6 +311,7 @@ class WorkerActor:
         session = self.sessions.find(build_id)
         context = contextvars.copy_context()
         context.run(build_remotes, session.remotes if session is not None else None)
+        context.run(set_log_ids, build_id)
         return context
 
     async def _as_build(self, build_id: str | None, work: Coroutine[Any, Any, T]) -> T:
@@ -375,6 +370,13 @@ class WorkerActor:
     async def statistics(self) -> dict[str, int]:
         return {"running": self._running, "completed": self._completed,
                 "cancelled": self._cancelled, "sessions": len(self.sessions)}
+
+    async def metrics(self) -> dict[str, Any]:
+        """This process's counts for the cluster's metrics (workers/_metrics.py)."""
+        from ._metrics import WORKER_METRICS  # noqa: PLC0415 -- see __init__
+
+        store = self._runtime.cache if self._runtime is not None else None
+        return WORKER_METRICS.report(store)
 
     def __repr__(self) -> str:
         return (f"<WorkerActor arches={','.join(self.arches)} sessions={len(self.sessions)} "

@@ -67,6 +67,7 @@ from ._context_walk import (
     walk_entries,
 )
 from ._filecopy import copy_new_file
+from ._metrics import WORKER_METRICS
 
 __all__ = ["ContextTree", "EntryKey", "LocalContext", "ManifestContext", "Materialised"]
 
@@ -483,7 +484,9 @@ class ManifestContext(_TreeContext):
             wanted = [entry for entry in files if entry.sha256 in missing]
             if not wanted:
                 return 0
-            return await fetch_contents(self.store, self.name, wanted, reader)
+            received = await fetch_contents(self.store, self.name, wanted, reader)
+            WORKER_METRICS.received(received)
+            return received
 
     @property
     def title(self) -> str:

@@ -55,6 +55,7 @@ from scheduler._errors import BlobLost, CacheError, DockyardError, UsageError
 from scheduler._progress import EventSink, warning
 from scheduler._reference import parse_reference
 
+from ._metrics import WORKER_METRICS
 from ._registry import RegistryClient
 from ._registry_cache import RegistryCache
 
@@ -290,7 +291,7 @@ class RemoteRecords:
         if path is None:
             raise CacheError(f"layer {layer.digest} is in no cache of this machine",
                              hint="build again without --cache-from")
-        await backend.put_blob(layer.digest, path)
+        WORKER_METRICS.moved(backend, "written", await backend.put_blob(layer.digest, path))
         return True
 
     async def drain(self, *, failed: bool = False) -> None:
@@ -393,6 +394,7 @@ class RemoteRecords:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._runtime.forget_remote(remote.backend for remote in self._imports)
+        WORKER_METRICS.absorb(remote.backend for remote in [*self._imports, *self._exports])
 
     def _warn(self, subject: str, text: str) -> None:
         if subject in self.warnings:

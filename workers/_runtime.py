@@ -58,6 +58,7 @@ from ._layer_stream import (
     open_layer_reader,
 )
 from ._layers import unpack_layer, write_layer
+from ._metrics import WORKER_METRICS
 from ._registry import RegistryClient, RegistryConfig, ResolvedImage
 from ._secrets import DictSecrets, SecretSource
 from ._snapshots import Mounted, SnapshotStore
@@ -300,6 +301,7 @@ class WorkerRuntime:
                 async with self._fetch_slots:
                     began = time.perf_counter()
                     size = await remote.fetch_into(digest, self.cache)
+                    WORKER_METRICS.moved(remote, "read", size)
                     _log.info("fetched blob %s (%d bytes) from %s in %.3f s", digest, size,
                               getattr(remote, "where", None) or remote,
                               time.perf_counter() - began)

@@ -74,7 +74,7 @@ USAGE = [
             "hint: see 'dockyard --help'\n"),
     (["frobnicate"], 1, "error: argument COMMAND: invalid choice: 'frobnicate' (choose from "
                         "'debug', 'build', 'stop', 'serve', 'du', 'prune', 'node', 'ls', "
-                        "'history')\n"
+                        "'history', 'metrics')\n"
                         "hint: see 'dockyard --help'\n"),
     (["debug"], 1, "error: the following arguments are required: COMMAND\n"
                    "hint: see 'dockyard debug --help'\n"),
