@@ -369,12 +369,11 @@ def _eligible(policy: GcPolicy, holds: Callable[[str], bool],
 
 def _by_age(directory: Path, older: float, now: float) -> list[os.DirEntry[str]]:
     """The entries of ``directory`` unused for ``older`` seconds, least recently used
-    first (a directory's last use: its mtime or ctime, whichever is later)."""
+    first (last use: the mtime, which a RUN mounting a cache directory sets)."""
     aged = []
     for entry in _entries(directory):
         with contextlib.suppress(OSError):
-            info = entry.stat(follow_symlinks=False)
-            used = max(info.st_mtime, info.st_ctime)
+            used = entry.stat(follow_symlinks=False).st_mtime
             if used <= now - older:
                 aged.append((used, entry.name, entry))
     return [entry for _, _, entry in sorted(aged, key=lambda item: item[:2])]

@@ -218,7 +218,8 @@ def _policy(storage: str | int | None, duration: str | int | float | None,
 
 def parse_policy(text: str, where: str = "--gc-policy") -> GcPolicy:
     """One ``--gc-policy`` value: ``keep-storage=SIZE|N%``, ``keep-duration=DURATION``,
-    ``filter=KIND`` (repeated), ``all=true``, comma-separated."""
+    ``filter=KIND`` (repeated; BuildKit's ``type==KIND`` too), ``all=true``,
+    comma-separated."""
     storage: str | None = None
     duration: str | None = None
     filters: list[str] = []
@@ -234,6 +235,8 @@ def parse_policy(text: str, where: str = "--gc-policy") -> GcPolicy:
             duration = value
         elif key == "filter":
             filters.append(value)
+        elif key == "type":  # BuildKit's own spelling of a filter: type==KIND
+            filters.append(item.strip())
         elif key == "all":
             everything = _flag_all(value, where)
         else:
