@@ -28,8 +28,7 @@ through ``S3Backend.prune``, which has its own grace period for blobs.
 the root's worker runs (it writes it under ``run/``), each bound also in bytes.
 
 The automatic limit: ``DOCKYARD_CACHE_MAX`` (a size, ``20GB``; unset, empty or ``off``:
-no limit, the default -- a cache that vanishes on its own is a surprise, and disk sizes
-differ too much for one fraction to fit) bounds the local cache's blobs and records.
+none beyond the worker's garbage-collection policies, docs/cluster.md) bounds the store.
 It is one more policy of each worker's background garbage collector (workers/_gc.py),
 which runs after each build; ``enforce_cache_limit`` (workers/_cache_limit.py,
 re-exported here) applies it to a backend at once.

@@ -68,6 +68,7 @@ _log = logging.getLogger(__name__)
 #: Where a worker writes the settings it runs with (``dockyard du`` shows them).
 POLICY_FILE = Path("run") / "gc-policy.json"
 _CACHE_KINDS = frozenset({"image", "exec", "context"})
+_MIN_GAP = 5.0  # seconds between two runs at least (or the interval, when shorter)
 #: ``Leases.guard``'s name for "some build is open here".
 OPEN_BUILD = "open-build"
 
@@ -220,26 +221,31 @@ class _Run:
     sizes: _Sizes
     now: float
     removed: dict[str, list[int]] = field(default_factory=dict)  # kind -> [items, bytes]
+    _usage: StoreUsage | None = None  # the last measure; None once something was removed
 
     def count(self, kind: str, size: int) -> None:
+        self._usage = None
         counts = self.removed.setdefault(kind or "exec", [0, 0])
         counts[0] += 1
         counts[1] += size
 
+    def usage(self) -> StoreUsage:
+        """The store's usage, measured again only after something was removed."""
+        if self._usage is None:
+            self._usage = measure(self.root, self.sizes)
+        return self._usage
+
     def apply(self, policy: GcPolicy) -> None:
         bound = policy.bound(self.root)
         older = max(policy.keep_duration or 0.0, self.grace)
-        usage = measure(self.root, self.sizes)
-        if bound is not None and usage.total <= bound:
+        if _within(self.usage(), bound):
             return
         if policy.kinds & _CACHE_KINDS:
-            self._cache(policy, bound, older, usage)
-            usage = measure(self.root, self.sizes)
-        if "cachemount" in policy.kinds and not _within(usage, bound):
-            self._mounts(usage, bound, older)
-            usage = measure(self.root, self.sizes)
-        if "context" in policy.kinds and not _within(usage, bound):
-            self._contexts(usage, bound, older)
+            self._cache(policy, bound, older, self.usage())
+        if "cachemount" in policy.kinds and not _within(self.usage(), bound):
+            self._mounts(self.usage(), bound, older)
+        if "context" in policy.kinds and not _within(self.usage(), bound):
+            self._contexts(self.usage(), bound, older)
 
     # -- 1 and 2: records, blobs and unpacked layers --
 
@@ -460,6 +466,8 @@ class GcLoop:
     async def _loop(self) -> None:
         while True:
             await self._once()
+            # builds that end together start one run, not one each
+            await asyncio.sleep(min(self.settings.interval, _MIN_GAP))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.interval):
                     await self._kicked.wait()

@@ -132,3 +132,14 @@ def test_percent_is_of_the_roots_disk(tmp_path: Path) -> None:
 
     assert GcPolicy(keep_percent=50.0).bound(tmp_path / "not" / "yet") == int(
         shutil.disk_usage(tmp_path).total * 0.5)
+
+
+@pytest.mark.parametrize(("identifier", "kind"), [
+    ("docker-image://docker.io/library/busybox:latest", "image"),
+    ("local://context", "context"), ("local://other-context", "context"),
+    ("https://example.com/file.tar", "exec")])
+def test_the_solver_marks_each_records_kind(identifier: str, kind: str) -> None:
+    from scheduler._graph import SourceOp, Vertex
+    from scheduler._solver import result_kind
+
+    assert result_kind(Vertex(SourceOp(identifier))) == kind
