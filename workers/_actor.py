@@ -243,9 +243,11 @@ class WorkerActor:
         from workers._worker_export import export_build  # noqa: PLC0415
 
         session = self._session(build_id)
+        held = [CacheRecord.from_bytes(data) for data in records.values()]
+        self._lease_keys(build_id, [record.key for record in held])
+        self._lease(build_id, [record.result for record in held])
         if peers:
-            layers = [layer for data in records.values()
-                      for layer in CacheRecord.from_bytes(data).result.layers]
+            layers = [layer for record in held for layer in record.result.layers]
             self._add_peers(peers, layers, build_id)
             await self._engine().ensure_blobs(layer for layer in layers
                                               if layer.digest in peers)
