@@ -330,7 +330,10 @@ def load_config(path: Path) -> GcSettings:
                          "tables")
     policies = tuple(_table(entry, f"{where}, gcpolicy {index}")
                      for index, entry in enumerate(entries, 1))
-    return GcSettings(enabled=bool(data.get("gc", True)),
+    enabled = data.get("gc", True)
+    if not isinstance(enabled, bool):
+        raise UsageError(f"invalid gc policy file {path}: gc must be true or false")
+    return GcSettings(enabled=enabled,
                       policies=policies or default_policies(),
                       interval=_interval(data.get("interval", _DEFAULT_INTERVAL),
                                          f"interval in {path}"),

@@ -95,6 +95,7 @@ def test_config_file_in_buildkits_shape(tmp_path: Path) -> None:
     ("gcpolicy = 3\n", "gcpolicy must be [[gcpolicy]] tables"),
     ("interval = 0\n", "it must be more than 0s"),
     ("maxUsedSpace = 1\n", "unknown setting 'maxUsedSpace'"),
+    ("gc = \"no\"\n", "gc must be true or false"),
     ("[[gcpolicy\n", "invalid gc policy file"),
 ])
 def test_bad_config_files_refused(tmp_path: Path, text: str, message: str) -> None:
