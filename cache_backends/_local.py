@@ -47,7 +47,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -71,13 +71,17 @@ from cache_backends._records import CacheRecord
 from cache_backends._rules import blob_mismatch, decode_record, require_blobs, stored_record
 from scheduler._errors import CacheError
 
-__all__ = ["TEMP_PREFIX", "LocalBackend", "LocalBlobSource"]
+__all__ = ["TEMP_PREFIX", "Collector", "LocalBackend", "LocalBlobSource"]
 
 #: The prefix of this backend's files in ``<root>/tmp`` (other components share the dir).
 TEMP_PREFIX: Final = "cache-"
 #: A temporary file older than this (seconds) was left by a crashed writer: prune drops it.
 STALE_TEMP: Final = 3600.0
 _HEX: Final = re.compile(r"[0-9a-f]{64}")
+#: A garbage collector's say in a prune: (records, blobs) -> (eligible, extra) of
+#: ``plan_prune``, decided under the store's exclusive lock.
+Collector = Callable[[list[PruneEntry], list[PruneEntry]],
+                     tuple[Callable[[PruneEntry, bool], bool] | None, Mapping[str, int] | None]]
 
 
 @contextlib.contextmanager
@@ -462,21 +466,26 @@ class _DiskStore:
 
     # --- housekeeping ---------------------------------------------------------------------
 
-    def prune(self, keep_bytes: int | None, older_than: float | None) -> PruneReport:
+    def prune(self, keep_bytes: int | None, older_than: float | None,
+              collector: Collector | None = None) -> PruneReport:
         with _flock(self.layout.lock, exclusive=True):
             records, dropped, dropped_bytes = self._scan_records()
             blobs = [PruneEntry(f"sha256:{name}", stat.st_size, stat.st_mtime)
                      for name, stat in _scan(self.layout.blobs)]
+            eligible, extra = (None, None) if collector is None else collector(records, blobs)
             plan = plan_prune(records, blobs, now=self.clock(), keep_bytes=keep_bytes,
-                              older_than=older_than)
+                              older_than=older_than, eligible=eligible, extra=extra)
             for key in plan.records:
                 self._remove(self.layout.record(key))
             for digest in plan.blobs:
                 self._remove(self.layout.blob(digest))
         self._remove_stale_temps()
+        named = {entry.name: entry for entry in (*records, *blobs)}
         return PruneReport(records_removed=len(plan.records) + dropped,
                            blobs_removed=len(plan.blobs),
-                           bytes_freed=plan.bytes_freed + dropped_bytes)
+                           bytes_freed=plan.bytes_freed + dropped_bytes,
+                           removed=tuple(named[name] for name in (*plan.records,
+                                                                  *plan.blobs)))
 
     def _scan_records(self) -> tuple[list[PruneEntry], int, int]:
         """Every record as a prune entry; undecodable ones are removed on the way (their
@@ -495,7 +504,8 @@ class _DiskStore:
                 dropped, dropped_bytes = dropped + 1, dropped_bytes + stat.st_size
                 continue
             named = frozenset(layer.digest for layer in record.result.layers)
-            entries.append(PruneEntry(record.key, stat.st_size, stat.st_mtime, named))
+            entries.append(PruneEntry(record.key, stat.st_size, stat.st_mtime, named,
+                                      str(record.meta.get("kind", ""))))
         return entries, dropped, dropped_bytes
 
     def _remove(self, path: Path) -> None:
@@ -614,8 +624,19 @@ class LocalBackend:
         await asyncio.to_thread(self._store.put_record, record)
 
     async def prune(self, *, keep_bytes: int | None = None,
-                    older_than: float | None = None) -> PruneReport:
-        return await asyncio.to_thread(self._store.prune, keep_bytes, older_than)
+                    older_than: float | None = None,
+                    collector: Collector | None = None) -> PruneReport:
+        """``plan_prune`` over this store, deciding and deleting under the exclusive lock
+        (no record is put meanwhile).  ``collector(records, blobs)``, called under that
+        lock, gives ``plan_prune``'s ``eligible`` and ``extra`` (a garbage collector's
+        policy: workers/_gc.py)."""
+        return await asyncio.to_thread(self._store.prune, keep_bytes, older_than, collector)
+
+    def prune_blocking(self, *, keep_bytes: int | None = None,
+                       older_than: float | None = None,
+                       collector: Collector | None = None) -> PruneReport:
+        """``prune``, blocking (for a caller already in a worker thread)."""
+        return self._store.prune(keep_bytes, older_than, collector)
 
     async def usage(self) -> Usage:
         return await asyncio.to_thread(self._store.usage)

@@ -27,7 +27,7 @@ import hashlib
 import io
 import re
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -107,6 +107,8 @@ class PruneReport:
     records_removed: int = 0
     blobs_removed: int = 0
     bytes_freed: int = 0
+    #: the records and blobs removed (the local store fills it: a collector counts kinds)
+    removed: tuple[PruneEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,12 +363,14 @@ class StreamReader:
 
 @dataclass(frozen=True, slots=True)
 class PruneEntry:
-    """A record (``blobs``: the layer digests it names) or a blob, as prune sees it."""
+    """A record (``blobs``: the layer digests it names; ``kind``: what made it, its
+    ``meta["kind"]``, "" when unknown) or a blob, as prune sees it."""
 
     name: str
     size: int
     last_use: float
     blobs: frozenset[str] = field(default_factory=frozenset)
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,16 +383,27 @@ class PrunePlan:
 
 
 def plan_prune(records: Sequence[PruneEntry], blobs: Sequence[PruneEntry], *, now: float,
-               keep_bytes: int | None, older_than: float | None) -> PrunePlan:
+               keep_bytes: int | None, older_than: float | None,
+               eligible: Callable[[PruneEntry, bool], bool] | None = None,
+               extra: Mapping[str, int] | None = None) -> PrunePlan:
     """Walk records and unreferenced blobs least recently used first; skip those used
     within ``older_than`` seconds of ``now``; stop once the total is ``<= keep_bytes``.
-    A removed record takes the blobs that no remaining record names."""
-    sizes = {blob.name: blob.size for blob in blobs}
+    A removed record takes the blobs that no remaining record names.
+
+    ``eligible(entry, is_record)`` (a garbage collector's policy: its kinds, what running
+    builds hold) says what may go: a record it refuses stays and keeps its blobs, a blob it
+    refuses stays even when no record names it any more.  ``extra``: bytes outside the
+    store that go with a blob (its unpacked layer), counted in the total and the bytes
+    freed."""
+    allowed = eligible or (lambda entry, is_record: True)
+    sizes = {blob.name: blob.size + (extra or {}).get(blob.name, 0) for blob in blobs}
+    by_name = {blob.name: blob for blob in blobs}
     refs = Counter(digest for record in records for digest in record.blobs if digest in sizes)
     units = [(record, True) for record in records]
     units += [(blob, False) for blob in blobs if not refs[blob.name]]
     units.sort(key=lambda unit: (unit[0].last_use, not unit[1], unit[0].name))
     remaining = sum(sizes.values()) + sum(record.size for record in records)
+    total = remaining
     gone_records: list[str] = []
     gone_blobs: list[str] = []
     for entry, is_record in units:
@@ -396,16 +411,18 @@ def plan_prune(records: Sequence[PruneEntry], blobs: Sequence[PruneEntry], *, no
             break
         if older_than is not None and entry.last_use > now - older_than:
             continue
-        remaining -= entry.size
+        if not allowed(entry, is_record):
+            continue
         if not is_record:
+            remaining -= sizes[entry.name]
             gone_blobs.append(entry.name)
             continue
+        remaining -= entry.size
         gone_records.append(entry.name)
         for digest in sorted(entry.blobs & sizes.keys()):
             refs[digest] -= 1
-            if not refs[digest]:
+            if not refs[digest] and allowed(by_name[digest], False):
                 gone_blobs.append(digest)
                 remaining -= sizes[digest]
-    total = sum(sizes.values()) + sum(record.size for record in records)
     return PrunePlan(records=tuple(gone_records), blobs=tuple(gone_blobs),
                      bytes_freed=total - remaining)

@@ -615,6 +615,15 @@ def _add_node_start(nodes: _Subparsers) -> None:
         help="the node's Ray object store (default 100 MiB)")
     add("--token-file", metavar="FILE", help="the cluster's token (a joining node; "
         "default: RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)")
+    add("--gc-policy", action="append", default=[], metavar="POLICY",
+        help="a garbage-collection policy of the node's store, in order (e.g. "
+             "keep-storage=10%%,keep-duration=48h,filter=exec; default: BuildKit's)")
+    add("--gc-config", metavar="FILE", help="the policies as a TOML file of "
+        "[[gcpolicy]] tables (keepBytes, keepDuration, filters, all)")
+    add("--gc-interval", metavar="DURATION", help="how often the node collects (default "
+        "10m, and after each build)")
+    add("--no-gc", action="store_true", help="never collect the node's store in the "
+        "background")
     start.set_defaults(run=_run_node_start)
 
 

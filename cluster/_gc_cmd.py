@@ -24,11 +24,14 @@ writes), leaves unpacked layers alone (a running build may have them mounted) an
 ``--all`` (cache mounts may be in use).  ``prune --cache type=s3,...`` prunes a bucket
 through ``S3Backend.prune``, which has its own grace period for blobs.
 
+``du`` ends with the garbage-collection policy in force (workers/_gc_policy.py): the one
+the root's worker runs (it writes it under ``run/``), each bound also in bytes.
+
 The automatic limit: ``DOCKYARD_CACHE_MAX`` (a size, ``20GB``; unset, empty or ``off``:
-no limit, the default -- a cache that vanishes on its own is a surprise, and disk sizes
-differ too much for one fraction to fit) bounds the local cache's blobs and records.
-``enforce_cache_limit`` (workers/_cache_limit.py, re-exported here) is what the worker
-runs after each build.
+none beyond the worker's garbage-collection policies, docs/cluster.md) bounds the store.
+It is one more policy of each worker's background garbage collector (workers/_gc.py),
+which runs after each build; ``enforce_cache_limit`` (workers/_cache_limit.py,
+re-exported here) applies it to a backend at once.
 """
 
 from __future__ import annotations
@@ -413,9 +416,33 @@ def _root() -> Path:
 
 
 def run_du(args: argparse.Namespace) -> int:
-    usage = local_usage(_root())
+    root = _root()
+    usage = local_usage(root)
     sys.stdout.write(format_usage(usage, verbose=args.verbose, now=time.time()))
+    sys.stdout.write(format_policy(root))
     return 0
+
+
+def format_policy(root: Path) -> str:
+    """The garbage-collection policy in force for ``root``: what its worker wrote when it
+    started (workers/_gc.py), each bound also in bytes of this disk; else what a worker
+    started now from this environment would use."""
+    from workers._gc import read_policy_file
+    from workers._gc_policy import settings_from_environ, with_cache_max
+
+    settings = read_policy_file(root)
+    if settings is None:
+        settings = with_cache_max(settings_from_environ())
+        lines = ["", "GC policy (no worker has run under this root yet; from the "
+                 "environment):"]
+    else:
+        lines = ["", "GC policy in force (written by this root's worker):"]
+    lines.append(settings.describe()[0])
+    for index, policy in enumerate(settings.policies, 1):
+        bound = policy.bound(root)
+        size = f"  (keep {human_size(bound)})" if bound is not None else ""
+        lines.append(f"  {index}: {policy.describe()}{size}")
+    return "\n".join(lines) + "\n"
 
 
 _WARNING: Final = "WARNING! This will remove all build cache. Are you sure you want to continue?"

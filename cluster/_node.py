@@ -81,6 +81,9 @@ class NodeSettings:
     port: int  # the head's GCS port (0: a free one)
     object_store_bytes: int  # the node's object store (>= MIN_OBJECT_STORE)
     token_file: Path | None = None  # a joining node's copy of the head's token
+    # the worker's garbage collector (workers/_gc_policy.py GcSettings as a map; None:
+    # its defaults)
+    gc: dict[str, Any] | None = None
 
     @property
     def arches(self) -> list[str]:
@@ -89,7 +92,8 @@ class NodeSettings:
     @classmethod
     def from_args(cls, head: bool, address: str | None, arch: str | None, emulate: str | None,
                   slots: int | None, node_ip: str | None, port: int | None,
-                  object_store: int | None, token_file: str | None = None) -> NodeSettings:
+                  object_store: int | None, token_file: str | None = None,
+                  gc: dict[str, Any] | None = None) -> NodeSettings:
         if head == (address is not None):
             raise UsageError("give exactly one of --head (start a cluster) and --address "
                              "HOST:PORT (join one)")
@@ -100,7 +104,7 @@ class NodeSettings:
                    emulate=_emulated(emulate or "", native), slots=_slots(slots),
                    node_ip=_node_ip(node_ip) if node_ip else None, port=_port(port or 0),
                    object_store_bytes=_object_store(object_store),
-                   token_file=Path(token_file) if token_file else None)
+                   token_file=Path(token_file) if token_file else None, gc=gc)
 
 
 def detect_arch(machine: str | None = None) -> str:
@@ -565,7 +569,7 @@ def _finish_start(settings: NodeSettings, paths: NodePaths, env: Mapping[str, st
     with connected(address, settings.node_ip, env) as runtime:
         node = own_node(temp, settings.node_ip)
         ref = runtime.create_worker(paths.root, settings.arches, [settings.arch],
-                                    settings.slots, node["NodeID"])
+                                    settings.slots, node["NodeID"], settings.gc)
         info = ping_worker(ref)
     session_dir = str(Path(node["RayletSocketName"]).parent.parent)
     record = NodeRecord(address=address, node_id=node["NodeID"],

@@ -20,10 +20,14 @@ __all__ = ["cluster_address", "run_ls", "run_node_start", "run_node_stop"]
 
 
 def run_node_start(args: argparse.Namespace) -> int:
+    from workers._gc_policy import settings_from_flags
+
+    gc = settings_from_flags(args.gc_config, args.gc_policy, args.gc_interval,
+                             enabled=not args.no_gc)
     settings = NodeSettings.from_args(
         head=args.head, address=args.address, arch=args.arch, emulate=args.emulate,
         slots=args.slots, node_ip=args.node_ip, port=args.port,
-        object_store=args.object_store_memory, token_file=args.token_file)
+        object_store=args.object_store_memory, token_file=args.token_file, gc=gc.to_wire())
     root = default_root()
     started = start_node(settings, root)
     record, info = started.record, started.info

@@ -154,9 +154,11 @@ class RayRuntime:
         self._started = True
 
     def create_worker(self, root: Path, arches: list[str], native: list[str], slots: int,
-                      node_id: str) -> ActorRef:
+                      node_id: str, gc: dict[str, Any] | None = None) -> ActorRef:
         """The worker actor of node ``node_id``: detached, pinned to that node, named
-        ``worker_name(node_id)`` (an existing one is reused)."""
+        ``worker_name(node_id)`` (an existing one is reused, with the settings it has);
+        ``gc``: its garbage collector's settings (workers/_gc_policy.py ``GcSettings`` as
+        a map; None: the defaults)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -167,7 +169,7 @@ class RayRuntime:
             name=worker_name(node_id), namespace=NAMESPACE, lifetime="detached",
             get_if_exists=True, num_cpus=0, max_concurrency=1000, max_restarts=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(str(root), arches, native, slots)
+        ).remote(str(root), arches, native, slots, gc)
         return ActorRef(handle, "worker")
 
     def cluster_coordinator(self, history: Mapping[str, Any] | None = None) -> ActorRef:
@@ -199,11 +201,13 @@ class RayRuntime:
         import ray
 
         from cluster._coordinator import Coordinator
+        from workers._gc_policy import settings_from_environ
 
         native = machine_arch()
         arches = [native, *(a for a in ARCHES if a != native)]
         node_id = ray.get_runtime_context().get_node_id()
-        self.create_worker(root, arches, [native], self.settings.arch_slots, node_id)
+        self.create_worker(root, arches, [native], self.settings.arch_slots, node_id,
+                           settings_from_environ(os.environ).to_wire())
         coordinator_cls: Any = ray.remote(Coordinator)
         coordinator = coordinator_cls.options(
             name=COORDINATOR_NAME, namespace=NAMESPACE, get_if_exists=True, num_cpus=0,

@@ -480,8 +480,11 @@ def _spawn(settings: ServiceSettings, paths: RunPaths) -> subprocess.Popen[bytes
     import subprocess  # noqa: PLC0415 -- only a client that starts the service needs it
     import threading  # noqa: PLC0415
 
+    from workers._gc_policy import settings_from_environ  # noqa: PLC0415
+
     from ._ray import ray_environment  # noqa: PLC0415
 
+    settings_from_environ(os.environ)  # a bad DOCKYARD_GC_* is refused here, not in the log
     env = ray_environment(settings.root, os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT), env.get("PYTHONPATH"))
                                         if p)

@@ -404,7 +404,7 @@ class Solver:
         result = await self._execute_repairing(flight, build, vertex, inputs)
         made = int(self._clock()) if created is None else created
         record = CacheRecord(key=build.keys[vertex.digest], result=result, created=made,
-                             meta={"name": vertex.name})
+                             meta={"name": vertex.name, "kind": result_kind(vertex)})
         await _at_vertex(build, vertex, build.cache.put(record))
         self._executed += 1
         return record
@@ -689,3 +689,16 @@ def _located(exc: Exception, vertex: Vertex, positions: Mapping[str, str]) -> So
     return SolveError(f"internal error: {type(exc).__name__}: {exc}", vertex=_name(vertex),
                       location=location,
                       hint="this is a bug in dockyard; please report it")
+
+
+def result_kind(vertex: Vertex) -> str:
+    """What a worker's garbage collector calls the result of ``vertex`` (its record's
+    ``meta["kind"]``, workers/_gc_policy.py): ``image`` for a base image's layers,
+    ``context`` for a snapshot of a build context, ``exec`` for every other step."""
+    op = vertex.op
+    if isinstance(op, SourceOp):
+        if op.identifier.startswith("docker-image://"):
+            return "image"
+        if op.identifier.startswith("local://"):
+            return "context"
+    return "exec"

@@ -20,6 +20,11 @@ Ray as data, scheduler/_errors.py ``error_to_wire``).
 - ``read_blob``: a blob for a peer worker; ``info``/``ping``/``statistics``; ``metrics``
   (this process's counts for the cluster's ``/metrics``); ``echo``
   (the service's own tests).
+
+The actor runs the node's garbage collector (workers/_gc.py ``GcLoop``, with the
+``gc`` settings it was made with: workers/_gc_policy.py ``GcSettings`` as a map) from its
+first call on, and starts a run after each build; it leases to each open build what the
+build looked up, read and made, so the collector never removes it while the build runs.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from typing import Any, TypeVar
 from scheduler._errors import DockyardError, SolveError
 from scheduler._progress import Event, EventSink, VertexLog, event_to_wire
 
+from ._gc import GcLoop, Leases
+from ._gc_policy import GcSettings, with_cache_max
+from ._gc_stats import gc_statistics
 from ._janitor import RootLock, claim_root, log_report
 from ._logs import configure_logging, set_log_ids
 
@@ -71,7 +79,7 @@ class WorkerActor:
     """The worker side of one node."""
 
     def __init__(self, root: str, arches: list[str], native: list[str] | None = None,
-                 slots: int | None = None) -> None:
+                 slots: int | None = None, gc: dict[str, Any] | None = None) -> None:
         self.root = root  # the DOCKYARD_ROOT whose store this worker uses
         self.arches = tuple(arches)  # the architectures this node runs (native first)
         # The architectures this node runs without emulation (a subset of ``arches``).
@@ -96,13 +104,19 @@ class WorkerActor:
         # nothing else sets logging up in an actor process), as JSON (workers/_logs.py).
         configure_logging(sys.stderr)
         self._root_lock = _claim(Path(root))
+        # build id -> what it holds of the store; the collector leaves those alone
+        self.leases = Leases()
+        # the store's collector (started by the first call: it needs the event loop)
+        self.gc = GcLoop(Path(root), with_cache_max(GcSettings.from_wire(gc)), self.leases)
 
     async def ping(self) -> dict[str, Any]:
+        self.gc.start()
         return {"pid": os.getpid(), "root": self.root, "arches": list(self.arches),
                 "time": time.time()}
 
     async def info(self) -> dict[str, Any]:
         """What the coordinator's registry and ``dockyard node ls`` show of this worker."""
+        self.gc.start()
         return {"pid": os.getpid(), "name": self.name, "root": self.root,
                 "arches": list(self.arches), "native": list(self.native),
                 "slots": self.slots, "running": self._running,
@@ -114,13 +128,20 @@ class WorkerActor:
     async def open_session(self, build_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """Open build ``build_id`` (``request``: ``options`` and ``session`` of a build
         request); answers the build's epoch."""
-        return await _answered(lambda: self.sessions.open(build_id, request))
+        self.gc.start()
+        self.leases.open(build_id)
+        answer = await _answered(lambda: self.sessions.open(build_id, request))
+        # builds closed on the way (a dead coordinator's) and a failed open hold nothing
+        self.leases.retain(self.sessions.ids())
+        return answer
 
     async def close_session(self, build_id: str) -> dict[str, Any]:
         """End build ``build_id`` (workers/_worker_sessions.py ``SessionTable.close``)."""
         await self.sessions.close(build_id)
         for key in [key for key in self._peers if key[1] == build_id]:
             del self._peers[key]
+        self.leases.retain(self.sessions.ids())
+        self.gc.kick()
         return {"result": None}
 
     def _session(self, build_id: str) -> Any:
@@ -191,9 +212,11 @@ class WorkerActor:
             decoded = vertex_from_wire(vertex)
             set_log_ids(vertex=decoded.digest)  # this call's task: its lines name it
             results = [StateResult.from_wire(item) for item in inputs]
+            self._lease(build_id, results)
             self._add_peers(peers, (layer for r in results for layer in r.layers), build_id)
             backend = self._session(build_id).backend
             result = await backend.execute(decoded, results, sink)
+            self._lease(build_id, [result])
             return dict(result.to_wire())
         async for item in self._streamed(build_id, run):
             yield item
@@ -214,9 +237,11 @@ class WorkerActor:
         from workers._worker_export import export_build  # noqa: PLC0415
 
         session = self._session(build_id)
+        held = [CacheRecord.from_bytes(data) for data in records.values()]
+        self._lease_keys(build_id, [record.key for record in held])
+        self._lease(build_id, [record.result for record in held])
         if peers:
-            layers = [layer for data in records.values()
-                      for layer in CacheRecord.from_bytes(data).result.layers]
+            layers = [layer for record in held for layer in record.result.layers]
             self._add_peers(peers, layers, build_id)
             await self._engine().ensure_blobs(layer for layer in layers
                                               if layer.digest in peers)
@@ -226,6 +251,7 @@ class WorkerActor:
         """The record of ``key``: the local store's, or (``build_id`` given) also from the
         build's ``--cache-from`` (and pushed to its ``--cache-to`` in mode=max)."""
         async def get() -> bytes | None:
+            self._lease_keys(build_id, [key])
             record = await self._records(build_id).get(key)
             return None if record is None else bytes(record.to_bytes())
         return self._with_pending(build_id, await self._as_build(build_id, _answered(get)))
@@ -233,8 +259,20 @@ class WorkerActor:
     async def put_record(self, data: bytes, build_id: str | None = None) -> dict[str, Any]:
         from cache_backends._records import CacheRecord  # noqa: PLC0415
 
-        return self._with_pending(build_id, await self._as_build(build_id, _answered(
-            lambda: self._records(build_id).put(CacheRecord.from_bytes(data)))))
+        async def put() -> None:
+            record = CacheRecord.from_bytes(data)
+            self._lease_keys(build_id, [record.key])
+            await self._records(build_id).put(record)
+        return self._with_pending(build_id, await self._as_build(build_id, _answered(put)))
+
+    def _lease(self, build_id: str, results: Any) -> None:
+        """Build ``build_id`` holds the layers of ``results`` (blobs and unpacked)."""
+        self._lease_keys(build_id, (name for result in results for layer in result.layers
+                                    for name in (layer.digest, layer.diff_id)))
+
+    def _lease_keys(self, build_id: str | None, names: Any) -> None:
+        if build_id is not None and self.sessions.find(build_id) is not None:
+            self.leases.add(build_id, names)
 
     def _with_pending(self, build_id: str | None, item: dict[str, Any]) -> dict[str, Any]:
         """``item`` with the build's unsent remote-cache events (``events``) when any."""
@@ -377,6 +415,13 @@ class WorkerActor:
 
         store = self._runtime.cache if self._runtime is not None else None
         return WORKER_METRICS.report(store)
+
+    async def gc_statistics(self) -> dict[str, Any]:
+        """The collector's counters (workers/_gc_stats.py ``gc_statistics``), its settings
+        and what builds hold now."""
+        self.gc.start()
+        return {**gc_statistics(), "settings": self.gc.settings.to_wire(),
+                "leases": self.leases.statistics()}
 
     def __repr__(self) -> str:
         return (f"<WorkerActor arches={','.join(self.arches)} sessions={len(self.sessions)} "

@@ -1,12 +1,11 @@
-"""The local cache's automatic limit, which every worker enforces after each build (a
-policy a worker needs lives below the cluster package, STYLE.md habit 13).
+"""The local cache's automatic limit (a policy a worker needs lives below the cluster
+package, STYLE.md habit 13).
 
-``DOCKYARD_CACHE_MAX`` (a size, ``20GB``; unset, empty or ``off``: no limit, the default --
-a cache that vanishes on its own is a surprise, and disk sizes differ too much for one
-fraction to fit) bounds the local cache's blobs and records.  ``enforce_cache_limit``
-prunes least recently used first, down to the limit, never what was used in the last
-``RUNNING_GRACE`` seconds (other builds may be running); unpacked layers and cache mounts
-are left to ``dockyard prune``.
+``DOCKYARD_CACHE_MAX`` (a size, ``20GB``; unset, empty or ``off``: none) is one more
+policy of every worker's garbage collector (workers/_gc_policy.py ``with_cache_max``,
+run after each build by workers/_gc.py), after its own.  ``enforce_cache_limit`` applies
+the limit to one backend at once: least recently used first, never what was used in the
+last ``RUNNING_GRACE`` seconds (other builds may be running), blobs and records only.
 """
 
 from __future__ import annotations

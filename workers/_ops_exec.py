@@ -25,6 +25,7 @@ removes the mount-point stubs runc leaves, so they never reach the layer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -123,9 +124,7 @@ async def _cache_dir(backend: RuntimeBackend, mount: ExecMount,
                      inputs: Sequence[StateResult]) -> AsyncIterator[Path]:
     seed = inputs[mount.input].layers if mount.input is not None else ()
     path = backend.runtime.cachemounts / _cache_name(mount, seed)
-    if not path.is_dir():
-        await _create_cache_dir(backend, path, mount, seed)
-    held = await _lock_cache_dir(path, mount.sharing or "shared")
+    held = await _held_cache_dir(backend, path, mount, seed)
     if held is not None:
         try:
             yield _selected(path, mount, seed)
@@ -138,6 +137,32 @@ async def _cache_dir(backend: RuntimeBackend, mount: ExecMount,
         yield _selected(private, mount, seed)
     finally:
         await asyncio.to_thread(shutil.rmtree, private, True)
+
+
+async def _held_cache_dir(backend: RuntimeBackend, path: Path, mount: ExecMount,
+                          seed: Sequence[LayerDescriptor]) -> int | None:
+    """``path`` made if missing and locked for this RUN (``_lock_cache_dir``), marked used
+    now (the garbage collector's LRU order, workers/_gc.py).  The collector removes a
+    cache directory only under an exclusive lock of its own, renamed away first: a lock
+    won on a directory no longer at ``path`` is dropped and taken again on a new one."""
+    while True:
+        if not path.is_dir():
+            await _create_cache_dir(backend, path, mount, seed)
+        try:
+            held = await _lock_cache_dir(path, mount.sharing or "shared")
+        except FileNotFoundError:
+            continue  # removed between the check and the lock
+        if held is None:
+            return None
+        try:
+            same = os.path.samestat(os.fstat(held), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+            return held
+        os.close(held)
 
 
 def _cache_name(mount: ExecMount, seed: Sequence[LayerDescriptor]) -> str:

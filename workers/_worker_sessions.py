@@ -21,7 +21,9 @@ It comes as the ``options`` and ``session`` maps of a build request:
 
 ``close`` cancels and awaits whatever of the build still runs here (a cancelled build
 leaves nothing mounted or running), drains its remote caches (a failed build keeps what
-it finished), closes its channel and removes its scratch files.  A build whose
+it finished), closes its channel and removes its scratch files.  (The store's bounds,
+``DOCKYARD_CACHE_MAX`` among them, are the worker's garbage collector's, workers/_gc.py,
+which the actor starts after each build.)  A build whose
 coordinator died is closed when the next coordinator (the request's ``coordinator``, an
 id per coordinator process) opens a build here.
 """
@@ -53,7 +55,6 @@ from ._build import (
     prepared,
     remote_records,
 )
-from ._cache_limit import enforce_cache_limit
 from ._context_fetch import ask_reader
 from ._context_manifest import ContextManifest
 from ._remote_cache import RemoteRecords
@@ -136,6 +137,10 @@ class SessionTable:
 
     def __repr__(self) -> str:
         return f"<SessionTable open={len(self._sessions)}>"
+
+    def ids(self) -> frozenset[str]:
+        """The ids of the open builds."""
+        return frozenset(self._sessions)
 
     def find(self, build_id: str | None) -> WorkerSession | None:
         return self._sessions.get(build_id) if build_id is not None else None
@@ -220,14 +225,6 @@ class SessionTable:
         if session.channel is not None:
             await session.channel.aclose()
         await asyncio.to_thread(shutil.rmtree, session.scratch, True)
-        await self._enforce_cache_limit()
-
-    async def _enforce_cache_limit(self) -> None:
-        """DOCKYARD_CACHE_MAX, after each build: a failure to prune never fails a build."""
-        try:
-            await enforce_cache_limit(self._engine().cache)
-        except DockyardError as err:
-            _log.warning("cache limit not enforced: %s", err)
 
 
 async def cache_credentials(channel: Any,

@@ -261,7 +261,7 @@ def test_cache_hit_means_zero_executions_and_one_lookup() -> None:
 def test_record_created_is_when_it_was_built() -> None:
     records = go(lambda: solver(FakeBackend(), clock=Clock(1_234.9)).solve(FORK, [JOIN.digest]))
     assert records[JOIN.digest].created == 1234
-    assert records[JOIN.digest].meta == {"name": "[4/4] merge"}
+    assert records[JOIN.digest].meta == {"name": "[4/4] merge", "kind": "exec"}
 
 
 def test_partial_cache_reruns_only_downstream_of_a_change() -> None:
