@@ -61,6 +61,8 @@ OUTCOMES = ("executed", "cached", "deduplicated", "failed", "retried")
 BUILD_STATUSES = ("succeeded", "failed", "cancelled")
 OP_KINDS = ("source", "exec", "file", "merge")
 WORKER_STATES = ("idle", "busy", "full")
+#: The GC kinds a worker reports (workers/_gc_policy.py KINDS): the only label values taken.
+_GC_KINDS = frozenset({"image", "exec", "context", "cachemount"})
 _BUILD_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 _VERTEX_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, float("inf"))
 
@@ -253,9 +255,39 @@ class _ScrapeCollector:
         yield requests
         yield moved
         yield context
-        # --- GC (wt-gcpolicy): the workers' prune counters go here, summed like the
-        # cache's: e.g. dockyard_gc_runs_total, dockyard_gc_removed_bytes_total{kind}
-        # from a "gc" entry of each worker's report (workers/_metrics.py). ---
+        yield from self._gc()
+
+    def _gc(self) -> Iterator[Metric]:
+        """The workers' background collectors (workers/_gc.py), summed: runs by status,
+        items and bytes removed by kind."""
+        runs = CounterMetricFamily("dockyard_gc_runs", "Background GC runs of the workers, "
+                                   "by status", labels=["status"])
+        items = CounterMetricFamily("dockyard_gc_removed_items", "Items the workers' GC "
+                                    "removed, by kind", labels=["kind"])
+        size = CounterMetricFamily("dockyard_gc_removed_bytes", "Bytes the workers' GC "
+                                   "removed, by kind", labels=["kind"])
+        done = failed = 0
+        removed: dict[tuple[str, ...], list[int]] = {}
+        for report in self._reports:
+            gc = report.get("gc")
+            if not isinstance(gc, dict):
+                continue  # a worker of an earlier version
+            done += gc.get("runs", 0) if isinstance(gc.get("runs"), int) else 0
+            failed += gc.get("failures", 0) if isinstance(gc.get("failures"), int) else 0
+            for row in gc.get("removed", ()):
+                if (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
+                        and row[0] in _GC_KINDS and all(isinstance(v, int) for v in row[1:])):
+                    kept = removed.setdefault((row[0],), [0, 0])
+                    kept[0] += row[1]
+                    kept[1] += row[2]
+        runs.add_metric(["succeeded"], done)
+        runs.add_metric(["failed"], failed)
+        for labels, (count, total) in sorted(removed.items()):
+            items.add_metric(list(labels), count)
+            size.add_metric(list(labels), total)
+        yield runs
+        yield items
+        yield size
 
 
 class MetricsPage:

@@ -61,8 +61,13 @@ class WorkerMetrics:
         cache = dict(self.cache)
         if store is not None:
             self._add(cache, STORE, store.statistics())
-        # --- GC (wt-gcpolicy): the prune counters go here, as a "gc" entry. ---
+        from ._gc_stats import gc_statistics  # noqa: PLC0415 -- the collector's module
+
+        gc = gc_statistics()
         return {"version": REPORT_VERSION,
+                "gc": {"runs": gc["runs"], "failures": gc["failures"],
+                       "removed": [[kind, counts["items"], counts["bytes"]]
+                                   for kind, counts in sorted(gc["kinds"].items())]},
                 "cache": [[*labels, count] for labels, count in sorted(cache.items())],
                 "cache_bytes": [[*labels, size]
                                 for labels, size in sorted(self.cache_bytes.items())],

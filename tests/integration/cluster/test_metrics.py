@@ -52,7 +52,8 @@ FAMILIES = {
     "dockyard_vertices_running": "gauge", "dockyard_workers": "gauge",
     "dockyard_workers_lost": "counter", "dockyard_workers_reporting": "gauge",
     "dockyard_cache_requests": "counter", "dockyard_cache_bytes": "counter",
-    "dockyard_context_bytes_received": "counter",
+    "dockyard_context_bytes_received": "counter", "dockyard_gc_runs": "counter",
+    "dockyard_gc_removed_items": "counter", "dockyard_gc_removed_bytes": "counter",
 }
 #: What each label may say (bounded: never a build id, an image or a worker name).
 LABEL_VALUES: dict[str, set[str]] = {
@@ -60,7 +61,7 @@ LABEL_VALUES: dict[str, set[str]] = {
     "state": set(WORKER_STATES), "mode": {"native", "emulated"}, "tenant": {"default"},
     "status": {"succeeded", "failed", "cancelled"}, "backend": {"worker", "s3", "local"},
     "object": {"record", "blob"}, "result": {"hit", "miss"},
-    "direction": {"read", "written"},
+    "direction": {"read", "written"}, "kind": {"image", "exec", "context", "cachemount"},
 }
 
 
