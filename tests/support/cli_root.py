@@ -5,14 +5,19 @@ cluster build --progress=plain`` in ``work``; ``processes`` are the service's.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster._ray import ray_temp_dir
 from cluster._service import Proc, RunPaths, process_tree
 
-__all__ = ["PROJECT", "Dockyard"]
+__all__ = ["PROJECT", "Dockyard", "private_root"]
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -43,3 +48,19 @@ class Dockyard:
         pid = int(pid_file.read_text())
         start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
         return {(pid, start)} | process_tree(pid)
+
+
+@contextmanager
+def private_root(busybox: str, prefix: str) -> Iterator[Dockyard]:
+    """A new root and working directory for one test module's embedded service (named
+    ``/tmp/PREFIX-*``); afterwards the service is stopped and both are removed."""
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix}-work-"))
+    found = Dockyard(root, busybox, work)
+    try:
+        yield found
+    finally:
+        found.run("stop", timeout=90)
+        shutil.rmtree(ray_temp_dir(root), ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli_root import PROJECT, Dockyard
+from support.cli_root import PROJECT, Dockyard, private_root
 from support.leaks import files_containing
 from support.progress import plain_blocks, solve_blocks
 from support.ssh_tools import copy_ssh_add, make_key
@@ -41,15 +40,8 @@ def _stop(dockyard: Dockyard) -> None:
 
 @pytest.fixture(scope="module")
 def dockyard(busybox_image: Any) -> Iterator[Dockyard]:
-    root = Path(tempfile.mkdtemp(prefix="dyb-", dir="/tmp"))
-    work = Path(tempfile.mkdtemp(prefix="dyb-work-"))
-    found = Dockyard(root, busybox_image.reference, work)
-    try:
+    with private_root(busybox_image.reference, "dyb") as found:
         yield found
-    finally:
-        _stop(found)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _context(dockyard: Dockyard, name: str, dockerfile: str) -> Path:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,23 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli_root import Dockyard, private_root
 from support.progress import plain_blocks
-from test_build_cli import Dockyard, _stop
 
 from scheduler._platform import default_platform
 
 
 @pytest.fixture(scope="module")
 def dockyard(busybox_image: Any) -> Iterator[Dockyard]:
-    root = Path(tempfile.mkdtemp(prefix="dyx-", dir="/tmp"))
-    work = Path(tempfile.mkdtemp(prefix="dyx-work-"))
-    found = Dockyard(root, busybox_image.reference, work)
-    try:
+    with private_root(busybox_image.reference, "dyx") as found:
         yield found
-    finally:
-        _stop(found)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _context(dockyard: Dockyard, name: str, dockerfile: str) -> Path:

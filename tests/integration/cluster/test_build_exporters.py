@@ -11,10 +11,8 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from support.cli_root import Dockyard
+from support.cli_root import Dockyard, private_root
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -36,15 +34,8 @@ EPOCH = 1_000_000_000
 
 @pytest.fixture(scope="module")
 def dockyard(busybox_image: Any) -> Iterator[Dockyard]:
-    root = Path(tempfile.mkdtemp(prefix="dye-", dir="/tmp"))
-    work = Path(tempfile.mkdtemp(prefix="dye-work-"))
-    found = Dockyard(root, busybox_image.reference, work)
-    try:
+    with private_root(busybox_image.reference, "dye") as found:
         yield found
-    finally:
-        found.run("stop", timeout=90)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _context(dockyard: Dockyard, name: str, dockerfile: str, **files: str) -> Path:

@@ -8,17 +8,15 @@ policies are refused before anything starts."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli_root import Dockyard
+from support.cli_root import Dockyard, private_root
 
 from workers._gc import measure
 
@@ -44,16 +42,9 @@ RUN echo "$N" && head -c 4000000 /dev/urandom > /big
 
 @pytest.fixture(scope="module")
 def dockyard(busybox_image: Any) -> Iterator[Dockyard]:
-    root = Path(tempfile.mkdtemp(prefix="dygc-", dir="/tmp"))
-    work = Path(tempfile.mkdtemp(prefix="dygc-work-"))
-    (work / "gc.toml").write_text(CONFIG)
-    found = Dockyard(root, busybox_image.reference, work)
-    try:
+    with private_root(busybox_image.reference, "dygc") as found:
+        (found.work / "gc.toml").write_text(CONFIG)
         yield found
-    finally:
-        found.run("stop", timeout=90)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _context(dockyard: Dockyard, name: str, dockerfile: str) -> Path:

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli_root import PROJECT, Dockyard
+from support.cli_root import PROJECT, Dockyard, private_root
 from support.leaks import files_containing
-
-from cluster._ray import ray_temp_dir
 
 SECRET = "hist-s3cr3t-41d9c7"  # mounted by a RUN: must reach no record
 
@@ -43,16 +39,8 @@ RUN echo about-to-fail && exit 3
 
 @pytest.fixture(scope="module")
 def dockyard(busybox_image: Any) -> Iterator[Dockyard]:
-    root = Path(tempfile.mkdtemp(prefix="dyh-", dir="/tmp"))
-    work = Path(tempfile.mkdtemp(prefix="dyh-work-"))
-    found = Dockyard(root, busybox_image.reference, work)
-    try:
+    with private_root(busybox_image.reference, "dyh") as found:
         yield found
-    finally:
-        found.run("stop", timeout=90)
-        shutil.rmtree(ray_temp_dir(root), ignore_errors=True)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _context(dockyard: Dockyard, name: str, dockerfile: str) -> Path:
