@@ -15,8 +15,10 @@ token and TLS (its own embedded Ray head, one for the module); the token and the
 certificate come from the "CI secrets"; the image repository is in the loopback
 registry; ``--platform`` is left as the page has it.  The checkout is a copy of
 examples/ whose base image defaults to the loopback registry's busybox.  The step that
-installs the client with pip is checked for its form and not run (no network here):
-``dockyard`` is where that step would put it, a two-line script running this tree's CLI.
+installs the client with pip is checked for its form and replaced (no network here) by
+writing what it would install, a two-line ``dockyard`` running this tree's CLI, into the
+``bin`` of the pip it names (the rest of that step, ``python3 -m venv`` and
+``$GITHUB_PATH``, runs as written).
 
 Checked: the build succeeds through the token and the CA only, the image and the
 registry cache are pushed, the digest the later step or job saw is the pushed
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -57,7 +60,13 @@ ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json",
                     "application/vnd.oci.image.manifest.v1+json",
                     "application/vnd.docker.distribution.manifest.list.v2+json",
                     "application/vnd.docker.distribution.manifest.v2+json"])
-INSTALL = re.compile(r'^python3 -m pip install (--user )?"dockyard @ git\+https://\S+@v[\d.]+"$')
+#: the recipes' ``pip install`` of the client: from the repository, at a version tag
+INSTALL = re.compile(r'^(?P<pip>python3 -m pip|"\$[\w/]+/bin/pip") install '
+                     r'"dockyard @ git\+https://\S+@v[\d.]+"$')
+#: the keys of a GitLab job the interpreter below knows (image and tags: the runner's)
+GITLAB_JOB_KEYS = {"stage", "image", "tags", "needs", "before_script", "script", "artifacts"}
+#: what that install puts in a ``bin``: this tree's CLI
+SHIM = ("#!/bin/sh", f'PYTHONPATH={PROJECT} exec {sys.executable} -m cluster "$@"')
 
 
 def recipes() -> dict[str, Any]:
@@ -145,13 +154,10 @@ def _clean_environ() -> dict[str, str]:
 
 @pytest.fixture
 def machine(tmp_path: Path, busybox_image: Any) -> Path:
-    """A runner's home with ``dockyard`` in ``~/.local/bin`` (where ``pip install --user``
-    puts it) and a checkout of examples/ under ``checkout``."""
-    bin_dir = tmp_path / "home" / ".local" / "bin"
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "dockyard").write_text(
-        f"#!/bin/sh\nPYTHONPATH={PROJECT} exec {sys.executable} -m cluster \"$@\"\n")
-    (bin_dir / "dockyard").chmod(0o755)
+    """A runner: its ``home``, a ``bin`` on its PATH (where a system pip installs) and a
+    checkout of examples/ under ``checkout``."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "bin").mkdir()
     checkout = tmp_path / "checkout"
     shutil.copytree(PROJECT / "examples", checkout)
     dockerfile = checkout / "Dockerfile"
@@ -170,9 +176,30 @@ def _bash(script: str, env: Mapping[str, str], cwd: Path) -> str:
 
 
 def _runner_environ(machine: Path, extra: Mapping[str, str]) -> dict[str, str]:
-    home = machine / "home"
-    return {**_clean_environ(), "HOME": str(home), "DOCKYARD_ROOT": str(machine / "client"),
-            **extra}
+    environ = {**_clean_environ(), "HOME": str(machine / "home"),
+               "DOCKYARD_ROOT": str(machine / "client"), **extra,
+               # should an install slip past _offline: no index, no git over the network
+               "PIP_NO_INDEX": "1", "GIT_ALLOW_PROTOCOL": "file"}
+    environ["PATH"] = f"{machine / 'bin'}:{environ['PATH']}"
+    return environ
+
+
+def _offline(script: str, runner_bin: Path) -> str:
+    """``script`` with each ``pip install`` of dockyard (checked for its form) replaced by
+    writing the ``dockyard`` it would install into its pip's ``bin``, or into the
+    runner's ``bin`` for ``python3 -m pip``."""
+    lines = []
+    for line in script.splitlines():
+        if re.search(r"\binstall\b", line):
+            match = INSTALL.match(line.strip())
+            assert match, f"an install of the client this test does not know: {line}"
+            pip = match["pip"]
+            where = shlex.quote(str(runner_bin)) if pip == "python3 -m pip" \
+                else f'"$(dirname {pip})"'
+            line = (f"printf '%s\\n' {' '.join(shlex.quote(x) for x in SHIM)} "
+                    f'> {where}/dockyard && chmod +x {where}/dockyard')
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _check_service_url(url: str) -> None:
@@ -192,6 +219,8 @@ def _expression(contexts: Mapping[str, str], steps: Mapping[str, dict[str, str]]
         name = match.group(1)
         step = re.fullmatch(r"steps\.([\w-]+)\.outputs\.([\w-]+)", name)
         if step:
+            assert step.group(2) in steps.get(step.group(1), {}), \
+                f"the recipe uses ${{{{ {name} }}}}, which no earlier step wrote"
             return steps[step.group(1)][step.group(2)]
         assert name in contexts, f"the recipe uses ${{{{ {name} }}}}, unknown to this test"
         return contexts[name]
@@ -210,24 +239,27 @@ def run_github(workflow: dict[str, Any], machine: Path, job_env: Mapping[str, st
     env |= job_env
     log = ""
     for number, step in enumerate(job["steps"]):
+        assert set(step) <= {"name", "id", "env", "run", "uses"}, f"unknown to this test: {step}"
         if "uses" in step:
             assert step["uses"].startswith("actions/checkout@"), step  # the workspace
             continue
-        if "pip install" in step["run"]:
-            assert INSTALL.match(step["run"].strip()), step["run"]
-            continue
         files = {"GITHUB_OUTPUT": temp / f"output-{number}",
-                 "GITHUB_STEP_SUMMARY": temp / f"summary-{number}"}
+                 "GITHUB_STEP_SUMMARY": temp / f"summary-{number}",
+                 "GITHUB_PATH": temp / f"path-{number}"}
         for file in files.values():
             file.touch()
         step_env = {k: expand(v) for k, v in step.get("env", {}).items()}
         environ = _runner_environ(machine, {**env, **step_env, "RUNNER_TEMP": str(temp),
                                             "GITHUB_WORKSPACE": str(workspace),
                                             **{k: str(v) for k, v in files.items()}})
-        log += _bash(expand(step["run"]), environ, workspace)
+        log += _bash(_offline(expand(step["run"]), machine / "bin"), environ, workspace)
         log += files["GITHUB_STEP_SUMMARY"].read_text()
+        for directory in files["GITHUB_PATH"].read_text().splitlines():
+            env["PATH"] = f"{directory}:{env.get('PATH', os.environ['PATH'])}"
         lines = files["GITHUB_OUTPUT"].read_text().splitlines()
         outputs[step.get("id", str(number))] = dict(line.split("=", 1) for line in lines)
+    assert (machine / "bin").is_dir() and not any((machine / "bin").iterdir()), \
+        "the client was installed outside the recipe's virtual environment"
     return Run(log, workspace)
 
 
@@ -257,12 +289,11 @@ def run_gitlab(pipeline: dict[str, Any], machine: Path, predefined: Mapping[str,
         for name, job in jobs.items():
             if job["stage"] != stage:
                 continue
-            for line in job.get("before_script", []):
-                assert INSTALL.match(line.strip()), line
+            assert set(job) <= GITLAB_JOB_KEYS, f"unknown to this test: {name}: {job}"
             inherited = {k: v for need in job.get("needs", []) for k, v in dotenv[need].items()}
             environ = _runner_environ(machine, {**predefined, **variables, **inherited})
-            environ["PATH"] = f"{machine / 'home' / '.local' / 'bin'}:{environ['PATH']}"
-            log += _bash("\n".join(job["script"]), environ, workspace)
+            script = "\n".join([*job.get("before_script", []), *job["script"]])
+            log += _bash(_offline(script, machine / "bin"), environ, workspace)
             report = job.get("artifacts", {}).get("reports", {}).get("dotenv")
             if report:
                 text = (workspace / report).read_text()
