@@ -148,8 +148,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _clean_environ() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("DOCKYARD_", "GITHUB_", "CI_", "RUNNER_"))}
+    """This environment without dockyard's or a CI's variables, and without the ``PATH``
+    entries holding a ``dockyard`` (a venv's): the recipe must install its own."""
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith(("DOCKYARD_", "GITHUB_", "CI_", "RUNNER_"))}
+    path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    environ["PATH"] = os.pathsep.join(p for p in path if p and
+                                      not os.path.exists(os.path.join(p, "dockyard")))
+    return environ
 
 
 @pytest.fixture
@@ -255,7 +261,7 @@ def run_github(workflow: dict[str, Any], machine: Path, job_env: Mapping[str, st
         log += _bash(_offline(expand(step["run"]), machine / "bin"), environ, workspace)
         log += files["GITHUB_STEP_SUMMARY"].read_text()
         for directory in files["GITHUB_PATH"].read_text().splitlines():
-            env["PATH"] = f"{directory}:{env.get('PATH', os.environ['PATH'])}"
+            env["PATH"] = f"{directory}:{env.get('PATH', _clean_environ()['PATH'])}"
         lines = files["GITHUB_OUTPUT"].read_text().splitlines()
         outputs[step.get("id", str(number))] = dict(line.split("=", 1) for line in lines)
     assert (machine / "bin").is_dir() and not any((machine / "bin").iterdir()), \
