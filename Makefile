@@ -21,7 +21,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.dockyard-installed
-PACKAGES := scheduler workers cache_backends cluster
+# The four packages as installed (pyproject.toml maps each top-level folder under dockyard.)
+PACKAGES := dockyard.scheduler dockyard.workers dockyard.cache_backends dockyard.cluster
 
 # Extracted arm64 busybox (see busybox-arm64 below): tests find it at
 # $(CACHE_DIR)/busybox-arm64/bin/busybox.

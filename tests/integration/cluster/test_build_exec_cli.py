@@ -22,7 +22,7 @@ import pytest
 from support.progress import plain_blocks
 from test_build_cli import Dockyard, _stop
 
-from scheduler._platform import default_platform
+from dockyard.scheduler._platform import default_platform
 
 
 @pytest.fixture(scope="module")
