@@ -1,6 +1,7 @@
 # dockyard's developer and CI entry points.
 #
-#   make setup   Debian packages, arm64 busybox, binfmt for arm64, and .venv (idempotent)
+#   make setup   Debian packages, arm64 busybox, binfmt for arm64, .venv, and the `dockyard`
+#                command in $(BINDIR) (a symlink to .venv/bin/dockyard) (idempotent)
 #   make demo    setup, then print the build graph of examples/ for amd64 and arm64
 #   make test    setup, ruff, mypy --strict, then pytest over tests/
 #                (ruff without its cache: a stale cache can hide what a fresh CI clone sees)
@@ -8,7 +9,8 @@
 #   make faults  setup, then kill builds at random moments, seeds $(FAULT_SEEDS), $(FAULT_ROUNDS)
 #                rounds each (devkit/faults.py; about 5 min on 2 cpus)
 #   make load    setup, then waves of 20 concurrent builds for $(LOAD_SECONDS) s (devkit/load.py)
-#   make clean   remove .venv and tool caches (not the Debian packages, not $(CACHE_DIR))
+#   make clean   remove .venv, its $(BINDIR)/dockyard link and tool caches (not the Debian
+#                packages, not $(CACHE_DIR))
 #
 # Written for a fresh Debian 12 machine, as root, with only the Debian and PyPI registries
 # reachable.  Every step checks first and does nothing when its work is already done.
@@ -21,7 +23,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.dockyard-installed
-PACKAGES := scheduler workers cache_backends cluster
+# Where `make setup` puts the `dockyard` command, so that a shell finds it as the README
+# writes it (the console script itself lives in .venv/bin).
+BINDIR ?= /usr/local/bin
+# The four packages as installed (pyproject.toml maps each top-level folder under dockyard.)
+PACKAGES := dockyard.scheduler dockyard.workers dockyard.cache_backends dockyard.cluster
 
 # Extracted arm64 busybox (see busybox-arm64 below): tests find it at
 # $(CACHE_DIR)/busybox-arm64/bin/busybox.
@@ -49,13 +55,13 @@ DEB_PACKAGES := docker.io containerd runc qemu-user-static binfmt-support docker
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup demo test lint faults load clean debs busybox-arm64 binfmt venv
+.PHONY: setup demo test lint faults load clean debs busybox-arm64 binfmt venv cli
 
 FAULT_SEEDS ?= 1,2,3,4
 FAULT_ROUNDS ?= 10
 LOAD_SECONDS ?= 240
 
-setup: debs busybox-arm64 binfmt venv
+setup: debs busybox-arm64 binfmt venv cli
 
 demo: setup
 	$(VENV)/bin/python examples/demo.py
@@ -77,6 +83,8 @@ load: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	[ "$$(readlink $(BINDIR)/dockyard 2>/dev/null)" != "$(abspath $(VENV))/bin/dockyard" ] \
+	  || rm -f $(BINDIR)/dockyard
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # --- Debian packages: install only the missing ones; apt-get update only then. ---------
@@ -125,7 +133,9 @@ binfmt: debs busybox-arm64
 	  || warn "the arm64 busybox does not run: $$out"
 	[ "$$out" = aarch64 ] || warn "the arm64 busybox says '$$out', not aarch64"
 
-# --- .venv: the project editable with its test extra, redone when pyproject.toml changes.
+# --- .venv: the project editable with its test extra, redone when pyproject.toml changes
+# (its package-dir mapping of dockyard.* is in the editable install: a .venv made before a
+# change of it is reinstalled by the next make).
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -133,3 +143,18 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
 	  | { grep -v 'is ignored' || true; }
 	touch $@
+
+# --- the `dockyard` command where a shell finds it: $(BINDIR)/dockyard -> .venv/bin/dockyard.
+# A $(BINDIR)/dockyard that is not this checkout's symlink (another install) is left alone.
+cli: venv
+	@link=$(BINDIR)/dockyard; target=$(abspath $(VENV))/bin/dockyard
+	if [ "$$(readlink "$$link" 2>/dev/null)" = "$$target" ]; then exit 0; fi
+	if [ -e "$$link" ] && [ ! -L "$$link" ]; then
+	  echo "WARNING: $$link is not a symlink to $$target: left alone; run $$target" >&2
+	  exit 0
+	fi
+	if ln -sfn "$$target" "$$link" 2>/dev/null; then
+	  echo "dockyard installed: $$link -> $$target"
+	else
+	  echo "WARNING: cannot write $$link; run $$target, or put $(abspath $(VENV))/bin on PATH" >&2
+	fi

@@ -1,6 +1,6 @@
 """``python -m benchmarks._client STATS.json ARGV...``: ``dockyard ARGV`` with its bytes counted.
 
-The real client (``cluster._cli.main``), with two wrappers that only count: every message
+The real client (``dockyard.cluster._cli.main``), with two wrappers that only count: every message
 the client's websocket sends (``BlockingWebSocket.send``: the request with its context
 manifest, the replies to the workers' asks) and the ``ContextServer`` the build made (its
 ``served``: context bytes handed to the cluster).  At exit it writes ``STATS.json``:
@@ -18,9 +18,9 @@ from typing import Any
 
 import msgpack
 
-import cluster._build_cmd as build_cmd
-from cluster._cli import main as cli_main
-from cluster._wire import BlockingWebSocket
+import dockyard.cluster._build_cmd as build_cmd
+from dockyard.cluster._cli import main as cli_main
+from dockyard.cluster._wire import BlockingWebSocket
 
 __all__ = ["main"]
 

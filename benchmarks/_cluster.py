@@ -8,7 +8,7 @@ root through ``--endpoint``.  One cluster serves every case, grown as the cases 
 - ``overhead``: 1 node.  A generated Dockerfile of about 1,000 vertices (``FROM scratch``
   stages of small ``COPY`` steps, gathered by ``COPY --from``): the fully cached second
   run's time per vertex; and a ``--no-cache`` run (every vertex executes) against the same
-  build in-process (``cluster._local_build.build_local``, its own root): the difference
+  build in-process (``dockyard.cluster._local_build.build_local``, its own root): the difference
   per executed vertex is the dispatch overhead.
 - ``context``: 1 node.  A 10,000-file context, one line of one file changed before each
   build, through the endpoint and through the embedded service (the client's own root):
@@ -275,7 +275,7 @@ def _overhead_context(work: Path, stages: int, steps: int) -> Path:
 
 def count_vertices(bench: ClusterBench, context: Path) -> int:
     root = bench.cluster.client("graph")
-    done = subprocess.run([sys.executable, "-m", "cluster", "debug", "graph", str(context)],
+    done = subprocess.run([sys.executable, "-m", "dockyard", "debug", "graph", str(context)],
                           env=environment(root), capture_output=True, text=True,
                           timeout=BUILD_TIMEOUT, check=False)
     if done.returncode != 0:
@@ -315,7 +315,7 @@ def overhead_case(bench: ClusterBench, warmups: int, reps: int, stages: int = 10
 def _build_in_process(context: Path, root: Path, no_cache: bool) -> float:
     """``build_local`` of ``context`` (a fresh runtime each time, as a process would open
     it; its opening is inside the time)."""
-    from cluster._local_build import LocalBuildOptions, build_local  # noqa: PLC0415
+    from dockyard.cluster._local_build import LocalBuildOptions, build_local  # noqa: PLC0415
 
     options = LocalBuildOptions(root=root, no_cache=no_cache)
     dockerfile = (context / "Dockerfile").read_bytes()
@@ -325,7 +325,7 @@ def _build_in_process(context: Path, root: Path, no_cache: bool) -> float:
 
 
 def _clean_local_root(root: Path) -> None:
-    from workers._janitor import claim_root  # noqa: PLC0415
+    from dockyard.workers._janitor import claim_root  # noqa: PLC0415
 
     with contextlib.suppress(Exception):
         lock, _ = claim_root(root)
@@ -411,7 +411,7 @@ def context_case(bench: ClusterBench, warmups: int, reps: int) -> ContextResult:
                 sent.append(counts["sent"])
                 served.append(counts["served"])
     finally:
-        subprocess.run([sys.executable, "-m", "cluster", "stop"], env=env_local,
+        subprocess.run([sys.executable, "-m", "dockyard", "stop"], env=env_local,
                        capture_output=True, timeout=120, check=False)
         shutil.rmtree(embedded_root, ignore_errors=True)
     changed = len(main_txt("edit 0").encode())

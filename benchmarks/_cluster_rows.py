@@ -84,7 +84,7 @@ def overhead_rows(result: OverheadResult) -> list[Row]:
             True, ENDPOINT + ", 1 node"),
         Row("the same fully cached build in-process (`build_local`, no Ray, no client): "
             "ms per vertex, info", f"{local_per:.3f} ms; {result.local_cached.describe()}",
-            "-", local_per, None, True, "in-process `cluster._local_build.build_local`"),
+            "-", local_per, None, True, "in-process `dockyard.cluster._local_build.build_local`"),
     ]
 
 

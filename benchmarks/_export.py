@@ -6,7 +6,7 @@ per-copy header, so that deflate's 32 KiB window finds no cheap repeats).  Both 
 the same directory (warm in the page cache after the warm-up) and write a gzip (level 6,
 gzip's default and BuildKit's) stream to a file on the same disk.
 
-dockyard's side is ``workers._layers.write_layer`` called in-process, with gzip: what an
+dockyard's side is ``dockyard.workers._layers.write_layer`` called in-process, with gzip: what an
 image output pays for each layer the first time it is exported (a RUN stores its layer
 uncompressed; ``WorkerRuntime.compressed`` gzips it, with this writer, when an image or a
 remote cache first needs it, and keeps the result).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks._stats import Series
 from benchmarks._tools import BenchmarkError
-from workers._layers import write_layer
+from dockyard.workers._layers import write_layer
 
 __all__ = ["MIB", "export_case", "write_payload"]
 

@@ -33,14 +33,14 @@ from benchmarks._memory import MEMORY_CASES, measure_memory, memory_rows, proces
 from benchmarks._paths import REPO
 from benchmarks._scale_cases import SCALE_CASES, measure_scale, scale_rows
 from benchmarks._stats import Row, Series, markdown_table, ratio
-from scheduler._errors import DockyardError
+from dockyard.scheduler._errors import DockyardError
 
 __all__ = ["main"]
 
 CASES = ("noop", "edit", "parallel", *SCALE_CASES, *DEBIAN_CASES, "export", *MEMORY_CASES,
          *CACHE_CASES, *CLUSTER_CASES)
 CLI_PATH = "CLI `dockyard build`, warm local service"
-EXPORT_PATH = "in-process `workers._layers.write_layer`"
+EXPORT_PATH = "in-process `dockyard.workers._layers.write_layer`"
 MEMORY_PATH = "the local service's processes, after `dockyard build`"
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 from benchmarks._paths import REPO
-from cluster._service import RunPaths, process_tree
-from scheduler._errors import DockyardError
+from dockyard.cluster._service import RunPaths, process_tree
+from dockyard.scheduler._errors import DockyardError
 
 __all__ = ["BenchmarkError", "Builder", "BuildKitTool", "DockyardTool"]
 
@@ -156,7 +156,7 @@ class DockyardTool:
         script = Path(sys.executable).parent / "dockyard"
         if script.exists():
             return [str(script), *args]
-        return [sys.executable, "-m", "cluster", *args]
+        return [sys.executable, "-m", "dockyard", *args]
 
     def build(self, context: Path, build_args: Mapping[str, str] | None = None,
               no_cache: bool = False, *flags: str) -> float:

@@ -51,10 +51,10 @@ def test_placed(progress: str, expected: dict[str, str]) -> None:
 
 
 def test_log_lines_parse() -> None:
-    fetched = (f"2026 INFO workers._runtime: fetched blob {DIGEST} (209748371 bytes) from "
-               "worker dockyard-worker-0839334dcf2f in 2.231 s")
-    phases = (f"INFO workers._peers: blob {DIGEST} from worker dockyard-worker-08: received "
-              "in 1.871 s, checked in 0.263 s, published in 0.097 s")
+    fetched = (f"2026 INFO dockyard.workers._runtime: fetched blob {DIGEST} (209748371 bytes) "
+               "from worker dockyard-worker-0839334dcf2f in 2.231 s")
+    phases = (f"INFO dockyard.workers._peers: blob {DIGEST} from worker dockyard-worker-08: "
+              "received in 1.871 s, checked in 0.263 s, published in 0.097 s")
     assert _FETCHED.findall(fetched) == [(DIGEST, "209748371", "2.231")]
     assert _PHASES.findall(phases) == [(DIGEST, "1.871", "0.263", "0.097")]
 

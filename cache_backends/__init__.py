@@ -10,7 +10,7 @@ solver, the coordinator) does not import boto3.
 
 from __future__ import annotations
 
-from scheduler._lazy import lazy_exports as _lazy_exports
+from dockyard.scheduler._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "BACKENDS": "_registry",

@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cache_backends._records import (
+from dockyard.cache_backends._records import (
     DOCKER_LAYER_TYPES,
     OCI_LAYER_TYPES,
     CacheRecord,
     LayerDescriptor,
     StateResult,
 )
-from scheduler._errors import CacheError
+from dockyard.scheduler._errors import CacheError
 
 __all__ = [
     "CACHE_CONFIG_MEDIA", "INLINE_CACHE_KEY", "CacheConfig", "cache_artifact",

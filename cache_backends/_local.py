@@ -51,7 +51,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from cache_backends._protocol import (
+from dockyard.cache_backends._protocol import (
     CHUNK,
     BackendStatistics,
     BlobInput,
@@ -67,9 +67,14 @@ from cache_backends._protocol import (
     plan_prune,
     verified_stream,
 )
-from cache_backends._records import CacheRecord
-from cache_backends._rules import blob_mismatch, decode_record, require_blobs, stored_record
-from scheduler._errors import CacheError
+from dockyard.cache_backends._records import CacheRecord
+from dockyard.cache_backends._rules import (
+    blob_mismatch,
+    decode_record,
+    require_blobs,
+    stored_record,
+)
+from dockyard.scheduler._errors import CacheError
 
 __all__ = ["TEMP_PREFIX", "Collector", "LocalBackend", "LocalBlobSource"]
 

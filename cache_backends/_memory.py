@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from cache_backends._protocol import (
+from dockyard.cache_backends._protocol import (
     BackendStatistics,
     BlobInput,
     BlobMissing,
@@ -33,9 +33,14 @@ from cache_backends._protocol import (
     plan_prune,
     verified_stream,
 )
-from cache_backends._records import CacheRecord
-from cache_backends._rules import blob_mismatch, decode_record, require_blobs, stored_record
-from scheduler._errors import CacheError
+from dockyard.cache_backends._records import CacheRecord
+from dockyard.cache_backends._rules import (
+    blob_mismatch,
+    decode_record,
+    require_blobs,
+    stored_record,
+)
+from dockyard.scheduler._errors import CacheError
 
 __all__ = ["MemoryBackend", "MemoryBlobSource"]
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final, Protocol, cast
 
-from cache_backends._records import CacheRecord
-from scheduler._errors import CacheError
+from dockyard.cache_backends._records import CacheRecord
+from dockyard.scheduler._errors import CacheError
 
 __all__ = [
     "CHUNK",

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from scheduler._errors import CacheError
+from dockyard.scheduler._errors import CacheError
 
 __all__ = ["RECORD_VERSION", "CacheRecord", "LayerDescriptor", "RecordError", "StateResult"]
 

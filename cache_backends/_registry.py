@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from cache_backends._local import LocalBackend
-from cache_backends._memory import MemoryBackend
-from cache_backends._protocol import CacheBackend
-from cache_backends._s3 import S3Backend
+from dockyard.cache_backends._local import LocalBackend
+from dockyard.cache_backends._memory import MemoryBackend
+from dockyard.cache_backends._protocol import CacheBackend
+from dockyard.cache_backends._s3 import S3Backend
 
 __all__ = ["BACKENDS"]
 

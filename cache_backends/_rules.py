@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cache_backends._protocol import Counters
-from cache_backends._records import CacheRecord, RecordError
-from scheduler._errors import CacheError
+from dockyard.cache_backends._protocol import Counters
+from dockyard.cache_backends._records import CacheRecord, RecordError
+from dockyard.scheduler._errors import CacheError
 
 __all__ = ["blob_mismatch", "decode_record", "require_blobs", "stored_record"]
 

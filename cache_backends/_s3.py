@@ -53,8 +53,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, BinaryIO, Final, TypeVar, cast
 
-from cache_backends._credentials import S3Credentials
-from cache_backends._protocol import (
+from dockyard.cache_backends._credentials import S3Credentials
+from dockyard.cache_backends._protocol import (
     CHUNK,
     BackendStatistics,
     BlobInput,
@@ -71,12 +71,17 @@ from cache_backends._protocol import (
     plan_prune,
     verified_stream,
 )
-from cache_backends._records import CacheRecord
-from cache_backends._rules import blob_mismatch, decode_record, require_blobs, stored_record
-from cache_backends._s3_client import Head, Listed, S3Objects, S3Settings
-from cache_backends._s3_ranges import PartSlots, Turns, receive_ranges
-from cache_backends._s3_stream import ResumingBody
-from scheduler._errors import CacheError
+from dockyard.cache_backends._records import CacheRecord
+from dockyard.cache_backends._rules import (
+    blob_mismatch,
+    decode_record,
+    require_blobs,
+    stored_record,
+)
+from dockyard.cache_backends._s3_client import Head, Listed, S3Objects, S3Settings
+from dockyard.cache_backends._s3_ranges import PartSlots, Turns, receive_ranges
+from dockyard.cache_backends._s3_stream import ResumingBody
+from dockyard.scheduler._errors import CacheError
 
 __all__ = ["S3Backend", "S3BlobSource"]
 

@@ -52,7 +52,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_e
 from urllib3.exceptions import ProtocolError as _WireBroken
 from urllib3.exceptions import ReadTimeoutError as _WireTimeout
 
-from scheduler._errors import CacheError
+from dockyard.scheduler._errors import CacheError
 
 from ._credentials import S3Credentials
 

@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
-from cache_backends._s3_client import S3Objects
+from dockyard.cache_backends._s3_client import S3Objects
 
 __all__ = ["PartSlots", "Turns", "receive_ranges"]
 

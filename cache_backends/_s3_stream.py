@@ -11,8 +11,8 @@ from typing import IO, Final
 
 from botocore.exceptions import BotoCoreError
 
-from cache_backends._s3_client import S3Objects, transient
-from scheduler._errors import CacheError
+from dockyard.cache_backends._s3_client import S3Objects, transient
+from dockyard.scheduler._errors import CacheError
 
 __all__ = ["ResumingBody"]
 

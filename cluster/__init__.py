@@ -1,7 +1,7 @@
 """How builds enter and leave dockyard: the command line and the client side of a build
 (the build context, read with its ignore file); the endpoint and coordinator follow.
 
-The exports load on first use (PEP 562): the console script imports ``cluster._cli``, and
+The exports load on first use (PEP 562): the console script imports ``dockyard.cluster._cli``, and
 importing this package must not pull in the context walker and the Dockerfile frontend
 behind it for a command that never reads a context.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typing
 
-from scheduler._lazy import lazy_exports as _lazy_exports
+from dockyard.scheduler._lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
     from ._cli import main

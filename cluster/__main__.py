@@ -1,4 +1,4 @@
-"""``python -m cluster``: the same as the ``dockyard`` console script."""
+"""``python -m dockyard.cluster`` (or ``python -m dockyard``): the ``dockyard`` console script."""
 
 from ._cli import main
 

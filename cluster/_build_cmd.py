@@ -48,9 +48,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from scheduler._build_request import NamedContext
-from scheduler._errors import DockyardError, ExecError, ServiceError, UsageError
-from scheduler._platform import Platform, default_platform, parse_platform
+from dockyard.scheduler._build_request import NamedContext
+from dockyard.scheduler._errors import DockyardError, ExecError, ServiceError, UsageError
+from dockyard.scheduler._platform import Platform, default_platform, parse_platform
 
 from ._build_options import (
     BuildOptions,
@@ -163,8 +163,8 @@ def _manifest(session: dict[str, Any], key: str, directory: Path, patterns: Sequ
     """The manifest of ``directory`` (its files after ``patterns``, with their digests:
     from its stat index under ``root`` while a file's stat is unchanged) put in the
     ``session`` as the context ``key``; the server of its files."""
-    from workers._context_index import ContextIndexes  # noqa: PLC0415
-    from workers._context_manifest import build_manifest  # noqa: PLC0415
+    from dockyard.workers._context_index import ContextIndexes  # noqa: PLC0415
+    from dockyard.workers._context_manifest import build_manifest  # noqa: PLC0415
 
     indexes = ContextIndexes(root / CONTEXT_INDEX_DIR)
     digests = indexes.load(directory)

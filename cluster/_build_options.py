@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cache_backends._credentials import CREDENTIAL_VARIABLES
-from scheduler._build_request import (
+from dockyard.cache_backends._credentials import CREDENTIAL_VARIABLES
+from dockyard.scheduler._build_request import (
     ANNOTATION_TYPES,
     ATTEST_TYPES,
     COMPRESSION_LEVELS,
@@ -45,12 +45,12 @@ from scheduler._build_request import (
     SecretSpec,
     SshSpec,
 )
-from scheduler._entitlements import NETWORK_HOST, parse_entitlements
-from scheduler._errors import ImageReferenceError, UsageError
-from scheduler._graph import ULIMIT_NAMES
-from scheduler._platform import Platform, default_platform, parse_platform, parse_platforms
-from scheduler._reference import parse_reference
-from scheduler.dockerfile._flags import ram_in_bytes
+from dockyard.scheduler._entitlements import NETWORK_HOST, parse_entitlements
+from dockyard.scheduler._errors import ImageReferenceError, UsageError
+from dockyard.scheduler._graph import ULIMIT_NAMES
+from dockyard.scheduler._platform import Platform, default_platform, parse_platform, parse_platforms
+from dockyard.scheduler._reference import parse_reference
+from dockyard.scheduler.dockerfile._flags import ram_in_bytes
 
 __all__ = [
     "OPTIONS_VERSION", "PROGRESS_MODES", "AttestSpec", "BuildOptions", "CacheSpec",

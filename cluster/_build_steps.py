@@ -7,7 +7,7 @@ order, to a build's ``EventSink``: the graph's vertices come from the solver bet
 ``loaded`` and ``exported``.  Each step's id is a digest of the build's id and its name,
 so two builds' steps never merge in a watcher and a step is one vertex within a build.
 
-The events are plain ``scheduler._progress`` events; nothing here touches a file or
+The events are plain ``dockyard.scheduler._progress`` events; nothing here touches a file or
 knows a secret (a warning's text is the lint rule's, built from the Dockerfile).
 """
 
@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler._build_request import OutputSpec
-from scheduler._errors import ImageReferenceError
-from scheduler._progress import (
+from dockyard.scheduler._build_request import OutputSpec
+from dockyard.scheduler._errors import ImageReferenceError
+from dockyard.scheduler._progress import (
     EventSink,
     StatusUpdate,
     VertexCompleted,
@@ -30,7 +30,7 @@ from scheduler._progress import (
     VertexWarning,
     warning,
 )
-from scheduler._reference import parse_reference
+from dockyard.scheduler._reference import parse_reference
 
 __all__ = ["BuildSteps", "exporter_name", "metadata_name"]
 

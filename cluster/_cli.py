@@ -23,14 +23,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from scheduler._errors import DockyardError, FlagError, UsageError
-from scheduler._platform import Platform
+from dockyard.scheduler._errors import DockyardError, FlagError, UsageError
+from dockyard.scheduler._platform import Platform
 
 from ._render import error_prefix
 from ._render import source_excerpt as _excerpt
 
 if TYPE_CHECKING:
-    from scheduler.dockerfile._frontend import FrontendResult
+    from dockyard.scheduler.dockerfile._frontend import FrontendResult
 
 __all__ = ["main"]
 
@@ -149,8 +149,8 @@ def _run_frontend(args: argparse.Namespace, *, check_only: bool = False
         context = forms.main(args.context, args.file, sys.stdin.buffer)
         filename = (os.path.normpath(context.dockerfile_path) if context.dockerfile_path
                     else "Dockerfile")
-        from cluster._context import default_dockerfile, load_ignore_patterns
-        from scheduler.dockerfile._frontend import build_graph
+        from dockyard.cluster._context import default_dockerfile, load_ignore_patterns
+        from dockyard.scheduler.dockerfile._frontend import build_graph
 
         # A Dockerfile from stdin has no <name>.dockerignore of its own: the context's applies.
         directory = context.directory
@@ -167,7 +167,7 @@ def _named_for_graph(values: Sequence[str], platform: Platform) -> tuple[Any, ..
     """``--build-context`` as ``debug graph``/``--check`` show it: each directory or URL
     as the ``local://context:NAME`` source a build sends it as (a directory's
     ``.dockerignore`` read; a URL not fetched)."""
-    from scheduler._build_request import NamedContext  # noqa: PLC0415
+    from dockyard.scheduler._build_request import NamedContext  # noqa: PLC0415
 
     from ._context import directory_ignore_patterns  # noqa: PLC0415
     from ._context_forms import is_url, parse_build_context  # noqa: PLC0415
@@ -247,13 +247,13 @@ def _print_check(warnings: Sequence[Any], data: bytes, spans: dict[int, int]) ->
 
 def _spans(data: bytes, filename: str) -> dict[int, int]:
     """First line -> last line of each instruction (BuildKit's warning ranges)."""
-    from scheduler.dockerfile._parser import parse
+    from dockyard.scheduler.dockerfile._parser import parse
 
     return {node.start_line: node.end_line for node in parse(data, filename).nodes}
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from cluster._build_options import (
+    from dockyard.cluster._build_options import (
         builder_endpoint,
         gather_options,
         parse_call,
@@ -264,7 +264,7 @@ def _run_build(args: argparse.Namespace) -> int:
     call = parse_call(args.call, check=args.check)
     builder_endpoint(args, os.environ)  # an unknown builder is refused whatever the call
     if call.name == "build":
-        from cluster._build_cmd import run_build
+        from dockyard.cluster._build_cmd import run_build
 
         return run_build(args)
     gather_options(args, os.environ)  # bad flags are refused with --call too, as buildx
@@ -306,7 +306,7 @@ def _check_json(warnings: Sequence[Any], data: bytes, filename: str,
 def _run_subrequest(args: argparse.Namespace, name: str, form: str) -> int:
     """``--call=targets`` or ``--call=outline``: read the Dockerfile here (as ``--check``
     does), print the answer as buildx does (its text form, or JSON)."""
-    from scheduler.dockerfile import _subrequests  # noqa: PLC0415
+    from dockyard.scheduler.dockerfile import _subrequests  # noqa: PLC0415
 
     from ._context_forms import ContextForms  # noqa: PLC0415
 
@@ -423,7 +423,7 @@ def _add_build_flags(build: argparse.ArgumentParser) -> None:
 
 
 def _run_stop(args: argparse.Namespace) -> int:
-    from cluster._build_cmd import run_stop
+    from dockyard.cluster._build_cmd import run_stop
 
     return run_stop(args)
 
@@ -434,7 +434,7 @@ def _add_stop(subparsers: _Subparsers) -> None:
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
-    from cluster._metrics import run_metrics
+    from dockyard.cluster._metrics import run_metrics
 
     return run_metrics(args)
 
@@ -450,7 +450,7 @@ def _add_metrics(subparsers: _Subparsers) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from cluster._endpoint import run_serve
+    from dockyard.cluster._endpoint import run_serve
 
     return run_serve(args)
 
@@ -486,7 +486,7 @@ def _add_serve(subparsers: _Subparsers) -> None:
 
 
 def _run_history(args: argparse.Namespace) -> int:
-    from cluster._history_cmd import run_history
+    from dockyard.cluster._history_cmd import run_history
 
     return run_history(args)
 
@@ -534,7 +534,7 @@ def _add_history(subparsers: _Subparsers) -> None:
 
 
 def _run_du(args: argparse.Namespace) -> int:
-    from cluster._gc_cmd import run_du
+    from dockyard.cluster._gc_cmd import run_du
 
     return run_du(args)
 
@@ -546,7 +546,7 @@ def _add_du(subparsers: _Subparsers) -> None:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    from cluster._gc_cmd import run_prune
+    from dockyard.cluster._gc_cmd import run_prune
 
     return run_prune(args)
 
@@ -571,19 +571,19 @@ def _add_prune(subparsers: _Subparsers) -> None:
 
 
 def _run_node_start(args: argparse.Namespace) -> int:
-    from cluster._node_cmd import run_node_start
+    from dockyard.cluster._node_cmd import run_node_start
 
     return run_node_start(args)
 
 
 def _run_node_stop(args: argparse.Namespace) -> int:
-    from cluster._node_cmd import run_node_stop
+    from dockyard.cluster._node_cmd import run_node_stop
 
     return run_node_stop(args)
 
 
 def _run_ls(args: argparse.Namespace) -> int:
-    from cluster._node_cmd import run_ls
+    from dockyard.cluster._node_cmd import run_ls
 
     return run_ls(args)
 

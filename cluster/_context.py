@@ -1,8 +1,8 @@
 """The build context on the client: which ignore file applies, and which files are sent.
 
 This is the client side of context transfer (it reads the user's filesystem); the
-matching rules themselves are pure and live in ``scheduler.dockerfile._dockerignore``,
-and the walk (``ContextEntry``, ``walk_context``) in ``workers._context_walk``, re-exported
+matching rules themselves are pure and live in ``dockyard.scheduler.dockerfile._dockerignore``,
+and the walk (``ContextEntry``, ``walk_context``) in ``dockyard.workers._context_walk``, re-exported
 here.
 
 BuildKit's rule, kept here: the ignore file is ``<Dockerfile's directory>/<Dockerfile's
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scheduler._errors import DockyardError
-from scheduler.dockerfile._dockerignore import PatternMatcher, parse_ignore_lines
-from workers._context_walk import ContextEntry, walk_context
+from dockyard.scheduler._errors import DockyardError
+from dockyard.scheduler.dockerfile._dockerignore import PatternMatcher, parse_ignore_lines
+from dockyard.workers._context_walk import ContextEntry, walk_context
 
 __all__ = ["CONTEXT_HASHED_KEY", "ContextEntry", "default_dockerfile", "directory_ignore_patterns",
            "ignore_file_for", "load_ignore_patterns", "walk_context"]

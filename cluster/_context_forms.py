@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from scheduler._errors import DockyardError, UsageError
+from dockyard.scheduler._errors import DockyardError, UsageError
 
 from ._context import default_dockerfile
 
@@ -61,8 +61,8 @@ def parse_build_context(value: str) -> tuple[str, str]:
     """``--build-context NAME=VALUE``: the name in the familiar form buildx keys it by
     (``docker.io/library/alpine:latest`` is ``alpine``) and the value, checked for what
     no client can serve."""
-    from scheduler._reference import parse_reference  # noqa: PLC0415
-    from scheduler.dockerfile._convert._context import familiar_context_name  # noqa: PLC0415
+    from dockyard.scheduler._reference import parse_reference  # noqa: PLC0415
+    from dockyard.scheduler.dockerfile._convert._context import familiar_context_name  # noqa: PLC0415
 
     name, equals, source = value.partition("=")
     if not equals or not name or not source:
@@ -90,7 +90,7 @@ def parse_build_context(value: str) -> tuple[str, str]:
 def is_git_url(text: str) -> bool:
     """A git repository, as buildx's ``IsRemoteURL`` tells one (scheduler's ``parse_git``
     for ADD, and GitHub's short ``github.com/owner/repo``)."""
-    from scheduler.dockerfile._convert._sources import parse_git  # noqa: PLC0415
+    from dockyard.scheduler.dockerfile._convert._sources import parse_git  # noqa: PLC0415
 
     return parse_git(text) is not None or text.startswith("github.com/")
 
@@ -196,8 +196,8 @@ class ContextForms:
         return scratch
 
     def _git(self, url: str, keep_git_dir: bool = False) -> Path:
-        from scheduler.dockerfile._convert._sources import parse_git  # noqa: PLC0415
-        from workers._fetch import fetch_git  # noqa: PLC0415
+        from dockyard.scheduler.dockerfile._convert._sources import parse_git  # noqa: PLC0415
+        from dockyard.workers._fetch import fetch_git  # noqa: PLC0415
 
         source = parse_git(url if not url.startswith("github.com/") else _github(url))
         if source is None:
@@ -222,7 +222,7 @@ class ContextForms:
         return blob
 
     def _download(self, url: str) -> Path:
-        from workers._fetch import redact_url  # noqa: PLC0415
+        from dockyard.workers._fetch import redact_url  # noqa: PLC0415
 
         blob = self._new_scratch() / _BLOB
         request = urllib.request.Request(url, headers={"User-Agent": "dockyard"})
@@ -263,7 +263,7 @@ def _shown(path: Path, directory: Path) -> str:
 def _unpack(blob: Path, tree: Path, where: str) -> bool:
     """Unpack the archive ``blob`` into the new directory ``tree`` (names cleaned, links
     kept inside it, as ADD unpacks); False, nothing made, when it is no archive."""
-    from workers._archive import unpack_archive  # noqa: PLC0415
+    from dockyard.workers._archive import unpack_archive  # noqa: PLC0415
 
     owner = (os.getuid(), os.getgid())
     try:

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import SolveError
-from workers._context_fetch import READ_BYTES, READ_ITEMS, ReadItem
-from workers._context_manifest import ContextManifest, ManifestEntry, name_from_wire
+from dockyard.scheduler._errors import SolveError
+from dockyard.workers._context_fetch import READ_BYTES, READ_ITEMS, ReadItem
+from dockyard.workers._context_manifest import ContextManifest, ManifestEntry, name_from_wire
 
 __all__ = ["MAX_ITEMS", "ContextServer", "ContextServers"]
 

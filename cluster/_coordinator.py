@@ -55,11 +55,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._errors import BlobLost, DockyardError, SolveError, UsageError, WorkerLost
-from scheduler._graph import BuildGraph, Ulimit, Vertex
-from scheduler._platform import Platform, parse_platform
-from scheduler._progress import (
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.scheduler._errors import BlobLost, DockyardError, SolveError, UsageError, WorkerLost
+from dockyard.scheduler._graph import BuildGraph, Ulimit, Vertex
+from dockyard.scheduler._platform import Platform, parse_platform
+from dockyard.scheduler._progress import (
     Event,
     EventSink,
     VertexCached,
@@ -68,9 +68,9 @@ from scheduler._progress import (
     event_to_wire,
     warning,
 )
-from scheduler._solver import Solver
-from scheduler.dockerfile._convert._model import BaseImage
-from workers._logs import configure_logging, set_log_ids
+from dockyard.scheduler._solver import Solver
+from dockyard.scheduler.dockerfile._convert._model import BaseImage
+from dockyard.workers._logs import configure_logging, set_log_ids
 
 from ._build_options import BuildOptions
 from ._build_steps import BuildSteps

@@ -1,4 +1,4 @@
-"""The embedded local service: ``python -m cluster._daemon --root R [--idle-timeout S]``.
+"""The embedded local service: ``python -m dockyard.cluster._daemon --root R [--idle-timeout S]``.
 
 Started detached by a client (cluster/_service.py), it
 
@@ -41,9 +41,9 @@ from typing import Any
 import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from scheduler._build_request import BuildOptions, CacheSpec
-from scheduler._errors import DockyardError, ServiceError, UsageError, WorkerLost
-from workers._logs import configure_logging
+from dockyard.scheduler._build_request import BuildOptions, CacheSpec
+from dockyard.scheduler._errors import DockyardError, ServiceError, UsageError, WorkerLost
+from dockyard.workers._logs import configure_logging
 
 from ._history import Retention, history_settings
 from ._ray import ActorRef, RayRuntime, RaySettings, ray_environment
@@ -69,7 +69,7 @@ from ._wire import (
 __all__ = ["Daemon", "main"]
 
 Send = Callable[[Frame], Awaitable[None]]
-_logger = logging.getLogger("cluster.daemon")
+_logger = logging.getLogger("dockyard.cluster.daemon")
 _EXIT_ALREADY_RUNNING = 3
 #: How long a solve whose coordinator died waits for Ray's restart of it (seconds).
 COORDINATOR_RESTART_TIMEOUT = 30.0
@@ -442,7 +442,7 @@ def _run(paths: RunPaths, idle_timeout: float) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster._daemon")
+    parser = argparse.ArgumentParser(prog="python -m dockyard.cluster._daemon")
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--idle-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)

@@ -32,9 +32,9 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._cachekey import Selector, selector_to_wire
-from scheduler._errors import (
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.scheduler._cachekey import Selector, selector_to_wire
+from dockyard.scheduler._errors import (
     BlobLost,
     DockyardError,
     SolveError,
@@ -42,8 +42,8 @@ from scheduler._errors import (
     error_from_wire,
     error_to_wire,
 )
-from scheduler._graph import BuildGraph, Vertex, vertex_to_wire
-from scheduler._progress import EventSink, StatusUpdate, VertexLog, event_from_wire
+from dockyard.scheduler._graph import BuildGraph, Vertex, vertex_to_wire
+from dockyard.scheduler._progress import EventSink, StatusUpdate, VertexLog, event_from_wire
 
 from ._metrics import ClusterMetrics
 from ._registry import Placement, WorkerEntry, needed_arch
@@ -65,7 +65,8 @@ class WorkerStream(Protocol):
 
 
 class WorkerHandle(Protocol):
-    """A worker actor as the coordinator calls it (``cluster._ray.ActorRef``, or a fake)."""
+    """A worker actor as the coordinator calls it (``dockyard.cluster._ray.ActorRef``, or a
+    fake)."""
 
     async def call(self, method: str, *args: Any) -> Any: ...
 

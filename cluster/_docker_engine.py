@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-from scheduler._errors import ExportError, UsageError
+from dockyard.scheduler._errors import ExportError, UsageError
 
 __all__ = ["DEFAULT_HOST", "DockerEngine", "engine_from_environ"]
 

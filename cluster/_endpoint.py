@@ -44,8 +44,8 @@ from typing import Any
 
 from aiohttp import web
 
-from scheduler._errors import ServiceError, UsageError
-from workers._logs import configure_logging
+from dockyard.scheduler._errors import ServiceError, UsageError
+from dockyard.workers._logs import configure_logging
 
 from ._build_options import CacheSpec, parse_cache, read_token_file
 from ._daemon import Daemon
@@ -59,7 +59,7 @@ __all__ = ["ServeSettings", "make_app", "run_serve", "serve",
            "serve_settings", "server_ssl_context"]
 
 DEFAULT_PORT = 8375
-_log = logging.getLogger("cluster.endpoint")
+_log = logging.getLogger("dockyard.cluster.endpoint")
 #: Paths served without the client token.
 _OPEN_PATHS = frozenset({"/session", METRICS_PATH, *PROBE_PATHS})
 _TOKEN_HINT = "pass the endpoint's token with --token-file FILE or DOCKYARD_TOKEN"

@@ -18,12 +18,12 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler._build_request import NamedContext
-from scheduler._entitlements import check_entitlements
-from scheduler._graph import Healthcheck, HistoryEntry, ImageConfig, Ulimit
-from scheduler._platform import Platform
-from scheduler.dockerfile._convert._model import BaseImage
-from scheduler.dockerfile._frontend import FrontendResult, build_graph, with_labels
+from dockyard.scheduler._build_request import NamedContext
+from dockyard.scheduler._entitlements import check_entitlements
+from dockyard.scheduler._graph import Healthcheck, HistoryEntry, ImageConfig, Ulimit
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler.dockerfile._convert._model import BaseImage
+from dockyard.scheduler.dockerfile._frontend import FrontendResult, build_graph, with_labels
 
 __all__ = ["FrontendRequest", "ResolveImage", "base_image", "image_config_of", "run_frontend"]
 

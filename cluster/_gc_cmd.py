@@ -51,10 +51,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-from cache_backends._protocol import PruneReport
-from cache_backends._rules import decode_record
-from scheduler._errors import CacheError, ServiceError, UsageError
-from workers._cache_limit import (
+from dockyard.cache_backends._protocol import PruneReport
+from dockyard.cache_backends._rules import decode_record
+from dockyard.scheduler._errors import CacheError, ServiceError, UsageError
+from dockyard.workers._cache_limit import (
     CACHE_MAX_ENV,
     RUNNING_GRACE,
     cache_limit,
@@ -244,7 +244,7 @@ def _scratch_usage(root: Path) -> tuple[KindUsage, ...]:
     """The runs' scratch (bundles, overlay work dirs, staging dirs, temp files), as a kind
     of its own when there is any: a live worker's runs, or what a dead one left (which
     ``dockyard stop`` and the next worker remove; prune does not)."""
-    from workers._janitor import entry_size, leftover_entries
+    from dockyard.workers._janitor import entry_size, leftover_entries
 
     sizes = [entry_size(path) for path in leftover_entries(root)]
     return (KindUsage("run scratch", len(sizes), sum(sizes), False),) if sizes else ()
@@ -297,7 +297,7 @@ class PruneResult:
 @contextlib.contextmanager
 def _start_lock(root: Path, timeout: float = 30.0) -> Iterator[None]:
     """Hold the root's service start lock, so no service starts while prune runs."""
-    from cluster._service import RunPaths
+    from dockyard.cluster._service import RunPaths
 
     paths = RunPaths(root)
     with _os_errors("create", paths.run):
@@ -322,7 +322,7 @@ def _start_lock(root: Path, timeout: float = 30.0) -> Iterator[None]:
 
 
 def _service_running(root: Path) -> bool:
-    from cluster._service import RunPaths, daemon_running
+    from dockyard.cluster._service import RunPaths, daemon_running
 
     return daemon_running(RunPaths(root))
 
@@ -372,7 +372,7 @@ def prune_local(root: Path, *, keep_bytes: int | None = None,
                 older_than: float | None = None, everything: bool = False,
                 now: Callable[[], float] = time.time) -> PruneResult:
     """Prune ``root``'s store (see the module docstring)."""
-    from cache_backends._local import LocalBackend
+    from dockyard.cache_backends._local import LocalBackend
 
     with _start_lock(root):
         running = _service_running(root)
@@ -410,7 +410,7 @@ def format_prune(result: PruneResult) -> str:
 
 
 def _root() -> Path:
-    from cluster._service import default_root
+    from dockyard.cluster._service import default_root
 
     return default_root()
 
@@ -427,8 +427,8 @@ def format_policy(root: Path) -> str:
     """The garbage-collection policy in force for ``root``: what its worker wrote when it
     started (workers/_gc.py), each bound also in bytes of this disk; else what a worker
     started now from this environment would use."""
-    from workers._gc import read_policy_file
-    from workers._gc_policy import settings_from_environ, with_cache_max
+    from dockyard.workers._gc import read_policy_file
+    from dockyard.workers._gc_policy import settings_from_environ, with_cache_max
 
     settings = read_policy_file(root)
     if settings is None:
@@ -517,7 +517,7 @@ def _prune_remote(args: argparse.Namespace, keep: int | None, older: float | Non
     attrs = parse_s3_cache(args.cache)
     if not args.force and not confirmed(False, sys.stdin, sys.stdout):
         return 0
-    from cache_backends._s3 import S3Backend  # boto3: only when asked
+    from dockyard.cache_backends._s3 import S3Backend  # boto3: only when asked
 
     backend = S3Backend(attrs["bucket"], attrs.get("prefix", ""),
                         region=attrs.get("region") or None,

@@ -33,8 +33,8 @@ from typing import Any
 
 import msgpack
 
-from scheduler._errors import UsageError
-from scheduler._progress import (
+from dockyard.scheduler._errors import UsageError
+from dockyard.scheduler._progress import (
     Event,
     StatusUpdate,
     VertexCached,

@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from scheduler._errors import UsageError
-from scheduler._progress import event_from_wire
+from dockyard.scheduler._errors import UsageError
+from dockyard.scheduler._progress import event_from_wire
 
 from ._build_cmd import _settings, endpoint_of
 from ._gc_cmd import ago

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cache_backends._records import CacheRecord
-from scheduler._errors import BlobLost, DockyardError
-from scheduler._graph import BuildGraph
-from scheduler._platform import Platform
-from scheduler._solver import Solver, SolverStatistics
-from scheduler.dockerfile._convert._model import BaseImage
-from workers._attest import metadata_provenance
-from workers._build import (
+from dockyard.cache_backends._records import CacheRecord
+from dockyard.scheduler._errors import BlobLost, DockyardError
+from dockyard.scheduler._graph import BuildGraph
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler._solver import Solver, SolverStatistics
+from dockyard.scheduler.dockerfile._convert._model import BaseImage
+from dockyard.workers._attest import metadata_provenance
+from dockyard.workers._build import (
     Exported,
     LocalBuildOptions,
     Output,
@@ -41,9 +41,9 @@ from workers._build import (
     remote_records,
     write_results,
 )
-from workers._image import export_metadata
-from workers._remote_cache import RemoteRecords
-from workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
+from dockyard.workers._image import export_metadata
+from dockyard.workers._remote_cache import RemoteRecords
+from dockyard.workers._runtime import BuildSession, RuntimeBackend, WorkerRuntime
 
 from ._context import CONTEXT_HASHED_KEY, load_ignore_patterns
 from ._frontend import FrontendRequest, ResolveImage, base_image, run_frontend

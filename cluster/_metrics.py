@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from scheduler._graph import BuildGraph, Vertex
-from scheduler._platform import default_platform
-from scheduler._progress import Event, VertexCached, VertexCompleted, VertexFailed
+from dockyard.scheduler._graph import BuildGraph, Vertex
+from dockyard.scheduler._platform import default_platform
+from dockyard.scheduler._progress import Event, VertexCached, VertexCompleted, VertexFailed
 
 from ._ray import ARCHES
 from ._registry import WorkerEntry

@@ -41,7 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import ServiceError, UsageError
+import dockyard
+from dockyard.scheduler._errors import ServiceError, UsageError
 
 from ._ray import ARCHES, RAY_SYSTEM_CONFIG, ray_environment, ray_temp_dir, worker_name
 from ._service import Proc, RunPaths, alive, daemon_running, try_flock
@@ -399,7 +400,10 @@ def ray_start_argv(settings: NodeSettings, temp_dir: Path, ports: Sequence[int],
     return [*argv, f"--address={settings.address}"]
 
 
-_PROJECT = Path(__file__).resolve().parent.parent  # the directory holding cluster/
+#: The directory holding the ``dockyard`` package (site-packages, or a source tree), put
+#: on PYTHONPATH of the processes started here; not the package's own folder, which would
+#: make ``scheduler`` a top-level name again (PyPI has another ``scheduler``).
+_PROJECT = Path(dockyard.__file__).parent.parent
 
 
 def _node_environment(root: Path, base: Mapping[str, str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from scheduler._errors import UsageError
+from dockyard.scheduler._errors import UsageError
 
 from ._node import NodePaths, NodeRecord, NodeSettings, read_record, start_node, stop_node
 from ._ray import ray_environment
@@ -20,7 +20,7 @@ __all__ = ["cluster_address", "run_ls", "run_node_start", "run_node_stop"]
 
 
 def run_node_start(args: argparse.Namespace) -> int:
-    from workers._gc_policy import settings_from_flags
+    from dockyard.workers._gc_policy import settings_from_flags
 
     gc = settings_from_flags(args.gc_config, args.gc_policy, args.gc_interval,
                              enabled=not args.no_gc)

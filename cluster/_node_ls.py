@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import DockyardError, ServiceError
+from dockyard.scheduler._errors import DockyardError, ServiceError
 
 from ._ray import NAMESPACE, WORKER_PREFIX, ActorRef, RayRuntime, RaySettings
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import DockyardError, UsageError
-from scheduler._platform import Platform
+from dockyard.scheduler._errors import DockyardError, UsageError
+from dockyard.scheduler._platform import Platform
 
 __all__ = ["LAYOUT_SCHEME", "Layout", "read_layout"]
 
@@ -55,7 +55,7 @@ def read_layout(value: str, platform: Platform) -> Layout:
         chosen = digest or reader.pick(tag)
         media_type, document = reader.document(chosen)
         if isinstance(document.get("manifests"), list):  # an index: this platform's image
-            from workers._manifests import select_manifest  # noqa: PLC0415
+            from dockyard.workers._manifests import select_manifest  # noqa: PLC0415
 
             chosen = select_manifest(document, platform, value).digest
             media_type, document = reader.document(chosen)
@@ -129,6 +129,6 @@ class _Reader:
             raise self._error(f"blob {digest} is missing")
 
     def document(self, digest: str) -> tuple[str, dict[str, Any]]:
-        from workers._manifests import parse_manifest  # noqa: PLC0415
+        from dockyard.workers._manifests import parse_manifest  # noqa: PLC0415
 
         return parse_manifest(self.blob(digest), "", f"{self.value} ({digest})")

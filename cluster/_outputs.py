@@ -40,8 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from scheduler._errors import ExportError
-from scheduler._progress import (
+from dockyard.scheduler._errors import ExportError
+from dockyard.scheduler._progress import (
     Event,
     EventSink,
     VertexCompleted,

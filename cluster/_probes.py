@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from scheduler._errors import UsageError
+from dockyard.scheduler._errors import UsageError
 
 from ._ray import ARCHES
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import ServiceError, WorkerLost
+from dockyard.scheduler._errors import ServiceError, WorkerLost
 
 __all__ = [
     "ARCHES", "COORDINATOR_NAME", "NAMESPACE", "RAY_SYSTEM_CONFIG", "SERVICE_ACTORS",
@@ -162,7 +162,7 @@ class RayRuntime:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from workers._actor import WorkerActor
+        from dockyard.workers._actor import WorkerActor
 
         worker_cls: Any = ray.remote(WorkerActor)
         handle = worker_cls.options(
@@ -179,7 +179,7 @@ class RayRuntime:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from cluster._coordinator import Coordinator
+        from dockyard.cluster._coordinator import Coordinator
 
         node_id = ray.get_runtime_context().get_node_id()
         coordinator_cls: Any = ray.remote(Coordinator)
@@ -200,8 +200,8 @@ class RayRuntime:
         (cluster/_history.py ``history_settings``)."""
         import ray
 
-        from cluster._coordinator import Coordinator
-        from workers._gc_policy import settings_from_environ
+        from dockyard.cluster._coordinator import Coordinator
+        from dockyard.workers._gc_policy import settings_from_environ
 
         native = machine_arch()
         arches = [native, *(a for a in ARCHES if a != native)]

@@ -28,10 +28,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cache_backends._records import LayerDescriptor
-from scheduler._errors import DockyardError, SolveError
-from scheduler._graph import BuildGraph, Vertex
-from scheduler._platform import Platform, default_platform
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.scheduler._errors import DockyardError, SolveError
+from dockyard.scheduler._graph import BuildGraph, Vertex
+from dockyard.scheduler._platform import Platform, default_platform
 
 __all__ = ["BlobIndex", "Discover", "Placement", "Registry", "WorkerEntry"]
 
@@ -44,7 +44,7 @@ REJOIN_POLL = 0.5
 
 
 class Handle(Protocol):
-    """A worker actor as the registry calls it (``cluster._dispatch.WorkerHandle``)."""
+    """A worker actor as the registry calls it (``dockyard.cluster._dispatch.WorkerHandle``)."""
 
     async def call(self, method: str, *args: Any) -> Any: ...
 

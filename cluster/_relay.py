@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from scheduler._errors import DockyardError, ServiceError
-from workers._session_channel import (
+from dockyard.scheduler._errors import DockyardError, ServiceError
+from dockyard.workers._session_channel import (
     MAX_MESSAGE_BYTES,
     SESSION_HEADER,
     SESSION_TOKEN_HEADER,

@@ -18,7 +18,7 @@ the user sees, as ``--progress`` asks.
 Build-check warnings (``VertexWarning``) show in their vertex's block as ``#N WARN:
 <short>`` (plain) and are summarised after the progress as buildx does (``N warnings
 found (use docker --debug to expand):`` and `` - <short>`` each), except in quiet and
-rawjson.  Warnings of no vertex (``scheduler._progress.warning``, e.g. an unreachable
+rawjson.  Warnings of no vertex (``dockyard.scheduler._progress.warning``, e.g. an unreachable
 cache) print once each as ``WARNING: <text>`` lines after the progress (plain, tty and
 quiet); rawjson gives them as ``warnings`` entries without a vertex.
 
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
-from scheduler._errors import UsageError
-from scheduler._progress import (
+from dockyard.scheduler._errors import UsageError
+from dockyard.scheduler._progress import (
     Event,
     StatusUpdate,
     VertexCached,

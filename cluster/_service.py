@@ -3,7 +3,7 @@ talk to it.
 
 ``connect(settings)`` connects to ``<root>/run/dockyard.sock``.  When nobody answers, it
 takes ``<root>/run/start.lock`` (so concurrent clients start one daemon between them),
-looks again, and if still nobody answers starts ``python -m cluster._daemon --root R``
+looks again, and if still nobody answers starts ``python -m dockyard.cluster._daemon --root R``
 detached (its own session, output to ``<root>/run/daemon.log``) and waits until the socket
 answers: the daemon binds it only once Ray and both actors are up (the ready handshake).
 
@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scheduler._errors import DockyardError, ServiceError
-from scheduler._progress import EventSink, event_from_wire
+import dockyard
+from dockyard.scheduler._errors import DockyardError, ServiceError
+from dockyard.scheduler._progress import EventSink, event_from_wire
 
 from ._wire import (
     Ask,
@@ -63,7 +64,10 @@ __all__ = [
     "process_tree", "stop_service", "try_flock",
 ]
 
-_PROJECT = Path(__file__).resolve().parent.parent  # the directory holding cluster/
+#: The directory holding the ``dockyard`` package (site-packages, or a source tree), put
+#: on PYTHONPATH of the processes started here; not the package's own folder, which would
+#: make ``scheduler`` a top-level name again (PyPI has another ``scheduler``).
+_PROJECT = Path(dockyard.__file__).parent.parent
 _POLL = 0.05  # seconds between looks at a starting daemon or a held lock
 
 
@@ -480,7 +484,7 @@ def _spawn(settings: ServiceSettings, paths: RunPaths) -> subprocess.Popen[bytes
     import subprocess  # noqa: PLC0415 -- only a client that starts the service needs it
     import threading  # noqa: PLC0415
 
-    from workers._gc_policy import settings_from_environ  # noqa: PLC0415
+    from dockyard.workers._gc_policy import settings_from_environ  # noqa: PLC0415
 
     from ._ray import ray_environment  # noqa: PLC0415
 
@@ -488,7 +492,7 @@ def _spawn(settings: ServiceSettings, paths: RunPaths) -> subprocess.Popen[bytes
     env = ray_environment(settings.root, os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT), env.get("PYTHONPATH"))
                                         if p)
-    argv = [settings.python, "-m", "cluster._daemon", "--root", str(settings.root),
+    argv = [settings.python, "-m", "dockyard.cluster._daemon", "--root", str(settings.root),
             "--idle-timeout", str(settings.idle_timeout)]
     try:
         with open(paths.log, "ab") as log:
@@ -553,7 +557,7 @@ def clean_root(root: Path, *, wait: float = 10.0) -> str:
     the service has exited, and say so in one line (never raises: a root a live worker
     still holds is left alone and the line says why).  ``wait``: for a worker process
     that is still dying to let go of the root's lock."""
-    from workers._janitor import JanitorReport, clean_stale  # noqa: PLC0415
+    from dockyard.workers._janitor import JanitorReport, clean_stale  # noqa: PLC0415
 
     if not (root / "run").is_dir():  # nothing ever ran here: create nothing
         return JanitorReport().line(root)

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from scheduler._errors import ServiceError, UsageError
+from dockyard.scheduler._errors import ServiceError, UsageError
 
 from ._build_options import SshSpec
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import msgpack
 
-from scheduler._errors import DockyardError, ServiceError, error_from_wire, error_to_wire
+from dockyard.scheduler._errors import DockyardError, ServiceError, error_from_wire, error_to_wire
 
 if TYPE_CHECKING:
     import asyncio
@@ -339,7 +339,7 @@ def parse_endpoint(url: str, token: str | None = None, ca_file: str | None = Non
                    ) -> Endpoint:
     """``unix://PATH``, ``tcp://HOST:PORT`` or ``http://HOST[:PORT]`` (plain),
     ``https://HOST[:PORT]`` (TLS); a ``UsageError`` for anything else."""
-    from scheduler._errors import UsageError  # noqa: PLC0415
+    from dockyard.scheduler._errors import UsageError  # noqa: PLC0415
 
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "unix" and rest:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import DockyardError
+from dockyard.scheduler._errors import DockyardError
 
 #: Debian's static busybox binaries; ``make setup`` provides both.
 BUSYBOX = {

@@ -82,7 +82,7 @@ def wait_for(what: str, check: Callable[[], object], timeout: float,
 def dockyard(root: Path, *argv: str, timeout: float = BUILD_TIMEOUT
              ) -> subprocess.CompletedProcess[str]:
     """``dockyard ARGV`` under ``root``, its output captured."""
-    return subprocess.run([sys.executable, "-m", "cluster", *argv], env=environment(root),
+    return subprocess.run([sys.executable, "-m", "dockyard", *argv], env=environment(root),
                           cwd=root, capture_output=True, text=True, timeout=timeout,
                           check=False)
 
@@ -163,7 +163,7 @@ class _Build:
     def __init__(self, root: Path, context: Path, nonce: str, out: Path) -> None:
         self.out = out
         self.log = out.with_suffix(".log")
-        argv = [sys.executable, "-m", "cluster", "build", "--progress=plain",
+        argv = [sys.executable, "-m", "dockyard", "build", "--progress=plain",
                 "--build-arg", f"NONCE={nonce}", "-o", f"type=local,dest={out}",
                 str(context)]
         with open(self.log, "wb") as log:

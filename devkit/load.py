@@ -130,7 +130,7 @@ def _wave(root: Path, work: Path, number: int, base: str) -> Wave:
     running = []
     for index, (kind, context, expected) in enumerate(builds):
         out = work / f"wave-{number}" / f"out-{index}"
-        argv = [sys.executable, "-m", "cluster", "build", "--progress=plain", "-o",
+        argv = [sys.executable, "-m", "dockyard", "build", "--progress=plain", "-o",
                 f"type=local,dest={out}", str(context)]
         log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115 -- closed below
         running.append((kind, out, expected, log, subprocess.Popen(

@@ -114,7 +114,7 @@ class LocalCluster:
         ``stdout`` (default: our stderr) and our stderr."""
         self.echo("$ dockyard " + " ".join(argv))
         output = subprocess.PIPE if capture else (stdout or sys.stderr)
-        done = subprocess.run([sys.executable, "-m", "cluster", *argv],
+        done = subprocess.run([sys.executable, "-m", "dockyard", *argv],
                               env=environment(root), stdout=output,
                               stderr=subprocess.PIPE if capture else None,
                               timeout=timeout, check=False)
@@ -164,7 +164,7 @@ class LocalCluster:
                 "--token-file", str(self.token_file)]
         self.echo("$ dockyard " + " ".join(argv) + " &")
         with open(self.serve_log, "wb") as log:
-            self._serve = subprocess.Popen([sys.executable, "-m", "cluster", *argv],
+            self._serve = subprocess.Popen([sys.executable, "-m", "dockyard", *argv],
                                            env=environment(self.head.root), stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True)
         (self.base / "serve.pid").write_text(str(self._serve.pid))
@@ -266,8 +266,8 @@ def _stale_endpoint(pid_file: Path) -> int | None:
 def _head_last(root: Path) -> tuple[bool, str]:
     """Stop order: the other nodes before the head (a node whose head is gone takes
     seconds more to stop)."""
-    from cluster._node import NodePaths, read_record
-    from scheduler._errors import DockyardError
+    from dockyard.cluster._node import NodePaths, read_record
+    from dockyard.scheduler._errors import DockyardError
 
     try:
         record = read_record(NodePaths(root))
@@ -278,7 +278,7 @@ def _head_last(root: Path) -> tuple[bool, str]:
 
 def _address_of(root: Path) -> str:
     """The head's GCS address, from the ``node.json`` its ``node start`` wrote."""
-    from cluster._node import NodePaths, read_record
+    from dockyard.cluster._node import NodePaths, read_record
 
     record = read_record(NodePaths(root))
     if record is None:

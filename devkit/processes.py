@@ -5,7 +5,7 @@ name (``gcs_server``, ``raylet``, ``dockerd``, ``containerd``), a Ray worker or 
 title Ray gives it (``ray::Coordinator``, ``ray::DashboardAgent``, ``ray::IDLE`` for a
 Python worker with nothing to do), a Python script by its file (``dashboard.py``,
 ``monitor.py``, ``log_monitor.py``) and a module run with ``-m`` by its name
-(``cluster._daemon``).
+(``dockyard.cluster._daemon``).
 
 ``memory(pid)`` reads two figures from /proc: RSS (``VmRSS``: every resident page the
 process maps, so a page of a shared library used by five processes counts five times in a

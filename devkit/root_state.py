@@ -28,10 +28,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_backends._records import CacheRecord
-from cluster._service import RunPaths, process_tree
 from devkit.local_cluster import root_processes
-from workers._janitor import leftover_entries, parse_mountinfo
+from dockyard.cache_backends._records import CacheRecord
+from dockyard.cluster._service import RunPaths, process_tree
+from dockyard.workers._janitor import leftover_entries, parse_mountinfo
 
 __all__ = ["ServiceProcesses", "cache_problems", "containers", "leftovers",
            "listening_sockets", "mounts_below", "rss_bytes", "runc_processes",

@@ -52,8 +52,8 @@ from devkit.busybox_image import (  # noqa: E402 -- after the path is set
 )
 from devkit.local_cluster import LocalCluster  # noqa: E402
 from devkit.registry import loopback_registry  # noqa: E402
-from scheduler._errors import DockyardError  # noqa: E402
-from workers._layers import apply_layer_flat  # noqa: E402
+from dockyard.scheduler._errors import DockyardError  # noqa: E402
+from dockyard.workers._layers import apply_layer_flat  # noqa: E402
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
 NODES = ("amd64", "arm64")  # the head first

@@ -1,6 +1,6 @@
 """dockyard's scheduler: everything that decides, nothing that executes.
 
-The Dockerfile frontend (``scheduler.dockerfile``), the build graph it produces, platforms,
+The Dockerfile frontend (``dockyard.scheduler.dockerfile``), the build graph it produces, platforms,
 image references, and the one exception tree of the project.  Nothing in this package
 touches a filesystem or a network.
 

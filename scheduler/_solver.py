@@ -63,7 +63,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol, TypeVar
 
-from cache_backends._records import CacheRecord, RecordError, StateResult
+from dockyard.cache_backends._records import CacheRecord, RecordError, StateResult
 
 from ._cachekey import ContentRead, Selector, cache_key, content_reads, source_key
 from ._errors import BlobLost, DockyardError, GraphError, SolveError

@@ -7,7 +7,7 @@ the metadata of an exported image, does not pay for importing the whole runtime.
 
 from __future__ import annotations
 
-from scheduler._lazy import lazy_exports as _lazy_exports
+from dockyard.scheduler._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "WorkerRuntime": "_runtime", "BuildSession": "_runtime", "RuntimeBackend": "_runtime",

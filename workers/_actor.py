@@ -41,8 +41,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from scheduler._errors import DockyardError, SolveError
-from scheduler._progress import Event, EventSink, VertexLog, event_to_wire
+from dockyard.scheduler._errors import DockyardError, SolveError
+from dockyard.scheduler._progress import Event, EventSink, VertexLog, event_to_wire
 
 from ._gc import GcLoop, Leases
 from ._gc_policy import GcSettings, with_cache_max
@@ -154,14 +154,14 @@ class WorkerActor:
         return await _answered(lambda: self._resolve_image(build_id, ref, platform))
 
     async def _resolve_image(self, build_id: str, ref: str, platform: str) -> dict[str, Any]:
-        from scheduler._platform import parse_platform  # noqa: PLC0415
+        from dockyard.scheduler._platform import parse_platform  # noqa: PLC0415
 
         backend = self._session(build_id).backend
         image = await backend.resolve_image(ref, parse_platform(platform))
         return {"digest": image.index_digest or image.digest, "config": image.config}
 
     async def source_identity(self, build_id: str, vertex: dict[str, Any]) -> dict[str, Any]:
-        from scheduler._graph import vertex_from_wire  # noqa: PLC0415
+        from dockyard.scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
         return await _answered(lambda: self._session(build_id).backend.source_identity(
             vertex_from_wire(vertex)))
@@ -169,8 +169,8 @@ class WorkerActor:
     async def content_checksum(self, build_id: str, source: dict[str, Any],
                                selector: dict[str, Any]) -> dict[str, Any]:
         """The checksum of what ``selector`` reads of the context source ``source``."""
-        from scheduler._cachekey import selector_from_wire  # noqa: PLC0415
-        from scheduler._graph import vertex_from_wire  # noqa: PLC0415
+        from dockyard.scheduler._cachekey import selector_from_wire  # noqa: PLC0415
+        from dockyard.scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
         async def checksum() -> str:
             read = vertex_from_wire(source)
@@ -184,8 +184,8 @@ class WorkerActor:
         """``content_checksum`` of many reads in one call (a build's keys ask for all of
         theirs at once): ``sources`` by digest, ``items`` ``[source digest, selector]``;
         the answer of each item in order (a failure belongs to its item alone)."""
-        from scheduler._cachekey import selector_from_wire  # noqa: PLC0415
-        from scheduler._graph import vertex_from_wire  # noqa: PLC0415
+        from dockyard.scheduler._cachekey import selector_from_wire  # noqa: PLC0415
+        from dockyard.scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
         async def all_of() -> list[dict[str, Any]]:
             backend = self._session(build_id).backend
@@ -206,8 +206,8 @@ class WorkerActor:
         its result (a ``StateResult`` wire map) or failure.  ``peers``: layer digest ->
         the worker (actor name) holding a blob this worker lacks, fetched when needed."""
         async def run(sink: EventSink) -> dict[str, Any]:
-            from cache_backends._records import StateResult  # noqa: PLC0415
-            from scheduler._graph import vertex_from_wire  # noqa: PLC0415
+            from dockyard.cache_backends._records import StateResult  # noqa: PLC0415
+            from dockyard.scheduler._graph import vertex_from_wire  # noqa: PLC0415
 
             decoded = vertex_from_wire(vertex)
             set_log_ids(vertex=decoded.digest)  # this call's task: its lines name it
@@ -233,8 +233,8 @@ class WorkerActor:
 
     async def _export(self, build_id: str, graph: bytes, records: dict[str, bytes],
                       peers: dict[str, str] | None) -> dict[str, Any]:
-        from cache_backends._records import CacheRecord  # noqa: PLC0415
-        from workers._worker_export import export_build  # noqa: PLC0415
+        from dockyard.cache_backends._records import CacheRecord  # noqa: PLC0415
+        from dockyard.workers._worker_export import export_build  # noqa: PLC0415
 
         session = self._session(build_id)
         held = [CacheRecord.from_bytes(data) for data in records.values()]
@@ -257,7 +257,7 @@ class WorkerActor:
         return self._with_pending(build_id, await self._as_build(build_id, _answered(get)))
 
     async def put_record(self, data: bytes, build_id: str | None = None) -> dict[str, Any]:
-        from cache_backends._records import CacheRecord  # noqa: PLC0415
+        from dockyard.cache_backends._records import CacheRecord  # noqa: PLC0415
 
         async def put() -> None:
             record = CacheRecord.from_bytes(data)
@@ -298,9 +298,9 @@ class WorkerActor:
         record of for that build is fetched through that build's caches first); a single
         None when this worker does not hold it (or it turns out corrupt: dropped here, as
         any verified read does)."""
-        from cache_backends._protocol import BlobCorrupt, BlobMissing  # noqa: PLC0415
-        from scheduler._errors import BlobLost  # noqa: PLC0415
-        from workers._peers import CHUNK_BYTES  # noqa: PLC0415
+        from dockyard.cache_backends._protocol import BlobCorrupt, BlobMissing  # noqa: PLC0415
+        from dockyard.scheduler._errors import BlobLost  # noqa: PLC0415
+        from dockyard.workers._peers import CHUNK_BYTES  # noqa: PLC0415
 
         try:
             await self._as_build(build_id, self._engine().ensure_digest(digest))
@@ -323,7 +323,7 @@ class WorkerActor:
         the peer worker named; a blob a cache already serves here is left to it."""
         if not peers:
             return
-        from workers._peers import FirstOf, PeerBlobs  # noqa: PLC0415
+        from dockyard.workers._peers import FirstOf, PeerBlobs  # noqa: PLC0415
 
         session = self.sessions.find(build_id)
         caches = session.records.import_backends() if session and session.records else []
@@ -344,7 +344,7 @@ class WorkerActor:
         """A context whose remote blobs are build ``build_id``'s (the runtime's own when it
         has no open session here): what one build imports, and the credentials its
         caches hold, serve that build's calls only."""
-        from workers._runtime import build_remotes  # noqa: PLC0415
+        from dockyard.workers._runtime import build_remotes  # noqa: PLC0415
 
         session = self.sessions.find(build_id)
         context = contextvars.copy_context()
@@ -382,7 +382,7 @@ class WorkerActor:
 
     def _engine(self) -> Any:
         if self._runtime is None:
-            from workers._runtime import WorkerRuntime  # noqa: PLC0415 -- heavy
+            from dockyard.workers._runtime import WorkerRuntime  # noqa: PLC0415 -- heavy
 
             self._runtime = WorkerRuntime(Path(self.root))
         return self._runtime
@@ -487,6 +487,6 @@ def _internal(exc: Exception) -> SolveError:
 
 
 def _failure(error: DockyardError) -> dict[str, Any]:
-    from scheduler._errors import error_to_wire  # noqa: PLC0415
+    from dockyard.scheduler._errors import error_to_wire  # noqa: PLC0415
 
     return error_to_wire(error)

@@ -45,7 +45,7 @@ from typing import IO, BinaryIO, Final
 
 import zstandard
 
-from scheduler._errors import LayerError, SolveError, UsageError
+from dockyard.scheduler._errors import LayerError, SolveError, UsageError
 
 from ._cache_limit import parse_size
 from ._copy import make_dirs, resolve_in_root

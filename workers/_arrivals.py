@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from cache_backends._local import LocalBlobSource
+from dockyard.cache_backends._local import LocalBlobSource
 
 __all__ = ["ArrivingBlobs"]
 

@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
 
-from scheduler._build_request import Annotation, AttestSpec
-from scheduler._errors import DockyardError, ImageReferenceError
-from scheduler._graph import BuildGraph, ExecOp, SourceOp, Vertex
-from scheduler._platform import Platform, default_platform
-from scheduler._reference import parse_reference
+from dockyard.scheduler._build_request import Annotation, AttestSpec
+from dockyard.scheduler._errors import DockyardError, ImageReferenceError
+from dockyard.scheduler._graph import BuildGraph, ExecOp, SourceOp, Vertex
+from dockyard.scheduler._platform import Platform, default_platform
+from dockyard.scheduler._reference import parse_reference
 
 from ._exporters import BlobSource, platform_dir
 from ._image import (

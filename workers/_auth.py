@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import RegistryError
+from dockyard.scheduler._errors import RegistryError
 
 __all__ = [
     "Challenge",

@@ -1,6 +1,6 @@
 """The worker's share of a build, as plain steps: the options it executes and exports
 with, its session, its record cache (local store plus ``--cache-from``/``--cache-to``),
-and writing the results to the outputs.  ``cluster._local_build`` composes these with the
+and writing the results to the outputs.  ``dockyard.cluster._local_build`` composes these with the
 frontend and the solver into a whole build in one process; the worker actor runs them
 for the coordinator.
 
@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from cache_backends._cache_config import inline_value
-from cache_backends._credentials import S3Credentials
-from cache_backends._records import CacheRecord, LayerDescriptor
-from scheduler._build_request import (
+from dockyard.cache_backends._cache_config import inline_value
+from dockyard.cache_backends._credentials import S3Credentials
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor
+from dockyard.scheduler._build_request import (
     DEFAULT_COMPRESSION,
     Annotation,
     AttestSpec,
     CacheSpec,
     Compression,
 )
-from scheduler._errors import ExportError, UsageError
-from scheduler._graph import BuildGraph, ImageResult, Ulimit
-from scheduler._platform import Platform
-from scheduler._progress import EventSink
+from dockyard.scheduler._errors import ExportError, UsageError
+from dockyard.scheduler._graph import BuildGraph, ImageResult, Ulimit
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler._progress import EventSink
 
 from ._arrivals import ArrivingBlobs
 from ._attest import BuildFacts, attest_images

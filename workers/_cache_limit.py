@@ -15,11 +15,11 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
-from scheduler._errors import CacheError, UsageError
+from dockyard.scheduler._errors import CacheError, UsageError
 
 if TYPE_CHECKING:
-    from cache_backends._local import LocalBackend
-    from cache_backends._protocol import PruneReport
+    from dockyard.cache_backends._local import LocalBackend
+    from dockyard.cache_backends._protocol import PruneReport
 
 __all__ = ["CACHE_MAX_ENV", "RUNNING_GRACE", "cache_limit", "enforce_cache_limit",
            "parse_size"]

@@ -5,7 +5,7 @@ with the stat it was read under: relative path -> (size, mtime_ns, ctime_ns, ino
 device, mode) and digest.  ``digest(path)`` gives the known digest while the file's stat
 is all the same, and reads and hashes the file otherwise: a one-file change in a
 10,000-file context reads that one file.  What it knew comes from, and what it learnt
-goes to, the context's stat index on disk (``workers._context_index``); used by the
+goes to, the context's stat index on disk (``dockyard.workers._context_index``); used by the
 client's ``build_manifest`` and the worker's ``LocalContext``.
 
 Why stat is enough, and when it is not:
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import SolveError
+from dockyard.scheduler._errors import SolveError
 
 from ._context_walk import name_from_wire, name_to_wire
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scheduler._errors import SolveError
+from dockyard.scheduler._errors import SolveError
 
 from ._context_manifest import ManifestEntry, name_to_wire
 from ._context_store import ContextStore, PendingContent

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import SolveError
+from dockyard.scheduler._errors import SolveError
 
 from ._context_digest import ContextDigests
 from ._context_walk import ContextEntry, name_from_wire, name_to_wire, walk_context

@@ -50,10 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cache_backends._records import LayerDescriptor
-from scheduler._cachekey import Selector
-from scheduler._errors import CacheError, DockyardError, LayerError, SolveError
-from scheduler.dockerfile._dockerignore import PatternMatcher
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.scheduler._cachekey import Selector
+from dockyard.scheduler._errors import CacheError, DockyardError, LayerError, SolveError
+from dockyard.scheduler.dockerfile._dockerignore import PatternMatcher
 
 from ._context_digest import ContextDigests
 from ._context_fetch import ContextReader, fetch_contents

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from scheduler._errors import CacheError, SolveError
+from dockyard.scheduler._errors import CacheError, SolveError
 
 __all__ = ["ContextStore", "PendingContent"]
 

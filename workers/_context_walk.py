@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from scheduler._errors import DockyardError, UsageError
-from scheduler.dockerfile._dockerignore import MatchInfo, PatternMatcher
+from dockyard.scheduler._errors import DockyardError, UsageError
+from dockyard.scheduler.dockerfile._dockerignore import MatchInfo, PatternMatcher
 
 __all__ = ["ContextEntry", "as_sent", "name_from_wire", "name_to_wire", "walk_context",
            "walk_entries"]

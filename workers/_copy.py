@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler._errors import DockerfileError, SolveError
-from scheduler.dockerfile._dockerignore import PatternMatcher, syntax_error_at
+from dockyard.scheduler._errors import DockerfileError, SolveError
+from dockyard.scheduler.dockerfile._dockerignore import PatternMatcher, syntax_error_at
 
 from ._filecopy import copy_bytes
 

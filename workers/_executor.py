@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from scheduler._errors import ExecError, SolveError
+from dockyard.scheduler._errors import ExecError, SolveError
 
 from ._devices import host_devices
 from ._snapshots import finish_shielded, unmount

@@ -33,16 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol, runtime_checkable
 
-from cache_backends._records import LayerDescriptor
-from scheduler._errors import CacheError, ExportError, ImageReferenceError
-from scheduler._platform import Platform
-from scheduler._reference import Reference, parse_reference
-from workers._filecopy import kernel_copy
-from workers._image import ImageArtifacts, IndexArtifacts, canonical_json
-from workers._layer_stream import HashingReader
-from workers._layers import apply_layer_flat
-from workers._manifests import Descriptor, index_json
-from workers._tar_write import TarEntryWriter, write_upper
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.scheduler._errors import CacheError, ExportError, ImageReferenceError
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler._reference import Reference, parse_reference
+from dockyard.workers._filecopy import kernel_copy
+from dockyard.workers._image import ImageArtifacts, IndexArtifacts, canonical_json
+from dockyard.workers._layer_stream import HashingReader
+from dockyard.workers._layers import apply_layer_flat
+from dockyard.workers._manifests import Descriptor, index_json
+from dockyard.workers._tar_write import TarEntryWriter, write_upper
 
 __all__ = [
     "BlobPaths",

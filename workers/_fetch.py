@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
-from scheduler._errors import SolveError
+from dockyard.scheduler._errors import SolveError
 
 __all__ = ["GitCall", "fetch_git", "fetch_http", "redact_url", "resolve_git"]
 

@@ -28,8 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler._errors import DockyardError, SolveError
-from scheduler._graph import Copy, FileAction, Mkdir, Mkfile, Rm, Symlink
+from dockyard.scheduler._errors import DockyardError, SolveError
+from dockyard.scheduler._graph import Copy, FileAction, Mkdir, Mkfile, Rm, Symlink
 
 from ._archive import ArchiveBudget, ArchiveLimits, unpack_archive
 from ._copy import (

@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache_backends._local import LocalBackend
-from cache_backends._protocol import PruneEntry
-from cache_backends._rules import decode_record
-from scheduler._errors import DockyardError
+from dockyard.cache_backends._local import LocalBackend
+from dockyard.cache_backends._protocol import PruneEntry
+from dockyard.cache_backends._rules import decode_record
+from dockyard.scheduler._errors import DockyardError
 
 from ._gc_policy import GcPolicy, GcSettings
 from ._gc_stats import count_failure, count_run

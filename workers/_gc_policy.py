@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from scheduler._errors import UsageError
+from dockyard.scheduler._errors import UsageError
 
 from ._cache_limit import cache_limit, parse_size
 

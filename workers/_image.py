@@ -47,16 +47,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cache_backends._cache_config import INLINE_CACHE_KEY
-from cache_backends._records import (
+from dockyard.cache_backends._cache_config import INLINE_CACHE_KEY
+from dockyard.cache_backends._records import (
     DOCKER_LAYER_TYPES,
     OCI_LAYER_TYPES,
     LayerDescriptor,
 )
-from scheduler._build_request import Annotation
-from scheduler._errors import ExportError, UsageError
-from scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
-from scheduler._platform import Platform
+from dockyard.scheduler._build_request import Annotation
+from dockyard.scheduler._errors import ExportError, UsageError
+from dockyard.scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
+from dockyard.scheduler._platform import Platform
 
 from ._manifests import (
     DOCKER_CONFIG,
@@ -375,7 +375,7 @@ def _manifest(config: Descriptor, layers: Sequence[LayerDescriptor], oci: bool,
 
 def annotations_of(annotations: Sequence[Annotation], kind: str,
                    platform: Platform | None = None) -> dict[str, str]:
-    """The annotations of ``kind`` (``scheduler._build_request.ANNOTATION_TYPES``) that
+    """The annotations of ``kind`` (``dockyard.scheduler._build_request.ANNOTATION_TYPES``) that
     apply to ``platform``'s manifest: those for every platform, then its own (which win);
     for the index kinds, all of them."""
     found = {key: value for typ, where, key, value in annotations if typ == kind and not where}

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scheduler._errors import LayerError, ServiceError
+from dockyard.scheduler._errors import LayerError, ServiceError
 
 from ._snapshots import unmount
 

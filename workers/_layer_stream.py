@@ -27,9 +27,9 @@ from typing import IO, BinaryIO, Final, Protocol, cast
 
 import zstandard
 
-from cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
-from scheduler._build_request import COMPRESSION_LEVELS
-from scheduler._errors import LayerError
+from dockyard.cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
+from dockyard.scheduler._build_request import COMPRESSION_LEVELS
+from dockyard.scheduler._errors import LayerError
 
 from ._disk import DISK_FULL_HINT, is_disk_full
 

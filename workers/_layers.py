@@ -21,17 +21,17 @@ from typing import IO, BinaryIO, cast
 
 import zstandard
 
-from cache_backends._records import LayerDescriptor
-from scheduler._errors import LayerError
-from workers._layer_stream import (
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.scheduler._errors import LayerError
+from dockyard.workers._layer_stream import (
     LAYER_MEDIA_TYPES,
     READ_SIZE,
     HashingReader,
     LayerSink,
     open_layer_reader,
 )
-from workers._tar_read import Extractor, clear_directory
-from workers._tar_write import TarEntryWriter, is_empty_diff, write_upper
+from dockyard.workers._tar_read import Extractor, clear_directory
+from dockyard.workers._tar_write import TarEntryWriter, is_empty_diff, write_upper
 
 __all__ = ["apply_layer_flat", "is_empty_diff", "unpack_layer", "write_layer"]
 

@@ -17,9 +17,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cache_backends._records import StateResult
-from scheduler._errors import DockyardError, SolveError
-from scheduler._graph import SourceOp
+from dockyard.cache_backends._records import StateResult
+from dockyard.scheduler._errors import DockyardError, SolveError
+from dockyard.scheduler._graph import SourceOp
 
 from ._manifests import INDEX_TYPES, layers_of, parse_manifest
 from ._runtime import LOCAL_SCHEME, RuntimeBackend

@@ -1,12 +1,12 @@
 """The log lines of dockyard's long-running processes -- the local service, ``dockyard
 serve``, the coordinator and the worker actors -- set up in one place (``configure_logging``):
 
-- a terminal gets plain text: ``2026-01-02T03:04:05.678Z INFO cluster.daemon: message``,
+- a terminal gets plain text: ``2026-01-02T03:04:05.678Z INFO dockyard.cluster.daemon: message``,
   with ``build=ID vertex=DIGEST`` after it when known;
 - anything else (a file such as the service's ``run/daemon.log``, a pipe, a container's
   stdout read by a log collector) gets one JSON object per line::
 
-      {"time": "2026-01-02T03:04:05.678Z", "level": "info", "logger": "cluster.daemon",
+      {"time": "2026-01-02T03:04:05.678Z", "level": "info", "logger": "dockyard.cluster.daemon",
        "pid": 123, "message": "...", "build": "<build id>", "vertex": "sha256:..."}
 
   ``build`` and ``vertex`` only when known, ``error`` (the traceback) only with one.
@@ -30,8 +30,9 @@ from typing import IO, Any
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "log_context",
            "set_log_ids"]
 
-#: The loggers set up: the top-level packages (each module logs under its own name).
-PACKAGES = ("cluster", "workers", "scheduler", "cache_backends")
+#: The loggers set up: the package's (each module logs under its own name, all under
+#: ``dockyard.``).
+PACKAGES = ("dockyard",)
 
 # The build and vertex the current task works for (None: not known).
 _BUILD: contextvars.ContextVar[str | None] = contextvars.ContextVar("dockyard_log_build",

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cache_backends._records import LayerDescriptor
-from scheduler._errors import RegistryError
-from scheduler._platform import Platform, normalize_arch
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.scheduler._errors import RegistryError
+from dockyard.scheduler._platform import Platform, normalize_arch
 
 __all__ = [
     "DOCKER_CONFIG",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from cache_backends._protocol import BackendStatistics, CacheBackend
+from dockyard.cache_backends._protocol import BackendStatistics, CacheBackend
 
 __all__ = ["WORKER_METRICS", "WorkerMetrics", "backend_kind"]
 

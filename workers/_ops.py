@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from cache_backends._records import StateResult
-from scheduler._errors import SolveError
-from scheduler._graph import ExecOp, FileOp, MergeOp, SourceOp, Vertex
-from scheduler._progress import EventSink, StatusUpdate
-from scheduler._reference import parse_reference
+from dockyard.cache_backends._records import StateResult
+from dockyard.scheduler._errors import SolveError
+from dockyard.scheduler._graph import ExecOp, FileOp, MergeOp, SourceOp, Vertex
+from dockyard.scheduler._progress import EventSink, StatusUpdate
+from dockyard.scheduler._reference import parse_reference
 
 from ._context_source import ContextTree, LocalContext, Materialised
 from ._fetch import fetch_git, fetch_http, resolve_git

@@ -37,10 +37,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from cache_backends._records import LayerDescriptor, StateResult
-from scheduler._errors import SolveError
-from scheduler._graph import ExecMount, ExecOp, Vertex
-from scheduler._progress import EventSink, VertexLog
+from dockyard.cache_backends._records import LayerDescriptor, StateResult
+from dockyard.scheduler._errors import SolveError
+from dockyard.scheduler._graph import ExecMount, ExecOp, Vertex
+from dockyard.scheduler._progress import EventSink, VertexLog
 
 from ._executor import ExecMountSpec, SecretFile, SshSocket
 from ._runtime import RuntimeBackend

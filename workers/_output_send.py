@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from scheduler._errors import ExportError
+from dockyard.scheduler._errors import ExportError
 
 __all__ = ["CHUNK_BYTES", "WINDOW", "ChannelWriter", "Send", "close_output", "send_file"]
 

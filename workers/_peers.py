@@ -24,14 +24,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from cache_backends._protocol import BlobCorrupt, BlobMissing, BlobSink
+from dockyard.cache_backends._protocol import BlobCorrupt, BlobMissing, BlobSink
 
 __all__ = ["CHUNK_BYTES", "FirstOf", "PeerBlobs", "peer_handle"]
 
 _log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 * 1024 * 1024  # one object-store object per chunk of a streamed blob
-_NAMESPACE = "dockyard"  # cluster._ray.NAMESPACE (workers do not import cluster)
+_NAMESPACE = "dockyard"  # dockyard.cluster._ray.NAMESPACE (workers do not import cluster)
 
 
 def peer_handle(name: str) -> Any:

@@ -55,10 +55,10 @@ from tenacity import (
     wait_random,
 )
 
-from cache_backends._records import LayerDescriptor
-from scheduler._errors import RegistryError
-from scheduler._platform import Platform
-from scheduler._reference import Reference
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.scheduler._errors import RegistryError
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler._reference import Reference
 
 from ._auth import Challenge, Credentials, DockerConfig, TokenCache, load_docker_config
 from ._auth import parse_challenges as _parse_challenges

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from cache_backends._cache_config import (
+from dockyard.cache_backends._cache_config import (
     CACHE_CONFIG_MEDIA,
     CacheConfig,
     cache_artifact,
@@ -34,7 +34,7 @@ from cache_backends._cache_config import (
     layer_descriptors,
     read_inline,
 )
-from cache_backends._protocol import (
+from dockyard.cache_backends._protocol import (
     BackendStatistics,
     BlobCorrupt,
     BlobInput,
@@ -47,9 +47,9 @@ from cache_backends._protocol import (
     digest_hex,
     verified_stream,
 )
-from cache_backends._records import CacheRecord, LayerDescriptor
-from scheduler._errors import CacheError, RegistryError
-from scheduler._reference import Reference
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor
+from dockyard.scheduler._errors import CacheError, RegistryError
+from dockyard.scheduler._reference import Reference
 
 from ._manifests import FetchedManifest, layers_of, parse_descriptor
 from ._registry import RegistryBlobCorrupt, RegistryClient, RegistryNotFound

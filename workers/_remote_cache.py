@@ -46,14 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cache_backends._credentials import S3Credentials
-from cache_backends._local import LocalBackend
-from cache_backends._protocol import CacheBackend
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._build_request import Compression
-from scheduler._errors import BlobLost, CacheError, DockyardError, UsageError
-from scheduler._progress import EventSink, warning
-from scheduler._reference import parse_reference
+from dockyard.cache_backends._credentials import S3Credentials
+from dockyard.cache_backends._local import LocalBackend
+from dockyard.cache_backends._protocol import CacheBackend
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.scheduler._build_request import Compression
+from dockyard.scheduler._errors import BlobLost, CacheError, DockyardError, UsageError
+from dockyard.scheduler._progress import EventSink, warning
+from dockyard.scheduler._reference import parse_reference
 
 from ._metrics import WORKER_METRICS
 from ._registry import RegistryClient
@@ -101,7 +101,7 @@ def open_backend(kind: str, attrs: Mapping[str, str], tmp: Path | None = None,
                              image_manifest=attrs.get("image_manifest", "true") == "true",
                              oci=attrs.get("oci_mediatypes", "true") == "true")
     if kind == "s3":
-        from cache_backends._s3 import S3Backend  # noqa: PLC0415 -- boto3 only when used
+        from dockyard.cache_backends._s3 import S3Backend  # noqa: PLC0415 -- boto3 only when used
         return S3Backend(attrs["bucket"], attrs.get("prefix", ""),
                          region=attrs.get("region") or None,
                          endpoint_url=attrs.get("endpoint_url") or None,

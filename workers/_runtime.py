@@ -29,16 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from cache_backends._local import LocalBackend, LocalBlobSource
-from cache_backends._protocol import BlobCorrupt, BlobMissing, CacheBackend
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._build_request import Compression
-from scheduler._cachekey import Selector
-from scheduler._errors import BlobLost, CacheError, SolveError
-from scheduler._graph import SourceOp, Vertex
-from scheduler._platform import Platform
-from scheduler._progress import EventSink
-from scheduler._reference import Reference, parse_reference
+from dockyard.cache_backends._local import LocalBackend, LocalBlobSource
+from dockyard.cache_backends._protocol import BlobCorrupt, BlobMissing, CacheBackend
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.scheduler._build_request import Compression
+from dockyard.scheduler._cachekey import Selector
+from dockyard.scheduler._errors import BlobLost, CacheError, SolveError
+from dockyard.scheduler._graph import SourceOp, Vertex
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler._progress import EventSink
+from dockyard.scheduler._reference import Reference, parse_reference
 
 from ._context_digest import ContextDigests, DigestStatistics
 from ._context_fetch import ContextReader
@@ -633,7 +633,7 @@ class RuntimeBackend:
         return await asyncio.shield(task)
 
     async def _resolve(self, text: str, platform: Platform | None) -> ResolvedImage:
-        from scheduler._platform import default_platform  # noqa: PLC0415
+        from dockyard.scheduler._platform import default_platform  # noqa: PLC0415
         return await self.registry.resolve(parse_reference(text),
                                            platform or default_platform(),
                                            fresh=self.session.pull)

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
 
-from cache_backends._records import LayerDescriptor
-from scheduler._errors import ExportError
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.scheduler._errors import ExportError
 
 from ._layer_stream import open_layer_reader
 

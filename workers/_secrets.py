@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from scheduler._errors import ServiceError
+from dockyard.scheduler._errors import ServiceError
 
 if TYPE_CHECKING:
     from ._session_channel import SessionChannel

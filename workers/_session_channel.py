@@ -29,8 +29,8 @@ from typing import Any
 
 import msgpack
 
-from scheduler import _errors
-from scheduler._errors import DockyardError, ServiceError
+from dockyard.scheduler import _errors
+from dockyard.scheduler._errors import DockyardError, ServiceError
 
 __all__ = [
     "MAX_MESSAGE_BYTES", "SESSION_HEADER", "SESSION_TOKEN_HEADER", "SESSION_VERSION",

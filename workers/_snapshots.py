@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from scheduler._errors import LayerError
+from dockyard.scheduler._errors import LayerError
 
 __all__ = ["Mounted", "SnapshotStatistics", "SnapshotStore", "finish_shielded", "unmount",
            "wait_shielded"]

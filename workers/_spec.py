@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from scheduler._errors import GraphError
-from scheduler._graph import ULIMIT_NAMES, ExecOp
+from dockyard.scheduler._errors import GraphError
+from dockyard.scheduler._graph import ULIMIT_NAMES, ExecOp
 
 from ._users import ResolvedUser
 

@@ -39,7 +39,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from scheduler._errors import ServiceError
+from dockyard.scheduler._errors import ServiceError
 
 from ._snapshots import finish_shielded, wait_shielded
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tarfile
 from typing import IO, Protocol, cast
 
-from scheduler._errors import LayerError
+from dockyard.scheduler._errors import LayerError
 
 __all__ = ["clamp_tar_times"]
 

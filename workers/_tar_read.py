@@ -27,7 +27,7 @@ import tarfile
 from collections.abc import Callable
 from typing import Final, ParamSpec, Protocol, TypeVar
 
-from scheduler._errors import LayerError
+from dockyard.scheduler._errors import LayerError
 
 __all__ = ["Extractor", "clear_directory"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, ParamSpec, Protocol, TypeVar
 
-from scheduler._errors import LayerError
+from dockyard.scheduler._errors import LayerError
 
 __all__ = ["TarEntryWriter", "TarSink", "is_empty_diff", "ustar_header", "write_upper"]
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from scheduler._errors import ExecError, SolveError
+from dockyard.scheduler._errors import ExecError, SolveError
 
 from ._copy import resolve_in_root
 

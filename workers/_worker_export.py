@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from cache_backends._records import CacheRecord
-from scheduler._build_request import BuildOptions
-from scheduler._graph import BuildGraph, ImageResult
-from scheduler._reference import parse_reference
+from dockyard.cache_backends._records import CacheRecord
+from dockyard.scheduler._build_request import BuildOptions
+from dockyard.scheduler._graph import BuildGraph, ImageResult
+from dockyard.scheduler._reference import parse_reference
 
 from ._attest import metadata_provenance
 from ._build import Exported, ImageForm, exported_images, write_results

@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache_backends._credentials import S3Credentials
-from scheduler._build_request import BuildOptions, OutputSpec
-from scheduler._errors import DockyardError, SolveError
-from scheduler._platform import parse_platform
-from scheduler._progress import Event, event_to_wire
+from dockyard.cache_backends._credentials import S3Credentials
+from dockyard.scheduler._build_request import BuildOptions, OutputSpec
+from dockyard.scheduler._errors import DockyardError, SolveError
+from dockyard.scheduler._platform import parse_platform
+from dockyard.scheduler._progress import Event, event_to_wire
 
 from ._build import (
     LOCAL_AS_TAR,

@@ -1,6 +1,6 @@
 """``.dockerignore`` files: reading them and matching paths against their patterns.
 
-Pure: no filesystem access (the client's context walker in ``cluster._context`` uses it).
+Pure: no filesystem access (the client's context walker in ``dockyard.cluster._context`` uses it).
 The semantics are moby's (``patternmatcher`` and ``patternmatcher/ignorefile``) and
 tonistiigi/fsutil's walker, as BuildKit applies them to a local build context:
 

@@ -12,9 +12,9 @@ from conf_compare import Built, Failed, Result
 from conf_corpus import Case, dockyard_dockerfile, materialise
 from conf_tree import read_archive
 
-from cluster._local_build import LocalBuildOptions, Output, build_local
-from scheduler._errors import DockyardError
-from scheduler._platform import parse_platform
+from dockyard.cluster._local_build import LocalBuildOptions, Output, build_local
+from dockyard.scheduler._errors import DockyardError
+from dockyard.scheduler._platform import parse_platform
 
 
 def build(case: Case, scratch: Path, base_reference: str) -> Result:

@@ -24,7 +24,7 @@ import re
 import pytest
 from _buildkit import PrivateDockerd
 
-from scheduler._errors import DockerfileError
+from dockyard.scheduler._errors import DockerfileError
 
 UNUSED = "FROM scratch AS unused\n"  # a stage the build target does not need
 TARGET = "FROM scratch\n"
@@ -200,11 +200,11 @@ _LINE = re.compile(r"dockerfile parse error line (\d+)")
 def _frontend_error(text: str) -> DockerfileError | None:
     """Our parser and instruction layer on ``text``: the error, or None when accepted."""
     parser = pytest.importorskip(
-        "scheduler.dockerfile._parser", reason="scheduler.dockerfile._parser not landed yet"
-    )
-    instructions = importlib.import_module("scheduler.dockerfile._instructions")
+        "dockyard.scheduler.dockerfile._parser",
+        reason="dockyard.scheduler.dockerfile._parser not landed yet")
+    instructions = importlib.import_module("dockyard.scheduler.dockerfile._instructions")
     if not hasattr(instructions, "parse_dockerfile"):
-        pytest.skip("scheduler.dockerfile._instructions.parse_dockerfile not landed yet")
+        pytest.skip("dockyard.scheduler.dockerfile._instructions.parse_dockerfile not landed yet")
     try:
         instructions.parse_dockerfile(parser.parse(text))
     except DockerfileError as exc:

@@ -33,10 +33,10 @@ from typing import Any
 import pytest
 from _buildkit import OracleResult, PrivateDockerd, make_oracle_root
 
-from scheduler._errors import DockerfileError
-from scheduler._graph import ImageConfig
-from scheduler._platform import parse_platform
-from scheduler.dockerfile._frontend import build_graph
+from dockyard.scheduler._errors import DockerfileError
+from dockyard.scheduler._graph import ImageConfig
+from dockyard.scheduler._platform import parse_platform
+from dockyard.scheduler.dockerfile._frontend import build_graph
 
 CASES = Path(__file__).parent / "config_cases"
 HOST_FILES = {"busybox": Path("/bin/busybox")}

@@ -6,7 +6,7 @@ Each row is a context tree, its ignore files and the Dockerfile's path, with wha
 - ``tree``: entries as :func:`_buildkit.write_tree` reads them (``a/`` a directory,
   ``l -> t`` a symlink); the Dockerfile (``dockerfile``) and the ``ignore`` files are added.
 - ``buildkit``: the context BuildKit 20.10 sent, space-separated, directories ending in ``/``.
-- ``ours``: None when ``cluster._context.walk_context`` must include exactly ``buildkit``;
+- ``ours``: None when ``dockyard.cluster._context.walk_context`` must include exactly ``buildkit``;
   otherwise what it includes instead, for a documented 20.10 difference (``reason``): we
   follow current fsutil.
 
@@ -22,7 +22,7 @@ from typing import NamedTuple
 import pytest
 from _buildkit import PrivateDockerd, write_tree
 
-from cluster._context import load_ignore_patterns, walk_context
+from dockyard.cluster._context import load_ignore_patterns, walk_context
 
 COPY_ALL = "FROM scratch\nCOPY . /\n"
 FIXED_IN_FSUTIL = ("Docker 20.10's fsutil skips an excluded directory whole despite a glob "

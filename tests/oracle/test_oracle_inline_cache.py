@@ -30,10 +30,10 @@ from _buildkit import PrivateDockerd
 from support.progress import plain_blocks
 from support.registry import RunningRegistry, loopback_registry
 
-from cache_backends._cache_config import INLINE_CACHE_KEY, CacheConfig
-from scheduler._reference import parse_reference
-from workers._registry import RegistryClient
-from workers._registry_cache import RegistryCache
+from dockyard.cache_backends._cache_config import INLINE_CACHE_KEY, CacheConfig
+from dockyard.scheduler._reference import parse_reference
+from dockyard.workers._registry import RegistryClient
+from dockyard.workers._registry_cache import RegistryCache
 
 pytestmark = pytest.mark.oracle
 PROJECT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def _ok(done: subprocess.CompletedProcess[str]) -> str:
 
 def _dockyard(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "DOCKYARD_ROOT": str(root), "PYTHONPATH": str(PROJECT)}
-    return subprocess.run([sys.executable, "-m", "cluster", *argv], env=environ,
+    return subprocess.run([sys.executable, "-m", "dockyard", *argv], env=environ,
                           capture_output=True, text=True, timeout=240, check=False)
 
 

@@ -10,8 +10,8 @@ import json
 import pytest
 from _buildkit import PrivateDockerd
 
-from cluster._build_options import parse_labels
-from scheduler.dockerfile._frontend import build_graph, with_labels
+from dockyard.cluster._build_options import parse_labels
+from dockyard.scheduler.dockerfile._frontend import build_graph, with_labels
 
 ROWS = [
     ("over-label", "FROM scratch\nLABEL a=dockerfile c=3\nCOPY f /f\n",

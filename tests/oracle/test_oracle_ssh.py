@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from _buildkit import PrivateDockerd
 
-from scheduler._graph import ExecOp
-from scheduler.dockerfile._frontend import build_graph
+from dockyard.scheduler._graph import ExecOp
+from dockyard.scheduler.dockerfile._frontend import build_graph
 
 SEEN = ' echo "$SSH_AUTH_SOCK" > /out'
 CASES = [

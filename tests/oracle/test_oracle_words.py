@@ -4,7 +4,7 @@ Each case is ``(escape, word, expected)``: ``expected`` is the expanded string, 
 when the word must be rejected.  The environment is ``ENV`` below (plus the ``PATH`` that
 BuildKit gives a ``FROM scratch`` stage).  ``test_buildkit_agrees`` builds
 ``FROM scratch`` / ``ENV <ENV>`` / ``ENV R=<word>`` and reads ``R`` from the image config;
-``test_process_word_agrees`` runs ``scheduler.dockerfile.shell.process_word`` on the same
+``test_process_word_agrees`` runs ``dockyard.scheduler.dockerfile.shell.process_word`` on the same
 case, so the table is the contract between the two.
 
 20.10's frontend knows only ``${v:-w}``, ``${v:+w}``, ``${v:?m}`` and ``${v?m}``: it rejects
@@ -18,8 +18,8 @@ from __future__ import annotations
 import pytest
 from _buildkit import PrivateDockerd
 
-from scheduler._errors import DockerfileError
-from scheduler.dockerfile.shell import process_word
+from dockyard.scheduler._errors import DockerfileError
+from dockyard.scheduler.dockerfile.shell import process_word
 
 ERROR = object()  # the word must be rejected
 SCRATCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

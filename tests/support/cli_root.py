@@ -1,6 +1,6 @@
 """The CLI run as a user runs it, against a private ``DOCKYARD_ROOT`` (its embedded
 service): ``Dockyard(root, busybox, work).build(...)`` is a subprocess of ``python -m
-cluster build --progress=plain`` in ``work``; ``processes`` are the service's."""
+dockyard build --progress=plain`` in ``work``; ``processes`` are the service's."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster._ray import ray_temp_dir
-from cluster._service import Proc, RunPaths, process_tree
+from dockyard.cluster._ray import ray_temp_dir
+from dockyard.cluster._service import Proc, RunPaths, process_tree
 
 __all__ = ["PROJECT", "Dockyard", "private_root"]
 
@@ -34,7 +34,7 @@ class Dockyard:
             ) -> subprocess.CompletedProcess[bytes]:
         environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
                    **(env or {})}
-        return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=self.work,
+        return subprocess.run([sys.executable, "-m", "dockyard", *argv], cwd=self.work,
                               env=environ, capture_output=True, timeout=timeout, check=False)
 
     def build(self, *argv: str, env: dict[str, str] | None = None

@@ -54,7 +54,7 @@ def dockyard(root: Path, *argv: str, check: bool = True, timeout: float = START_
              extra: dict[str, str] | None = None, stdin: bytes | None = None,
              prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[bytes]:
     """``dockyard ARGV`` under ``root`` (``prefix``: e.g. ``unshare -m ...`` before it)."""
-    result = subprocess.run([*prefix, sys.executable, "-m", "cluster", *argv],
+    result = subprocess.run([*prefix, sys.executable, "-m", "dockyard", *argv],
                             env=environment(root, extra), capture_output=True,
                             input=stdin, timeout=timeout, check=False)
     if check and result.returncode != 0:
@@ -108,7 +108,7 @@ def wait_for(what: str, check: Any, timeout: float) -> Any:
 def start_build(cluster: LocalCluster, client: Path, *argv: str) -> subprocess.Popen[bytes]:
     env = environment(client, {"DOCKYARD_ENDPOINT": cluster.url,
                                "DOCKYARD_TOKEN": cluster.token})
-    return subprocess.Popen([sys.executable, "-m", "cluster", "build", *argv], env=env,
+    return subprocess.Popen([sys.executable, "-m", "dockyard", "build", *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -173,7 +173,7 @@ class LocalCluster:
         port = free_port()
         log = open(self.base / "serve.log", "wb")  # noqa: SIM115 -- lives with the process
         self._serve = subprocess.Popen(
-            [sys.executable, "-m", "cluster", "serve", "--host", "127.0.0.1", "--port",
+            [sys.executable, "-m", "dockyard", "serve", "--host", "127.0.0.1", "--port",
              str(port), "--ray-address", "auto", "--token-file", str(self.token_file),
              *argv],
             env=environment(self.head.root, self.env), stdout=log, stderr=subprocess.STDOUT,
@@ -204,8 +204,8 @@ class LocalCluster:
 
     def statistics(self) -> dict[str, Any]:
         """The endpoint's ``statistics`` call (the coordinator's counts among them)."""
-        from cluster._service import connect_endpoint
-        from cluster._wire import parse_endpoint
+        from dockyard.cluster._service import connect_endpoint
+        from dockyard.cluster._wire import parse_endpoint
 
         with connect_endpoint(parse_endpoint(self.url, self.token)) as client:
             stats: dict[str, Any] = client.call("statistics")
@@ -245,7 +245,7 @@ class LocalCluster:
 
 def _address_of(output: str, node: Node) -> str:
     """The head's GCS address, from what ``node start --head`` printed (or its node.json)."""
-    from cluster._node import NodePaths, read_record
+    from dockyard.cluster._node import NodePaths, read_record
 
     record = read_record(NodePaths(node.root))
     if record is None:

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cluster._build_cmd import _context
-from cluster._build_options import BuildOptions, CacheCredentials
-from cluster._context_forms import ClientContext
-from cluster._outputs import OutputWriters
+from dockyard.cluster._build_cmd import _context
+from dockyard.cluster._build_options import BuildOptions, CacheCredentials
+from dockyard.cluster._context_forms import ClientContext
+from dockyard.cluster._outputs import OutputWriters
 
 
 class ClientChannel:

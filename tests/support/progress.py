@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from scheduler._progress import Event, VertexLog, VertexStarted, warning_of
+from dockyard.scheduler._progress import Event, VertexLog, VertexStarted, warning_of
 
 
 def plain_blocks(progress: str) -> dict[str, list[str]]:
@@ -52,5 +52,5 @@ class Recorder:
         return b"".join(e.data for e in self.events if isinstance(e, VertexLog))
 
     def warnings(self) -> list[str]:
-        """The texts of the warning events (``scheduler._progress.warning``)."""
+        """The texts of the warning events (``dockyard.scheduler._progress.warning``)."""
         return [text for e in self.events if (text := warning_of(e)) is not None]

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler._errors import GraphError
-from scheduler._graph import (
+from dockyard.scheduler._errors import GraphError
+from dockyard.scheduler._graph import (
     GRAPH_VERSION,
     BuildGraph,
     Copy,
@@ -37,7 +37,7 @@ from scheduler._graph import (
     vertex_from_wire,
     vertex_to_wire,
 )
-from scheduler._platform import Platform
+from dockyard.scheduler._platform import Platform
 
 AMD64 = Platform("linux", "amd64")
 ALPINE = SourceOp("docker-image://docker.io/library/alpine:3.19")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler._errors import UsageError
-from scheduler._platform import Platform, default_platform, parse_platform, parse_platforms
+from dockyard.scheduler._errors import UsageError
+from dockyard.scheduler._platform import Platform, default_platform, parse_platform, parse_platforms
 
 HOST = default_platform()
 

@@ -18,13 +18,13 @@ SURFACES: dict[str, set[str]] = {
         "CacheError", "ExecError", "ExportError", "LayerError", "RegistryError",
         "ServiceError", "SolveError", "WorkerLost",
     },
-    "scheduler.dockerfile": {
+    "dockyard.scheduler.dockerfile": {
         "RULES", "BaseImage", "CheckWarning", "Directives", "Dockerfile", "Expansion",
         "FrontendResult", "Heredoc", "ImageResolver", "Lexer", "Node", "ParseResult",
         "PatternMatcher", "Rule", "Stage", "build_graph", "parse", "parse_dockerfile",
         "parse_ignore_file", "process_word", "process_words",
     },
-    "scheduler.dockerfile.shell": {"MAX_WORD_SIZE", "Expansion", "Lexer", "process_word",
+    "dockyard.scheduler.dockerfile.shell": {"MAX_WORD_SIZE", "Expansion", "Lexer", "process_word",
                                    "process_words"},
     "cluster": {"ContextEntry", "ignore_file_for", "load_ignore_patterns", "main",
                 "walk_context"},

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler._errors import ImageReferenceError
-from scheduler._reference import Reference, parse_reference
+from dockyard.scheduler._errors import ImageReferenceError
+from dockyard.scheduler._reference import Reference, parse_reference
 
 D64 = "sha256:" + "0123456789abcdef" * 4
 

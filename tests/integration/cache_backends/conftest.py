@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from support.moto import ENVIRONMENT, UNSET, S3Endpoint, start_moto, stop_moto
 
-from scheduler._errors import DockyardError
+from dockyard.scheduler._errors import DockyardError
 
 __all__ = ["S3Endpoint", "s3_endpoint"]
 

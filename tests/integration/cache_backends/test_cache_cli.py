@@ -43,7 +43,7 @@ class Machine:
 
     def run(self, *argv: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT)}
-        return subprocess.run([sys.executable, "-m", "cluster", *argv], env=environ,
+        return subprocess.run([sys.executable, "-m", "dockyard", *argv], env=environ,
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def build(self, context: Path, *flags: str) -> str:

@@ -1,7 +1,7 @@
 """The conformance suite every cache backend passes (buildkit's cachestorage test suite, in
-spirit): each test runs once per backend in ``cache_backends._registry.BACKENDS``, through a
-``Harness`` that knows how to make the backend and how to damage what it stores (S3: a fresh
-bucket on the session's moto server, conftest.py's ``s3_endpoint``).
+spirit): each test runs once per backend in ``dockyard.cache_backends._registry.BACKENDS``,
+through a ``Harness`` that knows how to make the backend and how to damage what it stores
+(S3: a fresh bucket on the session's moto server, conftest.py's ``s3_endpoint``).
 
 A new backend joins by registering in BACKENDS and adding a harness to HARNESSES (a test
 fails until it does).
@@ -22,14 +22,14 @@ import msgpack
 import pytest
 from _blobs import blob, run
 
-from cache_backends._local import TEMP_PREFIX, LocalBackend
-from cache_backends._memory import MemoryBackend
-from cache_backends._protocol import CHUNK, BlobCorrupt, BlobMissing, CacheBackend
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from cache_backends._registry import BACKENDS
-from cache_backends._s3 import S3Backend
-from scheduler._errors import CacheError
-from workers._exporters import BlobPaths, BlobSource
+from dockyard.cache_backends._local import TEMP_PREFIX, LocalBackend
+from dockyard.cache_backends._memory import MemoryBackend
+from dockyard.cache_backends._protocol import CHUNK, BlobCorrupt, BlobMissing, CacheBackend
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.cache_backends._registry import BACKENDS
+from dockyard.cache_backends._s3 import S3Backend
+from dockyard.scheduler._errors import CacheError
+from dockyard.workers._exporters import BlobPaths, BlobSource
 
 START = 1_700_000_000.0
 

@@ -36,7 +36,7 @@ def _environment(**extra: str) -> dict[str, str]:
 
 def _cli(root: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     environ = env | {"DOCKYARD_ROOT": str(root), "PYTHONPATH": str(PROJECT)}
-    return subprocess.run([sys.executable, "-m", "cluster", *argv], env=environ,
+    return subprocess.run([sys.executable, "-m", "dockyard", *argv], env=environ,
                           capture_output=True, text=True, timeout=240, check=False)
 
 

@@ -29,13 +29,13 @@ import pytest
 from _fault_proxy import FaultyProxy, running_proxy
 from support.progress import Recorder
 
-from cache_backends import _s3_client
-from cache_backends._records import CacheRecord
-from cluster._build_options import parse_cache
-from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
-from scheduler._errors import CacheError
-from scheduler._platform import parse_platform
-from workers._image import ImageArtifacts
+from dockyard.cache_backends import _s3_client
+from dockyard.cache_backends._records import CacheRecord
+from dockyard.cluster._build_options import parse_cache
+from dockyard.cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from dockyard.scheduler._errors import CacheError
+from dockyard.scheduler._platform import parse_platform
+from dockyard.workers._image import ImageArtifacts
 
 # the big layer (18 MB of noise from the context, above the 16 MiB multipart threshold)
 # goes up in parts and comes down in ranged GETs

@@ -20,15 +20,15 @@ import pytest
 from _blobs import blob, run
 from test_cache_conformance import HARNESSES, Clock, Harness
 
-from cache_backends._local import TEMP_PREFIX, LocalBackend
-from cache_backends._memory import MemoryBackend
-from cache_backends._protocol import BlobCorrupt, BlobMissing
-from cache_backends._records import LayerDescriptor
-from cache_backends._registry import BACKENDS
-from cache_backends._s3 import S3Backend
-from scheduler._errors import BlobLost
-from workers._remote_cache import RemoteCache, RemoteRecords
-from workers._runtime import REMOTE_FETCHES, WorkerRuntime, build_remotes
+from dockyard.cache_backends._local import TEMP_PREFIX, LocalBackend
+from dockyard.cache_backends._memory import MemoryBackend
+from dockyard.cache_backends._protocol import BlobCorrupt, BlobMissing
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.cache_backends._registry import BACKENDS
+from dockyard.cache_backends._s3 import S3Backend
+from dockyard.scheduler._errors import BlobLost
+from dockyard.workers._remote_cache import RemoteCache, RemoteRecords
+from dockyard.workers._runtime import REMOTE_FETCHES, WorkerRuntime, build_remotes
 
 MB = 1 << 20
 

@@ -17,13 +17,13 @@ import pytest
 from support.inproc_client import client_session
 from support.progress import Recorder
 
-from cluster._build_options import BuildOptions, OutputSpec, parse_cache
-from cluster._coordinator import Coordinator
-from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
-from scheduler._errors import CacheError, ExecError
-from scheduler._platform import parse_platform
-from workers._actor import WorkerActor
-from workers._image import ImageArtifacts
+from dockyard.cluster._build_options import BuildOptions, OutputSpec, parse_cache
+from dockyard.cluster._coordinator import Coordinator
+from dockyard.cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from dockyard.scheduler._errors import CacheError, ExecError
+from dockyard.scheduler._platform import parse_platform
+from dockyard.workers._actor import WorkerActor
+from dockyard.workers._image import ImageArtifacts
 
 DOCKERFILE = """\
 FROM {base}
@@ -362,7 +362,7 @@ def test_a_lost_blob_under_a_new_step_is_rebuilt_through_the_worker_actor(
 
 def _broken_local_records(machine: Machine) -> list[str]:
     """The local records that name a blob the local store lacks (the store's invariant)."""
-    from cache_backends._records import CacheRecord  # noqa: PLC0415
+    from dockyard.cache_backends._records import CacheRecord  # noqa: PLC0415
     cache = machine.root / "cache"
     broken = []
     for path in (cache / "records").iterdir():

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from _blobs import blob
 
-from cache_backends._local import STALE_TEMP, TEMP_PREFIX, LocalBackend
-from cache_backends._protocol import CHUNK, BlobCorrupt, BlobMissing
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._errors import CacheError
-from scheduler._graph import ImageConfig
-from scheduler._platform import Platform
-from workers._exporters import export_local, export_oci
-from workers._image import ImageArtifacts, build_image
-from workers._layers import write_layer
+from dockyard.cache_backends._local import STALE_TEMP, TEMP_PREFIX, LocalBackend
+from dockyard.cache_backends._protocol import CHUNK, BlobCorrupt, BlobMissing
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.scheduler._errors import CacheError
+from dockyard.scheduler._graph import ImageConfig
+from dockyard.scheduler._platform import Platform
+from dockyard.workers._exporters import export_local, export_oci
+from dockyard.workers._image import ImageArtifacts, build_image
+from dockyard.workers._layers import write_layer
 
 
 def key(n: int) -> str:

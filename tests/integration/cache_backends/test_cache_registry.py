@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 from support.progress import plain_blocks
 
-from scheduler._errors import CacheError
-from scheduler._reference import parse_reference
-from workers._manifests import OCI_MANIFEST
-from workers._registry import RegistryClient
-from workers._registry_cache import RegistryCache
+from dockyard.scheduler._errors import CacheError
+from dockyard.scheduler._reference import parse_reference
+from dockyard.workers._manifests import OCI_MANIFEST
+from dockyard.workers._registry import RegistryClient
+from dockyard.workers._registry_cache import RegistryCache
 
 PROJECT = Path(__file__).resolve().parents[3]
 CACHE_CONFIG = "application/vnd.buildkit.cacheconfig.v0"
@@ -54,7 +54,7 @@ class Machine:
 
     def run(self, *argv: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT)}
-        return subprocess.run([sys.executable, "-m", "cluster", *argv], env=environ,
+        return subprocess.run([sys.executable, "-m", "dockyard", *argv], env=environ,
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def build(self, context: Path, out: Path, *flags: str) -> tuple[str, str]:

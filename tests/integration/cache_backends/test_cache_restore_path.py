@@ -29,20 +29,21 @@ from typing import Any
 import pytest
 from _blobs import blob, run
 
-from cache_backends._local import LocalBackend
-from cache_backends._protocol import BlobCorrupt
-from cache_backends._records import LayerDescriptor
-from cache_backends._s3 import S3Backend
-from scheduler._errors import ExportError
-from scheduler._graph import ImageConfig
-from scheduler._platform import Platform
-from workers._exporters import export_oci
-from workers._image import ImageArtifacts, build_image
+from dockyard.cache_backends._local import LocalBackend
+from dockyard.cache_backends._protocol import BlobCorrupt
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.cache_backends._s3 import S3Backend
+from dockyard.scheduler._errors import ExportError
+from dockyard.scheduler._graph import ImageConfig
+from dockyard.scheduler._platform import Platform
+from dockyard.workers._exporters import export_oci
+from dockyard.workers._image import ImageArtifacts, build_image
 
 MB = 1 << 20
 #: The modules between a GET and the tar that hash blob bytes.
-HASHING = ("cache_backends._s3", "cache_backends._s3_ranges", "cache_backends._local",
-           "cache_backends._protocol", "workers._layer_stream")
+HASHING = ("dockyard.cache_backends._s3", "dockyard.cache_backends._s3_ranges",
+           "dockyard.cache_backends._local", "dockyard.cache_backends._protocol",
+           "dockyard.workers._layer_stream")
 
 
 class HashedBytes:

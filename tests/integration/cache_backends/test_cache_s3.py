@@ -18,10 +18,10 @@ import pytest
 from _blobs import blob, run
 from _fault_proxy import FaultyProxy, running_proxy
 
-from cache_backends._protocol import BlobCorrupt, BlobMissing
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from cache_backends._s3 import S3Backend
-from scheduler._errors import CacheError
+from dockyard.cache_backends._protocol import BlobCorrupt, BlobMissing
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.cache_backends._s3 import S3Backend
+from dockyard.scheduler._errors import CacheError
 
 MB = 1 << 20
 PREFIX = "ci/"

@@ -28,8 +28,8 @@ from support.leaks import files_containing
 from support.progress import plain_blocks, solve_blocks
 from support.ssh_tools import copy_ssh_add, make_key
 
-from cluster._ray import ray_temp_dir
-from cluster._service import RunPaths, alive
+from dockyard.cluster._ray import ray_temp_dir
+from dockyard.cluster._service import RunPaths, alive
 
 SECRET = "s3cr3t-value-8c1f0e"  # must appear nowhere but the one RUN that mounts it
 
@@ -202,7 +202,7 @@ def test_ctrl_c_cancels_the_build(dockyard: Dockyard) -> None:
     # finds only this build's process
     context = _context(dockyard, "cancel", "FROM BUSYBOX\nRUN echo sleeping && sleep 61\n")
     environ = {**os.environ, "DOCKYARD_ROOT": str(dockyard.root), "PYTHONPATH": str(PROJECT)}
-    process = subprocess.Popen([sys.executable, "-m", "cluster", "build", "--progress=plain",
+    process = subprocess.Popen([sys.executable, "-m", "dockyard", "build", "--progress=plain",
                                 "--no-cache", str(context)], cwd=dockyard.work, env=environ,
                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:

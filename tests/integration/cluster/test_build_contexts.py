@@ -46,7 +46,7 @@ class Cli:
         environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
                    **(env or {})}
         environ.pop("SSH_AUTH_SOCK", None)
-        return subprocess.run([sys.executable, "-m", "cluster", "build", "--progress=plain",
+        return subprocess.run([sys.executable, "-m", "dockyard", "build", "--progress=plain",
                                *argv], cwd=self.work, env=environ, input=stdin,
                               capture_output=True, timeout=180, check=False)
 
@@ -109,7 +109,7 @@ def cli(busybox_image: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             yield Cli(root, work, busybox_image.reference, git, http, served,
                       git_dir / "served" / "repo.git")
         finally:
-            subprocess.run([sys.executable, "-m", "cluster", "stop"], timeout=90, check=False,
+            subprocess.run([sys.executable, "-m", "dockyard", "stop"], timeout=90, check=False,
                            env={**os.environ, "DOCKYARD_ROOT": str(root),
                                 "PYTHONPATH": str(PROJECT)}, capture_output=True)
             shutil.rmtree(root, ignore_errors=True)

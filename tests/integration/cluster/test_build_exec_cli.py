@@ -20,7 +20,7 @@ import pytest
 from support.cli_root import Dockyard, private_root
 from support.progress import plain_blocks
 
-from scheduler._platform import default_platform
+from dockyard.scheduler._platform import default_platform
 
 
 @pytest.fixture(scope="module")

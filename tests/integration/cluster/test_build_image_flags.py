@@ -44,7 +44,7 @@ class Dockyard:
 
     def run(self, *argv: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT)}
-        return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=self.work,
+        return subprocess.run([sys.executable, "-m", "dockyard", *argv], cwd=self.work,
                               env=environ, capture_output=True, text=True, timeout=timeout,
                               check=False)
 
@@ -63,7 +63,7 @@ def dockyard(busybox_image: Any) -> Iterator[Dockyard]:
     try:
         yield Dockyard(root, busybox_image.reference, work)
     finally:
-        subprocess.run([sys.executable, "-m", "cluster", "stop"], env={
+        subprocess.run([sys.executable, "-m", "dockyard", "stop"], env={
             **os.environ, "DOCKYARD_ROOT": str(root), "PYTHONPATH": str(PROJECT)},
             capture_output=True, timeout=90, check=False)
         shutil.rmtree(root, ignore_errors=True)

@@ -34,7 +34,7 @@ class Cli:
         (context / "Dockerfile").write_text(dockerfile.replace("BUSYBOX", self.busybox))
         environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
                    **(env or {})}
-        return subprocess.run([sys.executable, "-m", "cluster", "build", "--progress=plain",
+        return subprocess.run([sys.executable, "-m", "dockyard", "build", "--progress=plain",
                                *argv, str(context)], cwd=self.work, env=environ,
                               capture_output=True, text=True, timeout=180, check=False)
 
@@ -54,7 +54,7 @@ def cli(busybox_image: Any) -> Iterator[Cli]:
     try:
         yield Cli(root, work, busybox_image.reference)
     finally:
-        subprocess.run([sys.executable, "-m", "cluster", "stop"], timeout=90, check=False,
+        subprocess.run([sys.executable, "-m", "dockyard", "stop"], timeout=90, check=False,
                        env={**os.environ, "DOCKYARD_ROOT": str(root),
                             "PYTHONPATH": str(PROJECT)}, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)

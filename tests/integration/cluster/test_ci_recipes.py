@@ -49,8 +49,8 @@ import pytest
 import yaml
 from support.tls import self_signed
 
-from cluster._ray import ray_temp_dir
-from cluster._service import alive, kill_processes, process_tree
+from dockyard.cluster._ray import ray_temp_dir
+from dockyard.cluster._service import alive, kill_processes, process_tree
 
 PROJECT = Path(__file__).resolve().parents[3]
 DOC = PROJECT / "docs" / "ci-recipes.md"
@@ -66,7 +66,7 @@ INSTALL = re.compile(r'^(?P<pip>python3 -m pip|"\$[\w/]+/bin/pip") install '
 #: the keys of a GitLab job the interpreter below knows (image and tags: the runner's)
 GITLAB_JOB_KEYS = {"stage", "image", "tags", "needs", "before_script", "script", "artifacts"}
 #: what that install puts in a ``bin``: this tree's CLI
-SHIM = ("#!/bin/sh", f'PYTHONPATH={PROJECT} exec {sys.executable} -m cluster "$@"')
+SHIM = ("#!/bin/sh", f'PYTHONPATH={PROJECT} exec {sys.executable} -m dockyard "$@"')
 
 
 def recipes() -> dict[str, Any]:
@@ -105,7 +105,7 @@ def endpoint() -> Iterator[Endpoint]:
     work = Path(tempfile.mkdtemp(prefix="dyr-serve-"))
     cert, key = self_signed(work)
     (work / "token").write_text(TOKEN + "\n")
-    argv = [sys.executable, "-m", "cluster", "serve", "--host", "127.0.0.1", "--port",
+    argv = [sys.executable, "-m", "dockyard", "serve", "--host", "127.0.0.1", "--port",
             str(_free_port()), "--token-file", str(work / "token"), "--tls-cert", str(cert),
             "--tls-key", str(key)]
     env = {**_clean_environ(), "DOCKYARD_ROOT": str(root), "PYTHONPATH": str(PROJECT)}

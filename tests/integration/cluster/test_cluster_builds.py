@@ -41,7 +41,7 @@ from support.cluster import (
 from support.moto import ENVIRONMENT as MOTO_ENVIRONMENT
 from support.moto import moto_server
 
-from cluster._ray import ray_temp_dir
+from dockyard.cluster._ray import ray_temp_dir
 
 HEAD_IP, ARM_IP, AMD2_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 AMD_IPS = {HEAD_IP, AMD2_IP}
@@ -124,7 +124,7 @@ def test_ten_concurrent_identical_builds_run_the_step_once(
     clients = []
     for i in range(10):
         root = cluster.client(f"dedup{i}")
-        argv = [sys.executable, "-m", "cluster", "build", "--progress=plain",
+        argv = [sys.executable, "-m", "dockyard", "build", "--progress=plain",
                 "--metadata-file", str(tmp_path / f"meta{i}.json"),
                 "-o", f"type=oci,dest={tmp_path}/image{i}.tar", str(ctx)]
         env = environment(root, {"DOCKYARD_ENDPOINT": cluster.url,
@@ -231,7 +231,7 @@ def test_a_build_without_the_token_is_refused(
     ctx = context(tmp_path / "ctx", f"FROM {base}\nRUN true\n")
     env = environment(cluster.client("auth"), {"DOCKYARD_ENDPOINT": cluster.url}
                       | ({"DOCKYARD_TOKEN": token} if token else {}))
-    done = subprocess.run([sys.executable, "-m", "cluster", "build", str(ctx)], env=env,
+    done = subprocess.run([sys.executable, "-m", "dockyard", "build", str(ctx)], env=env,
                           capture_output=True, timeout=60, check=False)
     err = done.stderr.decode()
     assert done.returncode == 1, err

@@ -33,10 +33,10 @@ import msgpack
 import pytest
 from support.tls import self_signed
 
-from cluster._ray import ray_temp_dir
-from cluster._service import alive, connect_endpoint, kill_processes, process_tree
-from cluster._wire import BlockingWebSocket, WireClosed, parse_endpoint
-from workers._context_digest import RACY_NS
+from dockyard.cluster._ray import ray_temp_dir
+from dockyard.cluster._service import alive, connect_endpoint, kill_processes, process_tree
+from dockyard.cluster._wire import BlockingWebSocket, WireClosed, parse_endpoint
+from dockyard.workers._context_digest import RACY_NS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "oracle"))
 from _buildkit import DOCKER, DOCKERD, PrivateDockerd, make_oracle_root  # noqa: E402
@@ -59,7 +59,7 @@ class Served:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
         environ |= {"DOCKYARD_ROOT": str(self.work / "client-root"),
                     "PYTHONPATH": str(PROJECT), **(env or {})}
-        return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=self.work,
+        return subprocess.run([sys.executable, "-m", "dockyard", *argv], cwd=self.work,
                               env=environ, capture_output=True, timeout=timeout, check=False)
 
 
@@ -90,7 +90,7 @@ def served() -> Iterator[Served]:
     token_file.write_text(TOKEN + "\n")
     port = _free_port()
     env = {**os.environ, "DOCKYARD_ROOT": str(root), "PYTHONPATH": str(PROJECT)}
-    argv = [sys.executable, "-m", "cluster", "serve", "--host", "127.0.0.1", "--port",
+    argv = [sys.executable, "-m", "dockyard", "serve", "--host", "127.0.0.1", "--port",
             str(port), "--token-file", str(token_file), "--tls-cert", str(cert),
             "--tls-key", str(key)]
     log = open(work / "serve.log", "wb")  # noqa: SIM115 -- closed at the end
@@ -363,7 +363,7 @@ def test_stdin_and_named_contexts_travel_through_the_endpoint(served: Served) ->
             tar.addfile(info, io.BytesIO(data))
     out, metadata = served.work / "named-out", served.work / "named-meta.json"
     done = subprocess.run(
-        [sys.executable, "-m", "cluster", "build", "--progress=plain", "--endpoint",
+        [sys.executable, "-m", "dockyard", "build", "--progress=plain", "--endpoint",
          served.url, "--token-file", str(served.token_file), "--tls-ca", str(served.cert),
          "--metadata-file", str(metadata), "--build-context", f"data={named}",
          "-o", f"type=local,dest={out}", "-"],

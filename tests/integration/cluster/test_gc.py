@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from support.moto import ENVIRONMENT, UNSET, S3Endpoint, moto_server
 
-from cache_backends._local import LocalBackend
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from cluster._cli import main
-from cluster._gc_cmd import enforce_cache_limit, human_size, local_usage, prune_local
+from dockyard.cache_backends._local import LocalBackend
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.cluster._cli import main
+from dockyard.cluster._gc_cmd import enforce_cache_limit, human_size, local_usage, prune_local
 
 HOUR = 3600.0
 
@@ -252,7 +252,7 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
 
 def test_prune_s3_records_first_blobs_in_grace_kept(
         moto: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cache_backends._s3 import S3Backend
+    from dockyard.cache_backends._s3 import S3Backend
 
     bucket = moto.bucket()
 

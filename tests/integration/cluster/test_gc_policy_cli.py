@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from support.cli_root import Dockyard, private_root
 
-from workers._gc import measure
+from dockyard.workers._gc import measure
 
 BOUND = 6 * 1024**2  # keep-storage of the test's worker
 CONFIG = """\
@@ -69,7 +69,7 @@ def test_store_kept_under_the_bound_while_a_long_run_holds_its_inputs(
     _ok(dockyard.build("--build-arg", "N=0", str(big), env=env))  # starts the service
     long = _context(dockyard, "long", LONG)
     out = dockyard.work / "long-out"
-    argv = [sys.executable, "-m", "cluster", "build", "--progress=plain", "-o",
+    argv = [sys.executable, "-m", "dockyard", "build", "--progress=plain", "-o",
             f"type=local,dest={out}", str(long)]
     environ = {**os.environ, "DOCKYARD_ROOT": str(dockyard.root),
                "PYTHONPATH": str(Path(__file__).resolve().parents[3]), **env}

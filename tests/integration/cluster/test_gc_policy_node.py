@@ -12,7 +12,7 @@ from pathlib import Path
 
 from support.cluster import dockyard, root_processes
 
-from cluster._gc_cmd import human_size
+from dockyard.cluster._gc_cmd import human_size
 
 HEAD_IP = "127.0.0.9"
 

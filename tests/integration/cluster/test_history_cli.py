@@ -151,7 +151,7 @@ def test_no_record_holds_a_secret_value(dockyard: Dockyard) -> None:
 def test_a_running_build_is_listed_and_a_cancelled_one_kept(dockyard: Dockyard) -> None:
     context = _context(dockyard, "cancel", "FROM BUSYBOX\nRUN echo sleeping && sleep 47\n")
     environ = {**os.environ, "DOCKYARD_ROOT": str(dockyard.root), "PYTHONPATH": str(PROJECT)}
-    process = subprocess.Popen([sys.executable, "-m", "cluster", "build", "--progress=plain",
+    process = subprocess.Popen([sys.executable, "-m", "dockyard", "build", "--progress=plain",
                                 "--no-cache", str(context)], cwd=dockyard.work, env=environ,
                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 from support.tls import self_signed
 
-from cluster._docker_engine import engine_from_environ
-from cluster._ray import ray_temp_dir
-from cluster._service import RunPaths
-from scheduler._errors import ExportError
+from dockyard.cluster._docker_engine import engine_from_environ
+from dockyard.cluster._ray import ray_temp_dir
+from dockyard.cluster._service import RunPaths
+from dockyard.scheduler._errors import ExportError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "oracle"))
 from _buildkit import BUSYBOX, DOCKER, DOCKERD, PrivateDockerd, make_oracle_root  # noqa: E402
@@ -55,7 +55,7 @@ class Dockyard:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER")}
         environ |= {"DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
                     "DOCKER_HOST": docker_host, **(env or {})}
-        return subprocess.run([sys.executable, "-m", "cluster", "build", "--progress=plain",
+        return subprocess.run([sys.executable, "-m", "dockyard", "build", "--progress=plain",
                                *argv, str(self.context)], cwd=self.work, env=environ,
                               capture_output=True, text=True, timeout=240, check=False)
 
@@ -110,7 +110,7 @@ def dockyard() -> Iterator[Dockyard]:
         yield found
     finally:
         if RunPaths(root).pid.exists():
-            subprocess.run([sys.executable, "-m", "cluster", "stop"], timeout=90, check=False,
+            subprocess.run([sys.executable, "-m", "dockyard", "stop"], timeout=90, check=False,
                            env={**os.environ, "DOCKYARD_ROOT": str(root),
                                 "PYTHONPATH": str(PROJECT)}, capture_output=True)
         shutil.rmtree(ray_temp_dir(root), ignore_errors=True)

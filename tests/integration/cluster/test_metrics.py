@@ -33,8 +33,8 @@ from support.cli_root import PROJECT, Dockyard
 from support.progress import solve_blocks
 from test_endpoint import _free_port, _stop, _wait_for_url
 
-from cluster._metrics import METRICS_PATH, OP_KINDS, OUTCOMES, WORKER_STATES
-from cluster._ray import ARCHES, ray_temp_dir
+from dockyard.cluster._metrics import METRICS_PATH, OP_KINDS, OUTCOMES, WORKER_STATES
+from dockyard.cluster._ray import ARCHES, ray_temp_dir
 
 TOKEN = "metrics-token-77a2"
 
@@ -76,7 +76,7 @@ class Endpoint:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
         environ |= {"DOCKYARD_ROOT": str(self.work / "client-root"),
                     "PYTHONPATH": str(PROJECT)}
-        return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=self.work,
+        return subprocess.run([sys.executable, "-m", "dockyard", *argv], cwd=self.work,
                               env=environ, capture_output=True, timeout=300, check=False)
 
 
@@ -87,7 +87,7 @@ def endpoint() -> Iterator[Endpoint]:
     token_file = work / "token"
     token_file.write_text(TOKEN + "\n")
     env = {**os.environ, "DOCKYARD_ROOT": str(root), "PYTHONPATH": str(PROJECT)}
-    argv = [sys.executable, "-m", "cluster", "serve", "--host", "127.0.0.1", "--port",
+    argv = [sys.executable, "-m", "dockyard", "serve", "--host", "127.0.0.1", "--port",
             str(_free_port()), "--token-file", str(token_file)]
     log = open(work / "serve.log", "wb")  # noqa: SIM115 -- closed at the end
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=log, cwd=work)
@@ -199,7 +199,7 @@ def test_a_scrape_during_a_build_sees_it_running(endpoint: Endpoint,
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     environ |= {"DOCKYARD_ROOT": str(endpoint.work / "client-root"),
                 "PYTHONPATH": str(PROJECT)}
-    build = subprocess.Popen([sys.executable, "-m", "cluster", "build", "--endpoint",
+    build = subprocess.Popen([sys.executable, "-m", "dockyard", "build", "--endpoint",
                               endpoint.url, "--token-file", str(endpoint.token_file),
                               "--platform", "linux/amd64", str(context)],
                              cwd=endpoint.work, env=environ, stdout=subprocess.DEVNULL,

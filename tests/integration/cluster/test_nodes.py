@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from support.cluster import environment, root_processes
 
-from cluster._node import NodePaths, NodeRecord, read_record
+from dockyard.cluster._node import NodePaths, NodeRecord, read_record
 
 PROJECT = Path(__file__).resolve().parents[3]
 HEAD_IP, AMD64_IP, ARM64_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
@@ -37,8 +37,8 @@ HEAD_IP, AMD64_IP, ARM64_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 _DRIVER = """
 import asyncio, json, os, sys
 from pathlib import Path
-from cluster._node_ls import connected, list_workers, node_alive
-from cluster._ray import ray_environment
+from dockyard.cluster._node_ls import connected, list_workers, node_alive
+from dockyard.cluster._ray import ray_environment
 
 root = Path(os.environ["DOCKYARD_ROOT"])
 with connected(sys.argv[1], sys.argv[2], ray_environment(root, os.environ)):
@@ -67,7 +67,7 @@ class Node:
 
 def dockyard(root: Path, *argv: str, check: bool = True,
              extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "cluster", *argv],
+    result = subprocess.run([sys.executable, "-m", "dockyard", *argv],
                             env=environment(root) | (extra or {}), capture_output=True,
                             text=True, timeout=180, check=False)
     if check:

@@ -19,8 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.cluster import LocalCluster, wait_for
 
-from cluster._metrics import METRICS_PATH
-from cluster._probes import HEALTH_PATH, READY_PATH
+from dockyard.cluster._metrics import METRICS_PATH
+from dockyard.cluster._probes import HEALTH_PATH, READY_PATH
 
 
 @pytest.fixture(scope="module")

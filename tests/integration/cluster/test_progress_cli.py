@@ -45,13 +45,13 @@ class Cli:
               ) -> subprocess.CompletedProcess[str]:
         environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT)}
         environ.pop("BUILDKIT_PROGRESS", None)
-        return subprocess.run([sys.executable, "-m", "cluster", "build", *argv, str(context)],
+        return subprocess.run([sys.executable, "-m", "dockyard", "build", *argv, str(context)],
                               cwd=self.work, env=environ | (env or {}), capture_output=True,
                               text=True, timeout=180, check=False)
 
     def stop(self) -> None:
         environ = {**os.environ, "DOCKYARD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT)}
-        subprocess.run([sys.executable, "-m", "cluster", "stop"], env=environ,
+        subprocess.run([sys.executable, "-m", "dockyard", "stop"], env=environ,
                        capture_output=True, timeout=90, check=False)
 
 

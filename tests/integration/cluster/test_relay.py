@@ -24,12 +24,12 @@ import pytest
 from aiohttp import web
 from support.tls import self_signed
 
-from cluster._daemon import Daemon
-from cluster._endpoint import make_app, server_ssl_context
-from cluster._service import ServiceClient, connect_endpoint, connect_endpoint_async
-from cluster._wire import BlockingWebSocket, WireClosed, WireRefused, parse_endpoint
-from scheduler._errors import ExportError, ServiceError, UsageError
-from workers._session_channel import SessionChannel
+from dockyard.cluster._daemon import Daemon
+from dockyard.cluster._endpoint import make_app, server_ssl_context
+from dockyard.cluster._service import ServiceClient, connect_endpoint, connect_endpoint_async
+from dockyard.cluster._wire import BlockingWebSocket, WireClosed, WireRefused, parse_endpoint
+from dockyard.scheduler._errors import ExportError, ServiceError, UsageError
+from dockyard.workers._session_channel import SessionChannel
 
 Asks = list[tuple[str, dict[str, Any]]]
 

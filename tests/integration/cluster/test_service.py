@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cluster._ray import ray_temp_dir
-from cluster._service import (
+from devkit.processes import kind
+from dockyard.cluster._ray import ray_temp_dir
+from dockyard.cluster._service import (
     Proc,
     RunPaths,
     ServiceSettings,
@@ -35,9 +36,8 @@ from cluster._service import (
     process_tree,
     stop_service,
 )
-from devkit.processes import kind
-from scheduler._errors import ServiceError
-from scheduler._progress import Event, VertexCompleted, VertexLog, VertexStarted
+from dockyard.scheduler._errors import ServiceError
+from dockyard.scheduler._progress import Event, VertexCompleted, VertexLog, VertexStarted
 
 T = TypeVar("T")
 PROJECT = Path(__file__).resolve().parents[3]
@@ -164,7 +164,7 @@ def test_solve_streams_events_through_coordinator_and_worker(service: Service) -
 #: GCS and raylet, the raylet's two agents (it will not run without them) and the two
 #: actors.  No dashboard API server (dashboard.py), autoscaler monitor (monitor.py), log
 #: monitor (log_monitor.py) or idle Python worker (ray::IDLE).
-SERVICE_PROCESSES = ["cluster._daemon", "gcs_server", "ray::Coordinator",
+SERVICE_PROCESSES = ["dockyard.cluster._daemon", "gcs_server", "ray::Coordinator",
                      "ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::WorkerActor",
                      "raylet"]
 
@@ -236,7 +236,7 @@ def test_cancelling_the_call_cancels_coordinator_and_worker(service: Service) ->
 CLIENT = """
 import asyncio, sys
 from pathlib import Path
-from cluster._service import ServiceSettings, connect
+from dockyard.cluster._service import ServiceSettings, connect
 
 class Sink:
     def emit(self, event):
@@ -285,7 +285,7 @@ def test_a_client_that_dies_during_the_frontend_stops_it(service: Service,
     before = _statistics(service)
     env = dict(os.environ, PYTHONPATH=str(PROJECT), DOCKYARD_ROOT=str(service.settings.root))
     client = subprocess.Popen(
-        [sys.executable, "-m", "cluster", "build", "--progress=plain",
+        [sys.executable, "-m", "dockyard", "build", "--progress=plain",
          "--platform=linux/amd64,linux/arm64,linux/arm/v7,linux/s390x", str(context)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
@@ -320,7 +320,7 @@ def test_unknown_call(service: Service) -> None:
 
 def test_a_second_daemon_for_the_root_refuses(service: Service) -> None:
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    done = subprocess.run([sys.executable, "-m", "cluster._daemon", "--root",
+    done = subprocess.run([sys.executable, "-m", "dockyard.cluster._daemon", "--root",
                            str(service.settings.root)], env=env, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 3

@@ -36,7 +36,7 @@ def root() -> Iterator[Path]:
 
 
 def _dockyard(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cluster", *argv], env=environment(root),
+    return subprocess.run([sys.executable, "-m", "dockyard", *argv], env=environment(root),
                           cwd=root, capture_output=True, text=True, timeout=180, check=False)
 
 

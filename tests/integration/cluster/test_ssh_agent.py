@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from cluster._build_options import SshSpec
-from cluster._local_build import LocalBuildOptions, Output, build_local
-from cluster._ssh_agent import SshAgents
-from scheduler._errors import UsageError
-from scheduler._platform import parse_platform
+from dockyard.cluster._build_options import SshSpec
+from dockyard.cluster._local_build import LocalBuildOptions, Output, build_local
+from dockyard.cluster._ssh_agent import SshAgents
+from dockyard.scheduler._errors import UsageError
+from dockyard.scheduler._platform import parse_platform
 
 TOOLS = ("ssh-agent", "ssh-add", "ssh-keygen")
 

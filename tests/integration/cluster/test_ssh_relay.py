@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from cluster._build_options import SshSpec
-from cluster._ssh_agent import READ_WAIT, SshAgents, SshRelay
-from cluster._wire import Ask, answer
-from scheduler._errors import ServiceError
-from workers._session_channel import answer_error
-from workers._ssh_relay import ChannelSshAgents
+from dockyard.cluster._build_options import SshSpec
+from dockyard.cluster._ssh_agent import READ_WAIT, SshAgents, SshRelay
+from dockyard.cluster._wire import Ask, answer
+from dockyard.scheduler._errors import ServiceError
+from dockyard.workers._session_channel import answer_error
+from dockyard.workers._ssh_relay import ChannelSshAgents
 
 
 class SerialClient:

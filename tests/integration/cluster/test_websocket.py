@@ -23,9 +23,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster._daemon import Daemon
-from cluster._endpoint import make_app
-from cluster._wire import (
+from dockyard.cluster._daemon import Daemon
+from dockyard.cluster._endpoint import make_app
+from dockyard.cluster._wire import (
     MAX_FRAME_BYTES,
     OP_BINARY,
     OP_TEXT,

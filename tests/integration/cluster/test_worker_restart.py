@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from cluster._service import RunPaths, process_tree
 from devkit.faults import settle
 from devkit.root_state import service_processes
+from dockyard.cluster._service import RunPaths, process_tree
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
@@ -46,7 +46,7 @@ def _environ(root: Path) -> dict[str, str]:
 
 
 def _cli(root: Path, *argv: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cluster", *argv], env=_environ(root),
+    return subprocess.run([sys.executable, "-m", "dockyard", *argv], env=_environ(root),
                           cwd=root, capture_output=True, text=True, timeout=timeout,
                           check=False)
 
@@ -94,7 +94,7 @@ def test_a_restarted_worker_removes_its_predecessors_container(
     context.mkdir()
     (context / "Dockerfile").write_text(
         f"FROM {busybox_image.reference}\nRUN echo sleeping && sleep 1003\n")
-    build = subprocess.Popen([sys.executable, "-m", "cluster", "build", "--progress=plain",
+    build = subprocess.Popen([sys.executable, "-m", "dockyard", "build", "--progress=plain",
                               "--no-cache", str(context)], env=_environ(root), cwd=root,
                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
@@ -138,7 +138,7 @@ def test_a_killed_coordinator_is_replaced_and_its_build_fails_with_a_true_hint(
     (context / "Dockerfile").write_text(
         f"FROM {busybox_image.reference}\nRUN echo sleeping && sleep 1004\n")
     try:
-        build = subprocess.Popen([sys.executable, "-m", "cluster", "build",
+        build = subprocess.Popen([sys.executable, "-m", "dockyard", "build",
                                   "--progress=plain", str(context)], env=_environ(root),
                                  cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         assert build.stderr is not None

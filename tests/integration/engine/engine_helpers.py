@@ -9,8 +9,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from workers._executor import Executor
-from workers._spec import ProcessSpec
+from dockyard.workers._executor import Executor
+from dockyard.workers._spec import ProcessSpec
 
 
 def oci_config(image_tar: Path) -> dict[str, Any]:

@@ -14,10 +14,10 @@ import pytest
 from engine_helpers import layer_bytes, oci_config, run_image
 from support.progress import Recorder
 
-from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
-from scheduler._errors import ExecError, SolveError
-from scheduler._platform import parse_platform
-from workers._image import ImageArtifacts, IndexArtifacts
+from dockyard.cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from dockyard.scheduler._errors import ExecError, SolveError
+from dockyard.scheduler._platform import parse_platform
+from dockyard.workers._image import ImageArtifacts, IndexArtifacts
 
 SECRET = b"s3cr3t-value"
 DOCKERFILE = """\

@@ -20,10 +20,10 @@ from support.leaks import files_containing
 from support.progress import Recorder
 from support.ssh_tools import copy_ssh_add, make_key
 
-from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
-from scheduler._errors import UsageError
-from scheduler._graph import Ulimit
-from scheduler._platform import parse_platform
+from dockyard.cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from dockyard.scheduler._errors import UsageError
+from dockyard.scheduler._graph import Ulimit
+from dockyard.scheduler._platform import parse_platform
 
 
 def _build(tmp_path: Path, dockerfile: str, busybox: Any, **extra: Any

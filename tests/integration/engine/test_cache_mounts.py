@@ -9,8 +9,8 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
-from cluster._local_build import LocalBuildOptions, Output, build_local
-from scheduler._platform import parse_platform
+from dockyard.cluster._local_build import LocalBuildOptions, Output, build_local
+from dockyard.scheduler._platform import parse_platform
 
 
 def _build(root: Path, dockerfile: str, out: Path) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler._errors import SolveError
-from workers._context_digest import RACY_NS, ContextDigests
-from workers._context_index import ContextIndexes
+from dockyard.scheduler._errors import SolveError
+from dockyard.workers._context_digest import RACY_NS, ContextDigests
+from dockyard.workers._context_index import ContextIndexes
 
 LATER = 10 * RACY_NS  # a clock this far ahead: every file is old enough to be remembered
 

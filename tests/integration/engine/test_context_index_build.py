@@ -9,10 +9,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from cluster._context import CONTEXT_HASHED_KEY
-from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
-from workers._context_digest import RACY_NS
-from workers._image import ImageArtifacts
+from dockyard.cluster._context import CONTEXT_HASHED_KEY
+from dockyard.cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from dockyard.workers._context_digest import RACY_NS
+from dockyard.workers._image import ImageArtifacts
 
 EPOCH = 1_700_000_000
 DOCKERFILE = b"FROM scratch\nCOPY d42/ /d42/\n"

@@ -15,9 +15,9 @@ from typing import Any
 
 import msgpack
 
-from cluster._context import load_ignore_patterns
-from cluster._context_server import ContextServer
-from cluster._local_build import (
+from dockyard.cluster._context import load_ignore_patterns
+from dockyard.cluster._context_server import ContextServer
+from dockyard.cluster._local_build import (
     LocalBuildOptions,
     LocalBuildResult,
     Output,
@@ -25,10 +25,10 @@ from cluster._local_build import (
     build_session,
     prepared,
 )
-from workers._context_fetch import ReadItem
-from workers._context_manifest import ContextManifest, build_manifest
-from workers._image import ImageArtifacts
-from workers._runtime import BuildSession
+from dockyard.workers._context_fetch import ReadItem
+from dockyard.workers._context_manifest import ContextManifest, build_manifest
+from dockyard.workers._image import ImageArtifacts
+from dockyard.workers._runtime import BuildSession
 
 EPOCH = 1_700_000_000
 DOCKERFILE = """\

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from scheduler._cachekey import Selector
-from scheduler._errors import SolveError
-from workers._context_source import EntryKey, LocalContext, Materialised
-from workers._snapshots import SnapshotStore
+from dockyard.scheduler._cachekey import Selector
+from dockyard.scheduler._errors import SolveError
+from dockyard.workers._context_source import EntryKey, LocalContext, Materialised
+from dockyard.workers._snapshots import SnapshotStore
 
 FILES = {"a.txt": "alpha\n", "b.txt": "beta\n", "src/main.c": "int main;\n",
          "src/util/x.h": "#x\n", "secret.key": "k\n"}

@@ -13,9 +13,9 @@ import pytest
 from support.served import ServedGit as Served
 from support.served import serve_git
 
-from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
-from scheduler._errors import SolveError
-from scheduler._platform import parse_platform
+from dockyard.cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from dockyard.scheduler._errors import SolveError
+from dockyard.scheduler._platform import parse_platform
 
 
 @pytest.fixture

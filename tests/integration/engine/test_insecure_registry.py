@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from cluster._build_options import BuildOptions, gather_options
-from cluster._cli import build_parser
-from cluster._local_build import LocalBuildOptions, build_local
-from scheduler._errors import RegistryError
-from scheduler._platform import parse_platform
-from scheduler._reference import parse_reference
-from workers._exporters import push_image
-from workers._manifests import uses_plain_http
-from workers._runtime import BuildSession, WorkerRuntime
+from dockyard.cluster._build_options import BuildOptions, gather_options
+from dockyard.cluster._cli import build_parser
+from dockyard.cluster._local_build import LocalBuildOptions, build_local
+from dockyard.scheduler._errors import RegistryError
+from dockyard.scheduler._platform import parse_platform
+from dockyard.scheduler._reference import parse_reference
+from dockyard.workers._exporters import push_image
+from dockyard.workers._manifests import uses_plain_http
+from dockyard.workers._runtime import BuildSession, WorkerRuntime
 
 AMD64 = parse_platform("linux/amd64")
 

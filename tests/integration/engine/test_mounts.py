@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from cluster._local_build import LocalBuildOptions, Output, build_local
-from scheduler._errors import SolveError
-from scheduler._platform import parse_platform
+from dockyard.cluster._local_build import LocalBuildOptions, Output, build_local
+from dockyard.scheduler._errors import SolveError
+from dockyard.scheduler._platform import parse_platform
 
 
 def _build(tmp_path: Path, dockerfile: str, **extra: Any) -> Path:

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-import workers._runtime as runtime_module
-from cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
-from scheduler._platform import parse_platform
-from workers._context_source import Materialised
-from workers._image import ImageArtifacts
-from workers._layers import unpack_layer, write_layer
-from workers._runtime import WorkerRuntime
+import dockyard.workers._runtime as runtime_module
+from dockyard.cluster._local_build import LocalBuildOptions, LocalBuildResult, Output, build_local
+from dockyard.scheduler._platform import parse_platform
+from dockyard.workers._context_source import Materialised
+from dockyard.workers._image import ImageArtifacts
+from dockyard.workers._layers import unpack_layer, write_layer
+from dockyard.workers._runtime import WorkerRuntime
 
 EPOCH = 1_700_000_000
 DOCKERFILE = """\

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from support.helm import CHART, IMAGE, PROJECT, Manifest, merge, render, run_renderer
 
-from cluster._probes import HEALTH_PATH, READY_PATH
+from dockyard.cluster._probes import HEALTH_PATH, READY_PATH
 
 RAYCLUSTER_SCHEMA = PROJECT / "helm" / "tools" / "raycluster-v1-schema.yaml"
 KUBERNETES = "1.30"

@@ -30,7 +30,7 @@ from support.cluster import root_processes, wait_for
 from support.helm import PROJECT, Manifest, render
 from support.registry import free_port
 
-from cluster._probes import READY_PATH
+from dockyard.cluster._probes import READY_PATH
 
 RAY_TOKEN = "ray-token-of-the-chart-test-0123456789"
 CLIENT_TOKEN = "client-token-of-the-chart-test"

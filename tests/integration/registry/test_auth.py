@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import RegistryError
-from scheduler._platform import Platform
-from scheduler._reference import Reference, parse_reference
-from workers._auth import load_docker_config
-from workers._registry import OCI_MANIFEST, RegistryClient, RegistryConfig
+from dockyard.scheduler._errors import RegistryError
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler._reference import Reference, parse_reference
+from dockyard.workers._auth import load_docker_config
+from dockyard.workers._registry import OCI_MANIFEST, RegistryClient, RegistryConfig
 
 LAYER = b"not really a tar, but a blob is a blob"
 DIFF_ID = "sha256:" + "d" * 64

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from scheduler._errors import RegistryError
-from scheduler._platform import Platform
-from scheduler._reference import parse_reference
-from workers._auth import DockerConfig
-from workers._registry import OCI_MANIFEST, RegistryClient, RegistryConfig
+from dockyard.scheduler._errors import RegistryError
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler._reference import parse_reference
+from dockyard.workers._auth import DockerConfig
+from dockyard.workers._registry import OCI_MANIFEST, RegistryClient, RegistryConfig
 
 LAYER = b"layer bytes " * 100
 DIFF_ID = "sha256:" + "d" * 64

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import RegistryError
-from scheduler._platform import parse_platform
-from scheduler._reference import parse_reference
-from workers._auth import DockerConfig
-from workers._registry import OCI_INDEX, RegistryClient, RegistryConfig
+from dockyard.scheduler._errors import RegistryError
+from dockyard.scheduler._platform import parse_platform
+from dockyard.scheduler._reference import parse_reference
+from dockyard.workers._auth import DockerConfig
+from dockyard.workers._registry import OCI_INDEX, RegistryClient, RegistryConfig
 
 NO_CREDS = RegistryConfig(docker_config=DockerConfig(Path("/nonexistent/config.json")))
 
@@ -111,7 +111,7 @@ def test_fetch_blob_streams_and_verifies(busybox_image: Any, tmp_path: Path) -> 
 
 
 def test_fetch_a_missing_blob(busybox_image: Any, tmp_path: Path) -> None:
-    from workers._registry import Descriptor
+    from dockyard.workers._registry import Descriptor
     missing = Descriptor("x", "sha256:" + "0" * 64, 3)
 
     async def fetch() -> None:

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import RegistryError
-from scheduler._platform import Platform, parse_platform
-from scheduler._reference import Reference, parse_reference
-from workers._auth import DockerConfig
-from workers._registry import Descriptor, RegistryClient, RegistryConfig
+from dockyard.scheduler._errors import RegistryError
+from dockyard.scheduler._platform import Platform, parse_platform
+from dockyard.scheduler._reference import Reference, parse_reference
+from dockyard.workers._auth import DockerConfig
+from dockyard.workers._registry import Descriptor, RegistryClient, RegistryConfig
 
 NO_CREDS = DockerConfig(Path("/nonexistent/config.json"))
 PLATFORMS = (Platform("linux", "amd64"), Platform("linux", "arm64", "v8"))

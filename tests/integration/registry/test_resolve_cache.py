@@ -25,10 +25,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from scheduler._platform import Platform, parse_platform
-from scheduler._reference import Reference, parse_reference
-from workers._auth import DockerConfig
-from workers._registry import OCI_MANIFEST, RegistryClient, RegistryConfig
+from dockyard.scheduler._platform import Platform, parse_platform
+from dockyard.scheduler._reference import Reference, parse_reference
+from dockyard.workers._auth import DockerConfig
+from dockyard.workers._registry import OCI_MANIFEST, RegistryClient, RegistryConfig
 
 NO_CREDS = DockerConfig(Path("/nonexistent/config.json"))
 CACHED = RegistryConfig(docker_config=NO_CREDS, backoff_initial=0.01)

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from workers_helpers import aio, mounts_under
 
-from scheduler._errors import ExecError
-from workers._executor import ExecMountSpec, Executor, SecretFile, SshSocket
-from workers._snapshots import SnapshotStore
-from workers._spec import DEFAULT_PATH, BindMount, ProcessSpec, TmpfsMount
+from dockyard.scheduler._errors import ExecError
+from dockyard.workers._executor import ExecMountSpec, Executor, SecretFile, SshSocket
+from dockyard.workers._snapshots import SnapshotStore
+from dockyard.workers._spec import DEFAULT_PATH, BindMount, ProcessSpec, TmpfsMount
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",

@@ -23,11 +23,11 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from cache_backends._records import LayerDescriptor
-from scheduler._errors import CacheError, DockyardError, ExportError, LayerError
-from scheduler._graph import HistoryEntry, ImageConfig
-from scheduler._platform import Platform
-from workers._exporters import (
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.scheduler._errors import CacheError, DockyardError, ExportError, LayerError
+from dockyard.scheduler._graph import HistoryEntry, ImageConfig
+from dockyard.scheduler._platform import Platform
+from dockyard.workers._exporters import (
     BlobSource,
     MemoryBlobs,
     export_docker,
@@ -36,9 +36,9 @@ from workers._exporters import (
     export_tar,
     push_image,
 )
-from workers._image import ImageArtifacts, IndexArtifacts, build_image, build_index
-from workers._layers import write_layer
-from workers._registry import RegistryClient, RegistryConfig
+from dockyard.workers._image import ImageArtifacts, IndexArtifacts, build_image, build_index
+from dockyard.workers._layers import write_layer
+from dockyard.workers._registry import RegistryClient, RegistryConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "oracle"))
 from _buildkit import DOCKER, DOCKERD, PrivateDockerd, make_oracle_root  # noqa: E402

@@ -18,11 +18,11 @@ import pytest
 import zstandard
 from workers_helpers import tree_listing
 
-from scheduler._errors import LayerError, SolveError
-from scheduler._graph import Copy
-from workers._archive import LARGE_WRITE, ArchiveLimits
-from workers._disk import DISK_FULL_HINT
-from workers._fileops import apply_file_actions
+from dockyard.scheduler._errors import LayerError, SolveError
+from dockyard.scheduler._graph import Copy
+from dockyard.workers._archive import LARGE_WRITE, ArchiveLimits
+from dockyard.workers._disk import DISK_FULL_HINT
+from dockyard.workers._fileops import apply_file_actions
 
 
 def target_root(tmp: Path) -> Path:

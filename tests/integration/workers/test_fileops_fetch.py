@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from scheduler._errors import SolveError
-from workers._fetch import fetch_git, fetch_http, redact_url, resolve_git
+from dockyard.scheduler._errors import SolveError
+from dockyard.workers._fetch import fetch_git, fetch_http, redact_url, resolve_git
 
 BODY = b"remote content\n"
 SHA = hashlib.sha256(BODY).hexdigest()

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from workers_helpers import tree_listing
 
-from scheduler._errors import DockyardError
-from scheduler._graph import Copy, FileAction, Mkdir, Mkfile, Rm, Symlink
-from workers._fileops import apply_file_actions
+from dockyard.scheduler._errors import DockyardError
+from dockyard.scheduler._graph import Copy, FileAction, Mkdir, Mkfile, Rm, Symlink
+from dockyard.workers._fileops import apply_file_actions
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
 GROUP = "root:x:0:\napp:x:1000:\nstaff:x:50:app\n"

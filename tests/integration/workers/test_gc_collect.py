@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from cache_backends._local import LocalBackend
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from workers._gc import Leases, collect, measure
-from workers._gc_policy import GcSettings, parse_policy
-from workers._gc_stats import gc_statistics
+from dockyard.cache_backends._local import LocalBackend
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.workers._gc import Leases, collect, measure
+from dockyard.workers._gc_policy import GcSettings, parse_policy
+from dockyard.workers._gc_stats import gc_statistics
 
 HOUR = 3600.0
 

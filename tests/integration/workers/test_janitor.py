@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from workers_helpers import aio, mounts_under
 
-from cluster._gc_cmd import local_usage
-from scheduler._errors import ServiceError
-from workers._janitor import JanitorReport, claim_root, clean_stale, open_runtime
+from dockyard.cluster._gc_cmd import local_usage
+from dockyard.scheduler._errors import ServiceError
+from dockyard.workers._janitor import JanitorReport, claim_root, clean_stale, open_runtime
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
@@ -34,9 +34,9 @@ _PROJECT = Path(__file__).resolve().parents[3]
 _WORKER = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
-    from workers._executor import Executor, SecretFile
-    from workers._snapshots import SnapshotStore
-    from workers._spec import ProcessSpec
+    from dockyard.workers._executor import Executor, SecretFile
+    from dockyard.workers._snapshots import SnapshotStore
+    from dockyard.workers._spec import ProcessSpec
 
     async def main(root: Path, base: Path) -> None:
         store, executor = SnapshotStore(root), Executor(root)
@@ -211,7 +211,7 @@ def test_the_lock_is_released_when_its_holder_dies(roots: Callable[[str], Path])
     env = {**os.environ, "PYTHONPATH": str(_PROJECT)}
     holder = subprocess.Popen([sys.executable, "-c",
                                "import sys, time; from pathlib import Path; "
-                               "from workers._janitor import claim_root; "
+                               "from dockyard.workers._janitor import claim_root; "
                                "claim_root(Path(sys.argv[1])); print('held', flush=True); "
                                "time.sleep(1000)", str(root)],
                               stdout=subprocess.PIPE, env=env)
@@ -229,7 +229,7 @@ def test_a_worker_actor_cleans_its_root_when_it_starts(
         roots: Callable[[str], Path], busybox_rootfs: Callable[[str], Path]) -> None:
     """What Ray does after a worker died: the same actor class, on the same root, again
     (here without Ray: the constructor is what a restart runs)."""
-    from workers._actor import WorkerActor
+    from dockyard.workers._actor import WorkerActor
 
     root = roots("root")
     orphan = start_orphan(root, busybox_rootfs("amd64"))
@@ -255,7 +255,7 @@ def test_dockyard_stop_removes_what_workers_left(
     if made:
         start_orphan(root, busybox_rootfs("amd64"))
     env = {**os.environ, "PYTHONPATH": str(_PROJECT), "DOCKYARD_ROOT": str(root)}
-    done = subprocess.run([sys.executable, "-m", "cluster", "stop"], env=env,
+    done = subprocess.run([sys.executable, "-m", "dockyard", "stop"], env=env,
                           capture_output=True, text=True, timeout=60, check=True)
     assert f"no dockyard service is running for {root}" in done.stderr
     if made:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from cache_backends._records import GZIP_LAYER, LayerDescriptor
-from workers._layers import apply_layer_flat, unpack_layer, write_layer
+from dockyard.cache_backends._records import GZIP_LAYER, LayerDescriptor
+from dockyard.workers._layers import apply_layer_flat, unpack_layer, write_layer
 
 _CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")
 _OPTIONS = "redirect_dir=off,metacopy=off,index=off"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from workers_helpers import aio, mounts_under
 
-from scheduler._errors import LayerError
-from workers._snapshots import SnapshotStore
+from dockyard.scheduler._errors import LayerError
+from dockyard.workers._snapshots import SnapshotStore
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",

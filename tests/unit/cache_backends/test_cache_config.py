@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from cache_backends._cache_config import (
+from dockyard.cache_backends._cache_config import (
     CACHE_CONFIG_MEDIA,
     INLINE_CACHE_KEY,
     cache_artifact,
@@ -20,8 +20,8 @@ from cache_backends._cache_config import (
     layer_descriptors,
     read_inline,
 )
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._errors import CacheError
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.scheduler._errors import CacheError
 
 
 def _digest(text: str) -> str:

@@ -9,8 +9,8 @@ import io
 
 import pytest
 
-from cache_backends._memory import MemoryBackend
-from cache_backends._protocol import (
+from dockyard.cache_backends._memory import MemoryBackend
+from dockyard.cache_backends._protocol import (
     CHUNK,
     BlobCorrupt,
     PruneEntry,
@@ -20,7 +20,7 @@ from cache_backends._protocol import (
     plan_prune,
     verified_stream,
 )
-from scheduler._errors import CacheError
+from dockyard.scheduler._errors import CacheError
 
 HEX = "ab" * 32
 DIGESTS: list[tuple[object, str | None]] = [

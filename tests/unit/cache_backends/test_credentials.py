@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cache_backends._credentials import S3Credentials
+from dockyard.cache_backends._credentials import S3Credentials
 
 CASES = [
     ("key and secret", {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"},

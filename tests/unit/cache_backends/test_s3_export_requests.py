@@ -14,11 +14,11 @@ from typing import IO, Any
 
 import pytest
 
-from cache_backends._protocol import Counters
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from cache_backends._s3 import _Bucket
-from cache_backends._s3_client import Head, S3Settings
-from scheduler._errors import CacheError
+from dockyard.cache_backends._protocol import Counters
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.cache_backends._s3 import _Bucket
+from dockyard.cache_backends._s3_client import Head, S3Settings
+from dockyard.scheduler._errors import CacheError
 
 NOW = 1_000_000.0
 TOUCH_AFTER = 3600.0

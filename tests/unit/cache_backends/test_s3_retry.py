@@ -16,9 +16,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from cache_backends import _s3_client
-from cache_backends._s3_client import S3Objects, S3Settings, transient, unreached
-from scheduler._errors import CacheError
+from dockyard.cache_backends import _s3_client
+from dockyard.cache_backends._s3_client import S3Objects, S3Settings, transient, unreached
+from dockyard.scheduler._errors import CacheError
 
 URL = "http://127.0.0.1:9"
 WHERE = "s3://b/k"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cache_backends._s3_ranges import Turns
+from dockyard.cache_backends._s3_ranges import Turns
 
 
 def run_in_turn(turns: Turns, ticket: int, log: list[int]) -> threading.Thread:

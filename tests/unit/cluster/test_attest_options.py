@@ -8,8 +8,8 @@ import argparse
 
 import pytest
 
-from cluster._build_options import AttestSpec, BuildOptions, gather_options, parse_attests
-from scheduler._errors import UsageError
+from dockyard.cluster._build_options import AttestSpec, BuildOptions, gather_options, parse_attests
+from dockyard.scheduler._errors import UsageError
 
 PROVENANCE_MIN = AttestSpec("provenance", (("mode", "min"),))
 SBOM = AttestSpec("sbom")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster._build_cmd import endpoint_of
-from cluster._build_options import (
+from dockyard.cluster._build_cmd import endpoint_of
+from dockyard.cluster._build_options import (
     BuildOptions,
     Call,
     builder_endpoint,
@@ -26,16 +26,21 @@ from cluster._build_options import (
     parse_no_cache_filter,
     parse_platform_list,
 )
-from cluster._cli import build_parser, main
-from scheduler._cachekey import cache_key
-from scheduler._errors import SolveError, UsageError
-from scheduler._graph import BuildGraph, ExecMount, ExecOp, Vertex
-from scheduler._platform import default_platform
-from scheduler.dockerfile._frontend import build_graph
-from scheduler.dockerfile._subrequests import list_targets, outline, outline_text, targets_text
-from workers._executor import check_cgroups
-from workers._spec import ProcessSpec, build_spec, hosts_file
-from workers._users import ResolvedUser
+from dockyard.cluster._cli import build_parser, main
+from dockyard.scheduler._cachekey import cache_key
+from dockyard.scheduler._errors import SolveError, UsageError
+from dockyard.scheduler._graph import BuildGraph, ExecMount, ExecOp, Vertex
+from dockyard.scheduler._platform import default_platform
+from dockyard.scheduler.dockerfile._frontend import build_graph
+from dockyard.scheduler.dockerfile._subrequests import (
+    list_targets,
+    outline,
+    outline_text,
+    targets_text,
+)
+from dockyard.workers._executor import check_cgroups
+from dockyard.workers._spec import ProcessSpec, build_spec, hosts_file
+from dockyard.workers._users import ResolvedUser
 
 ENV = {"HOME": "/root"}
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cluster._build_cmd import build_request
-from cluster._build_options import (
+from dockyard.cluster._build_cmd import build_request
+from dockyard.cluster._build_options import (
     BuildOptions,
     CacheCredentials,
     CacheSpec,
@@ -41,9 +41,9 @@ from cluster._build_options import (
     read_session,
     resolve_outputs,
 )
-from cluster._cli import build_parser
-from scheduler._build_request import Compression
-from scheduler._errors import UsageError
+from dockyard.cluster._cli import build_parser
+from dockyard.scheduler._build_request import Compression
+from dockyard.scheduler._errors import UsageError
 
 ENV = {"TOKEN": "from-env", "SSH_AUTH_SOCK": "/run/agent.sock", "HOME": "/root"}
 

@@ -8,11 +8,11 @@ import io
 import pytest
 from support.progress import Recorder
 
-from cluster._build_steps import BuildSteps, exporter_name, metadata_name, step_digest
-from cluster._render import PlainRenderer
-from scheduler._build_request import OutputSpec
-from scheduler._progress import VertexCompleted, VertexFailed, VertexStarted, VertexWarning
-from scheduler.dockerfile._ast import CheckWarning
+from dockyard.cluster._build_steps import BuildSteps, exporter_name, metadata_name, step_digest
+from dockyard.cluster._render import PlainRenderer
+from dockyard.scheduler._build_request import OutputSpec
+from dockyard.scheduler._progress import VertexCompleted, VertexFailed, VertexStarted, VertexWarning
+from dockyard.scheduler.dockerfile._ast import CheckWarning
 
 CONFIG = "sha256:" + "c" * 64
 MANIFEST = "sha256:" + "m" * 64

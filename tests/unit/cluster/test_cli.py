@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from cluster._cli import main
-from scheduler._errors import DockerfileError
-from scheduler._graph import BuildGraph, SourceOp, Vertex
-from scheduler._platform import Platform, default_platform
-from scheduler.dockerfile._ast import CheckWarning
+from dockyard.cluster._cli import main
+from dockyard.scheduler._errors import DockerfileError
+from dockyard.scheduler._graph import BuildGraph, SourceOp, Vertex
+from dockyard.scheduler._platform import Platform, default_platform
+from dockyard.scheduler.dockerfile._ast import CheckWarning
 
 
 @dataclass
@@ -45,9 +45,9 @@ class _FakeFrontend:
 @pytest.fixture
 def frontend(monkeypatch: pytest.MonkeyPatch) -> _FakeFrontend:
     fake = _FakeFrontend()
-    module = types.ModuleType("scheduler.dockerfile._frontend")
+    module = types.ModuleType("dockyard.scheduler.dockerfile._frontend")
     module.build_graph = fake.build_graph  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "scheduler.dockerfile._frontend", module)
+    monkeypatch.setitem(sys.modules, "dockyard.scheduler.dockerfile._frontend", module)
     return fake
 
 
@@ -220,7 +220,7 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     import subprocess
 
     missing = str(tmp_path / "missing")
-    done = subprocess.run([sys.executable, "-m", "cluster", "debug", "graph", missing],
+    done = subprocess.run([sys.executable, "-m", "dockyard", "debug", "graph", missing],
                           capture_output=True, text=True, cwd=Path(__file__).parents[3],
                           timeout=60)
     assert (done.returncode, done.stdout) == (1, "")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster._cli import main
+from dockyard.cluster._cli import main
 
 FULL_OUTPUT = """\
 Check complete, 2 warnings have been found!

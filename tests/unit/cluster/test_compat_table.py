@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster._cli import build_parser, main
+from dockyard.cluster._cli import build_parser, main
 
 PROJECT = Path(__file__).resolve().parents[3]
 

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from cluster._context import (
+from dockyard.cluster._context import (
     ContextEntry,
     ignore_file_for,
     load_ignore_patterns,
     walk_context,
 )
-from scheduler._errors import DockerfileError, DockyardError, UsageError
-from scheduler.dockerfile._dockerignore import PatternMatcher
-from workers._context_walk import walk_entries
+from dockyard.scheduler._errors import DockerfileError, DockyardError, UsageError
+from dockyard.scheduler.dockerfile._dockerignore import PatternMatcher
+from dockyard.workers._context_walk import walk_entries
 
 
 def _make(root: Path, spec: list[str]) -> None:

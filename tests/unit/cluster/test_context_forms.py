@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from cluster._context_forms import ContextForms, is_git_url, parse_build_context
-from cluster._context_server import ContextServer, ContextServers
-from cluster._oci_layout import split_layout
-from scheduler._build_request import BuildOptions, NamedContext
-from scheduler._errors import SolveError, UsageError
-from scheduler._graph import SourceOp
-from scheduler.dockerfile._frontend import build_graph
-from workers._context_manifest import build_manifest
+from dockyard.cluster._context_forms import ContextForms, is_git_url, parse_build_context
+from dockyard.cluster._context_server import ContextServer, ContextServers
+from dockyard.cluster._oci_layout import split_layout
+from dockyard.scheduler._build_request import BuildOptions, NamedContext
+from dockyard.scheduler._errors import SolveError, UsageError
+from dockyard.scheduler._graph import SourceOp
+from dockyard.scheduler.dockerfile._frontend import build_graph
+from dockyard.workers._context_manifest import build_manifest
 
 NAMES = [
     ("base=./dir", ("base", "./dir")),

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cluster._context_server import ContextServer
-from scheduler._errors import SolveError
-from workers._context_fetch import READ_BYTES
-from workers._context_manifest import build_manifest
+from dockyard.cluster._context_server import ContextServer
+from dockyard.scheduler._errors import SolveError
+from dockyard.workers._context_fetch import READ_BYTES
+from dockyard.workers._context_manifest import build_manifest
 
 
 def _server(root: Path) -> ContextServer:

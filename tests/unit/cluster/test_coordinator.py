@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from cache_backends._records import StateResult
-from cluster._build_options import BuildOptions
-from cluster._coordinator import Coordinator
-from cluster._dispatch import failure_map
-from scheduler._errors import ExecError
-from scheduler._graph import vertex_from_wire
-from scheduler._progress import StatusUpdate, VertexLog, event_to_wire
+from dockyard.cache_backends._records import StateResult
+from dockyard.cluster._build_options import BuildOptions
+from dockyard.cluster._coordinator import Coordinator
+from dockyard.cluster._dispatch import failure_map
+from dockyard.scheduler._errors import ExecError
+from dockyard.scheduler._graph import vertex_from_wire
+from dockyard.scheduler._progress import StatusUpdate, VertexLog, event_to_wire
 
 DOCKERFILE = b"FROM scratch\nCOPY a.txt /a\nRUN make\nRUN make install\n"
 SECRET_ID = "token-of-one-build"
@@ -90,7 +90,7 @@ class FakeWorker:
         return self.records.get(key)
 
     def _put_record(self, data: bytes, build_id: str) -> None:
-        from cache_backends._records import CacheRecord
+        from dockyard.cache_backends._records import CacheRecord
 
         self.records[CacheRecord.from_bytes(data).key] = data
 
@@ -258,7 +258,7 @@ class MissingPathWorker(FakeWorker):
 
     def _content_checksums(self, build_id: str, sources: dict[str, Any],
                            items: list[list[Any]]) -> list[dict[str, Any]]:
-        from scheduler._errors import SolveError
+        from dockyard.scheduler._errors import SolveError
 
         missing = SolveError('"/missing.txt": not found')
         return [{"failure": failure_map(missing)} if "missing" in str(selector)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from test_coordinator import FakeWorker, items_of, request
 
-from cluster._coordinator import Coordinator
-from cluster._history import HistoryStore, Retention, history_settings
+from dockyard.cluster._coordinator import Coordinator
+from dockyard.cluster._history import HistoryStore, Retention, history_settings
 
 
 def _coordinator(worker: FakeWorker, root: Path) -> Coordinator:
@@ -58,7 +58,7 @@ def test_a_failed_and_a_cancelled_build_are_kept(tmp_path: Path) -> None:
 
 
 def test_a_coordinator_without_records_says_so() -> None:
-    from scheduler._errors import UsageError
+    from dockyard.scheduler._errors import UsageError
 
     with pytest.raises(UsageError, match="keeps no build records"):
         asyncio.run(Coordinator(FakeWorker()).history({"op": "ls"}))

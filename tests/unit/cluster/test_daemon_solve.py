@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-import cluster._daemon as daemon_module
-from cluster._daemon import Daemon
-from scheduler._errors import DockyardError, ServiceError, WorkerLost
-from scheduler._progress import VertexLog, event_to_wire
+import dockyard.cluster._daemon as daemon_module
+from dockyard.cluster._daemon import Daemon
+from dockyard.scheduler._errors import DockyardError, ServiceError, WorkerLost
+from dockyard.scheduler._progress import VertexLog, event_to_wire
 
 EVENT = event_to_wire(VertexLog("sha256:" + "1" * 64, 1, b"working\n"))
 

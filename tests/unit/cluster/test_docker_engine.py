@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from support.tls import self_signed
 
-from cluster._docker_engine import engine_from_environ
-from scheduler._errors import UsageError
+from dockyard.cluster._docker_engine import engine_from_environ
+from dockyard.scheduler._errors import UsageError
 
 # environment -> (scheme, address, TLS)
 HOSTS: list[tuple[dict[str, str], tuple[str, str, bool]]] = [

@@ -13,10 +13,10 @@ import traceback
 
 import pytest
 
-from cluster._local_build import FrontendRequest, run_frontend
-from scheduler._platform import Platform, parse_platform
-from scheduler.dockerfile import BaseImage, build_graph
-from scheduler.dockerfile._interrupt import checkpoint, interruptible
+from dockyard.cluster._local_build import FrontendRequest, run_frontend
+from dockyard.scheduler._platform import Platform, parse_platform
+from dockyard.scheduler.dockerfile import BaseImage, build_graph
+from dockyard.scheduler.dockerfile._interrupt import checkpoint, interruptible
 
 # Legal and slow: 50,000 ENV lines converted for 4 platforms, twice each (a minute or so).
 SLOW = ("FROM scratch\n" + "".join(f"ENV V{i}={i}\n" for i in range(50_000))).encode()

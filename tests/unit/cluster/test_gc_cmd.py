@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from cache_backends._protocol import PruneReport
-from cluster._cli import main
-from cluster._gc_cmd import (
+from dockyard.cache_backends._protocol import PruneReport
+from dockyard.cluster._cli import main
+from dockyard.cluster._gc_cmd import (
     DiskUsage,
     KindUsage,
     PruneResult,
@@ -24,7 +24,7 @@ from cluster._gc_cmd import (
     parse_filters,
     parse_size,
 )
-from scheduler._errors import CacheError
+from dockyard.scheduler._errors import CacheError
 
 # bytes -> docker's units.HumanSize
 HUMAN = [(0, "0B"), (999, "999B"), (1000, "1kB"), (1234, "1.234kB"), (12_345, "12.35kB"),

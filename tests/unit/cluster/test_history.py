@@ -13,8 +13,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from cluster._endpoint import serve_settings
-from cluster._history import (
+from dockyard.cluster._endpoint import serve_settings
+from dockyard.cluster._history import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_RECORDS,
     MAX_DOCKERFILE_BYTES,
@@ -24,10 +24,10 @@ from cluster._history import (
     Retention,
     answer,
 )
-from cluster._history_cmd import format_duration, format_inspect, format_table, write_logs
-from scheduler._build_request import BuildOptions, SecretSpec
-from scheduler._errors import UsageError
-from scheduler._progress import (
+from dockyard.cluster._history_cmd import format_duration, format_inspect, format_table, write_logs
+from dockyard.scheduler._build_request import BuildOptions, SecretSpec
+from dockyard.scheduler._errors import UsageError
+from dockyard.scheduler._progress import (
     StatusUpdate,
     VertexCached,
     VertexCompleted,

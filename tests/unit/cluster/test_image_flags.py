@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from cluster._build_cmd import image_id
-from cluster._build_options import (
+from dockyard.cluster._build_cmd import image_id
+from dockyard.cluster._build_options import (
     BuildOptions,
     gather_options,
     parse_annotation,
     parse_labels,
     parse_output,
 )
-from cluster._cli import build_parser
-from scheduler._errors import UsageError
-from scheduler.dockerfile._frontend import build_graph, with_labels
+from dockyard.cluster._cli import build_parser
+from dockyard.scheduler._errors import UsageError
+from dockyard.scheduler.dockerfile._frontend import build_graph, with_labels
 
 LABELS = [
     (["a=1"], (("a", "1"),)),

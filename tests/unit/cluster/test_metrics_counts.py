@@ -14,9 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_coordinator import FakeWorker, items_of, request
 
-from cluster import _coordinator as coordinator_module
-from cluster._coordinator import Coordinator
-from cluster._registry import Registry
+from dockyard.cluster import _coordinator as coordinator_module
+from dockyard.cluster._coordinator import Coordinator
+from dockyard.cluster._registry import Registry
 
 
 def _scraped(worker: FakeWorker, *requests: dict[str, Any]) -> dict[tuple[str, str], float]:

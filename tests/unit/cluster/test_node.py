@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cluster._cli import main
-from cluster._node import (
+from dockyard.cluster._cli import main
+from dockyard.cluster._node import (
     NodePaths,
     NodeRecord,
     NodeSettings,
@@ -30,10 +30,10 @@ from cluster._node import (
     start_node,
     stop_node,
 )
-from cluster._node_cmd import cluster_address
-from cluster._node_ls import format_table, human_size
-from cluster._service import alive
-from scheduler._errors import ServiceError, UsageError
+from dockyard.cluster._node_cmd import cluster_address
+from dockyard.cluster._node_ls import format_table, human_size
+from dockyard.cluster._service import alive
+from dockyard.scheduler._errors import ServiceError, UsageError
 
 _GOOD: dict[str, Any] = {"head": True, "address": None, "arch": "amd64", "emulate": None,
                          "slots": 2, "node_ip": "127.0.0.2", "port": None,
@@ -358,7 +358,7 @@ def test_cli_stop_without_a_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_node_is_refused_under_a_root_whose_embedded_service_runs(tmp_path: Path) -> None:
-    from cluster._service import RunPaths, try_flock
+    from dockyard.cluster._service import RunPaths, try_flock
 
     paths = RunPaths(tmp_path)
     paths.run.mkdir()
@@ -370,7 +370,7 @@ def test_a_node_is_refused_under_a_root_whose_embedded_service_runs(tmp_path: Pa
 
 
 def test_a_stale_record_is_removed_before_a_start(tmp_path: Path) -> None:
-    from cluster._node import _refuse_running
+    from dockyard.cluster._node import _refuse_running
 
     paths = NodePaths(tmp_path)
     paths.run.mkdir()
@@ -393,7 +393,7 @@ def _closed_port() -> int:
 def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path: Path) -> None:
     import socket
 
-    from cluster._node_ls import check_reachable
+    from dockyard.cluster._node_ls import check_reachable
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -419,7 +419,7 @@ FAILURE_LOGS = [
 
 @pytest.mark.parametrize(("log", "why"), FAILURE_LOGS)
 def test_why_ray_start_failed(tmp_path: Path, log: str, why: str) -> None:
-    from cluster._node import _start_failure
+    from dockyard.cluster._node import _start_failure
 
     (tmp_path / "node.log").write_text(log)
     assert _start_failure(tmp_path / "node.log") == why

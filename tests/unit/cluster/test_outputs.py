@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster._build_options import OutputSpec
-from cluster._outputs import MAX_WRITE_BYTES, OutputWriters, extract_tar
-from scheduler._errors import ExportError
+from dockyard.cluster._build_options import OutputSpec
+from dockyard.cluster._outputs import MAX_WRITE_BYTES, OutputWriters, extract_tar
+from dockyard.scheduler._errors import ExportError
 
 Member = tuple[str, bytes | None, Callable[[tarfile.TarInfo], None] | None]
 

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from test_coordinator import FakeWorker, items_of
 
-import cluster._coordinator as coordinator_module
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from cluster._build_options import BuildOptions
-from cluster._coordinator import Coordinator
-from cluster._dispatch import BuildSessions, ClusterRecords
-from cluster._registry import Placement, Registry
-from scheduler._errors import SolveError, WorkerLost
-from scheduler._graph import vertex_from_wire
+import dockyard.cluster._coordinator as coordinator_module
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.cluster._build_options import BuildOptions
+from dockyard.cluster._coordinator import Coordinator
+from dockyard.cluster._dispatch import BuildSessions, ClusterRecords
+from dockyard.cluster._registry import Placement, Registry
+from dockyard.scheduler._errors import SolveError, WorkerLost
+from dockyard.scheduler._graph import vertex_from_wire
 
 #: Two independent stages and a final one using both (parallel work for the placement).
 STAGES = (b"FROM scratch AS a\nRUN make a\n"

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from aiohttp import test_utils, web
 
-from cluster._cli import build_parser
-from cluster._endpoint import serve_settings
-from cluster._probes import HEALTH_PATH, READY_PATH, Probes, parse_ready_arches, readiness
-from scheduler._errors import UsageError, WorkerLost
+from dockyard.cluster._cli import build_parser
+from dockyard.cluster._endpoint import serve_settings
+from dockyard.cluster._probes import HEALTH_PATH, READY_PATH, Probes, parse_ready_arches, readiness
+from dockyard.scheduler._errors import UsageError, WorkerLost
 
 AMD = {"name": "w1", "node_ip": "10.0.0.1", "arches": ["amd64", "arm64"], "native": ["amd64"]}
 ARM = {"name": "w2", "node_ip": "10.0.0.2", "arches": ["arm64"], "native": ["arm64"]}

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from support.solve_status import SchemaError, read_stream
 
-from cluster._render import (
+from dockyard.cluster._render import (
     FAILED_TO_SOLVE,
     PlainRenderer,
     QuietRenderer,
@@ -20,8 +20,8 @@ from cluster._render import (
     format_offset,
     make_renderer,
 )
-from scheduler._errors import ExecError, UsageError
-from scheduler._progress import (
+from dockyard.scheduler._errors import ExecError, UsageError
+from dockyard.scheduler._progress import (
     Event,
     StatusUpdate,
     VertexCached,

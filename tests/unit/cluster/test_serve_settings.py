@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster._build_cmd import endpoint_of
-from cluster._cli import build_parser
-from cluster._endpoint import ServeSettings, serve_settings
-from cluster._wire import Endpoint
-from scheduler._errors import UsageError
+from dockyard.cluster._build_cmd import endpoint_of
+from dockyard.cluster._cli import build_parser
+from dockyard.cluster._endpoint import ServeSettings, serve_settings
+from dockyard.cluster._wire import Endpoint
+from dockyard.scheduler._errors import UsageError
 
 
 def _settings(*argv: str) -> ServeSettings:
@@ -108,8 +108,8 @@ SERVER_PATHS = [
 @pytest.mark.parametrize(("cache_to", "cache_from", "refused"), SERVER_PATHS)
 def test_an_endpoint_refuses_requests_naming_server_paths(
         cache_to: list[str], cache_from: list[str], refused: str | None) -> None:
-    from cluster._build_options import BuildOptions, parse_cache
-    from cluster._daemon import refuse_server_paths
+    from dockyard.cluster._build_options import BuildOptions, parse_cache
+    from dockyard.cluster._daemon import refuse_server_paths
 
     options = BuildOptions(
         context="/c", cache_to=tuple(parse_cache("--cache-to", v) for v in cache_to),
@@ -126,11 +126,11 @@ def test_an_endpoint_refuses_requests_naming_server_paths(
 
 
 def test_a_shared_cache_is_imported_from_and_exported_to_by_every_build() -> None:
-    from cluster._daemon import with_caches
+    from dockyard.cluster._daemon import with_caches
 
     settings = _settings("--cache", "type=s3,bucket=shared,region=r1", "--slots", "3")
     assert settings.slots == 3
-    from cluster._build_options import BuildOptions, parse_cache
+    from dockyard.cluster._build_options import BuildOptions, parse_cache
 
     own = ["s3", [["bucket", "mine"]], "min", False]
     mine = BuildOptions(context="/c", cache_to=(parse_cache("--cache-to", "type=s3,bucket=mine"),))

@@ -10,8 +10,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from cluster._service import BlockingClient, ServiceClient
-from cluster._wire import (
+from dockyard.cluster._service import BlockingClient, ServiceClient
+from dockyard.cluster._wire import (
     MAX_FRAME_BYTES,
     WIRE_VERSION,
     Ask,
@@ -27,7 +27,7 @@ from cluster._wire import (
     parse_endpoint,
     refused,
 )
-from scheduler._errors import DockyardError, ExportError, ServiceError, UsageError
+from dockyard.scheduler._errors import DockyardError, ExportError, ServiceError, UsageError
 
 ROUND_TRIPS: list[Frame] = [
     Ask(3, 1, "secret.get", {"id": "token"}),
@@ -234,7 +234,7 @@ def test_refused(head: bytes, body: bytes, message: str | None) -> None:
 
 
 def test_failure_reply_is_raised_on_the_worker_side_as_its_class() -> None:
-    from workers._session_channel import answer_error
+    from dockyard.workers._session_channel import answer_error
 
     error = answer_error("ExportError", "cannot write", "free space")
     assert type(error) is ExportError and str(error) == "cannot write\nhint: free space"

@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from cluster._wire import (
+from dockyard.cluster._wire import (
     WIRE_VERSION,
     Cancel,
     EventFrame,
@@ -21,7 +21,7 @@ from cluster._wire import (
     error_from_failure,
     failure_from_error,
 )
-from scheduler._errors import (
+from dockyard.scheduler._errors import (
     BlobLost,
     DockerfileError,
     DockyardError,
@@ -30,7 +30,7 @@ from scheduler._errors import (
     ServiceError,
     SolveError,
 )
-from scheduler._progress import VertexLog, event_to_wire
+from dockyard.scheduler._progress import VertexLog, event_to_wire
 
 ROUND_TRIPS: list[Frame] = [
     Request(1, "ping"),

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cluster._wire import (
+from dockyard.cluster._wire import (
     MAX_FRAME_BYTES,
     OP_BINARY,
     OP_CLOSE,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import DockerfileError, UsageError
-from scheduler._graph import (
+from dockyard.scheduler._errors import DockerfileError, UsageError
+from dockyard.scheduler._graph import (
     Copy,
     ExecOp,
     FileOp,
@@ -23,9 +23,9 @@ from scheduler._graph import (
     SourceOp,
     Ulimit,
 )
-from scheduler._platform import Platform
-from scheduler.dockerfile._convert._model import BaseImage
-from scheduler.dockerfile._frontend import FrontendResult, build_graph
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler.dockerfile._convert._model import BaseImage
+from dockyard.scheduler.dockerfile._frontend import FrontendResult, build_graph
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64")

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from scheduler._graph import BuildGraph, ImageConfig
-from scheduler._platform import Platform
-from scheduler.dockerfile._convert._model import BaseImage
-from scheduler.dockerfile._frontend import build_graph
+from dockyard.scheduler._graph import BuildGraph, ImageConfig
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler.dockerfile._convert._model import BaseImage
+from dockyard.scheduler.dockerfile._frontend import build_graph
 
 AMD64 = Platform("linux", "amd64")
 

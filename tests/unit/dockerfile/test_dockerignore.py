@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler._errors import DockerfileError
-from scheduler.dockerfile._dockerignore import (
+from dockyard.scheduler._errors import DockerfileError
+from dockyard.scheduler.dockerfile._dockerignore import (
     IgnoreLine,
     PatternMatcher,
     parse_ignore_file,

@@ -22,9 +22,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler._errors import DockerfileError, UsageError
-from scheduler._platform import Platform
-from scheduler.dockerfile._frontend import build_graph
+from dockyard.scheduler._errors import DockerfileError, UsageError
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler.dockerfile._frontend import build_graph
 
 AMD64 = Platform("linux", "amd64")
 HERE = Path(__file__).parent

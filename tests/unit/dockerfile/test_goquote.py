@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.dockerfile._goquote import go_quote
+from dockyard.scheduler.dockerfile._goquote import go_quote
 
 CASES: list[tuple[str, str]] = [
     ("", '""'),

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from scheduler._errors import DockerfileError
-from scheduler.dockerfile import build_graph, parse
-from scheduler.dockerfile._convert import _context
-from scheduler.dockerfile.shell import MAX_WORD_SIZE
+from dockyard.scheduler._errors import DockerfileError
+from dockyard.scheduler.dockerfile import build_graph, parse
+from dockyard.scheduler.dockerfile._convert import _context
+from dockyard.scheduler.dockerfile.shell import MAX_WORD_SIZE
 
 LINE_LIMIT = "dockerfile line greater than max allowed size of 65535"
 WORD_LIMIT = f"the expanded word would be longer than {MAX_WORD_SIZE} characters"

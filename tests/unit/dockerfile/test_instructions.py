@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import DockerfileError
-from scheduler.dockerfile._ast import Directives, Heredoc, Node, ParseResult
-from scheduler.dockerfile._instructions import (
+from dockyard.scheduler._errors import DockerfileError
+from dockyard.scheduler.dockerfile._ast import Directives, Heredoc, Node, ParseResult
+from dockyard.scheduler.dockerfile._instructions import (
     AddCommand,
     ArgCommand,
     ArgSpec,
@@ -40,7 +40,7 @@ from scheduler.dockerfile._instructions import (
     parse_command,
     parse_dockerfile,
 )
-from scheduler.dockerfile._parser import parse
+from dockyard.scheduler.dockerfile._parser import parse
 
 S = 10**9
 MS = 10**6

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import DockerfileError, DockyardError, UsageError
-from scheduler._platform import Platform
-from scheduler.dockerfile._frontend import build_graph
-from scheduler.dockerfile._lint import RULES
+from dockyard.scheduler._errors import DockerfileError, DockyardError, UsageError
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler.dockerfile._frontend import build_graph
+from dockyard.scheduler.dockerfile._lint import RULES
 
 AMD64 = Platform("linux", "amd64")
 CASES_DIR = Path(__file__).parent / "lint_cases"

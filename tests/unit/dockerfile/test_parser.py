@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler._errors import DockerfileError
-from scheduler.dockerfile._ast import Heredoc, Node, ParseResult
-from scheduler.dockerfile._parser import MAX_LINE_BYTES, parse
+from dockyard.scheduler._errors import DockerfileError
+from dockyard.scheduler.dockerfile._ast import Heredoc, Node, ParseResult
+from dockyard.scheduler.dockerfile._parser import MAX_LINE_BYTES, parse
 
 CASES = Path(__file__).parent / "parser_cases"
 

@@ -1,4 +1,4 @@
-"""Shell-word expansion (scheduler.dockerfile.shell) against BuildKit's lexer behaviour.
+"""Shell-word expansion (dockyard.scheduler.dockerfile.shell) against BuildKit's lexer behaviour.
 
 Success cases are data files (data/shell_word.txt, data/shell_words.txt); errors, matched
 names and lexer options are tables here.  Expectations come from BuildKit's own tests
@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler._errors import DockerfileError
-from scheduler.dockerfile import shell
-from scheduler.dockerfile.shell import Expansion, Lexer, process_word, process_words
+from dockyard.scheduler._errors import DockerfileError
+from dockyard.scheduler.dockerfile import shell
+from dockyard.scheduler.dockerfile.shell import Expansion, Lexer, process_word, process_words
 
 DATA = Path(__file__).parent / "data"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.dockerfile._suggest import closest
+from dockyard.scheduler.dockerfile._suggest import closest
 
 CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("rn", ("run", "cmd"), "run"),                      # one insertion

@@ -1,4 +1,4 @@
-"""ONBUILD triggers (scheduler.dockerfile._convert._triggers), heredocs and positions.
+"""ONBUILD triggers (dockyard.scheduler.dockerfile._convert._triggers), heredocs and positions.
 
 Semantics from BuildKit: instructions/parse.go parseOnBuild stores the trigger as the text
 after ONBUILD with each heredoc appended as "\\n" + body + delimiter; dockerfile2llb
@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import DockerfileError
-from scheduler._graph import ExecOp, FileOp, ImageConfig, Mkfile
-from scheduler._platform import Platform
-from scheduler.dockerfile._convert._model import BaseImage
-from scheduler.dockerfile._frontend import FrontendResult, build_graph
+from dockyard.scheduler._errors import DockerfileError
+from dockyard.scheduler._graph import ExecOp, FileOp, ImageConfig, Mkfile
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler.dockerfile._convert._model import BaseImage
+from dockyard.scheduler.dockerfile._frontend import FrontendResult, build_graph
 
 AMD64 = Platform("linux", "amd64")
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import msgpack
 import pytest
 
-from scheduler._cachekey import (
+from dockyard.scheduler._cachekey import (
     KEY_VERSION,
     ContentRead,
     Selector,
@@ -16,8 +16,8 @@ from scheduler._cachekey import (
     content_reads,
     source_key,
 )
-from scheduler._graph import Copy, ExecMount, ExecOp, FileOp, MergeOp, SourceOp, Vertex
-from scheduler._platform import Platform
+from dockyard.scheduler._graph import Copy, ExecMount, ExecOp, FileOp, MergeOp, SourceOp, Vertex
+from dockyard.scheduler._platform import Platform
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64")

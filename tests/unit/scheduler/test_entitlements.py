@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler._entitlements import check_entitlements, parse_entitlements
-from scheduler._errors import UsageError
-from scheduler._graph import BuildGraph
-from scheduler._platform import Platform
-from scheduler.dockerfile import build_graph
+from dockyard.scheduler._entitlements import check_entitlements, parse_entitlements
+from dockyard.scheduler._errors import UsageError
+from dockyard.scheduler._graph import BuildGraph
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler.dockerfile import build_graph
 
 AMD64 = Platform("linux", "amd64")
 

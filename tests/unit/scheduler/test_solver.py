@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache_backends._records import CacheRecord, LayerDescriptor, RecordError, StateResult
-from scheduler._cachekey import Selector
-from scheduler._errors import (
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, RecordError, StateResult
+from dockyard.scheduler._cachekey import Selector
+from dockyard.scheduler._errors import (
     CacheError,
     DockyardError,
     ExecError,
@@ -29,7 +29,7 @@ from scheduler._errors import (
     RegistryError,
     SolveError,
 )
-from scheduler._graph import (
+from dockyard.scheduler._graph import (
     BuildGraph,
     Copy,
     ExecMount,
@@ -39,8 +39,8 @@ from scheduler._graph import (
     SourceOp,
     Vertex,
 )
-from scheduler._platform import Platform
-from scheduler._progress import (
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler._progress import (
     PROGRESS_VERSION,
     Event,
     EventSink,
@@ -55,8 +55,8 @@ from scheduler._progress import (
     event_from_wire,
     event_to_wire,
 )
-from scheduler._solver import Solver
-from scheduler.dockerfile._frontend import build_graph
+from dockyard.scheduler._solver import Solver
+from dockyard.scheduler.dockerfile._frontend import build_graph
 
 T = TypeVar("T")
 AMD64 = Platform("linux", "amd64")
@@ -296,7 +296,7 @@ def test_no_cache_executes_everything_and_still_writes_records() -> None:
 
 
 def test_default_targets_are_the_graph_results() -> None:
-    from scheduler._graph import ImageResult
+    from dockyard.scheduler._graph import ImageResult
     graph = graph_of(IMAGE, LEFT)
     graph.add_result(ImageResult(AMD64, LEFT.digest))
     records = go(lambda: solver(FakeBackend()).solve(graph))
@@ -811,7 +811,7 @@ def test_concurrent_cached_builds_each_report_every_vertex() -> None:
 def test_a_cached_dockerfile_rebuild_prints_every_step_as_buildkit_does() -> None:
     from io import StringIO
 
-    from cluster._render import PlainRenderer
+    from dockyard.cluster._render import PlainRenderer
     dockerfile = (b'FROM busybox AS build\nWORKDIR /src\nCOPY . .\nRUN ["make"]\n'
                   b"FROM busybox\nCOPY --from=build /src/out /out\n")
     graph = build_graph(dockerfile, platforms=[AMD64]).graph

@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from cache_backends._records import CacheRecord, LayerDescriptor, StateResult
-from scheduler._cachekey import Selector
-from scheduler._errors import BlobLost, SolveError
-from scheduler._graph import BuildGraph, ExecMount, ExecOp, SourceOp, Vertex
-from scheduler._platform import Platform
-from scheduler._progress import Event, EventSink, StatusUpdate, VertexStarted
-from scheduler._solver import Solver
+from dockyard.cache_backends._records import CacheRecord, LayerDescriptor, StateResult
+from dockyard.scheduler._cachekey import Selector
+from dockyard.scheduler._errors import BlobLost, SolveError
+from dockyard.scheduler._graph import BuildGraph, ExecMount, ExecOp, SourceOp, Vertex
+from dockyard.scheduler._platform import Platform
+from dockyard.scheduler._progress import Event, EventSink, StatusUpdate, VertexStarted
+from dockyard.scheduler._solver import Solver
 
 AMD64 = Platform("linux", "amd64")
 ROOT = ExecMount("/", input=0, output=True)

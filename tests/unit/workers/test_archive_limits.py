@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler._errors import SolveError
-from workers._archive import DEFAULT_ADD_MAX, LARGE_WRITE, ArchiveLimits
-from workers._disk import human_size
+from dockyard.scheduler._errors import SolveError
+from dockyard.workers._archive import DEFAULT_ADD_MAX, LARGE_WRITE, ArchiveLimits
+from dockyard.workers._disk import human_size
 
 # (DOCKYARD_ADD_MAX, the limit in bytes; None: no limit)
 LIMITS = [

@@ -12,14 +12,14 @@ import json
 import tarfile
 from typing import Any
 
-from cache_backends._records import LayerDescriptor
-from scheduler._build_request import AttestSpec
-from scheduler._graph import BuildGraph, ExecMount, ExecOp, ImageConfig, SourceOp, Vertex
-from scheduler._platform import Platform
-from workers._attest import BuildFacts, attest_images, materials, metadata_provenance
-from workers._exporters import MemoryBlobs, export_docker, export_oci
-from workers._image import ImageArtifacts, build_image
-from workers._sbom import scan_layers, spdx_document
+from dockyard.cache_backends._records import LayerDescriptor
+from dockyard.scheduler._build_request import AttestSpec
+from dockyard.scheduler._graph import BuildGraph, ExecMount, ExecOp, ImageConfig, SourceOp, Vertex
+from dockyard.scheduler._platform import Platform
+from dockyard.workers._attest import BuildFacts, attest_images, materials, metadata_provenance
+from dockyard.workers._exporters import MemoryBlobs, export_docker, export_oci
+from dockyard.workers._image import ImageArtifacts, build_image
+from dockyard.workers._sbom import scan_layers, spdx_document
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")

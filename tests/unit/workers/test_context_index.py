@@ -14,8 +14,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from workers._context_digest import INDEX_VERSION, RACY_NS, ContextDigests
-from workers._context_index import ContextIndexes
+from dockyard.workers._context_digest import INDEX_VERSION, RACY_NS, ContextDigests
+from dockyard.workers._context_index import ContextIndexes
 
 FILES = {"a.txt": b"alpha\n", "dir/b.txt": b"beta\n", "dir/c.bin": b"\x00" * 4096}
 

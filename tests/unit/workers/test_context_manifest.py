@@ -20,13 +20,13 @@ from typing import Any
 import msgpack
 import pytest
 
-from cluster._context_server import MAX_ITEMS, ContextServer
-from scheduler._cachekey import Selector
-from scheduler._errors import SolveError
-from workers._context_fetch import ReadItem, ask_reader, plan_reads
-from workers._context_manifest import ContextManifest, ManifestEntry, build_manifest
-from workers._context_source import LocalContext, ManifestContext, Materialised
-from workers._context_store import ContextStore
+from dockyard.cluster._context_server import MAX_ITEMS, ContextServer
+from dockyard.scheduler._cachekey import Selector
+from dockyard.scheduler._errors import SolveError
+from dockyard.workers._context_fetch import ReadItem, ask_reader, plan_reads
+from dockyard.workers._context_manifest import ContextManifest, ManifestEntry, build_manifest
+from dockyard.workers._context_source import LocalContext, ManifestContext, Materialised
+from dockyard.workers._context_store import ContextStore
 
 
 def make_tree(root: Path, spec: Sequence[str]) -> Path:
@@ -273,9 +273,9 @@ def test_a_rebuild_after_a_one_file_change_reads_only_that_file(tmp_path: Path) 
 def test_large_files_come_in_ranges_and_asks_are_bounded(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
-    monkeypatch.setattr("workers._context_fetch.READ_BYTES", 100)
-    monkeypatch.setattr("workers._context_fetch.RANGE_BYTES", 40)
-    monkeypatch.setattr("cluster._context_server.READ_BYTES", 100)
+    monkeypatch.setattr("dockyard.workers._context_fetch.READ_BYTES", 100)
+    monkeypatch.setattr("dockyard.workers._context_fetch.RANGE_BYTES", 40)
+    monkeypatch.setattr("dockyard.cluster._context_server.READ_BYTES", 100)
     root = make_tree(tmp_path / "ctx", ["a=" + "a" * 30, "b=" + "b" * 95, "c=" + "c" * 10,
                                         "d=", "e=" + "e" * 50])
     store = ContextStore(tmp_path / "worker")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from scheduler._errors import SolveError
-from workers._context_digest import ContextDigests, StatKey
-from workers._context_source import LocalContext
-from workers._context_walk import ContextEntry
+from dockyard.scheduler._errors import SolveError
+from dockyard.workers._context_digest import ContextDigests, StatKey
+from dockyard.workers._context_source import LocalContext
+from dockyard.workers._context_walk import ContextEntry
 
 CONTENT = b"changed\n"
 WAIT = 10  # seconds: only a broken test waits this long; nothing is timed by it

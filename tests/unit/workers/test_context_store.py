@@ -13,9 +13,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from scheduler._errors import CacheError, SolveError
-from workers._context_manifest import ContextManifest, ManifestEntry, build_manifest
-from workers._context_store import ContextStore
+from dockyard.scheduler._errors import CacheError, SolveError
+from dockyard.workers._context_manifest import ContextManifest, ManifestEntry, build_manifest
+from dockyard.workers._context_store import ContextStore
 
 
 def _hex(data: bytes) -> str:

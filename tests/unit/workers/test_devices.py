@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from workers._devices import host_devices
-from workers._spec import HostDevice
+from dockyard.workers._devices import host_devices
+from dockyard.workers._spec import HostDevice
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
 

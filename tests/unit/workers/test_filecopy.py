@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import workers._filecopy as filecopy
-from workers._filecopy import copy_new_file
+import dockyard.workers._filecopy as filecopy
+from dockyard.workers._filecopy import copy_new_file
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 

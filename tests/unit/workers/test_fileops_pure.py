@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler._errors import SolveError
-from workers._copy import split_wildcards
-from workers._fileops import UserDb, _clean_path, parse_chmod
+from dockyard.scheduler._errors import SolveError
+from dockyard.workers._copy import split_wildcards
+from dockyard.workers._fileops import UserDb, _clean_path, parse_chmod
 
 FILE, DIR = 0o100000, 0o040000
 

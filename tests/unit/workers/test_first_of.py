@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from cache_backends._protocol import BlobCorrupt, BlobMissing
-from workers._peers import FirstOf
+from dockyard.cache_backends._protocol import BlobCorrupt, BlobMissing
+from dockyard.workers._peers import FirstOf
 
 DIGEST = "sha256:" + "b" * 64
 

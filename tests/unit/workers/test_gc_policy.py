@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler._errors import UsageError
-from workers._gc_policy import (
+from dockyard.scheduler._errors import UsageError
+from dockyard.workers._gc_policy import (
     GcPolicy,
     GcSettings,
     default_policies,
@@ -140,7 +140,7 @@ def test_percent_is_of_the_roots_disk(tmp_path: Path) -> None:
     ("local://context", "context"), ("local://other-context", "context"),
     ("https://example.com/file.tar", "exec")])
 def test_the_solver_marks_each_records_kind(identifier: str, kind: str) -> None:
-    from scheduler._graph import SourceOp, Vertex
-    from scheduler._solver import result_kind
+    from dockyard.scheduler._graph import SourceOp, Vertex
+    from dockyard.scheduler._solver import result_kind
 
     assert result_kind(Vertex(SourceOp(identifier))) == kind

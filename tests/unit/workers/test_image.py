@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from cache_backends._records import GZIP_LAYER, LayerDescriptor
-from scheduler._errors import ExportError, UsageError
-from scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
-from scheduler._platform import Platform
-from workers._image import (
+from dockyard.cache_backends._records import GZIP_LAYER, LayerDescriptor
+from dockyard.scheduler._errors import ExportError, UsageError
+from dockyard.scheduler._graph import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
+from dockyard.scheduler._platform import Platform
+from dockyard.workers._image import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workers._janitor import (
+from dockyard.workers._janitor import (
     JanitorReport,
     MountEntry,
     _parse_list,
@@ -139,7 +139,7 @@ def test_report_line(report: JanitorReport, line: str) -> None:
 def test_without_runc_nothing_a_container_may_use_is_removed(tmp_path: Path) -> None:
     """A state dir of a dockyard container, and runc cannot be run: the bundle and the
     scratch stay (the container may still run), and the report says why."""
-    from workers._janitor import clean_stale
+    from dockyard.workers._janitor import clean_stale
 
     (tmp_path / "run" / "runc" / "dockyard-0123").mkdir(parents=True)
     (tmp_path / "run" / "bundles" / "dockyard-0123").mkdir(parents=True)
@@ -157,7 +157,7 @@ def test_without_runc_nothing_a_container_may_use_is_removed(tmp_path: Path) -> 
 
 
 def test_without_containers_runc_is_not_needed(tmp_path: Path) -> None:
-    from workers._janitor import clean_stale
+    from dockyard.workers._janitor import clean_stale
 
     (tmp_path / "tmp").mkdir()
     (tmp_path / "tmp" / "layer-1").mkdir()

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
-from scheduler._build_request import Compression
-from scheduler._errors import LayerError
-from workers._build import _base_diff_ids, _rewritten
-from workers._layer_stream import TAR_LAYER, LayerSink
-from workers._layers import write_layer
-from workers._runtime import WorkerRuntime, variant_key
-from workers._tar_clamp import clamp_tar_times
+from dockyard.cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
+from dockyard.scheduler._build_request import Compression
+from dockyard.scheduler._errors import LayerError
+from dockyard.workers._build import _base_diff_ids, _rewritten
+from dockyard.workers._layer_stream import TAR_LAYER, LayerSink
+from dockyard.workers._layers import write_layer
+from dockyard.workers._runtime import WorkerRuntime, variant_key
+from dockyard.workers._tar_clamp import clamp_tar_times
 
 EPOCH = 1000
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from cache_backends._records import GZIP_LAYER
-from scheduler._errors import LayerError
-from workers._layers import apply_layer_flat, unpack_layer
+from dockyard.cache_backends._records import GZIP_LAYER
+from dockyard.scheduler._errors import LayerError
+from dockyard.workers._layers import apply_layer_flat, unpack_layer
 
 _HINT = "\nhint: the layer is corrupt or hostile; rebuild or re-pull it"
 #: vfs_cap_data v2 for cap_net_raw=ep (what ``setcap cap_net_raw+ep`` stores).

@@ -18,10 +18,10 @@ from typing import Any, BinaryIO, cast
 import pytest
 import zstandard
 
-from cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
-from scheduler._errors import LayerError
-from workers._disk import DISK_FULL_HINT
-from workers._layers import is_empty_diff, unpack_layer, write_layer
+from dockyard.cache_backends._records import GZIP_LAYER, ZSTD_LAYER, LayerDescriptor
+from dockyard.scheduler._errors import LayerError
+from dockyard.workers._disk import DISK_FULL_HINT
+from dockyard.workers._layers import is_empty_diff, unpack_layer, write_layer
 
 _CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")
 _T = 1_700_000_000

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from workers._logs import PACKAGES, configure_logging, log_context, set_log_ids
+from dockyard.workers._logs import PACKAGES, configure_logging, log_context, set_log_ids
 
 BUILD = "0f" * 16
 VERTEX = "sha256:" + "ab" * 32
@@ -41,29 +41,29 @@ def _lines(stream: io.StringIO) -> list[dict[str, object]]:
 def test_json_lines_carry_the_build_and_vertex_ids(restored: None) -> None:
     stream = io.StringIO()
     configure_logging(stream)
-    log = logging.getLogger("workers._runtime")
+    log = logging.getLogger("dockyard.workers._runtime")
     log.info("outside any build")
     with log_context(build=BUILD):
         log.info("fetched blob %s (%d bytes)", "sha256:1", 12)
         with log_context(vertex=VERTEX):
             log.warning("slow step")
     log.info("named by the line", extra={"build": "b2", "vertex": "v2"})
-    logging.getLogger("cluster.daemon").debug("below INFO: not written")
+    logging.getLogger("dockyard.cluster.daemon").debug("below INFO: not written")
     try:
         raise ValueError("broken")
     except ValueError:
-        logging.getLogger("cluster.coordinator").exception("a failure")
+        logging.getLogger("dockyard.cluster.coordinator").exception("a failure")
     lines = _lines(stream)
     assert [{k: v for k, v in line.items() if k not in ("time", "pid", "error")}
             for line in lines] == [
-        {"level": "info", "logger": "workers._runtime", "message": "outside any build"},
-        {"level": "info", "logger": "workers._runtime", "build": BUILD,
+        {"level": "info", "logger": "dockyard.workers._runtime", "message": "outside any build"},
+        {"level": "info", "logger": "dockyard.workers._runtime", "build": BUILD,
          "message": "fetched blob sha256:1 (12 bytes)"},
-        {"level": "warning", "logger": "workers._runtime", "message": "slow step",
+        {"level": "warning", "logger": "dockyard.workers._runtime", "message": "slow step",
          "build": BUILD, "vertex": VERTEX},
-        {"level": "info", "logger": "workers._runtime", "message": "named by the line",
+        {"level": "info", "logger": "dockyard.workers._runtime", "message": "named by the line",
          "build": "b2", "vertex": "v2"},
-        {"level": "error", "logger": "cluster.coordinator", "message": "a failure"},
+        {"level": "error", "logger": "dockyard.cluster.coordinator", "message": "a failure"},
     ]
     assert all(line["pid"] == os.getpid() for line in lines)
     assert str(lines[0]["time"]).endswith("Z") and "T" in str(lines[0]["time"])
@@ -73,7 +73,7 @@ def test_json_lines_carry_the_build_and_vertex_ids(restored: None) -> None:
 def test_a_tasks_ids_stay_in_that_task(restored: None) -> None:
     stream = io.StringIO()
     configure_logging(stream)
-    log = logging.getLogger("cluster.coordinator")
+    log = logging.getLogger("dockyard.cluster.coordinator")
 
     async def build(number: int) -> None:
         set_log_ids(build=f"build-{number}")
@@ -95,12 +95,12 @@ def test_a_terminal_gets_plain_text(restored: None) -> None:
             configure_logging(terminal)
             configure_logging(io.StringIO())  # a second set-up changes nothing
             with log_context(build=BUILD, vertex=VERTEX):
-                logging.getLogger("cluster.endpoint").info("coordinator up")
+                logging.getLogger("dockyard.cluster.endpoint").info("coordinator up")
             terminal.flush()
         text = os.read(main, 4096).decode()
     finally:
         os.close(main)
         os.close(other)
     assert text.rstrip().endswith(
-        f"INFO cluster.endpoint: coordinator up build={BUILD} vertex={VERTEX}"), text
+        f"INFO dockyard.cluster.endpoint: coordinator up build={BUILD} vertex={VERTEX}"), text
     assert not text.lstrip().startswith("{")

@@ -14,8 +14,14 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import ExportError
-from workers._output_send import CHUNK_BYTES, WINDOW, ChannelWriter, close_output, send_file
+from dockyard.scheduler._errors import ExportError
+from dockyard.workers._output_send import (
+    CHUNK_BYTES,
+    WINDOW,
+    ChannelWriter,
+    close_output,
+    send_file,
+)
 
 
 class Client:

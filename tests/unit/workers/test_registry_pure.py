@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import RegistryError
-from scheduler._platform import Platform
-from workers._auth import (
+from dockyard.scheduler._errors import RegistryError
+from dockyard.scheduler._platform import Platform
+from dockyard.workers._auth import (
     Challenge,
     Credentials,
     TokenCache,
@@ -20,8 +20,8 @@ from workers._auth import (
     config_key,
     parse_challenges,
 )
-from workers._manifests import ContentCache, FetchedManifest, sha256_digest
-from workers._registry import (
+from dockyard.workers._manifests import ContentCache, FetchedManifest, sha256_digest
+from dockyard.workers._registry import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from workers._manifests import registry_url
-from workers._registry import RegistryClient, RegistryConfig
-from workers._runtime import BuildSession, WorkerRuntime
+from dockyard.workers._manifests import registry_url
+from dockyard.workers._registry import RegistryClient, RegistryConfig
+from dockyard.workers._runtime import BuildSession, WorkerRuntime
 
 
 def _scheme(client: RegistryClient, domain: str) -> str:

@@ -9,9 +9,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from scheduler._errors import ServiceError
-from workers._secrets import ChannelSecrets, DictSecrets, session_channel, session_secrets
-from workers._session_channel import decode_answer, decode_ask, encode_answer, encode_ask
+from dockyard.scheduler._errors import ServiceError
+from dockyard.workers._secrets import ChannelSecrets, DictSecrets, session_channel, session_secrets
+from dockyard.workers._session_channel import decode_answer, decode_ask, encode_answer, encode_ask
 
 
 def test_ask_round_trip() -> None:

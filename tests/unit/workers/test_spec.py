@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from scheduler._errors import GraphError
-from scheduler._graph import ExecOp, Ulimit
-from workers._spec import (
+from dockyard.scheduler._errors import GraphError
+from dockyard.scheduler._graph import ExecOp, Ulimit
+from dockyard.workers._spec import (
     ALL_CAPS,
     DEFAULT_PATH,
     SANDBOX_CAPS,
@@ -25,7 +25,7 @@ from workers._spec import (
     hosts_file,
     resolv_conf,
 )
-from workers._users import ResolvedUser
+from dockyard.workers._users import ResolvedUser
 
 ROOTFS = Path("/snap/merged")
 ROOT = ResolvedUser()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers._ssh_relay import FrameCounter
+from dockyard.workers._ssh_relay import FrameCounter
 
 
 def _msg(body: bytes) -> bytes:

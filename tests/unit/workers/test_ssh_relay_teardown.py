@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from workers._ssh_relay import ChannelSshAgents
+from dockyard.workers._ssh_relay import ChannelSshAgents
 
 
 class GatedClient:

@@ -9,7 +9,7 @@ import tarfile
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from workers._tar_write import ustar_header
+from dockyard.workers._tar_write import ustar_header
 
 TYPES = [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
          tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workers._users import ResolvedUser, UserError, path_in_root, resolve_user
+from dockyard.workers._users import ResolvedUser, UserError, path_in_root, resolve_user
 
 PASSWD = """\
 root:x:0:0:root:/root:/bin/sh
