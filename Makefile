@@ -2,6 +2,9 @@
 #
 #   make setup   Debian packages, arm64 busybox, binfmt for arm64, and .venv (idempotent)
 #   make demo    setup, then print the build graph of examples/ for amd64 and arm64
+#   make image   setup, then dockyard builds its own image (Dockerfile) for amd64 and arm64,
+#                pushes it to a loopback registry and runs `dockyard --version` in each
+#                (devkit/image.py; cold ~N min, warm ~N s; not part of demo or test)
 #   make test    setup, ruff, mypy --strict, then pytest over tests/
 #                (ruff without its cache: a stale cache can hide what a fresh CI clone sees)
 #   make lint    ruff, then mypy --strict over the four packages
@@ -49,7 +52,7 @@ DEB_PACKAGES := docker.io containerd runc qemu-user-static binfmt-support docker
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup demo test lint faults load clean debs busybox-arm64 binfmt venv
+.PHONY: setup demo image test lint faults load clean debs busybox-arm64 binfmt venv
 
 FAULT_SEEDS ?= 1,2,3,4
 FAULT_ROUNDS ?= 10
@@ -59,6 +62,9 @@ setup: debs busybox-arm64 binfmt venv
 
 demo: setup
 	$(VENV)/bin/python examples/demo.py
+
+image: setup
+	$(VENV)/bin/python -m devkit.image
 
 test: setup
 	$(VENV)/bin/ruff check --no-cache .
