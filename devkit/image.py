@@ -85,10 +85,13 @@ def build(registry: str, root: Path) -> None:
             "--build-arg", f"DEBIAN_IMAGE={registry}/library/debian:bookworm",
             "-t", f"{registry}/dockyard:dev", "--push", str(REPO)]
     log("$ " + " ".join(["dockyard", *argv[1:]]))
+    stop = [*dockyard_command(), "stop"]
     try:
         _run(argv, "dockyard build", env=env, capture=False, timeout=BUILD_TIMEOUT)
-    finally:
-        _run([*dockyard_command(), "stop"], "dockyard stop", env=env, timeout=120.0)
+    except BaseException:
+        subprocess.run(stop, env=env, capture_output=True, timeout=120.0, check=False)
+        raise  # the build's error, not the stop's
+    _run(stop, "dockyard stop", env=env, timeout=120.0)
 
 
 def check_index(registry: str) -> dict[str, Any]:
