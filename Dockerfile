@@ -46,11 +46,22 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # --- the image: Debian's Python, runc and QEMU, and the tree above --------------------------
 # binfmt-support: update-binfmts, with which helm/dockyard's binfmt init container registers
-# QEMU's handlers on the node.
+# QEMU's handlers on the node.  Of qemu-user-static's ~30 emulators (~450 MB) only those of
+# the architectures dockyard's workers run stay (QEMU_TARGETS; "all" keeps every one).
 FROM ${DEBIAN_IMAGE}
+ARG QEMU_TARGETS="aarch64 x86_64"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 runc qemu-user-static binfmt-support \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+ && if [ "$QEMU_TARGETS" != all ]; then \
+      for binary in /usr/bin/qemu-*-static; do \
+        target=${binary#/usr/bin/qemu-}; target=${target%-static}; \
+        case " $QEMU_TARGETS " in *" $target "*) continue ;; esac; \
+        rm -f "$binary" "/usr/libexec/qemu-binfmt/$target-binfmt-P" \
+          "/usr/share/binfmts/qemu-$target" "/var/lib/binfmts/qemu-$target" \
+          "/usr/lib/binfmt.d/qemu-$target.conf"; \
+      done; \
+    fi
 COPY --from=packages /out/ /
 ENTRYPOINT ["dockyard"]
 CMD ["--help"]

@@ -12,8 +12,9 @@ linux/amd64 and linux/arm64, then checks it.
    ``<cache>/image/root`` (kept: its store is the next run's cache), then ``dockyard
    stop``.  arm64 steps run through QEMU's binfmt_misc handler.
 4. Checks: ``skopeo inspect --raw`` of the tag is an index naming both platforms; each
-   platform's image is copied out (skopeo), unpacked (umoci) and ``dockyard --version``
-   runs in it under runc (arm64 through QEMU) and prints this checkout's version.
+   platform's image is copied out (skopeo) and unpacked (umoci), then under runc (arm64
+   through QEMU) runc, update-binfmts and the other arch's QEMU answer ``--version`` in
+   it, and ``dockyard --version`` prints this checkout's version.
 5. The registry stops, by PID, also on failure or Ctrl-C.
 
 Exit status: 0, or 1 with the error on stderr.
@@ -105,11 +106,36 @@ def check_index(registry: str) -> dict[str, Any]:
     if found != wanted:
         raise SetupError(f"{registry}/dockyard:dev names the platforms {found}, not {wanted}")
     log(f"index {index.get('mediaType')}: {', '.join(found)}")
+    for entry in index["manifests"]:
+        manifest = json.loads(_run([need_tool("skopeo"), "inspect", "--raw",
+                                    "--tls-verify=false",
+                                    f"docker://{registry}/dockyard@{entry['digest']}"],
+                                   "skopeo inspect --raw of a platform's manifest"))
+        size = sum(layer["size"] for layer in manifest["layers"])
+        log(f"  {entry['platform']['architecture']}: {len(manifest['layers'])} layers, "
+            f"{size / 2**20:.0f} MiB compressed")
     return index
 
 
-def run_version(registry: str, arch: str, work: Path) -> str:
-    """``dockyard --version`` inside the ``arch`` image, under runc; what it printed."""
+#: per platform, the emulator its image keeps for the other (Dockerfile's QEMU_TARGETS)
+OTHER_QEMU = {"amd64": "qemu-aarch64-static", "arm64": "qemu-x86_64-static"}
+
+
+def _runc(bundle: Path, args: list[str], what: str) -> str:
+    """Run ``args`` in the unpacked image ``bundle`` under runc; what it printed."""
+    config_path = bundle / "config.json"
+    config = json.loads(config_path.read_text())
+    config["process"]["args"] = args
+    config["process"]["terminal"] = False
+    config_path.write_text(json.dumps(config))
+    return _run([need_tool("runc"), "run", "--bundle", str(bundle),
+                 f"dockyard-image-{os.getpid()}-{bundle.name}"], f"{what} (runc)",
+                timeout=120.0).strip()
+
+
+def run_image(registry: str, arch: str, work: Path) -> str:
+    """Copy out and unpack the ``arch`` image, check its tools (runc, update-binfmts, the
+    other arch's QEMU), run ``dockyard --version`` in it; what that printed."""
     layout, bundle = work / "layout", work / f"bundle-{arch}"
     overrides = ["--override-arch", arch, *(["--override-variant", "v8"]
                                            if arch == "arm64" else [])]
@@ -118,14 +144,12 @@ def run_version(registry: str, arch: str, work: Path) -> str:
          f"skopeo copy of the {arch} image")
     _run([need_tool("umoci"), "unpack", "--image", f"{layout}:{arch}", str(bundle)],
          f"umoci unpack of the {arch} image")
-    config_path = bundle / "config.json"
-    config = json.loads(config_path.read_text())
-    config["process"]["args"] = ["dockyard", "--version"]
-    config["process"]["terminal"] = False
-    config_path.write_text(json.dumps(config))
-    said = _run([need_tool("runc"), "run", "--bundle", str(bundle),
-                 f"dockyard-image-{os.getpid()}-{arch}"], f"dockyard --version in the {arch}"
-                " image (runc)", timeout=120.0).strip()
+    qemu = OTHER_QEMU[arch]
+    tools = _runc(bundle, ["sh", "-c", f"runc --version | head -n1 && "
+                           f"update-binfmts --version && {qemu} --version | head -n1"],
+                  f"the tools of the {arch} image")
+    log(f"linux/{arch}: " + "; ".join(tools.splitlines()))
+    said = _runc(bundle, ["dockyard", "--version"], f"dockyard --version in the {arch} image")
     log(f"linux/{arch}: $ dockyard --version -> {said}")
     return said
 
@@ -148,7 +172,7 @@ def main() -> int:
             f"{time.monotonic() - started:.1f} s")
         check_index(reg.domain)
         for arch in ARCHES:
-            said = run_version(reg.domain, arch, Path(tmp))
+            said = run_image(reg.domain, arch, Path(tmp))
             if said != expected:
                 raise SetupError(f"the {arch} image says {said!r}, this checkout "
                                  f"{expected!r}")
