@@ -4,7 +4,7 @@
 #   make demo    setup, then print the build graph of examples/ for amd64 and arm64
 #   make image   setup, then dockyard builds its own image (Dockerfile) for amd64 and arm64,
 #                pushes it to a loopback registry and runs `dockyard --version` in each
-#                (devkit/image.py; first run ~15 min, then ~80 s; not in demo or test)
+#                (devkit/image.py; first run ~15 min, then ~1 min; not in demo or test)
 #   make test    setup, ruff, mypy --strict, then pytest over tests/
 #                (ruff without its cache: a stale cache can hide what a fresh CI clone sees)
 #   make lint    ruff, then mypy --strict over the four packages
