@@ -26,7 +26,8 @@ COPY . .
 ARG TARGETARCH
 # --target installs nothing into this stage's Python (so Debian's "externally managed"
 # guard does not apply); the scripts pip writes start with #!/usr/bin/python3, which the
-# final stage has too.  glibc in bookworm is 2.36: any manylinux wheel up to it fits.
+# final stage has too.  Both stages share bookworm's Python 3.11 and glibc 2.36: wheels
+# for cp311 and any manylinux up to glibc 2.36 fit.
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eu; \
     case "$TARGETARCH" in \
