@@ -3,6 +3,9 @@
 #   make setup   Debian packages, arm64 busybox, binfmt for arm64, .venv, and the `dockyard`
 #                command in $(BINDIR) (a symlink to .venv/bin/dockyard) (idempotent)
 #   make demo    setup, then print the build graph of examples/ for amd64 and arm64
+#   make image   setup, then dockyard builds its own image (Dockerfile) for amd64 and arm64,
+#                pushes it to a loopback registry and runs `dockyard --version` in each
+#                (devkit/image.py; first run ~15 min, then ~1 min; not in demo or test)
 #   make test    setup, ruff, mypy --strict, then pytest over tests/
 #                (ruff without its cache: a stale cache can hide what a fresh CI clone sees)
 #   make lint    ruff, then mypy --strict over the four packages
@@ -55,7 +58,7 @@ DEB_PACKAGES := docker.io containerd runc qemu-user-static binfmt-support docker
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup demo test lint faults load clean debs busybox-arm64 binfmt venv cli
+.PHONY: setup demo image test lint faults load clean debs busybox-arm64 binfmt venv cli
 
 FAULT_SEEDS ?= 1,2,3,4
 FAULT_ROUNDS ?= 10
@@ -65,6 +68,9 @@ setup: debs busybox-arm64 binfmt venv cli
 
 demo: setup
 	$(VENV)/bin/python examples/demo.py
+
+image: setup
+	$(VENV)/bin/python -m devkit.image
 
 test: setup
 	$(VENV)/bin/ruff check --no-cache .
