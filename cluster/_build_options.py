@@ -47,10 +47,8 @@ from dockyard.scheduler._build_request import (
 )
 from dockyard.scheduler._entitlements import NETWORK_HOST, parse_entitlements
 from dockyard.scheduler._errors import ImageReferenceError, UsageError
-from dockyard.scheduler._graph import ULIMIT_NAMES
 from dockyard.scheduler._platform import Platform, default_platform, parse_platform, parse_platforms
 from dockyard.scheduler._reference import parse_reference
-from dockyard.scheduler.dockerfile._flags import ram_in_bytes
 
 __all__ = [
     "OPTIONS_VERSION", "PROGRESS_MODES", "AttestSpec", "BuildOptions", "CacheSpec",
@@ -570,6 +568,8 @@ def insecure_registries(outputs: Sequence[OutputSpec], environ: Mapping[str, str
 
 def parse_ulimit(value: str) -> tuple[str, int, int]:
     """``--ulimit NAME=SOFT[:HARD]`` (HARD defaults to SOFT; -1 is unlimited)."""
+    from dockyard.scheduler._graph import ULIMIT_NAMES  # noqa: PLC0415 -- 20 ms at start
+
     name, equals, limits = value.partition("=")
     if not equals or name not in ULIMIT_NAMES:
         raise UsageError(f"invalid --ulimit {value!r}: expected NAME=SOFT[:HARD]",
@@ -594,6 +594,8 @@ def parse_shm_size(value: str | None) -> int:
     ``128m``, ``1.5g``, ``64MiB``; binary units); 0 (or no flag) keeps the default."""
     if value is None:
         return 0
+    from dockyard.scheduler.dockerfile._flags import ram_in_bytes  # noqa: PLC0415
+
     size = ram_in_bytes(value.strip())
     if size is None or size >= 1 << 62:
         raise UsageError(f"invalid --shm-size {value!r}: expected a size such as 128m or "

@@ -26,9 +26,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from dockyard.scheduler._errors import DockyardError, FlagError, UsageError
 from dockyard.scheduler._platform import Platform
 
-from ._render import error_prefix
-from ._render import source_excerpt as _excerpt
-
 if TYPE_CHECKING:
     from dockyard.scheduler.dockerfile._frontend import FrontendResult
 
@@ -232,6 +229,8 @@ def _add_debug(subparsers: _Subparsers) -> None:
 
 def _print_check(warnings: Sequence[Any], data: bytes, spans: dict[int, int]) -> None:
     """The findings as buildx prints a ``--check`` result (to stdout)."""
+    from ._render import source_excerpt  # noqa: PLC0415 -- see _report
+
     lines = data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
     count = len(warnings)
     print("Check complete, " + ("no warnings found." if not count else
@@ -242,7 +241,7 @@ def _print_check(warnings: Sequence[Any], data: bytes, spans: dict[int, int]) ->
         if 1 <= warning.line <= len(lines):
             print(f"{warning.filename}:{warning.line}")
             end = spans.get(warning.line, warning.line)
-            print("\n".join(_excerpt(lines, warning.line, end)))
+            print("\n".join(source_excerpt(lines, warning.line, end)))
 
 
 def _spans(data: bytes, filename: str) -> dict[int, int]:
@@ -661,6 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(error: DockyardError, debug: bool = False) -> int:
+    from ._render import error_prefix  # noqa: PLC0415 -- the renderer only on an error
+
     print(f"{error_prefix(error)}{error}", file=sys.stderr)
     if debug:
         _report_debug(error)

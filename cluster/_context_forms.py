@@ -27,8 +27,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +223,9 @@ class ContextForms:
         from dockyard.workers._fetch import redact_url  # noqa: PLC0415
 
         blob = self._new_scratch() / _BLOB
+        import urllib.error  # noqa: PLC0415 -- only a URL context pays for urllib
+        import urllib.request  # noqa: PLC0415
+
         request = urllib.request.Request(url, headers={"User-Agent": "dockyard"})
         try:
             with urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT) as response, \
