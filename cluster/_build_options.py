@@ -407,7 +407,7 @@ def parse_cache(flag: str, value: str) -> CacheSpec:
         mode = attrs.pop("mode", "min")
         if mode not in ("min", "max"):
             raise UsageError(f"invalid {flag} {value!r}: mode must be min or max, not {mode!r}")
-        ignore = _cache_boolean(flag, value, "ignore-error", attrs.pop("ignore-error", "false"))
+        ignore = _flag_boolean(flag, value, "ignore-error", attrs.pop("ignore-error", "false"))
     settings = _CACHE_SETTINGS[kind](flag, value, attrs)
     if kind == "inline" and mode == "max":
         raise UsageError(f"invalid {flag} {value!r}: an inline cache holds the image's own "
@@ -433,8 +433,8 @@ def _registry_settings(flag: str, value: str, attrs: dict[str, str]
     if flag == "--cache-to":
         # BuildKit >= 0.21 writes an image manifest unless told otherwise (an index of
         # layers is what older ones wrote: registries and skopeo copy it less well)
-        oci = _cache_boolean(flag, value, "oci-mediatypes", attrs.pop("oci-mediatypes", "true"))
-        manifest = _cache_boolean(flag, value, "image-manifest",
+        oci = _flag_boolean(flag, value, "oci-mediatypes", attrs.pop("oci-mediatypes", "true"))
+        manifest = _flag_boolean(flag, value, "image-manifest",
                                   attrs.pop("image-manifest", str(oci)))
         if manifest and not oci:
             raise UsageError(f"invalid {flag} {value!r}: image-manifest=true needs OCI media "
@@ -480,7 +480,7 @@ def _s3_settings(flag: str, value: str, attrs: dict[str, str]) -> tuple[tuple[st
     if not settings.get("bucket"):
         raise UsageError(f"invalid {flag} {value!r}: bucket is required for the s3 cache")
     if "use_path_style" in settings:
-        path_style = _cache_boolean(flag, value, "use_path_style", settings["use_path_style"])
+        path_style = _flag_boolean(flag, value, "use_path_style", settings["use_path_style"])
         settings["use_path_style"] = "true" if path_style else "false"
     return tuple(sorted(settings.items()))
 
@@ -501,13 +501,6 @@ _CACHE_SETTINGS: dict[str, Callable[[str, str, dict[str, str]], tuple[tuple[str,
     "registry": _registry_settings, "inline": _inline_settings, "s3": _s3_settings,
     "local": _local_settings,
 }
-
-
-def _cache_boolean(flag: str, value: str, key: str, text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise UsageError(f"invalid {flag} {value!r}: {key} must be true or false, not "
-                         f"{text.lower()!r}")
-    return text.lower() in ("true", "1")
 
 
 def _no_more_cache(flag: str, value: str, attrs: Mapping[str, str]) -> None:
@@ -790,7 +783,7 @@ def parse_call(value: str | None, *, check: bool = False) -> Call:
         elif key == "format":
             form = text
         elif key == "ignorestatus":
-            ignore = _cache_boolean("--call", value, key, text)
+            ignore = _flag_boolean("--call", value, key, text)
         else:
             raise UsageError(f"invalid --call {value!r}: invalid value {item}")
     if name not in CALLS:
